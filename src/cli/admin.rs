@@ -1,0 +1,359 @@
+//! Operator commands that work on the database file directly: `init`, `integration`,
+//! `tenant`, `rotate-kek`, and the standalone simulator.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::output::{self, IntegrationView, TenantView};
+use super::{CliError, GlobalArgs};
+use crate::crypto::{ClientKey, MasterKeySource, SubscriptionKey};
+use crate::domain::{DisplayName, Environment, Labels, OrganizationNumber, TenantId, TenantStatus};
+use crate::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, Vault};
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Create a new master key file (32 random bytes, mode 0600) and use it. Refuses to
+    /// overwrite an existing file.
+    #[arg(long, value_name = "FILE")]
+    pub generate_master_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub argon2: Argon2Args,
+}
+
+/// Argon2id costs, used when the master key comes from a passphrase.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct Argon2Args {
+    /// Argon2id memory in KiB (default 65536 = 64 MiB).
+    #[arg(long, default_value_t = crate::crypto::Argon2Params::DEFAULT_MEMORY_KIB)]
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations.
+    #[arg(long, default_value_t = crate::crypto::Argon2Params::DEFAULT_ITERATIONS)]
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    #[arg(long, default_value_t = crate::crypto::Argon2Params::DEFAULT_PARALLELISM)]
+    pub argon2_parallelism: u32,
+}
+
+impl From<Argon2Args> for Argon2Costs {
+    fn from(a: Argon2Args) -> Self {
+        Argon2Costs {
+            memory_kib: a.argon2_memory_kib,
+            iterations: a.argon2_iterations,
+            parallelism: a.argon2_parallelism,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntegrationCommand {
+    /// Set an environment's application key, subscription key (read from standard input)
+    /// and Go base URL.
+    Set {
+        #[arg(long)]
+        environment: String,
+        /// The integration's application key (a GUID; not secret).
+        #[arg(long)]
+        application_key: String,
+        /// Go's base URL; defaults to PowerOffice's for the environment.
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+    /// List the configured integrations (subscription-key hints only).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Register a tenant; its client key is read from standard input (no echo on a terminal).
+    Add {
+        #[arg(long)]
+        tenant_id: String,
+        #[arg(long)]
+        environment: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        organization_number: Option<String>,
+        /// A label `key=value`; repeat for more.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// List tenants (key hints only).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tenant (key hint only).
+    Show {
+        tenant_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a tenant's client key (new key from standard input); the old key is destroyed.
+    RotateKey { tenant_id: String },
+    /// Stop minting tokens for a tenant.
+    Disable { tenant_id: String },
+    /// Resume minting tokens for a tenant.
+    Enable { tenant_id: String },
+    /// Delete a tenant and destroy its key.
+    Delete {
+        tenant_id: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct NewKeyArgs {
+    /// Use this existing master key file as the new key.
+    #[arg(long, value_name = "FILE")]
+    pub new_master_key_file: Option<PathBuf>,
+    /// Create a new master key file (mode 0600) and use it.
+    #[arg(long, value_name = "FILE")]
+    pub generate_new_master_key_file: Option<PathBuf>,
+    /// File holding the new master passphrase.
+    #[arg(long, value_name = "FILE")]
+    pub new_master_passphrase_file: Option<PathBuf>,
+    /// Environment variable holding the new master passphrase.
+    #[arg(long, value_name = "VAR")]
+    pub new_master_passphrase_env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateKekArgs {
+    #[command(flatten)]
+    pub new: NewKeyArgs,
+    #[command(flatten)]
+    pub argon2: Argon2Args,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub listen: SocketAddr,
+}
+
+pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
+    let source = g.master.source_opt()?;
+    let init_key = match (a.generate_master_key_file, source) {
+        (Some(p), None) => InitKey::GenerateKeyFile(p),
+        (None, Some(s)) => InitKey::Existing(s),
+        (Some(_), Some(_)) => {
+            return Err(CliError::usage(
+                "--generate-master-key-file cannot be combined with another master key option",
+            ));
+        }
+        (None, None) => {
+            return Err(CliError::usage(
+                "no master key given: pass --generate-master-key-file FILE (new key file), --master-key-file FILE, \
+                 --master-passphrase-file FILE or --master-passphrase-env VAR",
+            ));
+        }
+    };
+    let vault = Vault::init(&g.db, &init_key, a.argon2.into())?;
+    println!("initialised {} (master key id {})", g.db.display(), vault.kek_id());
+    if let InitKey::GenerateKeyFile(p) = &init_key {
+        println!("master key written to {} (mode 0600)", p.display());
+    }
+    println!("keep the master key safe and apart from backups of the database: without it nothing in the vault opens");
+    Ok(())
+}
+
+fn unlock(g: &GlobalArgs) -> Result<Vault, CliError> {
+    let source = g.master.source()?;
+    Ok(Vault::unlock(&g.db, &source)?)
+}
+
+pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError> {
+    match c {
+        IntegrationCommand::Set { environment, application_key, base_url } => {
+            let environment = Environment::parse_field("environment", &environment)?;
+            let base_url = base_url.unwrap_or_else(|| environment.default_base_url().to_owned());
+            let vault = unlock(g)?;
+            let secret = output::read_secret("subscription key (input hidden): ")?;
+            let subscription_key = SubscriptionKey::parse(&secret)?;
+            let rec = vault.set_integration(&IntegrationInput {
+                environment,
+                application_key,
+                base_url,
+                subscription_key,
+            })?;
+            println!(
+                "integration {} set: application key {}, subscription key {} (version {}), base URL {}",
+                rec.environment,
+                rec.application_key,
+                rec.subscription_key_hint,
+                rec.subscription_key_version,
+                rec.base_url
+            );
+            Ok(())
+        }
+        IntegrationCommand::List { json } => {
+            let vault = unlock(g)?;
+            let list: Vec<IntegrationView> = vault.integrations()?.iter().map(IntegrationView::from).collect();
+            if json {
+                return output::print_json(&list);
+            }
+            for i in list {
+                println!(
+                    "{:<11} application key {}  subscription key {} (v{})  {}",
+                    i.environment, i.application_key, i.subscription_key_hint, i.subscription_key_version, i.base_url
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
+    match c {
+        TenantCommand::Add { tenant_id, environment, display_name, organization_number, labels } => {
+            // Everything from argv is checked, and the vault unlocked, before the key is read.
+            let new = NewTenant {
+                tenant_id: TenantId::parse_field("tenant_id", &tenant_id)?,
+                environment: Environment::parse_field("environment", &environment)?,
+                display_name: DisplayName::parse_field("display_name", display_name.as_deref().unwrap_or(""))?,
+                organization_number: organization_number
+                    .map(|o| OrganizationNumber::parse_field("organization_number", &o))
+                    .transpose()?,
+                go_client_id: None,
+                labels: Labels::parse_assignments("label", &labels)?,
+            };
+            let vault = unlock(g)?;
+            if vault.tenant(&new.tenant_id)?.is_some() {
+                return Err(CliError::new(format!(
+                    "tenant {} already exists; use `tenant rotate-key` to replace its key",
+                    new.tenant_id
+                )));
+            }
+            let secret = output::read_secret("client key (input hidden): ")?;
+            let key = ClientKey::parse(&secret)?;
+            let rec = vault.add_tenant(&new, &key)?;
+            println!("tenant {} added: client key {} (version {})", rec.tenant_id, rec.key_hint, rec.key_version);
+            if vault.integration(rec.environment)?.is_none() {
+                eprintln!(
+                    "warning: no {} integration is set yet; tokens cannot be minted until `pogo-vault integration set --environment {}`",
+                    rec.environment, rec.environment
+                );
+            }
+            Ok(())
+        }
+        TenantCommand::List { json } => {
+            let vault = unlock(g)?;
+            let mut all = Vec::new();
+            loop {
+                let after = all.last().map(|t: &crate::store::tenants::TenantRecord| t.tenant_id.to_string());
+                let page = vault.list_tenants(after.as_deref(), 500)?;
+                if page.is_empty() {
+                    break;
+                }
+                all.extend(page);
+            }
+            if json {
+                let views: Vec<TenantView> = all.iter().map(TenantView::from).collect();
+                return output::print_json(&views);
+            }
+            output::print_tenant_table(&all);
+            Ok(())
+        }
+        TenantCommand::Show { tenant_id, json } => {
+            let id = TenantId::parse_field("tenant_id", &tenant_id)?;
+            let vault = unlock(g)?;
+            let rec = vault.tenant(&id)?.ok_or_else(|| CliError::new(format!("tenant {id} not found")))?;
+            output::print_tenant(&rec, json)
+        }
+        TenantCommand::RotateKey { tenant_id } => {
+            let id = TenantId::parse_field("tenant_id", &tenant_id)?;
+            let vault = unlock(g)?;
+            let cur = vault.tenant(&id)?.ok_or_else(|| CliError::new(format!("tenant {id} not found")))?;
+            let secret = output::read_secret("new client key (input hidden): ")?;
+            let key = ClientKey::parse(&secret)?;
+            let rec = vault.rotate_key(&id, &key)?;
+            println!(
+                "tenant {}: client key {} (version {}) replaces {} (version {}, destroyed)",
+                rec.tenant_id, rec.key_hint, rec.key_version, cur.key_hint, cur.key_version
+            );
+            Ok(())
+        }
+        TenantCommand::Disable { tenant_id } => set_status(g, &tenant_id, TenantStatus::Disabled),
+        TenantCommand::Enable { tenant_id } => set_status(g, &tenant_id, TenantStatus::Active),
+        TenantCommand::Delete { tenant_id, yes } => {
+            let id = TenantId::parse_field("tenant_id", &tenant_id)?;
+            let vault = unlock(g)?;
+            if vault.tenant(&id)?.is_none() {
+                return Err(CliError::new(format!("tenant {id} not found")));
+            }
+            if !yes {
+                confirm(
+                    &format!(
+                        "Deleting tenant {id} destroys its client key for good; the customer must re-activate the integration to get a new one.\nType the tenant id to confirm: "
+                    ),
+                    id.as_str(),
+                )?;
+            }
+            vault.delete_tenant(&id)?;
+            println!("tenant {id} deleted; its client key is destroyed");
+            Ok(())
+        }
+    }
+}
+
+fn set_status(g: &GlobalArgs, tenant_id: &str, status: TenantStatus) -> Result<(), CliError> {
+    let id = TenantId::parse_field("tenant_id", tenant_id)?;
+    let vault = unlock(g)?;
+    let rec = vault.set_status(&id, status)?;
+    println!("tenant {} is {}", rec.tenant_id, rec.status);
+    Ok(())
+}
+
+fn confirm(prompt: &str, expected: &str) -> Result<(), CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::usage("refusing to delete without confirmation: pass --yes"));
+    }
+    eprint!("{prompt}");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::new(format!("cannot read confirmation: {}", e.kind())))?;
+    if line.trim() != expected {
+        return Err(CliError::new("not confirmed; nothing deleted"));
+    }
+    Ok(())
+}
+
+pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
+    let n = a.new;
+    let new = if let Some(p) = n.new_master_key_file {
+        InitKey::Existing(MasterKeySource::KeyFile(p))
+    } else if let Some(p) = n.generate_new_master_key_file {
+        InitKey::GenerateKeyFile(p)
+    } else if let Some(p) = n.new_master_passphrase_file {
+        InitKey::Existing(MasterKeySource::PassphraseFile(p))
+    } else if let Some(v) = n.new_master_passphrase_env {
+        InitKey::Existing(MasterKeySource::PassphraseEnv(v))
+    } else {
+        return Err(CliError::usage("give the new master key"));
+    };
+    let vault = unlock(g)?;
+    let (_vault, r) = vault.rotate_kek(&new, a.argon2.into())?;
+    println!(
+        "master key rotated: {} -> {}; {} data keys rewrapped; the old master key no longer opens this database",
+        r.old_kek_id, r.new_kek_id, r.rewrapped
+    );
+    Ok(())
+}
+
+pub fn sim(a: SimArgs) -> Result<(), CliError> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(crate::sim::run_standalone(a.listen, crate::sim::SimConfig::default(), Vec::new()))
+        .map_err(|e| CliError::new(format!("simulator failed: {e}")))
+}

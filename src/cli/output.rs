@@ -1,0 +1,136 @@
+//! Reading secrets from standard input and printing records (hints only).
+
+use std::io::{IsTerminal, Read};
+
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::CliError;
+use crate::store::integrations::IntegrationRecord;
+use crate::store::tenants::TenantRecord;
+
+/// The most a secret read from stdin may be; anything longer is not a key.
+const MAX_SECRET_INPUT: u64 = 4096;
+
+/// Reads one secret from standard input: without echo from a terminal (prompting on the
+/// terminal), or the whole of a pipe. The buffer is zeroized when dropped.
+pub fn read_secret(prompt: &str) -> Result<Zeroizing<String>, CliError> {
+    if std::io::stdin().is_terminal() {
+        let s = rpassword::prompt_password(prompt)
+            .map_err(|e| CliError::new(format!("cannot read from the terminal: {}", e.kind())))?;
+        return Ok(Zeroizing::new(s));
+    }
+    let mut buf = Zeroizing::new(String::new());
+    std::io::stdin()
+        .take(MAX_SECRET_INPUT + 1)
+        .read_to_string(&mut buf)
+        .map_err(|e| CliError::new(format!("cannot read standard input: {}", e.kind())))?;
+    if buf.len() as u64 > MAX_SECRET_INPUT {
+        return Err(CliError::new("standard input is too long to be a key"));
+    }
+    Ok(buf)
+}
+
+pub fn format_time(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A tenant as printed: what an admin may see.
+#[derive(Debug, Serialize)]
+pub struct TenantView {
+    pub tenant_id: String,
+    pub environment: String,
+    pub display_name: String,
+    pub organization_number: Option<String>,
+    pub go_client_id: Option<String>,
+    pub status: String,
+    pub client_key_hint: String,
+    pub key_fingerprint: String,
+    pub key_version: i64,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_token_at: Option<String>,
+}
+
+impl From<&TenantRecord> for TenantView {
+    fn from(t: &TenantRecord) -> Self {
+        Self {
+            tenant_id: t.tenant_id.to_string(),
+            environment: t.environment.to_string(),
+            display_name: t.display_name.to_string(),
+            organization_number: t.organization_number.as_ref().map(|o| o.to_string()),
+            go_client_id: t.go_client_id.clone(),
+            status: t.status.to_string(),
+            client_key_hint: t.key_hint.to_string(),
+            key_fingerprint: t.key_fingerprint.to_string(),
+            key_version: t.key_version,
+            labels: t.labels.as_map().clone(),
+            created_at: format_time(t.created_at),
+            updated_at: format_time(t.updated_at),
+            last_token_at: t.last_token_at.map(format_time),
+        }
+    }
+}
+
+pub fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let s = serde_json::to_string_pretty(value).map_err(|e| CliError::new(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+pub fn print_tenant(t: &TenantRecord, json: bool) -> Result<(), CliError> {
+    let v = TenantView::from(t);
+    if json {
+        return print_json(&v);
+    }
+    println!("tenant:        {}", v.tenant_id);
+    println!("environment:   {}", v.environment);
+    println!("display name:  {}", v.display_name);
+    println!("organization:  {}", v.organization_number.as_deref().unwrap_or("-"));
+    println!("go client id:  {}", v.go_client_id.as_deref().unwrap_or("-"));
+    println!("status:        {}", v.status);
+    println!("client key:    {} (version {}, fingerprint {})", v.client_key_hint, v.key_version, v.key_fingerprint);
+    let labels: Vec<String> = v.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("labels:        {}", if labels.is_empty() { "-".to_owned() } else { labels.join(", ") });
+    println!("created:       {}", v.created_at);
+    println!("updated:       {}", v.updated_at);
+    println!("last token:    {}", v.last_token_at.as_deref().unwrap_or("never"));
+    Ok(())
+}
+
+pub fn print_tenant_table(ts: &[TenantRecord]) {
+    println!("{:<32} {:<11} {:<13} {:<8} {:>3}  NAME", "TENANT", "ENV", "STATUS", "KEY", "VER");
+    for t in ts {
+        println!(
+            "{:<32} {:<11} {:<13} {:<8} {:>3}  {}",
+            t.tenant_id, t.environment, t.status, t.key_hint, t.key_version, t.display_name
+        );
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct IntegrationView {
+    pub environment: String,
+    pub application_key: String,
+    pub base_url: String,
+    pub subscription_key_hint: String,
+    pub subscription_key_version: i64,
+    pub updated_at: String,
+}
+
+impl From<&IntegrationRecord> for IntegrationView {
+    fn from(r: &IntegrationRecord) -> Self {
+        Self {
+            environment: r.environment.to_string(),
+            application_key: r.application_key.clone(),
+            base_url: r.base_url.clone(),
+            subscription_key_hint: r.subscription_key_hint.to_string(),
+            subscription_key_version: r.subscription_key_version,
+            updated_at: format_time(r.updated_at),
+        }
+    }
+}

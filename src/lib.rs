@@ -1,0 +1,13 @@
+//! pogo-vault: the one holder of PowerOffice Go client keys.
+//!
+//! See `ARCHITECTURE.md` for the map. Data flows one way:
+//! server → authz → tokens (→ store, upstream) → audit → response.
+#![forbid(unsafe_code)]
+
+pub mod crypto;
+pub mod domain;
+pub mod sim;
+pub mod upstream;
+pub mod store;
+pub mod vault;
+pub mod cli;

@@ -1,0 +1,171 @@
+//! `tenants`: one row per Go client the integrator serves. Hints and fingerprints only;
+//! the sealed key lives in `sealed_secrets` under (client-key, tenant id, key version).
+
+use rusqlite::{Connection, Row, params};
+
+use super::{StoreError, now_ms, optional};
+use crate::crypto::{Fingerprint, KeyHint};
+use crate::domain::{DisplayName, Environment, InvalidInput, Labels, OrganizationNumber, TenantId, TenantStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub tenant_id: TenantId,
+    pub environment: Environment,
+    pub display_name: DisplayName,
+    pub organization_number: Option<OrganizationNumber>,
+    /// Go's id of the client, when Go told us (ClientIntegrationInformation or onboarding).
+    pub go_client_id: Option<String>,
+    pub labels: Labels,
+    pub status: TenantStatus,
+    pub key_version: i64,
+    pub key_hint: KeyHint,
+    pub key_fingerprint: Fingerprint,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_token_at: Option<i64>,
+}
+
+const COLUMNS: &str = "tenant_id, environment, display_name, organization_number, go_client_id, labels, status, \
+                       key_version, key_hint, key_fingerprint, created_at, updated_at, last_token_at";
+
+fn corrupt(e: InvalidInput) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<TenantRecord> {
+    let fp: String = r.get(9)?;
+    let (key_id, tag) = fp.split_once(':').unwrap_or(("", fp.as_str()));
+    Ok(TenantRecord {
+        tenant_id: r.get::<_, String>(0)?.parse().map_err(corrupt)?,
+        environment: r.get::<_, String>(1)?.parse().map_err(corrupt)?,
+        display_name: DisplayName::parse_field("display_name", &r.get::<_, String>(2)?).map_err(corrupt)?,
+        organization_number: r.get::<_, Option<String>>(3)?.map(|s| s.parse()).transpose().map_err(corrupt)?,
+        go_client_id: r.get(4)?,
+        labels: Labels::from_json(&r.get::<_, String>(5)?).map_err(corrupt)?,
+        status: r.get::<_, String>(6)?.parse().map_err(corrupt)?,
+        key_version: r.get(7)?,
+        key_hint: KeyHint::from_stored(r.get(8)?),
+        key_fingerprint: Fingerprint { key_id: key_id.to_owned(), tag: tag.to_owned() },
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+        last_token_at: r.get(12)?,
+    })
+}
+
+pub fn insert(conn: &Connection, t: &TenantRecord) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO tenants ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        params![
+            t.tenant_id.as_str(),
+            t.environment.as_str(),
+            t.display_name.as_str(),
+            t.organization_number.as_ref().map(|o| o.as_str()),
+            t.go_client_id,
+            t.labels.to_json(),
+            t.status.as_str(),
+            t.key_version,
+            t.key_hint.as_str(),
+            t.key_fingerprint.to_string(),
+            t.created_at,
+            t.updated_at,
+            t.last_token_at,
+        ],
+    )
+    .map_err(|e| StoreError::map_unique(e, || format!("tenant {}", t.tenant_id)))?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+    optional(conn.query_row(&format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = ?1"), [id.as_str()], from_row))
+}
+
+pub fn find_by_organization(
+    conn: &Connection,
+    env: Environment,
+    org: &OrganizationNumber,
+) -> Result<Option<TenantRecord>, StoreError> {
+    optional(conn.query_row(
+        &format!("SELECT {COLUMNS} FROM tenants WHERE environment = ?1 AND organization_number = ?2 ORDER BY tenant_id LIMIT 1"),
+        params![env.as_str(), org.as_str()],
+        from_row,
+    ))
+}
+
+/// Tenants with id greater than `after`, in id order, at most `limit`.
+pub fn list(conn: &Connection, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id > ?1 ORDER BY tenant_id LIMIT ?2"))?;
+    let rows = stmt.query_map(params![after.unwrap_or(""), limit as i64], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records a new key version (the caller has stored its sealed secret).
+pub fn set_key(
+    conn: &Connection,
+    id: &TenantId,
+    version: i64,
+    hint: &KeyHint,
+    fp: &Fingerprint,
+) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE tenants SET key_version = ?2, key_hint = ?3, key_fingerprint = ?4, updated_at = ?5,
+             status = CASE status WHEN 'KEY_REJECTED' THEN 'ACTIVE' ELSE status END
+         WHERE tenant_id = ?1",
+        params![id.as_str(), version, hint.as_str(), fp.to_string(), now_ms()],
+    )?;
+    not_found_if_zero(n, id)
+}
+
+pub fn set_status(conn: &Connection, id: &TenantId, status: TenantStatus) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE tenants SET status = ?2, updated_at = ?3 WHERE tenant_id = ?1",
+        params![id.as_str(), status.as_str(), now_ms()],
+    )?;
+    not_found_if_zero(n, id)
+}
+
+/// Fills in what Go told us about the client.
+pub fn set_go_metadata(
+    conn: &Connection,
+    id: &TenantId,
+    go_client_id: Option<&str>,
+    display_name: Option<&DisplayName>,
+) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE tenants SET go_client_id = COALESCE(?2, go_client_id),
+             display_name = CASE WHEN display_name = '' AND ?3 IS NOT NULL THEN ?3 ELSE display_name END,
+             updated_at = ?4
+         WHERE tenant_id = ?1",
+        params![id.as_str(), go_client_id, display_name.map(|d| d.as_str()), now_ms()],
+    )?;
+    not_found_if_zero(n, id)
+}
+
+pub fn touch_last_token(conn: &Connection, id: &TenantId, at_ms: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE tenants SET last_token_at = MAX(COALESCE(last_token_at, 0), ?2) WHERE tenant_id = ?1",
+        params![id.as_str(), at_ms],
+    )?;
+    Ok(())
+}
+
+pub fn delete(conn: &Connection, id: &TenantId) -> Result<(), StoreError> {
+    let n = conn.execute("DELETE FROM tenants WHERE tenant_id = ?1", [id.as_str()])?;
+    not_found_if_zero(n, id)
+}
+
+/// Tenant counts by status.
+pub fn count_by_status(conn: &Connection) -> Result<Vec<(TenantStatus, i64)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM tenants GROUP BY status ORDER BY status")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (s, n) = row?;
+        out.push((s.parse().map_err(|e: InvalidInput| StoreError::Corrupt(e.to_string()))?, n));
+    }
+    Ok(out)
+}
+
+fn not_found_if_zero(n: usize, id: &TenantId) -> Result<(), StoreError> {
+    if n == 0 { Err(StoreError::NotFound { what: format!("tenant {id}") }) } else { Ok(()) }
+}

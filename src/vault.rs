@@ -1,0 +1,581 @@
+//! The unlocked vault: the store plus the master key, and the registry operations that put
+//! secrets in (sealing them on the way) and manage tenants.
+//!
+//! Architecture invariants:
+//! - every write here is one transaction: a failed call leaves the store unchanged;
+//! - a plaintext client key enters only through [`Vault::add_tenant`] / [`Vault::rotate_key`]
+//!   (sealed at once) and leaves only through [`Vault::open_client_key`], whose one caller
+//!   is the token broker (`tokens`);
+//! - destroying a key (rotation, deletion) deletes its sealed row with `secure_delete` on and
+//!   then truncates the WAL, so the old DEK is overwritten, not merely unlinked.
+//!
+//! Methods block on SQLite; async callers run them on the blocking pool.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::crypto::envelope::{self, CryptoError};
+use crate::crypto::master::{self, MasterKeyError};
+use crate::crypto::secret::hex;
+use crate::crypto::{
+    Argon2Params, ClientKey, FingerprintKey, MasterKey, MasterKeySource, Purpose, SealContext, SubscriptionKey,
+    SymmetricKey,
+};
+use crate::domain::{DisplayName, Environment, InvalidInput, Labels, OrganizationNumber, TenantId, TenantStatus};
+use crate::store::integrations::{self, IntegrationRecord};
+use crate::store::meta::{self, KekMeta, VaultKey};
+use crate::store::secrets::{self, SecretRef};
+use crate::store::tenants::{self, TenantRecord};
+use crate::store::{Store, StoreError, now_ms};
+
+/// The owner name of the vault's own keys in `sealed_secrets`.
+const VAULT_OWNER: &str = "vault";
+/// Fingerprint purpose label for client keys.
+pub const FP_CLIENT_KEY: &str = "client-key";
+
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// A request value broke its rules.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// The master key could not be obtained or is the wrong one.
+    #[error(transparent)]
+    MasterKey(#[from] MasterKeyError),
+    /// The database failed or refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A sealed row does not open under the current master key: an integrity failure.
+    #[error("integrity failure: the sealed {what} does not open")]
+    Integrity { what: String },
+    /// The random source failed.
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+impl VaultError {
+    fn integrity(r: &SecretRef) -> impl FnOnce(CryptoError) -> VaultError + '_ {
+        move |_| VaultError::Integrity {
+            what: format!("{} of {} (version {})", r.purpose.as_str(), r.owner, r.version),
+        }
+    }
+}
+
+/// How `init` gets its master key.
+#[derive(Debug, Clone)]
+pub enum InitKey {
+    /// Create a new key file (mode 0600) and use it.
+    GenerateKeyFile(std::path::PathBuf),
+    /// Use an existing key file or a passphrase.
+    Existing(MasterKeySource),
+}
+
+/// Argon2id costs for a new passphrase-derived key.
+#[derive(Debug, Clone, Copy)]
+pub struct Argon2Costs {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Costs {
+    fn default() -> Self {
+        Self {
+            memory_kib: Argon2Params::DEFAULT_MEMORY_KIB,
+            iterations: Argon2Params::DEFAULT_ITERATIONS,
+            parallelism: Argon2Params::DEFAULT_PARALLELISM,
+        }
+    }
+}
+
+/// The fields of a new tenant besides its key.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub tenant_id: TenantId,
+    pub environment: Environment,
+    pub display_name: DisplayName,
+    pub organization_number: Option<OrganizationNumber>,
+    pub go_client_id: Option<String>,
+    pub labels: Labels,
+}
+
+/// Everything a caller of `integration set` gives.
+#[derive(Debug)]
+pub struct IntegrationInput {
+    pub environment: Environment,
+    pub application_key: String,
+    pub base_url: String,
+    pub subscription_key: SubscriptionKey,
+}
+
+/// Summary of a `rotate-kek`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KekRotation {
+    pub old_kek_id: String,
+    pub new_kek_id: String,
+    pub rewrapped: usize,
+}
+
+pub struct Vault {
+    store: Mutex<Store>,
+    kek: MasterKey,
+    fingerprint_key: FingerprintKey,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Vault(kek={})", self.kek.id())
+    }
+}
+
+/// Derives the master key a source gives for this database.
+fn resolve_master_key(source: &MasterKeySource, meta: &KekMeta) -> Result<MasterKey, VaultError> {
+    let key = match (source, &meta.argon2) {
+        (MasterKeySource::KeyFile(p), None) => master::read_key_file(p)?,
+        (MasterKeySource::PassphraseFile(_) | MasterKeySource::PassphraseEnv(_), Some(params)) => {
+            source.passphrase()?.derive(params)?
+        }
+        (MasterKeySource::KeyFile(_), Some(_)) => {
+            return Err(InvalidInput::new(
+                "master key",
+                "this database's master key comes from a passphrase: use --master-passphrase-file or --master-passphrase-env",
+            )
+            .into());
+        }
+        (_, None) => {
+            return Err(InvalidInput::new(
+                "master key",
+                "this database's master key comes from a key file: use --master-key-file",
+            )
+            .into());
+        }
+    };
+    if !key.matches_check(&meta.key_check) {
+        return Err(MasterKeyError::WrongMasterKey.into());
+    }
+    Ok(key)
+}
+
+/// Obtains a new master key for `init` or `rotate-kek` (before anything is written).
+fn new_master_key(init: &InitKey, costs: Argon2Costs) -> Result<(MasterKey, Option<Argon2Params>), VaultError> {
+    Ok(match init {
+        InitKey::GenerateKeyFile(p) => (master::generate_key_file(p)?, None),
+        InitKey::Existing(MasterKeySource::KeyFile(p)) => (master::read_key_file(p)?, None),
+        InitKey::Existing(s) => {
+            let pass = s.passphrase()?;
+            let params = Argon2Params::with_costs(costs.memory_kib, costs.iterations, costs.parallelism)?;
+            (pass.derive(&params)?, Some(params))
+        }
+    })
+}
+
+/// Validates everything about `init` that can be checked without writing.
+fn precheck_init(init: &InitKey) -> Result<(), VaultError> {
+    match init {
+        InitKey::GenerateKeyFile(p) if p.exists() => {
+            Err(MasterKeyError::KeyFileExists { path: p.display().to_string() }.into())
+        }
+        InitKey::GenerateKeyFile(_) => Ok(()),
+        InitKey::Existing(MasterKeySource::KeyFile(p)) => master::read_key_file(p).map(|_| ()).map_err(Into::into),
+        InitKey::Existing(s) => s.passphrase().map(|_| ()).map_err(Into::into),
+    }
+}
+
+impl Vault {
+    /// Creates a new vault database: schema, master-key record, the vault's own keys.
+    /// On failure nothing is left behind: no database file, no generated key file.
+    pub fn init(path: &Path, init: &InitKey, costs: Argon2Costs) -> Result<Vault, VaultError> {
+        if path.exists() {
+            let store = Store::open(path)?;
+            if meta::get(store.conn())?.is_some() {
+                return Err(StoreError::AlreadyInitialized { path: path.display().to_string() }.into());
+            }
+        }
+        precheck_init(init)?;
+        let existed = path.exists();
+        let result = Self::init_inner(path, init, costs);
+        if result.is_err() {
+            if let InitKey::GenerateKeyFile(p) = init {
+                // Only if we got as far as creating it: precheck refused an existing file.
+                let _ = std::fs::remove_file(p);
+            }
+            if !existed {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+        }
+        result
+    }
+
+    fn init_inner(path: &Path, init: &InitKey, costs: Argon2Costs) -> Result<Vault, VaultError> {
+        let (kek, argon2) = new_master_key(init, costs)?;
+        let fp_raw = SymmetricKey::generate().map_err(|_| VaultError::Random)?;
+        let signing_seed = SymmetricKey::generate().map_err(|_| VaultError::Random)?;
+        let signing_public =
+            ed25519_dalek::SigningKey::from_bytes(signing_seed.expose_secret()).verifying_key().to_bytes();
+
+        let mut store = Store::create(path)?;
+        let tx = store.write_tx()?;
+        let now = now_ms();
+        meta::put(
+            &tx,
+            &KekMeta {
+                kek_id: kek.id().to_owned(),
+                key_check: kek.key_check(),
+                argon2,
+                created_at: now,
+                kek_rotated_at: None,
+            },
+        )?;
+        for (purpose, secret, key_id, public) in [
+            (Purpose::FingerprintKey, &fp_raw, FingerprintKey::id_for(&fp_raw), None),
+            (Purpose::AuditSigningKey, &signing_seed, audit_key_id(&signing_public), Some(signing_public.to_vec())),
+        ] {
+            let r = SecretRef { purpose, owner: VAULT_OWNER.to_owned(), version: 1 };
+            let sealed = envelope::seal(&kek, &SealContext::new(purpose, VAULT_OWNER, 1), secret.expose_secret())
+                .map_err(|_| VaultError::Random)?;
+            secrets::put(&tx, &r, &sealed, kek.id())?;
+            meta::put_vault_key(
+                &tx,
+                &VaultKey { purpose: purpose.as_str().to_owned(), key_id, public_key: public, created_at: now },
+            )?;
+        }
+        tx.commit().map_err(StoreError::from)?;
+        Ok(Vault { store: Mutex::new(store), kek, fingerprint_key: FingerprintKey::new(fp_raw) })
+    }
+
+    /// Opens an initialised vault, checking the master key before anything else.
+    pub fn unlock(path: &Path, source: &MasterKeySource) -> Result<Vault, VaultError> {
+        let store = Store::open(path)?;
+        let meta =
+            meta::get(store.conn())?.ok_or_else(|| StoreError::NotInitialized { path: path.display().to_string() })?;
+        let kek = resolve_master_key(source, &meta)?;
+        let fp = open_vault_secret(&store, &kek, Purpose::FingerprintKey)?;
+        let fingerprint_key = FingerprintKey::new(
+            SymmetricKey::from_bytes(&fp).ok_or(VaultError::Integrity { what: "fingerprint key".to_owned() })?,
+        );
+        Ok(Vault { store: Mutex::new(store), kek, fingerprint_key })
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions
+        // roll back on drop), so a poisoned lock is safe to reuse.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn kek_id(&self) -> &str {
+        self.kek.id()
+    }
+
+    pub fn fingerprint_key(&self) -> &FingerprintKey {
+        &self.fingerprint_key
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        self.store().path().to_owned()
+    }
+
+    pub fn schema_version(&self) -> Result<i64, VaultError> {
+        Ok(self.store().schema_version()?)
+    }
+
+    /// The Ed25519 audit signing key (seed), opened from its sealed row.
+    pub fn audit_signing_key(&self) -> Result<ed25519_dalek::SigningKey, VaultError> {
+        let seed = open_vault_secret(&self.store(), &self.kek, Purpose::AuditSigningKey)?;
+        let seed: [u8; 32] =
+            seed[..].try_into().map_err(|_| VaultError::Integrity { what: "audit signing key".to_owned() })?;
+        Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+    }
+
+    /// The public record of one of the vault's own keys.
+    pub fn vault_key(&self, purpose: Purpose) -> Result<Option<VaultKey>, VaultError> {
+        Ok(meta::vault_key(self.store().conn(), purpose.as_str())?)
+    }
+
+    // ---- integrations ----
+
+    /// Stores (or replaces) an environment's integration: a new subscription-key version,
+    /// the old one destroyed.
+    pub fn set_integration(&self, input: &IntegrationInput) -> Result<IntegrationRecord, VaultError> {
+        validate_application_key(&input.application_key)?;
+        let base_url = validate_base_url(&input.base_url)?;
+        let env = input.environment;
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        let version = integrations::next_version(&tx, env)?;
+        let r = SecretRef { purpose: Purpose::SubscriptionKey, owner: env.as_str().to_owned(), version };
+        let sealed = envelope::seal(
+            &self.kek,
+            &SealContext::new(r.purpose, &r.owner, version),
+            input.subscription_key.expose_secret().as_bytes(),
+        )
+        .map_err(|_| VaultError::Random)?;
+        secrets::put(&tx, &r, &sealed, self.kek.id())?;
+        let now = now_ms();
+        let rec = IntegrationRecord {
+            environment: env,
+            application_key: input.application_key.trim().to_owned(),
+            base_url,
+            subscription_key_version: version,
+            subscription_key_hint: input.subscription_key.hint(),
+            created_at: now,
+            updated_at: now,
+        };
+        integrations::upsert(&tx, &rec)?;
+        let destroyed = secrets::delete_other_versions(&tx, r.purpose, &r.owner, version)?;
+        tx.commit().map_err(StoreError::from)?;
+        if destroyed > 0 {
+            store.checkpoint_truncate()?;
+        }
+        Ok(integrations::get(store.conn(), env)?.unwrap_or(rec))
+    }
+
+    pub fn integration(&self, env: Environment) -> Result<Option<IntegrationRecord>, VaultError> {
+        Ok(integrations::get(self.store().conn(), env)?)
+    }
+
+    pub fn integrations(&self) -> Result<Vec<IntegrationRecord>, VaultError> {
+        Ok(integrations::list(self.store().conn())?)
+    }
+
+    /// Opens an environment's subscription key (for the upstream client and, where the
+    /// configuration allows, `GetAccessToken` responses).
+    pub fn open_subscription_key(&self, rec: &IntegrationRecord) -> Result<SubscriptionKey, VaultError> {
+        let r = SecretRef {
+            purpose: Purpose::SubscriptionKey,
+            owner: rec.environment.as_str().to_owned(),
+            version: rec.subscription_key_version,
+        };
+        let plain = self.open_secret(&r)?;
+        let s = std::str::from_utf8(&plain).map_err(|_| VaultError::Integrity { what: "subscription key".into() })?;
+        SubscriptionKey::parse(s).map_err(|_| VaultError::Integrity { what: "subscription key".into() })
+    }
+
+    // ---- tenants ----
+
+    /// Registers a tenant with its first key (version 1).
+    pub fn add_tenant(&self, new: &NewTenant, key: &ClientKey) -> Result<TenantRecord, VaultError> {
+        let id = &new.tenant_id;
+        let r = SecretRef { purpose: Purpose::ClientKey, owner: id.as_str().to_owned(), version: 1 };
+        let sealed = self.seal_client_key(&r, key)?;
+        let now = now_ms();
+        let rec = TenantRecord {
+            tenant_id: id.clone(),
+            environment: new.environment,
+            display_name: new.display_name.clone(),
+            organization_number: new.organization_number.clone(),
+            go_client_id: new.go_client_id.clone(),
+            labels: new.labels.clone(),
+            status: TenantStatus::Active,
+            key_version: 1,
+            key_hint: key.hint(),
+            key_fingerprint: self.fingerprint_key.fingerprint(FP_CLIENT_KEY, key.expose_secret().as_bytes()),
+            created_at: now,
+            updated_at: now,
+            last_token_at: None,
+        };
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        tenants::insert(&tx, &rec)?;
+        // A leftover sealed row under this id (there should be none) would block the insert:
+        // clear it first so a re-added tenant never inherits an old key.
+        secrets::delete_all(&tx, Purpose::ClientKey, id.as_str())?;
+        secrets::put(&tx, &r, &sealed, self.kek.id())?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(rec)
+    }
+
+    /// Replaces a tenant's key with a new version and destroys the old one. A tenant whose
+    /// key Go rejected becomes active again with the new key.
+    pub fn rotate_key(&self, id: &TenantId, key: &ClientKey) -> Result<TenantRecord, VaultError> {
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        let cur = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        let version = cur.key_version + 1;
+        let r = SecretRef { purpose: Purpose::ClientKey, owner: id.as_str().to_owned(), version };
+        let sealed = self.seal_client_key(&r, key)?;
+        secrets::put(&tx, &r, &sealed, self.kek.id())?;
+        let fp = self.fingerprint_key.fingerprint(FP_CLIENT_KEY, key.expose_secret().as_bytes());
+        tenants::set_key(&tx, id, version, &key.hint(), &fp)?;
+        secrets::delete_other_versions(&tx, Purpose::ClientKey, id.as_str(), version)?;
+        let rec = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        tx.commit().map_err(StoreError::from)?;
+        store.checkpoint_truncate()?;
+        Ok(rec)
+    }
+
+    pub fn set_status(&self, id: &TenantId, status: TenantStatus) -> Result<TenantRecord, VaultError> {
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        tenants::set_status(&tx, id, status)?;
+        let rec = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(rec)
+    }
+
+    /// Deletes a tenant and destroys its key (crypto-shredding).
+    pub fn delete_tenant(&self, id: &TenantId) -> Result<(), VaultError> {
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        tenants::delete(&tx, id)?;
+        secrets::delete_all(&tx, Purpose::ClientKey, id.as_str())?;
+        tx.commit().map_err(StoreError::from)?;
+        store.checkpoint_truncate()?;
+        Ok(())
+    }
+
+    pub fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, VaultError> {
+        Ok(tenants::get(self.store().conn(), id)?)
+    }
+
+    pub fn list_tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, VaultError> {
+        Ok(tenants::list(self.store().conn(), after, limit)?)
+    }
+
+    pub fn count_tenants_by_status(&self) -> Result<Vec<(TenantStatus, i64)>, VaultError> {
+        Ok(tenants::count_by_status(self.store().conn())?)
+    }
+
+    /// Fills in what Go said about the client (ClientIntegrationInformation).
+    pub fn set_go_metadata(
+        &self,
+        id: &TenantId,
+        go_client_id: Option<&str>,
+        name: Option<&DisplayName>,
+    ) -> Result<(), VaultError> {
+        Ok(tenants::set_go_metadata(self.store().conn(), id, go_client_id, name)?)
+    }
+
+    pub fn touch_last_token(&self, id: &TenantId, at_ms: i64) -> Result<(), VaultError> {
+        Ok(tenants::touch_last_token(self.store().conn(), id, at_ms)?)
+    }
+
+    /// Opens a tenant's current client key. Only the token broker calls this (see the
+    /// module invariants); the key lives as long as the caller holds it.
+    pub fn open_client_key(&self, tenant: &TenantRecord) -> Result<ClientKey, VaultError> {
+        let r = SecretRef {
+            purpose: Purpose::ClientKey,
+            owner: tenant.tenant_id.as_str().to_owned(),
+            version: tenant.key_version,
+        };
+        let plain = self.open_secret(&r)?;
+        let s = std::str::from_utf8(&plain)
+            .map_err(|_| VaultError::Integrity { what: format!("client key of {}", tenant.tenant_id) })?;
+        ClientKey::parse(s).map_err(|_| VaultError::Integrity { what: format!("client key of {}", tenant.tenant_id) })
+    }
+
+    fn open_secret(&self, r: &SecretRef) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+        let sealed = secrets::get(self.store().conn(), r)?.ok_or_else(|| VaultError::Integrity {
+            what: format!("{} of {} (version {}) is missing", r.purpose.as_str(), r.owner, r.version),
+        })?;
+        envelope::open(&self.kek, &SealContext::new(r.purpose, &r.owner, r.version), &sealed)
+            .map_err(VaultError::integrity(r))
+    }
+
+    fn seal_client_key(&self, r: &SecretRef, key: &ClientKey) -> Result<crate::crypto::Sealed, VaultError> {
+        envelope::seal(&self.kek, &SealContext::new(r.purpose, &r.owner, r.version), key.expose_secret().as_bytes())
+            .map_err(|_| VaultError::Random)
+    }
+
+    // ---- master key rotation ----
+
+    /// Rewraps every DEK under a new master key in one transaction; no secret's ciphertext
+    /// is touched. Afterwards the old key fails the key check.
+    pub fn rotate_kek(self, new: &InitKey, costs: Argon2Costs) -> Result<(Vault, KekRotation), VaultError> {
+        precheck_init(new)?;
+        let (new_kek, argon2) = new_master_key(new, costs)?;
+        if new_kek.id() == self.kek.id() {
+            if let InitKey::GenerateKeyFile(p) = new {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(InvalidInput::new("new master key", "is the same as the current master key").into());
+        }
+        let result = self.rotate_kek_inner(&new_kek, argon2);
+        if result.is_err() {
+            if let InitKey::GenerateKeyFile(p) = new {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        let rewrapped = result?;
+        let rotation =
+            KekRotation { old_kek_id: self.kek.id().to_owned(), new_kek_id: new_kek.id().to_owned(), rewrapped };
+        let Vault { store, fingerprint_key, .. } = self;
+        Ok((Vault { store, kek: new_kek, fingerprint_key }, rotation))
+    }
+
+    fn rotate_kek_inner(&self, new_kek: &MasterKey, argon2: Option<Argon2Params>) -> Result<usize, VaultError> {
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        let old_meta = meta::get(&tx)?.ok_or_else(|| StoreError::NotInitialized { path: String::new() })?;
+        let rows = secrets::all_wrapped(&tx)?;
+        for (r, wrapped) in &rows {
+            let ctx = SealContext::new(r.purpose, &r.owner, r.version);
+            let rewrapped = envelope::rewrap(&self.kek, new_kek, &ctx, wrapped).map_err(VaultError::integrity(r))?;
+            secrets::update_wrapped(&tx, r, &rewrapped, new_kek.id())?;
+        }
+        meta::put(
+            &tx,
+            &KekMeta {
+                kek_id: new_kek.id().to_owned(),
+                key_check: new_kek.key_check(),
+                argon2,
+                created_at: old_meta.created_at,
+                kek_rotated_at: Some(now_ms()),
+            },
+        )?;
+        tx.commit().map_err(StoreError::from)?;
+        store.checkpoint_truncate()?;
+        Ok(rows.len())
+    }
+}
+
+fn open_vault_secret(
+    store: &Store,
+    kek: &MasterKey,
+    purpose: Purpose,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+    let r = SecretRef { purpose, owner: VAULT_OWNER.to_owned(), version: 1 };
+    let sealed = secrets::get(store.conn(), &r)?
+        .ok_or_else(|| VaultError::Integrity { what: format!("{} is missing", purpose.as_str()) })?;
+    envelope::open(kek, &SealContext::new(purpose, VAULT_OWNER, 1), &sealed).map_err(VaultError::integrity(&r))
+}
+
+/// The id of an audit signing key: the first 6 bytes of SHA-256 of its public key, in hex.
+pub fn audit_key_id(public: &[u8; 32]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(public)[..6])
+}
+
+/// Go application keys are GUIDs.
+fn validate_application_key(s: &str) -> Result<(), InvalidInput> {
+    // Reuse the GUID rule of client keys; an application key is not secret, but the
+    // error must still not echo it (it may be a pasted client key by mistake).
+    ClientKey::parse_field("application_key", s).map(|_| ())
+}
+
+/// Absolute https URL without query, fragment or credentials; plain http only for loopback
+/// (tests and `dev` mode talk to the simulator). Returns it without a trailing slash.
+pub fn validate_base_url(s: &str) -> Result<String, InvalidInput> {
+    let field = "base_url";
+    let url =
+        reqwest::Url::parse(s.trim()).map_err(|e| InvalidInput::new(field, format!("not an absolute URL: {e}")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(InvalidInput::new(field, "must use https (plain http is allowed only for loopback addresses)"));
+        }
+        other => return Err(InvalidInput::new(field, format!("scheme {other:?} is not supported; use https"))),
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
+        return Err(InvalidInput::new(field, "must not contain credentials, a query or a fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}

@@ -1,0 +1,157 @@
+//! Shared helpers for the integration tests: running the real binary, and scanning bytes
+//! for secrets in every form they could leak in.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use base64::Engine;
+
+pub const APP_KEY: &str = "5b1b5bd4-0f0c-4a57-9d8e-0d3f54a1c001";
+
+/// A scratch directory with a database path and a generated master key file.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir") }
+    }
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("vault.db")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("master.key")
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `pogo-vault --db DB ARGS` with `stdin` piped in.
+    pub fn run(&self, args: &[&str], stdin: &str) -> Output {
+        run_bin(&[&["--db", self.db().to_str().unwrap()], args].concat(), stdin)
+    }
+
+    /// Runs with `--master-key-file KEY` added.
+    pub fn run_k(&self, args: &[&str], stdin: &str) -> Output {
+        run_bin(
+            &[&["--db", self.db().to_str().unwrap(), "--master-key-file", self.key().to_str().unwrap()], args].concat(),
+            stdin,
+        )
+    }
+
+    pub fn init(&self) {
+        let out = self.run(&["init", "--generate-master-key-file", self.key().to_str().unwrap()], "");
+        assert_ok(&out);
+    }
+}
+
+pub fn run_bin(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
+        .args(args)
+        .env_remove("POGO_VAULT_DB")
+        .env_remove("POGO_VAULT_MASTER_KEY_FILE")
+        .env_remove("POGO_VAULT_MASTER_PASSPHRASE_FILE")
+        .env_remove("POGO_VAULT_MASTER_PASSPHRASE_ENV")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pogo-vault");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts failure with exactly one line on stderr containing every `needle`.
+pub fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(err.trim_end().lines().count(), 1, "expected a one-line error, got: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error {err:?} does not mention {n:?}");
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every form a secret could take on the way out: plain, upper/lower case, base64
+/// (standard and URL-safe, padded or not), hex of its bytes.
+pub fn leak_forms(secret: &str) -> Vec<Vec<u8>> {
+    let b = secret.as_bytes();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let mut forms = vec![
+        b.to_vec(),
+        secret.to_uppercase().into_bytes(),
+        secret.to_lowercase().into_bytes(),
+        base64::engine::general_purpose::STANDARD.encode(b).into_bytes(),
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(b).into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b).into_bytes(),
+        hex.clone().into_bytes(),
+        hex.to_uppercase().into_bytes(),
+    ];
+    // A GUID without its dashes, as some tools print it.
+    forms.push(secret.replace('-', "").into_bytes());
+    forms
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Panics naming the form and the place if any form of `secret` occurs in `hay`.
+pub fn assert_no_leak(place: &str, hay: &[u8], secret: &str) {
+    for form in leak_forms(secret) {
+        assert!(!contains(hay, &form), "{place} contains a form of a secret: {:?}", String::from_utf8_lossy(&form));
+    }
+}
+
+pub fn read_if_exists(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_default()
+}
+
+/// A logical dump of every row of every table, to compare "database unchanged".
+pub fn dump(db: &Path) -> Vec<String> {
+    let conn = rusqlite_open(db);
+    let mut tables: Vec<String> = {
+        let mut s = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
+        s.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    tables.sort();
+    let mut out = Vec::new();
+    for t in tables {
+        let mut s = conn.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid")).unwrap();
+        let n = s.column_count();
+        let rows = s
+            .query_map([], |r| {
+                let mut cols = Vec::new();
+                for i in 0..n {
+                    let v: rusqlite::types::Value = r.get(i)?;
+                    cols.push(format!("{v:?}"));
+                }
+                Ok(cols.join("|"))
+            })
+            .unwrap();
+        for row in rows {
+            out.push(format!("{t}: {}", row.unwrap()));
+        }
+    }
+    out
+}
+
+pub fn rusqlite_open(db: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(db).expect("open db")
+}
