@@ -4,10 +4,11 @@
 //! server → authz → tokens (→ store, upstream) → audit → response.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod crypto;
 pub mod domain;
 pub mod sim;
-pub mod upstream;
 pub mod store;
+pub mod tokens;
+pub mod upstream;
 pub mod vault;
-pub mod cli;

@@ -356,34 +356,46 @@ impl Vault {
 
     /// Registers a tenant with its first key (version 1).
     pub fn add_tenant(&self, new: &NewTenant, key: &ClientKey) -> Result<TenantRecord, VaultError> {
-        let id = &new.tenant_id;
-        let r = SecretRef { purpose: Purpose::ClientKey, owner: id.as_str().to_owned(), version: 1 };
-        let sealed = self.seal_client_key(&r, key)?;
-        let now = now_ms();
-        let rec = TenantRecord {
-            tenant_id: id.clone(),
-            environment: new.environment,
-            display_name: new.display_name.clone(),
-            organization_number: new.organization_number.clone(),
-            go_client_id: new.go_client_id.clone(),
-            labels: new.labels.clone(),
-            status: TenantStatus::Active,
-            key_version: 1,
-            key_hint: key.hint(),
-            key_fingerprint: self.fingerprint_key.fingerprint(FP_CLIENT_KEY, key.expose_secret().as_bytes()),
-            created_at: now,
-            updated_at: now,
-            last_token_at: None,
-        };
+        let mut recs = self.add_tenants(&[(new.clone(), key)])?;
+        recs.pop().ok_or_else(|| VaultError::Integrity { what: "tenant insert returned nothing".into() })
+    }
+
+    /// Registers many tenants in one transaction: all or none (bulk import, onboarding of
+    /// several clients at once).
+    pub fn add_tenants(&self, batch: &[(NewTenant, &ClientKey)]) -> Result<Vec<TenantRecord>, VaultError> {
+        let mut rows = Vec::with_capacity(batch.len());
+        for (new, key) in batch {
+            let r = SecretRef { purpose: Purpose::ClientKey, owner: new.tenant_id.as_str().to_owned(), version: 1 };
+            let sealed = self.seal_client_key(&r, key)?;
+            let now = now_ms();
+            let rec = TenantRecord {
+                tenant_id: new.tenant_id.clone(),
+                environment: new.environment,
+                display_name: new.display_name.clone(),
+                organization_number: new.organization_number.clone(),
+                go_client_id: new.go_client_id.clone(),
+                labels: new.labels.clone(),
+                status: TenantStatus::Active,
+                key_version: 1,
+                key_hint: key.hint(),
+                key_fingerprint: self.fingerprint_key.fingerprint(FP_CLIENT_KEY, key.expose_secret().as_bytes()),
+                created_at: now,
+                updated_at: now,
+                last_token_at: None,
+            };
+            rows.push((rec, r, sealed));
+        }
         let mut store = self.store();
         let tx = store.write_tx()?;
-        tenants::insert(&tx, &rec)?;
-        // A leftover sealed row under this id (there should be none) would block the insert:
-        // clear it first so a re-added tenant never inherits an old key.
-        secrets::delete_all(&tx, Purpose::ClientKey, id.as_str())?;
-        secrets::put(&tx, &r, &sealed, self.kek.id())?;
+        for (rec, r, sealed) in &rows {
+            tenants::insert(&tx, rec)?;
+            // A leftover sealed row under this id (there should be none) would block the
+            // insert: clear it so a re-added tenant never inherits an old key.
+            secrets::delete_all(&tx, Purpose::ClientKey, &r.owner)?;
+            secrets::put(&tx, r, sealed, self.kek.id())?;
+        }
         tx.commit().map_err(StoreError::from)?;
-        Ok(rec)
+        Ok(rows.into_iter().map(|(rec, _, _)| rec).collect())
     }
 
     /// Replaces a tenant's key with a new version and destroys the old one. A tenant whose
@@ -447,8 +459,15 @@ impl Vault {
         Ok(tenants::set_go_metadata(self.store().conn(), id, go_client_id, name)?)
     }
 
-    pub fn touch_last_token(&self, id: &TenantId, at_ms: i64) -> Result<(), VaultError> {
-        Ok(tenants::touch_last_token(self.store().conn(), id, at_ms)?)
+    /// Records when tokens were last handed out, for many tenants in one transaction.
+    pub fn touch_last_tokens(&self, times: &[(TenantId, i64)]) -> Result<(), VaultError> {
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        for (id, ms) in times {
+            tenants::touch_last_token(&tx, id, *ms)?;
+        }
+        tx.commit().map_err(StoreError::from)?;
+        Ok(())
     }
 
     /// Opens a tenant's current client key. Only the token broker calls this (see the
@@ -492,10 +511,10 @@ impl Vault {
             return Err(InvalidInput::new("new master key", "is the same as the current master key").into());
         }
         let result = self.rotate_kek_inner(&new_kek, argon2);
-        if result.is_err() {
-            if let InitKey::GenerateKeyFile(p) = new {
-                let _ = std::fs::remove_file(p);
-            }
+        if result.is_err()
+            && let InitKey::GenerateKeyFile(p) = new
+        {
+            let _ = std::fs::remove_file(p);
         }
         let rewrapped = result?;
         let rotation =

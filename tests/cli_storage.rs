@@ -1,5 +1,7 @@
 //! The sealed storage through the operator's CLI: the real binary, real SQLite files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;
@@ -82,7 +84,10 @@ fn database_and_key_file_are_private() {
     }
 }
 
-fn sealed_rows(s: &Scratch) -> Vec<(String, String, i64, Vec<u8>, Vec<u8>)> {
+/// (purpose, owner, version, wrapped DEK, ciphertext) of every sealed row.
+type SealedRow = (String, String, i64, Vec<u8>, Vec<u8>);
+
+fn sealed_rows(s: &Scratch) -> Vec<SealedRow> {
     let conn = rusqlite_open(&s.db());
     let mut st = conn
         .prepare("SELECT purpose, owner, version, wrapped_dek, ciphertext FROM sealed_secrets ORDER BY purpose, owner")

@@ -1,6 +1,8 @@
 //! The key hierarchy against a real database file edited by SQL: rows moved between
 //! tenants and flipped bytes in any stored field do not open.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

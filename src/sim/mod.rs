@@ -1,0 +1,391 @@
+//! A simulated PowerOffice Go: a real HTTP server (axum on a tokio `TcpListener`, plain
+//! HTTP) speaking the parts of Go's API v2 that pogo-vault uses (see `shared/go-api.md`),
+//! with fault knobs and counters. Used by tests, `pogo-vault dev` and `pogo-vault sim`.
+//!
+//! Layout: this file holds the configuration and the [`Sim`] handle (knobs, counters,
+//! shutdown); `handlers` the route table and endpoints; `state` the shared state, rate
+//! limiter and faults; `conn` the listener that lets a handler cut its connection.
+//!
+//! Endpoints (path case ignored; a `/Demo` prefix selects the demo environment):
+//! - `POST /OAuth/Token`: client credentials grant.
+//! - `GET /v2/ClientIntegrationInformation`: who a token belongs to.
+//! - Onboarding (`/v2/Onboarding/Initiate`, `/v2/Onboarding/Finalize`, the approval page)
+//!   is not simulated yet; it belongs in the route table in `handlers`.
+//!
+//! Invariant: the simulator may log, but never a key, a token or a request body. Its
+//! configuration's `Debug` is redacted. It keeps the last token request (with its
+//! credentials) in memory for tests; that record's `Debug` is redacted too.
+
+mod conn;
+mod handlers;
+mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::{HeaderMap, Method, Uri};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use self::conn::{ConnHandle, SimListener};
+use self::state::{ClientEntry, Counters, Endpoint, Faults, RateLimiter, State};
+use crate::domain::Environment;
+
+/// The simulator's default application key (a fixed, public demo value).
+pub const DEFAULT_APPLICATION_KEY: &str = "5b1b5bd4-0f0c-4a57-9d8e-0d3f54a1c001";
+/// The simulator's default demo subscription key (a fixed, public demo value).
+pub const DEFAULT_DEMO_SUBSCRIPTION_KEY: &str = "0d9e5c1f4b2a4e6f8a7b3c2d1e0f9a8b";
+/// The simulator's default production subscription key (a fixed, public demo value).
+pub const DEFAULT_PRODUCTION_SUBSCRIPTION_KEY: &str = "7c4e2a9b1d3f4c5e8a6b0d2f1e3c5a7b";
+
+/// How long a graceful shutdown may take before the server task is aborted.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the simulated Go accepts.
+#[derive(Clone)]
+pub struct SimConfig {
+    /// The integration's application key (the OAuth client id).
+    pub application_key: String,
+    /// Subscription keys and the environment each belongs to.
+    pub subscription_keys: Vec<(Environment, String)>,
+    /// `expires_in` of issued tokens; default 1200 s.
+    pub token_lifetime: Duration,
+    /// Requests admitted per subscription key in any rolling second (token and API calls
+    /// together, as on Go); default 10. 0 refuses everything with 429.
+    pub rate_limit_per_second: u32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            application_key: DEFAULT_APPLICATION_KEY.to_owned(),
+            subscription_keys: vec![
+                (Environment::Demo, DEFAULT_DEMO_SUBSCRIPTION_KEY.to_owned()),
+                (Environment::Production, DEFAULT_PRODUCTION_SUBSCRIPTION_KEY.to_owned()),
+            ],
+            token_lifetime: Duration::from_secs(1200),
+            rate_limit_per_second: 10,
+        }
+    }
+}
+
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let envs: Vec<&str> = self.subscription_keys.iter().map(|(e, _)| e.as_str()).collect();
+        f.debug_struct("SimConfig")
+            .field("application_key", &"[redacted]")
+            .field("subscription_keys", &format_args!("[redacted; environments {envs:?}]"))
+            .field("token_lifetime", &self.token_lifetime)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .finish()
+    }
+}
+
+/// A Go client (customer) known to the simulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimClient {
+    /// Go's client id; answered as a JSON number when it is numeric, else as a string.
+    pub client_id: String,
+    pub name: String,
+    pub organization_number: String,
+}
+
+/// A request as the simulator received it, for byte-for-byte assertions.
+#[derive(Clone)]
+pub struct RecordedRequest {
+    /// The environment its path selected.
+    pub environment: Environment,
+    pub method: String,
+    /// The path exactly as sent (casing kept).
+    pub path: String,
+    pub query: Option<String>,
+    /// Header names (lowercase) to values; repeated headers joined with `", "`.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    fn new(environment: Environment, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Self {
+        let mut map: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in headers {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            map.entry(name.as_str().to_owned())
+                .and_modify(|v| {
+                    v.push_str(", ");
+                    v.push_str(&value);
+                })
+                .or_insert(value);
+        }
+        Self {
+            environment,
+            method: method.as_str().to_owned(),
+            path: uri.path().to_owned(),
+            query: uri.query().map(str::to_owned),
+            headers: map,
+            body: body.to_vec(),
+        }
+    }
+
+    /// A header's value by name (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+}
+
+impl fmt::Debug for RecordedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header names only: the values include the credentials.
+        let names: Vec<&str> = self.headers.keys().map(String::as_str).collect();
+        f.debug_struct("RecordedRequest")
+            .field("environment", &self.environment)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("headers", &names)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// State shared by the handle and the handlers.
+struct Shared {
+    state: Mutex<State>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn wait_for_shutdown(&self) {
+        let mut rx = self.shutdown.subscribe();
+        // Err means the sender is gone, which is a shutdown too.
+        let _ = rx.wait_for(|down| *down).await;
+    }
+
+    /// Sleeps for `d`; false if the simulator shut down first.
+    async fn sleep_unless_shutdown(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.wait_for_shutdown() => false,
+        }
+    }
+}
+
+/// A running simulator. Cheap to clone; all clones control the same server.
+#[derive(Clone)]
+pub struct Sim {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: Arc<Mutex<Option<JoinHandle<io::Result<()>>>>>,
+}
+
+impl fmt::Debug for Sim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sim").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// Starts a simulator listening on `listen` (use port 0 for any free port).
+pub async fn start(listen: SocketAddr, config: SimConfig) -> io::Result<Sim> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (shutdown, _) = watch::channel(false);
+    let state = State {
+        application_key: config.application_key,
+        subscription_keys: config.subscription_keys,
+        token_lifetime: config.token_lifetime,
+        limiter: RateLimiter::new(config.rate_limit_per_second, Duration::from_secs(1)),
+        clients: HashMap::new(),
+        tokens: HashMap::new(),
+        faults: Faults::default(),
+        counters: Counters::default(),
+    };
+    let shared = Arc::new(Shared { state: Mutex::new(state), shutdown });
+    let router = Router::new().fallback(handlers::dispatch).with_state(shared.clone());
+    let signal = {
+        let shared = shared.clone();
+        async move { shared.wait_for_shutdown().await }
+    };
+    let server = axum::serve(SimListener(listener), router.into_make_service_with_connect_info::<ConnHandle>())
+        .with_graceful_shutdown(signal);
+    let task = tokio::spawn(async move { server.await });
+    tracing::debug!(%addr, "simulated PowerOffice Go started");
+    Ok(Sim { addr, shared, task: Arc::new(Mutex::new(Some(task))) })
+}
+
+impl Sim {
+    /// The address the simulator listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL of an environment: `http://{addr}` (production), `http://{addr}/Demo`.
+    pub fn base_url(&self, env: Environment) -> String {
+        match env {
+            Environment::Production => format!("http://{}", self.addr),
+            Environment::Demo => format!("http://{}/Demo", self.addr),
+        }
+    }
+
+    /// Registers (or replaces) a client key for `env`; it is active (not revoked).
+    pub fn add_client(&self, env: Environment, client_key: &str, client: SimClient) {
+        self.shared.lock().clients.insert((env, client_key.to_owned()), ClientEntry { client, revoked: false });
+    }
+
+    /// Revokes a client key in every environment (as when the customer deletes the
+    /// integration): later token requests get 400 `invalid_client`; tokens already issued
+    /// keep working until they expire. Returns whether the key was known.
+    pub fn revoke_client(&self, client_key: &str) -> bool {
+        let mut st = self.shared.lock();
+        let mut found = false;
+        for ((_, key), entry) in st.clients.iter_mut() {
+            if key == client_key {
+                entry.revoked = true;
+                found = true;
+            }
+        }
+        found
+    }
+
+    // ---- fault knobs: each affects only requests arriving after the call ----
+
+    /// Delay added before every answer (0 to turn off).
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().faults.latency = latency;
+    }
+
+    /// The next `n` requests get 429 with `Retry-After: retry_after_secs`.
+    pub fn fail_next_429(&self, n: u32, retry_after_secs: u64) {
+        let mut st = self.shared.lock();
+        st.faults.rate_limited = n;
+        st.faults.retry_after_secs = retry_after_secs;
+    }
+
+    /// The next `n` requests get `status` (meant for 5xx; an invalid code becomes 503).
+    pub fn fail_next_5xx(&self, n: u32, status: u16) {
+        let mut st = self.shared.lock();
+        st.faults.status = n;
+        st.faults.status_code = status;
+    }
+
+    /// The next `n` requests have their connection closed without an answer.
+    pub fn drop_next(&self, n: u32) {
+        self.shared.lock().faults.drop = n;
+    }
+
+    /// The next `n` requests are never answered (released, unanswered, at shutdown).
+    pub fn hang_next(&self, n: u32) {
+        self.shared.lock().faults.hang = n;
+    }
+
+    /// Lifetime (`expires_in`) of tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.shared.lock().token_lifetime = lifetime;
+    }
+
+    /// Replaces the rate limit: at most `limit` requests per subscription key in any
+    /// `window`. A long window makes "N then 429" tests independent of timing.
+    pub fn set_rate_limit(&self, limit: u32, window: Duration) {
+        let mut st = self.shared.lock();
+        st.limiter = RateLimiter::new(limit, window);
+    }
+
+    /// Cancels every pending fault and the latency.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults = Faults::default();
+    }
+
+    // ---- counters ----
+
+    /// Requests that reached the token endpoint, failed ones included.
+    pub fn token_requests(&self) -> u64 {
+        self.shared.lock().counters.token_requests
+    }
+
+    /// Token requests whose Basic credentials named this client key.
+    pub fn token_requests_for(&self, client_key: &str) -> u64 {
+        self.shared.lock().counters.token_requests_by_client.get(client_key).copied().unwrap_or(0)
+    }
+
+    /// Tokens issued.
+    pub fn successful_tokens(&self) -> u64 {
+        self.shared.lock().counters.successful_tokens
+    }
+
+    /// Requests that reached an API endpoint (not the token endpoint).
+    pub fn api_requests(&self) -> u64 {
+        self.shared.lock().counters.api_requests
+    }
+
+    /// Arrival times of token requests, oldest first (the last 100,000 requests).
+    pub fn token_request_times(&self) -> Vec<Instant> {
+        self.shared.lock().arrivals(Some(Endpoint::Token))
+    }
+
+    /// Arrival times of all requests, token and API, oldest first.
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.shared.lock().arrivals(None)
+    }
+
+    /// The most token requests that arrived within any rolling second.
+    pub fn max_token_requests_in_any_second(&self) -> usize {
+        state::max_in_window(&self.token_request_times(), Duration::from_secs(1))
+    }
+
+    /// The most requests (token and API, which share Go's limit) within any rolling second.
+    pub fn max_requests_in_any_second(&self) -> usize {
+        state::max_in_window(&self.request_times(), Duration::from_secs(1))
+    }
+
+    /// The last request that reached the token endpoint.
+    pub fn last_token_request(&self) -> Option<RecordedRequest> {
+        self.shared.lock().counters.last_token_request.clone()
+    }
+
+    /// Stops accepting, releases hung requests, lets open requests finish, and waits for
+    /// the server to stop (aborting it after 5 s). Later calls return at once.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(mut task) = task {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "simulator stopped with an error"),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!("simulator did not stop in time; aborting it");
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+/// Runs a simulator until Ctrl-C, for `pogo-vault sim --listen ADDR`. Logs the base URLs
+/// (never the keys).
+pub async fn run_standalone(
+    listen: SocketAddr,
+    config: SimConfig,
+    clients: Vec<(Environment, String, SimClient)>,
+) -> io::Result<()> {
+    let sim = start(listen, config).await?;
+    let count = clients.len();
+    for (env, key, client) in clients {
+        sim.add_client(env, &key, client);
+    }
+    for env in Environment::ALL {
+        tracing::info!(environment = env.as_str(), base_url = %sim.base_url(env), "simulated PowerOffice Go listening");
+    }
+    tracing::info!(clients = count, "simulator ready; Ctrl-C stops it");
+    let result = tokio::signal::ctrl_c().await;
+    tracing::info!("simulator shutting down");
+    sim.shutdown().await;
+    result
+}

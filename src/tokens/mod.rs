@@ -1,0 +1,660 @@
+//! The token broker: tenant id in, Go access token out, fast, without showing the client
+//! key, and without hurting the integration's shared upstream budget.
+//!
+//! - Cache: one slot per tenant holding its current token. A request gets the cached token
+//!   when it stays valid for the caller's `min_validity`; an expired token is never handed
+//!   out.
+//! - Single flight: concurrent misses for one tenant share one upstream request (a spawned
+//!   task, so a caller that gives up does not cancel it for the others) and its result,
+//!   error included.
+//! - Refresh ahead: tenants used within `refresh_window` get a new token in the background
+//!   once less than `refresh_ahead_share` of the lifetime remains (minus a random jitter,
+//!   so tenants minted together do not refresh together). Idle tenants are left alone:
+//!   with 10,000 tenants, eager refresh alone would eat Go's budget (go-api.md).
+//! - One limiter per subscription key ([`limiter`]); a `429` pauses it for `Retry-After`.
+//!   Transient failures are retried with exponential backoff and jitter, then the tenant
+//!   backs off. While upstream is in trouble a cached token that is still valid is served.
+//! - A key Go rejects (`invalid_client`) marks the tenant `KEY_REJECTED` in the store,
+//!   durably, and stops upstream calls for it until a new key is registered.
+//!
+//! Architecture invariant: this is the only module that opens client keys
+//! ([`Vault::open_client_key`]); an opened key lives only for its one upstream request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::crypto::{AccessToken, ClientKey, Fingerprint, SubscriptionKey};
+use crate::domain::{Environment, TenantId, TenantStatus};
+use crate::store::integrations::IntegrationRecord;
+use crate::store::tenants::TenantRecord;
+use crate::upstream::{GoClient, UpstreamError};
+use crate::vault::{Vault, VaultError};
+
+pub mod clock;
+mod config;
+pub mod limiter;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::BrokerConfig;
+use limiter::Limiter;
+
+/// Fingerprint purpose label for access tokens (audit rows carry this fingerprint).
+pub const FP_ACCESS_TOKEN: &str = "access-token";
+
+/// Why no token was handed out. Cloned to every caller sharing a flight.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// No tenant with that id.
+    #[error("tenant {0} not found")]
+    NotFound(TenantId),
+    /// An admin disabled the tenant.
+    #[error("tenant {0} is disabled: an admin must enable it before tokens are issued")]
+    Disabled(TenantId),
+    /// Go rejected the tenant's client key; no upstream calls until a new key is registered.
+    #[error(
+        "PowerOffice Go rejected the client key of tenant {0}: the customer must re-activate the integration in \
+         PowerOffice Go, and the new key must be registered (RotateClientKey or onboarding)"
+    )]
+    KeyRejected(TenantId),
+    /// No integration (application key, subscription key) for the tenant's environment.
+    #[error("no {0} integration is configured: an operator must run `pogo-vault integration set --environment {0}`")]
+    NoIntegration(Environment),
+    /// Go's gateway refused the integration's subscription key: an integration-wide alarm.
+    #[error(
+        "PowerOffice Go refused the {env} integration's subscription key: an operator must check it \
+         (`pogo-vault integration set`); retry after {} s", secs(*retry_after)
+    )]
+    SubscriptionKeyRejected { env: Environment, retry_after: Duration },
+    /// The shared upstream budget is used up (our limiter, or Go's 429).
+    #[error("rate limited: PowerOffice Go's request budget for the {env} integration is used up; retry after {} s", secs(*retry_after))]
+    RateLimited { env: Environment, retry_after: Duration },
+    /// Go is unreachable, failing or too slow; retried already.
+    #[error("PowerOffice Go is unavailable ({reason}); retry after {} s", secs(*retry_after))]
+    Unavailable { reason: String, retry_after: Duration },
+    /// A sealed row did not open: audited and alarmed by the caller.
+    #[error("integrity failure: {0}")]
+    Integrity(String),
+    /// The store failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl BrokerError {
+    /// How long a caller should wait before asking again, for retryable errors.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            BrokerError::SubscriptionKeyRejected { retry_after, .. }
+            | BrokerError::RateLimited { retry_after, .. }
+            | BrokerError::Unavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    fn from_vault(e: VaultError) -> Self {
+        match e {
+            VaultError::Integrity { what } => BrokerError::Integrity(format!("the sealed {what} does not open")),
+            other => BrokerError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A token as cached and handed out.
+#[derive(Debug)]
+pub struct CachedToken {
+    pub access_token: AccessToken,
+    pub token_type: String,
+    pub expires_at: Instant,
+    pub expires_at_wall: SystemTime,
+    pub lifetime: Duration,
+    pub environment: Environment,
+    /// `{base}/v2`: where the caller sends its API calls.
+    pub api_base_url: String,
+    pub key_version: i64,
+    /// Keyed fingerprint of the token, for the audit log.
+    pub fingerprint: Fingerprint,
+    refresh_at: Instant,
+}
+
+/// Where a handed-out token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The cache, valid for at least the caller's `min_validity`.
+    Cache,
+    /// A new upstream request this caller started; Go answered with `upstream_status`.
+    Upstream { upstream_status: u16 },
+    /// Another caller's upstream request for the same tenant.
+    SharedFlight,
+    /// Upstream is in trouble: a cached token still valid but shorter than `min_validity`.
+    StaleDuringOutage,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenLease {
+    pub token: Arc<CachedToken>,
+    pub source: TokenSource,
+}
+
+type FlightResult = Result<Arc<CachedToken>, BrokerError>;
+
+#[derive(Default)]
+struct SlotState {
+    token: Option<Arc<CachedToken>>,
+    flight: Option<watch::Receiver<Option<FlightResult>>>,
+    last_used: Option<Instant>,
+    last_served_ms: Option<i64>,
+    last_served_dirty: bool,
+    failures: u32,
+    backoff_until: Option<Instant>,
+    backoff_reason: Option<String>,
+    rejected: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct IntegrationCtx {
+    record: IntegrationRecord,
+    subscription_key: SubscriptionKey,
+    loaded_at: Instant,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    pub cache_hits: std::sync::atomic::AtomicU64,
+    pub upstream_requests: std::sync::atomic::AtomicU64,
+    pub upstream_failures: std::sync::atomic::AtomicU64,
+    pub limiter_refusals: std::sync::atomic::AtomicU64,
+}
+
+struct Inner {
+    vault: Arc<Vault>,
+    go: GoClient,
+    cfg: BrokerConfig,
+    clock: Arc<dyn Clock>,
+    slots: RwLock<HashMap<TenantId, Arc<Slot>>>,
+    integrations: Mutex<HashMap<Environment, Arc<IntegrationCtx>>>,
+    limiters: Mutex<HashMap<Environment, Arc<Limiter>>>,
+    stats: BrokerStats,
+}
+
+/// The token broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Broker")
+    }
+}
+
+/// How long integration records (and their opened subscription keys) are cached, so a
+/// change made with the CLI next to a running server takes effect.
+const INTEGRATION_TTL: Duration = Duration::from_secs(30);
+
+impl Broker {
+    pub fn new(vault: Arc<Vault>, go: GoClient, cfg: BrokerConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                vault,
+                go,
+                cfg,
+                clock,
+                slots: RwLock::new(HashMap::new()),
+                integrations: Mutex::new(HashMap::new()),
+                limiters: Mutex::new(HashMap::new()),
+                stats: BrokerStats::default(),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &BrokerStats {
+        &self.inner.stats
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.cfg
+    }
+
+    /// A token for `tenant` valid for at least `min_validity` (default from the config,
+    /// capped at `max_min_validity`).
+    pub async fn get_token(
+        &self,
+        tenant: &TenantId,
+        min_validity: Option<Duration>,
+    ) -> Result<TokenLease, BrokerError> {
+        let inner = &self.inner;
+        let minv = min_validity.unwrap_or(inner.cfg.default_min_validity).min(inner.cfg.max_min_validity);
+        let slot = self.slot(tenant);
+        let now = inner.clock.now();
+        let (mut rx, leader) = {
+            let mut st = slot.lock();
+            st.last_used = Some(now);
+            if st.rejected {
+                return Err(BrokerError::KeyRejected(tenant.clone()));
+            }
+            if let Some(t) = &st.token
+                && t.expires_at >= now + minv
+            {
+                let t = t.clone();
+                self.served(&mut st);
+                inner.stats.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(TokenLease { token: t, source: TokenSource::Cache });
+            }
+            // Upstream in trouble (this tenant backing off, or its limiter paused by a 429):
+            // serve a still-valid token rather than wait, or fail fast.
+            let backoff = st.backoff_until.filter(|u| *u > now).map(|u| u - now);
+            let paused = st.token.as_ref().and_then(|t| self.limiter(t.environment).paused_for());
+            if backoff.is_some() || paused.is_some() {
+                if let Some(t) = st.token.as_ref().filter(|t| t.expires_at > now) {
+                    let t = t.clone();
+                    self.served(&mut st);
+                    return Ok(TokenLease { token: t, source: TokenSource::StaleDuringOutage });
+                }
+                if let Some(wait) = backoff {
+                    let reason = st.backoff_reason.clone().unwrap_or_else(|| "recent failures".to_owned());
+                    return Err(BrokerError::Unavailable { reason, retry_after: wait });
+                }
+            }
+            match &st.flight {
+                Some(rx) => (rx.clone(), false),
+                None => (self.start_flight(tenant, &slot, &mut st, inner.cfg.limiter_max_wait), true),
+            }
+        };
+        let result = match rx.wait_for(Option::is_some).await {
+            Ok(v) => {
+                v.clone().unwrap_or_else(|| Err(BrokerError::Internal("token request ended without a result".into())))
+            }
+            Err(_) => Err(BrokerError::Internal("token request task ended early".into())),
+        };
+        let mut st = slot.lock();
+        match result {
+            Ok(t) => {
+                self.served(&mut st);
+                let source =
+                    if leader { TokenSource::Upstream { upstream_status: 200 } } else { TokenSource::SharedFlight };
+                Ok(TokenLease { token: t, source })
+            }
+            Err(e) if e.retry_after().is_some() => {
+                let now = inner.clock.now();
+                match st.token.as_ref().filter(|t| t.expires_at > now) {
+                    Some(t) => {
+                        let t = t.clone();
+                        self.served(&mut st);
+                        Ok(TokenLease { token: t, source: TokenSource::StaleDuringOutage })
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn served(&self, st: &mut SlotState) {
+        st.last_served_ms = Some(system_ms(self.inner.clock.system_now()));
+        st.last_served_dirty = true;
+    }
+
+    fn slot(&self, tenant: &TenantId) -> Arc<Slot> {
+        if let Some(s) = self.inner.slots.read().unwrap_or_else(|p| p.into_inner()).get(tenant) {
+            return s.clone();
+        }
+        self.inner.slots.write().unwrap_or_else(|p| p.into_inner()).entry(tenant.clone()).or_default().clone()
+    }
+
+    fn limiter(&self, env: Environment) -> Arc<Limiter> {
+        let mut m = self.inner.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(env)
+            .or_insert_with(|| {
+                Arc::new(Limiter::new(
+                    self.inner.clock.clone(),
+                    self.inner.cfg.upstream_rate_per_second,
+                    self.inner.cfg.upstream_burst,
+                ))
+            })
+            .clone()
+    }
+
+    /// Starts the one upstream request for a tenant; the slot lock is held by the caller.
+    fn start_flight(
+        &self,
+        tenant: &TenantId,
+        slot: &Arc<Slot>,
+        st: &mut SlotState,
+        max_wait: Duration,
+    ) -> watch::Receiver<Option<FlightResult>> {
+        let (tx, rx) = watch::channel(None);
+        st.flight = Some(rx.clone());
+        let this = self.clone();
+        let slot = slot.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            let result = this.fetch(&tenant, max_wait).await;
+            let now = this.inner.clock.now();
+            {
+                let mut st = slot.lock();
+                st.flight = None;
+                match &result {
+                    Ok(t) => {
+                        st.token = Some(t.clone());
+                        st.failures = 0;
+                        st.backoff_until = None;
+                        st.backoff_reason = None;
+                    }
+                    Err(BrokerError::KeyRejected(_)) => {
+                        st.rejected = true;
+                        st.token = None;
+                    }
+                    Err(BrokerError::Unavailable { reason, .. }) => {
+                        st.failures = st.failures.saturating_add(1);
+                        st.backoff_until = Some(now + this.backoff(st.failures));
+                        st.backoff_reason = Some(reason.clone());
+                    }
+                    Err(BrokerError::Disabled(_)) => st.token = None,
+                    Err(BrokerError::NotFound(_)) => st.token = None,
+                    Err(_) => {}
+                }
+            }
+            if matches!(result, Err(BrokerError::NotFound(_))) {
+                // No slot lingers for an id that does not exist: memory stays bounded by
+                // the tenants that do.
+                this.inner.slots.write().unwrap_or_else(|p| p.into_inner()).remove(&tenant);
+            }
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+
+    /// Exponential backoff with up to 50 % random jitter, capped.
+    fn backoff(&self, failures: u32) -> Duration {
+        let cfg = &self.inner.cfg;
+        let base = cfg.backoff_initial.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(cfg.backoff_max);
+        base.mul_f64(1.0 - 0.5 * random_unit())
+    }
+
+    async fn fetch(&self, tenant: &TenantId, max_wait: Duration) -> FlightResult {
+        let inner = &self.inner;
+        let rec = self
+            .blocking({
+                let vault = inner.vault.clone();
+                let tenant = tenant.clone();
+                move || vault.tenant(&tenant)
+            })
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(tenant.clone()))?;
+        match rec.status {
+            TenantStatus::Active => {}
+            TenantStatus::Disabled => return Err(BrokerError::Disabled(tenant.clone())),
+            TenantStatus::KeyRejected => return Err(BrokerError::KeyRejected(tenant.clone())),
+        }
+        let env = rec.environment;
+        let integ = self.integration(env).await?;
+        let limiter = self.limiter(env);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if let Err(wait) = limiter.acquire(max_wait).await {
+                inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
+            }
+            let key = self.open_key(&rec).await?;
+            let result = self.request_once(&rec, &integ, key).await;
+            match result {
+                Ok(token) => return Ok(token),
+                Err(UpstreamError::KeyRejected { error, status }) if is_key_rejection(&error) => {
+                    tracing::warn!(tenant = %tenant, status, error = %error, "PowerOffice Go rejected the client key; marking the tenant KEY_REJECTED");
+                    self.blocking({
+                        let vault = inner.vault.clone();
+                        let tenant = tenant.clone();
+                        move || vault.set_status(&tenant, TenantStatus::KeyRejected).map(|_| ())
+                    })
+                    .await?;
+                    return Err(BrokerError::KeyRejected(tenant.clone()));
+                }
+                Err(UpstreamError::SubscriptionKeyRejected { status }) => {
+                    tracing::error!(environment = %env, status, "ALARM: PowerOffice Go rejected the integration's subscription key");
+                    limiter.pause(inner.cfg.subscription_key_pause);
+                    self.forget_integration(env);
+                    return Err(BrokerError::SubscriptionKeyRejected {
+                        env,
+                        retry_after: inner.cfg.subscription_key_pause,
+                    });
+                }
+                Err(UpstreamError::RateLimited { retry_after }) => {
+                    tracing::warn!(environment = %env, retry_after_s = retry_after.as_secs(), "PowerOffice Go answered 429; pausing upstream calls");
+                    limiter.pause(retry_after);
+                    return Err(BrokerError::RateLimited { env, retry_after });
+                }
+                Err(e) if e.is_retryable() && attempt < inner.cfg.retry_attempts => {
+                    let wait = self.backoff(attempt);
+                    tracing::info!(tenant = %tenant, attempt, wait_ms = wait.as_millis() as u64, error = %e, "transient upstream failure; retrying");
+                    inner.clock.sleep(wait).await;
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, attempt, error = %e, "upstream token request failed");
+                    return Err(BrokerError::Unavailable {
+                        reason: e.to_string(),
+                        retry_after: self.backoff(1).max(Duration::from_secs(1)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Opens the tenant's client key for one request. A row that does not open is an
+    /// integrity failure: logged as an alarm and reported as such.
+    async fn open_key(&self, rec: &TenantRecord) -> Result<ClientKey, BrokerError> {
+        let vault = self.inner.vault.clone();
+        let rec = rec.clone();
+        let id = rec.tenant_id.clone();
+        let result = self.blocking(move || vault.open_client_key(&rec)).await;
+        if let Err(BrokerError::Integrity(what)) = &result {
+            tracing::error!(tenant = %id, "ALARM: integrity failure: {what}");
+        }
+        result
+    }
+
+    /// One upstream token request. The client key is moved in and dropped (zeroized) as
+    /// soon as the request has been sent.
+    async fn request_once(
+        &self,
+        rec: &TenantRecord,
+        integ: &IntegrationCtx,
+        key: ClientKey,
+    ) -> Result<Arc<CachedToken>, UpstreamError> {
+        let inner = &self.inner;
+        inner.stats.upstream_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent_at = inner.clock.now();
+        let sent_wall = inner.clock.system_now();
+        let grant = inner
+            .go
+            .request_token(&integ.record.base_url, &integ.record.application_key, &key, &integ.subscription_key)
+            .await;
+        drop(key);
+        let grant = grant.inspect_err(|_| {
+            inner.stats.upstream_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
+        // Expiry counts from when we sent the request: never later than Go's own clock.
+        let lifetime = grant.expires_in;
+        let refresh_share = lifetime.mul_f64(inner.cfg.refresh_ahead_share.clamp(0.0, 1.0));
+        let jitter = lifetime.mul_f64(inner.cfg.refresh_jitter_share.clamp(0.0, 1.0) * random_unit());
+        let fingerprint =
+            inner.vault.fingerprint_key().fingerprint(FP_ACCESS_TOKEN, grant.access_token.expose_secret().as_bytes());
+        Ok(Arc::new(CachedToken {
+            expires_at: sent_at + lifetime,
+            expires_at_wall: sent_wall + lifetime,
+            refresh_at: (sent_at + lifetime).checked_sub(refresh_share + jitter).unwrap_or(sent_at),
+            lifetime,
+            access_token: grant.access_token,
+            token_type: grant.token_type,
+            environment: integ.record.environment,
+            api_base_url: format!("{}/v2", integ.record.base_url),
+            key_version: rec.key_version,
+            fingerprint,
+        }))
+    }
+
+    async fn integration(&self, env: Environment) -> Result<Arc<IntegrationCtx>, BrokerError> {
+        let now = self.inner.clock.now();
+        if let Some(c) = self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).get(&env)
+            && now.saturating_duration_since(c.loaded_at) < INTEGRATION_TTL
+        {
+            return Ok(c.clone());
+        }
+        let vault = self.inner.vault.clone();
+        let (record, subscription_key) = self
+            .blocking(move || {
+                let Some(rec) = vault.integration(env)? else { return Ok(None) };
+                let key = vault.open_subscription_key(&rec)?;
+                Ok(Some((rec, key)))
+            })
+            .await?
+            .ok_or(BrokerError::NoIntegration(env))?;
+        let ctx = Arc::new(IntegrationCtx { record, subscription_key, loaded_at: now });
+        self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).insert(env, ctx.clone());
+        Ok(ctx)
+    }
+
+    /// Drops the cached integration for `env` (after `integration set` or a rejection).
+    pub fn forget_integration(&self, env: Environment) {
+        self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).remove(&env);
+    }
+
+    /// Drops everything cached for a tenant (after its key, status or existence changed).
+    pub fn forget(&self, tenant: &TenantId) {
+        self.inner.slots.write().unwrap_or_else(|p| p.into_inner()).remove(tenant);
+    }
+
+    /// When a token was last handed out for the tenant by this process (Unix ms).
+    pub fn last_served_ms(&self, tenant: &TenantId) -> Option<i64> {
+        let slots = self.inner.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots.get(tenant).and_then(|s| s.lock().last_served_ms)
+    }
+
+    /// Writes the "last token" times gathered in memory to the store, in one transaction.
+    pub async fn flush_last_served(&self) -> Result<usize, BrokerError> {
+        let mut batch = Vec::new();
+        {
+            let slots = self.inner.slots.read().unwrap_or_else(|p| p.into_inner());
+            for (id, slot) in slots.iter() {
+                let mut st = slot.lock();
+                if st.last_served_dirty {
+                    st.last_served_dirty = false;
+                    if let Some(ms) = st.last_served_ms {
+                        batch.push((id.clone(), ms));
+                    }
+                }
+            }
+        }
+        let n = batch.len();
+        if n > 0 {
+            let vault = self.inner.vault.clone();
+            self.blocking(move || vault.touch_last_tokens(&batch)).await?;
+        }
+        Ok(n)
+    }
+
+    /// Starts background refreshes for tenants used within the refresh window whose token
+    /// has passed its refresh point, and waits for them. Returns how many were refreshed.
+    /// A refresh never queues for the limiter: if no slot is free now, it tries next time.
+    pub async fn refresh_due(&self) -> usize {
+        let now = self.inner.clock.now();
+        let window = self.inner.cfg.refresh_window;
+        let mut flights = Vec::new();
+        let slots: Vec<(TenantId, Arc<Slot>)> = self
+            .inner
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (id, slot) in slots {
+            let mut st = slot.lock();
+            let due = match (&st.token, st.last_used) {
+                (Some(t), Some(used)) => {
+                    now >= t.refresh_at && t.expires_at > now && now.saturating_duration_since(used) <= window
+                }
+                _ => false,
+            };
+            let blocked = st.rejected || st.flight.is_some() || st.backoff_until.is_some_and(|u| u > now);
+            if due && !blocked {
+                flights.push(self.start_flight(&id, &slot, &mut st, Duration::ZERO));
+            }
+        }
+        let mut refreshed = 0;
+        for mut rx in flights {
+            if let Ok(v) = rx.wait_for(Option::is_some).await
+                && matches!(&*v, Some(Ok(_)))
+            {
+                refreshed += 1;
+            }
+        }
+        refreshed
+    }
+
+    /// Runs refresh-ahead and the "last token" flush every `refresh_interval` until the
+    /// returned task is aborted.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.inner.clock.sleep(this.inner.cfg.refresh_interval).await;
+                let n = this.refresh_due().await;
+                if n > 0 {
+                    tracing::debug!(refreshed = n, "refreshed tokens ahead of expiry");
+                }
+                if let Err(e) = this.flush_last_served().await {
+                    tracing::warn!(error = %e, "could not record last-token times");
+                }
+            }
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|_| BrokerError::Internal("store task failed".into()))?
+            .map_err(BrokerError::from_vault)
+    }
+}
+
+/// `invalid_client` (unknown, deleted or wrong-environment key) and `unauthorized_client`
+/// are about the key; other OAuth codes point at how we ask, not at the customer.
+fn is_key_rejection(error: &str) -> bool {
+    matches!(error, "invalid_client" | "unauthorized_client")
+}
+
+fn system_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A uniform number in [0, 1) from the OS random source (jitter only; not for secrets).
+fn random_unit() -> f64 {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}

@@ -1,0 +1,155 @@
+//! Runs the broker through success and every failure class with all tracing output
+//! captured at TRACE level (our crate and every dependency: reqwest, hyper, rustls), then
+//! scans the captured log, every error's Display and Debug for any secret.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pogo_vault::crypto::{ClientKey, SubscriptionKey};
+use pogo_vault::domain::{DisplayName, Environment, Labels, TenantId};
+use pogo_vault::sim::{self, SimClient, SimConfig};
+use pogo_vault::tokens::{Broker, BrokerConfig, ManualClock};
+use pogo_vault::upstream::{GoClient, UpstreamConfig};
+use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, Vault};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const KEYS: [&str; 3] = [
+    "a1b2c3d4-0000-4000-8000-00000000000a",
+    "a1b2c3d4-0000-4000-8000-00000000000b",
+    "a1b2c3d4-0000-4000-8000-00000000000c",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_logs_or_error_strings() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let sim =
+        sim::start("127.0.0.1:0".parse().unwrap(), SimConfig { rate_limit_per_second: 1000, ..SimConfig::default() })
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Arc::new(
+        Vault::init(&dir.path().join("v.db"), &InitKey::GenerateKeyFile(dir.path().join("k")), Argon2Costs::default())
+            .unwrap(),
+    );
+    vault
+        .set_integration(&IntegrationInput {
+            environment: Environment::Demo,
+            application_key: sim::DEFAULT_APPLICATION_KEY.into(),
+            base_url: sim.base_url(Environment::Demo),
+            subscription_key: SubscriptionKey::parse(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY).unwrap(),
+        })
+        .unwrap();
+    for (i, k) in KEYS.iter().enumerate() {
+        let new = NewTenant {
+            tenant_id: format!("t{i}").parse().unwrap(),
+            environment: Environment::Demo,
+            display_name: DisplayName::default(),
+            organization_number: None,
+            go_client_id: None,
+            labels: Labels::default(),
+        };
+        vault.add_tenant(&new, &ClientKey::parse(k).unwrap()).unwrap();
+        sim.add_client(
+            Environment::Demo,
+            k,
+            SimClient { client_id: format!("{i}"), name: format!("c{i}"), organization_number: "123456789".into() },
+        );
+    }
+    let go = GoClient::new(&UpstreamConfig {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_millis(400),
+    })
+    .unwrap();
+    let clock = ManualClock::new();
+    let cfg = BrokerConfig { retry_attempts: 1, limiter_max_wait: Duration::ZERO, ..BrokerConfig::default() };
+    let broker = Broker::new(vault.clone(), go.clone(), cfg, clock.clone());
+    let t = |i: usize| -> TenantId { format!("t{i}").parse().unwrap() };
+
+    let mut tokens = Vec::new();
+    let mut errors = Vec::new();
+    fn record(
+        tokens: &mut Vec<String>,
+        errors: &mut Vec<String>,
+        r: Result<pogo_vault::tokens::TokenLease, pogo_vault::tokens::BrokerError>,
+    ) {
+        match r {
+            Ok(l) => tokens.push(l.token.access_token.expose_secret().to_owned()),
+            Err(e) => errors.push(format!("{e} {e:?}")),
+        }
+    }
+
+    record(&mut tokens, &mut errors, broker.get_token(&t(0), None).await); // success
+    record(&mut tokens, &mut errors, broker.get_token(&t(0), None).await); // cache
+    let info = go
+        .client_integration_information(
+            &sim.base_url(Environment::Demo),
+            &pogo_vault::crypto::AccessToken::new(tokens[0].clone()),
+            &SubscriptionKey::parse(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.client_name.as_deref(), Some("c0"));
+    sim.fail_next_5xx(1, 502);
+    record(&mut tokens, &mut errors, broker.get_token(&t(1), None).await); // transient
+    sim.hang_next(1);
+    clock.advance(Duration::from_secs(60));
+    record(&mut tokens, &mut errors, broker.get_token(&t(2), None).await); // timeout
+    clock.advance(Duration::from_secs(60));
+    sim.fail_next_429(1, 1);
+    record(&mut tokens, &mut errors, broker.get_token(&t(2), None).await); // 429
+    clock.advance(Duration::from_secs(5));
+    sim.revoke_client(KEYS[1]);
+    record(&mut tokens, &mut errors, broker.get_token(&t(1), None).await); // key rejected
+    vault
+        .set_integration(&IntegrationInput {
+            environment: Environment::Demo,
+            application_key: sim::DEFAULT_APPLICATION_KEY.into(),
+            base_url: sim.base_url(Environment::Demo),
+            subscription_key: SubscriptionKey::parse("0123456789abcdef0123456789abcdef").unwrap(),
+        })
+        .unwrap();
+    broker.forget_integration(Environment::Demo);
+    record(&mut tokens, &mut errors, broker.get_token(&t(2), None).await); // subscription key rejected
+    sim.shutdown().await;
+
+    assert!(!tokens.is_empty(), "at least one token was minted");
+    assert!(errors.len() >= 4, "failure paths ran: {errors:?}");
+    let log = capture.0.lock().unwrap().clone();
+    assert!(log.len() > 1000, "the capture works ({} bytes)", log.len());
+    assert!(common::contains(&log, b"t1"), "tenant ids do appear in the log");
+
+    let mut secrets: Vec<String> = KEYS.iter().map(|s| s.to_string()).collect();
+    secrets.push(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY.into());
+    secrets.push("0123456789abcdef0123456789abcdef".into());
+    secrets.extend(tokens.iter().cloned());
+    for s in &secrets {
+        common::assert_no_leak("the tracing log", &log, s);
+        for e in &errors {
+            common::assert_no_leak(&format!("error {e:?}"), e.as_bytes(), s);
+        }
+    }
+}
