@@ -21,8 +21,11 @@ pub mod meta;
 pub mod secrets;
 pub mod tenants;
 
-/// The migrations, compiled in, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_initial", include_str!("../../migrations/0001_initial.sql"))];
+/// A named SQL migration, compiled in.
+pub type Migration = (&'static str, &'static str);
+
+/// The vault database's migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[Migration] = &[("0001_initial", include_str!("../../migrations/0001_initial.sql"))];
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,24 +98,12 @@ impl Store {
     pub fn create(path: &Path) -> Result<Store, StoreError> {
         // Create the file ourselves so it never exists with looser permissions; SQLite gives
         // the -wal and -shm files the same mode as the database file.
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| StoreError::Create { path: path.display().to_string(), reason: e.to_string() })?;
+        create_private_file(path)?;
         Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
     }
 
     fn open_with(path: &Path, flags: OpenFlags) -> Result<Store, StoreError> {
-        let mut conn = Connection::open_with_flags(path, flags)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.pragma_update(None, "secure_delete", "ON")?;
-        migrate(&mut conn)?;
+        let conn = open_connection(path, flags, MIGRATIONS)?;
         Ok(Store { conn, path: path.to_owned() })
     }
 
@@ -148,13 +139,39 @@ pub fn supported_schema_version() -> i64 {
     MIGRATIONS.len() as i64
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Opens a SQLite file with the connection set-up described in the module docs and applies
+/// `migrations` (for the vault database, and for the audit database with its own list).
+/// Use [`create_private_file`] first when the file may not exist yet.
+pub fn open_connection(path: &Path, flags: OpenFlags, migrations: &[Migration]) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    migrate(&mut conn, migrations)?;
+    Ok(conn)
+}
+
+/// Creates `path` with mode 0600 if it does not exist (never loosens an existing file).
+pub fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(|_| ())
+        .map_err(|e| StoreError::Create { path: path.display().to_string(), reason: e.to_string() })
+}
+
+fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<(), StoreError> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let supported = supported_schema_version();
+    let supported = migrations.len() as i64;
     if found > supported {
         return Err(StoreError::SchemaTooNew { found, supported });
     }
-    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (i, (name, sql)) in migrations.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // Another process may have migrated while we waited for the lock.
         let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
