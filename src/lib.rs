@@ -4,11 +4,18 @@
 //! server → authz → tokens (→ store, upstream) → audit → response.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod authz;
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod proto;
+pub mod server;
 pub mod sim;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 pub mod upstream;
 pub mod vault;

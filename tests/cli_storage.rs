@@ -59,10 +59,13 @@ fn no_canary_in_database_wal_or_output() {
 
     let db = read_if_exists(&s.db());
     let wal = read_if_exists(&s.path("vault.db-wal"));
+    let audit = [read_if_exists(&s.path("vault-audit.db")), read_if_exists(&s.path("vault-audit.db-wal"))].concat();
     assert!(!db.is_empty());
+    assert!(contains(&audit, b"key_registered"), "the CLI's changes are audited");
     for secret in [CANARY_KEY, CANARY_SUB] {
         assert_no_leak("database file", &db, secret);
         assert_no_leak("WAL file", &wal, secret);
+        assert_no_leak("audit database", &audit, secret);
         for (i, o) in outs.iter().enumerate() {
             assert_no_leak(&format!("stdout of command {i}"), &o.stdout, secret);
             assert_no_leak(&format!("stderr of command {i}"), &o.stderr, secret);

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::output::{self, IntegrationView, TenantView};
 use super::{CliError, GlobalArgs};
+use crate::audit::{Action, AuditRecord, Outcome};
 use crate::crypto::{ClientKey, MasterKeySource, SubscriptionKey};
 use crate::domain::{DisplayName, Environment, Labels, OrganizationNumber, TenantId, TenantStatus};
 use crate::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, Vault};
@@ -52,6 +53,7 @@ pub enum IntegrationCommand {
     /// Set an environment's application key, subscription key (read from standard input)
     /// and Go base URL.
     Set {
+        /// `demo` or `production`.
         #[arg(long)]
         environment: String,
         /// The integration's application key (a GUID; not secret).
@@ -63,6 +65,7 @@ pub enum IntegrationCommand {
     },
     /// List the configured integrations (subscription-key hints only).
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -72,12 +75,16 @@ pub enum IntegrationCommand {
 pub enum TenantCommand {
     /// Register a tenant; its client key is read from standard input (no echo on a terminal).
     Add {
+        /// 1 to 64 of a-z 0-9 - _ . starting with a letter or digit.
         #[arg(long)]
         tenant_id: String,
+        /// `demo` or `production`: where the client key was issued.
         #[arg(long)]
         environment: String,
+        /// A name to show in lists.
         #[arg(long)]
         display_name: Option<String>,
+        /// The client's organization number (nine digits).
         #[arg(long)]
         organization_number: Option<String>,
         /// A label `key=value`; repeat for more.
@@ -86,12 +93,14 @@ pub enum TenantCommand {
     },
     /// List tenants (key hints only).
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one tenant (key hint only).
     Show {
         tenant_id: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -173,6 +182,53 @@ fn unlock(g: &GlobalArgs) -> Result<Vault, CliError> {
     Ok(Vault::unlock(&g.db, &source)?)
 }
 
+/// Unlocks the vault for a change and checks first that its audit record can be written,
+/// so a change is not made when its record could not be.
+fn unlock_for_change(g: &GlobalArgs) -> Result<(Vault, ed25519_dalek::SigningKey), CliError> {
+    let vault = unlock(g)?;
+    let key = vault.audit_signing_key()?;
+    audit_writable(&g.audit_db()).map_err(|e| {
+        CliError::new(format!(
+            "the audit database {} cannot be written ({e}); nothing was changed",
+            g.audit_db().display()
+        ))
+    })?;
+    Ok((vault, key))
+}
+
+/// Opens (creating, mode 0600) the audit database and takes and releases its write lock.
+fn audit_writable(path: &std::path::Path) -> Result<(), crate::store::StoreError> {
+    crate::store::create_private_file(path)?;
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = crate::store::open_connection(path, flags, crate::audit::AUDIT_MIGRATIONS)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.rollback()?;
+    Ok(())
+}
+
+/// Appends the audit record of an operator's change. The caller is `cli:<user>`.
+fn audit(
+    g: &GlobalArgs,
+    key: &ed25519_dalek::SigningKey,
+    action: Action,
+    tenant: Option<&TenantId>,
+    key_version: Option<i64>,
+    detail: &str,
+) -> Result<(), CliError> {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let mut rec = AuditRecord::new(action, Outcome::Ok).caller(format!("cli:{user}"), "").detail(detail);
+    if let Some(t) = tenant {
+        rec = rec.tenant(t.to_string());
+    }
+    if let Some(v) = key_version {
+        rec = rec.key_version(v);
+    }
+    rec = rec.request(crate::server::new_request_id(), "local");
+    crate::audit::AuditLog::append_blocking_once(&g.audit_db(), key, rec)
+        .map(|_| ())
+        .map_err(|e| CliError::new(format!("the change was made but its audit record was not written: {e}")))
+}
+
 pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError> {
     match c {
         IntegrationCommand::Set { environment, application_key, base_url } => {
@@ -228,7 +284,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
                 go_client_id: None,
                 labels: Labels::parse_assignments("label", &labels)?,
             };
-            let vault = unlock(g)?;
+            let (vault, akey) = unlock_for_change(g)?;
             if vault.tenant(&new.tenant_id)?.is_some() {
                 return Err(CliError::new(format!(
                     "tenant {} already exists; use `tenant rotate-key` to replace its key",
@@ -238,6 +294,14 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
             let secret = output::read_secret("client key (input hidden): ")?;
             let key = ClientKey::parse(&secret)?;
             let rec = vault.add_tenant(&new, &key)?;
+            audit(
+                g,
+                &akey,
+                Action::KeyRegistered,
+                Some(&rec.tenant_id),
+                Some(rec.key_version),
+                "registered with the CLI (not validated)",
+            )?;
             println!("tenant {} added: client key {} (version {})", rec.tenant_id, rec.key_hint, rec.key_version);
             if vault.integration(rec.environment)?.is_none() {
                 eprintln!(
@@ -273,11 +337,14 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
         }
         TenantCommand::RotateKey { tenant_id } => {
             let id = TenantId::parse_field("tenant_id", &tenant_id)?;
-            let vault = unlock(g)?;
+            let (vault, akey) = unlock_for_change(g)?;
             let cur = vault.tenant(&id)?.ok_or_else(|| CliError::new(format!("tenant {id} not found")))?;
             let secret = output::read_secret("new client key (input hidden): ")?;
             let key = ClientKey::parse(&secret)?;
             let rec = vault.rotate_key(&id, &key)?;
+            let detail =
+                format!("key version {} replaces {} (destroyed), with the CLI", rec.key_version, cur.key_version);
+            audit(g, &akey, Action::KeyRotated, Some(&id), Some(rec.key_version), &detail)?;
             println!(
                 "tenant {}: client key {} (version {}) replaces {} (version {}, destroyed)",
                 rec.tenant_id, rec.key_hint, rec.key_version, cur.key_hint, cur.key_version
@@ -288,7 +355,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
         TenantCommand::Enable { tenant_id } => set_status(g, &tenant_id, TenantStatus::Active),
         TenantCommand::Delete { tenant_id, yes } => {
             let id = TenantId::parse_field("tenant_id", &tenant_id)?;
-            let vault = unlock(g)?;
+            let (vault, akey) = unlock_for_change(g)?;
             if vault.tenant(&id)?.is_none() {
                 return Err(CliError::new(format!("tenant {id} not found")));
             }
@@ -301,6 +368,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
                 )?;
             }
             vault.delete_tenant(&id)?;
+            audit(g, &akey, Action::TenantDeleted, Some(&id), None, "deleted with the CLI; client key destroyed")?;
             println!("tenant {id} deleted; its client key is destroyed");
             Ok(())
         }
@@ -309,8 +377,10 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
 
 fn set_status(g: &GlobalArgs, tenant_id: &str, status: TenantStatus) -> Result<(), CliError> {
     let id = TenantId::parse_field("tenant_id", tenant_id)?;
-    let vault = unlock(g)?;
+    let (vault, akey) = unlock_for_change(g)?;
     let rec = vault.set_status(&id, status)?;
+    let action = if status == TenantStatus::Disabled { Action::TenantDisabled } else { Action::TenantEnabled };
+    audit(g, &akey, action, Some(&id), Some(rec.key_version), "with the CLI")?;
     println!("tenant {} is {}", rec.tenant_id, rec.status);
     Ok(())
 }
@@ -343,8 +413,10 @@ pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
     } else {
         return Err(CliError::usage("give the new master key"));
     };
-    let vault = unlock(g)?;
+    let (vault, akey) = unlock_for_change(g)?;
     let (_vault, r) = vault.rotate_kek(&new, a.argon2.into())?;
+    let detail = format!("master key {} -> {}: {} data keys rewrapped", r.old_kek_id, r.new_kek_id, r.rewrapped);
+    audit(g, &akey, Action::KekRotated, None, None, &detail)?;
     println!(
         "master key rotated: {} -> {}; {} data keys rewrapped; the old master key no longer opens this database",
         r.old_kek_id, r.new_kek_id, r.rewrapped

@@ -15,7 +15,9 @@ use crate::domain::InvalidInput;
 use crate::vault::VaultError;
 
 mod admin;
+mod audit;
 mod output;
+mod serve;
 
 #[derive(Debug, Parser)]
 #[command(name = "pogo-vault", version, about = "The one holder of PowerOffice Go client keys", long_about = None)]
@@ -31,6 +33,10 @@ pub struct GlobalArgs {
     /// The vault database file.
     #[arg(long, global = true, env = "POGO_VAULT_DB", default_value = "pogo-vault.db")]
     pub db: PathBuf,
+    /// The audit database (default: `<db stem>-audit.db` beside the vault database).
+    /// Commands that change the vault append their audit record here.
+    #[arg(long, global = true, env = "POGO_VAULT_AUDIT_DB")]
+    pub audit_db: Option<PathBuf>,
     #[command(flatten)]
     pub master: MasterKeyArgs,
 }
@@ -47,6 +53,12 @@ pub struct MasterKeyArgs {
     /// Name of an environment variable holding the master passphrase (the name, not the value).
     #[arg(long, global = true, env = "POGO_VAULT_MASTER_PASSPHRASE_ENV", value_name = "VAR")]
     pub master_passphrase_env: Option<String>,
+}
+
+impl GlobalArgs {
+    pub fn audit_db(&self) -> PathBuf {
+        self.audit_db.clone().unwrap_or_else(|| crate::config::default_audit_db(&self.db))
+    }
 }
 
 impl MasterKeyArgs {
@@ -93,6 +105,24 @@ pub enum Command {
     RotateKek(admin::RotateKekArgs),
     /// Run a simulated PowerOffice Go on a local address (for development and tests).
     Sim(admin::SimArgs),
+    /// Serve the gRPC API over mutual TLS (configuration from a TOML file).
+    Serve(serve::ServeArgs),
+    /// The embedded default: simulator, dev certificates, demo tenants, a real token over mTLS.
+    Dev(serve::DevArgs),
+    /// Ask a running vault for an access token, as a caller would (masked unless --raw).
+    Token(serve::TokenArgs),
+    /// Certificates for development.
+    #[command(subcommand)]
+    Certs(serve::CertsCommand),
+    /// Check a configuration file.
+    #[command(subcommand)]
+    Config(serve::CheckCommand),
+    /// Check a policy file.
+    #[command(subcommand)]
+    Policy(serve::CheckCommand),
+    /// Read, stream, export and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// A command failed: the one line to print, and the exit code.
@@ -151,6 +181,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Tenant(c) => admin::tenant(g, c),
         Command::RotateKek(a) => admin::rotate_kek(g, a),
         Command::Sim(a) => admin::sim(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::Dev(a) => serve::dev(a),
+        Command::Token(a) => serve::token(a),
+        Command::Certs(c) => serve::certs(c),
+        Command::Config(c) => serve::config_check(c),
+        Command::Policy(c) => serve::policy_check(c),
+        Command::Audit(c) => audit::run(&g.db, c),
     }
 }
 
@@ -158,6 +195,8 @@ fn init_logging(command: &Command) {
     // Long-running commands log at info; one-shot admin commands only warn, so their
     // standard output stays clean for scripts. `POGO_VAULT_LOG` overrides (EnvFilter syntax).
     let default = match command {
+        // These set up logging themselves (format and level from their configuration).
+        Command::Serve(_) | Command::Dev(_) => return,
         Command::Sim(_) => "info",
         _ => "warn",
     };

@@ -75,6 +75,12 @@ pub enum BrokerError {
     /// Go is unreachable, failing or too slow; retried already.
     #[error("PowerOffice Go is unavailable ({reason}); retry after {} s", secs(*retry_after))]
     Unavailable { reason: String, retry_after: Duration },
+    /// A key offered for registration was refused by Go.
+    #[error(
+        "PowerOffice Go does not accept this client key for the {0} environment: check that it was copied \
+         whole from the right PowerOffice Go client and environment, or have the customer re-activate the integration"
+    )]
+    InvalidKey(Environment),
     /// A sealed row did not open: audited and alarmed by the caller.
     #[error("integrity failure: {0}")]
     Integrity(String),
@@ -121,6 +127,12 @@ pub struct CachedToken {
     /// Keyed fingerprint of the token, for the audit log.
     pub fingerprint: Fingerprint,
     refresh_at: Instant,
+}
+
+/// What Go said about a key proven by [`Broker::validate_key`].
+#[derive(Debug, Clone)]
+pub struct ValidatedKey {
+    pub info: crate::upstream::ClientIntegrationInfo,
 }
 
 /// Where a handed-out token came from.
@@ -512,6 +524,44 @@ impl Broker {
         }))
     }
 
+    /// Proves a client key that is not stored yet (registration, rotation): mints a token
+    /// with it through the shared limiter and reads ClientIntegrationInformation. The key
+    /// is the caller's; nothing is stored here.
+    pub async fn validate_key(&self, env: Environment, key: &ClientKey) -> Result<ValidatedKey, BrokerError> {
+        let inner = &self.inner;
+        let integ = self.integration(env).await?;
+        let limiter = self.limiter(env);
+        for _ in 0..2 {
+            if let Err(wait) = limiter.acquire(inner.cfg.limiter_max_wait).await {
+                inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
+            }
+        }
+        inner.stats.upstream_requests.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let r = &integ.record;
+        let grant = inner.go.request_token(&r.base_url, &r.application_key, key, &integ.subscription_key).await;
+        let grant = grant.map_err(|e| self.validation_error(env, &integ, e))?;
+        let info =
+            inner.go.client_integration_information(&r.base_url, &grant.access_token, &integ.subscription_key).await;
+        let info = info.map_err(|e| self.validation_error(env, &integ, e))?;
+        Ok(ValidatedKey { info })
+    }
+
+    fn validation_error(&self, env: Environment, _integ: &IntegrationCtx, e: UpstreamError) -> BrokerError {
+        match e {
+            UpstreamError::KeyRejected { error, .. } if is_key_rejection(&error) => BrokerError::InvalidKey(env),
+            UpstreamError::SubscriptionKeyRejected { .. } => {
+                tracing::error!(environment = %env, "ALARM: PowerOffice Go rejected the integration's subscription key");
+                BrokerError::SubscriptionKeyRejected { env, retry_after: self.inner.cfg.subscription_key_pause }
+            }
+            UpstreamError::RateLimited { retry_after } => {
+                self.limiter(env).pause(retry_after);
+                BrokerError::RateLimited { env, retry_after }
+            }
+            e => BrokerError::Unavailable { reason: e.to_string(), retry_after: Duration::from_secs(1) },
+        }
+    }
+
     async fn integration(&self, env: Environment) -> Result<Arc<IntegrationCtx>, BrokerError> {
         let now = self.inner.clock.now();
         if let Some(c) = self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).get(&env)
@@ -531,6 +581,12 @@ impl Broker {
         let ctx = Arc::new(IntegrationCtx { record, subscription_key, loaded_at: now });
         self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).insert(env, ctx.clone());
         Ok(ctx)
+    }
+
+    /// The integration's subscription key for `env` (cached like the integration record),
+    /// for `GetAccessToken` responses when the configuration hands it to callers.
+    pub async fn subscription_key(&self, env: Environment) -> Result<SubscriptionKey, BrokerError> {
+        Ok(self.integration(env).await?.subscription_key.clone())
     }
 
     /// Drops the cached integration for `env` (after `integration set` or a rejection).

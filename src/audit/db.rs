@@ -1,0 +1,247 @@
+//! The audit database file: opening it (writer and readers), and the row mappings and
+//! statements every other part of the module shares.
+//!
+//! Invariants: only the writer and the one-shot CLI path open it read-write; every reader
+//! opens it `SQLITE_OPEN_READ_ONLY`, so a reader bug cannot alter the log. The writer's busy
+//! timeout is short ([`super::AuditConfig::busy_timeout`]) so a held lock turns into a failed
+//! batch, and failed appends, quickly.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+
+use super::chain::{Checkpoint, GENESIS_HASH};
+use super::record::{AuditEvent, AuditRecord};
+use super::{AuditError, chain};
+use crate::store::{self, Migration, StoreError};
+
+/// The audit database's migrations, applied in order; `PRAGMA user_version` counts them.
+pub const AUDIT_MIGRATIONS: &[Migration] =
+    &[("audit/0001_audit", include_str!("../../migrations/audit/0001_audit.sql"))];
+
+/// The columns of an event row, in the order [`event_from_row`] reads them.
+pub(crate) const EVENT_COLUMNS: &str = "sequence, time_ms, caller, caller_serial, action, tenant_id, key_version, \
+     outcome, upstream_status, token_fingerprint, detail, request_id, peer, prev_hash, hash";
+
+const INSERT_EVENT: &str = "INSERT INTO events (sequence, time_ms, caller, caller_serial, action, tenant_id, \
+     key_version, outcome, upstream_status, token_fingerprint, detail, request_id, peer, prev_hash, hash) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+
+/// The writer's page cache, in KiB.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// WAL pages (4 KiB each) after which a commit copies the WAL into the database file.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
+
+const CHECKPOINT_COLUMNS: &str = "sequence, head_hash, time_ms, key_id, signature";
+
+/// Opens (creating it with mode 0600 if missing) the audit database for writing, migrates
+/// it and records `public`, all with the store's normal busy timeout (a start-up may wait for
+/// a CLI holding the lock); then sets `busy_timeout` for the commits that follow.
+pub(crate) fn open_writer(
+    path: &Path,
+    public: &ed25519_dalek::VerifyingKey,
+    busy_timeout: Option<Duration>,
+) -> Result<Connection, AuditError> {
+    store::create_private_file(path)?;
+    let conn = store::open_connection(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        AUDIT_MIGRATIONS,
+    )?;
+    register_key(&conn, public)?;
+    if let Some(t) = busy_timeout {
+        conn.busy_timeout(t)?;
+    }
+    // The writer prepares a handful of statements; keep them all cached.
+    conn.set_prepared_statement_cache_capacity(32);
+    // A page cache large enough for the hot pages of every index (each caller's and tenant's
+    // insertion point): with SQLite's 2 MiB default, large batches spill dirty pages to the
+    // WAL mid-transaction and re-read index pages from the file (measured with
+    // `benches/audit_writer.rs`: that was most of the writer's time).
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    // Fewer, larger WAL checkpoints: a hot index page rewritten by many commits is copied
+    // into the database file once per checkpoint, not once per 4 MiB of WAL.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    Ok(conn)
+}
+
+/// Opens the audit database read-only (never creates or migrates it): for queries,
+/// verification and export. Needs no key.
+pub fn open_reader(path: &Path) -> Result<Connection, AuditError> {
+    let name = || path.display().to_string();
+    if !path.exists() {
+        return Err(AuditError::Missing { path: name() });
+    }
+    let conn = store::open_connection(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        AUDIT_MIGRATIONS,
+    )
+    .map_err(|e| match e {
+        // An uninitialised file would need migrating, which a read-only connection cannot.
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ReadOnly => {
+            AuditError::NotAuditLog { path: name() }
+        }
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::NotADatabase => {
+            AuditError::NotAuditLog { path: name() }
+        }
+        e => e.into(),
+    })?;
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('events', 'checkpoints')",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables != 2 {
+        return Err(AuditError::NotAuditLog { path: name() });
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// The head of the chain: the last sequence and its hash ((0, genesis) when empty).
+pub(crate) fn head(conn: &Connection) -> Result<(i64, [u8; 32]), AuditError> {
+    let row = conn
+        .prepare_cached("SELECT sequence, hash FROM events ORDER BY sequence DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .optional()?;
+    match row {
+        None => Ok((0, GENESIS_HASH)),
+        Some((seq, hash)) => {
+            let hash = hash
+                .try_into()
+                .map_err(|_| AuditError::Corrupt(format!("event {seq}: the stored hash is not 32 bytes")))?;
+            Ok((seq, hash))
+        }
+    }
+}
+
+/// Records a signing key's public half, so offline readers can name it.
+fn register_key(conn: &Connection, public: &ed25519_dalek::VerifyingKey) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO signing_keys (key_id, public_key, first_used_ms) VALUES (?1, ?2, ?3)")?
+        .execute(params![crate::vault::audit_key_id(public.as_bytes()), &public.as_bytes()[..], store::now_ms()])?;
+    Ok(())
+}
+
+/// Signs the head `(sequence, hash)` and stores the checkpoint, or returns the one already
+/// stored for that sequence (one checkpoint per sequence is enough to anchor it).
+pub(crate) fn put_checkpoint(
+    tx: &Transaction<'_>,
+    key: &ed25519_dalek::SigningKey,
+    sequence: i64,
+    hash: [u8; 32],
+) -> Result<Checkpoint, AuditError> {
+    let cp = Checkpoint::sign(sequence, hash, store::now_ms(), key);
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO checkpoints (sequence, head_hash, time_ms, key_id, signature) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![cp.sequence, &cp.head_hash[..], cp.time_ms, cp.key_id, &cp.signature[..]])?;
+    if inserted == 1 {
+        return Ok(cp);
+    }
+    let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE sequence = ?1");
+    tx.prepare_cached(&sql)?.query_row([sequence], checkpoint_from_row)?
+}
+
+/// The checkpoint with the highest sequence.
+pub(crate) fn latest_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
+    let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY sequence DESC LIMIT 1");
+    conn.prepare_cached(&sql)?.query_row([], checkpoint_from_row).optional()?.transpose()
+}
+
+/// Reads a checkpoint row (columns [`CHECKPOINT_COLUMNS`]).
+pub(crate) fn checkpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Checkpoint, AuditError>> {
+    let sequence: i64 = r.get(0)?;
+    let head_hash: Vec<u8> = r.get(1)?;
+    let signature: Vec<u8> = r.get(4)?;
+    let corrupt = move |what: &str| AuditError::Corrupt(format!("checkpoint at {sequence}: {what}"));
+    let (Ok(head_hash), Ok(signature)) = (<[u8; 32]>::try_from(head_hash), <[u8; 64]>::try_from(signature)) else {
+        return Ok(Err(corrupt("hash or signature has the wrong length")));
+    };
+    Ok(Ok(Checkpoint { sequence, head_hash, time_ms: r.get(2)?, key_id: r.get(3)?, signature }))
+}
+
+/// Reads an event row (columns [`EVENT_COLUMNS`]) into its typed form.
+pub(crate) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Result<AuditEvent, AuditError>> {
+    let sequence: i64 = r.get(0)?;
+    let corrupt = |what: String| AuditError::Corrupt(format!("event {sequence}: {what}"));
+    let action: String = r.get(4)?;
+    let outcome: String = r.get(7)?;
+    let upstream: Option<i64> = r.get(8)?;
+    let prev: Vec<u8> = r.get(13)?;
+    let hash: Vec<u8> = r.get(14)?;
+    let action = match action.parse() {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(corrupt(format!("{e} (written by a newer pogo-vault?)")))),
+    };
+    let outcome = match outcome.parse() {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(corrupt(format!("{e} (written by a newer pogo-vault?)")))),
+    };
+    let upstream_status = match upstream.map(u16::try_from).transpose() {
+        Ok(s) => s,
+        Err(_) => return Ok(Err(corrupt("upstream_status is out of range".into()))),
+    };
+    let (Ok(prev_hash), Ok(hash)) = (<[u8; 32]>::try_from(prev), <[u8; 32]>::try_from(hash)) else {
+        return Ok(Err(corrupt("a hash is not 32 bytes".into())));
+    };
+    Ok(Ok(AuditEvent {
+        sequence,
+        time_ms: r.get(1)?,
+        record: AuditRecord {
+            caller: r.get(2)?,
+            caller_serial: r.get(3)?,
+            action,
+            tenant_id: r.get(5)?,
+            key_version: r.get(6)?,
+            outcome,
+            upstream_status,
+            token_fingerprint: r.get(9)?,
+            detail: r.get(10)?,
+            request_id: r.get(11)?,
+            peer: r.get(12)?,
+        },
+        prev_hash,
+        hash,
+    }))
+}
+
+/// Appends `records` as one batch in an open transaction, continuing the chain from the head
+/// read inside it. Returns each record's (sequence, prev_hash, hash) and the new head.
+pub(crate) fn append_in_tx<'r>(
+    tx: &Transaction<'_>,
+    time_ms: i64,
+    records: impl Iterator<Item = &'r AuditRecord>,
+    links: &mut Vec<(i64, [u8; 32], [u8; 32])>,
+) -> Result<(i64, [u8; 32]), AuditError> {
+    let (mut seq, mut prev) = head(tx)?;
+    // One statement for the whole batch: the cache lookup happens once, not per record.
+    let mut insert = tx.prepare_cached(INSERT_EVENT)?;
+    for r in records {
+        seq += 1;
+        let hash = chain::hash_record(&prev, seq, time_ms, r);
+        insert.execute(params![
+            seq,
+            time_ms,
+            r.caller,
+            r.caller_serial,
+            r.action.as_str(),
+            r.tenant_id,
+            r.key_version,
+            r.outcome.as_str(),
+            r.upstream_status,
+            r.token_fingerprint,
+            r.detail,
+            r.request_id,
+            r.peer,
+            &prev[..],
+            &hash[..],
+        ])?;
+        links.push((seq, prev, hash));
+        prev = hash;
+    }
+    Ok((seq, prev))
+}

@@ -1,0 +1,405 @@
+//! `serve`, `dev`, `token`, `certs dev`, `config check`, `policy check`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use clap::{Args, Subcommand};
+
+use super::CliError;
+use crate::client::{connect, error_chain};
+use crate::config::{Config, LogFormat};
+use crate::proto::v1::tenant_service_client::TenantServiceClient;
+use crate::proto::v1::token_service_client::TokenServiceClient;
+use crate::proto::v1::{GetAccessTokenRequest, RegisterClientKeyRequest};
+use crate::tls::ClientTlsFiles;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The TOML configuration (see the README and deploy/config.toml).
+    #[arg(long, env = "POGO_VAULT_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where dev mode keeps its database, master key, certificates and policy.
+    #[arg(long, default_value = ".pogo-vault-dev")]
+    pub data_dir: PathBuf,
+    /// gRPC listen address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Mint the demo token, print the commands, then stop instead of serving.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// How a caller reaches the vault (shared by `token` and other client commands).
+#[derive(Debug, Args, Clone)]
+pub struct ConnectArgs {
+    /// The vault's address.
+    #[arg(long, env = "POGO_VAULT_ENDPOINT", default_value = "https://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// CA certificate(s) that issued the vault's server certificate (PEM).
+    #[arg(long, env = "POGO_VAULT_CA")]
+    pub ca: PathBuf,
+    /// This caller's client certificate (PEM).
+    #[arg(long, env = "POGO_VAULT_CERT")]
+    pub cert: PathBuf,
+    /// This caller's private key (PEM, mode 0600).
+    #[arg(long, env = "POGO_VAULT_KEY")]
+    pub key: PathBuf,
+    /// Name to expect in the server certificate (default: the endpoint's host).
+    #[arg(long)]
+    pub server_name: Option<String>,
+}
+
+impl ConnectArgs {
+    pub async fn channel(&self) -> Result<tonic::transport::Channel, CliError> {
+        let files = ClientTlsFiles { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() };
+        connect(&self.endpoint, &files, self.server_name.as_deref()).await.map_err(|e| CliError::new(e.to_string()))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The tenant whose token to get.
+    #[arg(long)]
+    pub tenant: String,
+    /// The token must stay valid at least this many seconds.
+    #[arg(long, default_value_t = 0)]
+    pub min_validity: u32,
+    /// Print only the raw access token (for scripts).
+    #[arg(long)]
+    pub raw: bool,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Generate a development CA, a server certificate for localhost/127.0.0.1 and client
+    /// certificates (token-caller, admin, auditor) with SPIFFE ids. Keys are mode 0600.
+    Dev {
+        /// Output directory (created 0700; git-ignored under certs/).
+        #[arg(long, default_value = "certs/dev")]
+        out: PathBuf,
+        /// SPIFFE trust domain of the client identities.
+        #[arg(long, default_value = "pogo-vault.dev")]
+        trust_domain: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckCommand {
+    /// Validate a file without starting anything.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))
+}
+
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POGO_VAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+pub fn serve(a: ServeArgs) -> Result<(), CliError> {
+    let cfg = Config::load(&a.config).map_err(|e| CliError::new(e.to_string()))?;
+    init_logging(cfg.log.format, &cfg.log.level);
+    let opts = crate::server::ServeOptions::from_config(&cfg).map_err(|e| CliError::new(e.to_string()))?;
+    runtime()?.block_on(async move {
+        let server = crate::server::start(opts).await.map_err(|e| CliError::new(e.to_string()))?;
+        eprintln!(
+            "pogo-vault serving on {} (SIGHUP reloads certificates and policy; SIGTERM or Ctrl-C stops)",
+            server.addr
+        );
+        wait_for_stop().await;
+        tracing::info!("stopping: finishing in-flight requests");
+        server.shutdown().await.map_err(|e| CliError::new(e.to_string()))
+    })
+}
+
+async fn wait_for_stop() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+pub fn token(a: TokenArgs) -> Result<(), CliError> {
+    runtime()?.block_on(async move {
+        let mut client = TokenServiceClient::new(a.conn.channel().await?);
+        let resp = client
+            .get_access_token(GetAccessTokenRequest {
+                tenant_id: a.tenant.clone(),
+                min_validity_seconds: a.min_validity,
+            })
+            .await
+            .map_err(|s| CliError::new(format!("{}: {}", code_name(s.code()), s.message())))?
+            .into_inner();
+        if a.raw {
+            println!("{}", resp.access_token);
+        } else {
+            println!("{}", describe_token(&a.tenant, &resp));
+        }
+        Ok(())
+    })
+}
+
+pub fn code_name(c: tonic::Code) -> String {
+    format!("{c:?}").chars().fold(String::new(), |mut s, ch| {
+        if ch.is_uppercase() && !s.is_empty() {
+            s.push('_');
+        }
+        s.push(ch.to_ascii_uppercase());
+        s
+    })
+}
+
+/// One line about a token, masked: what an operator may see on a shared screen.
+pub fn describe_token(tenant: &str, r: &crate::proto::v1::GetAccessTokenResponse) -> String {
+    let expires = r.expires_at.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).unwrap_or(0);
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let head: String = r.access_token.chars().take(6).collect();
+    format!(
+        "tenant {tenant}: {} token {head}… ({} characters; --raw prints it), expires {} (in {} s), environment {}, API {}",
+        r.token_type,
+        r.access_token.chars().count(),
+        super::output::format_time(expires),
+        (expires - now) / 1000,
+        r.environment,
+        r.api_base_url
+    )
+}
+
+pub fn certs(c: CertsCommand) -> Result<(), CliError> {
+    match c {
+        CertsCommand::Dev { out, trust_domain } => {
+            let pki = crate::tls::generate_dev_pki(&out, &trust_domain).map_err(|e| CliError::new(e.to_string()))?;
+            println!("development PKI written to {} (private keys mode 0600; never commit them)", out.display());
+            println!("  CA:      {}", pki.ca_cert.display());
+            println!("  server:  {} (localhost, 127.0.0.1, ::1)", pki.server_cert.display());
+            for c in &pki.clients {
+                println!("  {:<13} {} ({})", c.name, c.cert.display(), c.spiffe_id);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn config_check(c: CheckCommand) -> Result<(), CliError> {
+    let CheckCommand::Check { file } = c;
+    let cfg = Config::load(&file).map_err(|e| CliError::new(e.to_string()))?;
+    println!(
+        "{}: ok (listen {}, database {}, audit {})",
+        file.display(),
+        cfg.server.listen,
+        cfg.vault.db.display(),
+        cfg.audit_db().display()
+    );
+    Ok(())
+}
+
+pub fn policy_check(c: CheckCommand) -> Result<(), CliError> {
+    let CheckCommand::Check { file } = c;
+    let p = crate::authz::Policy::load(&file).map_err(|e| CliError::new(e.to_string()))?;
+    println!("{}: ok ({} grants)", file.display(), p.grant_count());
+    Ok(())
+}
+
+// ---- dev mode ----
+
+const DEMO_TENANTS: &[(&str, &str, &str, &str)] = &[
+    ("demo-acme", "de000000-0000-4000-8000-00000000ac01", "Acme Regnskap AS", "999999991"),
+    ("demo-fjord", "de000000-0000-4000-8000-00000000f302", "Fjord Bygg AS", "999999992"),
+];
+
+fn dev_policy(trust_domain: &str) -> String {
+    format!(
+        "# Dev-mode policy written by `pogo-vault dev`. Edit and send SIGHUP to reload.\n\n\
+         [[grant]]\ncaller = \"spiffe://{trust_domain}/service/token-caller\"\nroles = [\"token\"]\ntenants = [\"*\"]\n\n\
+         [[grant]]\ncaller = \"spiffe://{trust_domain}/service/admin\"\nroles = [\"tenant-admin\"]\ntenants = [\"*\"]\n\n\
+         [[grant]]\ncaller = \"spiffe://{trust_domain}/team/security/auditor\"\nroles = [\"audit\"]\n"
+    )
+}
+
+pub fn dev(a: DevArgs) -> Result<(), CliError> {
+    init_logging(LogFormat::Human, "warn,pogo_vault=info");
+    runtime()?.block_on(dev_async(a))
+}
+
+async fn dev_async(a: DevArgs) -> Result<(), CliError> {
+    use crate::vault::{Argon2Costs, InitKey, IntegrationInput, Vault};
+    let fail = |what: &str, e: &dyn std::fmt::Display| CliError::new(format!("dev mode: {what}: {e}"));
+    std::fs::create_dir_all(&a.data_dir).map_err(|e| fail("cannot create the data directory", &e))?;
+    // Absolute, so the printed commands work from any directory.
+    let dir = &std::fs::canonicalize(&a.data_dir).map_err(|e| fail("data directory", &e))?;
+    let trust_domain = "pogo-vault.dev";
+    let db = dir.join("vault.db");
+    let master = dir.join("master.key");
+    let certs_dir = dir.join("certs");
+    let pki = if certs_dir.join("ca.pem").exists() {
+        crate::tls::DevPki::layout(&certs_dir, trust_domain)
+    } else {
+        crate::tls::generate_dev_pki(&certs_dir, trust_domain).map_err(|e| fail("certificates", &e))?
+    };
+    if !db.exists() {
+        let init = if master.exists() {
+            InitKey::Existing(crate::crypto::MasterKeySource::KeyFile(master.clone()))
+        } else {
+            InitKey::GenerateKeyFile(master.clone())
+        };
+        Vault::init(&db, &init, Argon2Costs::default()).map_err(|e| fail("init", &e))?;
+        println!("dev: initialised {} with a new master key {}", db.display(), master.display());
+    }
+    let policy = dir.join("policy.toml");
+    if !policy.exists() {
+        std::fs::write(&policy, dev_policy(trust_domain)).map_err(|e| fail("policy", &e))?;
+    }
+
+    // The simulated Go, with the demo clients it knows.
+    let sim = crate::sim::start(
+        "127.0.0.1:0".parse().map_err(|e| fail("sim address", &e))?,
+        crate::sim::SimConfig::default(),
+    )
+    .await
+    .map_err(|e| fail("simulator", &e))?;
+    for (id, key, name, org) in DEMO_TENANTS {
+        sim.add_client(
+            crate::domain::Environment::Demo,
+            key,
+            crate::sim::SimClient {
+                client_id: format!("10{}", &org[6..]),
+                name: (*name).into(),
+                organization_number: (*org).into(),
+            },
+        );
+        let _ = id;
+    }
+    {
+        let vault = Vault::unlock(&db, &crate::crypto::MasterKeySource::KeyFile(master.clone()))
+            .map_err(|e| fail("unlock", &e))?;
+        vault
+            .set_integration(&IntegrationInput {
+                environment: crate::domain::Environment::Demo,
+                application_key: crate::sim::DEFAULT_APPLICATION_KEY.into(),
+                base_url: sim.base_url(crate::domain::Environment::Demo),
+                subscription_key: crate::crypto::SubscriptionKey::parse(crate::sim::DEFAULT_DEMO_SUBSCRIPTION_KEY)
+                    .map_err(|e| fail("subscription key", &e))?,
+            })
+            .map_err(|e| fail("integration", &e))?;
+    }
+    println!("dev: simulated PowerOffice Go at {}", sim.base_url(crate::domain::Environment::Demo));
+
+    let opts = crate::server::ServeOptions {
+        db: db.clone(),
+        audit_db: crate::config::default_audit_db(&db),
+        master_key: crate::crypto::MasterKeySource::KeyFile(master.clone()),
+        listen: a.listen,
+        tls: pki.server_files(),
+        policy: policy.clone(),
+        upstream: crate::upstream::UpstreamConfig::default(),
+        tokens: crate::tokens::BrokerConfig::default(),
+        audit: crate::audit::AuditConfig::default(),
+        max_request_bytes: 64 * 1024,
+        request_timeout: std::time::Duration::from_secs(15),
+        concurrency_limit_per_connection: 256,
+        handshake_timeout: std::time::Duration::from_secs(10),
+        return_subscription_key: true,
+    };
+    let server = crate::server::start(opts).await.map_err(|e| {
+        let hint = if e.to_string().contains("in use") { " (pass --listen 127.0.0.1:0 or another port)" } else { "" };
+        fail("server", &format!("{e}{hint}"))
+    })?;
+    let endpoint = format!("https://{}", server.addr);
+    println!("dev: vault serving gRPC over mutual TLS at {endpoint}");
+
+    let client_files =
+        |name: &str| pki.client_files(name).ok_or_else(|| fail("certificates", &format!("no {name} certificate")));
+    let admin = client_files("admin")?;
+    let caller = client_files("token-caller")?;
+    let channel = connect(&endpoint, &admin, None).await.map_err(|e| fail("connect as admin", &e))?;
+    let mut tenants = TenantServiceClient::new(channel);
+    for (id, key, _, org) in DEMO_TENANTS {
+        let req = RegisterClientKeyRequest {
+            tenant_id: (*id).into(),
+            environment: "demo".into(),
+            client_key: (*key).into(),
+            organization_number: (*org).into(),
+            ..Default::default()
+        };
+        match tenants.register_client_key(req).await {
+            Ok(t) => {
+                let t = t.into_inner();
+                println!(
+                    "dev: registered tenant {} ({}) with client key {} over gRPC",
+                    t.tenant_id, t.display_name, t.client_key_hint
+                );
+            }
+            Err(s) if s.code() == tonic::Code::AlreadyExists => println!("dev: tenant {id} already registered"),
+            Err(s) => return Err(fail("register demo tenant", &s.message())),
+        }
+    }
+    let channel = connect(&endpoint, &caller, None).await.map_err(|e| fail("connect as token caller", &e))?;
+    let mut tokens = TokenServiceClient::new(channel);
+    let resp = tokens
+        .get_access_token(GetAccessTokenRequest { tenant_id: DEMO_TENANTS[0].0.into(), min_validity_seconds: 0 })
+        .await
+        .map_err(|s| fail("mint demo token", &s.message()))?
+        .into_inner();
+    println!("dev: minted over mTLS as spiffe://{trust_domain}/service/token-caller");
+    println!("dev: {}", describe_token(DEMO_TENANTS[0].0, &resp));
+    print_commands(&endpoint, &server.addr, &caller, dir);
+    if a.once {
+        return server.shutdown().await.map_err(|e| fail("shutdown", &e));
+    }
+    println!("dev: ready; serving until Ctrl-C");
+    wait_for_stop().await;
+    println!("dev: stopping");
+    let r = server.shutdown().await.map_err(|e| fail("shutdown", &error_chain(&e)));
+    sim.shutdown().await;
+    r
+}
+
+fn print_commands(endpoint: &str, addr: &SocketAddr, f: &ClientTlsFiles, dir: &Path) {
+    let exe = std::env::current_exe().ok().map(|p| p.display().to_string()).unwrap_or_else(|| "pogo-vault".into());
+    println!();
+    println!("Try it from another shell:");
+    println!(
+        "  {exe} token --endpoint {endpoint} --ca {} --cert {} --key {} --tenant {}",
+        f.ca.display(),
+        f.cert.display(),
+        f.key.display(),
+        DEMO_TENANTS[1].0
+    );
+    println!(
+        "  grpcurl -cacert {} -cert {} -key {} -d '{{\"tenant_id\":\"{}\"}}' {addr} pogo_vault.v1.TokenService/GetAccessToken",
+        f.ca.display(),
+        f.cert.display(),
+        f.key.display(),
+        DEMO_TENANTS[0].0
+    );
+    println!("  (admin and auditor certificates are in {}/certs)", dir.display());
+    println!();
+}

@@ -1,0 +1,323 @@
+//! Typed configuration for `pogo-vault serve`: a TOML file, a few environment overrides
+//! for the paths of secrets, validated before anything is served.
+//!
+//! Secrets are never in this file: it names the *files* that hold them (master key,
+//! passphrase, TLS private key). Environment overrides (for container platforms that
+//! mount secrets at paths of their choosing):
+//! `POGO_VAULT_MASTER_KEY_FILE`, `POGO_VAULT_MASTER_PASSPHRASE_FILE`,
+//! `POGO_VAULT_MASTER_PASSPHRASE_ENV`, `POGO_VAULT_TLS_KEY`, `POGO_VAULT_DB`,
+//! `POGO_VAULT_AUDIT_DB`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::crypto::MasterKeySource;
+use crate::tokens::BrokerConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub vault: VaultSection,
+    pub server: ServerSection,
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub tokens: BrokerConfig,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSection {
+    /// The vault database (keys, tenants).
+    pub db: PathBuf,
+    /// The audit database; default: beside `db`, named `<db stem>-audit.db`.
+    pub audit_db: Option<PathBuf>,
+    /// Exactly one of the three master key sources.
+    pub master_key_file: Option<PathBuf>,
+    pub master_passphrase_file: Option<PathBuf>,
+    pub master_passphrase_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// gRPC listen address (mutual TLS).
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// CA bundle that signs caller certificates (PEM).
+    pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER).
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// The authorization policy (TOML).
+    pub policy: PathBuf,
+    /// Largest request message accepted.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Deadline for one request, server side.
+    #[serde(default = "default_request_timeout", rename = "request_timeout_secs")]
+    pub request_timeout_secs: f64,
+    /// Requests served at once per connection.
+    #[serde(default = "default_concurrency")]
+    pub concurrency_limit_per_connection: usize,
+    /// A TLS handshake must finish within this.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: f64,
+    /// Whether GetAccessToken returns the integration's subscription key (callers need it
+    /// on every Go API call; withhold it if callers get it another way).
+    #[serde(default = "yes")]
+    pub return_subscription_key: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    pub connect_timeout_secs: f64,
+    pub request_timeout_secs: f64,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self { connect_timeout_secs: 5.0, request_timeout_secs: 10.0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `pogo_vault=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+fn default_max_request_bytes() -> usize {
+    64 * 1024
+}
+fn default_request_timeout() -> f64 {
+    15.0
+}
+fn default_concurrency() -> usize {
+    256
+}
+fn default_handshake_timeout() -> f64 {
+    10.0
+}
+fn yes() -> bool {
+    true
+}
+
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config {path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config {path}: {key}: {reason}")]
+    Invalid { path: String, key: &'static str, reason: String },
+}
+
+/// `message (line N, column M)` from a TOML error, so the operator finds the line.
+pub fn toml_error_with_line(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().to_owned();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+impl Config {
+    /// Reads, applies environment overrides, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        let mut cfg = Self::parse(&text, path)?;
+        cfg.apply_env(|k| std::env::var(k).ok());
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Parses only (no environment, no validation). Relative paths are resolved against
+    /// the config file's directory, so a config works from any working directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.display().to_string(),
+            message: toml_error_with_line(&e, text),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut cfg.vault.db);
+        cfg.vault.audit_db.as_mut().map(fix);
+        cfg.vault.master_key_file.as_mut().map(fix);
+        cfg.vault.master_passphrase_file.as_mut().map(fix);
+        for p in [&mut cfg.server.cert, &mut cfg.server.key, &mut cfg.server.client_ca, &mut cfg.server.policy] {
+            fix(p);
+        }
+        cfg.server.crls.iter_mut().for_each(fix);
+        Ok(cfg)
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = get("POGO_VAULT_DB") {
+            self.vault.db = v.into();
+        }
+        if let Some(v) = get("POGO_VAULT_AUDIT_DB") {
+            self.vault.audit_db = Some(v.into());
+        }
+        let key = get("POGO_VAULT_MASTER_KEY_FILE");
+        let pf = get("POGO_VAULT_MASTER_PASSPHRASE_FILE");
+        let pe = get("POGO_VAULT_MASTER_PASSPHRASE_ENV");
+        if key.is_some() || pf.is_some() || pe.is_some() {
+            // An override replaces the file's choice of source entirely.
+            self.vault.master_key_file = key.map(Into::into);
+            self.vault.master_passphrase_file = pf.map(Into::into);
+            self.vault.master_passphrase_env = pe;
+        }
+        if let Some(v) = get("POGO_VAULT_TLS_KEY") {
+            self.server.key = v.into();
+        }
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| ConfigError::Invalid { path: path.display().to_string(), key, reason };
+        self.master_key_source().map_err(|r| invalid("vault.master_key_file", r))?;
+        for (key, secs) in [
+            ("server.request_timeout_secs", self.server.request_timeout_secs),
+            ("server.handshake_timeout_secs", self.server.handshake_timeout_secs),
+            ("upstream.connect_timeout_secs", self.upstream.connect_timeout_secs),
+            ("upstream.request_timeout_secs", self.upstream.request_timeout_secs),
+        ] {
+            if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
+                return Err(invalid(key, format!("{secs} is not a number of seconds between 0 and 3600")));
+            }
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.server.max_request_bytes) {
+            return Err(invalid("server.max_request_bytes", "must be 1 KiB to 16 MiB".into()));
+        }
+        if self.server.concurrency_limit_per_connection == 0 {
+            return Err(invalid("server.concurrency_limit_per_connection", "must be at least 1".into()));
+        }
+        self.tokens.validate().map_err(|r| invalid("tokens", r))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn master_key_source(&self) -> Result<MasterKeySource, String> {
+        let v = &self.vault;
+        match (&v.master_key_file, &v.master_passphrase_file, &v.master_passphrase_env) {
+            (Some(p), None, None) => Ok(MasterKeySource::KeyFile(p.clone())),
+            (None, Some(p), None) => Ok(MasterKeySource::PassphraseFile(p.clone())),
+            (None, None, Some(e)) => Ok(MasterKeySource::PassphraseEnv(e.clone())),
+            (None, None, None) => {
+                Err("no master key source: set one of master_key_file, master_passphrase_file, master_passphrase_env"
+                    .into())
+            }
+            _ => Err("set only one of master_key_file, master_passphrase_file, master_passphrase_env".into()),
+        }
+    }
+
+    pub fn audit_db(&self) -> PathBuf {
+        self.vault.audit_db.clone().unwrap_or_else(|| default_audit_db(&self.vault.db))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.server.request_timeout_secs)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.server.handshake_timeout_secs)
+    }
+
+    pub fn upstream(&self) -> crate::upstream::UpstreamConfig {
+        crate::upstream::UpstreamConfig {
+            connect_timeout: Duration::from_secs_f64(self.upstream.connect_timeout_secs),
+            request_timeout: Duration::from_secs_f64(self.upstream.request_timeout_secs),
+        }
+    }
+}
+
+/// `<dir>/<stem>-audit.db` beside the vault database.
+pub fn default_audit_db(db: &Path) -> PathBuf {
+    let stem = db.file_stem().and_then(|s| s.to_str()).unwrap_or("pogo-vault");
+    db.with_file_name(format!("{stem}-audit.db"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[vault]
+db = "data/vault.db"
+master_key_file = "/run/secrets/master.key"
+
+[server]
+listen = "127.0.0.1:8443"
+cert = "tls/server.pem"
+key = "tls/server-key.pem"
+client_ca = "tls/ca.pem"
+policy = "policy.toml"
+"#;
+
+    #[test]
+    fn minimal_config_with_defaults_and_relative_paths() {
+        let c = Config::parse(MIN, Path::new("/etc/pogo/config.toml")).unwrap();
+        c.validate(Path::new("x")).unwrap();
+        assert_eq!(c.vault.db, PathBuf::from("/etc/pogo/data/vault.db"));
+        assert_eq!(c.audit_db(), PathBuf::from("/etc/pogo/data/vault-audit.db"));
+        assert_eq!(c.server.max_request_bytes, 65536);
+        assert!(c.server.return_subscription_key);
+        assert_eq!(c.tokens.upstream_rate_per_second, 2.0);
+    }
+
+    #[test]
+    fn env_overrides_replace_the_master_key_source() {
+        let mut c = Config::parse(MIN, Path::new("c.toml")).unwrap();
+        c.apply_env(|k| (k == "POGO_VAULT_MASTER_PASSPHRASE_ENV").then(|| "PASS".to_owned()));
+        assert!(matches!(c.master_key_source(), Ok(MasterKeySource::PassphraseEnv(v)) if v == "PASS"));
+    }
+
+    #[test]
+    fn errors_name_the_line_or_key() {
+        let bad = MIN.replace("listen = \"127.0.0.1:8443\"", "listen = \"nowhere\"");
+        let e = Config::parse(&bad, Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("line 7"), "{e}");
+        let bad = format!("{MIN}\n[tokens]\nupstream_rate_per_second = 50\n");
+        let c = Config::parse(&bad, Path::new("c.toml")).unwrap();
+        let e = c.validate(Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("upstream_rate_per_second"), "{e}");
+        let bad = format!("{MIN}\n[tokens]\nunknown_knob = 1\n");
+        assert!(Config::parse(&bad, Path::new("c.toml")).unwrap_err().to_string().contains("unknown"));
+    }
+}

@@ -1,0 +1,255 @@
+//! `AuditService`: list, watch, checkpoint, verify. Role `audit`; every read is itself
+//! audited (so the log shows who looked at it).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use base64::Engine;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{Caller, Extra, ServerState, timestamp_ms};
+use crate::audit::{Action, AuditEvent, AuditFilter, Checkpoint, Outcome};
+use crate::domain::InvalidInput;
+use crate::proto::v1 as pb;
+use crate::proto::v1::audit_service_server::AuditService;
+
+pub struct AuditSvc {
+    pub state: Arc<ServerState>,
+}
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+fn unavailable(e: &crate::audit::AuditError) -> Status {
+    tracing::warn!(error = %e, "audit read failed");
+    Status::unavailable("the audit log cannot be read right now; retry shortly")
+}
+
+pub fn event_to_proto(e: &AuditEvent) -> pb::AuditEvent {
+    let r = &e.record;
+    pb::AuditEvent {
+        sequence: e.sequence,
+        time: Some(timestamp_ms(e.time_ms)),
+        caller: r.caller.clone(),
+        action: r.action.as_str().to_owned(),
+        tenant_id: r.tenant_id.clone().unwrap_or_default(),
+        outcome: r.outcome.as_str().to_owned(),
+        detail: r.detail.clone(),
+        request_id: r.request_id.clone(),
+        peer: r.peer.clone(),
+        hash: crate::crypto::secret::hex(&e.hash),
+        caller_serial: r.caller_serial.clone(),
+        key_version: r.key_version.unwrap_or(0),
+        upstream_status: r.upstream_status.map(u32::from).unwrap_or(0),
+        token_fingerprint: r.token_fingerprint.clone().unwrap_or_default(),
+    }
+}
+
+fn checkpoint_to_proto(c: &Checkpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        sequence: c.sequence,
+        head_hash: crate::crypto::secret::hex(&c.head_hash),
+        time: Some(timestamp_ms(c.time_ms)),
+        key_id: c.key_id.clone(),
+        signature: base64::engine::general_purpose::STANDARD.encode(c.signature),
+    }
+}
+
+fn checkpoint_from_proto(c: &pb::Checkpoint) -> Result<Checkpoint, InvalidInput> {
+    let bad = |why: &str| InvalidInput::new("checkpoint", why.to_owned());
+    let hash = decode_hex32(&c.head_hash).ok_or_else(|| bad("head_hash must be 64 hex digits"))?;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(c.signature.trim())
+        .ok()
+        .and_then(|s| <[u8; 64]>::try_from(s).ok())
+        .ok_or_else(|| bad("signature must be base64 of 64 bytes"))?;
+    let time = c.time.as_ref().ok_or_else(|| bad("time is required"))?;
+    Ok(Checkpoint {
+        sequence: c.sequence,
+        head_hash: hash,
+        time_ms: time.seconds * 1000 + i64::from(time.nanos) / 1_000_000,
+        key_id: c.key_id.clone(),
+        signature: sig,
+    })
+}
+
+fn decode_hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+fn ms(t: &Option<prost_types::Timestamp>) -> Option<i64> {
+    t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+fn parse_list(r: &pb::ListAuditEventsRequest) -> Result<(AuditFilter, Option<i64>, usize), InvalidInput> {
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let filter = AuditFilter {
+        since_ms: ms(&r.since),
+        until_ms: ms(&r.until),
+        caller: opt(&r.caller),
+        tenant_id: opt(&r.tenant_id),
+        action: (!r.action.is_empty())
+            .then(|| r.action.parse())
+            .transpose()
+            .map_err(|_| InvalidInput::new("action", format!("unknown action {:?}", r.action)))?,
+        outcome: (!r.outcome.is_empty())
+            .then(|| r.outcome.parse())
+            .transpose()
+            .map_err(|_| InvalidInput::new("outcome", "use ok, denied or error"))?,
+    };
+    let after = if r.page_token.is_empty() {
+        None
+    } else {
+        let bad = || InvalidInput::new("page_token", "not a page token from this server; start again without it");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&r.page_token).map_err(|_| bad())?;
+        let text = String::from_utf8(raw).map_err(|_| bad())?;
+        Some(text.strip_prefix("a1:").and_then(|n| n.parse::<i64>().ok()).ok_or_else(bad)?)
+    };
+    let size = match r.page_size as usize {
+        0 => DEFAULT_PAGE,
+        n if n > MAX_PAGE => return Err(InvalidInput::new("page_size", format!("must be at most {MAX_PAGE}"))),
+        n => n,
+    };
+    Ok((filter, after, size))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuditService for AuditSvc {
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let st = &self.state;
+        let (filter, after, size) = match parse_list(req.get_ref()) {
+            Ok(p) => p,
+            Err(e) => {
+                st.record(&caller, Action::AuditRead, None, Outcome::Denied, &e.to_string(), Extra::default()).await?;
+                return Err(super::errors::invalid(&e));
+            }
+        };
+        // One more than asked tells whether another page exists.
+        let mut events = st.audit.list(filter, after, size + 1).await.map_err(|e| unavailable(&e))?;
+        let more = events.len() > size;
+        events.truncate(size);
+        let next = match (more, events.last()) {
+            (true, Some(last)) => {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("a1:{}", last.sequence))
+            }
+            _ => String::new(),
+        };
+        let detail = format!("list: {} events", events.len());
+        st.record(&caller, Action::AuditRead, None, Outcome::Ok, &detail, Extra::default()).await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.iter().map(event_to_proto).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    type WatchAuditEventsStream = EventStream;
+
+    async fn watch_audit_events(
+        &self,
+        req: Request<pb::WatchAuditEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let caller = Caller::of(&req)?;
+        let st = &self.state;
+        let from = match req.get_ref().from_sequence {
+            n if n > 0 => n,
+            _ => st.audit.head().await.map_err(|e| unavailable(&e))?.0 + 1,
+        };
+        st.record(
+            &caller,
+            Action::AuditRead,
+            None,
+            Outcome::Ok,
+            &format!("watch from sequence {from}"),
+            Extra::default(),
+        )
+        .await?;
+        let mut watch = st.audit.watch(from);
+        let mut stopping = st.stopping.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    n = watch.next() => n,
+                    // The server is stopping: end the stream so shutdown does not wait on it.
+                    _ = async { let _ = stopping.wait_for(|s| *s).await; } => break,
+                };
+                let item = match next {
+                    Ok(Some(e)) => Ok(event_to_proto(&e)),
+                    Ok(None) => break,
+                    Err(e) => Err(unavailable(&e)),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break; // the watcher went away, or the log cannot be read
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn get_checkpoint(&self, req: Request<pb::GetCheckpointRequest>) -> Result<Response<pb::Checkpoint>, Status> {
+        let caller = Caller::of(&req)?;
+        let st = &self.state;
+        st.record(&caller, Action::AuditRead, None, Outcome::Ok, "checkpoint", Extra::default()).await?;
+        // A fresh checkpoint covers everything up to now, this read included.
+        let c = st.audit.checkpoint_now().await.map_err(|e| unavailable(&e))?;
+        Ok(Response::new(checkpoint_to_proto(&c)))
+    }
+
+    async fn get_public_key(&self, req: Request<pb::GetPublicKeyRequest>) -> Result<Response<pb::PublicKey>, Status> {
+        let caller = Caller::of(&req)?;
+        let st = &self.state;
+        st.record(&caller, Action::AuditRead, None, Outcome::Ok, "public key", Extra::default()).await?;
+        let key = st.audit.verifying_key();
+        Ok(Response::new(pb::PublicKey {
+            key_id: crate::vault::audit_key_id(&key.to_bytes()),
+            public_key: crate::audit::encode_public_key(&key),
+        }))
+    }
+
+    async fn verify_audit_log(
+        &self,
+        req: Request<pb::VerifyAuditLogRequest>,
+    ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let st = &self.state;
+        let kept = match req.get_ref().checkpoint.as_ref().map(checkpoint_from_proto).transpose() {
+            Ok(k) => k,
+            Err(e) => {
+                st.record(&caller, Action::AuditVerified, None, Outcome::Denied, &e.to_string(), Extra::default())
+                    .await?;
+                return Err(super::errors::invalid(&e));
+            }
+        };
+        let report = st.audit.verify(kept).await.map_err(|e| unavailable(&e))?;
+        let outcome = if report.ok { Outcome::Ok } else { Outcome::Error };
+        st.record(&caller, Action::AuditVerified, None, outcome, &report.detail, Extra::default()).await?;
+        if !report.ok {
+            tracing::error!(detail = %report.detail, "ALARM: audit log verification failed");
+        }
+        Ok(Response::new(pb::VerifyAuditLogResponse {
+            ok: report.ok,
+            events_checked: report.events_checked as i64,
+            first_bad_sequence: report.first_bad_sequence.unwrap_or(0),
+            head_hash: crate::crypto::secret::hex(&report.head_hash),
+            detail: report.detail,
+        }))
+    }
+}

@@ -1,0 +1,76 @@
+//! Every error a request can meet, mapped to a gRPC status in this one place
+//! (DESIGN.md section 6). The message tells the caller what to do next; retryable errors
+//! carry `google.rpc.RetryInfo`. Detail meant for operators goes to the log, not here.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::InvalidInput;
+use crate::store::StoreError;
+use crate::tokens::BrokerError;
+use crate::vault::VaultError;
+
+/// The one `PERMISSION_DENIED`, identical whether or not the tenant exists.
+pub fn permission_denied(role: crate::authz::Role) -> Status {
+    Status::permission_denied(format!(
+        "the caller's certificate identity is not granted the {role} role on this tenant; ask the vault's operators to add a grant to the policy"
+    ))
+}
+
+pub fn invalid(e: &InvalidInput) -> Status {
+    let details = ErrorDetails::with_bad_request_violation(e.field, e.reason.clone());
+    Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
+}
+
+fn retryable(code: Code, message: String, retry_after: Duration) -> Status {
+    let details = ErrorDetails::with_retry_info(Some(retry_after.max(Duration::from_secs(1))));
+    Status::with_error_details(code, message, details)
+}
+
+pub fn audit_unavailable() -> Status {
+    retryable(
+        Code::Unavailable,
+        "the audit log cannot be written right now, so nothing was done; retry after 1 s (operators are alerted by health checks)"
+            .into(),
+        Duration::from_secs(1),
+    )
+}
+
+pub fn broker(e: &BrokerError) -> Status {
+    let msg = e.to_string();
+    match e {
+        BrokerError::NotFound(_) => Status::not_found(msg),
+        BrokerError::Disabled(_)
+        | BrokerError::KeyRejected(_)
+        | BrokerError::InvalidKey(_)
+        | BrokerError::NoIntegration(_) => Status::failed_precondition(msg),
+        BrokerError::SubscriptionKeyRejected { retry_after, .. }
+        | BrokerError::RateLimited { retry_after, .. }
+        | BrokerError::Unavailable { retry_after, .. } => retryable(Code::Unavailable, msg, *retry_after),
+        BrokerError::Integrity(_) => {
+            Status::internal("integrity failure in the vault's storage; operators are alerted")
+        }
+        BrokerError::Internal(_) => Status::internal("internal error; operators are alerted"),
+    }
+}
+
+pub fn vault(e: &VaultError) -> Status {
+    match e {
+        VaultError::Invalid(i) => invalid(i),
+        VaultError::Store(StoreError::NotFound { what }) => Status::not_found(format!("{what} not found")),
+        VaultError::Store(StoreError::AlreadyExists { what }) => {
+            Status::already_exists(format!("{what} already exists; use RotateClientKey to replace its key"))
+        }
+        VaultError::Integrity { .. } => {
+            Status::internal("integrity failure in the vault's storage; operators are alerted")
+        }
+        VaultError::Store(StoreError::Sqlite(_)) => retryable(
+            Code::Unavailable,
+            "the vault's database is busy or failing; retry shortly".into(),
+            Duration::from_secs(1),
+        ),
+        _ => Status::internal("internal error; operators are alerted"),
+    }
+}

@@ -1,0 +1,444 @@
+//! The gRPC server: mutual TLS front door (`conn`), the gate every request passes
+//! (`layer`), thin service handlers, health, reflection, reload on SIGHUP and graceful
+//! shutdown.
+//!
+//! Architecture invariants:
+//! - handlers stay thin: parse → authorize on the tenant → call the core → audit → answer;
+//! - every decision is audited before its answer leaves; an audit record that cannot be
+//!   committed fails the request with `UNAVAILABLE` (fail closed);
+//! - errors become gRPC statuses only in `errors`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::audit::{Action, AuditLog, AuditRecord, Outcome};
+use crate::authz::Authorizer;
+use crate::config::Config;
+use crate::crypto::MasterKeySource;
+use crate::domain::{Environment, TenantId};
+use crate::proto::v1::audit_service_server::AuditServiceServer;
+use crate::proto::v1::tenant_service_server::TenantServiceServer;
+use crate::proto::v1::token_service_server::TokenServiceServer;
+use crate::tls::{CallerIdentity, ServerTlsFiles};
+use crate::tokens::{Broker, Clock, SystemClock};
+use crate::upstream::GoClient;
+use crate::vault::Vault;
+
+mod audit_svc;
+pub mod conn;
+pub mod errors;
+mod layer;
+
+pub use layer::new_request_id;
+mod tenant_svc;
+mod token_svc;
+
+/// Who is asking, set by the gate for every request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Arc<CallerIdentity>,
+    pub peer: SocketAddr,
+    pub request_id: String,
+}
+
+impl Caller {
+    pub fn of<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
+        req.extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("a verified client certificate is required"))
+    }
+}
+
+/// Optional audit fields.
+#[derive(Debug, Default, Clone)]
+pub struct Extra {
+    pub key_version: Option<i64>,
+    pub upstream_status: Option<u16>,
+    pub token_fingerprint: Option<String>,
+}
+
+/// How long in-flight requests may take to finish after a stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Everything the handlers share.
+pub struct ServerState {
+    pub vault: Arc<Vault>,
+    pub broker: Broker,
+    pub authz: Arc<Authorizer>,
+    pub audit: AuditLog,
+    pub return_subscription_key: bool,
+    /// Turns true when the server starts stopping: long-lived streams end on it.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl ServerState {
+    /// Appends an audit record and waits until it is durable; `UNAVAILABLE` if it cannot be.
+    pub async fn record(
+        &self,
+        caller: &Caller,
+        action: Action,
+        tenant: Option<&TenantId>,
+        outcome: Outcome,
+        detail: &str,
+        extra: Extra,
+    ) -> Result<(), Status> {
+        let rec = AuditRecord {
+            caller: caller.identity.id.clone(),
+            caller_serial: caller.identity.serial.clone(),
+            action,
+            tenant_id: tenant.map(|t| t.to_string()),
+            key_version: extra.key_version,
+            outcome,
+            upstream_status: extra.upstream_status,
+            token_fingerprint: extra.token_fingerprint,
+            detail: detail.to_owned(),
+            request_id: caller.request_id.clone(),
+            peer: caller.peer.to_string(),
+        };
+        match self.audit.append(rec).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(request_id = %caller.request_id, error = %e, "audit record not committed: request refused (fail closed)");
+                Err(errors::audit_unavailable())
+            }
+        }
+    }
+
+    /// The subscription key for GetAccessToken responses.
+    pub async fn subscription_key(&self, env: Environment) -> Option<String> {
+        self.broker.subscription_key(env).await.ok().map(|k| k.expose_secret().to_owned())
+    }
+}
+
+/// The audit action a method's decision is recorded under.
+pub fn action_for(path: &str) -> Option<Action> {
+    let method = path.rsplit('/').next()?;
+    Some(match method {
+        "GetAccessToken" => Action::TokenDenied,
+        "RegisterClientKey" => Action::KeyRegistered,
+        "RotateClientKey" => Action::KeyRotated,
+        "GetTenant" | "ListTenants" => Action::TenantRead,
+        "DeleteTenant" => Action::TenantDeleted,
+        "DisableTenant" => Action::TenantDisabled,
+        "EnableTenant" => Action::TenantEnabled,
+        "ListAuditEvents" | "WatchAuditEvents" | "GetCheckpoint" | "GetPublicKey" => Action::AuditRead,
+        "VerifyAuditLog" => Action::AuditVerified,
+        _ => return None,
+    })
+}
+
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+pub fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// The identity recorded for the server's own actions (start, stop, reloads).
+fn server_caller(addr: SocketAddr) -> Caller {
+    Caller {
+        identity: Arc::new(CallerIdentity {
+            id: "pogo-vault-server".into(),
+            kind: crate::tls::IdentityKind::CommonName,
+            serial: String::new(),
+        }),
+        peer: addr,
+        request_id: layer::new_request_id(),
+    }
+}
+
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
+    #[error(transparent)]
+    Policy(#[from] crate::authz::PolicyError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("upstream client: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("server failed: {0}")]
+    Transport(String),
+}
+
+/// What the server needs to start, already validated.
+pub struct ServeOptions {
+    pub db: std::path::PathBuf,
+    pub audit_db: std::path::PathBuf,
+    pub master_key: MasterKeySource,
+    pub listen: SocketAddr,
+    pub tls: ServerTlsFiles,
+    pub policy: std::path::PathBuf,
+    pub upstream: crate::upstream::UpstreamConfig,
+    pub tokens: crate::tokens::BrokerConfig,
+    pub audit: crate::audit::AuditConfig,
+    pub max_request_bytes: usize,
+    pub request_timeout: Duration,
+    pub concurrency_limit_per_connection: usize,
+    pub handshake_timeout: Duration,
+    pub return_subscription_key: bool,
+}
+
+impl ServeOptions {
+    pub fn from_config(c: &Config) -> Result<Self, ServeError> {
+        Ok(Self {
+            db: c.vault.db.clone(),
+            audit_db: c.audit_db(),
+            master_key: c.master_key_source().map_err(ServeError::Config)?,
+            listen: c.server.listen,
+            tls: ServerTlsFiles {
+                cert: c.server.cert.clone(),
+                key: c.server.key.clone(),
+                client_ca: c.server.client_ca.clone(),
+                crls: c.server.crls.clone(),
+            },
+            policy: c.server.policy.clone(),
+            upstream: c.upstream(),
+            tokens: c.tokens.clone(),
+            audit: crate::audit::AuditConfig::default(),
+            max_request_bytes: c.server.max_request_bytes,
+            request_timeout: c.request_timeout(),
+            concurrency_limit_per_connection: c.server.concurrency_limit_per_connection,
+            handshake_timeout: c.handshake_timeout(),
+            return_subscription_key: c.server.return_subscription_key,
+        })
+    }
+}
+
+/// A running server: its address, and how to reload and stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<ServerState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+    reload: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl RunningServer {
+    /// Re-reads certificates, CRLs and policy (what SIGHUP does). Waits until done.
+    pub async fn reload(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.reload.send(done).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Graceful stop: no new connections, in-flight requests finish, final checkpoint.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        self.task.await.map_err(|e| ServeError::Transport(e.to_string()))?
+    }
+
+    /// Resolves when the server stops by itself (fatal error) or after `shutdown`.
+    pub async fn wait(&mut self) -> Result<(), ServeError> {
+        (&mut self.task).await.map_err(|e| ServeError::Transport(e.to_string()))?
+    }
+
+    pub fn stop_signal(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Opens everything, checks the master key, binds, and starts serving in the background.
+pub async fn start(opts: ServeOptions) -> Result<RunningServer, ServeError> {
+    start_with_clock(opts, Arc::new(SystemClock)).await
+}
+
+pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<RunningServer, ServeError> {
+    let (db, key_source) = (opts.db.clone(), opts.master_key.clone());
+    let vault = tokio::task::spawn_blocking(move || Vault::unlock(&db, &key_source))
+        .await
+        .map_err(|e| ServeError::Transport(e.to_string()))??;
+    let vault = Arc::new(vault);
+    let signing_key = vault.audit_signing_key()?;
+    let audit = AuditLog::open(&opts.audit_db, signing_key, opts.audit.clone())?;
+    let authz = Arc::new(Authorizer::load(opts.policy.clone())?);
+    let tls = Arc::new(conn::TlsState::new(crate::tls::load_server_config(&opts.tls)?));
+    let go = GoClient::new(&opts.upstream)?;
+    let broker = Broker::new(vault.clone(), go, opts.tokens.clone(), clock);
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| ServeError::Listen { addr: opts.listen, reason: e.to_string() })?;
+    let addr = listener.local_addr().map_err(|e| ServeError::Listen { addr: opts.listen, reason: e.to_string() })?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = Arc::new(ServerState {
+        vault: vault.clone(),
+        broker: broker.clone(),
+        authz: authz.clone(),
+        audit: audit.clone(),
+        return_subscription_key: opts.return_subscription_key,
+        stopping: stop_rx.clone(),
+    });
+    let me = server_caller(addr);
+    state
+        .record(
+            &me,
+            Action::ServerStarted,
+            None,
+            Outcome::Ok,
+            &format!("listening on {addr}, master key {}", vault.kek_id()),
+            Extra::default(),
+        )
+        .await
+        .map_err(|s| ServeError::Transport(s.message().to_owned()))?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Transport(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Transport(e.to_string()))?;
+
+    let (conn_tx, conn_rx) = mpsc::channel(256);
+    tokio::spawn(conn::accept_loop(listener, tls.clone(), opts.handshake_timeout, conn_tx, stop_rx.clone()));
+
+    // Health: SERVING only while the store is open (it is: we got here with the master key
+    // checked) and the audit log commits; follows audit health from then on.
+    let health_task = tokio::spawn(health_loop(health_reporter, audit.clone(), stop_rx.clone()));
+    let background = broker.spawn_background();
+
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    tokio::spawn(reload_loop(reload_rx, state.clone(), tls.clone(), opts.tls.clone(), me.clone()));
+    spawn_sighup(reload_tx.clone());
+
+    let max = opts.max_request_bytes;
+    let token = TokenServiceServer::new(token_svc::TokenSvc { state: state.clone() }).max_decoding_message_size(max);
+    let tenant =
+        TenantServiceServer::new(tenant_svc::TenantSvc { state: state.clone() }).max_decoding_message_size(max);
+    let audit_svc =
+        AuditServiceServer::new(audit_svc::AuditSvc { state: state.clone() }).max_decoding_message_size(max);
+
+    let router = tonic::transport::Server::builder()
+        .timeout(opts.request_timeout)
+        .concurrency_limit_per_connection(opts.concurrency_limit_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(layer::GateLayer { state: state.clone() })
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(token)
+        .add_service(tenant)
+        .add_service(audit_svc);
+
+    let mut stop_wait = stop_rx.clone();
+    let mut grace_wait = stop_rx.clone();
+    let final_state = state.clone();
+    let task = tokio::spawn(async move {
+        let serve = router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
+            let _ = stop_wait.wait_for(|s| *s).await;
+        });
+        // In-flight requests get SHUTDOWN_GRACE to finish after the stop; then we go anyway.
+        let served = tokio::select! {
+            r = serve => r,
+            _ = async {
+                let _ = grace_wait.wait_for(|s| *s).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+                Ok(())
+            }
+        };
+        background.abort();
+        health_task.abort();
+        if let Err(e) = final_state.broker.flush_last_served().await {
+            tracing::warn!(error = %e, "could not record last-token times at shutdown");
+        }
+        let stopped = final_state
+            .record(&me, Action::ServerStopped, None, Outcome::Ok, "graceful shutdown", Extra::default())
+            .await;
+        if stopped.is_err() {
+            tracing::error!("could not audit the server stop");
+        }
+        final_state.audit.shutdown().await;
+        served.map_err(|e| ServeError::Transport(e.to_string()))
+    });
+    tracing::info!(%addr, "pogo-vault serving gRPC over mutual TLS");
+    Ok(RunningServer { addr, state, stop: stop_tx, task, reload: reload_tx })
+}
+
+async fn health_loop(reporter: tonic_health::server::HealthReporter, audit: AuditLog, mut stop: watch::Receiver<bool>) {
+    let services = ["", "pogo_vault.v1.TokenService", "pogo_vault.v1.TenantService", "pogo_vault.v1.AuditService"];
+    let mut last = None;
+    loop {
+        let healthy = audit.is_healthy() && !*stop.borrow();
+        if last != Some(healthy) {
+            let status =
+                if healthy { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+            for s in services {
+                reporter.set_service_status(s, status).await;
+            }
+            if last.is_some() && !*stop.borrow() {
+                tracing::warn!(serving = healthy, "health changed");
+            }
+            last = Some(healthy);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+async fn reload_loop(
+    mut rx: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    state: Arc<ServerState>,
+    tls: Arc<conn::TlsState>,
+    files: ServerTlsFiles,
+    me: Caller,
+) {
+    while let Some(done) = rx.recv().await {
+        let policy = state.authz.reload();
+        let (outcome, detail) = match &policy {
+            Ok(n) => (Outcome::Ok, format!("policy reloaded: {n} grants")),
+            Err(e) => (Outcome::Error, format!("policy reload refused, old policy kept: {e}")),
+        };
+        tracing::info!(detail = %detail, "reload");
+        let _ = state.record(&me, Action::PolicyReloaded, None, outcome, &detail, Extra::default()).await;
+        let certs = crate::tls::load_server_config(&files);
+        let (outcome, detail) = match certs {
+            Ok(cfg) => {
+                tls.set(cfg);
+                (Outcome::Ok, "certificates and CRLs reloaded".to_owned())
+            }
+            Err(e) => (Outcome::Error, format!("certificate reload refused, old ones kept: {e}")),
+        };
+        tracing::info!(detail = %detail, "reload");
+        let _ = state.record(&me, Action::CertificatesReloaded, None, outcome, &detail, Extra::default()).await;
+        let _ = done.send(());
+    }
+}
+
+fn spawn_sighup(tx: mpsc::Sender<tokio::sync::oneshot::Sender<()>>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading certificates and policy");
+            let (done, _) = tokio::sync::oneshot::channel();
+            if tx.send(done).await.is_err() {
+                return;
+            }
+        }
+    });
+}

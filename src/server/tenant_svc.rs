@@ -1,0 +1,393 @@
+//! `TenantService`: registration (validated against Go unless skipped), rotation, reads,
+//! status changes and deletion. Every handler: parse → authorize on the tenant → act →
+//! audit → answer. Client keys arrive here and go straight into sealing; they are never
+//! logged, echoed or returned.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use tonic::{Request, Response, Status};
+
+use super::{Caller, Extra, ServerState, errors, timestamp_ms};
+use crate::audit::{Action, Outcome};
+use crate::authz::Role;
+use crate::crypto::ClientKey;
+use crate::domain::{DisplayName, Environment, InvalidInput, Labels, OrganizationNumber, TenantId, TenantStatus};
+use crate::proto::v1 as pb;
+use crate::proto::v1::tenant_service_server::TenantService;
+use crate::store::tenants::TenantRecord;
+use crate::vault::{NewTenant, VaultError};
+
+pub struct TenantSvc {
+    pub state: Arc<ServerState>,
+}
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 500;
+
+impl TenantSvc {
+    /// Parses the tenant id and checks the caller may administer it, auditing a refusal
+    /// under `action`. Same refusal whether or not the tenant exists.
+    async fn admit(&self, caller: &Caller, action: Action, raw: &str) -> Result<TenantId, Status> {
+        let st = &self.state;
+        let tenant = match TenantId::parse_field("tenant_id", raw) {
+            Ok(t) => t,
+            Err(e) => {
+                st.record(caller, action, None, Outcome::Denied, "invalid tenant_id", Extra::default()).await?;
+                return Err(errors::invalid(&e));
+            }
+        };
+        if !st.authz.policy().allows(&caller.identity.id, Role::TenantAdmin, &tenant) {
+            st.record(
+                caller,
+                action,
+                Some(&tenant),
+                Outcome::Denied,
+                "caller not granted tenant-admin on tenant",
+                Extra::default(),
+            )
+            .await?;
+            return Err(errors::permission_denied(Role::TenantAdmin));
+        }
+        Ok(tenant)
+    }
+
+    /// Audits a failed action and returns its status.
+    async fn failed(&self, caller: &Caller, action: Action, tenant: &TenantId, status: Status) -> Status {
+        let outcome = match status.code() {
+            tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::AlreadyExists
+            | tonic::Code::FailedPrecondition => Outcome::Denied,
+            _ => Outcome::Error,
+        };
+        match self.state.record(caller, action, Some(tenant), outcome, status.message(), Extra::default()).await {
+            Ok(()) => status,
+            Err(s) => s,
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::vault::Vault) -> Result<T, VaultError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let vault = self.state.vault.clone();
+        tokio::task::spawn_blocking(move || f(&vault))
+            .await
+            .map_err(|_| Status::internal("internal error; operators are alerted"))?
+            .map_err(|e| errors::vault(&e))
+    }
+
+    fn view(&self, t: &TenantRecord) -> pb::Tenant {
+        let last = [t.last_token_at, self.state.broker.last_served_ms(&t.tenant_id)].into_iter().flatten().max();
+        to_proto(t, last)
+    }
+
+    /// Status changes share one shape.
+    async fn set_status(
+        &self,
+        caller: Caller,
+        action: Action,
+        raw: &str,
+        status: TenantStatus,
+    ) -> Result<pb::Tenant, Status> {
+        let tenant = self.admit(&caller, action, raw).await?;
+        let id = tenant.clone();
+        match self.run(move |v| v.set_status(&id, status)).await {
+            Ok(rec) => {
+                self.state.broker.forget(&tenant);
+                let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
+                self.state.record(&caller, action, Some(&tenant), Outcome::Ok, status.as_str(), extra).await?;
+                Ok(self.view(&rec))
+            }
+            Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TenantService for TenantSvc {
+    async fn register_client_key(
+        &self,
+        req: Request<pb::RegisterClientKeyRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.into_inner();
+        let action = Action::KeyRegistered;
+        let tenant = self.admit(&caller, action, &r.tenant_id).await?;
+        let parsed = (|| -> Result<(NewTenant, ClientKey), InvalidInput> {
+            let environment = Environment::parse_field("environment", &r.environment)?;
+            let key = ClientKey::parse_field("client_key", &r.client_key)?;
+            let new = NewTenant {
+                tenant_id: tenant.clone(),
+                environment,
+                display_name: DisplayName::parse_field("display_name", &r.display_name)?,
+                organization_number: (!r.organization_number.trim().is_empty())
+                    .then(|| OrganizationNumber::parse_field("organization_number", &r.organization_number))
+                    .transpose()?,
+                go_client_id: None,
+                labels: Labels::parse_field("labels", r.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))?,
+            };
+            Ok((new, key))
+        })();
+        let (mut new, key) = match parsed {
+            Ok(p) => p,
+            Err(e) => return Err(self.failed(&caller, action, &tenant, errors::invalid(&e)).await),
+        };
+        let id = tenant.clone();
+        if self.run(move |v| v.tenant(&id)).await?.is_some() {
+            let s = Status::already_exists(format!(
+                "tenant {tenant} already exists; use RotateClientKey to replace its key"
+            ));
+            return Err(self.failed(&caller, action, &tenant, s).await);
+        }
+        let mut detail = "registered without validation (skip_validation)".to_owned();
+        if !r.skip_validation {
+            match self.state.broker.validate_key(new.environment, &key).await {
+                Ok(v) => {
+                    if new.display_name.as_str().is_empty()
+                        && let Some(name) = v.info.client_name.as_deref()
+                        && let Ok(d) = DisplayName::parse_field("display_name", name)
+                    {
+                        new.display_name = d;
+                    }
+                    new.go_client_id = v.info.client_id.clone();
+                    detail = "registered; key validated against PowerOffice Go".to_owned();
+                }
+                Err(e) => return Err(self.failed(&caller, action, &tenant, errors::broker(&e)).await),
+            }
+        }
+        let key = Arc::new(key);
+        let k = key.clone();
+        match self.run(move |v| v.add_tenant(&new, &k)).await {
+            Ok(rec) => {
+                self.state.broker.forget(&tenant);
+                let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
+                self.state.record(&caller, action, Some(&tenant), Outcome::Ok, &detail, extra).await?;
+                Ok(Response::new(self.view(&rec)))
+            }
+            Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
+        }
+    }
+
+    async fn rotate_client_key(
+        &self,
+        req: Request<pb::RotateClientKeyRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.into_inner();
+        let action = Action::KeyRotated;
+        let tenant = self.admit(&caller, action, &r.tenant_id).await?;
+        let key = match ClientKey::parse_field("client_key", &r.client_key) {
+            Ok(k) => k,
+            Err(e) => return Err(self.failed(&caller, action, &tenant, errors::invalid(&e)).await),
+        };
+        let id = tenant.clone();
+        let Some(cur) = self.run(move |v| v.tenant(&id)).await? else {
+            let s = Status::not_found(format!("tenant {tenant} not found"));
+            return Err(self.failed(&caller, action, &tenant, s).await);
+        };
+        if let Err(e) = self.state.broker.validate_key(cur.environment, &key).await {
+            return Err(self.failed(&caller, action, &tenant, errors::broker(&e)).await);
+        }
+        let id = tenant.clone();
+        match self.run(move |v| v.rotate_key(&id, &key)).await {
+            Ok(rec) => {
+                self.state.broker.forget(&tenant);
+                let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
+                let detail = format!("key version {} replaces {} (destroyed)", rec.key_version, cur.key_version);
+                self.state.record(&caller, action, Some(&tenant), Outcome::Ok, &detail, extra).await?;
+                Ok(Response::new(self.view(&rec)))
+            }
+            Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
+        }
+    }
+
+    async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let caller = Caller::of(&req)?;
+        let action = Action::TenantRead;
+        let tenant = self.admit(&caller, action, &req.get_ref().tenant_id).await?;
+        let id = tenant.clone();
+        match self.run(move |v| v.tenant(&id)).await {
+            Ok(Some(rec)) => {
+                self.state.record(&caller, action, Some(&tenant), Outcome::Ok, "get", Extra::default()).await?;
+                Ok(Response::new(self.view(&rec)))
+            }
+            Ok(None) => Err(self
+                .failed(&caller, action, &tenant, Status::not_found(format!("tenant {tenant} not found")))
+                .await),
+            Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
+        }
+    }
+
+    async fn list_tenants(
+        &self,
+        req: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.into_inner();
+        let st = &self.state;
+        let parsed = (|| -> Result<(Filter, Option<String>, usize), InvalidInput> {
+            let filter = Filter::parse(&r.filter)?;
+            let after = decode_page_token(&r.page_token)?;
+            let size = match r.page_size as usize {
+                0 => DEFAULT_PAGE,
+                n if n > MAX_PAGE => return Err(InvalidInput::new("page_size", format!("must be at most {MAX_PAGE}"))),
+                n => n,
+            };
+            Ok((filter, after, size))
+        })();
+        let (filter, mut after, size) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                st.record(&caller, Action::TenantRead, None, Outcome::Denied, &e.to_string(), Extra::default()).await?;
+                return Err(errors::invalid(&e));
+            }
+        };
+        let policy = st.authz.policy();
+        let mut out = Vec::new();
+        let mut next = String::new();
+        // Scan in id order, keeping what the caller may see and the filter admits. The
+        // page token is the last id scanned, so hidden tenants never leak through it.
+        'scan: loop {
+            let from = after.clone();
+            let batch = self.run(move |v| v.list_tenants(from.as_deref(), MAX_PAGE)).await?;
+            let Some(last) = batch.last() else { break };
+            let last = last.tenant_id.to_string();
+            for t in batch {
+                let id = t.tenant_id.to_string();
+                if policy.allows(&caller.identity.id, Role::TenantAdmin, &t.tenant_id) && filter.admits(&t) {
+                    out.push(self.view(&t));
+                    if out.len() == size {
+                        next = encode_page_token(&id);
+                        break 'scan;
+                    }
+                }
+            }
+            after = Some(last);
+        }
+        let detail = format!("list: {} tenants", out.len());
+        st.record(&caller, Action::TenantRead, None, Outcome::Ok, &detail, Extra::default()).await?;
+        Ok(Response::new(pb::ListTenantsResponse { tenants: out, next_page_token: next }))
+    }
+
+    async fn delete_tenant(
+        &self,
+        req: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let action = Action::TenantDeleted;
+        let tenant = self.admit(&caller, action, &req.get_ref().tenant_id).await?;
+        let id = tenant.clone();
+        match self.run(move |v| v.delete_tenant(&id)).await {
+            Ok(()) => {
+                self.state.broker.forget(&tenant);
+                self.state
+                    .record(
+                        &caller,
+                        action,
+                        Some(&tenant),
+                        Outcome::Ok,
+                        "deleted; client key destroyed",
+                        Extra::default(),
+                    )
+                    .await?;
+                Ok(Response::new(pb::DeleteTenantResponse {}))
+            }
+            Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
+        }
+    }
+
+    async fn disable_tenant(&self, req: Request<pb::DisableTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let caller = Caller::of(&req)?;
+        let raw = req.into_inner().tenant_id;
+        Ok(Response::new(self.set_status(caller, Action::TenantDisabled, &raw, TenantStatus::Disabled).await?))
+    }
+
+    async fn enable_tenant(&self, req: Request<pb::EnableTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let caller = Caller::of(&req)?;
+        let raw = req.into_inner().tenant_id;
+        Ok(Response::new(self.set_status(caller, Action::TenantEnabled, &raw, TenantStatus::Active).await?))
+    }
+}
+
+pub fn to_proto(t: &TenantRecord, last_token_ms: Option<i64>) -> pb::Tenant {
+    pb::Tenant {
+        tenant_id: t.tenant_id.to_string(),
+        environment: t.environment.to_string(),
+        display_name: t.display_name.to_string(),
+        organization_number: t.organization_number.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+        status: match t.status {
+            TenantStatus::Active => pb::TenantStatus::Active,
+            TenantStatus::Disabled => pb::TenantStatus::Disabled,
+            TenantStatus::KeyRejected => pb::TenantStatus::KeyRejected,
+        } as i32,
+        client_key_hint: t.key_hint.to_string(),
+        key_version: t.key_version,
+        labels: t.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        created_at: Some(timestamp_ms(t.created_at)),
+        updated_at: Some(timestamp_ms(t.updated_at)),
+        last_token_at: last_token_ms.map(timestamp_ms),
+        go_client_id: t.go_client_id.clone().unwrap_or_default(),
+        client_key_fingerprint: t.key_fingerprint.to_string(),
+    }
+}
+
+/// `environment=demo status=ACTIVE label.team=ap prefix=acme-`: all terms must match.
+#[derive(Debug, Default)]
+struct Filter {
+    environment: Option<Environment>,
+    status: Option<TenantStatus>,
+    labels: Vec<(String, String)>,
+    prefix: Option<String>,
+}
+
+impl Filter {
+    fn parse(s: &str) -> Result<Filter, InvalidInput> {
+        let mut f = Filter::default();
+        for term in s.split_whitespace() {
+            let (k, v) = term
+                .split_once('=')
+                .ok_or_else(|| InvalidInput::new("filter", format!("term {term:?} is not key=value")))?;
+            match k {
+                "environment" => f.environment = Some(Environment::parse_field("filter", v)?),
+                "status" => {
+                    f.status =
+                        Some(v.parse().map_err(|_| InvalidInput::new("filter", format!("unknown status {v:?}")))?)
+                }
+                "prefix" => f.prefix = Some(v.to_owned()),
+                k if k.starts_with("label.") => f.labels.push((k["label.".len()..].to_owned(), v.to_owned())),
+                _ => {
+                    return Err(InvalidInput::new(
+                        "filter",
+                        format!("unknown key {k:?}; use environment, status, prefix or label.<key>"),
+                    ));
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    fn admits(&self, t: &TenantRecord) -> bool {
+        self.environment.is_none_or(|e| e == t.environment)
+            && self.status.is_none_or(|s| s == t.status)
+            && self.prefix.as_deref().is_none_or(|p| t.tenant_id.as_str().starts_with(p))
+            && self.labels.iter().all(|(k, v)| t.labels.as_map().get(k) == Some(v))
+    }
+}
+
+fn encode_page_token(last: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{last}"))
+}
+
+fn decode_page_token(s: &str) -> Result<Option<String>, InvalidInput> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let bad = || InvalidInput::new("page_token", "not a page token from this server; start again without it");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let last = text.strip_prefix("v1:").ok_or_else(bad)?;
+    TenantId::parse_field("page_token", last).map_err(|_| bad())?;
+    Ok(Some(last.to_owned()))
+}

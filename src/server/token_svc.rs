@@ -1,0 +1,98 @@
+//! `TokenService`: parse, authorize on the tenant, ask the broker, audit, answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::{Caller, Extra, ServerState, errors, timestamp};
+use crate::audit::{Action, Outcome};
+use crate::authz::Role;
+use crate::domain::TenantId;
+use crate::proto::v1::token_service_server::TokenService;
+use crate::proto::v1::{GetAccessTokenRequest, GetAccessTokenResponse};
+use crate::tokens::{BrokerError, TokenSource};
+
+pub struct TokenSvc {
+    pub state: Arc<ServerState>,
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenSvc {
+    async fn get_access_token(
+        &self,
+        req: Request<GetAccessTokenRequest>,
+    ) -> Result<Response<GetAccessTokenResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.into_inner();
+        let st = &self.state;
+        let tenant = match TenantId::parse_field("tenant_id", &r.tenant_id) {
+            Ok(t) => t,
+            Err(e) => {
+                st.record(&caller, Action::TokenDenied, None, Outcome::Denied, "invalid tenant_id", Extra::default())
+                    .await?;
+                return Err(errors::invalid(&e));
+            }
+        };
+        if !st.authz.policy().allows(&caller.identity.id, Role::Token, &tenant) {
+            st.record(
+                &caller,
+                Action::TokenDenied,
+                Some(&tenant),
+                Outcome::Denied,
+                "caller not granted token on tenant",
+                Extra::default(),
+            )
+            .await?;
+            return Err(errors::permission_denied(Role::Token));
+        }
+        let min_validity = (r.min_validity_seconds > 0).then(|| Duration::from_secs(u64::from(r.min_validity_seconds)));
+        match st.broker.get_token(&tenant, min_validity).await {
+            Ok(lease) => {
+                let t = &lease.token;
+                let (detail, upstream_status) = match lease.source {
+                    TokenSource::Cache => ("from cache", None),
+                    TokenSource::Upstream { upstream_status } => ("minted upstream", Some(upstream_status)),
+                    TokenSource::SharedFlight => ("shared upstream request", None),
+                    TokenSource::StaleDuringOutage => {
+                        ("from cache, shorter than min_validity: upstream unavailable", None)
+                    }
+                };
+                let extra = Extra {
+                    key_version: Some(t.key_version),
+                    upstream_status,
+                    token_fingerprint: Some(t.fingerprint.to_string()),
+                };
+                // Durable before the token leaves (DESIGN.md invariant 6): fail closed.
+                st.record(&caller, Action::TokenMinted, Some(&tenant), Outcome::Ok, detail, extra).await?;
+                let subscription_key = if st.return_subscription_key {
+                    st.subscription_key(t.environment).await.unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(Response::new(GetAccessTokenResponse {
+                    access_token: t.access_token.expose_secret().to_owned(),
+                    token_type: t.token_type.clone(),
+                    expires_at: Some(timestamp(t.expires_at_wall)),
+                    environment: t.environment.to_string(),
+                    api_base_url: t.api_base_url.clone(),
+                    subscription_key,
+                }))
+            }
+            Err(e) => {
+                let outcome = match e {
+                    BrokerError::NotFound(_) | BrokerError::Disabled(_) | BrokerError::KeyRejected(_) => {
+                        Outcome::Denied
+                    }
+                    _ => Outcome::Error,
+                };
+                if matches!(e, BrokerError::Integrity(_)) {
+                    tracing::error!(tenant = %tenant, "ALARM: {e}");
+                }
+                st.record(&caller, Action::TokenDenied, Some(&tenant), outcome, &e.to_string(), Extra::default())
+                    .await?;
+                Err(errors::broker(&e))
+            }
+        }
+    }
+}

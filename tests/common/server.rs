@@ -1,0 +1,229 @@
+//! A real vault server on 127.0.0.1:0 with generated certificates, a real SQLite vault,
+//! the simulator as Go, and clients speaking gRPC over mutual TLS.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pogo_vault::crypto::{ClientKey, MasterKeySource, SubscriptionKey};
+use pogo_vault::domain::Environment;
+use pogo_vault::proto::v1::audit_service_client::AuditServiceClient;
+use pogo_vault::proto::v1::tenant_service_client::TenantServiceClient;
+use pogo_vault::proto::v1::token_service_client::TokenServiceClient;
+use pogo_vault::server::{RunningServer, ServeOptions};
+use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
+use pogo_vault::tls::{ClientTlsFiles, DevPki};
+use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, Vault};
+use prost::Message;
+use tonic::transport::Channel;
+
+pub const TRUST: &str = "test.pogo";
+
+/// Demo client keys the simulator knows (GUIDs that are easy to spot in a scan).
+pub fn sim_key(i: usize) -> String {
+    format!("5eed0000-0000-4000-8000-{:012x}", 0xabc000 + i)
+}
+
+pub fn policy_text(extra: &str) -> String {
+    format!(
+        r#"
+[[grant]]
+caller = "spiffe://{TRUST}/service/token-caller"
+roles = ["token"]
+tenants = ["*"]
+
+[[grant]]
+caller = "spiffe://{TRUST}/service/admin"
+roles = ["tenant-admin"]
+tenants = ["*"]
+
+[[grant]]
+caller = "spiffe://{TRUST}/team/security/auditor"
+roles = ["audit"]
+
+[[grant]]
+caller = "spiffe://{TRUST}/service/a-only"
+roles = ["token", "tenant-admin"]
+tenants = ["a-*"]
+{extra}
+"#
+    )
+}
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub pki: DevPki,
+    pub sim: Sim,
+    pub server: Option<RunningServer>,
+    pub endpoint: String,
+    pub policy: PathBuf,
+    /// Encoded bytes of every response and status seen by [`TestServer::seen`] callers.
+    pub seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pogo_vault::tls::generate_dev_pki(&dir.path().join("certs"), TRUST).unwrap();
+        // Extra callers: one limited to a-*, one the policy does not know, one from a foreign CA.
+        let issue = |name: &str, spiffe: Option<&str>, dns: Option<&str>| {
+            pogo_vault::tls::issue_client_cert(
+                &pki.ca_cert,
+                &pki.ca_key,
+                &dir.path().join(format!("certs/{name}.pem")),
+                &dir.path().join(format!("certs/{name}-key.pem")),
+                spiffe,
+                dns,
+                name,
+            )
+            .unwrap();
+        };
+        issue("a-only", Some(&format!("spiffe://{TRUST}/service/a-only")), None);
+        issue("stranger", Some(&format!("spiffe://{TRUST}/service/stranger")), None);
+        issue("dns-caller", None, Some("billing.internal.example"));
+        let foreign = dir.path().join("foreign");
+        std::fs::create_dir_all(&foreign).unwrap();
+        pogo_vault::tls::generate_ca(&foreign.join("ca.pem"), &foreign.join("ca-key.pem"), "foreign CA").unwrap();
+        pogo_vault::tls::issue_client_cert(
+            &foreign.join("ca.pem"),
+            &foreign.join("ca-key.pem"),
+            &foreign.join("admin.pem"),
+            &foreign.join("admin-key.pem"),
+            Some(&format!("spiffe://{TRUST}/service/admin")),
+            None,
+            "admin",
+        )
+        .unwrap();
+
+        let sim = sim::start(
+            "127.0.0.1:0".parse().unwrap(),
+            SimConfig { rate_limit_per_second: 1000, ..SimConfig::default() },
+        )
+        .await
+        .unwrap();
+        for i in 0..8 {
+            sim.add_client(
+                Environment::Demo,
+                &sim_key(i),
+                SimClient {
+                    client_id: format!("{}", 7000 + i),
+                    name: format!("Kunde {i} AS"),
+                    organization_number: format!("91000000{i}"),
+                },
+            );
+        }
+        let db = dir.path().join("vault.db");
+        let key = dir.path().join("master.key");
+        let vault = Vault::init(&db, &InitKey::GenerateKeyFile(key.clone()), Argon2Costs::default()).unwrap();
+        vault
+            .set_integration(&IntegrationInput {
+                environment: Environment::Demo,
+                application_key: sim::DEFAULT_APPLICATION_KEY.into(),
+                base_url: sim.base_url(Environment::Demo),
+                subscription_key: SubscriptionKey::parse(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY).unwrap(),
+            })
+            .unwrap();
+        drop(vault);
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(&policy, policy_text("")).unwrap();
+        let mut opts = ServeOptions {
+            db: db.clone(),
+            audit_db: pogo_vault::config::default_audit_db(&db),
+            master_key: MasterKeySource::KeyFile(key),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: pki.server_files(),
+            policy: policy.clone(),
+            upstream: pogo_vault::upstream::UpstreamConfig {
+                connect_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(5),
+            },
+            tokens: pogo_vault::tokens::BrokerConfig::default(),
+            audit: pogo_vault::audit::AuditConfig::default(),
+            max_request_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            concurrency_limit_per_connection: 64,
+            handshake_timeout: Duration::from_secs(5),
+            return_subscription_key: false,
+        };
+        tweak(&mut opts);
+        let server = pogo_vault::server::start(opts).await.unwrap();
+        let endpoint = format!("https://{}", server.addr);
+        TestServer { dir, pki, sim, server: Some(server), endpoint, policy, seen: Arc::default() }
+    }
+
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn files(&self, name: &str) -> ClientTlsFiles {
+        match name {
+            "foreign" => ClientTlsFiles {
+                ca: self.pki.ca_cert.clone(),
+                cert: self.dir.path().join("foreign/admin.pem"),
+                key: self.dir.path().join("foreign/admin-key.pem"),
+            },
+            n => ClientTlsFiles {
+                ca: self.pki.ca_cert.clone(),
+                cert: self.dir.path().join(format!("certs/{n}.pem")),
+                key: self.dir.path().join(format!("certs/{n}-key.pem")),
+            },
+        }
+    }
+
+    pub async fn channel(&self, name: &str) -> Channel {
+        pogo_vault::client::connect(&self.endpoint, &self.files(name), Some("localhost")).await.unwrap()
+    }
+
+    pub async fn token_client(&self, name: &str) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.channel(name).await)
+    }
+
+    pub async fn tenant_client(&self, name: &str) -> TenantServiceClient<Channel> {
+        TenantServiceClient::new(self.channel(name).await)
+    }
+
+    pub async fn audit_client(&self, name: &str) -> AuditServiceClient<Channel> {
+        AuditServiceClient::new(self.channel(name).await)
+    }
+
+    /// Records a response's encoded bytes (or a status's message and details) for the
+    /// leak scan, and passes it on.
+    pub fn seen<T: Message>(&self, r: Result<tonic::Response<T>, tonic::Status>) -> Result<T, tonic::Status> {
+        let mut seen = self.seen.lock().unwrap();
+        match r {
+            Ok(resp) => {
+                let m = resp.into_inner();
+                seen.extend_from_slice(&m.encode_to_vec());
+                Ok(m)
+            }
+            Err(s) => {
+                seen.extend_from_slice(s.message().as_bytes());
+                seen.extend_from_slice(s.details());
+                Err(s)
+            }
+        }
+    }
+
+    pub fn vault(&self) -> Vault {
+        Vault::unlock(&self.dir.path().join("vault.db"), &MasterKeySource::KeyFile(self.dir.path().join("master.key")))
+            .unwrap()
+    }
+
+    pub fn audit_db(&self) -> PathBuf {
+        pogo_vault::config::default_audit_db(&self.dir.path().join("vault.db"))
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.unwrap();
+        }
+    }
+}
+
+pub fn key(i: usize) -> ClientKey {
+    ClientKey::parse(&sim_key(i)).unwrap()
+}
