@@ -347,3 +347,47 @@ async fn health_and_reflection_answer_with_a_client_certificate() {
     assert_eq!(r.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_caller_is_refused_after_a_certificate_reload() {
+    let crl_holder = tempfile::tempdir().unwrap();
+    let crl = crl_holder.path().join("callers.crl");
+    let crl_for_start = crl.clone();
+    let mut ts = TestServer::start_with(move |o| {
+        // Start with a CRL that revokes nothing.
+        let ca_key = o.tls.client_ca.with_file_name("ca-key.pem");
+        pogo_vault::tls::issue_crl(&o.tls.client_ca, &ca_key, &[], &crl_for_start).unwrap();
+        o.tls.crls = vec![crl_for_start];
+    })
+    .await;
+    ts.vault().add_tenant(&new_tenant("a-1"), &key(0)).unwrap();
+    ts.token_client("a-only").await.get_access_token(get("a-1")).await.unwrap();
+
+    // Revoke the a-only caller's certificate by serial, reload (what SIGHUP does).
+    let pem = std::fs::read(ts.files("a-only").cert).unwrap();
+    let der = rustls_pemfile::certs(&mut &pem[..]).next().unwrap().unwrap();
+    let serial = pogo_vault::tls::identity_from_der(der.as_ref()).unwrap().serial;
+    pogo_vault::tls::issue_crl(&ts.pki.ca_cert, &ts.pki.ca_key, &[serial], &crl).unwrap();
+    ts.server().reload().await;
+
+    let refused = match pogo_vault::client::connect(&ts.endpoint, &ts.files("a-only"), Some("localhost")).await {
+        Err(_) => true,
+        Ok(ch) => pb::token_service_client::TokenServiceClient::new(ch).get_access_token(get("a-1")).await.is_err(),
+    };
+    assert!(refused, "a revoked certificate must not get a new connection");
+    // Others are unaffected.
+    ts.token_client("token-caller").await.get_access_token(get("a-1")).await.unwrap();
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_refused_and_stores_nothing() {
+    let mut ts = TestServer::start().await;
+    let mut admin = ts.tenant_client("admin").await;
+    let mut big = register("huge", 0);
+    big.display_name = "x".repeat(100 * 1024);
+    let s = admin.register_client_key(big).await.unwrap_err();
+    assert_ne!(s.code(), Code::Ok);
+    assert!(ts.vault().tenant(&"huge".parse().unwrap()).unwrap().is_none());
+    ts.stop().await;
+}

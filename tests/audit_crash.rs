@@ -1,0 +1,224 @@
+//! `kill -9` of a real `pogo-vault serve` process under token load: every token a client
+//! received has its audit record, the chain verifies, the server starts again. Then the
+//! security team's offline `pogo-vault audit verify` on that file, untouched and tampered.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::server::{TRUST, policy_text, sim_key};
+use pogo_vault::crypto::{ClientKey, MasterKeySource, Purpose, SubscriptionKey};
+use pogo_vault::domain::Environment;
+use pogo_vault::proto::v1 as pb;
+use pogo_vault::sim::{self, SimClient, SimConfig};
+use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, Vault};
+
+const TENANTS: usize = 6;
+
+fn start_server(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("POGO_VAULT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(endpoint: &str, files: &pogo_vault::tls::ClientTlsFiles) -> tonic::transport::Channel {
+    for _ in 0..300 {
+        if let Ok(ch) = pogo_vault::client::connect(endpoint, files, Some("localhost")).await {
+            return ch;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server did not come up at {endpoint}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn public_key_file(dir: &Path, db: &Path, key: &Path) -> std::path::PathBuf {
+    let vault = Vault::unlock(db, &MasterKeySource::KeyFile(key.to_owned())).unwrap();
+    let pk = vault.vault_key(Purpose::AuditSigningKey).unwrap().unwrap().public_key.unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk.try_into().unwrap()).unwrap();
+    let path = dir.join("audit.pub");
+    std::fs::write(&path, pogo_vault::audit::encode_public_key(&vk)).unwrap();
+    path
+}
+
+/// Copies a SQLite file with its WAL, as a consistent snapshot of a stopped database.
+fn copy_db(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    let wal = format!("{}-wal", from.display());
+    if Path::new(&wal).exists() {
+        std::fs::copy(&wal, format!("{}-wal", to.display())).unwrap();
+    }
+}
+
+fn verify_cli(audit_db: &Path, public_key: &Path, checkpoint: Option<&Path>) -> std::process::Output {
+    let mut args =
+        vec!["--db", audit_db.to_str().unwrap(), "audit", "verify", "--public-key", public_key.to_str().unwrap()];
+    if let Some(c) = checkpoint {
+        args.extend(["--checkpoint", c.to_str().unwrap()]);
+    }
+    Command::new(env!("CARGO_BIN_EXE_pogo-vault")).args(&args).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_record_of_a_token_handed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pogo_vault::tls::generate_dev_pki(&d.join("certs"), TRUST).unwrap();
+    let sim =
+        sim::start("127.0.0.1:0".parse().unwrap(), SimConfig { rate_limit_per_second: 1000, ..SimConfig::default() })
+            .await
+            .unwrap();
+    let db = d.join("vault.db");
+    let key = d.join("master.key");
+    let vault = Vault::init(&db, &InitKey::GenerateKeyFile(key.clone()), Argon2Costs::default()).unwrap();
+    vault
+        .set_integration(&IntegrationInput {
+            environment: Environment::Demo,
+            application_key: sim::DEFAULT_APPLICATION_KEY.into(),
+            base_url: sim.base_url(Environment::Demo),
+            subscription_key: SubscriptionKey::parse(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY).unwrap(),
+        })
+        .unwrap();
+    for i in 0..TENANTS {
+        let k = sim_key(i);
+        sim.add_client(
+            Environment::Demo,
+            &k,
+            SimClient { client_id: i.to_string(), name: format!("c{i}"), organization_number: "123456789".into() },
+        );
+        let new = pogo_vault::vault::NewTenant {
+            tenant_id: format!("t{i}").parse().unwrap(),
+            environment: Environment::Demo,
+            display_name: Default::default(),
+            organization_number: None,
+            go_client_id: None,
+            labels: Default::default(),
+        };
+        vault.add_tenant(&new, &ClientKey::parse(&k).unwrap()).unwrap();
+    }
+    let fp_key_vault = vault; // kept open to fingerprint what clients received
+    std::fs::write(d.join("policy.toml"), policy_text("")).unwrap();
+    let port = free_port();
+    let config = d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vault]\ndb = \"vault.db\"\nmaster_key_file = \"master.key\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             cert = \"certs/server.pem\"\nkey = \"certs/server-key.pem\"\nclient_ca = \"certs/ca.pem\"\npolicy = \"policy.toml\"\n\n\
+             [tokens]\nupstream_rate_per_second = 10\nupstream_burst = 10\n"
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let files = pki.client_files("token-caller").unwrap();
+
+    let mut child = start_server(&config);
+    let ch = wait_ready(&endpoint, &files).await;
+
+    // Load: several callers; every token received is remembered.
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let ch = ch.clone();
+        let received = received.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = pb::token_service_client::TokenServiceClient::new(ch);
+            for n in 0.. {
+                let req =
+                    pb::GetAccessTokenRequest { tenant_id: format!("t{}", (w + n) % TENANTS), min_validity_seconds: 0 };
+                match client.get_access_token(req).await {
+                    Ok(r) => received.lock().unwrap().push(r.into_inner().access_token),
+                    Err(_) => break, // the server died
+                }
+            }
+        }));
+    }
+    // Let the load run until a good number of tokens went out, then kill -9 mid-flight.
+    for _ in 0..400 {
+        if received.lock().unwrap().len() >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let received = received.lock().unwrap().clone();
+    assert!(received.len() >= 50, "load ran: {} tokens", received.len());
+
+    // Every token handed out has a durable token_minted record with its fingerprint.
+    let audit_db = pogo_vault::config::default_audit_db(&db);
+    let conn = pogo_vault::audit::open_reader(&audit_db).unwrap();
+    let filter =
+        pogo_vault::audit::AuditFilter { action: Some(pogo_vault::audit::Action::TokenMinted), ..Default::default() };
+    let minted = pogo_vault::audit::list(&conn, &filter, None, 1_000_000).unwrap();
+    drop(conn);
+    let logged: HashSet<String> = minted.iter().filter_map(|e| e.record.token_fingerprint.clone()).collect();
+    for t in &received {
+        let fp =
+            fp_key_vault.fingerprint_key().fingerprint(pogo_vault::tokens::FP_ACCESS_TOKEN, t.as_bytes()).to_string();
+        assert!(logged.contains(&fp), "a token was handed out without its audit record");
+    }
+    assert!(minted.len() >= received.len(), "{} records for {} tokens received", minted.len(), received.len());
+
+    // The chain verifies offline with only the public key.
+    let pk = public_key_file(d, &db, &key);
+    let out = verify_cli(&audit_db, &pk, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The server starts again on the same files and serves; then stops gracefully.
+    let mut child = start_server(&config);
+    let ch = wait_ready(&endpoint, &files).await;
+    let mut client = pb::token_service_client::TokenServiceClient::new(ch);
+    client
+        .get_access_token(pb::GetAccessTokenRequest { tenant_id: "t0".into(), min_validity_seconds: 0 })
+        .await
+        .unwrap();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    let out = verify_cli(&audit_db, &pk, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Tampering, found by the offline verifier, which names the first bad sequence.
+    let conn = pogo_vault::audit::open_reader(&audit_db).unwrap();
+    let kept = pogo_vault::audit::latest_checkpoint(&conn).unwrap().unwrap();
+    drop(conn);
+    let kept_file = d.join("kept-checkpoint.json");
+    std::fs::write(&kept_file, kept.to_json()).unwrap();
+    assert!(verify_cli(&audit_db, &pk, Some(&kept_file)).status.success());
+
+    let edited = d.join("edited.db");
+    copy_db(&audit_db, &edited);
+    let c = rusqlite::Connection::open(&edited).unwrap();
+    c.execute("UPDATE events SET caller = 'someone-else' WHERE sequence = 5", []).unwrap();
+    drop(c);
+    let out = verify_cli(&edited, &pk, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("first bad sequence 5"), "{err}");
+
+    let truncated = d.join("truncated.db");
+    copy_db(&audit_db, &truncated);
+    let c = rusqlite::Connection::open(&truncated).unwrap();
+    let last: i64 = c.query_row("SELECT MAX(sequence) FROM events", [], |r| r.get(0)).unwrap();
+    c.execute("DELETE FROM events WHERE sequence > ?1", [last - 3]).unwrap();
+    c.execute("DELETE FROM checkpoints WHERE sequence > ?1", [last - 3]).unwrap();
+    drop(c);
+    let out = verify_cli(&truncated, &pk, Some(&kept_file));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("does NOT verify"), "deletion of the newest rows is caught: {err}");
+}
