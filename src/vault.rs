@@ -24,6 +24,7 @@ use crate::crypto::{
 use crate::domain::{DisplayName, Environment, InvalidInput, Labels, OrganizationNumber, TenantId, TenantStatus};
 use crate::store::integrations::{self, IntegrationRecord};
 use crate::store::meta::{self, KekMeta, VaultKey};
+use crate::store::onboarding::{self, Session, SessionStatus};
 use crate::store::secrets::{self, SecretRef};
 use crate::store::tenants::{self, TenantRecord};
 use crate::store::{Store, StoreError, now_ms};
@@ -51,6 +52,9 @@ pub enum VaultError {
     /// The random source failed.
     #[error("the system random number generator failed")]
     Random,
+    /// The caller may not administer a tenant this operation would change.
+    #[error("the caller is not granted tenant-admin on tenant {tenant}")]
+    Denied { tenant: String },
 }
 
 impl VaultError {
@@ -497,6 +501,114 @@ impl Vault {
             .map_err(|_| VaultError::Random)
     }
 
+    // ---- onboarding ----
+
+    pub fn insert_onboarding(&self, session: &Session) -> Result<(), VaultError> {
+        Ok(onboarding::insert(self.store().conn(), session)?)
+    }
+
+    pub fn onboarding(&self, id: &str) -> Result<Option<Session>, VaultError> {
+        Ok(onboarding::get(self.store().conn(), id)?)
+    }
+
+    /// Compare-and-set of a session's status (see [`onboarding::transition`]).
+    pub fn onboarding_transition(
+        &self,
+        id: &str,
+        from: SessionStatus,
+        to: SessionStatus,
+        go_status: Option<&str>,
+    ) -> Result<bool, VaultError> {
+        Ok(onboarding::transition(self.store().conn(), id, from, to, go_status, &[])?)
+    }
+
+    /// Stores what an onboarding brought, in one transaction with the session's completion:
+    /// a client already known in the environment (same organization number) gets its key
+    /// rotated (new version, old one destroyed: how a customer recovers a lost key); others
+    /// become new tenants named `prefix + organization number` (or a slug of the client
+    /// name). `allowed` is asked about every tenant id first: if it refuses one, nothing is
+    /// stored. The session must be `COMPLETING`.
+    pub fn apply_onboarding(
+        &self,
+        session: &Session,
+        clients: &[OnboardedKey],
+        allowed: &dyn Fn(&TenantId) -> bool,
+    ) -> Result<Vec<OnboardingOutcome>, VaultError> {
+        let env = session.environment;
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        let mut outcomes = Vec::with_capacity(clients.len());
+        let mut taken: Vec<TenantId> = Vec::new();
+        for c in clients {
+            let existing = match &c.organization_number {
+                Some(org) => tenants::find_by_organization(&tx, env, org)?,
+                None => None,
+            };
+            let fp = self.fingerprint_key.fingerprint(FP_CLIENT_KEY, c.key.expose_secret().as_bytes());
+            let (id, previous) = match existing {
+                Some(cur) => {
+                    let id = cur.tenant_id.clone();
+                    if !allowed(&id) {
+                        return Err(VaultError::Denied { tenant: id.to_string() });
+                    }
+                    let version = cur.key_version + 1;
+                    let r = SecretRef { purpose: Purpose::ClientKey, owner: id.as_str().to_owned(), version };
+                    secrets::put(&tx, &r, &self.seal_client_key(&r, &c.key)?, self.kek.id())?;
+                    tenants::set_key(&tx, &id, version, &c.key.hint(), &fp)?;
+                    secrets::delete_other_versions(&tx, Purpose::ClientKey, id.as_str(), version)?;
+                    (id, Some(cur.key_version))
+                }
+                None => {
+                    let id = new_tenant_id(&tx, &session.tenant_id_prefix, c, &taken)?;
+                    if !allowed(&id) {
+                        return Err(VaultError::Denied { tenant: id.to_string() });
+                    }
+                    let now = now_ms();
+                    let rec = TenantRecord {
+                        tenant_id: id.clone(),
+                        environment: env,
+                        display_name: c.name.clone().unwrap_or_default(),
+                        organization_number: c.organization_number.clone(),
+                        go_client_id: None,
+                        labels: Labels::default(),
+                        status: TenantStatus::Active,
+                        key_version: 1,
+                        key_hint: c.key.hint(),
+                        key_fingerprint: fp,
+                        created_at: now,
+                        updated_at: now,
+                        last_token_at: None,
+                    };
+                    let r = SecretRef { purpose: Purpose::ClientKey, owner: id.as_str().to_owned(), version: 1 };
+                    tenants::insert(&tx, &rec)?;
+                    secrets::delete_all(&tx, Purpose::ClientKey, id.as_str())?;
+                    secrets::put(&tx, &r, &self.seal_client_key(&r, &c.key)?, self.kek.id())?;
+                    (id, None)
+                }
+            };
+            taken.push(id.clone());
+            let record =
+                tenants::get(&tx, &id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+            outcomes.push(OnboardingOutcome { record, previous_version: previous });
+        }
+        let ids: Vec<String> = outcomes.iter().map(|o| o.record.tenant_id.to_string()).collect();
+        if !onboarding::transition(
+            &tx,
+            &session.onboarding_id,
+            SessionStatus::Completing,
+            SessionStatus::Completed,
+            Some("Success"),
+            &ids,
+        )? {
+            return Err(StoreError::Corrupt("onboarding session was not being completed".into()).into());
+        }
+        tx.commit().map_err(StoreError::from)?;
+        if outcomes.iter().any(|o| o.previous_version.is_some()) {
+            store.checkpoint_truncate()?;
+        }
+        Ok(outcomes)
+    }
+
     // ---- master key rotation ----
 
     /// Rewraps every DEK under a new master key in one transaction; no secret's ciphertext
@@ -558,6 +670,66 @@ fn open_vault_secret(
     let sealed = secrets::get(store.conn(), &r)?
         .ok_or_else(|| VaultError::Integrity { what: format!("{} is missing", purpose.as_str()) })?;
     envelope::open(kek, &SealContext::new(purpose, VAULT_OWNER, 1), &sealed).map_err(VaultError::integrity(&r))
+}
+
+/// A client key Go handed over in an onboarding, with what Go said about the client.
+#[derive(Debug)]
+pub struct OnboardedKey {
+    pub key: ClientKey,
+    pub name: Option<DisplayName>,
+    pub organization_number: Option<OrganizationNumber>,
+}
+
+/// What an onboarding did to one tenant.
+#[derive(Debug, Clone)]
+pub struct OnboardingOutcome {
+    pub record: TenantRecord,
+    /// `Some(old version)` when a known client's key was replaced (re-activation).
+    pub previous_version: Option<i64>,
+}
+
+/// `prefix + organization number`, or `prefix + slug(client name)`; a suffix `-2`, `-3`...
+/// when the id is taken (by another client, or earlier in this onboarding).
+fn new_tenant_id(
+    conn: &rusqlite::Connection,
+    prefix: &str,
+    c: &OnboardedKey,
+    taken: &[TenantId],
+) -> Result<TenantId, VaultError> {
+    let stem = match (&c.organization_number, &c.name) {
+        (Some(org), _) => org.as_str().to_owned(),
+        (None, Some(name)) => slug(name.as_str()),
+        (None, None) => "client".to_owned(),
+    };
+    let base: String = format!("{prefix}{stem}").chars().take(TenantId::MAX_LEN - 3).collect();
+    for n in 1..100 {
+        let candidate = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+        let id = TenantId::parse_field("tenant_id_prefix", &candidate)?;
+        if !taken.contains(&id) && tenants::get(conn, &id)?.is_none() {
+            return Ok(id);
+        }
+    }
+    Err(InvalidInput::new("tenant_id_prefix", "no free tenant id for this client").into())
+}
+
+/// Lowercase ASCII letters and digits, other runs become one `-`.
+fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for ch in name.chars().flat_map(|c| c.to_lowercase()) {
+        let ch = match ch {
+            'æ' => 'a',
+            'ø' => 'o',
+            'å' => 'a',
+            c => c,
+        };
+        if ch.is_ascii_alphanumeric() {
+            out.push(ch);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let out = out.trim_end_matches('-').to_owned();
+    if out.is_empty() { "client".to_owned() } else { out }
 }
 
 /// The id of an audit signing key: the first 6 bytes of SHA-256 of its public key, in hex.

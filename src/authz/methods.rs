@@ -22,6 +22,8 @@ pub const METHODS: &[(&str, Requirement)] = &[
     ("/pogo_vault.v1.TenantService/DeleteTenant", Requirement::Role(Role::TenantAdmin)),
     ("/pogo_vault.v1.TenantService/DisableTenant", Requirement::Role(Role::TenantAdmin)),
     ("/pogo_vault.v1.TenantService/EnableTenant", Requirement::Role(Role::TenantAdmin)),
+    ("/pogo_vault.v1.OnboardingService/BeginOnboarding", Requirement::Role(Role::TenantAdmin)),
+    ("/pogo_vault.v1.OnboardingService/CompleteOnboarding", Requirement::Role(Role::TenantAdmin)),
     ("/pogo_vault.v1.AuditService/ListAuditEvents", Requirement::Role(Role::Audit)),
     ("/pogo_vault.v1.AuditService/WatchAuditEvents", Requirement::Role(Role::Audit)),
     ("/pogo_vault.v1.AuditService/GetCheckpoint", Requirement::Role(Role::Audit)),

@@ -16,6 +16,7 @@ use crate::vault::VaultError;
 
 mod admin;
 mod audit;
+mod onboard;
 mod output;
 mod serve;
 
@@ -123,6 +124,9 @@ pub enum Command {
     /// Read, stream, export and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Go's onboarding flow from the command line (begin prints the URL to open).
+    #[command(subcommand)]
+    Onboard(onboard::OnboardCommand),
 }
 
 /// A command failed: the one line to print, and the exit code.
@@ -188,6 +192,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Config(c) => serve::config_check(c),
         Command::Policy(c) => serve::policy_check(c),
         Command::Audit(c) => audit::run(&g.db, c),
+        Command::Onboard(c) => onboard::run(c),
     }
 }
 

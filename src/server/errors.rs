@@ -45,7 +45,8 @@ pub fn broker(e: &BrokerError) -> Status {
         BrokerError::Disabled(_)
         | BrokerError::KeyRejected(_)
         | BrokerError::InvalidKey(_)
-        | BrokerError::NoIntegration(_) => Status::failed_precondition(msg),
+        | BrokerError::NoIntegration(_)
+        | BrokerError::OnboardingRejected(_) => Status::failed_precondition(msg),
         BrokerError::SubscriptionKeyRejected { retry_after, .. }
         | BrokerError::RateLimited { retry_after, .. }
         | BrokerError::Unavailable { retry_after, .. } => retryable(Code::Unavailable, msg, *retry_after),

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::crypto::MasterKeySource;
 use crate::domain::{Environment, TenantId};
 use crate::proto::v1::audit_service_server::AuditServiceServer;
+use crate::proto::v1::onboarding_service_server::OnboardingServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::tls::{CallerIdentity, ServerTlsFiles};
@@ -34,6 +35,7 @@ mod audit_svc;
 pub mod conn;
 pub mod errors;
 mod layer;
+mod onboarding_svc;
 
 pub use layer::new_request_id;
 mod tenant_svc;
@@ -130,6 +132,8 @@ pub fn action_for(path: &str) -> Option<Action> {
         "EnableTenant" => Action::TenantEnabled,
         "ListAuditEvents" | "WatchAuditEvents" | "GetCheckpoint" | "GetPublicKey" => Action::AuditRead,
         "VerifyAuditLog" => Action::AuditVerified,
+        "BeginOnboarding" => Action::OnboardingBegun,
+        "CompleteOnboarding" => Action::OnboardingFailed,
         _ => return None,
     })
 }
@@ -326,6 +330,8 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         TenantServiceServer::new(tenant_svc::TenantSvc { state: state.clone() }).max_decoding_message_size(max);
     let audit_svc =
         AuditServiceServer::new(audit_svc::AuditSvc { state: state.clone() }).max_decoding_message_size(max);
+    let onboarding = OnboardingServiceServer::new(onboarding_svc::OnboardingSvc { state: state.clone() })
+        .max_decoding_message_size(max);
 
     let router = tonic::transport::Server::builder()
         .timeout(opts.request_timeout)
@@ -337,7 +343,8 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         .add_service(reflection_v1alpha)
         .add_service(token)
         .add_service(tenant)
-        .add_service(audit_svc);
+        .add_service(audit_svc)
+        .add_service(onboarding);
 
     let mut stop_wait = stop_rx.clone();
     let mut grace_wait = stop_rx.clone();

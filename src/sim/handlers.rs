@@ -1,7 +1,9 @@
 //! The simulator's HTTP surface: a route table and one handler per endpoint.
 //!
 //! Every request goes through [`dispatch`]: route (path case ignored, `/Demo` prefix picks
-//! the demo environment), record, apply a pending fault, then the endpoint. Endpoints check
+//! the demo environment), record, apply a pending fault, then the endpoint. The onboarding
+//! approval page (the user's browser, not an API call) skips recording and faults; the
+//! onboarding endpoints themselves are in `onboarding`. Endpoints check
 //! in the order a real gateway then OAuth server would: subscription key, rate limit,
 //! request shape, credentials.
 //!
@@ -20,35 +22,44 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 use super::conn::ConnHandle;
+use super::onboarding;
 use super::state::{Endpoint, Fault, IssuedToken};
 use super::{RecordedRequest, Shared, SimClient};
 use crate::domain::Environment;
 
-const SUBSCRIPTION_KEY_HEADER: &str = "ocp-apim-subscription-key";
+pub(super) const SUBSCRIPTION_KEY_HEADER: &str = "ocp-apim-subscription-key";
 
 /// Privileges the simulated integration holds for every client.
 const VALID_PRIVILEGES: [&str; 3] = ["ClientIntegrationInformation", "Customer_Full", "Invoice_Full"];
 /// Subscriptions every simulated client has.
 const ACTIVE_CLIENT_SUBSCRIPTIONS: [&str; 1] = ["Go Complete"];
 
-/// The route table: `(method, path after the environment prefix, lowercased)`.
-/// Onboarding will add `POST /v2/onboarding/initiate`, `POST /v2/onboarding/finalize` and
-/// the approval page (a `GET` outside the API prefix that redirects back).
-const ROUTES: [(&str, &str, Endpoint); 2] = [
+/// The route table: `(method, path after the environment prefix, lowercased)`. The
+/// approval page (`GET /onboarding/approve/{session}`) carries an id, so
+/// `onboarding::approval_route` matches it before this table is consulted.
+const ROUTES: [(&str, &str, Endpoint); 4] = [
     ("POST", "/oauth/token", Endpoint::Token),
     ("GET", "/v2/clientintegrationinformation", Endpoint::ClientIntegrationInformation),
+    ("POST", "/v2/onboarding/initiate", Endpoint::OnboardingInitiate),
+    ("POST", "/v2/onboarding/finalize", Endpoint::OnboardingFinalize),
 ];
 
 /// Maps a request to its environment and endpoint. Path casing does not matter (as on Go);
 /// one trailing `/` is ignored.
 pub(super) fn route(method: &Method, path: &str) -> Option<(Environment, Endpoint)> {
+    let (env, rest) = environment_and_rest(path);
+    ROUTES.iter().find(|(m, p, _)| *m == method.as_str() && *p == rest).map(|(_, _, endpoint)| (env, *endpoint))
+}
+
+/// The environment a path selects and the rest of the path, lowercased, with one trailing
+/// `/` dropped.
+pub(super) fn environment_and_rest(path: &str) -> (Environment, String) {
     let lower = path.to_ascii_lowercase();
     let lower = lower.strip_suffix('/').unwrap_or(&lower);
-    let (env, rest) = match lower.strip_prefix("/demo") {
-        Some(rest) if rest.starts_with('/') => (Environment::Demo, rest),
-        _ => (Environment::Production, lower),
-    };
-    ROUTES.iter().find(|(m, p, _)| *m == method.as_str() && *p == rest).map(|(_, _, endpoint)| (env, *endpoint))
+    match lower.strip_prefix("/demo") {
+        Some(rest) if rest.starts_with('/') => (Environment::Demo, rest.to_owned()),
+        _ => (Environment::Production, lower.to_owned()),
+    }
 }
 
 pub(super) async fn dispatch(
@@ -59,6 +70,11 @@ pub(super) async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some((env, session)) = onboarding::approval_route(&method, uri.path()) {
+        let response = onboarding::approve(&shared, env, &session);
+        tracing::debug!(environment = env.as_str(), status = response.status().as_u16(), "simulator approval page");
+        return response;
+    }
     let Some((env, endpoint)) = route(&method, uri.path()) else {
         return gateway_error(StatusCode::NOT_FOUND, "Resource not found");
     };
@@ -72,6 +88,9 @@ pub(super) async fn dispatch(
                 *st.counters.token_requests_by_client.entry(client_key).or_default() += 1;
             }
             st.counters.last_token_request = Some(RecordedRequest::new(env, &method, &uri, &headers, &body));
+        }
+        if endpoint.is_onboarding() {
+            st.counters.last_onboarding_request = Some(RecordedRequest::new(env, &method, &uri, &headers, &body));
         }
         (st.faults.latency, st.faults.take())
     };
@@ -94,10 +113,13 @@ pub(super) async fn dispatch(
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             gateway_error(status, status.canonical_reason().unwrap_or("Simulated failure"))
         }
+        Some(Fault::RateLimited(secs)) if endpoint.is_onboarding() => onboarding::rate_limited(secs),
         Some(Fault::RateLimited(secs)) => rate_limited(secs),
         None => match endpoint {
             Endpoint::Token => token(&shared, env, arrived, &headers, &body),
             Endpoint::ClientIntegrationInformation => client_integration_information(&shared, env, arrived, &headers),
+            Endpoint::OnboardingInitiate => onboarding::initiate(&shared, env, arrived, &headers, &body),
+            Endpoint::OnboardingFinalize => onboarding::finalize(&shared, env, arrived, &headers, &body),
         },
     };
     tracing::debug!(environment = env.as_str(), ?endpoint, status = response.status().as_u16(), "simulator answered");
@@ -183,7 +205,7 @@ fn client_integration_information(
     .into_response()
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -276,7 +298,7 @@ fn gateway_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"statusCode": status.as_u16(), "message": message}))).into_response()
 }
 
-fn subscription_denied() -> Response {
+pub(super) fn subscription_denied() -> Response {
     gateway_error(
         StatusCode::UNAUTHORIZED,
         "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription.",
@@ -323,6 +345,15 @@ mod tests {
         assert_eq!(route(&post, "/Demoo/OAuth/Token"), None);
         assert_eq!(route(&post, "/Demo"), None);
         assert_eq!(route(&post, "/v2/OAuth/Token"), None);
+        assert_eq!(
+            route(&post, "/Demo/v2/Onboarding/Initiate"),
+            Some((Environment::Demo, Endpoint::OnboardingInitiate))
+        );
+        assert_eq!(
+            route(&post, "/V2/ONBOARDING/FINALIZE/"),
+            Some((Environment::Production, Endpoint::OnboardingFinalize))
+        );
+        assert_eq!(route(&Method::GET, "/v2/Onboarding/Initiate"), None);
     }
 
     #[test]

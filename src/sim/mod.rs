@@ -3,21 +3,26 @@
 //! with fault knobs and counters. Used by tests, `pogo-vault dev` and `pogo-vault sim`.
 //!
 //! Layout: this file holds the configuration and the [`Sim`] handle (knobs, counters,
-//! shutdown); `handlers` the route table and endpoints; `state` the shared state, rate
-//! limiter and faults; `conn` the listener that lets a handler cut its connection.
+//! shutdown); `handlers` the route table and the token and API endpoints; `onboarding` the
+//! onboarding endpoints, the simulated approving user and their knobs; `state` the shared
+//! state, rate limiter and faults; `conn` the listener that lets a handler cut its
+//! connection.
 //!
 //! Endpoints (path case ignored; a `/Demo` prefix selects the demo environment):
 //! - `POST /OAuth/Token`: client credentials grant.
 //! - `GET /v2/ClientIntegrationInformation`: who a token belongs to.
-//! - Onboarding (`/v2/Onboarding/Initiate`, `/v2/Onboarding/Finalize`, the approval page)
-//!   is not simulated yet; it belongs in the route table in `handlers`.
+//! - `POST /v2/Onboarding/Initiate`, `POST /v2/Onboarding/Finalize`: onboarding.
+//! - `GET /onboarding/approve/{session}`: the `TemporaryUrl`; the simulated user approves
+//!   at once and is redirected (302) back to the integrator's redirect URI.
 //!
 //! Invariant: the simulator may log, but never a key, a token or a request body. Its
-//! configuration's `Debug` is redacted. It keeps the last token request (with its
-//! credentials) in memory for tests; that record's `Debug` is redacted too.
+//! configuration's `Debug` is redacted. It keeps the last token request and the last
+//! onboarding request (with their credentials) in memory for tests; that record's `Debug`
+//! is redacted too.
 
 mod conn;
 mod handlers;
+mod onboarding;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,8 +38,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use self::onboarding::{APPROVAL_STATUSES, SIM_USER_EMAIL};
+
 use self::conn::{ConnHandle, SimListener};
-use self::state::{ClientEntry, Counters, Endpoint, Faults, RateLimiter, State};
+use self::onboarding::OnboardingState;
+use self::state::{Counters, Endpoint, Faults, RateLimiter, State};
 use crate::domain::Environment;
 
 /// The simulator's default application key (a fixed, public demo value).
@@ -59,6 +67,9 @@ pub struct SimConfig {
     /// Requests admitted per subscription key in any rolling second (token and API calls
     /// together, as on Go); default 10. 0 refuses everything with 429.
     pub rate_limit_per_second: u32,
+    /// Whitelisted onboarding redirect URIs per environment (only scheme, host, port and
+    /// path count); default none. More can be added with [`Sim::allow_redirect`].
+    pub redirect_uris: Vec<(Environment, String)>,
 }
 
 impl Default for SimConfig {
@@ -71,6 +82,7 @@ impl Default for SimConfig {
             ],
             token_lifetime: Duration::from_secs(1200),
             rate_limit_per_second: 10,
+            redirect_uris: Vec::new(),
         }
     }
 }
@@ -83,6 +95,7 @@ impl fmt::Debug for SimConfig {
             .field("subscription_keys", &format_args!("[redacted; environments {envs:?}]"))
             .field("token_lifetime", &self.token_lifetime)
             .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("redirect_uris", &self.redirect_uris)
             .finish()
     }
 }
@@ -193,20 +206,28 @@ impl fmt::Debug for Sim {
     }
 }
 
-/// Starts a simulator listening on `listen` (use port 0 for any free port).
+/// Starts a simulator listening on `listen` (use port 0 for any free port). Fails if a
+/// configured redirect URI is not an absolute http(s) URL.
 pub async fn start(listen: SocketAddr, config: SimConfig) -> io::Result<Sim> {
+    let mut onboarding = OnboardingState::default();
+    for (env, uri) in &config.redirect_uris {
+        onboarding.allow_redirect(*env, uri)?;
+    }
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (shutdown, _) = watch::channel(false);
     let state = State {
+        addr,
         application_key: config.application_key,
         subscription_keys: config.subscription_keys,
         token_lifetime: config.token_lifetime,
         limiter: RateLimiter::new(config.rate_limit_per_second, Duration::from_secs(1)),
         clients: HashMap::new(),
+        client_seq: 0,
         tokens: HashMap::new(),
         faults: Faults::default(),
         counters: Counters::default(),
+        onboarding,
     };
     let shared = Arc::new(Shared { state: Mutex::new(state), shutdown });
     let router = Router::new().fallback(handlers::dispatch).with_state(shared.clone());
@@ -235,9 +256,10 @@ impl Sim {
         }
     }
 
-    /// Registers (or replaces) a client key for `env`; it is active (not revoked).
+    /// Registers (or replaces) a client key for `env`; it is active (not revoked). Keys with
+    /// the same `client_id` are keys of one client (onboarding rotates them).
     pub fn add_client(&self, env: Environment, client_key: &str, client: SimClient) {
-        self.shared.lock().clients.insert((env, client_key.to_owned()), ClientEntry { client, revoked: false });
+        self.shared.lock().insert_client(env, client_key.to_owned(), client);
     }
 
     /// Revokes a client key in every environment (as when the customer deletes the
@@ -320,7 +342,8 @@ impl Sim {
         self.shared.lock().counters.successful_tokens
     }
 
-    /// Requests that reached an API endpoint (not the token endpoint).
+    /// Requests that reached a bearer-token API endpoint (ClientIntegrationInformation).
+    /// Onboarding calls have their own counters.
     pub fn api_requests(&self) -> u64 {
         self.shared.lock().counters.api_requests
     }
@@ -330,7 +353,8 @@ impl Sim {
         self.shared.lock().arrivals(Some(Endpoint::Token))
     }
 
-    /// Arrival times of all requests, token and API, oldest first.
+    /// Arrival times of all requests, token, API and onboarding (not the approval page),
+    /// oldest first.
     pub fn request_times(&self) -> Vec<Instant> {
         self.shared.lock().arrivals(None)
     }

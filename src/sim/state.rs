@@ -1,11 +1,14 @@
 //! The simulator's mutable state: clients, issued tokens, the per-subscription-key rate
-//! limiter, pending faults and the counters tests read.
+//! limiter, pending faults, onboarding sessions (see `onboarding`) and the counters tests
+//! read.
 //!
 //! One `std::sync::Mutex` guards it all; it is never held across an `.await`.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::onboarding::OnboardingState;
 use super::{RecordedRequest, SimClient};
 use crate::domain::Environment;
 
@@ -20,7 +23,18 @@ const PRUNE_TOKENS_ABOVE: usize = 10_000;
 pub(super) enum Endpoint {
     Token,
     ClientIntegrationInformation,
-    // Onboarding goes here: OnboardingInitiate, OnboardingFinalize, OnboardingApprove.
+    OnboardingInitiate,
+    OnboardingFinalize,
+    // The approval page is not here: it is the user's browser talking to Go's web front, not
+    // an API call, so it is routed before faults, counters and the rate limit apply.
+}
+
+impl Endpoint {
+    /// Whether errors here use ProblemDetails (the onboarding API) rather than the
+    /// gateway's `{statusCode, message}`.
+    pub(super) fn is_onboarding(self) -> bool {
+        matches!(self, Self::OnboardingInitiate | Self::OnboardingFinalize)
+    }
 }
 
 /// A fault to inject instead of the normal answer.
@@ -97,11 +111,14 @@ impl RateLimiter {
     }
 }
 
-/// A client key registered with the simulator.
+/// A client key registered with the simulator. Several keys may name the same client
+/// (`client.client_id`): re-onboarding revokes the old one and adds a new one.
 #[derive(Debug, Clone)]
 pub(super) struct ClientEntry {
     pub(super) client: SimClient,
     pub(super) revoked: bool,
+    /// Order of registration: the highest is a client's newest key.
+    pub(super) seq: u64,
 }
 
 /// A token the simulator issued.
@@ -115,14 +132,19 @@ pub(super) struct IssuedToken {
 /// Everything the handlers and the handle share.
 #[derive(Debug)]
 pub(super) struct State {
+    /// Where the simulator listens (for the onboarding `TemporaryUrl`).
+    pub(super) addr: SocketAddr,
     pub(super) application_key: String,
     pub(super) subscription_keys: Vec<(Environment, String)>,
     pub(super) token_lifetime: Duration,
     pub(super) limiter: RateLimiter,
     pub(super) clients: HashMap<(Environment, String), ClientEntry>,
+    /// The `seq` of the last client key registered.
+    pub(super) client_seq: u64,
     pub(super) tokens: HashMap<String, IssuedToken>,
     pub(super) faults: Faults,
     pub(super) counters: Counters,
+    pub(super) onboarding: OnboardingState,
 }
 
 /// What tests read back.
@@ -134,6 +156,9 @@ pub(super) struct Counters {
     pub(super) api_requests: u64,
     pub(super) arrivals: VecDeque<(Instant, Endpoint)>,
     pub(super) last_token_request: Option<RecordedRequest>,
+    pub(super) onboarding_initiations: u64,
+    pub(super) onboarding_finalizations: u64,
+    pub(super) last_onboarding_request: Option<RecordedRequest>,
 }
 
 impl State {
@@ -150,7 +175,15 @@ impl State {
         match endpoint {
             Endpoint::Token => self.counters.token_requests += 1,
             Endpoint::ClientIntegrationInformation => self.counters.api_requests += 1,
+            Endpoint::OnboardingInitiate => self.counters.onboarding_initiations += 1,
+            Endpoint::OnboardingFinalize => self.counters.onboarding_finalizations += 1,
         }
+    }
+
+    /// Registers (or replaces) an active client key as the newest key of its client.
+    pub(super) fn insert_client(&mut self, env: Environment, client_key: String, client: SimClient) {
+        self.client_seq += 1;
+        self.clients.insert((env, client_key), ClientEntry { client, revoked: false, seq: self.client_seq });
     }
 
     pub(super) fn store_token(&mut self, token: String, issued: IssuedToken, now: Instant) {

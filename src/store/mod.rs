@@ -18,6 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction};
 
 pub mod integrations;
 pub mod meta;
+pub mod onboarding;
 pub mod secrets;
 pub mod tenants;
 
@@ -25,7 +26,10 @@ pub mod tenants;
 pub type Migration = (&'static str, &'static str);
 
 /// The vault database's migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[Migration] = &[("0001_initial", include_str!("../../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[Migration] = &[
+    ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
+    ("0002_onboarding", include_str!("../../migrations/0002_onboarding.sql")),
+];
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

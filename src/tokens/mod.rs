@@ -81,6 +81,10 @@ pub enum BrokerError {
          whole from the right PowerOffice Go client and environment, or have the customer re-activate the integration"
     )]
     InvalidKey(Environment),
+    /// Go refused an onboarding step (a token that is invalid, expired or used, or a
+    /// redirect URL that is not whitelisted).
+    #[error("PowerOffice Go refused the onboarding ({0}): start a new onboarding")]
+    OnboardingRejected(String),
     /// A sealed row did not open: audited and alarmed by the caller.
     #[error("integrity failure: {0}")]
     Integrity(String),
@@ -540,14 +544,70 @@ impl Broker {
         inner.stats.upstream_requests.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         let r = &integ.record;
         let grant = inner.go.request_token(&r.base_url, &r.application_key, key, &integ.subscription_key).await;
-        let grant = grant.map_err(|e| self.validation_error(env, &integ, e))?;
+        let grant = grant.map_err(|e| self.validation_error(env, e))?;
         let info =
             inner.go.client_integration_information(&r.base_url, &grant.access_token, &integ.subscription_key).await;
-        let info = info.map_err(|e| self.validation_error(env, &integ, e))?;
+        let info = info.map_err(|e| self.validation_error(env, e))?;
         Ok(ValidatedKey { info })
     }
 
-    fn validation_error(&self, env: Environment, _integ: &IntegrationCtx, e: UpstreamError) -> BrokerError {
+    /// Go's `Onboarding/Initiate` for `env`, through the shared limiter.
+    pub async fn onboarding_initiate(
+        &self,
+        env: Environment,
+        organization_number: Option<&str>,
+        redirect_uri: &str,
+    ) -> Result<crate::upstream::OnboardingSession, BrokerError> {
+        let integ = self.integration(env).await?;
+        self.acquire_for(env).await?;
+        let r = &integ.record;
+        self.inner
+            .go
+            .onboarding_initiate(
+                &r.base_url,
+                &integ.subscription_key,
+                &r.application_key,
+                organization_number,
+                redirect_uri,
+            )
+            .await
+            .map_err(|e| self.onboarding_error(env, e))
+    }
+
+    /// Go's `Onboarding/Finalize` for `env`, through the shared limiter: the client keys of
+    /// the clients the user activated.
+    pub async fn onboarding_finalize(
+        &self,
+        env: Environment,
+        token: &crate::upstream::OnboardingToken,
+    ) -> Result<crate::upstream::OnboardingResult, BrokerError> {
+        let integ = self.integration(env).await?;
+        self.acquire_for(env).await?;
+        self.inner
+            .go
+            .onboarding_finalize(&integ.record.base_url, &integ.subscription_key, token)
+            .await
+            .map_err(|e| self.onboarding_error(env, e))
+    }
+
+    async fn acquire_for(&self, env: Environment) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        if let Err(wait) = self.limiter(env).acquire(inner.cfg.limiter_max_wait).await {
+            inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
+        }
+        inner.stats.upstream_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn onboarding_error(&self, env: Environment, e: UpstreamError) -> BrokerError {
+        match e {
+            UpstreamError::OnboardingRejected { title, .. } => BrokerError::OnboardingRejected(title),
+            e => self.validation_error(env, e),
+        }
+    }
+
+    fn validation_error(&self, env: Environment, e: UpstreamError) -> BrokerError {
         match e {
             UpstreamError::KeyRejected { error, .. } if is_key_rejection(&error) => BrokerError::InvalidKey(env),
             UpstreamError::SubscriptionKeyRejected { .. } => {

@@ -66,6 +66,20 @@ pub enum UpstreamError {
         /// A fixed phrase such as `HTTP 503` or `connection refused`.
         reason: String,
     },
+    /// Go refused an onboarding call with a ProblemDetails answer (400, or 403 not about the
+    /// subscription key). On `Onboarding/Finalize` this means the onboarding token is
+    /// invalid, expired or already used: the user must start the onboarding again. On
+    /// `Onboarding/Initiate` the request itself was refused (redirect URI not whitelisted,
+    /// wrong application key): a configuration problem on our side.
+    #[error("PowerOffice Go refused the onboarding (HTTP {status}: {title})")]
+    OnboardingRejected {
+        /// The HTTP status.
+        status: u16,
+        /// The ProblemDetails `title`, sanitised: printable ASCII only, at most 120
+        /// characters, with every value we sent and every long token-like word replaced by
+        /// `[redacted]`. Falls back to the status's reason phrase.
+        title: String,
+    },
     /// No answer within the connect or total timeout.
     #[error("PowerOffice Go did not answer in time")]
     Timeout,
@@ -141,6 +155,31 @@ pub(crate) fn classify_api_failure(status: StatusCode, headers: &HeaderMap, body
     match code {
         401 | 403 if parse::mentions_subscription_key(body) => UpstreamError::SubscriptionKeyRejected { status: code },
         401 | 403 => UpstreamError::Unauthorized { status: code },
+        _ => classify_common(status, headers, body),
+    }
+}
+
+/// Classifies a failed onboarding answer (`Onboarding/Initiate` or `Onboarding/Finalize`;
+/// any non-2xx status). These calls carry no bearer token, so a 401 can only be the
+/// gateway's. `request_values` are the values we sent (keys, token, redirect URI,
+/// organization number): none of them may come back in the title.
+pub(crate) fn classify_onboarding_failure(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    request_values: &[&str],
+) -> UpstreamError {
+    let code = status.as_u16();
+    match code {
+        401 => UpstreamError::SubscriptionKeyRejected { status: code },
+        403 if parse::mentions_subscription_key(body) => UpstreamError::SubscriptionKeyRejected { status: code },
+        400 | 403 => {
+            let title = parse::problem_title(body)
+                .map(|raw| parse::sanitize_title(&raw, request_values))
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").to_owned());
+            UpstreamError::OnboardingRejected { status: code, title }
+        }
         _ => classify_common(status, headers, body),
     }
 }
@@ -371,6 +410,70 @@ mod tests {
                 assert!(!format!("{e:?}").contains(secret), "{e:?}");
             }
         }
+    }
+
+    #[test]
+    fn onboarding_failures_are_classified() {
+        let h = HeaderMap::new();
+        let st = |c| StatusCode::from_u16(c).expect("valid status");
+        let problem = br#"{"type":"https://tools.ietf.org/html/rfc9110#section-15.5.1","title":"Invalid onboarding token","status":400,"detail":"x"}"#;
+        assert_eq!(
+            classify_onboarding_failure(st(400), &h, problem, &[]),
+            UpstreamError::OnboardingRejected { status: 400, title: "Invalid onboarding token".into() }
+        );
+        // Casing varies (go-api.md, "Errors elsewhere").
+        let upper = br#"{"Type":"t","Title":"Invalid redirect URI","Status":400}"#;
+        assert_eq!(
+            classify_onboarding_failure(st(400), &h, upper, &[]),
+            UpstreamError::OnboardingRejected { status: 400, title: "Invalid redirect URI".into() }
+        );
+        assert_eq!(
+            classify_onboarding_failure(st(400), &h, b"<html>", &[]),
+            UpstreamError::OnboardingRejected { status: 400, title: "Bad Request".into() }
+        );
+        let gateway = br#"{"statusCode": 401, "message": "Access denied due to invalid subscription key."}"#;
+        assert_eq!(
+            classify_onboarding_failure(st(401), &h, gateway, &[]),
+            UpstreamError::SubscriptionKeyRejected { status: 401 }
+        );
+        assert_eq!(
+            classify_onboarding_failure(st(401), &h, b"", &[]),
+            UpstreamError::SubscriptionKeyRejected { status: 401 }
+        );
+        let problem429 =
+            br#"{"title":"Too many requests","status":429,"detail":"Rate limit is exceeded. Try again in 4 seconds."}"#;
+        assert_eq!(
+            classify_onboarding_failure(st(429), &h, problem429, &[]),
+            UpstreamError::RateLimited { retry_after: Duration::from_secs(4) }
+        );
+        assert_eq!(
+            classify_onboarding_failure(st(502), &h, b"", &[]),
+            UpstreamError::Transient { reason: "HTTP 502".into() }
+        );
+        assert!(matches!(classify_onboarding_failure(st(404), &h, b"", &[]), UpstreamError::Protocol { .. }));
+        assert!(!UpstreamError::OnboardingRejected { status: 400, title: "x".into() }.is_retryable());
+    }
+
+    #[test]
+    fn onboarding_rejection_never_echoes_what_we_sent() {
+        let h = HeaderMap::new();
+        let token = "q9Vx-7sKp2LmN4bR8tYw1ZcD3fGh5JkE6uIo0aSd";
+        let app = "5b1b5bd4-0f0c-4a57-9d8e-0d3f54a1c001";
+        let body = format!(
+            r#"{{"title":"Token {token} for {} via https://app.example/cb?state=s3cr3t is invalid","detail":"{token}"}}"#,
+            app.to_uppercase()
+        );
+        let e = classify_onboarding_failure(
+            StatusCode::BAD_REQUEST,
+            &h,
+            body.as_bytes(),
+            &[token, app, "https://app.example/cb?state=s3cr3t"],
+        );
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains(token), "{shown}");
+        assert!(!shown.to_lowercase().contains(app), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("Token [redacted]"), "{shown}");
     }
 
     #[test]

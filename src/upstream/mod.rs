@@ -1,5 +1,5 @@
-//! The PowerOffice Go HTTP client: the token exchange (OAuth 2.0 client credentials) and
-//! the API calls the vault itself makes, with every failure classified into
+//! The PowerOffice Go HTTP client: the token exchange (OAuth 2.0 client credentials), the
+//! onboarding calls, and the API calls the vault itself makes, with every failure classified into
 //! [`UpstreamError`]. The protocol is in `shared/go-api.md`.
 //!
 //! Invariants:
@@ -12,10 +12,12 @@
 //! - One TLS stack: rustls with the ring provider passed explicitly (never the process
 //!   default, which may be unset or different), certificates checked by the platform verifier.
 //!
-//! Room for onboarding: `Onboarding/Initiate` and `Onboarding/Finalize` will be further
-//! methods on [`GoClient`], built on [`GoClient::send`] and the JSON helpers in `parse`.
+//! Onboarding (`Onboarding/Initiate`, `Onboarding/Finalize`) lives in `onboarding`, as
+//! further methods on [`GoClient`] built on [`GoClient::send`] and the JSON helpers in
+//! `parse`; its token is the secret type [`OnboardingToken`].
 
 mod error;
+mod onboarding;
 mod parse;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use rustls_platform_verifier::BuilderVerifierExt as _;
 use zeroize::Zeroizing;
 
 pub use error::UpstreamError;
+pub use onboarding::{OnboardedClient, OnboardingResult, OnboardingSession, OnboardingToken};
 
 use crate::crypto::{AccessToken, ClientKey, SubscriptionKey};
 

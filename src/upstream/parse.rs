@@ -1,17 +1,23 @@
 //! Reading Go's JSON answers: key lookup that ignores case (Go's casing varies), the token
-//! grant, ClientIntegrationInformation, and the error shapes of the gateway and the OAuth
-//! server.
+//! grant, ClientIntegrationInformation, the onboarding answers, and the error shapes of the
+//! gateway, the OAuth server and ProblemDetails.
 //!
 //! Invariant: no function here returns or formats text from the body except the fields it
 //! is asked for; `serde_json`'s own error messages (which can quote the input) are dropped.
+//! The one free-text field kept from an error answer (a ProblemDetails `title`) goes
+//! through [`sanitize_title`].
 
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use zeroize::Zeroizing;
 
 use super::error::UpstreamError;
+use super::onboarding::{OnboardedClient, OnboardingResult, OnboardingSession};
 use super::{ClientIntegrationInfo, TokenGrant};
-use crate::crypto::AccessToken;
+use crate::crypto::{AccessToken, ClientKey};
 
 /// Longest accepted `expires_in`: a token that claims to live more than a day is not one
 /// Go issued (it issues 10 to 20 minutes), and caching it that long would be unsafe.
@@ -20,6 +26,15 @@ pub(crate) const MAX_EXPIRES_IN: Duration = Duration::from_secs(24 * 3600);
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Longest OAuth error code we keep.
 const MAX_ERROR_CODE_LEN: usize = 64;
+/// Longest ProblemDetails title we keep.
+const MAX_TITLE_LEN: usize = 120;
+/// Request values shorter than this are not searched for in a title: replacing every "1"
+/// would garble the text, and no secret is that short.
+const MIN_REDACTED_VALUE_LEN: usize = 6;
+/// Stands in for anything cut out of a title.
+const REDACTED: &str = "[redacted]";
+/// Longest `TemporaryUrl` we accept (browsers handle far more, Go's are short).
+const MAX_TEMPORARY_URL_LEN: usize = 4096;
 
 /// Looks up `key` in a JSON object: the exact spelling first, then ignoring ASCII case.
 pub(crate) fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -116,6 +131,143 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         Some(Value::Array(items)) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
         _ => Vec::new(),
     }
+}
+
+/// Parses a 200 from `Onboarding/Initiate`: `TemporaryUrl` (an absolute http(s) URL, since
+/// a user's browser is sent there) and `ValidUntilDateTimeOffset` (RFC 3339; .NET writes
+/// seven fractional digits and a numeric offset).
+pub(crate) fn onboarding_session(body: &[u8]) -> Result<OnboardingSession, UpstreamError> {
+    let obj =
+        json_object(body).ok_or_else(|| UpstreamError::protocol("Onboarding/Initiate answer is not a JSON object"))?;
+    let temporary_url = match get_ci(&obj, "TemporaryUrl") {
+        Some(Value::String(u)) if browser_url(u.trim()) => u.trim().to_owned(),
+        Some(_) => return Err(UpstreamError::protocol("TemporaryUrl is not an absolute http(s) URL")),
+        None => return Err(UpstreamError::protocol("Onboarding/Initiate answer has no TemporaryUrl")),
+    };
+    let valid_until_ms = match get_ci(&obj, "ValidUntilDateTimeOffset") {
+        Some(Value::String(t)) => unix_ms(t.trim())
+            .ok_or_else(|| UpstreamError::protocol("ValidUntilDateTimeOffset is not an RFC 3339 time"))?,
+        Some(_) => return Err(UpstreamError::protocol("ValidUntilDateTimeOffset is not an RFC 3339 time")),
+        None => return Err(UpstreamError::protocol("Onboarding/Initiate answer has no ValidUntilDateTimeOffset")),
+    };
+    Ok(OnboardingSession { temporary_url, valid_until_ms })
+}
+
+/// An absolute http(s) URL with a host and no credentials, of bounded length.
+fn browser_url(s: &str) -> bool {
+    if s.is_empty() || s.len() > MAX_TEMPORARY_URL_LEN {
+        return false;
+    }
+    url::Url::parse(s).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host_str().is_some_and(|h| !h.is_empty())
+            && u.username().is_empty()
+            && u.password().is_none()
+    })
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time.
+fn unix_ms(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// Parses a 200 from `Onboarding/Finalize`: one entry per activated client in
+/// `OnboardedClientsInformation` (a malformed `ClientKey` fails the whole answer, since
+/// storing half of an onboarding would be worse than none), and `UserEmail`. An empty list
+/// is returned as such; the caller decides what it means.
+pub(crate) fn onboarding_result(body: &[u8]) -> Result<OnboardingResult, UpstreamError> {
+    let mut obj =
+        json_object(body).ok_or_else(|| UpstreamError::protocol("Onboarding/Finalize answer is not a JSON object"))?;
+    let items = match take_ci(&mut obj, "OnboardedClientsInformation") {
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(UpstreamError::protocol("OnboardedClientsInformation is not a list")),
+        None => return Err(UpstreamError::protocol("Onboarding/Finalize answer has no OnboardedClientsInformation")),
+    };
+    let mut clients = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Object(mut entry) = item else {
+            return Err(UpstreamError::protocol("an OnboardedClientsInformation entry is not an object"));
+        };
+        let client_key = match take_ci(&mut entry, "ClientKey") {
+            Some(Value::String(k)) => {
+                // Moved out of the JSON tree, so this is the only copy besides the key's own.
+                let k = Zeroizing::new(k);
+                ClientKey::parse(&k)
+                    .map_err(|_| UpstreamError::protocol("a ClientKey in the Finalize answer is not a GUID"))?
+            }
+            Some(_) => return Err(UpstreamError::protocol("a ClientKey in the Finalize answer is not a GUID")),
+            None => return Err(UpstreamError::protocol("an onboarded client has no ClientKey")),
+        };
+        clients.push(OnboardedClient {
+            client_key,
+            client_name: text(get_ci(&entry, "ClientName")),
+            organization_number: text(get_ci(&entry, "ClientOrganizationNumber")),
+        });
+    }
+    Ok(OnboardingResult { clients, user_email: text(get_ci(&obj, "UserEmail")) })
+}
+
+/// A trimmed, non-empty string, or a number written as text.
+fn text(v: Option<&Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The `title` of a ProblemDetails answer (any casing), unsanitised.
+pub(crate) fn problem_title(body: &[u8]) -> Option<String> {
+    let obj = json_object(body)?;
+    Some(get_ci(&obj, "title")?.as_str()?.to_owned())
+}
+
+/// Makes a ProblemDetails title safe to show and log. Go might echo what we sent, so:
+/// non-printable and non-ASCII characters are replaced; every `request_values` entry (any
+/// ASCII case) becomes `[redacted]`; so does every word that looks like a key, token or
+/// URL (16+ characters with a digit, more than 40 characters, or containing `://`), which
+/// catches echoes we did not foresee; at most 120 characters remain.
+pub(crate) fn sanitize_title(raw: &str, request_values: &[&str]) -> String {
+    let mut t: String = raw
+        .chars()
+        .map(|c| match c {
+            c if c.is_ascii_graphic() => c,
+            c if c.is_whitespace() || c.is_control() => ' ',
+            _ => '?',
+        })
+        .collect();
+    for value in request_values.iter().map(|v| v.trim()) {
+        if value.len() >= MIN_REDACTED_VALUE_LEN && value.is_ascii() {
+            t = replace_ignoring_ascii_case(&t, value, REDACTED);
+        }
+    }
+    let words: Vec<&str> = t.split_whitespace().map(|w| if looks_secret(w) { REDACTED } else { w }).collect();
+    let mut out = words.join(" ");
+    // ASCII only, so any byte index is a character boundary.
+    out.truncate(MAX_TITLE_LEN);
+    out.trim_end().to_owned()
+}
+
+fn looks_secret(word: &str) -> bool {
+    word != REDACTED
+        && (word.len() > 40 || (word.len() >= 16 && word.bytes().any(|b| b.is_ascii_digit())) || word.contains("://"))
+}
+
+/// Replaces every occurrence of `needle` in `hay`, ignoring ASCII case. Both are ASCII, so
+/// byte positions in the lowercased copy are positions in the original.
+fn replace_ignoring_ascii_case(hay: &str, needle: &str, with: &str) -> String {
+    let lower_hay = hay.to_ascii_lowercase();
+    let lower_needle = needle.to_ascii_lowercase();
+    let mut out = String::with_capacity(hay.len());
+    let mut i = 0;
+    while let Some(pos) = lower_hay[i..].find(&lower_needle) {
+        out.push_str(&hay[i..i + pos]);
+        out.push_str(with);
+        i += pos + needle.len();
+    }
+    out.push_str(&hay[i..]);
+    out
 }
 
 /// The RFC 6749 §5.2 `error` code of an answer, sanitised; `None` if there is none.
@@ -224,6 +376,85 @@ mod tests {
         assert_eq!(oauth_error_code(br#"{"error":"--"}"#), None);
         assert_eq!(oauth_error_code(br#"{"error":5}"#), None);
         assert_eq!(oauth_error_code(b"<html>"), None);
+    }
+
+    #[test]
+    fn onboarding_session_reads_dotnet_times_and_checks_the_url() {
+        let s = onboarding_session(
+            br#"{"TemporaryUrl":"https://go.poweroffice.net/onboarding/abc","ValidUntilDateTimeOffset":"2024-05-01T12:00:00.1234567+02:00"}"#,
+        )
+        .expect("ok");
+        assert_eq!(s.temporary_url, "https://go.poweroffice.net/onboarding/abc");
+        // 10:00:00.123 UTC on 2024-05-01.
+        assert_eq!(s.valid_until_ms, 1_714_557_600_123);
+        let s = onboarding_session(
+            br#"{"temporaryUrl":"http://127.0.0.1:9/x","validUntilDateTimeOffset":"1970-01-01T00:00:01Z"}"#,
+        )
+        .expect("any casing");
+        assert_eq!(s.valid_until_ms, 1000);
+        for bad in [
+            &br#"{"TemporaryUrl":"javascript:alert(1)","ValidUntilDateTimeOffset":"2024-05-01T12:00:00Z"}"#[..],
+            br#"{"TemporaryUrl":"/relative","ValidUntilDateTimeOffset":"2024-05-01T12:00:00Z"}"#,
+            br#"{"TemporaryUrl":"https://u:p@x/","ValidUntilDateTimeOffset":"2024-05-01T12:00:00Z"}"#,
+            br#"{"TemporaryUrl":"https://x/","ValidUntilDateTimeOffset":"tomorrow"}"#,
+            br#"{"TemporaryUrl":"https://x/","ValidUntilDateTimeOffset":1714557600}"#,
+            br#"{"TemporaryUrl":"https://x/"}"#,
+            br#"{"ValidUntilDateTimeOffset":"2024-05-01T12:00:00Z"}"#,
+            b"[]",
+        ] {
+            assert!(matches!(onboarding_session(bad), Err(UpstreamError::Protocol { .. })));
+        }
+    }
+
+    #[test]
+    fn onboarding_result_parses_clients_and_refuses_bad_keys() {
+        let key = "123e4567-e89b-12d3-a456-426614173f9a";
+        let body = format!(
+            r#"{{"onboardedClientsInformation":[{{"clientKey":"{key}","clientName":" Acme AS ","clientOrganizationNumber":"987654321"}},{{"ClientKey":" {key} ","ClientOrganizationNumber":123456789}}],"userEmail":"a@b.no"}}"#
+        );
+        let r = onboarding_result(body.as_bytes()).expect("ok");
+        assert_eq!(r.clients.len(), 2);
+        assert_eq!(r.clients[0].client_key.expose_secret(), key);
+        assert_eq!(r.clients[0].client_name.as_deref(), Some("Acme AS"));
+        assert_eq!(r.clients[0].organization_number.as_deref(), Some("987654321"));
+        assert_eq!(r.clients[1].client_key.expose_secret(), key);
+        assert_eq!(r.clients[1].client_name, None);
+        assert_eq!(r.clients[1].organization_number.as_deref(), Some("123456789"));
+        assert_eq!(r.user_email.as_deref(), Some("a@b.no"));
+        assert!(!format!("{r:?}").contains(key), "Debug shows a client key");
+
+        let empty = onboarding_result(br#"{"OnboardedClientsInformation":[]}"#).expect("ok");
+        assert!(empty.clients.is_empty());
+        assert_eq!(empty.user_email, None);
+
+        let not_a_guid = "SECRET-NOT-A-GUID-0000000000000000000";
+        for bad in [
+            format!(r#"{{"OnboardedClientsInformation":[{{"ClientKey":"{not_a_guid}"}}]}}"#),
+            r#"{"OnboardedClientsInformation":[{"ClientKey":7}]}"#.to_owned(),
+            r#"{"OnboardedClientsInformation":[{"ClientName":"x"}]}"#.to_owned(),
+            r#"{"OnboardedClientsInformation":["x"]}"#.to_owned(),
+            r#"{"OnboardedClientsInformation":{}}"#.to_owned(),
+            r#"{"UserEmail":"a@b.no"}"#.to_owned(),
+            "null".to_owned(),
+        ] {
+            let err = onboarding_result(bad.as_bytes()).expect_err("must be rejected");
+            assert!(matches!(err, UpstreamError::Protocol { .. }), "{err:?}");
+            assert!(!format!("{err} {err:?}").contains("SECRET"));
+        }
+    }
+
+    #[test]
+    fn titles_are_sanitised() {
+        assert_eq!(sanitize_title("Invalid onboarding token", &[]), "Invalid onboarding token");
+        assert_eq!(sanitize_title("  Ugyldig\nforespørsel\u{0}  ", &[]), "Ugyldig foresp?rsel");
+        assert_eq!(sanitize_title(&"x ".repeat(200), &[]).len(), 119);
+        assert!(sanitize_title(&"y".repeat(500), &[]).len() <= 120);
+        // Values we sent, any case, and things that look like keys, tokens or URLs.
+        assert_eq!(sanitize_title("Key ABCDEF-123 refused", &["abcdef-123"]), "Key [redacted] refused");
+        assert_eq!(sanitize_title("Key 0d9e5c1f4b2a4e6f8a7b3c2d1e0f9a8b refused", &[]), "Key [redacted] refused");
+        assert_eq!(sanitize_title("See https://x/y", &[]), "See [redacted]");
+        assert_eq!(sanitize_title("Org 123 bad", &["123"]), "Org 123 bad", "short values are left alone");
+        assert_eq!(sanitize_title("", &[]), "");
     }
 
     #[test]

@@ -1,0 +1,284 @@
+//! `OnboardingService`: Go's onboarding flow, so client keys reach the vault without any
+//! person handling them.
+//!
+//! Begin: validate, ask Go for a temporary URL (our onboarding id rides in the redirect
+//! URL's query, which Go ignores when matching its whitelist), persist the session.
+//! Complete: the session's own caller only; at most once (a compare-and-set claims it);
+//! not after expiry; a refusal status from Go closes it and is audited; on Success, Go's
+//! Finalize hands over the keys and `Vault::apply_onboarding` stores all of them and
+//! closes the session in one transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::{Caller, Extra, ServerState, errors, timestamp_ms};
+use crate::audit::{Action, Outcome};
+use crate::authz::Role;
+use crate::domain::{DisplayName, Environment, InvalidInput, OrganizationNumber, TenantId};
+use crate::proto::v1 as pb;
+use crate::proto::v1::onboarding_service_server::OnboardingService;
+use crate::store::onboarding::{Session, SessionStatus};
+use crate::tokens::BrokerError;
+use crate::upstream::OnboardingToken;
+use crate::vault::{OnboardedKey, VaultError};
+
+pub struct OnboardingSvc {
+    pub state: Arc<ServerState>,
+}
+
+/// The query parameter that carries our onboarding id through Go and back.
+pub const STATE_PARAM: &str = "pogo_onboarding_id";
+/// Grace after Go's temporary URL expires for the user to come back and us to finalize.
+const COMPLETION_GRACE: Duration = Duration::from_secs(15 * 60);
+/// Go's refusal statuses (go-api.md); anything else is refused as unknown.
+const GO_STATUSES: &[&str] = &["Success", "Canceled", "ClientNotFound", "NoClientAccess", "IntegrationBlocked"];
+
+struct Begin {
+    env: Environment,
+    redirect: reqwest::Url,
+    org: Option<OrganizationNumber>,
+    prefix: String,
+}
+
+fn parse_begin(r: &pb::BeginOnboardingRequest) -> Result<Begin, InvalidInput> {
+    let env = Environment::parse_field("environment", &r.environment)?;
+    let redirect = reqwest::Url::parse(r.redirect_url.trim())
+        .map_err(|e| InvalidInput::new("redirect_url", format!("not an absolute URL: {e}")))?;
+    let loopback = matches!(redirect.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match redirect.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return Err(InvalidInput::new("redirect_url", "must be https (http only for localhost)")),
+    }
+    if redirect.fragment().is_some() || !redirect.username().is_empty() || redirect.password().is_some() {
+        return Err(InvalidInput::new("redirect_url", "must not contain credentials or a fragment"));
+    }
+    if redirect.query_pairs().any(|(k, _)| k == STATE_PARAM || k == "token" || k == "status") {
+        return Err(InvalidInput::new(
+            "redirect_url",
+            format!("must not already carry {STATE_PARAM}, token or status"),
+        ));
+    }
+    let org = (!r.organization_number.trim().is_empty())
+        .then(|| OrganizationNumber::parse_field("organization_number", &r.organization_number))
+        .transpose()?;
+    let prefix = r.tenant_id_prefix.trim().to_owned();
+    if prefix.len() > 40 || prefix.chars().any(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_' | '.')) {
+        return Err(InvalidInput::new("tenant_id_prefix", "up to 40 of a-z 0-9 - _ ."));
+    }
+    if let Some(first) = prefix.chars().next()
+        && !first.is_ascii_alphanumeric()
+    {
+        return Err(InvalidInput::new("tenant_id_prefix", "must start with a letter or digit"));
+    }
+    Ok(Begin { env, redirect, org, prefix })
+}
+
+fn new_id() -> String {
+    super::layer::new_request_id()
+}
+
+impl OnboardingSvc {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::vault::Vault) -> Result<T, VaultError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let vault = self.state.vault.clone();
+        tokio::task::spawn_blocking(move || f(&vault))
+            .await
+            .map_err(|_| Status::internal("internal error; operators are alerted"))?
+            .map_err(|e| errors::vault(&e))
+    }
+
+    async fn refuse(&self, caller: &Caller, action: Action, outcome: Outcome, status: Status) -> Status {
+        match self.state.record(caller, action, None, outcome, status.message(), Extra::default()).await {
+            Ok(()) => status,
+            Err(s) => s,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl OnboardingService for OnboardingSvc {
+    async fn begin_onboarding(
+        &self,
+        req: Request<pb::BeginOnboardingRequest>,
+    ) -> Result<Response<pb::BeginOnboardingResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let action = Action::OnboardingBegun;
+        let b = match parse_begin(req.get_ref()) {
+            Ok(b) => b,
+            Err(e) => return Err(self.refuse(&caller, action, Outcome::Denied, errors::invalid(&e)).await),
+        };
+        let id = new_id();
+        let mut redirect = b.redirect.clone();
+        redirect.query_pairs_mut().append_pair(STATE_PARAM, &id);
+        let org = b.org.as_ref().map(|o| o.as_str().to_owned());
+        let session = match self.state.broker.onboarding_initiate(b.env, org.as_deref(), redirect.as_str()).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.refuse(&caller, action, Outcome::Error, errors::broker(&e)).await),
+        };
+        let now = crate::store::now_ms();
+        let expires_at = session.valid_until_ms.max(now) + COMPLETION_GRACE.as_millis() as i64;
+        let row = Session {
+            onboarding_id: id.clone(),
+            environment: b.env,
+            redirect_url: redirect.to_string(),
+            organization_number: b.org,
+            tenant_id_prefix: b.prefix,
+            caller: caller.identity.id.clone(),
+            created_at: now,
+            expires_at,
+            status: SessionStatus::Pending,
+            go_status: None,
+            tenants: Vec::new(),
+        };
+        self.run(move |v| v.insert_onboarding(&row)).await?;
+        let detail = format!("onboarding {id} begun for {}", b.env);
+        self.state.record(&caller, action, None, Outcome::Ok, &detail, Extra::default()).await?;
+        Ok(Response::new(pb::BeginOnboardingResponse {
+            onboarding_id: id,
+            authorization_url: session.temporary_url,
+            expires_at: Some(timestamp_ms(expires_at)),
+        }))
+    }
+
+    async fn complete_onboarding(
+        &self,
+        req: Request<pb::CompleteOnboardingRequest>,
+    ) -> Result<Response<pb::CompleteOnboardingResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.into_inner();
+        let st = &self.state;
+        let id = r.onboarding_id.trim().to_owned();
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            let s = errors::invalid(&InvalidInput::new("onboarding_id", "not an onboarding id from BeginOnboarding"));
+            return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
+        }
+        let go_status = r.go_status.trim().to_owned();
+        if !GO_STATUSES.contains(&go_status.as_str()) {
+            let e = InvalidInput::new("go_status", format!("must be one of {}", GO_STATUSES.join(", ")));
+            return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, errors::invalid(&e)).await);
+        }
+        let lookup = id.clone();
+        let Some(session) = self.run(move |v| v.onboarding(&lookup)).await? else {
+            let s = Status::not_found(format!("onboarding {id} not found: start a new one with BeginOnboarding"));
+            return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
+        };
+        if session.caller != caller.identity.id {
+            let s = Status::permission_denied("only the caller that began an onboarding may complete it");
+            return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
+        }
+        if session.status != SessionStatus::Pending {
+            let s = Status::failed_precondition(format!(
+                "onboarding {id} is already {}; a session completes at most once: start a new one",
+                format!("{:?}", session.status).to_lowercase()
+            ));
+            return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
+        }
+        let (sid, now) = (id.clone(), crate::store::now_ms());
+        if now > session.expires_at {
+            self.run(move |v| {
+                v.onboarding_transition(&sid, SessionStatus::Pending, SessionStatus::Failed, Some("Expired"))
+            })
+            .await?;
+            let s = Status::failed_precondition(format!("onboarding {id} has expired: start a new one"));
+            return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
+        }
+        if go_status != "Success" {
+            let g = go_status.clone();
+            self.run(move |v| v.onboarding_transition(&sid, SessionStatus::Pending, SessionStatus::Failed, Some(&g)))
+                .await?;
+            let advice = match go_status.as_str() {
+                "Canceled" => "the user cancelled in PowerOffice Go",
+                "ClientNotFound" => "PowerOffice Go found no client for that organization number",
+                "NoClientAccess" => {
+                    "the user has no access to activate the client (an administrator or the Settings > Organization privilege is needed)"
+                }
+                _ => "the integration is blocked for this client in PowerOffice Go",
+            };
+            let s = Status::failed_precondition(format!("onboarding {id} ended with {go_status}: {advice}"));
+            return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
+        }
+        let token = match OnboardingToken::parse(&r.onboarding_token) {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, errors::invalid(&e)).await);
+            }
+        };
+        // Claim the session: concurrent or replayed completions stop here.
+        let claim = id.clone();
+        if !self
+            .run(move |v| v.onboarding_transition(&claim, SessionStatus::Pending, SessionStatus::Completing, None))
+            .await?
+        {
+            let s = Status::failed_precondition(format!("onboarding {id} is being or has been completed"));
+            return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
+        }
+        let result = match st.broker.onboarding_finalize(session.environment, &token).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Go refused the token: the session is over. Go unreachable: it may be retried.
+                let (to, g) = match e {
+                    BrokerError::OnboardingRejected(_) => (SessionStatus::Failed, Some("FinalizeRejected")),
+                    _ => (SessionStatus::Pending, None),
+                };
+                let sid = id.clone();
+                self.run(move |v| v.onboarding_transition(&sid, SessionStatus::Completing, to, g)).await?;
+                return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Error, errors::broker(&e)).await);
+            }
+        };
+        let clients: Vec<OnboardedKey> = result
+            .clients
+            .into_iter()
+            .map(|c| OnboardedKey {
+                key: c.client_key,
+                name: c.client_name.and_then(|n| DisplayName::parse_field("display_name", &n).ok()),
+                organization_number: c
+                    .organization_number
+                    .and_then(|o| OrganizationNumber::parse_field("organization_number", &o).ok()),
+            })
+            .collect();
+        let policy = st.authz.policy();
+        let who = caller.identity.id.clone();
+        let s2 = session.clone();
+        let applied = self
+            .run(move |v| v.apply_onboarding(&s2, &clients, &|t: &TenantId| policy.allows(&who, Role::TenantAdmin, t)))
+            .await;
+        let outcomes = match applied {
+            Ok(o) => o,
+            Err(s) => {
+                let sid = id.clone();
+                self.run(move |v| {
+                    v.onboarding_transition(&sid, SessionStatus::Completing, SessionStatus::Failed, Some("NotStored"))
+                })
+                .await?;
+                return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
+            }
+        };
+        for o in &outcomes {
+            let t = &o.record;
+            st.broker.forget(&t.tenant_id);
+            let (action, detail) = match o.previous_version {
+                Some(old) => (
+                    Action::KeyReactivated,
+                    format!(
+                        "re-activation via onboarding {id}: key version {} replaces {old} (destroyed)",
+                        t.key_version
+                    ),
+                ),
+                None => (Action::KeyRegistered, format!("registered via onboarding {id}")),
+            };
+            let extra = Extra { key_version: Some(t.key_version), ..Extra::default() };
+            st.record(&caller, action, Some(&t.tenant_id), Outcome::Ok, &detail, extra).await?;
+        }
+        let ids: Vec<String> = outcomes.iter().map(|o| o.record.tenant_id.to_string()).collect();
+        let detail = format!("onboarding {id} completed: {}", ids.join(", "));
+        st.record(&caller, Action::OnboardingCompleted, None, Outcome::Ok, &detail, Extra::default()).await?;
+        Ok(Response::new(pb::CompleteOnboardingResponse {
+            tenants: outcomes.iter().map(|o| super::tenant_svc::to_proto(&o.record, None)).collect(),
+        }))
+    }
+}
