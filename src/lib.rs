@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod config;

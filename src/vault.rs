@@ -309,12 +309,9 @@ impl Vault {
         let tx = store.write_tx()?;
         let version = integrations::next_version(&tx, env)?;
         let r = SecretRef { purpose: Purpose::SubscriptionKey, owner: env.as_str().to_owned(), version };
-        let sealed = envelope::seal(
-            &self.kek,
-            &SealContext::new(r.purpose, &r.owner, version),
-            input.subscription_key.expose_secret().as_bytes(),
-        )
-        .map_err(|_| VaultError::Random)?;
+        let bound = bind_integration(input.application_key.trim(), &base_url, input.subscription_key.expose_secret());
+        let sealed = envelope::seal(&self.kek, &SealContext::new(r.purpose, &r.owner, version), bound.as_bytes())
+            .map_err(|_| VaultError::Random)?;
         secrets::put(&tx, &r, &sealed, self.kek.id())?;
         let now = now_ms();
         let rec = IntegrationRecord {
@@ -352,8 +349,20 @@ impl Vault {
             version: rec.subscription_key_version,
         };
         let plain = self.open_secret(&r)?;
-        let s = std::str::from_utf8(&plain).map_err(|_| VaultError::Integrity { what: "subscription key".into() })?;
-        SubscriptionKey::parse(s).map_err(|_| VaultError::Integrity { what: "subscription key".into() })
+        let corrupt =
+            || VaultError::Integrity { what: format!("{} integration (edited outside pogo-vault?)", rec.environment) };
+        let s = std::str::from_utf8(&plain).map_err(|_| corrupt())?;
+        // The application key and base URL are sealed with the subscription key: a row
+        // edited to send keys to another host or application does not open.
+        let mut parts = s.splitn(4, '\n');
+        let (Some("v1"), Some(app), Some(url), Some(key)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(corrupt());
+        };
+        if app != rec.application_key || url != rec.base_url {
+            return Err(corrupt());
+        }
+        SubscriptionKey::parse(key).map_err(|_| corrupt())
     }
 
     // ---- tenants ----
@@ -428,6 +437,12 @@ impl Vault {
         let rec = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
         tx.commit().map_err(StoreError::from)?;
         Ok(rec)
+    }
+
+    /// Marks a tenant `KEY_REJECTED` if `version` is still its key version (see
+    /// [`tenants::mark_rejected_if_version`]).
+    pub fn mark_key_rejected(&self, id: &TenantId, version: i64) -> Result<bool, VaultError> {
+        Ok(tenants::mark_rejected_if_version(self.store().conn(), id, version)?)
     }
 
     /// Deletes a tenant and destroys its key (crypto-shredding).
@@ -540,17 +555,19 @@ impl Vault {
         let mut outcomes = Vec::with_capacity(clients.len());
         let mut taken: Vec<TenantId> = Vec::new();
         for c in clients {
+            // A known client is one under this onboarding's prefix that the caller administers:
+            // an organization number claimed by some other tenant (registered by hand with any
+            // number) must never receive this client's key.
             let existing = match &c.organization_number {
-                Some(org) => tenants::find_by_organization(&tx, env, org)?,
+                Some(org) => tenants::find_by_organization(&tx, env, org)?
+                    .into_iter()
+                    .find(|t| t.tenant_id.as_str().starts_with(&session.tenant_id_prefix) && allowed(&t.tenant_id)),
                 None => None,
             };
             let fp = self.fingerprint_key.fingerprint(FP_CLIENT_KEY, c.key.expose_secret().as_bytes());
             let (id, previous) = match existing {
                 Some(cur) => {
                     let id = cur.tenant_id.clone();
-                    if !allowed(&id) {
-                        return Err(VaultError::Denied { tenant: id.to_string() });
-                    }
                     let version = cur.key_version + 1;
                     let r = SecretRef { purpose: Purpose::ClientKey, owner: id.as_str().to_owned(), version };
                     secrets::put(&tx, &r, &self.seal_client_key(&r, &c.key)?, self.kek.id())?;
@@ -736,6 +753,12 @@ fn slug(name: &str) -> String {
 pub fn audit_key_id(public: &[u8; 32]) -> String {
     use sha2::Digest;
     hex(&sha2::Sha256::digest(public)[..6])
+}
+
+/// The plaintext sealed for an integration: the subscription key together with the
+/// application key and base URL it may be used with. The result is zeroized on drop.
+fn bind_integration(application_key: &str, base_url: &str, subscription_key: &str) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(format!("v1\n{application_key}\n{base_url}\n{subscription_key}"))
 }
 
 /// Go application keys are GUIDs.

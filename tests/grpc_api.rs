@@ -361,7 +361,8 @@ async fn a_revoked_caller_is_refused_after_a_certificate_reload() {
     })
     .await;
     ts.vault().add_tenant(&new_tenant("a-1"), &key(0)).unwrap();
-    ts.token_client("a-only").await.get_access_token(get("a-1")).await.unwrap();
+    let mut open_channel = ts.token_client("a-only").await;
+    open_channel.get_access_token(get("a-1")).await.unwrap();
 
     // Revoke the a-only caller's certificate by serial, reload (what SIGHUP does).
     let pem = std::fs::read(ts.files("a-only").cert).unwrap();
@@ -375,6 +376,10 @@ async fn a_revoked_caller_is_refused_after_a_certificate_reload() {
         Ok(ch) => pb::token_service_client::TokenServiceClient::new(ch).get_access_token(get("a-1")).await.is_err(),
     };
     assert!(refused, "a revoked certificate must not get a new connection");
+    // Nor keep using the connection it opened before the revocation.
+    let s = open_channel.get_access_token(get("a-1")).await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{}", s.message());
+    assert!(s.message().contains("no longer accepted"), "{}", s.message());
     // Others are unaffected.
     ts.token_client("token-caller").await.get_access_token(get("a-1")).await.unwrap();
     ts.stop().await;

@@ -103,3 +103,26 @@ fn wrong_master_key_is_refused_at_unlock() {
     assert_eq!(err.to_string(), "wrong master key: it does not match the key this database was initialised with");
     assert!(Vault::unlock(&s.db(), &MasterKeySource::KeyFile(s.key())).is_ok());
 }
+
+/// Regression (security review M2): an integration row edited to send keys to another host
+/// must not open, so the broker never sends a client key there.
+#[test]
+fn integration_row_edited_to_another_host_does_not_open() {
+    use pogo_vault::crypto::SubscriptionKey;
+    use pogo_vault::vault::IntegrationInput;
+    let s = Scratch::new();
+    let v = vault_with(&s, &[]);
+    v.set_integration(&IntegrationInput {
+        environment: Environment::Demo,
+        application_key: APP_KEY.into(),
+        base_url: "https://goapi.poweroffice.net/Demo".into(),
+        subscription_key: SubscriptionKey::parse("0123456789abcdef0123456789abcdef").unwrap(),
+    })
+    .unwrap();
+    let rec = v.integration(Environment::Demo).unwrap().unwrap();
+    assert!(v.open_subscription_key(&rec).is_ok());
+    let conn = rusqlite_open(&s.db());
+    conn.execute("UPDATE integrations SET base_url = 'https://evil.example' WHERE environment = 'demo'", []).unwrap();
+    let rec = v.integration(Environment::Demo).unwrap().unwrap();
+    assert!(matches!(v.open_subscription_key(&rec), Err(VaultError::Integrity { .. })));
+}

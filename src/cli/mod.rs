@@ -127,6 +127,17 @@ pub enum Command {
     /// Go's onboarding flow from the command line (begin prints the URL to open).
     #[command(subcommand)]
     Onboard(onboard::OnboardCommand),
+    /// Copy the vault and audit databases consistently, even while the server serves.
+    /// Writes FILE and FILE.audit; the master key is never inside.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup (FILE and FILE.audit) into --db and --audit-db, which must not exist.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 /// A command failed: the one line to print, and the exit code.
@@ -193,6 +204,28 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy(c) => serve::policy_check(c),
         Command::Audit(c) => audit::run(&g.db, c),
         Command::Onboard(c) => onboard::run(c),
+        Command::Backup { out } => {
+            let r = crate::backup::backup(&g.db, &g.audit_db(), &out).map_err(|e| CliError::new(e.to_string()))?;
+            println!(
+                "backup written: {} (vault: {} tenants) and {} (audit: {} events); the master key is not inside: keep it apart",
+                r.files.vault.display(),
+                r.tenants,
+                r.files.audit.display(),
+                r.audit_events
+            );
+            Ok(())
+        }
+        Command::Restore { from } => {
+            let r = crate::backup::restore(&from, &g.db, &g.audit_db()).map_err(|e| CliError::new(e.to_string()))?;
+            println!(
+                "restored {} tenants into {} and {} audit events into {}; start with the same master key, then run `audit verify`",
+                r.tenants,
+                g.db.display(),
+                r.audit_events,
+                g.audit_db().display()
+            );
+            Ok(())
+        }
     }
 }
 

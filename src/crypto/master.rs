@@ -87,6 +87,17 @@ impl Argon2Params {
     }
 
     fn argon2(&self) -> Result<argon2::Argon2<'static>, MasterKeyError> {
+        // Bounds on what is accepted (also from the database, which an attacker might edit
+        // to make start-up hang or exhaust memory): 1 MiB to 4 GiB, 1 to 64 passes, 1 to 16 lanes.
+        if !(1024..=4 * 1024 * 1024).contains(&self.memory_kib)
+            || !(1..=64).contains(&self.iterations)
+            || !(1..=16).contains(&self.parallelism)
+        {
+            return Err(MasterKeyError::Argon2Params(format!(
+                "m={} KiB, t={}, p={} are outside 1024..=4194304 KiB, 1..=64, 1..=16",
+                self.memory_kib, self.iterations, self.parallelism
+            )));
+        }
         let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
             .map_err(|e| MasterKeyError::Argon2Params(e.to_string()))?;
         Ok(argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params))

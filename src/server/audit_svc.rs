@@ -64,14 +64,8 @@ fn checkpoint_from_proto(c: &pb::Checkpoint) -> Result<Checkpoint, InvalidInput>
         .ok()
         .and_then(|s| <[u8; 64]>::try_from(s).ok())
         .ok_or_else(|| bad("signature must be base64 of 64 bytes"))?;
-    let time = c.time.as_ref().ok_or_else(|| bad("time is required"))?;
-    Ok(Checkpoint {
-        sequence: c.sequence,
-        head_hash: hash,
-        time_ms: time.seconds * 1000 + i64::from(time.nanos) / 1_000_000,
-        key_id: c.key_id.clone(),
-        signature: sig,
-    })
+    let time_ms = ms(&c.time).ok_or_else(|| bad("time is required and must be a valid timestamp"))?;
+    Ok(Checkpoint { sequence: c.sequence, head_hash: hash, time_ms, key_id: c.key_id.clone(), signature: sig })
 }
 
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {
@@ -88,15 +82,21 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Milliseconds of a request timestamp; `None` when absent or out of range (no overflow).
 fn ms(t: &Option<prost_types::Timestamp>) -> Option<i64> {
-    t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+    let t = t.as_ref()?;
+    t.seconds.checked_mul(1000)?.checked_add(i64::from(t.nanos) / 1_000_000)
 }
 
 fn parse_list(r: &pb::ListAuditEventsRequest) -> Result<(AuditFilter, Option<i64>, usize), InvalidInput> {
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let time = |field: &'static str, t: &Option<prost_types::Timestamp>| match t {
+        None => Ok(None),
+        Some(_) => ms(t).map(Some).ok_or_else(|| InvalidInput::new(field, "timestamp out of range")),
+    };
     let filter = AuditFilter {
-        since_ms: ms(&r.since),
-        until_ms: ms(&r.until),
+        since_ms: time("since", &r.since)?,
+        until_ms: time("until", &r.until)?,
         caller: opt(&r.caller),
         tenant_id: opt(&r.tenant_id),
         action: (!r.action.is_empty())

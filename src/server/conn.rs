@@ -19,13 +19,21 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
-use crate::tls::{CallerIdentity, identity_from_der};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustls_pki_types::CertificateDer;
+
+use crate::tls::{CallerIdentity, ServerTls, identity_from_der};
 
 /// What every request on a connection knows about its caller.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub identity: Arc<CallerIdentity>,
     pub peer: SocketAddr,
+    /// The client's certificate chain, to check again after a certificate/CRL reload.
+    pub chain: Arc<Vec<CertificateDer<'static>>>,
+    /// The TLS generation this connection was last verified against.
+    pub verified: Arc<AtomicU64>,
 }
 
 /// A verified mTLS connection with its caller identity.
@@ -69,23 +77,49 @@ impl AsyncWrite for CallerStream {
     }
 }
 
-/// The server TLS configuration in force; replaced whole on reload.
+/// The server TLS configuration in force; replaced whole on reload. Each reload bumps the
+/// generation, and connections verified under an older one are checked again against the
+/// new CAs and CRLs on their next request (a revoked caller must not keep an open channel).
 #[derive(Debug)]
 pub struct TlsState {
-    current: RwLock<Arc<rustls::ServerConfig>>,
+    current: RwLock<ServerTls>,
+    generation: AtomicU64,
 }
 
 impl TlsState {
-    pub fn new(cfg: Arc<rustls::ServerConfig>) -> Self {
-        Self { current: RwLock::new(cfg) }
+    pub fn new(tls: ServerTls) -> Self {
+        Self { current: RwLock::new(tls), generation: AtomicU64::new(0) }
     }
     pub fn get(&self) -> Arc<rustls::ServerConfig> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current.read().unwrap_or_else(|p| p.into_inner()).config.clone()
     }
-    pub fn set(&self, cfg: Arc<rustls::ServerConfig>) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = cfg;
+    pub fn set(&self, tls: ServerTls) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether the connection's certificate is still accepted under the current CAs and
+    /// CRLs. Cheap when nothing was reloaded since the connection was last checked.
+    pub fn still_valid(&self, conn: &ConnInfo) -> bool {
+        let generation = self.generation();
+        if conn.verified.load(Ordering::SeqCst) == generation {
+            return true;
+        }
+        let Some((leaf, intermediates)) = conn.chain.split_first() else { return false };
+        let verifier = self.current.read().unwrap_or_else(|p| p.into_inner()).verifier.clone();
+        let ok = verifier.verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now()).is_ok();
+        if ok {
+            conn.verified.store(generation, Ordering::SeqCst);
+        }
+        ok
     }
 }
+
+/// TLS handshakes in progress at once, beyond which new connections are dropped.
+const MAX_PENDING_HANDSHAKES: usize = 512;
 
 /// Accepts connections until `stop` fires, handing verified streams to tonic.
 pub async fn accept_loop(
@@ -95,6 +129,8 @@ pub async fn accept_loop(
     tx: mpsc::Sender<Result<CallerStream, io::Error>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // Unauthenticated peers can hold a handshake open until the timeout: bound how many.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
@@ -109,9 +145,16 @@ pub async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
+        // Read the generation with the config, so a reload in between only costs a re-check.
+        let generation = tls.generation();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %peer, "too many TLS handshakes in progress; connection dropped");
+            continue;
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -123,10 +166,14 @@ pub async fn accept_loop(
                     return;
                 }
             };
-            let identity = {
+            let (identity, chain) = {
                 let (_, conn) = stream.get_ref();
-                match conn.peer_certificates().and_then(|c| c.first()) {
-                    Some(cert) => identity_from_der(cert.as_ref()),
+                let chain: Vec<CertificateDer<'static>> = conn
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+                    .unwrap_or_default();
+                match chain.first() {
+                    Some(cert) => (identity_from_der(cert.as_ref()), chain),
                     None => {
                         tracing::info!(peer = %peer, "connection without a client certificate refused");
                         return;
@@ -135,7 +182,12 @@ pub async fn accept_loop(
             };
             match identity {
                 Ok(identity) => {
-                    let info = ConnInfo { identity: Arc::new(identity), peer };
+                    let info = ConnInfo {
+                        identity: Arc::new(identity),
+                        peer,
+                        chain: Arc::new(chain),
+                        verified: Arc::new(AtomicU64::new(generation)),
+                    };
                     let _ = tx.send(Ok(CallerStream { inner: stream, info })).await;
                 }
                 Err(e) => {

@@ -67,6 +67,7 @@ pub fn vault(e: &VaultError) -> Status {
         VaultError::Integrity { .. } => {
             Status::internal("integrity failure in the vault's storage; operators are alerted")
         }
+        VaultError::Denied { .. } => permission_denied(crate::authz::Role::TenantAdmin),
         VaultError::Store(StoreError::Sqlite(_)) => retryable(
             Code::Unavailable,
             "the vault's database is busy or failing; retry shortly".into(),

@@ -81,6 +81,11 @@ where
             let caller = Caller { identity: conn.identity.clone(), peer: conn.peer, request_id: request_id.clone() };
             let path = req.uri().path().to_owned();
             let denied = match methods::requirement(&path) {
+                // A connection made before a certificate/CRL reload is checked again: a
+                // revoked caller must not keep using an open channel.
+                _ if !state.tls.still_valid(&conn) => Some(Status::permission_denied(
+                    "the caller's certificate is no longer accepted (revoked, or its CA was removed): get a new certificate",
+                )),
                 None => Some(Status::permission_denied(format!("method {path} is not served to callers"))),
                 Some(Requirement::Role(role)) if !state.authz.policy().has_role(&caller.identity.id, role) => {
                     Some(errors::permission_denied(role))
@@ -91,26 +96,15 @@ where
                 let span =
                     tracing::info_span!("rpc", request_id = %request_id, caller = %caller.identity.id, method = %path);
                 let _e = span.enter();
-                tracing::info!("refused: caller lacks the role for this method");
-                let status = match super::action_for(&path) {
-                    Some(action) => {
-                        match state
-                            .record(
-                                &caller,
-                                action,
-                                None,
-                                Outcome::Denied,
-                                "caller lacks the role for this method",
-                                Default::default(),
-                            )
-                            .await
-                        {
-                            Ok(()) => status,
-                            Err(s) => s,
-                        }
-                    }
-                    None => status,
-                };
+                tracing::info!(reason = %status.message(), "refused at the gate");
+                // Unknown methods are audited too, under the closest action there is.
+                let action = super::action_for(&path).unwrap_or(crate::audit::Action::TenantRead);
+                let detail = format!("{path}: {}", status.message());
+                let status =
+                    match state.record(&caller, action, None, Outcome::Denied, &detail, Default::default()).await {
+                        Ok(()) => status,
+                        Err(s) => s,
+                    };
                 let mut resp = status.into_http();
                 set_request_id(&mut resp, &request_id);
                 return Ok(resp);

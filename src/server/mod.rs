@@ -78,6 +78,8 @@ pub struct ServerState {
     pub return_subscription_key: bool,
     /// Turns true when the server starts stopping: long-lived streams end on it.
     pub stopping: watch::Receiver<bool>,
+    /// The TLS configuration in force, to re-check connections made before a reload.
+    pub tls: Arc<conn::TlsState>,
 }
 
 impl ServerState {
@@ -111,6 +113,13 @@ impl ServerState {
                 Err(errors::audit_unavailable())
             }
         }
+    }
+
+    /// Refuses a change up front while the audit log cannot be written, so a change is not
+    /// made that could not be recorded (its record is appended right after the change; this
+    /// check narrows the window to a failure in between).
+    pub fn audit_ready(&self) -> Result<(), Status> {
+        if self.audit.is_healthy() { Ok(()) } else { Err(errors::audit_unavailable()) }
     }
 
     /// The subscription key for GetAccessToken responses.
@@ -272,7 +281,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     let signing_key = vault.audit_signing_key()?;
     let audit = AuditLog::open(&opts.audit_db, signing_key, opts.audit.clone())?;
     let authz = Arc::new(Authorizer::load(opts.policy.clone())?);
-    let tls = Arc::new(conn::TlsState::new(crate::tls::load_server_config(&opts.tls)?));
+    let tls = Arc::new(conn::TlsState::new(crate::tls::load_server_tls(&opts.tls)?));
     let go = GoClient::new(&opts.upstream)?;
     let broker = Broker::new(vault.clone(), go, opts.tokens.clone(), clock);
     let listener = TcpListener::bind(opts.listen)
@@ -288,6 +297,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         audit: audit.clone(),
         return_subscription_key: opts.return_subscription_key,
         stopping: stop_rx.clone(),
+        tls: tls.clone(),
     });
     let me = server_caller(addr);
     state
@@ -420,7 +430,7 @@ async fn reload_loop(
         };
         tracing::info!(detail = %detail, "reload");
         let _ = state.record(&me, Action::PolicyReloaded, None, outcome, &detail, Extra::default()).await;
-        let certs = crate::tls::load_server_config(&files);
+        let certs = crate::tls::load_server_tls(&files);
         let (outcome, detail) = match certs {
             Ok(cfg) => {
                 tls.set(cfg);

@@ -150,8 +150,9 @@ impl OnboardingService for OnboardingSvc {
         req: Request<pb::CompleteOnboardingRequest>,
     ) -> Result<Response<pb::CompleteOnboardingResponse>, Status> {
         let caller = Caller::of(&req)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let st = &self.state;
+        st.audit_ready()?;
         let id = r.onboarding_id.trim().to_owned();
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             let s = errors::invalid(&InvalidInput::new("onboarding_id", "not an onboarding id from BeginOnboarding"));
@@ -202,7 +203,9 @@ impl OnboardingService for OnboardingSvc {
             let s = Status::failed_precondition(format!("onboarding {id} ended with {go_status}: {advice}"));
             return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
         }
-        let token = match OnboardingToken::parse(&r.onboarding_token) {
+        let parsed = OnboardingToken::parse(&r.onboarding_token);
+        zeroize::Zeroize::zeroize(&mut r.onboarding_token);
+        let token = match parsed {
             Ok(t) => t,
             Err(e) => {
                 return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, errors::invalid(&e)).await);

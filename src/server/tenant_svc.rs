@@ -92,6 +92,7 @@ impl TenantSvc {
         status: TenantStatus,
     ) -> Result<pb::Tenant, Status> {
         let tenant = self.admit(&caller, action, raw).await?;
+        self.state.audit_ready()?;
         let id = tenant.clone();
         match self.run(move |v| v.set_status(&id, status)).await {
             Ok(rec) => {
@@ -112,9 +113,10 @@ impl TenantService for TenantSvc {
         req: Request<pb::RegisterClientKeyRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let caller = Caller::of(&req)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let action = Action::KeyRegistered;
         let tenant = self.admit(&caller, action, &r.tenant_id).await?;
+        self.state.audit_ready()?;
         let parsed = (|| -> Result<(NewTenant, ClientKey), InvalidInput> {
             let environment = Environment::parse_field("environment", &r.environment)?;
             let key = ClientKey::parse_field("client_key", &r.client_key)?;
@@ -130,6 +132,8 @@ impl TenantService for TenantSvc {
             };
             Ok((new, key))
         })();
+        // The key now lives only in its zeroizing type; wipe the request's copy.
+        zeroize::Zeroize::zeroize(&mut r.client_key);
         let (mut new, key) = match parsed {
             Ok(p) => p,
             Err(e) => return Err(self.failed(&caller, action, &tenant, errors::invalid(&e)).await),
@@ -175,10 +179,13 @@ impl TenantService for TenantSvc {
         req: Request<pb::RotateClientKeyRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let caller = Caller::of(&req)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let action = Action::KeyRotated;
         let tenant = self.admit(&caller, action, &r.tenant_id).await?;
-        let key = match ClientKey::parse_field("client_key", &r.client_key) {
+        self.state.audit_ready()?;
+        let parsed = ClientKey::parse_field("client_key", &r.client_key);
+        zeroize::Zeroize::zeroize(&mut r.client_key);
+        let key = match parsed {
             Ok(k) => k,
             Err(e) => return Err(self.failed(&caller, action, &tenant, errors::invalid(&e)).await),
         };
@@ -278,6 +285,7 @@ impl TenantService for TenantSvc {
         let caller = Caller::of(&req)?;
         let action = Action::TenantDeleted;
         let tenant = self.admit(&caller, action, &req.get_ref().tenant_id).await?;
+        self.state.audit_ready()?;
         let id = tenant.clone();
         match self.run(move |v| v.delete_tenant(&id)).await {
             Ok(()) => {

@@ -79,16 +79,17 @@ pub fn get(conn: &Connection, id: &TenantId) -> Result<Option<TenantRecord>, Sto
     optional(conn.query_row(&format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = ?1"), [id.as_str()], from_row))
 }
 
+/// Every tenant of `env` with this organization number, in id order.
 pub fn find_by_organization(
     conn: &Connection,
     env: Environment,
     org: &OrganizationNumber,
-) -> Result<Option<TenantRecord>, StoreError> {
-    optional(conn.query_row(
-        &format!("SELECT {COLUMNS} FROM tenants WHERE environment = ?1 AND organization_number = ?2 ORDER BY tenant_id LIMIT 1"),
-        params![env.as_str(), org.as_str()],
-        from_row,
-    ))
+) -> Result<Vec<TenantRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM tenants WHERE environment = ?1 AND organization_number = ?2 ORDER BY tenant_id"
+    ))?;
+    let rows = stmt.query_map(params![env.as_str(), org.as_str()], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Tenants with id greater than `after`, in id order, at most `limit`.
@@ -122,6 +123,16 @@ pub fn set_status(conn: &Connection, id: &TenantId, status: TenantStatus) -> Res
         params![id.as_str(), status.as_str(), now_ms()],
     )?;
     not_found_if_zero(n, id)
+}
+
+/// Marks the tenant's key rejected only if `version` is still its key: a rotation that
+/// landed meanwhile must not be undone by a verdict on the old key. True if marked.
+pub fn mark_rejected_if_version(conn: &Connection, id: &TenantId, version: i64) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE tenants SET status = 'KEY_REJECTED', updated_at = ?3 WHERE tenant_id = ?1 AND key_version = ?2",
+        params![id.as_str(), version, now_ms()],
+    )?;
+    Ok(n == 1)
 }
 
 /// Fills in what Go told us about the client.

@@ -205,6 +205,11 @@ fn check_id(id: &str, kind: IdentityKind) -> Result<(), IdentityError> {
             "it may only hold printable ASCII characters, without spaces or control characters".to_owned(),
         ));
     }
+    // A DNS name or CN that looks like a URI could pass for a SPIFFE id in the policy
+    // (which matches ids as strings): refuse it rather than let `kind` decide.
+    if kind != IdentityKind::Spiffe && (id.contains(':') || id.contains('/')) {
+        return Err(invalid("a DNS name or common name must not contain ':' or '/'".to_owned()));
+    }
     Ok(())
 }
 

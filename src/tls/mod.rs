@@ -31,7 +31,7 @@ mod server;
 pub use client::{ClientTlsFiles, tonic_client_tls};
 pub use dev::{DevClient, DevPki, generate_ca, generate_dev_pki, issue_client_cert, issue_crl};
 pub use identity::{CallerIdentity, IdentityError, IdentityKind, identity_from_der, serial_hex};
-pub use server::{ServerTlsFiles, load_server_config};
+pub use server::{ServerTls, ServerTlsFiles, load_server_config, load_server_tls};
 
 /// Errors from loading TLS files, building the TLS configuration, and issuing certificates.
 ///

@@ -42,8 +42,21 @@ pub struct ServerTlsFiles {
     pub crls: Vec<PathBuf>,
 }
 
+/// The server's rustls configuration and the client-certificate verifier inside it, so
+/// connections made before a reload can be checked again against new CAs and CRLs.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
 /// Builds the server's rustls configuration from `files` (see the module docs for the policy).
 pub fn load_server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    load_server_tls(files).map(|t| t.config)
+}
+
+/// [`load_server_config`], keeping the verifier too.
+pub fn load_server_tls(files: &ServerTlsFiles) -> Result<ServerTls, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
     let chain = files::read_certs(&files.cert)?;
@@ -69,7 +82,7 @@ pub fn load_server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, T
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config { path: show(&files.cert), reason: e.to_string() })?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::KeyMismatch { cert: show(&files.cert), key: show(&files.key), reason: e.to_string() })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -81,7 +94,7 @@ pub fn load_server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, T
         crl_files = files.crls.len(),
         "server TLS configuration loaded (TLS 1.3, client certificates required)"
     );
-    Ok(Arc::new(config))
+    Ok(ServerTls { config: Arc::new(config), verifier })
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {

@@ -437,12 +437,21 @@ impl Broker {
                 Ok(token) => return Ok(token),
                 Err(UpstreamError::KeyRejected { error, status }) if is_key_rejection(&error) => {
                     tracing::warn!(tenant = %tenant, status, error = %error, "PowerOffice Go rejected the client key; marking the tenant KEY_REJECTED");
-                    self.blocking({
-                        let vault = inner.vault.clone();
-                        let tenant = tenant.clone();
-                        move || vault.set_status(&tenant, TenantStatus::KeyRejected).map(|_| ())
-                    })
-                    .await?;
+                    let marked = self
+                        .blocking({
+                            let vault = inner.vault.clone();
+                            let tenant = tenant.clone();
+                            let version = rec.key_version;
+                            move || vault.mark_key_rejected(&tenant, version)
+                        })
+                        .await?;
+                    if !marked {
+                        // The key was rotated while we asked Go about the old one.
+                        return Err(BrokerError::Unavailable {
+                            reason: "the tenant's key changed during the request".into(),
+                            retry_after: Duration::from_secs(1),
+                        });
+                    }
                     return Err(BrokerError::KeyRejected(tenant.clone()));
                 }
                 Err(UpstreamError::SubscriptionKeyRejected { status }) => {

@@ -1,0 +1,141 @@
+//! Consistent backups of a serving vault, and restore into a fresh place.
+//!
+//! A backup is two files: `FILE` (the vault database: sealed keys, tenants, integrations,
+//! onboarding sessions) and `FILE.audit` (the audit database). Each is copied with SQLite's
+//! online backup API in a single step, which reads one consistent snapshot while the server
+//! keeps writing (WAL readers never block the writer). The vault database is copied first
+//! and the audit database second, so every change in the vault copy has its audit record in
+//! the audit copy (a change is acknowledged only after its record is durable).
+//!
+//! What a backup does NOT contain: the master key. Without it nothing in the backup opens;
+//! keep the key in the secret store, never beside the backups.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::store::{StoreError, create_private_file};
+
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A target file exists already; backups and restores never overwrite.
+    #[error("{0} already exists; refusing to overwrite it")]
+    Exists(String),
+    /// A source file is missing.
+    #[error("no database at {0}")]
+    Missing(String),
+    /// The copy failed its integrity check.
+    #[error("{path} failed its integrity check: {detail}")]
+    Integrity { path: String, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Where a backup's two files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupFiles {
+    pub vault: PathBuf,
+    pub audit: PathBuf,
+}
+
+impl BackupFiles {
+    pub fn at(out: &Path) -> Self {
+        Self { vault: out.to_owned(), audit: PathBuf::from(format!("{}.audit", out.display())) }
+    }
+}
+
+/// What was copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReport {
+    pub files: BackupFiles,
+    pub tenants: i64,
+    pub audit_events: i64,
+}
+
+/// Copies `src` into a new file `dst` (mode 0600) in one consistent snapshot.
+fn copy(src: &Path, dst: &Path) -> Result<(), BackupError> {
+    if !src.exists() {
+        return Err(BackupError::Missing(src.display().to_string()));
+    }
+    if dst.exists() {
+        return Err(BackupError::Exists(dst.display().to_string()));
+    }
+    let source = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    source.busy_timeout(std::time::Duration::from_secs(5))?;
+    create_private_file(dst)?;
+    let result = (|| {
+        let mut target = Connection::open(dst)?;
+        {
+            let backup = Backup::new(&source, &mut target)?;
+            // All pages in one step: one read snapshot, so concurrent writes never restart it.
+            loop {
+                match backup.step(-1)? {
+                    StepResult::Done => break,
+                    StepResult::More => continue,
+                    StepResult::Busy | StepResult::Locked => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        }
+        let check: String = target.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(BackupError::Integrity { path: dst.display().to_string(), detail: check });
+        }
+        // A single self-contained file: no WAL beside it.
+        target.pragma_update(None, "journal_mode", "DELETE")?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(dst);
+    }
+    result
+}
+
+fn count(path: &Path, sql: &str) -> Result<i64, BackupError> {
+    let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    Ok(c.query_row(sql, [], |r| r.get(0))?)
+}
+
+/// Backs up the vault database, then the audit database, next to `out`.
+pub fn backup(db: &Path, audit_db: &Path, out: &Path) -> Result<BackupReport, BackupError> {
+    let files = BackupFiles::at(out);
+    for p in [&files.vault, &files.audit] {
+        if p.exists() {
+            return Err(BackupError::Exists(p.display().to_string()));
+        }
+    }
+    copy(db, &files.vault)?;
+    if let Err(e) = copy(audit_db, &files.audit) {
+        let _ = std::fs::remove_file(&files.vault);
+        return Err(e);
+    }
+    Ok(BackupReport {
+        tenants: count(&files.vault, "SELECT COUNT(*) FROM tenants")?,
+        audit_events: count(&files.audit, "SELECT COUNT(*) FROM events")?,
+        files,
+    })
+}
+
+/// Restores a backup into `db` and `audit_db`, which must not exist yet.
+pub fn restore(from: &Path, db: &Path, audit_db: &Path) -> Result<BackupReport, BackupError> {
+    let files = BackupFiles::at(from);
+    for p in [db, audit_db] {
+        if p.exists() {
+            return Err(BackupError::Exists(p.display().to_string()));
+        }
+    }
+    copy(&files.vault, db)?;
+    if let Err(e) = copy(&files.audit, audit_db) {
+        let _ = std::fs::remove_file(db);
+        return Err(e);
+    }
+    Ok(BackupReport {
+        tenants: count(db, "SELECT COUNT(*) FROM tenants")?,
+        audit_events: count(audit_db, "SELECT COUNT(*) FROM events")?,
+        files,
+    })
+}
