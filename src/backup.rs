@@ -85,8 +85,8 @@ fn copy(src: &Path, dst: &Path) -> Result<(), BackupError> {
         if check != "ok" {
             return Err(BackupError::Integrity { path: dst.display().to_string(), detail: check });
         }
-        // A single self-contained file: no WAL beside it.
-        target.pragma_update(None, "journal_mode", "DELETE")?;
+        // Everything into the main file, so the copy is one self-contained file.
+        target.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     })();
     if result.is_err() {
