@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/pogo_vault/v1/tenant.proto",
     "proto/pogo_vault/v1/audit.proto",
     "proto/pogo_vault/v1/onboarding.proto",
+    "proto/pogo_vault/v1/status.proto",
 ];
 
 const SECRET_BEARING: &[&str] = &[

@@ -71,6 +71,9 @@ pub struct ServerSection {
     /// A TLS handshake must finish within this.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: f64,
+    /// Prometheus metrics listener (plain HTTP): loopback by default; "" disables it.
+    #[serde(default = "default_metrics_listen", deserialize_with = "optional_addr")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Whether GetAccessToken returns the integration's subscription key (callers need it
     /// on every Go API call; withhold it if callers get it another way).
     #[serde(default = "yes")]
@@ -126,6 +129,19 @@ fn default_handshake_timeout() -> f64 {
 }
 fn yes() -> bool {
     true
+}
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+}
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an address like 127.0.0.1:9464")))
 }
 
 #[non_exhaustive]

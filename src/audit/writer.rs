@@ -72,6 +72,33 @@ struct Inner {
     cfg: AuditConfig,
     path: PathBuf,
     public_key: VerifyingKey,
+    stats: Arc<AuditStats>,
+}
+
+/// Counters the writer thread keeps for metrics.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    records: std::sync::atomic::AtomicU64,
+    commit_failures: std::sync::atomic::AtomicU64,
+    last_checkpoint_ms: std::sync::atomic::AtomicI64,
+    latency: crate::metrics::Histogram,
+}
+
+/// A scrape of [`AuditStats`] plus the queue and health.
+#[derive(Debug, Clone)]
+pub struct AuditStatsSnapshot {
+    pub queue_depth: u64,
+    pub records: u64,
+    pub commit_failures: u64,
+    pub commit_latency: Arc<AuditStats>,
+    pub healthy: bool,
+    pub last_checkpoint_age_secs: f64,
+}
+
+impl AuditStats {
+    pub fn latency(&self) -> &crate::metrics::Histogram {
+        &self.latency
+    }
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -103,7 +130,9 @@ impl AuditLog {
         let (commands, rx) = mpsc::channel();
         let health = Arc::new(watch::Sender::new(true));
         let (live, _) = broadcast::channel(cfg.broadcast_capacity);
+        let stats = Arc::new(AuditStats::default());
         let writer = Writer {
+            stats: stats.clone(),
             conn,
             key: signing_key,
             cfg: cfg.clone(),
@@ -132,8 +161,23 @@ impl AuditLog {
                 cfg,
                 path: path.to_owned(),
                 public_key,
+                stats,
             }),
         })
+    }
+
+    /// The writer's figures for metrics.
+    pub fn stats(&self) -> AuditStatsSnapshot {
+        let s = &self.inner.stats;
+        let last = s.last_checkpoint_ms.load(std::sync::atomic::Ordering::Relaxed);
+        AuditStatsSnapshot {
+            queue_depth: self.inner.cfg.queue_capacity.saturating_sub(self.inner.slots.available_permits()) as u64,
+            records: s.records.load(std::sync::atomic::Ordering::Relaxed),
+            commit_failures: s.commit_failures.load(std::sync::atomic::Ordering::Relaxed),
+            commit_latency: s.clone(),
+            healthy: self.is_healthy(),
+            last_checkpoint_age_secs: if last == 0 { -1.0 } else { (now_ms() - last).max(0) as f64 / 1000.0 },
+        }
     }
 
     /// Appends a record and returns it as committed: `Ok` means durable. Fails with
@@ -253,6 +297,7 @@ impl AuditLog {
 
 /// The writer thread's state. Owns the only write connection of this process.
 struct Writer {
+    stats: Arc<AuditStats>,
     conn: Connection,
     key: SigningKey,
     cfg: AuditConfig,
@@ -361,8 +406,15 @@ impl Writer {
         }
         let due = !self.checkpoint_waiters.is_empty()
             || self.last_checkpoint.is_none_or(|t| t.elapsed() >= self.cfg.checkpoint_interval);
-        match self.commit(due) {
+        let started = Instant::now();
+        let committed = self.commit(due);
+        self.stats.latency.observe(started.elapsed());
+        match committed {
             Ok((time_ms, checkpoint)) => {
+                self.stats.records.fetch_add(self.batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if checkpoint.is_some() {
+                    self.stats.last_checkpoint_ms.store(time_ms, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.succeeded();
                 // Cloning for live subscribers only when there are any keeps the hot path
                 // free of per-record allocations beyond the record itself.
@@ -382,6 +434,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                self.stats.commit_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Health first: whoever sees the error may look at health next.
                 self.mark_failed(&e);
                 let reason = e.to_string();
@@ -421,6 +474,7 @@ impl Writer {
         self.head_seq = seq;
         self.checkpointed_seq = seq;
         self.last_checkpoint = Some(Instant::now());
+        self.stats.last_checkpoint_ms.store(cp.time_ms, std::sync::atomic::Ordering::Relaxed);
         Ok(cp)
     }
 

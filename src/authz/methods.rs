@@ -29,6 +29,7 @@ pub const METHODS: &[(&str, Requirement)] = &[
     ("/pogo_vault.v1.AuditService/GetCheckpoint", Requirement::Role(Role::Audit)),
     ("/pogo_vault.v1.AuditService/VerifyAuditLog", Requirement::Role(Role::Audit)),
     ("/pogo_vault.v1.AuditService/GetPublicKey", Requirement::Role(Role::Audit)),
+    ("/pogo_vault.v1.StatusService/GetStatus", Requirement::Role(Role::Audit)),
     ("/grpc.health.v1.Health/Check", Requirement::Authenticated),
     ("/grpc.health.v1.Health/Watch", Requirement::Authenticated),
     ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Requirement::Authenticated),

@@ -127,6 +127,8 @@ pub enum Command {
     /// Go's onboarding flow from the command line (begin prints the URL to open).
     #[command(subcommand)]
     Onboard(onboard::OnboardCommand),
+    /// Show a running vault's health, version, schema, tenant counts, master key id and last checkpoint.
+    Status(serve::ConnectArgs),
     /// Copy the vault and audit databases consistently, even while the server serves.
     /// Writes FILE and FILE.audit; the master key is never inside.
     Backup {
@@ -204,6 +206,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy(c) => serve::policy_check(c),
         Command::Audit(c) => audit::run(&g.db, c),
         Command::Onboard(c) => onboard::run(c),
+        Command::Status(c) => serve::status(c),
         Command::Backup { out } => {
             let r = crate::backup::backup(&g.db, &g.audit_db(), &out).map_err(|e| CliError::new(e.to_string()))?;
             println!(

@@ -167,6 +167,41 @@ pub fn token(a: TokenArgs) -> Result<(), CliError> {
     })
 }
 
+/// `pogo-vault status`: a running vault's health, version, schema, tenants, master key id
+/// and last checkpoint.
+pub fn status(conn: ConnectArgs) -> Result<(), CliError> {
+    runtime()?.block_on(async move {
+        let mut client = crate::proto::v1::status_service_client::StatusServiceClient::new(conn.channel().await?);
+        let s = client
+            .get_status(crate::proto::v1::GetStatusRequest {})
+            .await
+            .map_err(|s| CliError::new(format!("{}: {}", code_name(s.code()), s.message())))?
+            .into_inner();
+        let ms = |t: &Option<prost_types::Timestamp>| {
+            t.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        };
+        println!("health:          {}", s.health);
+        println!("version:         {}", s.version);
+        println!("schema version:  {}", s.schema_version);
+        println!("master key id:   {}", s.master_key_id);
+        println!("started:         {}", super::output::format_time(ms(&s.started_at)));
+        let mut tenants: Vec<_> = s.tenants.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        tenants.sort();
+        println!("tenants:         {}", if tenants.is_empty() { "none".to_owned() } else { tenants.join(", ") });
+        match &s.last_checkpoint {
+            Some(c) => println!(
+                "last checkpoint: sequence {} at {} (head {}, key {})",
+                c.sequence,
+                super::output::format_time(ms(&c.time)),
+                c.head_hash,
+                c.key_id
+            ),
+            None => println!("last checkpoint: none yet"),
+        }
+        Ok(())
+    })
+}
+
 pub fn code_name(c: tonic::Code) -> String {
     format!("{c:?}").chars().fold(String::new(), |mut s, ch| {
         if ch.is_uppercase() && !s.is_empty() {
@@ -327,6 +362,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         concurrency_limit_per_connection: 256,
         handshake_timeout: std::time::Duration::from_secs(10),
         return_subscription_key: true,
+        metrics_listen: None,
     };
     let server = crate::server::start(opts).await.map_err(|e| {
         let hint = if e.to_string().contains("in use") { " (pass --listen 127.0.0.1:0 or another port)" } else { "" };

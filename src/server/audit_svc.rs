@@ -46,7 +46,7 @@ pub fn event_to_proto(e: &AuditEvent) -> pb::AuditEvent {
     }
 }
 
-fn checkpoint_to_proto(c: &Checkpoint) -> pb::Checkpoint {
+pub fn checkpoint_to_proto(c: &Checkpoint) -> pb::Checkpoint {
     pb::Checkpoint {
         sequence: c.sequence,
         head_hash: crate::crypto::secret::hex(&c.head_hash),

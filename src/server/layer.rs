@@ -109,8 +109,11 @@ where
                 set_request_id(&mut resp, &request_id);
                 return Ok(resp);
             }
+            // Every log line of the request carries its id, the caller and the method.
+            let span =
+                tracing::info_span!("rpc", request_id = %request_id, caller = %caller.identity.id, method = %path);
             req.extensions_mut().insert(caller);
-            let mut resp = inner.call(req).await?;
+            let mut resp = tracing::Instrument::instrument(inner.call(req), span).await?;
             set_request_id(&mut resp, &request_id);
             Ok(resp)
         })

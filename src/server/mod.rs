@@ -24,6 +24,7 @@ use crate::crypto::MasterKeySource;
 use crate::domain::{Environment, TenantId};
 use crate::proto::v1::audit_service_server::AuditServiceServer;
 use crate::proto::v1::onboarding_service_server::OnboardingServiceServer;
+use crate::proto::v1::status_service_server::StatusServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::tls::{CallerIdentity, ServerTlsFiles};
@@ -36,6 +37,7 @@ pub mod conn;
 pub mod errors;
 mod layer;
 mod onboarding_svc;
+mod status_svc;
 
 pub use layer::new_request_id;
 mod tenant_svc;
@@ -80,6 +82,8 @@ pub struct ServerState {
     pub stopping: watch::Receiver<bool>,
     /// The TLS configuration in force, to re-check connections made before a reload.
     pub tls: Arc<conn::TlsState>,
+    pub metrics: crate::metrics::ServerMetrics,
+    pub started_at: SystemTime,
 }
 
 impl ServerState {
@@ -122,6 +126,22 @@ impl ServerState {
         if self.audit.is_healthy() { Ok(()) } else { Err(errors::audit_unavailable()) }
     }
 
+    /// One Prometheus scrape.
+    pub async fn metrics_text(&self) -> String {
+        let vault = self.vault.clone();
+        let tenants = tokio::task::spawn_blocking(move || vault.count_tenants_by_status())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        crate::metrics::render(&crate::metrics::Snapshot {
+            server: &self.metrics,
+            broker: self.broker.stats(),
+            audit: self.audit.stats(),
+            tenants_by_status: tenants,
+        })
+    }
+
     /// The subscription key for GetAccessToken responses.
     pub async fn subscription_key(&self, env: Environment) -> Option<String> {
         self.broker.subscription_key(env).await.ok().map(|k| k.expose_secret().to_owned())
@@ -141,6 +161,7 @@ pub fn action_for(path: &str) -> Option<Action> {
         "EnableTenant" => Action::TenantEnabled,
         "ListAuditEvents" | "WatchAuditEvents" | "GetCheckpoint" | "GetPublicKey" => Action::AuditRead,
         "VerifyAuditLog" => Action::AuditVerified,
+        "GetStatus" => Action::AuditRead,
         "BeginOnboarding" => Action::OnboardingBegun,
         "CompleteOnboarding" => Action::OnboardingFailed,
         _ => return None,
@@ -205,6 +226,9 @@ pub struct ServeOptions {
     pub concurrency_limit_per_connection: usize,
     pub handshake_timeout: Duration,
     pub return_subscription_key: bool,
+    /// Where to serve Prometheus metrics (plain HTTP; keep it on loopback or a private
+    /// network). `None`: no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -229,6 +253,7 @@ impl ServeOptions {
             concurrency_limit_per_connection: c.server.concurrency_limit_per_connection,
             handshake_timeout: c.handshake_timeout(),
             return_subscription_key: c.server.return_subscription_key,
+            metrics_listen: c.server.metrics_listen,
         })
     }
 }
@@ -236,6 +261,8 @@ impl ServeOptions {
 /// A running server: its address, and how to reload and stop it.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where metrics are served, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<ServerState>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
@@ -298,6 +325,8 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         return_subscription_key: opts.return_subscription_key,
         stopping: stop_rx.clone(),
         tls: tls.clone(),
+        metrics: crate::metrics::ServerMetrics::default(),
+        started_at: SystemTime::now(),
     });
     let me = server_caller(addr);
     state
@@ -354,7 +383,8 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         .add_service(token)
         .add_service(tenant)
         .add_service(audit_svc)
-        .add_service(onboarding);
+        .add_service(onboarding)
+        .add_service(StatusServiceServer::new(status_svc::StatusSvc { state: state.clone() }));
 
     let mut stop_wait = stop_rx.clone();
     let mut grace_wait = stop_rx.clone();
@@ -388,8 +418,16 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         final_state.audit.shutdown().await;
         served.map_err(|e| ServeError::Transport(e.to_string()))
     });
-    tracing::info!(%addr, "pogo-vault serving gRPC over mutual TLS");
-    Ok(RunningServer { addr, state, stop: stop_tx, task, reload: reload_tx })
+    let metrics_addr = match opts.metrics_listen {
+        Some(listen) => Some(
+            crate::metrics::serve(listen, state.clone(), stop_rx.clone())
+                .await
+                .map_err(|e| ServeError::Listen { addr: listen, reason: e.to_string() })?,
+        ),
+        None => None,
+    };
+    tracing::info!(%addr, metrics = ?metrics_addr, "pogo-vault serving gRPC over mutual TLS");
+    Ok(RunningServer { addr, metrics_addr, state, stop: stop_tx, task, reload: reload_tx })
 }
 
 async fn health_loop(reporter: tonic_health::server::HealthReporter, audit: AuditLog, mut stop: watch::Receiver<bool>) {

@@ -23,6 +23,28 @@ impl TokenService for TokenSvc {
         &self,
         req: Request<GetAccessTokenRequest>,
     ) -> Result<Response<GetAccessTokenResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.serve(req).await;
+        let m = &self.state.metrics;
+        m.token_latency.observe(started.elapsed());
+        match &result {
+            Ok((_, source)) => m.tokens_minted.inc(match source {
+                TokenSource::Cache => "cache",
+                TokenSource::Upstream { .. } => "upstream",
+                TokenSource::SharedFlight => "shared",
+                TokenSource::StaleDuringOutage => "stale",
+            }),
+            Err(s) => m.tokens_denied.inc(crate::metrics::reason(s.code())),
+        }
+        result.map(|(r, _)| r)
+    }
+}
+
+impl TokenSvc {
+    async fn serve(
+        &self,
+        req: Request<GetAccessTokenRequest>,
+    ) -> Result<(Response<GetAccessTokenResponse>, TokenSource), Status> {
         let caller = Caller::of(&req)?;
         let r = req.into_inner();
         let st = &self.state;
@@ -70,14 +92,15 @@ impl TokenService for TokenSvc {
                 } else {
                     String::new()
                 };
-                Ok(Response::new(GetAccessTokenResponse {
+                let response = Response::new(GetAccessTokenResponse {
                     access_token: t.access_token.expose_secret().to_owned(),
                     token_type: t.token_type.clone(),
                     expires_at: Some(timestamp(t.expires_at_wall)),
                     environment: t.environment.to_string(),
                     api_base_url: t.api_base_url.clone(),
                     subscription_key,
-                }))
+                });
+                Ok((response, lease.source))
             }
             Err(e) => {
                 let outcome = match e {

@@ -128,7 +128,18 @@ impl Store {
     /// Moves everything in the WAL into the database file and truncates the WAL. Called
     /// after destroying keys, so old pages holding a destroyed DEK do not linger in the WAL.
     pub fn checkpoint_truncate(&self) -> Result<(), StoreError> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        // A reader holding the WAL (a replication tool, a backup, a CLI beside the server)
+        // makes TRUNCATE wait; do not hold the caller for the full busy timeout: try
+        // briefly, and say so when it could not complete (the next checkpoint will).
+        self.conn.busy_timeout(Duration::from_millis(200))?;
+        let busy: rusqlite::Result<i64> = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        if busy? != 0 {
+            tracing::warn!(
+                db = %self.path.display(),
+                "WAL could not be truncated now (a reader holds it); destroyed key pages stay in the WAL until the next checkpoint"
+            );
+        }
         Ok(())
     }
 

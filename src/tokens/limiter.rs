@@ -40,9 +40,11 @@ impl Limiter {
         }
     }
 
-    /// Waits for a slot. `Err(wait)` when the slot is further away than `max_wait`.
-    pub async fn acquire(&self, max_wait: Duration) -> Result<(), Duration> {
-        let deadline = self.clock.now() + max_wait;
+    /// Waits for a slot; `Ok(how long it waited)`, or `Err(wait)` when the slot is further
+    /// away than `max_wait`.
+    pub async fn acquire(&self, max_wait: Duration) -> Result<Duration, Duration> {
+        let start = self.clock.now();
+        let deadline = start + max_wait;
         loop {
             let wait = {
                 let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -61,11 +63,11 @@ impl Limiter {
                 allowed.saturating_duration_since(now)
             };
             if wait.is_zero() {
-                return Ok(());
+                return Ok(self.clock.now().saturating_duration_since(start));
             }
             self.clock.sleep(wait).await;
             if self.paused_for().is_none() {
-                return Ok(());
+                return Ok(self.clock.now().saturating_duration_since(start));
             }
         }
     }

@@ -191,12 +191,45 @@ struct IntegrationCtx {
 }
 
 /// Counters for metrics and tests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BrokerStats {
     pub cache_hits: std::sync::atomic::AtomicU64,
+    pub cache_misses: std::sync::atomic::AtomicU64,
     pub upstream_requests: std::sync::atomic::AtomicU64,
     pub upstream_failures: std::sync::atomic::AtomicU64,
     pub limiter_refusals: std::sync::atomic::AtomicU64,
+    pub limiter_waits: std::sync::atomic::AtomicU64,
+    /// Token requests to Go by outcome ([`crate::metrics::UPSTREAM_OUTCOMES`]).
+    pub upstream_outcomes: crate::metrics::LabeledCounter,
+    pub upstream_latency: crate::metrics::Histogram,
+}
+
+impl Default for BrokerStats {
+    fn default() -> Self {
+        Self {
+            cache_hits: Default::default(),
+            cache_misses: Default::default(),
+            upstream_requests: Default::default(),
+            upstream_failures: Default::default(),
+            limiter_refusals: Default::default(),
+            limiter_waits: Default::default(),
+            upstream_outcomes: crate::metrics::LabeledCounter::new(crate::metrics::UPSTREAM_OUTCOMES),
+            upstream_latency: Default::default(),
+        }
+    }
+}
+
+/// The metrics label of an upstream result.
+fn outcome_label(r: &Result<crate::upstream::TokenGrant, UpstreamError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(UpstreamError::KeyRejected { .. }) => "key_rejected",
+        Err(UpstreamError::SubscriptionKeyRejected { .. }) => "subscription_key_rejected",
+        Err(UpstreamError::RateLimited { .. }) => "rate_limited",
+        Err(UpstreamError::Transient { .. }) => "transient",
+        Err(UpstreamError::Timeout) => "timeout",
+        Err(_) => "other",
+    }
 }
 
 struct Inner {
@@ -290,6 +323,7 @@ impl Broker {
                     return Err(BrokerError::Unavailable { reason, retry_after: wait });
                 }
             }
+            inner.stats.cache_misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match &st.flight {
                 Some(rx) => (rx.clone(), false),
                 None => (self.start_flight(tenant, &slot, &mut st, inner.cfg.limiter_max_wait), true),
@@ -427,9 +461,15 @@ impl Broker {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            if let Err(wait) = limiter.acquire(max_wait).await {
-                inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
+            match limiter.acquire(max_wait).await {
+                Ok(waited) if !waited.is_zero() => {
+                    inner.stats.limiter_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(wait) => {
+                    inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
+                }
             }
             let key = self.open_key(&rec).await?;
             let result = self.request_once(&rec, &integ, key).await;
@@ -509,11 +549,14 @@ impl Broker {
         inner.stats.upstream_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent_at = inner.clock.now();
         let sent_wall = inner.clock.system_now();
+        let started = std::time::Instant::now();
         let grant = inner
             .go
             .request_token(&integ.record.base_url, &integ.record.application_key, &key, &integ.subscription_key)
             .await;
         drop(key);
+        inner.stats.upstream_latency.observe(started.elapsed());
+        inner.stats.upstream_outcomes.inc(outcome_label(&grant));
         let grant = grant.inspect_err(|_| {
             inner.stats.upstream_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         })?;

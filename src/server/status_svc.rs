@@ -1,0 +1,42 @@
+//! `StatusService`: what an operator asks of a running vault (`pogo-vault status`).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{Caller, Extra, ServerState, timestamp};
+use crate::audit::{Action, Outcome};
+use crate::proto::v1 as pb;
+use crate::proto::v1::status_service_server::StatusService;
+
+pub struct StatusSvc {
+    pub state: Arc<ServerState>,
+}
+
+#[tonic::async_trait]
+impl StatusService for StatusSvc {
+    async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::VaultStatus>, Status> {
+        let caller = Caller::of(&req)?;
+        let st = &self.state;
+        st.record(&caller, Action::AuditRead, None, Outcome::Ok, "status", Extra::default()).await?;
+        let vault = st.vault.clone();
+        let (counts, schema) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::vault::VaultError>((vault.count_tenants_by_status()?, vault.schema_version()?))
+        })
+        .await
+        .map_err(|_| Status::internal("internal error; operators are alerted"))?
+        .map_err(|e| super::errors::vault(&e))?;
+        let healthy = st.audit.is_healthy();
+        let checkpoint = st.audit.latest_checkpoint().await.ok().flatten();
+        Ok(Response::new(pb::VaultStatus {
+            health: if healthy { "SERVING" } else { "NOT_SERVING" }.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            schema_version: schema,
+            tenants: counts.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
+            master_key_id: st.vault.kek_id().to_owned(),
+            last_checkpoint: checkpoint.as_ref().map(super::audit_svc::checkpoint_to_proto),
+            started_at: Some(timestamp(st.started_at)),
+            audit_healthy: healthy,
+        }))
+    }
+}
