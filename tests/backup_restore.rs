@@ -156,6 +156,7 @@ async fn backup_under_load_restores_to_a_working_vault() {
         concurrency_limit_per_connection: 16,
         handshake_timeout: Duration::from_secs(5),
         return_subscription_key: false,
+        metrics_listen: None,
     })
     .await
     .unwrap();

@@ -148,6 +148,7 @@ impl TestServer {
             concurrency_limit_per_connection: 64,
             handshake_timeout: Duration::from_secs(5),
             return_subscription_key: false,
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         };
         tweak(&mut opts);
         let server = pogo_vault::server::start(opts).await.unwrap();
