@@ -9,6 +9,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use common::new_tenant;
 use common::server::{TestServer, key, sim_key};
 use pogo_vault::audit::{AuditFilter, Outcome};
 use pogo_vault::proto::v1 as pb;
@@ -236,15 +237,4 @@ async fn token_requests_fail_closed_while_the_audit_log_cannot_be_written() {
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&key.public_key.unwrap().try_into().unwrap()).unwrap();
     let report = pogo_vault::audit::verify(&ts.audit_db(), &vk, None).unwrap();
     assert!(report.ok, "{}", report.detail);
-}
-
-fn new_tenant(id: &str) -> pogo_vault::vault::NewTenant {
-    pogo_vault::vault::NewTenant {
-        tenant_id: id.parse().unwrap(),
-        environment: pogo_vault::domain::Environment::Demo,
-        display_name: Default::default(),
-        organization_number: None,
-        go_client_id: None,
-        labels: Default::default(),
-    }
 }

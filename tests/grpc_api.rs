@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::new_tenant;
 use common::server::{TestServer, key, policy_text, sim_key};
 use pogo_vault::authz::{Requirement, methods};
 use pogo_vault::proto::v1 as pb;
@@ -160,17 +161,6 @@ async fn the_subscription_key_is_returned_only_in_its_field_when_configured() {
         pogo_vault::sim::DEFAULT_DEMO_SUBSCRIPTION_KEY,
     );
     ts.stop().await;
-}
-
-fn new_tenant(id: &str) -> pogo_vault::vault::NewTenant {
-    pogo_vault::vault::NewTenant {
-        tenant_id: id.parse().unwrap(),
-        environment: pogo_vault::domain::Environment::Demo,
-        display_name: Default::default(),
-        organization_number: None,
-        go_client_id: None,
-        labels: Default::default(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,20 +7,9 @@ mod common;
 
 use common::*;
 use pogo_vault::crypto::{ClientKey, MasterKeySource};
-use pogo_vault::domain::{DisplayName, Environment, Labels, TenantId};
-use pogo_vault::vault::{Argon2Costs, InitKey, NewTenant, Vault, VaultError};
+use pogo_vault::domain::{Environment, TenantId};
+use pogo_vault::vault::{Argon2Costs, InitKey, Vault, VaultError};
 use proptest::prelude::*;
-
-fn new_tenant(id: &str) -> NewTenant {
-    NewTenant {
-        tenant_id: id.parse().unwrap(),
-        environment: Environment::Demo,
-        display_name: DisplayName::default(),
-        organization_number: None,
-        go_client_id: None,
-        labels: Labels::default(),
-    }
-}
 
 fn vault_with(s: &Scratch, tenants: &[(&str, &str)]) -> Vault {
     let v = Vault::init(&s.db(), &InitKey::GenerateKeyFile(s.key()), Argon2Costs::default()).unwrap();

@@ -126,6 +126,18 @@ impl ServerState {
         if self.audit.is_healthy() { Ok(()) } else { Err(errors::audit_unavailable()) }
     }
 
+    /// Runs a blocking vault operation on the blocking pool, mapping its error to a status.
+    pub async fn vault_op<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Vault) -> Result<T, crate::vault::VaultError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let vault = self.vault.clone();
+        tokio::task::spawn_blocking(move || f(&vault))
+            .await
+            .map_err(|_| Status::internal("internal error; operators are alerted"))?
+            .map_err(|e| errors::vault(&e))
+    }
+
     /// One Prometheus scrape.
     pub async fn metrics_text(&self) -> String {
         let vault = self.vault.clone();

@@ -22,7 +22,7 @@ use crate::proto::v1::onboarding_service_server::OnboardingService;
 use crate::store::onboarding::{Session, SessionStatus};
 use crate::tokens::BrokerError;
 use crate::upstream::OnboardingToken;
-use crate::vault::{OnboardedKey, VaultError};
+use crate::vault::OnboardedKey;
 
 pub struct OnboardingSvc {
     pub state: Arc<ServerState>,
@@ -81,17 +81,6 @@ fn new_id() -> String {
 }
 
 impl OnboardingSvc {
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&crate::vault::Vault) -> Result<T, VaultError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let vault = self.state.vault.clone();
-        tokio::task::spawn_blocking(move || f(&vault))
-            .await
-            .map_err(|_| Status::internal("internal error; operators are alerted"))?
-            .map_err(|e| errors::vault(&e))
-    }
-
     async fn refuse(&self, caller: &Caller, action: Action, outcome: Outcome, status: Status) -> Status {
         match self.state.record(caller, action, None, outcome, status.message(), Extra::default()).await {
             Ok(()) => status,
@@ -135,7 +124,7 @@ impl OnboardingService for OnboardingSvc {
             go_status: None,
             tenants: Vec::new(),
         };
-        self.run(move |v| v.insert_onboarding(&row)).await?;
+        self.state.vault_op(move |v| v.insert_onboarding(&row)).await?;
         let detail = format!("onboarding {id} begun for {}", b.env);
         self.state.record(&caller, action, None, Outcome::Ok, &detail, Extra::default()).await?;
         Ok(Response::new(pb::BeginOnboardingResponse {
@@ -164,7 +153,7 @@ impl OnboardingService for OnboardingSvc {
             return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, errors::invalid(&e)).await);
         }
         let lookup = id.clone();
-        let Some(session) = self.run(move |v| v.onboarding(&lookup)).await? else {
+        let Some(session) = self.state.vault_op(move |v| v.onboarding(&lookup)).await? else {
             let s = Status::not_found(format!("onboarding {id} not found: start a new one with BeginOnboarding"));
             return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
         };
@@ -181,16 +170,20 @@ impl OnboardingService for OnboardingSvc {
         }
         let (sid, now) = (id.clone(), crate::store::now_ms());
         if now > session.expires_at {
-            self.run(move |v| {
-                v.onboarding_transition(&sid, SessionStatus::Pending, SessionStatus::Failed, Some("Expired"))
-            })
-            .await?;
+            self.state
+                .vault_op(move |v| {
+                    v.onboarding_transition(&sid, SessionStatus::Pending, SessionStatus::Failed, Some("Expired"))
+                })
+                .await?;
             let s = Status::failed_precondition(format!("onboarding {id} has expired: start a new one"));
             return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
         }
         if go_status != "Success" {
             let g = go_status.clone();
-            self.run(move |v| v.onboarding_transition(&sid, SessionStatus::Pending, SessionStatus::Failed, Some(&g)))
+            self.state
+                .vault_op(move |v| {
+                    v.onboarding_transition(&sid, SessionStatus::Pending, SessionStatus::Failed, Some(&g))
+                })
                 .await?;
             let advice = match go_status.as_str() {
                 "Canceled" => "the user cancelled in PowerOffice Go",
@@ -214,7 +207,8 @@ impl OnboardingService for OnboardingSvc {
         // Claim the session: concurrent or replayed completions stop here.
         let claim = id.clone();
         if !self
-            .run(move |v| v.onboarding_transition(&claim, SessionStatus::Pending, SessionStatus::Completing, None))
+            .state
+            .vault_op(move |v| v.onboarding_transition(&claim, SessionStatus::Pending, SessionStatus::Completing, None))
             .await?
         {
             let s = Status::failed_precondition(format!("onboarding {id} is being or has been completed"));
@@ -229,7 +223,7 @@ impl OnboardingService for OnboardingSvc {
                     _ => (SessionStatus::Pending, None),
                 };
                 let sid = id.clone();
-                self.run(move |v| v.onboarding_transition(&sid, SessionStatus::Completing, to, g)).await?;
+                self.state.vault_op(move |v| v.onboarding_transition(&sid, SessionStatus::Completing, to, g)).await?;
                 return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Error, errors::broker(&e)).await);
             }
         };
@@ -248,16 +242,25 @@ impl OnboardingService for OnboardingSvc {
         let who = caller.identity.id.clone();
         let s2 = session.clone();
         let applied = self
-            .run(move |v| v.apply_onboarding(&s2, &clients, &|t: &TenantId| policy.allows(&who, Role::TenantAdmin, t)))
+            .state
+            .vault_op(move |v| {
+                v.apply_onboarding(&s2, &clients, &|t: &TenantId| policy.allows(&who, Role::TenantAdmin, t))
+            })
             .await;
         let outcomes = match applied {
             Ok(o) => o,
             Err(s) => {
                 let sid = id.clone();
-                self.run(move |v| {
-                    v.onboarding_transition(&sid, SessionStatus::Completing, SessionStatus::Failed, Some("NotStored"))
-                })
-                .await?;
+                self.state
+                    .vault_op(move |v| {
+                        v.onboarding_transition(
+                            &sid,
+                            SessionStatus::Completing,
+                            SessionStatus::Failed,
+                            Some("NotStored"),
+                        )
+                    })
+                    .await?;
                 return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
             }
         };

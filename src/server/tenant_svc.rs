@@ -16,7 +16,7 @@ use crate::domain::{DisplayName, Environment, InvalidInput, Labels, Organization
 use crate::proto::v1 as pb;
 use crate::proto::v1::tenant_service_server::TenantService;
 use crate::store::tenants::TenantRecord;
-use crate::vault::{NewTenant, VaultError};
+use crate::vault::NewTenant;
 
 pub struct TenantSvc {
     pub state: Arc<ServerState>,
@@ -67,17 +67,6 @@ impl TenantSvc {
         }
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&crate::vault::Vault) -> Result<T, VaultError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let vault = self.state.vault.clone();
-        tokio::task::spawn_blocking(move || f(&vault))
-            .await
-            .map_err(|_| Status::internal("internal error; operators are alerted"))?
-            .map_err(|e| errors::vault(&e))
-    }
-
     fn view(&self, t: &TenantRecord) -> pb::Tenant {
         let last = [t.last_token_at, self.state.broker.last_served_ms(&t.tenant_id)].into_iter().flatten().max();
         to_proto(t, last)
@@ -94,7 +83,7 @@ impl TenantSvc {
         let tenant = self.admit(&caller, action, raw).await?;
         self.state.audit_ready()?;
         let id = tenant.clone();
-        match self.run(move |v| v.set_status(&id, status)).await {
+        match self.state.vault_op(move |v| v.set_status(&id, status)).await {
             Ok(rec) => {
                 self.state.broker.forget(&tenant);
                 let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
@@ -139,7 +128,7 @@ impl TenantService for TenantSvc {
             Err(e) => return Err(self.failed(&caller, action, &tenant, errors::invalid(&e)).await),
         };
         let id = tenant.clone();
-        if self.run(move |v| v.tenant(&id)).await?.is_some() {
+        if self.state.vault_op(move |v| v.tenant(&id)).await?.is_some() {
             let s = Status::already_exists(format!(
                 "tenant {tenant} already exists; use RotateClientKey to replace its key"
             ));
@@ -163,7 +152,7 @@ impl TenantService for TenantSvc {
         }
         let key = Arc::new(key);
         let k = key.clone();
-        match self.run(move |v| v.add_tenant(&new, &k)).await {
+        match self.state.vault_op(move |v| v.add_tenant(&new, &k)).await {
             Ok(rec) => {
                 self.state.broker.forget(&tenant);
                 let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
@@ -190,7 +179,7 @@ impl TenantService for TenantSvc {
             Err(e) => return Err(self.failed(&caller, action, &tenant, errors::invalid(&e)).await),
         };
         let id = tenant.clone();
-        let Some(cur) = self.run(move |v| v.tenant(&id)).await? else {
+        let Some(cur) = self.state.vault_op(move |v| v.tenant(&id)).await? else {
             let s = Status::not_found(format!("tenant {tenant} not found"));
             return Err(self.failed(&caller, action, &tenant, s).await);
         };
@@ -198,7 +187,7 @@ impl TenantService for TenantSvc {
             return Err(self.failed(&caller, action, &tenant, errors::broker(&e)).await);
         }
         let id = tenant.clone();
-        match self.run(move |v| v.rotate_key(&id, &key)).await {
+        match self.state.vault_op(move |v| v.rotate_key(&id, &key)).await {
             Ok(rec) => {
                 self.state.broker.forget(&tenant);
                 let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
@@ -215,7 +204,7 @@ impl TenantService for TenantSvc {
         let action = Action::TenantRead;
         let tenant = self.admit(&caller, action, &req.get_ref().tenant_id).await?;
         let id = tenant.clone();
-        match self.run(move |v| v.tenant(&id)).await {
+        match self.state.vault_op(move |v| v.tenant(&id)).await {
             Ok(Some(rec)) => {
                 self.state.record(&caller, action, Some(&tenant), Outcome::Ok, "get", Extra::default()).await?;
                 Ok(Response::new(self.view(&rec)))
@@ -258,7 +247,7 @@ impl TenantService for TenantSvc {
         // page token is the last id scanned, so hidden tenants never leak through it.
         'scan: loop {
             let from = after.clone();
-            let batch = self.run(move |v| v.list_tenants(from.as_deref(), MAX_PAGE)).await?;
+            let batch = self.state.vault_op(move |v| v.list_tenants(from.as_deref(), MAX_PAGE)).await?;
             let Some(last) = batch.last() else { break };
             let last = last.tenant_id.to_string();
             for t in batch {
@@ -287,7 +276,7 @@ impl TenantService for TenantSvc {
         let tenant = self.admit(&caller, action, &req.get_ref().tenant_id).await?;
         self.state.audit_ready()?;
         let id = tenant.clone();
-        match self.run(move |v| v.delete_tenant(&id)).await {
+        match self.state.vault_op(move |v| v.delete_tenant(&id)).await {
             Ok(()) => {
                 self.state.broker.forget(&tenant);
                 self.state
