@@ -74,6 +74,10 @@ pub struct ServerSection {
     /// Prometheus metrics listener (plain HTTP): loopback by default; "" disables it.
     #[serde(default = "default_metrics_listen", deserialize_with = "optional_addr")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext listener serving only grpc.health.v1, for probes without a client
+    /// certificate (Kubernetes' native gRPC probe); off unless set.
+    #[serde(default, deserialize_with = "optional_addr")]
+    pub health_listen: Option<SocketAddr>,
     /// Whether GetAccessToken returns the integration's subscription key (callers need it
     /// on every Go API call; withhold it if callers get it another way).
     #[serde(default = "yes")]

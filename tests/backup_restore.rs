@@ -157,6 +157,7 @@ async fn backup_under_load_restores_to_a_working_vault() {
         handshake_timeout: Duration::from_secs(5),
         return_subscription_key: false,
         metrics_listen: None,
+        health_listen: None,
     })
     .await
     .unwrap();

@@ -335,6 +335,21 @@ async fn health_and_reflection_answer_with_a_client_certificate() {
         .await
         .unwrap();
     assert_eq!(r.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    // The plaintext health-only listener (for probes without a certificate) serves health
+    // and nothing else.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", ts.server().health_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let r = tonic_health::pb::health_client::HealthClient::new(plain.clone())
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let s = pb::token_service_client::TokenServiceClient::new(plain).get_access_token(get("acme")).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unimplemented, "only health on the plaintext port");
     ts.stop().await;
 }
 

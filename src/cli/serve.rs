@@ -363,6 +363,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         handshake_timeout: std::time::Duration::from_secs(10),
         return_subscription_key: true,
         metrics_listen: None,
+        health_listen: None,
     };
     let server = crate::server::start(opts).await.map_err(|e| {
         let hint = if e.to_string().contains("in use") { " (pass --listen 127.0.0.1:0 or another port)" } else { "" };

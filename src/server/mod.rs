@@ -241,6 +241,9 @@ pub struct ServeOptions {
     /// Where to serve Prometheus metrics (plain HTTP; keep it on loopback or a private
     /// network). `None`: no metrics listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// A plaintext listener serving only `grpc.health.v1` (for Kubernetes' native gRPC
+    /// probes, which present no client certificate). `None`: no such listener.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -266,6 +269,7 @@ impl ServeOptions {
             handshake_timeout: c.handshake_timeout(),
             return_subscription_key: c.server.return_subscription_key,
             metrics_listen: c.server.metrics_listen,
+            health_listen: c.server.health_listen,
         })
     }
 }
@@ -275,6 +279,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Where metrics are served, when enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// The plaintext health-only listener, when enabled.
+    pub health_addr: Option<SocketAddr>,
     pub state: Arc<ServerState>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
@@ -375,6 +381,31 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     tokio::spawn(reload_loop(reload_rx, state.clone(), tls.clone(), opts.tls.clone(), me.clone()));
     spawn_sighup(reload_tx.clone());
 
+    let health_addr = match opts.health_listen {
+        Some(listen) => {
+            let l = TcpListener::bind(listen)
+                .await
+                .map_err(|e| ServeError::Listen { addr: listen, reason: e.to_string() })?;
+            let a = l.local_addr().map_err(|e| ServeError::Listen { addr: listen, reason: e.to_string() })?;
+            let mut stop = stop_rx.clone();
+            let health = health_service.clone();
+            tokio::spawn(async move {
+                // Health only: no other service is reachable without mutual TLS.
+                let served = tonic::transport::Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(l), async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "health listener failed");
+                }
+            });
+            Some(a)
+        }
+        None => None,
+    };
+
     let max = opts.max_request_bytes;
     let token = TokenServiceServer::new(token_svc::TokenSvc { state: state.clone() }).max_decoding_message_size(max);
     let tenant =
@@ -439,7 +470,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         None => None,
     };
     tracing::info!(%addr, metrics = ?metrics_addr, "pogo-vault serving gRPC over mutual TLS");
-    Ok(RunningServer { addr, metrics_addr, state, stop: stop_tx, task, reload: reload_tx })
+    Ok(RunningServer { addr, metrics_addr, health_addr, state, stop: stop_tx, task, reload: reload_tx })
 }
 
 async fn health_loop(reporter: tonic_health::server::HealthReporter, audit: AuditLog, mut stop: watch::Receiver<bool>) {

@@ -149,6 +149,7 @@ impl TestServer {
             handshake_timeout: Duration::from_secs(5),
             return_subscription_key: false,
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            health_listen: Some("127.0.0.1:0".parse().unwrap()),
         };
         tweak(&mut opts);
         let server = pogo_vault::server::start(opts).await.unwrap();
