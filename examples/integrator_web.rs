@@ -7,6 +7,12 @@
 //!   `RegisterClientKey` (which proves it against Go first), never stores or logs it, and
 //!   shows only the hint afterwards.
 //!
+//! What a real app adds, and this example leaves out to stay small: its own user login; the
+//! tenant id taken from the logged-in customer's account (never from the form, or one
+//! customer could register a key under another's id); the onboarding id bound to the
+//! browser session that started it (a cookie) and checked at the callback; CSRF tokens on
+//! the forms; and a connected-clients list filtered to the customer.
+//!
 //! Run against `pogo-vault dev` (its admin certificate):
 //! ```sh
 //! cargo run --example integrator_web -- https://127.0.0.1:50051 .pogo-vault-dev/certs 127.0.0.1:8080
