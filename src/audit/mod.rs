@@ -82,7 +82,7 @@ pub use query::{AuditFilter, events_from, head, latest_checkpoint, list};
 pub use record::{Action, AuditEvent, AuditRecord, MAX_FIELD_BYTES, Outcome, TRUNCATION_MARK, UnknownName};
 pub use verify::{VerifyReport, verify, verify_conn};
 pub use watch::AuditWatch;
-pub use writer::{AuditLog, AuditStats, AuditStatsSnapshot};
+pub use writer::{AuditLog, AuditStats, AuditStatsSnapshot, Receipt};
 
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]

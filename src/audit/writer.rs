@@ -1,34 +1,39 @@
 //! The group-commit writer: [`AuditLog`], the handle servers append through, and the one
 //! thread that owns the write connection.
 //!
-//! Shape: appenders take a queue slot (a semaphore permit, so the queue is bounded and a
-//! full queue is waited on within the append timeout), send the record with a one-shot reply
-//! channel, and wait. The writer thread blocks on the queue, drains whatever is waiting (up
-//! to `max_batch`), commits it as one `BEGIN IMMEDIATE` transaction (the head is read inside
-//! it) and only then replies, so a reply means durable. It is a plain OS thread rather than a
-//! tokio task because every step of its loop is blocking SQLite work.
+//! Shape: an appender locks a small queue, adds its record to the open batch (a new one when
+//! the last is full or already taken by the writer), wakes the writer only if it was idle,
+//! and waits on the batch's shared completion cell. The writer takes the oldest batch,
+//! commits it as one `BEGIN IMMEDIATE` transaction (the head is read inside it) and only then
+//! completes the cell, so a completion means durable. One cell and one wake-up per batch,
+//! not per record: with 16 records per commit that is what keeps the hand-off off the
+//! profile (BENCHMARKS.md). The writer is a plain OS thread rather than a tokio task because
+//! every step of its loop is blocking SQLite work.
 //!
 //! Failure: a batch that does not commit is answered with [`AuditError::Unavailable`] at
 //! once, health turns false, and the writer backs off (25 ms doubling to `max_backoff`) and
 //! tries again with whatever has queued meanwhile, or, with nothing queued, with a probe
 //! write; the first success turns health true again. With the default settings a waiting
-//! append is answered within about `busy_timeout + max_backoff + busy_timeout` (1 s), and the
-//! append timeout (2 s) bounds everything else, such as an `fsync` that never returns.
+//! append is answered within about `busy_timeout + max_backoff + busy_timeout` (1 s). A
+//! watchdog thread bounds everything else (an `fsync` that never returns, a dead writer): it
+//! fails any batch older than `append_timeout`, so no append ever waits longer than that, and
+//! no request pays for a timer of its own. A full queue fails an append at once.
 //!
 //! Checkpoints: a batch that commits when the last checkpoint is `checkpoint_interval` old
 //! carries a new checkpoint in the same transaction; otherwise a timer writes one when the
 //! interval has passed since the last checkpoint and events are still uncovered. Nothing is
 //! written while idle.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot, watch};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use super::chain::Checkpoint;
 use super::record::{AuditEvent, AuditRecord};
@@ -40,20 +45,92 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
 
 type Reply<T> = oneshot::Sender<Result<T, AuditError>>;
 
-struct Pending {
-    rec: AuditRecord,
-    reply: Reply<AuditEvent>,
-    /// Holds the record's queue slot until it is answered.
-    _slot: OwnedSemaphorePermit,
+/// Where one appended record landed in the chain: what [`AuditLog::append_receipt`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub sequence: i64,
+    pub time_ms: i64,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
 }
 
-// Appends are nearly every message, so boxing the large variant would only add an
-// allocation per record.
-#[allow(clippy::large_enum_variant)]
-enum Command {
-    Append(Pending),
-    Checkpoint(Reply<Checkpoint>),
-    Shutdown(oneshot::Sender<()>),
+/// How a batch ended, shared by every appender in it.
+#[derive(Debug)]
+enum Outcome {
+    /// Committed at `time_ms`; `links[i]` is (sequence, prev_hash, hash) of the batch's i-th record.
+    Durable { time_ms: i64, links: Vec<(i64, [u8; 32], [u8; 32])> },
+    Unavailable(String),
+}
+
+/// A batch's completion cell: set once (by the writer, or by the watchdog when the writer is
+/// too late), then every waiter is woken.
+#[derive(Debug, Default)]
+struct Done {
+    outcome: OnceLock<Outcome>,
+    notify: Notify,
+}
+
+impl Done {
+    /// Sets the outcome unless one is set already; wakes the waiters. True if this call set it.
+    fn complete(&self, outcome: Outcome) -> bool {
+        let set = self.outcome.set(outcome).is_ok();
+        if set {
+            self.notify.notify_waiters();
+        }
+        set
+    }
+
+    async fn wait(&self) -> &Outcome {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a completion in between is not missed.
+            notified.as_mut().enable();
+            if let Some(o) = self.outcome.get() {
+                return o;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Records waiting together for one commit.
+struct Batch {
+    records: Vec<AuditRecord>,
+    done: Arc<Done>,
+    queued_at: Instant,
+}
+
+/// What appenders and the writer share, under one short-held lock.
+#[derive(Default)]
+struct Queue {
+    /// Oldest first; the last one takes new records while it has room.
+    batches: VecDeque<Batch>,
+    /// Records in `batches`.
+    queued: usize,
+    checkpoint_waiters: Vec<Reply<Checkpoint>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    /// No more appends are taken.
+    closed: bool,
+    /// The writer is parked with nothing to do: the next arrival must unpark it.
+    writer_idle: bool,
+    /// The batch the writer is committing and when it took it (for the watchdog).
+    in_flight: Option<(Arc<Done>, Instant)>,
+}
+
+/// Shared by the handle, the writer thread and the watchdog.
+struct Shared {
+    queue: Mutex<Queue>,
+    health: watch::Sender<bool>,
+    stats: Arc<AuditStats>,
+}
+
+impl Shared {
+    fn mark_failed(&self, reason: &str) {
+        if self.health.send_if_modified(|h| std::mem::replace(h, false)) {
+            tracing::error!(error = %reason, "audit commit failed; requests fail closed until the log is writable again");
+        }
+    }
 }
 
 /// The audit log's writer handle. Cheap to clone; all clones share one writer thread.
@@ -63,24 +140,31 @@ pub struct AuditLog {
 }
 
 struct Inner {
-    commands: mpsc::Sender<Command>,
-    slots: Arc<Semaphore>,
-    health: Arc<watch::Sender<bool>>,
+    shared: Arc<Shared>,
+    writer: Thread,
     /// Taken at shutdown, so live subscribers see the end of the stream.
     live: Mutex<Option<broadcast::Sender<AuditEvent>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     cfg: AuditConfig,
     path: PathBuf,
     public_key: VerifyingKey,
-    stats: Arc<AuditStats>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Every handle is gone: the writer finishes what is queued and stops, like a shutdown.
+        lock(&self.shared.queue).closed = true;
+        self.writer.unpark();
+    }
 }
 
 /// Counters the writer thread keeps for metrics.
 #[derive(Debug, Default)]
 pub struct AuditStats {
-    records: std::sync::atomic::AtomicU64,
-    commit_failures: std::sync::atomic::AtomicU64,
-    last_checkpoint_ms: std::sync::atomic::AtomicI64,
+    records: AtomicU64,
+    commit_failures: AtomicU64,
+    queued: AtomicU64,
+    last_checkpoint_ms: AtomicI64,
     latency: crate::metrics::Histogram,
 }
 
@@ -108,7 +192,8 @@ impl std::fmt::Debug for AuditLog {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing guarded here can be left half-updated by a panic (an Option taken or not).
+    // Every update under these locks is a single push, pop or flag write: a panic cannot
+    // leave one half done.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -118,8 +203,9 @@ impl AuditLog {
     pub fn open(path: &Path, signing_key: SigningKey, cfg: AuditConfig) -> Result<AuditLog, AuditError> {
         let cfg = AuditConfig {
             max_batch: cfg.max_batch.max(1),
-            queue_capacity: cfg.queue_capacity.clamp(1, Semaphore::MAX_PERMITS),
+            queue_capacity: cfg.queue_capacity.max(1),
             broadcast_capacity: cfg.broadcast_capacity.max(1),
+            append_timeout: cfg.append_timeout.max(Duration::from_millis(10)),
             ..cfg
         };
         let public_key = signing_key.verifying_key();
@@ -127,53 +213,56 @@ impl AuditLog {
         let (head_seq, _) = db::head(&conn)?;
         let checkpointed_seq = db::latest_checkpoint(&conn)?.map_or(0, |c| c.sequence);
 
-        let (commands, rx) = mpsc::channel();
-        let health = Arc::new(watch::Sender::new(true));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            health: watch::Sender::new(true),
+            stats: Arc::new(AuditStats::default()),
+        });
         let (live, _) = broadcast::channel(cfg.broadcast_capacity);
-        let stats = Arc::new(AuditStats::default());
         let writer = Writer {
-            stats: stats.clone(),
+            shared: shared.clone(),
             conn,
             key: signing_key,
             cfg: cfg.clone(),
-            rx,
-            health: health.clone(),
             live: live.clone(),
             head_seq,
             checkpointed_seq,
             last_checkpoint: None,
             backoff: INITIAL_BACKOFF,
-            batch: Vec::with_capacity(cfg.max_batch.min(4096)),
-            checkpoint_waiters: Vec::new(),
-            links: Vec::with_capacity(cfg.max_batch.min(4096)),
+            links: Vec::new(),
         };
-        let thread = std::thread::Builder::new()
-            .name("pogo-audit-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| AuditError::Unavailable { reason: format!("cannot start the audit writer thread: {e}") })?;
+        let failed = |e: std::io::Error| AuditError::Unavailable {
+            reason: format!("cannot start the audit writer thread: {e}"),
+        };
+        let thread = std::thread::Builder::new().name("pogo-audit-writer".into()).spawn(move || writer.run());
+        let thread = thread.map_err(failed)?;
+        let watchdog = Watchdog { shared: shared.clone(), limit: cfg.append_timeout };
+        if let Err(e) = std::thread::Builder::new().name("pogo-audit-watch".into()).spawn(move || watchdog.run()) {
+            lock(&shared.queue).closed = true;
+            thread.thread().unpark();
+            return Err(failed(e));
+        }
         Ok(AuditLog {
             inner: Arc::new(Inner {
-                commands,
-                slots: Arc::new(Semaphore::new(cfg.queue_capacity)),
-                health,
+                shared,
+                writer: thread.thread().clone(),
                 live: Mutex::new(Some(live)),
                 thread: Mutex::new(Some(thread)),
                 cfg,
                 path: path.to_owned(),
                 public_key,
-                stats,
             }),
         })
     }
 
     /// The writer's figures for metrics.
     pub fn stats(&self) -> AuditStatsSnapshot {
-        let s = &self.inner.stats;
-        let last = s.last_checkpoint_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let s = &self.inner.shared.stats;
+        let last = s.last_checkpoint_ms.load(Ordering::Relaxed);
         AuditStatsSnapshot {
-            queue_depth: self.inner.cfg.queue_capacity.saturating_sub(self.inner.slots.available_permits()) as u64,
-            records: s.records.load(std::sync::atomic::Ordering::Relaxed),
-            commit_failures: s.commit_failures.load(std::sync::atomic::Ordering::Relaxed),
+            queue_depth: s.queued.load(Ordering::Relaxed),
+            records: s.records.load(Ordering::Relaxed),
+            commit_failures: s.commit_failures.load(Ordering::Relaxed),
             commit_latency: s.clone(),
             healthy: self.is_healthy(),
             last_checkpoint_age_secs: if last == 0 { -1.0 } else { (now_ms() - last).max(0) as f64 / 1000.0 },
@@ -182,37 +271,77 @@ impl AuditLog {
 
     /// Appends a record and returns it as committed: `Ok` means durable. Fails with
     /// [`AuditError::Unavailable`] within [`AuditConfig::append_timeout`] when the log cannot
-    /// be written, and with [`AuditError::Closed`] after [`AuditLog::shutdown`].
+    /// be written (at once when the queue is full), and with [`AuditError::Closed`] after
+    /// [`AuditLog::shutdown`].
     ///
-    /// Dropping the future before its batch starts committing withdraws the record.
-    pub async fn append(&self, mut rec: AuditRecord) -> Result<AuditEvent, AuditError> {
+    /// Dropping the future does not withdraw the record: once queued it is committed with its
+    /// batch. (A request that gave up may therefore be recorded; one that was answered is
+    /// always recorded.)
+    pub async fn append(&self, rec: AuditRecord) -> Result<AuditEvent, AuditError> {
+        let mut kept = rec.clone();
+        kept.bound_lengths();
+        let r = self.append_receipt(rec).await?;
+        Ok(AuditEvent { sequence: r.sequence, time_ms: r.time_ms, prev_hash: r.prev_hash, hash: r.hash, record: kept })
+    }
+
+    /// [`AuditLog::append`] without handing the record back: the servers' hot path.
+    pub async fn append_receipt(&self, mut rec: AuditRecord) -> Result<Receipt, AuditError> {
         rec.bound_lengths();
+        let (done, index) = self.enqueue(rec)?;
+        match done.wait().await {
+            Outcome::Durable { time_ms, links } => {
+                let &(sequence, prev_hash, hash) = links
+                    .get(index)
+                    .ok_or_else(|| AuditError::Unavailable { reason: "the writer lost a record".into() })?;
+                Ok(Receipt { sequence, time_ms: *time_ms, prev_hash, hash })
+            }
+            Outcome::Unavailable(reason) => Err(AuditError::Unavailable { reason: reason.clone() }),
+        }
+    }
+
+    /// Puts `rec` in the open batch; returns the batch's cell and the record's index in it.
+    fn enqueue(&self, rec: AuditRecord) -> Result<(Arc<Done>, usize), AuditError> {
         let inner = &self.inner;
-        let work = async {
-            let slot = inner.slots.clone().acquire_owned().await.map_err(|_| AuditError::Closed)?;
-            let (reply, answer) = oneshot::channel();
-            inner
-                .commands
-                .send(Command::Append(Pending { rec, reply, _slot: slot }))
-                .map_err(|_| AuditError::Closed)?;
-            // The writer drops the reply only when it exits without answering.
-            answer.await.map_err(|_| AuditError::Closed)?
-        };
-        // Dropping `work` on timeout closes the reply channel, and the writer skips records
-        // whose caller has gone, so a timed-out append is recorded only if its batch was
-        // already committing.
-        tokio::time::timeout(inner.cfg.append_timeout, work).await.unwrap_or_else(|_| {
-            Err(AuditError::Unavailable {
-                reason: format!("the record was not durable within {} ms", inner.cfg.append_timeout.as_millis()),
-            })
-        })
+        let mut q = lock(&inner.shared.queue);
+        if q.closed {
+            return Err(AuditError::Closed);
+        }
+        if q.queued >= inner.cfg.queue_capacity {
+            return Err(AuditError::Unavailable {
+                reason: format!("{} records are already waiting for the audit writer", q.queued),
+            });
+        }
+        let joinable = q.batches.back().is_some_and(|b| b.records.len() < inner.cfg.max_batch);
+        if !joinable {
+            let records = Vec::with_capacity(inner.cfg.max_batch.min(64));
+            q.batches.push_back(Batch { records, done: Arc::default(), queued_at: Instant::now() });
+        }
+        let Some(batch) = q.batches.back_mut() else { unreachable!("a batch was just ensured") };
+        batch.records.push(rec);
+        let found = (batch.done.clone(), batch.records.len() - 1);
+        q.queued += 1;
+        inner.shared.stats.queued.store(q.queued as u64, Ordering::Relaxed);
+        let wake = std::mem::take(&mut q.writer_idle);
+        drop(q);
+        if wake {
+            inner.writer.unpark();
+        }
+        Ok(found)
     }
 
     /// Signs and stores a checkpoint of the current head (or returns the one already stored
     /// for it).
     pub async fn checkpoint_now(&self) -> Result<Checkpoint, AuditError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.commands.send(Command::Checkpoint(reply)).map_err(|_| AuditError::Closed)?;
+        {
+            let mut q = lock(&self.inner.shared.queue);
+            if q.closed {
+                return Err(AuditError::Closed);
+            }
+            q.checkpoint_waiters.push(reply);
+            q.writer_idle = false;
+        }
+        self.inner.writer.unpark();
         match tokio::time::timeout(self.inner.cfg.append_timeout, answer).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(AuditError::Closed),
@@ -223,15 +352,26 @@ impl AuditLog {
     /// Stops accepting appends, lets the writer commit what is already queued, writes a final
     /// checkpoint (if the head is not covered yet), and stops the writer. Appends nothing.
     pub async fn shutdown(&self) {
-        self.inner.slots.close();
         let (reply, done) = oneshot::channel();
-        let stopped = if self.inner.commands.send(Command::Shutdown(reply)).is_ok() {
-            // Bounded: the queued batch and the final checkpoint each wait at most the busy
-            // timeout, plus one back-off if the batch failed.
+        let first = {
+            let mut q = lock(&self.inner.shared.queue);
+            let first = !q.closed;
+            if first {
+                q.closed = true;
+                q.shutdown = Some(reply);
+                q.writer_idle = false;
+            }
+            first
+        };
+        // A second call (or one racing the first) does not wait: the first stops the writer.
+        let stopped = if first {
+            self.inner.writer.unpark();
+            // Bounded: the queued batches and the final checkpoint each wait at most the busy
+            // timeout, plus one back-off if a batch failed.
             let bound = self.inner.cfg.append_timeout + self.inner.cfg.max_backoff + 2 * self.inner.cfg.busy_timeout;
             matches!(tokio::time::timeout(bound, done).await, Ok(Ok(())))
         } else {
-            true
+            false
         };
         drop(lock(&self.inner.live).take());
         if stopped {
@@ -244,12 +384,12 @@ impl AuditLog {
 
     /// False while commits fail (and after shutdown): serve health as NOT_SERVING.
     pub fn is_healthy(&self) -> bool {
-        *self.inner.health.borrow()
+        *self.inner.shared.health.borrow()
     }
 
     /// Health as a watch channel: `true` while the log can be written.
     pub fn health(&self) -> watch::Receiver<bool> {
-        self.inner.health.subscribe()
+        self.inner.shared.health.subscribe()
     }
 
     /// Events committed from now on, in sequence order. Only this process's events are
@@ -295,14 +435,22 @@ impl AuditLog {
     }
 }
 
+/// What the writer does next.
+enum Work {
+    /// Commit this batch (if any) and answer these checkpoint requests.
+    Commit(Option<Batch>, Vec<Reply<Checkpoint>>),
+    /// The checkpoint timer (or, while unhealthy, the probe) is due.
+    Timer,
+    /// Closed and drained: write the final checkpoint and stop.
+    Stop(Option<oneshot::Sender<()>>),
+}
+
 /// The writer thread's state. Owns the only write connection of this process.
 struct Writer {
-    stats: Arc<AuditStats>,
+    shared: Arc<Shared>,
     conn: Connection,
     key: SigningKey,
     cfg: AuditConfig,
-    rx: mpsc::Receiver<Command>,
-    health: Arc<watch::Sender<bool>>,
     live: broadcast::Sender<AuditEvent>,
     /// The head as of this writer's last commit (another process may have moved it since).
     head_seq: i64,
@@ -310,47 +458,26 @@ struct Writer {
     checkpointed_seq: i64,
     last_checkpoint: Option<Instant>,
     backoff: Duration,
-    batch: Vec<Pending>,
-    checkpoint_waiters: Vec<Reply<Checkpoint>>,
-    /// (sequence, prev_hash, hash) of the batch being committed; reused between batches.
+    /// (sequence, prev_hash, hash) of the batch being committed.
     links: Vec<(i64, [u8; 32], [u8; 32])>,
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
         // Also on a panic: a dead writer must never look healthy.
-        self.health.send_replace(false);
+        self.shared.health.send_replace(false);
     }
 }
 
 impl Writer {
     fn run(mut self) {
-        let mut stop = None;
-        loop {
-            let first = match self.wait_time() {
-                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(d) => self.rx.recv_timeout(d),
-            };
-            match first {
-                Ok(cmd) => stop = self.take(cmd),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.on_timer();
-                    continue;
-                }
-                // Every handle dropped: finish like a shutdown.
-                Err(RecvTimeoutError::Disconnected) => break,
+        let stop = loop {
+            match self.next_work() {
+                Work::Commit(batch, waiters) => self.flush(batch, waiters),
+                Work::Timer => self.on_timer(),
+                Work::Stop(reply) => break reply,
             }
-            while stop.is_none() && self.batch.len() < self.cfg.max_batch {
-                match self.rx.try_recv() {
-                    Ok(cmd) => stop = self.take(cmd),
-                    Err(_) => break,
-                }
-            }
-            self.flush();
-            if stop.is_some() {
-                break;
-            }
-        }
+        };
         if self.head_seq > self.checkpointed_seq
             && let Err(e) = self.write_checkpoint()
         {
@@ -361,18 +488,47 @@ impl Writer {
         }
     }
 
-    fn take(&mut self, cmd: Command) -> Option<oneshot::Sender<()>> {
-        match cmd {
-            Command::Append(p) => self.batch.push(p),
-            Command::Checkpoint(reply) => self.checkpoint_waiters.push(reply),
-            Command::Shutdown(done) => return Some(done),
+    /// Waits (parked) until there is something to do.
+    fn next_work(&mut self) -> Work {
+        loop {
+            let wait = {
+                let mut q = lock(&self.shared.queue);
+                q.writer_idle = false;
+                q.in_flight = None;
+                while let Some(b) = q.batches.pop_front() {
+                    q.queued -= b.records.len();
+                    self.shared.stats.queued.store(q.queued as u64, Ordering::Relaxed);
+                    // The watchdog already told these appenders no: do not record them.
+                    if b.done.outcome.get().is_some() {
+                        continue;
+                    }
+                    q.in_flight = Some((b.done.clone(), Instant::now()));
+                    let waiters = std::mem::take(&mut q.checkpoint_waiters);
+                    return Work::Commit(Some(b), waiters);
+                }
+                if !q.checkpoint_waiters.is_empty() {
+                    return Work::Commit(None, std::mem::take(&mut q.checkpoint_waiters));
+                }
+                if q.closed {
+                    return Work::Stop(q.shutdown.take());
+                }
+                let wait = self.wait_time();
+                if wait == Some(Duration::ZERO) {
+                    return Work::Timer;
+                }
+                q.writer_idle = true;
+                wait
+            };
+            match wait {
+                None => std::thread::park(),
+                Some(d) => std::thread::park_timeout(d),
+            }
         }
-        None
     }
 
     /// How long to wait for work before the timer is due; `None`: nothing to do until then.
     fn wait_time(&self) -> Option<Duration> {
-        if !*self.health.borrow() {
+        if !*self.shared.health.borrow() {
             // The failed attempt already backed off: probe now unless work arrives.
             return Some(Duration::ZERO);
         }
@@ -391,60 +547,56 @@ impl Writer {
         match result {
             Ok(()) => self.succeeded(),
             Err(e) => {
-                self.mark_failed(&e);
+                self.shared.mark_failed(&e.to_string());
                 self.back_off();
             }
         }
     }
 
-    /// Commits the drained batch (and a checkpoint if one is due or asked for), then answers.
-    fn flush(&mut self) {
-        // A caller that timed out has been told the record failed: do not record it.
-        self.batch.retain(|p| !p.reply.is_closed());
-        if self.batch.is_empty() && self.checkpoint_waiters.is_empty() {
-            return;
-        }
-        let due = !self.checkpoint_waiters.is_empty()
-            || self.last_checkpoint.is_none_or(|t| t.elapsed() >= self.cfg.checkpoint_interval);
+    /// Commits the batch (and a checkpoint if one is due or asked for), then answers.
+    fn flush(&mut self, batch: Option<Batch>, waiters: Vec<Reply<Checkpoint>>) {
+        let due = !waiters.is_empty() || self.last_checkpoint.is_none_or(|t| t.elapsed() >= self.cfg.checkpoint_interval);
+        let records = batch.as_ref().map_or(&[][..], |b| &b.records[..]);
         let started = Instant::now();
-        let committed = self.commit(due);
-        self.stats.latency.observe(started.elapsed());
+        let committed = self.commit(due, records);
+        self.shared.stats.latency.observe(started.elapsed());
         match committed {
             Ok((time_ms, checkpoint)) => {
-                self.stats.records.fetch_add(self.batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let stats = &self.shared.stats;
+                stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
                 if checkpoint.is_some() {
-                    self.stats.last_checkpoint_ms.store(time_ms, std::sync::atomic::Ordering::Relaxed);
+                    stats.last_checkpoint_ms.store(time_ms, Ordering::Relaxed);
                 }
                 self.succeeded();
-                // Cloning for live subscribers only when there are any keeps the hot path
-                // free of per-record allocations beyond the record itself.
-                let live = self.live.receiver_count() > 0;
-                for (p, &(sequence, prev_hash, hash)) in self.batch.drain(..).zip(self.links.iter()) {
-                    let ev = AuditEvent { sequence, time_ms, record: p.rec, prev_hash, hash };
-                    if live {
-                        let _ = self.live.send(ev.clone());
+                let links = std::mem::take(&mut self.links);
+                if let Some(b) = batch {
+                    // Events for live subscribers are built only when there are any.
+                    if self.live.receiver_count() > 0 {
+                        for (record, &(sequence, prev_hash, hash)) in b.records.iter().zip(&links) {
+                            let ev = AuditEvent { sequence, time_ms, record: record.clone(), prev_hash, hash };
+                            let _ = self.live.send(ev);
+                        }
                     }
-                    let _ = p.reply.send(Ok(ev));
+                    b.done.complete(Outcome::Durable { time_ms, links });
                 }
-                self.links.clear();
                 if let Some(cp) = checkpoint {
-                    for w in self.checkpoint_waiters.drain(..) {
+                    for w in waiters {
                         let _ = w.send(Ok(cp.clone()));
                     }
                 }
             }
             Err(e) => {
-                self.stats.commit_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                // Health first: whoever sees the error may look at health next.
-                self.mark_failed(&e);
+                self.links.clear();
+                self.shared.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
                 let reason = e.to_string();
-                for p in self.batch.drain(..) {
-                    let _ = p.reply.send(Err(AuditError::Unavailable { reason: reason.clone() }));
+                // Health first: whoever sees the error may look at health next.
+                self.shared.mark_failed(&reason);
+                if let Some(b) = batch {
+                    b.done.complete(Outcome::Unavailable(reason.clone()));
                 }
-                for w in self.checkpoint_waiters.drain(..) {
+                for w in waiters {
                     let _ = w.send(Err(AuditError::Unavailable { reason: reason.clone() }));
                 }
-                self.links.clear();
                 self.back_off();
             }
         }
@@ -452,10 +604,15 @@ impl Writer {
 
     /// One transaction: the batch, chained from the head read inside it, plus a checkpoint
     /// of the new head when `with_checkpoint`. Returns the batch's time and the checkpoint.
-    fn commit(&mut self, with_checkpoint: bool) -> Result<(i64, Option<Checkpoint>), AuditError> {
+    fn commit(
+        &mut self,
+        with_checkpoint: bool,
+        records: &[AuditRecord],
+    ) -> Result<(i64, Option<Checkpoint>), AuditError> {
+        self.links.clear();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let time_ms = now_ms();
-        let (seq, hash) = db::append_in_tx(&tx, time_ms, self.batch.iter().map(|p| &p.rec), &mut self.links)?;
+        let (seq, hash) = db::append_in_tx(&tx, time_ms, records.iter(), &mut self.links)?;
         let checkpoint = if with_checkpoint { Some(db::put_checkpoint(&tx, &self.key, seq, hash)?) } else { None };
         tx.commit()?;
         self.head_seq = seq;
@@ -474,7 +631,7 @@ impl Writer {
         self.head_seq = seq;
         self.checkpointed_seq = seq;
         self.last_checkpoint = Some(Instant::now());
-        self.stats.last_checkpoint_ms.store(cp.time_ms, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stats.last_checkpoint_ms.store(cp.time_ms, Ordering::Relaxed);
         Ok(cp)
     }
 
@@ -488,14 +645,8 @@ impl Writer {
 
     fn succeeded(&mut self) {
         self.backoff = INITIAL_BACKOFF;
-        if self.health.send_if_modified(|h| !std::mem::replace(h, true)) {
+        if self.shared.health.send_if_modified(|h| !std::mem::replace(h, true)) {
             tracing::info!("audit log is writable again");
-        }
-    }
-
-    fn mark_failed(&mut self, e: &AuditError) {
-        if self.health.send_if_modified(|h| std::mem::replace(h, false)) {
-            tracing::error!(error = %e, "audit commit failed; requests fail closed until the log is writable again");
         }
     }
 
@@ -504,5 +655,38 @@ impl Writer {
         // queues up is tried as one batch afterwards.
         std::thread::sleep(self.backoff);
         self.backoff = (self.backoff * 2).min(self.cfg.max_backoff.max(INITIAL_BACKOFF));
+    }
+}
+
+/// Fails batches that have waited longer than the append timeout (the writer is stuck in a
+/// system call, or gone), so an append never waits longer than that. Exits when the writer
+/// and every handle are gone.
+struct Watchdog {
+    shared: Arc<Shared>,
+    limit: Duration,
+}
+
+impl Watchdog {
+    fn run(self) {
+        let period = (self.limit / 8).max(Duration::from_millis(1));
+        // Failing at `limit - period` or later keeps every answer within `limit`.
+        let late = |t: Instant| t.elapsed() + period >= self.limit;
+        while Arc::strong_count(&self.shared) > 1 {
+            std::thread::sleep(period);
+            let stale: Vec<Arc<Done>> = {
+                let q = lock(&self.shared.queue);
+                let in_flight = q.in_flight.iter().filter(|(_, t)| late(*t)).map(|(d, _)| d.clone());
+                let queued = q.batches.iter().take_while(|b| late(b.queued_at)).map(|b| b.done.clone());
+                in_flight.chain(queued).filter(|d| d.outcome.get().is_none()).collect()
+            };
+            let reason = format!("the record was not durable within {} ms", self.limit.as_millis());
+            let mut failed = false;
+            for d in stale {
+                failed |= d.complete(Outcome::Unavailable(reason.clone()));
+            }
+            if failed {
+                self.shared.mark_failed(&reason);
+            }
+        }
     }
 }

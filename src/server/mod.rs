@@ -110,7 +110,7 @@ impl ServerState {
             request_id: caller.request_id.clone(),
             peer: caller.peer.to_string(),
         };
-        match self.audit.append(rec).await {
+        match self.audit.append_receipt(rec).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 tracing::error!(request_id = %caller.request_id, error = %e, "audit record not committed: request refused (fail closed)");
