@@ -555,8 +555,11 @@ async fn export_streams_jsonl_and_quoted_csv() {
 async fn a_writer_stuck_in_sqlite_still_answers_within_the_append_timeout() {
     let s = scratch();
     // The writer waits up to 30 s for the lock, so only the watchdog can answer in time.
-    let cfg =
-        AuditConfig { busy_timeout: Duration::from_secs(30), append_timeout: Duration::from_millis(400), ..manual_checkpoints() };
+    let cfg = AuditConfig {
+        busy_timeout: Duration::from_secs(30),
+        append_timeout: Duration::from_millis(400),
+        ..manual_checkpoints()
+    };
     let log = AuditLog::open(&s.path, key(), cfg).unwrap();
     log.append(rec(1)).await.unwrap();
     let holder = Connection::open(&s.path).unwrap();
@@ -626,4 +629,152 @@ async fn a_full_queue_fails_at_once_and_a_second_shutdown_returns() {
     log.shutdown().await;
     assert!(again.elapsed() < Duration::from_secs(1), "a second shutdown does not wait");
     assert!(matches!(log.append(rec(9)).await, Err(AuditError::Closed)));
+}
+
+/// Every page of `filter` (pages of `page`), as sequences, read through a fresh read-only
+/// connection the way `ListAuditEvents` and the CLI read.
+fn paged(path: &Path, filter: &AuditFilter, page: usize) -> Vec<i64> {
+    let conn = audit::open_reader(path).unwrap();
+    let (mut out, mut after) = (Vec::new(), None);
+    loop {
+        let events = audit::list(&conn, filter, after, page).unwrap();
+        let Some(last) = events.last() else { return out };
+        after = Some(last.sequence);
+        out.extend(events.iter().map(|e| e.sequence));
+    }
+}
+
+/// What `filter` must return, computed from an unfiltered read of the whole log.
+fn expected(path: &Path, filter: &AuditFilter) -> Vec<i64> {
+    let conn = audit::open_reader(path).unwrap();
+    let all = audit::list(&conn, &AuditFilter::default(), None, usize::MAX >> 1).unwrap();
+    all.iter()
+        .filter(|e| filter.tenant_id.as_ref().is_none_or(|t| e.record.tenant_id.as_ref() == Some(t)))
+        .filter(|e| filter.action.is_none_or(|a| e.record.action == a))
+        .filter(|e| filter.caller.as_ref().is_none_or(|c| &e.record.caller == c))
+        .map(|e| e.sequence)
+        .collect()
+}
+
+async fn wait_indexed(log: &AuditLog, through: i64) {
+    let deadline = std::time::Instant::now() + SOON;
+    while log.tenant_index_through() < through {
+        assert!(std::time::Instant::now() < deadline, "tenant index stuck at {}", log.tenant_index_through());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn tenant_filters() -> Vec<AuditFilter> {
+    let t = |n: usize| Some(format!("tenant-{n}"));
+    vec![
+        AuditFilter { tenant_id: t(2), ..Default::default() },
+        AuditFilter { tenant_id: t(0), action: Some(Action::TokenMinted), ..Default::default() },
+        AuditFilter { tenant_id: t(3), caller: Some("spiffe://example.org/svc-1".into()), ..Default::default() },
+        AuditFilter { tenant_id: Some("no-such-tenant".into()), ..Default::default() },
+    ]
+}
+
+#[tokio::test]
+async fn tenant_queries_are_complete_before_during_and_after_background_indexing() {
+    let s = scratch();
+    let log = AuditLog::open(&s.path, key(), manual_checkpoints()).unwrap();
+    for i in 0..300 {
+        log.append(rec(i)).await.unwrap();
+    }
+    // Whatever the indexer has done so far, the answers are complete and in order.
+    for f in tenant_filters() {
+        assert_eq!(paged(&s.path, &f, 7), expected(&s.path, &f), "{f:?}");
+    }
+    wait_indexed(&log, 300).await;
+    assert!(audit::tenant_index_path(&s.path).exists());
+    // Part indexed, part beyond the watermark: pages cross the boundary.
+    log.shutdown().await;
+    let log = AuditLog::open(&s.path, key(), manual_checkpoints()).unwrap();
+    for i in 300..340 {
+        log.append(rec(i)).await.unwrap();
+    }
+    for f in tenant_filters() {
+        let want = expected(&s.path, &f);
+        assert_eq!(paged(&s.path, &f, 7), want, "{f:?}");
+        assert_eq!(paged(&s.path, &f, 1000), want, "{f:?}");
+        let mut out = Vec::new();
+        let n = audit::export(&s.path, &f, ExportFormat::Jsonl, &mut out).unwrap();
+        assert_eq!(n as usize, want.len(), "export of {f:?}");
+    }
+    assert_eq!(expected(&s.path, &tenant_filters()[0]).len(), 68, "tenant-2 is every fifth event");
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_foreign_stale_or_missing_tenant_index_is_never_trusted_and_is_rebuilt() {
+    let (a, b) = (scratch(), scratch());
+    // Log A: its index covers 200 events whose tenants differ from B's at the same sequences.
+    let log = AuditLog::open(&a.path, key(), manual_checkpoints()).unwrap();
+    for i in 0..200 {
+        log.append(rec(i + 1)).await.unwrap();
+    }
+    wait_indexed(&log, 200).await;
+    log.shutdown().await;
+    drop(log);
+    let log = AuditLog::open(&b.path, key(), manual_checkpoints()).unwrap();
+    for i in 0..120 {
+        log.append(rec(i)).await.unwrap();
+    }
+    wait_indexed(&log, 120).await;
+    log.shutdown().await;
+    drop(log);
+
+    // A's index put beside B (a restore gone wrong): ignored, B's answers stay B's.
+    let (ia, ib) = (audit::tenant_index_path(&a.path), audit::tenant_index_path(&b.path));
+    for suffix in ["", "-wal", "-shm"] {
+        let (from, to) = (format!("{}{suffix}", ia.display()), format!("{}{suffix}", ib.display()));
+        std::fs::remove_file(&to).ok();
+        if Path::new(&from).exists() {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+    for f in tenant_filters() {
+        assert_eq!(paged(&b.path, &f, 9), expected(&b.path, &f), "{f:?}");
+    }
+    // The server rebuilds it for B.
+    let log = AuditLog::open(&b.path, key(), manual_checkpoints()).unwrap();
+    wait_indexed(&log, 120).await;
+    for f in tenant_filters() {
+        assert_eq!(paged(&b.path, &f, 9), expected(&b.path, &f), "{f:?}");
+    }
+    log.shutdown().await;
+    // Deleted: the log is still fully queryable.
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", ib.display())).ok();
+    }
+    for f in tenant_filters() {
+        assert_eq!(paged(&b.path, &f, 9), expected(&b.path, &f), "{f:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_log_written_before_the_tenant_index_moved_is_read_and_upgraded() {
+    let s = scratch();
+    closed_log(&s.path, 20, None).await;
+    // Back to schema 1: the index inside the audit database, as version 1 wrote it.
+    sql(&s.path, "CREATE INDEX events_by_tenant ON events (tenant_id); PRAGMA user_version = 1;");
+    std::fs::remove_file(audit::tenant_index_path(&s.path)).ok();
+    let r = verify(&s.path, None);
+    assert!(r.ok && r.events_checked == 20, "an old file is readable: {r:?}");
+    let f = &tenant_filters()[0];
+    assert_eq!(paged(&s.path, f, 3), expected(&s.path, f));
+    let log = AuditLog::open(&s.path, key(), manual_checkpoints()).unwrap();
+    log.append(rec(21)).await.unwrap();
+    log.shutdown().await;
+    let conn = Connection::open(&s.path).unwrap();
+    let (version, old_index): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), \
+             (SELECT count(*) FROM sqlite_master WHERE name = 'events_by_tenant')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((version, old_index), (2, 0));
+    assert!(verify(&s.path, None).ok, "hashes and checkpoints survive the migration");
 }

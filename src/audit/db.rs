@@ -17,8 +17,10 @@ use super::{AuditError, chain};
 use crate::store::{self, Migration, StoreError};
 
 /// The audit database's migrations, applied in order; `PRAGMA user_version` counts them.
-pub const AUDIT_MIGRATIONS: &[Migration] =
-    &[("audit/0001_audit", include_str!("../../migrations/audit/0001_audit.sql"))];
+pub const AUDIT_MIGRATIONS: &[Migration] = &[
+    ("audit/0001_audit", include_str!("../../migrations/audit/0001_audit.sql")),
+    ("audit/0002_tenant_index_file", include_str!("../../migrations/audit/0002_tenant_index_file.sql")),
+];
 
 /// The columns of an event row, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "sequence, time_ms, caller, caller_serial, action, tenant_id, key_version, \
@@ -73,13 +75,8 @@ pub fn open_reader(path: &Path) -> Result<Connection, AuditError> {
     if !path.exists() {
         return Err(AuditError::Missing { path: name() });
     }
-    let conn = store::open_connection(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        AUDIT_MIGRATIONS,
-    )
-    .map_err(|e| match e {
-        // An uninitialised file would need migrating, which a read-only connection cannot.
+    let not_audit = |e: StoreError| match e {
+        // Not a WAL file, and a read-only connection cannot make it one: not ours.
         StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ReadOnly => {
             AuditError::NotAuditLog { path: name() }
         }
@@ -87,7 +84,18 @@ pub fn open_reader(path: &Path) -> Result<Connection, AuditError> {
             AuditError::NotAuditLog { path: name() }
         }
         e => e.into(),
-    })?;
+    };
+    let conn = store::open_unmigrated(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(not_audit)?;
+    // Every released schema is readable (they differ in indexes only); a newer one may not be.
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| not_audit(e.into()))?;
+    let supported = AUDIT_MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::SchemaTooNew { found: version, supported }.into());
+    }
+    if version < 1 {
+        return Err(AuditError::NotAuditLog { path: name() });
+    }
     let tables: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('events', 'checkpoints')",
         [],
@@ -97,6 +105,8 @@ pub fn open_reader(path: &Path) -> Result<Connection, AuditError> {
         return Err(AuditError::NotAuditLog { path: name() });
     }
     conn.set_prepared_statement_cache_capacity(64);
+    // Best effort: without it tenant queries scan (see `tenant_index`).
+    super::tenant_index::attach(&conn, path);
     Ok(conn)
 }
 

@@ -14,7 +14,7 @@ use super::chain::Checkpoint;
 use super::db::{self, EVENT_COLUMNS, event_from_row, open_reader};
 use super::record::{Action, AuditEvent, Outcome};
 use super::verify::{VerifyReport, verify_conn};
-use super::{AuditError, AuditLog};
+use super::{AuditError, AuditLog, tenant_index};
 
 /// Which events to list or export. Every condition given must hold; `None` matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,11 +33,12 @@ pub struct AuditFilter {
 impl AuditFilter {
     /// `WHERE ...` (possibly empty) and its parameters. Only the conditions given appear in
     /// the SQL, so SQLite can pick the matching index (`col = ? OR ? IS NULL` would defeat it).
-    fn sql(&self, after_sequence: Option<i64>) -> (String, Vec<Value>) {
-        let mut conds: Vec<&str> = Vec::new();
+    /// `prefix` qualifies the column names (`"e."` in a join, `""` otherwise).
+    fn sql(&self, after_sequence: Option<i64>, prefix: &str) -> (String, Vec<Value>) {
+        let mut conds: Vec<String> = Vec::new();
         let mut params: Vec<Value> = Vec::new();
         let mut add = |cond: &'static str, v: Value| {
-            conds.push(cond);
+            conds.push(format!("{prefix}{cond}"));
             params.push(v);
         };
         if let Some(a) = after_sequence {
@@ -74,15 +75,11 @@ pub fn list(
     after_sequence: Option<i64>,
     limit: usize,
 ) -> Result<Vec<AuditEvent>, AuditError> {
-    let (clause, mut params) = filter.sql(after_sequence);
-    params.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events{clause} ORDER BY sequence LIMIT ?");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let mut out = Vec::with_capacity(limit.min(1024));
-    while let Some(row) = rows.next()? {
-        out.push(event_from_row(row)??);
-    }
+    select(conn, filter, after_sequence, Some(limit), |e| {
+        out.push(e);
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -90,18 +87,88 @@ pub fn list(
 pub(crate) fn scan(
     conn: &Connection,
     filter: &AuditFilter,
+    f: impl FnMut(AuditEvent) -> Result<(), AuditError>,
+) -> Result<u64, AuditError> {
+    select(conn, filter, None, None, f)
+}
+
+/// The one query behind [`list`] and [`scan`]. A tenant filter is answered from the tenant
+/// index file up to its trusted watermark and by scanning `events` beyond it (see
+/// [`super::tenant_index`]); everything else from the `events` table and its indexes.
+fn select(
+    conn: &Connection,
+    filter: &AuditFilter,
+    after_sequence: Option<i64>,
+    limit: Option<usize>,
     mut f: impl FnMut(AuditEvent) -> Result<(), AuditError>,
 ) -> Result<u64, AuditError> {
-    let (clause, params) = filter.sql(None);
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events{clause} ORDER BY sequence");
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-    let mut n = 0;
-    while let Some(row) = rows.next()? {
-        f(event_from_row(row)??)?;
-        n += 1;
+    let mut n: u64 = 0;
+    let mut run = |sql: &str, params: Vec<Value>, n: &mut u64| -> Result<Option<i64>, AuditError> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        let mut last = None;
+        while let Some(row) = rows.next()? {
+            let e = event_from_row(row)??;
+            last = Some(e.sequence);
+            f(e)?;
+            *n += 1;
+        }
+        Ok(last)
+    };
+    let limit_sql = |params: &mut Vec<Value>, taken: u64| match limit {
+        Some(l) => {
+            params.push(Value::Integer(i64::try_from(l as u64 - taken).unwrap_or(i64::MAX)));
+            " LIMIT ?"
+        }
+        None => "",
+    };
+    let Some(tenant) = filter.tenant_id.as_ref() else {
+        let (clause, mut params) = filter.sql(after_sequence, "");
+        let lim = limit_sql(&mut params, 0);
+        run(&format!("SELECT {EVENT_COLUMNS} FROM events{clause} ORDER BY sequence{lim}"), params, &mut n)?;
+        return Ok(n);
+    };
+    // One read snapshot for both parts (the caller's, if it has one open), the index's
+    // watermark read first. ATTACH is not possible inside a transaction: `open_reader` did it.
+    let own_tx = conn.is_autocommit();
+    if own_tx && let Some(p) = conn.path() {
+        tenant_index::attach(conn, std::path::Path::new(p));
+    }
+    let tx = if own_tx { Some(conn.unchecked_transaction()?) } else { None };
+    let through = tenant_index::trusted_through(conn);
+    let after = after_sequence.unwrap_or(0);
+    if through > after {
+        let (clause, mut params) = filter.sql(after_sequence, "e.");
+        // `clause` is never empty here: it holds the tenant condition, re-checked on `e`.
+        let mut sql = format!(
+            "SELECT {} FROM idx.tenant_events AS t CROSS JOIN main.events AS e ON e.sequence = t.sequence{clause} \
+             AND t.tenant_id = ? AND t.sequence <= ?",
+            qualified_columns()
+        );
+        params.push(Value::Text(tenant.clone()));
+        params.push(Value::Integer(through));
+        if after > 0 {
+            sql.push_str(" AND t.sequence > ?");
+            params.push(Value::Integer(after));
+        }
+        let lim = limit_sql(&mut params, 0);
+        run(&format!("{sql} ORDER BY t.sequence{lim}"), params, &mut n)?;
+    }
+    if limit.is_none_or(|l| n < l as u64) {
+        let (clause, mut params) = filter.sql(Some(after.max(through)), "");
+        let lim = limit_sql(&mut params, n);
+        run(&format!("SELECT {EVENT_COLUMNS} FROM events{clause} ORDER BY sequence{lim}"), params, &mut n)?;
+    }
+    if let Some(tx) = tx {
+        tx.finish()?;
     }
     Ok(n)
+}
+
+/// [`EVENT_COLUMNS`] qualified with `e.`.
+fn qualified_columns() -> &'static str {
+    static COLS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COLS.get_or_init(|| EVENT_COLUMNS.split(", ").map(|c| format!("e.{}", c.trim())).collect::<Vec<_>>().join(", "))
 }
 
 /// Up to `limit` events with sequence ≥ `from_sequence`, in order: the replay half of a

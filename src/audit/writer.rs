@@ -37,6 +37,7 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use super::chain::Checkpoint;
 use super::record::{AuditEvent, AuditRecord};
+use super::tenant_index::Indexer;
 use super::{AuditConfig, AuditError, db};
 use crate::store::now_ms;
 
@@ -58,7 +59,10 @@ pub struct Receipt {
 #[derive(Debug)]
 enum Outcome {
     /// Committed at `time_ms`; `links[i]` is (sequence, prev_hash, hash) of the batch's i-th record.
-    Durable { time_ms: i64, links: Vec<(i64, [u8; 32], [u8; 32])> },
+    Durable {
+        time_ms: i64,
+        links: Vec<(i64, [u8; 32], [u8; 32])>,
+    },
     Unavailable(String),
 }
 
@@ -148,10 +152,12 @@ struct Inner {
     cfg: AuditConfig,
     path: PathBuf,
     public_key: VerifyingKey,
+    indexer: Indexer,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.indexer.stop();
         // Every handle is gone: the writer finishes what is queued and stops, like a shutdown.
         lock(&self.shared.queue).closed = true;
         self.writer.unpark();
@@ -242,8 +248,11 @@ impl AuditLog {
             thread.thread().unpark();
             return Err(failed(e));
         }
+        // Derived data: a log whose index cannot be kept still serves (tenant queries scan).
+        let indexer = Indexer::start(path).map_err(failed)?;
         Ok(AuditLog {
             inner: Arc::new(Inner {
+                indexer,
                 shared,
                 writer: thread.thread().clone(),
                 live: Mutex::new(Some(live)),
@@ -374,6 +383,7 @@ impl AuditLog {
             false
         };
         drop(lock(&self.inner.live).take());
+        self.inner.indexer.stop();
         if stopped {
             let thread = lock(&self.inner.thread).take();
             if let Some(t) = thread {
@@ -405,6 +415,12 @@ impl AuditLog {
     /// The audit database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The highest sequence the background tenant index covers (tenant queries scan the
+    /// events after it). For metrics and tests.
+    pub fn tenant_index_through(&self) -> i64 {
+        self.inner.indexer.through()
     }
 
     /// The public half of the checkpoint signing key.
@@ -555,7 +571,8 @@ impl Writer {
 
     /// Commits the batch (and a checkpoint if one is due or asked for), then answers.
     fn flush(&mut self, batch: Option<Batch>, waiters: Vec<Reply<Checkpoint>>) {
-        let due = !waiters.is_empty() || self.last_checkpoint.is_none_or(|t| t.elapsed() >= self.cfg.checkpoint_interval);
+        let due =
+            !waiters.is_empty() || self.last_checkpoint.is_none_or(|t| t.elapsed() >= self.cfg.checkpoint_interval);
         let records = batch.as_ref().map_or(&[][..], |b| &b.records[..]);
         let started = Instant::now();
         let committed = self.commit(due, records);

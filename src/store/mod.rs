@@ -158,13 +158,20 @@ pub fn supported_schema_version() -> i64 {
 /// `migrations` (for the vault database, and for the audit database with its own list).
 /// Use [`create_private_file`] first when the file may not exist yet.
 pub fn open_connection(path: &Path, flags: OpenFlags, migrations: &[Migration]) -> Result<Connection, StoreError> {
-    let mut conn = Connection::open_with_flags(path, flags)?;
+    let mut conn = open_unmigrated(path, flags)?;
+    migrate(&mut conn, migrations)?;
+    Ok(conn)
+}
+
+/// [`open_connection`] without the migrations: for read-only readers, which accept any
+/// schema version they can read and check it themselves.
+pub fn open_unmigrated(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "secure_delete", "ON")?;
-    migrate(&mut conn, migrations)?;
     Ok(conn)
 }
 

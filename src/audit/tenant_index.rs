@@ -1,0 +1,228 @@
+//! The tenant index: which events name which tenant, kept in a file of its own beside the
+//! audit database and filled in the background, so a durable append never pays for it.
+//!
+//! Why not an index on `events`: tenants arrive in random order, so an index on
+//! `events(tenant_id)` puts every record on a different leaf page. Each commit then writes a
+//! page per record to the WAL and every WAL checkpoint copies them back, which was most of the
+//! tail latency of `GetAccessToken` (BENCHMARKS.md). Filled in large sorted steps instead, a
+//! leaf page is written once per step, off the path a request waits on.
+//!
+//! Invariants:
+//! - **Derived, never trusted.** The file holds `(tenant_id, sequence)` pairs and a watermark
+//!   (`through`, the hash of event `through`). Nothing in it is part of the chain; deleting it
+//!   loses nothing (it is rebuilt); a query uses it only when the watermark's hash matches the
+//!   audit database's event at `through` (so an index left from another log, or a restored
+//!   older one, is ignored and rebuilt), and re-checks the tenant on every event it returns.
+//! - **Complete answers.** A query takes the indexed part (sequences up to `through`) from
+//!   the index and scans `events` beyond `through` (at most a few steps' worth of events), so
+//!   its answer never depends on how far the indexer has got.
+//! - Only the server's indexer thread writes the file; readers attach it read-only.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::AuditError;
+use super::db::open_reader;
+use crate::store;
+
+/// Events indexed per step (one transaction on the index file).
+const STEP: usize = 16 * 1024;
+/// The pause between steps once caught up.
+const IDLE: Duration = Duration::from_millis(250);
+/// The schema version of the index file; a file of another version is rebuilt.
+const VERSION: i64 = 1;
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS tenant_events (
+        tenant_id TEXT    NOT NULL,
+        sequence  INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, sequence)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS indexed (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        through      INTEGER NOT NULL,
+        through_hash BLOB    NOT NULL
+    );";
+
+/// The index file of the audit database at `audit_db`: `audit.db` -> `audit.tenant-index.db`.
+pub fn tenant_index_path(audit_db: &Path) -> PathBuf {
+    let stem = audit_db.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "audit".into());
+    audit_db.with_file_name(format!("{stem}.tenant-index.db"))
+}
+
+/// The watermark as stored: events `1..=through` are indexed, and event `through` has `hash`.
+fn watermark(conn: &Connection, schema: &str) -> rusqlite::Result<Option<(i64, Vec<u8>)>> {
+    conn.query_row(&format!("SELECT through, through_hash FROM {schema}.indexed WHERE id = 1"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()
+}
+
+/// The hash of event `sequence` in the audit database (`main`), if there is one.
+fn event_hash(conn: &Connection, sequence: i64) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT hash FROM main.events WHERE sequence = ?1")?
+        .query_row([sequence], |r| r.get(0))
+        .optional()
+}
+
+/// Attaches the index file to an audit connection as `idx` (read-only when the connection
+/// is), unless attached already. False when there is no index file or it cannot be attached.
+pub(crate) fn attach(conn: &Connection, audit_db: &Path) -> bool {
+    let index = tenant_index_path(audit_db);
+    if !index.exists() {
+        return false;
+    }
+    let attached = conn
+        .query_row("SELECT count(*) FROM pragma_database_list WHERE name = 'idx'", [], |r| r.get::<_, i64>(0))
+        .is_ok_and(|n| n > 0);
+    attached || conn.execute("ATTACH DATABASE ?1 AS idx", [index.to_string_lossy().as_ref()]).is_ok()
+}
+
+/// How far the attached index can be trusted: its watermark if its hash matches the log's
+/// event there, else 0 (scan everything). Call inside the read transaction the query uses,
+/// before reading any event, so every event the watermark covers is in that snapshot.
+pub(crate) fn trusted_through(conn: &Connection) -> i64 {
+    let trusted = || -> rusqlite::Result<i64> {
+        let version: i64 = conn.query_row("PRAGMA idx.user_version", [], |r| r.get(0))?;
+        let Some((through, hash)) = watermark(conn, "idx")? else { return Ok(0) };
+        if version != VERSION || through < 1 || event_hash(conn, through)?.as_deref() != Some(&hash[..]) {
+            return Ok(0);
+        }
+        Ok(through)
+    };
+    trusted().unwrap_or(0)
+}
+
+/// The background indexer's handle: stop it, and read how far it has got.
+#[derive(Debug, Clone)]
+pub(crate) struct Indexer {
+    stop: Arc<AtomicBool>,
+    through: Arc<AtomicI64>,
+}
+
+impl Indexer {
+    /// Starts the indexer thread for the audit database at `audit_db`.
+    pub(crate) fn start(audit_db: &Path) -> std::io::Result<Indexer> {
+        let me = Indexer { stop: Arc::default(), through: Arc::default() };
+        let (audit_db, handle) = (audit_db.to_owned(), me.clone());
+        std::thread::Builder::new().name("pogo-audit-index".into()).spawn(move || handle.run(&audit_db))?;
+        Ok(me)
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The highest sequence indexed so far (0 before the first step).
+    pub(crate) fn through(&self) -> i64 {
+        self.through.load(Ordering::Relaxed)
+    }
+
+    fn run(&self, audit_db: &Path) {
+        let mut failing = false;
+        let mut conns = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            let step = match conns.take() {
+                Some(c) => Ok(c),
+                None => open_both(audit_db),
+            }
+            .and_then(|(events, index)| {
+                let r = index_step(&events, &index);
+                conns = Some((events, index));
+                r
+            });
+            match step {
+                Ok((through, more)) => {
+                    self.through.store(through, Ordering::Relaxed);
+                    if failing {
+                        tracing::info!("audit tenant index is being filled again");
+                        failing = false;
+                    }
+                    if more {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    // Derived data: queries scan instead, so this is a warning, not a failure.
+                    if !failing {
+                        tracing::warn!(error = %e, "audit tenant index step failed; tenant queries scan the log meanwhile");
+                        failing = true;
+                    }
+                    conns = None;
+                }
+            }
+            std::thread::sleep(IDLE);
+        }
+    }
+}
+
+/// A read-only connection on the audit database and a read-write one on the index file.
+fn open_both(audit_db: &Path) -> Result<(Connection, Connection), AuditError> {
+    let events = open_reader(audit_db)?;
+    let path = tenant_index_path(audit_db);
+    store::create_private_file(&path)?;
+    let index =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    index.busy_timeout(Duration::from_secs(5))?;
+    index.pragma_update(None, "journal_mode", "WAL")?;
+    // Losing the last steps to a power cut costs only their re-indexing.
+    index.pragma_update(None, "synchronous", "NORMAL")?;
+    let version: i64 = index.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != VERSION {
+        index.execute_batch("DROP TABLE IF EXISTS tenant_events; DROP TABLE IF EXISTS indexed;")?;
+    }
+    index.execute_batch(SCHEMA)?;
+    index.pragma_update(None, "user_version", VERSION)?;
+    Ok((events, index))
+}
+
+/// Indexes up to [`STEP`] events past the watermark in one transaction (starting over when
+/// the watermark does not match the log). Returns the new watermark and whether more remain.
+fn index_step(events: &Connection, index: &Connection) -> Result<(i64, bool), AuditError> {
+    let read = events.unchecked_transaction()?;
+    let mut from = match watermark(index, "main")? {
+        Some((through, hash)) if event_hash(&read, through)?.as_deref() == Some(&hash[..]) => through,
+        None => 0,
+        Some(_) => {
+            tracing::warn!("audit tenant index does not match the audit log (restored or replaced?); rebuilding it");
+            index.execute_batch("DELETE FROM tenant_events; DELETE FROM indexed;")?;
+            0
+        }
+    };
+    let mut rows: Vec<(String, i64)> = Vec::new();
+    let mut last: Option<(i64, Vec<u8>)> = None;
+    {
+        let mut stmt = read.prepare_cached(
+            "SELECT sequence, tenant_id, hash FROM events WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
+        )?;
+        let mut q = stmt.query(params![from, STEP as i64])?;
+        while let Some(r) = q.next()? {
+            let sequence: i64 = r.get(0)?;
+            if let Some(t) = r.get::<_, Option<String>>(1)? {
+                rows.push((t, sequence));
+            }
+            last = Some((sequence, r.get(2)?));
+        }
+    }
+    read.finish()?;
+    let Some((through, hash)) = last else { return Ok((from, false)) };
+    let more = through - from >= STEP as i64;
+    // Sorted, each leaf page is visited once per step.
+    rows.sort_unstable();
+    let tx = index.unchecked_transaction()?;
+    {
+        let mut insert =
+            tx.prepare_cached("INSERT OR IGNORE INTO tenant_events (tenant_id, sequence) VALUES (?1, ?2)")?;
+        for (tenant, sequence) in &rows {
+            insert.execute(params![tenant, sequence])?;
+        }
+        tx.prepare_cached("INSERT OR REPLACE INTO indexed (id, through, through_hash) VALUES (1, ?1, ?2)")?
+            .execute(params![through, hash])?;
+    }
+    tx.commit()?;
+    from = through;
+    Ok((from, more))
+}
