@@ -30,6 +30,8 @@ use crate::tls::{CallerIdentity, ServerTls, identity_from_der};
 pub struct ConnInfo {
     pub identity: Arc<CallerIdentity>,
     pub peer: SocketAddr,
+    /// `peer` as text, formatted once per connection for the audit records of its requests.
+    pub peer_text: Arc<str>,
     /// The client's certificate chain, to check again after a certificate/CRL reload.
     pub chain: Arc<Vec<CertificateDer<'static>>>,
     /// The TLS generation this connection was last verified against.
@@ -185,6 +187,7 @@ pub async fn accept_loop(
                     let info = ConnInfo {
                         identity: Arc::new(identity),
                         peer,
+                        peer_text: peer.to_string().into(),
                         chain: Arc::new(chain),
                         verified: Arc::new(AtomicU64::new(generation)),
                     };

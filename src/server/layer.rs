@@ -78,7 +78,12 @@ where
                 })
                 .map(str::to_owned)
                 .unwrap_or_else(new_request_id);
-            let caller = Caller { identity: conn.identity.clone(), peer: conn.peer, request_id: request_id.clone() };
+            let caller = Caller {
+                identity: conn.identity.clone(),
+                peer: conn.peer,
+                peer_text: conn.peer_text.clone(),
+                request_id: request_id.clone(),
+            };
             let path = req.uri().path().to_owned();
             let denied = match methods::requirement(&path) {
                 // A connection made before a certificate/CRL reload is checked again: a
@@ -126,9 +131,43 @@ fn set_request_id<B>(resp: &mut http::Response<B>, id: &str) {
     }
 }
 
-/// 16 random bytes as hex.
+/// A request id: 32 hex digits, unique within the process and (by a random per-process
+/// prefix) across restarts, without a system call per request. The low half is a counter
+/// passed through a keyed bijection (the splitmix64 finaliser), so ids stay unique and do not
+/// show the request count at a glance. Unique, not unpredictable: never use one where
+/// guessing must be hard (the onboarding `state` is random bytes, see `onboarding_svc`).
 pub fn new_request_id() -> String {
+    static SEED: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let [prefix, key] = *SEED.get_or_init(|| {
+        let mut b = [0u8; 16];
+        let _ = getrandom::fill(&mut b);
+        let (p, k) = b.split_at(8);
+        [u64::from_le_bytes(p.try_into().unwrap_or_default()), u64::from_le_bytes(k.try_into().unwrap_or_default())]
+    });
+    let mut z = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) ^ key;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
     let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
+    b[..8].copy_from_slice(&prefix.to_be_bytes());
+    b[8..].copy_from_slice(&z.to_be_bytes());
     crate::crypto::secret::hex(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_hex_and_share_the_process_prefix() {
+        let ids: Vec<String> = (0..200_000).map(|_| new_request_id()).collect();
+        let distinct: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert!(ids.iter().all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert!(ids.iter().all(|id| id[..16] == ids[0][..16]), "one prefix per process");
+        // Consecutive ids do not look consecutive: about half go up, half go down.
+        let up = ids.windows(2).filter(|w| w[1] > w[0]).count() as f64 / (ids.len() - 1) as f64;
+        assert!((0.45..0.55).contains(&up), "{up}");
+    }
 }

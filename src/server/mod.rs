@@ -48,6 +48,8 @@ mod token_svc;
 pub struct Caller {
     pub identity: Arc<CallerIdentity>,
     pub peer: SocketAddr,
+    /// `peer` as text (formatted once per connection).
+    pub peer_text: Arc<str>,
     pub request_id: String,
 }
 
@@ -108,7 +110,7 @@ impl ServerState {
             token_fingerprint: extra.token_fingerprint,
             detail: detail.to_owned(),
             request_id: caller.request_id.clone(),
-            peer: caller.peer.to_string(),
+            peer: caller.peer_text.to_string(),
         };
         match self.audit.append_receipt(rec).await {
             Ok(_) => Ok(()),
@@ -197,6 +199,7 @@ fn server_caller(addr: SocketAddr) -> Caller {
             serial: String::new(),
         }),
         peer: addr,
+        peer_text: addr.to_string().into(),
         request_id: layer::new_request_id(),
     }
 }

@@ -76,8 +76,12 @@ fn parse_begin(r: &pb::BeginOnboardingRequest) -> Result<Begin, InvalidInput> {
     Ok(Begin { env, redirect, org, prefix })
 }
 
-fn new_id() -> String {
-    super::layer::new_request_id()
+/// The onboarding id, sent to Go as the `state` of the redirect: 16 random bytes, because
+/// it must be unguessable (request ids are only unique).
+fn new_id() -> Option<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).ok()?;
+    Some(crate::crypto::secret::hex(&b))
 }
 
 impl OnboardingSvc {
@@ -101,7 +105,10 @@ impl OnboardingService for OnboardingSvc {
             Ok(b) => b,
             Err(e) => return Err(self.refuse(&caller, action, Outcome::Denied, errors::invalid(&e)).await),
         };
-        let id = new_id();
+        let Some(id) = new_id() else {
+            let status = Status::unavailable("the system random number generator failed; retry shortly");
+            return Err(self.refuse(&caller, action, Outcome::Error, status).await);
+        };
         let mut redirect = b.redirect.clone();
         redirect.query_pairs_mut().append_pair(STATE_PARAM, &id);
         let org = b.org.as_ref().map(|o| o.as_str().to_owned());

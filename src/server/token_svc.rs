@@ -83,7 +83,7 @@ impl TokenSvc {
                 let extra = Extra {
                     key_version: Some(t.key_version),
                     upstream_status,
-                    token_fingerprint: Some(t.fingerprint.to_string()),
+                    token_fingerprint: Some(t.fingerprint_text.clone()),
                 };
                 // Durable before the token leaves (DESIGN.md invariant 6): fail closed.
                 st.record(&caller, Action::TokenMinted, Some(&tenant), Outcome::Ok, detail, extra).await?;

@@ -130,6 +130,9 @@ pub struct CachedToken {
     pub key_version: i64,
     /// Keyed fingerprint of the token, for the audit log.
     pub fingerprint: Fingerprint,
+    /// `fingerprint` as the audit log writes it (`keyid:tag`), formatted once per token
+    /// rather than on every cache hit.
+    pub fingerprint_text: String,
     refresh_at: Instant,
 }
 
@@ -576,6 +579,7 @@ impl Broker {
             environment: integ.record.environment,
             api_base_url: format!("{}/v2", integ.record.base_url),
             key_version: rec.key_version,
+            fingerprint_text: fingerprint.to_string(),
             fingerprint,
         }))
     }
