@@ -214,6 +214,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "# HELP pogo_vault_audit_last_checkpoint_age_seconds Seconds since the last signed checkpoint (-1: none yet).\n# TYPE pogo_vault_audit_last_checkpoint_age_seconds gauge"
     );
     let _ = writeln!(o, "pogo_vault_audit_last_checkpoint_age_seconds {}", a.last_checkpoint_age_secs);
+    let _ = writeln!(
+        o,
+        "# HELP pogo_vault_audit_tenant_index_lag_events Audit events not yet in the background tenant index (tenant queries scan them).\n# TYPE pogo_vault_audit_tenant_index_lag_events gauge"
+    );
+    let _ = writeln!(o, "pogo_vault_audit_tenant_index_lag_events {}", a.tenant_index_lag);
     out
 }
 

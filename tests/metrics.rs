@@ -67,6 +67,16 @@ async fn counters_follow_a_scripted_sequence_and_hold_no_secret() {
     assert!(value(&after, "pogo_vault_audit_records_total") >= 9.0);
     assert_eq!(value(&after, "pogo_vault_audit_healthy"), 1.0);
     assert_eq!(value(&after, "pogo_vault_audit_commit_failures_total"), 0.0);
+    // The background tenant index catches up with the log (bounded wait, no timing asserted).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lag = value(&scrape().await, "pogo_vault_audit_tenant_index_lag_events");
+        if lag == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "tenant index lag stays at {lag}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(after.contains("pogo_vault_build_info{version=\""));
     assert!(!after.contains("tenant=") && !after.contains("acme") && !after.contains("beta"), "no per-tenant labels");
 

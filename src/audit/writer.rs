@@ -170,6 +170,8 @@ pub struct AuditStats {
     records: AtomicU64,
     commit_failures: AtomicU64,
     queued: AtomicU64,
+    /// The head this process last committed.
+    head: AtomicI64,
     last_checkpoint_ms: AtomicI64,
     latency: crate::metrics::Histogram,
 }
@@ -183,6 +185,8 @@ pub struct AuditStatsSnapshot {
     pub commit_latency: Arc<AuditStats>,
     pub healthy: bool,
     pub last_checkpoint_age_secs: f64,
+    /// Events after the tenant index's watermark (tenant queries scan these).
+    pub tenant_index_lag: u64,
 }
 
 impl AuditStats {
@@ -218,12 +222,10 @@ impl AuditLog {
         let conn = db::open_writer(path, &public_key, Some(cfg.busy_timeout))?;
         let (head_seq, _) = db::head(&conn)?;
         let checkpointed_seq = db::latest_checkpoint(&conn)?.map_or(0, |c| c.sequence);
+        let stats = Arc::new(AuditStats::default());
+        stats.head.store(head_seq, Ordering::Relaxed);
 
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            health: watch::Sender::new(true),
-            stats: Arc::new(AuditStats::default()),
-        });
+        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), health: watch::Sender::new(true), stats });
         let (live, _) = broadcast::channel(cfg.broadcast_capacity);
         let writer = Writer {
             shared: shared.clone(),
@@ -275,6 +277,7 @@ impl AuditLog {
             commit_latency: s.clone(),
             healthy: self.is_healthy(),
             last_checkpoint_age_secs: if last == 0 { -1.0 } else { (now_ms() - last).max(0) as f64 / 1000.0 },
+            tenant_index_lag: s.head.load(Ordering::Relaxed).saturating_sub(self.tenant_index_through()).max(0) as u64,
         }
     }
 
@@ -633,6 +636,7 @@ impl Writer {
         let checkpoint = if with_checkpoint { Some(db::put_checkpoint(&tx, &self.key, seq, hash)?) } else { None };
         tx.commit()?;
         self.head_seq = seq;
+        self.shared.stats.head.store(seq, Ordering::Relaxed);
         if checkpoint.is_some() {
             self.checkpointed_seq = seq;
             self.last_checkpoint = Some(Instant::now());
