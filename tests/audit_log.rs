@@ -22,7 +22,11 @@ fn key() -> SigningKey {
 /// Checkpoints only where a test asks (first batch, `checkpoint_now`, shutdown), so their
 /// positions are deterministic.
 fn manual_checkpoints() -> AuditConfig {
-    AuditConfig { checkpoint_interval: Duration::from_secs(3600), ..AuditConfig::default() }
+    AuditConfig {
+        checkpoint_interval: Duration::from_secs(3600),
+        tenant_index_interval: Duration::from_millis(20),
+        ..AuditConfig::default()
+    }
 }
 
 fn rec(i: usize) -> AuditRecord {

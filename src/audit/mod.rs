@@ -22,6 +22,10 @@
 //!   fingerprints; [`AuditRecord::detail`] is written by our own code and never holds a secret.
 //! - Readers ([`list`], [`verify`], [`export`], [`AuditWatch`]) use their own read-only
 //!   connections, never the writer's.
+//! - **No append waits longer than [`AuditConfig::append_timeout`]**: a watchdog thread fails
+//!   any batch the writer has not committed by then (a writer stuck in `fsync`, or dead).
+//! - The tenant index is a derived file beside the database, filled in the background and
+//!   never trusted beyond a hash-checked watermark (see `tenant_index`).
 //!
 //! # Canonical encodings (version 1)
 //!
@@ -138,6 +142,9 @@ pub struct AuditConfig {
     pub max_backoff: Duration,
     /// Live events buffered per subscriber before a slow one lags (and re-reads the file).
     pub broadcast_capacity: usize,
+    /// The longest the background tenant index waits before indexing new events (sooner
+    /// once 65,536 are waiting). Tenant queries scan the events it has not reached.
+    pub tenant_index_interval: Duration,
 }
 
 impl Default for AuditConfig {
@@ -150,6 +157,7 @@ impl Default for AuditConfig {
             busy_timeout: Duration::from_millis(250),
             max_backoff: Duration::from_millis(500),
             broadcast_capacity: 4096,
+            tenant_index_interval: Duration::from_secs(2),
         }
     }
 }

@@ -250,8 +250,7 @@ impl AuditLog {
             thread.thread().unpark();
             return Err(failed(e));
         }
-        // Derived data: a log whose index cannot be kept still serves (tenant queries scan).
-        let indexer = Indexer::start(path).map_err(failed)?;
+        let indexer = Indexer::start(path, cfg.tenant_index_interval).map_err(failed)?;
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 indexer,
@@ -700,13 +699,14 @@ impl Watchdog {
                 let queued = q.batches.iter().take_while(|b| late(b.queued_at)).map(|b| b.done.clone());
                 in_flight.chain(queued).filter(|d| d.outcome.get().is_none()).collect()
             };
-            let reason = format!("the record was not durable within {} ms", self.limit.as_millis());
-            let mut failed = false;
-            for d in stale {
-                failed |= d.complete(Outcome::Unavailable(reason.clone()));
+            if stale.is_empty() {
+                continue;
             }
-            if failed {
-                self.shared.mark_failed(&reason);
+            let reason = format!("the record was not durable within {} ms", self.limit.as_millis());
+            // Health first: whoever gets the error may look at health next.
+            self.shared.mark_failed(&reason);
+            for d in stale {
+                d.complete(Outcome::Unavailable(reason.clone()));
             }
         }
     }
