@@ -129,7 +129,7 @@ pub enum AuditError {
 pub struct AuditConfig {
     /// The most records committed in one transaction.
     pub max_batch: usize,
-    /// Records waiting for the writer, beyond which appends wait (within `append_timeout`).
+    /// Records waiting for the writer, beyond which an append fails at once (`Unavailable`).
     pub queue_capacity: usize,
     /// An append that is not durable within this time fails with [`AuditError::Unavailable`].
     pub append_timeout: Duration,

@@ -92,9 +92,12 @@ pub(crate) fn scan(
     select(conn, filter, None, None, f)
 }
 
-/// The one query behind [`list`] and [`scan`]. A tenant filter is answered from the tenant
-/// index file up to its trusted watermark and by scanning `events` beyond it (see
-/// [`super::tenant_index`]); everything else from the `events` table and its indexes.
+/// The one query behind [`list`] and [`scan`]. A tenant-filtered page ([`list`]) is answered
+/// from the tenant index file up to its trusted watermark and by scanning `events` beyond it
+/// (see [`super::tenant_index`]); if the index cannot be read, the page is answered by the
+/// scan alone. An export ([`scan`]) never uses the index: it reads every event, so its
+/// answer depends on the audit database alone. Everything else comes from `events` and its
+/// own indexes.
 fn select(
     conn: &Connection,
     filter: &AuditFilter,
@@ -102,31 +105,11 @@ fn select(
     limit: Option<usize>,
     mut f: impl FnMut(AuditEvent) -> Result<(), AuditError>,
 ) -> Result<u64, AuditError> {
-    let mut n: u64 = 0;
-    let mut run = |sql: &str, params: Vec<Value>, n: &mut u64| -> Result<Option<i64>, AuditError> {
-        let mut stmt = conn.prepare_cached(sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-        let mut last = None;
-        while let Some(row) = rows.next()? {
-            let e = event_from_row(row)??;
-            last = Some(e.sequence);
-            f(e)?;
-            *n += 1;
-        }
-        Ok(last)
-    };
-    let limit_sql = |params: &mut Vec<Value>, taken: u64| match limit {
-        Some(l) => {
-            params.push(Value::Integer(i64::try_from(l as u64 - taken).unwrap_or(i64::MAX)));
-            " LIMIT ?"
-        }
-        None => "",
-    };
-    let Some(tenant) = filter.tenant_id.as_ref() else {
+    let (Some(tenant), Some(limit)) = (filter.tenant_id.as_ref(), limit) else {
         let (clause, mut params) = filter.sql(after_sequence, "");
-        let lim = limit_sql(&mut params, 0);
-        run(&format!("SELECT {EVENT_COLUMNS} FROM events{clause} ORDER BY sequence{lim}"), params, &mut n)?;
-        return Ok(n);
+        let lim = limit_sql(&mut params, limit);
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events{clause} ORDER BY sequence{lim}");
+        return query(conn, &sql, params, &mut f);
     };
     // One read snapshot for both parts (the caller's, if it has one open), the index's
     // watermark read first. ATTACH is not possible inside a transaction: `open_reader` did it.
@@ -135,8 +118,9 @@ fn select(
         tenant_index::attach(conn, std::path::Path::new(p));
     }
     let tx = if own_tx { Some(conn.unchecked_transaction()?) } else { None };
-    let through = tenant_index::trusted_through(conn);
     let after = after_sequence.unwrap_or(0);
+    let mut through = tenant_index::trusted_through(conn);
+    let mut indexed = Vec::new();
     if through > after {
         let (clause, mut params) = filter.sql(after_sequence, "e.");
         // `clause` is never empty here: it holds the tenant condition, re-checked on `e`.
@@ -151,18 +135,60 @@ fn select(
             sql.push_str(" AND t.sequence > ?");
             params.push(Value::Integer(after));
         }
-        let lim = limit_sql(&mut params, 0);
-        run(&format!("{sql} ORDER BY t.sequence{lim}"), params, &mut n)?;
+        let lim = limit_sql(&mut params, Some(limit));
+        let read = query(conn, &format!("{sql} ORDER BY t.sequence{lim}"), params, &mut |e| {
+            indexed.push(e);
+            Ok(())
+        });
+        if let Err(e) = read {
+            // Derived data gone bad (corrupt, half-deleted): answer from the log itself.
+            tracing::warn!(error = %e, "audit tenant index unreadable; answering by scanning the log");
+            indexed.clear();
+            through = 0;
+        }
     }
-    if limit.is_none_or(|l| n < l as u64) {
+    let mut n = indexed.len() as u64;
+    for e in indexed {
+        f(e)?;
+    }
+    if n < limit as u64 {
         let (clause, mut params) = filter.sql(Some(after.max(through)), "");
-        let lim = limit_sql(&mut params, n);
-        run(&format!("SELECT {EVENT_COLUMNS} FROM events{clause} ORDER BY sequence{lim}"), params, &mut n)?;
+        let lim = limit_sql(&mut params, Some(limit - n as usize));
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events{clause} ORDER BY sequence{lim}");
+        n += query(conn, &sql, params, &mut f)?;
     }
     if let Some(tx) = tx {
         tx.finish()?;
     }
     Ok(n)
+}
+
+/// Runs `sql`, handing each event to `f`; returns how many.
+fn query(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<Value>,
+    f: &mut impl FnMut(AuditEvent) -> Result<(), AuditError>,
+) -> Result<u64, AuditError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut n = 0;
+    while let Some(row) = rows.next()? {
+        f(event_from_row(row)??)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// ` LIMIT ?` with its parameter, or nothing for no limit.
+fn limit_sql(params: &mut Vec<Value>, limit: Option<usize>) -> &'static str {
+    match limit {
+        Some(l) => {
+            params.push(Value::Integer(i64::try_from(l).unwrap_or(i64::MAX)));
+            " LIMIT ?"
+        }
+        None => "",
+    }
 }
 
 /// [`EVENT_COLUMNS`] qualified with `e.`.

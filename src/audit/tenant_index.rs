@@ -8,12 +8,18 @@
 //! leaf page is written once per step, off the path a request waits on.
 //!
 //! Invariants:
-//! - **Derived, never trusted.** The file holds `(tenant_id, sequence)` pairs and a watermark
+//! - **Derived data.** The file holds `(tenant_id, sequence)` pairs and a watermark
 //!   (`through`, the hash of event `through`). Nothing in it is part of the chain; deleting it
-//!   loses nothing (it is rebuilt); a query uses it only when the watermark's hash matches the
-//!   audit database's event at `through` (so an index left from another log, or a restored
-//!   older one, is ignored and rebuilt), and re-checks the tenant on every event it returns.
-//! - **Complete answers.** A query takes the indexed part (sequences up to `through`) from
+//!   loses nothing (it is rebuilt, also when it is found damaged or deleted while the server
+//!   runs). A page uses it only when the watermark's hash matches the audit database's event
+//!   at `through` (so an index left from another log, or a restored older one, is ignored and
+//!   rebuilt), re-checks the tenant on every event it returns, and falls back to a scan when
+//!   the file cannot be read. What it is trusted for: that it lists every event of the tenant
+//!   up to the watermark. An edited index can hide events from a tenant-filtered *page*
+//!   (as an edited SQLite index inside the audit database could), never show another tenant's
+//!   event or alter one; `export` and `verify` never read it, so they answer from the audit
+//!   database alone.
+//! - **Complete answers.** A page takes the indexed part (sequences up to `through`) from
 //!   the index and scans `events` beyond `through` (at most a few steps' worth of events), so
 //!   its answer never depends on how far the indexer has got.
 //! - Only the server's indexer thread writes the file; readers attach it read-only.
@@ -127,11 +133,18 @@ impl Indexer {
     }
 
     fn run(&self, audit_db: &Path, interval: Duration) {
-        let mut failing = false;
+        let index_path = tenant_index_path(audit_db);
+        let mut failing: Option<Duration> = None;
         let mut conns: Option<(Connection, Connection)> = None;
         // The first look at the log steps at once (a fresh or stale index catches up).
         let mut last_step: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
+            // Deleted under us (an operator, a restore): start a new file rather than keep
+            // writing to the unlinked one.
+            if conns.is_some() && !index_path.exists() {
+                conns = None;
+                last_step = None;
+            }
             let step = match conns.take() {
                 Some(c) => Ok(c),
                 None => open_both(audit_db),
@@ -143,24 +156,33 @@ impl Indexer {
             });
             match step {
                 Ok(more) => {
-                    if failing {
+                    if failing.take().is_some() {
                         tracing::info!("audit tenant index is being filled again");
-                        failing = false;
                     }
                     if more {
                         continue;
                     }
+                    std::thread::sleep(POLL);
                 }
                 Err(e) => {
-                    // Derived data: queries scan instead, so this is a warning, not a failure.
-                    if !failing {
-                        tracing::warn!(error = %e, "audit tenant index step failed; tenant queries scan the log meanwhile");
-                        failing = true;
-                    }
                     conns = None;
+                    // Derived data: queries scan instead, so this is a warning, not a failure.
+                    let pause = match failing {
+                        None => {
+                            tracing::warn!(error = %e, "audit tenant index step failed; tenant queries scan the log meanwhile");
+                            if !index_file_is_sound(&index_path) {
+                                tracing::warn!("audit tenant index file is damaged; rebuilding it");
+                                remove_index_files(&index_path);
+                                last_step = None;
+                            }
+                            Duration::from_secs(1)
+                        }
+                        Some(p) => (p * 2).min(Duration::from_secs(30)),
+                    };
+                    failing = Some(pause);
+                    std::thread::sleep(pause);
                 }
             }
-            std::thread::sleep(POLL);
         }
     }
 
@@ -183,6 +205,26 @@ impl Indexer {
         self.through.store(through, Ordering::Relaxed);
         *last_step = Some(Instant::now());
         Ok(more)
+    }
+}
+
+/// Whether the index file opens as a database that passes SQLite's quick check (a missing
+/// file is sound: it will be created).
+fn index_file_is_sound(path: &Path) -> bool {
+    if !path.exists() {
+        return true;
+    }
+    let check = || -> rusqlite::Result<bool> {
+        let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        c.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0)).map(|s| s == "ok")
+    };
+    check().unwrap_or(false)
+}
+
+/// Removes the index file and its WAL and shared-memory files.
+fn remove_index_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
 

@@ -118,7 +118,7 @@ struct Queue {
     closed: bool,
     /// The writer is parked with nothing to do: the next arrival must unpark it.
     writer_idle: bool,
-    /// The batch the writer is committing and when it took it (for the watchdog).
+    /// The batch the writer is committing and when it was queued (for the watchdog).
     in_flight: Option<(Arc<Done>, Instant)>,
 }
 
@@ -127,6 +127,8 @@ struct Shared {
     queue: Mutex<Queue>,
     health: watch::Sender<bool>,
     stats: Arc<AuditStats>,
+    /// The writer thread, for the watchdog to wake after it failed a batch.
+    writer: OnceLock<Thread>,
 }
 
 impl Shared {
@@ -225,7 +227,12 @@ impl AuditLog {
         let stats = Arc::new(AuditStats::default());
         stats.head.store(head_seq, Ordering::Relaxed);
 
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), health: watch::Sender::new(true), stats });
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            health: watch::Sender::new(true),
+            stats,
+            writer: OnceLock::new(),
+        });
         let (live, _) = broadcast::channel(cfg.broadcast_capacity);
         let writer = Writer {
             shared: shared.clone(),
@@ -239,18 +246,23 @@ impl AuditLog {
             backoff: INITIAL_BACKOFF,
             links: Vec::new(),
         };
-        let failed = |e: std::io::Error| AuditError::Unavailable {
-            reason: format!("cannot start the audit writer thread: {e}"),
+        let failed = |what: &str, e: std::io::Error| AuditError::Unavailable {
+            reason: format!("cannot start the audit {what} thread: {e}"),
         };
+        let indexer = Indexer::start(path, cfg.tenant_index_interval).map_err(|e| failed("index", e))?;
         let thread = std::thread::Builder::new().name("pogo-audit-writer".into()).spawn(move || writer.run());
-        let thread = thread.map_err(failed)?;
+        let thread = thread.map_err(|e| {
+            indexer.stop();
+            failed("writer", e)
+        })?;
+        let _ = shared.writer.set(thread.thread().clone());
         let watchdog = Watchdog { shared: shared.clone(), limit: cfg.append_timeout };
         if let Err(e) = std::thread::Builder::new().name("pogo-audit-watch".into()).spawn(move || watchdog.run()) {
+            indexer.stop();
             lock(&shared.queue).closed = true;
             thread.thread().unpark();
-            return Err(failed(e));
+            return Err(failed("watchdog", e));
         }
-        let indexer = Indexer::start(path, cfg.tenant_index_interval).map_err(failed)?;
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 indexer,
@@ -322,7 +334,9 @@ impl AuditLog {
                 reason: format!("{} records are already waiting for the audit writer", q.queued),
             });
         }
-        let joinable = q.batches.back().is_some_and(|b| b.records.len() < inner.cfg.max_batch);
+        // A batch the watchdog already failed takes no one else.
+        let joinable =
+            q.batches.back().is_some_and(|b| b.records.len() < inner.cfg.max_batch && b.done.outcome.get().is_none());
         if !joinable {
             let records = Vec::with_capacity(inner.cfg.max_batch.min(64));
             q.batches.push_back(Batch { records, done: Arc::default(), queued_at: Instant::now() });
@@ -482,8 +496,22 @@ struct Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        // Also on a panic: a dead writer must never look healthy.
+        // Also on a panic: a dead writer must never look healthy, and nothing may wait for
+        // it. (After a normal stop the queue is already closed and empty.)
         self.shared.health.send_replace(false);
+        let (waiting, shutdown) = {
+            let mut q = lock(&self.shared.queue);
+            q.closed = true;
+            let mut waiting: Vec<Arc<Done>> = q.batches.drain(..).map(|b| b.done).collect();
+            waiting.extend(q.in_flight.take().map(|(d, _)| d));
+            q.queued = 0;
+            q.checkpoint_waiters.clear();
+            (waiting, q.shutdown.take())
+        };
+        for d in waiting {
+            d.complete(Outcome::Unavailable("the audit writer stopped".into()));
+        }
+        drop(shutdown);
     }
 }
 
@@ -520,7 +548,9 @@ impl Writer {
                     if b.done.outcome.get().is_some() {
                         continue;
                     }
-                    q.in_flight = Some((b.done.clone(), Instant::now()));
+                    // Judged by when it was queued: the bound is from the append, not from
+                    // when the writer got to it.
+                    q.in_flight = Some((b.done.clone(), b.queued_at));
                     let waiters = std::mem::take(&mut q.checkpoint_waiters);
                     return Work::Commit(Some(b), waiters);
                 }
@@ -703,10 +733,18 @@ impl Watchdog {
                 continue;
             }
             let reason = format!("the record was not durable within {} ms", self.limit.as_millis());
-            // Health first: whoever gets the error may look at health next.
-            self.shared.mark_failed(&reason);
+            let mut won = false;
             for d in stale {
-                d.complete(Outcome::Unavailable(reason.clone()));
+                won |= d.complete(Outcome::Unavailable(reason.clone()));
+            }
+            // Only when a batch really was too late (the writer may have finished it since
+            // it was picked). The writer is woken so that, once it is free, it probes and
+            // turns health back on by itself rather than waiting for the next append.
+            if won {
+                self.shared.mark_failed(&reason);
+                if let Some(t) = self.shared.writer.get() {
+                    t.unpark();
+                }
             }
         }
     }

@@ -141,7 +141,14 @@ pub fn new_request_id() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let [prefix, key] = *SEED.get_or_init(|| {
         let mut b = [0u8; 16];
-        let _ = getrandom::fill(&mut b);
+        if getrandom::fill(&mut b).is_err() {
+            // Uniqueness across restarts is all that is needed: time and pid will do.
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            b[..8].copy_from_slice(&(nanos.as_nanos() as u64).to_le_bytes());
+            b[8..].copy_from_slice(
+                &(u64::from(std::process::id()) << 32 | u64::from(nanos.subsec_nanos())).to_le_bytes(),
+            );
+        }
         let (p, k) = b.split_at(8);
         [u64::from_le_bytes(p.try_into().unwrap_or_default()), u64::from_le_bytes(k.try_into().unwrap_or_default())]
     });
