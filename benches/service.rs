@@ -55,8 +55,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use pogo_vault::config::Config;
-use pogo_vault::crypto::{ClientKey, SubscriptionKey};
-use pogo_vault::domain::{DisplayName, Environment, Labels, TenantId};
+use pogo_vault::crypto::ClientKey;
+use pogo_vault::domain::{Environment, TenantId};
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::proto::v1::tenant_service_client::TenantServiceClient;
 use pogo_vault::proto::v1::token_service_client::TokenServiceClient;
@@ -65,7 +65,7 @@ use pogo_vault::server::{self, ServeOptions, conn};
 use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
 use pogo_vault::tls::{ClientTlsFiles, DevPki};
 use pogo_vault::tokens::BrokerConfig;
-use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, Vault};
+use pogo_vault::vault::{Argon2Costs, InitKey, NewTenant, Vault};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
@@ -511,14 +511,7 @@ async fn set_up(s: &Settings) -> Bench {
     let db = dir.path().join("vault.db");
     let master = dir.path().join("master.key");
     let vault = Vault::init(&db, &InitKey::GenerateKeyFile(master.clone()), Argon2Costs::default()).unwrap();
-    vault
-        .set_integration(&IntegrationInput {
-            environment: Environment::Demo,
-            application_key: sim::DEFAULT_APPLICATION_KEY.into(),
-            base_url: sim.base_url(Environment::Demo),
-            subscription_key: SubscriptionKey::parse(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY).unwrap(),
-        })
-        .unwrap();
+    vault.set_integration(&sim.demo_integration().unwrap()).unwrap();
 
     // Tenants the simulator knows: one for the first call, one for the storm, the hot set and
     // the cold set. The rest of the scale set ("fill") only needs to exist in the store.
@@ -537,14 +530,7 @@ async fn set_up(s: &Settings) -> Bench {
             .iter()
             .zip(&keys)
             .map(|(id, k)| {
-                let new = NewTenant {
-                    tenant_id: TenantId::parse_field("tenant_id", id).unwrap(),
-                    environment: Environment::Demo,
-                    display_name: DisplayName::default(),
-                    organization_number: None,
-                    go_client_id: None,
-                    labels: Labels::default(),
-                };
+                let new = NewTenant::new(TenantId::parse_field("tenant_id", id).unwrap(), Environment::Demo);
                 (new, k)
             })
             .collect();

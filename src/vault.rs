@@ -103,6 +103,20 @@ pub struct NewTenant {
     pub labels: Labels,
 }
 
+impl NewTenant {
+    /// A tenant with no display name, organization number, Go client id or labels.
+    pub fn new(tenant_id: TenantId, environment: Environment) -> NewTenant {
+        NewTenant {
+            tenant_id,
+            environment,
+            display_name: DisplayName::default(),
+            organization_number: None,
+            go_client_id: None,
+            labels: Labels::default(),
+        }
+    }
+}
+
 /// Everything a caller of `integration set` gives.
 #[derive(Debug)]
 pub struct IntegrationInput {

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::server::{TRUST, policy_text, sim_key};
-use pogo_vault::crypto::{ClientKey, MasterKeySource, Purpose, SubscriptionKey};
+use pogo_vault::crypto::{ClientKey, MasterKeySource, Purpose};
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::sim::{self, SimClient, SimConfig};
-use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, Vault};
+use pogo_vault::vault::{Argon2Costs, InitKey, Vault};
 
 const TENANTS: usize = 6;
 
@@ -84,14 +84,7 @@ async fn kill_9_under_load_loses_no_record_of_a_token_handed_out() {
     let db = d.join("vault.db");
     let key = d.join("master.key");
     let vault = Vault::init(&db, &InitKey::GenerateKeyFile(key.clone()), Argon2Costs::default()).unwrap();
-    vault
-        .set_integration(&IntegrationInput {
-            environment: Environment::Demo,
-            application_key: sim::DEFAULT_APPLICATION_KEY.into(),
-            base_url: sim.base_url(Environment::Demo),
-            subscription_key: SubscriptionKey::parse(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY).unwrap(),
-        })
-        .unwrap();
+    vault.set_integration(&sim.demo_integration().unwrap()).unwrap();
     for i in 0..TENANTS {
         let k = sim_key(i);
         sim.add_client(
@@ -99,14 +92,7 @@ async fn kill_9_under_load_loses_no_record_of_a_token_handed_out() {
             &k,
             SimClient { client_id: i.to_string(), name: format!("c{i}"), organization_number: "123456789".into() },
         );
-        let new = pogo_vault::vault::NewTenant {
-            tenant_id: format!("t{i}").parse().unwrap(),
-            environment: Environment::Demo,
-            display_name: Default::default(),
-            organization_number: None,
-            go_client_id: None,
-            labels: Default::default(),
-        };
+        let new = pogo_vault::vault::NewTenant::new(format!("t{i}").parse().unwrap(), Environment::Demo);
         vault.add_tenant(&new, &ClientKey::parse(&k).unwrap()).unwrap();
     }
     let fp_key_vault = vault; // kept open to fingerprint what clients received

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pogo_vault::crypto::{ClientKey, SubscriptionKey};
-use pogo_vault::domain::{DisplayName, Environment, Labels, TenantId, TenantStatus};
+use pogo_vault::domain::{Environment, TenantId, TenantStatus};
 use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
 use pogo_vault::tokens::{Broker, BrokerConfig, BrokerError, Clock, ManualClock, SystemClock, TokenSource};
 use pogo_vault::upstream::{GoClient, UpstreamConfig};
@@ -41,27 +41,13 @@ async fn setup(sim: &Sim, n: usize) -> (Arc<Vault>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("v.db");
     let vault = Vault::init(&db, &InitKey::GenerateKeyFile(dir.path().join("k")), Argon2Costs::default()).unwrap();
-    vault
-        .set_integration(&IntegrationInput {
-            environment: Environment::Demo,
-            application_key: sim::DEFAULT_APPLICATION_KEY.into(),
-            base_url: sim.base_url(Environment::Demo),
-            subscription_key: SubscriptionKey::parse(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY).unwrap(),
-        })
-        .unwrap();
+    vault.set_integration(&sim.demo_integration().unwrap()).unwrap();
     let keys: Vec<ClientKey> = (0..n).map(|i| ClientKey::parse(&client_key(i)).unwrap()).collect();
     let batch: Vec<(NewTenant, &ClientKey)> = keys
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            let new = NewTenant {
-                tenant_id: tid(i),
-                environment: Environment::Demo,
-                display_name: DisplayName::default(),
-                organization_number: None,
-                go_client_id: None,
-                labels: Labels::default(),
-            };
+            let new = NewTenant::new(tid(i), Environment::Demo);
             (new, k)
         })
         .collect();

@@ -91,14 +91,7 @@ async fn status_command_reports_a_running_vault() {
     let mut ts = TestServer::start().await;
     ts.vault()
         .add_tenant(
-            &pogo_vault::vault::NewTenant {
-                tenant_id: "acme".parse().unwrap(),
-                environment: pogo_vault::domain::Environment::Demo,
-                display_name: Default::default(),
-                organization_number: None,
-                go_client_id: None,
-                labels: Default::default(),
-            },
+            &pogo_vault::vault::NewTenant::new("acme".parse().unwrap(), pogo_vault::domain::Environment::Demo),
             &common::server::key(0),
         )
         .unwrap();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pogo_vault::crypto::{ClientKey, SubscriptionKey};
-use pogo_vault::domain::{DisplayName, Environment, Labels, TenantId};
+use pogo_vault::domain::{Environment, TenantId};
 use pogo_vault::sim::{self, SimClient, SimConfig};
 use pogo_vault::tokens::{Broker, BrokerConfig, ManualClock};
 use pogo_vault::upstream::{GoClient, UpstreamConfig};
@@ -55,23 +55,9 @@ async fn no_secret_reaches_logs_or_error_strings() {
         Vault::init(&dir.path().join("v.db"), &InitKey::GenerateKeyFile(dir.path().join("k")), Argon2Costs::default())
             .unwrap(),
     );
-    vault
-        .set_integration(&IntegrationInput {
-            environment: Environment::Demo,
-            application_key: sim::DEFAULT_APPLICATION_KEY.into(),
-            base_url: sim.base_url(Environment::Demo),
-            subscription_key: SubscriptionKey::parse(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY).unwrap(),
-        })
-        .unwrap();
+    vault.set_integration(&sim.demo_integration().unwrap()).unwrap();
     for (i, k) in KEYS.iter().enumerate() {
-        let new = NewTenant {
-            tenant_id: format!("t{i}").parse().unwrap(),
-            environment: Environment::Demo,
-            display_name: DisplayName::default(),
-            organization_number: None,
-            go_client_id: None,
-            labels: Labels::default(),
-        };
+        let new = NewTenant::new(format!("t{i}").parse().unwrap(), Environment::Demo);
         vault.add_tenant(&new, &ClientKey::parse(k).unwrap()).unwrap();
         sim.add_client(
             Environment::Demo,

@@ -285,7 +285,7 @@ pub fn dev(a: DevArgs) -> Result<(), CliError> {
 }
 
 async fn dev_async(a: DevArgs) -> Result<(), CliError> {
-    use crate::vault::{Argon2Costs, InitKey, IntegrationInput, Vault};
+    use crate::vault::{Argon2Costs, InitKey, Vault};
     let fail = |what: &str, e: &dyn std::fmt::Display| CliError::new(format!("dev mode: {what}: {e}"));
     std::fs::create_dir_all(&a.data_dir).map_err(|e| fail("cannot create the data directory", &e))?;
     // Absolute, so the printed commands work from any directory.
@@ -335,15 +335,8 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
     {
         let vault = Vault::unlock(&db, &crate::crypto::MasterKeySource::KeyFile(master.clone()))
             .map_err(|e| fail("unlock", &e))?;
-        vault
-            .set_integration(&IntegrationInput {
-                environment: crate::domain::Environment::Demo,
-                application_key: crate::sim::DEFAULT_APPLICATION_KEY.into(),
-                base_url: sim.base_url(crate::domain::Environment::Demo),
-                subscription_key: crate::crypto::SubscriptionKey::parse(crate::sim::DEFAULT_DEMO_SUBSCRIPTION_KEY)
-                    .map_err(|e| fail("subscription key", &e))?,
-            })
-            .map_err(|e| fail("integration", &e))?;
+        let integration = sim.demo_integration().map_err(|e| fail("subscription key", &e))?;
+        vault.set_integration(&integration).map_err(|e| fail("integration", &e))?;
     }
     println!("dev: simulated PowerOffice Go at {}", sim.base_url(crate::domain::Environment::Demo));
 

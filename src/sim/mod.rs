@@ -256,6 +256,18 @@ impl Sim {
         }
     }
 
+    /// The Demo integration that points a vault at this simulator: its application key, its
+    /// Demo base URL and its Demo subscription key (what `dev` mode, the tests and the
+    /// benchmark store with [`crate::vault::Vault::set_integration`]).
+    pub fn demo_integration(&self) -> Result<crate::vault::IntegrationInput, crate::domain::InvalidInput> {
+        Ok(crate::vault::IntegrationInput {
+            environment: Environment::Demo,
+            application_key: DEFAULT_APPLICATION_KEY.into(),
+            base_url: self.base_url(Environment::Demo),
+            subscription_key: crate::crypto::SubscriptionKey::parse(DEFAULT_DEMO_SUBSCRIPTION_KEY)?,
+        })
+    }
+
     /// Registers (or replaces) a client key for `env`; it is active (not revoked). Keys with
     /// the same `client_id` are keys of one client (onboarding rotates them).
     pub fn add_client(&self, env: Environment, client_key: &str, client: SimClient) {

@@ -157,14 +157,7 @@ pub fn dump(db: &Path) -> Vec<String> {
 
 /// A demo tenant with no name, labels or organization number.
 pub fn new_tenant(id: &str) -> pogo_vault::vault::NewTenant {
-    pogo_vault::vault::NewTenant {
-        tenant_id: id.parse().expect("tenant id"),
-        environment: pogo_vault::domain::Environment::Demo,
-        display_name: Default::default(),
-        organization_number: None,
-        go_client_id: None,
-        labels: Default::default(),
-    }
+    pogo_vault::vault::NewTenant::new(id.parse().expect("tenant id"), pogo_vault::domain::Environment::Demo)
 }
 
 pub fn rusqlite_open(db: &Path) -> rusqlite::Connection {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pogo_vault::crypto::{ClientKey, MasterKeySource, SubscriptionKey};
+use pogo_vault::crypto::{ClientKey, MasterKeySource};
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1::audit_service_client::AuditServiceClient;
 use pogo_vault::proto::v1::tenant_service_client::TenantServiceClient;
@@ -13,7 +13,7 @@ use pogo_vault::proto::v1::token_service_client::TokenServiceClient;
 use pogo_vault::server::{RunningServer, ServeOptions};
 use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
 use pogo_vault::tls::{ClientTlsFiles, DevPki};
-use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, Vault};
+use pogo_vault::vault::{Argon2Costs, InitKey, Vault};
 use prost::Message;
 use tonic::transport::Channel;
 
@@ -119,14 +119,7 @@ impl TestServer {
         let db = dir.path().join("vault.db");
         let key = dir.path().join("master.key");
         let vault = Vault::init(&db, &InitKey::GenerateKeyFile(key.clone()), Argon2Costs::default()).unwrap();
-        vault
-            .set_integration(&IntegrationInput {
-                environment: Environment::Demo,
-                application_key: sim::DEFAULT_APPLICATION_KEY.into(),
-                base_url: sim.base_url(Environment::Demo),
-                subscription_key: SubscriptionKey::parse(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY).unwrap(),
-            })
-            .unwrap();
+        vault.set_integration(&sim.demo_integration().unwrap()).unwrap();
         drop(vault);
         let policy = dir.path().join("policy.toml");
         std::fs::write(&policy, policy_text("")).unwrap();
