@@ -143,6 +143,7 @@ fn select(
         if let Err(e) = read {
             // Derived data gone bad (corrupt, half-deleted): answer from the log itself.
             tracing::warn!(error = %e, "audit tenant index unreadable; answering by scanning the log");
+            tenant_index::report_read_failure();
             indexed.clear();
             through = 0;
         }

@@ -10,7 +10,7 @@
 //! Invariants:
 //! - **Derived data.** The file holds `(tenant_id, sequence)` pairs and a watermark
 //!   (`through`, the hash of event `through`). Nothing in it is part of the chain; deleting it
-//!   loses nothing (it is rebuilt, also when it is found damaged or deleted while the server
+//!   loses nothing (it is rebuilt, also when it is found damaged, deleted or replaced while the server
 //!   runs). A page uses it only when the watermark's hash matches the audit database's event
 //!   at `through` (so an index left from another log, or a restored older one, is ignored and
 //!   rebuilt), re-checks the tenant on every event it returns, and falls back to a scan when
@@ -25,8 +25,9 @@
 //! - Only the server's indexer thread writes the file; readers attach it read-only.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -103,11 +104,27 @@ pub(crate) fn trusted_through(conn: &Connection) -> i64 {
     trusted().unwrap_or(0)
 }
 
+/// Set by a reader that could not read the index file: the indexer checks the file.
+static READ_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Tells this process's indexer that a query could not read the index file.
+pub(crate) fn report_read_failure() {
+    READ_FAILED.store(true, Ordering::Relaxed);
+}
+
+/// What the indexer thread and its handle share.
+#[derive(Debug, Default)]
+struct State {
+    stop: AtomicBool,
+    through: AtomicI64,
+    rebuilds: AtomicU64,
+}
+
 /// The background indexer's handle: stop it, and read how far it has got.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Indexer {
-    stop: Arc<AtomicBool>,
-    through: Arc<AtomicI64>,
+    state: Arc<State>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Indexer {
@@ -117,37 +134,75 @@ impl Indexer {
     /// less per event (measured in BENCHMARKS.md) at the price of a longer scan after the
     /// watermark.
     pub(crate) fn start(audit_db: &Path, interval: Duration) -> std::io::Result<Indexer> {
-        let me = Indexer { stop: Arc::default(), through: Arc::default() };
-        let (audit_db, handle) = (audit_db.to_owned(), me.clone());
-        std::thread::Builder::new().name("pogo-audit-index".into()).spawn(move || handle.run(&audit_db, interval))?;
-        Ok(me)
+        let state = Arc::new(State::default());
+        let (audit_db, s) = (audit_db.to_owned(), state.clone());
+        let thread =
+            std::thread::Builder::new().name("pogo-audit-index".into()).spawn(move || s.run(&audit_db, interval))?;
+        Ok(Indexer { state, thread: Mutex::new(Some(thread)) })
     }
 
+    /// Asks the thread to stop (it finishes the step it is in); does not wait.
     pub(crate) fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.state.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            t.thread().unpark();
+        }
+    }
+
+    /// Stops the thread and waits for it, so its connections are closed (blocking).
+    pub(crate) fn stop_and_join(&self) {
+        self.stop();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
     }
 
     /// The highest sequence indexed so far (0 before the first step).
     pub(crate) fn through(&self) -> i64 {
-        self.through.load(Ordering::Relaxed)
+        self.state.through.load(Ordering::Relaxed)
+    }
+
+    /// How often the index was started over (damaged, deleted, replaced or not matching the log).
+    pub(crate) fn rebuilds(&self) -> u64 {
+        self.state.rebuilds.load(Ordering::Relaxed)
+    }
+}
+
+impl State {
+    /// Sleeps up to `d`; [`Indexer::stop`] cuts it short.
+    fn pause(&self, d: Duration) {
+        if !self.stop.load(Ordering::Relaxed) {
+            std::thread::park_timeout(d);
+        }
+    }
+
+    fn start_over(&self, last_step: &mut Option<Instant>) {
+        self.through.store(0, Ordering::Relaxed);
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        *last_step = None;
     }
 
     fn run(&self, audit_db: &Path, interval: Duration) {
         let index_path = tenant_index_path(audit_db);
         let mut failing: Option<Duration> = None;
         let mut conns: Option<(Connection, Connection)> = None;
+        // The file the open connection writes: a file deleted or replaced under us (an
+        // operator, a restore) is noticed and a new one started.
+        let mut opened: Option<(u64, u64)> = None;
         // The first look at the log steps at once (a fresh or stale index catches up).
         let mut last_step: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
-            // Deleted under us (an operator, a restore): start a new file rather than keep
-            // writing to the unlinked one.
-            if conns.is_some() && !index_path.exists() {
+            if conns.is_some() && file_id(&index_path) != opened {
                 conns = None;
-                last_step = None;
+                self.start_over(&mut last_step);
+            }
+            if READ_FAILED.swap(false, Ordering::Relaxed) && self.repair_if_damaged(&index_path, &mut last_step) {
+                conns = None;
             }
             let step = match conns.take() {
                 Some(c) => Ok(c),
-                None => open_both(audit_db),
+                None => open_both(audit_db).inspect(|_| opened = file_id(&index_path)),
             }
             .and_then(|(events, index)| {
                 let r = self.maybe_step(&events, &index, &mut last_step, interval);
@@ -162,28 +217,32 @@ impl Indexer {
                     if more {
                         continue;
                     }
-                    std::thread::sleep(POLL);
+                    self.pause(POLL);
                 }
                 Err(e) => {
                     conns = None;
                     // Derived data: queries scan instead, so this is a warning, not a failure.
-                    let pause = match failing {
-                        None => {
-                            tracing::warn!(error = %e, "audit tenant index step failed; tenant queries scan the log meanwhile");
-                            if !index_file_is_sound(&index_path) {
-                                tracing::warn!("audit tenant index file is damaged; rebuilding it");
-                                remove_index_files(&index_path);
-                                last_step = None;
-                            }
-                            Duration::from_secs(1)
-                        }
-                        Some(p) => (p * 2).min(Duration::from_secs(30)),
-                    };
+                    if failing.is_none() {
+                        tracing::warn!(error = %e, "audit tenant index step failed; tenant queries scan the log meanwhile");
+                    }
+                    self.repair_if_damaged(&index_path, &mut last_step);
+                    let pause = failing.map_or(Duration::from_secs(1), |p| (p * 2).min(Duration::from_secs(30)));
                     failing = Some(pause);
-                    std::thread::sleep(pause);
+                    self.pause(pause);
                 }
             }
         }
+    }
+
+    /// Removes the index file if SQLite finds it damaged; true if it did.
+    fn repair_if_damaged(&self, path: &Path, last_step: &mut Option<Instant>) -> bool {
+        if !index_file_is_damaged(path) {
+            return false;
+        }
+        tracing::warn!("audit tenant index file is damaged; rebuilding it");
+        remove_index_files(path);
+        self.start_over(last_step);
+        true
     }
 
     /// Steps if a step is due; returns whether another should follow at once.
@@ -196,29 +255,45 @@ impl Indexer {
     ) -> Result<bool, AuditError> {
         let head: i64 =
             events.prepare_cached("SELECT coalesce(max(sequence), 0) FROM events")?.query_row([], |r| r.get(0))?;
-        let waiting = head - self.through();
+        let waiting = head - self.through.load(Ordering::Relaxed);
         let due = last_step.is_none_or(|t| t.elapsed() >= interval);
         if waiting < STEP as i64 && !(due && waiting != 0) {
             return Ok(false);
         }
-        let (through, more) = index_step(events, index)?;
+        let (through, more, restarted) = index_step(events, index)?;
+        if restarted {
+            self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        }
         self.through.store(through, Ordering::Relaxed);
         *last_step = Some(Instant::now());
         Ok(more)
     }
 }
 
-/// Whether the index file opens as a database that passes SQLite's quick check (a missing
-/// file is sound: it will be created).
-fn index_file_is_sound(path: &Path) -> bool {
+/// The device and inode of the file at `path`, if there is one.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// True only when SQLite says the index file is damaged (not a database, corrupt, or a
+/// failed quick check). Any other trouble (no file descriptors, a full disk, permissions)
+/// is not proof of damage and keeps the file.
+fn index_file_is_damaged(path: &Path) -> bool {
     if !path.exists() {
-        return true;
+        return false;
     }
     let check = || -> rusqlite::Result<bool> {
         let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-        c.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0)).map(|s| s == "ok")
+        c.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0)).map(|s| s != "ok")
     };
-    check().unwrap_or(false)
+    match check() {
+        Ok(damaged) => damaged,
+        Err(rusqlite::Error::SqliteFailure(f, _)) => {
+            matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+        }
+        Err(_) => false,
+    }
 }
 
 /// Removes the index file and its WAL and shared-memory files.
@@ -249,15 +324,18 @@ fn open_both(audit_db: &Path) -> Result<(Connection, Connection), AuditError> {
 }
 
 /// Indexes up to [`STEP`] events past the watermark in one transaction (starting over when
-/// the watermark does not match the log). Returns the new watermark and whether more remain.
-fn index_step(events: &Connection, index: &Connection) -> Result<(i64, bool), AuditError> {
+/// the watermark does not match the log). Returns the new watermark, whether more remain,
+/// and whether it started over.
+fn index_step(events: &Connection, index: &Connection) -> Result<(i64, bool, bool), AuditError> {
     let read = events.unchecked_transaction()?;
+    let mut restarted = false;
     let mut from = match watermark(index, "main")? {
         Some((through, hash)) if event_hash(&read, through)?.as_deref() == Some(&hash[..]) => through,
         None => 0,
         Some(_) => {
             tracing::warn!("audit tenant index does not match the audit log (restored or replaced?); rebuilding it");
             index.execute_batch("DELETE FROM tenant_events; DELETE FROM indexed;")?;
+            restarted = true;
             0
         }
     };
@@ -277,7 +355,7 @@ fn index_step(events: &Connection, index: &Connection) -> Result<(i64, bool), Au
         }
     }
     read.finish()?;
-    let Some((through, hash)) = last else { return Ok((from, false)) };
+    let Some((through, hash)) = last else { return Ok((from, false, restarted)) };
     let more = through - from >= STEP as i64;
     // Sorted, each leaf page is visited once per step.
     rows.sort_unstable();
@@ -293,5 +371,5 @@ fn index_step(events: &Connection, index: &Connection) -> Result<(i64, bool), Au
     }
     tx.commit()?;
     from = through;
-    Ok((from, more))
+    Ok((from, more, restarted))
 }

@@ -154,7 +154,7 @@ struct Inner {
     cfg: AuditConfig,
     path: PathBuf,
     public_key: VerifyingKey,
-    indexer: Indexer,
+    indexer: Arc<Indexer>,
 }
 
 impl Drop for Inner {
@@ -249,7 +249,7 @@ impl AuditLog {
         let failed = |what: &str, e: std::io::Error| AuditError::Unavailable {
             reason: format!("cannot start the audit {what} thread: {e}"),
         };
-        let indexer = Indexer::start(path, cfg.tenant_index_interval).map_err(|e| failed("index", e))?;
+        let indexer = Arc::new(Indexer::start(path, cfg.tenant_index_interval).map_err(|e| failed("index", e))?);
         let thread = std::thread::Builder::new().name("pogo-audit-writer".into()).spawn(move || writer.run());
         let thread = thread.map_err(|e| {
             indexer.stop();
@@ -399,7 +399,9 @@ impl AuditLog {
             false
         };
         drop(lock(&self.inner.live).take());
-        self.inner.indexer.stop();
+        // The index thread finishes its step and closes its files before this returns.
+        let indexer = self.inner.indexer.clone();
+        let _ = tokio::task::spawn_blocking(move || indexer.stop_and_join()).await;
         if stopped {
             let thread = lock(&self.inner.thread).take();
             if let Some(t) = thread {
@@ -437,6 +439,12 @@ impl AuditLog {
     /// events after it). For metrics and tests.
     pub fn tenant_index_through(&self) -> i64 {
         self.inner.indexer.through()
+    }
+
+    /// How often this process started the tenant index over (found damaged, deleted,
+    /// replaced, or not matching the log). For tests and operators.
+    pub fn tenant_index_rebuilds(&self) -> u64 {
+        self.inner.indexer.rebuilds()
     }
 
     /// The public half of the checkpoint signing key.
@@ -723,25 +731,23 @@ impl Watchdog {
         let late = |t: Instant| t.elapsed() + period >= self.limit;
         while Arc::strong_count(&self.shared) > 1 {
             std::thread::sleep(period);
-            let stale: Vec<Arc<Done>> = {
-                let q = lock(&self.shared.queue);
-                let in_flight = q.in_flight.iter().filter(|(_, t)| late(*t)).map(|(d, _)| d.clone());
-                let queued = q.batches.iter().take_while(|b| late(b.queued_at)).map(|b| b.done.clone());
-                in_flight.chain(queued).filter(|d| d.outcome.get().is_none()).collect()
-            };
-            if stale.is_empty() {
-                continue;
-            }
-            let reason = format!("the record was not durable within {} ms", self.limit.as_millis());
+            let reason = || format!("the record was not durable within {} ms", self.limit.as_millis());
             let mut won = false;
-            for d in stale {
-                won |= d.complete(Outcome::Unavailable(reason.clone()));
+            {
+                // Under the lock, so no appender joins a batch between its being judged late
+                // and its being failed.
+                let q = lock(&self.shared.queue);
+                let in_flight = q.in_flight.iter().filter(|(_, t)| late(*t)).map(|(d, _)| d);
+                let queued = q.batches.iter().take_while(|b| late(b.queued_at)).map(|b| &b.done);
+                for d in in_flight.chain(queued) {
+                    won |= d.outcome.get().is_none() && d.complete(Outcome::Unavailable(reason()));
+                }
             }
             // Only when a batch really was too late (the writer may have finished it since
             // it was picked). The writer is woken so that, once it is free, it probes and
             // turns health back on by itself rather than waiting for the next append.
             if won {
-                self.shared.mark_failed(&reason);
+                self.shared.mark_failed(&reason());
                 if let Some(t) = self.shared.writer.get() {
                     t.unpark();
                 }
