@@ -65,7 +65,7 @@ use pogo_vault::server::{self, ServeOptions, conn};
 use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
 use pogo_vault::tls::{ClientTlsFiles, DevPki};
 use pogo_vault::tokens::BrokerConfig;
-use pogo_vault::vault::{Argon2Costs, InitKey, NewTenant, Vault};
+use pogo_vault::vault::{Argon2Costs, InitKey, NewTenant, UnauditedFixture, Vault};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
@@ -511,7 +511,7 @@ async fn set_up(s: &Settings) -> Bench {
     let db = dir.path().join("vault.db");
     let master = dir.path().join("master.key");
     let vault = Vault::init(&db, &InitKey::GenerateKeyFile(master.clone()), Argon2Costs::default()).unwrap();
-    vault.set_integration(&sim.demo_integration().unwrap()).unwrap();
+    vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
 
     // Tenants the simulator knows: one for the first call, one for the storm, the hot set and
     // the cold set. The rest of the scale set ("fill") only needs to exist in the store.
@@ -534,7 +534,7 @@ async fn set_up(s: &Settings) -> Bench {
                 (new, k)
             })
             .collect();
-        vault.add_tenants(&batch).unwrap();
+        vault.add_tenants(&batch, &UnauditedFixture).unwrap();
     }
     let insert_secs = t.elapsed().as_secs_f64();
     drop(vault);

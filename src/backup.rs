@@ -26,6 +26,12 @@ pub enum BackupError {
     /// A source file is missing.
     #[error("no database at {0}")]
     Missing(String),
+    /// The operation's audit record could not be made durable: nothing was written.
+    #[error("the audit record of this {what} could not be written ({reason}); nothing was written")]
+    NotRecorded { what: &'static str, reason: String },
+    /// A restored file could not be moved into place.
+    #[error("cannot move the restored file into {path}: {reason}")]
+    Move { path: String, reason: String },
     /// The copy failed its integrity check.
     #[error("{path} failed its integrity check: {detail}")]
     Integrity { path: String, detail: String },
@@ -100,14 +106,25 @@ fn count(path: &Path, sql: &str) -> Result<i64, BackupError> {
     Ok(c.query_row(sql, [], |r| r.get(0))?)
 }
 
-/// Backs up the vault database, then the audit database, next to `out`.
-pub fn backup(db: &Path, audit_db: &Path, out: &Path) -> Result<BackupReport, BackupError> {
+/// Backs up the vault database, then the audit database, next to `out`. `record` makes the
+/// backup's audit record durable first (so the audit copy holds it); if it cannot, nothing
+/// is written.
+pub fn backup(
+    db: &Path,
+    audit_db: &Path,
+    out: &Path,
+    record: impl FnOnce() -> Result<(), String>,
+) -> Result<BackupReport, BackupError> {
     let files = BackupFiles::at(out);
     for p in [&files.vault, &files.audit] {
         if p.exists() {
             return Err(BackupError::Exists(p.display().to_string()));
         }
     }
+    if !db.exists() {
+        return Err(BackupError::Missing(db.display().to_string()));
+    }
+    record().map_err(|reason| BackupError::NotRecorded { what: "backup", reason })?;
     copy(db, &files.vault)?;
     if let Err(e) = copy(audit_db, &files.audit) {
         let _ = std::fs::remove_file(&files.vault);
@@ -120,17 +137,51 @@ pub fn backup(db: &Path, audit_db: &Path, out: &Path) -> Result<BackupReport, Ba
     })
 }
 
-/// Restores a backup into `db` and `audit_db`, which must not exist yet.
-pub fn restore(from: &Path, db: &Path, audit_db: &Path) -> Result<BackupReport, BackupError> {
+/// Restores a backup into `db` and `audit_db`, which must not exist yet. Both are copied
+/// under staging names first; `record(staged vault, staged audit)` appends the restore's
+/// audit record to the staged audit database; only then are the files renamed into place
+/// (audit first), so a restored vault never appears without its record. Any failure removes
+/// what was written.
+pub fn restore(
+    from: &Path,
+    db: &Path,
+    audit_db: &Path,
+    record: impl FnOnce(&Path, &Path) -> Result<(), String>,
+) -> Result<BackupReport, BackupError> {
     let files = BackupFiles::at(from);
     for p in [db, audit_db] {
         if p.exists() {
             return Err(BackupError::Exists(p.display().to_string()));
         }
     }
-    copy(&files.vault, db)?;
-    if let Err(e) = copy(&files.audit, audit_db) {
-        let _ = std::fs::remove_file(db);
+    let staged = |p: &Path| PathBuf::from(format!("{}.restoring", p.display()));
+    let (staged_db, staged_audit) = (staged(db), staged(audit_db));
+    let remove = |p: &Path| {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+        }
+    };
+    // Leftovers of an interrupted restore are ours to clear: they were never in place.
+    remove(&staged_db);
+    remove(&staged_audit);
+    let result = (|| {
+        copy(&files.vault, &staged_db)?;
+        copy(&files.audit, &staged_audit)?;
+        record(&staged_db, &staged_audit).map_err(|reason| BackupError::NotRecorded { what: "restore", reason })?;
+        let moved = |from: &Path, to: &Path| {
+            std::fs::rename(from, to)
+                .map_err(|e| BackupError::Move { path: to.display().to_string(), reason: e.to_string() })
+        };
+        moved(&staged_audit, audit_db)?;
+        moved(&staged_db, db)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        remove(&staged_db);
+        remove(&staged_audit);
+        if !db.exists() {
+            remove(audit_db);
+        }
         return Err(e);
     }
     Ok(BackupReport {

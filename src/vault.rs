@@ -3,6 +3,12 @@
 //!
 //! Architecture invariants:
 //! - every write here is one transaction: a failed call leaves the store unchanged;
+//! - **audit before effect**: every write takes a [`Gate`] and calls it with the change
+//!   it is about to commit, while the transaction is still open; the gate makes the
+//!   change's audit record durable (or refuses), and only then does the transaction
+//!   commit. A refusal rolls the transaction back ([`VaultError::NotRecorded`]). So a
+//!   crash at any point leaves either no change, or a change whose record is durable
+//!   (ARCHITECTURE.md, "Audit before effect");
 //! - a plaintext client key enters only through [`Vault::add_tenant`] / [`Vault::rotate_key`]
 //!   (sealed at once) and leaves only through [`Vault::open_client_key`], whose one caller
 //!   is the token broker (`tokens`);
@@ -55,6 +61,60 @@ pub enum VaultError {
     /// The caller may not administer a tenant this operation would change.
     #[error("the caller is not granted tenant-admin on tenant {tenant}")]
     Denied { tenant: String },
+    /// The change's audit record could not be made durable, so the change was rolled back.
+    #[error("the audit record of this change could not be written ({reason}); nothing was changed")]
+    NotRecorded { reason: String },
+}
+
+/// Why a [`Gate`] refused a change: its audit record is not durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotRecorded(pub String);
+
+impl From<NotRecorded> for VaultError {
+    fn from(e: NotRecorded) -> Self {
+        VaultError::NotRecorded { reason: e.0 }
+    }
+}
+
+/// Called by every write with the change it is about to commit, inside its transaction:
+/// `Ok` only once the change's audit record is durable. See the module invariants.
+/// Closures `Fn(&T) -> Result<(), NotRecorded>` are gates.
+pub trait CommitGate<T: ?Sized>: Sync {
+    fn record(&self, change: &T) -> Result<(), NotRecorded>;
+}
+
+impl<T: ?Sized, F: Fn(&T) -> Result<(), NotRecorded> + Sync> CommitGate<T> for F {
+    fn record(&self, change: &T) -> Result<(), NotRecorded> {
+        self(change)
+    }
+}
+
+/// How a write receives its gate.
+pub type Gate<'a, T> = &'a dyn CommitGate<T>;
+
+/// The gate of test fixtures and benchmark set-up only: records nothing. No path a user
+/// can reach uses it (`tests/architecture.rs` checks that `src/` never names it).
+#[derive(Debug, Clone, Copy)]
+pub struct UnauditedFixture;
+
+impl<T: ?Sized> CommitGate<T> for UnauditedFixture {
+    fn record(&self, _: &T) -> Result<(), NotRecorded> {
+        Ok(())
+    }
+}
+
+/// What `set_integration` is about to commit: the row it replaces, if any, and the new one.
+#[derive(Debug, Clone)]
+pub struct IntegrationChange {
+    pub previous: Option<IntegrationRecord>,
+    pub current: IntegrationRecord,
+}
+
+/// What a key rotation is about to commit.
+#[derive(Debug, Clone)]
+pub struct KeyChange {
+    pub previous: TenantRecord,
+    pub current: TenantRecord,
 }
 
 impl VaultError {
@@ -124,6 +184,10 @@ pub struct IntegrationInput {
     pub application_key: String,
     pub base_url: String,
     pub subscription_key: SubscriptionKey,
+    /// Accept a base URL that is not PowerOffice Go's own (the simulator, tests). The
+    /// base URL receives every client key of the environment: the audit record says when
+    /// this was used.
+    pub allow_custom_base_url: bool,
 }
 
 /// Summary of a `rotate-kek`.
@@ -315,12 +379,27 @@ impl Vault {
 
     /// Stores (or replaces) an environment's integration: a new subscription-key version,
     /// the old one destroyed.
-    pub fn set_integration(&self, input: &IntegrationInput) -> Result<IntegrationRecord, VaultError> {
+    pub fn set_integration(
+        &self,
+        input: &IntegrationInput,
+        gate: Gate<'_, IntegrationChange>,
+    ) -> Result<IntegrationRecord, VaultError> {
         validate_application_key(&input.application_key)?;
         let base_url = validate_base_url(&input.base_url)?;
+        if !input.allow_custom_base_url && !is_go_base_url(&base_url) {
+            return Err(InvalidInput::new(
+                "base_url",
+                format!(
+                    "{base_url} is not PowerOffice Go's ({GO_HOST}, or {GO_HOST}/Demo); it would receive every client key, \
+                     so another host needs --allow-custom-base-url (for the simulator and tests), which the audit log records"
+                ),
+            )
+            .into());
+        }
         let env = input.environment;
         let mut store = self.store();
         let tx = store.write_tx()?;
+        let previous = integrations::get(&tx, env)?;
         let version = integrations::next_version(&tx, env)?;
         let r = SecretRef { purpose: Purpose::SubscriptionKey, owner: env.as_str().to_owned(), version };
         let bound = bind_integration(input.application_key.trim(), &base_url, input.subscription_key.expose_secret());
@@ -339,11 +418,13 @@ impl Vault {
         };
         integrations::upsert(&tx, &rec)?;
         let destroyed = secrets::delete_other_versions(&tx, r.purpose, &r.owner, version)?;
+        let current = integrations::get(&tx, env)?.unwrap_or(rec);
+        gate.record(&IntegrationChange { previous, current: current.clone() })?;
         tx.commit().map_err(StoreError::from)?;
         if destroyed > 0 {
             store.checkpoint_truncate()?;
         }
-        Ok(integrations::get(store.conn(), env)?.unwrap_or(rec))
+        Ok(current)
     }
 
     pub fn integration(&self, env: Environment) -> Result<Option<IntegrationRecord>, VaultError> {
@@ -382,14 +463,24 @@ impl Vault {
     // ---- tenants ----
 
     /// Registers a tenant with its first key (version 1).
-    pub fn add_tenant(&self, new: &NewTenant, key: &ClientKey) -> Result<TenantRecord, VaultError> {
-        let mut recs = self.add_tenants(&[(new.clone(), key)])?;
+    pub fn add_tenant(
+        &self,
+        new: &NewTenant,
+        key: &ClientKey,
+        gate: Gate<'_, TenantRecord>,
+    ) -> Result<TenantRecord, VaultError> {
+        let one = |recs: &[TenantRecord]| recs.iter().try_for_each(|r| gate.record(r));
+        let mut recs = self.add_tenants(&[(new.clone(), key)], &one)?;
         recs.pop().ok_or_else(|| VaultError::Integrity { what: "tenant insert returned nothing".into() })
     }
 
     /// Registers many tenants in one transaction: all or none (bulk import, onboarding of
     /// several clients at once).
-    pub fn add_tenants(&self, batch: &[(NewTenant, &ClientKey)]) -> Result<Vec<TenantRecord>, VaultError> {
+    pub fn add_tenants(
+        &self,
+        batch: &[(NewTenant, &ClientKey)],
+        gate: Gate<'_, [TenantRecord]>,
+    ) -> Result<Vec<TenantRecord>, VaultError> {
         let mut rows = Vec::with_capacity(batch.len());
         for (new, key) in batch {
             let r = SecretRef { purpose: Purpose::ClientKey, owner: new.tenant_id.as_str().to_owned(), version: 1 };
@@ -421,13 +512,20 @@ impl Vault {
             secrets::delete_all(&tx, Purpose::ClientKey, &r.owner)?;
             secrets::put(&tx, r, sealed, self.kek.id())?;
         }
+        let recs: Vec<TenantRecord> = rows.into_iter().map(|(rec, _, _)| rec).collect();
+        gate.record(&recs)?;
         tx.commit().map_err(StoreError::from)?;
-        Ok(rows.into_iter().map(|(rec, _, _)| rec).collect())
+        Ok(recs)
     }
 
     /// Replaces a tenant's key with a new version and destroys the old one. A tenant whose
     /// key Go rejected becomes active again with the new key.
-    pub fn rotate_key(&self, id: &TenantId, key: &ClientKey) -> Result<TenantRecord, VaultError> {
+    pub fn rotate_key(
+        &self,
+        id: &TenantId,
+        key: &ClientKey,
+        gate: Gate<'_, KeyChange>,
+    ) -> Result<TenantRecord, VaultError> {
         let mut store = self.store();
         let tx = store.write_tx()?;
         let cur = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
@@ -439,32 +537,56 @@ impl Vault {
         tenants::set_key(&tx, id, version, &key.hint(), &fp)?;
         secrets::delete_other_versions(&tx, Purpose::ClientKey, id.as_str(), version)?;
         let rec = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        gate.record(&KeyChange { previous: cur, current: rec.clone() })?;
         tx.commit().map_err(StoreError::from)?;
         store.checkpoint_truncate()?;
         Ok(rec)
     }
 
-    pub fn set_status(&self, id: &TenantId, status: TenantStatus) -> Result<TenantRecord, VaultError> {
+    pub fn set_status(
+        &self,
+        id: &TenantId,
+        status: TenantStatus,
+        gate: Gate<'_, TenantRecord>,
+    ) -> Result<TenantRecord, VaultError> {
         let mut store = self.store();
         let tx = store.write_tx()?;
         tenants::set_status(&tx, id, status)?;
         let rec = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        gate.record(&rec)?;
         tx.commit().map_err(StoreError::from)?;
         Ok(rec)
     }
 
     /// Marks a tenant `KEY_REJECTED` if `version` is still its key version (see
     /// [`tenants::mark_rejected_if_version`]).
-    pub fn mark_key_rejected(&self, id: &TenantId, version: i64) -> Result<bool, VaultError> {
-        Ok(tenants::mark_rejected_if_version(self.store().conn(), id, version)?)
-    }
-
-    /// Deletes a tenant and destroys its key (crypto-shredding).
-    pub fn delete_tenant(&self, id: &TenantId) -> Result<(), VaultError> {
+    /// The gate is asked only when the tenant is marked.
+    pub fn mark_key_rejected(
+        &self,
+        id: &TenantId,
+        version: i64,
+        gate: Gate<'_, TenantRecord>,
+    ) -> Result<bool, VaultError> {
         let mut store = self.store();
         let tx = store.write_tx()?;
+        if !tenants::mark_rejected_if_version(&tx, id, version)? {
+            return Ok(false);
+        }
+        let rec = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        gate.record(&rec)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(true)
+    }
+
+    /// Deletes a tenant and destroys its key (crypto-shredding). The gate sees the tenant
+    /// as it was.
+    pub fn delete_tenant(&self, id: &TenantId, gate: Gate<'_, TenantRecord>) -> Result<(), VaultError> {
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        let before = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
         tenants::delete(&tx, id)?;
         secrets::delete_all(&tx, Purpose::ClientKey, id.as_str())?;
+        gate.record(&before)?;
         tx.commit().map_err(StoreError::from)?;
         store.checkpoint_truncate()?;
         Ok(())
@@ -532,8 +654,13 @@ impl Vault {
 
     // ---- onboarding ----
 
-    pub fn insert_onboarding(&self, session: &Session) -> Result<(), VaultError> {
-        Ok(onboarding::insert(self.store().conn(), session)?)
+    pub fn insert_onboarding(&self, session: &Session, gate: Gate<'_, Session>) -> Result<(), VaultError> {
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        onboarding::insert(&tx, session)?;
+        gate.record(session)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(())
     }
 
     pub fn onboarding(&self, id: &str) -> Result<Option<Session>, VaultError> {
@@ -562,6 +689,7 @@ impl Vault {
         session: &Session,
         clients: &[OnboardedKey],
         allowed: &dyn Fn(&TenantId) -> bool,
+        gate: Gate<'_, [OnboardingOutcome]>,
     ) -> Result<Vec<OnboardingOutcome>, VaultError> {
         let env = session.environment;
         let mut store = self.store();
@@ -633,6 +761,7 @@ impl Vault {
         )? {
             return Err(StoreError::Corrupt("onboarding session was not being completed".into()).into());
         }
+        gate.record(&outcomes)?;
         tx.commit().map_err(StoreError::from)?;
         if outcomes.iter().any(|o| o.previous_version.is_some()) {
             store.checkpoint_truncate()?;
@@ -644,7 +773,12 @@ impl Vault {
 
     /// Rewraps every DEK under a new master key in one transaction; no secret's ciphertext
     /// is touched. Afterwards the old key fails the key check.
-    pub fn rotate_kek(self, new: &InitKey, costs: Argon2Costs) -> Result<(Vault, KekRotation), VaultError> {
+    pub fn rotate_kek(
+        self,
+        new: &InitKey,
+        costs: Argon2Costs,
+        gate: Gate<'_, KekRotation>,
+    ) -> Result<(Vault, KekRotation), VaultError> {
         precheck_init(new)?;
         let (new_kek, argon2) = new_master_key(new, costs)?;
         if new_kek.id() == self.kek.id() {
@@ -653,20 +787,23 @@ impl Vault {
             }
             return Err(InvalidInput::new("new master key", "is the same as the current master key").into());
         }
-        let result = self.rotate_kek_inner(&new_kek, argon2);
+        let result = self.rotate_kek_inner(&new_kek, argon2, gate);
         if result.is_err()
             && let InitKey::GenerateKeyFile(p) = new
         {
             let _ = std::fs::remove_file(p);
         }
-        let rewrapped = result?;
-        let rotation =
-            KekRotation { old_kek_id: self.kek.id().to_owned(), new_kek_id: new_kek.id().to_owned(), rewrapped };
+        let rotation = result?;
         let Vault { store, fingerprint_key, .. } = self;
         Ok((Vault { store, kek: new_kek, fingerprint_key }, rotation))
     }
 
-    fn rotate_kek_inner(&self, new_kek: &MasterKey, argon2: Option<Argon2Params>) -> Result<usize, VaultError> {
+    fn rotate_kek_inner(
+        &self,
+        new_kek: &MasterKey,
+        argon2: Option<Argon2Params>,
+        gate: Gate<'_, KekRotation>,
+    ) -> Result<KekRotation, VaultError> {
         let mut store = self.store();
         let tx = store.write_tx()?;
         let old_meta = meta::get(&tx)?.ok_or_else(|| StoreError::NotInitialized { path: String::new() })?;
@@ -686,9 +823,15 @@ impl Vault {
                 kek_rotated_at: Some(now_ms()),
             },
         )?;
+        let rotation = KekRotation {
+            old_kek_id: self.kek.id().to_owned(),
+            new_kek_id: new_kek.id().to_owned(),
+            rewrapped: rows.len(),
+        };
+        gate.record(&rotation)?;
         tx.commit().map_err(StoreError::from)?;
         store.checkpoint_truncate()?;
-        Ok(rows.len())
+        Ok(rotation)
     }
 }
 
@@ -780,6 +923,25 @@ fn validate_application_key(s: &str) -> Result<(), InvalidInput> {
     // Reuse the GUID rule of client keys; an application key is not secret, but the
     // error must still not echo it (it may be a pasted client key by mistake).
     ClientKey::parse_field("application_key", s).map(|_| ())
+}
+
+/// PowerOffice Go's own origin: the only host client keys go to unless an operator allows
+/// another (`--allow-custom-base-url`).
+pub const GO_HOST: &str = "https://goapi.poweroffice.net";
+
+/// True for Go's production or demo base URL (as [`validate_base_url`] returns them; Go
+/// ignores path casing, so `/demo` is Go's too).
+pub fn is_go_base_url(base_url: &str) -> bool {
+    match base_url.strip_prefix(GO_HOST) {
+        Some("") => true,
+        Some(path) => path.eq_ignore_ascii_case("/demo"),
+        None => false,
+    }
+}
+
+/// The scheme, host and port of a base URL, for audit records and warnings.
+pub fn base_url_origin(base_url: &str) -> String {
+    reqwest::Url::parse(base_url).map(|u| u.origin().ascii_serialization()).unwrap_or_else(|_| "(unparsable)".into())
 }
 
 /// Absolute https URL without query, fragment or credentials; plain http only for loopback

@@ -13,6 +13,7 @@ use common::new_tenant;
 use common::server::{TestServer, key, sim_key};
 use pogo_vault::audit::{AuditFilter, Outcome};
 use pogo_vault::proto::v1 as pb;
+use pogo_vault::vault::UnauditedFixture;
 use prost::Message;
 use tonic::Code;
 
@@ -185,7 +186,7 @@ async fn every_rpc_method_writes_its_record_including_denials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_requests_fail_closed_while_the_audit_log_cannot_be_written() {
     let mut ts = TestServer::start().await;
-    ts.vault().add_tenant(&new_tenant("acme"), &key(0)).unwrap();
+    ts.vault().add_tenant(&new_tenant("acme"), &key(0), &UnauditedFixture).unwrap();
     let mut tokens = ts.token_client("token-caller").await;
     tokens
         .get_access_token(pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 })

@@ -17,7 +17,7 @@ use pogo_vault::crypto::{ClientKey, MasterKeySource, Purpose};
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::sim::{self, SimClient, SimConfig};
-use pogo_vault::vault::{Argon2Costs, InitKey, Vault};
+use pogo_vault::vault::{Argon2Costs, InitKey, UnauditedFixture, Vault};
 
 const TENANTS: usize = 6;
 
@@ -84,7 +84,7 @@ async fn kill_9_under_load_loses_no_record_of_a_token_handed_out() {
     let db = d.join("vault.db");
     let key = d.join("master.key");
     let vault = Vault::init(&db, &InitKey::GenerateKeyFile(key.clone()), Argon2Costs::default()).unwrap();
-    vault.set_integration(&sim.demo_integration().unwrap()).unwrap();
+    vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
     for i in 0..TENANTS {
         let k = sim_key(i);
         sim.add_client(
@@ -93,7 +93,7 @@ async fn kill_9_under_load_loses_no_record_of_a_token_handed_out() {
             SimClient { client_id: i.to_string(), name: format!("c{i}"), organization_number: "123456789".into() },
         );
         let new = pogo_vault::vault::NewTenant::new(format!("t{i}").parse().unwrap(), Environment::Demo);
-        vault.add_tenant(&new, &ClientKey::parse(&k).unwrap()).unwrap();
+        vault.add_tenant(&new, &ClientKey::parse(&k).unwrap(), &UnauditedFixture).unwrap();
     }
     let fp_key_vault = vault; // kept open to fingerprint what clients received
     std::fs::write(d.join("policy.toml"), policy_text("")).unwrap();

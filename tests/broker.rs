@@ -8,12 +8,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pogo_vault::audit::{AuditConfig, AuditLog};
 use pogo_vault::crypto::{ClientKey, SubscriptionKey};
 use pogo_vault::domain::{Environment, TenantId, TenantStatus};
 use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
 use pogo_vault::tokens::{Broker, BrokerConfig, BrokerError, Clock, ManualClock, SystemClock, TokenSource};
 use pogo_vault::upstream::{GoClient, UpstreamConfig};
-use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, Vault};
+use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, UnauditedFixture, Vault};
 
 struct Harness {
     sim: Sim,
@@ -41,7 +42,7 @@ async fn setup(sim: &Sim, n: usize) -> (Arc<Vault>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("v.db");
     let vault = Vault::init(&db, &InitKey::GenerateKeyFile(dir.path().join("k")), Argon2Costs::default()).unwrap();
-    vault.set_integration(&sim.demo_integration().unwrap()).unwrap();
+    vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
     let keys: Vec<ClientKey> = (0..n).map(|i| ClientKey::parse(&client_key(i)).unwrap()).collect();
     let batch: Vec<(NewTenant, &ClientKey)> = keys
         .iter()
@@ -51,7 +52,7 @@ async fn setup(sim: &Sim, n: usize) -> (Arc<Vault>, tempfile::TempDir) {
             (new, k)
         })
         .collect();
-    vault.add_tenants(&batch).unwrap();
+    vault.add_tenants(&batch, &UnauditedFixture).unwrap();
     for i in 0..n {
         sim.add_client(
             Environment::Demo,
@@ -66,6 +67,12 @@ async fn setup(sim: &Sim, n: usize) -> (Arc<Vault>, tempfile::TempDir) {
     (Arc::new(vault), dir)
 }
 
+/// The audit log beside a test vault: the broker records a key Go rejected before marking it.
+fn audit_of(vault: &Vault) -> AuditLog {
+    let path = vault.path().with_extension("audit.db");
+    AuditLog::open(&path, vault.audit_signing_key().unwrap(), AuditConfig::default()).unwrap()
+}
+
 fn go(timeout: Duration) -> GoClient {
     GoClient::new(&UpstreamConfig { connect_timeout: Duration::from_secs(2), request_timeout: timeout }).unwrap()
 }
@@ -74,7 +81,7 @@ async fn harness(n: usize, cfg: BrokerConfig) -> Harness {
     let sim = start_sim(Duration::from_secs(1200)).await;
     let (vault, dir) = setup(&sim, n).await;
     let clock = ManualClock::new();
-    let broker = Broker::new(vault.clone(), go(Duration::from_secs(5)), cfg, clock.clone());
+    let broker = Broker::new(vault.clone(), go(Duration::from_secs(5)), cfg, clock.clone(), audit_of(&vault));
     Harness { sim, vault, broker, clock, _dir: dir }
 }
 
@@ -228,7 +235,13 @@ async fn invalid_client_marks_the_tenant_key_rejected_and_stops_upstream_calls()
     assert_eq!(h.sim.token_requests(), 1);
 
     // A restarted broker reads the status from the store: still no upstream call.
-    let restarted = Broker::new(h.vault.clone(), go(Duration::from_secs(5)), BrokerConfig::default(), h.clock.clone());
+    let restarted = Broker::new(
+        h.vault.clone(),
+        go(Duration::from_secs(5)),
+        BrokerConfig::default(),
+        h.clock.clone(),
+        audit_of(&h.vault),
+    );
     assert_eq!(restarted.get_token(&t, None).await.unwrap_err(), BrokerError::KeyRejected(t.clone()));
     assert_eq!(h.sim.token_requests(), 1);
 
@@ -239,7 +252,7 @@ async fn invalid_client_marks_the_tenant_key_rejected_and_stops_upstream_calls()
         new_key,
         SimClient { client_id: "9".into(), name: "n".into(), organization_number: "999999999".into() },
     );
-    h.vault.rotate_key(&t, &ClientKey::parse(new_key).unwrap()).unwrap();
+    h.vault.rotate_key(&t, &ClientKey::parse(new_key).unwrap(), &UnauditedFixture).unwrap();
     h.broker.forget(&t);
     assert!(h.broker.get_token(&t, None).await.is_ok());
     assert_eq!(h.vault.tenant(&t).unwrap().unwrap().status, TenantStatus::Active);
@@ -258,12 +271,16 @@ async fn server_errors_are_retried_with_backoff_then_succeed() {
 async fn rejected_subscription_key_is_reported_as_an_integration_problem() {
     let h = harness(1, BrokerConfig::default()).await;
     h.vault
-        .set_integration(&IntegrationInput {
-            environment: Environment::Demo,
-            application_key: sim::DEFAULT_APPLICATION_KEY.into(),
-            base_url: h.sim.base_url(Environment::Demo),
-            subscription_key: SubscriptionKey::parse("ffffffffffffffffffffffffffffffff").unwrap(),
-        })
+        .set_integration(
+            &IntegrationInput {
+                environment: Environment::Demo,
+                application_key: sim::DEFAULT_APPLICATION_KEY.into(),
+                base_url: h.sim.base_url(Environment::Demo),
+                subscription_key: SubscriptionKey::parse("ffffffffffffffffffffffffffffffff").unwrap(),
+                allow_custom_base_url: true,
+            },
+            &UnauditedFixture,
+        )
         .unwrap();
     let err = h.broker.get_token(&tid(0), None).await.unwrap_err();
     assert!(matches!(err, BrokerError::SubscriptionKeyRejected { env: Environment::Demo, .. }), "{err}");
@@ -277,7 +294,8 @@ async fn a_hanging_upstream_is_cut_at_the_configured_timeout() {
     let sim = start_sim(Duration::from_secs(1200)).await;
     let (vault, _dir) = setup(&sim, 1).await;
     let cfg = BrokerConfig { retry_attempts: 1, ..BrokerConfig::default() };
-    let broker = Broker::new(vault, go(Duration::from_millis(300)), cfg, ManualClock::new());
+    let audit = audit_of(&vault);
+    let broker = Broker::new(vault, go(Duration::from_millis(300)), cfg, ManualClock::new(), audit);
     sim.hang_next(1);
     let started = std::time::Instant::now();
     let err = broker.get_token(&tid(0), None).await.unwrap_err();
@@ -297,7 +315,8 @@ async fn the_limiter_holds_with_five_thousand_cold_tenants() {
         limiter_max_wait: Duration::from_secs(1),
         ..BrokerConfig::default()
     };
-    let broker = Broker::new(vault, go(Duration::from_secs(5)), cfg, Arc::new(SystemClock));
+    let audit = audit_of(&vault);
+    let broker = Broker::new(vault, go(Duration::from_secs(5)), cfg, Arc::new(SystemClock), audit);
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for i in 0..5000 {
@@ -336,7 +355,7 @@ async fn unknown_tenant_is_not_found_and_leaves_no_state() {
     assert_eq!(h.broker.get_token(&ghost, None).await.unwrap_err(), BrokerError::NotFound(ghost.clone()));
     assert_eq!(h.broker.last_served_ms(&ghost), None);
     assert_eq!(h.sim.token_requests(), 0);
-    h.vault.set_status(&tid(0), TenantStatus::Disabled).unwrap();
+    h.vault.set_status(&tid(0), TenantStatus::Disabled, &UnauditedFixture).unwrap();
     assert_eq!(h.broker.get_token(&tid(0), None).await.unwrap_err(), BrokerError::Disabled(tid(0)));
 }
 

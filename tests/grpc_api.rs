@@ -12,6 +12,7 @@ use common::new_tenant;
 use common::server::{TestServer, key, policy_text, sim_key};
 use pogo_vault::authz::{Requirement, methods};
 use pogo_vault::proto::v1 as pb;
+use pogo_vault::vault::UnauditedFixture;
 use prost::Message;
 use tonic::Code;
 
@@ -151,7 +152,7 @@ async fn register_then_mint_over_mtls_and_nothing_secret_in_any_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subscription_key_is_returned_only_in_its_field_when_configured() {
     let mut ts = TestServer::start_with(|o| o.return_subscription_key = true).await;
-    ts.vault().add_tenant(&new_tenant("acme"), &key(0)).unwrap();
+    ts.vault().add_tenant(&new_tenant("acme"), &key(0), &UnauditedFixture).unwrap();
     let mut resp = ts.token_client("token-caller").await.get_access_token(get("acme")).await.unwrap().into_inner();
     assert_eq!(resp.subscription_key, pogo_vault::sim::DEFAULT_DEMO_SUBSCRIPTION_KEY);
     resp.subscription_key.clear();
@@ -167,8 +168,8 @@ async fn the_subscription_key_is_returned_only_in_its_field_when_configured() {
 async fn tls_and_authorization_refusals() {
     let mut ts = TestServer::start().await;
     let vault = ts.vault();
-    vault.add_tenant(&new_tenant("a-1"), &key(0)).unwrap();
-    vault.add_tenant(&new_tenant("b-1"), &key(1)).unwrap();
+    vault.add_tenant(&new_tenant("a-1"), &key(0), &UnauditedFixture).unwrap();
+    vault.add_tenant(&new_tenant("b-1"), &key(1), &UnauditedFixture).unwrap();
     drop(vault);
 
     // No client certificate: the handshake fails, no RPC happens.
@@ -291,7 +292,7 @@ async fn every_method_has_a_role_and_is_refused_without_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_policy_and_a_broken_policy_is_refused() {
     let mut ts = TestServer::start().await;
-    ts.vault().add_tenant(&new_tenant("c-1"), &key(0)).unwrap();
+    ts.vault().add_tenant(&new_tenant("c-1"), &key(0), &UnauditedFixture).unwrap();
     let mut stranger = ts.token_client("stranger").await;
     assert_eq!(stranger.get_access_token(get("c-1")).await.unwrap_err().code(), Code::PermissionDenied);
 
@@ -365,7 +366,7 @@ async fn a_revoked_caller_is_refused_after_a_certificate_reload() {
         o.tls.crls = vec![crl_for_start];
     })
     .await;
-    ts.vault().add_tenant(&new_tenant("a-1"), &key(0)).unwrap();
+    ts.vault().add_tenant(&new_tenant("a-1"), &key(0), &UnauditedFixture).unwrap();
     let mut open_channel = ts.token_client("a-only").await;
     open_channel.get_access_token(get("a-1")).await.unwrap();
 

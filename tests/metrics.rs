@@ -7,6 +7,7 @@ mod common;
 
 use common::server::{TestServer, sim_key};
 use pogo_vault::proto::v1 as pb;
+use pogo_vault::vault::UnauditedFixture;
 
 fn value(scrape: &str, series: &str) -> f64 {
     scrape
@@ -93,6 +94,7 @@ async fn status_command_reports_a_running_vault() {
         .add_tenant(
             &pogo_vault::vault::NewTenant::new("acme".parse().unwrap(), pogo_vault::domain::Environment::Demo),
             &common::server::key(0),
+            &UnauditedFixture,
         )
         .unwrap();
     let run = |who: &str| {

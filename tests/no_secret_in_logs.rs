@@ -15,7 +15,7 @@ use pogo_vault::domain::{Environment, TenantId};
 use pogo_vault::sim::{self, SimClient, SimConfig};
 use pogo_vault::tokens::{Broker, BrokerConfig, ManualClock};
 use pogo_vault::upstream::{GoClient, UpstreamConfig};
-use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, Vault};
+use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, UnauditedFixture, Vault};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -55,10 +55,10 @@ async fn no_secret_reaches_logs_or_error_strings() {
         Vault::init(&dir.path().join("v.db"), &InitKey::GenerateKeyFile(dir.path().join("k")), Argon2Costs::default())
             .unwrap(),
     );
-    vault.set_integration(&sim.demo_integration().unwrap()).unwrap();
+    vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
     for (i, k) in KEYS.iter().enumerate() {
         let new = NewTenant::new(format!("t{i}").parse().unwrap(), Environment::Demo);
-        vault.add_tenant(&new, &ClientKey::parse(k).unwrap()).unwrap();
+        vault.add_tenant(&new, &ClientKey::parse(k).unwrap(), &UnauditedFixture).unwrap();
         sim.add_client(
             Environment::Demo,
             k,
@@ -72,7 +72,13 @@ async fn no_secret_reaches_logs_or_error_strings() {
     .unwrap();
     let clock = ManualClock::new();
     let cfg = BrokerConfig { retry_attempts: 1, limiter_max_wait: Duration::ZERO, ..BrokerConfig::default() };
-    let broker = Broker::new(vault.clone(), go.clone(), cfg, clock.clone());
+    let audit = pogo_vault::audit::AuditLog::open(
+        &dir.path().join("a.db"),
+        vault.audit_signing_key().unwrap(),
+        pogo_vault::audit::AuditConfig::default(),
+    )
+    .unwrap();
+    let broker = Broker::new(vault.clone(), go.clone(), cfg, clock.clone(), audit);
     let t = |i: usize| -> TenantId { format!("t{i}").parse().unwrap() };
 
     let mut tokens = Vec::new();
@@ -111,12 +117,16 @@ async fn no_secret_reaches_logs_or_error_strings() {
     sim.revoke_client(KEYS[1]);
     record(&mut tokens, &mut errors, broker.get_token(&t(1), None).await); // key rejected
     vault
-        .set_integration(&IntegrationInput {
-            environment: Environment::Demo,
-            application_key: sim::DEFAULT_APPLICATION_KEY.into(),
-            base_url: sim.base_url(Environment::Demo),
-            subscription_key: SubscriptionKey::parse("0123456789abcdef0123456789abcdef").unwrap(),
-        })
+        .set_integration(
+            &IntegrationInput {
+                environment: Environment::Demo,
+                application_key: sim::DEFAULT_APPLICATION_KEY.into(),
+                base_url: sim.base_url(Environment::Demo),
+                subscription_key: SubscriptionKey::parse("0123456789abcdef0123456789abcdef").unwrap(),
+                allow_custom_base_url: true,
+            },
+            &UnauditedFixture,
+        )
         .unwrap();
     broker.forget_integration(Environment::Demo);
     record(&mut tokens, &mut errors, broker.get_token(&t(2), None).await); // subscription key rejected

@@ -8,13 +8,13 @@ mod common;
 use common::*;
 use pogo_vault::crypto::{ClientKey, MasterKeySource};
 use pogo_vault::domain::{Environment, TenantId};
-use pogo_vault::vault::{Argon2Costs, InitKey, Vault, VaultError};
+use pogo_vault::vault::{Argon2Costs, InitKey, UnauditedFixture, Vault, VaultError};
 use proptest::prelude::*;
 
 fn vault_with(s: &Scratch, tenants: &[(&str, &str)]) -> Vault {
     let v = Vault::init(&s.db(), &InitKey::GenerateKeyFile(s.key()), Argon2Costs::default()).unwrap();
     for (id, key) in tenants {
-        v.add_tenant(&new_tenant(id), &ClientKey::parse(key).unwrap()).unwrap();
+        v.add_tenant(&new_tenant(id), &ClientKey::parse(key).unwrap(), &UnauditedFixture).unwrap();
     }
     v
 }
@@ -52,7 +52,7 @@ fn row_copied_onto_another_tenant_does_not_open() {
 fn ciphertext_alone_moved_with_its_dek_to_another_version_does_not_open() {
     let s = Scratch::new();
     let v = vault_with(&s, &[("alpha", K1)]);
-    v.rotate_key(&"alpha".parse().unwrap(), &ClientKey::parse(K2).unwrap()).unwrap();
+    v.rotate_key(&"alpha".parse().unwrap(), &ClientKey::parse(K2).unwrap(), &UnauditedFixture).unwrap();
     // Relabel the version-2 row as version 3 and point the tenant at it: bound to v2, so it fails.
     let conn = rusqlite_open(&s.db());
     conn.execute("UPDATE sealed_secrets SET version = 3 WHERE owner = 'alpha'", []).unwrap();
@@ -101,12 +101,16 @@ fn integration_row_edited_to_another_host_does_not_open() {
     use pogo_vault::vault::IntegrationInput;
     let s = Scratch::new();
     let v = vault_with(&s, &[]);
-    v.set_integration(&IntegrationInput {
-        environment: Environment::Demo,
-        application_key: APP_KEY.into(),
-        base_url: "https://goapi.poweroffice.net/Demo".into(),
-        subscription_key: SubscriptionKey::parse("0123456789abcdef0123456789abcdef").unwrap(),
-    })
+    v.set_integration(
+        &IntegrationInput {
+            environment: Environment::Demo,
+            application_key: APP_KEY.into(),
+            base_url: "https://goapi.poweroffice.net/Demo".into(),
+            subscription_key: SubscriptionKey::parse("0123456789abcdef0123456789abcdef").unwrap(),
+            allow_custom_base_url: true,
+        },
+        &UnauditedFixture,
+    )
     .unwrap();
     let rec = v.integration(Environment::Demo).unwrap().unwrap();
     assert!(v.open_subscription_key(&rec).is_ok());

@@ -322,6 +322,23 @@ impl AuditLog {
         }
     }
 
+    /// [`AuditLog::append_receipt`] for blocking code: a vault transaction that waits, still
+    /// open, for its change's record (audit before effect). Blocks the calling thread (never
+    /// call it on a runtime worker); bounded like every append by the watchdog.
+    pub fn append_wait(&self, mut rec: AuditRecord) -> Result<Receipt, AuditError> {
+        rec.bound_lengths();
+        let (done, index) = self.enqueue(rec)?;
+        match block_on(done.wait()) {
+            Outcome::Durable { time_ms, links } => {
+                let &(sequence, prev_hash, hash) = links
+                    .get(index)
+                    .ok_or_else(|| AuditError::Unavailable { reason: "the writer lost a record".into() })?;
+                Ok(Receipt { sequence, time_ms: *time_ms, prev_hash, hash })
+            }
+            Outcome::Unavailable(reason) => Err(AuditError::Unavailable { reason: reason.clone() }),
+        }
+    }
+
     /// Puts `rec` in the open batch; returns the batch's cell and the record's index in it.
     fn enqueue(&self, rec: AuditRecord) -> Result<(Arc<Done>, usize), AuditError> {
         let inner = &self.inner;
@@ -454,15 +471,19 @@ impl AuditLog {
 
     /// Appends one record synchronously, with a checkpoint, in one transaction: for one-shot
     /// commands (the CLI's KEK rotation) that run beside, or instead of, a server. Same chain
-    /// rules as [`AuditLog::append`]; waits up to the store's busy timeout for a running
-    /// server's writer.
+    /// rules as [`AuditLog::append`]; waits for a running server's writer at most the default
+    /// append timeout, so a locked audit database fails a command in bounded time.
     pub fn append_blocking_once(
         path: &Path,
         signing_key: &SigningKey,
         mut rec: AuditRecord,
     ) -> Result<AuditEvent, AuditError> {
         rec.bound_lengths();
-        let mut conn = db::open_writer(path, &signing_key.verifying_key(), None)?;
+        let bound = Some(AuditConfig::default().append_timeout);
+        let mut conn = db::open_writer(path, &signing_key.verifying_key(), bound).map_err(|e| match e {
+            AuditError::Store(_) | AuditError::Sqlite(_) => AuditError::Unavailable { reason: e.to_string() },
+            e => e,
+        })?;
         let unavailable = |e: AuditError| AuditError::Unavailable { reason: e.to_string() };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(e.into()))?;
         let time_ms = now_ms();
@@ -472,6 +493,31 @@ impl AuditLog {
         tx.commit().map_err(|e| unavailable(e.into()))?;
         let prev_hash = links.first().map_or(super::GENESIS_HASH, |l| l.1);
         Ok(AuditEvent { sequence: seq, time_ms, prev_hash, hash, record: rec })
+    }
+}
+
+/// Runs a future to completion on this thread, parking between polls. Only for
+/// [`AuditLog::append_wait`], whose future waits on a completion cell that another thread
+/// (the writer or the watchdog) always completes in bounded time.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
     }
 }
 

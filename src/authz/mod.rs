@@ -35,12 +35,17 @@ impl Authorizer {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Re-reads the policy file; on any error the old policy stays in force.
-    pub fn reload(&self) -> Result<usize, PolicyError> {
-        let Some(path) = &self.path else { return Ok(self.policy().grant_count()) };
-        let policy = Policy::load(path)?;
+    /// Re-reads and checks the policy file without putting it in force (a reload is
+    /// recorded in the audit log first, then [`Authorizer::install`]ed). `None`: this
+    /// authorizer has no file.
+    pub fn read_file(&self) -> Result<Option<Policy>, PolicyError> {
+        self.path.as_ref().map(|p| Policy::load(p)).transpose()
+    }
+
+    /// Puts a policy in force; returns its number of grants.
+    pub fn install(&self, policy: Policy) -> usize {
         let n = policy.grant_count();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
-        Ok(n)
+        n
     }
 }

@@ -7,12 +7,37 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use super::operator::Operator;
 use super::output::{self, IntegrationView, TenantView};
 use super::{CliError, GlobalArgs};
-use crate::audit::{Action, AuditRecord, Outcome};
+use crate::audit::{Action, Outcome};
 use crate::crypto::{ClientKey, MasterKeySource, SubscriptionKey};
 use crate::domain::{DisplayName, Environment, Labels, OrganizationNumber, TenantId, TenantStatus};
-use crate::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, Vault};
+use crate::store::tenants::TenantRecord;
+use crate::vault::{
+    Argon2Costs, InitKey, IntegrationChange, IntegrationInput, KekRotation, KeyChange, NewTenant, Vault, VaultError,
+};
+
+/// What an integration record says: the host that receives keys (old and new), the
+/// application key, the subscription key's hint and version, and whether a custom host was
+/// allowed. Shared by the CLI and the server.
+pub fn integration_detail(c: &IntegrationChange, how: &str) -> String {
+    let n = &c.current;
+    let old = c.previous.as_ref().map_or_else(|| "none".to_owned(), |p| crate::vault::base_url_origin(&p.base_url));
+    let custom = if crate::vault::is_go_base_url(&n.base_url) {
+        String::new()
+    } else {
+        "; CUSTOM base URL allowed (--allow-custom-base-url): not PowerOffice Go".to_owned()
+    };
+    format!(
+        "{} integration set {how}: base URL host {old} -> {}, application key {}, subscription key {} (version {}){custom}",
+        n.environment,
+        crate::vault::base_url_origin(&n.base_url),
+        n.application_key,
+        n.subscription_key_hint,
+        n.subscription_key_version
+    )
+}
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -62,6 +87,10 @@ pub enum IntegrationCommand {
         /// Go's base URL; defaults to PowerOffice's for the environment.
         #[arg(long)]
         base_url: Option<String>,
+        /// Accept a base URL outside PowerOffice Go's own hosts (the simulator, tests). That
+        /// host receives every client key of the environment; the audit record says so.
+        #[arg(long)]
+        allow_custom_base_url: bool,
     },
     /// List the configured integrations (subscription-key hints only).
     List {
@@ -182,67 +211,58 @@ fn unlock(g: &GlobalArgs) -> Result<Vault, CliError> {
     Ok(Vault::unlock(&g.db, &source)?)
 }
 
-/// Unlocks the vault for a change and checks first that its audit record can be written,
-/// so a change is not made when its record could not be.
-fn unlock_for_change(g: &GlobalArgs) -> Result<(Vault, ed25519_dalek::SigningKey), CliError> {
+/// Unlocks the vault for a change: the vault, the audit signing key (the change's record
+/// is appended to the audit database before the change commits) and who is asking.
+fn unlock_for_change(g: &GlobalArgs) -> Result<(Vault, ed25519_dalek::SigningKey, Operator), CliError> {
     let vault = unlock(g)?;
     let key = vault.audit_signing_key()?;
-    audit_writable(&g.audit_db()).map_err(|e| {
-        CliError::new(format!(
-            "the audit database {} cannot be written ({e}); nothing was changed",
+    Ok((vault, key, Operator::current()))
+}
+
+/// A refused change, as the one line the operator sees.
+fn change_error(g: &GlobalArgs, e: VaultError) -> CliError {
+    match e {
+        VaultError::NotRecorded { reason } => CliError::new(format!(
+            "the audit database {} cannot be written ({reason}); nothing was changed",
             g.audit_db().display()
-        ))
-    })?;
-    Ok((vault, key))
-}
-
-/// Opens (creating, mode 0600) the audit database and takes and releases its write lock.
-fn audit_writable(path: &std::path::Path) -> Result<(), crate::store::StoreError> {
-    crate::store::create_private_file(path)?;
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = crate::store::open_connection(path, flags, crate::audit::AUDIT_MIGRATIONS)?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.rollback()?;
-    Ok(())
-}
-
-/// Appends the audit record of an operator's change. The caller is `cli:<user>`.
-fn audit(
-    g: &GlobalArgs,
-    key: &ed25519_dalek::SigningKey,
-    action: Action,
-    tenant: Option<&TenantId>,
-    key_version: Option<i64>,
-    detail: &str,
-) -> Result<(), CliError> {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    let mut rec = AuditRecord::new(action, Outcome::Ok).caller(format!("cli:{user}"), "").detail(detail);
-    if let Some(t) = tenant {
-        rec = rec.tenant(t.to_string());
+        )),
+        e => e.into(),
     }
-    if let Some(v) = key_version {
-        rec = rec.key_version(v);
-    }
-    rec = rec.request(crate::server::new_request_id(), "local");
-    crate::audit::AuditLog::append_blocking_once(&g.audit_db(), key, rec)
-        .map(|_| ())
-        .map_err(|e| CliError::new(format!("the change was made but its audit record was not written: {e}")))
 }
 
 pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError> {
     match c {
-        IntegrationCommand::Set { environment, application_key, base_url } => {
+        IntegrationCommand::Set { environment, application_key, base_url, allow_custom_base_url } => {
             let environment = Environment::parse_field("environment", &environment)?;
             let base_url = base_url.unwrap_or_else(|| environment.default_base_url().to_owned());
-            let vault = unlock(g)?;
+            // Checked before the key is read, so a refused URL costs no paste.
+            let checked = crate::vault::validate_base_url(&base_url)?;
+            if !allow_custom_base_url && !crate::vault::is_go_base_url(&checked) {
+                return Err(CliError::new(format!(
+                    "base_url: {checked} is not PowerOffice Go's ({}, or {}/Demo); it would receive every client key, \
+                     so another host needs --allow-custom-base-url (for the simulator and tests), which the audit log records",
+                    crate::vault::GO_HOST,
+                    crate::vault::GO_HOST
+                )));
+            }
+            let (vault, akey, op) = unlock_for_change(g)?;
             let secret = output::read_secret("subscription key (input hidden): ")?;
             let subscription_key = SubscriptionKey::parse(&secret)?;
-            let rec = vault.set_integration(&IntegrationInput {
-                environment,
-                application_key,
-                base_url,
-                subscription_key,
-            })?;
+            let gate = op.gate(g.audit_db(), &akey, |op, c: &IntegrationChange| {
+                vec![op.record(Action::IntegrationSet, Outcome::Ok, integration_detail(c, "with the CLI"))]
+            });
+            let rec = vault
+                .set_integration(
+                    &IntegrationInput {
+                        environment,
+                        application_key,
+                        base_url,
+                        subscription_key,
+                        allow_custom_base_url,
+                    },
+                    &gate,
+                )
+                .map_err(|e| change_error(g, e))?;
             println!(
                 "integration {} set: application key {}, subscription key {} (version {}), base URL {}",
                 rec.environment,
@@ -284,7 +304,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
                 go_client_id: None,
                 labels: Labels::parse_assignments("label", &labels)?,
             };
-            let (vault, akey) = unlock_for_change(g)?;
+            let (vault, akey, op) = unlock_for_change(g)?;
             if vault.tenant(&new.tenant_id)?.is_some() {
                 return Err(CliError::new(format!(
                     "tenant {} already exists; use `tenant rotate-key` to replace its key",
@@ -293,15 +313,15 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
             }
             let secret = output::read_secret("client key (input hidden): ")?;
             let key = ClientKey::parse(&secret)?;
-            let rec = vault.add_tenant(&new, &key)?;
-            audit(
-                g,
-                &akey,
-                Action::KeyRegistered,
-                Some(&rec.tenant_id),
-                Some(rec.key_version),
-                "registered with the CLI (not validated)",
-            )?;
+            let gate = op.gate(g.audit_db(), &akey, |op, t: &TenantRecord| {
+                let detail = "registered with the CLI (not validated)";
+                vec![
+                    op.record(Action::KeyRegistered, Outcome::Ok, detail)
+                        .tenant(t.tenant_id.to_string())
+                        .key_version(t.key_version),
+                ]
+            });
+            let rec = vault.add_tenant(&new, &key, &gate).map_err(|e| change_error(g, e))?;
             println!("tenant {} added: client key {} (version {})", rec.tenant_id, rec.key_hint, rec.key_version);
             if vault.integration(rec.environment)?.is_none() {
                 eprintln!(
@@ -337,14 +357,20 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
         }
         TenantCommand::RotateKey { tenant_id } => {
             let id = TenantId::parse_field("tenant_id", &tenant_id)?;
-            let (vault, akey) = unlock_for_change(g)?;
+            let (vault, akey, op) = unlock_for_change(g)?;
             let cur = vault.tenant(&id)?.ok_or_else(|| CliError::new(format!("tenant {id} not found")))?;
             let secret = output::read_secret("new client key (input hidden): ")?;
             let key = ClientKey::parse(&secret)?;
-            let rec = vault.rotate_key(&id, &key)?;
-            let detail =
-                format!("key version {} replaces {} (destroyed), with the CLI", rec.key_version, cur.key_version);
-            audit(g, &akey, Action::KeyRotated, Some(&id), Some(rec.key_version), &detail)?;
+            let gate = op.gate(g.audit_db(), &akey, |op, k: &KeyChange| {
+                let (new, old) = (k.current.key_version, k.previous.key_version);
+                let detail = format!("key version {new} replaces {old} (destroyed), with the CLI");
+                vec![
+                    op.record(Action::KeyRotated, Outcome::Ok, detail)
+                        .tenant(k.current.tenant_id.to_string())
+                        .key_version(new),
+                ]
+            });
+            let rec = vault.rotate_key(&id, &key, &gate).map_err(|e| change_error(g, e))?;
             println!(
                 "tenant {}: client key {} (version {}) replaces {} (version {}, destroyed)",
                 rec.tenant_id, rec.key_hint, rec.key_version, cur.key_hint, cur.key_version
@@ -355,7 +381,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
         TenantCommand::Enable { tenant_id } => set_status(g, &tenant_id, TenantStatus::Active),
         TenantCommand::Delete { tenant_id, yes } => {
             let id = TenantId::parse_field("tenant_id", &tenant_id)?;
-            let (vault, akey) = unlock_for_change(g)?;
+            let (vault, akey, op) = unlock_for_change(g)?;
             if vault.tenant(&id)?.is_none() {
                 return Err(CliError::new(format!("tenant {id} not found")));
             }
@@ -367,8 +393,15 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
                     id.as_str(),
                 )?;
             }
-            vault.delete_tenant(&id)?;
-            audit(g, &akey, Action::TenantDeleted, Some(&id), None, "deleted with the CLI; client key destroyed")?;
+            let gate = op.gate(g.audit_db(), &akey, |op, t: &TenantRecord| {
+                let detail = "deleted with the CLI; client key destroyed";
+                vec![
+                    op.record(Action::TenantDeleted, Outcome::Ok, detail)
+                        .tenant(t.tenant_id.to_string())
+                        .key_version(t.key_version),
+                ]
+            });
+            vault.delete_tenant(&id, &gate).map_err(|e| change_error(g, e))?;
             println!("tenant {id} deleted; its client key is destroyed");
             Ok(())
         }
@@ -377,10 +410,12 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
 
 fn set_status(g: &GlobalArgs, tenant_id: &str, status: TenantStatus) -> Result<(), CliError> {
     let id = TenantId::parse_field("tenant_id", tenant_id)?;
-    let (vault, akey) = unlock_for_change(g)?;
-    let rec = vault.set_status(&id, status)?;
+    let (vault, akey, op) = unlock_for_change(g)?;
     let action = if status == TenantStatus::Disabled { Action::TenantDisabled } else { Action::TenantEnabled };
-    audit(g, &akey, action, Some(&id), Some(rec.key_version), "with the CLI")?;
+    let gate = op.gate(g.audit_db(), &akey, |op, t: &TenantRecord| {
+        vec![op.record(action, Outcome::Ok, "with the CLI").tenant(t.tenant_id.to_string()).key_version(t.key_version)]
+    });
+    let rec = vault.set_status(&id, status, &gate).map_err(|e| change_error(g, e))?;
     println!("tenant {} is {}", rec.tenant_id, rec.status);
     Ok(())
 }
@@ -413,13 +448,58 @@ pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
     } else {
         return Err(CliError::usage("give the new master key"));
     };
-    let (vault, akey) = unlock_for_change(g)?;
-    let (_vault, r) = vault.rotate_kek(&new, a.argon2.into())?;
-    let detail = format!("master key {} -> {}: {} data keys rewrapped", r.old_kek_id, r.new_kek_id, r.rewrapped);
-    audit(g, &akey, Action::KekRotated, None, None, &detail)?;
+    let (vault, akey, op) = unlock_for_change(g)?;
+    let gate = op.gate(g.audit_db(), &akey, |op, r: &KekRotation| {
+        let detail = format!("master key {} -> {}: {} data keys rewrapped", r.old_kek_id, r.new_kek_id, r.rewrapped);
+        vec![op.record(Action::KekRotated, Outcome::Ok, detail)]
+    });
+    let (_vault, r) = vault.rotate_kek(&new, a.argon2.into(), &gate).map_err(|e| change_error(g, e))?;
     println!(
         "master key rotated: {} -> {}; {} data keys rewrapped; the old master key no longer opens this database",
         r.old_kek_id, r.new_kek_id, r.rewrapped
+    );
+    Ok(())
+}
+
+/// `backup`: its record is durable in the audit database before anything is copied (so the
+/// audit copy holds it); a record that cannot be written means no backup.
+pub fn backup(g: &GlobalArgs, out: &std::path::Path) -> Result<(), CliError> {
+    let (_vault, akey, op) = unlock_for_change(g)?;
+    let audit_db = g.audit_db();
+    let record = || {
+        let rec = op.record(Action::BackupTaken, Outcome::Ok, format!("backup to {}", out.display()));
+        crate::audit::AuditLog::append_blocking_once(&audit_db, &akey, rec).map(|_| ()).map_err(|e| e.to_string())
+    };
+    let r = crate::backup::backup(&g.db, &audit_db, out, record).map_err(|e| CliError::new(e.to_string()))?;
+    println!(
+        "backup written: {} (vault: {} tenants) and {} (audit: {} events); the master key is not inside: keep it apart",
+        r.files.vault.display(),
+        r.tenants,
+        r.files.audit.display(),
+        r.audit_events
+    );
+    Ok(())
+}
+
+/// `restore`: the restored audit database receives the restore's record (signed with the
+/// restored vault's key, so the master key is needed) before either file is put in place.
+pub fn restore(g: &GlobalArgs, from: &std::path::Path) -> Result<(), CliError> {
+    let source = g.master.source()?;
+    let op = Operator::current();
+    let record = |staged_db: &std::path::Path, staged_audit: &std::path::Path| {
+        let vault = Vault::unlock(staged_db, &source).map_err(|e| e.to_string())?;
+        let akey = vault.audit_signing_key().map_err(|e| e.to_string())?;
+        let detail = format!("restored from {} into {}", from.display(), g.db.display());
+        let rec = op.record(Action::Restored, Outcome::Ok, detail);
+        crate::audit::AuditLog::append_blocking_once(staged_audit, &akey, rec).map(|_| ()).map_err(|e| e.to_string())
+    };
+    let r = crate::backup::restore(from, &g.db, &g.audit_db(), record).map_err(|e| CliError::new(e.to_string()))?;
+    println!(
+        "restored {} tenants into {} and {} audit events into {}; start with the same master key, then run `audit verify`",
+        r.tenants,
+        g.db.display(),
+        r.audit_events,
+        g.audit_db().display()
     );
     Ok(())
 }

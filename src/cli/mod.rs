@@ -17,6 +17,7 @@ use crate::vault::VaultError;
 mod admin;
 mod audit;
 mod onboard;
+pub mod operator;
 mod output;
 mod serve;
 
@@ -207,28 +208,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(c) => audit::run(&g.db, c),
         Command::Onboard(c) => onboard::run(c),
         Command::Status(c) => serve::status(c),
-        Command::Backup { out } => {
-            let r = crate::backup::backup(&g.db, &g.audit_db(), &out).map_err(|e| CliError::new(e.to_string()))?;
-            println!(
-                "backup written: {} (vault: {} tenants) and {} (audit: {} events); the master key is not inside: keep it apart",
-                r.files.vault.display(),
-                r.tenants,
-                r.files.audit.display(),
-                r.audit_events
-            );
-            Ok(())
-        }
-        Command::Restore { from } => {
-            let r = crate::backup::restore(&from, &g.db, &g.audit_db()).map_err(|e| CliError::new(e.to_string()))?;
-            println!(
-                "restored {} tenants into {} and {} audit events into {}; start with the same master key, then run `audit verify`",
-                r.tenants,
-                g.db.display(),
-                r.audit_events,
-                g.audit_db().display()
-            );
-            Ok(())
-        }
+        Command::Backup { out } => admin::backup(g, &out),
+        Command::Restore { from } => admin::restore(g, &from),
     }
 }
 

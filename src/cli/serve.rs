@@ -336,7 +336,13 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         let vault = Vault::unlock(&db, &crate::crypto::MasterKeySource::KeyFile(master.clone()))
             .map_err(|e| fail("unlock", &e))?;
         let integration = sim.demo_integration().map_err(|e| fail("subscription key", &e))?;
-        vault.set_integration(&integration).map_err(|e| fail("integration", &e))?;
+        let akey = vault.audit_signing_key().map_err(|e| fail("audit signing key", &e))?;
+        let op = super::operator::Operator::current();
+        let gate = op.gate(crate::config::default_audit_db(&db), &akey, |op, c: &crate::vault::IntegrationChange| {
+            let detail = super::admin::integration_detail(c, "by dev mode");
+            vec![op.record(crate::audit::Action::IntegrationSet, crate::audit::Outcome::Ok, detail)]
+        });
+        vault.set_integration(&integration, &gate).map_err(|e| fail("integration", &e))?;
     }
     println!("dev: simulated PowerOffice Go at {}", sim.base_url(crate::domain::Environment::Demo));
 

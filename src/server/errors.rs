@@ -68,6 +68,7 @@ pub fn vault(e: &VaultError) -> Status {
             Status::internal("integrity failure in the vault's storage; operators are alerted")
         }
         VaultError::Denied { .. } => permission_denied(crate::authz::Role::TenantAdmin),
+        VaultError::NotRecorded { .. } => audit_unavailable(),
         VaultError::Store(StoreError::Sqlite(_)) => retryable(
             Code::Unavailable,
             "the vault's database is busy or failing; retry shortly".into(),

@@ -30,7 +30,7 @@ use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::tls::{CallerIdentity, ServerTlsFiles};
 use crate::tokens::{Broker, Clock, SystemClock};
 use crate::upstream::GoClient;
-use crate::vault::Vault;
+use crate::vault::{NotRecorded, Vault};
 
 mod audit_svc;
 pub mod conn;
@@ -99,19 +99,7 @@ impl ServerState {
         detail: &str,
         extra: Extra,
     ) -> Result<(), Status> {
-        let rec = AuditRecord {
-            caller: caller.identity.id.clone(),
-            caller_serial: caller.identity.serial.clone(),
-            action,
-            tenant_id: tenant.map(|t| t.to_string()),
-            key_version: extra.key_version,
-            outcome,
-            upstream_status: extra.upstream_status,
-            token_fingerprint: extra.token_fingerprint,
-            detail: detail.to_owned(),
-            request_id: caller.request_id.clone(),
-            peer: caller.peer_text.to_string(),
-        };
+        let rec = caller_record(caller, action, tenant, outcome, detail, extra);
         match self.audit.append_receipt(rec).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -121,9 +109,30 @@ impl ServerState {
         }
     }
 
-    /// Refuses a change up front while the audit log cannot be written, so a change is not
-    /// made that could not be recorded (its record is appended right after the change; this
-    /// check narrows the window to a failure in between).
+    /// The commit gate of a vault change made for `caller`: appends the records `make`
+    /// builds from the change the vault is about to commit and waits until they are durable,
+    /// with the vault's transaction still open; the vault commits only then (audit before
+    /// effect, `vault` module docs). Runs on the blocking pool, inside [`Self::vault_op`].
+    pub fn gate<T: ?Sized>(
+        &self,
+        caller: &Caller,
+        make: impl Fn(&Caller, &T) -> Vec<AuditRecord> + Send + Sync + 'static,
+    ) -> impl Fn(&T) -> Result<(), NotRecorded> + Send + Sync + 'static {
+        let (audit, caller) = (self.audit.clone(), caller.clone());
+        move |change: &T| {
+            for rec in make(&caller, change) {
+                if let Err(e) = audit.append_wait(rec) {
+                    tracing::error!(request_id = %caller.request_id, error = %e, "audit record not committed: change rolled back (fail closed)");
+                    return Err(NotRecorded(e.to_string()));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Refuses a change up front while the audit log is known to be failing (a fast path
+    /// only: the guarantee is the commit [`gate`](Self::gate), since health turns false
+    /// only after a failure).
     pub fn audit_ready(&self) -> Result<(), Status> {
         if self.audit.is_healthy() { Ok(()) } else { Err(errors::audit_unavailable()) }
     }
@@ -162,6 +171,30 @@ impl ServerState {
     }
 }
 
+/// An audit record of a decision made for `caller`.
+pub fn caller_record(
+    caller: &Caller,
+    action: Action,
+    tenant: Option<&TenantId>,
+    outcome: Outcome,
+    detail: &str,
+    extra: Extra,
+) -> AuditRecord {
+    AuditRecord {
+        caller: caller.identity.id.clone(),
+        caller_serial: caller.identity.serial.clone(),
+        action,
+        tenant_id: tenant.map(|t| t.to_string()),
+        key_version: extra.key_version,
+        outcome,
+        upstream_status: extra.upstream_status,
+        token_fingerprint: extra.token_fingerprint,
+        detail: detail.to_owned(),
+        request_id: caller.request_id.clone(),
+        peer: caller.peer_text.to_string(),
+    }
+}
+
 /// The audit action a method's decision is recorded under.
 pub fn action_for(path: &str) -> Option<Action> {
     let method = path.rsplit('/').next()?;
@@ -194,7 +227,7 @@ pub fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
 fn server_caller(addr: SocketAddr) -> Caller {
     Caller {
         identity: Arc::new(CallerIdentity {
-            id: "pogo-vault-server".into(),
+            id: crate::tokens::SERVER_IDENTITY.into(),
             kind: crate::tls::IdentityKind::CommonName,
             serial: String::new(),
         }),
@@ -331,7 +364,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     let authz = Arc::new(Authorizer::load(opts.policy.clone())?);
     let tls = Arc::new(conn::TlsState::new(crate::tls::load_server_tls(&opts.tls)?));
     let go = GoClient::new(&opts.upstream)?;
-    let broker = Broker::new(vault.clone(), go, opts.tokens.clone(), clock);
+    let broker = Broker::new(vault.clone(), go, opts.tokens.clone(), clock, audit.clone());
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|e| ServeError::Listen { addr: opts.listen, reason: e.to_string() })?;
@@ -361,6 +394,16 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         )
         .await
         .map_err(|s| ServeError::Transport(s.message().to_owned()))?;
+
+    for i in vault.integrations()? {
+        if !crate::vault::is_go_base_url(&i.base_url) {
+            tracing::warn!(
+                environment = %i.environment,
+                host = %crate::vault::base_url_origin(&i.base_url),
+                "the integration's base URL is not PowerOffice Go's: every client key of this environment is sent there (set with --allow-custom-base-url)"
+            );
+        }
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -507,23 +550,52 @@ async fn reload_loop(
     me: Caller,
 ) {
     while let Some(done) = rx.recv().await {
-        let policy = state.authz.reload();
-        let (outcome, detail) = match &policy {
-            Ok(n) => (Outcome::Ok, format!("policy reloaded: {n} grants")),
-            Err(e) => (Outcome::Error, format!("policy reload refused, old policy kept: {e}")),
-        };
-        tracing::info!(detail = %detail, "reload");
-        let _ = state.record(&me, Action::PolicyReloaded, None, outcome, &detail, Extra::default()).await;
-        let certs = crate::tls::load_server_tls(&files);
-        let (outcome, detail) = match certs {
-            Ok(cfg) => {
-                tls.set(cfg);
-                (Outcome::Ok, "certificates and CRLs reloaded".to_owned())
+        // Audit before effect: the new policy and certificates are read and checked, their
+        // record is made durable, and only then are they put in force. A record that cannot
+        // be written keeps the old ones (and says so in the log).
+        match state.authz.read_file() {
+            Ok(None) => {}
+            Ok(Some(policy)) => {
+                let detail = format!("policy reloaded: {} grants", policy.grant_count());
+                match state.record(&me, Action::PolicyReloaded, None, Outcome::Ok, &detail, Extra::default()).await {
+                    Ok(()) => {
+                        state.authz.install(policy);
+                        tracing::info!(detail = %detail, "reload");
+                    }
+                    Err(_) => {
+                        tracing::error!("policy reload not recorded in the audit log; the old policy stays in force")
+                    }
+                }
             }
-            Err(e) => (Outcome::Error, format!("certificate reload refused, old ones kept: {e}")),
-        };
-        tracing::info!(detail = %detail, "reload");
-        let _ = state.record(&me, Action::CertificatesReloaded, None, outcome, &detail, Extra::default()).await;
+            Err(e) => {
+                let detail = format!("policy reload refused, old policy kept: {e}");
+                tracing::warn!(detail = %detail, "reload");
+                let _ =
+                    state.record(&me, Action::PolicyReloaded, None, Outcome::Error, &detail, Extra::default()).await;
+            }
+        }
+        match crate::tls::load_server_tls(&files) {
+            Ok(cfg) => {
+                let detail = "certificates and CRLs reloaded";
+                match state.record(&me, Action::CertificatesReloaded, None, Outcome::Ok, detail, Extra::default()).await
+                {
+                    Ok(()) => {
+                        tls.set(cfg);
+                        tracing::info!(detail = %detail, "reload");
+                    }
+                    Err(_) => tracing::error!(
+                        "certificate reload not recorded in the audit log; the old certificates stay in force"
+                    ),
+                }
+            }
+            Err(e) => {
+                let detail = format!("certificate reload refused, old ones kept: {e}");
+                tracing::warn!(detail = %detail, "reload");
+                let _ = state
+                    .record(&me, Action::CertificatesReloaded, None, Outcome::Error, &detail, Extra::default())
+                    .await;
+            }
+        }
         let _ = done.send(());
     }
 }

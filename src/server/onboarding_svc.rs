@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Extra, ServerState, errors, timestamp_ms};
-use crate::audit::{Action, Outcome};
+use super::{Caller, Extra, ServerState, caller_record, errors, timestamp_ms};
+use crate::audit::{Action, AuditRecord, Outcome};
 use crate::authz::Role;
 use crate::domain::{DisplayName, Environment, InvalidInput, OrganizationNumber, TenantId};
 use crate::proto::v1 as pb;
@@ -22,7 +22,7 @@ use crate::proto::v1::onboarding_service_server::OnboardingService;
 use crate::store::onboarding::{Session, SessionStatus};
 use crate::tokens::BrokerError;
 use crate::upstream::OnboardingToken;
-use crate::vault::OnboardedKey;
+use crate::vault::{OnboardedKey, OnboardingOutcome};
 
 pub struct OnboardingSvc {
     pub state: Arc<ServerState>,
@@ -86,6 +86,10 @@ fn new_id() -> Option<String> {
 
 impl OnboardingSvc {
     async fn refuse(&self, caller: &Caller, action: Action, outcome: Outcome, status: Status) -> Status {
+        // While the log is failing nothing can be recorded: UNAVAILABLE at once.
+        if !self.state.audit.is_healthy() {
+            return errors::audit_unavailable();
+        }
         match self.state.record(caller, action, None, outcome, status.message(), Extra::default()).await {
             Ok(()) => status,
             Err(s) => s,
@@ -131,9 +135,11 @@ impl OnboardingService for OnboardingSvc {
             go_status: None,
             tenants: Vec::new(),
         };
-        self.state.vault_op(move |v| v.insert_onboarding(&row)).await?;
         let detail = format!("onboarding {id} begun for {}", b.env);
-        self.state.record(&caller, action, None, Outcome::Ok, &detail, Extra::default()).await?;
+        let gate = self.state.gate(&caller, move |c, _: &Session| {
+            vec![caller_record(c, action, None, Outcome::Ok, &detail, Extra::default())]
+        });
+        self.state.vault_op(move |v| v.insert_onboarding(&row, &gate)).await?;
         Ok(Response::new(pb::BeginOnboardingResponse {
             onboarding_id: id,
             authorization_url: session.temporary_url,
@@ -248,14 +254,52 @@ impl OnboardingService for OnboardingSvc {
         let policy = st.authz.policy();
         let who = caller.identity.id.clone();
         let s2 = session.clone();
+        let oid = id.clone();
+        // Every tenant's record and the completion record are durable before the keys and
+        // the session's completion commit (audit before effect).
+        let gate = st.gate(&caller, move |c, outcomes: &[OnboardingOutcome]| {
+            let mut recs: Vec<AuditRecord> = outcomes
+                .iter()
+                .map(|o| {
+                    let t = &o.record;
+                    let (action, detail) = match o.previous_version {
+                        Some(old) => (
+                            Action::KeyReactivated,
+                            format!(
+                                "re-activation via onboarding {oid}: key version {} replaces {old} (destroyed)",
+                                t.key_version
+                            ),
+                        ),
+                        None => (Action::KeyRegistered, format!("registered via onboarding {oid}")),
+                    };
+                    let extra = Extra { key_version: Some(t.key_version), ..Extra::default() };
+                    caller_record(c, action, Some(&t.tenant_id), Outcome::Ok, &detail, extra)
+                })
+                .collect();
+            let ids: Vec<String> = outcomes.iter().map(|o| o.record.tenant_id.to_string()).collect();
+            let detail = format!("onboarding {oid} completed: {}", ids.join(", "));
+            recs.push(caller_record(c, Action::OnboardingCompleted, None, Outcome::Ok, &detail, Extra::default()));
+            recs
+        });
         let applied = self
             .state
             .vault_op(move |v| {
-                v.apply_onboarding(&s2, &clients, &|t: &TenantId| policy.allows(&who, Role::TenantAdmin, t))
+                v.apply_onboarding(&s2, &clients, &|t: &TenantId| policy.allows(&who, Role::TenantAdmin, t), &gate)
             })
             .await;
         let outcomes = match applied {
             Ok(o) => o,
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                // Nothing was stored (the audit log or the database could not be written):
+                // the session goes back to where it was, unchanged.
+                let sid = id.clone();
+                self.state
+                    .vault_op(move |v| {
+                        v.onboarding_transition(&sid, SessionStatus::Completing, SessionStatus::Pending, None)
+                    })
+                    .await?;
+                return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Error, s).await);
+            }
             Err(s) => {
                 let sid = id.clone();
                 self.state
@@ -272,24 +316,8 @@ impl OnboardingService for OnboardingSvc {
             }
         };
         for o in &outcomes {
-            let t = &o.record;
-            st.broker.forget(&t.tenant_id);
-            let (action, detail) = match o.previous_version {
-                Some(old) => (
-                    Action::KeyReactivated,
-                    format!(
-                        "re-activation via onboarding {id}: key version {} replaces {old} (destroyed)",
-                        t.key_version
-                    ),
-                ),
-                None => (Action::KeyRegistered, format!("registered via onboarding {id}")),
-            };
-            let extra = Extra { key_version: Some(t.key_version), ..Extra::default() };
-            st.record(&caller, action, Some(&t.tenant_id), Outcome::Ok, &detail, extra).await?;
+            st.broker.forget(&o.record.tenant_id);
         }
-        let ids: Vec<String> = outcomes.iter().map(|o| o.record.tenant_id.to_string()).collect();
-        let detail = format!("onboarding {id} completed: {}", ids.join(", "));
-        st.record(&caller, Action::OnboardingCompleted, None, Outcome::Ok, &detail, Extra::default()).await?;
         Ok(Response::new(pb::CompleteOnboardingResponse {
             tenants: outcomes.iter().map(|o| super::tenant_svc::to_proto(&o.record, None)).collect(),
         }))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use base64::Engine;
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Extra, ServerState, errors, timestamp_ms};
+use super::{Caller, Extra, ServerState, caller_record, errors, timestamp_ms};
 use crate::audit::{Action, Outcome};
 use crate::authz::Role;
 use crate::crypto::ClientKey;
@@ -16,7 +16,7 @@ use crate::domain::{DisplayName, Environment, InvalidInput, Labels, Organization
 use crate::proto::v1 as pb;
 use crate::proto::v1::tenant_service_server::TenantService;
 use crate::store::tenants::TenantRecord;
-use crate::vault::NewTenant;
+use crate::vault::{KeyChange, NewTenant};
 
 pub struct TenantSvc {
     pub state: Arc<ServerState>,
@@ -52,8 +52,13 @@ impl TenantSvc {
         Ok(tenant)
     }
 
-    /// Audits a failed action and returns its status.
+    /// Audits a failed action and returns its status. While the audit log is failing (a
+    /// refused commit gate turned it unhealthy) nothing can be recorded: `UNAVAILABLE` at
+    /// once, rather than a second wait for a record that cannot be written.
     async fn failed(&self, caller: &Caller, action: Action, tenant: &TenantId, status: Status) -> Status {
+        if !self.state.audit.is_healthy() {
+            return errors::audit_unavailable();
+        }
         let outcome = match status.code() {
             tonic::Code::InvalidArgument
             | tonic::Code::NotFound
@@ -83,11 +88,13 @@ impl TenantSvc {
         let tenant = self.admit(&caller, action, raw).await?;
         self.state.audit_ready()?;
         let id = tenant.clone();
-        match self.state.vault_op(move |v| v.set_status(&id, status)).await {
+        let gate = self.state.gate(&caller, move |c, rec: &TenantRecord| {
+            let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
+            vec![caller_record(c, action, Some(&rec.tenant_id), Outcome::Ok, status.as_str(), extra)]
+        });
+        match self.state.vault_op(move |v| v.set_status(&id, status, &gate)).await {
             Ok(rec) => {
                 self.state.broker.forget(&tenant);
-                let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
-                self.state.record(&caller, action, Some(&tenant), Outcome::Ok, status.as_str(), extra).await?;
                 Ok(self.view(&rec))
             }
             Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
@@ -150,13 +157,13 @@ impl TenantService for TenantSvc {
                 Err(e) => return Err(self.failed(&caller, action, &tenant, errors::broker(&e)).await),
             }
         }
-        let key = Arc::new(key);
-        let k = key.clone();
-        match self.state.vault_op(move |v| v.add_tenant(&new, &k)).await {
+        let gate = self.state.gate(&caller, move |c, rec: &TenantRecord| {
+            let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
+            vec![caller_record(c, action, Some(&rec.tenant_id), Outcome::Ok, &detail, extra)]
+        });
+        match self.state.vault_op(move |v| v.add_tenant(&new, &key, &gate)).await {
             Ok(rec) => {
                 self.state.broker.forget(&tenant);
-                let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
-                self.state.record(&caller, action, Some(&tenant), Outcome::Ok, &detail, extra).await?;
                 Ok(Response::new(self.view(&rec)))
             }
             Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
@@ -187,12 +194,15 @@ impl TenantService for TenantSvc {
             return Err(self.failed(&caller, action, &tenant, errors::broker(&e)).await);
         }
         let id = tenant.clone();
-        match self.state.vault_op(move |v| v.rotate_key(&id, &key)).await {
+        let gate = self.state.gate(&caller, move |c, k: &KeyChange| {
+            let (new, old) = (k.current.key_version, k.previous.key_version);
+            let extra = Extra { key_version: Some(new), ..Extra::default() };
+            let detail = format!("key version {new} replaces {old} (destroyed)");
+            vec![caller_record(c, action, Some(&k.current.tenant_id), Outcome::Ok, &detail, extra)]
+        });
+        match self.state.vault_op(move |v| v.rotate_key(&id, &key, &gate)).await {
             Ok(rec) => {
                 self.state.broker.forget(&tenant);
-                let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
-                let detail = format!("key version {} replaces {} (destroyed)", rec.key_version, cur.key_version);
-                self.state.record(&caller, action, Some(&tenant), Outcome::Ok, &detail, extra).await?;
                 Ok(Response::new(self.view(&rec)))
             }
             Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
@@ -276,19 +286,14 @@ impl TenantService for TenantSvc {
         let tenant = self.admit(&caller, action, &req.get_ref().tenant_id).await?;
         self.state.audit_ready()?;
         let id = tenant.clone();
-        match self.state.vault_op(move |v| v.delete_tenant(&id)).await {
+        let gate = self.state.gate(&caller, move |c, rec: &TenantRecord| {
+            let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
+            let detail = "deleted; client key destroyed";
+            vec![caller_record(c, action, Some(&rec.tenant_id), Outcome::Ok, detail, extra)]
+        });
+        match self.state.vault_op(move |v| v.delete_tenant(&id, &gate)).await {
             Ok(()) => {
                 self.state.broker.forget(&tenant);
-                self.state
-                    .record(
-                        &caller,
-                        action,
-                        Some(&tenant),
-                        Outcome::Ok,
-                        "deleted; client key destroyed",
-                        Extra::default(),
-                    )
-                    .await?;
                 Ok(Response::new(pb::DeleteTenantResponse {}))
             }
             Err(s) => Err(self.failed(&caller, action, &tenant, s).await),

@@ -265,6 +265,8 @@ impl Sim {
             application_key: DEFAULT_APPLICATION_KEY.into(),
             base_url: self.base_url(Environment::Demo),
             subscription_key: crate::crypto::SubscriptionKey::parse(DEFAULT_DEMO_SUBSCRIPTION_KEY)?,
+            // The simulator is not Go: say so, as an operator must.
+            allow_custom_base_url: true,
         })
     }
 

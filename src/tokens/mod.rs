@@ -26,12 +26,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use crate::audit::{Action, AuditLog, AuditRecord, Outcome};
 use crate::crypto::{AccessToken, ClientKey, Fingerprint, SubscriptionKey};
 use crate::domain::{Environment, TenantId, TenantStatus};
 use crate::store::integrations::IntegrationRecord;
 use crate::store::tenants::TenantRecord;
 use crate::upstream::{GoClient, UpstreamError};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{NotRecorded, Vault, VaultError};
+
+/// The identity the server's own audit records carry (start, stop, reloads, a key Go
+/// rejected).
+pub const SERVER_IDENTITY: &str = "pogo-vault-server";
 
 pub mod clock;
 mod config;
@@ -111,6 +116,10 @@ impl BrokerError {
     fn from_vault(e: VaultError) -> Self {
         match e {
             VaultError::Integrity { what } => BrokerError::Integrity(format!("the sealed {what} does not open")),
+            VaultError::NotRecorded { reason } => BrokerError::Unavailable {
+                reason: format!("the audit log cannot be written ({reason}); nothing was changed"),
+                retry_after: Duration::from_secs(1),
+            },
             other => BrokerError::Internal(other.to_string()),
         }
     }
@@ -240,6 +249,9 @@ struct Inner {
     go: GoClient,
     cfg: BrokerConfig,
     clock: Arc<dyn Clock>,
+    /// Where the broker's own changes (a tenant marked KEY_REJECTED) are recorded before
+    /// they commit.
+    audit: AuditLog,
     slots: RwLock<HashMap<TenantId, Arc<Slot>>>,
     integrations: Mutex<HashMap<Environment, Arc<IntegrationCtx>>>,
     limiters: Mutex<HashMap<Environment, Arc<Limiter>>>,
@@ -263,13 +275,14 @@ impl std::fmt::Debug for Broker {
 const INTEGRATION_TTL: Duration = Duration::from_secs(30);
 
 impl Broker {
-    pub fn new(vault: Arc<Vault>, go: GoClient, cfg: BrokerConfig, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(vault: Arc<Vault>, go: GoClient, cfg: BrokerConfig, clock: Arc<dyn Clock>, audit: AuditLog) -> Self {
         Self {
             inner: Arc::new(Inner {
                 vault,
                 go,
                 cfg,
                 clock,
+                audit,
                 slots: RwLock::new(HashMap::new()),
                 integrations: Mutex::new(HashMap::new()),
                 limiters: Mutex::new(HashMap::new()),
@@ -485,7 +498,23 @@ impl Broker {
                             let vault = inner.vault.clone();
                             let tenant = tenant.clone();
                             let version = rec.key_version;
-                            move || vault.mark_key_rejected(&tenant, version)
+                            let audit = inner.audit.clone();
+                            // Recorded before the status changes: the server's own decision
+                            // (the refresher makes it too, with no caller waiting).
+                            let gate = move |t: &TenantRecord| {
+                                let rec = AuditRecord::new(Action::KeyRejectedByGo, Outcome::Ok)
+                                    .caller(SERVER_IDENTITY, "")
+                                    .tenant(t.tenant_id.to_string())
+                                    .key_version(t.key_version)
+                                    .upstream_status(status)
+                                    .detail(format!(
+                                        "PowerOffice Go rejected client key version {} ({error}); tenant marked KEY_REJECTED: the customer must re-activate the integration",
+                                        t.key_version
+                                    ))
+                                    .request("go-token-response", "");
+                                audit.append_wait(rec).map(|_| ()).map_err(|e| NotRecorded(e.to_string()))
+                            };
+                            move || vault.mark_key_rejected(&tenant, version, &gate)
                         })
                         .await?;
                     if !marked {

@@ -13,7 +13,7 @@ use pogo_vault::proto::v1::token_service_client::TokenServiceClient;
 use pogo_vault::server::{RunningServer, ServeOptions};
 use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
 use pogo_vault::tls::{ClientTlsFiles, DevPki};
-use pogo_vault::vault::{Argon2Costs, InitKey, Vault};
+use pogo_vault::vault::{Argon2Costs, InitKey, UnauditedFixture, Vault};
 use prost::Message;
 use tonic::transport::Channel;
 
@@ -119,7 +119,7 @@ impl TestServer {
         let db = dir.path().join("vault.db");
         let key = dir.path().join("master.key");
         let vault = Vault::init(&db, &InitKey::GenerateKeyFile(key.clone()), Argon2Costs::default()).unwrap();
-        vault.set_integration(&sim.demo_integration().unwrap()).unwrap();
+        vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
         drop(vault);
         let policy = dir.path().join("policy.toml");
         std::fs::write(&policy, policy_text("")).unwrap();
