@@ -76,12 +76,15 @@ async fn backup_under_load_restores_to_a_working_vault() {
     let acked_before: Vec<String> = acked.lock().unwrap().clone();
     let out = ts.dir.path().join("backup").join("vault.bak");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let key = ts.dir.path().join("master.key");
     let o = Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
         .args([
             "--db",
             db.to_str().unwrap(),
             "--audit-db",
             audit_db.to_str().unwrap(),
+            "--master-key-file",
+            key.to_str().unwrap(),
             "backup",
             "--out",
             out.to_str().unwrap(),
@@ -112,6 +115,8 @@ async fn backup_under_load_restores_to_a_working_vault() {
             rdb.to_str().unwrap(),
             "--audit-db",
             raudit.to_str().unwrap(),
+            "--master-key-file",
+            key.to_str().unwrap(),
             "restore",
             "--from",
             out.to_str().unwrap(),
@@ -120,9 +125,18 @@ async fn backup_under_load_restores_to_a_working_vault() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
+    // Both were recorded before they took effect: the backup's record is in the copy, and
+    // the restore's record is the restored log's newest event.
+    let actions: Vec<String> = {
+        let conn = common::rusqlite_open(&raudit);
+        let mut st = conn.prepare("SELECT action FROM events ORDER BY sequence").unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert!(actions.iter().any(|a| a == "backup_taken"), "the backup's own record is in the backup");
+    assert_eq!(actions.last().map(String::as_str), Some("restored"));
+
     // Every tenant's key opens with the master key; every registration acknowledged before
     // the backup started is there.
-    let key = ts.dir.path().join("master.key");
     let vault = Vault::unlock(&rdb, &MasterKeySource::KeyFile(key.clone())).unwrap();
     let all = vault.list_tenants(None, 100_000).unwrap();
     for t in &all {
