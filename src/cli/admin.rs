@@ -13,6 +13,7 @@ use super::{CliError, GlobalArgs};
 use crate::audit::{Action, Outcome};
 use crate::crypto::{ClientKey, MasterKeySource, SubscriptionKey};
 use crate::domain::{DisplayName, Environment, Labels, OrganizationNumber, TenantId, TenantStatus};
+use crate::store::lock::{DbLock, Holder};
 use crate::store::tenants::TenantRecord;
 use crate::vault::{
     Argon2Costs, InitKey, IntegrationChange, IntegrationInput, KekRotation, KeyChange, NewTenant, Vault, VaultError,
@@ -197,6 +198,7 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
             ));
         }
     };
+    let _lock = lock_for_change(&g.db)?;
     let vault = Vault::init(&g.db, &init_key, a.argon2.into())?;
     println!("initialised {} (master key id {})", g.db.display(), vault.kek_id());
     if let InitKey::GenerateKeyFile(p) = &init_key {
@@ -211,12 +213,28 @@ fn unlock(g: &GlobalArgs) -> Result<Vault, CliError> {
     Ok(Vault::unlock(&g.db, &source)?)
 }
 
-/// Unlocks the vault for a change: the vault, the audit signing key (the change's record
-/// is appended to the audit database before the change commits) and who is asking.
-fn unlock_for_change(g: &GlobalArgs) -> Result<(Vault, ed25519_dalek::SigningKey, Operator), CliError> {
+/// What a changing command holds: the database lock (no server, no other command on these
+/// files until it is dropped), the vault, the audit signing key (the change's record is
+/// appended to the audit database before the change commits) and who is asking.
+struct ForChange {
+    _lock: DbLock,
+    vault: Vault,
+    key: ed25519_dalek::SigningKey,
+    op: Operator,
+}
+
+/// Takes the database lock, then unlocks the vault for a change. A running server holds the
+/// lock: the command is refused and names it (use the gRPC API, or stop the server).
+fn unlock_for_change(g: &GlobalArgs) -> Result<ForChange, CliError> {
+    let lock = lock_for_change(&g.db)?;
     let vault = unlock(g)?;
     let key = vault.audit_signing_key()?;
-    Ok((vault, key, Operator::current()))
+    Ok(ForChange { _lock: lock, vault, key, op: Operator::current() })
+}
+
+/// The database lock for a command that writes `db`.
+pub fn lock_for_change(db: &std::path::Path) -> Result<DbLock, CliError> {
+    DbLock::acquire(db, Holder::Command).map_err(|e| CliError::new(e.to_string()))
 }
 
 /// A refused change, as the one line the operator sees.
@@ -245,7 +263,7 @@ pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError
                     crate::vault::GO_HOST
                 )));
             }
-            let (vault, akey, op) = unlock_for_change(g)?;
+            let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
             let secret = output::read_secret("subscription key (input hidden): ")?;
             let subscription_key = SubscriptionKey::parse(&secret)?;
             let gate = op.gate(g.audit_db(), &akey, |op, c: &IntegrationChange| {
@@ -304,7 +322,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
                 go_client_id: None,
                 labels: Labels::parse_assignments("label", &labels)?,
             };
-            let (vault, akey, op) = unlock_for_change(g)?;
+            let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
             if vault.tenant(&new.tenant_id)?.is_some() {
                 return Err(CliError::new(format!(
                     "tenant {} already exists; use `tenant rotate-key` to replace its key",
@@ -357,7 +375,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
         }
         TenantCommand::RotateKey { tenant_id } => {
             let id = TenantId::parse_field("tenant_id", &tenant_id)?;
-            let (vault, akey, op) = unlock_for_change(g)?;
+            let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
             let cur = vault.tenant(&id)?.ok_or_else(|| CliError::new(format!("tenant {id} not found")))?;
             let secret = output::read_secret("new client key (input hidden): ")?;
             let key = ClientKey::parse(&secret)?;
@@ -381,7 +399,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
         TenantCommand::Enable { tenant_id } => set_status(g, &tenant_id, TenantStatus::Active),
         TenantCommand::Delete { tenant_id, yes } => {
             let id = TenantId::parse_field("tenant_id", &tenant_id)?;
-            let (vault, akey, op) = unlock_for_change(g)?;
+            let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
             if vault.tenant(&id)?.is_none() {
                 return Err(CliError::new(format!("tenant {id} not found")));
             }
@@ -410,7 +428,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
 
 fn set_status(g: &GlobalArgs, tenant_id: &str, status: TenantStatus) -> Result<(), CliError> {
     let id = TenantId::parse_field("tenant_id", tenant_id)?;
-    let (vault, akey, op) = unlock_for_change(g)?;
+    let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
     let action = if status == TenantStatus::Disabled { Action::TenantDisabled } else { Action::TenantEnabled };
     let gate = op.gate(g.audit_db(), &akey, |op, t: &TenantRecord| {
         vec![op.record(action, Outcome::Ok, "with the CLI").tenant(t.tenant_id.to_string()).key_version(t.key_version)]
@@ -448,7 +466,7 @@ pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
     } else {
         return Err(CliError::usage("give the new master key"));
     };
-    let (vault, akey, op) = unlock_for_change(g)?;
+    let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
     let gate = op.gate(g.audit_db(), &akey, |op, r: &KekRotation| {
         let detail = format!("master key {} -> {}: {} data keys rewrapped", r.old_kek_id, r.new_kek_id, r.rewrapped);
         vec![op.record(Action::KekRotated, Outcome::Ok, detail)]
@@ -464,7 +482,10 @@ pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
 /// `backup`: its record is durable in the audit database before anything is copied (so the
 /// audit copy holds it); a record that cannot be written means no backup.
 pub fn backup(g: &GlobalArgs, out: &std::path::Path) -> Result<(), CliError> {
-    let (_vault, akey, op) = unlock_for_change(g)?;
+    // No database lock: a backup reads, so it runs beside a server (its record is an
+    // append to the audit log, which serialises with the server's writer).
+    let akey = unlock(g)?.audit_signing_key()?;
+    let op = Operator::current();
     let audit_db = g.audit_db();
     let record = || {
         let rec = op.record(Action::BackupTaken, Outcome::Ok, format!("backup to {}", out.display()));
@@ -485,6 +506,7 @@ pub fn backup(g: &GlobalArgs, out: &std::path::Path) -> Result<(), CliError> {
 /// restored vault's key, so the master key is needed) before either file is put in place.
 pub fn restore(g: &GlobalArgs, from: &std::path::Path) -> Result<(), CliError> {
     let source = g.master.source()?;
+    let _lock = lock_for_change(&g.db)?;
     let op = Operator::current();
     let record = |staged_db: &std::path::Path, staged_audit: &std::path::Path| {
         let vault = Vault::unlock(staged_db, &source).map_err(|e| e.to_string())?;

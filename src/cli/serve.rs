@@ -299,6 +299,8 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
     } else {
         crate::tls::generate_dev_pki(&certs_dir, trust_domain).map_err(|e| fail("certificates", &e))?
     };
+    // Held through the set-up, released before the server takes it for serving.
+    let setup_lock = super::admin::lock_for_change(&db)?;
     if !db.exists() {
         let init = if master.exists() {
             InitKey::Existing(crate::crypto::MasterKeySource::KeyFile(master.clone()))
@@ -344,6 +346,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         });
         vault.set_integration(&integration, &gate).map_err(|e| fail("integration", &e))?;
     }
+    drop(setup_lock);
     println!("dev: simulated PowerOffice Go at {}", sim.base_url(crate::domain::Environment::Demo));
 
     let opts = crate::server::ServeOptions {

@@ -251,8 +251,19 @@ pub fn generate_key_file(path: &Path) -> Result<MasterKey, MasterKeyError> {
     })?;
     f.write_all(key.expose_secret())
         .and_then(|()| f.sync_all())
+        // The file's directory entry must survive a power loss too: fsync the directory.
+        .and_then(|()| sync_parent_dir(path))
         .map_err(|e| MasterKeyError::Write { path: path.display().to_string(), reason: e.kind().to_string() })?;
     Ok(MasterKey::from_key(key))
+}
+
+/// fsyncs the directory holding `path`, so a newly created file's name is durable.
+fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::File::open(dir)?.sync_all()
 }
 
 /// How the operator supplies the master key.

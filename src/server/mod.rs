@@ -354,6 +354,10 @@ pub async fn start(opts: ServeOptions) -> Result<RunningServer, ServeError> {
 }
 
 pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<RunningServer, ServeError> {
+    // One process changes a database at a time: held until the server stops (see
+    // `store::lock`); a CLI command that writes is refused meanwhile.
+    let db_lock = crate::store::lock::DbLock::acquire(&opts.db, crate::store::lock::Holder::Server)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
     let (db, key_source) = (opts.db.clone(), opts.master_key.clone());
     let vault = tokio::task::spawn_blocking(move || Vault::unlock(&db, &key_source))
         .await
@@ -505,6 +509,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
             tracing::error!("could not audit the server stop");
         }
         final_state.audit.shutdown().await;
+        drop(db_lock);
         served.map_err(|e| ServeError::Transport(e.to_string()))
     });
     let metrics_addr = match opts.metrics_listen {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction};
 
 pub mod integrations;
+pub mod lock;
 pub mod meta;
 pub mod onboarding;
 pub mod secrets;

@@ -1,0 +1,105 @@
+//! Issue 13, "rotate-kek beside a running server": a server holds the database lock, so
+//! writing CLI commands are refused (naming the server's pid) instead of leaving it serving
+//! stale or unopenable state; read-only commands still work; a second server on the same
+//! files is refused; `kill -9` of a holder frees the lock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::server::{TestServer, sim_key};
+use common::{assert_fails_with, assert_ok, dump, run_bin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_commands_are_refused_while_a_server_runs_and_reads_still_work() {
+    let mut ts = TestServer::start().await;
+    let db = ts.dir.path().join("vault.db");
+    let key = ts.dir.path().join("master.key");
+    let base = ["--db", db.to_str().unwrap(), "--master-key-file", key.to_str().unwrap()];
+    let run = |args: &[&str], stdin: &str| run_bin(&[&base[..], args].concat(), stdin);
+    let before = dump(&db);
+    let pid = format!("pid {}", std::process::id());
+    let new_key = ts.dir.path().join("new.key");
+    for (args, stdin) in [
+        (vec!["rotate-kek", "--generate-new-master-key-file", new_key.to_str().unwrap()], String::new()),
+        (vec!["tenant", "add", "--tenant-id", "acme", "--environment", "demo"], format!("{}\n", sim_key(0))),
+        (vec!["tenant", "disable", "acme"], String::new()),
+        (
+            vec!["integration", "set", "--environment", "production", "--application-key", common::APP_KEY],
+            "0123456789abcdef0123456789abcdef\n".to_owned(),
+        ),
+    ] {
+        let out = run(&args, &stdin);
+        assert_fails_with(&out, &["a server is running on this database", &pid, "use the gRPC API, or stop it first"]);
+    }
+    assert!(!new_key.exists(), "a refused rotate-kek creates no key file");
+    assert_eq!(dump(&db), before, "nothing changed");
+    // Reads and backups are fine beside the server.
+    assert_ok(&run(&["tenant", "list"], ""));
+    assert_ok(&run(&["integration", "list"], ""));
+    assert_ok(&run(&["backup", "--out", ts.dir.path().join("b.bak").to_str().unwrap()], ""));
+
+    // A second server on the same files is refused too.
+    let second = pogo_vault::server::start(pogo_vault::server::ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..options(&ts)
+    })
+    .await;
+    let err = second.err().expect("a second server on the same database is refused").to_string();
+    assert!(err.contains("a server is running on this database"), "{err}");
+
+    // Stopped, the same command works.
+    ts.stop().await;
+    assert_ok(&run(&["tenant", "add", "--tenant-id", "acme", "--environment", "demo"], &format!("{}\n", sim_key(0))));
+}
+
+/// The options the test server was started with (same files).
+fn options(ts: &TestServer) -> pogo_vault::server::ServeOptions {
+    let db = ts.dir.path().join("vault.db");
+    pogo_vault::server::ServeOptions {
+        db: db.clone(),
+        audit_db: pogo_vault::config::default_audit_db(&db),
+        master_key: pogo_vault::crypto::MasterKeySource::KeyFile(ts.dir.path().join("master.key")),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: ts.pki.server_files(),
+        policy: ts.policy.clone(),
+        upstream: pogo_vault::upstream::UpstreamConfig::default(),
+        tokens: pogo_vault::tokens::BrokerConfig::default(),
+        audit: pogo_vault::audit::AuditConfig::default(),
+        max_request_bytes: 65536,
+        request_timeout: std::time::Duration::from_secs(10),
+        concurrency_limit_per_connection: 16,
+        handshake_timeout: std::time::Duration::from_secs(5),
+        return_subscription_key: false,
+        metrics_listen: None,
+        health_listen: None,
+    }
+}
+
+#[test]
+fn a_killed_holder_frees_the_lock() {
+    let s = common::Scratch::new();
+    s.init();
+    // A command that holds the lock while it waits for its key on standard input.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
+        .args(["--db", s.db().to_str().unwrap(), "--master-key-file", s.key().to_str().unwrap()])
+        .args(["tenant", "add", "--tenant-id", "acme", "--environment", "demo"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = s.run_k(&["tenant", "disable", "acme"], "");
+        if String::from_utf8_lossy(&out.stderr).contains("another pogo-vault command") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the waiting command never held the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let out = s.run_k(&["tenant", "add", "--tenant-id", "acme", "--environment", "demo"], &format!("{}\n", sim_key(0)));
+    assert_ok(&out);
+}
