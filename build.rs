@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/pogo_vault/v1/audit.proto",
     "proto/pogo_vault/v1/onboarding.proto",
     "proto/pogo_vault/v1/status.proto",
+    "proto/pogo_vault/v1/operator.proto",
 ];
 
 const SECRET_BEARING: &[&str] = &[
@@ -17,6 +18,7 @@ const SECRET_BEARING: &[&str] = &[
     ".pogo_vault.v1.RegisterClientKeyRequest",
     ".pogo_vault.v1.RotateClientKeyRequest",
     ".pogo_vault.v1.CompleteOnboardingRequest",
+    ".pogo_vault.v1.SetIntegrationRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

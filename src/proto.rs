@@ -27,6 +27,7 @@ redacted_debug!(GetAccessTokenResponse { token_type, expires_at, environment, ap
 redacted_debug!(RegisterClientKeyRequest { tenant_id, environment, display_name, labels, skip_validation, organization_number } hides client_key);
 redacted_debug!(RotateClientKeyRequest { tenant_id } hides client_key);
 redacted_debug!(CompleteOnboardingRequest { onboarding_id, go_status } hides onboarding_token);
+redacted_debug!(SetIntegrationRequest { environment, application_key, base_url, allow_custom_base_url } hides subscription_key);
 
 #[cfg(test)]
 mod tests {
@@ -48,5 +49,7 @@ mod tests {
         assert!(!s.contains("eyJ") && !s.contains("subkey"), "{s}");
         let c = v1::CompleteOnboardingRequest { onboarding_token: "tok-secret".into(), ..Default::default() };
         assert!(!format!("{c:?}").contains("tok-secret"));
+        let i = v1::SetIntegrationRequest { subscription_key: "subkey-secret".into(), ..Default::default() };
+        assert!(!format!("{i:?}").contains("subkey-secret"));
     }
 }

@@ -18,7 +18,7 @@
 //! Methods block on SQLite; async callers run them on the blocking pool.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::crypto::envelope::{self, CryptoError};
 use crate::crypto::master::{self, MasterKeyError};
@@ -108,6 +108,29 @@ impl<T: ?Sized> CommitGate<T> for UnauditedFixture {
 pub struct IntegrationChange {
     pub previous: Option<IntegrationRecord>,
     pub current: IntegrationRecord,
+}
+
+impl IntegrationChange {
+    /// What its audit record says: the host that receives keys (old and new), the
+    /// application key, the subscription key's hint and version, and whether a custom host
+    /// was allowed. `how`: "with the CLI", "by dev mode", ...
+    pub fn describe(&self, how: &str) -> String {
+        let n = &self.current;
+        let old = self.previous.as_ref().map_or_else(|| "none".to_owned(), |p| base_url_origin(&p.base_url));
+        let custom = if is_go_base_url(&n.base_url) {
+            String::new()
+        } else {
+            "; CUSTOM base URL allowed (--allow-custom-base-url): not PowerOffice Go".to_owned()
+        };
+        format!(
+            "{} integration set {how}: base URL host {old} -> {}, application key {}, subscription key {} (version {}){custom}",
+            n.environment,
+            base_url_origin(&n.base_url),
+            n.application_key,
+            n.subscription_key_hint,
+            n.subscription_key_version
+        )
+    }
 }
 
 /// What a key rotation is about to commit.
@@ -200,13 +223,16 @@ pub struct KekRotation {
 
 pub struct Vault {
     store: Mutex<Store>,
-    kek: MasterKey,
+    /// The master key in force. Read only while the store lock is held, and replaced by
+    /// `rotate_kek` while it holds that lock, so nothing seals under a key that a concurrent
+    /// rotation is retiring, nor opens a row with a key it was not wrapped under.
+    kek: RwLock<Arc<MasterKey>>,
     fingerprint_key: FingerprintKey,
 }
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Vault(kek={})", self.kek.id())
+        write!(f, "Vault(kek={})", self.kek().id())
     }
 }
 
@@ -324,7 +350,11 @@ impl Vault {
             )?;
         }
         tx.commit().map_err(StoreError::from)?;
-        Ok(Vault { store: Mutex::new(store), kek, fingerprint_key: FingerprintKey::new(fp_raw) })
+        Ok(Vault {
+            store: Mutex::new(store),
+            kek: RwLock::new(Arc::new(kek)),
+            fingerprint_key: FingerprintKey::new(fp_raw),
+        })
     }
 
     /// Opens an initialised vault, checking the master key before anything else.
@@ -337,7 +367,7 @@ impl Vault {
         let fingerprint_key = FingerprintKey::new(
             SymmetricKey::from_bytes(&fp).ok_or(VaultError::Integrity { what: "fingerprint key".to_owned() })?,
         );
-        Ok(Vault { store: Mutex::new(store), kek, fingerprint_key })
+        Ok(Vault { store: Mutex::new(store), kek: RwLock::new(Arc::new(kek)), fingerprint_key })
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -346,8 +376,13 @@ impl Vault {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn kek_id(&self) -> &str {
-        self.kek.id()
+    /// The master key in force (see the field's invariant: read it under the store lock).
+    fn kek(&self) -> Arc<MasterKey> {
+        self.kek.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn kek_id(&self) -> String {
+        self.kek().id().to_owned()
     }
 
     pub fn fingerprint_key(&self) -> &FingerprintKey {
@@ -364,7 +399,9 @@ impl Vault {
 
     /// The Ed25519 audit signing key (seed), opened from its sealed row.
     pub fn audit_signing_key(&self) -> Result<ed25519_dalek::SigningKey, VaultError> {
-        let seed = open_vault_secret(&self.store(), &self.kek, Purpose::AuditSigningKey)?;
+        let store = self.store();
+        let seed = open_vault_secret(&store, &self.kek(), Purpose::AuditSigningKey)?;
+        drop(store);
         let seed: [u8; 32] =
             seed[..].try_into().map_err(|_| VaultError::Integrity { what: "audit signing key".to_owned() })?;
         Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
@@ -403,9 +440,10 @@ impl Vault {
         let version = integrations::next_version(&tx, env)?;
         let r = SecretRef { purpose: Purpose::SubscriptionKey, owner: env.as_str().to_owned(), version };
         let bound = bind_integration(input.application_key.trim(), &base_url, input.subscription_key.expose_secret());
-        let sealed = envelope::seal(&self.kek, &SealContext::new(r.purpose, &r.owner, version), bound.as_bytes())
+        let kek = self.kek();
+        let sealed = envelope::seal(&kek, &SealContext::new(r.purpose, &r.owner, version), bound.as_bytes())
             .map_err(|_| VaultError::Random)?;
-        secrets::put(&tx, &r, &sealed, self.kek.id())?;
+        secrets::put(&tx, &r, &sealed, kek.id())?;
         let now = now_ms();
         let rec = IntegrationRecord {
             environment: env,
@@ -481,10 +519,13 @@ impl Vault {
         batch: &[(NewTenant, &ClientKey)],
         gate: Gate<'_, [TenantRecord]>,
     ) -> Result<Vec<TenantRecord>, VaultError> {
+        // The store lock first: sealing reads the master key, which only changes under it.
+        let mut store = self.store();
+        let kek = self.kek();
         let mut rows = Vec::with_capacity(batch.len());
         for (new, key) in batch {
             let r = SecretRef { purpose: Purpose::ClientKey, owner: new.tenant_id.as_str().to_owned(), version: 1 };
-            let sealed = self.seal_client_key(&r, key)?;
+            let sealed = Self::seal_client_key(&kek, &r, key)?;
             let now = now_ms();
             let rec = TenantRecord {
                 tenant_id: new.tenant_id.clone(),
@@ -503,14 +544,13 @@ impl Vault {
             };
             rows.push((rec, r, sealed));
         }
-        let mut store = self.store();
         let tx = store.write_tx()?;
         for (rec, r, sealed) in &rows {
             tenants::insert(&tx, rec)?;
             // A leftover sealed row under this id (there should be none) would block the
             // insert: clear it so a re-added tenant never inherits an old key.
             secrets::delete_all(&tx, Purpose::ClientKey, &r.owner)?;
-            secrets::put(&tx, r, sealed, self.kek.id())?;
+            secrets::put(&tx, r, sealed, kek.id())?;
         }
         let recs: Vec<TenantRecord> = rows.into_iter().map(|(rec, _, _)| rec).collect();
         gate.record(&recs)?;
@@ -531,8 +571,9 @@ impl Vault {
         let cur = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
         let version = cur.key_version + 1;
         let r = SecretRef { purpose: Purpose::ClientKey, owner: id.as_str().to_owned(), version };
-        let sealed = self.seal_client_key(&r, key)?;
-        secrets::put(&tx, &r, &sealed, self.kek.id())?;
+        let kek = self.kek();
+        let sealed = Self::seal_client_key(&kek, &r, key)?;
+        secrets::put(&tx, &r, &sealed, kek.id())?;
         let fp = self.fingerprint_key.fingerprint(FP_CLIENT_KEY, key.expose_secret().as_bytes());
         tenants::set_key(&tx, id, version, &key.hint(), &fp)?;
         secrets::delete_other_versions(&tx, Purpose::ClientKey, id.as_str(), version)?;
@@ -640,15 +681,20 @@ impl Vault {
     }
 
     fn open_secret(&self, r: &SecretRef) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
-        let sealed = secrets::get(self.store().conn(), r)?.ok_or_else(|| VaultError::Integrity {
+        // Row and master key read under one store lock: a rotation cannot slip between.
+        let store = self.store();
+        let sealed = secrets::get(store.conn(), r)?.ok_or_else(|| VaultError::Integrity {
             what: format!("{} of {} (version {}) is missing", r.purpose.as_str(), r.owner, r.version),
         })?;
-        envelope::open(&self.kek, &SealContext::new(r.purpose, &r.owner, r.version), &sealed)
+        let kek = self.kek();
+        drop(store);
+        envelope::open(&kek, &SealContext::new(r.purpose, &r.owner, r.version), &sealed)
             .map_err(VaultError::integrity(r))
     }
 
-    fn seal_client_key(&self, r: &SecretRef, key: &ClientKey) -> Result<crate::crypto::Sealed, VaultError> {
-        envelope::seal(&self.kek, &SealContext::new(r.purpose, &r.owner, r.version), key.expose_secret().as_bytes())
+    /// Seals a client key under `kek` (the master key read under the store lock).
+    fn seal_client_key(kek: &MasterKey, r: &SecretRef, key: &ClientKey) -> Result<crate::crypto::Sealed, VaultError> {
+        envelope::seal(kek, &SealContext::new(r.purpose, &r.owner, r.version), key.expose_secret().as_bytes())
             .map_err(|_| VaultError::Random)
     }
 
@@ -693,6 +739,7 @@ impl Vault {
     ) -> Result<Vec<OnboardingOutcome>, VaultError> {
         let env = session.environment;
         let mut store = self.store();
+        let kek = self.kek();
         let tx = store.write_tx()?;
         let mut outcomes = Vec::with_capacity(clients.len());
         let mut taken: Vec<TenantId> = Vec::new();
@@ -712,7 +759,7 @@ impl Vault {
                     let id = cur.tenant_id.clone();
                     let version = cur.key_version + 1;
                     let r = SecretRef { purpose: Purpose::ClientKey, owner: id.as_str().to_owned(), version };
-                    secrets::put(&tx, &r, &self.seal_client_key(&r, &c.key)?, self.kek.id())?;
+                    secrets::put(&tx, &r, &Self::seal_client_key(&kek, &r, &c.key)?, kek.id())?;
                     tenants::set_key(&tx, &id, version, &c.key.hint(), &fp)?;
                     secrets::delete_other_versions(&tx, Purpose::ClientKey, id.as_str(), version)?;
                     (id, Some(cur.key_version))
@@ -741,7 +788,7 @@ impl Vault {
                     let r = SecretRef { purpose: Purpose::ClientKey, owner: id.as_str().to_owned(), version: 1 };
                     tenants::insert(&tx, &rec)?;
                     secrets::delete_all(&tx, Purpose::ClientKey, id.as_str())?;
-                    secrets::put(&tx, &r, &self.seal_client_key(&r, &c.key)?, self.kek.id())?;
+                    secrets::put(&tx, &r, &Self::seal_client_key(&kek, &r, &c.key)?, kek.id())?;
                     (id, None)
                 }
             };
@@ -774,43 +821,44 @@ impl Vault {
     /// Rewraps every DEK under a new master key in one transaction; no secret's ciphertext
     /// is touched. Afterwards the old key fails the key check.
     pub fn rotate_kek(
-        self,
+        &self,
         new: &InitKey,
         costs: Argon2Costs,
         gate: Gate<'_, KekRotation>,
-    ) -> Result<(Vault, KekRotation), VaultError> {
+    ) -> Result<KekRotation, VaultError> {
         precheck_init(new)?;
         let (new_kek, argon2) = new_master_key(new, costs)?;
-        if new_kek.id() == self.kek.id() {
+        if new_kek.id() == self.kek().id() {
             if let InitKey::GenerateKeyFile(p) = new {
                 let _ = std::fs::remove_file(p);
             }
             return Err(InvalidInput::new("new master key", "is the same as the current master key").into());
         }
-        let result = self.rotate_kek_inner(&new_kek, argon2, gate);
+        let result = self.rotate_kek_inner(new_kek, argon2, gate);
         if result.is_err()
             && let InitKey::GenerateKeyFile(p) = new
         {
             let _ = std::fs::remove_file(p);
         }
-        let rotation = result?;
-        let Vault { store, fingerprint_key, .. } = self;
-        Ok((Vault { store, kek: new_kek, fingerprint_key }, rotation))
+        result
     }
 
+    /// Rewraps under the store lock and puts the new key in force before releasing it, so a
+    /// running server seals everything after the rotation under the new key.
     fn rotate_kek_inner(
         &self,
-        new_kek: &MasterKey,
+        new_kek: MasterKey,
         argon2: Option<Argon2Params>,
         gate: Gate<'_, KekRotation>,
     ) -> Result<KekRotation, VaultError> {
         let mut store = self.store();
+        let old_kek = self.kek();
         let tx = store.write_tx()?;
         let old_meta = meta::get(&tx)?.ok_or_else(|| StoreError::NotInitialized { path: String::new() })?;
         let rows = secrets::all_wrapped(&tx)?;
         for (r, wrapped) in &rows {
             let ctx = SealContext::new(r.purpose, &r.owner, r.version);
-            let rewrapped = envelope::rewrap(&self.kek, new_kek, &ctx, wrapped).map_err(VaultError::integrity(r))?;
+            let rewrapped = envelope::rewrap(&old_kek, &new_kek, &ctx, wrapped).map_err(VaultError::integrity(r))?;
             secrets::update_wrapped(&tx, r, &rewrapped, new_kek.id())?;
         }
         meta::put(
@@ -824,13 +872,17 @@ impl Vault {
             },
         )?;
         let rotation = KekRotation {
-            old_kek_id: self.kek.id().to_owned(),
+            old_kek_id: old_kek.id().to_owned(),
             new_kek_id: new_kek.id().to_owned(),
             rewrapped: rows.len(),
         };
         gate.record(&rotation)?;
         tx.commit().map_err(StoreError::from)?;
-        store.checkpoint_truncate()?;
+        *self.kek.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_kek);
+        // Best effort: the rotation is committed and in force whatever the WAL does.
+        if let Err(e) = store.checkpoint_truncate() {
+            tracing::warn!(error = %e, "could not truncate the WAL after the master-key rotation");
+        }
         Ok(rotation)
     }
 }

@@ -105,6 +105,8 @@ named_enum! {
         KekRotated => "kek_rotated",
         /// An environment's integration (application and subscription key) was set.
         IntegrationSet => "integration_set",
+        /// The integrations were listed (hints only).
+        IntegrationRead => "integration_read",
         /// A backup of the vault and audit databases was taken (recorded before the copy).
         BackupTaken => "backup_taken",
         /// A backup was restored (recorded in the restored log before it is put in place).

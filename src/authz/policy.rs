@@ -3,13 +3,14 @@
 //! ```toml
 //! [[grant]]
 //! caller = "spiffe://example.org/service/billing"   # exact, or a pattern with `*`
-//! roles = ["token"]                                  # token | tenant-admin | audit
+//! roles = ["token"]                                  # token | tenant-admin | audit | operator
 //! tenants = ["acme-*", "beta"]                       # patterns; "*" is every tenant
 //! ```
 //!
 //! Deny by default: a caller holds a role on a tenant only if some grant names both. The
-//! `audit` role is not tenant-scoped (the security team sees the whole log), so `tenants`
-//! is ignored for it. `*` matches any run of characters, `/` included; nothing else is
+//! `audit` and `operator` roles are not tenant-scoped (the security team sees the whole log;
+//! an operator changes the master key and integrations of the whole vault), so `tenants` is
+//! ignored for them. `*` matches any run of characters, `/` included; nothing else is
 //! special.
 
 use std::fmt;
@@ -27,6 +28,9 @@ pub enum Role {
     TenantAdmin,
     /// Read, stream, export and verify the audit log.
     Audit,
+    /// Operator changes through a running server: rotate the master key, set integrations.
+    /// Not tenant-scoped.
+    Operator,
 }
 
 impl Role {
@@ -35,7 +39,14 @@ impl Role {
             Role::Token => "token",
             Role::TenantAdmin => "tenant-admin",
             Role::Audit => "audit",
+            Role::Operator => "operator",
         }
+    }
+
+    /// Whether grants of this role name tenants (`audit` and `operator` act on the whole
+    /// vault).
+    pub fn is_tenant_scoped(self) -> bool {
+        matches!(self, Role::Token | Role::TenantAdmin)
     }
 }
 
@@ -117,7 +128,7 @@ impl Policy {
             if g.roles.is_empty() {
                 return Err(invalid("roles is empty"));
             }
-            let scoped = g.roles.iter().any(|r| *r != Role::Audit);
+            let scoped = g.roles.iter().any(|r| r.is_tenant_scoped());
             if scoped && g.tenants.is_empty() {
                 return Err(invalid("tenants is empty: list tenant patterns (\"*\" for all)"));
             }
@@ -140,7 +151,7 @@ impl Policy {
         self.grants.iter().any(|g| {
             g.roles.contains(&role)
                 && g.caller.matches(caller)
-                && (role == Role::Audit || g.tenants.iter().any(|t| t.matches(tenant.as_str())))
+                && (!role.is_tenant_scoped() || g.tenants.iter().any(|t| t.matches(tenant.as_str())))
         })
     }
 

@@ -19,27 +19,6 @@ use crate::vault::{
     Argon2Costs, InitKey, IntegrationChange, IntegrationInput, KekRotation, KeyChange, NewTenant, Vault, VaultError,
 };
 
-/// What an integration record says: the host that receives keys (old and new), the
-/// application key, the subscription key's hint and version, and whether a custom host was
-/// allowed. Shared by the CLI and the server.
-pub fn integration_detail(c: &IntegrationChange, how: &str) -> String {
-    let n = &c.current;
-    let old = c.previous.as_ref().map_or_else(|| "none".to_owned(), |p| crate::vault::base_url_origin(&p.base_url));
-    let custom = if crate::vault::is_go_base_url(&n.base_url) {
-        String::new()
-    } else {
-        "; CUSTOM base URL allowed (--allow-custom-base-url): not PowerOffice Go".to_owned()
-    };
-    format!(
-        "{} integration set {how}: base URL host {old} -> {}, application key {}, subscription key {} (version {}){custom}",
-        n.environment,
-        crate::vault::base_url_origin(&n.base_url),
-        n.application_key,
-        n.subscription_key_hint,
-        n.subscription_key_version
-    )
-}
-
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Create a new master key file (32 random bytes, mode 0600) and use it. Refuses to
@@ -92,6 +71,8 @@ pub enum IntegrationCommand {
         /// host receives every client key of the environment; the audit record says so.
         #[arg(long)]
         allow_custom_base_url: bool,
+        #[command(flatten)]
+        remote: ThroughServer,
     },
     /// List the configured integrations (subscription-key hints only).
     List {
@@ -166,10 +147,66 @@ pub struct NewKeyArgs {
     pub new_master_passphrase_env: Option<String>,
 }
 
+/// Make the change through a running vault (role `operator`) instead of on the database
+/// files, which a running server holds.
+#[derive(Debug, Args)]
+pub struct ThroughServer {
+    /// The running vault's address (e.g. https://127.0.0.1:8443).
+    #[arg(long, env = "POGO_VAULT_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// CA certificate(s) that issued the vault's server certificate (PEM).
+    #[arg(long, env = "POGO_VAULT_CA", requires = "endpoint")]
+    pub ca: Option<PathBuf>,
+    /// This operator's client certificate (PEM).
+    #[arg(long, env = "POGO_VAULT_CERT", requires = "endpoint")]
+    pub cert: Option<PathBuf>,
+    /// This operator's private key (PEM, mode 0600).
+    #[arg(long, env = "POGO_VAULT_KEY", requires = "endpoint")]
+    pub key: Option<PathBuf>,
+    /// Name to expect in the server certificate (default: the endpoint's host).
+    #[arg(long, requires = "endpoint")]
+    pub server_name: Option<String>,
+}
+
+impl ThroughServer {
+    /// The connection, when `--endpoint` was given.
+    fn connect_args(&self) -> Result<Option<super::serve::ConnectArgs>, CliError> {
+        let Some(endpoint) = self.endpoint.clone() else { return Ok(None) };
+        let need = |v: &Option<PathBuf>, flag: &str| {
+            v.clone().ok_or_else(|| CliError::usage(format!("--endpoint needs {flag} as well")))
+        };
+        Ok(Some(super::serve::ConnectArgs {
+            endpoint,
+            ca: need(&self.ca, "--ca")?,
+            cert: need(&self.cert, "--cert")?,
+            key: need(&self.key, "--key")?,
+            server_name: self.server_name.clone(),
+        }))
+    }
+}
+
+/// Runs one operator RPC against a running vault.
+fn through_server<T>(
+    conn: super::serve::ConnectArgs,
+    call: impl AsyncFnOnce(
+        crate::proto::v1::operator_service_client::OperatorServiceClient<tonic::transport::Channel>,
+    ) -> Result<tonic::Response<T>, tonic::Status>,
+) -> Result<T, CliError> {
+    super::serve::runtime()?.block_on(async move {
+        let client = crate::proto::v1::operator_service_client::OperatorServiceClient::new(conn.channel().await?);
+        call(client)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| CliError::new(format!("{}: {}", super::serve::code_name(s.code()), s.message())))
+    })
+}
+
 #[derive(Debug, Args)]
 pub struct RotateKekArgs {
     #[command(flatten)]
     pub new: NewKeyArgs,
+    #[command(flatten)]
+    pub remote: ThroughServer,
     #[command(flatten)]
     pub argon2: Argon2Args,
 }
@@ -250,8 +287,29 @@ fn change_error(g: &GlobalArgs, e: VaultError) -> CliError {
 
 pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError> {
     match c {
-        IntegrationCommand::Set { environment, application_key, base_url, allow_custom_base_url } => {
+        IntegrationCommand::Set { environment, application_key, base_url, allow_custom_base_url, remote } => {
             let environment = Environment::parse_field("environment", &environment)?;
+            if let Some(conn) = remote.connect_args()? {
+                let secret = output::read_secret("subscription key (input hidden): ")?;
+                let req = crate::proto::v1::SetIntegrationRequest {
+                    environment: environment.to_string(),
+                    application_key,
+                    base_url: base_url.unwrap_or_default(),
+                    subscription_key: secret.to_string(),
+                    allow_custom_base_url,
+                };
+                let rec = through_server(conn, async move |mut c| c.set_integration(req).await)?;
+                println!(
+                    "integration {} set through {}: application key {}, subscription key {} (version {}), base URL {}",
+                    rec.environment,
+                    remote.endpoint.as_deref().unwrap_or_default(),
+                    rec.application_key,
+                    rec.subscription_key_hint,
+                    rec.subscription_key_version,
+                    rec.base_url
+                );
+                return Ok(());
+            }
             let base_url = base_url.unwrap_or_else(|| environment.default_base_url().to_owned());
             // Checked before the key is read, so a refused URL costs no paste.
             let checked = crate::vault::validate_base_url(&base_url)?;
@@ -267,7 +325,7 @@ pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError
             let secret = output::read_secret("subscription key (input hidden): ")?;
             let subscription_key = SubscriptionKey::parse(&secret)?;
             let gate = op.gate(g.audit_db(), &akey, |op, c: &IntegrationChange| {
-                vec![op.record(Action::IntegrationSet, Outcome::Ok, integration_detail(c, "with the CLI"))]
+                vec![op.record(Action::IntegrationSet, Outcome::Ok, c.describe("with the CLI"))]
             });
             let rec = vault
                 .set_integration(
@@ -455,6 +513,32 @@ fn confirm(prompt: &str, expected: &str) -> Result<(), CliError> {
 
 pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
     let n = a.new;
+    if let Some(conn) = a.remote.connect_args()? {
+        // The key file is on the server's host: absolute paths only.
+        let (path, generate) = match (n.new_master_key_file, n.generate_new_master_key_file) {
+            (Some(p), None) => (p, false),
+            (None, Some(p)) => (p, true),
+            _ => {
+                return Err(CliError::usage(
+                    "through --endpoint the new key is a key file on the server's host: \
+                     --new-master-key-file or --generate-new-master-key-file",
+                ));
+            }
+        };
+        let path = std::path::absolute(&path).map_err(|e| CliError::new(format!("new master key file: {e}")))?;
+        let req = crate::proto::v1::RotateKekRequest { new_master_key_file: path.display().to_string(), generate };
+        let r = through_server(conn, async move |mut c| c.rotate_kek(req).await)?;
+        println!(
+            "master key rotated through {}: {} -> {}; {} data keys rewrapped; the server uses the new key now. \
+             Point vault.master_key_file at {} before its next restart: the old key no longer opens the database",
+            a.remote.endpoint.as_deref().unwrap_or_default(),
+            r.old_kek_id,
+            r.new_kek_id,
+            r.rewrapped,
+            path.display()
+        );
+        return Ok(());
+    }
     let new = if let Some(p) = n.new_master_key_file {
         InitKey::Existing(MasterKeySource::KeyFile(p))
     } else if let Some(p) = n.generate_new_master_key_file {
@@ -471,7 +555,7 @@ pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
         let detail = format!("master key {} -> {}: {} data keys rewrapped", r.old_kek_id, r.new_kek_id, r.rewrapped);
         vec![op.record(Action::KekRotated, Outcome::Ok, detail)]
     });
-    let (_vault, r) = vault.rotate_kek(&new, a.argon2.into(), &gate).map_err(|e| change_error(g, e))?;
+    let r = vault.rotate_kek(&new, a.argon2.into(), &gate).map_err(|e| change_error(g, e))?;
     println!(
         "master key rotated: {} -> {}; {} data keys rewrapped; the old master key no longer opens this database",
         r.old_kek_id, r.new_kek_id, r.rewrapped

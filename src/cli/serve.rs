@@ -341,7 +341,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         let akey = vault.audit_signing_key().map_err(|e| fail("audit signing key", &e))?;
         let op = super::operator::Operator::current();
         let gate = op.gate(crate::config::default_audit_db(&db), &akey, |op, c: &crate::vault::IntegrationChange| {
-            let detail = super::admin::integration_detail(c, "by dev mode");
+            let detail = c.describe("by dev mode");
             vec![op.record(crate::audit::Action::IntegrationSet, crate::audit::Outcome::Ok, detail)]
         });
         vault.set_integration(&integration, &gate).map_err(|e| fail("integration", &e))?;

@@ -24,6 +24,7 @@ use crate::crypto::MasterKeySource;
 use crate::domain::{Environment, TenantId};
 use crate::proto::v1::audit_service_server::AuditServiceServer;
 use crate::proto::v1::onboarding_service_server::OnboardingServiceServer;
+use crate::proto::v1::operator_service_server::OperatorServiceServer;
 use crate::proto::v1::status_service_server::StatusServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
@@ -37,6 +38,7 @@ pub mod conn;
 pub mod errors;
 mod layer;
 mod onboarding_svc;
+mod operator_svc;
 mod status_svc;
 
 pub use layer::new_request_id;
@@ -209,6 +211,9 @@ pub fn action_for(path: &str) -> Option<Action> {
         "ListAuditEvents" | "WatchAuditEvents" | "GetCheckpoint" | "GetPublicKey" => Action::AuditRead,
         "VerifyAuditLog" => Action::AuditVerified,
         "GetStatus" => Action::AuditRead,
+        "RotateKek" => Action::KekRotated,
+        "SetIntegration" => Action::IntegrationSet,
+        "ListIntegrations" => Action::IntegrationRead,
         "BeginOnboarding" => Action::OnboardingBegun,
         "CompleteOnboarding" => Action::OnboardingFailed,
         _ => return None,
@@ -477,7 +482,14 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         .add_service(tenant)
         .add_service(audit_svc)
         .add_service(onboarding)
-        .add_service(StatusServiceServer::new(status_svc::StatusSvc { state: state.clone() }));
+        .add_service(StatusServiceServer::new(status_svc::StatusSvc { state: state.clone() }))
+        .add_service(
+            OperatorServiceServer::new(operator_svc::OperatorSvc {
+                state: state.clone(),
+                master_key: opts.master_key.clone(),
+            })
+            .max_decoding_message_size(max),
+        );
 
     let mut stop_wait = stop_rx.clone();
     let mut grace_wait = stop_rx.clone();

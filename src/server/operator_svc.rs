@@ -1,0 +1,157 @@
+//! `OperatorService`: the operator changes that have no other way in while a server runs
+//! (a writing CLI command is refused then, `store::lock`): master-key rotation and the
+//! integrations. Role `operator`, checked by the gate layer (not tenant-scoped). Each change
+//! passes the vault's commit gate: its record is durable before it commits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{Caller, Extra, ServerState, caller_record, errors};
+use crate::audit::{Action, Outcome};
+use crate::crypto::{MasterKeySource, SubscriptionKey};
+use crate::domain::{Environment, InvalidInput};
+use crate::proto::v1 as pb;
+use crate::proto::v1::operator_service_server::OperatorService;
+use crate::store::integrations::IntegrationRecord;
+use crate::vault::{Argon2Costs, InitKey, IntegrationChange, IntegrationInput, KekRotation};
+
+pub struct OperatorSvc {
+    pub state: Arc<ServerState>,
+    /// Where this server's master key came from (named in the rotation's advice).
+    pub master_key: MasterKeySource,
+}
+
+impl OperatorSvc {
+    /// Audits a refused or failed change and returns its status (at once while the log
+    /// cannot be written: nothing could be recorded).
+    async fn failed(&self, caller: &Caller, action: Action, status: Status) -> Status {
+        if !self.state.audit.is_healthy() {
+            return errors::audit_unavailable();
+        }
+        let outcome = match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => {
+                Outcome::Denied
+            }
+            _ => Outcome::Error,
+        };
+        match self.state.record(caller, action, None, outcome, status.message(), Extra::default()).await {
+            Ok(()) => status,
+            Err(s) => s,
+        }
+    }
+}
+
+fn view(i: &IntegrationRecord) -> pb::Integration {
+    pb::Integration {
+        environment: i.environment.to_string(),
+        application_key: i.application_key.clone(),
+        base_url: i.base_url.clone(),
+        subscription_key_hint: i.subscription_key_hint.to_string(),
+        subscription_key_version: i.subscription_key_version,
+    }
+}
+
+#[tonic::async_trait]
+impl OperatorService for OperatorSvc {
+    async fn rotate_kek(&self, req: Request<pb::RotateKekRequest>) -> Result<Response<pb::RotateKekResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.into_inner();
+        let action = Action::KekRotated;
+        self.state.audit_ready()?;
+        let path = r.new_master_key_file.trim();
+        if path.is_empty() || !path.starts_with('/') {
+            let e =
+                InvalidInput::new("new_master_key_file", "give the absolute path of a key file on the server's host");
+            return Err(self.failed(&caller, action, errors::invalid(&e)).await);
+        }
+        let path = PathBuf::from(path);
+        let new = if r.generate {
+            InitKey::GenerateKeyFile(path.clone())
+        } else {
+            InitKey::Existing(MasterKeySource::KeyFile(path.clone()))
+        };
+        let gate = self.state.gate(&caller, |c, k: &KekRotation| {
+            let detail = format!(
+                "master key {} -> {}: {} data keys rewrapped, through the API; the server uses the new key now",
+                k.old_kek_id, k.new_kek_id, k.rewrapped
+            );
+            vec![caller_record(c, Action::KekRotated, None, Outcome::Ok, &detail, Extra::default())]
+        });
+        match self.state.vault_op(move |v| v.rotate_kek(&new, Argon2Costs::default(), &gate)).await {
+            Ok(k) => {
+                let was = match &self.master_key {
+                    MasterKeySource::KeyFile(p) => format!("the key file {}", p.display()),
+                    _ => "the passphrase".to_owned(),
+                };
+                tracing::warn!(
+                    old_kek_id = %k.old_kek_id,
+                    new_kek_id = %k.new_kek_id,
+                    "master key rotated through the API: point vault.master_key_file at {} before the next restart ({was} no longer opens the database)",
+                    path.display()
+                );
+                Ok(Response::new(pb::RotateKekResponse {
+                    old_kek_id: k.old_kek_id,
+                    new_kek_id: k.new_kek_id,
+                    rewrapped: k.rewrapped as u64,
+                }))
+            }
+            Err(s) => Err(self.failed(&caller, action, s).await),
+        }
+    }
+
+    async fn set_integration(
+        &self,
+        req: Request<pb::SetIntegrationRequest>,
+    ) -> Result<Response<pb::Integration>, Status> {
+        let caller = Caller::of(&req)?;
+        let mut r = req.into_inner();
+        let action = Action::IntegrationSet;
+        self.state.audit_ready()?;
+        let parsed = (|| -> Result<IntegrationInput, InvalidInput> {
+            let environment = Environment::parse_field("environment", &r.environment)?;
+            let base_url = match r.base_url.trim() {
+                "" => environment.default_base_url().to_owned(),
+                u => u.to_owned(),
+            };
+            Ok(IntegrationInput {
+                environment,
+                application_key: r.application_key.trim().to_owned(),
+                base_url,
+                subscription_key: SubscriptionKey::parse_field("subscription_key", &r.subscription_key)?,
+                allow_custom_base_url: r.allow_custom_base_url,
+            })
+        })();
+        // The key now lives only in its zeroizing type; wipe the request's copy.
+        zeroize::Zeroize::zeroize(&mut r.subscription_key);
+        let input = match parsed {
+            Ok(i) => i,
+            Err(e) => return Err(self.failed(&caller, action, errors::invalid(&e)).await),
+        };
+        let env = input.environment;
+        let gate = self.state.gate(&caller, |c, change: &IntegrationChange| {
+            let detail = change.describe("through the API");
+            vec![caller_record(c, Action::IntegrationSet, None, Outcome::Ok, &detail, Extra::default())]
+        });
+        match self.state.vault_op(move |v| v.set_integration(&input, &gate)).await {
+            Ok(rec) => {
+                // The broker's cached subscription key and base URL are stale now.
+                self.state.broker.forget_integration(env);
+                Ok(Response::new(view(&rec)))
+            }
+            Err(s) => Err(self.failed(&caller, action, s).await),
+        }
+    }
+
+    async fn list_integrations(
+        &self,
+        req: Request<pb::ListIntegrationsRequest>,
+    ) -> Result<Response<pb::ListIntegrationsResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let list = self.state.vault_op(|v| v.integrations()).await?;
+        let detail = format!("list: {} integrations", list.len());
+        self.state.record(&caller, Action::IntegrationRead, None, Outcome::Ok, &detail, Extra::default()).await?;
+        Ok(Response::new(pb::ListIntegrationsResponse { integrations: list.iter().map(view).collect() }))
+    }
+}
