@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod hardening;
 pub mod metrics;
 pub mod proto;
 pub mod server;

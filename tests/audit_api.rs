@@ -28,10 +28,15 @@ fn events(ts: &TestServer) -> Vec<pogo_vault::audit::AuditEvent> {
     pogo_vault::audit::list(&conn, &AuditFilter::default(), None, 100_000).unwrap()
 }
 
+/// The events grouped by the id the test sent as `x-request-id`: the server keys its
+/// records on an id of its own and names the caller's as `client_request_id` in the detail.
 fn by_request(ts: &TestServer) -> HashMap<String, Vec<pogo_vault::audit::AuditEvent>> {
     let mut m: HashMap<String, Vec<_>> = HashMap::new();
     for e in events(ts) {
-        m.entry(e.record.request_id.clone()).or_default().push(e);
+        let client = e.record.detail.rsplit_once("[client_request_id=").and_then(|(_, rest)| rest.strip_suffix(']'));
+        if let Some(id) = client {
+            m.entry(id.to_owned()).or_default().push(e);
+        }
     }
     m
 }
@@ -168,7 +173,18 @@ async fn every_rpc_method_writes_its_record_including_denials() {
     let fp = vault.fingerprint_key().fingerprint(pogo_vault::tokens::FP_ACCESS_TOKEN, tok.access_token.as_bytes());
     assert_eq!(minted.token_fingerprint.as_deref(), Some(fp.to_string().as_str()));
     let cached = &got["ok-token-cached"][0].record;
-    assert_eq!((cached.upstream_status, cached.detail.as_str()), (None, "from cache"));
+    assert_eq!(
+        (cached.upstream_status, cached.detail.as_str()),
+        (None, "from cache [client_request_id=ok-token-cached]")
+    );
+    // The caller's id is kept for correlation only: every record is keyed on an id of the
+    // server's own, 32 hex digits, never on what the caller sent.
+    for recs in got.values() {
+        for e in recs {
+            let id = &e.record.request_id;
+            assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+    }
     let failed = &got["fail-token"][0].record;
     assert_eq!((failed.action, failed.outcome), (pogo_vault::audit::Action::TokenDenied, Outcome::Denied));
 

@@ -31,7 +31,7 @@ const KEYS: usize = 8;
 fn start_server(config: &Path) -> Child {
     let log = std::fs::File::create(config.with_file_name("serve.log")).unwrap();
     Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
-        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["serve", "--allow-root", "--config", config.to_str().unwrap()])
         .env("POGO_VAULT_LOG", "error")
         .stdout(Stdio::null())
         .stderr(log)

@@ -23,7 +23,7 @@ const TENANTS: usize = 6;
 
 fn start_server(config: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
-        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["serve", "--allow-root", "--config", config.to_str().unwrap()])
         .env("POGO_VAULT_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

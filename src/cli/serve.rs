@@ -19,6 +19,9 @@ pub struct ServeArgs {
     /// The TOML configuration (see the README and deploy/config.toml).
     #[arg(long, env = "POGO_VAULT_CONFIG")]
     pub config: PathBuf,
+    /// Serve even when running as root (refused otherwise: run as a dedicated user).
+    #[arg(long)]
+    pub allow_root: bool,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +120,13 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 pub fn serve(a: ServeArgs) -> Result<(), CliError> {
+    // Before any key is read: no core dump may ever hold one.
+    crate::hardening::disable_core_dumps().map_err(CliError::new)?;
+    if crate::hardening::is_root() && !a.allow_root {
+        return Err(CliError::usage(
+            "refusing to serve as root: run pogo-vault as a dedicated user (see deploy/systemd), or pass --allow-root",
+        ));
+    }
     let cfg = Config::load(&a.config).map_err(|e| CliError::new(e.to_string()))?;
     init_logging(cfg.log.format, &cfg.log.level);
     let opts = crate::server::ServeOptions::from_config(&cfg).map_err(|e| CliError::new(e.to_string()))?;
@@ -281,6 +291,12 @@ fn dev_policy(trust_domain: &str) -> String {
 
 pub fn dev(a: DevArgs) -> Result<(), CliError> {
     init_logging(LogFormat::Human, "warn,pogo_vault=info");
+    crate::hardening::disable_core_dumps().map_err(CliError::new)?;
+    if crate::hardening::is_root() {
+        // Dev mode is a toy on a developer's machine: a warning, not a refusal (`serve`
+        // refuses root).
+        tracing::warn!("dev mode is running as root; `serve` refuses that without --allow-root");
+    }
     runtime()?.block_on(dev_async(a))
 }
 

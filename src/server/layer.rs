@@ -1,7 +1,10 @@
 //! The gate every request passes, in this order (STYLE.md "one layered stack"):
 //! 1. TLS identity: the connection's verified caller (set by `conn`), or refuse;
-//! 2. request id: the caller's `x-request-id` when well-formed, else a fresh one, echoed
-//!    on the response and carried into every log line and audit record of the request;
+//! 2. request id: always a fresh one of ours, echoed on the response (`x-request-id`) and
+//!    carried into every log line and audit record of the request. A caller's own
+//!    `x-request-id`, when well-formed, is kept as `client_request_id` (in the log span and
+//!    the audit record's detail) for correlation, never as the id we key on: a caller must
+//!    not be able to make its requests collide with, or impersonate, another's;
 //! 3. authorization, coarse: the method must be in the method→role map and the caller must
 //!    hold its role on at least one tenant. Handlers then check the exact tenant, before
 //!    any lookup, so a refusal never reveals whether a tenant exists.
@@ -68,7 +71,7 @@ where
             let Some(conn) = req.extensions().get::<ConnInfo>().cloned() else {
                 return Ok(Status::unauthenticated("a verified client certificate is required").into_http());
             };
-            let request_id = req
+            let client_request_id: Option<Arc<str>> = req
                 .headers()
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
@@ -76,14 +79,16 @@ where
                     (1..=64).contains(&s.len())
                         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 })
-                .map(str::to_owned)
-                .unwrap_or_else(new_request_id);
+                .map(Arc::from);
+            let request_id = new_request_id();
             let caller = Caller {
                 identity: conn.identity.clone(),
                 peer: conn.peer,
                 peer_text: conn.peer_text.clone(),
                 request_id: request_id.clone(),
+                client_request_id: client_request_id.clone(),
             };
+            let client_id = client_request_id.as_deref().unwrap_or("");
             let path = req.uri().path().to_owned();
             let denied = match methods::requirement(&path) {
                 // A connection made before a certificate/CRL reload is checked again: a
@@ -98,8 +103,7 @@ where
                 Some(_) => None,
             };
             if let Some(status) = denied {
-                let span =
-                    tracing::info_span!("rpc", request_id = %request_id, caller = %caller.identity.id, method = %path);
+                let span = tracing::info_span!("rpc", request_id = %request_id, client_request_id = %client_id, caller = %caller.identity.id, method = %path);
                 let _e = span.enter();
                 tracing::info!(reason = %status.message(), "refused at the gate");
                 // Unknown methods are audited too, under the closest action there is.
@@ -115,8 +119,7 @@ where
                 return Ok(resp);
             }
             // Every log line of the request carries its id, the caller and the method.
-            let span =
-                tracing::info_span!("rpc", request_id = %request_id, caller = %caller.identity.id, method = %path);
+            let span = tracing::info_span!("rpc", request_id = %request_id, client_request_id = %client_id, caller = %caller.identity.id, method = %path);
             req.extensions_mut().insert(caller);
             let mut resp = tracing::Instrument::instrument(inner.call(req), span).await?;
             set_request_id(&mut resp, &request_id);

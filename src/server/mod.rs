@@ -52,7 +52,11 @@ pub struct Caller {
     pub peer: SocketAddr,
     /// `peer` as text (formatted once per connection).
     pub peer_text: Arc<str>,
+    /// The server's id for this request: what logs and the audit record key on.
     pub request_id: String,
+    /// The caller's own `x-request-id`, when well-formed: kept for correlation only (the
+    /// audit record's detail names it), never used as the request's id.
+    pub client_request_id: Option<Arc<str>>,
 }
 
 impl Caller {
@@ -191,7 +195,10 @@ pub fn caller_record(
         outcome,
         upstream_status: extra.upstream_status,
         token_fingerprint: extra.token_fingerprint,
-        detail: detail.to_owned(),
+        detail: match &caller.client_request_id {
+            None => detail.to_owned(),
+            Some(c) => format!("{detail} [client_request_id={c}]"),
+        },
         request_id: caller.request_id.clone(),
         peer: caller.peer_text.to_string(),
     }
@@ -239,6 +246,7 @@ fn server_caller(addr: SocketAddr) -> Caller {
         peer: addr,
         peer_text: addr.to_string().into(),
         request_id: layer::new_request_id(),
+        client_request_id: None,
     }
 }
 
