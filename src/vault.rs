@@ -61,6 +61,13 @@ pub enum VaultError {
     /// The caller may not administer a tenant this operation would change.
     #[error("the caller is not granted tenant-admin on tenant {tenant}")]
     Denied { tenant: String },
+    /// Two tenants hold the same organization number, as Go reported it, under the
+    /// onboarding's prefix: which one the client's new key belongs to is not ours to guess.
+    #[error(
+        "tenants {tenants} all hold organization number {organization_number} (as PowerOffice Go reported it): \
+         nothing was stored; delete or rename the wrong one, then onboard again"
+    )]
+    AmbiguousOrganization { organization_number: String, tenants: String },
     /// The change's audit record could not be made durable, so the change was rolled back.
     #[error("the audit record of this change could not be written ({reason}); nothing was changed")]
     NotRecorded { reason: String },
@@ -747,10 +754,24 @@ impl Vault {
             // A known client is one under this onboarding's prefix that the caller administers:
             // an organization number claimed by some other tenant (registered by hand with any
             // number) must never receive this client's key.
+            // Only on a number Go itself reported for the tenant (an earlier onboarding): a
+            // number an admin typed at registration could name another customer's client.
             let existing = match &c.organization_number {
-                Some(org) => tenants::find_by_organization(&tx, env, org)?
-                    .into_iter()
-                    .find(|t| t.tenant_id.as_str().starts_with(&session.tenant_id_prefix) && allowed(&t.tenant_id)),
+                Some(org) => {
+                    let mut found: Vec<TenantRecord> = tenants::find_by_verified_organization(&tx, env, org)?
+                        .into_iter()
+                        .filter(|t| {
+                            t.tenant_id.as_str().starts_with(&session.tenant_id_prefix) && allowed(&t.tenant_id)
+                        })
+                        .collect();
+                    if found.len() > 1 {
+                        return Err(VaultError::AmbiguousOrganization {
+                            organization_number: org.to_string(),
+                            tenants: found.iter().map(|t| t.tenant_id.to_string()).collect::<Vec<_>>().join(", "),
+                        });
+                    }
+                    found.pop()
+                }
                 None => None,
             };
             let fp = self.fingerprint_key.fingerprint(FP_CLIENT_KEY, c.key.expose_secret().as_bytes());
@@ -792,6 +813,9 @@ impl Vault {
                     (id, None)
                 }
             };
+            if let Some(org) = &c.organization_number {
+                tenants::set_verified_organization(&tx, &id, env, org)?;
+            }
             taken.push(id.clone());
             let record =
                 tenants::get(&tx, &id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;

@@ -89,15 +89,16 @@ fn a_killed_holder_frees_the_lock() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let out = s.run_k(&["tenant", "disable", "acme"], "");
-        if String::from_utf8_lossy(&out.stderr).contains("another pogo-vault command") {
-            break;
-        }
+    // Wait until it holds the lock (its note names it), without competing for the lock.
+    let lock_file = format!("{}.lock", s.db().display());
+    let note = format!("pid={} command", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&lock_file).map_or(true, |t| !t.contains(&note)) {
         assert!(std::time::Instant::now() < deadline, "the waiting command never held the lock");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let out = s.run_k(&["tenant", "disable", "acme"], "");
+    assert_fails_with(&out, &["another pogo-vault command", &format!("pid {}", child.id())]);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let out = s.run_k(&["tenant", "add", "--tenant-id", "acme", "--environment", "demo"], &format!("{}\n", sim_key(0)));

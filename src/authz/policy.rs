@@ -161,6 +161,17 @@ impl Policy {
         self.grants.iter().any(|g| g.roles.contains(&role) && g.caller.matches(caller))
     }
 
+    /// Whether `caller` holds `role` on every tenant id that starts with `prefix` (an
+    /// onboarding may create any of them): some grant's tenant pattern is `Q*` with `Q` a
+    /// prefix of `prefix` (`*` alone: every tenant).
+    pub fn allows_every_tenant_with_prefix(&self, caller: &str, role: Role, prefix: &str) -> bool {
+        self.grants.iter().any(|g| {
+            g.roles.contains(&role)
+                && g.caller.matches(caller)
+                && (!role.is_tenant_scoped() || g.tenants.iter().any(|t| t.covers_prefix(prefix)))
+        })
+    }
+
     pub fn grant_count(&self) -> usize {
         self.grants.len()
     }
@@ -176,6 +187,12 @@ struct Pattern {
 impl Pattern {
     fn new(p: &str) -> Self {
         Self { parts: p.split('*').map(str::to_owned).collect(), exact: !p.contains('*') }
+    }
+
+    /// Whether every string that starts with `prefix` matches: the pattern is `Q*` (one
+    /// trailing star, no other) with `prefix` starting with `Q`.
+    fn covers_prefix(&self, prefix: &str) -> bool {
+        !self.exact && self.parts.len() == 2 && self.parts[1].is_empty() && prefix.starts_with(self.parts[0].as_str())
     }
 
     fn matches(&self, s: &str) -> bool {
@@ -231,6 +248,19 @@ roles = ["audit"]
         assert!(p.allows("spiffe://ex.org/team/security/alice", Role::Audit, &t("anything")));
         assert!(!p.has_role(billing, Role::Audit));
         assert!(!p.has_role("unknown", Role::Token));
+    }
+
+    #[test]
+    fn prefix_coverage_is_only_a_trailing_star() {
+        let p = Policy::parse(
+            "[[grant]]\ncaller = \"a\"\nroles = [\"tenant-admin\"]\ntenants = [\"acme-*\", \"x*y\"]\n",
+            "t",
+        )
+        .unwrap();
+        let ok = |prefix: &str| p.allows_every_tenant_with_prefix("a", Role::TenantAdmin, prefix);
+        assert!(ok("acme-") && ok("acme-web-"));
+        assert!(!ok("acme") && !ok("") && !ok("x") && !ok("beta-"));
+        assert!(!p.allows_every_tenant_with_prefix("b", Role::TenantAdmin, "acme-"));
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub fn vault(e: &VaultError) -> Status {
         }
         VaultError::Denied { .. } => permission_denied(crate::authz::Role::TenantAdmin),
         VaultError::NotRecorded { .. } => audit_unavailable(),
+        VaultError::AmbiguousOrganization { .. } => Status::failed_precondition(e.to_string()),
         VaultError::Store(StoreError::Sqlite(_)) => retryable(
             Code::Unavailable,
             "the vault's database is busy or failing; retry shortly".into(),

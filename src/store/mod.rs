@@ -30,6 +30,7 @@ pub type Migration = (&'static str, &'static str);
 const MIGRATIONS: &[Migration] = &[
     ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
     ("0002_onboarding", include_str!("../../migrations/0002_onboarding.sql")),
+    ("0003_onboarding_trust", include_str!("../../migrations/0003_onboarding_trust.sql")),
 ];
 
 /// How long a statement waits for another connection's lock before failing.

@@ -92,6 +92,37 @@ pub fn find_by_organization(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Every tenant of `env` whose organization number Go itself reported (in an onboarding)
+/// as `org`, in id order. Numbers typed by an admin are not in this index.
+pub fn find_by_verified_organization(
+    conn: &Connection,
+    env: Environment,
+    org: &OrganizationNumber,
+) -> Result<Vec<TenantRecord>, StoreError> {
+    let cols: String = COLUMNS.split(", ").map(|c| format!("t.{}", c.trim())).collect::<Vec<_>>().join(", ");
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {cols} FROM tenants AS t JOIN verified_organization_numbers AS v ON v.tenant_id = t.tenant_id \
+         WHERE v.environment = ?1 AND v.organization_number = ?2 AND t.organization_number = ?2 ORDER BY t.tenant_id"
+    ))?;
+    let rows = stmt.query_map(params![env.as_str(), org.as_str()], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records that Go reported `org` for the tenant (in an onboarding).
+pub fn set_verified_organization(
+    conn: &Connection,
+    id: &TenantId,
+    env: Environment,
+    org: &OrganizationNumber,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO verified_organization_numbers (tenant_id, environment, organization_number, verified_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+        params![id.as_str(), env.as_str(), org.as_str(), now_ms()],
+    )?;
+    Ok(())
+}
+
 /// Tenants with id greater than `after`, in id order, at most `limit`.
 pub fn list(conn: &Connection, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
     let mut stmt = conn
