@@ -70,11 +70,14 @@ use crate::store::StoreError;
 mod chain;
 mod db;
 mod export;
+mod handover;
 mod query;
 mod record;
+mod rotate;
 mod tenant_index;
 mod verify;
 mod watch;
+mod witness;
 mod writer;
 
 pub use chain::{
@@ -83,11 +86,17 @@ pub use chain::{
 };
 pub use db::{AUDIT_MIGRATIONS, open_reader};
 pub use export::{ExportFormat, export};
+pub use handover::{HANDOVER_DOMAIN, Handover};
 pub use query::{AuditFilter, events_from, head, latest_checkpoint, list};
 pub use record::{Action, AuditEvent, AuditRecord, MAX_FIELD_BYTES, Outcome, TRUNCATION_MARK, UnknownName};
+pub use rotate::hand_over_blocking;
 pub use tenant_index::tenant_index_path;
-pub use verify::{VerifyReport, verify, verify_conn};
+pub use verify::{
+    External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport, read_witness_file, verify, verify_conn,
+    verify_conn_with, verify_with,
+};
 pub use watch::AuditWatch;
+pub use witness::{FileWitnessConfig, SyslogWitnessConfig, WitnessConfig, WitnessStatus};
 pub use writer::{AuditLog, AuditStats, AuditStatsSnapshot, Receipt};
 
 #[non_exhaustive]
@@ -145,6 +154,8 @@ pub struct AuditConfig {
     /// The longest the background tenant index waits before indexing new events (sooner
     /// once 65,536 are waiting). Tenant queries scan the events it has not reached.
     pub tenant_index_interval: Duration,
+    /// Where every committed checkpoint is also delivered (`[audit.witness]`).
+    pub witness: WitnessConfig,
 }
 
 impl Default for AuditConfig {
@@ -158,6 +169,7 @@ impl Default for AuditConfig {
             max_backoff: Duration::from_millis(500),
             broadcast_capacity: 4096,
             tenant_index_interval: Duration::from_secs(2),
+            witness: WitnessConfig::default(),
         }
     }
 }

@@ -22,7 +22,15 @@
 //! Checkpoints: a batch that commits when the last checkpoint is `checkpoint_interval` old
 //! carries a new checkpoint in the same transaction; otherwise a timer writes one when the
 //! interval has passed since the last checkpoint and events are still uncovered. Nothing is
-//! written while idle.
+//! written while idle. Every checkpoint committed is then offered to the witnesses
+//! ([`super::witness`]): a push onto their bounded queues, never I/O on this thread.
+//!
+//! Opening a log whose newest events no checkpoint covers (the last server was killed
+//! before its next checkpoint) signs them at once, in one transaction with an
+//! `unsigned_tail_signed` record naming the range, so the next strict verify passes again
+//! and the late signature is itself on the record. A writer whose key has been handed over
+//! to a successor (`audit rotate-signing-key`) refuses to sign: opening fails, and a running
+//! writer fails its commits (fail closed) until the server restarts with the new key.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -36,13 +44,63 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use super::chain::Checkpoint;
-use super::record::{AuditEvent, AuditRecord};
+use super::record::{Action, AuditEvent, AuditRecord, Outcome as RecordOutcome};
 use super::tenant_index::Indexer;
-use super::{AuditConfig, AuditError, db};
+use super::witness::{WitnessSet, WitnessStatus};
+use super::{AuditConfig, AuditError, db, handover};
 use crate::store::now_ms;
 
 /// The first pause after a failed commit.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
+/// How long a stop waits for the witnesses to take what they still hold.
+const WITNESS_DRAIN_AT_STOP: Duration = Duration::from_secs(2);
+
+/// The error of a writer whose signing key has a successor.
+fn retired(key_id: &str) -> AuditError {
+    AuditError::Unavailable {
+        reason: format!(
+            "the audit signing key {key_id} has been handed over to a successor (audit rotate-signing-key); \
+             restart the server so it signs with the new key"
+        ),
+    }
+}
+
+/// Signs and stores a checkpoint of `(seq, hash)` in `tx`, unless the key `key_id` has been
+/// handed over (read inside the transaction: a rotation by the CLI is seen at once).
+fn sign_checkpoint(
+    tx: &rusqlite::Transaction<'_>,
+    key: &SigningKey,
+    key_id: &str,
+    seq: i64,
+    hash: [u8; 32],
+) -> Result<Checkpoint, AuditError> {
+    if handover::is_retired(tx, key_id)? {
+        return Err(retired(key_id));
+    }
+    db::put_checkpoint(tx, key, seq, hash)
+}
+
+/// Signs the events no checkpoint covers, in one transaction with the record that says so.
+fn sign_unsigned_tail(conn: &mut Connection, key: &SigningKey) -> Result<Checkpoint, AuditError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (head, _) = db::head(&tx)?;
+    let covered = db::latest_checkpoint(&tx)?.map_or(0, |c| c.sequence);
+    let rec = AuditRecord::new(Action::UnsignedTailSigned, RecordOutcome::Ok)
+        .caller("pogo-vault-server", "")
+        .detail(format!(
+            "events {}..={head} were covered by no signed checkpoint when the audit log was opened (the last \
+             writer stopped without its final checkpoint: a crash or kill); signed now, with this record, so they \
+             are frozen from here on. Nothing proves what happened to them before this point",
+            covered + 1
+        ))
+        .request(String::new(), "local");
+    let mut links = Vec::with_capacity(1);
+    let (seq, hash) = db::append_in_tx(&tx, now_ms(), std::iter::once(&rec), &mut links)?;
+    let cp = db::put_checkpoint(&tx, key, seq, hash)?;
+    tx.commit()?;
+    tracing::warn!(from = covered + 1, to = head, "signed an unsigned audit tail left by the last writer");
+    Ok(cp)
+}
 
 type Reply<T> = oneshot::Sender<Result<T, AuditError>>;
 
@@ -129,6 +187,18 @@ struct Shared {
     stats: Arc<AuditStats>,
     /// The writer thread, for the watchdog to wake after it failed a batch.
     writer: OnceLock<Thread>,
+    /// The newest checkpoint this process signed: held in memory, out of reach of an edit of
+    /// the file, so the server's own verification uses it like a kept checkpoint.
+    last_signed: Mutex<Option<Checkpoint>>,
+}
+
+impl Shared {
+    fn signed(&self, cp: &Checkpoint) {
+        let mut last = self.last_signed.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref().is_none_or(|l| l.sequence <= cp.sequence) {
+            *last = Some(cp.clone());
+        }
+    }
 }
 
 impl Shared {
@@ -155,6 +225,7 @@ struct Inner {
     path: PathBuf,
     public_key: VerifyingKey,
     indexer: Arc<Indexer>,
+    witness: Arc<WitnessSet>,
 }
 
 impl Drop for Inner {
@@ -189,6 +260,8 @@ pub struct AuditStatsSnapshot {
     pub last_checkpoint_age_secs: f64,
     /// Events after the tenant index's watermark (tenant queries scan these).
     pub tenant_index_lag: u64,
+    /// Each configured witness's delivery figures.
+    pub witnesses: Vec<WitnessStatus>,
 }
 
 impl AuditStats {
@@ -221,10 +294,26 @@ impl AuditLog {
             ..cfg
         };
         let public_key = signing_key.verifying_key();
-        let conn = db::open_writer(path, &public_key, Some(cfg.busy_timeout))?;
-        let (head_seq, _) = db::head(&conn)?;
-        let checkpointed_seq = db::latest_checkpoint(&conn)?.map_or(0, |c| c.sequence);
+        let key_id = crate::vault::audit_key_id(public_key.as_bytes());
+        let failed = |what: &str, e: std::io::Error| AuditError::Unavailable {
+            reason: format!("cannot start the audit {what} thread: {e}"),
+        };
+        let mut conn = db::open_writer(path, &public_key, Some(cfg.busy_timeout))?;
+        if handover::is_retired(&conn, &key_id)? {
+            return Err(retired(&key_id));
+        }
+        let witness = Arc::new(WitnessSet::start(&cfg.witness).map_err(|e| failed("witness", e))?);
         let stats = Arc::new(AuditStats::default());
+        let (mut head_seq, _) = db::head(&conn)?;
+        let mut checkpointed_seq = db::latest_checkpoint(&conn)?.map_or(0, |c| c.sequence);
+        let mut last_signed = None;
+        if head_seq > checkpointed_seq {
+            let cp = sign_unsigned_tail(&mut conn, &signing_key)?;
+            witness.offer(&cp);
+            stats.last_checkpoint_ms.store(cp.time_ms, Ordering::Relaxed);
+            (head_seq, checkpointed_seq) = (cp.sequence, cp.sequence);
+            last_signed = Some(cp);
+        }
         stats.head.store(head_seq, Ordering::Relaxed);
 
         let shared = Arc::new(Shared {
@@ -232,12 +321,15 @@ impl AuditLog {
             health: watch::Sender::new(true),
             stats,
             writer: OnceLock::new(),
+            last_signed: Mutex::new(last_signed),
         });
         let (live, _) = broadcast::channel(cfg.broadcast_capacity);
         let writer = Writer {
             shared: shared.clone(),
             conn,
             key: signing_key,
+            key_id,
+            witness: witness.clone(),
             cfg: cfg.clone(),
             live: live.clone(),
             head_seq,
@@ -245,9 +337,6 @@ impl AuditLog {
             last_checkpoint: None,
             backoff: INITIAL_BACKOFF,
             links: Vec::new(),
-        };
-        let failed = |what: &str, e: std::io::Error| AuditError::Unavailable {
-            reason: format!("cannot start the audit {what} thread: {e}"),
         };
         let indexer = Arc::new(Indexer::start(path, cfg.tenant_index_interval).map_err(|e| failed("index", e))?);
         let thread = std::thread::Builder::new().name("pogo-audit-writer".into()).spawn(move || writer.run());
@@ -273,6 +362,7 @@ impl AuditLog {
                 cfg,
                 path: path.to_owned(),
                 public_key,
+                witness,
             }),
         })
     }
@@ -289,6 +379,7 @@ impl AuditLog {
             healthy: self.is_healthy(),
             last_checkpoint_age_secs: if last == 0 { -1.0 } else { (now_ms() - last).max(0) as f64 / 1000.0 },
             tenant_index_lag: s.head.load(Ordering::Relaxed).saturating_sub(self.tenant_index_through()).max(0) as u64,
+            witnesses: self.witness_status(),
         }
     }
 
@@ -408,6 +499,20 @@ impl AuditLog {
                 let _ = tokio::task::spawn_blocking(move || t.join()).await;
             }
         }
+        // The final checkpoint goes to the witnesses too, if they take it soon; a witness
+        // that is down does not hold up the stop.
+        let witness = self.inner.witness.clone();
+        let _ = tokio::task::spawn_blocking(move || witness.close_and_wait(WITNESS_DRAIN_AT_STOP)).await;
+    }
+
+    /// The newest checkpoint this process signed (kept in memory; see [`AuditLog::verify`]).
+    pub fn last_signed(&self) -> Option<Checkpoint> {
+        self.inner.shared.last_signed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Each configured witness's delivery figures (backlog, failures), for metrics and status.
+    pub fn witness_status(&self) -> Vec<WitnessStatus> {
+        self.inner.witness.status()
     }
 
     /// False while commits fail (and after shutdown): serve health as NOT_SERVING.
@@ -490,6 +595,9 @@ struct Writer {
     shared: Arc<Shared>,
     conn: Connection,
     key: SigningKey,
+    /// The id of `key`'s public half, to notice a hand-over to a successor.
+    key_id: String,
+    witness: Arc<WitnessSet>,
     cfg: AuditConfig,
     live: broadcast::Sender<AuditEvent>,
     /// The head as of this writer's last commit (another process may have moved it since).
@@ -621,8 +729,10 @@ impl Writer {
             Ok((time_ms, checkpoint)) => {
                 let stats = &self.shared.stats;
                 stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-                if checkpoint.is_some() {
+                if let Some(cp) = &checkpoint {
                     stats.last_checkpoint_ms.store(time_ms, Ordering::Relaxed);
+                    self.shared.signed(cp);
+                    self.witness.offer(cp);
                 }
                 self.succeeded();
                 let links = std::mem::take(&mut self.links);
@@ -670,7 +780,8 @@ impl Writer {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let time_ms = now_ms();
         let (seq, hash) = db::append_in_tx(&tx, time_ms, records.iter(), &mut self.links)?;
-        let checkpoint = if with_checkpoint { Some(db::put_checkpoint(&tx, &self.key, seq, hash)?) } else { None };
+        let checkpoint =
+            if with_checkpoint { Some(sign_checkpoint(&tx, &self.key, &self.key_id, seq, hash)?) } else { None };
         tx.commit()?;
         self.head_seq = seq;
         self.shared.stats.head.store(seq, Ordering::Relaxed);
@@ -684,12 +795,14 @@ impl Writer {
     fn write_checkpoint(&mut self) -> Result<Checkpoint, AuditError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (seq, hash) = db::head(&tx)?;
-        let cp = db::put_checkpoint(&tx, &self.key, seq, hash)?;
+        let cp = sign_checkpoint(&tx, &self.key, &self.key_id, seq, hash)?;
         tx.commit()?;
         self.head_seq = seq;
         self.checkpointed_seq = seq;
         self.last_checkpoint = Some(Instant::now());
         self.shared.stats.last_checkpoint_ms.store(cp.time_ms, Ordering::Relaxed);
+        self.shared.signed(&cp);
+        self.witness.offer(&cp);
         Ok(cp)
     }
 
