@@ -450,19 +450,53 @@ impl Sink for FileSink {
     }
 }
 
+/// A connection to the receiver that can tell whether the receiver has closed it.
 trait Stream: Write + Send {
-    fn tcp(&self) -> &TcpStream;
+    /// True when the receiver closed the connection (or it broke): checked before each
+    /// write, because a write to a closed peer is accepted once by the kernel and lost.
+    fn peer_closed(&mut self) -> bool;
 }
 
 impl Stream for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
+    fn peer_closed(&mut self) -> bool {
+        if self.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut b = [0u8; 1];
+        let closed = match self.peek(&mut b) {
+            Ok(0) => true,
+            // A syslog receiver sends nothing; whatever it sent is ignored.
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        closed || self.set_nonblocking(false).is_err()
     }
 }
 
 impl Stream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        &self.sock
+    fn peer_closed(&mut self) -> bool {
+        // The receiver's TLS records (session tickets, close_notify) must be read through
+        // rustls: a peek would see them forever and miss the end of the stream behind them.
+        if self.sock.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let closed = loop {
+            match self.conn.read_tls(&mut self.sock) {
+                Ok(0) => break true,
+                Ok(_) => match self.conn.process_new_packets() {
+                    Ok(state) if state.peer_has_closed() => break true,
+                    Ok(_) => {
+                        // Plaintext from a syslog receiver is not expected; discard it.
+                        let mut sink = [0u8; 512];
+                        while matches!(std::io::Read::read(&mut self.conn.reader(), &mut sink), Ok(n) if n > 0) {}
+                    }
+                    Err(_) => break true,
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        closed || self.sock.set_nonblocking(false).is_err()
     }
 }
 
@@ -516,28 +550,13 @@ impl SyslogSink {
     }
 }
 
-/// True when the receiver closed the connection (or it broke): checked before each write,
-/// because a write to a closed peer is accepted once by the kernel and lost.
-fn peer_closed(tcp: &TcpStream) -> bool {
-    if tcp.set_nonblocking(true).is_err() {
-        return true;
-    }
-    let mut b = [0u8; 1];
-    let closed = match tcp.peek(&mut b) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-    };
-    closed || tcp.set_nonblocking(false).is_err()
-}
-
 impl Sink for SyslogSink {
     fn name(&self) -> &'static str {
         "syslog"
     }
 
     fn deliver(&mut self, cp: &Checkpoint) -> Result<(), String> {
-        if self.conn.as_ref().is_some_and(|c| peer_closed(c.tcp())) {
+        if self.conn.as_mut().is_some_and(|c| c.peer_closed()) {
             self.conn = None;
         }
         if self.conn.is_none() {
