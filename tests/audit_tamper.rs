@@ -398,3 +398,66 @@ async fn a_forged_or_malformed_witness_line_is_named() {
     std::fs::write(&log.witness, "{\"sequence\": 1}\n").unwrap();
     assert_fails_with(&log.with_witness(&[]), &["witness file", "line 1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_verify_is_strict_and_a_running_writer_never_signs_over_an_edit() {
+    use common::server::{TestServer, sim_key};
+    use pogo_vault::proto::v1 as pb;
+
+    let mut ts = TestServer::start().await;
+    let reg = pb::RegisterClientKeyRequest {
+        tenant_id: "acme".into(),
+        environment: "demo".into(),
+        client_key: sim_key(0),
+        ..Default::default()
+    };
+    ts.tenant_client("admin").await.register_client_key(reg).await.unwrap();
+    let mut tokens = ts.token_client("token-caller").await;
+    let get = || pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 };
+    for _ in 0..5 {
+        tokens.get_access_token(get()).await.unwrap();
+    }
+    let mut auditor = ts.audit_client("auditor").await;
+    // A live log: the server signs its head first, so nothing it holds is unsigned.
+    let r = auditor.verify_audit_log(pb::VerifyAuditLogRequest::default()).await.unwrap().into_inner();
+    assert!(r.ok && r.unsigned_events == 0 && r.warning.is_empty(), "{r:?}");
+
+    // A genuinely signed checkpoint beyond the end of the log (newest events cut): not ok.
+    let key = ts.vault().audit_signing_key().unwrap();
+    let far = Checkpoint::sign(1000, [9; 32], 1_700_000_000_000, &key);
+    let far = pb::Checkpoint {
+        sequence: far.sequence,
+        head_hash: far.head_hash.iter().map(|b| format!("{b:02x}")).collect(),
+        time: Some(prost_types::Timestamp { seconds: far.time_ms / 1000, nanos: 0 }),
+        key_id: far.key_id.clone(),
+        signature: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, far.signature),
+    };
+    let r = auditor
+        .verify_audit_log(pb::VerifyAuditLogRequest { checkpoint: Some(far), allow_unsigned_tail: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.ok && r.detail.contains("kept checkpoint at 1000 but the log ends at"), "{r:?}");
+
+    // A stored checkpoint's signature edited: not ok, named.
+    Connection::open(ts.audit_db())
+        .unwrap()
+        .execute_batch("UPDATE checkpoints SET signature = zeroblob(64) WHERE sequence = 1")
+        .unwrap();
+    let r = auditor.verify_audit_log(pb::VerifyAuditLogRequest::default()).await.unwrap().into_inner();
+    assert!(!r.ok && r.first_bad_sequence == 1, "{r:?}");
+    assert!(r.detail.contains("checkpoint at 1: signature does not verify"), "{}", r.detail);
+
+    // Events rewritten under the running server with a recomputed chain and every checkpoint
+    // deleted: the writer notices before it would sign over them and fails closed.
+    rewrite_from(&ts.audit_db(), 2);
+    Connection::open(ts.audit_db()).unwrap().execute_batch("DELETE FROM checkpoints").unwrap();
+    let e = auditor.verify_audit_log(pb::VerifyAuditLogRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert_eq!(tokens.get_access_token(get()).await.unwrap_err().code(), tonic::Code::Unavailable);
+    let conn = pogo_vault::audit::open_reader(&ts.audit_db()).unwrap();
+    let signed = conn.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(signed, 0, "nothing was signed over the edit");
+    drop(conn);
+    ts.stop().await;
+}

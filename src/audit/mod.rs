@@ -131,6 +131,10 @@ pub enum AuditError {
     /// Writing an export failed.
     #[error("writing the export failed: {0}")]
     Io(#[from] std::io::Error),
+    /// Rows this process wrote are no longer as it wrote them: the file was edited under a
+    /// running writer, which then refuses to append or sign (fail closed, alarmed).
+    #[error("ALARM: {0}")]
+    Altered(String),
 }
 
 /// Tuning of the writer. The defaults suit a server; tests and benches change them.

@@ -262,15 +262,23 @@ impl AuditLog {
         // Taken before the fresh checkpoint: the one this process signed earlier, from memory,
         // so an edit of the file before the fresh checkpoint cannot be signed over unnoticed.
         let remembered = self.last_signed();
-        let fresh = self.checkpoint_now().await?;
+        // Without a fresh checkpoint (the writer found the file altered, or cannot write) the
+        // verification still runs and says what it could not cover, and why.
+        let (fresh, no_fresh) = match self.checkpoint_now().await {
+            Ok(cp) => (Some(cp.sequence), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let own = self.verifying_key();
         read(self.path().to_owned(), move |c| {
             let root = super::handover::chain_root(c, &own)?;
             let mut external: Vec<External> =
                 kept.map(|k| External { checkpoint: k, source: ExternalSource::Kept }).into_iter().collect();
             external.extend(remembered.map(|k| External { checkpoint: k, source: ExternalSource::ServerMemory }));
-            let opts = VerifyOptions { external, allow_unsigned_tail, live_head: Some(fresh.sequence) };
+            let opts = VerifyOptions { external, allow_unsigned_tail, live_head: fresh };
             let mut report = verify_conn_with(c, &root, &opts)?;
+            if let Some(why) = no_fresh {
+                report.detail = format!("{} (no fresh checkpoint could be signed: {why})", report.detail);
+            }
             let own_id = crate::vault::audit_key_id(own.as_bytes());
             if report.ok && report.key_ids.last() != Some(&own_id) {
                 report.ok = false;

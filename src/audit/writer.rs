@@ -40,7 +40,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use super::chain::Checkpoint;
@@ -63,6 +63,25 @@ fn retired(key_id: &str) -> AuditError {
              restart the server so it signs with the new key"
         ),
     }
+}
+
+/// Checks, inside the writer's transaction, that the event this writer last wrote is still
+/// in the file with the hash it wrote. Anything else means the rows were edited, deleted
+/// or replaced (a recomputed chain changes that hash too): the writer then neither appends
+/// nor signs, so an altered log is never signed over.
+fn still_holds(tx: &rusqlite::Transaction<'_>, (seq, hash): (i64, [u8; 32])) -> Result<(), AuditError> {
+    if seq == 0 {
+        return Ok(());
+    }
+    let found: Option<Vec<u8>> =
+        tx.prepare_cached("SELECT hash FROM events WHERE sequence = ?1")?.query_row([seq], |r| r.get(0)).optional()?;
+    if found.as_deref() == Some(&hash[..]) {
+        return Ok(());
+    }
+    let what = if found.is_none() { "is gone" } else { "no longer has the hash this writer committed" };
+    let reason = format!("event {seq} {what}: the audit database was altered under the running server");
+    tracing::error!(sequence = seq, "ALARM: {reason}; refusing to append or sign until an operator investigates");
+    Err(AuditError::Altered(reason))
 }
 
 /// Signs and stores a checkpoint of `(seq, hash)` in `tx`, unless the key `key_id` has been
@@ -304,14 +323,14 @@ impl AuditLog {
         }
         let witness = Arc::new(WitnessSet::start(&cfg.witness).map_err(|e| failed("witness", e))?);
         let stats = Arc::new(AuditStats::default());
-        let (mut head_seq, _) = db::head(&conn)?;
+        let (mut head_seq, mut head_hash) = db::head(&conn)?;
         let mut checkpointed_seq = db::latest_checkpoint(&conn)?.map_or(0, |c| c.sequence);
         let mut last_signed = None;
         if head_seq > checkpointed_seq {
             let cp = sign_unsigned_tail(&mut conn, &signing_key)?;
             witness.offer(&cp);
             stats.last_checkpoint_ms.store(cp.time_ms, Ordering::Relaxed);
-            (head_seq, checkpointed_seq) = (cp.sequence, cp.sequence);
+            (head_seq, head_hash, checkpointed_seq) = (cp.sequence, cp.head_hash, cp.sequence);
             last_signed = Some(cp);
         }
         stats.head.store(head_seq, Ordering::Relaxed);
@@ -337,6 +356,7 @@ impl AuditLog {
             last_checkpoint: None,
             backoff: INITIAL_BACKOFF,
             links: Vec::new(),
+            written: (head_seq, head_hash),
         };
         let indexer = Arc::new(Indexer::start(path, cfg.tenant_index_interval).map_err(|e| failed("index", e))?);
         let thread = std::thread::Builder::new().name("pogo-audit-writer".into()).spawn(move || writer.run());
@@ -608,6 +628,11 @@ struct Writer {
     backoff: Duration,
     /// (sequence, prev_hash, hash) of the batch being committed.
     links: Vec<(i64, [u8; 32], [u8; 32])>,
+    /// The newest event this writer committed (or found at open) and its hash: every
+    /// transaction first checks that the file still holds it, so an edit, deletion or
+    /// recomputed chain under a running writer is found at its next commit (at most
+    /// `checkpoint_interval` later while events flow) and is never signed over.
+    written: (i64, [u8; 32]),
 }
 
 impl Drop for Writer {
@@ -778,12 +803,14 @@ impl Writer {
     ) -> Result<(i64, Option<Checkpoint>), AuditError> {
         self.links.clear();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        still_holds(&tx, self.written)?;
         let time_ms = now_ms();
         let (seq, hash) = db::append_in_tx(&tx, time_ms, records.iter(), &mut self.links)?;
         let checkpoint =
             if with_checkpoint { Some(sign_checkpoint(&tx, &self.key, &self.key_id, seq, hash)?) } else { None };
         tx.commit()?;
         self.head_seq = seq;
+        self.written = (seq, hash);
         self.shared.stats.head.store(seq, Ordering::Relaxed);
         if checkpoint.is_some() {
             self.checkpointed_seq = seq;
@@ -794,6 +821,7 @@ impl Writer {
 
     fn write_checkpoint(&mut self) -> Result<Checkpoint, AuditError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        still_holds(&tx, self.written)?;
         let (seq, hash) = db::head(&tx)?;
         let cp = sign_checkpoint(&tx, &self.key, &self.key_id, seq, hash)?;
         tx.commit()?;
@@ -809,6 +837,8 @@ impl Writer {
     /// A real write outside the chain, to learn whether the file is writable again.
     fn probe(&mut self) -> Result<(), AuditError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // An altered file stays a failure: health must not come back on a log we refuse.
+        still_holds(&tx, self.written)?;
         tx.prepare_cached("INSERT OR REPLACE INTO writer_probe (id, time_ms) VALUES (1, ?1)")?.execute([now_ms()])?;
         tx.commit()?;
         Ok(())
