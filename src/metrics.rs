@@ -232,7 +232,8 @@ fn render_witnesses(o: &mut String, witnesses: &[crate::audit::WitnessStatus]) {
     if witnesses.is_empty() {
         return;
     }
-    let series: [(&str, &str, &str, fn(&crate::audit::WitnessStatus) -> u64); 5] = [
+    type Series = (&'static str, &'static str, &'static str, fn(&crate::audit::WitnessStatus) -> u64);
+    let series: [Series; 5] = [
         ("pogo_vault_audit_witness_backlog", "gauge", "Signed checkpoints waiting for delivery to a witness.", |w| {
             w.backlog
         }),

@@ -194,18 +194,18 @@ pub fn verify_conn_with(
         // (which may be signed by the key before or after a hand-over at the same point).
         while let Some(cp) = next_cp.as_ref().filter(|c| c.as_ref().map_or(true, |c| c.sequence <= walk.seq)) {
             if let Err(report) = walk.checkpoint(cp) {
-                return Ok(report);
+                return Ok(*report);
             }
             next_cp = read_checkpoint(cps.next()?)?;
         }
         while let Some(h) = handovers.next_if(|h| h.as_ref().map_or(true, |h| h.sequence <= walk.seq)) {
             if let Err(report) = walk.handover(&h, &tx) {
-                return Ok(report);
+                return Ok(*report);
             }
         }
         while let Some(e) = external.next_if(|e| e.checkpoint.sequence <= walk.seq) {
             if let Err(report) = walk.external(e) {
-                return Ok(report);
+                return Ok(*report);
             }
         }
         let Some(row) = events.next()? else { break };
@@ -228,7 +228,7 @@ pub fn verify_conn_with(
     // signature holds: a forged witness line must not pass for a proof of deletion).
     if let Some(e) = external.last() {
         if let Err(report) = walk.external(e) {
-            return Ok(report);
+            return Ok(*report);
         }
         let msg = format!(
             "{} at {} but the log ends at {seq} (newest events deleted)",
@@ -353,19 +353,19 @@ impl<'a> Walk<'a> {
     }
 
     /// Verifies a stored checkpoint at (or, if corrupt, near) the current head.
-    fn checkpoint(&mut self, cp: &Result<Checkpoint, String>) -> Result<(), VerifyReport> {
+    fn checkpoint(&mut self, cp: &Result<Checkpoint, String>) -> Result<(), Box<VerifyReport>> {
         let cp = match cp {
             Ok(cp) => cp,
-            Err(why) => return Err(self.fail(Some(self.seq), why.clone())),
+            Err(why) => return Err(self.bad(Some(self.seq), why.clone())),
         };
         let at = cp.sequence;
         if at < 0 {
-            return Err(self.fail(Some(0), format!("checkpoint at {at}: impossible sequence (edited)")));
+            return Err(self.bad(Some(0), format!("checkpoint at {at}: impossible sequence (edited)")));
         }
         match cp.verify(&self.key) {
             Ok(()) => {}
             Err(CheckpointProblem::UnknownKey { found, expected }) => {
-                return Err(self.fail(
+                return Err(self.bad(
                     Some(at),
                     format!(
                         "checkpoint at {at} signed by unknown key {found} (the key in force there is {expected}; \
@@ -373,11 +373,11 @@ impl<'a> Walk<'a> {
                     ),
                 ));
             }
-            Err(p) => return Err(self.fail(Some(at), format!("checkpoint at {at}: {p}"))),
+            Err(p) => return Err(self.bad(Some(at), format!("checkpoint at {at}: {p}"))),
         }
         if cp.head_hash != self.hash {
             let from = self.anchor + 1;
-            return Err(self.fail(
+            return Err(self.bad(
                 Some(from),
                 format!(
                     "checkpoint at {at}: the log's hash at {at} differs from the signed one \
@@ -392,15 +392,15 @@ impl<'a> Walk<'a> {
     }
 
     /// Verifies a hand-over at the current head and moves to the new key.
-    fn handover(&mut self, h: &Result<Handover, String>, conn: &Connection) -> Result<(), VerifyReport> {
+    fn handover(&mut self, h: &Result<Handover, String>, conn: &Connection) -> Result<(), Box<VerifyReport>> {
         let h = match h {
             Ok(h) => h,
-            Err(why) => return Err(self.fail(Some(self.seq), why.clone())),
+            Err(why) => return Err(self.bad(Some(self.seq), why.clone())),
         };
         let at = h.sequence;
-        let new = h.verify(&self.key).map_err(|why| self.fail(Some(at), why))?;
+        let new = h.verify(&self.key).map_err(|why| self.bad(Some(at), why))?;
         if h.head_hash != self.hash {
-            return Err(self.fail(
+            return Err(self.bad(
                 Some(at),
                 format!(
                     "hand-over at {at}: signed over a different head than the log's (moved, or the log was altered)"
@@ -415,7 +415,7 @@ impl<'a> Walk<'a> {
             action == Action::SigningKeyRotated.as_str() && detail.contains(&h.new_key_id)
         });
         if !names_it {
-            return Err(self.fail(
+            return Err(self.bad(
                 Some(at),
                 format!(
                     "hand-over at {at}: event {at} is not the signing_key_rotated record naming key {}",
@@ -430,7 +430,7 @@ impl<'a> Walk<'a> {
     }
 
     /// Verifies a kept or witnessed checkpoint at the current head.
-    fn external(&mut self, e: &External) -> Result<(), VerifyReport> {
+    fn external(&mut self, e: &External) -> Result<(), Box<VerifyReport>> {
         let cp = &e.checkpoint;
         let at = cp.sequence;
         let name = source_name(&e.source);
@@ -438,7 +438,7 @@ impl<'a> Walk<'a> {
         let verified = cp.verify(&self.key).or_else(|p| before.map_or(Err(p.clone()), |k| cp.verify(&k)));
         if let Err(p) = verified {
             let bad = if e.source == ExternalSource::Kept { None } else { Some(at) };
-            return Err(self.fail(bad, format!("the {name} at {at} does not verify: {p}")));
+            return Err(self.bad(bad, format!("the {name} at {at} does not verify: {p}")));
         }
         if at > self.seq {
             // Only reached when the log ended first: reported by the caller.
@@ -447,7 +447,7 @@ impl<'a> Walk<'a> {
         if cp.head_hash != self.hash {
             let from = self.anchor.min(at - 1).max(0) + 1;
             let what = if e.source == ExternalSource::Kept { "kept" } else { "witnessed" };
-            return Err(self.fail(
+            return Err(self.bad(
                 Some(from),
                 format!(
                     "{name} at {at}: the log's hash at {at} differs from the {what} one \
@@ -533,6 +533,10 @@ impl<'a> Walk<'a> {
                 format!("{what} (pass --allow-unsigned-tail for a log copied from a crashed server); {detail}");
         }
         report
+    }
+
+    fn bad(&self, first_bad: Option<i64>, detail: String) -> Box<VerifyReport> {
+        Box::new(self.fail(first_bad, detail))
     }
 
     fn fail(&self, first_bad: Option<i64>, detail: String) -> VerifyReport {
