@@ -17,7 +17,11 @@
 //!   hole and a second process (the CLI logging a KEK rotation) appending to the same file
 //!   serialises on SQLite's write lock and continues the same chain.
 //! - **Verification needs only the public key** and opens the file read-only. The
-//!   `signing_keys` table only names keys; it is never trusted for verification.
+//!   `signing_keys` and `signing_handovers` tables are never trusted by themselves: a
+//!   hand-over counts only when the key in force signed it.
+//! - **A writer never signs over rows altered under it**, and signs an unsigned tail it
+//!   finds at open at once, on the record (see `writer`).
+//! - **Witnesses never hold up the writer**: checkpoints are queued for them, bounded.
 //! - **Nothing secret is recorded**: records carry identities, names, statuses and keyed
 //!   fingerprints; [`AuditRecord::detail`] is written by our own code and never holds a secret.
 //! - Readers ([`list`], [`verify`], [`export`], [`AuditWatch`]) use their own read-only
@@ -60,8 +64,15 @@
 //!
 //! Editing a row breaks its hash; deleting, inserting or reordering rows breaks the
 //! sequence or the `prev_hash` links; recomputing the chain after an edit breaks the head
-//! hash of every later signed checkpoint. Deleting the newest rows *and* their checkpoints
-//! is only visible against a checkpoint kept outside the vault (`verify --checkpoint`).
+//! hash of every later signed checkpoint. Verification is strict ([`verify`]): events no
+//! verified signature covers (an unsigned tail) fail it, so rewriting or cutting the tail
+//! and deleting its checkpoints shows, unless the cut lands exactly on a checkpoint. That
+//! case is visible only against a checkpoint kept outside the vault (`verify --checkpoint`)
+//! or witnessed outside it (`witness`, `verify --witness`).
+//!
+//! Signing keys change only by a hand-over the old key signs over the head of the
+//! `signing_key_rotated` event ([`Handover`], `handover`); verification follows them from
+//! the key the auditor holds.
 
 use std::time::Duration;
 

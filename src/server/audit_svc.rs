@@ -1,5 +1,8 @@
 //! `AuditService`: list, watch, checkpoint, verify. Role `audit`; every read is itself
-//! audited (so the log shows who looked at it).
+//! audited (so the log shows who looked at it). `VerifyAuditLog` is strict like
+//! `pogo-vault audit verify`: the server signs its head first (`AuditLog::verify`), so
+//! only events appended while verifying can be unsigned, and those are reported, not
+//! failed; `allow_unsigned_tail` downgrades an unsigned tail to a warning.
 
 use std::pin::Pin;
 use std::sync::Arc;
