@@ -200,3 +200,85 @@ async fn with_the_audit_database_locked_the_rotation_changes_nothing() {
     assert_eq!(dump(&vault_db(&ts)), vault_before, "the vault database is unchanged");
     assert_eq!(dump(&ts.audit_db()), audit_before, "the audit database is unchanged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_running_during_the_rotation_fails_closed_until_restarted() {
+    let mut ts = serving_vault().await;
+    let first_file = write_key(&ts.dir.path().join("first.pub"), &current_key(&ts));
+    assert_ok(&rotate(&ts));
+    // The running server still holds the old key: its next checkpoint is refused, and with
+    // it the requests whose records it would have covered.
+    let mut c = ts.token_client("token-caller").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the retired key kept signing");
+        let r =
+            c.get_access_token(pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 }).await;
+        match r {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+                break;
+            }
+        }
+    }
+    // No checkpoint after the hand-over is signed by the old key.
+    let conn = rusqlite::Connection::open(ts.audit_db()).unwrap();
+    let handed_at: i64 = conn.query_row("SELECT sequence FROM signing_handovers", [], |r| r.get(0)).unwrap();
+    let old_id = pogo_vault::vault::audit_key_id(
+        pogo_vault::audit::parse_public_key(&std::fs::read_to_string(&first_file).unwrap()).unwrap().as_bytes(),
+    );
+    let late: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM checkpoints WHERE sequence > ?1 AND key_id = ?2",
+            rusqlite::params![handed_at, old_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(late, 0);
+    drop(conn);
+    // The server stops without its final checkpoint; restarted, it signs with the new key.
+    if let Some(s) = ts.server.take() {
+        let _ = s.shutdown().await;
+    }
+    restart(&mut ts).await;
+    tokens(&ts, 2).await;
+    ts.stop().await;
+    let out = verify(&ts.audit_db(), &first_file);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("signing keys followed"), "{}", stdout(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_cut_short_before_the_vault_stored_the_key_is_named_at_start() {
+    let mut ts = serving_vault().await;
+    ts.stop().await;
+    // Step 1 of the rotation happened (the audit hand-over), step 2 did not (a crash).
+    let old = ts.vault().audit_signing_key().unwrap();
+    let lost = SigningKey::from_bytes(&[0x42; 32]).verifying_key();
+    pogo_vault::audit::hand_over_blocking(&ts.audit_db(), &old, &lost, "cli:test", "r1").unwrap();
+    let opts_err = {
+        let db = vault_db(&ts);
+        let opts = ServeOptions {
+            db,
+            audit_db: ts.audit_db(),
+            master_key: MasterKeySource::KeyFile(ts.dir.path().join("master.key")),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: ts.pki.server_files(),
+            policy: ts.policy.clone(),
+            upstream: pogo_vault::upstream::UpstreamConfig::default(),
+            tokens: pogo_vault::tokens::BrokerConfig::default(),
+            audit: pogo_vault::audit::AuditConfig::default(),
+            max_request_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            concurrency_limit_per_connection: 64,
+            handshake_timeout: Duration::from_secs(5),
+            return_subscription_key: false,
+            metrics_listen: None,
+            health_listen: None,
+        };
+        pogo_vault::server::start(opts).await.err().expect("the server must not sign with a retired key")
+    };
+    let msg = opts_err.to_string();
+    assert!(msg.contains("rotation did not complete"), "{msg}");
+}

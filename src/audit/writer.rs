@@ -319,7 +319,15 @@ impl AuditLog {
         };
         let mut conn = db::open_writer(path, &public_key, Some(cfg.busy_timeout))?;
         if handover::is_retired(&conn, &key_id)? {
-            return Err(retired(&key_id));
+            // At open this means the vault database still holds a key the log has handed
+            // over: a rotation that did not complete (see `rotate`), or another vault's log.
+            return Err(AuditError::Unavailable {
+                reason: format!(
+                    "the audit log has handed signing key {key_id} over to a successor, but this vault still \
+                     holds {key_id}: a signing-key rotation did not complete in the vault database (or this is \
+                     another vault's audit log); restore the vault and audit databases from one backup"
+                ),
+            });
         }
         let witness = Arc::new(WitnessSet::start(&cfg.witness).map_err(|e| failed("witness", e))?);
         let stats = Arc::new(AuditStats::default());
