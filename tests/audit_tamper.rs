@@ -397,6 +397,8 @@ async fn a_forged_or_malformed_witness_line_is_named() {
     assert_fails_with(&log.with_witness(&[]), &["witnessed checkpoint", "line 1) at 5 does not verify"]);
     std::fs::write(&log.witness, "{\"sequence\": 1}\n").unwrap();
     assert_fails_with(&log.with_witness(&[]), &["witness file", "line 1"]);
+    std::fs::remove_file(&log.witness).unwrap();
+    assert_fails_with(&log.with_witness(&[]), &["witness file", "cannot read", "witness.jsonl"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

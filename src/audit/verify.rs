@@ -140,8 +140,9 @@ fn kept_external(kept: Option<&Checkpoint>) -> Vec<External> {
 /// Reads a witness file: one checkpoint JSON per line (blank lines skipped). A malformed
 /// line is an error naming the file and the line.
 pub fn read_witness_file(path: &Path) -> Result<Vec<External>, AuditError> {
-    let text = std::fs::read_to_string(path)?;
     let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AuditError::Malformed { what: "witness file", reason: format!("cannot read {file}: {e}") })?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -291,12 +291,7 @@ fn verify(
     }
     let mut witnessed = 0;
     for w in witnesses {
-        let lines = crate::audit::read_witness_file(w).map_err(|e| match e {
-            crate::audit::AuditError::Io(io) => {
-                CliError::new(format!("cannot read witness file {}: {io}", w.display()))
-            }
-            e => CliError::new(e.to_string()),
-        })?;
+        let lines = crate::audit::read_witness_file(w).map_err(|e| CliError::new(e.to_string()))?;
         witnessed += lines.len();
         opts.external.extend(lines);
     }
