@@ -841,3 +841,30 @@ async fn a_damaged_or_deleted_tenant_index_falls_back_to_the_log_and_is_rebuilt(
     }
     log.shutdown().await;
 }
+
+#[tokio::test]
+async fn opening_a_log_with_an_unsigned_tail_signs_it_and_records_the_range() {
+    let s = scratch();
+    closed_log(&s.path, 12, None).await;
+    // The state a crash leaves: the newest events covered by no checkpoint.
+    sql(&s.path, "DELETE FROM checkpoints WHERE sequence > 1");
+    assert_bad(&verify(&s.path, None), 2, "11 events after the last signed checkpoint (at 1)");
+
+    let log = AuditLog::open(&s.path, key(), manual_checkpoints()).unwrap();
+    // Signed at open, before any append, and on the record.
+    let r = verify(&s.path, None);
+    assert!(r.ok && r.head_sequence == 13 && r.signed_through == Some(13), "{r:?}");
+    let conn = audit::open_reader(&s.path).unwrap();
+    let filter = AuditFilter { action: Some(Action::UnsignedTailSigned), ..AuditFilter::default() };
+    let late = audit::list(&conn, &filter, None, 10).unwrap();
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].sequence, 13);
+    assert!(late[0].record.detail.contains("events 2..=12"), "{}", late[0].record.detail);
+    assert_eq!(log.last_signed().map(|c| c.sequence), Some(13));
+    log.shutdown().await;
+
+    // A log whose head is signed is opened without a new record.
+    let log = AuditLog::open(&s.path, key(), manual_checkpoints()).unwrap();
+    log.shutdown().await;
+    assert_eq!(audit::list(&conn, &filter, None, 10).unwrap().len(), 1);
+}
