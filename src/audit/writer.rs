@@ -218,9 +218,7 @@ impl Shared {
             *last = Some(cp.clone());
         }
     }
-}
 
-impl Shared {
     fn mark_failed(&self, reason: &str) {
         if self.health.send_if_modified(|h| std::mem::replace(h, false)) {
             tracing::error!(error = %reason, "audit commit failed; requests fail closed until the log is writable again");
