@@ -37,7 +37,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
     /// `[audit.witness]`: where signed checkpoints are also delivered (see
-    /// `src/audit/witness.rs`); none by default.
+    /// `src/audit/witness/`); none by default.
     #[serde(default)]
     pub witness: crate::audit::WitnessConfig,
 }

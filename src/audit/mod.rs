@@ -85,6 +85,7 @@ mod handover;
 mod query;
 mod record;
 mod rotate;
+mod signing;
 mod tenant_index;
 mod verify;
 mod watch;

@@ -25,7 +25,7 @@
 //! written while idle. Every checkpoint committed is then offered to the witnesses
 //! ([`super::witness`]): a push onto their bounded queues, never I/O on this thread.
 //!
-//! Opening a log whose newest events no checkpoint covers (the last server was killed
+//! Signing rules (`signing`): opening a log whose newest events no checkpoint covers (the last server was killed
 //! before its next checkpoint) signs them at once, in one transaction with an
 //! `unsigned_tail_signed` record naming the range, so the next strict verify passes again
 //! and the late signature is itself on the record. A writer whose key has been handed over
@@ -40,11 +40,12 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use super::chain::Checkpoint;
-use super::record::{Action, AuditEvent, AuditRecord, Outcome as RecordOutcome};
+use super::record::{AuditEvent, AuditRecord};
+use super::signing::{retired_at_open, sign_checkpoint, sign_unsigned_tail, still_holds};
 use super::tenant_index::Indexer;
 use super::witness::{WitnessSet, WitnessStatus};
 use super::{AuditConfig, AuditError, db, handover};
@@ -54,72 +55,6 @@ use crate::store::now_ms;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
 /// How long a stop waits for the witnesses to take what they still hold.
 const WITNESS_DRAIN_AT_STOP: Duration = Duration::from_secs(2);
-
-/// The error of a writer whose signing key has a successor.
-fn retired(key_id: &str) -> AuditError {
-    AuditError::Unavailable {
-        reason: format!(
-            "the audit signing key {key_id} has been handed over to a successor (audit rotate-signing-key); \
-             restart the server so it signs with the new key"
-        ),
-    }
-}
-
-/// Checks, inside the writer's transaction, that the event this writer last wrote is still
-/// in the file with the hash it wrote. Anything else means the rows were edited, deleted
-/// or replaced (a recomputed chain changes that hash too): the writer then neither appends
-/// nor signs, so an altered log is never signed over.
-fn still_holds(tx: &rusqlite::Transaction<'_>, (seq, hash): (i64, [u8; 32])) -> Result<(), AuditError> {
-    if seq == 0 {
-        return Ok(());
-    }
-    let found: Option<Vec<u8>> =
-        tx.prepare_cached("SELECT hash FROM events WHERE sequence = ?1")?.query_row([seq], |r| r.get(0)).optional()?;
-    if found.as_deref() == Some(&hash[..]) {
-        return Ok(());
-    }
-    let what = if found.is_none() { "is gone" } else { "no longer has the hash this writer committed" };
-    let reason = format!("event {seq} {what}: the audit database was altered under the running server");
-    tracing::error!(sequence = seq, "ALARM: {reason}; refusing to append or sign until an operator investigates");
-    Err(AuditError::Altered(reason))
-}
-
-/// Signs and stores a checkpoint of `(seq, hash)` in `tx`, unless the key `key_id` has been
-/// handed over (read inside the transaction: a rotation by the CLI is seen at once).
-fn sign_checkpoint(
-    tx: &rusqlite::Transaction<'_>,
-    key: &SigningKey,
-    key_id: &str,
-    seq: i64,
-    hash: [u8; 32],
-) -> Result<Checkpoint, AuditError> {
-    if handover::is_retired(tx, key_id)? {
-        return Err(retired(key_id));
-    }
-    db::put_checkpoint(tx, key, seq, hash)
-}
-
-/// Signs the events no checkpoint covers, in one transaction with the record that says so.
-fn sign_unsigned_tail(conn: &mut Connection, key: &SigningKey) -> Result<Checkpoint, AuditError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (head, _) = db::head(&tx)?;
-    let covered = db::latest_checkpoint(&tx)?.map_or(0, |c| c.sequence);
-    let rec = AuditRecord::new(Action::UnsignedTailSigned, RecordOutcome::Ok)
-        .caller("pogo-vault-server", "")
-        .detail(format!(
-            "events {}..={head} were covered by no signed checkpoint when the audit log was opened (the last \
-             writer stopped without its final checkpoint: a crash or kill); signed now, with this record, so they \
-             are frozen from here on. Nothing proves what happened to them before this point",
-            covered + 1
-        ))
-        .request(String::new(), "local");
-    let mut links = Vec::with_capacity(1);
-    let (seq, hash) = db::append_in_tx(&tx, now_ms(), std::iter::once(&rec), &mut links)?;
-    let cp = db::put_checkpoint(&tx, key, seq, hash)?;
-    tx.commit()?;
-    tracing::warn!(from = covered + 1, to = head, "signed an unsigned audit tail left by the last writer");
-    Ok(cp)
-}
 
 type Reply<T> = oneshot::Sender<Result<T, AuditError>>;
 
@@ -317,15 +252,7 @@ impl AuditLog {
         };
         let mut conn = db::open_writer(path, &public_key, Some(cfg.busy_timeout))?;
         if handover::is_retired(&conn, &key_id)? {
-            // At open this means the vault database still holds a key the log has handed
-            // over: a rotation that did not complete (see `rotate`), or another vault's log.
-            return Err(AuditError::Unavailable {
-                reason: format!(
-                    "the audit log has handed signing key {key_id} over to a successor, but this vault still \
-                     holds {key_id}: a signing-key rotation did not complete in the vault database (or this is \
-                     another vault's audit log); restore the vault and audit databases from one backup"
-                ),
-            });
+            return Err(retired_at_open(&key_id));
         }
         let witness = Arc::new(WitnessSet::start(&cfg.witness).map_err(|e| failed("witness", e))?);
         let stats = Arc::new(AuditStats::default());
