@@ -28,6 +28,18 @@ pub struct Config {
     pub tokens: BrokerConfig,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[audit]`: the audit log's settings beyond its file (which is `vault.audit_db`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// `[audit.witness]`: where signed checkpoints are also delivered (see
+    /// `src/audit/witness/`); none by default.
+    #[serde(default)]
+    pub witness: crate::audit::WitnessConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +217,12 @@ impl Config {
             fix(p);
         }
         cfg.server.crls.iter_mut().for_each(fix);
+        if let Some(f) = cfg.audit.witness.file.as_mut() {
+            fix(&mut f.path);
+        }
+        if let Some(ca) = cfg.audit.witness.syslog.as_mut().and_then(|s| s.ca.as_mut()) {
+            fix(ca);
+        }
         Ok(cfg)
     }
 
@@ -250,6 +268,7 @@ impl Config {
         }
         self.tokens.validate().map_err(|r| invalid("tokens", r))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| invalid("log.level", e.to_string()))?;
+        self.audit.witness.validate().map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
     }
 
@@ -269,6 +288,11 @@ impl Config {
 
     pub fn audit_db(&self) -> PathBuf {
         self.vault.audit_db.clone().unwrap_or_else(|| default_audit_db(&self.vault.db))
+    }
+
+    /// The audit writer's settings: the defaults, with the configured witnesses.
+    pub fn audit_config(&self) -> crate::audit::AuditConfig {
+        crate::audit::AuditConfig { witness: self.audit.witness.clone(), ..crate::audit::AuditConfig::default() }
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -339,5 +363,30 @@ policy = "policy.toml"
         assert!(e.to_string().contains("upstream_rate_per_second"), "{e}");
         let bad = format!("{MIN}\n[tokens]\nunknown_knob = 1\n");
         assert!(Config::parse(&bad, Path::new("c.toml")).unwrap_err().to_string().contains("unknown"));
+    }
+
+    #[test]
+    fn witness_section_is_parsed_resolved_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let text = format!(
+            "{MIN}\n[audit.witness]\nbacklog = 50\nretry_max_secs = 2\n[audit.witness.file]\npath = \"w.jsonl\"\n\
+             [audit.witness.syslog]\naddress = \"127.0.0.1:6514\"\n"
+        );
+        let c = Config::parse(&text, &path).unwrap();
+        c.validate(&path).unwrap();
+        let a = c.audit_config();
+        assert_eq!(a.witness.backlog, 50);
+        assert_eq!(a.witness.file.as_ref().unwrap().path, dir.path().join("w.jsonl"));
+        assert_eq!(a.witness.syslog.as_ref().unwrap().address, "127.0.0.1:6514");
+
+        let bad = text.replace("127.0.0.1:6514", "no-port");
+        let e = Config::parse(&bad, &path).unwrap().validate(&path).unwrap_err();
+        assert!(e.to_string().contains("audit.witness.syslog.address"), "{e}");
+        let bad = text.replace("address =", "adress =");
+        assert!(Config::parse(&bad, &path).unwrap_err().to_string().contains("adress"));
+        let bad = format!("{text}tls = true\n");
+        let e = Config::parse(&bad, &path).unwrap().validate(&path).unwrap_err();
+        assert!(e.to_string().contains("audit.witness.syslog.ca"), "{e}");
     }
 }

@@ -219,7 +219,48 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "# HELP pogo_vault_audit_tenant_index_lag_events Audit events not yet in the background tenant index (tenant queries scan them).\n# TYPE pogo_vault_audit_tenant_index_lag_events gauge"
     );
     let _ = writeln!(o, "pogo_vault_audit_tenant_index_lag_events {}", a.tenant_index_lag);
+    render_witnesses(o, &a.witnesses);
     out
+}
+
+/// The witness label values: a witness's kind, never its address or path.
+pub const WITNESS_NAMES: &[&str] = &["file", "syslog"];
+
+/// Witness gauges and counters, one series per configured witness (labels from
+/// [`WITNESS_NAMES`] only).
+fn render_witnesses(o: &mut String, witnesses: &[crate::audit::WitnessStatus]) {
+    if witnesses.is_empty() {
+        return;
+    }
+    type Series = (&'static str, &'static str, &'static str, fn(&crate::audit::WitnessStatus) -> u64);
+    let series: [Series; 5] = [
+        ("pogo_vault_audit_witness_backlog", "gauge", "Signed checkpoints waiting for delivery to a witness.", |w| {
+            w.backlog
+        }),
+        ("pogo_vault_audit_witness_delivered_total", "counter", "Checkpoints delivered to a witness.", |w| w.delivered),
+        (
+            "pogo_vault_audit_witness_failures_total",
+            "counter",
+            "Failed deliveries to a witness (it is retried).",
+            |w| w.failures,
+        ),
+        (
+            "pogo_vault_audit_witness_dropped_total",
+            "counter",
+            "Checkpoints dropped from a full witness backlog (newer ones cover them).",
+            |w| w.dropped,
+        ),
+        ("pogo_vault_audit_witness_failing", "gauge", "1 while the last delivery to a witness failed.", |w| {
+            u64::from(w.failing)
+        }),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for w in witnesses {
+            let label = WITNESS_NAMES.iter().find(|n| **n == w.name).copied().unwrap_or("other");
+            let _ = writeln!(o, "{name}{{witness=\"{label}\"}} {}", value(w));
+        }
+    }
 }
 
 /// Serves `GET /metrics` on `listen` until `stop` fires.

@@ -909,6 +909,32 @@ impl Vault {
         }
         Ok(rotation)
     }
+
+    /// Replaces the audit signing key with `new` in one transaction: the seed sealed under
+    /// the master key in the same row identity (purpose, owner, version 1), the old sealed
+    /// row destroyed (`secure_delete`, WAL truncated), and the public record updated. Only
+    /// `audit rotate-signing-key` calls this, after the old key's hand-over is durable in the
+    /// audit log (`src/audit/rotate.rs`).
+    pub fn replace_audit_signing_key(&self, new: &ed25519_dalek::SigningKey) -> Result<(), VaultError> {
+        let purpose = Purpose::AuditSigningKey;
+        let seed = zeroize::Zeroizing::new(new.to_bytes());
+        let public = new.verifying_key().to_bytes();
+        let mut store = self.store();
+        let kek = self.kek();
+        let sealed = envelope::seal(&kek, &SealContext::new(purpose, VAULT_OWNER, 1), &seed[..])
+            .map_err(|_| VaultError::Random)?;
+        let tx = store.write_tx()?;
+        secrets::delete_all(&tx, purpose, VAULT_OWNER)?;
+        secrets::put(&tx, &SecretRef { purpose, owner: VAULT_OWNER.to_owned(), version: 1 }, &sealed, kek.id())?;
+        tx.execute(
+            "UPDATE vault_keys SET key_id = ?1, public_key = ?2, created_at = ?3 WHERE purpose = ?4",
+            rusqlite::params![audit_key_id(&public), &public[..], now_ms(), purpose.as_str()],
+        )
+        .map_err(StoreError::from)?;
+        tx.commit().map_err(StoreError::from)?;
+        store.checkpoint_truncate()?;
+        Ok(())
+    }
 }
 
 fn open_vault_secret(

@@ -126,7 +126,10 @@ async fn every_rpc_method_writes_its_record_including_denials() {
     let cp =
         auditor.get_checkpoint(with_id(pb::GetCheckpointRequest {}, "ok-audit-checkpoint")).await.unwrap().into_inner();
     let v = auditor
-        .verify_audit_log(with_id(pb::VerifyAuditLogRequest { checkpoint: Some(cp) }, "ok-audit-verify"))
+        .verify_audit_log(with_id(
+            pb::VerifyAuditLogRequest { checkpoint: Some(cp), allow_unsigned_tail: false },
+            "ok-audit-verify",
+        ))
         .await
         .unwrap()
         .into_inner();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use pogo_vault::audit::{
     self, Action, AuditConfig, AuditError, AuditFilter, AuditLog, AuditRecord, Checkpoint, ExportFormat, Outcome,
+    VerifyOptions,
 };
 use rusqlite::{Connection, OpenFlags};
 
@@ -220,9 +221,12 @@ async fn deleting_the_newest_rows_is_caught_by_a_kept_checkpoint() {
     assert_eq!(kept.sequence, 40);
 
     sql(&s.path, "DELETE FROM events WHERE sequence >= 35; DELETE FROM checkpoints WHERE sequence >= 35;");
-    // A bare chain cannot tell a truncated log from a shorter one...
-    let bare = verify(&s.path, None);
-    assert!(bare.ok, "{bare:?}");
+    // A bare chain cannot tell a truncated log from a shorter one: strict verification only
+    // sees that events 2..=34 are no longer covered by a signature...
+    assert_bad(&verify(&s.path, None), 2, "33 events after the last signed checkpoint (at 1)");
+    let lenient = VerifyOptions { allow_unsigned_tail: true, ..VerifyOptions::default() };
+    let bare = audit::verify_with(&s.path, &key().verifying_key(), &lenient).unwrap();
+    assert!(bare.ok && bare.warning.is_some(), "{bare:?}");
     assert_eq!(bare.head_sequence, 34);
     // ...the kept checkpoint can.
     assert_bad(
@@ -260,7 +264,11 @@ async fn kept_checkpoint_that_disagrees_with_the_log_is_reported() {
     }
     conn.execute("DELETE FROM checkpoints WHERE sequence > 1", []).unwrap();
     drop(conn);
-    assert!(verify(&s.path, None).ok, "without a kept checkpoint the rewrite is invisible");
+    // Without a kept checkpoint the rewrite itself is invisible; strict verification says
+    // that nothing after the checkpoint at 1 is proven.
+    assert_bad(&verify(&s.path, None), 2, "29 events after the last signed checkpoint (at 1)");
+    let lenient = VerifyOptions { allow_unsigned_tail: true, ..VerifyOptions::default() };
+    assert!(audit::verify_with(&s.path, &key().verifying_key(), &lenient).unwrap().ok);
     assert_bad(&verify(&s.path, Some(&cps[0])), 2, "kept checkpoint at 20: the log's hash at 20 differs");
 }
 
@@ -274,8 +282,10 @@ async fn wrong_public_key_fails_on_checkpoints() {
     assert_eq!(r.first_bad_sequence, Some(1), "the first checkpoint is at 1: {r:?}");
     assert!(r.detail.contains("checkpoint at 1 signed by unknown key"), "{}", r.detail);
 
+    // The kept checkpoint names a key the verifier does not start from: the walk fails at
+    // the first stored checkpoint, as without it.
     let r = audit::verify(&s.path, &other, Some(&cps[0])).unwrap();
-    assert!(!r.ok && r.detail.contains("the kept checkpoint at 5 does not verify"), "{r:?}");
+    assert!(!r.ok && r.detail.contains("checkpoint at 1 signed by unknown key"), "{r:?}");
 }
 
 #[tokio::test]
@@ -761,7 +771,10 @@ async fn a_log_written_before_the_tenant_index_moved_is_read_and_upgraded() {
     let s = scratch();
     closed_log(&s.path, 20, None).await;
     // Back to schema 1: the index inside the audit database, as version 1 wrote it.
-    sql(&s.path, "CREATE INDEX events_by_tenant ON events (tenant_id); PRAGMA user_version = 1;");
+    sql(
+        &s.path,
+        "CREATE INDEX events_by_tenant ON events (tenant_id); DROP TABLE signing_handovers; PRAGMA user_version = 1;",
+    );
     std::fs::remove_file(audit::tenant_index_path(&s.path)).ok();
     let r = verify(&s.path, None);
     assert!(r.ok && r.events_checked == 20, "an old file is readable: {r:?}");
@@ -779,7 +792,7 @@ async fn a_log_written_before_the_tenant_index_moved_is_read_and_upgraded() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!((version, old_index), (2, 0));
+    assert_eq!((version, old_index), (3, 0), "migrated to the newest schema");
     assert!(verify(&s.path, None).ok, "hashes and checkpoints survive the migration");
 }
 
@@ -827,4 +840,31 @@ async fn a_damaged_or_deleted_tenant_index_falls_back_to_the_log_and_is_rebuilt(
         assert_eq!(paged(&s.path, &f, 11), expected(&s.path, &f), "{f:?}");
     }
     log.shutdown().await;
+}
+
+#[tokio::test]
+async fn opening_a_log_with_an_unsigned_tail_signs_it_and_records_the_range() {
+    let s = scratch();
+    closed_log(&s.path, 12, None).await;
+    // The state a crash leaves: the newest events covered by no checkpoint.
+    sql(&s.path, "DELETE FROM checkpoints WHERE sequence > 1");
+    assert_bad(&verify(&s.path, None), 2, "11 events after the last signed checkpoint (at 1)");
+
+    let log = AuditLog::open(&s.path, key(), manual_checkpoints()).unwrap();
+    // Signed at open, before any append, and on the record.
+    let r = verify(&s.path, None);
+    assert!(r.ok && r.head_sequence == 13 && r.signed_through == Some(13), "{r:?}");
+    let conn = audit::open_reader(&s.path).unwrap();
+    let filter = AuditFilter { action: Some(Action::UnsignedTailSigned), ..AuditFilter::default() };
+    let late = audit::list(&conn, &filter, None, 10).unwrap();
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].sequence, 13);
+    assert!(late[0].record.detail.contains("events 2..=12"), "{}", late[0].record.detail);
+    assert_eq!(log.last_signed().map(|c| c.sequence), Some(13));
+    log.shutdown().await;
+
+    // A log whose head is signed is opened without a new record.
+    let log = AuditLog::open(&s.path, key(), manual_checkpoints()).unwrap();
+    log.shutdown().await;
+    assert_eq!(audit::list(&conn, &filter, None, 10).unwrap().len(), 1);
 }

@@ -148,7 +148,10 @@ async fn backup_under_load_restores_to_a_working_vault() {
     // The audit chain verifies with only the public key.
     let pk = vault.vault_key(Purpose::AuditSigningKey).unwrap().unwrap().public_key.unwrap();
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk.try_into().unwrap()).unwrap();
-    let report = pogo_vault::audit::verify(&raudit, &vk, None).unwrap();
+    // A backup taken under load may end in events the next checkpoint would have covered
+    // (at most about a second's worth): allowed here, and signed when a server opens it.
+    let lenient = pogo_vault::audit::VerifyOptions { allow_unsigned_tail: true, ..Default::default() };
+    let report = pogo_vault::audit::verify_with(&raudit, &vk, &lenient).unwrap();
     assert!(report.ok, "{}", report.detail);
     drop(vault);
 

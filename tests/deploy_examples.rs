@@ -235,6 +235,38 @@ fn broken_config_copies_fail_with_one_line_naming_the_line_or_key() {
             ),
             vec!["master_key_file".into(), "only one".into()],
         ),
+        (
+            "witness-backlog-zero.toml",
+            replace_once(&base, "backlog = 10000\n", "backlog = 0\n"),
+            vec!["audit.witness.backlog".into()],
+        ),
+        (
+            "witness-syslog-without-port.toml",
+            replace_once(
+                &base,
+                "# [audit.witness.syslog]\n# address = \"logs.example.org:6514\"",
+                "[audit.witness.syslog]\naddress = \"logs.example.org\"",
+            ),
+            vec!["audit.witness.syslog.address".into(), "host:port".into()],
+        ),
+        (
+            "witness-tls-without-ca.toml",
+            replace_once(
+                &base,
+                "# [audit.witness.syslog]\n# address = \"logs.example.org:6514\"\n# tls = true",
+                "[audit.witness.syslog]\naddress = \"logs.example.org:6514\"\ntls = true",
+            ),
+            vec!["audit.witness.syslog.ca".into()],
+        ),
+        (
+            "witness-file-in-missing-directory.toml",
+            replace_once(
+                &base,
+                "# [audit.witness.file]\n# path = \"/mnt/witness/pogo-vault-checkpoints.jsonl\"",
+                "[audit.witness.file]\npath = \"/nonexistent-volume/checkpoints.jsonl\"",
+            ),
+            vec!["audit.witness.file.path".into(), "does not exist".into()],
+        ),
     ];
     for (name, broken, needles) in cases {
         let line = assert_fails_one_line("config", &write(dir.path(), name, &broken));

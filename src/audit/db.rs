@@ -20,6 +20,7 @@ use crate::store::{self, Migration, StoreError};
 pub const AUDIT_MIGRATIONS: &[Migration] = &[
     ("audit/0001_audit", include_str!("../../migrations/audit/0001_audit.sql")),
     ("audit/0002_tenant_index_file", include_str!("../../migrations/audit/0002_tenant_index_file.sql")),
+    ("audit/0003_signing_handovers", include_str!("../../migrations/audit/0003_signing_handovers.sql")),
 ];
 
 /// The columns of an event row, in the order [`event_from_row`] reads them.
@@ -128,7 +129,7 @@ pub(crate) fn head(conn: &Connection) -> Result<(i64, [u8; 32]), AuditError> {
 }
 
 /// Records a signing key's public half, so offline readers can name it.
-fn register_key(conn: &Connection, public: &ed25519_dalek::VerifyingKey) -> rusqlite::Result<()> {
+pub(crate) fn register_key(conn: &Connection, public: &ed25519_dalek::VerifyingKey) -> rusqlite::Result<()> {
     let key_id = crate::vault::audit_key_id(public.as_bytes());
     // Read first: a known key needs no write lock, so a command beside a busy (or locked)
     // log waits only in its own bounded append, not here.

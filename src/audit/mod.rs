@@ -17,7 +17,11 @@
 //!   hole and a second process (the CLI logging a KEK rotation) appending to the same file
 //!   serialises on SQLite's write lock and continues the same chain.
 //! - **Verification needs only the public key** and opens the file read-only. The
-//!   `signing_keys` table only names keys; it is never trusted for verification.
+//!   `signing_keys` and `signing_handovers` tables are never trusted by themselves: a
+//!   hand-over counts only when the key in force signed it.
+//! - **A writer never signs over rows altered under it**, and signs an unsigned tail it
+//!   finds at open at once, on the record (see `writer`).
+//! - **Witnesses never hold up the writer**: checkpoints are queued for them, bounded.
 //! - **Nothing secret is recorded**: records carry identities, names, statuses and keyed
 //!   fingerprints; [`AuditRecord::detail`] is written by our own code and never holds a secret.
 //! - Readers ([`list`], [`verify`], [`export`], [`AuditWatch`]) use their own read-only
@@ -60,8 +64,15 @@
 //!
 //! Editing a row breaks its hash; deleting, inserting or reordering rows breaks the
 //! sequence or the `prev_hash` links; recomputing the chain after an edit breaks the head
-//! hash of every later signed checkpoint. Deleting the newest rows *and* their checkpoints
-//! is only visible against a checkpoint kept outside the vault (`verify --checkpoint`).
+//! hash of every later signed checkpoint. Verification is strict ([`verify`]): events no
+//! verified signature covers (an unsigned tail) fail it, so rewriting or cutting the tail
+//! and deleting its checkpoints shows, unless the cut lands exactly on a checkpoint. That
+//! case is visible only against a checkpoint kept outside the vault (`verify --checkpoint`)
+//! or witnessed outside it (`witness`, `verify --witness`).
+//!
+//! Signing keys change only by a hand-over the old key signs over the head of the
+//! `signing_key_rotated` event ([`Handover`], `handover`); verification follows them from
+//! the key the auditor holds.
 
 use std::time::Duration;
 
@@ -70,11 +81,15 @@ use crate::store::StoreError;
 mod chain;
 mod db;
 mod export;
+mod handover;
 mod query;
 mod record;
+mod rotate;
+mod signing;
 mod tenant_index;
 mod verify;
 mod watch;
+mod witness;
 mod writer;
 
 pub use chain::{
@@ -83,11 +98,17 @@ pub use chain::{
 };
 pub use db::{AUDIT_MIGRATIONS, open_reader};
 pub use export::{ExportFormat, export};
+pub use handover::{HANDOVER_DOMAIN, Handover};
 pub use query::{AuditFilter, events_from, head, latest_checkpoint, list};
 pub use record::{Action, AuditEvent, AuditRecord, MAX_FIELD_BYTES, Outcome, TRUNCATION_MARK, UnknownName};
+pub use rotate::hand_over_blocking;
 pub use tenant_index::tenant_index_path;
-pub use verify::{VerifyReport, verify, verify_conn};
+pub use verify::{
+    External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport, read_witness_file, verify, verify_conn,
+    verify_conn_with, verify_with,
+};
 pub use watch::AuditWatch;
+pub use witness::{FileWitnessConfig, SyslogWitnessConfig, WitnessConfig, WitnessStatus};
 pub use writer::{AuditLog, AuditStats, AuditStatsSnapshot, Receipt};
 
 #[non_exhaustive]
@@ -122,6 +143,10 @@ pub enum AuditError {
     /// Writing an export failed.
     #[error("writing the export failed: {0}")]
     Io(#[from] std::io::Error),
+    /// Rows this process wrote are no longer as it wrote them: the file was edited under a
+    /// running writer, which then refuses to append or sign (fail closed, alarmed).
+    #[error("ALARM: {0}")]
+    Altered(String),
 }
 
 /// Tuning of the writer. The defaults suit a server; tests and benches change them.
@@ -145,6 +170,8 @@ pub struct AuditConfig {
     /// The longest the background tenant index waits before indexing new events (sooner
     /// once 65,536 are waiting). Tenant queries scan the events it has not reached.
     pub tenant_index_interval: Duration,
+    /// Where every committed checkpoint is also delivered (`[audit.witness]`).
+    pub witness: WitnessConfig,
 }
 
 impl Default for AuditConfig {
@@ -158,6 +185,7 @@ impl Default for AuditConfig {
             max_backoff: Duration::from_millis(500),
             broadcast_capacity: 4096,
             tenant_index_interval: Duration::from_secs(2),
+            witness: WitnessConfig::default(),
         }
     }
 }

@@ -13,7 +13,7 @@ use rusqlite::types::Value;
 use super::chain::Checkpoint;
 use super::db::{self, EVENT_COLUMNS, event_from_row, open_reader};
 use super::record::{Action, AuditEvent, Outcome};
-use super::verify::{VerifyReport, verify_conn};
+use super::verify::{External, ExternalSource, VerifyOptions, VerifyReport, verify_conn_with};
 use super::{AuditError, AuditLog, tenant_index};
 
 /// Which events to list or export. Every condition given must hold; `None` matches all.
@@ -245,10 +245,51 @@ impl AuditLog {
         read(self.path().to_owned(), head).await
     }
 
-    /// [`super::verify`] with this log's own public key (what `VerifyAuditLog` serves; the
-    /// security team's independent check is `pogo-vault audit verify` with their copy).
-    pub async fn verify(&self, kept: Option<Checkpoint>) -> Result<VerifyReport, AuditError> {
-        let key = self.verifying_key();
-        read(self.path().to_owned(), move |c| verify_conn(c, &key, kept.as_ref())).await
+    /// What `VerifyAuditLog` serves: asks the writer for a checkpoint of the current head
+    /// first, so the verification is strict up to "now" (a live log otherwise always shows
+    /// up to a second of events not yet checkpointed), with the checkpoint this process
+    /// signed before that held in memory as a kept checkpoint (the fresh one signs the file
+    /// as found, so only that memory catches an edit made since), then verifies from the root of this
+    /// file's key chain (the key hand-overs lead back to from this log's own key) and
+    /// requires the chain to end at this log's own key. Events appended after that
+    /// checkpoint, while verifying, are reported but not failed. The security team's
+    /// independent check is `pogo-vault audit verify` with the public key they hold.
+    pub async fn verify(
+        &self,
+        kept: Option<Checkpoint>,
+        allow_unsigned_tail: bool,
+    ) -> Result<VerifyReport, AuditError> {
+        // Taken before the fresh checkpoint: the one this process signed earlier, from memory,
+        // so an edit of the file before the fresh checkpoint cannot be signed over unnoticed.
+        let remembered = self.last_signed();
+        // Without a fresh checkpoint (the writer found the file altered, or cannot write) the
+        // verification still runs and says what it could not cover, and why.
+        let (fresh, no_fresh) = match self.checkpoint_now().await {
+            Ok(cp) => (Some(cp.sequence), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let own = self.verifying_key();
+        read(self.path().to_owned(), move |c| {
+            let root = super::handover::chain_root(c, &own)?;
+            let mut external: Vec<External> =
+                kept.map(|k| External { checkpoint: k, source: ExternalSource::Kept }).into_iter().collect();
+            external.extend(remembered.map(|k| External { checkpoint: k, source: ExternalSource::ServerMemory }));
+            let opts = VerifyOptions { external, allow_unsigned_tail, live_head: fresh };
+            let mut report = verify_conn_with(c, &root, &opts)?;
+            if let Some(why) = no_fresh {
+                report.detail = format!("{} (no fresh checkpoint could be signed: {why})", report.detail);
+            }
+            let own_id = crate::vault::audit_key_id(own.as_bytes());
+            if report.ok && report.key_ids.last() != Some(&own_id) {
+                report.ok = false;
+                report.detail = format!(
+                    "the log's key chain ends at key {}, not at this server's key {own_id}; {}",
+                    report.key_ids.last().map_or("?", String::as_str),
+                    report.detail
+                );
+            }
+            Ok(report)
+        })
+        .await
     }
 }

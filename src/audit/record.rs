@@ -115,6 +115,11 @@ named_enum! {
         ServerStarted => "server_started",
         /// The server stopped.
         ServerStopped => "server_stopped",
+        /// A server started on a log whose newest events no checkpoint covered (after a
+        /// crash) and signed them; the detail names the range.
+        UnsignedTailSigned => "unsigned_tail_signed",
+        /// The audit signing key was replaced; the old key signed the hand-over to the new one.
+        SigningKeyRotated => "signing_key_rotated",
     }
 }
 

@@ -22,7 +22,15 @@
 //! Checkpoints: a batch that commits when the last checkpoint is `checkpoint_interval` old
 //! carries a new checkpoint in the same transaction; otherwise a timer writes one when the
 //! interval has passed since the last checkpoint and events are still uncovered. Nothing is
-//! written while idle.
+//! written while idle. Every checkpoint committed is then offered to the witnesses
+//! ([`super::witness`]): a push onto their bounded queues, never I/O on this thread.
+//!
+//! Signing rules (`signing`): opening a log whose newest events no checkpoint covers (the last server was killed
+//! before its next checkpoint) signs them at once, in one transaction with an
+//! `unsigned_tail_signed` record naming the range, so the next strict verify passes again
+//! and the late signature is itself on the record. A writer whose key has been handed over
+//! to a successor (`audit rotate-signing-key`) refuses to sign: opening fails, and a running
+//! writer fails its commits (fail closed) until the server restarts with the new key.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -37,12 +45,16 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use super::chain::Checkpoint;
 use super::record::{AuditEvent, AuditRecord};
+use super::signing::{retired_at_open, sign_checkpoint, sign_unsigned_tail, still_holds};
 use super::tenant_index::Indexer;
-use super::{AuditConfig, AuditError, db};
+use super::witness::{WitnessSet, WitnessStatus};
+use super::{AuditConfig, AuditError, db, handover};
 use crate::store::now_ms;
 
 /// The first pause after a failed commit.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
+/// How long a stop waits for the witnesses to take what they still hold.
+const WITNESS_DRAIN_AT_STOP: Duration = Duration::from_secs(2);
 
 type Reply<T> = oneshot::Sender<Result<T, AuditError>>;
 
@@ -129,9 +141,19 @@ struct Shared {
     stats: Arc<AuditStats>,
     /// The writer thread, for the watchdog to wake after it failed a batch.
     writer: OnceLock<Thread>,
+    /// The newest checkpoint this process signed: held in memory, out of reach of an edit of
+    /// the file, so the server's own verification uses it like a kept checkpoint.
+    last_signed: Mutex<Option<Checkpoint>>,
 }
 
 impl Shared {
+    fn signed(&self, cp: &Checkpoint) {
+        let mut last = self.last_signed.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref().is_none_or(|l| l.sequence <= cp.sequence) {
+            *last = Some(cp.clone());
+        }
+    }
+
     fn mark_failed(&self, reason: &str) {
         if self.health.send_if_modified(|h| std::mem::replace(h, false)) {
             tracing::error!(error = %reason, "audit commit failed; requests fail closed until the log is writable again");
@@ -155,6 +177,7 @@ struct Inner {
     path: PathBuf,
     public_key: VerifyingKey,
     indexer: Arc<Indexer>,
+    witness: Arc<WitnessSet>,
 }
 
 impl Drop for Inner {
@@ -189,6 +212,8 @@ pub struct AuditStatsSnapshot {
     pub last_checkpoint_age_secs: f64,
     /// Events after the tenant index's watermark (tenant queries scan these).
     pub tenant_index_lag: u64,
+    /// Each configured witness's delivery figures.
+    pub witnesses: Vec<WitnessStatus>,
 }
 
 impl AuditStats {
@@ -221,10 +246,26 @@ impl AuditLog {
             ..cfg
         };
         let public_key = signing_key.verifying_key();
-        let conn = db::open_writer(path, &public_key, Some(cfg.busy_timeout))?;
-        let (head_seq, _) = db::head(&conn)?;
-        let checkpointed_seq = db::latest_checkpoint(&conn)?.map_or(0, |c| c.sequence);
+        let key_id = crate::vault::audit_key_id(public_key.as_bytes());
+        let failed = |what: &str, e: std::io::Error| AuditError::Unavailable {
+            reason: format!("cannot start the audit {what} thread: {e}"),
+        };
+        let mut conn = db::open_writer(path, &public_key, Some(cfg.busy_timeout))?;
+        if handover::is_retired(&conn, &key_id)? {
+            return Err(retired_at_open(&key_id));
+        }
+        let witness = Arc::new(WitnessSet::start(&cfg.witness).map_err(|e| failed("witness", e))?);
         let stats = Arc::new(AuditStats::default());
+        let (mut head_seq, mut head_hash) = db::head(&conn)?;
+        let mut checkpointed_seq = db::latest_checkpoint(&conn)?.map_or(0, |c| c.sequence);
+        let mut last_signed = None;
+        if head_seq > checkpointed_seq {
+            let cp = sign_unsigned_tail(&mut conn, &signing_key)?;
+            witness.offer(&cp);
+            stats.last_checkpoint_ms.store(cp.time_ms, Ordering::Relaxed);
+            (head_seq, head_hash, checkpointed_seq) = (cp.sequence, cp.head_hash, cp.sequence);
+            last_signed = Some(cp);
+        }
         stats.head.store(head_seq, Ordering::Relaxed);
 
         let shared = Arc::new(Shared {
@@ -232,12 +273,15 @@ impl AuditLog {
             health: watch::Sender::new(true),
             stats,
             writer: OnceLock::new(),
+            last_signed: Mutex::new(last_signed),
         });
         let (live, _) = broadcast::channel(cfg.broadcast_capacity);
         let writer = Writer {
             shared: shared.clone(),
             conn,
             key: signing_key,
+            key_id,
+            witness: witness.clone(),
             cfg: cfg.clone(),
             live: live.clone(),
             head_seq,
@@ -245,9 +289,7 @@ impl AuditLog {
             last_checkpoint: None,
             backoff: INITIAL_BACKOFF,
             links: Vec::new(),
-        };
-        let failed = |what: &str, e: std::io::Error| AuditError::Unavailable {
-            reason: format!("cannot start the audit {what} thread: {e}"),
+            written: (head_seq, head_hash),
         };
         let indexer = Arc::new(Indexer::start(path, cfg.tenant_index_interval).map_err(|e| failed("index", e))?);
         let thread = std::thread::Builder::new().name("pogo-audit-writer".into()).spawn(move || writer.run());
@@ -273,6 +315,7 @@ impl AuditLog {
                 cfg,
                 path: path.to_owned(),
                 public_key,
+                witness,
             }),
         })
     }
@@ -289,6 +332,7 @@ impl AuditLog {
             healthy: self.is_healthy(),
             last_checkpoint_age_secs: if last == 0 { -1.0 } else { (now_ms() - last).max(0) as f64 / 1000.0 },
             tenant_index_lag: s.head.load(Ordering::Relaxed).saturating_sub(self.tenant_index_through()).max(0) as u64,
+            witnesses: self.witness_status(),
         }
     }
 
@@ -425,6 +469,20 @@ impl AuditLog {
                 let _ = tokio::task::spawn_blocking(move || t.join()).await;
             }
         }
+        // The final checkpoint goes to the witnesses too, if they take it soon; a witness
+        // that is down does not hold up the stop.
+        let witness = self.inner.witness.clone();
+        let _ = tokio::task::spawn_blocking(move || witness.close_and_wait(WITNESS_DRAIN_AT_STOP)).await;
+    }
+
+    /// The newest checkpoint this process signed (kept in memory; see [`AuditLog::verify`]).
+    pub fn last_signed(&self) -> Option<Checkpoint> {
+        self.inner.shared.last_signed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Each configured witness's delivery figures (backlog, failures), for metrics and status.
+    pub fn witness_status(&self) -> Vec<WitnessStatus> {
+        self.inner.witness.status()
     }
 
     /// False while commits fail (and after shutdown): serve health as NOT_SERVING.
@@ -536,6 +594,9 @@ struct Writer {
     shared: Arc<Shared>,
     conn: Connection,
     key: SigningKey,
+    /// The id of `key`'s public half, to notice a hand-over to a successor.
+    key_id: String,
+    witness: Arc<WitnessSet>,
     cfg: AuditConfig,
     live: broadcast::Sender<AuditEvent>,
     /// The head as of this writer's last commit (another process may have moved it since).
@@ -546,6 +607,11 @@ struct Writer {
     backoff: Duration,
     /// (sequence, prev_hash, hash) of the batch being committed.
     links: Vec<(i64, [u8; 32], [u8; 32])>,
+    /// The newest event this writer committed (or found at open) and its hash: every
+    /// transaction first checks that the file still holds it, so an edit, deletion or
+    /// recomputed chain under a running writer is found at its next commit (at most
+    /// `checkpoint_interval` later while events flow) and is never signed over.
+    written: (i64, [u8; 32]),
 }
 
 impl Drop for Writer {
@@ -667,8 +733,10 @@ impl Writer {
             Ok((time_ms, checkpoint)) => {
                 let stats = &self.shared.stats;
                 stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-                if checkpoint.is_some() {
+                if let Some(cp) = &checkpoint {
                     stats.last_checkpoint_ms.store(time_ms, Ordering::Relaxed);
+                    self.shared.signed(cp);
+                    self.witness.offer(cp);
                 }
                 self.succeeded();
                 let links = std::mem::take(&mut self.links);
@@ -714,11 +782,14 @@ impl Writer {
     ) -> Result<(i64, Option<Checkpoint>), AuditError> {
         self.links.clear();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        still_holds(&tx, self.written)?;
         let time_ms = now_ms();
         let (seq, hash) = db::append_in_tx(&tx, time_ms, records.iter(), &mut self.links)?;
-        let checkpoint = if with_checkpoint { Some(db::put_checkpoint(&tx, &self.key, seq, hash)?) } else { None };
+        let checkpoint =
+            if with_checkpoint { Some(sign_checkpoint(&tx, &self.key, &self.key_id, seq, hash)?) } else { None };
         tx.commit()?;
         self.head_seq = seq;
+        self.written = (seq, hash);
         self.shared.stats.head.store(seq, Ordering::Relaxed);
         if checkpoint.is_some() {
             self.checkpointed_seq = seq;
@@ -729,19 +800,24 @@ impl Writer {
 
     fn write_checkpoint(&mut self) -> Result<Checkpoint, AuditError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        still_holds(&tx, self.written)?;
         let (seq, hash) = db::head(&tx)?;
-        let cp = db::put_checkpoint(&tx, &self.key, seq, hash)?;
+        let cp = sign_checkpoint(&tx, &self.key, &self.key_id, seq, hash)?;
         tx.commit()?;
         self.head_seq = seq;
         self.checkpointed_seq = seq;
         self.last_checkpoint = Some(Instant::now());
         self.shared.stats.last_checkpoint_ms.store(cp.time_ms, Ordering::Relaxed);
+        self.shared.signed(&cp);
+        self.witness.offer(&cp);
         Ok(cp)
     }
 
     /// A real write outside the chain, to learn whether the file is writable again.
     fn probe(&mut self) -> Result<(), AuditError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // An altered file stays a failure: health must not come back on a log we refuse.
+        still_holds(&tx, self.written)?;
         tx.prepare_cached("INSERT OR REPLACE INTO writer_probe (id, time_ms) VALUES (1, ?1)")?.execute([now_ms()])?;
         tx.commit()?;
         Ok(())

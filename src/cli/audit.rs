@@ -1,6 +1,8 @@
 //! `pogo-vault audit ...`: the security team's commands. `list`, `tail`, `export`,
 //! `checkpoint` and `public-key` ask a running server (role `audit`); `verify` reads an
 //! audit database file offline and needs only the public key: no vault secret.
+//! `rotate-signing-key` is the operator's: it works on the database files, like
+//! `rotate-kek`, and needs the master key.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -52,16 +54,34 @@ pub enum AuditCommand {
         conn: ConnectArgs,
     },
     /// Verify an audit database file offline: the hash chain, every checkpoint signature,
-    /// and (with --checkpoint) that no event up to a kept checkpoint was removed. Here
-    /// `--db` names the *audit* database. Exit code 0 only when the log verifies.
+    /// signing-key hand-overs from the key you hold, and (with --checkpoint / --witness)
+    /// that no event up to a kept or witnessed checkpoint was removed. Strict: events not
+    /// covered by a signed checkpoint fail it. Here `--db` names the *audit* database.
+    /// Exit code 0 only when the log verifies.
     Verify {
-        /// The public key file (`ed25519:<base64>`, from `audit public-key`).
+        /// The public key file (`ed25519:<base64>`, from `audit public-key`): the first key
+        /// you hold; later keys count only after a valid hand-over from their predecessor.
         #[arg(long)]
         public_key: PathBuf,
         /// A checkpoint kept outside the vault (JSON from `audit checkpoint`).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// A witness file (JSON lines, from `[audit.witness.file]` or a syslog receiver's
+        /// messages): the log must contain every checkpoint in it. Repeat for more.
+        #[arg(long)]
+        witness: Vec<PathBuf>,
+        /// Report events after the last signed checkpoint as a warning instead of failing
+        /// (for a log copied from a crashed server). Nothing proves those events were not
+        /// cut or rewritten.
+        #[arg(long)]
+        allow_unsigned_tail: bool,
     },
+    /// Replace the audit signing key. The old key signs the hand-over to the new one in
+    /// the audit log first (so the rotation is audited before it takes effect), then the
+    /// vault database stores the new key. Works on the database files (`--db`, `--audit-db`,
+    /// master key options); restart a running server afterwards (it stops signing with the
+    /// retired key and fails closed until restarted).
+    RotateSigningKey,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -159,9 +179,13 @@ fn event_csv(e: &pb::AuditEvent) -> String {
     .join(",")
 }
 
-pub fn run(db: &std::path::Path, c: AuditCommand) -> Result<(), CliError> {
-    if let AuditCommand::Verify { public_key, checkpoint } = &c {
-        return verify(db, public_key, checkpoint.as_ref());
+pub fn run(g: &super::GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
+    match &c {
+        AuditCommand::Verify { public_key, checkpoint, witness, allow_unsigned_tail } => {
+            return verify(&g.db, public_key, checkpoint.as_ref(), witness, *allow_unsigned_tail);
+        }
+        AuditCommand::RotateSigningKey => return rotate_signing_key(g),
+        _ => {}
     }
     runtime()?.block_on(async move {
         let out = std::io::stdout();
@@ -241,38 +265,97 @@ pub fn run(db: &std::path::Path, c: AuditCommand) -> Result<(), CliError> {
                 let k = client.get_public_key(pb::GetPublicKeyRequest {}).await.map_err(status)?.into_inner();
                 writeln!(out, "{}", k.public_key).map_err(io)?;
             }
-            AuditCommand::Verify { .. } => unreachable!("handled above"),
+            AuditCommand::Verify { .. } | AuditCommand::RotateSigningKey => unreachable!("handled above"),
         }
         Ok(())
     })
 }
 
-fn verify(db: &std::path::Path, public_key: &PathBuf, checkpoint: Option<&PathBuf>) -> Result<(), CliError> {
+fn verify(
+    db: &std::path::Path,
+    public_key: &PathBuf,
+    checkpoint: Option<&PathBuf>,
+    witnesses: &[PathBuf],
+    allow_unsigned_tail: bool,
+) -> Result<(), CliError> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))
     };
     let key = crate::audit::parse_public_key(&read(public_key)?)
         .map_err(|e| CliError::new(format!("{}: {e}", public_key.display())))?;
-    let kept = match checkpoint {
-        Some(p) => Some(
-            crate::audit::Checkpoint::from_json(&read(p)?)
-                .map_err(|e| CliError::new(format!("{}: {e}", p.display())))?,
-        ),
-        None => None,
-    };
-    let report = crate::audit::verify(db, &key, kept.as_ref()).map_err(|e| CliError::new(e.to_string()))?;
-    if report.ok {
-        println!(
-            "ok: {} events verified, head {} at sequence {}, {} checkpoints verified; {}",
-            report.events_checked,
-            crate::crypto::secret::hex(&report.head_hash),
-            report.head_sequence,
-            report.checkpoints_checked,
-            report.detail
-        );
-        Ok(())
-    } else {
-        let first = report.first_bad_sequence.map(|s| format!("first bad sequence {s}: ")).unwrap_or_default();
-        Err(CliError::new(format!("audit log does NOT verify: {first}{}", report.detail)))
+    let mut opts = crate::audit::VerifyOptions { allow_unsigned_tail, ..Default::default() };
+    if let Some(p) = checkpoint {
+        let checkpoint = crate::audit::Checkpoint::from_json(&read(p)?)
+            .map_err(|e| CliError::new(format!("{}: {e}", p.display())))?;
+        opts.external.push(crate::audit::External { checkpoint, source: crate::audit::ExternalSource::Kept });
     }
+    let mut witnessed = 0;
+    for w in witnesses {
+        let lines = crate::audit::read_witness_file(w).map_err(|e| CliError::new(e.to_string()))?;
+        witnessed += lines.len();
+        opts.external.extend(lines);
+    }
+    let report = crate::audit::verify_with(db, &key, &opts).map_err(|e| CliError::new(e.to_string()))?;
+    if !report.ok {
+        let first = report.first_bad_sequence.map(|s| format!("first bad sequence {s}: ")).unwrap_or_default();
+        return Err(CliError::new(format!("audit log does NOT verify: {first}{}", report.detail)));
+    }
+    if let Some(w) = &report.warning {
+        eprintln!("warning: {w}");
+    }
+    let witness_note =
+        if witnesses.is_empty() { String::new() } else { format!(", {witnessed} witnessed checkpoints checked") };
+    println!(
+        "ok: {} events verified, head {} at sequence {}, {} checkpoints verified{witness_note}; {}",
+        report.events_checked,
+        crate::crypto::secret::hex(&report.head_hash),
+        report.head_sequence,
+        report.checkpoints_checked,
+        report.detail
+    );
+    Ok(())
+}
+
+/// `audit rotate-signing-key`: audited hand-over first, then the vault's new key.
+fn rotate_signing_key(g: &super::GlobalArgs) -> Result<(), CliError> {
+    // A running server holds the database: refused (it would sign with a retired key).
+    let _lock = super::admin::lock_for_change(&g.db)?;
+    let vault = crate::vault::Vault::unlock(&g.db, &g.master.source()?)?;
+    let old = vault.audit_signing_key()?;
+    let seed = crate::crypto::SymmetricKey::generate()
+        .map_err(|_| CliError::new("the system random number generator failed; nothing was changed"))?;
+    let new = ed25519_dalek::SigningKey::from_bytes(seed.expose_secret());
+    let audit_db = g.audit_db();
+    let caller = super::operator::Operator::current().caller;
+    let request_id = crate::server::new_request_id();
+    let h =
+        crate::audit::hand_over_blocking(&audit_db, &old, &new.verifying_key(), &caller, &request_id).map_err(|e| {
+            CliError::new(format!(
+                "the audit database {} cannot record the rotation ({e}); nothing was changed",
+                audit_db.display()
+            ))
+        })?;
+    if let Err(e) = vault.replace_audit_signing_key(&new) {
+        // The new key exists only here: hand back to the old one, so the log's key chain ends
+        // at the key the vault still holds.
+        let back = crate::audit::hand_over_blocking(&audit_db, &new, &old.verifying_key(), &caller, &request_id);
+        let undo = match back {
+            Ok(b) => format!("the hand-over was reversed at sequence {}", b.sequence),
+            Err(b) => format!(
+                "reversing the hand-over failed too ({b}): the server will refuse to start until this is resolved"
+            ),
+        };
+        return Err(CliError::new(format!(
+            "the vault database did not store the new audit signing key ({e}); {undo}; the old key stays in use"
+        )));
+    }
+    println!(
+        "audit signing key rotated: {} -> {}; the old key signed the hand-over at sequence {}; new public key {}. \
+         Restart a running server. Auditors keep verifying from the first public key they hold.",
+        h.old_key_id,
+        h.new_key_id,
+        h.sequence,
+        crate::audit::encode_public_key(&new.verifying_key())
+    );
+    Ok(())
 }

@@ -205,7 +205,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Certs(c) => serve::certs(c),
         Command::Config(c) => serve::config_check(c),
         Command::Policy(c) => serve::policy_check(c),
-        Command::Audit(c) => audit::run(&g.db, c),
+        Command::Audit(c) => audit::run(g, c),
         Command::Onboard(c) => onboard::run(c),
         Command::Status(c) => serve::status(c),
         Command::Backup { out } => admin::backup(g, &out),

@@ -208,6 +208,13 @@ pub fn status(conn: ConnectArgs) -> Result<(), CliError> {
             ),
             None => println!("last checkpoint: none yet"),
         }
+        for w in &s.audit_witnesses {
+            let state = if w.failing { format!("FAILING ({})", w.last_error) } else { "ok".to_owned() };
+            println!(
+                "audit witness:   {} {state}, backlog {}, delivered {}, dropped {}, newest sequence {}",
+                w.name, w.backlog, w.delivered, w.dropped, w.last_delivered_sequence
+            );
+        }
         Ok(())
     })
 }

@@ -1,5 +1,8 @@
 //! `AuditService`: list, watch, checkpoint, verify. Role `audit`; every read is itself
-//! audited (so the log shows who looked at it).
+//! audited (so the log shows who looked at it). `VerifyAuditLog` is strict like
+//! `pogo-vault audit verify`: the server signs its head first (`AuditLog::verify`), so
+//! only events appended while verifying can be unsigned, and those are reported, not
+//! failed; `allow_unsigned_tail` downgrades an unsigned tail to a warning.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -238,7 +241,9 @@ impl AuditService for AuditSvc {
                 return Err(super::errors::invalid(&e));
             }
         };
-        let report = st.audit.verify(kept).await.map_err(|e| unavailable(&e))?;
+        let allow_unsigned_tail = req.get_ref().allow_unsigned_tail;
+        // Signs a checkpoint of the current head first (see `AuditLog::verify`): strict up to now.
+        let report = st.audit.verify(kept, allow_unsigned_tail).await.map_err(|e| unavailable(&e))?;
         let outcome = if report.ok { Outcome::Ok } else { Outcome::Error };
         st.record(&caller, Action::AuditVerified, None, outcome, &report.detail, Extra::default()).await?;
         if !report.ok {
@@ -249,6 +254,9 @@ impl AuditService for AuditSvc {
             events_checked: report.events_checked as i64,
             first_bad_sequence: report.first_bad_sequence.unwrap_or(0),
             head_hash: crate::crypto::secret::hex(&report.head_hash),
+            unsigned_events: report.unsigned_tail.map_or(0, |t| t.count as i64),
+            first_unsigned_sequence: report.unsigned_tail.map_or(0, |t| t.first),
+            warning: report.warning.unwrap_or_default(),
             detail: report.detail,
         }))
     }

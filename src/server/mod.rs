@@ -311,7 +311,7 @@ impl ServeOptions {
             policy: c.server.policy.clone(),
             upstream: c.upstream(),
             tokens: c.tokens.clone(),
-            audit: crate::audit::AuditConfig::default(),
+            audit: c.audit_config(),
             max_request_bytes: c.server.max_request_bytes,
             request_timeout: c.request_timeout(),
             concurrency_limit_per_connection: c.server.concurrency_limit_per_connection,

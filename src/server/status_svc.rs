@@ -37,6 +37,21 @@ impl StatusService for StatusSvc {
             last_checkpoint: checkpoint.as_ref().map(super::audit_svc::checkpoint_to_proto),
             started_at: Some(timestamp(st.started_at)),
             audit_healthy: healthy,
+            audit_witnesses: st
+                .audit
+                .witness_status()
+                .into_iter()
+                .map(|w| pb::AuditWitness {
+                    name: w.name.to_owned(),
+                    backlog: w.backlog,
+                    delivered: w.delivered,
+                    failures: w.failures,
+                    dropped: w.dropped,
+                    failing: w.failing,
+                    last_error: w.last_error.unwrap_or_default(),
+                    last_delivered_sequence: w.last_delivered_sequence,
+                })
+                .collect(),
         }))
     }
 }

@@ -1,0 +1,97 @@
+//! The writer's signing rules: what it checks before it appends or signs, and what it
+//! records when it signs late.
+//!
+//! - Never with a retired key: a key the newest hand-over in the file names as replaced
+//!   does not sign (`audit rotate-signing-key` ran; the server must restart).
+//! - Never over rows altered under it: every writer transaction first checks that the
+//!   newest event this writer committed still has the hash it wrote.
+//! - An unsigned tail found at open (the last writer died before its next checkpoint) is
+//!   signed at once, in one transaction with an `unsigned_tail_signed` record naming the
+//!   range: the signature freezes the tail from then on and the record says it was late.
+
+use ed25519_dalek::SigningKey;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use super::chain::Checkpoint;
+use super::record::{Action, AuditRecord, Outcome};
+use super::{AuditError, db, handover};
+use crate::store::now_ms;
+
+/// The error of a writer whose signing key has a successor.
+pub(super) fn retired(key_id: &str) -> AuditError {
+    AuditError::Unavailable {
+        reason: format!(
+            "the audit signing key {key_id} has been handed over to a successor (audit rotate-signing-key); \
+             restart the server so it signs with the new key"
+        ),
+    }
+}
+
+/// Checks, inside the writer's transaction, that the event this writer last wrote is still
+/// in the file with the hash it wrote. Anything else means the rows were edited, deleted
+/// or replaced (a recomputed chain changes that hash too): the writer then neither appends
+/// nor signs, so an altered log is never signed over.
+pub(super) fn still_holds(tx: &rusqlite::Transaction<'_>, (seq, hash): (i64, [u8; 32])) -> Result<(), AuditError> {
+    if seq == 0 {
+        return Ok(());
+    }
+    let found: Option<Vec<u8>> =
+        tx.prepare_cached("SELECT hash FROM events WHERE sequence = ?1")?.query_row([seq], |r| r.get(0)).optional()?;
+    if found.as_deref() == Some(&hash[..]) {
+        return Ok(());
+    }
+    let what = if found.is_none() { "is gone" } else { "no longer has the hash this writer committed" };
+    let reason = format!("event {seq} {what}: the audit database was altered under the running server");
+    tracing::error!(sequence = seq, "ALARM: {reason}; refusing to append or sign until an operator investigates");
+    Err(AuditError::Altered(reason))
+}
+
+/// Signs and stores a checkpoint of `(seq, hash)` in `tx`, unless the key `key_id` has been
+/// handed over (read inside the transaction: a rotation by the CLI is seen at once).
+pub(super) fn sign_checkpoint(
+    tx: &rusqlite::Transaction<'_>,
+    key: &SigningKey,
+    key_id: &str,
+    seq: i64,
+    hash: [u8; 32],
+) -> Result<Checkpoint, AuditError> {
+    if handover::is_retired(tx, key_id)? {
+        return Err(retired(key_id));
+    }
+    db::put_checkpoint(tx, key, seq, hash)
+}
+
+/// Signs the events no checkpoint covers, in one transaction with the record that says so.
+pub(super) fn sign_unsigned_tail(conn: &mut Connection, key: &SigningKey) -> Result<Checkpoint, AuditError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (head, _) = db::head(&tx)?;
+    let covered = db::latest_checkpoint(&tx)?.map_or(0, |c| c.sequence);
+    let rec = AuditRecord::new(Action::UnsignedTailSigned, Outcome::Ok)
+        .caller("pogo-vault-server", "")
+        .detail(format!(
+            "events {}..={head} were covered by no signed checkpoint when the audit log was opened (the last \
+             writer stopped without its final checkpoint: a crash or kill); signed now, with this record, so they \
+             are frozen from here on. Nothing proves what happened to them before this point",
+            covered + 1
+        ))
+        .request(String::new(), "local");
+    let mut links = Vec::with_capacity(1);
+    let (seq, hash) = db::append_in_tx(&tx, now_ms(), std::iter::once(&rec), &mut links)?;
+    let cp = db::put_checkpoint(&tx, key, seq, hash)?;
+    tx.commit()?;
+    tracing::warn!(from = covered + 1, to = head, "signed an unsigned audit tail left by the last writer");
+    Ok(cp)
+}
+
+/// The error of opening a log that has handed this vault's key over: the vault database
+/// still holds a key the log retired (a rotation that did not complete, see `rotate`), or
+/// the log is another vault's.
+pub(super) fn retired_at_open(key_id: &str) -> AuditError {
+    AuditError::Unavailable {
+        reason: format!(
+            "the audit log has handed signing key {key_id} over to a successor, but this vault still holds \
+             {key_id}: a signing-key rotation did not complete in the vault database (or this is another vault's \
+             audit log); restore the vault and audit databases from one backup"
+        ),
+    }
+}
