@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Caller, Extra, ServerState, timestamp_ms};
 use crate::audit::{Action, AuditEvent, AuditFilter, Checkpoint, Outcome};
-use crate::domain::InvalidInput;
+use crate::domain::{InvalidInput, quoted};
 use crate::proto::v1 as pb;
 use crate::proto::v1::audit_service_server::AuditService;
 
@@ -58,6 +58,10 @@ pub fn checkpoint_to_proto(c: &Checkpoint) -> pb::Checkpoint {
 
 fn checkpoint_from_proto(c: &pb::Checkpoint) -> Result<Checkpoint, InvalidInput> {
     let bad = |why: &str| InvalidInput::new("checkpoint", why.to_owned());
+    if c.sequence < 0 {
+        // As `Checkpoint::from_json` refuses it: no signed checkpoint has one.
+        return Err(bad("sequence must not be negative"));
+    }
     let hash = decode_hex32(&c.head_hash).ok_or_else(|| bad("head_hash must be 64 hex digits"))?;
     let sig = base64::engine::general_purpose::STANDARD
         .decode(c.signature.trim())
@@ -102,7 +106,7 @@ fn parse_list(r: &pb::ListAuditEventsRequest) -> Result<(AuditFilter, Option<i64
         action: (!r.action.is_empty())
             .then(|| r.action.parse())
             .transpose()
-            .map_err(|_| InvalidInput::new("action", format!("unknown action {:?}", r.action)))?,
+            .map_err(|_| InvalidInput::new("action", format!("unknown action {}", quoted(&r.action))))?,
         outcome: (!r.outcome.is_empty())
             .then(|| r.outcome.parse())
             .transpose()
@@ -253,3 +257,4 @@ impl AuditService for AuditSvc {
         }))
     }
 }
+

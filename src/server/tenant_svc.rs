@@ -12,7 +12,9 @@ use super::{Caller, Extra, ServerState, caller_record, errors, timestamp_ms};
 use crate::audit::{Action, Outcome};
 use crate::authz::Role;
 use crate::crypto::ClientKey;
-use crate::domain::{DisplayName, Environment, InvalidInput, Labels, OrganizationNumber, TenantId, TenantStatus};
+use crate::domain::{
+    DisplayName, Environment, InvalidInput, Labels, OrganizationNumber, TenantId, TenantStatus, quoted,
+};
 use crate::proto::v1 as pb;
 use crate::proto::v1::tenant_service_server::TenantService;
 use crate::store::tenants::TenantRecord;
@@ -350,19 +352,20 @@ impl Filter {
         for term in s.split_whitespace() {
             let (k, v) = term
                 .split_once('=')
-                .ok_or_else(|| InvalidInput::new("filter", format!("term {term:?} is not key=value")))?;
+                .ok_or_else(|| InvalidInput::new("filter", format!("term {} is not key=value", quoted(term))))?;
             match k {
                 "environment" => f.environment = Some(Environment::parse_field("filter", v)?),
                 "status" => {
-                    f.status =
-                        Some(v.parse().map_err(|_| InvalidInput::new("filter", format!("unknown status {v:?}")))?)
+                    f.status = Some(
+                        v.parse().map_err(|_| InvalidInput::new("filter", format!("unknown status {}", quoted(v))))?,
+                    )
                 }
                 "prefix" => f.prefix = Some(v.to_owned()),
                 k if k.starts_with("label.") => f.labels.push((k["label.".len()..].to_owned(), v.to_owned())),
                 _ => {
                     return Err(InvalidInput::new(
                         "filter",
-                        format!("unknown key {k:?}; use environment, status, prefix or label.<key>"),
+                        format!("unknown key {}; use environment, status, prefix or label.<key>", quoted(k)),
                     ));
                 }
             }
@@ -393,3 +396,4 @@ fn decode_page_token(s: &str) -> Result<Option<String>, InvalidInput> {
     TenantId::parse_field("page_token", last).map_err(|_| bad())?;
     Ok(Some(last.to_owned()))
 }
+
