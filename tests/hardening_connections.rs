@@ -127,3 +127,24 @@ async fn idle_connections_from_one_address_do_not_lock_out_a_real_caller() {
     assert!(open <= cap, "{open} idle connections from one address still held by the server (cap {cap})");
     drop(idle);
 }
+
+/// The configuration side: the short handshake timeout and the per-address bound are the
+/// defaults, and an impossible bound is refused naming its key.
+#[test]
+fn handshake_defaults_are_short_and_bounded_per_address() {
+    let min = "[vault]\ndb = 'v.db'\nmaster_key_file = 'k'\n\n[server]\nlisten = '127.0.0.1:0'\n\
+               cert = 'c'\nkey = 'k'\nclient_ca = 'ca'\npolicy = 'p'\n";
+    let path = std::path::Path::new("/etc/pogo-vault/config.toml");
+    let c = pogo_vault::config::Config::parse(min, path).unwrap();
+    c.validate(path).unwrap();
+    assert_eq!(c.handshake_timeout(), Duration::from_secs(3));
+    let opts = pogo_vault::server::ServeOptions::from_config(&c).unwrap();
+    let limits = opts.handshake_limits();
+    assert_eq!(limits.per_address, 32);
+    assert_eq!(limits.total, pogo_vault::server::conn::MAX_PENDING_HANDSHAKES);
+    for bad in ["0", "513"] {
+        let text = format!("{min}max_pending_handshakes_per_address = {bad}\n");
+        let e = pogo_vault::config::Config::parse(&text, path).unwrap().validate(path).unwrap_err().to_string();
+        assert!(e.contains("server.max_pending_handshakes_per_address"), "{e}");
+    }
+}

@@ -173,13 +173,17 @@ proptest! {
 
 fn config_value(key: &'static str) -> BoxedStrategy<toml::Value> {
     use toml::Value as V;
-    let good: BoxedStrategy<V> = if key.ends_with("_secs") || key.ends_with("_share") || key.ends_with("_second") {
+    let good: BoxedStrategy<V> = if key.ends_with("_share") {
+        prop_oneof![8 => (0.0f64..0.6).prop_map(V::Float), 1 => (-1.0f64..2.0).prop_map(V::Float)].boxed()
+    } else if key.ends_with("_secs") || key.ends_with("_second") {
         prop_oneof![
-            (0.0f64..5000.0).prop_map(V::Float),
-            (-5i64..5000).prop_map(V::Integer),
-            Just(V::Float(f64::NAN)),
-            Just(V::Float(f64::INFINITY)),
-            Just(V::Float(1e300)),
+            8 => (0.001f64..20.0).prop_map(V::Float),
+            2 => (0.0f64..5000.0).prop_map(V::Float),
+            1 => (-5i64..5000).prop_map(V::Integer),
+            1 => Just(V::Float(f64::NAN)),
+            1 => Just(V::Float(f64::INFINITY)),
+            1 => Just(V::Float(1e300)),
+            1 => Just(V::Float(-0.0)),
         ]
         .boxed()
     } else if matches!(
@@ -190,13 +194,18 @@ fn config_value(key: &'static str) -> BoxedStrategy<toml::Value> {
             | "upstream_burst"
             | "retry_attempts"
     ) {
-        prop_oneof![(-2i64..20_000_000).prop_map(V::Integer), any::<i64>().prop_map(V::Integer)].boxed()
+        prop_oneof![
+            8 => (1i64..64).prop_map(V::Integer),
+            2 => (0i64..20_000_000).prop_map(V::Integer),
+            1 => any::<i64>().prop_map(V::Integer),
+        ]
+        .boxed()
     } else if matches!(key, "listen" | "metrics_listen" | "health_listen") {
         prop_oneof![
-            Just(V::String("127.0.0.1:8443".into())),
-            Just(V::String("[::1]:0".into())),
-            Just(V::String(String::new())),
-            "[0-9.:]{0,24}".prop_map(V::String),
+            8 => Just(V::String("127.0.0.1:8443".into())),
+            4 => Just(V::String("[::1]:0".into())),
+            1 => Just(V::String(String::new())),
+            1 => "[0-9.:]{0,24}".prop_map(V::String),
         ]
         .boxed()
     } else if key == "return_subscription_key" {
@@ -207,13 +216,17 @@ fn config_value(key: &'static str) -> BoxedStrategy<toml::Value> {
         prop_oneof![Just(V::String("json".into())), Just(V::String("human".into())), "[a-z]{0,8}".prop_map(V::String)]
             .boxed()
     } else if key == "level" {
-        prop_oneof![Just(V::String("info".into())), "[a-z_:=,]{0,30}".prop_map(V::String), text().prop_map(V::String)]
-            .boxed()
+        prop_oneof![
+            4 => Just(V::String("info".into())),
+            2 => "[a-z_:=,]{0,30}".prop_map(V::String),
+            1 => text().prop_map(V::String),
+        ]
+        .boxed()
     } else {
         // Paths and names.
-        prop_oneof!["[a-z/._-]{1,30}".prop_map(V::String), text().prop_map(V::String)].boxed()
+        prop_oneof![4 => "[a-z/._-]{1,30}".prop_map(V::String), 1 => text().prop_map(V::String)].boxed()
     };
-    prop_oneof![5 => good, 1 => toml_junk()].boxed()
+    prop_oneof![30 => good, 1 => toml_junk()].boxed()
 }
 
 fn section(keys: &'static [&'static str], required: usize) -> BoxedStrategy<toml::Table> {
@@ -221,7 +234,7 @@ fn section(keys: &'static [&'static str], required: usize) -> BoxedStrategy<toml
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            let p = if i < required { 0.97 } else { 0.4 };
+            let p = if i < required { 0.99 } else { 0.3 };
             proptest::option::weighted(p, config_value(k).prop_map(move |v| ((*k).to_owned(), v))).boxed()
         })
         .collect();
@@ -232,6 +245,7 @@ fn section(keys: &'static [&'static str], required: usize) -> BoxedStrategy<toml
 
 fn config_text() -> BoxedStrategy<String> {
     const VAULT: &[&str] = &["db", "master_key_file", "audit_db", "master_passphrase_file", "master_passphrase_env"];
+    // (Two master key sources at once happen often enough through the optional keys.)
     const SERVER: &[&str] = &[
         "listen",
         "cert",
@@ -477,7 +491,33 @@ fn checkpoint_body() -> BoxedStrategy<String> {
         member("key_id", prop_oneof!["[a-z0-9:]{0,20}".prop_map(Value::from), json_any()].boxed()),
         member("signature", signatureish()),
     ]);
-    body(shape).prop_map(|b| String::from_utf8_lossy(&b).into_owned()).boxed()
+    // Checkpoints as the vault writes them, whole or with one byte cut or changed.
+    let written =
+        (0i64..i64::MAX, proptest::array::uniform32(any::<u8>()), YEAR_0_MS..YEAR_10000_MS, "[a-z0-9:]{0,20}")
+            .prop_flat_map(|(sequence, head_hash, time_ms, key_id)| {
+                proptest::collection::vec(any::<u8>(), 64..=64).prop_map(move |sig| {
+                    let signature: [u8; 64] = sig.try_into().unwrap_or([0; 64]);
+                    Checkpoint { sequence, head_hash, time_ms, key_id: key_id.clone(), signature }.to_json()
+                })
+            });
+    let changed = (written.clone(), any::<proptest::sample::Index>(), any::<char>(), any::<bool>()).prop_map(
+        |(s, at, c, cut)| {
+            let mut v: Vec<char> = s.chars().collect();
+            let i = at.index(v.len().max(1)).min(v.len().saturating_sub(1));
+            if cut {
+                v.truncate(i)
+            } else if !v.is_empty() {
+                v[i] = c
+            }
+            v.into_iter().collect::<String>()
+        },
+    );
+    prop_oneof![
+        2 => written,
+        2 => changed,
+        4 => body(shape).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+    ]
+    .boxed()
 }
 
 /// The RFC 3339 range (years 0000 to 9999) in Unix milliseconds.
