@@ -83,6 +83,9 @@ pub struct ServerSection {
     /// A TLS handshake must finish within this.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: f64,
+    /// TLS handshakes in progress at once from one source address (IPv6: one /64).
+    #[serde(default = "default_handshakes_per_address")]
+    pub max_pending_handshakes_per_address: usize,
     /// Prometheus metrics listener (plain HTTP): loopback by default; "" disables it.
     #[serde(default = "default_metrics_listen", deserialize_with = "optional_addr")]
     pub metrics_listen: Option<SocketAddr>,
@@ -140,8 +143,13 @@ fn default_request_timeout() -> f64 {
 fn default_concurrency() -> usize {
     256
 }
+/// Short: a caller on the network completes its handshake in milliseconds, and every
+/// second an idle peer holds a handshake slot is a second a real caller might lack it.
 fn default_handshake_timeout() -> f64 {
-    10.0
+    3.0
+}
+fn default_handshakes_per_address() -> usize {
+    crate::server::conn::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS
 }
 fn yes() -> bool {
     true
@@ -265,6 +273,10 @@ impl Config {
         }
         if self.server.concurrency_limit_per_connection == 0 {
             return Err(invalid("server.concurrency_limit_per_connection", "must be at least 1".into()));
+        }
+        let most = crate::server::conn::MAX_PENDING_HANDSHAKES;
+        if !(1..=most).contains(&self.server.max_pending_handshakes_per_address) {
+            return Err(invalid("server.max_pending_handshakes_per_address", format!("must be 1 to {most}")));
         }
         self.tokens.validate().map_err(|r| invalid("tokens", r))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| invalid("log.level", e.to_string()))?;

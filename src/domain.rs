@@ -25,6 +25,38 @@ impl InvalidInput {
     }
 }
 
+/// Longest rejected value an error message repeats ([`quoted`]), in bytes as quoted.
+pub const MAX_QUOTED_BYTES: usize = 24;
+
+/// A rejected value as an error message may show it: quoted (`{:?}`) when that takes at
+/// most [`MAX_QUOTED_BYTES`] between the quotes, else only its length. Errors reach
+/// callers, logs and audit records, and a caller who pasted a secret into the wrong field
+/// (a client key is 36 characters, a subscription key 32, a token far more) must not find
+/// it there.
+pub fn quoted(s: &str) -> String {
+    let q = format!("{s:?}");
+    if q.len() <= MAX_QUOTED_BYTES + 2 { q } else { format!("(a value of {} characters)", s.chars().count()) }
+}
+
+/// What is wrong with a JSON text, without `serde_json`'s quotes of it ("invalid type:
+/// string \"...\"" repeats the value): a missing field by name, else the kind of problem;
+/// with the line and column either way.
+pub fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let full = e.to_string();
+    let what = match e.classify() {
+        // Names one of our own fields, never input.
+        Category::Data if full.starts_with("missing field") || full.starts_with("duplicate field") => {
+            full.split(" at line ").next().unwrap_or("a field is missing").to_owned()
+        }
+        Category::Data => "a field has the wrong type or value".to_owned(),
+        Category::Syntax => "not valid JSON".to_owned(),
+        Category::Eof => "the JSON ends early".to_owned(),
+        Category::Io => "the JSON could not be read".to_owned(),
+    };
+    format!("{what} (line {}, column {})", e.line(), e.column())
+}
+
 /// A tenant id: 1 to 64 of `a-z 0-9 - _ .`, starting with a letter or digit.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TenantId(String);
@@ -107,7 +139,10 @@ impl Environment {
             "demo" => Ok(Environment::Demo),
             "production" | "prod" => Ok(Environment::Production),
             "" => Err(InvalidInput::new(field, "must be set to \"demo\" or \"production\"")),
-            _ => Err(InvalidInput::new(field, format!("unknown environment {s:?}; use \"demo\" or \"production\""))),
+            _ => Err(InvalidInput::new(
+                field,
+                format!("unknown environment {}; use \"demo\" or \"production\"", quoted(s)),
+            )),
         }
     }
 }
@@ -154,7 +189,7 @@ impl FromStr for TenantStatus {
             "ACTIVE" => Ok(TenantStatus::Active),
             "DISABLED" => Ok(TenantStatus::Disabled),
             "KEY_REJECTED" => Ok(TenantStatus::KeyRejected),
-            _ => Err(InvalidInput::new("status", format!("unknown status {s:?}"))),
+            _ => Err(InvalidInput::new("status", format!("unknown status {}", quoted(s)))),
         }
     }
 }
@@ -244,16 +279,19 @@ impl Labels {
                 return Err(InvalidInput::new(field, "label keys must be 1 to 63 characters"));
             }
             if let Some(c) = k.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_' | '.' | '/')) {
-                return Err(InvalidInput::new(field, format!("label key {k:?}: character {c:?} is not allowed")));
+                return Err(InvalidInput::new(
+                    field,
+                    format!("label key {}: character {c:?} is not allowed", quoted(k)),
+                ));
             }
             if v.chars().count() > 256 || v.chars().any(char::is_control) {
                 return Err(InvalidInput::new(
                     field,
-                    format!("label {k:?}: value must be at most 256 characters without control characters"),
+                    format!("label {}: value must be at most 256 characters without control characters", quoted(k)),
                 ));
             }
             if map.insert(k.to_owned(), v.to_owned()).is_some() {
-                return Err(InvalidInput::new(field, format!("label {k:?} given twice")));
+                return Err(InvalidInput::new(field, format!("label {} given twice", quoted(k))));
             }
         }
         if map.len() > Self::MAX_LABELS {
@@ -266,8 +304,9 @@ impl Labels {
     pub fn parse_assignments(field: &'static str, items: &[String]) -> Result<Self, InvalidInput> {
         let mut pairs = Vec::with_capacity(items.len());
         for item in items {
-            let (k, v) =
-                item.split_once('=').ok_or_else(|| InvalidInput::new(field, format!("{item:?} is not key=value")))?;
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| InvalidInput::new(field, format!("{} is not key=value", quoted(item))))?;
             pairs.push((k, v));
         }
         Self::parse_field(field, pairs)
@@ -289,7 +328,7 @@ impl Labels {
     /// Reads labels back from the store, where they were written by `to_json`.
     pub fn from_json(s: &str) -> Result<Self, InvalidInput> {
         let map: BTreeMap<String, String> =
-            serde_json::from_str(s).map_err(|e| InvalidInput::new("labels", e.to_string()))?;
+            serde_json::from_str(s).map_err(|e| InvalidInput::new("labels", json_error(&e)))?;
         Ok(Self(map))
     }
 }
@@ -326,6 +365,16 @@ mod tests {
         assert!(Labels::parse_assignments("labels", &["novalue".into()]).is_err());
         assert!(Labels::parse_assignments("labels", &["Bad=x".into()]).is_err());
         assert!(Labels::parse_assignments("labels", &["a=1".into(), "a=2".into()]).is_err());
+    }
+
+    #[test]
+    fn errors_quote_short_values_and_never_a_key_length_one() {
+        let guid = "5eed0000-0000-4000-8000-000000abc000";
+        let e = guid.parse::<Environment>().unwrap_err().to_string();
+        assert!(!e.contains(guid) && e.contains("36 characters"), "{e}");
+        assert!("staging".parse::<Environment>().unwrap_err().to_string().contains("\"staging\""));
+        let e = Labels::parse_assignments("labels", &[guid.to_uppercase()]).unwrap_err().to_string();
+        assert!(!e.to_lowercase().contains(guid), "{e}");
     }
 
     #[test]

@@ -22,3 +22,6 @@ pub mod tls;
 pub mod tokens;
 pub mod upstream;
 pub mod vault;
+
+#[cfg(test)]
+mod fuzz_support;

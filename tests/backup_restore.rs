@@ -172,6 +172,7 @@ async fn backup_under_load_restores_to_a_working_vault() {
         request_timeout: Duration::from_secs(10),
         concurrency_limit_per_connection: 16,
         handshake_timeout: Duration::from_secs(5),
+        max_pending_handshakes_per_address: pogo_vault::server::conn::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
         return_subscription_key: false,
         metrics_listen: None,
         health_listen: None,

@@ -70,6 +70,7 @@ fn options(ts: &TestServer) -> pogo_vault::server::ServeOptions {
         request_timeout: std::time::Duration::from_secs(10),
         concurrency_limit_per_connection: 16,
         handshake_timeout: std::time::Duration::from_secs(5),
+        max_pending_handshakes_per_address: 32,
         return_subscription_key: false,
         metrics_listen: None,
         health_listen: None,

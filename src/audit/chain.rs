@@ -222,7 +222,7 @@ impl Checkpoint {
     /// present, must name the same instant (a hand-edited file is refused, not guessed at).
     pub fn from_json(s: &str) -> Result<Checkpoint, AuditError> {
         let bad = |reason: String| AuditError::Malformed { what: "checkpoint", reason };
-        let j: CheckpointJson = serde_json::from_str(s.trim()).map_err(|e| bad(e.to_string()))?;
+        let j: CheckpointJson = serde_json::from_str(s.trim()).map_err(|e| bad(crate::domain::json_error(&e)))?;
         let head_hash = unhex32(&j.head_hash).ok_or_else(|| bad("head_hash is not 64 hex digits".into()))?;
         let signature: [u8; 64] = BASE64
             .decode(j.signature.trim())
@@ -233,7 +233,7 @@ impl Checkpoint {
             return Err(bad("sequence is negative".into()));
         }
         if !j.time.is_empty() && parse_time(&j.time) != Some(j.time_ms) {
-            return Err(bad(format!("time {:?} and time_ms {} disagree", j.time, j.time_ms)));
+            return Err(bad(format!("time {} and time_ms {} disagree", crate::domain::quoted(&j.time), j.time_ms)));
         }
         Ok(Checkpoint { sequence: j.sequence, head_hash, time_ms: j.time_ms, key_id: j.key_id, signature })
     }

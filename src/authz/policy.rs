@@ -10,8 +10,22 @@
 //! Deny by default: a caller holds a role on a tenant only if some grant names both. The
 //! `audit` and `operator` roles are not tenant-scoped (the security team sees the whole log;
 //! an operator changes the master key and integrations of the whole vault), so `tenants` is
-//! ignored for them. `*` matches any run of characters, `/` included; nothing else is
-//! special.
+//! ignored for them.
+//!
+//! # Patterns
+//!
+//! `*` matches any run of characters except `/`, so it stays within one path segment of a
+//! SPIFFE ID: `spiffe://ex.org/team/security/*` admits `.../security/alice` but not
+//! `.../security/eu/alice`, and `spiffe://*/service/billing` does not admit
+//! `spiffe://ex.org/evil/service/billing`. `**` (any run of two or more `*`) matches any
+//! run, `/` included: `spiffe://ex.org/team/**` admits the whole subtree. Nothing else is
+//! special. Why segments: a SPIFFE path is a hierarchy an issuer hands out by prefix, and a
+//! `*` meant for one level must not grow to admit identities minted deeper (by a team that
+//! only controls a sub-path). Tenant ids have no `/`, so for tenants `*` and `**` agree.
+//!
+//! A caller pattern made only of `*` (`*`, `**`, ...) matches every identity the client CA
+//! could ever sign and is refused; so is an empty one. Matching is linear in the identity's
+//! length times the pattern's parts (no backtracking), since it runs on every request.
 
 use std::fmt;
 
@@ -94,9 +108,9 @@ pub enum PolicyError {
     /// TOML syntax or an unknown key/role; the message names the line.
     #[error("policy {origin}: {message}")]
     Syntax { origin: String, message: String },
-    /// A grant that parses but makes no sense.
-    #[error("policy {origin}: grant {index} (caller {caller:?}): {reason}")]
-    Invalid { origin: String, index: usize, caller: String, reason: String },
+    /// A grant that parses but makes no sense; `field` is the grant's key at fault.
+    #[error("policy {origin}: grant {index} (caller {caller:?}): {field}: {reason}")]
+    Invalid { origin: String, index: usize, caller: String, field: &'static str, reason: String },
 }
 
 impl Policy {
@@ -113,28 +127,33 @@ impl Policy {
         })?;
         let mut grants = Vec::with_capacity(file.grants.len());
         for (i, g) in file.grants.into_iter().enumerate() {
-            let invalid = |reason: &str| PolicyError::Invalid {
+            let invalid = |field: &'static str, reason: &str| PolicyError::Invalid {
                 origin: origin.to_owned(),
                 index: i + 1,
                 caller: g.caller.clone(),
+                field,
                 reason: reason.to_owned(),
             };
             if g.caller.trim().is_empty() || g.caller.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(invalid("caller must be a non-empty identity or pattern without spaces"));
+                return Err(invalid("caller", "must be a non-empty identity or pattern without spaces"));
             }
-            if g.caller == "*" {
-                return Err(invalid("caller \"*\" would grant every certificate from the CA; name the callers"));
+            if g.caller.chars().all(|c| c == '*') {
+                return Err(invalid(
+                    "caller",
+                    "a pattern made only of * would grant every certificate from the CA; name the callers \
+                     (e.g. spiffe://example.org/service/*)",
+                ));
             }
             if g.roles.is_empty() {
-                return Err(invalid("roles is empty"));
+                return Err(invalid("roles", "roles is empty"));
             }
             let scoped = g.roles.iter().any(|r| r.is_tenant_scoped());
             if scoped && g.tenants.is_empty() {
-                return Err(invalid("tenants is empty: list tenant patterns (\"*\" for all)"));
+                return Err(invalid("tenants", "tenants is empty: list tenant patterns (\"*\" for all)"));
             }
             for t in &g.tenants {
                 if t.is_empty() || t.chars().any(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_' | '.' | '*')) {
-                    return Err(invalid(&format!("tenant pattern {t:?} may use only a-z 0-9 - _ . and *")));
+                    return Err(invalid("tenants", &format!("tenant pattern {t:?} may use only a-z 0-9 - _ . and *")));
                 }
             }
             grants.push(Grant {
@@ -177,38 +196,98 @@ impl Policy {
     }
 }
 
-/// A glob with `*` only.
+/// A glob: `*` within one `/`-separated segment, `**` across segments (module docs).
 #[derive(Debug, Clone)]
 struct Pattern {
-    parts: Vec<String>,
-    exact: bool,
+    /// Literal text and wildcards, in order; no two wildcards are adjacent (a run of `*`
+    /// is one token) and no literal is empty.
+    tokens: Vec<Token>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(String),
+    /// `*`: any run without `/`.
+    Segment,
+    /// `**`: any run.
+    Any,
 }
 
 impl Pattern {
     fn new(p: &str) -> Self {
-        Self { parts: p.split('*').map(str::to_owned).collect(), exact: !p.contains('*') }
-    }
-
-    /// Whether every string that starts with `prefix` matches: the pattern is `Q*` (one
-    /// trailing star, no other) with `prefix` starting with `Q`.
-    fn covers_prefix(&self, prefix: &str) -> bool {
-        !self.exact && self.parts.len() == 2 && self.parts[1].is_empty() && prefix.starts_with(self.parts[0].as_str())
-    }
-
-    fn matches(&self, s: &str) -> bool {
-        if self.exact {
-            return self.parts[0] == s;
-        }
-        let (first, rest) = self.parts.split_first().expect("split yields at least one part");
-        let Some(mut remaining) = s.strip_prefix(first.as_str()) else { return false };
-        let (last, middle) = rest.split_last().expect("a pattern with * has at least two parts");
-        for part in middle {
-            match remaining.find(part.as_str()) {
-                Some(i) => remaining = &remaining[i + part.len()..],
-                None => return false,
+        let mut tokens = Vec::new();
+        let mut rest = p;
+        while !rest.is_empty() {
+            let stars = rest.len() - rest.trim_start_matches('*').len();
+            if stars > 0 {
+                tokens.push(if stars == 1 { Token::Segment } else { Token::Any });
+                rest = &rest[stars..];
+            } else {
+                let end = rest.find('*').unwrap_or(rest.len());
+                tokens.push(Token::Literal(rest[..end].to_owned()));
+                rest = &rest[end..];
             }
         }
-        remaining.len() >= last.len() && remaining.ends_with(last.as_str())
+        Self { tokens }
+    }
+
+    /// Whether every string that starts with `prefix` matches: the pattern is `Q*` (a
+    /// literal, then one run of stars, nothing after) with `prefix` starting with `Q`.
+    /// Used for tenant ids, which have no `/`, so `*` and `**` agree here.
+    fn covers_prefix(&self, prefix: &str) -> bool {
+        match self.tokens.as_slice() {
+            [Token::Segment | Token::Any] => true,
+            [Token::Literal(q), Token::Segment | Token::Any] => prefix.starts_with(q.as_str()),
+            _ => false,
+        }
+    }
+
+    /// Whether `s` matches. Tracks the set of positions in `s` the tokens so far can end
+    /// at, one token at a time: O(len(s) × tokens), no backtracking. Positions are byte
+    /// offsets; `/` is ASCII, so a `*` never stops inside a multi-byte character in a way
+    /// a literal could then match.
+    fn matches(&self, s: &str) -> bool {
+        if let [Token::Literal(l)] = self.tokens.as_slice() {
+            return l == s;
+        }
+        let b = s.as_bytes();
+        let n = b.len();
+        let mut at = vec![false; n + 1];
+        at[0] = true;
+        for token in &self.tokens {
+            let mut next = vec![false; n + 1];
+            match token {
+                Token::Literal(l) => {
+                    let l = l.as_bytes();
+                    for i in (0..=n).filter(|&i| at[i]) {
+                        if b[i..].starts_with(l) {
+                            next[i + l.len()] = true;
+                        }
+                    }
+                }
+                Token::Segment => {
+                    // From each reachable position, every position up to the next `/`.
+                    let mut open = false;
+                    for i in 0..=n {
+                        open |= at[i];
+                        next[i] = open;
+                        if i < n && b[i] == b'/' {
+                            open = false;
+                        }
+                    }
+                }
+                Token::Any => {
+                    if let Some(first) = at.iter().position(|&r| r) {
+                        next[first..].iter_mut().for_each(|r| *r = true);
+                    }
+                }
+            }
+            at = next;
+            if !at.contains(&true) {
+                return false;
+            }
+        }
+        at[n]
     }
 }
 
@@ -273,6 +352,9 @@ roles = ["audit"]
         assert!(m("*b*", "abc"));
         assert!(!m("ab*ba", "aba"), "prefix and suffix must not overlap");
         assert!(m("x", "x") && !m("x", "xy"));
+        assert!(!m("*", "a/b") && m("**", "a/b") && m("a/*", "a/") && !m("a/*", "a/b/c"));
+        assert!(m("a/**/c", "a/b/x/c") && !m("a/*/c", "a/b/x/c") && m("a/*/c", "a/b/c"));
+        assert!(m("*/*", "é/ü") && !m("é*", "e"), "multi-byte characters");
     }
 
     #[test]
@@ -282,8 +364,12 @@ roles = ["audit"]
         assert!(e.to_string().contains("line 3"), "{e}");
         let e = Policy::parse("[[grant]]\ncaller = \"x\"\nroles = [\"token\"]\n", "p.toml").unwrap_err();
         assert!(e.to_string().contains("tenants is empty"), "{e}");
-        let e = Policy::parse("[[grant]]\ncaller = \"*\"\nroles = [\"audit\"]\n", "p.toml").unwrap_err();
-        assert!(e.to_string().contains("every certificate"), "{e}");
+        for stars in ["*", "**", "*****"] {
+            let e = Policy::parse(&format!("[[grant]]\ncaller = \"{stars}\"\nroles = [\"audit\"]\n"), "p.toml")
+                .unwrap_err();
+            assert!(e.to_string().contains("grant 1") && e.to_string().contains("caller: "), "{e}");
+            assert!(e.to_string().contains("every certificate"), "{e}");
+        }
         let e =
             Policy::parse("[[grant]]\ncaller = \"x\"\nroles = [\"token\"]\ntenants = [\"A\"]\n", "p.toml").unwrap_err();
         assert!(e.to_string().contains("tenant pattern"), "{e}");

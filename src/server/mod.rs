@@ -286,6 +286,8 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     pub concurrency_limit_per_connection: usize,
     pub handshake_timeout: Duration,
+    /// TLS handshakes in progress at once from one source address (see [`conn`]).
+    pub max_pending_handshakes_per_address: usize,
     pub return_subscription_key: bool,
     /// Where to serve Prometheus metrics (plain HTTP; keep it on loopback or a private
     /// network). `None`: no metrics listener.
@@ -316,10 +318,16 @@ impl ServeOptions {
             request_timeout: c.request_timeout(),
             concurrency_limit_per_connection: c.server.concurrency_limit_per_connection,
             handshake_timeout: c.handshake_timeout(),
+            max_pending_handshakes_per_address: c.server.max_pending_handshakes_per_address,
             return_subscription_key: c.server.return_subscription_key,
             metrics_listen: c.server.metrics_listen,
             health_listen: c.server.health_listen,
         })
+    }
+
+    /// The acceptor's bounds on anonymous peers.
+    pub fn handshake_limits(&self) -> conn::HandshakeLimits {
+        conn::HandshakeLimits::new(self.handshake_timeout, self.max_pending_handshakes_per_address)
     }
 }
 
@@ -433,7 +441,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         .map_err(|e| ServeError::Transport(e.to_string()))?;
 
     let (conn_tx, conn_rx) = mpsc::channel(256);
-    tokio::spawn(conn::accept_loop(listener, tls.clone(), opts.handshake_timeout, conn_tx, stop_rx.clone()));
+    tokio::spawn(conn::accept_loop(listener, tls.clone(), opts.handshake_limits(), conn_tx, stop_rx.clone()));
 
     // Health: SERVING only while the store is open (it is: we got here with the master key
     // checked) and the audit log commits; follows audit health from then on.

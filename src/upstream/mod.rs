@@ -17,6 +17,8 @@
 //! `parse`; its token is the secret type [`OnboardingToken`].
 
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod onboarding;
 mod parse;
 

@@ -270,10 +270,19 @@ fn replace_ignoring_ascii_case(hay: &str, needle: &str, with: &str) -> String {
     out
 }
 
-/// The RFC 6749 §5.2 `error` code of an answer, sanitised; `None` if there is none.
+/// Stands in for an `error` field that does not look like an OAuth error code.
+pub(crate) const UNRECOGNISED_ERROR_CODE: &str = "unrecognised";
+
+/// The RFC 6749 §5.2 `error` code of an answer, sanitised; `None` if there is none. A value
+/// that looks like a key or token rather than a code (see [`looks_secret`]: RFC 6749's
+/// codes are short words without digits) becomes [`UNRECOGNISED_ERROR_CODE`], because the
+/// code is shown in errors and logs and sanitising only strips punctuation.
 pub(crate) fn oauth_error_code(body: &[u8]) -> Option<String> {
     let obj = json_object(body)?;
     let code = sanitize_error_code(get_ci(&obj, "error")?.as_str()?);
+    if looks_secret(&code) {
+        return Some(UNRECOGNISED_ERROR_CODE.to_owned());
+    }
     (!code.is_empty()).then_some(code)
 }
 
@@ -374,6 +383,15 @@ mod tests {
             Some("unsupported_grant_type")
         );
         assert_eq!(oauth_error_code(br#"{"error":"--"}"#), None);
+        // A token or key in the error field is not repeated, even without its punctuation.
+        let echoed = br#"{"error":"eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.U0lH"}"#;
+        assert_eq!(oauth_error_code(echoed).as_deref(), Some(UNRECOGNISED_ERROR_CODE));
+        let key = br#"{"error":"c0ffee00-1234-4abc-8def-0123456789ab"}"#;
+        assert_eq!(oauth_error_code(key).as_deref(), Some(UNRECOGNISED_ERROR_CODE));
+        assert_eq!(
+            oauth_error_code(br#"{"error":"unsupported_grant_type"}"#).as_deref(),
+            Some("unsupported_grant_type")
+        );
         assert_eq!(oauth_error_code(br#"{"error":5}"#), None);
         assert_eq!(oauth_error_code(b"<html>"), None);
     }

@@ -140,6 +140,7 @@ impl TestServer {
             request_timeout: Duration::from_secs(10),
             concurrency_limit_per_connection: 64,
             handshake_timeout: Duration::from_secs(5),
+            max_pending_handshakes_per_address: pogo_vault::server::conn::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
             return_subscription_key: false,
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
             health_listen: Some("127.0.0.1:0".parse().unwrap()),
