@@ -17,6 +17,7 @@ const SECRET_BEARING: &[&str] = &[
     ".pogo_vault.v1.GetAccessTokenResponse",
     ".pogo_vault.v1.RegisterClientKeyRequest",
     ".pogo_vault.v1.RotateClientKeyRequest",
+    ".pogo_vault.v1.BeginOnboardingRequest",
     ".pogo_vault.v1.CompleteOnboardingRequest",
     ".pogo_vault.v1.SetIntegrationRequest",
 ];

@@ -7,11 +7,17 @@
 //!   `RegisterClientKey` (which proves it against Go first), never stores or logs it, and
 //!   shows only the hint afterwards.
 //!
+//! Every browser gets a session cookie (random, HttpOnly, SameSite=Lax). The forms carry a
+//! CSRF token tied to that session, checked on every POST. An onboarding is bound to the
+//! session twice: the vault binds it to the session's `subject` (a hash of the cookie), so
+//! a redirect that lands in another browser cannot complete it; and the app remembers which
+//! onboarding this session began (the OAuth "state" check) and refuses a callback for any
+//! other.
+//!
 //! What a real app adds, and this example leaves out to stay small: its own user login; the
 //! tenant id taken from the logged-in customer's account (never from the form, or one
-//! customer could register a key under another's id); the onboarding id bound to the
-//! browser session that started it (a cookie) and checked at the callback; CSRF tokens on
-//! the forms; and a connected-clients list filtered to the customer.
+//! customer could register a key under another's id); `Secure` cookies over https; session
+//! expiry; and a connected-clients list filtered to the customer.
 //!
 //! Run against `pogo-vault dev` (its admin certificate):
 //! ```sh
@@ -19,11 +25,14 @@
 //! ```
 //! (Go must whitelist the app's callback URL; the dev simulator accepts loopback ones.)
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use pogo_vault::proto::v1 as pb;
@@ -50,6 +59,81 @@ struct App {
     base: String,
     environment: String,
     tenant_prefix: String,
+    /// Browser sessions by cookie value.
+    sessions: Arc<Mutex<HashMap<String, BrowserSession>>>,
+}
+
+/// What the app keeps per browser.
+#[derive(Default, Clone)]
+struct BrowserSession {
+    /// The token every form of this session carries.
+    csrf: String,
+    /// The onboarding this session began, the only one its callback may complete.
+    onboarding_id: Option<String>,
+}
+
+const COOKIE: &str = "sid";
+
+/// 16 random bytes in hex.
+fn random_hex() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the system random number generator");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+    cookies.split(';').find_map(|c| c.trim().strip_prefix("sid=")).map(str::to_owned)
+}
+
+impl App {
+    /// This browser's session, created (with a `Set-Cookie` to send) when it has none.
+    fn session(&self, headers: &HeaderMap) -> (String, BrowserSession, Option<String>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = session_id(headers)
+            && let Some(s) = sessions.get(&id)
+        {
+            return (id, s.clone(), None);
+        }
+        let id = random_hex();
+        let s = BrowserSession { csrf: random_hex(), onboarding_id: None };
+        sessions.insert(id.clone(), s.clone());
+        let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax");
+        (id, s, Some(cookie))
+    }
+
+    /// The existing session whose CSRF token the form carries, or `None`.
+    fn checked_session(&self, headers: &HeaderMap, csrf: &str) -> Option<String> {
+        let id = session_id(headers)?;
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let s = sessions.get(&id)?;
+        let ok = s.csrf.len() == csrf.len() && s.csrf.bytes().zip(csrf.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        ok.then_some(id)
+    }
+
+    fn remember_onboarding(&self, sid: &str, onboarding_id: &str) {
+        if let Some(s) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get_mut(sid) {
+            s.onboarding_id = Some(onboarding_id.to_owned());
+        }
+    }
+}
+
+/// The vault's subject for a browser session: a hash of the cookie, never the cookie.
+fn subject(sid: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("integrator-web session {sid}").as_bytes());
+    h.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn with_cookie(resp: Response, cookie: Option<String>) -> Response {
+    match cookie {
+        Some(c) => ([(header::SET_COOKIE, c)], resp).into_response(),
+        None => resp,
+    }
+}
+
+fn refused(why: &str) -> Response {
+    (axum::http::StatusCode::FORBIDDEN, page("Refused", &format!("<p>{}</p>", esc(why)))).into_response()
 }
 
 /// Starts the app; returns its address and the serving task.
@@ -59,8 +143,13 @@ pub async fn start(cfg: AppConfig) -> std::io::Result<(SocketAddr, tokio::task::
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
-    let app =
-        App { vault, base: format!("http://{addr}"), environment: cfg.environment, tenant_prefix: cfg.tenant_prefix };
+    let app = App {
+        vault,
+        base: format!("http://{addr}"),
+        environment: cfg.environment,
+        tenant_prefix: cfg.tenant_prefix,
+        sessions: Arc::default(),
+    };
     let router = Router::new()
         .route("/", get(home))
         .route("/connect", post(connect))
@@ -113,38 +202,55 @@ fn explain(s: &tonic::Status) -> String {
     }
 }
 
-async fn home(State(app): State<App>) -> Response {
+async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
+    let (_, session, cookie) = app.session(&headers);
+    let csrf = esc(&session.csrf);
     let mut tenants = TenantServiceClient::new(app.vault.clone());
     let list = tenants.list_tenants(pb::ListTenantsRequest::default()).await.map(|r| r.into_inner().tenants);
     let connected = match list {
         Ok(ts) => tenant_rows(&ts),
         Err(s) => format!("<p>{}</p>", esc(&explain(&s))),
     };
-    page(
+    let body = page(
         "PowerOffice Go",
         &format!(
-            "<form method=\"post\" action=\"/connect\"><button type=\"submit\">Connect PowerOffice Go</button></form>\
+            "<form method=\"post\" action=\"/connect\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\">Connect PowerOffice Go</button></form>\
              <h2>Or paste your client key</h2>\
-             <form method=\"post\" action=\"/settings/key\">\
+             <form method=\"post\" action=\"/settings/key\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <label>Company id <input name=\"tenant_id\" required></label>\
              <label>Client key <input name=\"client_key\" type=\"password\" autocomplete=\"off\" required></label>\
              <button type=\"submit\">Save</button></form>\
              <h2>Connected</h2>{connected}"
         ),
     )
-    .into_response()
+    .into_response();
+    with_cookie(body, cookie)
 }
 
-async fn connect(State(app): State<App>) -> Response {
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn connect(State(app): State<App>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+    let Some(sid) = app.checked_session(&headers, &f.csrf) else {
+        return refused("This form expired or did not come from this site. Open the page again.");
+    };
     let mut onboarding = OnboardingServiceClient::new(app.vault.clone());
     let req = pb::BeginOnboardingRequest {
         environment: app.environment.clone(),
         redirect_url: format!("{}/callback", app.base),
         organization_number: String::new(),
         tenant_id_prefix: app.tenant_prefix.clone(),
+        subject: subject(&sid),
     };
     match onboarding.begin_onboarding(req).await {
-        Ok(r) => Redirect::to(&r.into_inner().authorization_url).into_response(),
+        Ok(r) => {
+            let r = r.into_inner();
+            app.remember_onboarding(&sid, &r.onboarding_id);
+            Redirect::to(&r.authorization_url).into_response()
+        }
         Err(s) => page("Could not start", &format!("<p>{}</p>", esc(&explain(&s)))).into_response(),
     }
 }
@@ -156,12 +262,25 @@ struct Callback {
     token: Option<String>,
 }
 
-async fn callback(State(app): State<App>, Query(q): Query<Callback>) -> Response {
+async fn callback(State(app): State<App>, headers: HeaderMap, Query(q): Query<Callback>) -> Response {
+    // The state check: this browser began this onboarding.
+    let id = q.pogo_onboarding_id.unwrap_or_default();
+    let sid = session_id(&headers);
+    let began = sid.as_ref().and_then(|s| {
+        app.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(s).and_then(|b| b.onboarding_id.clone())
+    });
+    let (Some(sid), Some(began)) = (sid, began) else {
+        return refused("This connection was not started in this browser. Start it again from the settings page.");
+    };
+    if began != id {
+        return refused("This connection was not started in this browser. Start it again from the settings page.");
+    }
     let mut onboarding = OnboardingServiceClient::new(app.vault.clone());
     let req = pb::CompleteOnboardingRequest {
-        onboarding_id: q.pogo_onboarding_id.unwrap_or_default(),
+        onboarding_id: id,
         onboarding_token: q.token.unwrap_or_default(),
         go_status: q.status.unwrap_or_default(),
+        subject: subject(&sid),
     };
     match onboarding.complete_onboarding(req).await {
         Ok(r) => page("Connected", &tenant_rows(&r.into_inner().tenants)).into_response(),
@@ -171,11 +290,15 @@ async fn callback(State(app): State<App>, Query(q): Query<Callback>) -> Response
 
 #[derive(Deserialize)]
 struct KeyForm {
+    csrf: String,
     tenant_id: String,
     client_key: String,
 }
 
-async fn save_key(State(app): State<App>, Form(f): Form<KeyForm>) -> Response {
+async fn save_key(State(app): State<App>, headers: HeaderMap, Form(f): Form<KeyForm>) -> Response {
+    if app.checked_session(&headers, &f.csrf).is_none() {
+        return refused("This form expired or did not come from this site. Open the page again.");
+    }
     let mut tenants = TenantServiceClient::new(app.vault.clone());
     let req = pb::RegisterClientKeyRequest {
         tenant_id: f.tenant_id,

@@ -26,7 +26,8 @@ macro_rules! redacted_debug {
 redacted_debug!(GetAccessTokenResponse { token_type, expires_at, environment, api_base_url } hides access_token, subscription_key);
 redacted_debug!(RegisterClientKeyRequest { tenant_id, environment, display_name, labels, skip_validation, organization_number } hides client_key);
 redacted_debug!(RotateClientKeyRequest { tenant_id } hides client_key);
-redacted_debug!(CompleteOnboardingRequest { onboarding_id, go_status } hides onboarding_token);
+redacted_debug!(CompleteOnboardingRequest { onboarding_id, go_status } hides onboarding_token, subject);
+redacted_debug!(BeginOnboardingRequest { environment, redirect_url, organization_number, tenant_id_prefix } hides subject);
 redacted_debug!(SetIntegrationRequest { environment, application_key, base_url, allow_custom_base_url } hides subscription_key);
 
 #[cfg(test)]

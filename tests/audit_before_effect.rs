@@ -105,6 +105,7 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
             redirect_url: callback.into(),
             organization_number: "987654321".into(),
             tenant_id_prefix: "ob-".into(),
+            subject: "user-1".into(),
         })
         .await
         .unwrap()
@@ -155,6 +156,7 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
                     redirect_url: "http://127.0.0.1:9/onboarding/callback".into(),
                     organization_number: String::new(),
                     tenant_id_prefix: "x-".into(),
+                    subject: "user-1".into(),
                 };
                 code(o1.begin_onboarding(r).await)
             }),
@@ -166,6 +168,7 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
                     onboarding_id: ob_id,
                     onboarding_token,
                     go_status: "Success".into(),
+                    subject: "user-1".into(),
                 };
                 code(o2.complete_onboarding(r).await)
             }),

@@ -42,6 +42,20 @@ struct Begin {
     prefix: String,
 }
 
+/// The subject an onboarding is bound to: opaque, 1 to 256 bytes, no control characters.
+fn check_subject(s: &str) -> Result<&str, InvalidInput> {
+    if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
+        return Err(InvalidInput::new(
+            "subject",
+            "required: 1 to 256 bytes without control characters identifying the integrator's end user or browser session",
+        ));
+    }
+    Ok(s)
+}
+
+/// Fingerprint purpose of onboarding subjects.
+const FP_SUBJECT: &str = "onboarding-subject";
+
 fn parse_begin(r: &pb::BeginOnboardingRequest) -> Result<Begin, InvalidInput> {
     let env = Environment::parse_field("environment", &r.environment)?;
     let redirect = reqwest::Url::parse(r.redirect_url.trim())
@@ -84,6 +98,14 @@ fn new_id() -> Option<String> {
     Some(crate::crypto::secret::hex(&b))
 }
 
+/// The refusal for a caller that does not hold tenant-admin on every id under a prefix.
+fn prefix_denied(prefix: &str) -> Status {
+    Status::permission_denied(format!(
+        "the caller's certificate identity is not granted the tenant-admin role on every tenant id starting with {prefix:?}, \
+         which this onboarding may create or re-activate; ask the vault's operators for a grant \"{prefix}*\""
+    ))
+}
+
 impl OnboardingSvc {
     async fn refuse(&self, caller: &Caller, action: Action, outcome: Outcome, status: Status) -> Status {
         // While the log is failing nothing can be recorded: UNAVAILABLE at once.
@@ -109,6 +131,17 @@ impl OnboardingService for OnboardingSvc {
             Ok(b) => b,
             Err(e) => return Err(self.refuse(&caller, action, Outcome::Denied, errors::invalid(&e)).await),
         };
+        let subject_hash = match check_subject(&req.get_ref().subject) {
+            Ok(s) => self.state.vault.fingerprint_key().fingerprint(FP_SUBJECT, s.as_bytes()).to_string(),
+            Err(e) => return Err(self.refuse(&caller, action, Outcome::Denied, errors::invalid(&e)).await),
+        };
+        // The caller must hold tenant-admin on every tenant this session could create or
+        // re-activate: checked now, and again before Go's one-time Finalize is spent.
+        if !self.state.authz.policy().allows_every_tenant_with_prefix(&caller.identity.id, Role::TenantAdmin, &b.prefix)
+        {
+            let s = prefix_denied(&b.prefix);
+            return Err(self.refuse(&caller, action, Outcome::Denied, s).await);
+        }
         let Some(id) = new_id() else {
             let status = Status::unavailable("the system random number generator failed; retry shortly");
             return Err(self.refuse(&caller, action, Outcome::Error, status).await);
@@ -134,6 +167,7 @@ impl OnboardingService for OnboardingSvc {
             status: SessionStatus::Pending,
             go_status: None,
             tenants: Vec::new(),
+            subject_hash: Some(subject_hash),
         };
         let detail = format!("onboarding {id} begun for {}", b.env);
         let gate = self.state.gate(&caller, move |c, _: &Session| {
@@ -172,6 +206,27 @@ impl OnboardingService for OnboardingSvc {
         };
         if session.caller != caller.identity.id {
             let s = Status::permission_denied("only the caller that began an onboarding may complete it");
+            return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
+        }
+        // Bound to the integrator's end user: a redirect that reached another user's browser
+        // (a shared link, a login CSRF) cannot complete it.
+        if let Some(expected) = &session.subject_hash {
+            let given = self.state.vault.fingerprint_key().fingerprint(FP_SUBJECT, r.subject.as_bytes()).to_string();
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes())) {
+                let s = Status::permission_denied(
+                    "this onboarding was begun for another user or browser session (subject differs); start a new one",
+                );
+                return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
+            }
+        }
+        // Checked before Go's Finalize, which spends the one-time token and revokes the
+        // client's old key at Go: a refusal after it would lose the new key.
+        if !st.authz.policy().allows_every_tenant_with_prefix(
+            &caller.identity.id,
+            Role::TenantAdmin,
+            &session.tenant_id_prefix,
+        ) {
+            let s = prefix_denied(&session.tenant_id_prefix);
             return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
         }
         if session.status != SessionStatus::Pending {

@@ -46,12 +46,15 @@ pub struct Session {
     pub status: SessionStatus,
     pub go_status: Option<String>,
     pub tenants: Vec<String>,
+    /// Keyed hash (`keyid:tag`) of the integrator's end-user subject the session is bound
+    /// to; `None` only for sessions begun before subjects existed.
+    pub subject_hash: Option<String>,
 }
 
 pub fn insert(conn: &Connection, s: &Session) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO onboarding_sessions (onboarding_id, environment, redirect_url, organization_number, tenant_id_prefix,
-             caller, created_at, expires_at, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'PENDING')",
+             caller, created_at, expires_at, status, subject_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'PENDING', ?9)",
         params![
             s.onboarding_id,
             s.environment.as_str(),
@@ -60,7 +63,8 @@ pub fn insert(conn: &Connection, s: &Session) -> Result<(), StoreError> {
             s.tenant_id_prefix,
             s.caller,
             s.created_at,
-            s.expires_at
+            s.expires_at,
+            s.subject_hash
         ],
     )
     .map_err(|e| StoreError::map_unique(e, || format!("onboarding {}", s.onboarding_id)))?;
@@ -70,7 +74,7 @@ pub fn insert(conn: &Connection, s: &Session) -> Result<(), StoreError> {
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>, StoreError> {
     let row = optional(conn.query_row(
         "SELECT onboarding_id, environment, redirect_url, organization_number, tenant_id_prefix, caller, created_at,
-                expires_at, status, go_status, tenants FROM onboarding_sessions WHERE onboarding_id = ?1",
+                expires_at, status, go_status, tenants, subject_hash FROM onboarding_sessions WHERE onboarding_id = ?1",
         [id],
         |r| {
             Ok((
@@ -85,6 +89,7 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>, StoreError> {
                 r.get::<_, String>(8)?,
                 r.get::<_, Option<String>>(9)?,
                 r.get::<_, String>(10)?,
+                r.get::<_, Option<String>>(11)?,
             ))
         },
     ))?;
@@ -100,6 +105,7 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>, StoreError> {
         status,
         go_status,
         tenants,
+        subject_hash,
     )) = row
     else {
         return Ok(None);
@@ -117,6 +123,7 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>, StoreError> {
         status: SessionStatus::parse(&status)?,
         go_status,
         tenants: serde_json::from_str(&tenants).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        subject_hash,
     }))
 }
 
