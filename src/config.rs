@@ -33,13 +33,37 @@ pub struct Config {
 }
 
 /// `[audit]`: the audit log's settings beyond its file (which is `vault.audit_db`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
     /// `[audit.witness]`: where signed checkpoints are also delivered (see
     /// `src/audit/witness/`); none by default.
     #[serde(default)]
     pub witness: crate::audit::WitnessConfig,
+    /// Live `WatchAuditEvents` streams one caller may hold open at once.
+    #[serde(default = "default_watch_per_caller")]
+    pub max_watch_streams_per_caller: usize,
+    /// Live `WatchAuditEvents` streams open at once in total.
+    #[serde(default = "default_watch_total")]
+    pub max_watch_streams: usize,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            witness: crate::audit::WitnessConfig::default(),
+            max_watch_streams_per_caller: default_watch_per_caller(),
+            max_watch_streams: default_watch_total(),
+        }
+    }
+}
+
+fn default_watch_per_caller() -> usize {
+    crate::audit::AuditConfig::default().max_watch_streams_per_caller
+}
+
+fn default_watch_total() -> usize {
+    crate::audit::AuditConfig::default().max_watch_streams
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +282,14 @@ impl Config {
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key, reason: String| ConfigError::Invalid { path: path.display().to_string(), key, reason };
         self.master_key_source().map_err(|r| invalid("vault.master_key_file", r))?;
+        for (key, n) in [
+            ("audit.max_watch_streams_per_caller", self.audit.max_watch_streams_per_caller),
+            ("audit.max_watch_streams", self.audit.max_watch_streams),
+        ] {
+            if n == 0 || n > 10_000 {
+                return Err(invalid(key, format!("must be 1 to 10000, not {n}")));
+            }
+        }
         for (key, secs) in [
             ("server.request_timeout_secs", self.server.request_timeout_secs),
             ("server.handshake_timeout_secs", self.server.handshake_timeout_secs),
@@ -304,7 +336,12 @@ impl Config {
 
     /// The audit writer's settings: the defaults, with the configured witnesses.
     pub fn audit_config(&self) -> crate::audit::AuditConfig {
-        crate::audit::AuditConfig { witness: self.audit.witness.clone(), ..crate::audit::AuditConfig::default() }
+        crate::audit::AuditConfig {
+            witness: self.audit.witness.clone(),
+            max_watch_streams_per_caller: self.audit.max_watch_streams_per_caller,
+            max_watch_streams: self.audit.max_watch_streams,
+            ..crate::audit::AuditConfig::default()
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {

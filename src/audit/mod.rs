@@ -172,6 +172,11 @@ pub struct AuditConfig {
     pub tenant_index_interval: Duration,
     /// Where every committed checkpoint is also delivered (`[audit.witness]`).
     pub witness: WitnessConfig,
+    /// `WatchAuditEvents` streams open at once for one caller identity, beyond which a new
+    /// one is refused (`RESOURCE_EXHAUSTED`).
+    pub max_watch_streams_per_caller: usize,
+    /// `WatchAuditEvents` streams open at once in total.
+    pub max_watch_streams: usize,
 }
 
 impl Default for AuditConfig {
@@ -186,6 +191,8 @@ impl Default for AuditConfig {
             broadcast_capacity: 4096,
             tenant_index_interval: Duration::from_secs(2),
             witness: WitnessConfig::default(),
+            max_watch_streams_per_caller: 4,
+            max_watch_streams: 64,
         }
     }
 }

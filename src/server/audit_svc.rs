@@ -11,8 +11,10 @@ use base64::Engine;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Extra, ServerState, timestamp_ms};
+use super::conn::ConnInfo;
+use super::{Caller, Extra, ServerState, errors, timestamp_ms};
 use crate::audit::{Action, AuditEvent, AuditFilter, Checkpoint, Outcome};
+use crate::authz::Role;
 use crate::domain::{InvalidInput, quoted};
 use crate::proto::v1 as pb;
 use crate::proto::v1::audit_service_server::AuditService;
@@ -173,7 +175,18 @@ impl AuditService for AuditSvc {
         req: Request<pb::WatchAuditEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let caller = Caller::of(&req)?;
+        let conn = req.extensions().get::<ConnInfo>().cloned();
         let st = &self.state;
+        // Bounded per caller and in total: a stream holds a task and a reader for as long as
+        // it lives.
+        let slot = match WatchSlot::take(&self.state, &caller.identity.id) {
+            Ok(s) => s,
+            Err(refusal) => {
+                let detail = format!("watch refused: {}", refusal.message());
+                st.record(&caller, Action::AuditRead, None, Outcome::Denied, &detail, Extra::default()).await?;
+                return Err(refusal);
+            }
+        };
         let from = match req.get_ref().from_sequence {
             n if n > 0 => n,
             _ => st.audit.head().await.map_err(|e| unavailable(&e))?.0 + 1,
@@ -189,13 +202,28 @@ impl AuditService for AuditSvc {
         .await?;
         let mut watch = st.audit.watch(from);
         let mut stopping = st.stopping.clone();
+        let mut reloaded = st.reloaded.subscribe();
+        let state = self.state.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
+            let _slot = slot; // released when the stream ends, however it ends
             loop {
                 let next = tokio::select! {
                     n = watch.next() => n,
                     // The server is stopping: end the stream so shutdown does not wait on it.
                     _ = async { let _ = stopping.wait_for(|s| *s).await; } => break,
+                    // The watcher went away: free its slot now, not at the next event.
+                    _ = tx.closed() => break,
+                    // Certificates or policy reloaded: this caller must still be let in.
+                    Ok(()) = reloaded.changed() => {
+                        if let Some(refusal) = still_admitted(&state, &caller, conn.as_ref()) {
+                            let detail = format!("watch ended after a reload: {}", refusal.message());
+                            let _ = state.record(&caller, Action::AuditRead, None, Outcome::Denied, &detail, Extra::default()).await;
+                            let _ = tx.send(Err(refusal)).await;
+                            break;
+                        }
+                        continue;
+                    }
                 };
                 let item = match next {
                     Ok(Some(e)) => Ok(event_to_proto(&e)),
@@ -269,6 +297,54 @@ impl AuditService for AuditSvc {
 /// Issue 13, fuzzing the parsers: the ListAuditEvents filter and page token, and a kept
 /// checkpoint given to VerifyAuditLog, never panic, and their errors name the field without
 /// repeating the input.
+/// One live `WatchAuditEvents` stream, counted per caller and in total; released on drop.
+struct WatchSlot {
+    state: Arc<ServerState>,
+    caller: String,
+}
+
+impl WatchSlot {
+    fn take(state: &Arc<ServerState>, caller: &str) -> Result<WatchSlot, Status> {
+        let (per_caller, total) = state.watch_limits;
+        let mut w = state.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if w.values().sum::<usize>() >= total {
+            return Err(errors::too_many_streams("the vault", total));
+        }
+        let n = w.entry(caller.to_owned()).or_default();
+        if *n >= per_caller {
+            return Err(errors::too_many_streams("this caller", per_caller));
+        }
+        *n += 1;
+        Ok(WatchSlot { state: state.clone(), caller: caller.to_owned() })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut w = self.state.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = w.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                w.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// After a reload: `None` if the caller is still let in (its certificate chain verifies
+/// against the CAs and CRLs now in force, and it still holds `audit`), else why not.
+fn still_admitted(state: &ServerState, caller: &Caller, conn: Option<&ConnInfo>) -> Option<Status> {
+    if let Some(c) = conn
+        && !state.tls.still_valid(c)
+    {
+        return Some(errors::certificate_no_longer_accepted());
+    }
+    if !state.authz.policy().has_role(&caller.identity.id, Role::Audit) {
+        return Some(errors::permission_denied(Role::Audit));
+    }
+    None
+}
+
 #[cfg(test)]
 mod fuzz {
     use base64::Engine;

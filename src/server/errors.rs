@@ -19,6 +19,21 @@ pub fn permission_denied(role: crate::authz::Role) -> Status {
     ))
 }
 
+/// A caller whose certificate a reload stopped accepting (revoked, or its CA removed).
+pub fn certificate_no_longer_accepted() -> Status {
+    Status::unauthenticated(
+        "the caller's certificate is no longer accepted (revoked, or its CA was removed): get a new certificate",
+    )
+}
+
+/// Too many live streams: for this caller, or in total.
+pub fn too_many_streams(whose: &str, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "{whose} already holds {limit} live audit streams, the most allowed; close one (or ask the operators to raise audit.max_watch_streams{})",
+        if whose == "the vault" { "" } else { "_per_caller" }
+    ))
+}
+
 pub fn invalid(e: &InvalidInput) -> Status {
     let details = ErrorDetails::with_bad_request_violation(e.field, e.reason.clone());
     Status::with_error_details(Code::InvalidArgument, e.to_string(), details)

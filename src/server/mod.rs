@@ -92,6 +92,13 @@ pub struct ServerState {
     pub tls: Arc<conn::TlsState>,
     pub metrics: crate::metrics::ServerMetrics,
     pub started_at: SystemTime,
+    /// Bumped after every reload that put new certificates or a new policy in force:
+    /// long-lived streams re-check their caller on it.
+    pub reloaded: watch::Sender<u64>,
+    /// Live `WatchAuditEvents` streams, per caller identity.
+    pub watchers: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// (per caller, in total): the most live `WatchAuditEvents` streams.
+    pub watch_limits: (usize, usize),
 }
 
 impl ServerState {
@@ -406,6 +413,9 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         tls: tls.clone(),
         metrics: crate::metrics::ServerMetrics::default(),
         started_at: SystemTime::now(),
+        reloaded: watch::Sender::new(0),
+        watchers: std::sync::Mutex::default(),
+        watch_limits: (opts.audit.max_watch_streams_per_caller.max(1), opts.audit.max_watch_streams.max(1)),
     });
     let me = server_caller(addr);
     state
@@ -593,6 +603,7 @@ async fn reload_loop(
                 match state.record(&me, Action::PolicyReloaded, None, Outcome::Ok, &detail, Extra::default()).await {
                     Ok(()) => {
                         state.authz.install(policy);
+                        state.reloaded.send_modify(|g| *g += 1);
                         tracing::info!(detail = %detail, "reload");
                     }
                     Err(_) => {
@@ -614,6 +625,7 @@ async fn reload_loop(
                 {
                     Ok(()) => {
                         tls.set(cfg);
+                        state.reloaded.send_modify(|g| *g += 1);
                         tracing::info!(detail = %detail, "reload");
                     }
                     Err(_) => tracing::error!(
