@@ -15,6 +15,7 @@ use common::{Scratch, dump, rusqlite_open};
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::proto::v1::onboarding_service_client::OnboardingServiceClient;
+use pogo_vault::proto::v1::operator_service_client::OperatorServiceClient;
 use pogo_vault::sim::SimClient;
 
 /// The longest a refused change may take: the audit append timeout (2 s) plus slack for a
@@ -82,6 +83,14 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
     let audit_db = ts.audit_db();
     let mut admin = ts.tenant_client("admin").await;
     let mut onboarding = OnboardingServiceClient::new(ts.channel("admin").await);
+    // `stranger` is the operator (master key, integrations).
+    let ops_grant = format!(
+        "\n[[grant]]\ncaller = \"spiffe://{}/service/stranger\"\nroles = [\"operator\"]\n",
+        common::server::TRUST
+    );
+    std::fs::write(&ts.policy, common::server::policy_text(&ops_grant)).unwrap();
+    ts.server().reload().await;
+    let ops = OperatorServiceClient::new(ts.channel("stranger").await);
 
     // Set-up with a healthy log: tenants for each path, a session ready to complete, a
     // tenant whose key Go does not know (GetAccessToken would mark it KEY_REJECTED).
@@ -117,6 +126,10 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
     let (mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) =
         (admin.clone(), admin.clone(), admin.clone(), admin.clone(), admin.clone(), admin.clone());
     let (mut o1, mut o2) = (onboarding.clone(), onboarding.clone());
+    let (mut ops1, mut ops2) = (ops.clone(), ops.clone());
+    let new_key = ts.dir.path().join("master-2.key");
+    let new_key_text = new_key.display().to_string();
+    let sim_base = ts.sim.base_url(Environment::Demo);
     let ob_id = begun.onboarding_id.clone();
     let cases: Vec<(&str, Call<'_>)> = vec![
         ("register", Box::pin(async move { code(a2.register_client_key(register("new", 4)).await) })),
@@ -195,6 +208,8 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
         assert!(took < BOUND, "{name}: answered in {took:?}, beyond the audit timeout");
         assert_eq!(dump(&db), before, "{name}: the vault database changed although its record was not written");
     }
+
+    assert!(!new_key.exists(), "a refused rotate-kek leaves no new key file");
 
     // The policy reload: the new file is checked, not put in force, while its record
     // cannot be written. `stranger` gains a grant in the new file.
