@@ -187,7 +187,27 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
             }),
         ),
         (
-            "get tenant still answers (control: reads are not changes)",
+            "rotate-kek through the API",
+            Box::pin(async move {
+                let r = pb::RotateKekRequest { new_master_key_file: new_key_text, generate: true };
+                code(ops1.rotate_kek(r).await)
+            }),
+        ),
+        (
+            "integration set through the API",
+            Box::pin(async move {
+                let r = pb::SetIntegrationRequest {
+                    environment: "demo".into(),
+                    application_key: common::APP_KEY.into(),
+                    base_url: sim_base,
+                    subscription_key: "0123456789abcdef0123456789abcdef".into(),
+                    allow_custom_base_url: true,
+                };
+                code(ops2.set_integration(r).await)
+            }),
+        ),
+        (
+            "get tenant (a read: refused too, its record cannot be written)",
             Box::pin(async move {
                 // A read with a locked log is refused too (its record cannot be written), and
                 // changes nothing: the table's invariant holds for it as well.
