@@ -15,7 +15,9 @@ INSERT OR IGNORE INTO verified_organization_numbers (tenant_id, environment, org
 SELECT t.tenant_id, t.environment, t.organization_number, COALESCE(s.completed_at, s.created_at)
 FROM onboarding_sessions AS s, json_each(s.tenants) AS j
 JOIN tenants AS t ON t.tenant_id = j.value
-WHERE s.status = 'COMPLETED' AND t.organization_number IS NOT NULL;
+WHERE s.status = 'COMPLETED' AND t.organization_number IS NOT NULL
+  -- the same tenant, not one deleted and registered again by hand since (typed number)
+  AND t.created_at <= COALESCE(s.completed_at, s.created_at);
 
 -- The integrator's end user a session is bound to (a keyed hash of the opaque subject
 -- BeginOnboarding was given): CompleteOnboarding must repeat it.

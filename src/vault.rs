@@ -644,6 +644,16 @@ impl Vault {
         Ok(tenants::get(self.store().conn(), id)?)
     }
 
+    /// The tenants of `env` whose organization number Go reported as `org` (see
+    /// `apply_onboarding`), in id order.
+    pub fn verified_tenants(
+        &self,
+        env: Environment,
+        org: &OrganizationNumber,
+    ) -> Result<Vec<TenantRecord>, VaultError> {
+        Ok(tenants::find_by_verified_organization(self.store().conn(), env, org)?)
+    }
+
     pub fn list_tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, VaultError> {
         Ok(tenants::list(self.store().conn(), after, limit)?)
     }
@@ -858,8 +868,14 @@ impl Vault {
             }
             return Err(InvalidInput::new("new master key", "is the same as the current master key").into());
         }
-        let result = self.rotate_kek_inner(new_kek, argon2, gate);
+        let mut recorded = false;
+        let result = self.rotate_kek_inner(new_kek, argon2, gate, &mut recorded);
+        // A generated key file goes only if the rotation surely did not happen: once its
+        // record is durable, a commit that reported an error may still have landed (an
+        // fsync error after the WAL frame was written), and then this file is the only key
+        // that opens the vault.
         if result.is_err()
+            && !recorded
             && let InitKey::GenerateKeyFile(p) = new
         {
             let _ = std::fs::remove_file(p);
@@ -874,6 +890,7 @@ impl Vault {
         new_kek: MasterKey,
         argon2: Option<Argon2Params>,
         gate: Gate<'_, KekRotation>,
+        recorded: &mut bool,
     ) -> Result<KekRotation, VaultError> {
         let mut store = self.store();
         let old_kek = self.kek();
@@ -901,6 +918,7 @@ impl Vault {
             rewrapped: rows.len(),
         };
         gate.record(&rotation)?;
+        *recorded = true;
         tx.commit().map_err(StoreError::from)?;
         *self.kek.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_kek);
         // Best effort: the rotation is committed and in force whatever the WAL does.

@@ -122,7 +122,9 @@ async fn re_activation_trusts_only_numbers_go_reported_and_refuses_two() {
     let done = onboard("acme-x-").await.unwrap().into_inner();
     assert_eq!(done.tenants[0].tenant_id, "acme-x-910000003");
     let before = common::dump(&ts.dir.path().join("vault.db"));
+    let finalized = ts.sim.onboarding_finalizations();
     let s = onboard("acme-").await.unwrap_err();
+    assert_eq!(ts.sim.onboarding_finalizations(), finalized, "refused before Go's one-time Finalize");
     assert_eq!(s.code(), Code::FailedPrecondition);
     assert!(s.message().contains("acme-910000003-2") && s.message().contains("acme-x-910000003"), "{}", s.message());
     let after = common::dump(&ts.dir.path().join("vault.db"));

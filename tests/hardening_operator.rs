@@ -40,13 +40,20 @@ async fn rotate_kek_through_the_server_keeps_every_key_opening_before_and_after_
     tokens.get_access_token(get("before")).await.unwrap();
 
     // tenant-admin is not enough.
+    // Over the API the new key is provisioned on the server's host first; generating one
+    // into a path the caller names is refused (it could land where the service loses it).
     let new_key = ts.dir.path().join("master-2.key");
-    let rotate = pb::RotateKekRequest { new_master_key_file: new_key.display().to_string(), generate: true };
+    let generate = pb::RotateKekRequest { new_master_key_file: new_key.display().to_string(), generate: true };
+    let mut ops = OperatorServiceClient::new(ts.channel("stranger").await);
+    let s = ops.rotate_kek(generate).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("generate"), "{}", s.message());
+    assert!(!new_key.exists());
+    pogo_vault::crypto::master::generate_key_file(&new_key).unwrap();
+    let rotate = pb::RotateKekRequest { new_master_key_file: new_key.display().to_string(), generate: false };
     let mut as_admin = OperatorServiceClient::new(ts.channel("admin").await);
     assert_eq!(as_admin.rotate_kek(rotate.clone()).await.unwrap_err().code(), tonic::Code::PermissionDenied);
-    assert!(!new_key.exists());
 
-    let mut ops = OperatorServiceClient::new(ts.channel("stranger").await);
     let r = ops.rotate_kek(rotate).await.unwrap().into_inner();
     assert_ne!(r.old_kek_id, r.new_kek_id);
     assert!(r.rewrapped >= 4, "vault keys, subscription key and a client key: {}", r.rewrapped);
@@ -72,6 +79,11 @@ async fn rotate_kek_through_the_server_keeps_every_key_opening_before_and_after_
     let s = ops.set_integration(refused).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
     assert!(s.message().contains("base_url"), "{}", s.message());
+    let mut elsewhere = set.clone();
+    elsewhere.base_url = "https://go.attacker.example".into();
+    let s = ops.set_integration(elsewhere).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("loopback"), "an operator certificate cannot send keys elsewhere: {}", s.message());
     let i = ops.set_integration(set).await.unwrap().into_inner();
     assert_eq!(i.subscription_key_hint, "…cdef");
     assert_eq!(i.subscription_key_version, 2);
@@ -109,10 +121,11 @@ async fn the_cli_rotates_the_master_key_through_a_running_server_with_endpoint()
     ts.server().reload().await;
     let files = ts.files("stranger");
     let new_key = ts.dir.path().join("master-2.key");
+    pogo_vault::crypto::master::generate_key_file(&new_key).unwrap();
     let out = common::run_bin(
         &[
             "rotate-kek",
-            "--generate-new-master-key-file",
+            "--new-master-key-file",
             new_key.to_str().unwrap(),
             "--endpoint",
             &ts.endpoint,

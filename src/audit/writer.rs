@@ -545,11 +545,33 @@ impl AuditLog {
         let unavailable = |e: AuditError| AuditError::Unavailable { reason: e.to_string() };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(e.into()))?;
         let time_ms = now_ms();
-        let mut links = Vec::with_capacity(1);
-        let (seq, hash) = db::append_in_tx(&tx, time_ms, std::iter::once(&rec), &mut links).map_err(unavailable)?;
-        db::put_checkpoint(&tx, signing_key, seq, hash).map_err(unavailable)?;
+        // The checkpoint below signs everything up to the new head. Events no checkpoint
+        // covered yet (a running server's last second, or a tail a crash left) are signed
+        // late, so say so in the log, as a server does at open: a record naming the range.
+        let (head, _) = db::head(&tx).map_err(unavailable)?;
+        let covered = db::latest_checkpoint(&tx).map_err(unavailable)?.map_or(0, |c| c.sequence);
+        let mut records = Vec::with_capacity(2);
+        if head > covered {
+            records.push(
+                AuditRecord::new(super::Action::UnsignedTailSigned, super::Outcome::Ok)
+                    .caller(rec.caller.clone(), rec.caller_serial.clone())
+                    .detail(format!(
+                        "events {}..={head} were covered by no signed checkpoint when a command appended to the log \
+                         (a running server's newest events, or a tail a crash left); signed now with the command's \
+                         record. Nothing proves what happened to them before this point",
+                        covered + 1
+                    ))
+                    .request(rec.request_id.clone(), rec.peer.clone()),
+            );
+        }
+        records.push(rec.clone());
+        let mut links = Vec::with_capacity(records.len());
+        let (seq, hash) = db::append_in_tx(&tx, time_ms, records.iter(), &mut links).map_err(unavailable)?;
+        // Never with a key the log has handed over (read inside this transaction).
+        let key_id = crate::vault::audit_key_id(&signing_key.verifying_key().to_bytes());
+        super::signing::sign_checkpoint(&tx, signing_key, &key_id, seq, hash).map_err(unavailable)?;
         tx.commit().map_err(|e| unavailable(e.into()))?;
-        let prev_hash = links.first().map_or(super::GENESIS_HASH, |l| l.1);
+        let prev_hash = links.last().map_or(super::GENESIS_HASH, |l| l.1);
         Ok(AuditEvent { sequence: seq, time_ms, prev_hash, hash, record: rec })
     }
 }

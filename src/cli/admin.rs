@@ -525,12 +525,23 @@ pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
                 ));
             }
         };
-        let path = std::path::absolute(&path).map_err(|e| CliError::new(format!("new master key file: {e}")))?;
+        if generate {
+            return Err(CliError::usage(
+                "through --endpoint the new key must already be on the server's host: provision it there \
+                 (32 random bytes, mode 0600) and pass --new-master-key-file with its absolute path",
+            ));
+        }
+        if !path.is_absolute() {
+            return Err(CliError::usage(
+                "--new-master-key-file: through --endpoint the path is on the server's host; give it absolute",
+            ));
+        }
         let req = crate::proto::v1::RotateKekRequest { new_master_key_file: path.display().to_string(), generate };
         let r = through_server(conn, async move |mut c| c.rotate_kek(req).await)?;
         println!(
             "master key rotated through {}: {} -> {}; {} data keys rewrapped; the server uses the new key now. \
-             Point vault.master_key_file at {} before its next restart: the old key no longer opens the database",
+             Before its next restart point its master key source (vault.master_key_file, POGO_VAULT_MASTER_KEY_FILE \
+             or the systemd credential) at {}: the old key no longer opens the database",
             a.remote.endpoint.as_deref().unwrap_or_default(),
             r.old_kek_id,
             r.new_kek_id,

@@ -209,7 +209,9 @@ impl AuditService for AuditSvc {
             let _slot = slot; // released when the stream ends, however it ends
             loop {
                 let next = tokio::select! {
-                    n = watch.next() => n,
+                    // Reload and close first: a revoked watcher gets no further event, and a
+                    // gone one frees its slot, even while events keep coming.
+                    biased;
                     // The server is stopping: end the stream so shutdown does not wait on it.
                     _ = async { let _ = stopping.wait_for(|s| *s).await; } => break,
                     // The watcher went away: free its slot now, not at the next event.
@@ -219,11 +221,12 @@ impl AuditService for AuditSvc {
                         if let Some(refusal) = still_admitted(&state, &caller, conn.as_ref()) {
                             let detail = format!("watch ended after a reload: {}", refusal.message());
                             let _ = state.record(&caller, Action::AuditRead, None, Outcome::Denied, &detail, Extra::default()).await;
-                            let _ = tx.send(Err(refusal)).await;
+                            let _ = tx.try_send(Err(refusal));
                             break;
                         }
                         continue;
                     }
+                    n = watch.next() => n,
                 };
                 let item = match next {
                     Ok(Some(e)) => Ok(event_to_proto(&e)),
@@ -231,8 +234,11 @@ impl AuditService for AuditSvc {
                     Err(e) => Err(unavailable(&e)),
                 };
                 let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    break; // the watcher went away, or the log cannot be read
+                // A watcher that stops reading for a minute is let go (its buffer of 256 is
+                // full): it holds a slot and a reader otherwise.
+                let sent = tokio::time::timeout(std::time::Duration::from_secs(60), tx.send(item)).await;
+                if !matches!(sent, Ok(Ok(()))) || failed {
+                    break; // the watcher went away or stalled, or the log cannot be read
                 }
             }
         });

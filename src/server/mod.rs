@@ -459,7 +459,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     let background = broker.spawn_background();
 
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    tokio::spawn(reload_loop(reload_rx, state.clone(), tls.clone(), opts.tls.clone(), me.clone()));
+    tokio::spawn(reload_loop(reload_rx, reload_tx.clone(), state.clone(), tls.clone(), opts.tls.clone(), me.clone()));
     spawn_sighup(reload_tx.clone());
 
     let health_addr = match opts.health_listen {
@@ -585,14 +585,24 @@ async fn health_loop(reporter: tonic_health::server::HealthReporter, audit: Audi
     }
 }
 
+/// How soon a reload whose record could not be written is tried again.
+const RELOAD_RETRY: Duration = Duration::from_secs(2);
+
 async fn reload_loop(
     mut rx: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    again: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
     state: Arc<ServerState>,
     tls: Arc<conn::TlsState>,
     files: ServerTlsFiles,
     me: Caller,
 ) {
+    // A retry is scheduled and has not run yet (so failures do not pile up retries).
+    let scheduled = Arc::new(std::sync::atomic::AtomicBool::new(false));
     while let Some(done) = rx.recv().await {
+        // Set when a valid new policy or certificate could not be put in force because its
+        // record could not be written: it is tried again until it is (a revocation must not
+        // be lost to a full disk), not only at the next SIGHUP.
+        let mut unrecorded = false;
         // Audit before effect: the new policy and certificates are read and checked, their
         // record is made durable, and only then are they put in force. A record that cannot
         // be written keeps the old ones (and says so in the log).
@@ -607,7 +617,10 @@ async fn reload_loop(
                         tracing::info!(detail = %detail, "reload");
                     }
                     Err(_) => {
-                        tracing::error!("policy reload not recorded in the audit log; the old policy stays in force")
+                        unrecorded = true;
+                        tracing::error!(
+                            "policy reload not recorded in the audit log; the old policy stays in force until it can be (retrying)"
+                        )
                     }
                 }
             }
@@ -628,9 +641,12 @@ async fn reload_loop(
                         state.reloaded.send_modify(|g| *g += 1);
                         tracing::info!(detail = %detail, "reload");
                     }
-                    Err(_) => tracing::error!(
-                        "certificate reload not recorded in the audit log; the old certificates stay in force"
-                    ),
+                    Err(_) => {
+                        unrecorded = true;
+                        tracing::error!(
+                            "certificate reload not recorded in the audit log; the old certificates stay in force until it can be (retrying)"
+                        )
+                    }
                 }
             }
             Err(e) => {
@@ -640,6 +656,15 @@ async fn reload_loop(
                     .record(&me, Action::CertificatesReloaded, None, Outcome::Error, &detail, Extra::default())
                     .await;
             }
+        }
+        if unrecorded && !scheduled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let (again, scheduled) = (again.clone(), scheduled.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(RELOAD_RETRY).await;
+                scheduled.store(false, std::sync::atomic::Ordering::SeqCst);
+                let (done, _) = tokio::sync::oneshot::channel();
+                let _ = again.send(done).await;
+            });
         }
         let _ = done.send(());
     }

@@ -28,6 +28,11 @@ pub struct OnboardingSvc {
     pub state: Arc<ServerState>,
 }
 
+/// Tries at storing the keys Go's Finalize handed over, while the log or database fails.
+const APPLY_ATTEMPTS: u32 = 2;
+/// The pause between those tries.
+const APPLY_RETRY: Duration = Duration::from_millis(500);
+
 /// The query parameter that carries our onboarding id through Go and back.
 pub const STATE_PARAM: &str = "pogo_onboarding_id";
 /// Grace after Go's temporary URL expires for the user to come back and us to finalize.
@@ -229,6 +234,31 @@ impl OnboardingService for OnboardingSvc {
             let s = prefix_denied(&session.tenant_id_prefix);
             return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, s).await);
         }
+        // Which tenant a re-onboarded client belongs to must be clear before Go's Finalize
+        // revokes its old key: two tenants holding Go's number for it under the prefix are
+        // refused now, while the session can still be completed once an admin resolved it.
+        if let Some(org) = session.organization_number.clone() {
+            let env = session.environment;
+            let found = self.state.vault_op(move |v| v.verified_tenants(env, &org)).await?;
+            let policy = st.authz.policy();
+            let under: Vec<String> = found
+                .iter()
+                .filter(|t| t.tenant_id.as_str().starts_with(&session.tenant_id_prefix))
+                .filter(|t| policy.allows(&caller.identity.id, Role::TenantAdmin, &t.tenant_id))
+                .map(|t| t.tenant_id.to_string())
+                .collect();
+            if under.len() > 1 {
+                let e = crate::vault::VaultError::AmbiguousOrganization {
+                    organization_number: session
+                        .organization_number
+                        .as_ref()
+                        .map(|o| o.to_string())
+                        .unwrap_or_default(),
+                    tenants: under.join(", "),
+                };
+                return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Denied, errors::vault(&e)).await);
+            }
+        }
         if session.status != SessionStatus::Pending {
             let s = Status::failed_precondition(format!(
                 "onboarding {id} is already {}; a session completes at most once: start a new one",
@@ -295,7 +325,7 @@ impl OnboardingService for OnboardingSvc {
                 return Err(self.refuse(&caller, Action::OnboardingFailed, Outcome::Error, errors::broker(&e)).await);
             }
         };
-        let clients: Vec<OnboardedKey> = result
+        let clients: Arc<Vec<OnboardedKey>> = result
             .clients
             .into_iter()
             .map(|c| OnboardedKey {
@@ -305,14 +335,15 @@ impl OnboardingService for OnboardingSvc {
                     .organization_number
                     .and_then(|o| OrganizationNumber::parse_field("organization_number", &o).ok()),
             })
-            .collect();
+            .collect::<Vec<_>>()
+            .into();
         let policy = st.authz.policy();
         let who = caller.identity.id.clone();
         let s2 = session.clone();
         let oid = id.clone();
         // Every tenant's record and the completion record are durable before the keys and
         // the session's completion commit (audit before effect).
-        let gate = st.gate(&caller, move |c, outcomes: &[OnboardingOutcome]| {
+        let gate = Arc::new(st.gate(&caller, move |c, outcomes: &[OnboardingOutcome]| {
             let mut recs: Vec<AuditRecord> = outcomes
                 .iter()
                 .map(|o| {
@@ -335,13 +366,28 @@ impl OnboardingService for OnboardingSvc {
             let detail = format!("onboarding {oid} completed: {}", ids.join(", "));
             recs.push(caller_record(c, Action::OnboardingCompleted, None, Outcome::Ok, &detail, Extra::default()));
             recs
-        });
-        let applied = self
-            .state
-            .vault_op(move |v| {
-                v.apply_onboarding(&s2, &clients, &|t: &TenantId| policy.allows(&who, Role::TenantAdmin, t), &gate)
-            })
-            .await;
+        }));
+        // Go's Finalize is spent and, for a known client, its old key revoked: the keys live
+        // only in this request now. A log or database that fails for a moment must not lose
+        // them, so storing is tried a few times (each try waits at most the append timeout).
+        let mut applied = Err(errors::audit_unavailable());
+        for attempt in 0..APPLY_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(APPLY_RETRY).await;
+            }
+            let (s2, clients, policy, who, gate) =
+                (s2.clone(), clients.clone(), policy.clone(), who.clone(), gate.clone());
+            applied = self
+                .state
+                .vault_op(move |v| {
+                    v.apply_onboarding(&s2, &clients, &|t: &TenantId| policy.allows(&who, Role::TenantAdmin, t), &*gate)
+                })
+                .await;
+            if !matches!(&applied, Err(s) if s.code() == tonic::Code::Unavailable) {
+                break;
+            }
+            tracing::warn!(onboarding = %id, attempt = attempt + 1, "could not store the onboarded keys yet; retrying");
+        }
         let outcomes = match applied {
             Ok(o) => o,
             Err(s) if s.code() == tonic::Code::Unavailable => {

@@ -43,6 +43,36 @@ impl OperatorSvc {
     }
 }
 
+/// The base URL receives every client key of the environment. Over the API (one `operator`
+/// certificate) only PowerOffice Go's own hosts, or a loopback simulator, are accepted; any
+/// other host is an action for the CLI on the vault's host with the server stopped
+/// (`integration set --allow-custom-base-url`), so a stolen operator certificate cannot
+/// send the keys elsewhere.
+fn custom_base_url_allowed_over_api(i: &IntegrationInput) -> Result<(), InvalidInput> {
+    let url = crate::vault::validate_base_url(&i.base_url)?;
+    if crate::vault::is_go_base_url(&url) {
+        return Ok(());
+    }
+    let loopback = reqwest::Url::parse(&url).ok().is_some_and(|u| match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    });
+    if i.allow_custom_base_url && loopback {
+        return Ok(());
+    }
+    Err(InvalidInput::new(
+        "base_url",
+        if i.allow_custom_base_url {
+            "over the API a custom base URL may only be a loopback simulator; another host receives every client key, \
+             so set it with `integration set --allow-custom-base-url` on the vault's host"
+        } else {
+            "is not PowerOffice Go's (https://goapi.poweroffice.net, or .../Demo); another host receives every client key"
+        },
+    ))
+}
+
 fn view(i: &IntegrationRecord) -> pb::Integration {
     pb::Integration {
         environment: i.environment.to_string(),
@@ -66,12 +96,19 @@ impl OperatorService for OperatorSvc {
                 InvalidInput::new("new_master_key_file", "give the absolute path of a key file on the server's host");
             return Err(self.failed(&caller, action, errors::invalid(&e)).await);
         }
+        // Over the API the new key must already be provisioned on the server's host (by whoever
+        // deploys it, e.g. a second systemd credential): a key generated into a path of the
+        // caller's choosing could land where the service cannot keep it (a private /tmp
+        // removed at stop), and then nothing opens the vault.
+        if r.generate {
+            let e = InvalidInput::new(
+                "generate",
+                "not over the API: provision the new key file on the server's host first (32 random bytes, mode 0600) and name it",
+            );
+            return Err(self.failed(&caller, action, errors::invalid(&e)).await);
+        }
         let path = PathBuf::from(path);
-        let new = if r.generate {
-            InitKey::GenerateKeyFile(path.clone())
-        } else {
-            InitKey::Existing(MasterKeySource::KeyFile(path.clone()))
-        };
+        let new = InitKey::Existing(MasterKeySource::KeyFile(path.clone()));
         let gate = self.state.gate(&caller, |c, k: &KekRotation| {
             let detail = format!(
                 "master key {} -> {}: {} data keys rewrapped, through the API; the server uses the new key now",
@@ -88,7 +125,7 @@ impl OperatorService for OperatorSvc {
                 tracing::warn!(
                     old_kek_id = %k.old_kek_id,
                     new_kek_id = %k.new_kek_id,
-                    "master key rotated through the API: point vault.master_key_file at {} before the next restart ({was} no longer opens the database)",
+                    "master key rotated through the API: before the next restart point the server's master key source (vault.master_key_file, POGO_VAULT_MASTER_KEY_FILE, or the systemd credential) at {} ({was} no longer opens the database)",
                     path.display()
                 );
                 Ok(Response::new(pb::RotateKekResponse {
@@ -125,7 +162,7 @@ impl OperatorService for OperatorSvc {
         })();
         // The key now lives only in its zeroizing type; wipe the request's copy.
         zeroize::Zeroize::zeroize(&mut r.subscription_key);
-        let input = match parsed {
+        let input = match parsed.and_then(|i| custom_base_url_allowed_over_api(&i).map(|()| i)) {
             Ok(i) => i,
             Err(e) => return Err(self.failed(&caller, action, errors::invalid(&e)).await),
         };

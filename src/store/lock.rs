@@ -54,23 +54,31 @@ pub struct DbLock {
 }
 
 impl DbLock {
-    /// The lock file of a vault database.
+    /// The lock file of a vault database: beside the file the path resolves to, so a
+    /// symlink to the database (or a path through a symlinked directory) finds the same
+    /// lock. (A hard link to the database is not caught: keep one name per database.)
     pub fn path_for(db: &Path) -> PathBuf {
-        PathBuf::from(format!("{}.lock", db.display()))
+        let resolved = std::fs::canonicalize(db).ok().or_else(|| {
+            let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Some(std::fs::canonicalize(dir).ok()?.join(db.file_name()?))
+        });
+        PathBuf::from(format!("{}.lock", resolved.as_deref().unwrap_or(db).display()))
     }
 
     /// Takes the lock of `db` without waiting, or says who holds it.
     pub fn acquire(db: &Path, holder: Holder) -> Result<DbLock, LockError> {
         let path = Self::path_for(db);
         let io = |e: std::io::Error| LockError::Io { path: path.display().to_string(), reason: e.kind().to_string() };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
+        // A lock file another user created (a CLI run as root) may be read-only to us: a
+        // read-only open still takes the `flock`; only the note is not written.
+        let opened = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path);
+        let (mut file, writable) = match opened {
+            Ok(f) => (f, true),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                (OpenOptions::new().read(true).open(&path).map_err(io)?, false)
+            }
+            Err(e) => return Err(io(e)),
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -81,8 +89,10 @@ impl DbLock {
             Err(TryLockError::Error(e)) => return Err(io(e)),
         }
         // Ours now: say who we are, for the message another process shows.
-        let note = format!("pid={} {}\n", std::process::id(), holder.as_str());
-        file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(note.as_bytes())).map_err(io)?;
+        if writable {
+            let note = format!("pid={} {}\n", std::process::id(), holder.as_str());
+            file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(note.as_bytes())).map_err(io)?;
+        }
         Ok(DbLock { _file: file, path })
     }
 
@@ -123,6 +133,17 @@ mod tests {
         let err = DbLock::acquire(&db, Holder::Server).unwrap_err();
         assert!(err.to_string().contains("another pogo-vault command"), "{err}");
         drop(cmd);
+    }
+
+    #[test]
+    fn a_symlink_to_the_database_finds_the_same_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("v.db");
+        std::fs::write(&db, b"").unwrap();
+        let link = dir.path().join("other-name.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let _held = DbLock::acquire(&db, Holder::Server).unwrap();
+        assert!(DbLock::acquire(&link, Holder::Command).is_err(), "the symlinked name is locked too");
     }
 
     #[test]
