@@ -257,7 +257,12 @@ impl Limiter {
     /// `Ok(how long it waited)`, or `Err(how long it would have waited)` when its turn
     /// comes later than `max_wait` from now.
     pub async fn acquire(&self, caller: &str, share: f64, max_wait: Duration) -> Result<Duration, Duration> {
-        let share = if share.is_finite() { share.clamp(0.0, 1.0) } else { 0.5 };
+        // A positive share is at least 1e-6, so `1 / share` stays finite.
+        let share = match share {
+            s if !s.is_finite() => 0.5,
+            s if s <= 0.0 => 0.0,
+            s => s.clamp(1e-6, 1.0),
+        };
         let start = self.clock.now();
         let deadline = start + max_wait;
         let mut waiting = Waiting { limiter: self, ticket: None };
