@@ -239,8 +239,69 @@ impl Policy {
         })
     }
 
+    /// The tenant ids `caller` may hold `role` on, as sorted, disjoint id ranges to scan
+    /// (ListTenants reads only these through the primary-key index instead of every
+    /// tenant). A tenant pattern `Q*` is the range of ids starting with `Q`, an exact id its
+    /// own one-id range; `*` alone, or a pattern with a `*` anywhere else, needs every id
+    /// (one unbounded range). Ranges may hold ids the caller cannot see (another grant's
+    /// role, ...): the caller still checks each row with [`Policy::allows`].
+    pub fn tenant_ranges(&self, caller: &str, role: Role) -> Vec<IdRange> {
+        let mut ranges = Vec::new();
+        for g in self.grants.iter().filter(|g| g.roles.contains(&role) && g.caller.matches(caller)) {
+            if !role.is_tenant_scoped() {
+                return vec![IdRange::all()];
+            }
+            for t in &g.tenants {
+                match t.tokens.as_slice() {
+                    [Token::Literal(q)] => {
+                        ranges.push(IdRange { from: q.clone(), to: format!("{q}{}", IdRange::AFTER_ID) })
+                    }
+                    [Token::Literal(q), Token::Segment | Token::Any] => {
+                        ranges.push(IdRange { from: q.clone(), to: format!("{q}{}", IdRange::ABOVE_ALL) })
+                    }
+                    _ => return vec![IdRange::all()],
+                }
+            }
+        }
+        ranges.sort_by(|a, b| a.from.cmp(&b.from));
+        let mut merged: Vec<IdRange> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.from <= last.to => {
+                    if r.to > last.to {
+                        last.to = r.to;
+                    }
+                }
+                _ => merged.push(r),
+            }
+        }
+        merged
+    }
+
     pub fn grant_count(&self) -> usize {
         self.grants.len()
+    }
+}
+
+/// Tenant ids `from <= id < to` (byte order, which is SQLite's `BINARY` order for text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdRange {
+    pub from: String,
+    pub to: String,
+}
+
+impl IdRange {
+    /// Sorts after every tenant id (ids are ASCII; this is the last Unicode scalar), so
+    /// `Q` + this bounds every id that starts with `Q`, as `Q || char(0x10FFFF)` in SQL.
+    pub const ABOVE_ALL: char = '\u{10FFFF}';
+    /// No tenant id holds it and it sorts below every character one may, so `id` + this is
+    /// the smallest string above `id` that is not an id: the exclusive end of `[id]`, and
+    /// the inclusive start of "after `id`".
+    pub const AFTER_ID: char = '\u{1}';
+
+    /// Every tenant id.
+    pub fn all() -> Self {
+        Self { from: String::new(), to: Self::ABOVE_ALL.to_string() }
     }
 }
 
@@ -430,6 +491,35 @@ roles = ["audit"]
             "p.toml",
         );
         assert_eq!(p.unwrap().token_grant("x", &t("y")), Some(Some(1.0)), "an integer is a number too");
+    }
+
+    #[test]
+    fn tenant_ranges_are_the_prefixes_merged_in_order() {
+        let p = |tenants: &str| {
+            Policy::parse(
+                &format!(
+                    "[[grant]]\ncaller = \"a\"\nroles = [\"tenant-admin\"]\ntenants = [{tenants}]\n\
+                     [[grant]]\ncaller = \"a\"\nroles = [\"token\"]\ntenants = [\"*\"]\n"
+                ),
+                "t",
+            )
+            .unwrap()
+            .tenant_ranges("a", Role::TenantAdmin)
+        };
+        let r = |from: &str, to: String| IdRange { from: from.into(), to };
+        let top = IdRange::ABOVE_ALL;
+        let after = IdRange::AFTER_ID;
+        assert_eq!(p("\"acme-*\""), [r("acme-", format!("acme-{top}"))]);
+        assert_eq!(
+            p("\"zed\", \"acme-*\", \"acme-eu-*\", \"acme-x\", \"beta-*\""),
+            [r("acme-", format!("acme-{top}")), r("beta-", format!("beta-{top}")), r("zed", format!("zed{after}"))],
+            "sorted, nested prefixes and exact ids inside a prefix merged"
+        );
+        assert_eq!(p("\"acme-*\", \"*\""), [IdRange::all()]);
+        assert_eq!(p("\"a*b\""), [IdRange::all()], "a star elsewhere: full scan");
+        assert_eq!(p("\"acme-*\"").len(), 1, "the token grant's * is another role");
+        let none = Policy::parse("[[grant]]\ncaller = \"b\"\nroles = [\"audit\"]\n", "t").unwrap();
+        assert!(none.tenant_ranges("a", Role::TenantAdmin).is_empty());
     }
 
     #[test]
