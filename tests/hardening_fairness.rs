@@ -99,10 +99,11 @@ fn sweep(
         .collect()
 }
 
-/// Advances the manual clock in 10 ms steps (1 ms of real time each, so the workers and
-/// the simulator keep up) until `until()` holds or `max` of manual time has passed.
+/// Advances the manual clock in 5 ms steps (at least 1 ms of real time each, so the
+/// workers and the simulator keep up: a slot is 20 steps) until `until()` holds or `max`
+/// of manual time has passed.
 async fn run_clock(clock: &ManualClock, max: Duration, until: impl Fn() -> bool) -> Duration {
-    let step = Duration::from_millis(10);
+    let step = Duration::from_millis(5);
     let mut passed = Duration::ZERO;
     while passed < max && !until() {
         tokio::time::sleep(Duration::from_millis(1)).await;
