@@ -12,13 +12,14 @@
 //!   so tenants minted together do not refresh together). Idle tenants are left alone:
 //!   with 10,000 tenants, eager refresh alone would eat Go's budget (go-api.md).
 //! - One limiter per subscription key ([`limiter`]); a `429` pauses it for `Retry-After`.
-//!   Callers share it fairly: each request names its caller and share ([`Requester`]), and
-//!   while several callers wait for upstream slots they get them in proportion to their
-//!   shares (default half each for two); a caller alone gets the whole budget. Only the
-//!   request that reaches the limiter is charged (the flight's leader, or the refresher):
-//!   cache hits and callers joining a flight cost nothing.
 //!   Transient failures are retried with exponential backoff and jitter, then the tenant
 //!   backs off. While upstream is in trouble a cached token that is still valid is served.
+//! - Callers share that limiter fairly: each request names its caller and share
+//!   ([`Requester`]), and while several callers wait for upstream slots they get them in
+//!   proportion to their shares (half each for two with the default); a caller alone gets
+//!   the whole budget. Only the request that reaches the limiter is charged (the flight's
+//!   leader, or the refresher): cache hits and callers joining a flight cost nothing, and
+//!   a joiner shares the leader's turn (and its refusal).
 //! - A key Go rejects (`invalid_client`) marks the tenant `KEY_REJECTED` in the store,
 //!   durably, and stops upstream calls for it until a new key is registered.
 //!
