@@ -953,6 +953,12 @@ impl Vault {
         store.checkpoint_truncate()?;
         Ok(())
     }
+
+    /// Tenants with `from <= id < to` (byte order), in id order, at most `limit`: one
+    /// range search on the primary-key index (ListTenants for a caller scoped to prefixes).
+    pub fn list_tenants_in_range(&self, from: &str, to: &str, limit: usize) -> Result<Vec<TenantRecord>, VaultError> {
+        Ok(tenants::list_range(self.store().conn(), from, to, limit)?)
+    }
 }
 
 fn open_vault_secret(

@@ -91,10 +91,15 @@ fn grant() -> BoxedStrategy<toml::Table> {
         opt(strings(role, 4)),
         opt(strings(tenant, 3)),
         proptest::option::weighted(0.05, ("[a-z]{1,8}", toml_junk())),
+        // Issue 13, fairness: a share in and out of 0..1, or not a number.
+        proptest::option::weighted(
+            0.3,
+            prop_oneof![3 => (-0.5f64..1.5).prop_map(toml::Value::Float), 1 => toml_junk()],
+        ),
     )
-        .prop_map(|(caller, roles, tenants, extra)| {
+        .prop_map(|(caller, roles, tenants, extra, share)| {
             let mut t = toml::Table::new();
-            for (k, v) in [("caller", caller), ("roles", roles), ("tenants", tenants)] {
+            for (k, v) in [("caller", caller), ("roles", roles), ("tenants", tenants), ("upstream_share", share)] {
                 if let Some(v) = v {
                     t.insert(k.into(), v);
                 }

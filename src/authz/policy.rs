@@ -5,7 +5,14 @@
 //! caller = "spiffe://example.org/service/billing"   # exact, or a pattern with `*`
 //! roles = ["token"]                                  # token | tenant-admin | audit | operator
 //! tenants = ["acme-*", "beta"]                       # patterns; "*" is every tenant
+//! upstream_share = 0.25                              # optional, token grants only (below)
 //! ```
+//!
+//! `upstream_share` (0 to 1) is the caller's weight at the shared upstream limiter when
+//! several callers wait for Go at once (`tokens::limiter`); without it the caller gets
+//! `tokens.default_upstream_share` (0.5: nobody above half while others wait). Alone, a
+//! caller may use the whole budget whatever its share. When several `token` grants admit a
+//! caller on a tenant, the first in the file decides.
 //!
 //! Deny by default: a caller holds a role on a tenant only if some grant names both. The
 //! `audit` and `operator` roles are not tenant-scoped (the security team sees the whole log;
@@ -84,6 +91,9 @@ struct GrantFile {
     roles: Vec<Role>,
     #[serde(default)]
     tenants: Vec<String>,
+    /// Read as any TOML value so a wrong type is reported naming the grant and field.
+    #[serde(default)]
+    upstream_share: Option<toml::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +101,7 @@ struct Grant {
     caller: Pattern,
     roles: Vec<Role>,
     tenants: Vec<Pattern>,
+    upstream_share: Option<f64>,
 }
 
 /// A parsed, validated policy.
@@ -156,10 +167,33 @@ impl Policy {
                     return Err(invalid("tenants", &format!("tenant pattern {t:?} may use only a-z 0-9 - _ . and *")));
                 }
             }
+            let upstream_share = match &g.upstream_share {
+                None => None,
+                Some(toml::Value::Float(f)) => Some(*f),
+                Some(toml::Value::Integer(i)) => Some(*i as f64),
+                Some(_) => {
+                    return Err(invalid(
+                        "upstream_share",
+                        "must be a number from 0 to 1 (a share of the upstream budget)",
+                    ));
+                }
+            };
+            if let Some(share) = upstream_share {
+                if !(0.0..=1.0).contains(&share) {
+                    return Err(invalid(
+                        "upstream_share",
+                        "must be a number from 0 to 1 (a share of the upstream budget)",
+                    ));
+                }
+                if !g.roles.contains(&Role::Token) {
+                    return Err(invalid("upstream_share", "applies only to grants with the token role"));
+                }
+            }
             grants.push(Grant {
                 caller: Pattern::new(&g.caller),
                 roles: g.roles,
                 tenants: g.tenants.iter().map(|t| Pattern::new(t)).collect(),
+                upstream_share,
             });
         }
         Ok(Policy { grants })
@@ -172,6 +206,20 @@ impl Policy {
                 && g.caller.matches(caller)
                 && (!role.is_tenant_scoped() || g.tenants.iter().any(|t| t.matches(tenant.as_str())))
         })
+    }
+
+    /// Like [`Policy::allows`] for the `token` role, with the deciding grant's
+    /// `upstream_share`: `None` if refused, `Some(None)` if admitted with the default share.
+    /// The same walk as `allows` (first matching grant), so no extra work per request.
+    pub fn token_grant(&self, caller: &str, tenant: &TenantId) -> Option<Option<f64>> {
+        self.grants
+            .iter()
+            .find(|g| {
+                g.roles.contains(&Role::Token)
+                    && g.caller.matches(caller)
+                    && g.tenants.iter().any(|t| t.matches(tenant.as_str()))
+            })
+            .map(|g| g.upstream_share)
     }
 
     /// Whether `caller` holds `role` on at least one tenant (the coarse check made before
@@ -191,8 +239,69 @@ impl Policy {
         })
     }
 
+    /// The tenant ids `caller` may hold `role` on, as sorted, disjoint id ranges to scan
+    /// (ListTenants reads only these through the primary-key index instead of every
+    /// tenant). A tenant pattern `Q*` is the range of ids starting with `Q`, an exact id its
+    /// own one-id range; `*` alone, or a pattern with a `*` anywhere else, needs every id
+    /// (one unbounded range). Ranges may hold ids the caller cannot see (another grant's
+    /// role, ...): the caller still checks each row with [`Policy::allows`].
+    pub fn tenant_ranges(&self, caller: &str, role: Role) -> Vec<IdRange> {
+        let mut ranges = Vec::new();
+        for g in self.grants.iter().filter(|g| g.roles.contains(&role) && g.caller.matches(caller)) {
+            if !role.is_tenant_scoped() {
+                return vec![IdRange::all()];
+            }
+            for t in &g.tenants {
+                match t.tokens.as_slice() {
+                    [Token::Literal(q)] => {
+                        ranges.push(IdRange { from: q.clone(), to: format!("{q}{}", IdRange::AFTER_ID) })
+                    }
+                    [Token::Literal(q), Token::Segment | Token::Any] => {
+                        ranges.push(IdRange { from: q.clone(), to: format!("{q}{}", IdRange::ABOVE_ALL) })
+                    }
+                    _ => return vec![IdRange::all()],
+                }
+            }
+        }
+        ranges.sort_by(|a, b| a.from.cmp(&b.from));
+        let mut merged: Vec<IdRange> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.from <= last.to => {
+                    if r.to > last.to {
+                        last.to = r.to;
+                    }
+                }
+                _ => merged.push(r),
+            }
+        }
+        merged
+    }
+
     pub fn grant_count(&self) -> usize {
         self.grants.len()
+    }
+}
+
+/// Tenant ids `from <= id < to` (byte order, which is SQLite's `BINARY` order for text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdRange {
+    pub from: String,
+    pub to: String,
+}
+
+impl IdRange {
+    /// Sorts after every tenant id (ids are ASCII; this is the last Unicode scalar), so
+    /// `Q` + this bounds every id that starts with `Q`, as `Q || char(0x10FFFF)` in SQL.
+    pub const ABOVE_ALL: char = '\u{10FFFF}';
+    /// No tenant id holds it and it sorts below every character one may, so `id` + this is
+    /// the smallest string above `id` that is not an id: the exclusive end of `[id]`, and
+    /// the inclusive start of "after `id`".
+    pub const AFTER_ID: char = '\u{1}';
+
+    /// Every tenant id.
+    pub fn all() -> Self {
+        Self { from: String::new(), to: Self::ABOVE_ALL.to_string() }
     }
 }
 
@@ -340,6 +449,77 @@ roles = ["audit"]
         assert!(ok("acme-") && ok("acme-web-"));
         assert!(!ok("acme") && !ok("") && !ok("x") && !ok("beta-"));
         assert!(!p.allows_every_tenant_with_prefix("b", Role::TenantAdmin, "acme-"));
+    }
+
+    #[test]
+    fn upstream_share_comes_from_the_deciding_token_grant() {
+        let p = Policy::parse(
+            "[[grant]]\ncaller = \"a\"\nroles = [\"token\"]\ntenants = [\"x-*\"]\nupstream_share = 0.8\n\
+             [[grant]]\ncaller = \"a\"\nroles = [\"token\", \"tenant-admin\"]\ntenants = [\"*\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(p.token_grant("a", &t("x-1")), Some(Some(0.8)));
+        assert_eq!(p.token_grant("a", &t("y-1")), Some(None), "admitted, default share");
+        assert_eq!(p.token_grant("b", &t("x-1")), None);
+    }
+
+    #[test]
+    fn bad_upstream_share_names_the_grant_and_field() {
+        for (share, roles, why) in [
+            ("1.5", "[\"token\"]", "from 0 to 1"),
+            ("-0.1", "[\"token\"]", "from 0 to 1"),
+            ("nan", "[\"token\"]", "from 0 to 1"),
+            ("0.5", "[\"tenant-admin\"]", "token role"),
+        ] {
+            let text = format!(
+                "[[grant]]\ncaller = \"ok\"\nroles = [\"audit\"]\n\
+                 [[grant]]\ncaller = \"x\"\nroles = {roles}\ntenants = [\"*\"]\nupstream_share = {share}\n"
+            );
+            let e = Policy::parse(&text, "p.toml").unwrap_err().to_string();
+            assert!(e.contains("grant 2") && e.contains("upstream_share: ") && e.contains(why), "{e}");
+        }
+        let e = Policy::parse(
+            "[[grant]]\ncaller = \"x\"\nroles = [\"token\"]\ntenants = [\"*\"]\nupstream_share = \"half\"\n",
+            "p.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("grant 1") && e.contains("upstream_share: ") && e.contains("from 0 to 1"), "{e}");
+        let p = Policy::parse(
+            "[[grant]]\ncaller = \"x\"\nroles = [\"token\"]\ntenants = [\"*\"]\nupstream_share = 1\n",
+            "p.toml",
+        );
+        assert_eq!(p.unwrap().token_grant("x", &t("y")), Some(Some(1.0)), "an integer is a number too");
+    }
+
+    #[test]
+    fn tenant_ranges_are_the_prefixes_merged_in_order() {
+        let p = |tenants: &str| {
+            Policy::parse(
+                &format!(
+                    "[[grant]]\ncaller = \"a\"\nroles = [\"tenant-admin\"]\ntenants = [{tenants}]\n\
+                     [[grant]]\ncaller = \"a\"\nroles = [\"token\"]\ntenants = [\"*\"]\n"
+                ),
+                "t",
+            )
+            .unwrap()
+            .tenant_ranges("a", Role::TenantAdmin)
+        };
+        let r = |from: &str, to: String| IdRange { from: from.into(), to };
+        let top = IdRange::ABOVE_ALL;
+        let after = IdRange::AFTER_ID;
+        assert_eq!(p("\"acme-*\""), [r("acme-", format!("acme-{top}"))]);
+        assert_eq!(
+            p("\"zed\", \"acme-*\", \"acme-eu-*\", \"acme-x\", \"beta-*\""),
+            [r("acme-", format!("acme-{top}")), r("beta-", format!("beta-{top}")), r("zed", format!("zed{after}"))],
+            "sorted, nested prefixes and exact ids inside a prefix merged"
+        );
+        assert_eq!(p("\"acme-*\", \"*\""), [IdRange::all()]);
+        assert_eq!(p("\"a*b\""), [IdRange::all()], "a star elsewhere: full scan");
+        assert_eq!(p("\"acme-*\"").len(), 1, "the token grant's * is another role");
+        let none = Policy::parse("[[grant]]\ncaller = \"b\"\nroles = [\"audit\"]\n", "t").unwrap();
+        assert!(none.tenant_ranges("a", Role::TenantAdmin).is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::authz::Role;
 use crate::domain::TenantId;
 use crate::proto::v1::token_service_server::TokenService;
 use crate::proto::v1::{GetAccessTokenRequest, GetAccessTokenResponse};
-use crate::tokens::{BrokerError, TokenSource};
+use crate::tokens::{BrokerError, Requester, TokenSource};
 
 pub struct TokenSvc {
     pub state: Arc<ServerState>,
@@ -56,7 +56,7 @@ impl TokenSvc {
                 return Err(errors::invalid(&e));
             }
         };
-        if !st.authz.policy().allows(&caller.identity.id, Role::Token, &tenant) {
+        let Some(share) = st.authz.policy().token_grant(&caller.identity.id, &tenant) else {
             st.record(
                 &caller,
                 Action::TokenDenied,
@@ -67,9 +67,10 @@ impl TokenSvc {
             )
             .await?;
             return Err(errors::permission_denied(Role::Token));
-        }
+        };
         let min_validity = (r.min_validity_seconds > 0).then(|| Duration::from_secs(u64::from(r.min_validity_seconds)));
-        match st.broker.get_token(&tenant, min_validity).await {
+        let who = Requester::new(&caller.identity.id, share);
+        match st.broker.get_token_for(&tenant, who, min_validity).await {
             Ok(lease) => {
                 let t = &lease.token;
                 let (detail, upstream_status) = match lease.source {

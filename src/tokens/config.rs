@@ -29,6 +29,11 @@ pub struct BrokerConfig {
     /// Upstream token requests per second per subscription key. Go allows 10/s for the
     /// whole integration, the callers' own API calls included: the vault takes a small share.
     pub upstream_rate_per_second: f64,
+    /// Each caller's share of the upstream budget when its policy grant names none
+    /// (`upstream_share`). A share is a weight: while several callers wait for upstream
+    /// slots they get them in proportion to their shares, so with 0.5 no caller gets more
+    /// than half while another waits; a caller alone may use the whole budget.
+    pub default_upstream_share: f64,
     /// Requests that may go at once after a quiet spell.
     pub upstream_burst: u32,
     /// A caller waits at most this long for a limiter slot, then gets "rate limited,
@@ -58,6 +63,7 @@ impl Default for BrokerConfig {
             refresh_window: Duration::from_secs(600),
             refresh_interval: Duration::from_secs(5),
             upstream_rate_per_second: 2.0,
+            default_upstream_share: 0.5,
             upstream_burst: 4,
             limiter_max_wait: Duration::from_secs(2),
             retry_attempts: 3,
@@ -73,6 +79,9 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !(self.upstream_rate_per_second > 0.0 && self.upstream_rate_per_second <= 10.0) {
             return Err("tokens.upstream_rate_per_second must be above 0 and at most 10 (Go's limit)".into());
+        }
+        if !(0.0..=1.0).contains(&self.default_upstream_share) {
+            return Err("tokens.default_upstream_share must be 0 to 1 (a share of the upstream budget)".into());
         }
         if self.upstream_burst == 0 || self.upstream_burst > 10 {
             return Err("tokens.upstream_burst must be 1 to 10".into());

@@ -14,6 +14,12 @@
 //! - One limiter per subscription key ([`limiter`]); a `429` pauses it for `Retry-After`.
 //!   Transient failures are retried with exponential backoff and jitter, then the tenant
 //!   backs off. While upstream is in trouble a cached token that is still valid is served.
+//! - Callers share that limiter fairly: each request names its caller and share
+//!   ([`Requester`]), and while several callers wait for upstream slots they get them in
+//!   proportion to their shares (half each for two with the default); a caller alone gets
+//!   the whole budget. Only the request that reaches the limiter is charged (the flight's
+//!   leader, or the refresher): cache hits and callers joining a flight cost nothing, and
+//!   a joiner shares the leader's turn (and its refusal).
 //! - A key Go rejects (`invalid_client`) marks the tenant `KEY_REJECTED` in the store,
 //!   durably, and stops upstream calls for it until a new key is registered.
 //!
@@ -45,6 +51,36 @@ pub mod limiter;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::BrokerConfig;
 use limiter::Limiter;
+
+/// Who asks for a token, as the limiter's fairness sees it: the caller's identity (the
+/// certificate identity) and its share of the upstream budget (`upstream_share` of its
+/// policy grant; `None`: `tokens.default_upstream_share`). Borrowed, so the cache-hit path
+/// neither allocates nor locks for it; only a request that reaches the limiter copies it.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    pub caller: &'a str,
+    pub share: Option<f64>,
+}
+
+impl<'a> Requester<'a> {
+    pub fn new(caller: &'a str, share: Option<f64>) -> Self {
+        Self { caller, share }
+    }
+}
+
+/// The fairness identity of requests made through [`Broker::get_token`] (no caller named).
+pub const UNATTRIBUTED: &str = "(unattributed)";
+/// The fairness identity of refresh-ahead requests (they never wait for a slot).
+pub const REFRESHER: &str = "(refresh ahead)";
+/// The fairness identity of key validation and onboarding calls to Go.
+pub const KEY_CHECKS: &str = "(key validation and onboarding)";
+
+/// The limiter's view of a request that reached it.
+#[derive(Debug, Clone)]
+struct Charge {
+    caller: Arc<str>,
+    share: f64,
+}
 
 /// Fingerprint purpose label for access tokens (audit rows carry this fingerprint).
 pub const FP_ACCESS_TOKEN: &str = "access-token";
@@ -300,10 +336,25 @@ impl Broker {
     }
 
     /// A token for `tenant` valid for at least `min_validity` (default from the config,
-    /// capped at `max_min_validity`).
+    /// capped at `max_min_validity`), with every upstream request charged to one
+    /// unattributed caller (tests, benchmarks, the CLI). Callers over gRPC use
+    /// [`Broker::get_token_for`].
     pub async fn get_token(
         &self,
         tenant: &TenantId,
+        min_validity: Option<Duration>,
+    ) -> Result<TokenLease, BrokerError> {
+        self.get_token_for(tenant, Requester::new(UNATTRIBUTED, None), min_validity).await
+    }
+
+    /// A token for `tenant` valid for at least `min_validity`, for `who`: if it takes an
+    /// upstream request, that request waits for an upstream slot as `who` (fair share
+    /// between callers, module docs); refused with [`BrokerError::RateLimited`] when its
+    /// turn is further away than `limiter_max_wait`.
+    pub async fn get_token_for(
+        &self,
+        tenant: &TenantId,
+        who: Requester<'_>,
         min_validity: Option<Duration>,
     ) -> Result<TokenLease, BrokerError> {
         let inner = &self.inner;
@@ -342,7 +393,10 @@ impl Broker {
             inner.stats.cache_misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match &st.flight {
                 Some(rx) => (rx.clone(), false),
-                None => (self.start_flight(tenant, &slot, &mut st, inner.cfg.limiter_max_wait), true),
+                None => {
+                    let charge = self.charge(who.caller, who.share);
+                    (self.start_flight(tenant, &slot, &mut st, inner.cfg.limiter_max_wait, charge), true)
+                }
             }
         };
         let result = match rx.wait_for(Option::is_some).await {
@@ -386,6 +440,10 @@ impl Broker {
         self.inner.slots.write().unwrap_or_else(|p| p.into_inner()).entry(tenant.clone()).or_default().clone()
     }
 
+    fn charge(&self, caller: &str, share: Option<f64>) -> Charge {
+        Charge { caller: caller.into(), share: share.unwrap_or(self.inner.cfg.default_upstream_share) }
+    }
+
     fn limiter(&self, env: Environment) -> Arc<Limiter> {
         let mut m = self.inner.limiters.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(env)
@@ -406,6 +464,7 @@ impl Broker {
         slot: &Arc<Slot>,
         st: &mut SlotState,
         max_wait: Duration,
+        charge: Charge,
     ) -> watch::Receiver<Option<FlightResult>> {
         let (tx, rx) = watch::channel(None);
         st.flight = Some(rx.clone());
@@ -413,7 +472,7 @@ impl Broker {
         let slot = slot.clone();
         let tenant = tenant.clone();
         tokio::spawn(async move {
-            let result = this.fetch(&tenant, max_wait).await;
+            let result = this.fetch(&tenant, max_wait, &charge).await;
             let now = this.inner.clock.now();
             {
                 let mut st = slot.lock();
@@ -456,7 +515,7 @@ impl Broker {
         base.mul_f64(1.0 - 0.5 * random_unit())
     }
 
-    async fn fetch(&self, tenant: &TenantId, max_wait: Duration) -> FlightResult {
+    async fn fetch(&self, tenant: &TenantId, max_wait: Duration, charge: &Charge) -> FlightResult {
         let inner = &self.inner;
         let rec = self
             .blocking({
@@ -477,7 +536,7 @@ impl Broker {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match limiter.acquire(max_wait).await {
+            match limiter.acquire(&charge.caller, charge.share, max_wait).await {
                 Ok(waited) if !waited.is_zero() => {
                     inner.stats.limiter_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -621,7 +680,9 @@ impl Broker {
         let integ = self.integration(env).await?;
         let limiter = self.limiter(env);
         for _ in 0..2 {
-            if let Err(wait) = limiter.acquire(inner.cfg.limiter_max_wait).await {
+            if let Err(wait) =
+                limiter.acquire(KEY_CHECKS, inner.cfg.default_upstream_share, inner.cfg.limiter_max_wait).await
+            {
                 inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
             }
@@ -677,7 +738,9 @@ impl Broker {
 
     async fn acquire_for(&self, env: Environment) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        if let Err(wait) = self.limiter(env).acquire(inner.cfg.limiter_max_wait).await {
+        if let Err(wait) =
+            self.limiter(env).acquire(KEY_CHECKS, inner.cfg.default_upstream_share, inner.cfg.limiter_max_wait).await
+        {
             inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
         }
@@ -798,7 +861,7 @@ impl Broker {
             };
             let blocked = st.rejected || st.flight.is_some() || st.backoff_until.is_some_and(|u| u > now);
             if due && !blocked {
-                flights.push(self.start_flight(&id, &slot, &mut st, Duration::ZERO));
+                flights.push(self.start_flight(&id, &slot, &mut st, Duration::ZERO, self.charge(REFRESHER, None)));
             }
         }
         let mut refreshed = 0;
