@@ -127,7 +127,7 @@ async fn every_rpc_method_writes_its_record_including_denials() {
         auditor.get_checkpoint(with_id(pb::GetCheckpointRequest {}, "ok-audit-checkpoint")).await.unwrap().into_inner();
     let v = auditor
         .verify_audit_log(with_id(
-            pb::VerifyAuditLogRequest { checkpoint: Some(cp), allow_unsigned_tail: false },
+            pb::VerifyAuditLogRequest { checkpoint: Some(cp), ..Default::default() },
             "ok-audit-verify",
         ))
         .await
@@ -257,4 +257,28 @@ async fn token_requests_fail_closed_while_the_audit_log_cannot_be_written() {
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&key.public_key.unwrap().try_into().unwrap()).unwrap();
     let report = pogo_vault::audit::verify(&ts.audit_db(), &vk, None).unwrap();
     assert!(report.ok, "{}", report.detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_over_grpc_from_a_public_key_the_auditor_holds() {
+    let mut ts = TestServer::start().await;
+    let mut auditor = ts.audit_client("auditor").await;
+    let own = auditor.get_public_key(pb::GetPublicKeyRequest {}).await.unwrap().into_inner().public_key;
+    let verify = |root: String| pb::VerifyAuditLogRequest { root_public_key: root, ..Default::default() };
+    // From the server's own key (which the auditor holds): verifies.
+    let r = auditor.verify_audit_log(verify(own)).await.unwrap().into_inner();
+    assert!(r.ok, "{}", r.detail);
+    assert!(!r.detail.contains("key chain this file names"), "{}", r.detail);
+    // From another key: the log's chain does not start there.
+    let other = pogo_vault::audit::encode_public_key(&ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key());
+    let r = auditor.verify_audit_log(verify(other)).await.unwrap().into_inner();
+    assert!(!r.ok, "a log is not accepted from a key that never signed it: {}", r.detail);
+    // Without one, it says what the root was taken from.
+    let r = auditor.verify_audit_log(verify(String::new())).await.unwrap().into_inner();
+    assert!(r.ok && r.detail.contains("key chain this file names"), "{}", r.detail);
+    // Malformed: the field is named.
+    let s = auditor.verify_audit_log(verify("ed25519:nope".into())).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("root_public_key"), "{}", s.message());
+    ts.stop().await;
 }

@@ -435,7 +435,11 @@ async fn grpc_verify_is_strict_and_a_running_writer_never_signs_over_an_edit() {
         signature: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, far.signature),
     };
     let r = auditor
-        .verify_audit_log(pb::VerifyAuditLogRequest { checkpoint: Some(far), allow_unsigned_tail: true })
+        .verify_audit_log(pb::VerifyAuditLogRequest {
+            checkpoint: Some(far),
+            allow_unsigned_tail: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -256,6 +256,7 @@ impl AuditLog {
     /// independent check is `pogo-vault audit verify` with the public key they hold.
     pub async fn verify(
         &self,
+        root: Option<ed25519_dalek::VerifyingKey>,
         kept: Option<Checkpoint>,
         allow_unsigned_tail: bool,
     ) -> Result<VerifyReport, AuditError> {
@@ -270,7 +271,11 @@ impl AuditLog {
         };
         let own = self.verifying_key();
         read(self.path().to_owned(), move |c| {
-            let root = super::handover::chain_root(c, &own)?;
+            let pinned = root.is_some();
+            let root = match root {
+                Some(r) => r,
+                None => super::handover::chain_root(c, &own)?,
+            };
             let mut external: Vec<External> =
                 kept.map(|k| External { checkpoint: k, source: ExternalSource::Kept }).into_iter().collect();
             external.extend(remembered.map(|k| External { checkpoint: k, source: ExternalSource::ServerMemory }));
@@ -278,6 +283,13 @@ impl AuditLog {
             let mut report = verify_conn_with(c, &root, &opts)?;
             if let Some(why) = no_fresh {
                 report.detail = format!("{} (no fresh checkpoint could be signed: {why})", report.detail);
+            }
+            if !pinned {
+                report.detail = format!(
+                    "{} (verified from the first key of the key chain this file names; give root_public_key, or run \
+                     `audit verify --public-key` offline, to verify from a key you hold)",
+                    report.detail
+                );
             }
             let own_id = crate::vault::audit_key_id(own.as_bytes());
             if report.ok && report.key_ids.last() != Some(&own_id) {

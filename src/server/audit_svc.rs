@@ -281,7 +281,22 @@ impl AuditService for AuditSvc {
         };
         let allow_unsigned_tail = req.get_ref().allow_unsigned_tail;
         // Signs a checkpoint of the current head first (see `AuditLog::verify`): strict up to now.
-        let report = st.audit.verify(kept, allow_unsigned_tail).await.map_err(|e| unavailable(&e))?;
+        let root = match req.get_ref().root_public_key.trim() {
+            "" => None,
+            k => match crate::audit::parse_public_key(k) {
+                Ok(k) => Some(k),
+                Err(_) => {
+                    let e = InvalidInput::new(
+                        "root_public_key",
+                        "not a public key as `audit public-key` prints it (ed25519:...)",
+                    );
+                    st.record(&caller, Action::AuditVerified, None, Outcome::Denied, &e.to_string(), Extra::default())
+                        .await?;
+                    return Err(errors::invalid(&e));
+                }
+            },
+        };
+        let report = st.audit.verify(root, kept, allow_unsigned_tail).await.map_err(|e| unavailable(&e))?;
         let outcome = if report.ok { Outcome::Ok } else { Outcome::Error };
         st.record(&caller, Action::AuditVerified, None, outcome, &report.detail, Extra::default()).await?;
         if !report.ok {
