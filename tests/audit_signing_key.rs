@@ -142,6 +142,25 @@ async fn rotation_keeps_serving_and_verifies_from_the_first_public_key() {
     // The new key alone does not vouch for the checkpoints before the hand-over.
     let second_file = write_key(&ts.dir.path().join("second.pub"), &second);
     assert_fails_with(&verify(&ts.audit_db(), &second_file), &["checkpoint at 1 signed by unknown key"]);
+    // Pinning the end of the chain: the vault's current key passes, the retired one fails
+    // (a leaked old key could otherwise sign a forged hand-over that the chain accepts).
+    let pinned = |expect: &Path| {
+        run_bin(
+            &[
+                "--db",
+                ts.audit_db().to_str().unwrap(),
+                "audit",
+                "verify",
+                "--public-key",
+                first_file.to_str().unwrap(),
+                "--expect-key",
+                expect.to_str().unwrap(),
+            ],
+            "",
+        )
+    };
+    assert_ok(&pinned(&second_file));
+    assert_fails_with(&pinned(&first_file), &["key chain ends at key", &second_id, &first_id]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,10 @@
 //! only controls a sub-path). Tenant ids have no `/`, so for tenants `*` and `**` agree.
 //!
 //! A caller pattern made only of `*` (`*`, `**`, ...) matches every identity the client CA
-//! could ever sign and is refused; so is an empty one. Matching is linear in the identity's
+//! could ever sign and is refused; so is an empty one, and so is any wildcard pattern that
+//! does not name its scope literally: a SPIFFE pattern needs a literal trust domain
+//! (`spiffe://**`, `spiffe://*/service/x` are refused), and another pattern may not start
+//! with a wildcard unless it is a DNS wildcard `*.<literal domain>` (`*/**` is refused). Matching is linear in the identity's
 //! length times the pattern's parts (no backtracking), since it runs on every request.
 
 use std::fmt;
@@ -153,6 +156,13 @@ impl Policy {
                     "caller",
                     "a pattern made only of * would grant every certificate from the CA; name the callers \
                      (e.g. spiffe://example.org/service/*)",
+                ));
+            }
+            if unscoped_wildcard(&g.caller) {
+                return Err(invalid(
+                    "caller",
+                    "a pattern must name its trust domain (spiffe://<domain>/...) or, for a DNS name, start with a \
+                     literal or *. and a literal domain: a leading wildcard would admit nearly every certificate",
                 ));
             }
             if g.roles.is_empty() {
@@ -305,6 +315,21 @@ impl IdRange {
     }
 }
 
+/// Whether a caller pattern has a wildcard but no literal scope (see the module docs).
+fn unscoped_wildcard(p: &str) -> bool {
+    if !p.contains('*') {
+        return false;
+    }
+    if let Some(rest) = p.strip_prefix("spiffe://") {
+        let domain = rest.split('/').next().unwrap_or("");
+        return domain.is_empty() || domain.contains('*') || !rest.contains('/');
+    }
+    match p.strip_prefix("*.") {
+        Some(domain) => domain.contains('*') || !domain.contains('.'),
+        None => p.starts_with('*'),
+    }
+}
+
 /// A glob: `*` within one `/`-separated segment, `**` across segments (module docs).
 #[derive(Debug, Clone)]
 struct Pattern {
@@ -436,6 +461,19 @@ roles = ["audit"]
         assert!(p.allows("spiffe://ex.org/team/security/alice", Role::Audit, &t("anything")));
         assert!(!p.has_role(billing, Role::Audit));
         assert!(!p.has_role("unknown", Role::Token));
+    }
+
+    #[test]
+    fn wildcards_must_name_their_scope() {
+        for bad in ["spiffe://**", "spiffe://*/service/x", "spiffe://ex.org*", "*/**", "**/x", "*.com*", "*.local"] {
+            assert!(unscoped_wildcard(bad), "{bad}");
+            let text = format!("[[grant]]\ncaller = \"{bad}\"\nroles = [\"audit\"]\n");
+            let e = Policy::parse(&text, "t").unwrap_err().to_string();
+            assert!(e.contains("caller") && e.contains("trust domain"), "{e}");
+        }
+        for ok in ["spiffe://ex.org/service/*", "spiffe://ex.org/team/**", "*.internal.example", "batch*", "exact"] {
+            assert!(!unscoped_wildcard(ok), "{ok}");
+        }
     }
 
     #[test]

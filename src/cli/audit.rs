@@ -75,6 +75,11 @@ pub enum AuditCommand {
         /// cut or rewritten.
         #[arg(long)]
         allow_unsigned_tail: bool,
+        /// The public key file of the vault's *current* signing key (from `audit
+        /// public-key`, fetched over mTLS): the key chain must end there. Without it, a
+        /// leaked old key could sign a forged hand-over that a chain alone accepts.
+        #[arg(long)]
+        expect_key: Option<PathBuf>,
     },
     /// Replace the audit signing key. The old key signs the hand-over to the new one in
     /// the audit log first (so the rotation is audited before it takes effect), then the
@@ -181,8 +186,8 @@ fn event_csv(e: &pb::AuditEvent) -> String {
 
 pub fn run(g: &super::GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
     match &c {
-        AuditCommand::Verify { public_key, checkpoint, witness, allow_unsigned_tail } => {
-            return verify(&g.db, public_key, checkpoint.as_ref(), witness, *allow_unsigned_tail);
+        AuditCommand::Verify { public_key, checkpoint, witness, allow_unsigned_tail, expect_key } => {
+            return verify(&g.db, public_key, checkpoint.as_ref(), witness, *allow_unsigned_tail, expect_key.as_ref());
         }
         AuditCommand::RotateSigningKey => return rotate_signing_key(g),
         _ => {}
@@ -277,6 +282,7 @@ fn verify(
     checkpoint: Option<&PathBuf>,
     witnesses: &[PathBuf],
     allow_unsigned_tail: bool,
+    expect_key: Option<&PathBuf>,
 ) -> Result<(), CliError> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))
@@ -299,6 +305,18 @@ fn verify(
     if !report.ok {
         let first = report.first_bad_sequence.map(|s| format!("first bad sequence {s}: ")).unwrap_or_default();
         return Err(CliError::new(format!("audit log does NOT verify: {first}{}", report.detail)));
+    }
+    if let Some(p) = expect_key {
+        let expected =
+            crate::audit::parse_public_key(&read(p)?).map_err(|e| CliError::new(format!("{}: {e}", p.display())))?;
+        let expected_id = crate::vault::audit_key_id(expected.as_bytes());
+        let last = report.key_ids.last().cloned().unwrap_or_default();
+        if last != expected_id {
+            return Err(CliError::new(format!(
+                "audit log does NOT verify: its key chain ends at key {last}, not at the expected key {expected_id} \
+                 (a hand-over this vault did not make, or an old log)"
+            )));
+        }
     }
     if let Some(w) = &report.warning {
         eprintln!("warning: {w}");
