@@ -454,15 +454,7 @@ fn cli_attribution_comes_from_the_os_and_marks_sudo_user_as_a_claim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_reload_whose_record_cannot_be_written_keeps_the_old_certificates() {
-    let crl_holder = tempfile::tempdir().unwrap();
-    let crl = crl_holder.path().join("callers.crl");
-    let crl_for_start = crl.clone();
-    let mut ts = TestServer::start_with(move |o| {
-        let ca_key = o.tls.client_ca.with_file_name("ca-key.pem");
-        pogo_vault::tls::issue_crl(&o.tls.client_ca, &ca_key, &[], &crl_for_start).unwrap();
-        o.tls.crls = vec![crl_for_start];
-    })
-    .await;
+    let mut ts = TestServer::start_with_crl().await;
     let mut admin = ts.tenant_client("admin").await;
     admin.register_client_key(register("a-1", 0)).await.unwrap();
     let get = || pb::GetAccessTokenRequest { tenant_id: "a-1".into(), min_validity_seconds: 0 };
@@ -476,10 +468,7 @@ async fn a_certificate_reload_whose_record_cannot_be_written_keeps_the_old_certi
 
     // Revoke a-only in the CRL; reload while the log is locked: the new CRL is not put in
     // force, so the caller still gets in.
-    let pem = std::fs::read(ts.files("a-only").cert).unwrap();
-    let der = rustls_pemfile::certs(&mut &pem[..]).next().unwrap().unwrap();
-    let serial = pogo_vault::tls::identity_from_der(der.as_ref()).unwrap().serial;
-    pogo_vault::tls::issue_crl(&ts.pki.ca_cert, &ts.pki.ca_key, &[serial], &crl).unwrap();
+    ts.revoke("a-only");
     wait_healthy(&ts).await;
     let generation = ts.server().state.tls.generation();
     let lock = AuditLock::take(&ts.audit_db());

@@ -13,7 +13,7 @@ use common::server::{TestServer, sim_key};
 use common::{assert_fails_with, assert_ok, dump, run_bin, stdout};
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use pogo_vault::audit::{Action, AuditFilter, Handover};
-use pogo_vault::crypto::{MasterKeySource, Purpose};
+use pogo_vault::crypto::Purpose;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::server::ServeOptions;
 
@@ -52,29 +52,7 @@ fn verify(audit_db: &Path, public_key: &Path) -> std::process::Output {
 
 /// Starts a server again on the test server's files (after `stop`).
 async fn restart(ts: &mut TestServer) {
-    let db = vault_db(ts);
-    let opts = ServeOptions {
-        db: db.clone(),
-        audit_db: ts.audit_db(),
-        master_key: MasterKeySource::KeyFile(ts.dir.path().join("master.key")),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: ts.pki.server_files(),
-        policy: ts.policy.clone(),
-        upstream: pogo_vault::upstream::UpstreamConfig {
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(5),
-        },
-        tokens: pogo_vault::tokens::BrokerConfig::default(),
-        audit: pogo_vault::audit::AuditConfig::default(),
-        max_request_bytes: 64 * 1024,
-        request_timeout: Duration::from_secs(10),
-        concurrency_limit_per_connection: 64,
-        handshake_timeout: Duration::from_secs(5),
-        max_pending_handshakes_per_address: pogo_vault::server::conn::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
-        return_subscription_key: false,
-        metrics_listen: None,
-        health_listen: None,
-    };
+    let opts = ServeOptions { metrics_listen: None, health_listen: None, ..ts.options() };
     let server = pogo_vault::server::start(opts).await.unwrap();
     ts.endpoint = format!("https://{}", server.addr);
     ts.server = Some(server);
@@ -287,26 +265,7 @@ async fn a_rotation_cut_short_before_the_vault_stored_the_key_is_named_at_start(
     let lost = SigningKey::from_bytes(&[0x42; 32]).verifying_key();
     pogo_vault::audit::hand_over_blocking(&ts.audit_db(), &old, &lost, "cli:test", "r1").unwrap();
     let opts_err = {
-        let db = vault_db(&ts);
-        let opts = ServeOptions {
-            db,
-            audit_db: ts.audit_db(),
-            master_key: MasterKeySource::KeyFile(ts.dir.path().join("master.key")),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls: ts.pki.server_files(),
-            policy: ts.policy.clone(),
-            upstream: pogo_vault::upstream::UpstreamConfig::default(),
-            tokens: pogo_vault::tokens::BrokerConfig::default(),
-            audit: pogo_vault::audit::AuditConfig::default(),
-            max_request_bytes: 64 * 1024,
-            request_timeout: Duration::from_secs(10),
-            concurrency_limit_per_connection: 64,
-            handshake_timeout: Duration::from_secs(5),
-            max_pending_handshakes_per_address: pogo_vault::server::conn::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
-            return_subscription_key: false,
-            metrics_listen: None,
-            health_listen: None,
-        };
+        let opts = ServeOptions { metrics_listen: None, health_listen: None, ..ts.options() };
         pogo_vault::server::start(opts).await.err().expect("the server must not sign with a retired key")
     };
     let msg = opts_err.to_string();

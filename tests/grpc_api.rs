@@ -356,25 +356,14 @@ async fn health_and_reflection_answer_with_a_client_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_caller_is_refused_after_a_certificate_reload() {
-    let crl_holder = tempfile::tempdir().unwrap();
-    let crl = crl_holder.path().join("callers.crl");
-    let crl_for_start = crl.clone();
-    let mut ts = TestServer::start_with(move |o| {
-        // Start with a CRL that revokes nothing.
-        let ca_key = o.tls.client_ca.with_file_name("ca-key.pem");
-        pogo_vault::tls::issue_crl(&o.tls.client_ca, &ca_key, &[], &crl_for_start).unwrap();
-        o.tls.crls = vec![crl_for_start];
-    })
-    .await;
+    // Start with a CRL that revokes nothing.
+    let mut ts = TestServer::start_with_crl().await;
     ts.vault().add_tenant(&new_tenant("a-1"), &key(0), &UnauditedFixture).unwrap();
     let mut open_channel = ts.token_client("a-only").await;
     open_channel.get_access_token(get("a-1")).await.unwrap();
 
     // Revoke the a-only caller's certificate by serial, reload (what SIGHUP does).
-    let pem = std::fs::read(ts.files("a-only").cert).unwrap();
-    let der = rustls_pemfile::certs(&mut &pem[..]).next().unwrap().unwrap();
-    let serial = pogo_vault::tls::identity_from_der(der.as_ref()).unwrap().serial;
-    pogo_vault::tls::issue_crl(&ts.pki.ca_cert, &ts.pki.ca_key, &[serial], &crl).unwrap();
+    ts.revoke("a-only");
     ts.server().reload().await;
 
     let refused = match pogo_vault::client::connect(&ts.endpoint, &ts.files("a-only"), Some("localhost")).await {

@@ -40,41 +40,13 @@ async fn writing_commands_are_refused_while_a_server_runs_and_reads_still_work()
     assert_ok(&run(&["backup", "--out", ts.dir.path().join("b.bak").to_str().unwrap()], ""));
 
     // A second server on the same files is refused too.
-    let second = pogo_vault::server::start(pogo_vault::server::ServeOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..options(&ts)
-    })
-    .await;
+    let second = pogo_vault::server::start(ts.options()).await;
     let err = second.err().expect("a second server on the same database is refused").to_string();
     assert!(err.contains("a server is running on this database"), "{err}");
 
     // Stopped, the same command works.
     ts.stop().await;
     assert_ok(&run(&["tenant", "add", "--tenant-id", "acme", "--environment", "demo"], &format!("{}\n", sim_key(0))));
-}
-
-/// The options the test server was started with (same files).
-fn options(ts: &TestServer) -> pogo_vault::server::ServeOptions {
-    let db = ts.dir.path().join("vault.db");
-    pogo_vault::server::ServeOptions {
-        db: db.clone(),
-        audit_db: pogo_vault::config::default_audit_db(&db),
-        master_key: pogo_vault::crypto::MasterKeySource::KeyFile(ts.dir.path().join("master.key")),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: ts.pki.server_files(),
-        policy: ts.policy.clone(),
-        upstream: pogo_vault::upstream::UpstreamConfig::default(),
-        tokens: pogo_vault::tokens::BrokerConfig::default(),
-        audit: pogo_vault::audit::AuditConfig::default(),
-        max_request_bytes: 65536,
-        request_timeout: std::time::Duration::from_secs(10),
-        concurrency_limit_per_connection: 16,
-        handshake_timeout: std::time::Duration::from_secs(5),
-        max_pending_handshakes_per_address: 32,
-        return_subscription_key: false,
-        metrics_listen: None,
-        health_listen: None,
-    }
 }
 
 #[test]

@@ -68,15 +68,7 @@ async fn streams_are_bounded_per_caller_and_in_total() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_withdraws_the_grant_or_revokes_the_certificate_ends_the_stream() {
-    let crl_holder = tempfile::tempdir().unwrap();
-    let crl = crl_holder.path().join("callers.crl");
-    let crl_for_start = crl.clone();
-    let mut ts = TestServer::start_with(move |o| {
-        let ca_key = o.tls.client_ca.with_file_name("ca-key.pem");
-        pogo_vault::tls::issue_crl(&o.tls.client_ca, &ca_key, &[], &crl_for_start).unwrap();
-        o.tls.crls = vec![crl_for_start];
-    })
-    .await;
+    let mut ts = TestServer::start_with_crl().await;
     let grant = format!("\n[[grant]]\ncaller = \"spiffe://{TRUST}/service/stranger\"\nroles = [\"audit\"]\n");
     std::fs::write(&ts.policy, policy_text(&grant)).unwrap();
     ts.server().reload().await;
@@ -91,10 +83,7 @@ async fn a_reload_that_withdraws_the_grant_or_revokes_the_certificate_ends_the_s
     assert!(end_of(&mut auditor_stream, Duration::from_millis(300)).await.is_none(), "others go on");
 
     // The auditor's certificate is revoked: its stream ends UNAUTHENTICATED.
-    let pem = std::fs::read(ts.files("auditor").cert).unwrap();
-    let der = rustls_pemfile::certs(&mut &pem[..]).next().unwrap().unwrap();
-    let serial = pogo_vault::tls::identity_from_der(der.as_ref()).unwrap().serial;
-    pogo_vault::tls::issue_crl(&ts.pki.ca_cert, &ts.pki.ca_key, &[serial], &crl).unwrap();
+    ts.revoke("auditor");
     ts.server().reload().await;
     let e = end_of(&mut auditor_stream, Duration::from_secs(5)).await.expect("the stream ended");
     assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());

@@ -34,6 +34,19 @@ pub fn too_many_streams(whose: &str, limit: usize) -> Status {
     ))
 }
 
+/// How a request that ended with `status` is recorded: a refusal of what the caller asked
+/// (`denied`), or a failure on our side or upstream (`error`).
+pub fn outcome_of(status: &Status) -> crate::audit::Outcome {
+    match status.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::PermissionDenied => crate::audit::Outcome::Denied,
+        _ => crate::audit::Outcome::Error,
+    }
+}
+
 pub fn invalid(e: &InvalidInput) -> Status {
     let details = ErrorDetails::with_bad_request_violation(e.field, e.reason.clone());
     Status::with_error_details(Code::InvalidArgument, e.to_string(), details)

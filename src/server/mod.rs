@@ -143,6 +143,26 @@ impl ServerState {
         }
     }
 
+    /// Audits a refused or failed request and returns its status. While the audit log is
+    /// failing (a refused commit gate turned it unhealthy) nothing can be recorded:
+    /// `UNAVAILABLE` at once, rather than a second wait for a record that cannot be written.
+    pub async fn refused(
+        &self,
+        caller: &Caller,
+        action: Action,
+        tenant: Option<&TenantId>,
+        outcome: Outcome,
+        status: Status,
+    ) -> Status {
+        if !self.audit.is_healthy() {
+            return errors::audit_unavailable();
+        }
+        match self.record(caller, action, tenant, outcome, status.message(), Extra::default()).await {
+            Ok(()) => status,
+            Err(s) => s,
+        }
+    }
+
     /// Refuses a change up front while the audit log is known to be failing (a fast path
     /// only: the guarantee is the commit [`gate`](Self::gate), since health turns false
     /// only after a failure).
@@ -585,6 +605,44 @@ async fn health_loop(reporter: tonic_health::server::HealthReporter, audit: Audi
     }
 }
 
+/// One half of a reload: a new `what` that was read and checked (or why not) is recorded,
+/// then put in force with `install`; a refused one is recorded as an error and the old one
+/// kept. False when a valid new one could not be recorded (the caller retries).
+async fn reload_one<T, F: FnOnce()>(
+    state: &ServerState,
+    me: &Caller,
+    action: Action,
+    what: &str,
+    new: Result<T, String>,
+    install: impl FnOnce(T) -> (String, F),
+) -> bool {
+    match new {
+        Ok(value) => {
+            let (detail, put) = install(value);
+            match state.record(me, action, None, Outcome::Ok, &detail, Extra::default()).await {
+                Ok(()) => {
+                    put();
+                    state.reloaded.send_modify(|g| *g += 1);
+                    tracing::info!(detail = %detail, "reload");
+                    true
+                }
+                Err(_) => {
+                    tracing::error!(
+                        "{what} reload not recorded in the audit log; the old {what} stay in force until it can be (retrying)"
+                    );
+                    false
+                }
+            }
+        }
+        Err(e) => {
+            let detail = format!("{what} reload refused, the old {what} kept: {e}");
+            tracing::warn!(detail = %detail, "reload");
+            let _ = state.record(me, action, None, Outcome::Error, &detail, Extra::default()).await;
+            true
+        }
+    }
+}
+
 /// How soon a reload whose record could not be written is tried again.
 const RELOAD_RETRY: Duration = Duration::from_secs(2);
 
@@ -606,57 +664,23 @@ async fn reload_loop(
         // Audit before effect: the new policy and certificates are read and checked, their
         // record is made durable, and only then are they put in force. A record that cannot
         // be written keeps the old ones (and says so in the log).
-        match state.authz.read_file() {
-            Ok(None) => {}
-            Ok(Some(policy)) => {
-                let detail = format!("policy reloaded: {} grants", policy.grant_count());
-                match state.record(&me, Action::PolicyReloaded, None, Outcome::Ok, &detail, Extra::default()).await {
-                    Ok(()) => {
-                        state.authz.install(policy);
-                        state.reloaded.send_modify(|g| *g += 1);
-                        tracing::info!(detail = %detail, "reload");
-                    }
-                    Err(_) => {
-                        unrecorded = true;
-                        tracing::error!(
-                            "policy reload not recorded in the audit log; the old policy stays in force until it can be (retrying)"
-                        )
-                    }
-                }
-            }
-            Err(e) => {
-                let detail = format!("policy reload refused, old policy kept: {e}");
-                tracing::warn!(detail = %detail, "reload");
-                let _ =
-                    state.record(&me, Action::PolicyReloaded, None, Outcome::Error, &detail, Extra::default()).await;
-            }
+        // `None`: this server has no policy file to reload.
+        if let Some(policy) = state.authz.read_file().map_err(|e| e.to_string()).transpose() {
+            let authz = &state.authz;
+            let put = reload_one(&state, &me, Action::PolicyReloaded, "policy", policy, |p| {
+                let detail = format!("policy reloaded: {} grants", p.grant_count());
+                (detail, move || {
+                    authz.install(p);
+                })
+            });
+            unrecorded |= !put.await;
         }
-        match crate::tls::load_server_tls(&files) {
-            Ok(cfg) => {
-                let detail = "certificates and CRLs reloaded";
-                match state.record(&me, Action::CertificatesReloaded, None, Outcome::Ok, detail, Extra::default()).await
-                {
-                    Ok(()) => {
-                        tls.set(cfg);
-                        state.reloaded.send_modify(|g| *g += 1);
-                        tracing::info!(detail = %detail, "reload");
-                    }
-                    Err(_) => {
-                        unrecorded = true;
-                        tracing::error!(
-                            "certificate reload not recorded in the audit log; the old certificates stay in force until it can be (retrying)"
-                        )
-                    }
-                }
-            }
-            Err(e) => {
-                let detail = format!("certificate reload refused, old ones kept: {e}");
-                tracing::warn!(detail = %detail, "reload");
-                let _ = state
-                    .record(&me, Action::CertificatesReloaded, None, Outcome::Error, &detail, Extra::default())
-                    .await;
-            }
-        }
+        let certs = crate::tls::load_server_tls(&files).map_err(|e| e.to_string());
+        let tls = &tls;
+        let put = reload_one(&state, &me, Action::CertificatesReloaded, "certificates and CRLs", certs, |cfg| {
+            ("certificates and CRLs reloaded".to_owned(), move || tls.set(cfg))
+        });
+        unrecorded |= !put.await;
         if unrecorded && !scheduled.swap(true, std::sync::atomic::Ordering::SeqCst) {
             let (again, scheduled) = (again.clone(), scheduled.clone());
             tokio::spawn(async move {

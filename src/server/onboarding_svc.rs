@@ -113,14 +113,7 @@ fn prefix_denied(prefix: &str) -> Status {
 
 impl OnboardingSvc {
     async fn refuse(&self, caller: &Caller, action: Action, outcome: Outcome, status: Status) -> Status {
-        // While the log is failing nothing can be recorded: UNAVAILABLE at once.
-        if !self.state.audit.is_healthy() {
-            return errors::audit_unavailable();
-        }
-        match self.state.record(caller, action, None, outcome, status.message(), Extra::default()).await {
-            Ok(()) => status,
-            Err(s) => s,
-        }
+        self.state.refused(caller, action, None, outcome, status).await
     }
 }
 

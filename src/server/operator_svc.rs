@@ -27,19 +27,7 @@ impl OperatorSvc {
     /// Audits a refused or failed change and returns its status (at once while the log
     /// cannot be written: nothing could be recorded).
     async fn failed(&self, caller: &Caller, action: Action, status: Status) -> Status {
-        if !self.state.audit.is_healthy() {
-            return errors::audit_unavailable();
-        }
-        let outcome = match status.code() {
-            tonic::Code::InvalidArgument | tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => {
-                Outcome::Denied
-            }
-            _ => Outcome::Error,
-        };
-        match self.state.record(caller, action, None, outcome, status.message(), Extra::default()).await {
-            Ok(()) => status,
-            Err(s) => s,
-        }
+        self.state.refused(caller, action, None, errors::outcome_of(&status), status).await
     }
 }
 

@@ -59,20 +59,7 @@ impl TenantSvc {
     /// refused commit gate turned it unhealthy) nothing can be recorded: `UNAVAILABLE` at
     /// once, rather than a second wait for a record that cannot be written.
     async fn failed(&self, caller: &Caller, action: Action, tenant: &TenantId, status: Status) -> Status {
-        if !self.state.audit.is_healthy() {
-            return errors::audit_unavailable();
-        }
-        let outcome = match status.code() {
-            tonic::Code::InvalidArgument
-            | tonic::Code::NotFound
-            | tonic::Code::AlreadyExists
-            | tonic::Code::FailedPrecondition => Outcome::Denied,
-            _ => Outcome::Error,
-        };
-        match self.state.record(caller, action, Some(tenant), outcome, status.message(), Extra::default()).await {
-            Ok(()) => status,
-            Err(s) => s,
-        }
+        self.state.refused(caller, action, Some(tenant), errors::outcome_of(&status), status).await
     }
 
     fn view(&self, t: &TenantRecord) -> pb::Tenant {

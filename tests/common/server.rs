@@ -1,7 +1,7 @@
 //! A real vault server on 127.0.0.1:0 with generated certificates, a real SQLite vault,
 //! the simulator as Go, and clients speaking gRPC over mutual TLS.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,9 @@ use prost::Message;
 use tonic::transport::Channel;
 
 pub const TRUST: &str = "test.pogo";
+
+/// The CRL of [`TestServer::start_with_crl`], beside the client CA.
+const CRL_FILE: &str = "callers.crl";
 
 /// Demo client keys the simulator knows (GUIDs that are easy to spot in a scan).
 pub fn sim_key(i: usize) -> String {
@@ -64,6 +67,28 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start() -> TestServer {
         Self::start_with(|_| {}).await
+    }
+
+    /// A test server whose callers are also checked against a CRL (revoking nothing yet);
+    /// [`TestServer::revoke`] lists a caller in it, in force after a reload.
+    pub async fn start_with_crl() -> TestServer {
+        Self::start_with(|o| {
+            let crl = o.tls.client_ca.with_file_name(CRL_FILE);
+            let ca_key = o.tls.client_ca.with_file_name("ca-key.pem");
+            pogo_vault::tls::issue_crl(&o.tls.client_ca, &ca_key, &[], &crl).unwrap();
+            o.tls.crls = vec![crl];
+        })
+        .await
+    }
+
+    /// Lists the certificate of caller `name` in the CRL of [`TestServer::start_with_crl`]
+    /// (read by the server at its next reload).
+    pub fn revoke(&self, name: &str) {
+        let pem = std::fs::read(self.files(name).cert).unwrap();
+        let der = rustls_pemfile::certs(&mut &pem[..]).next().unwrap().unwrap();
+        let serial = pogo_vault::tls::identity_from_der(der.as_ref()).unwrap().serial;
+        let crl = self.pki.ca_cert.with_file_name(CRL_FILE);
+        pogo_vault::tls::issue_crl(&self.pki.ca_cert, &self.pki.ca_key, &[serial], &crl).unwrap();
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
@@ -123,32 +148,17 @@ impl TestServer {
         drop(vault);
         let policy = dir.path().join("policy.toml");
         std::fs::write(&policy, policy_text("")).unwrap();
-        let mut opts = ServeOptions {
-            db: db.clone(),
-            audit_db: pogo_vault::config::default_audit_db(&db),
-            master_key: MasterKeySource::KeyFile(key),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls: pki.server_files(),
-            policy: policy.clone(),
-            upstream: pogo_vault::upstream::UpstreamConfig {
-                connect_timeout: Duration::from_secs(2),
-                request_timeout: Duration::from_secs(5),
-            },
-            tokens: pogo_vault::tokens::BrokerConfig::default(),
-            audit: pogo_vault::audit::AuditConfig::default(),
-            max_request_bytes: 64 * 1024,
-            request_timeout: Duration::from_secs(10),
-            concurrency_limit_per_connection: 64,
-            handshake_timeout: Duration::from_secs(5),
-            max_pending_handshakes_per_address: pogo_vault::server::conn::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
-            return_subscription_key: false,
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            health_listen: Some("127.0.0.1:0".parse().unwrap()),
-        };
+        let mut opts = options_for(dir.path(), &pki, &policy);
         tweak(&mut opts);
         let server = pogo_vault::server::start(opts).await.unwrap();
         let endpoint = format!("https://{}", server.addr);
         TestServer { dir, pki, sim, server: Some(server), endpoint, policy, seen: Arc::default() }
+    }
+
+    /// Options for another server on this test server's files (after `stop`, or to show
+    /// that a second one is refused while it runs).
+    pub fn options(&self) -> ServeOptions {
+        options_for(self.dir.path(), &self.pki, &self.policy)
     }
 
     pub fn server(&self) -> &RunningServer {
@@ -217,6 +227,33 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.shutdown().await.unwrap();
         }
+    }
+}
+
+/// The test server's options: its files under `dir`, loopback listeners on free ports.
+fn options_for(dir: &Path, pki: &DevPki, policy: &Path) -> ServeOptions {
+    let db = dir.join("vault.db");
+    ServeOptions {
+        db: db.clone(),
+        audit_db: pogo_vault::config::default_audit_db(&db),
+        master_key: MasterKeySource::KeyFile(dir.join("master.key")),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: pki.server_files(),
+        policy: policy.to_owned(),
+        upstream: pogo_vault::upstream::UpstreamConfig {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+        },
+        tokens: pogo_vault::tokens::BrokerConfig::default(),
+        audit: pogo_vault::audit::AuditConfig::default(),
+        max_request_bytes: 64 * 1024,
+        request_timeout: Duration::from_secs(10),
+        concurrency_limit_per_connection: 64,
+        handshake_timeout: Duration::from_secs(5),
+        max_pending_handshakes_per_address: pogo_vault::server::conn::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
+        return_subscription_key: false,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        health_listen: Some("127.0.0.1:0".parse().unwrap()),
     }
 }
 
