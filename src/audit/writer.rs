@@ -78,6 +78,21 @@ enum Outcome {
     Unavailable(String),
 }
 
+impl Outcome {
+    /// What the appender of the batch's `index`-th record is told.
+    fn receipt(&self, index: usize) -> Result<Receipt, AuditError> {
+        match self {
+            Outcome::Durable { time_ms, links } => {
+                let &(sequence, prev_hash, hash) = links
+                    .get(index)
+                    .ok_or_else(|| AuditError::Unavailable { reason: "the writer lost a record".into() })?;
+                Ok(Receipt { sequence, time_ms: *time_ms, prev_hash, hash })
+            }
+            Outcome::Unavailable(reason) => Err(AuditError::Unavailable { reason: reason.clone() }),
+        }
+    }
+}
+
 /// A batch's completion cell: set once (by the writer, or by the watchdog when the writer is
 /// too late), then every waiter is woken.
 #[derive(Debug, Default)]
@@ -355,15 +370,7 @@ impl AuditLog {
     pub async fn append_receipt(&self, mut rec: AuditRecord) -> Result<Receipt, AuditError> {
         rec.bound_lengths();
         let (done, index) = self.enqueue(rec)?;
-        match done.wait().await {
-            Outcome::Durable { time_ms, links } => {
-                let &(sequence, prev_hash, hash) = links
-                    .get(index)
-                    .ok_or_else(|| AuditError::Unavailable { reason: "the writer lost a record".into() })?;
-                Ok(Receipt { sequence, time_ms: *time_ms, prev_hash, hash })
-            }
-            Outcome::Unavailable(reason) => Err(AuditError::Unavailable { reason: reason.clone() }),
-        }
+        done.wait().await.receipt(index)
     }
 
     /// [`AuditLog::append_receipt`] for blocking code: a vault transaction that waits, still
@@ -372,15 +379,7 @@ impl AuditLog {
     pub fn append_wait(&self, mut rec: AuditRecord) -> Result<Receipt, AuditError> {
         rec.bound_lengths();
         let (done, index) = self.enqueue(rec)?;
-        match block_on(done.wait()) {
-            Outcome::Durable { time_ms, links } => {
-                let &(sequence, prev_hash, hash) = links
-                    .get(index)
-                    .ok_or_else(|| AuditError::Unavailable { reason: "the writer lost a record".into() })?;
-                Ok(Receipt { sequence, time_ms: *time_ms, prev_hash, hash })
-            }
-            Outcome::Unavailable(reason) => Err(AuditError::Unavailable { reason: reason.clone() }),
-        }
+        block_on(done.wait()).receipt(index)
     }
 
     /// Puts `rec` in the open batch; returns the batch's cell and the record's index in it.
