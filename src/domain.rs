@@ -160,6 +160,57 @@ impl fmt::Display for Environment {
     }
 }
 
+/// Which of an integration's two subscription keys (go-api.md, "Keys": the gateway gives
+/// every subscription a primary and a secondary key, both valid at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubscriptionKeySlot {
+    Primary,
+    Secondary,
+}
+
+impl SubscriptionKeySlot {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Secondary => "secondary",
+        }
+    }
+
+    /// The slot that is not this one.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Primary => Self::Secondary,
+            Self::Secondary => Self::Primary,
+        }
+    }
+
+    /// `primary` or `secondary` (any case); empty is refused: callers that default to the
+    /// primary slot say so themselves.
+    pub fn parse_field(field: &'static str, s: &str) -> Result<Self, InvalidInput> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "primary" => Ok(Self::Primary),
+            "secondary" => Ok(Self::Secondary),
+            _ => Err(InvalidInput::new(
+                field,
+                format!("unknown subscription-key slot {}; use \"primary\" or \"secondary\"", quoted(s)),
+            )),
+        }
+    }
+}
+
+impl FromStr for SubscriptionKeySlot {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse_field("slot", s)
+    }
+}
+
+impl fmt::Display for SubscriptionKeySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Status of a tenant's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TenantStatus {

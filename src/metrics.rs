@@ -88,8 +88,16 @@ pub struct ServerMetrics {
 pub const TOKEN_SOURCES: &[&str] = &["cache", "upstream", "shared", "stale"];
 pub const DENIAL_REASONS: &[&str] =
     &["invalid_argument", "permission_denied", "not_found", "failed_precondition", "unavailable", "internal", "other"];
-pub const UPSTREAM_OUTCOMES: &[&str] =
-    &["ok", "key_rejected", "subscription_key_rejected", "rate_limited", "transient", "timeout", "other"];
+pub const UPSTREAM_OUTCOMES: &[&str] = &[
+    "ok",
+    "key_rejected",
+    "subscription_key_rejected",
+    "rate_limited",
+    "quota_exceeded",
+    "transient",
+    "timeout",
+    "other",
+];
 
 impl Default for ServerMetrics {
     fn default() -> Self {

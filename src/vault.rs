@@ -24,16 +24,21 @@ use crate::crypto::envelope::{self, CryptoError};
 use crate::crypto::master::{self, MasterKeyError};
 use crate::crypto::secret::hex;
 use crate::crypto::{
-    Argon2Params, ClientKey, FingerprintKey, MasterKey, MasterKeySource, Purpose, SealContext, SubscriptionKey,
-    SymmetricKey,
+    Argon2Params, ClientKey, FingerprintKey, MasterKey, MasterKeySource, Purpose, SealContext, SymmetricKey,
 };
 use crate::domain::{DisplayName, Environment, InvalidInput, Labels, OrganizationNumber, TenantId, TenantStatus};
-use crate::store::integrations::{self, IntegrationRecord};
 use crate::store::meta::{self, KekMeta, VaultKey};
 use crate::store::onboarding::{self, Session, SessionStatus};
 use crate::store::secrets::{self, SecretRef};
 use crate::store::tenants::{self, TenantRecord};
 use crate::store::{Store, StoreError, now_ms};
+
+mod integrations;
+
+pub use integrations::{
+    GO_HOST, IntegrationChange, IntegrationInput, SubscriptionKeySwitch, base_url_origin, is_go_base_url,
+    validate_base_url,
+};
 
 /// The owner name of the vault's own keys in `sealed_secrets`.
 const VAULT_OWNER: &str = "vault";
@@ -110,36 +115,6 @@ impl<T: ?Sized> CommitGate<T> for UnauditedFixture {
     }
 }
 
-/// What `set_integration` is about to commit: the row it replaces, if any, and the new one.
-#[derive(Debug, Clone)]
-pub struct IntegrationChange {
-    pub previous: Option<IntegrationRecord>,
-    pub current: IntegrationRecord,
-}
-
-impl IntegrationChange {
-    /// What its audit record says: the host that receives keys (old and new), the
-    /// application key, the subscription key's hint and version, and whether a custom host
-    /// was allowed. `how`: "with the CLI", "by dev mode", ...
-    pub fn describe(&self, how: &str) -> String {
-        let n = &self.current;
-        let old = self.previous.as_ref().map_or_else(|| "none".to_owned(), |p| base_url_origin(&p.base_url));
-        let custom = if is_go_base_url(&n.base_url) {
-            String::new()
-        } else {
-            "; CUSTOM base URL allowed (--allow-custom-base-url): not PowerOffice Go".to_owned()
-        };
-        format!(
-            "{} integration set {how}: base URL host {old} -> {}, application key {}, subscription key {} (version {}){custom}",
-            n.environment,
-            base_url_origin(&n.base_url),
-            n.application_key,
-            n.subscription_key_hint,
-            n.subscription_key_version
-        )
-    }
-}
-
 /// What a key rotation is about to commit.
 #[derive(Debug, Clone)]
 pub struct KeyChange {
@@ -205,19 +180,6 @@ impl NewTenant {
             labels: Labels::default(),
         }
     }
-}
-
-/// Everything a caller of `integration set` gives.
-#[derive(Debug)]
-pub struct IntegrationInput {
-    pub environment: Environment,
-    pub application_key: String,
-    pub base_url: String,
-    pub subscription_key: SubscriptionKey,
-    /// Accept a base URL that is not PowerOffice Go's own (the simulator, tests). The
-    /// base URL receives every client key of the environment: the audit record says when
-    /// this was used.
-    pub allow_custom_base_url: bool,
 }
 
 /// Summary of a `rotate-kek`.
@@ -419,92 +381,6 @@ impl Vault {
         Ok(meta::vault_key(self.store().conn(), purpose.as_str())?)
     }
 
-    // ---- integrations ----
-
-    /// Stores (or replaces) an environment's integration: a new subscription-key version,
-    /// the old one destroyed.
-    pub fn set_integration(
-        &self,
-        input: &IntegrationInput,
-        gate: Gate<'_, IntegrationChange>,
-    ) -> Result<IntegrationRecord, VaultError> {
-        validate_application_key(&input.application_key)?;
-        let base_url = validate_base_url(&input.base_url)?;
-        if !input.allow_custom_base_url && !is_go_base_url(&base_url) {
-            return Err(InvalidInput::new(
-                "base_url",
-                format!(
-                    "{base_url} is not PowerOffice Go's ({GO_HOST}, or {GO_HOST}/Demo); it would receive every client key, \
-                     so another host needs --allow-custom-base-url (for the simulator and tests), which the audit log records"
-                ),
-            )
-            .into());
-        }
-        let env = input.environment;
-        let mut store = self.store();
-        let tx = store.write_tx()?;
-        let previous = integrations::get(&tx, env)?;
-        let version = integrations::next_version(&tx, env)?;
-        let r = SecretRef { purpose: Purpose::SubscriptionKey, owner: env.as_str().to_owned(), version };
-        let bound = bind_integration(input.application_key.trim(), &base_url, input.subscription_key.expose_secret());
-        let kek = self.kek();
-        let sealed = envelope::seal(&kek, &SealContext::new(r.purpose, &r.owner, version), bound.as_bytes())
-            .map_err(|_| VaultError::Random)?;
-        secrets::put(&tx, &r, &sealed, kek.id())?;
-        let now = now_ms();
-        let rec = IntegrationRecord {
-            environment: env,
-            application_key: input.application_key.trim().to_owned(),
-            base_url,
-            subscription_key_version: version,
-            subscription_key_hint: input.subscription_key.hint(),
-            created_at: now,
-            updated_at: now,
-        };
-        integrations::upsert(&tx, &rec)?;
-        let destroyed = secrets::delete_other_versions(&tx, r.purpose, &r.owner, version)?;
-        let current = integrations::get(&tx, env)?.unwrap_or(rec);
-        gate.record(&IntegrationChange { previous, current: current.clone() })?;
-        tx.commit().map_err(StoreError::from)?;
-        if destroyed > 0 {
-            store.checkpoint_truncate()?;
-        }
-        Ok(current)
-    }
-
-    pub fn integration(&self, env: Environment) -> Result<Option<IntegrationRecord>, VaultError> {
-        Ok(integrations::get(self.store().conn(), env)?)
-    }
-
-    pub fn integrations(&self) -> Result<Vec<IntegrationRecord>, VaultError> {
-        Ok(integrations::list(self.store().conn())?)
-    }
-
-    /// Opens an environment's subscription key (for the upstream client and, where the
-    /// configuration allows, `GetAccessToken` responses).
-    pub fn open_subscription_key(&self, rec: &IntegrationRecord) -> Result<SubscriptionKey, VaultError> {
-        let r = SecretRef {
-            purpose: Purpose::SubscriptionKey,
-            owner: rec.environment.as_str().to_owned(),
-            version: rec.subscription_key_version,
-        };
-        let plain = self.open_secret(&r)?;
-        let corrupt =
-            || VaultError::Integrity { what: format!("{} integration (edited outside pogo-vault?)", rec.environment) };
-        let s = std::str::from_utf8(&plain).map_err(|_| corrupt())?;
-        // The application key and base URL are sealed with the subscription key: a row
-        // edited to send keys to another host or application does not open.
-        let mut parts = s.splitn(4, '\n');
-        let (Some("v1"), Some(app), Some(url), Some(key)) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(corrupt());
-        };
-        if app != rec.application_key || url != rec.base_url {
-            return Err(corrupt());
-        }
-        SubscriptionKey::parse(key).map_err(|_| corrupt())
-    }
-
     // ---- tenants ----
 
     /// Registers a tenant with its first key (version 1).
@@ -567,10 +443,14 @@ impl Vault {
 
     /// Replaces a tenant's key with a new version and destroys the old one. A tenant whose
     /// key Go rejected becomes active again with the new key.
+    /// Replaces a tenant's client key with a new version (the old one destroyed).
+    /// `go_client_id`: Go's ClientId learnt with the new key (validation), or `None`: the
+    /// old one is dropped, since it was learnt with the old key (a later mint fills it in).
     pub fn rotate_key(
         &self,
         id: &TenantId,
         key: &ClientKey,
+        go_client_id: Option<&str>,
         gate: Gate<'_, KeyChange>,
     ) -> Result<TenantRecord, VaultError> {
         let mut store = self.store();
@@ -583,6 +463,7 @@ impl Vault {
         secrets::put(&tx, &r, &sealed, kek.id())?;
         let fp = self.fingerprint_key.fingerprint(FP_CLIENT_KEY, key.expose_secret().as_bytes());
         tenants::set_key(&tx, id, version, &key.hint(), &fp)?;
+        tenants::replace_go_client_id(&tx, id, go_client_id)?;
         secrets::delete_other_versions(&tx, Purpose::ClientKey, id.as_str(), version)?;
         let rec = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
         gate.record(&KeyChange { previous: cur, current: rec.clone() })?;
@@ -662,14 +543,33 @@ impl Vault {
         Ok(tenants::count_by_status(self.store().conn())?)
     }
 
-    /// Fills in what Go said about the client (ClientIntegrationInformation).
-    pub fn set_go_metadata(
+    /// Records the ClientId Go gave for a tenant's client (ClientIntegrationInformation),
+    /// and its name where the tenant has none. Only while the tenant still holds key
+    /// `key_version` (the ClientId was learnt with that key) and lacks that ClientId.
+    /// Returns the updated tenant, or `None` when nothing changed (no record then).
+    pub fn set_go_client_id(
         &self,
         id: &TenantId,
-        go_client_id: Option<&str>,
+        key_version: i64,
+        go_client_id: &str,
         name: Option<&DisplayName>,
-    ) -> Result<(), VaultError> {
-        Ok(tenants::set_go_metadata(self.store().conn(), id, go_client_id, name)?)
+        gate: Gate<'_, TenantRecord>,
+    ) -> Result<Option<TenantRecord>, VaultError> {
+        let go_client_id = go_client_id.trim();
+        if go_client_id.is_empty() || go_client_id.len() > 64 || !go_client_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidInput::new("go_client_id", "1 to 64 printable ASCII characters").into());
+        }
+        let mut store = self.store();
+        let tx = store.write_tx()?;
+        let Some(t) = tenants::get(&tx, id)? else { return Ok(None) };
+        if t.key_version != key_version || t.go_client_id.as_deref() == Some(go_client_id) {
+            return Ok(None);
+        }
+        tenants::set_go_metadata(&tx, id, Some(go_client_id), name)?;
+        let Some(current) = tenants::get(&tx, id)? else { return Ok(None) };
+        gate.record(&current)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(Some(current))
     }
 
     /// Records when tokens were last handed out, for many tenants in one transaction.
@@ -706,6 +606,19 @@ impl Vault {
         let kek = self.kek();
         drop(store);
         envelope::open(&kek, &SealContext::new(r.purpose, &r.owner, r.version), &sealed)
+            .map_err(VaultError::integrity(r))
+    }
+
+    /// [`Vault::open_secret`] on a connection (or open transaction) the caller holds.
+    fn open_secret_in(
+        &self,
+        conn: &rusqlite::Connection,
+        r: &SecretRef,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+        let sealed = secrets::get(conn, r)?.ok_or_else(|| VaultError::Integrity {
+            what: format!("{} of {} (version {}) is missing", r.purpose.as_str(), r.owner, r.version),
+        })?;
+        envelope::open(&self.kek(), &SealContext::new(r.purpose, &r.owner, r.version), &sealed)
             .map_err(VaultError::integrity(r))
     }
 
@@ -1036,62 +949,4 @@ fn slug(name: &str) -> String {
 pub fn audit_key_id(public: &[u8; 32]) -> String {
     use sha2::Digest;
     hex(&sha2::Sha256::digest(public)[..6])
-}
-
-/// The plaintext sealed for an integration: the subscription key together with the
-/// application key and base URL it may be used with. The result is zeroized on drop.
-fn bind_integration(application_key: &str, base_url: &str, subscription_key: &str) -> zeroize::Zeroizing<String> {
-    zeroize::Zeroizing::new(format!("v1\n{application_key}\n{base_url}\n{subscription_key}"))
-}
-
-/// Go application keys are GUIDs.
-fn validate_application_key(s: &str) -> Result<(), InvalidInput> {
-    // Reuse the GUID rule of client keys; an application key is not secret, but the
-    // error must still not echo it (it may be a pasted client key by mistake).
-    ClientKey::parse_field("application_key", s).map(|_| ())
-}
-
-/// PowerOffice Go's own origin: the only host client keys go to unless an operator allows
-/// another (`--allow-custom-base-url`).
-pub const GO_HOST: &str = "https://goapi.poweroffice.net";
-
-/// True for Go's production or demo base URL (as [`validate_base_url`] returns them; Go
-/// ignores path casing, so `/demo` is Go's too).
-pub fn is_go_base_url(base_url: &str) -> bool {
-    match base_url.strip_prefix(GO_HOST) {
-        Some("") => true,
-        Some(path) => path.eq_ignore_ascii_case("/demo"),
-        None => false,
-    }
-}
-
-/// The scheme, host and port of a base URL, for audit records and warnings.
-pub fn base_url_origin(base_url: &str) -> String {
-    reqwest::Url::parse(base_url).map(|u| u.origin().ascii_serialization()).unwrap_or_else(|_| "(unparsable)".into())
-}
-
-/// Absolute https URL without query, fragment or credentials; plain http only for loopback
-/// (tests and `dev` mode talk to the simulator). Returns it without a trailing slash.
-pub fn validate_base_url(s: &str) -> Result<String, InvalidInput> {
-    let field = "base_url";
-    let url =
-        reqwest::Url::parse(s.trim()).map_err(|e| InvalidInput::new(field, format!("not an absolute URL: {e}")))?;
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        "http" => {
-            return Err(InvalidInput::new(field, "must use https (plain http is allowed only for loopback addresses)"));
-        }
-        other => return Err(InvalidInput::new(field, format!("scheme {other:?} is not supported; use https"))),
-    }
-    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
-        return Err(InvalidInput::new(field, "must not contain credentials, a query or a fragment"));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
 }

@@ -178,7 +178,7 @@ async fn every_rpc_method_writes_its_record_including_denials() {
     let cached = &got["ok-token-cached"][0].record;
     assert_eq!(
         (cached.upstream_status, cached.detail.as_str()),
-        (None, "from cache [client_request_id=ok-token-cached]")
+        (None, "from cache; Go ClientId 7002 [client_request_id=ok-token-cached]")
     );
     // The caller's id is kept for correlation only: every record is keyed on an id of the
     // server's own, 32 hex digits, never on what the caller sent.

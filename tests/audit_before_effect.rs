@@ -204,6 +204,7 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
                     base_url: sim_base,
                     subscription_key: "0123456789abcdef0123456789abcdef".into(),
                     allow_custom_base_url: true,
+                    slot: String::new(),
                 };
                 code(ops2.set_integration(r).await)
             }),

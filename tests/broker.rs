@@ -48,7 +48,10 @@ async fn setup(sim: &Sim, n: usize) -> (Arc<Vault>, tempfile::TempDir) {
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            let new = NewTenant::new(tid(i), Environment::Demo);
+            // With Go's ClientId known, no background ClientIntegrationInformation call
+            // competes with the requests these tests count.
+            let mut new = NewTenant::new(tid(i), Environment::Demo);
+            new.go_client_id = Some(format!("{}", 1000 + i));
             (new, k)
         })
         .collect();
@@ -252,7 +255,7 @@ async fn invalid_client_marks_the_tenant_key_rejected_and_stops_upstream_calls()
         new_key,
         SimClient { client_id: "9".into(), name: "n".into(), organization_number: "999999999".into() },
     );
-    h.vault.rotate_key(&t, &ClientKey::parse(new_key).unwrap(), &UnauditedFixture).unwrap();
+    h.vault.rotate_key(&t, &ClientKey::parse(new_key).unwrap(), None, &UnauditedFixture).unwrap();
     h.broker.forget(&t);
     assert!(h.broker.get_token(&t, None).await.is_ok());
     assert_eq!(h.vault.tenant(&t).unwrap().unwrap().status, TenantStatus::Active);

@@ -121,6 +121,13 @@ async fn re_activation_trusts_only_numbers_go_reported_and_refuses_two() {
     // A second tenant with the same verified number under acme- (onboarded under acme-x-).
     let done = onboard("acme-x-").await.unwrap().into_inner();
     assert_eq!(done.tenants[0].tenant_id, "acme-x-910000003");
+    // The vault learns each new client's ClientId in the background after onboarding:
+    // let that settle before comparing the database.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ts.vault().tenant(&"acme-x-910000003".parse().unwrap()).unwrap().unwrap().go_client_id.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the onboarded tenant's ClientId was never filled in");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let before = common::dump(&ts.dir.path().join("vault.db"));
     let finalized = ts.sim.onboarding_finalizations();
     let s = onboard("acme-").await.unwrap_err();

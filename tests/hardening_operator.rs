@@ -73,6 +73,7 @@ async fn rotate_kek_through_the_server_keeps_every_key_opening_before_and_after_
         base_url: ts.sim.base_url(Environment::Demo),
         subscription_key: "0123456789abcdef0123456789abcdef".into(),
         allow_custom_base_url: true,
+        slot: String::new(),
     };
     let mut refused = set.clone();
     refused.allow_custom_base_url = false;

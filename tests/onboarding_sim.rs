@@ -12,7 +12,8 @@ use pogo_vault::crypto::{ClientKey, SubscriptionKey};
 use pogo_vault::domain::Environment;
 use pogo_vault::sim::{self, SIM_USER_EMAIL, Sim, SimClient, SimConfig};
 use pogo_vault::upstream::{
-    GoClient, OnboardingResult, OnboardingSession, OnboardingToken, UpstreamConfig, UpstreamError,
+    GoClient, OnboardingResult, OnboardingSession, OnboardingToken, SubscriptionKeyProblem, UpstreamConfig,
+    UpstreamError,
 };
 use reqwest::Url;
 use serde_json::Value;
@@ -177,8 +178,13 @@ fn invalid_client() -> UpstreamError {
     UpstreamError::KeyRejected { status: 400, error: "invalid_client".into() }
 }
 
-fn rejected(title: &str) -> UpstreamError {
-    UpstreamError::OnboardingRejected { status: 400, title: title.into() }
+/// A 400 ProblemDetails refusal with this title; Go (and the simulator) add a `traceId`,
+/// which the error keeps.
+fn assert_rejected(e: &UpstreamError, title: &str) {
+    match e {
+        UpstreamError::OnboardingRejected { status: 400, title: t, trace_id: Some(_) } if t == title => {}
+        other => panic!("expected a 400 refusal titled {title:?} with Go's traceId, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -247,7 +253,7 @@ async fn a_token_is_single_use() {
     let token = h.onboard(None).await.token();
     h.finalize(&token).await.expect("first use");
     let err = h.finalize(&token).await.expect_err("second use");
-    assert_eq!(err, rejected("Invalid onboarding token"));
+    assert_rejected(&err, "Invalid onboarding token");
     assert!(!err.is_retryable());
     assert_eq!(h.sim.onboarding_finalizations(), 2, "refused requests are counted too");
 }
@@ -257,19 +263,19 @@ async fn expired_tokens_are_rejected() {
     let h = Harness::start().await;
     let token = h.onboard(None).await.token();
     h.sim.expire_onboarding_tokens();
-    assert_eq!(h.finalize(&token).await.expect_err("expired"), rejected("Invalid onboarding token"));
+    assert_rejected(&h.finalize(&token).await.expect_err("expired"), "Invalid onboarding token");
 
     // A zero lifetime: expired as soon as issued.
     h.sim.set_onboarding_token_ttl(Duration::ZERO);
     let token = h.onboard(None).await.token();
-    assert_eq!(h.finalize(&token).await.expect_err("expired"), rejected("Invalid onboarding token"));
+    assert_rejected(&h.finalize(&token).await.expect_err("expired"), "Invalid onboarding token");
 
     // Back to a normal lifetime: tokens work again; unknown ones never do.
     h.sim.set_onboarding_token_ttl(Duration::from_secs(600));
     let token = h.onboard(None).await.token();
     h.finalize(&token).await.expect("fresh token");
     let made_up = OnboardingToken::parse("bm90LWEtcmVhbC10b2tlbi1hdC1hbGwtMDAwMDAwMDA").unwrap();
-    assert_eq!(h.finalize(&made_up).await.expect_err("unknown"), rejected("Invalid onboarding token"));
+    assert_rejected(&h.finalize(&made_up).await.expect_err("unknown"), "Invalid onboarding token");
 }
 
 #[tokio::test]
@@ -277,7 +283,7 @@ async fn a_demo_token_is_unknown_to_production() {
     let h = Harness::start().await;
     let token = h.onboard(None).await.token();
     let err = h.finalize_as(Environment::Production, PROD_SUB, &token).await.expect_err("wrong environment");
-    assert_eq!(err, rejected("Invalid onboarding token"));
+    assert_rejected(&err, "Invalid onboarding token");
     h.finalize(&token).await.expect("still good where it was issued");
 }
 
@@ -364,7 +370,7 @@ async fn re_onboarding_rotates_the_clients_key() {
 #[tokio::test]
 async fn only_whitelisted_redirects_are_accepted() {
     let h = Harness::start().await;
-    let bad = rejected("Invalid redirect URI");
+    let bad = "Invalid redirect URI";
     // Scheme, host, port and path count; the query does not.
     h.initiate(None, &format!("{CALLBACK}?anything=goes")).await.expect("query ignored");
     for uri in [
@@ -376,11 +382,11 @@ async fn only_whitelisted_redirects_are_accepted() {
         "/onboarding/callback",
         "not a uri",
     ] {
-        assert_eq!(h.initiate(None, uri).await.expect_err(uri), bad, "{uri}");
+        assert_rejected(&h.initiate(None, uri).await.expect_err(uri), bad);
     }
     // Whitelists are per environment.
     let err = h.initiate_as(Environment::Production, PROD_SUB, APP_KEY, None, CALLBACK).await.expect_err("prod");
-    assert_eq!(err, bad);
+    assert_rejected(&err, bad);
     assert!(h.sim.allow_redirect(Environment::Production, "http://localhost:8080/cb"));
     h.initiate_as(Environment::Production, PROD_SUB, APP_KEY, None, "http://LOCALHOST:8080/cb?s=1")
         .await
@@ -388,7 +394,7 @@ async fn only_whitelisted_redirects_are_accepted() {
     assert!(!h.sim.allow_redirect(Environment::Production, "ftp://x/cb"), "not an http(s) URL");
 
     let err = h.initiate_as(Environment::Demo, DEMO_SUB, "00000000-0000-4000-8000-000000000000", None, CALLBACK).await;
-    assert_eq!(err.expect_err("wrong application key"), rejected("Invalid application key"));
+    assert_rejected(&err.expect_err("wrong application key"), "Invalid application key");
 }
 
 #[tokio::test]
@@ -419,20 +425,20 @@ async fn production_sessions_live_at_the_root_and_approval_pages_are_single_use(
 async fn gateway_refusals_are_classified() {
     let h = Harness::start().await;
     let err = h.initiate_as(Environment::Demo, BAD_SUB, APP_KEY, None, CALLBACK).await.expect_err("bad sub");
-    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401 });
+    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Invalid });
     // Subscription keys do not cross environments.
     let err = h.initiate_as(Environment::Demo, PROD_SUB, APP_KEY, None, CALLBACK).await.expect_err("prod sub");
-    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401 });
+    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Invalid });
     let token = h.onboard(None).await.token();
     let err = h.finalize_as(Environment::Demo, BAD_SUB, &token).await.expect_err("bad sub");
-    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401 });
+    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Invalid });
 
     h.sim.fail_next_429(1, 2);
     let err = h.finalize(&token).await.expect_err("429");
     assert_eq!(err, UpstreamError::RateLimited { retry_after: Duration::from_secs(2) });
     h.sim.fail_next_5xx(1, 503);
     let err = h.initiate(None, CALLBACK).await.expect_err("503");
-    assert_eq!(err, UpstreamError::Transient { reason: "HTTP 503".into() });
+    assert_eq!(err, UpstreamError::Transient { reason: "HTTP 503".into(), trace_id: None });
     h.finalize(&token).await.expect("the token survived the refused attempts");
 
     // Onboarding shares the subscription key's rate limit; its 429 is ProblemDetails.

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use pogo_vault::crypto::{AccessToken, ClientKey, SubscriptionKey};
 use pogo_vault::domain::Environment;
 use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
-use pogo_vault::upstream::{GoClient, TokenGrant, UpstreamConfig, UpstreamError};
+use pogo_vault::upstream::{GoClient, SubscriptionKeyProblem, TokenGrant, UpstreamConfig, UpstreamError};
 
 const APP_KEY: &str = "a0b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d";
 const DEMO_SUB: &str = "d3d3d3d3e4e4e4e4f5f5f5f5a6a6a6a6";
@@ -186,10 +186,10 @@ async fn unknown_revoked_and_wrong_environment_keys_are_rejected() {
 async fn bad_subscription_key_is_an_integration_wide_rejection() {
     let h = Harness::start().await;
     let err = h.token(Environment::Demo, DEMO_KEY, BAD_SUB).await.expect_err("bad subscription key");
-    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401 });
+    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Invalid });
     // Subscription keys do not cross environments either.
     let err = h.token(Environment::Production, PROD_KEY, DEMO_SUB).await.expect_err("demo key on production");
-    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401 });
+    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Invalid });
     assert!(!err.is_retryable());
 }
 
@@ -209,7 +209,7 @@ async fn server_errors_are_transient() {
     let h = Harness::start().await;
     h.sim.fail_next_5xx(2, 503);
     let err = h.demo_token().await.expect_err("503");
-    assert_eq!(err, UpstreamError::Transient { reason: "HTTP 503".into() });
+    assert_eq!(err, UpstreamError::Transient { reason: "HTTP 503".into(), trace_id: None });
     assert!(err.is_retryable());
     let token = h.demo_token().await.expect_err("second 503 on the token endpoint");
     assert!(matches!(token, UpstreamError::Transient { .. }));
@@ -262,7 +262,7 @@ async fn nobody_listening_is_transient() {
     let key = ClientKey::parse(DEMO_KEY).expect("guid");
     let sub = SubscriptionKey::parse(DEMO_SUB).expect("sub");
     let err = go.request_token(&format!("http://127.0.0.1:{port}"), APP_KEY, &key, &sub).await.expect_err("refused");
-    assert_eq!(err, UpstreamError::Transient { reason: "connection refused".into() });
+    assert_eq!(err, UpstreamError::Transient { reason: "connection refused".into(), trace_id: None });
     assert_no_secrets(&err, &[]);
 }
 
@@ -342,14 +342,14 @@ async fn client_integration_information_needs_a_token_the_sim_issued() {
 
     let made_up = AccessToken::new("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl".into());
     let err = h.info(Environment::Demo, &made_up, DEMO_SUB).await.expect_err("made-up token");
-    assert_eq!(err, UpstreamError::Unauthorized { status: 401 });
+    assert_eq!(err, UpstreamError::Unauthorized { status: 401, trace_id: None });
 
     // A demo token is no good on production.
     let err = h.info(Environment::Production, &grant.access_token, PROD_SUB).await.expect_err("wrong environment");
-    assert_eq!(err, UpstreamError::Unauthorized { status: 401 });
+    assert_eq!(err, UpstreamError::Unauthorized { status: 401, trace_id: None });
 
     let err = h.info(Environment::Demo, &grant.access_token, BAD_SUB).await.expect_err("bad subscription key");
-    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401 });
+    assert_eq!(err, UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Invalid });
 
     // Revoking the key does not kill tokens already issued (go-api.md, "Keys").
     h.sim.revoke_client(DEMO_KEY);
@@ -365,7 +365,7 @@ async fn expired_tokens_are_refused() {
     // Sleeping longer only makes the token more expired: no timing dependence.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let err = h.info(Environment::Demo, &grant.access_token, DEMO_SUB).await.expect_err("expired");
-    assert_eq!(err, UpstreamError::Unauthorized { status: 401 });
+    assert_eq!(err, UpstreamError::Unauthorized { status: 401, trace_id: None });
 }
 
 #[tokio::test]

@@ -52,7 +52,7 @@ fn row_copied_onto_another_tenant_does_not_open() {
 fn ciphertext_alone_moved_with_its_dek_to_another_version_does_not_open() {
     let s = Scratch::new();
     let v = vault_with(&s, &[("alpha", K1)]);
-    v.rotate_key(&"alpha".parse().unwrap(), &ClientKey::parse(K2).unwrap(), &UnauditedFixture).unwrap();
+    v.rotate_key(&"alpha".parse().unwrap(), &ClientKey::parse(K2).unwrap(), None, &UnauditedFixture).unwrap();
     // Relabel the version-2 row as version 3 and point the tenant at it: bound to v2, so it fails.
     let conn = rusqlite_open(&s.db());
     conn.execute("UPDATE sealed_secrets SET version = 3 WHERE owner = 'alpha'", []).unwrap();

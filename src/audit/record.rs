@@ -107,6 +107,12 @@ named_enum! {
         IntegrationSet => "integration_set",
         /// The integrations were listed (hints only).
         IntegrationRead => "integration_read",
+        /// The vault switched the subscription key it sends (primary or secondary): by an
+        /// operator, or by itself when Go's gateway called the active key invalid and the
+        /// other one worked.
+        SubscriptionKeySwitched => "subscription_key_switched",
+        /// Go's metadata about a tenant's client (its ClientId) was filled in.
+        TenantMetadataUpdated => "tenant_metadata_updated",
         /// A backup of the vault and audit databases was taken (recorded before the copy).
         BackupTaken => "backup_taken",
         /// A backup was restored (recorded in the restored log before it is put in place).

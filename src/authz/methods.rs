@@ -33,6 +33,7 @@ pub const METHODS: &[(&str, Requirement)] = &[
     ("/pogo_vault.v1.OperatorService/RotateKek", Requirement::Role(Role::Operator)),
     ("/pogo_vault.v1.OperatorService/SetIntegration", Requirement::Role(Role::Operator)),
     ("/pogo_vault.v1.OperatorService/ListIntegrations", Requirement::Role(Role::Operator)),
+    ("/pogo_vault.v1.OperatorService/UseSubscriptionKey", Requirement::Role(Role::Operator)),
     ("/grpc.health.v1.Health/Check", Requirement::Authenticated),
     ("/grpc.health.v1.Health/Watch", Requirement::Authenticated),
     ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Requirement::Authenticated),

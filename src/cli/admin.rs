@@ -12,11 +12,14 @@ use super::output::{self, IntegrationView, TenantView};
 use super::{CliError, GlobalArgs};
 use crate::audit::{Action, Outcome};
 use crate::crypto::{ClientKey, MasterKeySource, SubscriptionKey};
-use crate::domain::{DisplayName, Environment, Labels, OrganizationNumber, TenantId, TenantStatus};
+use crate::domain::{
+    DisplayName, Environment, Labels, OrganizationNumber, SubscriptionKeySlot, TenantId, TenantStatus,
+};
 use crate::store::lock::{DbLock, Holder};
 use crate::store::tenants::TenantRecord;
 use crate::vault::{
-    Argon2Costs, InitKey, IntegrationChange, IntegrationInput, KekRotation, KeyChange, NewTenant, Vault, VaultError,
+    Argon2Costs, InitKey, IntegrationChange, IntegrationInput, KekRotation, KeyChange, NewTenant,
+    SubscriptionKeySwitch, Vault, VaultError,
 };
 
 #[derive(Debug, Args)]
@@ -56,21 +59,37 @@ impl From<Argon2Args> for Argon2Costs {
 #[derive(Debug, Subcommand)]
 pub enum IntegrationCommand {
     /// Set an environment's application key, subscription key (read from standard input)
-    /// and Go base URL.
+    /// and Go base URL; or, with `--slot secondary`, the other key of the same subscription.
     Set {
         /// `demo` or `production`.
         #[arg(long)]
         environment: String,
-        /// The integration's application key (a GUID; not secret).
+        /// The integration's application key (a GUID; not secret). Needed for the primary
+        /// slot; the secondary key uses the integration's.
         #[arg(long)]
-        application_key: String,
+        application_key: Option<String>,
         /// Go's base URL; defaults to PowerOffice's for the environment.
         #[arg(long)]
         base_url: Option<String>,
+        /// Which of the subscription's two keys this is: `primary` (the default) or
+        /// `secondary`. Setting a key does not change which one the vault sends (`integration use`).
+        #[arg(long, default_value = "primary")]
+        slot: String,
         /// Accept a base URL outside PowerOffice Go's own hosts (the simulator, tests). That
         /// host receives every client key of the environment; the audit record says so.
         #[arg(long)]
         allow_custom_base_url: bool,
+        #[command(flatten)]
+        remote: ThroughServer,
+    },
+    /// Switch the subscription key the vault sends to `primary` or `secondary` (the middle
+    /// step of a rotation; see the README). The slot's key must be set.
+    Use {
+        /// `primary` or `secondary`.
+        slot: String,
+        /// `demo` or `production`.
+        #[arg(long)]
+        environment: String,
         #[command(flatten)]
         remote: ThroughServer,
     },
@@ -285,31 +304,105 @@ fn change_error(g: &GlobalArgs, e: VaultError) -> CliError {
     }
 }
 
+/// What `integration set` and `integration use` print (hints only).
+fn integration_line(
+    env: &str,
+    application_key: &str,
+    base_url: &str,
+    primary: (&str, i64),
+    secondary: Option<(&str, i64)>,
+    active: &str,
+) -> String {
+    let secondary = secondary.map_or_else(|| "none".to_owned(), |(h, v)| format!("{h} (v{v})"));
+    format!(
+        "{env:<11} application key {application_key}  primary key {} (v{})  secondary key {secondary}  active {active}  {base_url}",
+        primary.0, primary.1
+    )
+}
+
+fn print_integration(i: &crate::store::integrations::IntegrationRecord) {
+    let secondary = i.secondary_key_hint.as_ref().map(|h| h.as_str()).zip(i.secondary_key_version);
+    println!(
+        "{}",
+        integration_line(
+            i.environment.as_str(),
+            &i.application_key,
+            &i.base_url,
+            (i.subscription_key_hint.as_str(), i.subscription_key_version),
+            secondary,
+            i.active_slot.as_str()
+        )
+    );
+}
+
+fn print_remote_integration(i: &crate::proto::v1::Integration) {
+    let secondary =
+        (!i.secondary_key_hint.is_empty()).then_some((i.secondary_key_hint.as_str(), i.secondary_key_version));
+    println!(
+        "{}",
+        integration_line(
+            &i.environment,
+            &i.application_key,
+            &i.base_url,
+            (&i.subscription_key_hint, i.subscription_key_version),
+            secondary,
+            &i.active_slot
+        )
+    );
+}
+
 pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError> {
     match c {
-        IntegrationCommand::Set { environment, application_key, base_url, allow_custom_base_url, remote } => {
+        IntegrationCommand::Set { environment, application_key, base_url, slot, allow_custom_base_url, remote } => {
             let environment = Environment::parse_field("environment", &environment)?;
+            let slot = SubscriptionKeySlot::parse_field("slot", &slot)?;
+            if slot == SubscriptionKeySlot::Primary && application_key.is_none() {
+                return Err(CliError::usage(
+                    "--application-key is needed for the primary key (the secondary uses the integration's)",
+                ));
+            }
             if let Some(conn) = remote.connect_args()? {
                 let secret = output::read_secret("subscription key (input hidden): ")?;
                 let req = crate::proto::v1::SetIntegrationRequest {
                     environment: environment.to_string(),
-                    application_key,
+                    application_key: application_key.unwrap_or_default(),
                     base_url: base_url.unwrap_or_default(),
                     subscription_key: secret.to_string(),
                     allow_custom_base_url,
+                    slot: slot.to_string(),
                 };
                 let rec = through_server(conn, async move |mut c| c.set_integration(req).await)?;
-                println!(
-                    "integration {} set through {}: application key {}, subscription key {} (version {}), base URL {}",
-                    rec.environment,
-                    remote.endpoint.as_deref().unwrap_or_default(),
-                    rec.application_key,
-                    rec.subscription_key_hint,
-                    rec.subscription_key_version,
-                    rec.base_url
-                );
+                println!("{slot} subscription key set through {}:", remote.endpoint.as_deref().unwrap_or_default());
+                print_remote_integration(&rec);
                 return Ok(());
             }
+            if slot == SubscriptionKeySlot::Secondary {
+                let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
+                let Some(current) = vault.integration(environment)? else {
+                    return Err(CliError::new(format!(
+                        "slot: the {environment} integration is not set: set it with its primary key first"
+                    )));
+                };
+                if application_key.as_deref().is_some_and(|a| !a.trim().eq_ignore_ascii_case(&current.application_key))
+                    || base_url.as_deref().is_some_and(|u| u.trim().trim_end_matches('/') != current.base_url)
+                {
+                    return Err(CliError::new(
+                        "the secondary key belongs to the integration's subscription: leave out --application-key and \
+                         --base-url, or change the integration with --slot primary",
+                    ));
+                }
+                let secret = output::read_secret("secondary subscription key (input hidden): ")?;
+                let key = SubscriptionKey::parse(&secret)?;
+                let gate = op.gate(g.audit_db(), &akey, |op, c: &IntegrationChange| {
+                    vec![op.record(Action::IntegrationSet, Outcome::Ok, c.describe("with the CLI"))]
+                });
+                let rec =
+                    vault.set_secondary_subscription_key(environment, &key, &gate).map_err(|e| change_error(g, e))?;
+                println!("secondary subscription key set (the vault sends the {} key):", rec.active_slot);
+                print_integration(&rec);
+                return Ok(());
+            }
+            let application_key = application_key.unwrap_or_default();
             let base_url = base_url.unwrap_or_else(|| environment.default_base_url().to_owned());
             // Checked before the key is read, so a refused URL costs no paste.
             let checked = crate::vault::validate_base_url(&base_url)?;
@@ -339,27 +432,46 @@ pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError
                     &gate,
                 )
                 .map_err(|e| change_error(g, e))?;
-            println!(
-                "integration {} set: application key {}, subscription key {} (version {}), base URL {}",
-                rec.environment,
-                rec.application_key,
-                rec.subscription_key_hint,
-                rec.subscription_key_version,
-                rec.base_url
-            );
+            println!("integration {} set:", rec.environment);
+            print_integration(&rec);
+            Ok(())
+        }
+        IntegrationCommand::Use { slot, environment, remote } => {
+            let environment = Environment::parse_field("environment", &environment)?;
+            let slot = SubscriptionKeySlot::parse_field("slot", &slot)?;
+            if let Some(conn) = remote.connect_args()? {
+                let req = crate::proto::v1::UseSubscriptionKeyRequest {
+                    environment: environment.to_string(),
+                    slot: slot.to_string(),
+                };
+                let rec = through_server(conn, async move |mut c| c.use_subscription_key(req).await)?;
+                println!("the {environment} integration sends the {} subscription key now:", rec.active_slot);
+                print_remote_integration(&rec);
+                return Ok(());
+            }
+            let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
+            let gate = op.gate(g.audit_db(), &akey, |op, s: &SubscriptionKeySwitch| {
+                vec![op.record(Action::SubscriptionKeySwitched, Outcome::Ok, s.describe("by an operator with the CLI"))]
+            });
+            let (rec, changed) =
+                vault.use_subscription_key(environment, slot, None, &gate).map_err(|e| change_error(g, e))?;
+            if changed {
+                println!("the {environment} integration sends the {slot} subscription key now:");
+            } else {
+                println!("the {environment} integration already sends the {slot} subscription key; nothing changed:");
+            }
+            print_integration(&rec);
             Ok(())
         }
         IntegrationCommand::List { json } => {
             let vault = unlock(g)?;
-            let list: Vec<IntegrationView> = vault.integrations()?.iter().map(IntegrationView::from).collect();
+            let records = vault.integrations()?;
             if json {
+                let list: Vec<IntegrationView> = records.iter().map(IntegrationView::from).collect();
                 return output::print_json(&list);
             }
-            for i in list {
-                println!(
-                    "{:<11} application key {}  subscription key {} (v{})  {}",
-                    i.environment, i.application_key, i.subscription_key_hint, i.subscription_key_version, i.base_url
-                );
+            for i in &records {
+                print_integration(i);
             }
             Ok(())
         }
@@ -446,7 +558,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
                         .key_version(new),
                 ]
             });
-            let rec = vault.rotate_key(&id, &key, &gate).map_err(|e| change_error(g, e))?;
+            let rec = vault.rotate_key(&id, &key, None, &gate).map_err(|e| change_error(g, e))?;
             println!(
                 "tenant {}: client key {} (version {}) replaces {} (version {}, destroyed)",
                 rec.tenant_id, rec.key_hint, rec.key_version, cur.key_hint, cur.key_version

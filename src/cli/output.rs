@@ -119,6 +119,11 @@ pub struct IntegrationView {
     pub base_url: String,
     pub subscription_key_hint: String,
     pub subscription_key_version: i64,
+    /// The secondary key's hint, when one is set.
+    pub secondary_key_hint: Option<String>,
+    pub secondary_key_version: Option<i64>,
+    /// The key the vault sends: `primary` or `secondary`.
+    pub active_slot: String,
     pub updated_at: String,
 }
 
@@ -130,6 +135,9 @@ impl From<&IntegrationRecord> for IntegrationView {
             base_url: r.base_url.clone(),
             subscription_key_hint: r.subscription_key_hint.to_string(),
             subscription_key_version: r.subscription_key_version,
+            secondary_key_hint: r.secondary_key_hint.as_ref().map(ToString::to_string),
+            secondary_key_version: r.secondary_key_version,
+            active_slot: r.active_slot.to_string(),
             updated_at: format_time(r.updated_at),
         }
     }

@@ -208,6 +208,17 @@ pub fn status(conn: ConnectArgs) -> Result<(), CliError> {
             ),
             None => println!("last checkpoint: none yet"),
         }
+        for i in &s.integrations {
+            let secondary = if i.secondary_key_hint.is_empty() { "none" } else { &i.secondary_key_hint };
+            let paused = match i.upstream_paused_seconds {
+                0 => String::new(),
+                n => format!(", upstream calls paused for {n} s"),
+            };
+            println!(
+                "integration:     {} sends the {} subscription key (primary {}, secondary {secondary}){paused}",
+                i.environment, i.active_slot, i.primary_key_hint
+            );
+        }
         for w in &s.audit_witnesses {
             let state = if w.failing { format!("FAILING ({})", w.last_error) } else { "ok".to_owned() };
             println!(

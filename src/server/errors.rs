@@ -77,6 +77,7 @@ pub fn broker(e: &BrokerError) -> Status {
         | BrokerError::OnboardingRejected(_) => Status::failed_precondition(msg),
         BrokerError::SubscriptionKeyRejected { retry_after, .. }
         | BrokerError::RateLimited { retry_after, .. }
+        | BrokerError::QuotaExceeded { retry_after, .. }
         | BrokerError::Unavailable { retry_after, .. } => retryable(Code::Unavailable, msg, *retry_after),
         BrokerError::Integrity(_) => {
             Status::internal("integrity failure in the vault's storage; operators are alerted")

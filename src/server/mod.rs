@@ -248,6 +248,7 @@ pub fn action_for(path: &str) -> Option<Action> {
         "RotateKek" => Action::KekRotated,
         "SetIntegration" => Action::IntegrationSet,
         "ListIntegrations" => Action::IntegrationRead,
+        "UseSubscriptionKey" => Action::SubscriptionKeySwitched,
         "BeginOnboarding" => Action::OnboardingBegun,
         "CompleteOnboarding" => Action::OnboardingFailed,
         _ => return None,

@@ -412,6 +412,14 @@ impl OnboardingService for OnboardingSvc {
         for o in &outcomes {
             st.broker.forget(&o.record.tenant_id);
         }
+        // Go's ClientId of each onboarded client (ClientIntegrationInformation), in the
+        // background: within the upstream budget, and never holding up the answer.
+        let unknown: Vec<_> =
+            outcomes.iter().filter(|o| o.record.go_client_id.is_none()).map(|o| o.record.tenant_id.clone()).collect();
+        if !unknown.is_empty() {
+            let broker = st.broker.clone();
+            tokio::spawn(async move { broker.fill_client_ids(&unknown).await });
+        }
         Ok(Response::new(pb::CompleteOnboardingResponse {
             tenants: outcomes.iter().map(|o| super::tenant_svc::to_proto(&o.record, None)).collect(),
         }))

@@ -11,11 +11,11 @@ use tonic::{Request, Response, Status};
 use super::{Caller, Extra, ServerState, caller_record, errors};
 use crate::audit::{Action, Outcome};
 use crate::crypto::{MasterKeySource, SubscriptionKey};
-use crate::domain::{Environment, InvalidInput};
+use crate::domain::{Environment, InvalidInput, SubscriptionKeySlot};
 use crate::proto::v1 as pb;
 use crate::proto::v1::operator_service_server::OperatorService;
 use crate::store::integrations::IntegrationRecord;
-use crate::vault::{Argon2Costs, InitKey, IntegrationChange, IntegrationInput, KekRotation};
+use crate::vault::{Argon2Costs, InitKey, IntegrationChange, IntegrationInput, KekRotation, SubscriptionKeySwitch};
 
 pub struct OperatorSvc {
     pub state: Arc<ServerState>,
@@ -24,6 +24,58 @@ pub struct OperatorSvc {
 }
 
 impl OperatorSvc {
+    /// `SetIntegration` for the secondary slot: the other key of the integration's
+    /// subscription, bound to its application key and base URL.
+    async fn set_secondary(
+        &self,
+        caller: Caller,
+        mut r: pb::SetIntegrationRequest,
+    ) -> Result<Response<pb::Integration>, Status> {
+        let action = Action::IntegrationSet;
+        let parsed = (|| -> Result<(Environment, SubscriptionKey), InvalidInput> {
+            let environment = Environment::parse_field("environment", &r.environment)?;
+            let key = SubscriptionKey::parse_field("subscription_key", &r.subscription_key)?;
+            Ok((environment, key))
+        })();
+        zeroize::Zeroize::zeroize(&mut r.subscription_key);
+        let (env, key) = match parsed {
+            Ok(p) => p,
+            Err(e) => return Err(self.failed(&caller, action, errors::invalid(&e)).await),
+        };
+        // The secondary belongs to the integration's subscription: naming another
+        // application key or host is a mistake, refused before anything is sealed.
+        let current = self.state.vault_op(move |v| v.integration(env)).await?;
+        if let Some(cur) = &current {
+            let app = r.application_key.trim();
+            let url = r.base_url.trim().trim_end_matches('/');
+            let mismatch = if !app.is_empty() && !app.eq_ignore_ascii_case(&cur.application_key) {
+                Some("application_key")
+            } else if !url.is_empty() && url != cur.base_url {
+                Some("base_url")
+            } else {
+                None
+            };
+            if let Some(field) = mismatch {
+                let e = InvalidInput::new(
+                    field,
+                    "the secondary key belongs to the integration's subscription: leave this empty, or change the integration with slot primary",
+                );
+                return Err(self.failed(&caller, action, errors::invalid(&e)).await);
+            }
+        }
+        let gate = self.state.gate(&caller, move |c, change: &IntegrationChange| {
+            let detail = change.describe("through the API");
+            vec![caller_record(c, action, None, Outcome::Ok, &detail, Extra::default())]
+        });
+        match self.state.vault_op(move |v| v.set_secondary_subscription_key(env, &key, &gate)).await {
+            Ok(rec) => {
+                self.state.broker.forget_integration(env);
+                Ok(Response::new(view(&rec)))
+            }
+            Err(s) => Err(self.failed(&caller, action, s).await),
+        }
+    }
+
     /// Audits a refused or failed change and returns its status (at once while the log
     /// cannot be written: nothing could be recorded).
     async fn failed(&self, caller: &Caller, action: Action, status: Status) -> Status {
@@ -68,6 +120,9 @@ fn view(i: &IntegrationRecord) -> pb::Integration {
         base_url: i.base_url.clone(),
         subscription_key_hint: i.subscription_key_hint.to_string(),
         subscription_key_version: i.subscription_key_version,
+        secondary_key_hint: i.secondary_key_hint.as_ref().map(ToString::to_string).unwrap_or_default(),
+        secondary_key_version: i.secondary_key_version.unwrap_or(0),
+        active_slot: i.active_slot.to_string(),
     }
 }
 
@@ -134,7 +189,15 @@ impl OperatorService for OperatorSvc {
         let mut r = req.into_inner();
         let action = Action::IntegrationSet;
         self.state.audit_ready()?;
+        let slot = match r.slot.trim() {
+            "" => Ok(SubscriptionKeySlot::Primary),
+            s => SubscriptionKeySlot::parse_field("slot", s),
+        };
+        if let Ok(SubscriptionKeySlot::Secondary) = slot {
+            return self.set_secondary(caller, r).await;
+        }
         let parsed = (|| -> Result<IntegrationInput, InvalidInput> {
+            slot?;
             let environment = Environment::parse_field("environment", &r.environment)?;
             let base_url = match r.base_url.trim() {
                 "" => environment.default_base_url().to_owned(),
@@ -163,6 +226,35 @@ impl OperatorService for OperatorSvc {
             Ok(rec) => {
                 // The broker's cached subscription key and base URL are stale now.
                 self.state.broker.forget_integration(env);
+                Ok(Response::new(view(&rec)))
+            }
+            Err(s) => Err(self.failed(&caller, action, s).await),
+        }
+    }
+
+    async fn use_subscription_key(
+        &self,
+        req: Request<pb::UseSubscriptionKeyRequest>,
+    ) -> Result<Response<pb::Integration>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.into_inner();
+        let action = Action::SubscriptionKeySwitched;
+        self.state.audit_ready()?;
+        let parsed = Environment::parse_field("environment", &r.environment)
+            .and_then(|e| Ok((e, SubscriptionKeySlot::parse_field("slot", &r.slot)?)));
+        let (env, slot) = match parsed {
+            Ok(p) => p,
+            Err(e) => return Err(self.failed(&caller, action, errors::invalid(&e)).await),
+        };
+        let gate = self.state.gate(&caller, move |c, s: &SubscriptionKeySwitch| {
+            let detail = s.describe("by an operator through the API");
+            vec![caller_record(c, action, None, Outcome::Ok, &detail, Extra::default())]
+        });
+        match self.state.vault_op(move |v| v.use_subscription_key(env, slot, None, &gate)).await {
+            Ok((rec, changed)) => {
+                if changed {
+                    self.state.broker.forget_integration(env);
+                }
                 Ok(Response::new(view(&rec)))
             }
             Err(s) => Err(self.failed(&caller, action, s).await),

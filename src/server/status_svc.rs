@@ -20,8 +20,12 @@ impl StatusService for StatusSvc {
         let st = &self.state;
         st.record(&caller, Action::AuditRead, None, Outcome::Ok, "status", Extra::default()).await?;
         let vault = st.vault.clone();
-        let (counts, schema) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::vault::VaultError>((vault.count_tenants_by_status()?, vault.schema_version()?))
+        let (counts, schema, integrations) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::vault::VaultError>((
+                vault.count_tenants_by_status()?,
+                vault.schema_version()?,
+                vault.integrations()?,
+            ))
         })
         .await
         .map_err(|_| Status::internal("internal error; operators are alerted"))?
@@ -37,6 +41,19 @@ impl StatusService for StatusSvc {
             last_checkpoint: checkpoint.as_ref().map(super::audit_svc::checkpoint_to_proto),
             started_at: Some(timestamp(st.started_at)),
             audit_healthy: healthy,
+            integrations: integrations
+                .iter()
+                .map(|i| pb::IntegrationSlots {
+                    environment: i.environment.to_string(),
+                    active_slot: i.active_slot.to_string(),
+                    primary_key_hint: i.subscription_key_hint.to_string(),
+                    secondary_key_hint: i.secondary_key_hint.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    upstream_paused_seconds: st
+                        .broker
+                        .upstream_paused_for(i.environment)
+                        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+                })
+                .collect(),
             audit_witnesses: st
                 .audit
                 .witness_status()

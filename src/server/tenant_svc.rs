@@ -180,9 +180,10 @@ impl TenantService for TenantSvc {
             let s = Status::not_found(format!("tenant {tenant} not found"));
             return Err(self.failed(&caller, action, &tenant, s).await);
         };
-        if let Err(e) = self.state.broker.validate_key(cur.environment, &key).await {
-            return Err(self.failed(&caller, action, &tenant, errors::broker(&e)).await);
-        }
+        let client_id = match self.state.broker.validate_key(cur.environment, &key).await {
+            Ok(v) => v.info.client_id,
+            Err(e) => return Err(self.failed(&caller, action, &tenant, errors::broker(&e)).await),
+        };
         let id = tenant.clone();
         let gate = self.state.gate(&caller, move |c, k: &KeyChange| {
             let (new, old) = (k.current.key_version, k.previous.key_version);
@@ -190,7 +191,7 @@ impl TenantService for TenantSvc {
             let detail = format!("key version {new} replaces {old} (destroyed)");
             vec![caller_record(c, action, Some(&k.current.tenant_id), Outcome::Ok, &detail, extra)]
         });
-        match self.state.vault_op(move |v| v.rotate_key(&id, &key, &gate)).await {
+        match self.state.vault_op(move |v| v.rotate_key(&id, &key, client_id.as_deref(), &gate)).await {
             Ok(rec) => {
                 self.state.broker.forget(&tenant);
                 Ok(Response::new(self.view(&rec)))

@@ -86,8 +86,13 @@ impl TokenSvc {
                     upstream_status,
                     token_fingerprint: Some(t.fingerprint_text.clone()),
                 };
+                // Go's ClientId, so a support case can quote it (go-api.md, "Keys").
+                let detail = match &lease.go_client_id {
+                    Some(id) => format!("{detail}; Go ClientId {id}"),
+                    None => detail.to_owned(),
+                };
                 // Durable before the token leaves (DESIGN.md invariant 6): fail closed.
-                st.record(&caller, Action::TokenMinted, Some(&tenant), Outcome::Ok, detail, extra).await?;
+                st.record(&caller, Action::TokenMinted, Some(&tenant), Outcome::Ok, &detail, extra).await?;
                 let subscription_key = if st.return_subscription_key {
                     st.subscription_key(t.environment).await.unwrap_or_default()
                 } else {

@@ -21,9 +21,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
+use super::answers::SimAnswer;
 use super::conn::ConnHandle;
 use super::onboarding;
-use super::state::{Endpoint, Fault, IssuedToken};
+use super::state::{Endpoint, Fault, IssuedToken, State};
 use super::{RecordedRequest, Shared, SimClient};
 use crate::domain::Environment;
 
@@ -113,8 +114,12 @@ pub(super) async fn dispatch(
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             gateway_error(status, status.canonical_reason().unwrap_or("Simulated failure"))
         }
-        Some(Fault::RateLimited(secs)) if endpoint.is_onboarding() => onboarding::rate_limited(secs),
-        Some(Fault::RateLimited(secs)) => rate_limited(secs),
+        Some(Fault::Answer(a)) => a.into_response(),
+        Some(Fault::Quota(secs, header)) => SimAnswer::quota_exceeded(secs, header).into_response(),
+        Some(Fault::RateLimited(secs)) if endpoint.is_onboarding() => {
+            onboarding::rate_limited(shared.lock().rate_limit_style, secs)
+        }
+        Some(Fault::RateLimited(secs)) => rate_limited(&shared.lock(), secs),
         None => match endpoint {
             Endpoint::Token => token(&shared, env, arrived, &headers, &body),
             Endpoint::ClientIntegrationInformation => client_integration_information(&shared, env, arrived, &headers),
@@ -130,12 +135,8 @@ pub(super) async fn dispatch(
 fn token(shared: &Shared, env: Environment, arrived: Instant, headers: &HeaderMap, body: &[u8]) -> Response {
     let now = Instant::now();
     let mut st = shared.lock();
-    let Some(subscription_key) = header_str(headers, SUBSCRIPTION_KEY_HEADER).filter(|k| st.subscription_known(env, k))
-    else {
-        return subscription_denied();
-    };
-    if !st.limiter.admit(subscription_key, arrived) {
-        return rate_limited(1);
+    if let Some(refused) = gateway_checks(&mut st, env, Endpoint::Token, arrived, headers) {
+        return refused;
     }
     if !is_form(headers) {
         return oauth_error("invalid_request", "Content-Type must be application/x-www-form-urlencoded.");
@@ -173,12 +174,8 @@ fn client_integration_information(
 ) -> Response {
     let now = Instant::now();
     let mut st = shared.lock();
-    let Some(subscription_key) = header_str(headers, SUBSCRIPTION_KEY_HEADER).filter(|k| st.subscription_known(env, k))
-    else {
-        return subscription_denied();
-    };
-    if !st.limiter.admit(subscription_key, arrived) {
-        return rate_limited(1);
+    if let Some(refused) = gateway_checks(&mut st, env, Endpoint::ClientIntegrationInformation, arrived, headers) {
+        return refused;
     }
     let issued = header_str(headers, header::AUTHORIZATION.as_str())
         .and_then(|v| v.split_once(' '))
@@ -298,20 +295,32 @@ fn gateway_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"statusCode": status.as_u16(), "message": message}))).into_response()
 }
 
-pub(super) fn subscription_denied() -> Response {
-    gateway_error(
-        StatusCode::UNAUTHORIZED,
-        "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription.",
-    )
+/// The gateway's checks, in its order: a subscription key at all (401 "missing"), a valid
+/// one (401 "invalid"), then the rate limit (429). The limit is per subscription, not per
+/// key: the primary and secondary key of an environment share one budget, as on Go.
+pub(super) fn gateway_checks(
+    st: &mut State,
+    env: Environment,
+    endpoint: Endpoint,
+    arrived: Instant,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let Some(key) = header_str(headers, SUBSCRIPTION_KEY_HEADER) else {
+        return Some(SimAnswer::subscription_key_missing().into_response());
+    };
+    if !st.subscription_known(env, key) {
+        return Some(SimAnswer::subscription_key_invalid().into_response());
+    }
+    if st.limiter.admit(env.as_str(), arrived) {
+        return None;
+    }
+    // The onboarding API answers its 429 as ProblemDetails (go-api.md, "Onboarding").
+    Some(if endpoint.is_onboarding() { onboarding::rate_limited(st.rate_limit_style, 1) } else { rate_limited(st, 1) })
 }
 
-fn rate_limited(retry_after_secs: u64) -> Response {
-    let mut r = gateway_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        &format!("Rate limit is exceeded. Try again in {retry_after_secs} seconds."),
-    );
-    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    r
+/// The gateway's 429, in the configured style.
+fn rate_limited(st: &State, retry_after_secs: u64) -> Response {
+    SimAnswer::rate_limited(retry_after_secs, st.rate_limit_style).into_response()
 }
 
 /// The OAuth server's error shape (RFC 6749 §5.2); Go answers 400 for all of them.

@@ -20,6 +20,7 @@
 //! onboarding request (with their credentials) in memory for tests; that record's `Debug`
 //! is redacted too.
 
+mod answers;
 mod conn;
 mod handlers;
 mod onboarding;
@@ -38,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use self::answers::{INVALID_KEY_MESSAGE, MISSING_KEY_MESSAGE, RateLimitStyle, SimAnswer};
 pub use self::onboarding::{APPROVAL_STATUSES, SIM_USER_EMAIL};
 
 use self::conn::{ConnHandle, SimListener};
@@ -51,6 +53,11 @@ pub const DEFAULT_APPLICATION_KEY: &str = "5b1b5bd4-0f0c-4a57-9d8e-0d3f54a1c001"
 pub const DEFAULT_DEMO_SUBSCRIPTION_KEY: &str = "0d9e5c1f4b2a4e6f8a7b3c2d1e0f9a8b";
 /// The simulator's default production subscription key (a fixed, public demo value).
 pub const DEFAULT_PRODUCTION_SUBSCRIPTION_KEY: &str = "7c4e2a9b1d3f4c5e8a6b0d2f1e3c5a7b";
+/// The secondary key of the simulator's demo subscription (a fixed, public demo value):
+/// Go's gateway gives every subscription two keys, both valid at once.
+pub const DEFAULT_DEMO_SECONDARY_SUBSCRIPTION_KEY: &str = "3a8f6c2e9b1d4e7fa0c5b2d8e6f1a9c4";
+/// The secondary key of the simulator's production subscription.
+pub const DEFAULT_PRODUCTION_SECONDARY_SUBSCRIPTION_KEY: &str = "9e2b7d4a6c1f4b8e9d3a5c7e0f2b4d6a";
 
 /// How long a graceful shutdown may take before the server task is aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -60,7 +67,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct SimConfig {
     /// The integration's application key (the OAuth client id).
     pub application_key: String,
-    /// Subscription keys and the environment each belongs to.
+    /// Subscription keys and the environment each belongs to. An environment's keys are
+    /// keys of one subscription (primary and secondary): they share one rate limit.
     pub subscription_keys: Vec<(Environment, String)>,
     /// `expires_in` of issued tokens; default 1200 s.
     pub token_lifetime: Duration,
@@ -78,7 +86,9 @@ impl Default for SimConfig {
             application_key: DEFAULT_APPLICATION_KEY.to_owned(),
             subscription_keys: vec![
                 (Environment::Demo, DEFAULT_DEMO_SUBSCRIPTION_KEY.to_owned()),
+                (Environment::Demo, DEFAULT_DEMO_SECONDARY_SUBSCRIPTION_KEY.to_owned()),
                 (Environment::Production, DEFAULT_PRODUCTION_SUBSCRIPTION_KEY.to_owned()),
+                (Environment::Production, DEFAULT_PRODUCTION_SECONDARY_SUBSCRIPTION_KEY.to_owned()),
             ],
             token_lifetime: Duration::from_secs(1200),
             rate_limit_per_second: 10,
@@ -228,6 +238,7 @@ pub async fn start(listen: SocketAddr, config: SimConfig) -> io::Result<Sim> {
         faults: Faults::default(),
         counters: Counters::default(),
         onboarding,
+        rate_limit_style: RateLimitStyle::default(),
     };
     let shared = Arc::new(Shared { state: Mutex::new(state), shutdown });
     let router = Router::new().fallback(handlers::dispatch).with_state(shared.clone());
@@ -303,6 +314,41 @@ impl Sim {
         let mut st = self.shared.lock();
         st.faults.rate_limited = n;
         st.faults.retry_after_secs = retry_after_secs;
+    }
+
+    /// The next `n` requests get 403 "Out of call volume quota. Quota will be replenished in
+    /// hh:mm:ss." for `secs`, with `Retry-After: secs` when `retry_after_header`.
+    pub fn fail_next_403_quota(&self, n: u32, secs: u64, retry_after_header: bool) {
+        let mut st = self.shared.lock();
+        st.faults.quota = n;
+        st.faults.quota_secs = secs;
+        st.faults.quota_header = retry_after_header;
+    }
+
+    /// The next request gets exactly `answer` (queued after earlier canned answers; these
+    /// come before every other fault). For shapes Go sends, see [`SimAnswer`]'s constructors.
+    pub fn answer_next(&self, answer: SimAnswer) {
+        self.shared.lock().faults.answers.push_back(answer);
+    }
+
+    /// How 429s are written from now on: `statusCode` as a string or a number, with or
+    /// without `Retry-After` (go-api.md: both are seen).
+    pub fn set_rate_limit_style(&self, style: RateLimitStyle) {
+        self.shared.lock().rate_limit_style = style;
+    }
+
+    /// Revokes a subscription key (as regenerating it in Go's portal does): later requests
+    /// with it get 401 "invalid subscription key". Returns whether it was known.
+    pub fn revoke_subscription_key(&self, key: &str) -> bool {
+        let mut st = self.shared.lock();
+        let before = st.subscription_keys.len();
+        st.subscription_keys.retain(|(_, k)| k != key);
+        st.subscription_keys.len() != before
+    }
+
+    /// Adds a subscription key to an environment's subscription (a regenerated key).
+    pub fn add_subscription_key(&self, env: Environment, key: &str) {
+        self.shared.lock().subscription_keys.push((env, key.to_owned()));
     }
 
     /// The next `n` requests get `status` (meant for 5xx; an invalid code becomes 503).

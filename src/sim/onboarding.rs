@@ -35,8 +35,9 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use url::Url;
 
-use super::handlers::{SUBSCRIPTION_KEY_HEADER, environment_and_rest, header_str, subscription_denied};
-use super::state::State;
+use super::answers::{RateLimitStyle, SimAnswer, random_trace_id};
+use super::handlers::{environment_and_rest, gateway_checks, header_str};
+use super::state::{Endpoint, State};
 use super::{RecordedRequest, Shared, Sim, SimClient};
 use crate::domain::Environment;
 
@@ -144,7 +145,7 @@ pub(super) fn initiate(
 ) -> Response {
     let now = Instant::now();
     let mut st = shared.lock();
-    if let Some(refused) = gateway_checks(&mut st, env, arrived, headers) {
+    if let Some(refused) = gateway_checks(&mut st, env, Endpoint::OnboardingInitiate, arrived, headers) {
         return refused;
     }
     let obj = match json_body(headers, body) {
@@ -167,6 +168,10 @@ pub(super) fn initiate(
     };
     let organization_no = match get_ci(&obj, "ClientOrganizationNo") {
         None | Some(Value::Null) => None,
+        // Go refuses an empty string where the field is optional (go-api.md, "Errors elsewhere").
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            return validation_error("ClientOrganizationNo", "The ClientOrganizationNo field is required.");
+        }
         Some(Value::String(s)) => Some(digits_only(s)).filter(|s| !s.is_empty()),
         Some(_) => return invalid_request("Invalid request", "ClientOrganizationNo must be a string."),
     };
@@ -261,7 +266,7 @@ pub(super) fn finalize(
 ) -> Response {
     let now = Instant::now();
     let mut st = shared.lock();
-    if let Some(refused) = gateway_checks(&mut st, env, arrived, headers) {
+    if let Some(refused) = gateway_checks(&mut st, env, Endpoint::OnboardingFinalize, arrived, headers) {
         return refused;
     }
     let obj = match json_body(headers, body) {
@@ -295,14 +300,6 @@ pub(super) fn finalize(
         })
         .collect();
     Json(json!({"OnboardedClientsInformation": clients, "UserEmail": SIM_USER_EMAIL})).into_response()
-}
-
-/// The gateway's checks, in its order: subscription key (401), then rate limit (429).
-fn gateway_checks(st: &mut State, env: Environment, arrived: Instant, headers: &HeaderMap) -> Option<Response> {
-    let Some(key) = header_str(headers, SUBSCRIPTION_KEY_HEADER).filter(|k| st.subscription_known(env, k)) else {
-        return Some(subscription_denied());
-    };
-    (!st.limiter.admit(key, arrived)).then(|| rate_limited(1))
 }
 
 /// Why a request body was refused.
@@ -471,32 +468,34 @@ fn random_token() -> Result<String, getrandom::Error> {
     Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
 }
 
-/// An RFC 9457 ProblemDetails answer, as ASP.NET writes it (lowercase names).
+/// An RFC 9457 ProblemDetails answer, as ASP.NET (Go since .NET 8) writes it: camelCase,
+/// with a `traceId`.
 fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
-    let kind = match status.as_u16() {
-        400 => "https://tools.ietf.org/html/rfc9110#section-15.5.1",
-        415 => "https://tools.ietf.org/html/rfc9110#section-15.5.16",
-        429 => "https://tools.ietf.org/html/rfc6585#section-4",
-        _ => "about:blank",
-    };
-    let mut r = (status, Json(json!({"type": kind, "title": title, "status": status.as_u16(), "detail": detail})))
-        .into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-    r
+    SimAnswer::problem(status.as_u16(), title, detail, &[], Some(&random_trace_id()), false).into_response()
 }
 
 fn invalid_request(title: &str, detail: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, title, detail)
 }
 
-/// 429 for the onboarding endpoints: ProblemDetails plus `Retry-After`.
-pub(super) fn rate_limited(retry_after_secs: u64) -> Response {
+/// ASP.NET's model-validation answer: 400 with an `errors` map naming the field.
+fn validation_error(field: &str, message: &str) -> Response {
+    let title = "One or more validation errors occurred.";
+    SimAnswer::problem(400, title, "", &[(field, message)], Some(&random_trace_id()), false).into_response()
+}
+
+/// 429 for the onboarding endpoints: ProblemDetails plus `Retry-After` (or not, as the
+/// rate-limit style says).
+pub(super) fn rate_limited(style: RateLimitStyle, retry_after_secs: u64) -> Response {
+    let with_header = style.retry_after_header;
     let mut r = problem(
         StatusCode::TOO_MANY_REQUESTS,
         "Too Many Requests",
         &format!("Rate limit is exceeded. Try again in {retry_after_secs} seconds."),
     );
-    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    if with_header {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
     r
 }
 

@@ -5,6 +5,8 @@
 //! One `std::sync::Mutex` guards it all; it is never held across an `.await`.
 
 use std::collections::{HashMap, VecDeque};
+
+use super::answers::{RateLimitStyle, SimAnswer};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -38,8 +40,13 @@ impl Endpoint {
 }
 
 /// A fault to inject instead of the normal answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Fault {
+    /// Answer exactly this.
+    Answer(SimAnswer),
+    /// Answer 403 "out of call volume quota" for this many seconds, with or without
+    /// `Retry-After`.
+    Quota(u64, bool),
     /// Close the connection without answering.
     Drop,
     /// Never answer (until the simulator shuts down).
@@ -50,9 +57,14 @@ pub(super) enum Fault {
     RateLimited(u64),
 }
 
-/// Pending faults, consumed one per request in the order drop, hang, status, 429.
+/// Pending faults, consumed one per request in the order canned answers, drop, hang,
+/// status, 429, quota 403.
 #[derive(Debug, Default)]
 pub(super) struct Faults {
+    pub(super) answers: VecDeque<SimAnswer>,
+    pub(super) quota: u32,
+    pub(super) quota_secs: u64,
+    pub(super) quota_header: bool,
     pub(super) latency: Duration,
     pub(super) drop: u32,
     pub(super) hang: u32,
@@ -69,7 +81,9 @@ impl Faults {
             *n = n.saturating_sub(1);
             had
         }
-        if dec(&mut self.drop) {
+        if let Some(a) = self.answers.pop_front() {
+            Some(Fault::Answer(a))
+        } else if dec(&mut self.drop) {
             Some(Fault::Drop)
         } else if dec(&mut self.hang) {
             Some(Fault::Hang)
@@ -77,6 +91,8 @@ impl Faults {
             Some(Fault::Status(self.status_code))
         } else if dec(&mut self.rate_limited) {
             Some(Fault::RateLimited(self.retry_after_secs))
+        } else if dec(&mut self.quota) {
+            Some(Fault::Quota(self.quota_secs, self.quota_header))
         } else {
             None
         }
@@ -145,6 +161,8 @@ pub(super) struct State {
     pub(super) faults: Faults,
     pub(super) counters: Counters,
     pub(super) onboarding: OnboardingState,
+    /// How 429s are written.
+    pub(super) rate_limit_style: RateLimitStyle,
 }
 
 /// What tests read back.

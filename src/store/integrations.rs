@@ -1,11 +1,12 @@
-//! `integrations`: per environment, the application key, Go base URL and the sealed
-//! subscription key's version and hint.
+//! `integrations`: per environment, the application key, Go base URL, the sealed
+//! subscription keys' versions and hints (a primary and an optional secondary, as Go's
+//! gateway issues them), and which of the two the vault sends.
 
 use rusqlite::{Connection, params};
 
 use super::{StoreError, now_ms, optional};
 use crate::crypto::KeyHint;
-use crate::domain::Environment;
+use crate::domain::{Environment, SubscriptionKeySlot};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntegrationRecord {
@@ -13,23 +14,62 @@ pub struct IntegrationRecord {
     /// The OAuth client id of the integration: not a secret.
     pub application_key: String,
     pub base_url: String,
+    /// The primary key's sealed version and hint.
     pub subscription_key_version: i64,
     pub subscription_key_hint: KeyHint,
+    /// The secondary key's sealed version and hint, when one is set.
+    pub secondary_key_version: Option<i64>,
+    pub secondary_key_hint: Option<KeyHint>,
+    /// The key the vault sends to Go.
+    pub active_slot: SubscriptionKeySlot,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-/// Inserts or replaces the record; returns the new subscription-key version
-/// (previous version + 1, or 1).
-pub fn next_version(conn: &Connection, env: Environment) -> Result<i64, StoreError> {
-    let v: Option<i64> = optional(conn.query_row(
-        "SELECT subscription_key_version FROM integrations WHERE environment = ?1",
+impl IntegrationRecord {
+    /// The sealed version of a slot's key, if the slot holds one.
+    pub fn version_of(&self, slot: SubscriptionKeySlot) -> Option<i64> {
+        match slot {
+            SubscriptionKeySlot::Primary => Some(self.subscription_key_version),
+            SubscriptionKeySlot::Secondary => self.secondary_key_version,
+        }
+    }
+
+    /// The hint of a slot's key, if the slot holds one.
+    pub fn hint_of(&self, slot: SubscriptionKeySlot) -> Option<&KeyHint> {
+        match slot {
+            SubscriptionKeySlot::Primary => Some(&self.subscription_key_hint),
+            SubscriptionKeySlot::Secondary => self.secondary_key_hint.as_ref(),
+        }
+    }
+}
+
+/// The owner of a slot's sealed row: the environment for the primary key (as before there
+/// were two), `<environment>:secondary` for the secondary. The owner is in the sealed
+/// row's associated data, so a row copied into the other slot does not open.
+pub fn secret_owner(env: Environment, slot: SubscriptionKeySlot) -> String {
+    match slot {
+        SubscriptionKeySlot::Primary => env.as_str().to_owned(),
+        SubscriptionKeySlot::Secondary => format!("{}:secondary", env.as_str()),
+    }
+}
+
+/// The next sealed version for a slot (previous + 1, or 1).
+pub fn next_version(conn: &Connection, env: Environment, slot: SubscriptionKeySlot) -> Result<i64, StoreError> {
+    let column = match slot {
+        SubscriptionKeySlot::Primary => "subscription_key_version",
+        SubscriptionKeySlot::Secondary => "secondary_key_version",
+    };
+    let v: Option<Option<i64>> = optional(conn.query_row(
+        &format!("SELECT {column} FROM integrations WHERE environment = ?1"),
         [env.as_str()],
         |r| r.get(0),
     ))?;
-    Ok(v.unwrap_or(0) + 1)
+    Ok(v.flatten().unwrap_or(0) + 1)
 }
 
+/// Inserts the integration or replaces its application key, base URL and primary key. The
+/// secondary key and the active slot are left as they are.
 pub fn upsert(conn: &Connection, rec: &IntegrationRecord) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO integrations (environment, application_key, base_url, subscription_key_version, subscription_key_hint, created_at, updated_at)
@@ -49,12 +89,32 @@ pub fn upsert(conn: &Connection, rec: &IntegrationRecord) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Sets (or, with `None`, clears) the secondary key's version and hint.
+pub fn set_secondary(conn: &Connection, env: Environment, key: Option<(i64, &KeyHint)>) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE integrations SET secondary_key_version = ?2, secondary_key_hint = ?3, updated_at = ?4 WHERE environment = ?1",
+        params![env.as_str(), key.map(|k| k.0), key.map(|k| k.1.as_str()), now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Names the key the vault sends.
+pub fn set_active(conn: &Connection, env: Environment, slot: SubscriptionKeySlot) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE integrations SET active_slot = ?2, updated_at = ?3 WHERE environment = ?1",
+        params![env.as_str(), slot.as_str(), now_ms()],
+    )?;
+    Ok(())
+}
+
 pub fn get(conn: &Connection, env: Environment) -> Result<Option<IntegrationRecord>, StoreError> {
     optional(conn.query_row(
-        "SELECT application_key, base_url, subscription_key_version, subscription_key_hint, created_at, updated_at
+        "SELECT application_key, base_url, subscription_key_version, subscription_key_hint, created_at, updated_at,
+                secondary_key_version, secondary_key_hint, active_slot
          FROM integrations WHERE environment = ?1",
         [env.as_str()],
         |r| {
+            let active: String = r.get(8)?;
             Ok(IntegrationRecord {
                 environment: env,
                 application_key: r.get(0)?,
@@ -63,6 +123,14 @@ pub fn get(conn: &Connection, env: Environment) -> Result<Option<IntegrationReco
                 subscription_key_hint: KeyHint::from_stored(r.get(3)?),
                 created_at: r.get(4)?,
                 updated_at: r.get(5)?,
+                secondary_key_version: r.get(6)?,
+                secondary_key_hint: r.get::<_, Option<String>>(7)?.map(KeyHint::from_stored),
+                // The column's CHECK allows only these two.
+                active_slot: if active == "secondary" {
+                    SubscriptionKeySlot::Secondary
+                } else {
+                    SubscriptionKeySlot::Primary
+                },
             })
         },
     ))

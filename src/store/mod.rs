@@ -31,6 +31,7 @@ const MIGRATIONS: &[Migration] = &[
     ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
     ("0002_onboarding", include_str!("../../migrations/0002_onboarding.sql")),
     ("0003_onboarding_trust", include_str!("../../migrations/0003_onboarding_trust.sql")),
+    ("0004_subscription_key_slots", include_str!("../../migrations/0004_subscription_key_slots.sql")),
 ];
 
 /// How long a statement waits for another connection's lock before failing.

@@ -166,6 +166,16 @@ pub fn mark_rejected_if_version(conn: &Connection, id: &TenantId, version: i64) 
     Ok(n == 1)
 }
 
+/// Sets Go's ClientId exactly (`None` clears it): after a key rotation, the ClientId learnt
+/// with the old key no longer holds.
+pub fn replace_go_client_id(conn: &Connection, id: &TenantId, go_client_id: Option<&str>) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE tenants SET go_client_id = ?2, updated_at = ?3 WHERE tenant_id = ?1",
+        params![id.as_str(), go_client_id, now_ms()],
+    )?;
+    not_found_if_zero(n, id)
+}
+
 /// Fills in what Go told us about the client.
 pub fn set_go_metadata(
     conn: &Connection,

@@ -34,10 +34,9 @@ use tokio::sync::watch;
 
 use crate::audit::{Action, AuditLog, AuditRecord, Outcome};
 use crate::crypto::{AccessToken, ClientKey, Fingerprint, SubscriptionKey};
-use crate::domain::{Environment, TenantId, TenantStatus};
-use crate::store::integrations::IntegrationRecord;
+use crate::domain::{DisplayName, Environment, TenantId, TenantStatus};
 use crate::store::tenants::TenantRecord;
-use crate::upstream::{GoClient, UpstreamError};
+use crate::upstream::{GoClient, SubscriptionKeyProblem, UpstreamError};
 use crate::vault::{NotRecorded, Vault, VaultError};
 
 /// The identity the server's own audit records carry (start, stop, reloads, a key Go
@@ -46,10 +45,12 @@ pub const SERVER_IDENTITY: &str = "pogo-vault-server";
 
 pub mod clock;
 mod config;
+mod integration;
 pub mod limiter;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::BrokerConfig;
+use integration::IntegrationCtx;
 use limiter::Limiter;
 
 /// Who asks for a token, as the limiter's fairness sees it: the caller's identity (the
@@ -74,6 +75,9 @@ pub const UNATTRIBUTED: &str = "(unattributed)";
 pub const REFRESHER: &str = "(refresh ahead)";
 /// The fairness identity of key validation and onboarding calls to Go.
 pub const KEY_CHECKS: &str = "(key validation and onboarding)";
+/// The fairness identity of ClientIntegrationInformation calls that fill in a tenant's
+/// ClientId (they never wait for a slot).
+pub const METADATA: &str = "(client metadata)";
 
 /// The limiter's view of a request that reached it.
 #[derive(Debug, Clone)]
@@ -113,6 +117,12 @@ pub enum BrokerError {
     /// The shared upstream budget is used up (our limiter, or Go's 429).
     #[error("rate limited: PowerOffice Go's request budget for the {env} integration is used up; retry after {} s", secs(*retry_after))]
     RateLimited { env: Environment, retry_after: Duration },
+    /// Go's gateway answered 403 with `Retry-After`: the subscription's call quota is used up.
+    /// Upstream calls for the environment are paused; no key is blamed.
+    #[error(
+        "PowerOffice Go's call quota for the {env} integration's subscription is used up (HTTP 403 from its gateway);          retry after {} s", secs(*retry_after)
+    )]
+    QuotaExceeded { env: Environment, retry_after: Duration },
     /// Go is unreachable, failing or too slow; retried already.
     #[error("PowerOffice Go is unavailable ({reason}); retry after {} s", secs(*retry_after))]
     Unavailable { reason: String, retry_after: Duration },
@@ -144,6 +154,7 @@ impl BrokerError {
         match self {
             BrokerError::SubscriptionKeyRejected { retry_after, .. }
             | BrokerError::RateLimited { retry_after, .. }
+            | BrokerError::QuotaExceeded { retry_after, .. }
             | BrokerError::Unavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
@@ -178,6 +189,8 @@ pub struct CachedToken {
     /// `fingerprint` as the audit log writes it (`keyid:tag`), formatted once per token
     /// rather than on every cache hit.
     pub fingerprint_text: String,
+    /// Go's ClientId of the tenant's client when the token was minted (support quotes it).
+    pub go_client_id: Option<String>,
     refresh_at: Instant,
 }
 
@@ -204,6 +217,9 @@ pub enum TokenSource {
 pub struct TokenLease {
     pub token: Arc<CachedToken>,
     pub source: TokenSource,
+    /// Go's ClientId of the tenant's client, when known (for the audit record: support
+    /// quotes it).
+    pub go_client_id: Option<Arc<str>>,
 }
 
 type FlightResult = Result<Arc<CachedToken>, BrokerError>;
@@ -219,6 +235,11 @@ struct SlotState {
     backoff_until: Option<Instant>,
     backoff_reason: Option<String>,
     rejected: bool,
+    /// A ClientId fill-in was started for this tenant (at most one per process and slot).
+    client_id_tried: bool,
+    /// Go's ClientId of the tenant's client, once known (from the tenant record at mint, or
+    /// filled in since).
+    go_client_id: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -230,12 +251,6 @@ impl Slot {
     fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-struct IntegrationCtx {
-    record: IntegrationRecord,
-    subscription_key: SubscriptionKey,
-    loaded_at: Instant,
 }
 
 /// Counters for metrics and tests.
@@ -274,6 +289,7 @@ fn outcome_label(r: &Result<crate::upstream::TokenGrant, UpstreamError>) -> &'st
         Err(UpstreamError::KeyRejected { .. }) => "key_rejected",
         Err(UpstreamError::SubscriptionKeyRejected { .. }) => "subscription_key_rejected",
         Err(UpstreamError::RateLimited { .. }) => "rate_limited",
+        Err(UpstreamError::QuotaExceeded { .. }) => "quota_exceeded",
         Err(UpstreamError::Transient { .. }) => "transient",
         Err(UpstreamError::Timeout) => "timeout",
         Err(_) => "other",
@@ -305,10 +321,6 @@ impl std::fmt::Debug for Broker {
         f.write_str("Broker")
     }
 }
-
-/// How long integration records (and their opened subscription keys) are cached, so a
-/// change made with the CLI next to a running server takes effect.
-const INTEGRATION_TTL: Duration = Duration::from_secs(30);
 
 impl Broker {
     pub fn new(vault: Arc<Vault>, go: GoClient, cfg: BrokerConfig, clock: Arc<dyn Clock>, audit: AuditLog) -> Self {
@@ -373,7 +385,7 @@ impl Broker {
                 let t = t.clone();
                 self.served(&mut st);
                 inner.stats.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(TokenLease { token: t, source: TokenSource::Cache });
+                return Ok(TokenLease { token: t, source: TokenSource::Cache, go_client_id: st.go_client_id.clone() });
             }
             // Upstream in trouble (this tenant backing off, or its limiter paused by a 429):
             // serve a still-valid token rather than wait, or fail fast.
@@ -383,7 +395,11 @@ impl Broker {
                 if let Some(t) = st.token.as_ref().filter(|t| t.expires_at > now) {
                     let t = t.clone();
                     self.served(&mut st);
-                    return Ok(TokenLease { token: t, source: TokenSource::StaleDuringOutage });
+                    return Ok(TokenLease {
+                        token: t,
+                        source: TokenSource::StaleDuringOutage,
+                        go_client_id: st.go_client_id.clone(),
+                    });
                 }
                 if let Some(wait) = backoff {
                     let reason = st.backoff_reason.clone().unwrap_or_else(|| "recent failures".to_owned());
@@ -411,7 +427,7 @@ impl Broker {
                 self.served(&mut st);
                 let source =
                     if leader { TokenSource::Upstream { upstream_status: 200 } } else { TokenSource::SharedFlight };
-                Ok(TokenLease { token: t, source })
+                Ok(TokenLease { token: t, source, go_client_id: st.go_client_id.clone() })
             }
             Err(e) if e.retry_after().is_some() => {
                 let now = inner.clock.now();
@@ -419,7 +435,11 @@ impl Broker {
                     Some(t) => {
                         let t = t.clone();
                         self.served(&mut st);
-                        Ok(TokenLease { token: t, source: TokenSource::StaleDuringOutage })
+                        Ok(TokenLease {
+                            token: t,
+                            source: TokenSource::StaleDuringOutage,
+                            go_client_id: st.go_client_id.clone(),
+                        })
                     }
                     None => Err(e),
                 }
@@ -483,6 +503,14 @@ impl Broker {
                         st.failures = 0;
                         st.backoff_until = None;
                         st.backoff_reason = None;
+                        if st.go_client_id.is_none() {
+                            st.go_client_id = t.go_client_id.as_deref().map(Arc::from);
+                        }
+                        if st.go_client_id.is_none() && !st.client_id_tried {
+                            st.client_id_tried = true;
+                            let (this, tenant, t) = (this.clone(), tenant.clone(), t.clone());
+                            tokio::spawn(async move { this.fill_client_id(tenant, t, Duration::ZERO).await });
+                        }
                     }
                     Err(BrokerError::KeyRejected(_)) => {
                         st.rejected = true;
@@ -547,7 +575,11 @@ impl Broker {
                 }
             }
             let key = self.open_key(&rec).await?;
-            let result = self.request_once(&rec, &integ, key).await;
+            // The key lives for this attempt: one request, or two when the other
+            // subscription key is tried.
+            let result = self.with_failover(&integ, |sub| self.request_once(&rec, &integ, sub, &key)).await;
+            drop(key);
+            let result = result?;
             match result {
                 Ok(token) => return Ok(token),
                 Err(UpstreamError::KeyRejected { error, status }) if is_key_rejection(&error) => {
@@ -585,8 +617,8 @@ impl Broker {
                     }
                     return Err(BrokerError::KeyRejected(tenant.clone()));
                 }
-                Err(UpstreamError::SubscriptionKeyRejected { status }) => {
-                    tracing::error!(environment = %env, status, "ALARM: PowerOffice Go rejected the integration's subscription key");
+                Err(UpstreamError::SubscriptionKeyRejected { status, problem }) => {
+                    tracing::error!(environment = %env, status, problem = problem.as_str(), "ALARM: PowerOffice Go rejected the integration's subscription key");
                     limiter.pause(inner.cfg.subscription_key_pause);
                     self.forget_integration(env);
                     return Err(BrokerError::SubscriptionKeyRejected {
@@ -598,6 +630,13 @@ impl Broker {
                     tracing::warn!(environment = %env, retry_after_s = retry_after.as_secs(), "PowerOffice Go answered 429; pausing upstream calls");
                     limiter.pause(retry_after);
                     return Err(BrokerError::RateLimited { env, retry_after });
+                }
+                Err(UpstreamError::QuotaExceeded { retry_after }) => {
+                    // The gateway's quota answer is about the subscription, never the key:
+                    // the tenant's status is left alone (go-api.md, "Token").
+                    tracing::warn!(environment = %env, retry_after_s = retry_after.as_secs(), "PowerOffice Go's gateway answered 403 (quota used up); pausing upstream calls");
+                    limiter.pause(retry_after);
+                    return Err(BrokerError::QuotaExceeded { env, retry_after });
                 }
                 Err(e) if e.is_retryable() && attempt < inner.cfg.retry_attempts => {
                     let wait = self.backoff(attempt);
@@ -628,24 +667,22 @@ impl Broker {
         result
     }
 
-    /// One upstream token request. The client key is moved in and dropped (zeroized) as
-    /// soon as the request has been sent.
+    /// One upstream token request. The caller drops (zeroizes) the client key as soon as
+    /// this attempt is over.
     async fn request_once(
         &self,
         rec: &TenantRecord,
         integ: &IntegrationCtx,
-        key: ClientKey,
+        subscription_key: &SubscriptionKey,
+        key: &ClientKey,
     ) -> Result<Arc<CachedToken>, UpstreamError> {
         let inner = &self.inner;
         inner.stats.upstream_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent_at = inner.clock.now();
         let sent_wall = inner.clock.system_now();
         let started = std::time::Instant::now();
-        let grant = inner
-            .go
-            .request_token(&integ.record.base_url, &integ.record.application_key, &key, &integ.subscription_key)
-            .await;
-        drop(key);
+        let grant =
+            inner.go.request_token(&integ.record.base_url, &integ.record.application_key, key, subscription_key).await;
         inner.stats.upstream_latency.observe(started.elapsed());
         inner.stats.upstream_outcomes.inc(outcome_label(&grant));
         let grant = grant.inspect_err(|_| {
@@ -669,7 +706,90 @@ impl Broker {
             key_version: rec.key_version,
             fingerprint_text: fingerprint.to_string(),
             fingerprint,
+            go_client_id: rec.go_client_id.clone(),
         }))
+    }
+
+    /// Fills in the ClientId of tenants that lack one (after onboarding): mints a token for
+    /// each (waiting for upstream slots as key checks do) and asks ClientIntegrationInformation.
+    /// Failures are logged; a later mint tries again.
+    pub async fn fill_client_ids(&self, tenants: &[TenantId]) {
+        for tenant in tenants {
+            match self.get_token_for(tenant, Requester::new(KEY_CHECKS, None), None).await {
+                Ok(lease) if lease.go_client_id.is_none() => {
+                    self.fill_client_id(tenant.clone(), lease.token, self.inner.cfg.limiter_max_wait).await
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::info!(tenant = %tenant, error = %e, "could not mint a token to learn the tenant's ClientId")
+                }
+            }
+        }
+    }
+
+    /// Records the ClientId of `tenant` from ClientIntegrationInformation, asked with `token`
+    /// (just minted with the tenant's current key), if an upstream slot is free within
+    /// `wait` (zero after an ordinary mint: metadata never makes callers wait). Recorded in
+    /// the audit log (`tenant_metadata_updated`) before it commits.
+    async fn fill_client_id(&self, tenant: TenantId, token: Arc<CachedToken>, wait: Duration) {
+        let inner = &self.inner;
+        let env = token.environment;
+        let limiter = self.limiter(env);
+        if limiter.acquire(METADATA, inner.cfg.default_upstream_share, wait).await.is_err() {
+            tracing::debug!(tenant = %tenant, "no upstream slot free to learn the tenant's ClientId; a later mint tries again");
+            self.slot(&tenant).lock().client_id_tried = false;
+            return;
+        }
+        let Ok(integ) = self.integration(env).await else { return };
+        inner.stats.upstream_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let info = inner
+            .go
+            .client_integration_information(&integ.record.base_url, &token.access_token, &integ.subscription_key)
+            .await;
+        let info = match info {
+            Ok(i) => i,
+            Err(e) => {
+                if let Some(w) = e.retry_after() {
+                    limiter.pause(w);
+                }
+                tracing::info!(tenant = %tenant, error = %e, "ClientIntegrationInformation failed; the tenant's ClientId stays unknown for now");
+                return;
+            }
+        };
+        let Some(client_id) = info.client_id else { return };
+        let known: Arc<str> = Arc::from(client_id.as_str());
+        let name = info.client_name.and_then(|n| DisplayName::parse_field("display_name", &n).ok());
+        let vault = inner.vault.clone();
+        let audit = inner.audit.clone();
+        let key_version = token.key_version;
+        let id = tenant.clone();
+        let filled = self
+            .blocking(move || {
+                let gate = |t: &TenantRecord| {
+                    let rec = AuditRecord::new(Action::TenantMetadataUpdated, Outcome::Ok)
+                        .caller(SERVER_IDENTITY, "")
+                        .tenant(t.tenant_id.to_string())
+                        .key_version(t.key_version)
+                        .upstream_status(200)
+                        .detail(format!(
+                            "Go ClientId {} recorded from ClientIntegrationInformation (client key version {})",
+                            t.go_client_id.as_deref().unwrap_or("-"),
+                            t.key_version
+                        ))
+                        .request("go-client-integration-information", "");
+                    audit.append_wait(rec).map(|_| ()).map_err(|e| NotRecorded(e.to_string()))
+                };
+                vault.set_go_client_id(&id, key_version, &client_id, name.as_ref(), &gate)
+            })
+            .await;
+        match filled {
+            Ok(Some(_)) => {
+                tracing::info!(tenant = %tenant, "recorded the tenant's Go ClientId");
+                self.slot(&tenant).lock().go_client_id = Some(known);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(tenant = %tenant, error = %e, "could not record the tenant's Go ClientId"),
+        }
     }
 
     /// Proves a client key that is not stored yet (registration, rotation): mints a token
@@ -689,12 +809,44 @@ impl Broker {
         }
         inner.stats.upstream_requests.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         let r = &integ.record;
-        let grant = inner.go.request_token(&r.base_url, &r.application_key, key, &integ.subscription_key).await;
-        let grant = grant.map_err(|e| self.validation_error(env, e))?;
-        let info =
-            inner.go.client_integration_information(&r.base_url, &grant.access_token, &integ.subscription_key).await;
-        let info = info.map_err(|e| self.validation_error(env, e))?;
+        let proof = self
+            .with_failover(&integ, |sub| async move {
+                let grant = inner.go.request_token(&r.base_url, &r.application_key, key, sub).await?;
+                inner.go.client_integration_information(&r.base_url, &grant.access_token, sub).await
+            })
+            .await?;
+        let info = proof.map_err(|e| self.validation_error(env, e))?;
         Ok(ValidatedKey { info })
+    }
+
+    /// Runs `call` with the active subscription key; if Go's gateway calls that key
+    /// invalid and the other slot holds one, runs it once more with the other key (one more
+    /// slot from the same budget) and, if that works, switches to it durably
+    /// ([`Broker::switch_to_standby`]). The outer error is the limiter's refusal.
+    async fn with_failover<'a, T, F, Fut>(
+        &self,
+        integ: &'a IntegrationCtx,
+        call: F,
+    ) -> Result<Result<T, UpstreamError>, BrokerError>
+    where
+        F: Fn(&'a SubscriptionKey) -> Fut,
+        Fut: std::future::Future<Output = Result<T, UpstreamError>>,
+    {
+        let first = call(&integ.subscription_key).await;
+        let (
+            Err(UpstreamError::SubscriptionKeyRejected { problem: SubscriptionKeyProblem::Invalid, status }),
+            Some(standby),
+        ) = (&first, &integ.standby)
+        else {
+            return Ok(first);
+        };
+        let status = *status;
+        self.acquire_for(integ.record.environment).await?;
+        let second = call(standby).await;
+        if second.is_ok() {
+            self.switch_to_standby(integ, status).await;
+        }
+        Ok(second)
     }
 
     /// Go's `Onboarding/Initiate` for `env`, through the shared limiter.
@@ -707,17 +859,12 @@ impl Broker {
         let integ = self.integration(env).await?;
         self.acquire_for(env).await?;
         let r = &integ.record;
-        self.inner
-            .go
-            .onboarding_initiate(
-                &r.base_url,
-                &integ.subscription_key,
-                &r.application_key,
-                organization_number,
-                redirect_uri,
-            )
-            .await
-            .map_err(|e| self.onboarding_error(env, e))
+        let go = &self.inner.go;
+        self.with_failover(&integ, |sub| {
+            go.onboarding_initiate(&r.base_url, sub, &r.application_key, organization_number, redirect_uri)
+        })
+        .await?
+        .map_err(|e| self.onboarding_error(env, e))
     }
 
     /// Go's `Onboarding/Finalize` for `env`, through the shared limiter: the client keys of
@@ -729,10 +876,9 @@ impl Broker {
     ) -> Result<crate::upstream::OnboardingResult, BrokerError> {
         let integ = self.integration(env).await?;
         self.acquire_for(env).await?;
-        self.inner
-            .go
-            .onboarding_finalize(&integ.record.base_url, &integ.subscription_key, token)
-            .await
+        let go = &self.inner.go;
+        self.with_failover(&integ, |sub| go.onboarding_finalize(&integ.record.base_url, sub, token))
+            .await?
             .map_err(|e| self.onboarding_error(env, e))
     }
 
@@ -750,6 +896,9 @@ impl Broker {
 
     fn onboarding_error(&self, env: Environment, e: UpstreamError) -> BrokerError {
         match e {
+            UpstreamError::OnboardingRejected { title, trace_id: Some(t), .. } => {
+                BrokerError::OnboardingRejected(format!("{title}; Go traceId {t}"))
+            }
             UpstreamError::OnboardingRejected { title, .. } => BrokerError::OnboardingRejected(title),
             e => self.validation_error(env, e),
         }
@@ -766,40 +915,18 @@ impl Broker {
                 self.limiter(env).pause(retry_after);
                 BrokerError::RateLimited { env, retry_after }
             }
+            UpstreamError::QuotaExceeded { retry_after } => {
+                self.limiter(env).pause(retry_after);
+                BrokerError::QuotaExceeded { env, retry_after }
+            }
             e => BrokerError::Unavailable { reason: e.to_string(), retry_after: Duration::from_secs(1) },
         }
     }
 
-    async fn integration(&self, env: Environment) -> Result<Arc<IntegrationCtx>, BrokerError> {
-        let now = self.inner.clock.now();
-        if let Some(c) = self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).get(&env)
-            && now.saturating_duration_since(c.loaded_at) < INTEGRATION_TTL
-        {
-            return Ok(c.clone());
-        }
-        let vault = self.inner.vault.clone();
-        let (record, subscription_key) = self
-            .blocking(move || {
-                let Some(rec) = vault.integration(env)? else { return Ok(None) };
-                let key = vault.open_subscription_key(&rec)?;
-                Ok(Some((rec, key)))
-            })
-            .await?
-            .ok_or(BrokerError::NoIntegration(env))?;
-        let ctx = Arc::new(IntegrationCtx { record, subscription_key, loaded_at: now });
-        self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).insert(env, ctx.clone());
-        Ok(ctx)
-    }
-
-    /// The integration's subscription key for `env` (cached like the integration record),
-    /// for `GetAccessToken` responses when the configuration hands it to callers.
-    pub async fn subscription_key(&self, env: Environment) -> Result<SubscriptionKey, BrokerError> {
-        Ok(self.integration(env).await?.subscription_key.clone())
-    }
-
-    /// Drops the cached integration for `env` (after `integration set` or a rejection).
-    pub fn forget_integration(&self, env: Environment) {
-        self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).remove(&env);
+    /// How much longer upstream calls for `env` are paused (after a 429, a quota 403 or a
+    /// refused subscription key), if they are.
+    pub fn upstream_paused_for(&self, env: Environment) -> Option<Duration> {
+        self.limiter(env).paused_for()
     }
 
     /// Drops everything cached for a tenant (after its key, status or existence changed).

@@ -23,6 +23,79 @@ pub(crate) const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// (or a hostile answer) than a real instruction, and would park tenants for too long.
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
+/// Which of the API gateway's subscription-key answers Go gave (go-api.md, "Token": the
+/// gateway has two messages, "missing" and "invalid subscription key").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscriptionKeyProblem {
+    /// "Access denied due to missing subscription key": no key arrived (a proxy between us
+    /// and Go stripped the header, or a bug of ours). Another key would not help.
+    Missing,
+    /// "Access denied due to invalid subscription key": the key is unknown, regenerated in
+    /// Go's portal, or its subscription is inactive. The other key of the subscription
+    /// (primary or secondary) may still work.
+    Invalid,
+    /// A 401 (or 403) about the subscription key without either message.
+    Unspecified,
+}
+
+impl SubscriptionKeyProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Invalid => "invalid",
+            Self::Unspecified => "refused",
+        }
+    }
+}
+
+/// The `traceId` of a ProblemDetails answer (Go since .NET 8): not a secret, and what
+/// PowerOffice support asks for, so it is kept in logs and audit details. Only Go's two
+/// shapes are accepted, a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`) or an ASP.NET
+/// request id (`<13 of 0-9A-Z>:<8 hex>`), and never one that contains a value we sent:
+/// so no key or token can pass for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceId(String);
+
+impl TraceId {
+    /// Accepts Go's two shapes (see the type), refusing any that contains one of `sent`.
+    pub(crate) fn parse(raw: &str, sent: &[&str]) -> Option<TraceId> {
+        let t = raw.trim();
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let parts: Vec<&str> = t.split('-').collect();
+        let traceparent =
+            parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2);
+        let aspnet = t.split_once(':').is_some_and(|(conn, n)| {
+            conn.len() == 13 && conn.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) && hex(n, 8)
+        });
+        let lower = t.to_ascii_lowercase();
+        let echoes = sent.iter().map(|v| v.trim()).any(|v| v.len() >= 6 && lower.contains(&v.to_ascii_lowercase()));
+        ((traceparent || aspnet) && !echoes).then(|| TraceId(t.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `" (Go traceId X)"`, or nothing: appended to messages that may carry one.
+pub(crate) struct TraceSuffix<'a>(pub &'a Option<TraceId>);
+
+impl std::fmt::Display for TraceSuffix<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(t) => write!(f, " (Go traceId {t})"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An upstream (PowerOffice Go) call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -40,11 +113,22 @@ pub enum UpstreamError {
         error: String,
     },
     /// Go's API gateway refused the subscription key (401, or 403 naming the subscription
-    /// key): an integration-wide problem, not one tenant's.
-    #[error("PowerOffice Go's gateway rejected the subscription key (HTTP {status})")]
+    /// key): an integration-wide problem, not one tenant's, and never a verdict on a
+    /// client key.
+    #[error("PowerOffice Go's gateway refused the subscription key as {} (HTTP {status})", problem.as_str())]
     SubscriptionKeyRejected {
         /// The HTTP status.
         status: u16,
+        /// Which of the gateway's messages it was.
+        problem: SubscriptionKeyProblem,
+    },
+    /// 403 from the gateway with `Retry-After`, or its `{statusCode, message}` body: the
+    /// subscription's call quota is used up (go-api.md, "Token"). Like a 429 for the whole
+    /// integration: pause, and never mark a key rejected.
+    #[error("PowerOffice Go's quota for this subscription is used up; retry after {} s", retry_after.as_secs())]
+    QuotaExceeded {
+        /// How long Go asked us to wait, clamped to 1 s ..= 1 h.
+        retry_after: Duration,
     },
     /// 429: too many requests for this subscription key; wait `retry_after` (1 s to 1 h).
     #[error("PowerOffice Go is rate limiting; retry after {} s", retry_after.as_secs())]
@@ -54,41 +138,50 @@ pub enum UpstreamError {
     },
     /// An API call was refused with 401/403 although the gateway accepted the subscription
     /// key: the bearer token is invalid, expired or lacks the privilege.
-    #[error("PowerOffice Go refused the access token (HTTP {status})")]
+    #[error("PowerOffice Go refused the access token (HTTP {status}){}", TraceSuffix(trace_id))]
     Unauthorized {
         /// The HTTP status.
         status: u16,
+        /// The ProblemDetails `traceId`, if Go sent one.
+        trace_id: Option<TraceId>,
     },
     /// Go or the network failed in a way that may pass: 5xx, 408, connection refused,
     /// reset or closed early, TLS handshake failure.
-    #[error("PowerOffice Go is unavailable: {reason}")]
+    #[error("PowerOffice Go is unavailable: {reason}{}", TraceSuffix(trace_id))]
     Transient {
         /// A fixed phrase such as `HTTP 503` or `connection refused`.
         reason: String,
+        /// The ProblemDetails `traceId` of a 5xx, if Go sent one.
+        trace_id: Option<TraceId>,
     },
     /// Go refused an onboarding call with a ProblemDetails answer (400, or 403 not about the
     /// subscription key). On `Onboarding/Finalize` this means the onboarding token is
     /// invalid, expired or already used: the user must start the onboarding again. On
     /// `Onboarding/Initiate` the request itself was refused (redirect URI not whitelisted,
     /// wrong application key): a configuration problem on our side.
-    #[error("PowerOffice Go refused the onboarding (HTTP {status}: {title})")]
+    #[error("PowerOffice Go refused the onboarding (HTTP {status}: {title}){}", TraceSuffix(trace_id))]
     OnboardingRejected {
         /// The HTTP status.
         status: u16,
-        /// The ProblemDetails `title`, sanitised: printable ASCII only, at most 120
-        /// characters, with every value we sent and every long token-like word replaced by
-        /// `[redacted]`. Falls back to the status's reason phrase.
+        /// The ProblemDetails `title`, with the names of the fields in its `errors` map,
+        /// sanitised: printable ASCII only, at most 120 characters, with every value we sent
+        /// and every long token-like word replaced by `[redacted]`. Falls back to the
+        /// status's reason phrase.
         title: String,
+        /// The ProblemDetails `traceId`, if Go sent one.
+        trace_id: Option<TraceId>,
     },
     /// No answer within the connect or total timeout.
     #[error("PowerOffice Go did not answer in time")]
     Timeout,
     /// Go answered something we cannot use: an unexpected status, or a body that does not
     /// parse or lacks required fields.
-    #[error("unexpected answer from PowerOffice Go: {reason}")]
+    #[error("unexpected answer from PowerOffice Go: {reason}{}", TraceSuffix(trace_id))]
     Protocol {
         /// A fixed phrase naming what was wrong (never the body).
         reason: String,
+        /// The ProblemDetails `traceId`, if Go sent one.
+        trace_id: Option<TraceId>,
     },
     /// Our side is misconfigured: a base URL that is not a plain http(s) URL, a key that
     /// cannot go in a header, or a TLS setup that failed (no CA certificates).
@@ -101,68 +194,101 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Whether the same request may succeed later without anyone changing anything:
-    /// rate limits, 5xx, network failures and timeouts.
+    /// rate limits, quotas, 5xx, network failures and timeouts.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::RateLimited { .. } | Self::Transient { .. } | Self::Timeout)
+        matches!(self, Self::RateLimited { .. } | Self::QuotaExceeded { .. } | Self::Transient { .. } | Self::Timeout)
     }
 
-    /// The wait Go asked for, for `RateLimited`.
+    /// The wait Go asked for, for `RateLimited` and `QuotaExceeded`.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited { retry_after } => Some(*retry_after),
+            Self::RateLimited { retry_after } | Self::QuotaExceeded { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The ProblemDetails `traceId` Go sent with this failure, if any.
+    pub fn trace_id(&self) -> Option<&TraceId> {
+        match self {
+            Self::Unauthorized { trace_id, .. }
+            | Self::Transient { trace_id, .. }
+            | Self::OnboardingRejected { trace_id, .. }
+            | Self::Protocol { trace_id, .. } => trace_id.as_ref(),
             _ => None,
         }
     }
 
     pub(crate) fn protocol(reason: impl Into<String>) -> Self {
-        Self::Protocol { reason: reason.into() }
+        Self::Protocol { reason: reason.into(), trace_id: None }
     }
 
     pub(crate) fn config(reason: impl Into<String>) -> Self {
         Self::Config { reason: reason.into() }
     }
 
-    fn transient(reason: impl Into<String>) -> Self {
-        Self::Transient { reason: reason.into() }
+    pub(crate) fn transient(reason: impl Into<String>) -> Self {
+        Self::Transient { reason: reason.into(), trace_id: None }
     }
 }
 
-/// Classifies a failed token-endpoint answer (any non-2xx status).
-pub(crate) fn classify_token_failure(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
+/// Classifies a failed token-endpoint answer (any non-2xx status). `sent`: the values we
+/// sent (keys), none of which may come back in a kept `traceId`.
+pub(crate) fn classify_token_failure(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    sent: &[&str],
+) -> UpstreamError {
     let code = status.as_u16();
+    // The gateway answers before the OAuth server, so its answers win: a quota first (a 403
+    // from the gateway is never a verdict on a client key), then the subscription key; then
+    // an OAuth error code names the credentials; a bare 401 can only be the gateway. A bare
+    // 400/403 is not proof the key is bad: do not brand it so.
     match code {
         400 | 401 | 403 => {
-            // The gateway answers before the OAuth server, so its subscription-key message
-            // wins; then an OAuth error code names the credentials; a bare 401 can only be
-            // the gateway. A bare 400/403 is not proof the key is bad: do not brand it so.
-            if parse::mentions_subscription_key(body) {
-                UpstreamError::SubscriptionKeyRejected { status: code }
+            if let Some(quota) = quota_exceeded(code, headers, body) {
+                quota
+            } else if let Some(problem) = parse::subscription_key_problem(body) {
+                UpstreamError::SubscriptionKeyRejected { status: code, problem }
             } else if let Some(error) = parse::oauth_error_code(body) {
                 UpstreamError::KeyRejected { status: code, error }
             } else if code == 401 {
-                UpstreamError::SubscriptionKeyRejected { status: code }
+                UpstreamError::SubscriptionKeyRejected { status: code, problem: SubscriptionKeyProblem::Unspecified }
             } else {
-                UpstreamError::protocol(format!("HTTP {code} without an OAuth error code"))
+                UpstreamError::Protocol {
+                    reason: format!("HTTP {code} without an OAuth error code"),
+                    trace_id: parse::trace_id(body, sent),
+                }
             }
         }
-        _ => classify_common(status, headers, body),
+        _ => classify_common(status, headers, body, sent),
     }
 }
 
 /// Classifies a failed API answer (any non-2xx status) to a call made with a bearer token.
-pub(crate) fn classify_api_failure(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
+pub(crate) fn classify_api_failure(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    sent: &[&str],
+) -> UpstreamError {
     let code = status.as_u16();
+    if let Some(quota) = quota_exceeded(code, headers, body) {
+        return quota;
+    }
     match code {
-        401 | 403 if parse::mentions_subscription_key(body) => UpstreamError::SubscriptionKeyRejected { status: code },
-        401 | 403 => UpstreamError::Unauthorized { status: code },
-        _ => classify_common(status, headers, body),
+        401 | 403 => match parse::subscription_key_problem(body) {
+            Some(problem) => UpstreamError::SubscriptionKeyRejected { status: code, problem },
+            None => UpstreamError::Unauthorized { status: code, trace_id: parse::trace_id(body, sent) },
+        },
+        _ => classify_common(status, headers, body, sent),
     }
 }
 
 /// Classifies a failed onboarding answer (`Onboarding/Initiate` or `Onboarding/Finalize`;
 /// any non-2xx status). These calls carry no bearer token, so a 401 can only be the
 /// gateway's. `request_values` are the values we sent (keys, token, redirect URI,
-/// organization number): none of them may come back in the title.
+/// organization number): none of them may come back in the title or the `traceId`.
 pub(crate) fn classify_onboarding_failure(
     status: StatusCode,
     headers: &HeaderMap,
@@ -170,40 +296,68 @@ pub(crate) fn classify_onboarding_failure(
     request_values: &[&str],
 ) -> UpstreamError {
     let code = status.as_u16();
+    if let Some(quota) = quota_exceeded(code, headers, body) {
+        return quota;
+    }
     match code {
-        401 => UpstreamError::SubscriptionKeyRejected { status: code },
-        403 if parse::mentions_subscription_key(body) => UpstreamError::SubscriptionKeyRejected { status: code },
+        401 => UpstreamError::SubscriptionKeyRejected {
+            status: code,
+            problem: parse::subscription_key_problem(body).unwrap_or(SubscriptionKeyProblem::Unspecified),
+        },
+        403 if parse::subscription_key_problem(body).is_some() => UpstreamError::SubscriptionKeyRejected {
+            status: code,
+            problem: parse::subscription_key_problem(body).unwrap_or(SubscriptionKeyProblem::Unspecified),
+        },
         400 | 403 => {
             let title = parse::problem_title(body)
                 .map(|raw| parse::sanitize_title(&raw, request_values))
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").to_owned());
-            UpstreamError::OnboardingRejected { status: code, title }
+            UpstreamError::OnboardingRejected { status: code, title, trace_id: parse::trace_id(body, request_values) }
         }
-        _ => classify_common(status, headers, body),
+        _ => classify_common(status, headers, body, request_values),
     }
 }
 
-fn classify_common(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
+/// A 403 that is the gateway's quota answer: it has `Retry-After`, or the gateway's
+/// `{statusCode, message}` shape with a message that is not about the subscription key.
+fn quota_exceeded(code: u16, headers: &HeaderMap, body: &[u8]) -> Option<UpstreamError> {
+    if code != 403 {
+        return None;
+    }
+    let gateway = parse::gateway_message(body);
+    let has_retry_after = headers.contains_key(RETRY_AFTER);
+    let about_key = parse::subscription_key_problem(body).is_some();
+    let gateway_quota = gateway.is_some() && !about_key && parse::oauth_error_code(body).is_none();
+    (has_retry_after || gateway_quota)
+        .then(|| UpstreamError::QuotaExceeded { retry_after: retry_after(headers, body, SystemTime::now()) })
+}
+
+fn classify_common(status: StatusCode, headers: &HeaderMap, body: &[u8], sent: &[&str]) -> UpstreamError {
     let code = status.as_u16();
+    let trace_id = || parse::trace_id(body, sent);
     if code == 429 {
         UpstreamError::RateLimited { retry_after: retry_after(headers, body, SystemTime::now()) }
     } else if code == 408 || status.is_server_error() {
-        UpstreamError::transient(format!("HTTP {code}"))
+        UpstreamError::Transient { reason: format!("HTTP {code}"), trace_id: trace_id() }
     } else if status.is_redirection() {
         // We follow no redirects: a token request must never be replayed elsewhere.
         UpstreamError::protocol(format!("unexpected redirect (HTTP {code})"))
     } else {
-        UpstreamError::protocol(format!("unexpected HTTP {code}"))
+        UpstreamError::Protocol { reason: format!("unexpected HTTP {code}"), trace_id: trace_id() }
     }
 }
 
-/// The wait a 429 asks for: `Retry-After` (delta-seconds or HTTP-date), else the gateway's
-/// "Try again in N seconds." message, else one second; clamped to 1 s ..= 1 h.
+/// The wait a 429 or quota 403 asks for: `Retry-After` (delta-seconds or HTTP-date), else
+/// the gateway's "Try again in N seconds." or "Quota will be replenished in hh:mm:ss."
+/// message, else one second (PowerOffice's advice); clamped to 1 s ..= 1 h.
 pub(crate) fn retry_after(headers: &HeaderMap, body: &[u8], now: SystemTime) -> Duration {
     let from_header =
         headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after_value(v, now));
-    let wait = from_header.or_else(|| parse_try_again_message(body)).unwrap_or(MIN_RETRY_AFTER);
+    let wait = from_header
+        .or_else(|| parse_try_again_message(body))
+        .or_else(|| parse_replenished_message(body))
+        .unwrap_or(MIN_RETRY_AFTER);
     wait.clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER)
 }
 
@@ -237,6 +391,28 @@ pub(crate) fn parse_try_again_message(body: &[u8]) -> Option<Duration> {
     }
     let n: u64 = std::str::from_utf8(&digits).ok()?.parse().ok()?;
     Some(Duration::from_secs(n))
+}
+
+/// Finds "replenished in [d.]hh:mm:ss" (any case) in the gateway's quota message.
+pub(crate) fn parse_replenished_message(body: &[u8]) -> Option<Duration> {
+    const NEEDLE: &[u8] = b"replenished in ";
+    let lower = body.to_ascii_lowercase();
+    let start = lower.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    let span: Vec<u8> = lower[start..]
+        .iter()
+        .copied()
+        .take_while(|b| b.is_ascii_digit() || *b == b':' || *b == b'.')
+        .take(20)
+        .collect();
+    let span = std::str::from_utf8(&span).ok()?.trim_end_matches('.');
+    let (days, clock) = match span.split_once('.') {
+        Some((d, c)) => (d.parse::<u64>().ok()?, c),
+        None => (0, span),
+    };
+    let parts: Vec<u64> = clock.split(':').map(|p| p.parse::<u64>().ok()).collect::<Option<_>>()?;
+    let [h, m, s] = parts[..] else { return None };
+    let secs = h.saturating_mul(3600).saturating_add(m.saturating_mul(60)).saturating_add(s);
+    Some(Duration::from_secs(days.saturating_mul(86_400).saturating_add(secs)))
 }
 
 /// Turns a reqwest failure into a class, keeping none of reqwest's text (which may name the
@@ -365,25 +541,28 @@ mod tests {
         let st = |c| StatusCode::from_u16(c).expect("valid status");
         let invalid_client = br#"{"error":"invalid_client","error_description":"Client integration not found. abc"}"#;
         assert_eq!(
-            classify_token_failure(st(400), &h, invalid_client),
+            classify_token_failure(st(400), &h, invalid_client, &[]),
             UpstreamError::KeyRejected { status: 400, error: "invalid_client".into() }
         );
         let gateway = br#"{"statusCode": 401, "message": "Access denied due to invalid subscription key."}"#;
         assert_eq!(
-            classify_token_failure(st(401), &h, gateway),
-            UpstreamError::SubscriptionKeyRejected { status: 401 }
+            classify_token_failure(st(401), &h, gateway, &[]),
+            UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Invalid }
         );
-        assert_eq!(classify_token_failure(st(401), &h, b""), UpstreamError::SubscriptionKeyRejected { status: 401 });
         assert_eq!(
-            classify_token_failure(st(401), &h, br#"{"error":"invalid_client"}"#),
+            classify_token_failure(st(401), &h, b"", &[]),
+            UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Unspecified }
+        );
+        assert_eq!(
+            classify_token_failure(st(401), &h, br#"{"error":"invalid_client"}"#, &[]),
             UpstreamError::KeyRejected { status: 401, error: "invalid_client".into() }
         );
-        assert!(matches!(classify_token_failure(st(400), &h, b"<html>"), UpstreamError::Protocol { .. }));
-        assert!(matches!(classify_token_failure(st(429), &h, b""), UpstreamError::RateLimited { .. }));
-        assert_eq!(classify_token_failure(st(503), &h, b""), UpstreamError::Transient { reason: "HTTP 503".into() });
-        assert_eq!(classify_token_failure(st(408), &h, b""), UpstreamError::Transient { reason: "HTTP 408".into() });
-        assert!(matches!(classify_token_failure(st(302), &h, b""), UpstreamError::Protocol { .. }));
-        assert!(matches!(classify_token_failure(st(404), &h, b""), UpstreamError::Protocol { .. }));
+        assert!(matches!(classify_token_failure(st(400), &h, b"<html>", &[]), UpstreamError::Protocol { .. }));
+        assert!(matches!(classify_token_failure(st(429), &h, b"", &[]), UpstreamError::RateLimited { .. }));
+        assert_eq!(classify_token_failure(st(503), &h, b"", &[]), UpstreamError::transient("HTTP 503"));
+        assert_eq!(classify_token_failure(st(408), &h, b"", &[]), UpstreamError::transient("HTTP 408"));
+        assert!(matches!(classify_token_failure(st(302), &h, b"", &[]), UpstreamError::Protocol { .. }));
+        assert!(matches!(classify_token_failure(st(404), &h, b"", &[]), UpstreamError::Protocol { .. }));
     }
 
     #[test]
@@ -391,11 +570,20 @@ mod tests {
         let h = HeaderMap::new();
         let st = |c| StatusCode::from_u16(c).expect("valid status");
         let gateway = br#"{"statusCode": 401, "message": "Access denied due to missing subscription key."}"#;
-        assert_eq!(classify_api_failure(st(401), &h, gateway), UpstreamError::SubscriptionKeyRejected { status: 401 });
+        assert_eq!(
+            classify_api_failure(st(401), &h, gateway, &[]),
+            UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Missing }
+        );
         let jwt = br#"{"statusCode": 401, "message": "Unauthorized. Access token is missing or invalid."}"#;
-        assert_eq!(classify_api_failure(st(401), &h, jwt), UpstreamError::Unauthorized { status: 401 });
-        assert_eq!(classify_api_failure(st(403), &h, b""), UpstreamError::Unauthorized { status: 403 });
-        assert!(matches!(classify_api_failure(st(500), &h, b""), UpstreamError::Transient { .. }));
+        assert_eq!(
+            classify_api_failure(st(401), &h, jwt, &[]),
+            UpstreamError::Unauthorized { status: 401, trace_id: None }
+        );
+        assert_eq!(
+            classify_api_failure(st(403), &h, b"", &[]),
+            UpstreamError::Unauthorized { status: 403, trace_id: None }
+        );
+        assert!(matches!(classify_api_failure(st(500), &h, b"", &[]), UpstreamError::Transient { .. }));
     }
 
     #[test]
@@ -405,7 +593,10 @@ mod tests {
         let body = format!(r#"{{"error":"invalid_client","error_description":"{secret}","message":"{secret}"}}"#);
         for code in [400u16, 401, 403, 404, 429, 500] {
             let st = StatusCode::from_u16(code).expect("valid status");
-            for e in [classify_token_failure(st, &h, body.as_bytes()), classify_api_failure(st, &h, body.as_bytes())] {
+            for e in [
+                classify_token_failure(st, &h, body.as_bytes(), &[]),
+                classify_api_failure(st, &h, body.as_bytes(), &[]),
+            ] {
                 assert!(!e.to_string().contains(secret), "{e}");
                 assert!(!format!("{e:?}").contains(secret), "{e:?}");
             }
@@ -419,26 +610,26 @@ mod tests {
         let problem = br#"{"type":"https://tools.ietf.org/html/rfc9110#section-15.5.1","title":"Invalid onboarding token","status":400,"detail":"x"}"#;
         assert_eq!(
             classify_onboarding_failure(st(400), &h, problem, &[]),
-            UpstreamError::OnboardingRejected { status: 400, title: "Invalid onboarding token".into() }
+            UpstreamError::OnboardingRejected { status: 400, title: "Invalid onboarding token".into(), trace_id: None }
         );
         // Casing varies (go-api.md, "Errors elsewhere").
         let upper = br#"{"Type":"t","Title":"Invalid redirect URI","Status":400}"#;
         assert_eq!(
             classify_onboarding_failure(st(400), &h, upper, &[]),
-            UpstreamError::OnboardingRejected { status: 400, title: "Invalid redirect URI".into() }
+            UpstreamError::OnboardingRejected { status: 400, title: "Invalid redirect URI".into(), trace_id: None }
         );
         assert_eq!(
             classify_onboarding_failure(st(400), &h, b"<html>", &[]),
-            UpstreamError::OnboardingRejected { status: 400, title: "Bad Request".into() }
+            UpstreamError::OnboardingRejected { status: 400, title: "Bad Request".into(), trace_id: None }
         );
         let gateway = br#"{"statusCode": 401, "message": "Access denied due to invalid subscription key."}"#;
         assert_eq!(
             classify_onboarding_failure(st(401), &h, gateway, &[]),
-            UpstreamError::SubscriptionKeyRejected { status: 401 }
+            UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Invalid }
         );
         assert_eq!(
             classify_onboarding_failure(st(401), &h, b"", &[]),
-            UpstreamError::SubscriptionKeyRejected { status: 401 }
+            UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Unspecified }
         );
         let problem429 =
             br#"{"title":"Too many requests","status":429,"detail":"Rate limit is exceeded. Try again in 4 seconds."}"#;
@@ -446,12 +637,9 @@ mod tests {
             classify_onboarding_failure(st(429), &h, problem429, &[]),
             UpstreamError::RateLimited { retry_after: Duration::from_secs(4) }
         );
-        assert_eq!(
-            classify_onboarding_failure(st(502), &h, b"", &[]),
-            UpstreamError::Transient { reason: "HTTP 502".into() }
-        );
+        assert_eq!(classify_onboarding_failure(st(502), &h, b"", &[]), UpstreamError::transient("HTTP 502"));
         assert!(matches!(classify_onboarding_failure(st(404), &h, b"", &[]), UpstreamError::Protocol { .. }));
-        assert!(!UpstreamError::OnboardingRejected { status: 400, title: "x".into() }.is_retryable());
+        assert!(!UpstreamError::OnboardingRejected { status: 400, title: "x".into(), trace_id: None }.is_retryable());
     }
 
     #[test]
@@ -482,8 +670,112 @@ mod tests {
         assert!(UpstreamError::transient("HTTP 502").is_retryable());
         assert!(UpstreamError::RateLimited { retry_after: MIN_RETRY_AFTER }.is_retryable());
         assert!(!UpstreamError::KeyRejected { status: 400, error: "invalid_client".into() }.is_retryable());
-        assert!(!UpstreamError::SubscriptionKeyRejected { status: 401 }.is_retryable());
-        assert!(!UpstreamError::Unauthorized { status: 401 }.is_retryable());
+        assert!(
+            !UpstreamError::SubscriptionKeyRejected { status: 401, problem: SubscriptionKeyProblem::Invalid }
+                .is_retryable()
+        );
+        assert!(!UpstreamError::Unauthorized { status: 401, trace_id: None }.is_retryable());
         assert!(!UpstreamError::protocol("x").is_retryable());
+    }
+
+    #[test]
+    fn go_shapes_of_rate_limits_and_quotas() {
+        let st = |c| StatusCode::from_u16(c).expect("valid status");
+        let none = HeaderMap::new();
+        let mut with = HeaderMap::new();
+        with.insert(RETRY_AFTER, HeaderValue::from_static("9"));
+        let as_string = br#"{"statusCode": "429", "message": "Rate limit is exceeded. Try again in 4 seconds."}"#;
+        let as_number = br#"{"statusCode": 429, "message": "Rate limit is exceeded. Try again in 4 seconds."}"#;
+        for body in [&as_string[..], &as_number[..]] {
+            for classify in [classify_token_failure, classify_api_failure] {
+                assert_eq!(classify(st(429), &none, body, &[]).retry_after(), Some(Duration::from_secs(4)));
+                assert_eq!(classify(st(429), &with, body, &[]).retry_after(), Some(Duration::from_secs(9)));
+            }
+        }
+        let bare = br#"{"statusCode": "429", "message": "Rate limit is exceeded."}"#;
+        assert_eq!(classify_token_failure(st(429), &none, bare, &[]).retry_after(), Some(MIN_RETRY_AFTER));
+
+        let quota =
+            br#"{"statusCode": 403, "message": "Out of call volume quota. Quota will be replenished in 00:01:05."}"#;
+        for classify in [classify_token_failure, classify_api_failure] {
+            assert_eq!(
+                classify(st(403), &with, quota, &[]),
+                UpstreamError::QuotaExceeded { retry_after: Duration::from_secs(9) }
+            );
+            assert_eq!(
+                classify(st(403), &none, quota, &[]),
+                UpstreamError::QuotaExceeded { retry_after: Duration::from_secs(65) }
+            );
+        }
+        assert_eq!(
+            classify_onboarding_failure(st(403), &with, b"", &[]),
+            UpstreamError::QuotaExceeded { retry_after: Duration::from_secs(9) }
+        );
+        // A 403 with an OAuth error and no Retry-After is the OAuth server's, not a quota.
+        assert!(matches!(
+            classify_token_failure(st(403), &none, br#"{"error":"unauthorized_client"}"#, &[]),
+            UpstreamError::KeyRejected { .. }
+        ));
+        // Even with an OAuth-looking body, Retry-After makes it the gateway's quota.
+        assert!(matches!(
+            classify_token_failure(st(403), &with, br#"{"error":"invalid_client"}"#, &[]),
+            UpstreamError::QuotaExceeded { .. }
+        ));
+        assert_eq!(parse_replenished_message(b"replenished in 1.02:00:00."), Some(Duration::from_secs(93_600)));
+        assert_eq!(parse_replenished_message(b"replenished in soon"), None);
+        assert!(parse_replenished_message(b"replenished in 99999999999999999999:00:00").is_none());
+        assert_eq!(
+            parse_replenished_message(b"replenished in 999999999:00:00"),
+            Some(Duration::from_secs(999_999_999 * 3600))
+        );
+    }
+
+    #[test]
+    fn gateway_subscription_key_messages() {
+        let st = |c| StatusCode::from_u16(c).expect("valid status");
+        let h = HeaderMap::new();
+        let missing = br#"{"statusCode": 401, "message": "Access denied due to missing subscription key. Make sure to include subscription key when making requests to an API."}"#;
+        let invalid = br#"{"statusCode": 401, "message": "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription."}"#;
+        for (body, problem) in
+            [(&missing[..], SubscriptionKeyProblem::Missing), (&invalid[..], SubscriptionKeyProblem::Invalid)]
+        {
+            let want = UpstreamError::SubscriptionKeyRejected { status: 401, problem };
+            assert_eq!(classify_token_failure(st(401), &h, body, &[]), want);
+            assert_eq!(classify_api_failure(st(401), &h, body, &[]), want);
+            assert_eq!(classify_onboarding_failure(st(401), &h, body, &[]), want);
+        }
+    }
+
+    #[test]
+    fn problem_details_keep_the_trace_id_and_field_names() {
+        let st = |c| StatusCode::from_u16(c).expect("valid status");
+        let h = HeaderMap::new();
+        let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        let body = format!(
+            r#"{{"type":"https://tools.ietf.org/html/rfc9110#section-15.5.1","title":"One or more validation errors occurred.","status":400,"errors":{{"ClientOrganizationNo":["The ClientOrganizationNo field is required."]}},"traceId":"{trace}"}}"#
+        );
+        let e = classify_onboarding_failure(st(400), &h, body.as_bytes(), &[]);
+        assert_eq!(e.trace_id().map(TraceId::as_str), Some(trace));
+        let shown = e.to_string();
+        assert!(shown.contains("fields: ClientOrganizationNo") && shown.contains(trace), "{shown}");
+        let e = classify_api_failure(st(503), &h, body.as_bytes(), &[]);
+        assert_eq!(e.trace_id().map(TraceId::as_str), Some(trace));
+        assert!(e.to_string().ends_with(&format!("(Go traceId {trace})")), "{e}");
+        let aspnet = br#"{"title":"x","status":403,"traceId":"0HMVD5NQ3LJ0K:00000001"}"#;
+        assert_eq!(
+            classify_api_failure(st(403), &h, aspnet, &[]).trace_id().map(TraceId::as_str),
+            Some("0HMVD5NQ3LJ0K:00000001")
+        );
+    }
+
+    #[test]
+    fn trace_ids_of_other_shapes_or_echoing_what_we_sent_are_dropped() {
+        let sub = "0d9e5c1f4b2a4e6f8a7b3c2d1e0f9a8b";
+        assert!(TraceId::parse("c0ffee00-1234-4abc-8def-0123456789ab", &[]).is_none(), "a GUID is not a trace id");
+        assert!(TraceId::parse(sub, &[]).is_none(), "bare 32 hex could be a subscription key");
+        assert!(TraceId::parse(&format!("00-{sub}-b7ad6b7169203331-00"), &[sub]).is_none());
+        assert!(TraceId::parse("eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.U0lH", &[]).is_none());
+        assert!(TraceId::parse("", &[]).is_none());
+        assert!(TraceId::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", &[sub]).is_some());
     }
 }

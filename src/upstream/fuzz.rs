@@ -52,7 +52,7 @@ fn check_error(e: &UpstreamError, body: &[u8]) -> Result<(), TestCaseError> {
         }
     }
     prop_assert!(!echoes(&shown, &String::from_utf8_lossy(body), 64), "repeats the body: {}", shown);
-    if let UpstreamError::RateLimited { retry_after } = e {
+    if let UpstreamError::RateLimited { retry_after } | UpstreamError::QuotaExceeded { retry_after } = e {
         prop_assert!((MIN_RETRY_AFTER..=MAX_RETRY_AFTER).contains(retry_after));
     }
     Ok(())
@@ -128,7 +128,10 @@ fn error_body() -> BoxedStrategy<Vec<u8>> {
         member("error_description", prop_oneof![planted(), "[ -~]{0,80}".prop_map(Value::from)].boxed()),
     ]);
     let gateway = object(vec![
-        member("statusCode", strs(&["401", "403", "429"])),
+        member(
+            "statusCode",
+            prop_oneof![strs(&["401", "403", "429", " 429 ", "x"]), (400i64..500).prop_map(Value::from)].boxed(),
+        ),
         member(
             "message",
             prop_oneof![
@@ -136,6 +139,9 @@ fn error_body() -> BoxedStrategy<Vec<u8>> {
                     "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription.",
                     "Rate limit is exceeded. Try again in 7 seconds.",
                     "Try again in 99999999999999 seconds",
+                    "Access denied due to missing subscription key. Make sure to include subscription key when making requests to an API.",
+                    "Out of call volume quota. Quota will be replenished in 00:00:59.",
+                    "Quota will be replenished in 99999999999999999:99:99",
                     "Unauthorized."
                 ]),
                 planted(),
@@ -151,6 +157,24 @@ fn error_body() -> BoxedStrategy<Vec<u8>> {
         ),
         member("status", (100i64..600).prop_map(Value::from).boxed()),
         member("detail", planted()),
+        member(
+            "traceId",
+            prop_oneof![
+                planted(),
+                strs(&["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", "0HMVD5NQ3LJ0K:00000001"]),
+                "[0-9a-f-]{0,60}".prop_map(Value::from),
+            ]
+            .boxed(),
+        ),
+        member(
+            "errors",
+            prop_oneof![
+                planted().prop_map(|k| serde_json::json!({ k.as_str().unwrap_or("k"): ["The field is required."] })),
+                "[ -~]{0,30}".prop_map(|k| serde_json::json!({ k.clone(): [k] })),
+                json_any(),
+            ]
+            .boxed(),
+        ),
     ]);
     prop_oneof![body(oauth), body(gateway), body(problem)].boxed()
 }
@@ -271,8 +295,8 @@ proptest! {
 
     #[test]
     fn token_failure(s in status(), h in headers(), b in prop_oneof![error_body(), token_body()]) {
-        check_error(&error::classify_token_failure(s, &h, &b), &b)?;
-        check_error(&error::classify_api_failure(s, &h, &b), &b)?;
+        check_error(&error::classify_token_failure(s, &h, &b, &[]), &b)?;
+        check_error(&error::classify_api_failure(s, &h, &b, &[]), &b)?;
     }
 
     #[test]
@@ -291,8 +315,14 @@ proptest! {
             prop_assert!(!code.is_empty() && code.len() <= 64);
             prop_assert!(code.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'), "{:?}", code);
         }
-        let _ = parse::mentions_subscription_key(&b);
+        let _ = parse::subscription_key_problem(&b);
         let _ = error::parse_try_again_message(&b);
+        let _ = error::parse_replenished_message(&b);
+        let _ = parse::gateway_message(&b);
+        if let Some(t) = parse::trace_id(&b, &[SENT]) {
+            let t = t.as_str().to_ascii_lowercase();
+            prop_assert!(!t.contains(&CLIENT_KEY.to_ascii_lowercase()) && !t.contains(&SENT.to_ascii_lowercase()), "{}", t);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use reqwest::{StatusCode, Url};
 use rustls_platform_verifier::BuilderVerifierExt as _;
 use zeroize::Zeroizing;
 
-pub use error::UpstreamError;
+pub use error::{SubscriptionKeyProblem, TraceId, UpstreamError};
 pub use onboarding::{OnboardedClient, OnboardingResult, OnboardingSession, OnboardingToken};
 
 use crate::crypto::{AccessToken, ClientKey, SubscriptionKey};
@@ -149,7 +149,8 @@ impl GoClient {
         if response.status.is_success() {
             parse::token_grant(&response.body)
         } else {
-            Err(error::classify_token_failure(response.status, &response.headers, &response.body))
+            let sent = [application_key, client_key.expose_secret(), subscription_key.expose_secret()];
+            Err(refused(&url, error::classify_token_failure(response.status, &response.headers, &response.body, &sent)))
         }
     }
 
@@ -172,7 +173,8 @@ impl GoClient {
         if response.status.is_success() {
             parse::client_integration_info(&response.body)
         } else {
-            Err(error::classify_api_failure(response.status, &response.headers, &response.body))
+            let sent = [token.expose_secret(), subscription_key.expose_secret()];
+            Err(refused(&url, error::classify_api_failure(response.status, &response.headers, &response.body, &sent)))
         }
     }
 
@@ -209,6 +211,16 @@ impl GoClient {
         }
         result
     }
+}
+
+/// Logs a classified refusal with its `traceId` (what PowerOffice support asks for), and
+/// passes it on.
+fn refused(url: &Url, e: UpstreamError) -> UpstreamError {
+    match e.trace_id() {
+        Some(trace_id) => tracing::info!(path = url.path(), error = %e, trace_id = %trace_id, "Go refused a request"),
+        None => tracing::debug!(path = url.path(), error = %e, "Go refused a request"),
+    }
+    e
 }
 
 /// `{base_url}/{path}` with one trailing `/` trimmed from the base. Only plain http(s) URLs

@@ -18,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::{GoClient, UpstreamError, endpoint, error, parse, subscription_header};
+use super::{GoClient, UpstreamError, endpoint, error, parse, refused, subscription_header};
 use crate::crypto::{ClientKey, SubscriptionKey};
 use crate::domain::InvalidInput;
 
@@ -133,6 +133,9 @@ impl GoClient {
         redirect_uri: &str,
     ) -> Result<OnboardingSession, UpstreamError> {
         let url = endpoint(api_base_url_root, "v2/Onboarding/Initiate")?;
+        // An empty string where a field is optional fails with "field is required" (go-api.md,
+        // "Errors elsewhere"): leave the field out instead.
+        let client_organization_no = client_organization_no.map(str::trim).filter(|o| !o.is_empty());
         let body = serde_json::to_vec(&InitiateBody { application_key, client_organization_no, redirect_uri })
             .map_err(|_| UpstreamError::config("the Onboarding/Initiate body could not be encoded"))?;
         let request = self
@@ -152,7 +155,10 @@ impl GoClient {
                 client_organization_no.unwrap_or_default(),
                 subscription_key.expose_secret(),
             ];
-            Err(error::classify_onboarding_failure(response.status, &response.headers, &response.body, &sent))
+            Err(refused(
+                &url,
+                error::classify_onboarding_failure(response.status, &response.headers, &response.body, &sent),
+            ))
         }
     }
 
@@ -184,7 +190,10 @@ impl GoClient {
             parse::onboarding_result(&response.body)
         } else {
             let sent = [onboarding_token.expose_secret(), subscription_key.expose_secret()];
-            Err(error::classify_onboarding_failure(response.status, &response.headers, &response.body, &sent))
+            Err(refused(
+                &url,
+                error::classify_onboarding_failure(response.status, &response.headers, &response.body, &sent),
+            ))
         }
     }
 }

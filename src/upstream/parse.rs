@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
 
-use super::error::UpstreamError;
+use super::error::{SubscriptionKeyProblem, TraceId, UpstreamError};
 use super::onboarding::{OnboardedClient, OnboardingResult, OnboardingSession};
 use super::{ClientIntegrationInfo, TokenGrant};
 use crate::crypto::{AccessToken, ClientKey};
@@ -217,10 +217,48 @@ fn text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// The `title` of a ProblemDetails answer (any casing), unsanitised.
+/// Most field names of a ProblemDetails `errors` map named in a title.
+const MAX_PROBLEM_FIELDS: usize = 4;
+
+/// The `title` of a ProblemDetails answer (any casing), unsanitised, followed by the names
+/// of the fields in its `errors` map (ASP.NET's validation answer: `{"errors":
+/// {"ClientOrganizationNo": ["The ClientOrganizationNo field is required."]}}`), so "One or
+/// more validation errors occurred" says which. The messages are left out: they may quote
+/// what we sent.
 pub(crate) fn problem_title(body: &[u8]) -> Option<String> {
     let obj = json_object(body)?;
-    Some(get_ci(&obj, "title")?.as_str()?.to_owned())
+    let title = get_ci(&obj, "title")?.as_str()?.to_owned();
+    let fields: Vec<String> = match get_ci(&obj, "errors") {
+        Some(Value::Object(errors)) => errors
+            .keys()
+            .map(|k| k.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$')).take(40).collect())
+            .filter(|k: &String| !k.is_empty())
+            .take(MAX_PROBLEM_FIELDS)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if fields.is_empty() { Some(title) } else { Some(format!("{title} (fields: {})", fields.join(", "))) }
+}
+
+/// The `traceId` of a ProblemDetails answer (any casing), if it has one of Go's shapes and
+/// contains nothing we sent ([`TraceId::parse`]).
+pub(crate) fn trace_id(body: &[u8], sent: &[&str]) -> Option<TraceId> {
+    let obj = json_object(body)?;
+    TraceId::parse(get_ci(&obj, "traceId")?.as_str()?, sent)
+}
+
+/// The API gateway's error shape, `{"statusCode": 401, "message": "..."}`: its message.
+/// `statusCode` may be a number or a string (PowerOffice's spec writes `"429"`, the
+/// gateway's default a number) and is not needed: the HTTP status says the same.
+pub(crate) fn gateway_message(body: &[u8]) -> Option<String> {
+    let obj = json_object(body)?;
+    let status_code = match get_ci(&obj, "statusCode") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    status_code?;
+    Some(get_ci(&obj, "message")?.as_str()?.to_owned())
 }
 
 /// Makes a ProblemDetails title safe to show and log. Go might echo what we sent, so:
@@ -292,13 +330,22 @@ pub(crate) fn sanitize_error_code(raw: &str) -> String {
     raw.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(MAX_ERROR_CODE_LEN).collect()
 }
 
-/// Whether the answer is the API gateway's complaint about the subscription key
-/// (`{"statusCode": 401, "message": "Access denied due to invalid subscription key. ..."}`).
-pub(crate) fn mentions_subscription_key(body: &[u8]) -> bool {
-    let Some(obj) = json_object(body) else {
-        return false;
-    };
-    matches!(get_ci(&obj, "message"), Some(Value::String(m)) if m.to_ascii_lowercase().contains("subscription key"))
+/// Whether, and how, the answer is the API gateway's complaint about the subscription key:
+/// `{"statusCode": 401, "message": "Access denied due to missing subscription key. ..."}`
+/// or `"... invalid subscription key. ..."` (go-api.md, "Token").
+pub(crate) fn subscription_key_problem(body: &[u8]) -> Option<SubscriptionKeyProblem> {
+    let obj = json_object(body)?;
+    let Some(Value::String(m)) = get_ci(&obj, "message") else { return None };
+    let m = m.to_ascii_lowercase();
+    if m.contains("missing subscription key") {
+        Some(SubscriptionKeyProblem::Missing)
+    } else if m.contains("invalid subscription key") {
+        Some(SubscriptionKeyProblem::Invalid)
+    } else if m.contains("subscription key") {
+        Some(SubscriptionKeyProblem::Unspecified)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -477,10 +524,22 @@ mod tests {
 
     #[test]
     fn gateway_messages_are_recognised() {
-        assert!(mentions_subscription_key(
-            br#"{"statusCode": 401, "message": "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription."}"#
-        ));
-        assert!(!mentions_subscription_key(br#"{"statusCode": 401, "message": "Unauthorized."}"#));
-        assert!(!mentions_subscription_key(b"subscription key"));
+        assert_eq!(
+            subscription_key_problem(
+                br#"{"statusCode": 401, "message": "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription."}"#
+            ),
+            Some(SubscriptionKeyProblem::Invalid)
+        );
+        assert_eq!(
+            subscription_key_problem(
+                br#"{"statusCode": "401", "message": "Access denied due to missing subscription key."}"#
+            ),
+            Some(SubscriptionKeyProblem::Missing)
+        );
+        assert_eq!(subscription_key_problem(br#"{"statusCode": 401, "message": "Unauthorized."}"#), None);
+        assert_eq!(subscription_key_problem(b"subscription key"), None);
+        assert_eq!(gateway_message(br#"{"statusCode": "429", "message": "m"}"#).as_deref(), Some("m"));
+        assert_eq!(gateway_message(br#"{"statusCode": 429, "message": "m"}"#).as_deref(), Some("m"));
+        assert_eq!(gateway_message(br#"{"message": "m"}"#), None);
     }
 }

@@ -1,0 +1,119 @@
+//! The broker's view of an environment's integration: the record and its opened
+//! subscription keys (the active one and, when set, the other slot's), cached for a short
+//! while so a change made beside a running server takes effect; and the automatic switch to
+//! the other key when Go's gateway calls the active one invalid (go-api.md, "Keys": a
+//! subscription has a primary and a secondary key, both valid at once, sharing one budget).
+//!
+//! The switch is tried once per failing request, costs one more upstream slot from the same
+//! limiter (both keys share Go's budget), and is made durable through the vault's commit gate
+//! with a `subscription_key_switched` record before the broker uses the new key for others.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Broker, BrokerError, SERVER_IDENTITY};
+use crate::audit::{Action, AuditRecord, Outcome};
+use crate::crypto::SubscriptionKey;
+use crate::domain::Environment;
+use crate::store::integrations::IntegrationRecord;
+use crate::vault::{NotRecorded, SubscriptionKeySwitch};
+
+/// How long integration records (and their opened subscription keys) are cached, so a
+/// change made with the CLI next to a running server takes effect.
+pub(super) const INTEGRATION_TTL: Duration = Duration::from_secs(30);
+
+pub(super) struct IntegrationCtx {
+    pub(super) record: IntegrationRecord,
+    /// The key of the active slot: the one sent.
+    pub(super) subscription_key: SubscriptionKey,
+    /// The other slot's key, when one is set and opens: tried once when Go's gateway calls
+    /// the active key invalid.
+    pub(super) standby: Option<SubscriptionKey>,
+    pub(super) loaded_at: Instant,
+}
+
+impl Broker {
+    pub(super) async fn integration(&self, env: Environment) -> Result<Arc<IntegrationCtx>, BrokerError> {
+        let now = self.inner.clock.now();
+        if let Some(c) = self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).get(&env)
+            && now.saturating_duration_since(c.loaded_at) < INTEGRATION_TTL
+        {
+            return Ok(c.clone());
+        }
+        let vault = self.inner.vault.clone();
+        let (record, subscription_key, standby) = self
+            .blocking(move || {
+                let Some(rec) = vault.integration(env)? else { return Ok(None) };
+                let key = vault.open_subscription_key(&rec)?;
+                let other = rec.active_slot.other();
+                let standby = match rec.version_of(other) {
+                    None => None,
+                    Some(_) => match vault.open_subscription_key_in(&rec, other) {
+                        Ok(k) => Some(k),
+                        Err(e) => {
+                            // The active key still works: keep serving, but say so loudly.
+                            tracing::error!(environment = %env, slot = %other, error = %e, "ALARM: the standby subscription key does not open; no automatic switch is possible");
+                            None
+                        }
+                    },
+                };
+                Ok(Some((rec, key, standby)))
+            })
+            .await?
+            .ok_or(BrokerError::NoIntegration(env))?;
+        let ctx = Arc::new(IntegrationCtx { record, subscription_key, standby, loaded_at: now });
+        self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).insert(env, ctx.clone());
+        Ok(ctx)
+    }
+
+    /// The integration's active subscription key for `env` (cached like the integration
+    /// record), for `GetAccessToken` responses when the configuration hands it to callers.
+    pub async fn subscription_key(&self, env: Environment) -> Result<SubscriptionKey, BrokerError> {
+        Ok(self.integration(env).await?.subscription_key.clone())
+    }
+
+    /// Drops the cached integration for `env` (after `integration set` or a rejection).
+    pub fn forget_integration(&self, env: Environment) {
+        self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).remove(&env);
+    }
+
+    /// Makes the standby key the active one, durably: called after a request with the
+    /// standby key worked where the active key was called invalid. Recorded before it
+    /// commits (`subscription_key_switched`); a switch another request already made is not
+    /// made or recorded twice. If the record cannot be written, nothing is switched and the
+    /// next request tries again.
+    pub(super) async fn switch_to_standby(&self, integ: &IntegrationCtx, status: u16) {
+        let env = integ.record.environment;
+        let from = integ.record.active_slot;
+        let to = from.other();
+        let vault = self.inner.vault.clone();
+        let audit = self.inner.audit.clone();
+        let switched = self
+            .blocking(move || {
+                let gate = move |s: &SubscriptionKeySwitch| {
+                    let why = format!(
+                        "automatically: PowerOffice Go's gateway called the {from} key invalid (HTTP {status}) and the {to} key worked; \
+                         regenerate the {from} key in Go's portal and set it again (`integration set --slot {from}`)"
+                    );
+                    let rec = AuditRecord::new(Action::SubscriptionKeySwitched, Outcome::Ok)
+                        .caller(SERVER_IDENTITY, "")
+                        .upstream_status(status)
+                        .detail(s.describe(&why))
+                        .request("go-token-response", "");
+                    audit.append_wait(rec).map(|_| ()).map_err(|e| NotRecorded(e.to_string()))
+                };
+                vault.use_subscription_key(env, to, Some(from), &gate)
+            })
+            .await;
+        match switched {
+            Ok((_, true)) => {
+                tracing::warn!(environment = %env, from = %from, to = %to, "ALARM: PowerOffice Go called the active subscription key invalid; switched to the other key")
+            }
+            Ok((_, false)) => {}
+            Err(e) => {
+                tracing::error!(environment = %env, error = %e, "could not switch to the standby subscription key; will try again")
+            }
+        }
+        self.forget_integration(env);
+    }
+}
