@@ -130,17 +130,30 @@ async fn no_secret_reaches_logs_or_error_strings() {
         .unwrap();
     broker.forget_integration(Environment::Demo);
     record(&mut tokens, &mut errors, broker.get_token(&t(2), None).await); // subscription key rejected
+    // The subscription's other key: the vault switches to it when Go calls the active one
+    // invalid (the switch is logged and recorded), then Go's quota runs out.
+    let secondary = SubscriptionKey::parse(sim::DEFAULT_DEMO_SECONDARY_SUBSCRIPTION_KEY).unwrap();
+    vault.set_secondary_subscription_key(Environment::Demo, &secondary, &UnauditedFixture).unwrap();
+    broker.forget_integration(Environment::Demo);
+    clock.advance(Duration::from_secs(31));
+    record(&mut tokens, &mut errors, broker.get_token(&t(2), None).await); // switched to the secondary
+    sim.fail_next_403_quota(1, 20, true);
+    clock.advance(Duration::from_secs(1200));
+    record(&mut tokens, &mut errors, broker.get_token(&t(0), None).await); // quota 403
     sim.shutdown().await;
 
     assert!(!tokens.is_empty(), "at least one token was minted");
-    assert!(errors.len() >= 4, "failure paths ran: {errors:?}");
+    assert!(errors.len() >= 5, "failure paths ran: {errors:?}");
+    assert!(errors.iter().any(|e| e.contains("quota")), "the quota path ran: {errors:?}");
     let log = capture.0.lock().unwrap().clone();
     assert!(log.len() > 1000, "the capture works ({} bytes)", log.len());
+    assert!(common::contains(&log, b"switched to the other key"), "the switch ran");
     assert!(common::contains(&log, b"t1"), "tenant ids do appear in the log");
 
     let mut secrets: Vec<String> = KEYS.iter().map(|s| s.to_string()).collect();
     secrets.push(sim::DEFAULT_DEMO_SUBSCRIPTION_KEY.into());
     secrets.push("0123456789abcdef0123456789abcdef".into());
+    secrets.push(sim::DEFAULT_DEMO_SECONDARY_SUBSCRIPTION_KEY.into());
     secrets.extend(tokens.iter().cloned());
     for s in &secrets {
         common::assert_no_leak("the tracing log", &log, s);

@@ -482,3 +482,29 @@ async fn no_error_shows_a_key_a_token_or_the_subscription_key() {
     assert!(format!("x{}x", secrets[0]).contains(&secrets[0]));
     h.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_empty_organization_number_is_left_out_not_sent_empty() {
+    let h = Harness::start().await;
+    // Go refuses `"ClientOrganizationNo": ""` ("field is required"); the simulator does too,
+    // with ASP.NET's validation answer naming the field and a traceId.
+    let raw = h
+        .browser
+        .post(format!("{}/v2/Onboarding/Initiate", h.sim.base_url(Environment::Demo)))
+        .header("Ocp-Apim-Subscription-Key", DEMO_SUB)
+        .json(&serde_json::json!({"ApplicationKey": APP_KEY, "ClientOrganizationNo": "", "RedirectUri": CALLBACK}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+    let body: serde_json::Value = raw.json().await.unwrap();
+    assert!(body["errors"]["ClientOrganizationNo"].is_array(), "{body}");
+    assert!(body["traceId"].as_str().is_some_and(|t| t.starts_with("00-")), "{body}");
+    // The vault's client never sends it empty: blank means "not given".
+    for blank in ["", "   "] {
+        h.initiate(Some(blank), CALLBACK).await.expect("a blank number is left out");
+        let req = h.sim.last_onboarding_request().unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        assert!(sent.get("ClientOrganizationNo").is_none(), "{sent}");
+    }
+}

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{APP_KEY, Scratch, assert_fails_with, assert_ok, assert_no_leak, dump, stdout};
+use common::{APP_KEY, Scratch, assert_fails_with, assert_no_leak, assert_ok, dump, stdout};
 
 const PRIMARY: &str = "0d9e5c1f4b2a4e6f8a7b3c2d1e0f9a8b";
 const SECONDARY: &str = "3a8f6c2e9b1d4e7fa0c5b2d8e6f1a9c4";
@@ -90,8 +90,8 @@ fn the_readme_rotation_procedure_works_step_by_step_and_is_audited() {
     outputs.push(out);
 
     // The vault opens what it sends: the secondary.
-    let vault = pogo_vault::vault::Vault::unlock(&s.db(), &pogo_vault::crypto::MasterKeySource::KeyFile(s.key()))
-        .unwrap();
+    let vault =
+        pogo_vault::vault::Vault::unlock(&s.db(), &pogo_vault::crypto::MasterKeySource::KeyFile(s.key())).unwrap();
     let rec = vault.integration(pogo_vault::domain::Environment::Demo).unwrap().unwrap();
     assert_eq!(vault.open_subscription_key(&rec).unwrap().expose_secret(), SECONDARY);
     drop(vault);
