@@ -529,8 +529,12 @@ async fn set_up(s: &Settings) -> Bench {
         let batch: Vec<(NewTenant, &ClientKey)> = chunk
             .iter()
             .zip(&keys)
-            .map(|(id, k)| {
-                let new = NewTenant::new(TenantId::parse_field("tenant_id", id).unwrap(), Environment::Demo);
+            .enumerate()
+            .map(|(i, (id, k))| {
+                // Go's ClientId known, as for tenants registered with validation: the cold
+                // mints measured here are token requests only (no ClientId fill-in behind them).
+                let mut new = NewTenant::new(TenantId::parse_field("tenant_id", id).unwrap(), Environment::Demo);
+                new.go_client_id = Some(format!("{}", base + i));
                 (new, k)
             })
             .collect();

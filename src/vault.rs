@@ -36,7 +36,7 @@ use crate::store::{Store, StoreError, now_ms};
 mod integrations;
 
 pub use integrations::{
-    GO_HOST, IntegrationChange, IntegrationInput, SubscriptionKeySwitch, base_url_origin, is_go_base_url,
+    GO_HOST, IntegrationChange, IntegrationInput, SubscriptionKeySwitch, SwitchIf, base_url_origin, is_go_base_url,
     validate_base_url,
 };
 
@@ -543,16 +543,15 @@ impl Vault {
         Ok(tenants::count_by_status(self.store().conn())?)
     }
 
-    /// Records the ClientId Go gave for a tenant's client (ClientIntegrationInformation),
-    /// and its name where the tenant has none. Only while the tenant still holds key
-    /// `key_version` (the ClientId was learnt with that key) and lacks that ClientId.
-    /// Returns the updated tenant, or `None` when nothing changed (no record then).
+    /// Fills in the ClientId Go gave for a tenant's client (ClientIntegrationInformation).
+    /// Only while the tenant still holds key `key_version` (the ClientId was learnt with
+    /// that key) and has no ClientId yet: a fill-in never overwrites. Returns the updated
+    /// tenant, or `None` when nothing changed (no record then).
     pub fn set_go_client_id(
         &self,
         id: &TenantId,
         key_version: i64,
         go_client_id: &str,
-        name: Option<&DisplayName>,
         gate: Gate<'_, TenantRecord>,
     ) -> Result<Option<TenantRecord>, VaultError> {
         let go_client_id = go_client_id.trim();
@@ -562,10 +561,10 @@ impl Vault {
         let mut store = self.store();
         let tx = store.write_tx()?;
         let Some(t) = tenants::get(&tx, id)? else { return Ok(None) };
-        if t.key_version != key_version || t.go_client_id.as_deref() == Some(go_client_id) {
+        if t.key_version != key_version || t.go_client_id.is_some() {
             return Ok(None);
         }
-        tenants::set_go_metadata(&tx, id, Some(go_client_id), name)?;
+        tenants::set_go_metadata(&tx, id, Some(go_client_id), None)?;
         let Some(current) = tenants::get(&tx, id)? else { return Ok(None) };
         gate.record(&current)?;
         tx.commit().map_err(StoreError::from)?;

@@ -75,6 +75,7 @@ fn rows() -> Vec<Row> {
     let problem = |status, trace: Option<&str>| {
         SimAnswer::problem(status, "Internal Server Error", "An error occurred.", &[], trace, false)
     };
+    let pascal = |status| SimAnswer::problem(status, "Bad Gateway", "An error occurred.", &[], None, true);
     vec![
         Row {
             name: "429, numeric statusCode, Retry-After",
@@ -198,7 +199,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "502 PascalCase ProblemDetails (before .NET 8), no traceId",
-            answers: vec![problem(502, None), problem(502, None), problem(502, None)],
+            answers: vec![pascal(502), pascal(502), pascal(502)],
             code: Code::Unavailable,
             retry_after: Some(0),
             paused: None,
@@ -327,6 +328,10 @@ async fn subscription_key_rotation_mid_traffic_switches_to_the_secondary_once() 
     // Go's own limit: 10 a second per subscription, both keys together.
     ts.sim.set_rate_limit(10, Duration::from_secs(1));
     let mut ops = with_operator(&ts).await;
+    // A key Go's gateway does not accept is refused before it is stored.
+    let bogus = ops.set_integration(set_slot("secondary", "ffffffffffffffffffffffffffffffff")).await.unwrap_err();
+    assert_eq!(bogus.code(), Code::FailedPrecondition, "{bogus:?}");
+    assert!(ts.vault().integration(Environment::Demo).unwrap().unwrap().secondary_key_version.is_none());
     let i = ops.set_integration(set_slot("secondary", sim::DEFAULT_DEMO_SECONDARY_SUBSCRIPTION_KEY)).await.unwrap();
     let i = i.into_inner();
     assert_eq!((i.active_slot.as_str(), i.secondary_key_version), ("primary", 1));
@@ -371,6 +376,7 @@ async fn subscription_key_rotation_mid_traffic_switches_to_the_secondary_once() 
         ok += o;
         failed.extend(f);
     }
+    eprintln!("rotation mid-traffic: {ok} tokens handed out, {} requests failed", failed.len());
     assert!(ok > 50, "too little traffic to show anything: {ok}");
     // At most the requests in flight at the moment of the revocation fail (each caller has
     // one); in practice none, since the vault tries the other key within the same request.
@@ -424,7 +430,9 @@ async fn subscription_key_rotation_mid_traffic_switches_to_the_secondary_once() 
     let again = ops.use_subscription_key(use_primary).await.unwrap().into_inner();
     assert_eq!(again.active_slot, "primary");
     let switches = all_events(&ts, "subscription_key_switched").await;
-    assert_eq!(switches.len(), 2, "a switch to the active slot is no change: {switches:#?}");
+    let made: Vec<_> = switches.iter().filter(|e| e.detail.contains("switched from")).collect();
+    assert_eq!(made.len(), 2, "a switch to the active slot is no change: {switches:#?}");
+    assert!(switches.iter().any(|e| e.detail.contains("nothing changed")), "the no-op request is recorded too");
     // The cached tokens live 2 s: the next one is minted with the regenerated primary.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let mut tokens = ts.token_client("token-caller").await;
@@ -487,5 +495,40 @@ async fn the_clientid_is_stored_shown_and_quoted_in_mint_records() {
         common::assert_ok(&out);
         let text = common::stdout(&out);
         assert!(text.lines().any(|l| l.contains("client id") && l.contains(id)), "{tenant}: {text}");
+    }
+}
+
+/// What a broken standby key must never do: switch, or blame a client key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_key_that_fails_is_never_switched_to_and_never_blames_a_client_key() {
+    let cases = [
+        ("the other key is refused too", SimAnswer::subscription_key_invalid()),
+        // Go accepts the key but not the client: the key is another subscription's.
+        (
+            "the other key belongs elsewhere",
+            SimAnswer::oauth_error(400, "invalid_client", "Client integration not found."),
+        ),
+        ("the other key hits a 5xx", SimAnswer::problem(503, "Service Unavailable", "", &[], Some(TRACE), false)),
+    ];
+    for (name, second) in cases {
+        // A server per case: the refusal pauses upstream calls for 30 s.
+        let ts = TestServer::start().await;
+        let mut ops = with_operator(&ts).await;
+        ops.set_integration(set_slot("secondary", sim::DEFAULT_DEMO_SECONDARY_SUBSCRIPTION_KEY)).await.unwrap();
+        let mut admin = ts.tenant_client("admin").await;
+        let mut tokens = ts.token_client("token-caller").await;
+        admin.register_client_key(register("acme", 0, false)).await.unwrap();
+        ts.sim.answer_next(SimAnswer::subscription_key_invalid());
+        ts.sim.answer_next(second);
+        let s = tokens.get_access_token(get("acme", 0)).await.unwrap_err();
+        assert_eq!(s.code(), Code::Unavailable, "{name}: {s:?}");
+        assert!(s.message().contains("subscription key"), "{name}: {}", s.message());
+        assert_eq!(ts.sim.token_requests_for(&sim_key(0)), 2, "{name}: one try with each key");
+        let t = admin.get_tenant(pb::GetTenantRequest { tenant_id: "acme".into() }).await.unwrap().into_inner();
+        assert_eq!(t.status().as_str_name(), "ACTIVE", "{name}");
+        assert!(all_events(&ts, "subscription_key_switched").await.is_empty(), "{name}: switched");
+        assert!(all_events(&ts, "key_rejected_by_go").await.is_empty(), "{name}: a key was blamed");
+        let rec = ts.vault().integration(Environment::Demo).unwrap().unwrap();
+        assert_eq!(rec.active_slot, pogo_vault::domain::SubscriptionKeySlot::Primary, "{name}");
     }
 }

@@ -57,7 +57,10 @@ async fn no_secret_reaches_logs_or_error_strings() {
     );
     vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
     for (i, k) in KEYS.iter().enumerate() {
-        let new = NewTenant::new(format!("t{i}").parse().unwrap(), Environment::Demo);
+        // Go's ClientId known: no background ClientIntegrationInformation call takes the
+        // faults meant for the token requests below.
+        let mut new = NewTenant::new(format!("t{i}").parse().unwrap(), Environment::Demo);
+        new.go_client_id = Some(format!("{i}"));
         vault.add_tenant(&new, &ClientKey::parse(k).unwrap(), &UnauditedFixture).unwrap();
         sim.add_client(
             Environment::Demo,

@@ -96,9 +96,19 @@ fn the_readme_rotation_procedure_works_step_by_step_and_is_audited() {
     assert_eq!(vault.open_subscription_key(&rec).unwrap().expose_secret(), SECONDARY);
     drop(vault);
 
-    // A primary with another base URL is another subscription: the secondary is destroyed.
+    // A primary with another base URL is another subscription. Not while its secondary is
+    // the key in use (that would send a key nobody tried)...
     let mut moved = set("primary");
     moved.extend(["--base-url", "http://127.0.0.1:9", "--allow-custom-base-url"]);
+    let before = dump(&s.db());
+    let out = s.run_k(&moved, PRIMARY);
+    assert_fails_with(&out, &["base_url", "integration use primary"]);
+    outputs.push(out);
+    assert_eq!(dump(&s.db()), before, "a refused change left a trace");
+    // ... but after switching back, the old subscription's secondary is destroyed.
+    let out = s.run_k(&["integration", "use", "primary", "--environment", "demo"], "");
+    assert_ok(&out);
+    outputs.push(out);
     let out = s.run_k(&moved, PRIMARY);
     assert_ok(&out);
     assert!(stdout(&out).contains("secondary key none") && stdout(&out).contains("active primary"), "{}", stdout(&out));
@@ -113,7 +123,7 @@ fn the_readme_rotation_procedure_works_step_by_step_and_is_audited() {
     assert!(sets[1].1.contains("secondary subscription key …a9c4"), "{}", sets[1].1);
     assert!(sets[3].1.contains("secondary subscription key was destroyed"), "{}", sets[3].1);
     let switches: Vec<_> = actions.iter().filter(|(a, _)| a == "subscription_key_switched").collect();
-    assert_eq!(switches.len(), 1, "no change, no record: {actions:#?}");
+    assert_eq!(switches.len(), 2, "no change, no record: {actions:#?}");
     assert!(switches[0].1.contains("from the primary to the secondary") && switches[0].1.contains("CLI"));
 
     for out in &outputs {

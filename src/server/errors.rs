@@ -74,6 +74,7 @@ pub fn broker(e: &BrokerError) -> Status {
         | BrokerError::KeyRejected(_)
         | BrokerError::InvalidKey(_)
         | BrokerError::NoIntegration(_)
+        | BrokerError::SubscriptionKeyRefused(_)
         | BrokerError::OnboardingRejected(_) => Status::failed_precondition(msg),
         BrokerError::SubscriptionKeyRejected { retry_after, .. }
         | BrokerError::RateLimited { retry_after, .. }

@@ -63,8 +63,13 @@ impl OperatorSvc {
                 return Err(self.failed(&caller, action, errors::invalid(&e)).await);
             }
         }
+        // Go's gateway must accept it: a secondary it refuses would only fail at the moment it
+        // is needed.
+        if let Err(e) = self.state.broker.probe_subscription_key(env, &key).await {
+            return Err(self.failed(&caller, action, errors::broker(&e)).await);
+        }
         let gate = self.state.gate(&caller, move |c, change: &IntegrationChange| {
-            let detail = change.describe("through the API");
+            let detail = change.describe("through the API (Go's gateway accepted the key)");
             vec![caller_record(c, action, None, Outcome::Ok, &detail, Extra::default())]
         });
         match self.state.vault_op(move |v| v.set_secondary_subscription_key(env, &key, &gate)).await {
@@ -246,14 +251,38 @@ impl OperatorService for OperatorSvc {
             Ok(p) => p,
             Err(e) => return Err(self.failed(&caller, action, errors::invalid(&e)).await),
         };
+        // The key to be sent must be one Go's gateway accepts now: otherwise the vault would
+        // switch back by itself at the first refusal, and the operator, believing the other
+        // key idle, might regenerate the only one that works.
+        let opened = self
+            .state
+            .vault_op(move |v| {
+                let rec = v
+                    .integration(env)?
+                    .ok_or_else(|| InvalidInput::new("environment", format!("the {env} integration is not set")))?;
+                Ok((rec.active_slot == slot, v.open_subscription_key_in(&rec, slot)?))
+            })
+            .await;
+        let (already, key) = match opened {
+            Ok(k) => k,
+            Err(s) => return Err(self.failed(&caller, action, s).await),
+        };
+        if !already && let Err(e) = self.state.broker.probe_subscription_key(env, &key).await {
+            return Err(self.failed(&caller, action, errors::broker(&e)).await);
+        }
+        drop(key);
         let gate = self.state.gate(&caller, move |c, s: &SubscriptionKeySwitch| {
-            let detail = s.describe("by an operator through the API");
+            let detail = s.describe("by an operator through the API (Go's gateway accepted the key)");
             vec![caller_record(c, action, None, Outcome::Ok, &detail, Extra::default())]
         });
         match self.state.vault_op(move |v| v.use_subscription_key(env, slot, None, &gate)).await {
             Ok((rec, changed)) => {
                 if changed {
                     self.state.broker.forget_integration(env);
+                } else {
+                    // Asked and answered: recorded too, though nothing changed.
+                    let detail = format!("{env}: the {slot} subscription key is already the one sent; nothing changed");
+                    self.state.record(&caller, action, None, Outcome::Ok, &detail, Extra::default()).await?;
                 }
                 Ok(Response::new(view(&rec)))
             }

@@ -188,7 +188,13 @@ impl TenantService for TenantSvc {
         let gate = self.state.gate(&caller, move |c, k: &KeyChange| {
             let (new, old) = (k.current.key_version, k.previous.key_version);
             let extra = Extra { key_version: Some(new), ..Extra::default() };
-            let detail = format!("key version {new} replaces {old} (destroyed)");
+            let client =
+                |t: &crate::store::tenants::TenantRecord| t.go_client_id.clone().unwrap_or_else(|| "unknown".into());
+            let detail = format!(
+                "key version {new} replaces {old} (destroyed); Go ClientId {} -> {}",
+                client(&k.previous),
+                client(&k.current)
+            );
             vec![caller_record(c, action, Some(&k.current.tenant_id), Outcome::Ok, &detail, extra)]
         });
         match self.state.vault_op(move |v| v.rotate_key(&id, &key, client_id.as_deref(), &gate)).await {

@@ -11,12 +11,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Broker, BrokerError, SERVER_IDENTITY};
+use super::{Broker, BrokerError, KEY_CHECKS, SERVER_IDENTITY};
 use crate::audit::{Action, AuditRecord, Outcome};
-use crate::crypto::SubscriptionKey;
+use crate::crypto::{ClientKey, SubscriptionKey};
 use crate::domain::Environment;
 use crate::store::integrations::IntegrationRecord;
-use crate::vault::{NotRecorded, SubscriptionKeySwitch};
+use crate::upstream::UpstreamError;
+use crate::vault::{NotRecorded, SubscriptionKeySwitch, SwitchIf};
+
+/// The client key of a probe: a GUID no Go client has (version nibble 4, all zeros else).
+const PROBE_CLIENT_KEY: &str = "00000000-0000-4000-8000-000000000000";
 
 /// How long integration records (and their opened subscription keys) are cached, so a
 /// change made with the CLI next to a running server takes effect.
@@ -72,6 +76,32 @@ impl Broker {
         Ok(self.integration(env).await?.subscription_key.clone())
     }
 
+    /// Asks Go's gateway whether it accepts `key` as a subscription key of the `env`
+    /// integration, before an operator makes it the key in use or stores it as the other key:
+    /// one token request with a client key no client has, from the shared budget. The
+    /// gateway answers 401 for a key it refuses; a key it accepts reaches the OAuth server,
+    /// which answers `invalid_client`. Anything else (a quota, 5xx) is returned as is.
+    pub async fn probe_subscription_key(&self, env: Environment, key: &SubscriptionKey) -> Result<(), BrokerError> {
+        let integ = self.integration(env).await?;
+        let inner = &self.inner;
+        if let Err(wait) =
+            self.limiter(env).acquire(KEY_CHECKS, inner.cfg.default_upstream_share, inner.cfg.limiter_max_wait).await
+        {
+            return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
+        }
+        inner.stats.upstream_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nobody = ClientKey::parse(PROBE_CLIENT_KEY).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let r = &integ.record;
+        match inner.go.request_token(&r.base_url, &r.application_key, &nobody, key).await {
+            Ok(_) | Err(UpstreamError::KeyRejected { .. }) => Ok(()),
+            Err(UpstreamError::SubscriptionKeyRejected { status, problem }) => {
+                tracing::warn!(environment = %env, status, problem = problem.as_str(), "PowerOffice Go's gateway refuses the subscription key an operator offered");
+                Err(BrokerError::SubscriptionKeyRefused(env))
+            }
+            Err(e) => Err(self.validation_error(env, e)),
+        }
+    }
+
     /// Drops the cached integration for `env` (after `integration set` or a rejection).
     pub fn forget_integration(&self, env: Environment) {
         self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).remove(&env);
@@ -86,6 +116,11 @@ impl Broker {
         let env = integ.record.environment;
         let from = integ.record.active_slot;
         let to = from.other();
+        let (Some(from_version), Some(to_version)) = (integ.record.version_of(from), integ.record.version_of(to))
+        else {
+            return;
+        };
+        let only_if = SwitchIf { from, from_version, to_version };
         let vault = self.inner.vault.clone();
         let audit = self.inner.audit.clone();
         let switched = self
@@ -102,7 +137,7 @@ impl Broker {
                         .request("go-token-response", "");
                     audit.append_wait(rec).map(|_| ()).map_err(|e| NotRecorded(e.to_string()))
                 };
-                vault.use_subscription_key(env, to, Some(from), &gate)
+                vault.use_subscription_key(env, to, Some(only_if), &gate)
             })
             .await;
         match switched {

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 use crate::audit::{Action, AuditLog, AuditRecord, Outcome};
 use crate::crypto::{AccessToken, ClientKey, Fingerprint, SubscriptionKey};
-use crate::domain::{DisplayName, Environment, TenantId, TenantStatus};
+use crate::domain::{Environment, TenantId, TenantStatus};
 use crate::store::tenants::TenantRecord;
 use crate::upstream::{GoClient, SubscriptionKeyProblem, UpstreamError};
 use crate::vault::{NotRecorded, Vault, VaultError};
@@ -126,6 +126,13 @@ pub enum BrokerError {
     /// Go is unreachable, failing or too slow; retried already.
     #[error("PowerOffice Go is unavailable ({reason}); retry after {} s", secs(*retry_after))]
     Unavailable { reason: String, retry_after: Duration },
+    /// Go's gateway refuses a subscription key an operator offered (to switch to, or as the
+    /// other key): nothing was changed.
+    #[error(
+        "PowerOffice Go's gateway refuses this subscription key for the {0} integration (HTTP 401): nothing was changed; \
+         check that it is the other key of the same subscription, from the same environment"
+    )]
+    SubscriptionKeyRefused(Environment),
     /// A key offered for registration was refused by Go.
     #[error(
         "PowerOffice Go does not accept this client key for the {0} environment: check that it was copied \
@@ -577,7 +584,9 @@ impl Broker {
             let key = self.open_key(&rec).await?;
             // The key lives for this attempt: one request, or two when the other
             // subscription key is tried.
-            let result = self.with_failover(&integ, |sub| self.request_once(&rec, &integ, sub, &key)).await;
+            let result = self
+                .with_failover(&integ, (charge, max_wait, 1), |sub| self.request_once(&rec, &integ, sub, &key))
+                .await;
             drop(key);
             let result = result?;
             match result {
@@ -752,13 +761,14 @@ impl Broker {
                 if let Some(w) = e.retry_after() {
                     limiter.pause(w);
                 }
+                // A later mint tries again.
+                self.slot(&tenant).lock().client_id_tried = false;
                 tracing::info!(tenant = %tenant, error = %e, "ClientIntegrationInformation failed; the tenant's ClientId stays unknown for now");
                 return;
             }
         };
         let Some(client_id) = info.client_id else { return };
         let known: Arc<str> = Arc::from(client_id.as_str());
-        let name = info.client_name.and_then(|n| DisplayName::parse_field("display_name", &n).ok());
         let vault = inner.vault.clone();
         let audit = inner.audit.clone();
         let key_version = token.key_version;
@@ -779,7 +789,7 @@ impl Broker {
                         .request("go-client-integration-information", "");
                     audit.append_wait(rec).map(|_| ()).map_err(|e| NotRecorded(e.to_string()))
                 };
-                vault.set_go_client_id(&id, key_version, &client_id, name.as_ref(), &gate)
+                vault.set_go_client_id(&id, key_version, &client_id, &gate)
             })
             .await;
         match filled {
@@ -809,8 +819,9 @@ impl Broker {
         }
         inner.stats.upstream_requests.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         let r = &integ.record;
+        let (charge, max_wait) = self.key_checks();
         let proof = self
-            .with_failover(&integ, |sub| async move {
+            .with_failover(&integ, (&charge, max_wait, 2), |sub| async move {
                 let grant = inner.go.request_token(&r.base_url, &r.application_key, key, sub).await?;
                 inner.go.client_integration_information(&r.base_url, &grant.access_token, sub).await
             })
@@ -820,12 +831,20 @@ impl Broker {
     }
 
     /// Runs `call` with the active subscription key; if Go's gateway calls that key
-    /// invalid and the other slot holds one, runs it once more with the other key (one more
-    /// slot from the same budget) and, if that works, switches to it durably
-    /// ([`Broker::switch_to_standby`]). The outer error is the limiter's refusal.
+    /// invalid and the other slot holds one, runs it once more with the other key and, if
+    /// that works, switches to it durably ([`Broker::switch_to_standby`]).
+    ///
+    /// The second run costs `cost` more slots (the requests `call` sends) from the same
+    /// limiter, charged to `charge` and waiting at most `max_wait`: both keys are one
+    /// subscription's, with one budget. Only the active key's answer may speak about a
+    /// client key: if the other key fails in any way (refused too, or Go calls the client key
+    /// unknown, which means that key is another subscription's), nothing is switched or
+    /// blamed, the active key's refusal stands, and the alarm says the other key is unusable.
+    /// The outer error is the limiter's refusal.
     async fn with_failover<'a, T, F, Fut>(
         &self,
         integ: &'a IntegrationCtx,
+        (charge, max_wait, cost): (&Charge, Duration, u32),
         call: F,
     ) -> Result<Result<T, UpstreamError>, BrokerError>
     where
@@ -841,12 +860,31 @@ impl Broker {
             return Ok(first);
         };
         let status = *status;
-        self.acquire_for(integ.record.environment).await?;
-        let second = call(standby).await;
-        if second.is_ok() {
-            self.switch_to_standby(integ, status).await;
+        let env = integ.record.environment;
+        tracing::warn!(environment = %env, slot = %integ.record.active_slot, "PowerOffice Go called the active subscription key invalid; trying the other key");
+        let limiter = self.limiter(env);
+        for _ in 0..cost {
+            if let Err(wait) = limiter.acquire(&charge.caller, charge.share, max_wait).await {
+                self.inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
+            }
         }
-        Ok(second)
+        self.inner.stats.upstream_requests.fetch_add(u64::from(cost), std::sync::atomic::Ordering::Relaxed);
+        match call(standby).await {
+            Ok(v) => {
+                self.switch_to_standby(integ, status).await;
+                Ok(Ok(v))
+            }
+            Err(e) => {
+                tracing::error!(environment = %env, slot = %integ.record.active_slot.other(), error = %e, "ALARM: the other subscription key does not work either; nothing switched");
+                Ok(first)
+            }
+        }
+    }
+
+    /// The charge of key validation and onboarding calls.
+    fn key_checks(&self) -> (Charge, Duration) {
+        (self.charge(KEY_CHECKS, None), self.inner.cfg.limiter_max_wait)
     }
 
     /// Go's `Onboarding/Initiate` for `env`, through the shared limiter.
@@ -860,7 +898,8 @@ impl Broker {
         self.acquire_for(env).await?;
         let r = &integ.record;
         let go = &self.inner.go;
-        self.with_failover(&integ, |sub| {
+        let (charge, max_wait) = self.key_checks();
+        self.with_failover(&integ, (&charge, max_wait, 1), |sub| {
             go.onboarding_initiate(&r.base_url, sub, &r.application_key, organization_number, redirect_uri)
         })
         .await?
@@ -877,9 +916,12 @@ impl Broker {
         let integ = self.integration(env).await?;
         self.acquire_for(env).await?;
         let go = &self.inner.go;
-        self.with_failover(&integ, |sub| go.onboarding_finalize(&integ.record.base_url, sub, token))
-            .await?
-            .map_err(|e| self.onboarding_error(env, e))
+        let (charge, max_wait) = self.key_checks();
+        self.with_failover(&integ, (&charge, max_wait, 1), |sub| {
+            go.onboarding_finalize(&integ.record.base_url, sub, token)
+        })
+        .await?
+        .map_err(|e| self.onboarding_error(env, e))
     }
 
     async fn acquire_for(&self, env: Environment) -> Result<(), BrokerError> {

@@ -68,8 +68,18 @@ impl TraceId {
         let aspnet = t.split_once(':').is_some_and(|(conn, n)| {
             conn.len() == 13 && conn.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) && hex(n, 8)
         });
-        let lower = t.to_ascii_lowercase();
-        let echoes = sent.iter().map(|v| v.trim()).any(|v| v.len() >= 6 && lower.contains(&v.to_ascii_lowercase()));
+        // Compared as letters and digits only, any case: a key without its dashes, or part of
+        // one (any 12 characters in a row), does not pass either.
+        let alnum = |s: &str| s.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_lowercase();
+        let trace = alnum(t);
+        let echoes = sent.iter().map(|v| alnum(v)).filter(|v| v.len() >= 6).any(|v| {
+            let b = v.as_bytes();
+            if b.len() <= ECHO_WINDOW {
+                return trace.contains(&v);
+            }
+            // ASCII after `alnum`, so every window is a str.
+            b.windows(ECHO_WINDOW).any(|w| std::str::from_utf8(w).is_ok_and(|w| trace.contains(w)))
+        });
         ((traceparent || aspnet) && !echoes).then(|| TraceId(t.to_owned()))
     }
 
@@ -83,6 +93,9 @@ impl std::fmt::Display for TraceId {
         f.write_str(&self.0)
     }
 }
+
+/// A trace id sharing this many letters and digits in a row with a value we sent is not kept.
+const ECHO_WINDOW: usize = 12;
 
 /// `" (Go traceId X)"`, or nothing: appended to messages that may carry one.
 pub(crate) struct TraceSuffix<'a>(pub &'a Option<TraceId>);
@@ -248,8 +261,11 @@ pub(crate) fn classify_token_failure(
         400 | 401 | 403 => {
             if let Some(quota) = quota_exceeded(code, headers, body) {
                 quota
-            } else if let Some(problem) = parse::subscription_key_problem(body) {
+            } else if let Some(problem) = parse::subscription_key_problem(body).filter(|_| code != 400) {
                 UpstreamError::SubscriptionKeyRejected { status: code, problem }
+            } else if code != 400 && parse::gateway_message(body).is_some() {
+                // The gateway's shape is never a verdict on the client key.
+                UpstreamError::SubscriptionKeyRejected { status: code, problem: SubscriptionKeyProblem::Unspecified }
             } else if let Some(error) = parse::oauth_error_code(body) {
                 UpstreamError::KeyRejected { status: code, error }
             } else if code == 401 {
@@ -774,6 +790,10 @@ mod tests {
         assert!(TraceId::parse("c0ffee00-1234-4abc-8def-0123456789ab", &[]).is_none(), "a GUID is not a trace id");
         assert!(TraceId::parse(sub, &[]).is_none(), "bare 32 hex could be a subscription key");
         assert!(TraceId::parse(&format!("00-{sub}-b7ad6b7169203331-00"), &[sub]).is_none());
+        // Half of the key in the 16-hex part, or a client key without its dashes.
+        assert!(TraceId::parse(&format!("00-0af7651916cd43dd8448eb211c80319c-{}-00", &sub[..16]), &[sub]).is_none());
+        let client = "c0ffee00-1234-4abc-8def-0123456789ab";
+        assert!(TraceId::parse("00-c0ffee0012344abc8def0123456789ab-b7ad6b7169203331-00", &[client]).is_none());
         assert!(TraceId::parse("eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.U0lH", &[]).is_none());
         assert!(TraceId::parse("", &[]).is_none());
         assert!(TraceId::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", &[sub]).is_some());

@@ -24,6 +24,8 @@ use crate::crypto::{AccessToken, ClientKey};
 pub(crate) const MAX_EXPIRES_IN: Duration = Duration::from_secs(24 * 3600);
 /// Longest accepted access token. Go's JWTs are around 1-2 KiB.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Longest Go ClientId we keep (Go's are numbers or short ids).
+const MAX_CLIENT_ID_LEN: usize = 64;
 /// Longest OAuth error code we keep.
 const MAX_ERROR_CODE_LEN: usize = 64;
 /// Longest ProblemDetails title we keep.
@@ -109,11 +111,13 @@ fn seconds(v: &Value) -> Option<Duration> {
 pub(crate) fn client_integration_info(body: &[u8]) -> Result<ClientIntegrationInfo, UpstreamError> {
     let obj = json_object(body)
         .ok_or_else(|| UpstreamError::protocol("ClientIntegrationInformation answer is not a JSON object"))?;
+    // Stored, shown by `tenant show` and quoted in audit records: an id, not free text.
     let client_id = match get_ci(&obj, "ClientId") {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Some(Value::String(s)) => Some(s.trim().to_owned()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
-    };
+    }
+    .filter(|id| !id.is_empty() && id.len() <= MAX_CLIENT_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic()));
     let client_name = match get_ci(&obj, "ClientName") {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
         _ => None,
@@ -229,11 +233,18 @@ pub(crate) fn problem_title(body: &[u8]) -> Option<String> {
     let obj = json_object(body)?;
     let title = get_ci(&obj, "title")?.as_str()?.to_owned();
     let fields: Vec<String> = match get_ci(&obj, "errors") {
+        // Field names are identifiers (`ClientOrganizationNo`, `$.RedirectUri`); anything
+        // else, or anything that looks like a key, is left out rather than cleaned up.
         Some(Value::Object(errors)) => errors
             .keys()
-            .map(|k| k.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$')).take(40).collect())
-            .filter(|k: &String| !k.is_empty())
+            .filter(|k| {
+                !k.is_empty()
+                    && k.len() <= 40
+                    && !looks_secret(k)
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$' | '[' | ']'))
+            })
             .take(MAX_PROBLEM_FIELDS)
+            .cloned()
             .collect(),
         _ => Vec::new(),
     };
@@ -334,9 +345,8 @@ pub(crate) fn sanitize_error_code(raw: &str) -> String {
 /// `{"statusCode": 401, "message": "Access denied due to missing subscription key. ..."}`
 /// or `"... invalid subscription key. ..."` (go-api.md, "Token").
 pub(crate) fn subscription_key_problem(body: &[u8]) -> Option<SubscriptionKeyProblem> {
-    let obj = json_object(body)?;
-    let Some(Value::String(m)) = get_ci(&obj, "message") else { return None };
-    let m = m.to_ascii_lowercase();
+    // Only the gateway's `{statusCode, message}` shape speaks for the gateway.
+    let m = gateway_message(body)?.to_ascii_lowercase();
     if m.contains("missing subscription key") {
         Some(SubscriptionKeyProblem::Missing)
     } else if m.contains("invalid subscription key") {
@@ -413,6 +423,10 @@ mod tests {
         assert_eq!(i.client_name.as_deref(), Some("Acme AS"));
         assert_eq!(i.valid_privileges, ["A", "B"]);
         assert_eq!(i.invalid_privileges, ["C"]);
+        for odd in [r#""a\nb""#, r#""\u001b[31mred""#, r#""""#, &format!("\"{}\"", "9".repeat(65))] {
+            let body = format!(r#"{{"ClientId": {odd}}}"#);
+            assert_eq!(client_integration_info(body.as_bytes()).expect("ok").client_id, None, "{odd}");
+        }
         let i = client_integration_info(br#"{"ClientId": "9f1c", "ClientName": null}"#).expect("ok");
         assert_eq!(i.client_id.as_deref(), Some("9f1c"));
         assert_eq!(i.client_name, None);
@@ -538,6 +552,11 @@ mod tests {
         );
         assert_eq!(subscription_key_problem(br#"{"statusCode": 401, "message": "Unauthorized."}"#), None);
         assert_eq!(subscription_key_problem(b"subscription key"), None);
+        assert_eq!(
+            subscription_key_problem(br#"{"message": "invalid subscription key"}"#),
+            None,
+            "not the gateway's shape"
+        );
         assert_eq!(gateway_message(br#"{"statusCode": "429", "message": "m"}"#).as_deref(), Some("m"));
         assert_eq!(gateway_message(br#"{"statusCode": 429, "message": "m"}"#).as_deref(), Some("m"));
         assert_eq!(gateway_message(br#"{"message": "m"}"#), None);

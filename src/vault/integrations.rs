@@ -86,6 +86,16 @@ impl SubscriptionKeySwitch {
     }
 }
 
+/// The integration as the broker saw it when the other key worked: the switch is made only
+/// if it is still so (the active slot and both keys' versions), so a key set meanwhile is
+/// never activated untried, and two requests that both saw the old key fail switch once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwitchIf {
+    pub from: SubscriptionKeySlot,
+    pub from_version: i64,
+    pub to_version: i64,
+}
+
 /// Everything a caller of `integration set` gives (the primary slot).
 #[derive(Debug)]
 pub struct IntegrationInput {
@@ -127,6 +137,25 @@ impl Vault {
         let mut store = self.store();
         let tx = store.write_tx()?;
         let previous = integrations::get(&tx, env)?;
+        // Another application key or base URL is another subscription: its secondary key
+        // goes. Not while that secondary is the key in use: that would silently send a key
+        // nobody tried; switch to the primary first.
+        let new_subscription =
+            |p: &IntegrationRecord| !p.application_key.eq_ignore_ascii_case(&application_key) || p.base_url != base_url;
+        if let Some(p) =
+            previous.as_ref().filter(|p| p.active_slot == SubscriptionKeySlot::Secondary && new_subscription(p))
+        {
+            let field = if p.base_url != base_url { "base_url" } else { "application_key" };
+            return Err(InvalidInput::new(
+                field,
+                format!(
+                    "differs from the {env} integration's ({}) while its secondary key is the one in use: give the same value to \
+                     replace only the primary key, or switch to the primary first (`integration use primary`)",
+                    if field == "base_url" { base_url_origin(&p.base_url) } else { p.application_key.clone() }
+                ),
+            )
+            .into());
+        }
         let version = integrations::next_version(&tx, env, slot)?;
         let r = SecretRef { purpose: Purpose::SubscriptionKey, owner: secret_owner(env, slot), version };
         self.seal_subscription_key(&tx, &r, &application_key, &base_url, &input.subscription_key)?;
@@ -145,9 +174,8 @@ impl Vault {
         };
         integrations::upsert(&tx, &rec)?;
         let mut destroyed = secrets::delete_other_versions(&tx, r.purpose, &r.owner, version)?;
-        let dropped_secondary = previous.as_ref().is_some_and(|p| {
-            p.secondary_key_version.is_some() && (p.application_key != application_key || p.base_url != base_url)
-        });
+        let dropped_secondary =
+            previous.as_ref().is_some_and(|p| p.secondary_key_version.is_some() && new_subscription(p));
         if dropped_secondary {
             let owner = secret_owner(env, SubscriptionKeySlot::Secondary);
             destroyed += secrets::delete_all(&tx, r.purpose, &owner)?;
@@ -186,6 +214,15 @@ impl Vault {
             )
             .into());
         };
+        // The subscription's *other* key: the primary again would leave no second key.
+        let primary = self.open_subscription_key_in_tx(&tx, &previous, SubscriptionKeySlot::Primary)?;
+        if subtle::ConstantTimeEq::ct_eq(primary.expose_secret().as_bytes(), key.expose_secret().as_bytes()).into() {
+            return Err(InvalidInput::new(
+                "subscription_key",
+                "is the primary key: the secondary slot takes the subscription's other key (Go's portal shows both)",
+            )
+            .into());
+        }
         let version = integrations::next_version(&tx, env, slot)?;
         let r = SecretRef { purpose: Purpose::SubscriptionKey, owner: secret_owner(env, slot), version };
         self.seal_subscription_key(&tx, &r, &previous.application_key, &previous.base_url, key)?;
@@ -207,15 +244,15 @@ impl Vault {
         Ok(current)
     }
 
-    /// Makes `slot` the key the vault sends for `env`. With `only_from`, switches only while
-    /// that slot is still the active one (the broker's automatic switch: two requests that
-    /// both saw the old key fail make one switch, not two). Returns the integration and
-    /// whether it changed; no change, no record. The slot's key must be set and open.
+    /// Makes `slot` the key the vault sends for `env`. With `only_if`, switches only while
+    /// the integration is as the caller saw it ([`SwitchIf`]: the broker's automatic switch).
+    /// Returns the integration and whether it changed; no change, no record. The slot's key
+    /// must be set and open.
     pub fn use_subscription_key(
         &self,
         env: Environment,
         slot: SubscriptionKeySlot,
-        only_from: Option<SubscriptionKeySlot>,
+        only_if: Option<SwitchIf>,
         gate: Gate<'_, SubscriptionKeySwitch>,
     ) -> Result<(IntegrationRecord, bool), VaultError> {
         let mut store = self.store();
@@ -227,7 +264,12 @@ impl Vault {
             )
             .into());
         };
-        if rec.active_slot == slot || only_from.is_some_and(|from| from != rec.active_slot) {
+        let unchanged = |c: SwitchIf| {
+            c.from == rec.active_slot
+                && rec.version_of(c.from) == Some(c.from_version)
+                && rec.version_of(c.from.other()) == Some(c.to_version)
+        };
+        if rec.active_slot == slot || only_if.is_some_and(|c| !unchanged(c)) {
             return Ok((rec, false));
         }
         let (Some(version), Some(hint)) = (rec.version_of(slot), rec.hint_of(slot).cloned()) else {
