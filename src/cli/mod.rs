@@ -46,7 +46,14 @@ mod output;
 mod serve;
 
 #[derive(Debug, Parser)]
-#[command(name = "pogo-vault", version, about = "The one holder of PowerOffice Go client keys", long_about = None)]
+#[command(
+    name = "pogo-vault",
+    version,
+    about = "The one holder of PowerOffice Go client keys",
+    long_about = None,
+    after_help = "The database and master key options belong to the commands that open a database (each \
+                  command's --help lists the ones it uses); they may also be given before the command."
+)]
 pub struct Cli {
     /// Database options may also come before the command; see the module docs.
     #[command(flatten)]

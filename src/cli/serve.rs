@@ -70,7 +70,8 @@ pub struct TokenArgs {
     /// The tenant whose token to get.
     #[arg(long)]
     pub tenant: String,
-    /// The token must stay valid at least this many seconds.
+    /// The token must stay valid at least this many seconds (at most the server's
+    /// tokens.max_min_validity_secs, 900 by default: more is refused).
     #[arg(long, default_value_t = 0)]
     pub min_validity: u32,
     /// Print only the raw access token (for scripts).
