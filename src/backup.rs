@@ -10,6 +10,7 @@
 //! What a backup does NOT contain: the master key. Without it nothing in the backup opens;
 //! keep the key in the secret store, never beside the backups.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::backup::{Backup, StepResult};
@@ -29,6 +30,9 @@ pub enum BackupError {
     /// The operation's audit record could not be made durable: nothing was written.
     #[error("the audit record of this {what} could not be written ({reason}); nothing was written")]
     NotRecorded { what: &'static str, reason: String },
+    /// The directory to restore into could not be created.
+    #[error("cannot create the directory {path}: {reason}")]
+    CreateDir { path: String, reason: String },
     /// A restored file could not be moved into place.
     #[error("cannot move the restored file into {path}: {reason}")]
     Move { path: String, reason: String },
@@ -62,8 +66,12 @@ pub struct BackupReport {
     pub audit_events: i64,
 }
 
-/// Copies `src` into a new file `dst` (mode 0600) in one consistent snapshot.
-fn copy(src: &Path, dst: &Path) -> Result<(), BackupError> {
+/// Copies `src` into a new file `dst` (mode 0600) in one consistent snapshot and returns
+/// `count_sql`'s answer on the copy. The count is read through the copy's own connection,
+/// which is then closed: the last connection of a WAL database removes its `-wal` and
+/// `-shm` files, so the copy is one self-contained file (a second, read-only connection
+/// opened afterwards would leave both behind, as backups once did).
+fn copy(src: &Path, dst: &Path, count_sql: &str) -> Result<i64, BackupError> {
     if !src.exists() {
         return Err(BackupError::Missing(src.display().to_string()));
     }
@@ -91,15 +99,37 @@ fn copy(src: &Path, dst: &Path) -> Result<(), BackupError> {
         if check != "ok" {
             return Err(BackupError::Integrity { path: dst.display().to_string(), detail: check });
         }
+        let n: i64 = target.query_row(count_sql, [], |r| r.get(0))?;
         // Everything into the main file, so the copy is one self-contained file.
         target.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(())
+        target.close().map_err(|(_, e)| e)?;
+        Ok(n)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(dst);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", dst.display()));
+        }
     }
     result
 }
+
+/// Creates the missing directories of `files` with mode 0700 (they will hold sealed keys and
+/// the audit log): a backup or restore into a new place needs no `mkdir` first.
+pub fn create_missing_dirs(files: &[&Path]) -> Result<(), BackupError> {
+    for dir in files.iter().filter_map(|f| f.parent()) {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| BackupError::CreateDir { path: dir.display().to_string(), reason: e.to_string() })?;
+        }
+    }
+    Ok(())
+}
+
+const COUNT_TENANTS: &str = "SELECT COUNT(*) FROM tenants";
+const COUNT_EVENTS: &str = "SELECT COUNT(*) FROM events";
 
 fn count(path: &Path, sql: &str) -> Result<i64, BackupError> {
     let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -124,17 +154,17 @@ pub fn backup(
     if !db.exists() {
         return Err(BackupError::Missing(db.display().to_string()));
     }
+    create_missing_dirs(&[&files.vault])?;
     record().map_err(|reason| BackupError::NotRecorded { what: "backup", reason })?;
-    copy(db, &files.vault)?;
-    if let Err(e) = copy(audit_db, &files.audit) {
-        let _ = std::fs::remove_file(&files.vault);
-        return Err(e);
-    }
-    Ok(BackupReport {
-        tenants: count(&files.vault, "SELECT COUNT(*) FROM tenants")?,
-        audit_events: count(&files.audit, "SELECT COUNT(*) FROM events")?,
-        files,
-    })
+    let tenants = copy(db, &files.vault, COUNT_TENANTS)?;
+    let audit_events = match copy(audit_db, &files.audit, COUNT_EVENTS) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&files.vault);
+            return Err(e);
+        }
+    };
+    Ok(BackupReport { tenants, audit_events, files })
 }
 
 /// Restores a backup into `db` and `audit_db`, which must not exist yet. Both are copied
@@ -164,9 +194,10 @@ pub fn restore(
     // Leftovers of an interrupted restore are ours to clear: they were never in place.
     remove(&staged_db);
     remove(&staged_audit);
+    create_missing_dirs(&[db, audit_db])?;
     let result = (|| {
-        copy(&files.vault, &staged_db)?;
-        copy(&files.audit, &staged_audit)?;
+        copy(&files.vault, &staged_db, COUNT_TENANTS)?;
+        copy(&files.audit, &staged_audit, COUNT_EVENTS)?;
         record(&staged_db, &staged_audit).map_err(|reason| BackupError::NotRecorded { what: "restore", reason })?;
         let moved = |from: &Path, to: &Path| {
             std::fs::rename(from, to)
@@ -184,9 +215,5 @@ pub fn restore(
         }
         return Err(e);
     }
-    Ok(BackupReport {
-        tenants: count(db, "SELECT COUNT(*) FROM tenants")?,
-        audit_events: count(audit_db, "SELECT COUNT(*) FROM events")?,
-        files,
-    })
+    Ok(BackupReport { tenants: count(db, COUNT_TENANTS)?, audit_events: count(audit_db, COUNT_EVENTS)?, files })
 }

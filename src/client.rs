@@ -41,13 +41,43 @@ pub async fn connect(
 }
 
 /// An error and its sources on one line (transport errors hide the useful part below).
+/// A source whose text the line already holds is left out: several layers print their
+/// source themselves, which once gave "tcp connect error: tcp connect error: ...".
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn error_chain_names_each_reason_once() {
+        let refused = E("Connection refused (os error 111)", None);
+        let e = E("transport error", Some(Box::new(E("tcp connect error", Some(Box::new(refused))))));
+        assert_eq!(super::error_chain(&e), "transport error: tcp connect error: Connection refused (os error 111)");
+        let repeated = E("tcp connect error: boom", Some(Box::new(E("boom", None))));
+        assert_eq!(super::error_chain(&repeated), "tcp connect error: boom");
+    }
 }

@@ -258,6 +258,22 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The environment overrides that [`Config::apply_env`] would apply, as lines an
+    /// operator reads (`config check` prints them, `serve` logs them): an exported
+    /// `POGO_VAULT_DB` silently replacing the file's `vault.db` costs an afternoon. The value
+    /// of `POGO_VAULT_MASTER_PASSPHRASE_ENV` is not shown (it should be a name; if it is
+    /// the passphrase itself, it must not be echoed).
+    pub fn env_overrides(get: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (var, key) in ENV_OVERRIDES {
+            if let Some(v) = get(var) {
+                let shown = if var == "POGO_VAULT_MASTER_PASSPHRASE_ENV" { "(a variable name)".to_owned() } else { v };
+                out.push(format!("{var}={shown} replaces {key}"));
+            }
+        }
+        out
+    }
+
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
         if let Some(v) = get("POGO_VAULT_DB") {
             self.vault.db = v.into();
@@ -359,6 +375,16 @@ impl Config {
         }
     }
 }
+
+/// The environment variables that override the file, and what each replaces.
+pub const ENV_OVERRIDES: [(&str, &str); 6] = [
+    ("POGO_VAULT_DB", "vault.db"),
+    ("POGO_VAULT_AUDIT_DB", "vault.audit_db"),
+    ("POGO_VAULT_MASTER_KEY_FILE", "the master key source (vault.master_*)"),
+    ("POGO_VAULT_MASTER_PASSPHRASE_FILE", "the master key source (vault.master_*)"),
+    ("POGO_VAULT_MASTER_PASSPHRASE_ENV", "the master key source (vault.master_*)"),
+    ("POGO_VAULT_TLS_KEY", "server.key"),
+];
 
 /// `<dir>/<stem>-audit.db` beside the vault database.
 pub fn default_audit_db(db: &Path) -> PathBuf {

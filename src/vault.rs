@@ -228,9 +228,29 @@ fn resolve_master_key(source: &MasterKeySource, meta: &KekMeta) -> Result<Master
         }
     };
     if !key.matches_check(&meta.key_check) {
-        return Err(MasterKeyError::WrongMasterKey.into());
+        let rotated_at = meta.kek_rotated_at.map(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .unwrap_or_else(|| ms.to_string())
+        });
+        let (given, expected) = (key.id().to_owned(), meta.kek_id.clone());
+        return Err(MasterKeyError::WrongMasterKey { given, expected, rotated_at }.into());
     }
     Ok(key)
+}
+
+/// Checks `source` against the database at `path` without changing anything (the file is
+/// opened read-only, no migration runs): what `config check` uses. Returns the key's id.
+pub fn check_master_key(path: &Path, source: &MasterKeySource) -> Result<String, VaultError> {
+    if !path.exists() {
+        return Err(StoreError::Missing { path: path.display().to_string() }.into());
+    }
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(StoreError::from)?;
+    let not_a_vault = || StoreError::NotInitialized { path: path.display().to_string() };
+    let meta = meta::get(&conn).map_err(|_| not_a_vault())?.ok_or_else(not_a_vault)?;
+    Ok(resolve_master_key(source, &meta)?.id().to_owned())
 }
 
 /// Obtains a new master key for `init` or `rotate-kek` (before anything is written).

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::operator::Operator;
 use super::output::{self, IntegrationView, TenantView};
-use super::{CliError, GlobalArgs};
+use super::{ChangeDbArgs, CliError, GlobalArgs, VaultDbArgs};
 use crate::audit::{Action, Outcome};
 use crate::crypto::{ClientKey, MasterKeySource, SubscriptionKey};
 use crate::domain::{
@@ -30,6 +30,8 @@ pub struct InitArgs {
     pub generate_master_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub argon2: Argon2Args,
+    #[command(flatten)]
+    pub db: VaultDbArgs,
 }
 
 /// Argon2id costs, used when the master key comes from a passphrase.
@@ -56,6 +58,8 @@ impl From<Argon2Args> for Argon2Costs {
     }
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum IntegrationCommand {
     /// Set an environment's application key, subscription key (read from standard input)
@@ -98,6 +102,8 @@ pub enum IntegrationCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        db: VaultDbArgs,
     },
 }
 
@@ -120,32 +126,57 @@ pub enum TenantCommand {
         /// A label `key=value`; repeat for more.
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
+        #[command(flatten)]
+        db: ChangeDbArgs,
     },
     /// List tenants (key hints only).
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        db: VaultDbArgs,
     },
     /// Show one tenant (key hint only).
     Show {
+        /// The tenant to show.
         tenant_id: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        db: VaultDbArgs,
     },
     /// Replace a tenant's client key (new key from standard input); the old key is destroyed.
-    RotateKey { tenant_id: String },
+    RotateKey {
+        /// The tenant whose key to replace.
+        tenant_id: String,
+        #[command(flatten)]
+        db: ChangeDbArgs,
+    },
     /// Stop minting tokens for a tenant.
-    Disable { tenant_id: String },
+    Disable {
+        /// The tenant to disable.
+        tenant_id: String,
+        #[command(flatten)]
+        db: ChangeDbArgs,
+    },
     /// Resume minting tokens for a tenant.
-    Enable { tenant_id: String },
+    Enable {
+        /// The tenant to enable.
+        tenant_id: String,
+        #[command(flatten)]
+        db: ChangeDbArgs,
+    },
     /// Delete a tenant and destroy its key.
     Delete {
+        /// The tenant to delete.
         tenant_id: String,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        db: ChangeDbArgs,
     },
 }
 
@@ -185,6 +216,9 @@ pub struct ThroughServer {
     /// Name to expect in the server certificate (default: the endpoint's host).
     #[arg(long, requires = "endpoint")]
     pub server_name: Option<String>,
+    /// Without --endpoint: the database files to change.
+    #[command(flatten)]
+    pub files: ChangeDbArgs,
 }
 
 impl ThroughServer {
@@ -232,9 +266,13 @@ pub struct RotateKekArgs {
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
-    /// Address to listen on.
+    /// Address to listen on (port 0 picks a free one; the banner shows it).
     #[arg(long, default_value = "127.0.0.1:8089")]
     pub listen: SocketAddr,
+    /// Also accept this onboarding redirect URI, in both environments (only its scheme,
+    /// host, port and path count). Loopback URIs are always accepted. Repeat for more.
+    #[arg(long = "redirect-uri", value_name = "URL")]
+    pub redirect_uris: Vec<String>,
 }
 
 pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
@@ -256,11 +294,11 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
     };
     let _lock = lock_for_change(&g.db)?;
     let vault = Vault::init(&g.db, &init_key, a.argon2.into())?;
-    println!("initialised {} (master key id {})", g.db.display(), vault.kek_id());
+    outln!("initialised {} (master key id {})", g.db.display(), vault.kek_id())?;
     if let InitKey::GenerateKeyFile(p) = &init_key {
-        println!("master key written to {} (mode 0600)", p.display());
+        outln!("master key written to {} (mode 0600)", p.display())?;
     }
-    println!("keep the master key safe and apart from backups of the database: without it nothing in the vault opens");
+    outln!("keep the master key safe and apart from backups of the database: without it nothing in the vault opens")?;
     Ok(())
 }
 
@@ -320,9 +358,9 @@ fn integration_line(
     )
 }
 
-fn print_integration(i: &crate::store::integrations::IntegrationRecord) {
+fn print_integration(i: &crate::store::integrations::IntegrationRecord) -> Result<(), CliError> {
     let secondary = i.secondary_key_hint.as_ref().map(|h| h.as_str()).zip(i.secondary_key_version);
-    println!(
+    outln!(
         "{}",
         integration_line(
             i.environment.as_str(),
@@ -332,13 +370,13 @@ fn print_integration(i: &crate::store::integrations::IntegrationRecord) {
             secondary,
             i.active_slot.as_str()
         )
-    );
+    )
 }
 
-fn print_remote_integration(i: &crate::proto::v1::Integration) {
+fn print_remote_integration(i: &crate::proto::v1::Integration) -> Result<(), CliError> {
     let secondary =
         (!i.secondary_key_hint.is_empty()).then_some((i.secondary_key_hint.as_str(), i.secondary_key_version));
-    println!(
+    outln!(
         "{}",
         integration_line(
             &i.environment,
@@ -348,7 +386,7 @@ fn print_remote_integration(i: &crate::proto::v1::Integration) {
             secondary,
             &i.active_slot
         )
-    );
+    )
 }
 
 pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError> {
@@ -372,8 +410,8 @@ pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError
                     slot: slot.to_string(),
                 };
                 let rec = through_server(conn, async move |mut c| c.set_integration(req).await)?;
-                println!("{slot} subscription key set through {}:", remote.endpoint.as_deref().unwrap_or_default());
-                print_remote_integration(&rec);
+                outln!("{slot} subscription key set through {}:", remote.endpoint.as_deref().unwrap_or_default())?;
+                print_remote_integration(&rec)?;
                 return Ok(());
             }
             if slot == SubscriptionKeySlot::Secondary {
@@ -398,8 +436,8 @@ pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError
                 });
                 let rec =
                     vault.set_secondary_subscription_key(environment, &key, &gate).map_err(|e| change_error(g, e))?;
-                println!("secondary subscription key set (the vault sends the {} key):", rec.active_slot);
-                print_integration(&rec);
+                outln!("secondary subscription key set (the vault sends the {} key):", rec.active_slot)?;
+                print_integration(&rec)?;
                 return Ok(());
             }
             let application_key = application_key.unwrap_or_default();
@@ -432,8 +470,8 @@ pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError
                     &gate,
                 )
                 .map_err(|e| change_error(g, e))?;
-            println!("integration {} set:", rec.environment);
-            print_integration(&rec);
+            outln!("integration {} set:", rec.environment)?;
+            print_integration(&rec)?;
             Ok(())
         }
         IntegrationCommand::Use { slot, environment, remote } => {
@@ -445,8 +483,8 @@ pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError
                     slot: slot.to_string(),
                 };
                 let rec = through_server(conn, async move |mut c| c.use_subscription_key(req).await)?;
-                println!("the {environment} integration sends the {} subscription key now:", rec.active_slot);
-                print_remote_integration(&rec);
+                outln!("the {environment} integration sends the {} subscription key now:", rec.active_slot)?;
+                print_remote_integration(&rec)?;
                 return Ok(());
             }
             let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
@@ -456,22 +494,27 @@ pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError
             let (rec, changed) =
                 vault.use_subscription_key(environment, slot, None, &gate).map_err(|e| change_error(g, e))?;
             if changed {
-                println!("the {environment} integration sends the {slot} subscription key now:");
+                outln!("the {environment} integration sends the {slot} subscription key now:")?;
             } else {
-                println!("the {environment} integration already sends the {slot} subscription key; nothing changed:");
+                outln!("the {environment} integration already sends the {slot} subscription key; nothing changed:")?;
             }
-            print_integration(&rec);
+            print_integration(&rec)?;
             Ok(())
         }
-        IntegrationCommand::List { json } => {
+        IntegrationCommand::List { json, .. } => {
             let vault = unlock(g)?;
             let records = vault.integrations()?;
             if json {
                 let list: Vec<IntegrationView> = records.iter().map(IntegrationView::from).collect();
                 return output::print_json(&list);
             }
+            if records.is_empty() {
+                return outln!(
+                    "no integration set yet; set one with `pogo-vault integration set --environment demo|production --application-key KEY < subscription.key`"
+                );
+            }
             for i in &records {
-                print_integration(i);
+                print_integration(i)?;
             }
             Ok(())
         }
@@ -480,7 +523,7 @@ pub fn integration(g: &GlobalArgs, c: IntegrationCommand) -> Result<(), CliError
 
 pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
     match c {
-        TenantCommand::Add { tenant_id, environment, display_name, organization_number, labels } => {
+        TenantCommand::Add { tenant_id, environment, display_name, organization_number, labels, .. } => {
             // Everything from argv is checked, and the vault unlocked, before the key is read.
             let new = NewTenant {
                 tenant_id: TenantId::parse_field("tenant_id", &tenant_id)?,
@@ -510,7 +553,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
                 ]
             });
             let rec = vault.add_tenant(&new, &key, &gate).map_err(|e| change_error(g, e))?;
-            println!("tenant {} added: client key {} (version {})", rec.tenant_id, rec.key_hint, rec.key_version);
+            outln!("tenant {} added: client key {} (version {})", rec.tenant_id, rec.key_hint, rec.key_version)?;
             if vault.integration(rec.environment)?.is_none() {
                 eprintln!(
                     "warning: no {} integration is set yet; tokens cannot be minted until `pogo-vault integration set --environment {}`",
@@ -519,7 +562,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
             }
             Ok(())
         }
-        TenantCommand::List { json } => {
+        TenantCommand::List { json, .. } => {
             let vault = unlock(g)?;
             let mut all = Vec::new();
             loop {
@@ -534,16 +577,15 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
                 let views: Vec<TenantView> = all.iter().map(TenantView::from).collect();
                 return output::print_json(&views);
             }
-            output::print_tenant_table(&all);
-            Ok(())
+            output::print_tenant_table(&all)
         }
-        TenantCommand::Show { tenant_id, json } => {
+        TenantCommand::Show { tenant_id, json, .. } => {
             let id = TenantId::parse_field("tenant_id", &tenant_id)?;
             let vault = unlock(g)?;
             let rec = vault.tenant(&id)?.ok_or_else(|| CliError::new(format!("tenant {id} not found")))?;
             output::print_tenant(&rec, json)
         }
-        TenantCommand::RotateKey { tenant_id } => {
+        TenantCommand::RotateKey { tenant_id, .. } => {
             let id = TenantId::parse_field("tenant_id", &tenant_id)?;
             let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
             let cur = vault.tenant(&id)?.ok_or_else(|| CliError::new(format!("tenant {id} not found")))?;
@@ -559,15 +601,19 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
                 ]
             });
             let rec = vault.rotate_key(&id, &key, None, &gate).map_err(|e| change_error(g, e))?;
-            println!(
+            outln!(
                 "tenant {}: client key {} (version {}) replaces {} (version {}, destroyed)",
-                rec.tenant_id, rec.key_hint, rec.key_version, cur.key_hint, cur.key_version
-            );
+                rec.tenant_id,
+                rec.key_hint,
+                rec.key_version,
+                cur.key_hint,
+                cur.key_version
+            )?;
             Ok(())
         }
-        TenantCommand::Disable { tenant_id } => set_status(g, &tenant_id, TenantStatus::Disabled),
-        TenantCommand::Enable { tenant_id } => set_status(g, &tenant_id, TenantStatus::Active),
-        TenantCommand::Delete { tenant_id, yes } => {
+        TenantCommand::Disable { tenant_id, .. } => set_status(g, &tenant_id, TenantStatus::Disabled),
+        TenantCommand::Enable { tenant_id, .. } => set_status(g, &tenant_id, TenantStatus::Active),
+        TenantCommand::Delete { tenant_id, yes, .. } => {
             let id = TenantId::parse_field("tenant_id", &tenant_id)?;
             let ForChange { _lock, vault, key: akey, op } = unlock_for_change(g)?;
             if vault.tenant(&id)?.is_none() {
@@ -590,7 +636,7 @@ pub fn tenant(g: &GlobalArgs, c: TenantCommand) -> Result<(), CliError> {
                 ]
             });
             vault.delete_tenant(&id, &gate).map_err(|e| change_error(g, e))?;
-            println!("tenant {id} deleted; its client key is destroyed");
+            outln!("tenant {id} deleted; its client key is destroyed")?;
             Ok(())
         }
     }
@@ -604,7 +650,7 @@ fn set_status(g: &GlobalArgs, tenant_id: &str, status: TenantStatus) -> Result<(
         vec![op.record(action, Outcome::Ok, "with the CLI").tenant(t.tenant_id.to_string()).key_version(t.key_version)]
     });
     let rec = vault.set_status(&id, status, &gate).map_err(|e| change_error(g, e))?;
-    println!("tenant {} is {}", rec.tenant_id, rec.status);
+    outln!("tenant {} is {}", rec.tenant_id, rec.status)?;
     Ok(())
 }
 
@@ -650,7 +696,7 @@ pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
         }
         let req = crate::proto::v1::RotateKekRequest { new_master_key_file: path.display().to_string(), generate };
         let r = through_server(conn, async move |mut c| c.rotate_kek(req).await)?;
-        println!(
+        outln!(
             "master key rotated through {}: {} -> {}; {} data keys rewrapped; the server uses the new key now. \
              Before its next restart point its master key source (vault.master_key_file, POGO_VAULT_MASTER_KEY_FILE \
              or the systemd credential) at {}: the old key no longer opens the database",
@@ -659,7 +705,7 @@ pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
             r.new_kek_id,
             r.rewrapped,
             path.display()
-        );
+        )?;
         return Ok(());
     }
     let new = if let Some(p) = n.new_master_key_file {
@@ -679,10 +725,12 @@ pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
         vec![op.record(Action::KekRotated, Outcome::Ok, detail)]
     });
     let r = vault.rotate_kek(&new, a.argon2.into(), &gate).map_err(|e| change_error(g, e))?;
-    println!(
+    outln!(
         "master key rotated: {} -> {}; {} data keys rewrapped; the old master key no longer opens this database",
-        r.old_kek_id, r.new_kek_id, r.rewrapped
-    );
+        r.old_kek_id,
+        r.new_kek_id,
+        r.rewrapped
+    )?;
     Ok(())
 }
 
@@ -699,13 +747,13 @@ pub fn backup(g: &GlobalArgs, out: &std::path::Path) -> Result<(), CliError> {
         crate::audit::AuditLog::append_blocking_once(&audit_db, &akey, rec).map(|_| ()).map_err(|e| e.to_string())
     };
     let r = crate::backup::backup(&g.db, &audit_db, out, record).map_err(|e| CliError::new(e.to_string()))?;
-    println!(
+    outln!(
         "backup written: {} (vault: {} tenants) and {} (audit: {} events); the master key is not inside: keep it apart",
         r.files.vault.display(),
         r.tenants,
         r.files.audit.display(),
         r.audit_events
-    );
+    )?;
     Ok(())
 }
 
@@ -713,6 +761,8 @@ pub fn backup(g: &GlobalArgs, out: &std::path::Path) -> Result<(), CliError> {
 /// restored vault's key, so the master key is needed) before either file is put in place.
 pub fn restore(g: &GlobalArgs, from: &std::path::Path) -> Result<(), CliError> {
     let source = g.master.source()?;
+    // The lock file lives beside the database: a new place is made (0700) first.
+    crate::backup::create_missing_dirs(&[&g.db, &g.audit_db()]).map_err(|e| CliError::new(e.to_string()))?;
     let _lock = lock_for_change(&g.db)?;
     let op = Operator::current();
     let record = |staged_db: &std::path::Path, staged_audit: &std::path::Path| {
@@ -723,18 +773,56 @@ pub fn restore(g: &GlobalArgs, from: &std::path::Path) -> Result<(), CliError> {
         crate::audit::AuditLog::append_blocking_once(staged_audit, &akey, rec).map(|_| ()).map_err(|e| e.to_string())
     };
     let r = crate::backup::restore(from, &g.db, &g.audit_db(), record).map_err(|e| CliError::new(e.to_string()))?;
-    println!(
+    outln!(
         "restored {} tenants into {} and {} audit events into {}; start with the same master key, then run `audit verify`",
         r.tenants,
         g.db.display(),
         r.audit_events,
         g.audit_db().display()
-    );
+    )?;
     Ok(())
 }
 
+/// `pogo-vault sim`: a simulated Go with the demo clients, until Ctrl-C or SIGTERM. Its
+/// banner (standard output) holds what a newcomer pastes: base URLs, the application key,
+/// the subscription keys and the demo client keys, all fixed public demo values.
 pub fn sim(a: SimArgs) -> Result<(), CliError> {
-    let rt = tokio::runtime::Runtime::new().map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(crate::sim::run_standalone(a.listen, crate::sim::SimConfig::default(), Vec::new()))
-        .map_err(|e| CliError::new(format!("simulator failed: {e}")))
+    use crate::sim::{DEFAULT_APPLICATION_KEY, DEMO_CLIENTS, SimConfig};
+    let mut config = SimConfig { loopback_redirects: true, ..SimConfig::default() };
+    for uri in &a.redirect_uris {
+        config.redirect_uris.extend(Environment::ALL.iter().map(|env| (*env, uri.clone())));
+    }
+    super::serve::runtime()?.block_on(async move {
+        let stop = super::serve::StopSignals::listen();
+        let sim = crate::sim::start(a.listen, config).await.map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::InvalidInput { "--redirect-uri" } else { "--listen" };
+            CliError::new(format!("{what}: the simulator cannot start on {}: {e}", a.listen))
+        })?;
+        sim.add_demo_clients();
+        let banner = (|| {
+            outln!(
+                "simulated PowerOffice Go on {} (fixed, public demo values: they work nowhere but in a simulator)",
+                sim.addr()
+            )?;
+            outln!("  demo base URL:               {}", sim.base_url(Environment::Demo))?;
+            outln!("  production base URL:         {}", sim.base_url(Environment::Production))?;
+            outln!("  application key:             {DEFAULT_APPLICATION_KEY}")?;
+            outln!("  demo subscription key:       {}", crate::sim::DEFAULT_DEMO_SUBSCRIPTION_KEY)?;
+            outln!("  production subscription key: {}", crate::sim::DEFAULT_PRODUCTION_SUBSCRIPTION_KEY)?;
+            outln!("  demo clients (client key, organization number, name):")?;
+            for c in DEMO_CLIENTS {
+                let note = if c.onboarding { " (the approving user's: an onboarding activates it)" } else { "" };
+                outln!("    {}  {}  {}{note}", c.client_key, c.organization_number, c.name)?;
+            }
+            let extra: String = a.redirect_uris.iter().map(|u| format!(", {u}")).collect();
+            outln!("  onboarding redirect URIs accepted: any loopback URI (http://127.0.0.1:PORT/PATH, http://localhost:PORT/PATH){extra}")?;
+            outln!("ready; Ctrl-C stops it")
+        })();
+        if banner.is_ok() {
+            tracing::info!(addr = %sim.addr(), "simulated PowerOffice Go ready");
+            stop.wait().await;
+        }
+        sim.shutdown().await;
+        banner
+    })
 }

@@ -36,6 +36,7 @@ pub enum AuditCommand {
     },
     /// Export every matching event.
     Export {
+        /// JSON lines or CSV (with a header line).
         #[arg(long, value_enum, default_value = "jsonl")]
         format: Format,
         #[command(flatten)]
@@ -56,9 +57,16 @@ pub enum AuditCommand {
     /// Verify an audit database file offline: the hash chain, every checkpoint signature,
     /// signing-key hand-overs from the key you hold, and (with --checkpoint / --witness)
     /// that no event up to a kept or witnessed checkpoint was removed. Strict: events not
-    /// covered by a signed checkpoint fail it. Here `--db` names the *audit* database.
-    /// Exit code 0 only when the log verifies.
+    /// covered by a signed checkpoint fail it. Needs no vault secret. Exit code 0 only when
+    /// the log verifies.
     Verify {
+        /// The audit database file to verify (read-only) [default: the one beside --db].
+        #[arg(long, env = "POGO_VAULT_AUDIT_DB", value_name = "FILE")]
+        audit_db: Option<PathBuf>,
+        /// Without --audit-db: the vault database whose audit database (`<db stem>-audit.db`
+        /// beside it) to verify; an audit database given here is verified itself.
+        #[arg(long, env = "POGO_VAULT_DB", value_name = "FILE")]
+        db: Option<PathBuf>,
         /// The public key file (`ed25519:<base64>`, from `audit public-key`): the first key
         /// you hold; later keys count only after a valid hand-over from their predecessor.
         #[arg(long)]
@@ -86,7 +94,10 @@ pub enum AuditCommand {
     /// vault database stores the new key. Works on the database files (`--db`, `--audit-db`,
     /// master key options); restart a running server afterwards (it stops signing with the
     /// retired key and fails closed until restarted).
-    RotateSigningKey,
+    RotateSigningKey {
+        #[command(flatten)]
+        db: super::ChangeDbArgs,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -103,8 +114,10 @@ pub struct FilterArgs {
     /// Events before this time (RFC 3339).
     #[arg(long)]
     pub until: Option<String>,
+    /// Events of this caller (its certificate identity, e.g. spiffe://example.org/service/billing).
     #[arg(long)]
     pub caller: Option<String>,
+    /// Events about this tenant.
     #[arg(long)]
     pub tenant: Option<String>,
     /// e.g. token_minted, token_denied, key_registered.
@@ -186,16 +199,17 @@ fn event_csv(e: &pb::AuditEvent) -> String {
 
 pub fn run(g: &super::GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
     match &c {
-        AuditCommand::Verify { public_key, checkpoint, witness, allow_unsigned_tail, expect_key } => {
-            return verify(&g.db, public_key, checkpoint.as_ref(), witness, *allow_unsigned_tail, expect_key.as_ref());
+        AuditCommand::Verify { public_key, checkpoint, witness, allow_unsigned_tail, expect_key, .. } => {
+            let file = audit_file(g)?;
+            return verify(&file, public_key, checkpoint.as_ref(), witness, *allow_unsigned_tail, expect_key.as_ref());
         }
-        AuditCommand::RotateSigningKey => return rotate_signing_key(g),
+        AuditCommand::RotateSigningKey { .. } => return rotate_signing_key(g),
         _ => {}
     }
     runtime()?.block_on(async move {
         let out = std::io::stdout();
         let mut out = out.lock();
-        let io = |e: std::io::Error| CliError::new(format!("cannot write output: {e}"));
+        let io = |e: std::io::Error| super::out::write_error(&e);
         match c {
             AuditCommand::List { filter, limit, conn } => {
                 let mut client = AuditServiceClient::new(conn.channel().await?);
@@ -270,10 +284,35 @@ pub fn run(g: &super::GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
                 let k = client.get_public_key(pb::GetPublicKeyRequest {}).await.map_err(status)?.into_inner();
                 writeln!(out, "{}", k.public_key).map_err(io)?;
             }
-            AuditCommand::Verify { .. } | AuditCommand::RotateSigningKey => unreachable!("handled above"),
+            AuditCommand::Verify { .. } | AuditCommand::RotateSigningKey { .. } => unreachable!("handled above"),
         }
         Ok(())
     })
+}
+
+/// The file `audit verify` reads: `--audit-db`; else the audit database beside `--db` when
+/// that is a vault database; else `--db` itself (an audit database, as this command was
+/// once documented).
+fn audit_file(g: &super::GlobalArgs) -> Result<PathBuf, CliError> {
+    if let Some(p) = &g.audit_db {
+        return Ok(p.clone());
+    }
+    if !g.db.exists() {
+        return Err(CliError::usage(format!(
+            "--audit-db: no audit database given, and {} (from --db) does not exist",
+            g.db.display()
+        )));
+    }
+    // A vault database has `vault_meta`; anything else (an audit database, or a file that is
+    // neither) is verified as given, so its own error names it.
+    let is_vault_db = rusqlite::Connection::open_with_flags(&g.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'vault_meta'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .is_ok_and(|n| n > 0);
+    Ok(if is_vault_db { g.audit_db() } else { g.db.clone() })
 }
 
 fn verify(
@@ -323,14 +362,14 @@ fn verify(
     }
     let witness_note =
         if witnesses.is_empty() { String::new() } else { format!(", {witnessed} witnessed checkpoints checked") };
-    println!(
+    outln!(
         "ok: {} events verified, head {} at sequence {}, {} checkpoints verified{witness_note}; {}",
         report.events_checked,
         crate::crypto::secret::hex(&report.head_hash),
         report.head_sequence,
         report.checkpoints_checked,
         report.detail
-    );
+    )?;
     Ok(())
 }
 
@@ -367,13 +406,13 @@ fn rotate_signing_key(g: &super::GlobalArgs) -> Result<(), CliError> {
             "the vault database did not store the new audit signing key ({e}); {undo}; the old key stays in use"
         )));
     }
-    println!(
+    outln!(
         "audit signing key rotated: {} -> {}; the old key signed the hand-over at sequence {}; new public key {}. \
          Restart a running server. Auditors keep verifying from the first public key they hold.",
         h.old_key_id,
         h.new_key_id,
         h.sequence,
         crate::audit::encode_public_key(&new.verifying_key())
-    );
+    )?;
     Ok(())
 }

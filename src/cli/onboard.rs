@@ -108,11 +108,11 @@ pub fn run(c: OnboardCommand) -> Result<(), CliError> {
                     .await
                     .map_err(status)?
                     .into_inner();
-                println!(
+                outln!(
                     "onboarding {} begun; open this URL in a browser and approve in PowerOffice Go:",
                     r.onboarding_id
-                );
-                println!("{}", r.authorization_url);
+                )?;
+                outln!("{}", r.authorization_url)?;
                 Ok(())
             }
             OnboardCommand::Complete { onboarding_id, status: go_status, subject, conn } => {
@@ -139,10 +139,13 @@ pub fn run(c: OnboardCommand) -> Result<(), CliError> {
                     .map_err(status)?
                     .into_inner();
                 for t in r.tenants {
-                    println!(
+                    outln!(
                         "tenant {} ({}): client key {} version {}",
-                        t.tenant_id, t.display_name, t.client_key_hint, t.key_version
-                    );
+                        t.tenant_id,
+                        t.display_name,
+                        t.client_key_hint,
+                        t.key_version
+                    )?;
                 }
                 Ok(())
             }

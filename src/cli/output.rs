@@ -78,7 +78,7 @@ impl From<&TenantRecord> for TenantView {
 
 pub fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(value).map_err(|e| CliError::new(e.to_string()))?;
-    println!("{s}");
+    outln!("{s}")?;
     Ok(())
 }
 
@@ -87,29 +87,70 @@ pub fn print_tenant(t: &TenantRecord, json: bool) -> Result<(), CliError> {
     if json {
         return print_json(&v);
     }
-    println!("tenant:        {}", v.tenant_id);
-    println!("environment:   {}", v.environment);
-    println!("display name:  {}", v.display_name);
-    println!("organization:  {}", v.organization_number.as_deref().unwrap_or("-"));
-    println!("go client id:  {}", v.go_client_id.as_deref().unwrap_or("-"));
-    println!("status:        {}", v.status);
-    println!("client key:    {} (version {}, fingerprint {})", v.client_key_hint, v.key_version, v.key_fingerprint);
+    outln!("tenant:        {}", v.tenant_id)?;
+    outln!("environment:   {}", v.environment)?;
+    outln!("display name:  {}", v.display_name)?;
+    outln!("organization:  {}", v.organization_number.as_deref().unwrap_or("-"))?;
+    outln!("go client id:  {}", v.go_client_id.as_deref().unwrap_or("-"))?;
+    outln!("status:        {}", v.status)?;
+    outln!("client key:    {} (version {}, fingerprint {})", v.client_key_hint, v.key_version, v.key_fingerprint)?;
     let labels: Vec<String> = v.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("labels:        {}", if labels.is_empty() { "-".to_owned() } else { labels.join(", ") });
-    println!("created:       {}", v.created_at);
-    println!("updated:       {}", v.updated_at);
-    println!("last token:    {}", v.last_token_at.as_deref().unwrap_or("never"));
+    outln!("labels:        {}", if labels.is_empty() { "-".to_owned() } else { labels.join(", ") })?;
+    outln!("created:       {}", v.created_at)?;
+    outln!("updated:       {}", v.updated_at)?;
+    outln!("last token:    {}", v.last_token_at.as_deref().unwrap_or("never"))?;
     Ok(())
 }
 
-pub fn print_tenant_table(ts: &[TenantRecord]) {
-    println!("{:<32} {:<11} {:<13} {:<8} {:>3}  NAME", "TENANT", "ENV", "STATUS", "KEY", "VER");
-    for t in ts {
-        println!(
-            "{:<32} {:<11} {:<13} {:<8} {:>3}  {}",
-            t.tenant_id, t.environment, t.status, t.key_hint, t.key_version, t.display_name
-        );
+/// The tenants as a table whose columns fit their widest value. Every cell is formatted to
+/// a `String` first: a `Display` that writes with `write!` ignores the width, which is how
+/// the rows once drifted away from the header.
+pub fn print_tenant_table(ts: &[TenantRecord]) -> Result<(), CliError> {
+    if ts.is_empty() {
+        return outln!("no tenants yet; add one with `pogo-vault tenant add` or an onboarding");
     }
+    let header = ["TENANT", "ENV", "STATUS", "KEY", "VER", "NAME"];
+    let rows: Vec<[String; 6]> = ts
+        .iter()
+        .map(|t| {
+            [
+                t.tenant_id.to_string(),
+                t.environment.to_string(),
+                t.status.to_string(),
+                t.key_hint.to_string(),
+                t.key_version.to_string(),
+                t.display_name.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&header, &rows)
+}
+
+/// Left-aligned columns two spaces apart, each as wide as its widest cell (in characters).
+pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Result<(), CliError> {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            s.push_str(cell);
+            if i + 1 < N {
+                s.extend(std::iter::repeat_n(' ', w - cell.chars().count() + 2));
+            }
+        }
+        // An empty last cell leaves the padding before it: trimmed.
+        s.truncate(s.trim_end().len());
+        s
+    };
+    outln!("{}", line(*header))?;
+    for row in rows {
+        outln!("{}", line(std::array::from_fn(|i| row[i].as_str())))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]

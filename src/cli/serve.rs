@@ -19,8 +19,9 @@ pub struct ServeArgs {
     /// The TOML configuration (see the README and deploy/config.toml).
     #[arg(long, env = "POGO_VAULT_CONFIG")]
     pub config: PathBuf,
-    /// Serve even when running as root (refused otherwise: run as a dedicated user).
-    #[arg(long)]
+    /// Serve even when running as root (refused otherwise: run as a dedicated user). For a
+    /// throwaway container where everything runs as root.
+    #[arg(long, env = "POGO_VAULT_ALLOW_ROOT", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_root: bool,
 }
 
@@ -69,7 +70,8 @@ pub struct TokenArgs {
     /// The tenant whose token to get.
     #[arg(long)]
     pub tenant: String,
-    /// The token must stay valid at least this many seconds.
+    /// The token must stay valid at least this many seconds (at most the server's
+    /// tokens.max_min_validity_secs, 900 by default: more is refused).
     #[arg(long, default_value_t = 0)]
     pub min_validity: u32,
     /// Print only the raw access token (for scripts).
@@ -82,7 +84,8 @@ pub struct TokenArgs {
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Generate a development CA, a server certificate for localhost/127.0.0.1 and client
-    /// certificates (token-caller, admin, auditor) with SPIFFE ids. Keys are mode 0600.
+    /// certificates (token-caller, admin, auditor, operator) with SPIFFE ids
+    /// `spiffe://<trust domain>/...`. Keys are mode 0600.
     Dev {
         /// Output directory (created 0700; git-ignored under certs/).
         #[arg(long, default_value = "certs/dev")]
@@ -102,6 +105,22 @@ pub enum CheckCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration as `serve` would before it binds: its keys and values with
+    /// the environment overrides applied (and listed), then the files it names: the vault
+    /// database and its master key (read-only: nothing is changed), the server certificate
+    /// and key (mode 0600), the client CA, the CRLs and the policy. Does not bind addresses.
+    Check {
+        /// The configuration file (TOML).
+        file: PathBuf,
+        /// Check only the file's keys and values, not the files it names (for a
+        /// configuration meant for another machine, such as the examples in deploy/).
+        #[arg(long)]
+        no_files: bool,
+    },
+}
+
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -115,7 +134,8 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
-        LogFormat::Human => builder.try_init(),
+        // Colour codes only for a terminal: a log file or collector gets plain text.
+        LogFormat::Human => builder.with_ansi(super::ansi_stderr()).try_init(),
     };
 }
 
@@ -129,31 +149,52 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
     }
     let cfg = Config::load(&a.config).map_err(|e| CliError::new(e.to_string()))?;
     init_logging(cfg.log.format, &cfg.log.level);
+    for o in Config::env_overrides(|k| std::env::var(k).ok()) {
+        tracing::info!(config = %a.config.display(), "environment override in force: {o}");
+    }
     let opts = crate::server::ServeOptions::from_config(&cfg).map_err(|e| CliError::new(e.to_string()))?;
     runtime()?.block_on(async move {
+        let stop = StopSignals::listen();
         let server = crate::server::start(opts).await.map_err(|e| CliError::new(e.to_string()))?;
         eprintln!(
             "pogo-vault serving on {} (SIGHUP reloads certificates and policy; SIGTERM or Ctrl-C stops)",
             server.addr
         );
-        wait_for_stop().await;
+        stop.wait().await;
         tracing::info!("stopping: finishing in-flight requests");
         server.shutdown().await.map_err(|e| CliError::new(e.to_string()))
     })
 }
 
-async fn wait_for_stop() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment this is made: made before a
+/// long-running command says it is ready, so a stop sent right after that line is a
+/// graceful stop, not the signal's default action.
+pub(super) struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Must run inside the runtime.
+    pub(super) fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+    }
+
+    /// Until either signal arrives.
+    pub(super) async fn wait(mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+        }
     }
 }
 
@@ -169,9 +210,9 @@ pub fn token(a: TokenArgs) -> Result<(), CliError> {
             .map_err(|s| CliError::new(format!("{}: {}", code_name(s.code()), s.message())))?
             .into_inner();
         if a.raw {
-            println!("{}", resp.access_token);
+            outln!("{}", resp.access_token)?;
         } else {
-            println!("{}", describe_token(&a.tenant, &resp));
+            outln!("{}", describe_token(&a.tenant, &resp))?;
         }
         Ok(())
     })
@@ -190,41 +231,47 @@ pub fn status(conn: ConnectArgs) -> Result<(), CliError> {
         let ms = |t: &Option<prost_types::Timestamp>| {
             t.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
         };
-        println!("health:          {}", s.health);
-        println!("version:         {}", s.version);
-        println!("schema version:  {}", s.schema_version);
-        println!("master key id:   {}", s.master_key_id);
-        println!("started:         {}", super::output::format_time(ms(&s.started_at)));
+        outln!("health:          {}", s.health)?;
+        outln!("version:         {}", s.version)?;
+        outln!("schema version:  {}", s.schema_version)?;
+        outln!("master key id:   {}", s.master_key_id)?;
+        outln!("started:         {}", super::output::format_time(ms(&s.started_at)))?;
         let mut tenants: Vec<_> = s.tenants.iter().map(|(k, v)| format!("{k} {v}")).collect();
         tenants.sort();
-        println!("tenants:         {}", if tenants.is_empty() { "none".to_owned() } else { tenants.join(", ") });
+        outln!("tenants:         {}", if tenants.is_empty() { "none".to_owned() } else { tenants.join(", ") })?;
         match &s.last_checkpoint {
-            Some(c) => println!(
+            Some(c) => outln!(
                 "last checkpoint: sequence {} at {} (head {}, key {})",
                 c.sequence,
                 super::output::format_time(ms(&c.time)),
                 c.head_hash,
                 c.key_id
             ),
-            None => println!("last checkpoint: none yet"),
-        }
+            None => outln!("last checkpoint: none yet"),
+        }?;
         for i in &s.integrations {
             let secondary = if i.secondary_key_hint.is_empty() { "none" } else { &i.secondary_key_hint };
             let paused = match i.upstream_paused_seconds {
                 0 => String::new(),
                 n => format!(", upstream calls paused for {n} s"),
             };
-            println!(
+            outln!(
                 "integration:     {} sends the {} subscription key (primary {}, secondary {secondary}){paused}",
-                i.environment, i.active_slot, i.primary_key_hint
-            );
+                i.environment,
+                i.active_slot,
+                i.primary_key_hint
+            )?;
         }
         for w in &s.audit_witnesses {
             let state = if w.failing { format!("FAILING ({})", w.last_error) } else { "ok".to_owned() };
-            println!(
+            outln!(
                 "audit witness:   {} {state}, backlog {}, delivered {}, dropped {}, newest sequence {}",
-                w.name, w.backlog, w.delivered, w.dropped, w.last_delivered_sequence
-            );
+                w.name,
+                w.backlog,
+                w.delivered,
+                w.dropped,
+                w.last_delivered_sequence
+            )?;
         }
         Ok(())
     })
@@ -260,50 +307,104 @@ pub fn certs(c: CertsCommand) -> Result<(), CliError> {
     match c {
         CertsCommand::Dev { out, trust_domain } => {
             let pki = crate::tls::generate_dev_pki(&out, &trust_domain).map_err(|e| CliError::new(e.to_string()))?;
-            println!("development PKI written to {} (private keys mode 0600; never commit them)", out.display());
-            println!("  CA:      {}", pki.ca_cert.display());
-            println!("  server:  {} (localhost, 127.0.0.1, ::1)", pki.server_cert.display());
+            outln!("development PKI written to {} (private keys mode 0600; never commit them)", out.display())?;
+            outln!("  CA:      {}", pki.ca_cert.display())?;
+            outln!("  server:  {} (localhost, 127.0.0.1, ::1)", pki.server_cert.display())?;
             for c in &pki.clients {
-                println!("  {:<13} {} ({})", c.name, c.cert.display(), c.spiffe_id);
+                outln!("  {:<13} {} ({})", c.name, c.cert.display(), c.spiffe_id)?;
             }
             Ok(())
         }
     }
 }
 
-pub fn config_check(c: CheckCommand) -> Result<(), CliError> {
-    let CheckCommand::Check { file } = c;
+pub fn config_check(c: ConfigCommand) -> Result<(), CliError> {
+    let ConfigCommand::Check { file, no_files } = c;
     let cfg = Config::load(&file).map_err(|e| CliError::new(e.to_string()))?;
-    println!(
-        "{}: ok (listen {}, database {}, audit {})",
+    let checked = if no_files { "files not checked (--no-files)".to_owned() } else { check_files(&file, &cfg)? };
+    outln!(
+        "{}: ok (listen {}, database {}, audit {}; {checked})",
         file.display(),
         cfg.server.listen,
         cfg.vault.db.display(),
         cfg.audit_db().display()
-    );
+    )?;
+    let overrides = Config::env_overrides(|k| std::env::var(k).ok());
+    if overrides.is_empty() {
+        outln!("environment overrides: none")?;
+    }
+    for o in overrides {
+        outln!("environment override in force: {o}")?;
+    }
     Ok(())
+}
+
+/// What `serve` reads before it binds, read by the same code, so a configuration this
+/// passes is one `serve` starts with (addresses aside). Each failure names its key.
+fn check_files(path: &Path, cfg: &Config) -> Result<String, CliError> {
+    use crate::crypto::MasterKeySource;
+    let invalid = |key: &'static str, reason: String| {
+        CliError::new(crate::config::ConfigError::Invalid { path: path.display().to_string(), key, reason }.to_string())
+    };
+    let source = cfg.master_key_source().map_err(|r| invalid("vault.master_key_file", r))?;
+    let source_key = match source {
+        MasterKeySource::KeyFile(_) => "vault.master_key_file",
+        MasterKeySource::PassphraseFile(_) => "vault.master_passphrase_file",
+        MasterKeySource::PassphraseEnv(_) => "vault.master_passphrase_env",
+    };
+    let db = &cfg.vault.db;
+    if !db.exists() {
+        return Err(invalid("vault.db", format!("{} does not exist: run `pogo-vault init` first", db.display())));
+    }
+    let kek = crate::vault::check_master_key(db, &source).map_err(|e| match e {
+        crate::vault::VaultError::Store(e) => invalid("vault.db", e.to_string()),
+        e => invalid(source_key, e.to_string()),
+    })?;
+    let tls = crate::tls::ServerTlsFiles {
+        cert: cfg.server.cert.clone(),
+        key: cfg.server.key.clone(),
+        client_ca: cfg.server.client_ca.clone(),
+        crls: cfg.server.crls.clone(),
+    };
+    crate::tls::load_server_tls(&tls).map_err(|e| {
+        // The error names its file; the key is the one that names that file.
+        let text = e.to_string();
+        let named = |p: &Path| text.contains(&p.display().to_string());
+        let key = if named(&tls.key) {
+            "server.key"
+        } else if named(&tls.cert) {
+            "server.cert"
+        } else if tls.crls.iter().any(|c| named(c)) {
+            "server.crls"
+        } else {
+            "server.client_ca"
+        };
+        invalid(key, text)
+    })?;
+    let policy = crate::authz::Policy::load(&cfg.server.policy).map_err(|e| invalid("server.policy", e.to_string()))?;
+    Ok(format!("master key {kek} opens it; TLS files and CRLs load; policy {} grants", policy.grant_count()))
 }
 
 pub fn policy_check(c: CheckCommand) -> Result<(), CliError> {
     let CheckCommand::Check { file } = c;
     let p = crate::authz::Policy::load(&file).map_err(|e| CliError::new(e.to_string()))?;
-    println!("{}: ok ({} grants)", file.display(), p.grant_count());
+    outln!("{}: ok ({} grants)", file.display(), p.grant_count())?;
     Ok(())
 }
 
 // ---- dev mode ----
 
-const DEMO_TENANTS: &[(&str, &str, &str, &str)] = &[
-    ("demo-acme", "de000000-0000-4000-8000-00000000ac01", "Acme Regnskap AS", "999999991"),
-    ("demo-fjord", "de000000-0000-4000-8000-00000000f302", "Fjord Bygg AS", "999999992"),
-];
+/// The tenants dev mode registers over gRPC: (tenant id, the simulator's demo client).
+const DEMO_TENANTS: [(&str, crate::sim::DemoClient); 2] =
+    [("demo-acme", crate::sim::DEMO_CLIENTS[0]), ("demo-fjord", crate::sim::DEMO_CLIENTS[1])];
 
 fn dev_policy(trust_domain: &str) -> String {
     format!(
         "# Dev-mode policy written by `pogo-vault dev`. Edit and send SIGHUP to reload.\n\n\
          [[grant]]\ncaller = \"spiffe://{trust_domain}/service/token-caller\"\nroles = [\"token\"]\ntenants = [\"*\"]\n\n\
          [[grant]]\ncaller = \"spiffe://{trust_domain}/service/admin\"\nroles = [\"tenant-admin\"]\ntenants = [\"*\"]\n\n\
-         [[grant]]\ncaller = \"spiffe://{trust_domain}/team/security/auditor\"\nroles = [\"audit\"]\n"
+         [[grant]]\ncaller = \"spiffe://{trust_domain}/team/security/auditor\"\nroles = [\"audit\"]\n\n\
+         [[grant]]\ncaller = \"spiffe://{trust_domain}/service/operator\"\nroles = [\"operator\"]\n"
     )
 }
 
@@ -319,6 +420,7 @@ pub fn dev(a: DevArgs) -> Result<(), CliError> {
 }
 
 async fn dev_async(a: DevArgs) -> Result<(), CliError> {
+    let stop = StopSignals::listen();
     use crate::vault::{Argon2Costs, InitKey, Vault};
     let fail = |what: &str, e: &dyn std::fmt::Display| CliError::new(format!("dev mode: {what}: {e}"));
     std::fs::create_dir_all(&a.data_dir).map_err(|e| fail("cannot create the data directory", &e))?;
@@ -342,32 +444,20 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
             InitKey::GenerateKeyFile(master.clone())
         };
         Vault::init(&db, &init, Argon2Costs::default()).map_err(|e| fail("init", &e))?;
-        println!("dev: initialised {} with a new master key {}", db.display(), master.display());
+        outln!("dev: initialised {} with a new master key {}", db.display(), master.display())?;
     }
     let policy = dir.join("policy.toml");
     if !policy.exists() {
         std::fs::write(&policy, dev_policy(trust_domain)).map_err(|e| fail("policy", &e))?;
     }
 
-    // The simulated Go, with the demo clients it knows.
-    let sim = crate::sim::start(
-        "127.0.0.1:0".parse().map_err(|e| fail("sim address", &e))?,
-        crate::sim::SimConfig::default(),
-    )
-    .await
-    .map_err(|e| fail("simulator", &e))?;
-    for (id, key, name, org) in DEMO_TENANTS {
-        sim.add_client(
-            crate::domain::Environment::Demo,
-            key,
-            crate::sim::SimClient {
-                client_id: format!("10{}", &org[6..]),
-                name: (*name).into(),
-                organization_number: (*org).into(),
-            },
-        );
-        let _ = id;
-    }
+    // The simulated Go, with the demo clients it knows; it accepts loopback redirect URIs
+    // (as Go accepts localhost for testing), so an onboarding can be tried against it.
+    let sim_config = crate::sim::SimConfig { loopback_redirects: true, ..crate::sim::SimConfig::default() };
+    let sim = crate::sim::start("127.0.0.1:0".parse().map_err(|e| fail("sim address", &e))?, sim_config)
+        .await
+        .map_err(|e| fail("simulator", &e))?;
+    sim.add_demo_clients();
     {
         let vault = Vault::unlock(&db, &crate::crypto::MasterKeySource::KeyFile(master.clone()))
             .map_err(|e| fail("unlock", &e))?;
@@ -381,7 +471,14 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         vault.set_integration(&integration, &gate).map_err(|e| fail("integration", &e))?;
     }
     drop(setup_lock);
-    println!("dev: simulated PowerOffice Go at {}", sim.base_url(crate::domain::Environment::Demo));
+    outln!(
+        "dev: simulated PowerOffice Go at {} (loopback redirect URIs accepted); its demo clients (fixed, public demo keys):",
+        sim.base_url(crate::domain::Environment::Demo)
+    )?;
+    for c in crate::sim::DEMO_CLIENTS {
+        let how = if c.onboarding { "activated by an onboarding" } else { "registered below" };
+        outln!("dev:   {}  {}  {} ({how})", c.client_key, c.organization_number, c.name)?;
+    }
 
     let opts = crate::server::ServeOptions {
         db: db.clone(),
@@ -407,7 +504,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         fail("server", &format!("{e}{hint}"))
     })?;
     let endpoint = format!("https://{}", server.addr);
-    println!("dev: vault serving gRPC over mutual TLS at {endpoint}");
+    outln!("dev: vault serving gRPC over mutual TLS at {endpoint}")?;
 
     let client_files =
         |name: &str| pki.client_files(name).ok_or_else(|| fail("certificates", &format!("no {name} certificate")));
@@ -415,23 +512,25 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
     let caller = client_files("token-caller")?;
     let channel = connect(&endpoint, &admin, None).await.map_err(|e| fail("connect as admin", &e))?;
     let mut tenants = TenantServiceClient::new(channel);
-    for (id, key, _, org) in DEMO_TENANTS {
+    for (id, client) in DEMO_TENANTS {
         let req = RegisterClientKeyRequest {
-            tenant_id: (*id).into(),
+            tenant_id: id.into(),
             environment: "demo".into(),
-            client_key: (*key).into(),
-            organization_number: (*org).into(),
+            client_key: client.client_key.into(),
+            organization_number: client.organization_number.into(),
             ..Default::default()
         };
         match tenants.register_client_key(req).await {
             Ok(t) => {
                 let t = t.into_inner();
-                println!(
+                outln!(
                     "dev: registered tenant {} ({}) with client key {} over gRPC",
-                    t.tenant_id, t.display_name, t.client_key_hint
-                );
+                    t.tenant_id,
+                    t.display_name,
+                    t.client_key_hint
+                )?;
             }
-            Err(s) if s.code() == tonic::Code::AlreadyExists => println!("dev: tenant {id} already registered"),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => outln!("dev: tenant {id} already registered")?,
             Err(s) => return Err(fail("register demo tenant", &s.message())),
         }
     }
@@ -442,38 +541,41 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         .await
         .map_err(|s| fail("mint demo token", &s.message()))?
         .into_inner();
-    println!("dev: minted over mTLS as spiffe://{trust_domain}/service/token-caller");
-    println!("dev: {}", describe_token(DEMO_TENANTS[0].0, &resp));
-    print_commands(&endpoint, &server.addr, &caller, dir);
+    outln!("dev: minted over mTLS as spiffe://{trust_domain}/service/token-caller")?;
+    outln!("dev: {}", describe_token(DEMO_TENANTS[0].0, &resp))?;
+    print_commands(&endpoint, &server.addr, &caller, dir)?;
     if a.once {
         return server.shutdown().await.map_err(|e| fail("shutdown", &e));
     }
-    println!("dev: ready; serving until Ctrl-C");
-    wait_for_stop().await;
-    println!("dev: stopping");
+    outln!("dev: ready; serving until Ctrl-C")?;
+    stop.wait().await;
+    outln!("dev: stopping")?;
     let r = server.shutdown().await.map_err(|e| fail("shutdown", &error_chain(&e)));
     sim.shutdown().await;
     r
 }
 
-fn print_commands(endpoint: &str, addr: &SocketAddr, f: &ClientTlsFiles, dir: &Path) {
+fn print_commands(endpoint: &str, addr: &SocketAddr, f: &ClientTlsFiles, dir: &Path) -> Result<(), CliError> {
     let exe = std::env::current_exe().ok().map(|p| p.display().to_string()).unwrap_or_else(|| "pogo-vault".into());
-    println!();
-    println!("Try it from another shell:");
-    println!(
+    outln!()?;
+    outln!("Try it from another shell:")?;
+    outln!(
         "  {exe} token --endpoint {endpoint} --ca {} --cert {} --key {} --tenant {}",
         f.ca.display(),
         f.cert.display(),
         f.key.display(),
         DEMO_TENANTS[1].0
-    );
-    println!(
+    )?;
+    outln!(
         "  grpcurl -cacert {} -cert {} -key {} -d '{{\"tenant_id\":\"{}\"}}' {addr} pogo_vault.v1.TokenService/GetAccessToken",
         f.ca.display(),
         f.cert.display(),
         f.key.display(),
         DEMO_TENANTS[0].0
-    );
-    println!("  (admin and auditor certificates are in {}/certs)", dir.display());
-    println!();
+    )?;
+    outln!("  (admin and auditor certificates are in {}/certs)", dir.display())?;
+    outln!("Onboarding (the simulated approver activates Nordlys Handel AS), through the example web app:")?;
+    outln!("  cargo run --example integrator_web -- {endpoint} {}/certs 127.0.0.1:8080", dir.display())?;
+    outln!("  then open http://127.0.0.1:8080/ and press \"Connect PowerOffice Go\"")?;
+    outln!()
 }

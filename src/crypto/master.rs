@@ -136,12 +136,18 @@ impl Passphrase {
         Self::new(s, &path.display().to_string())
     }
 
-    /// Reads the passphrase from the environment variable the operator named.
+    /// Reads the passphrase from the environment variable the operator named. The name is
+    /// never repeated in an error: an operator who typed the passphrase itself where its
+    /// variable's name belongs must not see it echoed into a terminal, a log or CI output.
     pub fn from_env(var: &str) -> Result<Self, MasterKeyError> {
-        let value = Zeroizing::new(
-            std::env::var(var).map_err(|_| MasterKeyError::PassphraseEnvMissing { var: var.to_owned() })?,
-        );
-        Self::new(&value, &format!("${var}"))
+        let is_name = !var.is_empty()
+            && !var.starts_with(|c: char| c.is_ascii_digit())
+            && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !is_name {
+            return Err(MasterKeyError::PassphraseEnvNotAName { chars: var.chars().count() });
+        }
+        let value = Zeroizing::new(std::env::var(var).map_err(|_| MasterKeyError::PassphraseEnvMissing)?);
+        Self::new(&value, "the environment variable named by --master-passphrase-env")
     }
 
     /// Argon2id(passphrase, salt) → master key.
@@ -182,15 +188,38 @@ pub enum MasterKeyError {
     /// The passphrase file is not UTF-8.
     #[error("the passphrase in {origin} is not UTF-8 text")]
     PassphraseNotUtf8 { origin: String },
-    /// The named environment variable is not set.
-    #[error("environment variable {var} (named by --master-passphrase-env) is not set")]
-    PassphraseEnvMissing { var: String },
+    /// The named environment variable is not set (its name is not repeated: see
+    /// [`Passphrase::from_env`]).
+    #[error(
+        "the environment variable named by --master-passphrase-env (or master_passphrase_env) is not set; \
+         export it first (its name is not repeated here, in case it is the passphrase itself)"
+    )]
+    PassphraseEnvMissing,
+    /// `--master-passphrase-env` holds something that is not a variable name (likely the
+    /// passphrase itself): refused without repeating it.
+    #[error(
+        "--master-passphrase-env (or master_passphrase_env) takes the NAME of an environment variable \
+         (letters, digits and _), not the passphrase: the {chars}-character value given is not a name and is not \
+         repeated here; if it was the passphrase, it is now in your shell history: consider it exposed"
+    )]
+    PassphraseEnvNotAName { chars: usize },
     /// Argon2 refused the parameters.
     #[error("bad Argon2 parameters: {0}")]
     Argon2Params(String),
-    /// The key-check value does not match: another key than the one the database was made with.
-    #[error("wrong master key: it does not match the key this database was initialised with")]
-    WrongMasterKey,
+    /// The key-check value does not match: another key than the one the database holds.
+    /// Key ids are public (a PRF output under the key), so both may be named; after a
+    /// `rotate-kek` the message says so, since a stale key file is then the likely cause.
+    #[error(
+        "wrong master key: the key given has id {given}, but this database expects master key {expected}{}",
+        match rotated_at {
+            Some(when) => format!(
+                " (the master key was rotated with rotate-kek at {when}: point --master-key-file, \
+                 POGO_VAULT_MASTER_KEY_FILE or vault.master_key_file at the new key, or give the new passphrase)"
+            ),
+            None => " (the key it was initialised with)".to_owned(),
+        }
+    )]
+    WrongMasterKey { given: String, expected: String, rotated_at: Option<String> },
     /// The system random source failed.
     #[error("the system random number generator failed")]
     Random,

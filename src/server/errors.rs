@@ -12,10 +12,16 @@ use crate::store::StoreError;
 use crate::tokens::BrokerError;
 use crate::vault::VaultError;
 
-/// The one `PERMISSION_DENIED`, identical whether or not the tenant exists.
+/// The one `PERMISSION_DENIED`, identical whether or not the tenant exists. Roles that are
+/// not tenant-scoped (`audit`, `operator`) are not "on this tenant".
 pub fn permission_denied(role: crate::authz::Role) -> Status {
+    use crate::authz::Role;
+    let scope = match role {
+        Role::Token | Role::TenantAdmin => " on this tenant",
+        Role::Audit | Role::Operator => "",
+    };
     Status::permission_denied(format!(
-        "the caller's certificate identity is not granted the {role} role on this tenant; ask the vault's operators to add a grant to the policy"
+        "the caller's certificate identity is not granted the {role} role{scope}; ask the vault's operators to add a grant to the policy"
     ))
 }
 

@@ -579,7 +579,9 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         ),
         None => None,
     };
-    tracing::info!(%addr, metrics = ?metrics_addr, "pogo-vault serving gRPC over mutual TLS");
+    // `%`, not `?`: a log line says `127.0.0.1:9464` or `off`, never `Some(127.0.0.1:9464)`.
+    let metrics_shown = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(%addr, metrics = %metrics_shown, "pogo-vault serving gRPC over mutual TLS");
     Ok(RunningServer { addr, metrics_addr, health_addr, state, stop: stop_tx, task, reload: reload_tx })
 }
 
@@ -624,7 +626,7 @@ async fn reload_one<T, F: FnOnce()>(
                 Ok(()) => {
                     put();
                     state.reloaded.send_modify(|g| *g += 1);
-                    tracing::info!(detail = %detail, "reload");
+                    tracing::info!("{detail}");
                     true
                 }
                 Err(_) => {
@@ -637,7 +639,8 @@ async fn reload_one<T, F: FnOnce()>(
         }
         Err(e) => {
             let detail = format!("{what} reload refused, the old {what} kept: {e}");
-            tracing::warn!(detail = %detail, "reload");
+            // A warning: the file an operator just changed is not in force.
+            tracing::warn!("{detail}");
             let _ = state.record(me, action, None, Outcome::Error, &detail, Extra::default()).await;
             true
         }
@@ -696,11 +699,13 @@ async fn reload_loop(
 }
 
 fn spawn_sighup(tx: mpsc::Sender<tokio::sync::oneshot::Sender<()>>) {
+    // Registered before `start` returns, not inside the task: a SIGHUP sent as soon as the
+    // server says it serves must reload it, not end it (SIGHUP's default action).
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+        return;
+    };
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
-            return;
-        };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading certificates and policy");
             let (done, _) = tokio::sync::oneshot::channel();

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::{Caller, Extra, ServerState, errors, timestamp};
 use crate::audit::{Action, Outcome};
 use crate::authz::Role;
-use crate::domain::TenantId;
+use crate::domain::{InvalidInput, TenantId};
 use crate::proto::v1::token_service_server::TokenService;
 use crate::proto::v1::{GetAccessTokenRequest, GetAccessTokenResponse};
 use crate::tokens::{BrokerError, Requester, TokenSource};
@@ -56,6 +56,21 @@ impl TokenSvc {
                 return Err(errors::invalid(&e));
             }
         };
+        // Above the cap is refused, not quietly capped: a caller that asked for 5000 s and
+        // got OK would count on a token that expires after about 20 minutes.
+        let cap = st.broker.config().max_min_validity.as_secs();
+        if u64::from(r.min_validity_seconds) > cap {
+            let e = InvalidInput::new(
+                "min_validity_seconds",
+                format!(
+                    "{} is above the most this vault allows ({cap} s, tokens.max_min_validity_secs; Go's tokens live about 20 minutes): ask for {cap} or less",
+                    r.min_validity_seconds
+                ),
+            );
+            st.record(&caller, Action::TokenDenied, Some(&tenant), Outcome::Denied, &e.to_string(), Extra::default())
+                .await?;
+            return Err(errors::invalid(&e));
+        }
         let Some(share) = st.authz.policy().token_grant(&caller.identity.id, &tenant) else {
             st.record(
                 &caller,

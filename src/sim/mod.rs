@@ -16,7 +16,10 @@
 //!   at once and is redirected (302) back to the integrator's redirect URI.
 //!
 //! Invariant: the simulator may log, but never a key, a token or a request body. Its
-//! configuration's `Debug` is redacted. It keeps the last token request and the last
+//! configuration's `Debug` is redacted. Its fixed demo values ([`DEMO_CLIENTS`], the default
+//! application and subscription keys) are public constants of this source, accepted by
+//! nothing but a simulator: `pogo-vault sim` and `dev` print them on standard output (so a
+//! newcomer can paste them), never in a log. It keeps the last token request and the last
 //! onboarding request (with their credentials) in memory for tests; that record's `Debug`
 //! is redacted too.
 
@@ -78,6 +81,10 @@ pub struct SimConfig {
     /// Whitelisted onboarding redirect URIs per environment (only scheme, host, port and
     /// path count); default none. More can be added with [`Sim::allow_redirect`].
     pub redirect_uris: Vec<(Environment, String)>,
+    /// Also accept every loopback redirect URI (`localhost`, `127.0.0.0/8`, `[::1]`, any
+    /// port and path), as Go lets an integration test against `localhost` (go-api.md); on
+    /// for `pogo-vault sim` and `dev`, off by default so tests whitelist what they use.
+    pub loopback_redirects: bool,
 }
 
 impl Default for SimConfig {
@@ -93,6 +100,7 @@ impl Default for SimConfig {
             token_lifetime: Duration::from_secs(1200),
             rate_limit_per_second: 10,
             redirect_uris: Vec::new(),
+            loopback_redirects: false,
         }
     }
 }
@@ -106,6 +114,7 @@ impl fmt::Debug for SimConfig {
             .field("token_lifetime", &self.token_lifetime)
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("redirect_uris", &self.redirect_uris)
+            .field("loopback_redirects", &self.loopback_redirects)
             .finish()
     }
 }
@@ -118,6 +127,45 @@ pub struct SimClient {
     pub name: String,
     pub organization_number: String,
 }
+
+/// A client of the demo environment that `pogo-vault sim` and `dev` start with.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoClient {
+    /// Its client key: a fixed, public demo value (paste it into `tenant add`).
+    pub client_key: &'static str,
+    pub client_id: &'static str,
+    pub name: &'static str,
+    pub organization_number: &'static str,
+    /// Whether the simulated approving user administers it, so an onboarding activates it.
+    /// The others are for registering by hand: an onboarding never replaces their keys.
+    pub onboarding: bool,
+}
+
+/// The demo clients of [`Sim::add_demo_clients`]: two to register by hand (`dev` registers
+/// them as `demo-acme` and `demo-fjord`), one that an onboarding activates.
+pub const DEMO_CLIENTS: [DemoClient; 3] = [
+    DemoClient {
+        client_key: "de000000-0000-4000-8000-00000000ac01",
+        client_id: "10991",
+        name: "Acme Regnskap AS",
+        organization_number: "999999991",
+        onboarding: false,
+    },
+    DemoClient {
+        client_key: "de000000-0000-4000-8000-00000000f302",
+        client_id: "10992",
+        name: "Fjord Bygg AS",
+        organization_number: "999999992",
+        onboarding: false,
+    },
+    DemoClient {
+        client_key: "de000000-0000-4000-8000-00000000b003",
+        client_id: "10993",
+        name: "Nordlys Handel AS",
+        organization_number: "999999993",
+        onboarding: true,
+    },
+];
 
 /// A request as the simulator received it, for byte-for-byte assertions.
 #[derive(Clone)]
@@ -220,6 +268,7 @@ impl fmt::Debug for Sim {
 /// configured redirect URI is not an absolute http(s) URL.
 pub async fn start(listen: SocketAddr, config: SimConfig) -> io::Result<Sim> {
     let mut onboarding = OnboardingState::default();
+    onboarding.loopback = config.loopback_redirects;
     for (env, uri) in &config.redirect_uris {
         onboarding.allow_redirect(*env, uri)?;
     }
@@ -285,6 +334,20 @@ impl Sim {
     /// the same `client_id` are keys of one client (onboarding rotates them).
     pub fn add_client(&self, env: Environment, client_key: &str, client: SimClient) {
         self.shared.lock().insert_client(env, client_key.to_owned(), client);
+    }
+
+    /// Adds the [`DEMO_CLIENTS`] to the demo environment and lets the simulated approving
+    /// user reach only those marked `onboarding`.
+    pub fn add_demo_clients(&self) {
+        for c in DEMO_CLIENTS {
+            let client = SimClient {
+                client_id: c.client_id.to_owned(),
+                name: c.name.to_owned(),
+                organization_number: c.organization_number.to_owned(),
+            };
+            self.add_client(Environment::Demo, c.client_key, client);
+        }
+        self.set_user_clients(Environment::Demo, DEMO_CLIENTS.iter().filter(|c| c.onboarding).map(|c| c.client_key));
     }
 
     /// Revokes a client key in every environment (as when the customer deletes the
@@ -450,26 +513,4 @@ impl Sim {
             }
         }
     }
-}
-
-/// Runs a simulator until Ctrl-C, for `pogo-vault sim --listen ADDR`. Logs the base URLs
-/// (never the keys).
-pub async fn run_standalone(
-    listen: SocketAddr,
-    config: SimConfig,
-    clients: Vec<(Environment, String, SimClient)>,
-) -> io::Result<()> {
-    let sim = start(listen, config).await?;
-    let count = clients.len();
-    for (env, key, client) in clients {
-        sim.add_client(env, &key, client);
-    }
-    for env in Environment::ALL {
-        tracing::info!(environment = env.as_str(), base_url = %sim.base_url(env), "simulated PowerOffice Go listening");
-    }
-    tracing::info!(clients = count, "simulator ready; Ctrl-C stops it");
-    let result = tokio::signal::ctrl_c().await;
-    tracing::info!("simulator shutting down");
-    sim.shutdown().await;
-    result
 }

@@ -5,8 +5,10 @@
 //! The flow as simulated:
 //! 1. Initiate checks the subscription key (401, gateway shape), the rate limit (429), the
 //!    application key and the redirect URI (400 ProblemDetails unless its scheme, host,
-//!    port and path match a whitelisted URI of that environment; the query is ignored, as
-//!    on Go), then opens a session valid for 15 minutes and answers its `TemporaryUrl`.
+//!    port and path match a whitelisted URI of that environment, the query ignored as on
+//!    Go, or it is a loopback URI while `SimConfig::loopback_redirects` is on: Go lets an
+//!    integration test against `localhost`), then opens a session valid for 15 minutes and
+//!    answers its `TemporaryUrl`.
 //! 2. `GET {TemporaryUrl}`: the simulated user approves at once. The sim answers `302`
 //!    to the redirect URI as given (query kept) plus `status` and, for `Success` only,
 //!    `token`. Each approved client gets a **new** client key (its old keys are revoked),
@@ -60,6 +62,8 @@ const PATH_PREFIX: &str = "/onboarding/approve/";
 pub(super) struct OnboardingState {
     /// Whitelisted redirect URIs (query and fragment dropped).
     redirects: Vec<(Environment, Url)>,
+    /// Every loopback redirect URI is accepted too (`SimConfig::loopback_redirects`).
+    pub(super) loopback: bool,
     /// Client ids the simulated user can reach, per environment; absent means all.
     user_clients: HashMap<Environment, HashSet<String>>,
     /// The outcome of the next approval, if a test chose one.
@@ -73,6 +77,7 @@ impl Default for OnboardingState {
     fn default() -> Self {
         Self {
             redirects: Vec::new(),
+            loopback: false,
             user_clients: HashMap::new(),
             next_status: None,
             token_ttl: DEFAULT_TOKEN_TTL,
@@ -103,8 +108,12 @@ impl OnboardingState {
         Ok(())
     }
 
-    /// Whether `uri` matches a whitelisted URI of `env` by scheme, host, port and path.
+    /// Whether `uri` matches a whitelisted URI of `env` by scheme, host, port and path, or
+    /// is a loopback URI while those are accepted.
     fn redirect_allowed(&self, env: Environment, uri: &Url) -> bool {
+        if self.loopback && is_loopback(uri) {
+            return true;
+        }
         let uri = comparable(uri.clone());
         self.redirects.iter().any(|(e, allowed)| *e == env && *allowed == uri)
     }
@@ -161,10 +170,14 @@ pub(super) fn initiate(
         _ => None,
     };
     let Some(redirect_uri) = redirect_uri.filter(|u| st.onboarding.redirect_allowed(env, u)) else {
-        return invalid_request(
-            "Invalid redirect URI",
-            "The redirect URI is not an absolute URL whitelisted for this integration.",
-        );
+        let detail = if st.onboarding.loopback {
+            "The redirect URI is not an absolute URL whitelisted for this integration. This simulator accepts any \
+             loopback URI (http://localhost:PORT/PATH, http://127.0.0.1:PORT/PATH) and those given with \
+             `pogo-vault sim --redirect-uri URL`."
+        } else {
+            "The redirect URI is not an absolute URL whitelisted for this integration."
+        };
+        return invalid_request("Invalid redirect URI", detail);
     };
     let organization_no = match get_ci(&obj, "ClientOrganizationNo") {
         None | Some(Value::Null) => None,
@@ -411,6 +424,19 @@ fn redirect_url(s: &str) -> Option<Url> {
     ok.then_some(u)
 }
 
+/// `localhost` (or a name under it), `127.0.0.0/8` or `[::1]`.
+fn is_loopback(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.');
+            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// The parts Go compares: scheme, host, port and path (the url crate lowercases scheme and
 /// host and drops a default port, so equality of what is left is the comparison).
 fn comparable(mut u: Url) -> Url {
@@ -630,6 +656,24 @@ mod tests {
         assert!(!o.redirect_allowed(Environment::Production, &redirect_url("https://app.example/cb").expect("url")));
         for bad in ["/cb", "ftp://x/cb", "https://u:p@x/cb", "not a url"] {
             assert!(o.allow_redirect(Environment::Demo, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_redirects_are_accepted_only_when_allowed() {
+        let mut o = OnboardingState::default();
+        let ok = |o: &OnboardingState, s: &str| o.redirect_allowed(Environment::Demo, &redirect_url(s).expect("url"));
+        let loopback =
+            ["http://127.0.0.1:9999/callback", "http://localhost:8080/cb?x=1", "https://[::1]/a", "http://127.8.0.1/"];
+        for u in loopback {
+            assert!(!ok(&o, u), "off by default: {u}");
+        }
+        o.loopback = true;
+        for u in loopback {
+            assert!(ok(&o, u), "{u}");
+        }
+        for u in ["https://integrator.example/cb", "http://localhost.example/cb", "http://128.0.0.1/cb"] {
+            assert!(!ok(&o, u), "not loopback: {u}");
         }
     }
 

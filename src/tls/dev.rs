@@ -24,8 +24,12 @@ use super::identity::check_spiffe_id;
 use super::{ClientTlsFiles, ServerTlsFiles, TlsError, identity_from_der};
 
 /// The development clients: name (the CN and file stem) and SPIFFE path under the trust domain.
-const DEV_CLIENTS: [(&str, &str); 3] =
-    [("token-caller", "service/token-caller"), ("admin", "service/admin"), ("auditor", "team/security/auditor")];
+const DEV_CLIENTS: [(&str, &str); 4] = [
+    ("token-caller", "service/token-caller"),
+    ("admin", "service/admin"),
+    ("auditor", "team/security/auditor"),
+    ("operator", "service/operator"),
+];
 
 /// How long a CRL issued here says it is current.
 const CRL_LIFETIME: Duration = Duration::days(30);
@@ -329,6 +333,7 @@ mod tests {
                 ("token-caller", "spiffe://example.org/service/token-caller"),
                 ("admin", "spiffe://example.org/service/admin"),
                 ("auditor", "spiffe://example.org/team/security/auditor"),
+                ("operator", "spiffe://example.org/service/operator"),
             ]
         );
         for c in &pki.clients {

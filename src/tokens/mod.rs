@@ -124,7 +124,7 @@ pub enum BrokerError {
     )]
     QuotaExceeded { env: Environment, retry_after: Duration },
     /// Go is unreachable, failing or too slow; retried already.
-    #[error("PowerOffice Go is unavailable ({reason}); retry after {} s", secs(*retry_after))]
+    #[error("PowerOffice Go is unavailable ({}); retry after {} s", unavailable_reason(reason), secs(*retry_after))]
     Unavailable { reason: String, retry_after: Duration },
     /// Go's gateway refuses a subscription key an operator offered (to switch to, or as the
     /// other key): nothing was changed.
@@ -153,6 +153,12 @@ pub enum BrokerError {
 
 fn secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The reason without the upstream error's own "PowerOffice Go is unavailable: " (issue 21:
+/// the message said it twice).
+fn unavailable_reason(reason: &str) -> &str {
+    reason.strip_prefix("PowerOffice Go is unavailable: ").unwrap_or(reason)
 }
 
 impl BrokerError {

@@ -55,6 +55,12 @@ pub fn run_bin(args: &[&str], stdin: &str) -> Output {
         .env_remove("POGO_VAULT_MASTER_KEY_FILE")
         .env_remove("POGO_VAULT_MASTER_PASSPHRASE_FILE")
         .env_remove("POGO_VAULT_MASTER_PASSPHRASE_ENV")
+        .env_remove("POGO_VAULT_AUDIT_DB")
+        .env_remove("POGO_VAULT_ALLOW_ROOT")
+        .env_remove("POGO_VAULT_ENDPOINT")
+        .env_remove("POGO_VAULT_CA")
+        .env_remove("POGO_VAULT_CERT")
+        .env_remove("POGO_VAULT_KEY")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -163,4 +169,5 @@ pub fn new_tenant(id: &str) -> pogo_vault::vault::NewTenant {
 pub fn rusqlite_open(db: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(db).expect("open db")
 }
+pub mod browser;
 pub mod server;

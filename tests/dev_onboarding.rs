@@ -1,0 +1,158 @@
+//! Issue 21: Go's onboarding can be tried against `pogo-vault dev`, as the README says.
+//! The real binary runs `dev` (its simulator accepts loopback redirect URIs); the example
+//! integrator web app (examples/integrator_web.rs, compiled in here) talks to it with the
+//! admin certificate dev mode wrote; an HTTP client plays the browser: "Connect PowerOffice
+//! Go", the simulator's approval page, back to the app's callback. The new tenant then gets
+//! a token through the printed `pogo-vault token` command, and the demo tenants still do.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+mod common;
+
+#[path = "../examples/integrator_web.rs"]
+mod integrator_web;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::browser::Browser;
+use pogo_vault::tls::ClientTlsFiles;
+use rustix::process::{Pid, Signal, kill_process};
+
+/// `pogo-vault dev` as a child; killed if the test fails before stopping it.
+struct Dev {
+    child: Child,
+    lines: Vec<String>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Dev {
+    /// Starts dev mode on a free port and waits (reading its output) until it serves.
+    fn start(data: &Path) -> Dev {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
+            .args(["dev", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .env("POGO_VAULT_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap_or_default()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut dev = Dev { child, lines: Vec::new() };
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("dev mode stalled; it printed {:#?}", dev.lines));
+            let ready = line.contains("dev: ready");
+            dev.lines.push(line);
+            if ready {
+                return dev;
+            }
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        let at = "dev: vault serving gRPC over mutual TLS at ";
+        self.lines.iter().find_map(|l| l.strip_prefix(at)).expect("the endpoint is printed").trim().to_owned()
+    }
+}
+
+/// Whether `text` holds something shaped like a client key (a GUID).
+fn holds_a_guid(text: &str) -> bool {
+    let b = text.as_bytes();
+    let shape = |w: &[u8]| {
+        w.iter().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == b'-' } else { c.is_ascii_hexdigit() })
+    };
+    b.windows(36).any(shape)
+}
+
+fn token(endpoint: &str, certs: &Path, tenant: &str) -> std::process::Output {
+    let f = |n: &str| certs.join(n).to_str().unwrap().to_owned();
+    Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
+        .args(["token", "--endpoint", endpoint, "--tenant", tenant])
+        .args(["--ca", &f("ca.pem"), "--cert", &f("token-caller.pem"), "--key", &f("token-caller-key.pem")])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboarding_through_the_web_app_works_against_pogo_vault_dev() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let dev = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || Dev::start(&data)
+    })
+    .await
+    .unwrap();
+    let endpoint = dev.endpoint();
+    let printed = dev.lines.join("\n");
+    // Issue 21 item 2: the dev simulator's client keys are printed (public demo values).
+    for key in pogo_vault::sim::DEMO_CLIENTS.map(|c| c.client_key) {
+        assert!(printed.contains(key), "dev prints its demo client key {key}:\n{printed}");
+    }
+    assert!(printed.contains("integrator_web"), "dev says how to try onboarding:\n{printed}");
+
+    let certs = data.join("certs");
+    let cfg = integrator_web::AppConfig {
+        vault_endpoint: endpoint.clone(),
+        tls: ClientTlsFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join("admin.pem"),
+            key: certs.join("admin-key.pem"),
+        },
+        listen: "127.0.0.1:0".parse().unwrap(),
+        environment: "demo".into(),
+        tenant_prefix: "web-".into(),
+    };
+    let (addr, _task) = integrator_web::start(cfg).await.unwrap();
+    let app = format!("http://{addr}");
+
+    let mut browser = Browser::new();
+    let (_, _, home) = browser.get(&format!("{app}/")).await;
+    assert!(home.contains("Connect PowerOffice Go") && home.contains("demo-acme"), "{home}");
+    // Connect: the app begins the onboarding, the browser goes to the simulated Go, which
+    // approves and sends it back to the app's loopback callback, which completes it.
+    let (_, page) = browser.connect(&app).await;
+    assert!(page.contains("Connected"), "{page}");
+    assert!(page.contains("web-999999993") && page.contains("Nordlys Handel AS"), "{page}");
+    assert!(!holds_a_guid(&String::from_utf8_lossy(&browser.pages)), "a page carried a client key");
+
+    // The new tenant gets a token with the command dev printed, and the demo tenants still
+    // do: the simulated approver activates only its own client, so no demo key was replaced.
+    for tenant in ["web-999999993", "demo-acme", "demo-fjord"] {
+        let out = token(&endpoint, &certs, tenant);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{tenant}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(&format!("tenant {tenant}: Bearer token")), "{text}");
+    }
+
+    // Ctrl-C stops dev mode cleanly.
+    let mut dev = dev;
+    kill_process(Pid::from_child(&dev.child), Signal::INT).unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let s = dev.child.wait();
+        (s, dev)
+    })
+    .await
+    .unwrap()
+    .0
+    .unwrap();
+    assert!(status.success(), "{status}");
+}
