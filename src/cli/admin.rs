@@ -808,7 +808,9 @@ pub fn sim(a: SimArgs) -> Result<(), CliError> {
             outln!("  production base URL:         {}", sim.base_url(Environment::Production))?;
             outln!("  application key:             {DEFAULT_APPLICATION_KEY}")?;
             outln!("  demo subscription key:       {}", crate::sim::DEFAULT_DEMO_SUBSCRIPTION_KEY)?;
+            outln!("    and its secondary:         {}", crate::sim::DEFAULT_DEMO_SECONDARY_SUBSCRIPTION_KEY)?;
             outln!("  production subscription key: {}", crate::sim::DEFAULT_PRODUCTION_SUBSCRIPTION_KEY)?;
+            outln!("    and its secondary:         {}", crate::sim::DEFAULT_PRODUCTION_SECONDARY_SUBSCRIPTION_KEY)?;
             outln!("  demo clients (client key, organization number, name):")?;
             for c in DEMO_CLIENTS {
                 let note = if c.onboarding { " (the approving user's: an onboarding activates it)" } else { "" };
