@@ -295,6 +295,8 @@ fn every_cli_change_fails_closed_and_leaves_the_vault_unchanged_while_the_audit_
         ],
         sub,
     ));
+    let secondary_args = ["integration", "set", "--environment", "demo", "--slot", "secondary"];
+    common::assert_ok(&s.run_k(&secondary_args, "fedcba9876543210fedcba9876543210\n"));
     for t in ["rot", "del", "dis", "en"] {
         common::assert_ok(
             &s.run_k(&["tenant", "add", "--tenant-id", t, "--environment", "demo"], &format!("{}\n", sim_key(0))),
@@ -318,6 +320,8 @@ fn every_cli_change_fails_closed_and_leaves_the_vault_unchanged_while_the_audit_
             args(&["integration", "set", "--environment", "production", "--application-key", common::APP_KEY]),
             sub.to_owned(),
         ),
+        ("integration set --slot secondary", args(&secondary_args), "abcdefabcdefabcdefabcdefabcdef12\n".to_owned()),
+        ("integration use", args(&["integration", "use", "secondary", "--environment", "demo"]), String::new()),
         (
             "rotate-kek",
             args(&["rotate-kek", "--generate-new-master-key-file", new_key.to_str().unwrap()]),
