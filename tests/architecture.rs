@@ -82,3 +82,75 @@ fn every_commit_in_the_vault_is_preceded_by_its_gate() {
     assert!(commits >= 10, "found only {commits} commits: is the scan still reading the vault's files?");
     assert!(offenders.is_empty(), "commits with no audit gate before them:\n{}", offenders.join("\n"));
 }
+
+#[path = "architecture/imports.rs"]
+mod imports;
+
+/// Every `.rs` file under `src/`, as (path relative to `src/`, text).
+fn src_files() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files: Vec<(String, String)> = sources(&src)
+        .into_iter()
+        .map(|(p, t)| (p.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/"), t))
+        .collect();
+    files.sort();
+    files
+}
+
+/// No file of `src/` imports, through any chain of others, a file that imports it: the
+/// one-way flow of ARCHITECTURE.md at the level of files. A circle is named with the
+/// imports that close it.
+#[test]
+fn no_import_circle_among_src_files() {
+    let graph = imports::Graph::build(&src_files());
+    assert!(graph.edges.len() > 50, "only {} files import anything: is the parser still reading `src/`?", graph.edges.len());
+    let circles = graph.circles();
+    let text: Vec<String> = circles
+        .iter()
+        .map(|c| format!("circle of {} files: {}\n{}", c.len(), c.join(", "), graph.describe(c)))
+        .collect();
+    assert!(circles.is_empty(), "import circles among the files of src/:\n{}", text.join("\n"));
+}
+
+/// The circle check finds a circle, through a re-export, and ignores test-only imports and
+/// imports of the file's own definitions.
+#[test]
+fn the_import_graph_sees_circles_through_reexports_and_not_test_code() {
+    let file = |p: &str, t: &str| (p.to_owned(), t.to_owned());
+    let files = vec![
+        file("lib.rs", "pub mod a; pub mod b; pub mod c;"),
+        file("a.rs", "use crate::b::B;\npub struct A;\n#[cfg(test)]\nmod tests { use crate::c::C; }"),
+        file("b/mod.rs", "mod inner;\npub use inner::B;\n"),
+        file("b/inner.rs", "pub struct B(crate::c::C);"),
+        file("c.rs", "use super::a::{self, A};\npub struct C; fn f() { let _ = a::A; }\n// use crate::b::B;"),
+    ];
+    let graph = imports::Graph::build(&files);
+    assert_eq!(graph.circles(), vec![vec!["a.rs".to_owned(), "b/inner.rs".into(), "c.rs".into()]]);
+    assert!(graph.imports("a.rs", "b/inner.rs").is_some(), "the re-export leads to the defining file");
+    assert!(graph.imports("a.rs", "c.rs").is_none(), "test code is not an import");
+    assert!(graph.imports("c.rs", "b/inner.rs").is_none(), "comments are not imports");
+
+    let acyclic = vec![
+        file("lib.rs", "pub mod a; pub mod b;"),
+        file("a.rs", "use crate::b::B; pub struct A;"),
+        file("b.rs", "pub struct B; const S: &str = \"crate::a::A\";"),
+    ];
+    assert!(imports::Graph::build(&acyclic).circles().is_empty(), "a path in a string is not an import");
+}
+
+/// A file past ~600 lines usually hides two modules (STYLE.md). The ones allowed to be
+/// longer are listed with the reason.
+#[test]
+fn no_src_file_is_longer_than_600_lines() {
+    const LIMIT: usize = 600;
+    let allowed: [(&str, usize, &str); 0] = [];
+    let mut offenders = Vec::new();
+    for (path, text) in src_files() {
+        let lines = text.lines().count();
+        let limit = allowed.iter().find(|(p, _, _)| *p == path).map_or(LIMIT, |(_, n, _)| *n);
+        if lines > limit {
+            offenders.push(format!("src/{path}: {lines} lines (limit {limit})"));
+        }
+    }
+    assert!(offenders.is_empty(), "files too long; split them by concern:\n{}", offenders.join("\n"));
+}
