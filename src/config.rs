@@ -203,20 +203,6 @@ pub enum ConfigError {
     Invalid { path: String, key: &'static str, reason: String },
 }
 
-/// `message (line N, column M)` from a TOML error, so the operator finds the line.
-pub fn toml_error_with_line(e: &toml::de::Error, text: &str) -> String {
-    let msg = e.message().trim().to_owned();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {col}: {msg}")
-        }
-        None => msg,
-    }
-}
-
 impl Config {
     /// Reads, applies environment overrides, and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -233,7 +219,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.display().to_string(),
-            message: toml_error_with_line(&e, text),
+            message: crate::toml_error::with_line(&e, text),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let fix = |p: &mut PathBuf| {

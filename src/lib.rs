@@ -19,6 +19,7 @@ pub mod server;
 pub mod sim;
 pub mod store;
 pub mod tls;
+pub mod toml_error;
 pub mod tokens;
 pub mod upstream;
 pub mod vault;

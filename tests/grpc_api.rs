@@ -250,7 +250,7 @@ async fn every_method_has_a_role_and_is_refused_without_it() {
     }
     assert!(described.len() >= 12, "{described:?}");
     let mapped: BTreeSet<String> =
-        methods::METHODS.iter().filter(|(p, _)| p.starts_with("/pogo_vault.")).map(|(p, _)| p.to_string()).collect();
+        methods::METHODS.iter().filter(|m| m.path.starts_with("/pogo_vault.")).map(|m| m.path.to_string()).collect();
     assert_eq!(described, mapped, "every described method is mapped, and nothing stale is");
 
     let mut ts = TestServer::start().await;

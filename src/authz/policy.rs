@@ -137,7 +137,7 @@ impl Policy {
     pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
             origin: origin.to_owned(),
-            message: crate::config::toml_error_with_line(&e, text),
+            message: crate::toml_error::with_line(&e, text),
         })?;
         let mut grants = Vec::with_capacity(file.grants.len());
         for (i, g) in file.grants.into_iter().enumerate() {

@@ -90,7 +90,8 @@ where
             };
             let client_id = client_request_id.as_deref().unwrap_or("");
             let path = req.uri().path().to_owned();
-            let denied = match methods::requirement(&path) {
+            let method = methods::method(&path);
+            let denied = match method.map(|m| m.requirement) {
                 // A connection made before a certificate/CRL reload is checked again: a
                 // revoked caller must not keep using an open channel.
                 _ if !state.tls.still_valid(&conn) => Some(Status::permission_denied(
@@ -107,7 +108,7 @@ where
                 let _e = span.enter();
                 tracing::info!(reason = %status.message(), "refused at the gate");
                 // Unknown methods are audited too, under the closest action there is.
-                let action = super::action_for(&path).unwrap_or(crate::audit::Action::TenantRead);
+                let action = method.and_then(|m| m.action).unwrap_or(crate::audit::Action::TenantRead);
                 let detail = format!("{path}: {}", status.message());
                 let status =
                     match state.record(&caller, action, None, Outcome::Denied, &detail, Default::default()).await {
