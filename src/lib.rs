@@ -19,8 +19,8 @@ pub mod server;
 pub mod sim;
 pub mod store;
 pub mod tls;
-pub mod toml_error;
 pub mod tokens;
+pub mod toml_error;
 pub mod upstream;
 pub mod vault;
 

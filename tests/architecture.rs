@@ -32,8 +32,8 @@ fn no_path_in_src_writes_the_vault_without_an_audit_gate() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut offenders = Vec::new();
     for (path, text) in sources(&src) {
-        if path.ends_with("src/vault.rs") {
-            continue; // where it is defined
+        if path.ends_with("src/vault/gate.rs") || path.ends_with("src/vault.rs") {
+            continue; // where it is defined and re-exported
         }
         for (n, line) in code_lines(&text) {
             if line.contains("UnauditedFixture") {
@@ -103,7 +103,11 @@ fn src_files() -> Vec<(String, String)> {
 #[test]
 fn no_import_circle_among_src_files() {
     let graph = imports::Graph::build(&src_files());
-    assert!(graph.edges.len() > 50, "only {} files import anything: is the parser still reading `src/`?", graph.edges.len());
+    assert!(
+        graph.edges.len() > 50,
+        "only {} files import anything: is the parser still reading `src/`?",
+        graph.edges.len()
+    );
     let circles = graph.circles();
     let text: Vec<String> = circles
         .iter()

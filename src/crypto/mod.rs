@@ -5,8 +5,12 @@
 
 pub mod envelope;
 pub mod master;
+pub mod sealing;
 pub mod secret;
+pub mod signing;
 
 pub use envelope::{CryptoError, Purpose, SealContext, Sealed};
 pub use master::{Argon2Params, MasterKey, MasterKeyError, MasterKeySource, Passphrase};
+pub use sealing::{FP_CLIENT_KEY, OpenError};
 pub use secret::{AccessToken, ClientKey, Fingerprint, FingerprintKey, KeyHint, SubscriptionKey, SymmetricKey};
+pub use signing::{SigningSeed, audit_key_id};

@@ -247,7 +247,14 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     let background = broker.spawn_background();
 
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    tokio::spawn(reload::reload_loop(reload_rx, reload_tx.clone(), state.clone(), tls.clone(), opts.tls.clone(), me.clone()));
+    tokio::spawn(reload::reload_loop(
+        reload_rx,
+        reload_tx.clone(),
+        state.clone(),
+        tls.clone(),
+        opts.tls.clone(),
+        me.clone(),
+    ));
     reload::spawn_sighup(reload_tx.clone());
 
     let health_addr = match opts.health_listen {

@@ -6,15 +6,15 @@
 //! set the secondary, switch to it, regenerate the primary in Go's portal, set the primary.
 //!
 //! Each key is sealed together with the application key and base URL it may be used with
-//! ([`bind_integration`]), so a row edited to send keys to another host does not open. The
+//! (`SubscriptionKey::seal_bound` in `crypto::sealing`), so a row edited to send keys to another host does not open. The
 //! primary's sealed row has the environment as owner (as before there were two), the
 //! secondary's `<environment>:secondary` (`store::integrations::secret_owner`).
 //!
 //! Every write passes the commit gate, as all vault writes do (module docs of `vault`).
 
-use super::{Gate, InvalidInput, Vault, VaultError};
-use crate::crypto::envelope;
+use super::{Gate, Vault, VaultError};
 use crate::crypto::{ClientKey, KeyHint, Purpose, SealContext, SubscriptionKey};
+use crate::domain::InvalidInput;
 use crate::domain::{Environment, SubscriptionKeySlot};
 use crate::store::integrations::{self, IntegrationRecord, secret_owner};
 use crate::store::secrets::{self, SecretRef};
@@ -216,7 +216,7 @@ impl Vault {
         };
         // The subscription's *other* key: the primary again would leave no second key.
         let primary = self.open_subscription_key_in_tx(&tx, &previous, SubscriptionKeySlot::Primary)?;
-        if subtle::ConstantTimeEq::ct_eq(primary.expose_secret().as_bytes(), key.expose_secret().as_bytes()).into() {
+        if primary.same_as(key) {
             return Err(InvalidInput::new(
                 "subscription_key",
                 "is the primary key: the secondary slot takes the subscription's other key (Go's portal shows both)",
@@ -333,21 +333,11 @@ impl Vault {
             );
         };
         let r = SecretRef { purpose: Purpose::SubscriptionKey, owner: secret_owner(env, slot), version };
-        let plain = self.open_secret_in(conn, &r)?;
-        let corrupt =
-            || VaultError::Integrity { what: format!("{env} integration's {slot} key (edited outside pogo-vault?)") };
-        let s = std::str::from_utf8(&plain).map_err(|_| corrupt())?;
+        let what = format!("{env} integration's {slot} key (edited outside pogo-vault?)");
         // The application key and base URL are sealed with the subscription key: a row
         // edited to send keys to another host or application does not open.
-        let mut parts = s.splitn(4, '\n');
-        let (Some("v1"), Some(app), Some(url), Some(key)) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(corrupt());
-        };
-        if app != rec.application_key || url != rec.base_url {
-            return Err(corrupt());
-        }
-        SubscriptionKey::parse(key).map_err(|_| corrupt())
+        let (app, url) = (rec.application_key.as_str(), rec.base_url.as_str());
+        self.open_in(conn, &r, &what, &|kek, ctx, sealed| SubscriptionKey::open_bound(kek, ctx, sealed, app, url))
     }
 
     fn seal_subscription_key(
@@ -358,19 +348,13 @@ impl Vault {
         base_url: &str,
         key: &SubscriptionKey,
     ) -> Result<(), VaultError> {
-        let bound = bind_integration(application_key, base_url, key.expose_secret());
         let kek = self.kek();
-        let sealed = envelope::seal(&kek, &SealContext::new(r.purpose, &r.owner, r.version), bound.as_bytes())
+        let sealed = key
+            .seal_bound(&kek, &SealContext::new(r.purpose, &r.owner, r.version), application_key, base_url)
             .map_err(|_| VaultError::Random)?;
         secrets::put(conn, r, &sealed, kek.id())?;
         Ok(())
     }
-}
-
-/// The plaintext sealed for a subscription key: the key together with the application key
-/// and base URL it may be used with. The result is zeroized on drop.
-fn bind_integration(application_key: &str, base_url: &str, subscription_key: &str) -> zeroize::Zeroizing<String> {
-    zeroize::Zeroizing::new(format!("v1\n{application_key}\n{base_url}\n{subscription_key}"))
 }
 
 /// Go application keys are GUIDs.

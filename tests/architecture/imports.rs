@@ -263,7 +263,9 @@ fn facts(text: &str) -> FileFacts {
     while i < toks.len() {
         match &toks[i] {
             Tok::Ident(k) if k == "use" => {
-                let public = i >= 1 && (toks[i - 1] == Tok::Ident("pub".into()) || (toks[i - 1] == Tok::Punct(')') && i >= 4 && toks[i - 4] == Tok::Ident("pub".into())));
+                let public = i >= 1
+                    && (toks[i - 1] == Tok::Ident("pub".into())
+                        || (toks[i - 1] == Tok::Punct(')') && i >= 4 && toks[i - 4] == Tok::Ident("pub".into())));
                 i += 1;
                 let mut leaves = Vec::new();
                 use_tree(&toks, &mut i, Vec::new(), &mut leaves);
@@ -286,7 +288,10 @@ fn facts(text: &str) -> FileFacts {
                     f.defines.insert(name.clone());
                 }
             }
-            Tok::Ident(first) if toks.get(i + 1) == Some(&Tok::PathSep) && !matches!(i.checked_sub(1).map(|p| &toks[p]), Some(Tok::PathSep)) => {
+            Tok::Ident(first)
+                if toks.get(i + 1) == Some(&Tok::PathSep)
+                    && !matches!(i.checked_sub(1).map(|p| &toks[p]), Some(Tok::PathSep)) =>
+            {
                 let mut path = vec![first.clone()];
                 let mut j = i + 1;
                 while toks.get(j) == Some(&Tok::PathSep) {
@@ -498,7 +503,15 @@ impl Graph {
                 }
             }
         }
-        let mut t = T { g: self, index: BTreeMap::new(), low: BTreeMap::new(), stack: Vec::new(), on: BTreeSet::new(), next: 0, out: Vec::new() };
+        let mut t = T {
+            g: self,
+            index: BTreeMap::new(),
+            low: BTreeMap::new(),
+            stack: Vec::new(),
+            on: BTreeSet::new(),
+            next: 0,
+            out: Vec::new(),
+        };
         for v in self.edges.keys() {
             if !t.index.contains_key(v.as_str()) {
                 visit(&mut t, v);

@@ -1,0 +1,118 @@
+//! Each secret type seals and opens itself: the one place where a secret's bytes meet the
+//! envelope (`seal[KEK](plaintext, context)`, [`super::envelope`]). Callers outside
+//! `crypto` (the vault) hand in a secret and a context and get a [`Sealed`] blob, or hand in
+//! a blob and get the secret type back; they never hold the plaintext bytes.
+//!
+//! A plaintext that authenticates but is not what the context says (not a GUID where a
+//! client key should be, a subscription key bound to another application or host) is an
+//! [`OpenError::NotThatSecret`]: the row was written by something other than this vault,
+//! or edited with the master key in hand. Both errors are coarse on purpose.
+
+use zeroize::Zeroizing;
+
+use super::envelope::{self, CryptoError, SealContext, Sealed};
+use super::master::MasterKey;
+use super::secret::{ClientKey, Fingerprint, FingerprintKey, SubscriptionKey, SymmetricKey};
+
+/// Fingerprint purpose of client keys: the keyed fingerprint stored and audited in place
+/// of the key.
+pub const FP_CLIENT_KEY: &str = "client-key";
+
+/// Why a sealed secret did not come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The blob does not authenticate under this key and context.
+    #[error("sealed data does not open")]
+    DoesNotOpen,
+    /// It authenticates, but the plaintext is not the secret the context names.
+    #[error("sealed data is not the secret it should be")]
+    NotThatSecret,
+}
+
+impl From<CryptoError> for OpenError {
+    fn from(_: CryptoError) -> Self {
+        OpenError::DoesNotOpen
+    }
+}
+
+impl ClientKey {
+    /// `seal[KEK](client key, context)`.
+    pub fn seal(&self, kek: &MasterKey, ctx: &SealContext<'_>) -> Result<Sealed, CryptoError> {
+        envelope::seal(kek, ctx, self.expose_secret().as_bytes())
+    }
+
+    /// Opens a sealed client key.
+    pub fn open(kek: &MasterKey, ctx: &SealContext<'_>, sealed: &Sealed) -> Result<ClientKey, OpenError> {
+        let plain = envelope::open(kek, ctx, sealed)?;
+        let s = std::str::from_utf8(&plain).map_err(|_| OpenError::NotThatSecret)?;
+        ClientKey::parse(s).map_err(|_| OpenError::NotThatSecret)
+    }
+
+    /// The key's keyed fingerprint ([`FP_CLIENT_KEY`]): safe to store, show and audit (see
+    /// [`FingerprintKey`]), and equal for equal keys under one fingerprint key, so a key
+    /// registered twice can be recognised without opening anything.
+    pub fn fingerprint(&self, fk: &FingerprintKey) -> Fingerprint {
+        fk.fingerprint(FP_CLIENT_KEY, self.expose_secret().as_bytes())
+    }
+}
+
+/// The plaintext sealed for a subscription key: the key together with the application key
+/// and base URL it may be used with (`v1\n{application key}\n{base url}\n{subscription key}`),
+/// so a row edited to send keys to another host or application does not open. Zeroized on
+/// drop.
+fn bind(application_key: &str, base_url: &str, key: &SubscriptionKey) -> Zeroizing<String> {
+    Zeroizing::new(format!("v1\n{application_key}\n{base_url}\n{}", key.expose_secret()))
+}
+
+impl SubscriptionKey {
+    /// Seals the key bound to the application key and base URL it may be sent with.
+    pub fn seal_bound(
+        &self,
+        kek: &MasterKey,
+        ctx: &SealContext<'_>,
+        application_key: &str,
+        base_url: &str,
+    ) -> Result<Sealed, CryptoError> {
+        envelope::seal(kek, ctx, bind(application_key, base_url, self).as_bytes())
+    }
+
+    /// Opens a key sealed with [`Self::seal_bound`], only if it was bound to exactly this
+    /// application key and base URL.
+    pub fn open_bound(
+        kek: &MasterKey,
+        ctx: &SealContext<'_>,
+        sealed: &Sealed,
+        application_key: &str,
+        base_url: &str,
+    ) -> Result<SubscriptionKey, OpenError> {
+        let plain = envelope::open(kek, ctx, sealed)?;
+        let s = std::str::from_utf8(&plain).map_err(|_| OpenError::NotThatSecret)?;
+        let mut parts = s.splitn(4, '\n');
+        let (Some("v1"), Some(app), Some(url), Some(key)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(OpenError::NotThatSecret);
+        };
+        if app != application_key || url != base_url {
+            return Err(OpenError::NotThatSecret);
+        }
+        SubscriptionKey::parse(key).map_err(|_| OpenError::NotThatSecret)
+    }
+
+    /// Whether two keys are the same, in constant time.
+    pub fn same_as(&self, other: &SubscriptionKey) -> bool {
+        subtle::ConstantTimeEq::ct_eq(self.expose_secret().as_bytes(), other.expose_secret().as_bytes()).into()
+    }
+}
+
+impl SymmetricKey {
+    /// `seal[KEK](key, context)`: the vault's own keys (fingerprint key, audit signing seed).
+    pub fn seal(&self, kek: &MasterKey, ctx: &SealContext<'_>) -> Result<Sealed, CryptoError> {
+        envelope::seal(kek, ctx, self.expose_secret())
+    }
+
+    /// Opens a sealed 256-bit key.
+    pub fn open(kek: &MasterKey, ctx: &SealContext<'_>, sealed: &Sealed) -> Result<SymmetricKey, OpenError> {
+        let plain = envelope::open(kek, ctx, sealed)?;
+        SymmetricKey::from_bytes(&plain).ok_or(OpenError::NotThatSecret)
+    }
+}

@@ -1,0 +1,97 @@
+//! The one path by which a client key enters the store ([`Vault::enter_client_key`]:
+//! sealed under the master key in force, stored, every other version destroyed), and the
+//! opening of sealed rows. Registration, rotation and onboarding all come through here,
+//! so how a key is sealed and stored is written once.
+
+use super::Vault;
+use super::error::VaultError;
+use crate::crypto::{
+    ClientKey, Fingerprint, FingerprintKey, KeyHint, MasterKey, OpenError, Purpose, SealContext, Sealed,
+};
+use crate::domain::TenantId;
+use crate::store::secrets::{self, SecretRef};
+use crate::store::tenants::TenantRecord;
+
+/// How a sealed row opens as a `T` (`ClientKey::open`, `SymmetricKey::open`, ...).
+pub(super) type Opener<'a, T> = &'a dyn Fn(&MasterKey, &SealContext<'_>, &Sealed) -> Result<T, OpenError>;
+
+/// What a tenant row shows of its key: the hint and the keyed fingerprint.
+pub(super) fn public_forms(fk: &FingerprintKey, key: &ClientKey) -> (KeyHint, Fingerprint) {
+    (key.hint(), key.fingerprint(fk))
+}
+
+impl Vault {
+    /// Opens a tenant's current client key. Only the token broker calls this (see the
+    /// module invariants); the key lives as long as the caller holds it.
+    pub fn open_client_key(&self, tenant: &TenantRecord) -> Result<ClientKey, VaultError> {
+        let r = SecretRef {
+            purpose: Purpose::ClientKey,
+            owner: tenant.tenant_id.as_str().to_owned(),
+            version: tenant.key_version,
+        };
+        // Row and master key read under one store lock: a rotation cannot slip between.
+        let store = self.store();
+        let sealed = Self::sealed_row(store.conn(), &r)?;
+        let kek = self.kek();
+        drop(store);
+        open_sealed(&kek, &r, &sealed, &format!("client key of {}", tenant.tenant_id), &ClientKey::open)
+    }
+
+    /// Opens the sealed row `r` as a `T` on a connection (or open transaction) the caller
+    /// holds; `what` names it when it opens to something else than a `T`.
+    pub(super) fn open_in<T>(
+        &self,
+        conn: &rusqlite::Connection,
+        r: &SecretRef,
+        what: &str,
+        open: Opener<'_, T>,
+    ) -> Result<T, VaultError> {
+        let sealed = Self::sealed_row(conn, r)?;
+        open_sealed(&self.kek(), r, &sealed, what, open)
+    }
+
+    fn sealed_row(conn: &rusqlite::Connection, r: &SecretRef) -> Result<Sealed, VaultError> {
+        secrets::get(conn, r)?.ok_or_else(|| VaultError::Integrity {
+            what: format!("{} of {} (version {}) is missing", r.purpose.as_str(), r.owner, r.version),
+        })
+    }
+
+    /// The one path by which a client key enters the store: sealed under `kek` (the master
+    /// key read under the store lock the caller holds) for `tenant` at `version`, stored in
+    /// the caller's open transaction `tx`, and every other version of the tenant's key
+    /// destroyed. For a new tenant (version 1), a sealed row left under its id (there should
+    /// be none) is cleared first, so a re-added tenant never inherits an old key.
+    pub(super) fn enter_client_key(
+        &self,
+        tx: &rusqlite::Connection,
+        kek: &MasterKey,
+        tenant: &TenantId,
+        version: i64,
+        key: &ClientKey,
+    ) -> Result<(), VaultError> {
+        let r = SecretRef { purpose: Purpose::ClientKey, owner: tenant.as_str().to_owned(), version };
+        let sealed =
+            key.seal(kek, &SealContext::new(r.purpose, &r.owner, r.version)).map_err(|_| VaultError::Random)?;
+        if version == 1 {
+            secrets::delete_all(tx, Purpose::ClientKey, tenant.as_str())?;
+        }
+        secrets::put(tx, &r, &sealed, kek.id())?;
+        secrets::delete_other_versions(tx, Purpose::ClientKey, tenant.as_str(), version)?;
+        Ok(())
+    }
+}
+
+/// Opens `sealed` (row `r`) as a `T`: a blob that does not authenticate is an integrity
+/// failure naming the row; one that opens to something else names `what`.
+fn open_sealed<T>(
+    kek: &MasterKey,
+    r: &SecretRef,
+    sealed: &Sealed,
+    what: &str,
+    open: Opener<'_, T>,
+) -> Result<T, VaultError> {
+    open(kek, &SealContext::new(r.purpose, &r.owner, r.version), sealed).map_err(|e| match e {
+        OpenError::DoesNotOpen => VaultError::does_not_open(r),
+        OpenError::NotThatSecret => VaultError::Integrity { what: what.to_owned() },
+    })
+}
