@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+mod onboarding;
+
+pub use onboarding::{GoStatus, OnboardingId, RedirectUrl, STATE_PARAM, Subject, TenantIdPrefix};
+
 /// A value from outside failed its rules. `field` is the name the caller used for it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {reason}")]

@@ -22,6 +22,7 @@ pub mod tls;
 pub mod tokens;
 pub mod toml_error;
 pub mod upstream;
+pub mod usecase;
 pub mod vault;
 
 #[cfg(test)]

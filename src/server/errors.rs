@@ -114,3 +114,43 @@ pub fn vault(e: &VaultError) -> Status {
         _ => Status::internal("internal error; operators are alerted"),
     }
 }
+
+/// A refused or failed registry operation.
+pub fn registry(e: &crate::usecase::RegistryError) -> Status {
+    use crate::usecase::RegistryError as E;
+    match e {
+        E::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        E::NotFound(_) => Status::not_found(e.to_string()),
+        E::Broker(b) => broker(b),
+        E::Vault(v) => vault(v),
+        _ => internal(),
+    }
+}
+
+/// A refused or failed onboarding step.
+pub fn onboarding(e: &crate::usecase::OnboardingError) -> Status {
+    use crate::usecase::OnboardingError as E;
+    match e {
+        E::PrefixNotGranted { .. } | E::NotYours | E::OtherSubject => Status::permission_denied(e.to_string()),
+        E::Random => Status::unavailable(e.to_string()),
+        E::Go(b) => broker(b),
+        E::NotFound(_) => Status::not_found(e.to_string()),
+        E::AlreadyEnded { .. } | E::Expired(_) | E::EndedAtGo { .. } | E::BeingCompleted(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        E::BadToken(i) => invalid(i),
+        E::Ambiguous(v) | E::NotStored(v) | E::Vault(v) => vault(v),
+        _ => internal(),
+    }
+}
+
+/// A failure of ours the caller cannot act on; operators see the detail in the log.
+pub fn internal() -> Status {
+    Status::internal("internal error; operators are alerted")
+}
+
+/// A request that reached a handler without the caller the gate sets (a wiring error:
+/// every served method passes the gate).
+pub fn no_verified_caller() -> Status {
+    Status::unauthenticated("a verified client certificate is required")
+}

@@ -15,6 +15,7 @@ use crate::authz::Authorizer;
 use crate::domain::{Environment, TenantId};
 use crate::tls::CallerIdentity;
 use crate::tokens::Broker;
+use crate::usecase::{Actor, Entry, Onboarding, Registry};
 use crate::vault::{NotRecorded, Vault};
 
 /// Who is asking, set by the gate for every request.
@@ -64,6 +65,10 @@ pub struct ServerState {
     /// Bumped after every reload that put new certificates or a new policy in force:
     /// long-lived streams re-check their caller on it.
     pub reloaded: watch::Sender<u64>,
+    /// The tenant registry use case (`usecase::registry`).
+    pub registry: Registry,
+    /// The onboarding use case (`usecase::onboarding`).
+    pub onboarding: Onboarding,
     /// Live `WatchAuditEvents` streams, per caller identity.
     pub watchers: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// (per caller, in total): the most live `WatchAuditEvents` streams.
@@ -89,6 +94,11 @@ impl ServerState {
                 Err(errors::audit_unavailable())
             }
         }
+    }
+
+    /// `caller` as the actor of a use case: its records go through the group-commit writer.
+    pub fn actor(&self, caller: &Caller) -> Arc<dyn Actor> {
+        Arc::new(CallerActor { caller: caller.clone(), audit: self.audit.clone() })
     }
 
     /// The commit gate of a vault change made for `caller`: appends the records `make`
@@ -170,6 +180,31 @@ impl ServerState {
     /// The subscription key for GetAccessToken responses.
     pub async fn subscription_key(&self, env: Environment) -> Option<String> {
         self.broker.subscription_key(env).await.ok().map(|k| k.expose_secret().to_owned())
+    }
+}
+
+/// The actor of a gRPC request: the verified caller, recorded through the group-commit
+/// writer (`AuditLog::append_wait`, on the blocking pool inside the vault's transaction).
+struct CallerActor {
+    caller: Caller,
+    audit: AuditLog,
+}
+
+impl Actor for CallerActor {
+    fn identity(&self) -> &str {
+        &self.caller.identity.id
+    }
+
+    fn record_durably(&self, entries: Vec<Entry>) -> Result<(), NotRecorded> {
+        for e in entries {
+            let extra = Extra { key_version: e.key_version, ..Extra::default() };
+            let rec = caller_record(&self.caller, e.action, e.tenant.as_ref(), e.outcome, &e.detail, extra);
+            if let Err(err) = self.audit.append_wait(rec) {
+                tracing::error!(request_id = %self.caller.request_id, error = %err, "audit record not committed: change rolled back (fail closed)");
+                return Err(NotRecorded(err.to_string()));
+            }
+        }
+        Ok(())
     }
 }
 

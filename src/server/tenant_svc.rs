@@ -8,10 +8,9 @@ use std::sync::Arc;
 use base64::Engine;
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Extra, ServerState, caller_record, errors, timestamp_ms};
+use super::{Caller, Extra, ServerState, errors, timestamp_ms};
 use crate::audit::{Action, Outcome};
 use crate::authz::Role;
-use crate::authz::policy::IdRange;
 use crate::crypto::ClientKey;
 use crate::domain::{
     DisplayName, Environment, InvalidInput, Labels, OrganizationNumber, TenantId, TenantStatus, quoted,
@@ -19,7 +18,7 @@ use crate::domain::{
 use crate::proto::v1 as pb;
 use crate::proto::v1::tenant_service_server::TenantService;
 use crate::store::tenants::TenantRecord;
-use crate::vault::{KeyChange, NewTenant};
+use crate::vault::NewTenant;
 
 pub struct TenantSvc {
     pub state: Arc<ServerState>,
@@ -63,8 +62,7 @@ impl TenantSvc {
     }
 
     fn view(&self, t: &TenantRecord) -> pb::Tenant {
-        let last = [t.last_token_at, self.state.broker.last_served_ms(&t.tenant_id)].into_iter().flatten().max();
-        to_proto(t, last)
+        to_proto(t, self.state.registry.last_token_at(t))
     }
 
     /// Status changes share one shape.
@@ -77,17 +75,9 @@ impl TenantSvc {
     ) -> Result<pb::Tenant, Status> {
         let tenant = self.admit(&caller, action, raw).await?;
         self.state.audit_ready()?;
-        let id = tenant.clone();
-        let gate = self.state.gate(&caller, move |c, rec: &TenantRecord| {
-            let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
-            vec![caller_record(c, action, Some(&rec.tenant_id), Outcome::Ok, status.as_str(), extra)]
-        });
-        match self.state.vault_op(move |v| v.set_status(&id, status, &gate)).await {
-            Ok(rec) => {
-                self.state.broker.forget(&tenant);
-                Ok(self.view(&rec))
-            }
-            Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
+        match self.state.registry.set_status(&self.state.actor(&caller), &tenant, status).await {
+            Ok(rec) => Ok(self.view(&rec)),
+            Err(e) => Err(self.failed(&caller, action, &tenant, errors::registry(&e)).await),
         }
     }
 }
@@ -120,43 +110,13 @@ impl TenantService for TenantSvc {
         })();
         // The key now lives only in its zeroizing type; wipe the request's copy.
         zeroize::Zeroize::zeroize(&mut r.client_key);
-        let (mut new, key) = match parsed {
+        let (new, key) = match parsed {
             Ok(p) => p,
             Err(e) => return Err(self.failed(&caller, action, &tenant, errors::invalid(&e)).await),
         };
-        let id = tenant.clone();
-        if self.state.vault_op(move |v| v.tenant(&id)).await?.is_some() {
-            let s = Status::already_exists(format!(
-                "tenant {tenant} already exists; use RotateClientKey to replace its key"
-            ));
-            return Err(self.failed(&caller, action, &tenant, s).await);
-        }
-        let mut detail = "registered without validation (skip_validation)".to_owned();
-        if !r.skip_validation {
-            match self.state.broker.validate_key(new.environment, &key).await {
-                Ok(v) => {
-                    if new.display_name.as_str().is_empty()
-                        && let Some(name) = v.info.client_name.as_deref()
-                        && let Ok(d) = DisplayName::parse_field("display_name", name)
-                    {
-                        new.display_name = d;
-                    }
-                    new.go_client_id = v.info.client_id.clone();
-                    detail = "registered; key validated against PowerOffice Go".to_owned();
-                }
-                Err(e) => return Err(self.failed(&caller, action, &tenant, errors::broker(&e)).await),
-            }
-        }
-        let gate = self.state.gate(&caller, move |c, rec: &TenantRecord| {
-            let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
-            vec![caller_record(c, action, Some(&rec.tenant_id), Outcome::Ok, &detail, extra)]
-        });
-        match self.state.vault_op(move |v| v.add_tenant(&new, &key, &gate)).await {
-            Ok(rec) => {
-                self.state.broker.forget(&tenant);
-                Ok(Response::new(self.view(&rec)))
-            }
-            Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
+        match self.state.registry.register(&self.state.actor(&caller), new, key, !r.skip_validation).await {
+            Ok(rec) => Ok(Response::new(self.view(&rec))),
+            Err(e) => Err(self.failed(&caller, action, &tenant, errors::registry(&e)).await),
         }
     }
 
@@ -175,34 +135,9 @@ impl TenantService for TenantSvc {
             Ok(k) => k,
             Err(e) => return Err(self.failed(&caller, action, &tenant, errors::invalid(&e)).await),
         };
-        let id = tenant.clone();
-        let Some(cur) = self.state.vault_op(move |v| v.tenant(&id)).await? else {
-            let s = Status::not_found(format!("tenant {tenant} not found"));
-            return Err(self.failed(&caller, action, &tenant, s).await);
-        };
-        let client_id = match self.state.broker.validate_key(cur.environment, &key).await {
-            Ok(v) => v.info.client_id,
-            Err(e) => return Err(self.failed(&caller, action, &tenant, errors::broker(&e)).await),
-        };
-        let id = tenant.clone();
-        let gate = self.state.gate(&caller, move |c, k: &KeyChange| {
-            let (new, old) = (k.current.key_version, k.previous.key_version);
-            let extra = Extra { key_version: Some(new), ..Extra::default() };
-            let client =
-                |t: &crate::store::tenants::TenantRecord| t.go_client_id.clone().unwrap_or_else(|| "unknown".into());
-            let detail = format!(
-                "key version {new} replaces {old} (destroyed); Go ClientId {} -> {}",
-                client(&k.previous),
-                client(&k.current)
-            );
-            vec![caller_record(c, action, Some(&k.current.tenant_id), Outcome::Ok, &detail, extra)]
-        });
-        match self.state.vault_op(move |v| v.rotate_key(&id, &key, client_id.as_deref(), &gate)).await {
-            Ok(rec) => {
-                self.state.broker.forget(&tenant);
-                Ok(Response::new(self.view(&rec)))
-            }
-            Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
+        match self.state.registry.rotate(&self.state.actor(&caller), &tenant, key).await {
+            Ok(rec) => Ok(Response::new(self.view(&rec))),
+            Err(e) => Err(self.failed(&caller, action, &tenant, errors::registry(&e)).await),
         }
     }
 
@@ -210,16 +145,12 @@ impl TenantService for TenantSvc {
         let caller = Caller::of(&req)?;
         let action = Action::TenantRead;
         let tenant = self.admit(&caller, action, &req.get_ref().tenant_id).await?;
-        let id = tenant.clone();
-        match self.state.vault_op(move |v| v.tenant(&id)).await {
-            Ok(Some(rec)) => {
+        match self.state.registry.get(&tenant).await {
+            Ok(rec) => {
                 self.state.record(&caller, action, Some(&tenant), Outcome::Ok, "get", Extra::default()).await?;
                 Ok(Response::new(self.view(&rec)))
             }
-            Ok(None) => Err(self
-                .failed(&caller, action, &tenant, Status::not_found(format!("tenant {tenant} not found")))
-                .await),
-            Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
+            Err(e) => Err(self.failed(&caller, action, &tenant, errors::registry(&e)).await),
         }
     }
 
@@ -240,7 +171,7 @@ impl TenantService for TenantSvc {
             };
             Ok((filter, after, size))
         })();
-        let (filter, mut after, size) = match parsed {
+        let (filter, after, size) = match parsed {
             Ok(p) => p,
             Err(e) => {
                 st.record(&caller, Action::TenantRead, None, Outcome::Denied, &e.to_string(), Extra::default()).await?;
@@ -248,47 +179,22 @@ impl TenantService for TenantSvc {
             }
         };
         let policy = st.authz.policy();
-        let mut out = Vec::new();
-        let mut next = String::new();
-        let mut rows_read = 0usize;
+        let who = caller.identity.id.clone();
         // Only the id ranges the caller's grants could cover (`acme-*`: ids from `acme-`
         // up to `acme-` + U+10FFFF), in id order, each read through the primary-key index;
         // a grant like `*` or `a*b` is one range of every id. Each row is still checked
         // against the policy and the filter. The page token is the last id scanned, so
         // hidden tenants never leak through it, and it resumes inside or after any range.
-        let ranges = policy.tenant_ranges(&caller.identity.id, Role::TenantAdmin);
-        'scan: for range in ranges {
-            loop {
-                let from = match &after {
-                    Some(a) if *a >= range.from => format!("{a}{}", IdRange::AFTER_ID),
-                    _ => range.from.clone(),
-                };
-                if from >= range.to {
-                    break;
-                }
-                let to = range.to.clone();
-                let batch = self.state.vault_op(move |v| v.list_tenants_in_range(&from, &to, MAX_PAGE)).await?;
-                rows_read += batch.len();
-                let Some(last) = batch.last() else { break };
-                let last = last.tenant_id.to_string();
-                let full = batch.len() == MAX_PAGE;
-                for t in batch {
-                    if policy.allows(&caller.identity.id, Role::TenantAdmin, &t.tenant_id) && filter.admits(&t) {
-                        out.push(self.view(&t));
-                        if out.len() == size {
-                            next = encode_page_token(t.tenant_id.as_str());
-                            break 'scan;
-                        }
-                    }
-                }
-                after = Some(last);
-                if !full {
-                    break;
-                }
-            }
-        }
+        let ranges = policy.tenant_ranges(&who, Role::TenantAdmin);
+        let admits = |t: &TenantRecord| policy.allows(&who, Role::TenantAdmin, &t.tenant_id) && filter.admits(t);
+        let page = match st.registry.list(ranges, after, size, admits).await {
+            Ok(p) => p,
+            Err(e) => return Err(errors::registry(&e)),
+        };
+        let out: Vec<pb::Tenant> = page.tenants.iter().map(|t| self.view(t)).collect();
+        let next = page.next_after.map(|t| encode_page_token(t.as_str())).unwrap_or_default();
         // How many rows the scan read: what a scoped admin costs the store (issue 13).
-        let detail = format!("list: {} tenants, {rows_read} rows read", out.len());
+        let detail = format!("list: {} tenants, {} rows read", out.len(), page.rows_read);
         st.record(&caller, Action::TenantRead, None, Outcome::Ok, &detail, Extra::default()).await?;
         Ok(Response::new(pb::ListTenantsResponse { tenants: out, next_page_token: next }))
     }
@@ -301,18 +207,9 @@ impl TenantService for TenantSvc {
         let action = Action::TenantDeleted;
         let tenant = self.admit(&caller, action, &req.get_ref().tenant_id).await?;
         self.state.audit_ready()?;
-        let id = tenant.clone();
-        let gate = self.state.gate(&caller, move |c, rec: &TenantRecord| {
-            let extra = Extra { key_version: Some(rec.key_version), ..Extra::default() };
-            let detail = "deleted; client key destroyed";
-            vec![caller_record(c, action, Some(&rec.tenant_id), Outcome::Ok, detail, extra)]
-        });
-        match self.state.vault_op(move |v| v.delete_tenant(&id, &gate)).await {
-            Ok(()) => {
-                self.state.broker.forget(&tenant);
-                Ok(Response::new(pb::DeleteTenantResponse {}))
-            }
-            Err(s) => Err(self.failed(&caller, action, &tenant, s).await),
+        match self.state.registry.delete(&self.state.actor(&caller), &tenant).await {
+            Ok(()) => Ok(Response::new(pb::DeleteTenantResponse {})),
+            Err(e) => Err(self.failed(&caller, action, &tenant, errors::registry(&e)).await),
         }
     }
 

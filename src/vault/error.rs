@@ -54,6 +54,13 @@ impl VaultError {
         VaultError::Integrity { what: format!("{} of {} (version {})", r.purpose.as_str(), r.owner, r.version) }
     }
 
+    /// A failure that may pass on its own (the audit log could not record the change, or
+    /// the database is busy or failing): retrying makes sense, and the caller hears
+    /// `UNAVAILABLE`.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, VaultError::NotRecorded { .. } | VaultError::Store(StoreError::Sqlite(_)))
+    }
+
     /// [`Self::does_not_open`] for `map_err`.
     pub(super) fn integrity<E>(r: &SecretRef) -> impl FnOnce(E) -> VaultError + '_ {
         move |_| Self::does_not_open(r)

@@ -274,12 +274,13 @@ fn facts(text: &str) -> FileFacts {
                 continue;
             }
             Tok::Ident(k) if ITEM_KEYWORDS.contains(&k.as_str()) => {
-                if let Some(Tok::Ident(name)) = toks.get(i + 1) {
-                    if !ITEM_KEYWORDS.contains(&name.as_str()) && name != "self" {
-                        f.defines.insert(name.clone());
-                        if k == "mod" {
-                            f.mods.insert(name.clone());
-                        }
+                if let Some(Tok::Ident(name)) = toks.get(i + 1)
+                    && !ITEM_KEYWORDS.contains(&name.as_str())
+                    && name != "self"
+                {
+                    f.defines.insert(name.clone());
+                    if k == "mod" {
+                        f.mods.insert(name.clone());
                     }
                 }
             }
@@ -400,18 +401,18 @@ impl Crate {
             return Some(Ok((file.clone(), name.clone())));
         }
         // Re-exported (or imported, which children see) under this name.
-        if let Some(leaf) = f.uses.iter().find(|u| u.bound.as_deref() == Some(name.as_str())) {
-            if let Some(r) = self.resolve(&module, &leaf.path, depth + 1) {
-                return Some(r);
-            }
+        if let Some(leaf) = f.uses.iter().find(|u| u.bound.as_deref() == Some(name.as_str()))
+            && let Some(r) = self.resolve(&module, &leaf.path, depth + 1)
+        {
+            return Some(r);
         }
         for glob in f.uses.iter().filter(|u| u.bound.is_none()) {
             let mut p = glob.path.clone();
             p.push(name.clone());
-            if let Some(Ok(found)) = self.resolve(&module, &p, depth + 1) {
-                if self.facts[&found.0].defines.contains(name) {
-                    return Some(Ok(found));
-                }
+            if let Some(Ok(found)) = self.resolve(&module, &p, depth + 1)
+                && self.facts[&found.0].defines.contains(name)
+            {
+                return Some(Ok(found));
             }
         }
         Some(Ok((file.clone(), name.clone())))

@@ -1,0 +1,19 @@
+//! Use cases: what the vault does for a caller, below every transport (gRPC, the CLI, a
+//! future HTTP gateway) and free of them: no `tonic` here, errors are typed, and each is
+//! testable with a vault, a broker and an [`Actor`]. A transport parses its request into
+//! domain types, authorizes, calls one use case, records refusals, and maps the error.
+//!
+//! - [`registry`]: register, rotate, status, delete, read and list tenants, keeping the
+//!   broker's cache true after each change;
+//! - [`onboarding`]: Go's onboarding as a session state machine (begun → completing →
+//!   completed, or failed), storing the keys Go hands over;
+//! - [`actor`]: who a use case acts for and how its records become durable.
+
+pub mod actor;
+mod blocking;
+pub mod onboarding;
+pub mod registry;
+
+pub use actor::{Actor, Entry};
+pub use onboarding::{Onboarding, OnboardingError};
+pub use registry::{Registry, RegistryError};
