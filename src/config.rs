@@ -378,6 +378,37 @@ pub fn default_audit_db(db: &Path) -> PathBuf {
     db.with_file_name(format!("{stem}-audit.db"))
 }
 
+/// What `serve` starts with, from a validated configuration. Here, not in `server`: the
+/// configuration knows the server's options, the server does not know the file.
+impl crate::server::ServeOptions {
+    pub fn from_config(c: &Config) -> Result<Self, crate::server::ServeError> {
+        Ok(Self {
+            db: c.vault.db.clone(),
+            audit_db: c.audit_db(),
+            master_key: c.master_key_source().map_err(crate::server::ServeError::Config)?,
+            listen: c.server.listen,
+            tls: crate::tls::ServerTlsFiles {
+                cert: c.server.cert.clone(),
+                key: c.server.key.clone(),
+                client_ca: c.server.client_ca.clone(),
+                crls: c.server.crls.clone(),
+            },
+            policy: c.server.policy.clone(),
+            upstream: c.upstream(),
+            tokens: c.tokens.clone(),
+            audit: c.audit_config(),
+            max_request_bytes: c.server.max_request_bytes,
+            request_timeout: c.request_timeout(),
+            concurrency_limit_per_connection: c.server.concurrency_limit_per_connection,
+            handshake_timeout: c.handshake_timeout(),
+            max_pending_handshakes_per_address: c.server.max_pending_handshakes_per_address,
+            return_subscription_key: c.server.return_subscription_key,
+            metrics_listen: c.server.metrics_listen,
+            health_listen: c.server.health_listen,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,3 +158,189 @@ fn no_src_file_is_longer_than_600_lines() {
     }
     assert!(offenders.is_empty(), "files too long; split them by concern:\n{}", offenders.join("\n"));
 }
+
+/// The top-level module of a file under `src/` (`server/tenant_svc.rs` → `server`).
+fn top_module(file: &str) -> &str {
+    file.split('/').next().unwrap().trim_end_matches(".rs")
+}
+
+/// The one-way flow of ARCHITECTURE.md, as data: every top-level module of `src/` with the
+/// modules it may import, listed bottom up. Nothing may import a module above it, so the
+/// table itself has no circle (checked below).
+const MAY_IMPORT: &[(&str, &[&str])] = &[
+    ("domain", &[]),
+    ("toml_error", &[]),
+    ("hardening", &[]),
+    ("proto", &[]),
+    ("fuzz_support", &["domain"]),
+    ("metrics", &["domain"]),
+    ("crypto", &["domain"]),
+    ("tls", &["domain"]),
+    ("client", &["tls"]),
+    // Sealed blobs, hints and fingerprints only: never a plaintext secret.
+    ("store", &["crypto", "domain"]),
+    // Go's HTTP API: knows nothing of storage, tokens or the server.
+    ("upstream", &["crypto", "domain", "fuzz_support"]),
+    ("vault", &["crypto", "domain", "store"]),
+    ("backup", &["store"]),
+    ("audit", &["crypto", "domain", "metrics", "store"]),
+    ("authz", &["audit", "domain", "toml_error"]),
+    ("sim", &["crypto", "domain", "vault"]),
+    ("tokens", &["audit", "crypto", "domain", "metrics", "store", "upstream", "vault"]),
+    // Use cases: below every transport (no server, no cli, no tonic).
+    ("usecase", &["audit", "authz", "crypto", "domain", "store", "tokens", "upstream", "vault"]),
+    (
+        "server",
+        &[
+            "audit", "authz", "crypto", "domain", "metrics", "proto", "store", "tls", "tokens", "upstream", "usecase",
+            "vault",
+        ],
+    ),
+    ("config", &["audit", "crypto", "domain", "server", "tls", "tokens", "toml_error", "upstream"]),
+    (
+        "cli",
+        &[
+            "audit",
+            "authz",
+            "backup",
+            "client",
+            "config",
+            "crypto",
+            "domain",
+            "hardening",
+            "proto",
+            "server",
+            "sim",
+            "store",
+            "tls",
+            "tokens",
+            "upstream",
+            "usecase",
+            "vault",
+        ],
+    ),
+];
+
+/// No module imports one that the table does not let it (a file naming a new top-level
+/// module must add it to the table, in its place).
+#[test]
+fn modules_import_only_what_the_one_way_flow_allows() {
+    let graph = imports::Graph::build(&src_files());
+    let allowed = |from: &str, to: &str| MAY_IMPORT.iter().find(|(m, _)| *m == from).map(|(_, ok)| ok.contains(&to));
+    let mut offenders = Vec::new();
+    for (from, tos) in &graph.edges {
+        for (to, names) in tos {
+            let (a, b) = (top_module(from), top_module(to));
+            if a == b || b == "lib" {
+                continue;
+            }
+            match allowed(a, b) {
+                Some(true) => {}
+                Some(false) => offenders.push(format!(
+                    "src/{from} imports src/{to} ({}): `{a}` may not import `{b}`",
+                    names.iter().cloned().collect::<Vec<_>>().join(", ")
+                )),
+                None => offenders.push(format!("src/{from}: module `{a}` is not in MAY_IMPORT; add it in its place")),
+            }
+        }
+    }
+    offenders.sort();
+    offenders.dedup();
+    assert!(offenders.is_empty(), "imports against the one-way flow:\n{}", offenders.join("\n"));
+}
+
+/// The table is one-way: each module may import only modules listed before it.
+#[test]
+fn the_module_table_is_one_way() {
+    for (i, (m, ok)) in MAY_IMPORT.iter().enumerate() {
+        for dep in *ok {
+            let at = MAY_IMPORT.iter().position(|(n, _)| n == dep);
+            assert!(at.is_some_and(|j| j < i), "`{m}` may import `{dep}`, which is not listed below it");
+        }
+    }
+}
+
+/// Whether a code line builds a `tonic::Status` (`Status::internal(`, `tonic::Status::new(`,
+/// ...), as opposed to naming another `...Status::` type (`TenantStatus::Active`).
+fn builds_status(line: &str) -> bool {
+    let mut rest = line;
+    while let Some(i) = rest.find("Status::") {
+        let before = rest[..i].chars().next_back();
+        let after = &rest[i + "Status::".len()..];
+        let standalone = !before.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        if standalone && after.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return true;
+        }
+        rest = after;
+    }
+    false
+}
+
+/// "gRPC statuses are made only in `server::errors`" (ARCHITECTURE.md): one place decides
+/// what each failure tells the caller.
+#[test]
+fn grpc_statuses_are_made_only_in_server_errors() {
+    let mut offenders = Vec::new();
+    for (path, text) in src_files() {
+        if path == "server/errors.rs" {
+            continue;
+        }
+        for (n, line) in code_lines(&text) {
+            if builds_status(line) {
+                offenders.push(format!("src/{path}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "gRPC statuses built outside src/server/errors.rs (add a function there and call it):\n{}",
+        offenders.join("\n")
+    );
+    assert!(builds_status("return Err(Status::internal(\"x\"))") && builds_status("tonic::Status::new(c, m)"));
+    assert!(!builds_status("TenantStatus::Active") && !builds_status("SessionStatus::parse(s)"));
+}
+
+/// Where a secret's plaintext may be read (`expose_secret`), and why. Everywhere else holds
+/// the secret types only, which seal, open and fingerprint themselves (`crypto`).
+const MAY_EXPOSE: &[(&str, &str)] = &[
+    ("crypto/", "the secret types themselves: sealing, opening, fingerprints, key derivation"),
+    ("upstream/", "the requests to Go carry the keys (Basic header, subscription key header) and read the token"),
+    ("server/token_svc.rs", "GetAccessToken hands the token to the caller: the point of the service"),
+    ("server/state.rs", "the subscription key in GetAccessToken responses, where the configuration allows"),
+    ("tokens/", "the fingerprint of a minted access token (moves to crypto with the broker's split)"),
+    ("cli/audit.rs", "the new audit signing seed (moves to crypto::SigningSeed with the CLI's split)"),
+];
+
+/// Nothing outside the files of [`MAY_EXPOSE`] reads a secret's plaintext.
+#[test]
+fn secrets_are_exposed_only_where_allowed() {
+    let mut offenders = Vec::new();
+    for (path, text) in src_files() {
+        if MAY_EXPOSE.iter().any(|(p, _)| path.starts_with(p)) {
+            continue;
+        }
+        for (n, line) in code_lines(&text) {
+            if line.contains("expose_secret(") {
+                offenders.push(format!("src/{path}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "a secret's plaintext read outside the allowed files:\n{}", offenders.join("\n"));
+}
+
+#[test]
+#[ignore = "prints the module graph"]
+fn print_module_graph() {
+    let graph = imports::Graph::build(&src_files());
+    let mut m: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> = Default::default();
+    for (from, tos) in &graph.edges {
+        for to in tos.keys() {
+            if top_module(from) != top_module(to) {
+                m.entry(top_module(from)).or_default().insert(top_module(to));
+            }
+        }
+    }
+    for (k, v) in m {
+        println!("{k}: {v:?}");
+    }
+}

@@ -28,7 +28,7 @@ const MAX_PAGE: usize = 1000;
 
 fn unavailable(e: &crate::audit::AuditError) -> Status {
     tracing::warn!(error = %e, "audit read failed");
-    Status::unavailable("the audit log cannot be read right now; retry shortly")
+    errors::audit_unreadable()
 }
 
 pub fn event_to_proto(e: &AuditEvent) -> pb::AuditEvent {

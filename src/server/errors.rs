@@ -32,6 +32,24 @@ pub fn certificate_no_longer_accepted() -> Status {
     )
 }
 
+/// At the gate: a connection made before a certificate/CRL reload whose certificate the
+/// reload stopped accepting.
+pub fn connection_no_longer_accepted() -> Status {
+    Status::permission_denied(
+        "the caller's certificate is no longer accepted (revoked, or its CA was removed): get a new certificate",
+    )
+}
+
+/// At the gate: a method missing from the method table (deny by default).
+pub fn method_not_served(path: &str) -> Status {
+    Status::permission_denied(format!("method {path} is not served to callers"))
+}
+
+/// The audit log could not be read (the detail is logged by the caller).
+pub fn audit_unreadable() -> Status {
+    Status::unavailable("the audit log cannot be read right now; retry shortly")
+}
+
 /// Too many live streams: for this caller, or in total.
 pub fn too_many_streams(whose: &str, limit: usize) -> Status {
     Status::resource_exhausted(format!(

@@ -17,7 +17,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tonic::Status;
 use tower::{Layer, Service};
 
 use super::conn::ConnInfo;
@@ -69,7 +68,7 @@ where
         let state = self.state.clone();
         Box::pin(async move {
             let Some(conn) = req.extensions().get::<ConnInfo>().cloned() else {
-                return Ok(Status::unauthenticated("a verified client certificate is required").into_http());
+                return Ok(errors::no_verified_caller().into_http());
             };
             let client_request_id: Option<Arc<str>> = req
                 .headers()
@@ -94,10 +93,8 @@ where
             let denied = match method.map(|m| m.requirement) {
                 // A connection made before a certificate/CRL reload is checked again: a
                 // revoked caller must not keep using an open channel.
-                _ if !state.tls.still_valid(&conn) => Some(Status::permission_denied(
-                    "the caller's certificate is no longer accepted (revoked, or its CA was removed): get a new certificate",
-                )),
-                None => Some(Status::permission_denied(format!("method {path} is not served to callers"))),
+                _ if !state.tls.still_valid(&conn) => Some(errors::connection_no_longer_accepted()),
+                None => Some(errors::method_not_served(&path)),
                 Some(Requirement::Role(role)) if !state.authz.policy().has_role(&caller.identity.id, role) => {
                     Some(errors::permission_denied(role))
                 }

@@ -14,7 +14,6 @@ use super::state::{Caller, Extra, ServerState};
 use super::{audit_svc, conn, layer, metrics, onboarding_svc, operator_svc, reload, status_svc, tenant_svc, token_svc};
 use crate::audit::{Action, AuditLog, Outcome};
 use crate::authz::Authorizer;
-use crate::config::Config;
 use crate::crypto::MasterKeySource;
 use crate::proto::v1::audit_service_server::AuditServiceServer;
 use crate::proto::v1::onboarding_service_server::OnboardingServiceServer;
@@ -93,33 +92,6 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
-    pub fn from_config(c: &Config) -> Result<Self, ServeError> {
-        Ok(Self {
-            db: c.vault.db.clone(),
-            audit_db: c.audit_db(),
-            master_key: c.master_key_source().map_err(ServeError::Config)?,
-            listen: c.server.listen,
-            tls: ServerTlsFiles {
-                cert: c.server.cert.clone(),
-                key: c.server.key.clone(),
-                client_ca: c.server.client_ca.clone(),
-                crls: c.server.crls.clone(),
-            },
-            policy: c.server.policy.clone(),
-            upstream: c.upstream(),
-            tokens: c.tokens.clone(),
-            audit: c.audit_config(),
-            max_request_bytes: c.server.max_request_bytes,
-            request_timeout: c.request_timeout(),
-            concurrency_limit_per_connection: c.server.concurrency_limit_per_connection,
-            handshake_timeout: c.handshake_timeout(),
-            max_pending_handshakes_per_address: c.server.max_pending_handshakes_per_address,
-            return_subscription_key: c.server.return_subscription_key,
-            metrics_listen: c.server.metrics_listen,
-            health_listen: c.server.health_listen,
-        })
-    }
-
     /// The acceptor's bounds on anonymous peers.
     pub fn handshake_limits(&self) -> conn::HandshakeLimits {
         conn::HandshakeLimits::new(self.handshake_timeout, self.max_pending_handshakes_per_address)

@@ -34,10 +34,7 @@ pub struct Caller {
 
 impl Caller {
     pub fn of<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
-        req.extensions()
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("a verified client certificate is required"))
+        req.extensions().get::<Caller>().cloned().ok_or_else(errors::no_verified_caller)
     }
 }
 
@@ -157,7 +154,7 @@ impl ServerState {
         let vault = self.vault.clone();
         tokio::task::spawn_blocking(move || f(&vault))
             .await
-            .map_err(|_| Status::internal("internal error; operators are alerted"))?
+            .map_err(|_| errors::internal())?
             .map_err(|e| errors::vault(&e))
     }
 

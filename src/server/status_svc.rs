@@ -28,7 +28,7 @@ impl StatusService for StatusSvc {
             ))
         })
         .await
-        .map_err(|_| Status::internal("internal error; operators are alerted"))?
+        .map_err(|_| super::errors::internal())?
         .map_err(|e| super::errors::vault(&e))?;
         let healthy = st.audit.is_healthy();
         let checkpoint = st.audit.latest_checkpoint().await.ok().flatten();
