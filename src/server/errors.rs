@@ -162,6 +162,17 @@ pub fn onboarding(e: &crate::usecase::OnboardingError) -> Status {
     }
 }
 
+/// A refused or failed integration change.
+pub fn integration(e: &crate::usecase::IntegrationError) -> Status {
+    use crate::usecase::IntegrationError as E;
+    match e {
+        E::Invalid(i) => invalid(i),
+        E::Go(b) => broker(b),
+        E::Vault(v) => vault(v),
+        _ => internal(),
+    }
+}
+
 /// A failure of ours the caller cannot act on; operators see the detail in the log.
 pub fn internal() -> Status {
     Status::internal("internal error; operators are alerted")

@@ -15,7 +15,7 @@ use crate::domain::{Environment, InvalidInput, SubscriptionKeySlot};
 use crate::proto::v1 as pb;
 use crate::proto::v1::operator_service_server::OperatorService;
 use crate::store::integrations::IntegrationRecord;
-use crate::vault::{Argon2Costs, InitKey, IntegrationChange, IntegrationInput, KekRotation, SubscriptionKeySwitch};
+use crate::vault::{Argon2Costs, InitKey, IntegrationInput, KekRotation};
 
 pub struct OperatorSvc {
     pub state: Arc<ServerState>,
@@ -44,45 +44,13 @@ impl OperatorSvc {
         };
         // The secondary belongs to the integration's subscription: naming another
         // application key or host is a mistake, refused before anything is sealed.
-        let current = self.state.vault_op(move |v| v.integration(env)).await?;
-        if let Some(cur) = &current {
-            let app = r.application_key.trim();
-            let url = r.base_url.trim().trim_end_matches('/');
-            let mismatch = if !app.is_empty() && !app.eq_ignore_ascii_case(&cur.application_key) {
-                Some("application_key")
-            } else if !url.is_empty() && url != cur.base_url {
-                Some("base_url")
-            } else {
-                None
-            };
-            if let Some(field) = mismatch {
-                let e = InvalidInput::new(
-                    field,
-                    "the secondary key belongs to the integration's subscription: leave this empty, or change the integration with slot primary",
-                );
-                return Err(self.failed(&caller, action, errors::invalid(&e)).await);
-            }
-        }
-        // Go's gateway must accept it: a secondary it refuses would only fail at the moment it
-        // is needed.
-        if let Err(e) = self.state.broker.probe_subscription_key(env, &key).await {
-            return Err(self.failed(&caller, action, errors::broker(&e)).await);
-        }
-        let gate = self.state.gate(&caller, move |c, change: &IntegrationChange| {
-            let detail = change.describe("through the API (Go's gateway accepted the key)");
-            vec![caller_record(c, action, None, Outcome::Ok, &detail, Extra::default())]
-        });
-        match self.state.vault_op(move |v| v.set_secondary_subscription_key(env, &key, &gate)).await {
-            Ok(rec) => {
-                self.state.broker.forget_integration(env);
-                Ok(Response::new(view(&rec)))
-            }
-            Err(s) => Err(self.failed(&caller, action, s).await),
+        let actor = self.state.actor(&caller);
+        match self.state.integrations.set_secondary(&actor, env, key, &r.application_key, &r.base_url).await {
+            Ok(rec) => Ok(Response::new(view(&rec))),
+            Err(e) => Err(self.failed(&caller, action, errors::integration(&e)).await),
         }
     }
 
-    /// Audits a refused or failed change and returns its status (at once while the log
-    /// cannot be written: nothing could be recorded).
     async fn failed(&self, caller: &Caller, action: Action, status: Status) -> Status {
         self.state.refused(caller, action, None, errors::outcome_of(&status), status).await
     }
@@ -222,18 +190,9 @@ impl OperatorService for OperatorSvc {
             Ok(i) => i,
             Err(e) => return Err(self.failed(&caller, action, errors::invalid(&e)).await),
         };
-        let env = input.environment;
-        let gate = self.state.gate(&caller, |c, change: &IntegrationChange| {
-            let detail = change.describe("through the API");
-            vec![caller_record(c, Action::IntegrationSet, None, Outcome::Ok, &detail, Extra::default())]
-        });
-        match self.state.vault_op(move |v| v.set_integration(&input, &gate)).await {
-            Ok(rec) => {
-                // The broker's cached subscription key and base URL are stale now.
-                self.state.broker.forget_integration(env);
-                Ok(Response::new(view(&rec)))
-            }
-            Err(s) => Err(self.failed(&caller, action, s).await),
+        match self.state.integrations.set(&self.state.actor(&caller), input, "through the API").await {
+            Ok(rec) => Ok(Response::new(view(&rec))),
+            Err(e) => Err(self.failed(&caller, action, errors::integration(&e)).await),
         }
     }
 
@@ -254,39 +213,9 @@ impl OperatorService for OperatorSvc {
         // The key to be sent must be one Go's gateway accepts now: otherwise the vault would
         // switch back by itself at the first refusal, and the operator, believing the other
         // key idle, might regenerate the only one that works.
-        let opened = self
-            .state
-            .vault_op(move |v| {
-                let rec = v
-                    .integration(env)?
-                    .ok_or_else(|| InvalidInput::new("environment", format!("the {env} integration is not set")))?;
-                Ok((rec.active_slot == slot, v.open_subscription_key_in(&rec, slot)?))
-            })
-            .await;
-        let (already, key) = match opened {
-            Ok(k) => k,
-            Err(s) => return Err(self.failed(&caller, action, s).await),
-        };
-        if !already && let Err(e) = self.state.broker.probe_subscription_key(env, &key).await {
-            return Err(self.failed(&caller, action, errors::broker(&e)).await);
-        }
-        drop(key);
-        let gate = self.state.gate(&caller, move |c, s: &SubscriptionKeySwitch| {
-            let detail = s.describe("by an operator through the API (Go's gateway accepted the key)");
-            vec![caller_record(c, action, None, Outcome::Ok, &detail, Extra::default())]
-        });
-        match self.state.vault_op(move |v| v.use_subscription_key(env, slot, None, &gate)).await {
-            Ok((rec, changed)) => {
-                if changed {
-                    self.state.broker.forget_integration(env);
-                } else {
-                    // Asked and answered: recorded too, though nothing changed.
-                    let detail = format!("{env}: the {slot} subscription key is already the one sent; nothing changed");
-                    self.state.record(&caller, action, None, Outcome::Ok, &detail, Extra::default()).await?;
-                }
-                Ok(Response::new(view(&rec)))
-            }
-            Err(s) => Err(self.failed(&caller, action, s).await),
+        match self.state.integrations.use_slot(&self.state.actor(&caller), env, slot).await {
+            Ok(used) => Ok(Response::new(view(&used.record))),
+            Err(e) => Err(self.failed(&caller, action, errors::integration(&e)).await),
         }
     }
 

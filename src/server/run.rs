@@ -176,6 +176,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         reloaded: watch::Sender::new(0),
         registry: crate::usecase::Registry::new(vault.clone(), broker.clone()),
         onboarding: crate::usecase::Onboarding::new(vault.clone(), broker.clone()),
+        integrations: crate::usecase::Integrations::new(vault.clone(), broker.clone()),
         watchers: std::sync::Mutex::default(),
         watch_limits: (opts.audit.max_watch_streams_per_caller.max(1), opts.audit.max_watch_streams.max(1)),
     });

@@ -15,7 +15,7 @@ use crate::authz::Authorizer;
 use crate::domain::{Environment, TenantId};
 use crate::tls::CallerIdentity;
 use crate::tokens::Broker;
-use crate::usecase::{Actor, Entry, Onboarding, Registry};
+use crate::usecase::{Actor, Entry, Integrations, Onboarding, Registry};
 use crate::vault::{NotRecorded, Vault};
 
 /// Who is asking, set by the gate for every request.
@@ -66,6 +66,8 @@ pub struct ServerState {
     pub registry: Registry,
     /// The onboarding use case (`usecase::onboarding`).
     pub onboarding: Onboarding,
+    /// The integrations use case (`usecase::integrations`).
+    pub integrations: Integrations,
     /// Live `WatchAuditEvents` streams, per caller identity.
     pub watchers: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// (per caller, in total): the most live `WatchAuditEvents` streams.

@@ -7,13 +7,17 @@
 //!   broker's cache true after each change;
 //! - [`onboarding`]: Go's onboarding as a session state machine (begun → completing →
 //!   completed, or failed), storing the keys Go hands over;
+//! - [`integrations`]: set an environment's keys and switch the subscription key sent,
+//!   each new key first checked with Go's gateway, keeping the broker's cache true;
 //! - [`actor`]: who a use case acts for and how its records become durable.
 
 pub mod actor;
 mod blocking;
+pub mod integrations;
 pub mod onboarding;
 pub mod registry;
 
 pub use actor::{Actor, Entry};
+pub use integrations::{IntegrationError, Integrations};
 pub use onboarding::{Onboarding, OnboardingError};
 pub use registry::{Registry, RegistryError};
