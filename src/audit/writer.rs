@@ -46,7 +46,7 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 use super::chain::Checkpoint;
 use super::record::{AuditEvent, AuditRecord};
 use super::signing::{retired_at_open, sign_checkpoint, sign_unsigned_tail, still_holds};
-use super::tenant_index::Indexer;
+use super::tenant_indexer::Indexer;
 use super::witness::{WitnessSet, WitnessStatus};
 use super::{AuditConfig, AuditError, db, handover};
 use crate::store::now_ms;
