@@ -20,7 +20,7 @@
 //!   `signing_keys` and `signing_handovers` tables are never trusted by themselves: a
 //!   hand-over counts only when the key in force signed it.
 //! - **A writer never signs over rows altered under it**, and signs an unsigned tail it
-//!   finds at open at once, on the record (see `writer`).
+//!   finds at open at once, on the record (see `writer` and `signing`).
 //! - **Witnesses never hold up the writer**: checkpoints are queued for them, bounded.
 //! - **Nothing secret is recorded**: records carry identities, names, statuses and keyed
 //!   fingerprints; [`AuditRecord::detail`] is written by our own code and never holds a secret.
@@ -79,11 +79,14 @@ mod config;
 mod db;
 mod error;
 mod export;
+mod handoff;
 mod handover;
+mod log;
 mod query;
 mod record;
 mod rotate;
 mod signing;
+mod stats;
 mod tenant_index;
 mod tenant_indexer;
 mod timestamp;
@@ -100,10 +103,13 @@ pub use config::AuditConfig;
 pub use db::{AUDIT_MIGRATIONS, open_reader};
 pub use error::AuditError;
 pub use export::{ExportFormat, export};
+pub use handoff::Receipt;
 pub use handover::{HANDOVER_DOMAIN, Handover};
+pub use log::AuditLog;
 pub use query::{AuditFilter, events_from, head, latest_checkpoint, list};
 pub use record::{Action, AuditEvent, AuditRecord, MAX_FIELD_BYTES, Outcome, TRUNCATION_MARK, UnknownName};
 pub use rotate::hand_over_blocking;
+pub use stats::{AuditStats, AuditStatsSnapshot};
 pub use tenant_index::tenant_index_path;
 pub(crate) use timestamp::{format_time_ms, parse_time};
 pub use verify::{
@@ -112,4 +118,3 @@ pub use verify::{
 };
 pub use watch::AuditWatch;
 pub use witness::{FileWitnessConfig, SyslogWitnessConfig, WitnessConfig, WitnessStatus};
-pub use writer::{AuditLog, AuditStats, AuditStatsSnapshot, Receipt};
