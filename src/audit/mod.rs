@@ -91,6 +91,8 @@ mod tenant_index;
 mod tenant_indexer;
 mod timestamp;
 mod verify;
+mod verify_report;
+mod verify_walk;
 mod watch;
 mod witness;
 mod writer;
@@ -112,9 +114,7 @@ pub use rotate::hand_over_blocking;
 pub use stats::{AuditStats, AuditStatsSnapshot};
 pub use tenant_index::tenant_index_path;
 pub(crate) use timestamp::{format_time_ms, parse_time};
-pub use verify::{
-    External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport, read_witness_file, verify, verify_conn,
-    verify_conn_with, verify_with,
-};
+pub use verify::{read_witness_file, verify, verify_conn, verify_conn_with, verify_with};
+pub use verify_report::{External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport};
 pub use watch::AuditWatch;
 pub use witness::{FileWitnessConfig, SyslogWitnessConfig, WitnessConfig, WitnessStatus};
