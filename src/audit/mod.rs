@@ -73,6 +73,23 @@
 //! Signing keys change only by a hand-over the old key signs over the head of the
 //! `signing_key_rotated` event ([`Handover`], `handover`); verification follows them from
 //! the key the auditor holds.
+//!
+//! # Files, bottom up
+//!
+//! Each file uses only files named before it; this one only re-exports, and no file
+//! imports it.
+//!
+//! - `error`, `timestamp`, `record`: leaves.
+//! - `chain` (the hash chain, canonical encodings, checkpoints), `handover` (signed
+//!   hand-overs between signing keys).
+//! - `witness/` (delivering checkpoints to witnesses), `config` ([`AuditConfig`]).
+//! - `tenant_index` (reading the index file, a leaf), `db` (the file: opening it, rows,
+//!   statements).
+//! - `signing` (what the writer checks before it signs), `rotate` (signing-key rotation),
+//!   `tenant_indexer` (the thread that fills the index).
+//! - The writer: `stats`, `handoff` (batches, completion cells, the watchdog), `writer`
+//!   (the thread), `log` ([`AuditLog`], the handle).
+//! - Readers: `verify_report`, `verify_walk`, `verify`; `query`; `watch`, `export`.
 
 mod chain;
 mod config;
