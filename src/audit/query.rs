@@ -13,7 +13,8 @@ use rusqlite::types::Value;
 use super::chain::Checkpoint;
 use super::db::{self, EVENT_COLUMNS, event_from_row, open_reader};
 use super::record::{Action, AuditEvent, Outcome};
-use super::verify::{External, ExternalSource, VerifyOptions, VerifyReport, verify_conn_with};
+use super::verify::verify_conn_with;
+use super::verify_report::{External, ExternalSource, VerifyOptions, VerifyReport};
 use super::{AuditError, AuditLog, tenant_index};
 
 /// Which events to list or export. Every condition given must hold; `None` matches all.

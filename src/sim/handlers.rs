@@ -3,7 +3,8 @@
 //! Every request goes through [`dispatch`]: route (path case ignored, `/Demo` prefix picks
 //! the demo environment), record, apply a pending fault, then the endpoint. The onboarding
 //! approval page (the user's browser, not an API call) skips recording and faults; the
-//! onboarding endpoints themselves are in `onboarding`. Endpoints check
+//! onboarding endpoints themselves are in `onboarding`, the gateway's checks both use in
+//! `gateway`. Endpoints check
 //! in the order a real gateway then OAuth server would: subscription key, rate limit,
 //! request shape, credentials.
 //!
@@ -23,15 +24,15 @@ use serde_json::{Value, json};
 
 use super::answers::SimAnswer;
 use super::conn::ConnHandle;
-use super::onboarding;
-use super::state::{Endpoint, Fault, IssuedToken, State};
-use super::{RecordedRequest, Shared, SimClient};
+use super::gateway::{environment_and_rest, gateway_checks, gateway_error, header_str, rate_limited};
+use super::state::{Endpoint, Fault, IssuedToken, Shared};
+use super::types::{RecordedRequest, SimClient};
+use super::{onboarding, problem};
 use crate::domain::Environment;
-
-pub(super) const SUBSCRIPTION_KEY_HEADER: &str = "ocp-apim-subscription-key";
 
 /// Privileges the simulated integration holds for every client.
 const VALID_PRIVILEGES: [&str; 3] = ["ClientIntegrationInformation", "Customer_Full", "Invoice_Full"];
+
 /// Subscriptions every simulated client has.
 const ACTIVE_CLIENT_SUBSCRIPTIONS: [&str; 1] = ["Go Complete"];
 
@@ -50,17 +51,6 @@ const ROUTES: [(&str, &str, Endpoint); 4] = [
 pub(super) fn route(method: &Method, path: &str) -> Option<(Environment, Endpoint)> {
     let (env, rest) = environment_and_rest(path);
     ROUTES.iter().find(|(m, p, _)| *m == method.as_str() && *p == rest).map(|(_, _, endpoint)| (env, *endpoint))
-}
-
-/// The environment a path selects and the rest of the path, lowercased, with one trailing
-/// `/` dropped.
-pub(super) fn environment_and_rest(path: &str) -> (Environment, String) {
-    let lower = path.to_ascii_lowercase();
-    let lower = lower.strip_suffix('/').unwrap_or(&lower);
-    match lower.strip_prefix("/demo") {
-        Some(rest) if rest.starts_with('/') => (Environment::Demo, rest.to_owned()),
-        _ => (Environment::Production, lower.to_owned()),
-    }
 }
 
 pub(super) async fn dispatch(
@@ -117,7 +107,7 @@ pub(super) async fn dispatch(
         Some(Fault::Answer(a)) => a.into_response(),
         Some(Fault::Quota(secs, header)) => SimAnswer::quota_exceeded(secs, header).into_response(),
         Some(Fault::RateLimited(secs)) if endpoint.is_onboarding() => {
-            onboarding::rate_limited(shared.lock().rate_limit_style, secs)
+            problem::rate_limited(shared.lock().rate_limit_style, secs)
         }
         Some(Fault::RateLimited(secs)) => rate_limited(&shared.lock(), secs),
         None => match endpoint {
@@ -202,10 +192,6 @@ fn client_integration_information(
     .into_response()
 }
 
-pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 /// `Authorization: Basic base64(id ":" secret)` decoded; `None` if absent or malformed.
 pub(super) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let (scheme, encoded) = header_str(headers, header::AUTHORIZATION.as_str())?.split_once(' ')?;
@@ -288,39 +274,6 @@ pub(super) fn mint_jwt(env: Environment, client: &SimClient, lifetime: Duration)
         URL_SAFE_NO_PAD.encode(claims.to_string()),
         URL_SAFE_NO_PAD.encode(signature)
     ))
-}
-
-/// The API gateway's error shape.
-fn gateway_error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"statusCode": status.as_u16(), "message": message}))).into_response()
-}
-
-/// The gateway's checks, in its order: a subscription key at all (401 "missing"), a valid
-/// one (401 "invalid"), then the rate limit (429). The limit is per subscription, not per
-/// key: the primary and secondary key of an environment share one budget, as on Go.
-pub(super) fn gateway_checks(
-    st: &mut State,
-    env: Environment,
-    endpoint: Endpoint,
-    arrived: Instant,
-    headers: &HeaderMap,
-) -> Option<Response> {
-    let Some(key) = header_str(headers, SUBSCRIPTION_KEY_HEADER) else {
-        return Some(SimAnswer::subscription_key_missing().into_response());
-    };
-    if !st.subscription_known(env, key) {
-        return Some(SimAnswer::subscription_key_invalid().into_response());
-    }
-    if st.limiter.admit(env.as_str(), arrived) {
-        return None;
-    }
-    // The onboarding API answers its 429 as ProblemDetails (go-api.md, "Onboarding").
-    Some(if endpoint.is_onboarding() { onboarding::rate_limited(st.rate_limit_style, 1) } else { rate_limited(st, 1) })
-}
-
-/// The gateway's 429, in the configured style.
-fn rate_limited(st: &State, retry_after_secs: u64) -> Response {
-    SimAnswer::rate_limited(retry_after_secs, st.rate_limit_style).into_response()
 }
 
 /// The OAuth server's error shape (RFC 6749 §5.2); Go answers 400 for all of them.

@@ -2,11 +2,15 @@
 //! HTTP) speaking the parts of Go's API v2 that pogo-vault uses (see `shared/go-api.md`),
 //! with fault knobs and counters. Used by tests, `pogo-vault dev` and `pogo-vault sim`.
 //!
-//! Layout: this file holds the configuration and the [`Sim`] handle (knobs, counters,
-//! shutdown); `handlers` the route table and the token and API endpoints; `onboarding` the
-//! onboarding endpoints, the simulated approving user and their knobs; `state` the shared
-//! state, rate limiter and faults; `conn` the listener that lets a handler cut its
-//! connection.
+//! Layout: this file holds the configuration and the [`Sim`] handle (knobs, the onboarding
+//! knobs included, counters, shutdown); `handlers` the route table and the token and API
+//! endpoints; `onboarding` the onboarding endpoints and the simulated approving user;
+//! `gateway` the gateway's checks and error shape both use; `problem` the onboarding API's
+//! ProblemDetails answers; `state` the shared state, rate limiter and faults;
+//! `onboarding_state` the sessions, grants and redirect whitelist; `types` the client and
+//! recorded-request types; `answers` Go's error shapes as values; `conn` the listener that
+//! lets a handler cut its connection. Files import only files later in this list, and
+//! none imports this one.
 //!
 //! Endpoints (path case ignored; a `/Demo` prefix selects the demo environment):
 //! - `POST /OAuth/Token`: client credentials grant.
@@ -25,40 +29,49 @@
 
 mod answers;
 mod conn;
+mod gateway;
 mod handlers;
 mod onboarding;
+mod onboarding_state;
+mod problem;
 mod state;
+mod types;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::{HeaderMap, Method, Uri};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use self::answers::{INVALID_KEY_MESSAGE, MISSING_KEY_MESSAGE, RateLimitStyle, SimAnswer};
 pub use self::onboarding::{APPROVAL_STATUSES, SIM_USER_EMAIL};
+pub use self::types::{RecordedRequest, SimClient};
 
 use self::conn::{ConnHandle, SimListener};
-use self::onboarding::OnboardingState;
-use self::state::{Counters, Endpoint, Faults, RateLimiter, State};
+use self::onboarding::digits_only;
+use self::onboarding_state::OnboardingState;
+use self::state::{Counters, Endpoint, Faults, RateLimiter, Shared, State};
 use crate::domain::Environment;
 
 /// The simulator's default application key (a fixed, public demo value).
 pub const DEFAULT_APPLICATION_KEY: &str = "5b1b5bd4-0f0c-4a57-9d8e-0d3f54a1c001";
+
 /// The simulator's default demo subscription key (a fixed, public demo value).
 pub const DEFAULT_DEMO_SUBSCRIPTION_KEY: &str = "0d9e5c1f4b2a4e6f8a7b3c2d1e0f9a8b";
+
 /// The simulator's default production subscription key (a fixed, public demo value).
 pub const DEFAULT_PRODUCTION_SUBSCRIPTION_KEY: &str = "7c4e2a9b1d3f4c5e8a6b0d2f1e3c5a7b";
+
 /// The secondary key of the simulator's demo subscription (a fixed, public demo value):
 /// Go's gateway gives every subscription two keys, both valid at once.
 pub const DEFAULT_DEMO_SECONDARY_SUBSCRIPTION_KEY: &str = "3a8f6c2e9b1d4e7fa0c5b2d8e6f1a9c4";
+
 /// The secondary key of the simulator's production subscription.
 pub const DEFAULT_PRODUCTION_SECONDARY_SUBSCRIPTION_KEY: &str = "9e2b7d4a6c1f4b8e9d3a5c7e0f2b4d6a";
 
@@ -119,15 +132,6 @@ impl fmt::Debug for SimConfig {
     }
 }
 
-/// A Go client (customer) known to the simulator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimClient {
-    /// Go's client id; answered as a JSON number when it is numeric, else as a string.
-    pub client_id: String,
-    pub name: String,
-    pub organization_number: String,
-}
-
 /// A client of the demo environment that `pogo-vault sim` and `dev` start with.
 #[derive(Debug, Clone, Copy)]
 pub struct DemoClient {
@@ -166,89 +170,6 @@ pub const DEMO_CLIENTS: [DemoClient; 3] = [
         onboarding: true,
     },
 ];
-
-/// A request as the simulator received it, for byte-for-byte assertions.
-#[derive(Clone)]
-pub struct RecordedRequest {
-    /// The environment its path selected.
-    pub environment: Environment,
-    pub method: String,
-    /// The path exactly as sent (casing kept).
-    pub path: String,
-    pub query: Option<String>,
-    /// Header names (lowercase) to values; repeated headers joined with `", "`.
-    pub headers: BTreeMap<String, String>,
-    pub body: Vec<u8>,
-}
-
-impl RecordedRequest {
-    fn new(environment: Environment, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Self {
-        let mut map: BTreeMap<String, String> = BTreeMap::new();
-        for (name, value) in headers {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            map.entry(name.as_str().to_owned())
-                .and_modify(|v| {
-                    v.push_str(", ");
-                    v.push_str(&value);
-                })
-                .or_insert(value);
-        }
-        Self {
-            environment,
-            method: method.as_str().to_owned(),
-            path: uri.path().to_owned(),
-            query: uri.query().map(str::to_owned),
-            headers: map,
-            body: body.to_vec(),
-        }
-    }
-
-    /// A header's value by name (any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
-    }
-}
-
-impl fmt::Debug for RecordedRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Header names only: the values include the credentials.
-        let names: Vec<&str> = self.headers.keys().map(String::as_str).collect();
-        f.debug_struct("RecordedRequest")
-            .field("environment", &self.environment)
-            .field("method", &self.method)
-            .field("path", &self.path)
-            .field("headers", &names)
-            .field("body_len", &self.body.len())
-            .finish()
-    }
-}
-
-/// State shared by the handle and the handlers.
-struct Shared {
-    state: Mutex<State>,
-    shutdown: watch::Sender<bool>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves plain data behind; keep serving.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    async fn wait_for_shutdown(&self) {
-        let mut rx = self.shutdown.subscribe();
-        // Err means the sender is gone, which is a shutdown too.
-        let _ = rx.wait_for(|down| *down).await;
-    }
-
-    /// Sleeps for `d`; false if the simulator shut down first.
-    async fn sleep_unless_shutdown(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = self.wait_for_shutdown() => false,
-        }
-    }
-}
 
 /// A running simulator. Cheap to clone; all clones control the same server.
 #[derive(Clone)]
@@ -512,5 +433,95 @@ impl Sim {
                 }
             }
         }
+    }
+}
+
+/// Onboarding knobs and counters. Each knob affects only what happens after the call.
+impl Sim {
+    /// Whitelists a redirect URI for `env` (only its scheme, host, port and path count).
+    /// Returns false (and logs a warning) if it is not an absolute http(s) URL with a host;
+    /// such a URI is not whitelisted.
+    pub fn allow_redirect(&self, env: Environment, uri: &str) -> bool {
+        let result = self.shared.lock().onboarding.allow_redirect(env, uri);
+        if let Err(e) = &result {
+            tracing::warn!(environment = env.as_str(), error = %e, "simulator: redirect URI not whitelisted");
+        }
+        result.is_ok()
+    }
+
+    /// Narrows the clients the simulated user can reach in `env` (for approvals without an
+    /// organization number) to the clients of these keys; unknown keys are ignored. Keys
+    /// name clients: after a rotation the client stays reachable.
+    pub fn set_user_clients<I, K>(&self, env: Environment, client_keys: I)
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        let mut st = self.shared.lock();
+        let ids: HashSet<String> = client_keys
+            .into_iter()
+            .filter_map(|k| st.clients.get(&(env, k.as_ref().to_owned())).map(|e| e.client.client_id.clone()))
+            .collect();
+        st.onboarding.user_clients.insert(env, ids);
+    }
+
+    /// Undoes [`Sim::set_user_clients`]: the user reaches every client of `env` again.
+    pub fn reset_user_clients(&self, env: Environment) {
+        self.shared.lock().onboarding.user_clients.remove(&env);
+    }
+
+    /// The outcome of the next approval: `"Success"` (the default behaviour), or any other
+    /// status (`Canceled`, `NoClientAccess`, `IntegrationBlocked`, `ClientNotFound`, or an
+    /// unknown one), which redirects with that status and no token.
+    pub fn next_approval_status(&self, status: &str) {
+        self.shared.lock().onboarding.next_status = Some(status.to_owned());
+    }
+
+    /// Lifetime of onboarding tokens issued from now on (default 10 minutes).
+    pub fn set_onboarding_token_ttl(&self, ttl: Duration) {
+        self.shared.lock().onboarding.token_ttl = ttl;
+    }
+
+    /// Makes every outstanding onboarding token expired now.
+    pub fn expire_onboarding_tokens(&self) {
+        let now = Instant::now();
+        for grant in self.shared.lock().onboarding.grants.values_mut() {
+            grant.expires_at = now;
+        }
+    }
+
+    /// Makes every open onboarding session (`TemporaryUrl`) expired now.
+    pub fn expire_onboarding_sessions(&self) {
+        for session in self.shared.lock().onboarding.sessions.values_mut() {
+            session.expired = true;
+        }
+    }
+
+    /// The active key of the newest client with this organization number in `env`, if any.
+    pub fn current_key_of(&self, env: Environment, organization_number: &str) -> Option<String> {
+        let org = digits_only(organization_number);
+        let st = self.shared.lock();
+        st.clients
+            .iter()
+            .filter(|((e, _), entry)| {
+                *e == env && !entry.revoked && digits_only(&entry.client.organization_number) == org
+            })
+            .max_by_key(|(_, entry)| entry.seq)
+            .map(|((_, key), _)| key.clone())
+    }
+
+    /// Requests that reached `Onboarding/Initiate`, refused ones included.
+    pub fn onboarding_initiations(&self) -> u64 {
+        self.shared.lock().counters.onboarding_initiations
+    }
+
+    /// Requests that reached `Onboarding/Finalize`, refused ones included.
+    pub fn onboarding_finalizations(&self) -> u64 {
+        self.shared.lock().counters.onboarding_finalizations
+    }
+
+    /// The last request that reached `Onboarding/Initiate` or `Onboarding/Finalize`.
+    pub fn last_onboarding_request(&self) -> Option<RecordedRequest> {
+        self.shared.lock().counters.last_onboarding_request.clone()
     }
 }

@@ -1,6 +1,7 @@
 //! Simulated onboarding (go-api.md, "Onboarding"): `Onboarding/Initiate`, the approval page
-//! a user's browser visits, and `Onboarding/Finalize`, with the knobs tests use to play the
-//! approving user.
+//! a user's browser visits, and `Onboarding/Finalize`. The knobs tests use to play the
+//! approving user are methods of [`Sim`](super::Sim) (`mod.rs`); the sessions, grants and
+//! redirect whitelist they act on are in `onboarding_state`.
 //!
 //! The flow as simulated:
 //! 1. Initiate checks the subscription key (401, gateway shape), the rate limit (429), the
@@ -19,14 +20,12 @@
 //!
 //! Which clients are approved: with `ClientOrganizationNo`, the one client of that number
 //! (`ClientNotFound` if none); without, every client of the environment the user can reach
-//! (all by default; [`Sim::set_user_clients`] narrows it; `NoClientAccess` if none).
+//! (all by default; [`Sim::set_user_clients`](super::Sim::set_user_clients) narrows it; `NoClientAccess` if none).
 //!
 //! Invariant: nothing here logs a key or a token; `OnboardingState`'s `Debug` prints counts.
 
-use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::io;
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Instant;
 
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -35,114 +34,26 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
-use url::Url;
 
-use super::answers::{RateLimitStyle, SimAnswer, random_trace_id};
-use super::handlers::{environment_and_rest, gateway_checks, header_str};
-use super::state::{Endpoint, State};
-use super::{RecordedRequest, Shared, Sim, SimClient};
+use super::gateway::{environment_and_rest, gateway_checks, header_str};
+use super::onboarding_state::{Grant, SESSION_LIFETIME, Session, redirect_url};
+use super::problem::{internal_error, invalid_request, problem, validation_error};
+use super::state::{Endpoint, Shared, State};
+use super::types::SimClient;
 use crate::domain::Environment;
 
 /// The statuses Go sends back on the redirect (go-api.md, "Onboarding" step 3). Only
 /// `Success` carries a token.
 pub const APPROVAL_STATUSES: [&str; 5] =
     ["Success", "Canceled", "ClientNotFound", "NoClientAccess", "IntegrationBlocked"];
+
 /// The e-mail address of the simulated approving user (`UserEmail` in Finalize).
 pub const SIM_USER_EMAIL: &str = "approver@sim.poweroffice.invalid";
 
-/// How long a `TemporaryUrl` stays valid.
-const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
-/// Default lifetime of an onboarding token (Go does not document it; go-api.md).
-const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
 /// Sessions or tokens kept before expired ones are pruned.
 const PRUNE_ABOVE: usize = 10_000;
+
 const PATH_PREFIX: &str = "/onboarding/approve/";
-
-/// Onboarding's part of the simulator state.
-pub(super) struct OnboardingState {
-    /// Whitelisted redirect URIs (query and fragment dropped).
-    redirects: Vec<(Environment, Url)>,
-    /// Every loopback redirect URI is accepted too (`SimConfig::loopback_redirects`).
-    pub(super) loopback: bool,
-    /// Client ids the simulated user can reach, per environment; absent means all.
-    user_clients: HashMap<Environment, HashSet<String>>,
-    /// The outcome of the next approval, if a test chose one.
-    next_status: Option<String>,
-    token_ttl: Duration,
-    sessions: HashMap<String, Session>,
-    grants: HashMap<String, Grant>,
-}
-
-impl Default for OnboardingState {
-    fn default() -> Self {
-        Self {
-            redirects: Vec::new(),
-            loopback: false,
-            user_clients: HashMap::new(),
-            next_status: None,
-            token_ttl: DEFAULT_TOKEN_TTL,
-            sessions: HashMap::new(),
-            grants: HashMap::new(),
-        }
-    }
-}
-
-impl fmt::Debug for OnboardingState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Grants hold client keys and are keyed by tokens: counts only.
-        f.debug_struct("OnboardingState")
-            .field("redirects", &self.redirects.len())
-            .field("sessions", &self.sessions.len())
-            .field("grants", &self.grants.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl OnboardingState {
-    /// Whitelists `uri` for `env`: an absolute http(s) URL with a host.
-    pub(super) fn allow_redirect(&mut self, env: Environment, uri: &str) -> io::Result<()> {
-        let url = redirect_url(uri).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "a redirect URI must be an absolute http(s) URL with a host")
-        })?;
-        self.redirects.push((env, comparable(url)));
-        Ok(())
-    }
-
-    /// Whether `uri` matches a whitelisted URI of `env` by scheme, host, port and path, or
-    /// is a loopback URI while those are accepted.
-    fn redirect_allowed(&self, env: Environment, uri: &Url) -> bool {
-        if self.loopback && is_loopback(uri) {
-            return true;
-        }
-        let uri = comparable(uri.clone());
-        self.redirects.iter().any(|(e, allowed)| *e == env && *allowed == uri)
-    }
-}
-
-/// An onboarding session opened by Initiate.
-struct Session {
-    environment: Environment,
-    /// As given, query included.
-    redirect_uri: Url,
-    organization_no: Option<String>,
-    created: Instant,
-    /// Set by [`Sim::expire_onboarding_sessions`].
-    expired: bool,
-}
-
-impl Session {
-    fn valid_at(&self, now: Instant) -> bool {
-        !self.expired && now.saturating_duration_since(self.created) < SESSION_LIFETIME
-    }
-}
-
-/// What an onboarding token buys: the approved clients and their new keys.
-struct Grant {
-    environment: Environment,
-    /// `(client key, client)` per approved client.
-    clients: Vec<(String, SimClient)>,
-    expires_at: Instant,
-}
 
 /// `POST /v2/Onboarding/Initiate`.
 pub(super) fn initiate(
@@ -414,38 +325,7 @@ fn activate(st: &mut State, env: Environment, client: &SimClient) -> Result<Stri
     Ok(key)
 }
 
-/// An absolute http(s) URL with a host, without credentials.
-fn redirect_url(s: &str) -> Option<Url> {
-    let u = Url::parse(s).ok()?;
-    let ok = matches!(u.scheme(), "http" | "https")
-        && u.host_str().is_some_and(|h| !h.is_empty())
-        && u.username().is_empty()
-        && u.password().is_none();
-    ok.then_some(u)
-}
-
-/// `localhost` (or a name under it), `127.0.0.0/8` or `[::1]`.
-fn is_loopback(u: &Url) -> bool {
-    match u.host() {
-        Some(url::Host::Domain(d)) => {
-            let d = d.trim_end_matches('.');
-            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
-        }
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-/// The parts Go compares: scheme, host, port and path (the url crate lowercases scheme and
-/// host and drops a default port, so equality of what is left is the comparison).
-fn comparable(mut u: Url) -> Url {
-    u.set_query(None);
-    u.set_fragment(None);
-    u
-}
-
-fn digits_only(s: &str) -> String {
+pub(super) fn digits_only(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
@@ -494,134 +374,9 @@ fn random_token() -> Result<String, getrandom::Error> {
     Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
 }
 
-/// An RFC 9457 ProblemDetails answer, as ASP.NET (Go since .NET 8) writes it: camelCase,
-/// with a `traceId`.
-fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
-    SimAnswer::problem(status.as_u16(), title, detail, &[], Some(&random_trace_id()), false).into_response()
-}
-
-fn invalid_request(title: &str, detail: &str) -> Response {
-    problem(StatusCode::BAD_REQUEST, title, detail)
-}
-
-/// ASP.NET's model-validation answer: 400 with an `errors` map naming the field.
-fn validation_error(field: &str, message: &str) -> Response {
-    let title = "One or more validation errors occurred.";
-    SimAnswer::problem(400, title, "", &[(field, message)], Some(&random_trace_id()), false).into_response()
-}
-
-/// 429 for the onboarding endpoints: ProblemDetails plus `Retry-After` (or not, as the
-/// rate-limit style says).
-pub(super) fn rate_limited(style: RateLimitStyle, retry_after_secs: u64) -> Response {
-    let with_header = style.retry_after_header;
-    let mut r = problem(
-        StatusCode::TOO_MANY_REQUESTS,
-        "Too Many Requests",
-        &format!("Rate limit is exceeded. Try again in {retry_after_secs} seconds."),
-    );
-    if with_header {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    }
-    r
-}
-
-fn internal_error() -> Response {
-    problem(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", "The simulator could not complete the request.")
-}
-
 /// A page for the user's browser.
 fn page(status: StatusCode, text: &'static str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
-}
-
-/// Onboarding knobs and counters. Each knob affects only what happens after the call.
-impl Sim {
-    /// Whitelists a redirect URI for `env` (only its scheme, host, port and path count).
-    /// Returns false (and logs a warning) if it is not an absolute http(s) URL with a host;
-    /// such a URI is not whitelisted.
-    pub fn allow_redirect(&self, env: Environment, uri: &str) -> bool {
-        let result = self.shared.lock().onboarding.allow_redirect(env, uri);
-        if let Err(e) = &result {
-            tracing::warn!(environment = env.as_str(), error = %e, "simulator: redirect URI not whitelisted");
-        }
-        result.is_ok()
-    }
-
-    /// Narrows the clients the simulated user can reach in `env` (for approvals without an
-    /// organization number) to the clients of these keys; unknown keys are ignored. Keys
-    /// name clients: after a rotation the client stays reachable.
-    pub fn set_user_clients<I, K>(&self, env: Environment, client_keys: I)
-    where
-        I: IntoIterator<Item = K>,
-        K: AsRef<str>,
-    {
-        let mut st = self.shared.lock();
-        let ids: HashSet<String> = client_keys
-            .into_iter()
-            .filter_map(|k| st.clients.get(&(env, k.as_ref().to_owned())).map(|e| e.client.client_id.clone()))
-            .collect();
-        st.onboarding.user_clients.insert(env, ids);
-    }
-
-    /// Undoes [`Sim::set_user_clients`]: the user reaches every client of `env` again.
-    pub fn reset_user_clients(&self, env: Environment) {
-        self.shared.lock().onboarding.user_clients.remove(&env);
-    }
-
-    /// The outcome of the next approval: `"Success"` (the default behaviour), or any other
-    /// status (`Canceled`, `NoClientAccess`, `IntegrationBlocked`, `ClientNotFound`, or an
-    /// unknown one), which redirects with that status and no token.
-    pub fn next_approval_status(&self, status: &str) {
-        self.shared.lock().onboarding.next_status = Some(status.to_owned());
-    }
-
-    /// Lifetime of onboarding tokens issued from now on (default 10 minutes).
-    pub fn set_onboarding_token_ttl(&self, ttl: Duration) {
-        self.shared.lock().onboarding.token_ttl = ttl;
-    }
-
-    /// Makes every outstanding onboarding token expired now.
-    pub fn expire_onboarding_tokens(&self) {
-        let now = Instant::now();
-        for grant in self.shared.lock().onboarding.grants.values_mut() {
-            grant.expires_at = now;
-        }
-    }
-
-    /// Makes every open onboarding session (`TemporaryUrl`) expired now.
-    pub fn expire_onboarding_sessions(&self) {
-        for session in self.shared.lock().onboarding.sessions.values_mut() {
-            session.expired = true;
-        }
-    }
-
-    /// The active key of the newest client with this organization number in `env`, if any.
-    pub fn current_key_of(&self, env: Environment, organization_number: &str) -> Option<String> {
-        let org = digits_only(organization_number);
-        let st = self.shared.lock();
-        st.clients
-            .iter()
-            .filter(|((e, _), entry)| {
-                *e == env && !entry.revoked && digits_only(&entry.client.organization_number) == org
-            })
-            .max_by_key(|(_, entry)| entry.seq)
-            .map(|((_, key), _)| key.clone())
-    }
-
-    /// Requests that reached `Onboarding/Initiate`, refused ones included.
-    pub fn onboarding_initiations(&self) -> u64 {
-        self.shared.lock().counters.onboarding_initiations
-    }
-
-    /// Requests that reached `Onboarding/Finalize`, refused ones included.
-    pub fn onboarding_finalizations(&self) -> u64 {
-        self.shared.lock().counters.onboarding_finalizations
-    }
-
-    /// The last request that reached `Onboarding/Initiate` or `Onboarding/Finalize`.
-    pub fn last_onboarding_request(&self) -> Option<RecordedRequest> {
-        self.shared.lock().counters.last_onboarding_request.clone()
-    }
 }
 
 #[cfg(test)]
@@ -637,44 +392,6 @@ mod tests {
         assert_eq!(approval_route(&get, "/onboarding/approve/xyz"), None);
         assert_eq!(approval_route(&get, "/onboarding/approve/ab/cd"), None);
         assert_eq!(approval_route(&Method::POST, "/onboarding/approve/ab12"), None);
-    }
-
-    #[test]
-    fn redirects_compare_scheme_host_port_and_path_only() {
-        let mut o = OnboardingState::default();
-        o.allow_redirect(Environment::Demo, "https://App.Example/cb?x=1").expect("ok");
-        o.allow_redirect(Environment::Demo, "http://localhost:8080/cb").expect("ok");
-        let ok = |s: &str| o.redirect_allowed(Environment::Demo, &redirect_url(s).expect("url"));
-        assert!(ok("https://app.example/cb"));
-        assert!(ok("https://app.example:443/cb?state=abc#f"));
-        assert!(ok("http://localhost:8080/cb?state=1"));
-        assert!(!ok("http://app.example/cb"), "scheme");
-        assert!(!ok("https://evil.example/cb"), "host");
-        assert!(!ok("https://app.example:8443/cb"), "port");
-        assert!(!ok("https://app.example/cb/other"), "path");
-        assert!(!ok("http://localhost:8081/cb"), "port");
-        assert!(!o.redirect_allowed(Environment::Production, &redirect_url("https://app.example/cb").expect("url")));
-        for bad in ["/cb", "ftp://x/cb", "https://u:p@x/cb", "not a url"] {
-            assert!(o.allow_redirect(Environment::Demo, bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn loopback_redirects_are_accepted_only_when_allowed() {
-        let mut o = OnboardingState::default();
-        let ok = |o: &OnboardingState, s: &str| o.redirect_allowed(Environment::Demo, &redirect_url(s).expect("url"));
-        let loopback =
-            ["http://127.0.0.1:9999/callback", "http://localhost:8080/cb?x=1", "https://[::1]/a", "http://127.8.0.1/"];
-        for u in loopback {
-            assert!(!ok(&o, u), "off by default: {u}");
-        }
-        o.loopback = true;
-        for u in loopback {
-            assert!(ok(&o, u), "{u}");
-        }
-        for u in ["https://integrator.example/cb", "http://localhost.example/cb", "http://128.0.0.1/cb"] {
-            assert!(!ok(&o, u), "not loopback: {u}");
-        }
     }
 
     #[test]

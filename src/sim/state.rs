@@ -2,21 +2,25 @@
 //! limiter, pending faults, onboarding sessions (see `onboarding`) and the counters tests
 //! read.
 //!
-//! One `std::sync::Mutex` guards it all; it is never held across an `.await`.
+//! One `std::sync::Mutex` guards it all ([`Shared`], with the shutdown signal); it is never
+//! held across an `.await`.
 
 use std::collections::{HashMap, VecDeque};
-
-use super::answers::{RateLimitStyle, SimAnswer};
 use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::onboarding::OnboardingState;
-use super::{RecordedRequest, SimClient};
+use tokio::sync::watch;
+
+use super::answers::{RateLimitStyle, SimAnswer};
+use super::onboarding_state::OnboardingState;
+use super::types::{RecordedRequest, SimClient};
 use crate::domain::Environment;
 
 /// How many arrival times are kept (oldest dropped first), so a long `pogo-vault sim` run
 /// does not grow without bound.
 const MAX_ARRIVALS: usize = 100_000;
+
 /// Issued tokens kept before expired ones are pruned.
 const PRUNE_TOKENS_ABOVE: usize = 10_000;
 
@@ -229,6 +233,33 @@ pub(super) fn max_in_window(times: &[Instant], window: Duration) -> usize {
         best = best.max(end + 1 - start);
     }
     best
+}
+
+/// State shared by the handle and the handlers.
+pub(super) struct Shared {
+    pub(super) state: Mutex<State>,
+    pub(super) shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) async fn wait_for_shutdown(&self) {
+        let mut rx = self.shutdown.subscribe();
+        // Err means the sender is gone, which is a shutdown too.
+        let _ = rx.wait_for(|down| *down).await;
+    }
+
+    /// Sleeps for `d`; false if the simulator shut down first.
+    pub(super) async fn sleep_unless_shutdown(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.wait_for_shutdown() => false,
+        }
+    }
 }
 
 #[cfg(test)]

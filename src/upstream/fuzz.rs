@@ -14,7 +14,8 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 
-use super::error::{self, MAX_RETRY_AFTER, MIN_RETRY_AFTER, UpstreamError};
+use super::classify;
+use super::error::{MAX_RETRY_AFTER, MIN_RETRY_AFTER, UpstreamError};
 use super::parse;
 use crate::fuzz_support::{body, config, echoes, guidish, json_any, member, object, rfc3339ish, text};
 
@@ -295,13 +296,13 @@ proptest! {
 
     #[test]
     fn token_failure(s in status(), h in headers(), b in prop_oneof![error_body(), token_body()]) {
-        check_error(&error::classify_token_failure(s, &h, &b, &[]), &b)?;
-        check_error(&error::classify_api_failure(s, &h, &b, &[]), &b)?;
+        check_error(&classify::classify_token_failure(s, &h, &b, &[]), &b)?;
+        check_error(&classify::classify_api_failure(s, &h, &b, &[]), &b)?;
     }
 
     #[test]
     fn onboarding_failure(s in status(), h in headers(), b in error_body()) {
-        let e = error::classify_onboarding_failure(s, &h, &b, &[SENT, CLIENT_KEY, TOKEN]);
+        let e = classify::classify_onboarding_failure(s, &h, &b, &[SENT, CLIENT_KEY, TOKEN]);
         check_error(&e, &b)?;
         if let UpstreamError::OnboardingRejected { title, .. } = &e {
             prop_assert!(!title.is_empty() && title.len() <= 120, "{:?}", title);
@@ -316,8 +317,8 @@ proptest! {
             prop_assert!(code.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'), "{:?}", code);
         }
         let _ = parse::subscription_key_problem(&b);
-        let _ = error::parse_try_again_message(&b);
-        let _ = error::parse_replenished_message(&b);
+        let _ = classify::parse_try_again_message(&b);
+        let _ = classify::parse_replenished_message(&b);
         let _ = parse::gateway_message(&b);
         if let Some(t) = parse::trace_id(&b, &[SENT]) {
             let t = t.as_str().to_ascii_lowercase();
@@ -341,10 +342,10 @@ proptest! {
     #[test]
     fn retry_after(h in headers(), b in error_body(), offset in 0u64..4_000_000_000) {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(offset);
-        let wait = error::retry_after(&h, &b, now);
+        let wait = classify::retry_after(&h, &b, now);
         prop_assert!((MIN_RETRY_AFTER..=MAX_RETRY_AFTER).contains(&wait));
         if let Some(v) = h.get(RETRY_AFTER).and_then(|v| v.to_str().ok()) {
-            let _ = error::parse_retry_after_value(v, now);
+            let _ = classify::parse_retry_after_value(v, now);
         }
     }
 

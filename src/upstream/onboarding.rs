@@ -8,7 +8,7 @@
 //! - The onboarding token is a secret ([`OnboardingToken`]): it buys client keys once. It is
 //!   only exposed to build the Finalize body; errors never quote it (nor anything we sent:
 //!   see [`UpstreamError::OnboardingRejected`]).
-//! - Client keys from Finalize are parsed into [`ClientKey`] at once; a malformed one fails
+//! - Client keys from Finalize are parsed into [`ClientKey`](crate::crypto::ClientKey) at once; a malformed one fails
 //!   the whole answer as a protocol error, without quoting it.
 
 use std::fmt;
@@ -18,8 +18,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::{GoClient, UpstreamError, endpoint, error, parse, refused, subscription_header};
-use crate::crypto::{ClientKey, SubscriptionKey};
+use super::answers::{OnboardingResult, OnboardingSession};
+use super::client::{GoClient, SUBSCRIPTION_KEY_HEADER, endpoint, refused, subscription_header};
+use super::error::UpstreamError;
+use super::{classify, parse};
+use crate::crypto::SubscriptionKey;
 use crate::domain::InvalidInput;
 
 /// The onboarding token Go appends to the redirect URI (`token=`): single use, short-lived,
@@ -70,36 +73,6 @@ impl OnboardingToken {
     }
 }
 
-/// What `Onboarding/Initiate` returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OnboardingSession {
-    /// Where to send the user's browser: an absolute http(s) URL.
-    pub temporary_url: String,
-    /// When the temporary URL stops working (`ValidUntilDateTimeOffset`), in milliseconds
-    /// since the Unix epoch.
-    pub valid_until_ms: i64,
-}
-
-/// One client the user activated, from `Onboarding/Finalize`.
-#[derive(Debug)]
-pub struct OnboardedClient {
-    /// The new client key (its `Debug` is redacted).
-    pub client_key: ClientKey,
-    /// The client's name in Go.
-    pub client_name: Option<String>,
-    /// The client's organization number, as Go wrote it (not validated here).
-    pub organization_number: Option<String>,
-}
-
-/// What `Onboarding/Finalize` returns.
-#[derive(Debug)]
-pub struct OnboardingResult {
-    /// One entry per activated client; may be empty.
-    pub clients: Vec<OnboardedClient>,
-    /// The e-mail address of the Go user who approved.
-    pub user_email: Option<String>,
-}
-
 #[derive(Serialize)]
 struct InitiateBody<'a> {
     #[serde(rename = "ApplicationKey")]
@@ -141,7 +114,7 @@ impl GoClient {
         let request = self
             .http
             .post(url.clone())
-            .header(super::SUBSCRIPTION_KEY_HEADER, subscription_header(subscription_key)?)
+            .header(SUBSCRIPTION_KEY_HEADER, subscription_header(subscription_key)?)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
             .body(body);
@@ -157,7 +130,7 @@ impl GoClient {
             ];
             Err(refused(
                 &url,
-                error::classify_onboarding_failure(response.status, &response.headers, &response.body, &sent),
+                classify::classify_onboarding_failure(response.status, &response.headers, &response.body, &sent),
             ))
         }
     }
@@ -181,7 +154,7 @@ impl GoClient {
         let request = self
             .http
             .post(url.clone())
-            .header(super::SUBSCRIPTION_KEY_HEADER, subscription_header(subscription_key)?)
+            .header(SUBSCRIPTION_KEY_HEADER, subscription_header(subscription_key)?)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
             .body(body.to_vec());
@@ -192,7 +165,7 @@ impl GoClient {
             let sent = [onboarding_token.expose_secret(), subscription_key.expose_secret()];
             Err(refused(
                 &url,
-                error::classify_onboarding_failure(response.status, &response.headers, &response.body, &sent),
+                classify::classify_onboarding_failure(response.status, &response.headers, &response.body, &sent),
             ))
         }
     }

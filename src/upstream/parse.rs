@@ -14,9 +14,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
 
+use super::answers::{ClientIntegrationInfo, OnboardedClient, OnboardingResult, OnboardingSession, TokenGrant};
 use super::error::{SubscriptionKeyProblem, TraceId, UpstreamError};
-use super::onboarding::{OnboardedClient, OnboardingResult, OnboardingSession};
-use super::{ClientIntegrationInfo, TokenGrant};
 use crate::crypto::{AccessToken, ClientKey};
 
 /// Longest accepted `expires_in`: a token that claims to live more than a day is not one

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::FIRST_RETRY;
+/// The first pause after a failed delivery.
+pub(super) const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 /// `[audit.witness]`: where checkpoints go besides the audit database.
 #[derive(Debug, Clone, Deserialize)]

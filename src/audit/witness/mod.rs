@@ -6,8 +6,9 @@
 //! - **syslog**: RFC 5424 messages over TCP with octet-counting framing (RFC 6587 §3.4.1),
 //!   optionally inside TLS (rustls with the ring provider passed explicitly, as everywhere).
 //!
-//! Here: the bounded queues, one delivery thread per witness, the file sink. `config`: the
-//! `[audit.witness]` section and its checks. `syslog`: the syslog sink.
+//! Here: the bounded queues, one delivery thread per witness. `config`: the
+//! `[audit.witness]` section and its checks. `sink`: what a destination is, and the file
+//! sink. `syslog`: the syslog sink.
 //!
 //! Invariants:
 //! - **A witness never stops or slows the vault.** The writer only pushes a copy of the
@@ -27,8 +28,6 @@
 //!   `pogo_vault_audit_witness_backlog{witness=...}` and shows in `status`.
 
 use std::collections::VecDeque;
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -36,13 +35,14 @@ use std::time::{Duration, Instant};
 use super::chain::Checkpoint;
 
 mod config;
+mod sink;
 mod syslog;
 
+use config::FIRST_RETRY;
 pub use config::{FileWitnessConfig, SyslogWitnessConfig, WitnessConfig};
+use sink::{FileSink, Sink};
 use syslog::SyslogSink;
 
-/// The first pause after a failed delivery.
-const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Between repeated alarms for a witness that keeps failing.
 const ALARM_EVERY: Duration = Duration::from_secs(60);
 
@@ -194,12 +194,6 @@ impl Drop for WitnessSet {
     }
 }
 
-/// A destination: delivers one checkpoint or says why not.
-trait Sink: Send {
-    fn name(&self) -> &'static str;
-    fn deliver(&mut self, cp: &Checkpoint) -> Result<(), String>;
-}
-
 struct Worker {
     slot: Arc<Slot>,
     sink: Box<dyn Sink>,
@@ -281,38 +275,6 @@ impl Worker {
         }
         lock(&slot.state).stopped = true;
         slot.wake.notify_all();
-    }
-}
-
-struct FileSink {
-    path: PathBuf,
-    file: Option<std::fs::File>,
-}
-
-impl Sink for FileSink {
-    fn name(&self) -> &'static str {
-        "file"
-    }
-
-    fn deliver(&mut self, cp: &Checkpoint) -> Result<(), String> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut line = cp.to_json();
-        line.push('\n');
-        let result = (|| {
-            if self.file.is_none() {
-                let f = std::fs::OpenOptions::new().append(true).create(true).mode(0o640).open(&self.path)?;
-                self.file = Some(f);
-            }
-            let Some(f) = self.file.as_mut() else { unreachable!("opened above") };
-            // One write of the whole line: with O_APPEND it lands at the end in one piece.
-            f.write_all(line.as_bytes())?;
-            f.sync_data()
-        })();
-        result.map_err(|e| {
-            // Reopened on the next attempt (the volume may have been remounted).
-            self.file = None;
-            format!("{}: {e}", self.path.display())
-        })
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::super::chain::Checkpoint;
 use super::super::format_time_ms;
-use super::Sink;
 use super::config::{SyslogWitnessConfig, split_host_port, tls_config};
+use super::sink::Sink;
 
 /// How long a connection attempt or a write may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,416 @@
+//! [`AuditLog`]: the audit log's handle, what servers append through (cheap to clone; all
+//! clones share one writer thread). Opening it refuses a signing key the log has handed
+//! over, signs an unsigned tail found at open (`signing`), and starts the writer thread
+//! (`writer`), the watchdog (`handoff`), the tenant indexer and the witnesses. An append
+//! joins the open batch and waits on its completion cell (`handoff`), so `Ok` means durable.
+//! Also the one-shot append of CLI commands ([`AuditLog::append_blocking_once`]), in a
+//! transaction of its own.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rusqlite::TransactionBehavior;
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::chain::Checkpoint;
+use super::handoff::{Batch, Done, Queue, Receipt, Shared, Watchdog, lock};
+use super::record::{AuditEvent, AuditRecord};
+use super::signing::{retired_at_open, sign_unsigned_tail};
+use super::stats::{AuditStats, AuditStatsSnapshot};
+use super::tenant_indexer::Indexer;
+use super::witness::{WitnessSet, WitnessStatus};
+use super::writer::{INITIAL_BACKOFF, Writer};
+use super::{AuditConfig, AuditError, db, handover};
+use crate::store::now_ms;
+
+/// How long a stop waits for the witnesses to take what they still hold.
+const WITNESS_DRAIN_AT_STOP: Duration = Duration::from_secs(2);
+
+/// The audit log's writer handle. Cheap to clone; all clones share one writer thread.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    writer: Thread,
+    /// Taken at shutdown, so live subscribers see the end of the stream.
+    live: Mutex<Option<broadcast::Sender<AuditEvent>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    cfg: AuditConfig,
+    path: PathBuf,
+    public_key: VerifyingKey,
+    indexer: Arc<Indexer>,
+    witness: Arc<WitnessSet>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.indexer.stop();
+        // Every handle is gone: the writer finishes what is queued and stops, like a shutdown.
+        lock(&self.shared.queue).closed = true;
+        self.writer.unpark();
+    }
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuditLog({})", self.inner.path.display())
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating it with mode 0600 if missing) the audit database at `path` and starts
+    /// the writer thread. `signing_key` signs checkpoints ([`crate::vault::Vault::audit_signing_key`]).
+    pub fn open(path: &Path, signing_key: SigningKey, cfg: AuditConfig) -> Result<AuditLog, AuditError> {
+        let cfg = AuditConfig {
+            max_batch: cfg.max_batch.max(1),
+            queue_capacity: cfg.queue_capacity.max(1),
+            broadcast_capacity: cfg.broadcast_capacity.max(1),
+            append_timeout: cfg.append_timeout.max(Duration::from_millis(10)),
+            ..cfg
+        };
+        let public_key = signing_key.verifying_key();
+        let key_id = crate::vault::audit_key_id(public_key.as_bytes());
+        let failed = |what: &str, e: std::io::Error| AuditError::Unavailable {
+            reason: format!("cannot start the audit {what} thread: {e}"),
+        };
+        let mut conn = db::open_writer(path, &public_key, Some(cfg.busy_timeout))?;
+        if handover::is_retired(&conn, &key_id)? {
+            return Err(retired_at_open(&key_id));
+        }
+        let witness = Arc::new(WitnessSet::start(&cfg.witness).map_err(|e| failed("witness", e))?);
+        let stats = Arc::new(AuditStats::default());
+        let (mut head_seq, mut head_hash) = db::head(&conn)?;
+        let mut checkpointed_seq = db::latest_checkpoint(&conn)?.map_or(0, |c| c.sequence);
+        let mut last_signed = None;
+        if head_seq > checkpointed_seq {
+            let cp = sign_unsigned_tail(&mut conn, &signing_key)?;
+            witness.offer(&cp);
+            stats.last_checkpoint_ms.store(cp.time_ms, Ordering::Relaxed);
+            (head_seq, head_hash, checkpointed_seq) = (cp.sequence, cp.head_hash, cp.sequence);
+            last_signed = Some(cp);
+        }
+        stats.head.store(head_seq, Ordering::Relaxed);
+
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            health: watch::Sender::new(true),
+            stats,
+            writer: OnceLock::new(),
+            last_signed: Mutex::new(last_signed),
+        });
+        let (live, _) = broadcast::channel(cfg.broadcast_capacity);
+        let writer = Writer {
+            shared: shared.clone(),
+            conn,
+            key: signing_key,
+            key_id,
+            witness: witness.clone(),
+            cfg: cfg.clone(),
+            live: live.clone(),
+            head_seq,
+            checkpointed_seq,
+            last_checkpoint: None,
+            backoff: INITIAL_BACKOFF,
+            links: Vec::new(),
+            written: (head_seq, head_hash),
+        };
+        let indexer = Arc::new(Indexer::start(path, cfg.tenant_index_interval).map_err(|e| failed("index", e))?);
+        let thread = std::thread::Builder::new().name("pogo-audit-writer".into()).spawn(move || writer.run());
+        let thread = thread.map_err(|e| {
+            indexer.stop();
+            failed("writer", e)
+        })?;
+        let _ = shared.writer.set(thread.thread().clone());
+        let watchdog = Watchdog { shared: shared.clone(), limit: cfg.append_timeout };
+        if let Err(e) = std::thread::Builder::new().name("pogo-audit-watch".into()).spawn(move || watchdog.run()) {
+            indexer.stop();
+            lock(&shared.queue).closed = true;
+            thread.thread().unpark();
+            return Err(failed("watchdog", e));
+        }
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                indexer,
+                shared,
+                writer: thread.thread().clone(),
+                live: Mutex::new(Some(live)),
+                thread: Mutex::new(Some(thread)),
+                cfg,
+                path: path.to_owned(),
+                public_key,
+                witness,
+            }),
+        })
+    }
+
+    /// The writer's figures for metrics.
+    pub fn stats(&self) -> AuditStatsSnapshot {
+        let s = &self.inner.shared.stats;
+        let last = s.last_checkpoint_ms.load(Ordering::Relaxed);
+        AuditStatsSnapshot {
+            queue_depth: s.queued.load(Ordering::Relaxed),
+            records: s.records.load(Ordering::Relaxed),
+            commit_failures: s.commit_failures.load(Ordering::Relaxed),
+            commit_latency: s.clone(),
+            healthy: self.is_healthy(),
+            last_checkpoint_age_secs: if last == 0 { -1.0 } else { (now_ms() - last).max(0) as f64 / 1000.0 },
+            tenant_index_lag: s.head.load(Ordering::Relaxed).saturating_sub(self.tenant_index_through()).max(0) as u64,
+            witnesses: self.witness_status(),
+        }
+    }
+
+    /// Appends a record and returns it as committed: `Ok` means durable. Fails with
+    /// [`AuditError::Unavailable`] within [`AuditConfig::append_timeout`] when the log cannot
+    /// be written (at once when the queue is full), and with [`AuditError::Closed`] after
+    /// [`AuditLog::shutdown`].
+    ///
+    /// Dropping the future does not withdraw the record: once queued it is committed with its
+    /// batch. (A request that gave up may therefore be recorded; one that was answered is
+    /// always recorded.)
+    pub async fn append(&self, rec: AuditRecord) -> Result<AuditEvent, AuditError> {
+        let mut kept = rec.clone();
+        kept.bound_lengths();
+        let r = self.append_receipt(rec).await?;
+        Ok(AuditEvent { sequence: r.sequence, time_ms: r.time_ms, prev_hash: r.prev_hash, hash: r.hash, record: kept })
+    }
+
+    /// [`AuditLog::append`] without handing the record back: the servers' hot path.
+    pub async fn append_receipt(&self, mut rec: AuditRecord) -> Result<Receipt, AuditError> {
+        rec.bound_lengths();
+        let (done, index) = self.enqueue(rec)?;
+        done.wait().await.receipt(index)
+    }
+
+    /// [`AuditLog::append_receipt`] for blocking code: a vault transaction that waits, still
+    /// open, for its change's record (audit before effect). Blocks the calling thread (never
+    /// call it on a runtime worker); bounded like every append by the watchdog.
+    pub fn append_wait(&self, mut rec: AuditRecord) -> Result<Receipt, AuditError> {
+        rec.bound_lengths();
+        let (done, index) = self.enqueue(rec)?;
+        block_on(done.wait()).receipt(index)
+    }
+
+    /// Puts `rec` in the open batch; returns the batch's cell and the record's index in it.
+    fn enqueue(&self, rec: AuditRecord) -> Result<(Arc<Done>, usize), AuditError> {
+        let inner = &self.inner;
+        let mut q = lock(&inner.shared.queue);
+        if q.closed {
+            return Err(AuditError::Closed);
+        }
+        if q.queued >= inner.cfg.queue_capacity {
+            return Err(AuditError::Unavailable {
+                reason: format!("{} records are already waiting for the audit writer", q.queued),
+            });
+        }
+        // A batch the watchdog already failed takes no one else.
+        let joinable =
+            q.batches.back().is_some_and(|b| b.records.len() < inner.cfg.max_batch && b.done.outcome.get().is_none());
+        if !joinable {
+            let records = Vec::with_capacity(inner.cfg.max_batch.min(64));
+            q.batches.push_back(Batch { records, done: Arc::default(), queued_at: Instant::now() });
+        }
+        let Some(batch) = q.batches.back_mut() else { unreachable!("a batch was just ensured") };
+        batch.records.push(rec);
+        let found = (batch.done.clone(), batch.records.len() - 1);
+        q.queued += 1;
+        inner.shared.stats.queued.store(q.queued as u64, Ordering::Relaxed);
+        let wake = std::mem::take(&mut q.writer_idle);
+        drop(q);
+        if wake {
+            inner.writer.unpark();
+        }
+        Ok(found)
+    }
+
+    /// Signs and stores a checkpoint of the current head (or returns the one already stored
+    /// for it).
+    pub async fn checkpoint_now(&self) -> Result<Checkpoint, AuditError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut q = lock(&self.inner.shared.queue);
+            if q.closed {
+                return Err(AuditError::Closed);
+            }
+            q.checkpoint_waiters.push(reply);
+            q.writer_idle = false;
+        }
+        self.inner.writer.unpark();
+        match tokio::time::timeout(self.inner.cfg.append_timeout, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(AuditError::Closed),
+            Err(_) => Err(AuditError::Unavailable { reason: "the checkpoint was not written in time".into() }),
+        }
+    }
+
+    /// Stops accepting appends, lets the writer commit what is already queued, writes a final
+    /// checkpoint (if the head is not covered yet), and stops the writer. Appends nothing.
+    pub async fn shutdown(&self) {
+        let (reply, done) = oneshot::channel();
+        let first = {
+            let mut q = lock(&self.inner.shared.queue);
+            let first = !q.closed;
+            if first {
+                q.closed = true;
+                q.shutdown = Some(reply);
+                q.writer_idle = false;
+            }
+            first
+        };
+        // A second call (or one racing the first) does not wait: the first stops the writer.
+        let stopped = if first {
+            self.inner.writer.unpark();
+            // Bounded: the queued batches and the final checkpoint each wait at most the busy
+            // timeout, plus one back-off if a batch failed.
+            let bound = self.inner.cfg.append_timeout + self.inner.cfg.max_backoff + 2 * self.inner.cfg.busy_timeout;
+            matches!(tokio::time::timeout(bound, done).await, Ok(Ok(())))
+        } else {
+            false
+        };
+        drop(lock(&self.inner.live).take());
+        // The index thread finishes its step and closes its files before this returns.
+        let indexer = self.inner.indexer.clone();
+        let _ = tokio::task::spawn_blocking(move || indexer.stop_and_join()).await;
+        if stopped {
+            let thread = lock(&self.inner.thread).take();
+            if let Some(t) = thread {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+        }
+        // The final checkpoint goes to the witnesses too, if they take it soon; a witness
+        // that is down does not hold up the stop.
+        let witness = self.inner.witness.clone();
+        let _ = tokio::task::spawn_blocking(move || witness.close_and_wait(WITNESS_DRAIN_AT_STOP)).await;
+    }
+
+    /// The newest checkpoint this process signed (kept in memory; see [`AuditLog::verify`]).
+    pub fn last_signed(&self) -> Option<Checkpoint> {
+        self.inner.shared.last_signed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Each configured witness's delivery figures (backlog, failures), for metrics and status.
+    pub fn witness_status(&self) -> Vec<WitnessStatus> {
+        self.inner.witness.status()
+    }
+
+    /// False while commits fail (and after shutdown): serve health as NOT_SERVING.
+    pub fn is_healthy(&self) -> bool {
+        *self.inner.shared.health.borrow()
+    }
+
+    /// Health as a watch channel: `true` while the log can be written.
+    pub fn health(&self) -> watch::Receiver<bool> {
+        self.inner.shared.health.subscribe()
+    }
+
+    /// Events committed from now on, in sequence order. Only this process's events are
+    /// broadcast, and a slow receiver lags: use [`AuditLog::watch`] for a gap-free stream.
+    pub fn subscribe(&self) -> broadcast::Receiver<AuditEvent> {
+        match lock(&self.inner.live).as_ref() {
+            Some(live) => live.subscribe(),
+            // Closed: a receiver whose sender is already gone.
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// The audit database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The highest sequence the background tenant index covers (tenant queries scan the
+    /// events after it). For metrics and tests.
+    pub fn tenant_index_through(&self) -> i64 {
+        self.inner.indexer.through()
+    }
+
+    /// How often this process started the tenant index over (found damaged, deleted,
+    /// replaced, or not matching the log). For tests and operators.
+    pub fn tenant_index_rebuilds(&self) -> u64 {
+        self.inner.indexer.rebuilds()
+    }
+
+    /// The public half of the checkpoint signing key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.inner.public_key
+    }
+
+    /// Appends one record synchronously, with a checkpoint, in one transaction: for one-shot
+    /// commands (the CLI's KEK rotation) that run beside, or instead of, a server. Same chain
+    /// rules as [`AuditLog::append`]; waits for a running server's writer at most the default
+    /// append timeout, so a locked audit database fails a command in bounded time.
+    pub fn append_blocking_once(
+        path: &Path,
+        signing_key: &SigningKey,
+        mut rec: AuditRecord,
+    ) -> Result<AuditEvent, AuditError> {
+        rec.bound_lengths();
+        let bound = Some(AuditConfig::default().append_timeout);
+        let mut conn = db::open_writer(path, &signing_key.verifying_key(), bound).map_err(|e| match e {
+            AuditError::Store(_) | AuditError::Sqlite(_) => AuditError::Unavailable { reason: e.to_string() },
+            e => e,
+        })?;
+        let unavailable = |e: AuditError| AuditError::Unavailable { reason: e.to_string() };
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(e.into()))?;
+        let time_ms = now_ms();
+        // The checkpoint below signs everything up to the new head. Events no checkpoint
+        // covered yet (a running server's last second, or a tail a crash left) are signed
+        // late, so say so in the log, as a server does at open: a record naming the range.
+        let (head, _) = db::head(&tx).map_err(unavailable)?;
+        let covered = db::latest_checkpoint(&tx).map_err(unavailable)?.map_or(0, |c| c.sequence);
+        let mut records = Vec::with_capacity(2);
+        if head > covered {
+            records.push(
+                AuditRecord::new(super::Action::UnsignedTailSigned, super::Outcome::Ok)
+                    .caller(rec.caller.clone(), rec.caller_serial.clone())
+                    .detail(format!(
+                        "events {}..={head} were covered by no signed checkpoint when a command appended to the log \
+                         (a running server's newest events, or a tail a crash left); signed now with the command's \
+                         record. Nothing proves what happened to them before this point",
+                        covered + 1
+                    ))
+                    .request(rec.request_id.clone(), rec.peer.clone()),
+            );
+        }
+        records.push(rec.clone());
+        let mut links = Vec::with_capacity(records.len());
+        let (seq, hash) = db::append_in_tx(&tx, time_ms, records.iter(), &mut links).map_err(unavailable)?;
+        // Never with a key the log has handed over (read inside this transaction).
+        let key_id = crate::vault::audit_key_id(&signing_key.verifying_key().to_bytes());
+        super::signing::sign_checkpoint(&tx, signing_key, &key_id, seq, hash).map_err(unavailable)?;
+        tx.commit().map_err(|e| unavailable(e.into()))?;
+        let prev_hash = links.last().map_or(super::GENESIS_HASH, |l| l.1);
+        Ok(AuditEvent { sequence: seq, time_ms, prev_hash, hash, record: rec })
+    }
+}
+
+/// Runs a future to completion on this thread, parking between polls. Only for
+/// [`AuditLog::append_wait`], whose future waits on a completion cell that another thread
+/// (the writer or the watchdog) always completes in bounded time.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}

@@ -1,0 +1,363 @@
+//! The strict walk of a verification: event by event from genesis, recomputing each hash
+//! and link, checking stored checkpoints, key hand-overs and external (kept, witnessed)
+//! checkpoints as the head reaches them, and at the end what is signed (the unsigned-tail
+//! rule of `verify`). The first problem found stops it and becomes the report.
+//!
+//! Invariants: signatures are checked only with the key the verifier supplies and with
+//! successors that key (or its successors) handed over to, from the point of the hand-over
+//! on; hashes are recomputed over the stored bytes exactly (`raw_event`), so any edit, even
+//! one this binary could not have written, reads as an edit.
+
+use ed25519_dalek::VerifyingKey;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, Row};
+
+use super::AuditError;
+use super::chain::{Checkpoint, CheckpointProblem, EventFields, GENESIS_HASH, event_hash};
+use super::handover::Handover;
+use super::record::Action;
+use super::verify_report::{External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport, source_name};
+use crate::crypto::secret::hex;
+use crate::vault::audit_key_id;
+
+/// Errors that mean "this row holds values of the wrong type" (an edit), not "I/O failed".
+pub(super) fn is_type_error(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+    )
+}
+
+pub(super) struct Walk<'a> {
+    /// The key in force, and the one before it when a hand-over happened at `handed_at`.
+    key: VerifyingKey,
+    previous: Option<(i64, VerifyingKey)>,
+    key_ids: Vec<String>,
+    opts: &'a VerifyOptions,
+    /// The last verified event and its hash.
+    pub(super) seq: i64,
+    hash: [u8; 32],
+    events: u64,
+    checkpoints: u64,
+    external: u64,
+    /// The last sequence vouched for by a verified stored checkpoint (0: genesis).
+    anchor: i64,
+    /// The highest sequence vouched for by any verified signature, if any.
+    signed: Option<i64>,
+}
+
+impl<'a> Walk<'a> {
+    pub(super) fn new(root: &VerifyingKey, opts: &'a VerifyOptions) -> Self {
+        Walk {
+            key: *root,
+            previous: None,
+            key_ids: vec![audit_key_id(root.as_bytes())],
+            opts,
+            seq: 0,
+            hash: GENESIS_HASH,
+            events: 0,
+            checkpoints: 0,
+            external: 0,
+            anchor: 0,
+            signed: None,
+        }
+    }
+
+    pub(super) fn key_id(&self) -> String {
+        audit_key_id(self.key.as_bytes())
+    }
+
+    fn sign_through(&mut self, at: i64) {
+        self.signed = Some(self.signed.map_or(at, |s| s.max(at)));
+    }
+
+    /// Verifies the next event row against the chain so far.
+    pub(super) fn event(&mut self, row: &Row<'_>) -> Result<Result<(), VerifyReport>, AuditError> {
+        let seq: i64 = row.get(0)?;
+        let expected = self.seq + 1;
+        if seq != expected {
+            let detail = if self.seq == 0 {
+                format!("sequence 1 missing: the log starts at {seq} (oldest events deleted or renumbered)")
+            } else {
+                format!("sequence {expected} missing after {} (deleted or reordered)", self.seq)
+            };
+            return Ok(Err(self.fail(Some(expected), detail)));
+        }
+        let (stored, fields) = match raw_event(row) {
+            Ok(v) => v,
+            Err(e) if is_type_error(&e) => {
+                return Ok(Err(self.fail(Some(seq), format!("event {seq}: unreadable row ({e}) (edited)"))));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if stored.prev != self.hash {
+            return Ok(Err(self.fail(
+                Some(seq),
+                format!(
+                    "event {seq}: does not link to event {} (reordered, or an event before it was removed or replaced)",
+                    self.seq
+                ),
+            )));
+        }
+        let hash = event_hash(&self.hash, seq, stored.time_ms, &fields);
+        if stored.hash != hash {
+            return Ok(Err(self.fail(Some(seq), format!("event {seq}: hash does not match its contents (edited)"))));
+        }
+        self.seq = seq;
+        self.hash = hash;
+        self.events += 1;
+        Ok(Ok(()))
+    }
+
+    /// Verifies a stored checkpoint at (or, if corrupt, near) the current head.
+    pub(super) fn checkpoint(&mut self, cp: &Result<Checkpoint, String>) -> Result<(), Box<VerifyReport>> {
+        let cp = match cp {
+            Ok(cp) => cp,
+            Err(why) => return Err(self.bad(Some(self.seq), why.clone())),
+        };
+        let at = cp.sequence;
+        if at < 0 {
+            return Err(self.bad(Some(0), format!("checkpoint at {at}: impossible sequence (edited)")));
+        }
+        match cp.verify(&self.key) {
+            Ok(()) => {}
+            Err(CheckpointProblem::UnknownKey { found, expected }) => {
+                return Err(self.bad(
+                    Some(at),
+                    format!(
+                        "checkpoint at {at} signed by unknown key {found} (the key in force there is {expected}; \
+                         a later key counts only after a valid hand-over from its predecessor)"
+                    ),
+                ));
+            }
+            Err(p) => return Err(self.bad(Some(at), format!("checkpoint at {at}: {p}"))),
+        }
+        if cp.head_hash != self.hash {
+            let from = self.anchor + 1;
+            return Err(self.bad(
+                Some(from),
+                format!(
+                    "checkpoint at {at}: the log's hash at {at} differs from the signed one \
+                     (an event between {from} and {at} was altered and the chain recomputed)"
+                ),
+            ));
+        }
+        self.anchor = at;
+        self.checkpoints += 1;
+        self.sign_through(at);
+        Ok(())
+    }
+
+    /// Verifies a hand-over at the current head and moves to the new key.
+    pub(super) fn handover(
+        &mut self,
+        h: &Result<Handover, String>,
+        conn: &Connection,
+    ) -> Result<(), Box<VerifyReport>> {
+        let h = match h {
+            Ok(h) => h,
+            Err(why) => return Err(self.bad(Some(self.seq), why.clone())),
+        };
+        let at = h.sequence;
+        let new = h.verify(&self.key).map_err(|why| self.bad(Some(at), why))?;
+        if h.head_hash != self.hash {
+            return Err(self.bad(
+                Some(at),
+                format!(
+                    "hand-over at {at}: signed over a different head than the log's (moved, or the log was altered)"
+                ),
+            ));
+        }
+        // The event it is signed over must be the recorded rotation naming this successor.
+        let recorded: Option<(String, String)> = conn
+            .query_row("SELECT action, detail FROM events WHERE sequence = ?1", [at], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ok();
+        let names_it = recorded.as_ref().is_some_and(|(action, detail)| {
+            action == Action::SigningKeyRotated.as_str() && detail.contains(&h.new_key_id)
+        });
+        if !names_it {
+            return Err(self.bad(
+                Some(at),
+                format!(
+                    "hand-over at {at}: event {at} is not the signing_key_rotated record naming key {}",
+                    h.new_key_id
+                ),
+            ));
+        }
+        self.previous = Some((at, self.key));
+        self.key = new;
+        self.key_ids.push(h.new_key_id.clone());
+        Ok(())
+    }
+
+    /// Verifies a kept or witnessed checkpoint at the current head.
+    pub(super) fn external(&mut self, e: &External) -> Result<(), Box<VerifyReport>> {
+        let cp = &e.checkpoint;
+        let at = cp.sequence;
+        let name = source_name(&e.source);
+        let before = self.previous.filter(|(s, _)| *s == at).map(|(_, k)| k);
+        let verified = cp.verify(&self.key).or_else(|p| before.map_or(Err(p.clone()), |k| cp.verify(&k)));
+        if let Err(p) = verified {
+            let bad = if e.source == ExternalSource::Kept { None } else { Some(at) };
+            return Err(self.bad(bad, format!("the {name} at {at} does not verify: {p}")));
+        }
+        if at > self.seq {
+            // Only reached when the log ended first: reported by the caller.
+            return Ok(());
+        }
+        if cp.head_hash != self.hash {
+            let from = self.anchor.min(at - 1).max(0) + 1;
+            let what = if e.source == ExternalSource::Kept { "kept" } else { "witnessed" };
+            return Err(self.bad(
+                Some(from),
+                format!(
+                    "{name} at {at}: the log's hash at {at} differs from the {what} one \
+                     (events between {from} and {at} were altered or replaced)"
+                ),
+            ));
+        }
+        self.external += 1;
+        self.sign_through(at);
+        Ok(())
+    }
+
+    /// Everything held; now what is signed.
+    pub(super) fn finish(self) -> VerifyReport {
+        let mut detail = format!(
+            "{} events and {} checkpoints verified; head {} has hash {}",
+            self.events,
+            self.checkpoints,
+            self.seq,
+            hex(&self.hash)
+        );
+        if self.external > 0 {
+            detail.push_str(&format!("; {} kept or witnessed checkpoints match", self.external));
+        }
+        if self.key_ids.len() > 1 {
+            detail.push_str(&format!("; signing keys followed: {}", self.key_ids.join(" -> ")));
+        }
+        let mut report = VerifyReport {
+            ok: true,
+            events_checked: self.events,
+            first_bad_sequence: None,
+            head_sequence: self.seq,
+            head_hash: self.hash,
+            checkpoints_checked: self.checkpoints,
+            external_checked: self.external,
+            signed_through: self.signed,
+            unsigned_tail: None,
+            key_ids: self.key_ids.clone(),
+            warning: None,
+            detail: String::new(),
+        };
+        let Some(signed) = self.signed else {
+            if self.seq > 0 {
+                report.ok = false;
+                report.first_bad_sequence = Some(1);
+                report.detail = format!(
+                    "the log has {} events but no signed checkpoint: nothing in it is proven (checkpoints deleted, \
+                     or never written); {detail}",
+                    self.seq
+                );
+            } else {
+                report.detail = detail;
+            }
+            return report;
+        };
+        if signed >= self.seq {
+            detail.push_str("; the head is signed");
+            report.detail = detail;
+            return report;
+        }
+        let tail = UnsignedTail { first: signed + 1, count: (self.seq - signed) as u64 };
+        report.unsigned_tail = Some(tail);
+        if self.opts.live_head.is_some_and(|h| signed >= h) {
+            detail.push_str(&format!(
+                "; events {}..={} were appended while verifying and are covered by the next checkpoint",
+                tail.first, self.seq
+            ));
+            report.detail = detail;
+            return report;
+        }
+        let what = format!(
+            "{} events after the last signed checkpoint (at {signed}) are not covered by any signature, from \
+             sequence {} to {}: they could have been cut or rewritten undetected",
+            tail.count, tail.first, self.seq
+        );
+        if self.opts.allow_unsigned_tail {
+            report.warning = Some(what.clone());
+            report.detail = format!("{detail}; WARNING (allowed): {what}");
+        } else {
+            report.ok = false;
+            report.first_bad_sequence = Some(tail.first);
+            report.detail =
+                format!("{what} (pass --allow-unsigned-tail for a log copied from a crashed server); {detail}");
+        }
+        report
+    }
+
+    fn bad(&self, first_bad: Option<i64>, detail: String) -> Box<VerifyReport> {
+        Box::new(self.fail(first_bad, detail))
+    }
+
+    pub(super) fn fail(&self, first_bad: Option<i64>, detail: String) -> VerifyReport {
+        VerifyReport {
+            ok: false,
+            events_checked: self.events,
+            first_bad_sequence: first_bad,
+            head_sequence: self.seq,
+            head_hash: self.hash,
+            checkpoints_checked: self.checkpoints,
+            external_checked: self.external,
+            signed_through: self.signed,
+            unsigned_tail: None,
+            key_ids: self.key_ids.clone(),
+            warning: None,
+            detail,
+        }
+    }
+}
+
+struct StoredLinks {
+    time_ms: i64,
+    prev: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// The stored bytes of an event row, exactly as they are (see the module invariants).
+fn raw_event<'r>(row: &'r Row<'_>) -> rusqlite::Result<(StoredLinks, EventFields<'r>)> {
+    let text = |i: usize| -> rusqlite::Result<&'r [u8]> {
+        match row.get_ref(i)? {
+            ValueRef::Text(b) => Ok(b),
+            other => Err(rusqlite::Error::InvalidColumnType(i, format!("column {i}"), other.data_type())),
+        }
+    };
+    let opt_text = |i: usize| -> rusqlite::Result<Option<&'r [u8]>> {
+        match row.get_ref(i)? {
+            ValueRef::Null => Ok(None),
+            _ => text(i).map(Some),
+        }
+    };
+    let blob = |i: usize| -> rusqlite::Result<Vec<u8>> {
+        match row.get_ref(i)? {
+            ValueRef::Blob(b) => Ok(b.to_vec()),
+            other => Err(rusqlite::Error::InvalidColumnType(i, format!("column {i}"), other.data_type())),
+        }
+    };
+    let fields = EventFields {
+        caller: text(2)?,
+        caller_serial: text(3)?,
+        action: text(4)?,
+        tenant_id: opt_text(5)?,
+        key_version: row.get(6)?,
+        outcome: text(7)?,
+        upstream_status: row.get(8)?,
+        token_fingerprint: opt_text(9)?,
+        detail: text(10)?,
+        request_id: text(11)?,
+        peer: text(12)?,
+    };
+    Ok((StoredLinks { time_ms: row.get(1)?, prev: blob(13)?, hash: blob(14)? }, fields))
+}
