@@ -155,7 +155,7 @@ pub struct Checkpoint {
     pub head_hash: [u8; 32],
     /// When it was signed, Unix milliseconds.
     pub time_ms: i64,
-    /// [`crate::vault::audit_key_id`] of the signing key's public half.
+    /// [`crate::crypto::audit_key_id`] of the signing key's public half.
     pub key_id: String,
     /// Ed25519 over [`Checkpoint::signed_message`].
     pub signature: [u8; 64],
@@ -176,7 +176,7 @@ pub enum CheckpointProblem {
 impl Checkpoint {
     /// Signs `(sequence, head_hash, time_ms)` with `key`.
     pub fn sign(sequence: i64, head_hash: [u8; 32], time_ms: i64, key: &SigningKey) -> Checkpoint {
-        let key_id = crate::vault::audit_key_id(key.verifying_key().as_bytes());
+        let key_id = crate::crypto::audit_key_id(key.verifying_key().as_bytes());
         let mut cp = Checkpoint { sequence, head_hash, time_ms, key_id, signature: [0; 64] };
         cp.signature = key.sign(&cp.signed_message()).to_bytes();
         cp
@@ -195,7 +195,7 @@ impl Checkpoint {
 
     /// Checks the signature with the verifier's own public key (never a key from the log).
     pub fn verify(&self, public_key: &VerifyingKey) -> Result<(), CheckpointProblem> {
-        let expected = crate::vault::audit_key_id(public_key.as_bytes());
+        let expected = crate::crypto::audit_key_id(public_key.as_bytes());
         if self.key_id != expected {
             return Err(CheckpointProblem::UnknownKey { found: self.key_id.clone(), expected });
         }

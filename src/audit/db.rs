@@ -130,7 +130,7 @@ pub(crate) fn head(conn: &Connection) -> Result<(i64, [u8; 32]), AuditError> {
 
 /// Records a signing key's public half, so offline readers can name it.
 pub(crate) fn register_key(conn: &Connection, public: &ed25519_dalek::VerifyingKey) -> rusqlite::Result<()> {
-    let key_id = crate::vault::audit_key_id(public.as_bytes());
+    let key_id = crate::crypto::audit_key_id(public.as_bytes());
     // Read first: a known key needs no write lock, so a command beside a busy (or locked)
     // log waits only in its own bounded append, not here.
     let known = conn.prepare_cached("SELECT 1 FROM signing_keys WHERE key_id = ?1")?.exists(params![key_id])?;

@@ -22,7 +22,7 @@ use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::AuditError;
-use crate::vault::audit_key_id;
+use crate::crypto::audit_key_id;
 
 /// Domain prefix of a hand-over's signed message.
 pub const HANDOVER_DOMAIN: &[u8] = b"pogo-vault audit v1 key handover\0";

@@ -76,7 +76,7 @@ impl AuditLog {
             ..cfg
         };
         let public_key = signing_key.verifying_key();
-        let key_id = crate::vault::audit_key_id(public_key.as_bytes());
+        let key_id = crate::crypto::audit_key_id(public_key.as_bytes());
         let failed = |what: &str, e: std::io::Error| AuditError::Unavailable {
             reason: format!("cannot start the audit {what} thread: {e}"),
         };
@@ -382,7 +382,7 @@ impl AuditLog {
         let mut links = Vec::with_capacity(records.len());
         let (seq, hash) = db::append_in_tx(&tx, time_ms, records.iter(), &mut links).map_err(unavailable)?;
         // Never with a key the log has handed over (read inside this transaction).
-        let key_id = crate::vault::audit_key_id(&signing_key.verifying_key().to_bytes());
+        let key_id = crate::crypto::audit_key_id(&signing_key.verifying_key().to_bytes());
         super::signing::sign_checkpoint(&tx, signing_key, &key_id, seq, hash).map_err(unavailable)?;
         tx.commit().map_err(|e| unavailable(e.into()))?;
         let prev_hash = links.last().map_or(super::GENESIS_HASH, |l| l.1);

@@ -57,7 +57,7 @@
 //!     i64be(sequence) head_hash(32 bytes) i64be(time_ms) str(key_id)
 //! ```
 //!
-//! where `key_id` is [`crate::vault::audit_key_id`] of the public key. The domain prefixes
+//! where `key_id` is [`crate::crypto::audit_key_id`] of the public key. The domain prefixes
 //! keep an event encoding from ever being taken for a checkpoint message and vice versa.
 //!
 //! # What verification proves

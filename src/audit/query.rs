@@ -292,7 +292,7 @@ impl AuditLog {
                     report.detail
                 );
             }
-            let own_id = crate::vault::audit_key_id(own.as_bytes());
+            let own_id = crate::crypto::audit_key_id(own.as_bytes());
             if report.ok && report.key_ids.last() != Some(&own_id) {
                 report.ok = false;
                 report.detail = format!(

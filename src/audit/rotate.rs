@@ -24,7 +24,7 @@ use super::handover::{self, Handover};
 use super::record::{Action, AuditRecord, Outcome};
 use super::{AuditError, db};
 use crate::store::now_ms;
-use crate::vault::audit_key_id;
+use crate::crypto::audit_key_id;
 
 /// Records the hand-over from `old` to `new` in the audit database at `path` (one
 /// transaction, waiting up to the store's busy timeout for a server's writer). `caller`

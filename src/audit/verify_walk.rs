@@ -18,7 +18,7 @@ use super::handover::Handover;
 use super::record::Action;
 use super::verify_report::{External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport, source_name};
 use crate::crypto::secret::hex;
-use crate::vault::audit_key_id;
+use crate::crypto::audit_key_id;
 
 /// Errors that mean "this row holds values of the wrong type" (an edit), not "I/O failed".
 pub(super) fn is_type_error(e: &rusqlite::Error) -> bool {

@@ -348,7 +348,7 @@ fn verify(
     if let Some(p) = expect_key {
         let expected =
             crate::audit::parse_public_key(&read(p)?).map_err(|e| CliError::new(format!("{}: {e}", p.display())))?;
-        let expected_id = crate::vault::audit_key_id(expected.as_bytes());
+        let expected_id = crate::crypto::audit_key_id(expected.as_bytes());
         let last = report.key_ids.last().cloned().unwrap_or_default();
         if last != expected_id {
             return Err(CliError::new(format!(

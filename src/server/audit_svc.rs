@@ -260,7 +260,7 @@ impl AuditService for AuditSvc {
         st.record(&caller, Action::AuditRead, None, Outcome::Ok, "public key", Extra::default()).await?;
         let key = st.audit.verifying_key();
         Ok(Response::new(pb::PublicKey {
-            key_id: crate::vault::audit_key_id(&key.to_bytes()),
+            key_id: crate::crypto::audit_key_id(&key.to_bytes()),
             public_key: crate::audit::encode_public_key(&key),
         }))
     }
