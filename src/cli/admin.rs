@@ -7,9 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use super::args::{ChangeDbArgs, GlobalArgs, VaultDbArgs};
+use super::error::CliError;
 use super::operator::Operator;
 use super::output::{self, IntegrationView, TenantView};
-use super::{ChangeDbArgs, CliError, GlobalArgs, VaultDbArgs};
 use crate::audit::{Action, Outcome};
 use crate::crypto::{ClientKey, MasterKeySource, SubscriptionKey};
 use crate::domain::{

@@ -8,7 +8,7 @@
 
 use clap::Subcommand;
 
-use super::CliError;
+use super::error::CliError;
 use super::serve::{ConnectArgs, code_name, runtime};
 use crate::proto::v1 as pb;
 use crate::proto::v1::onboarding_service_client::OnboardingServiceClient;

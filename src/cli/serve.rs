@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
 
-use super::CliError;
+use super::error::CliError;
 use crate::client::{connect, error_chain};
 use crate::config::{Config, LogFormat};
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
