@@ -8,19 +8,21 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::args::{ChangeDbArgs, GlobalArgs, VaultDbArgs};
+use super::connect::{ThroughServer, through_server};
+use super::db::{ForChange, change_error, lock_for_change, unlock, unlock_for_change};
 use super::error::CliError;
 use super::operator::Operator;
 use super::output::{self, IntegrationView, TenantView};
+use super::runtime::{StopSignals, runtime};
 use crate::audit::{Action, Outcome};
 use crate::crypto::{ClientKey, MasterKeySource, SubscriptionKey};
 use crate::domain::{
     DisplayName, Environment, Labels, OrganizationNumber, SubscriptionKeySlot, TenantId, TenantStatus,
 };
-use crate::store::lock::{DbLock, Holder};
 use crate::store::tenants::TenantRecord;
 use crate::vault::{
     Argon2Costs, InitKey, IntegrationChange, IntegrationInput, KekRotation, KeyChange, NewTenant,
-    SubscriptionKeySwitch, Vault, VaultError,
+    SubscriptionKeySwitch, Vault,
 };
 
 #[derive(Debug, Args)]
@@ -198,63 +200,6 @@ pub struct NewKeyArgs {
     pub new_master_passphrase_env: Option<String>,
 }
 
-/// Make the change through a running vault (role `operator`) instead of on the database
-/// files, which a running server holds.
-#[derive(Debug, Args)]
-pub struct ThroughServer {
-    /// The running vault's address (e.g. https://127.0.0.1:8443).
-    #[arg(long, env = "POGO_VAULT_ENDPOINT")]
-    pub endpoint: Option<String>,
-    /// CA certificate(s) that issued the vault's server certificate (PEM).
-    #[arg(long, env = "POGO_VAULT_CA", requires = "endpoint")]
-    pub ca: Option<PathBuf>,
-    /// This operator's client certificate (PEM).
-    #[arg(long, env = "POGO_VAULT_CERT", requires = "endpoint")]
-    pub cert: Option<PathBuf>,
-    /// This operator's private key (PEM, mode 0600).
-    #[arg(long, env = "POGO_VAULT_KEY", requires = "endpoint")]
-    pub key: Option<PathBuf>,
-    /// Name to expect in the server certificate (default: the endpoint's host).
-    #[arg(long, requires = "endpoint")]
-    pub server_name: Option<String>,
-    /// Without --endpoint: the database files to change.
-    #[command(flatten)]
-    pub files: ChangeDbArgs,
-}
-
-impl ThroughServer {
-    /// The connection, when `--endpoint` was given.
-    fn connect_args(&self) -> Result<Option<super::serve::ConnectArgs>, CliError> {
-        let Some(endpoint) = self.endpoint.clone() else { return Ok(None) };
-        let need = |v: &Option<PathBuf>, flag: &str| {
-            v.clone().ok_or_else(|| CliError::usage(format!("--endpoint needs {flag} as well")))
-        };
-        Ok(Some(super::serve::ConnectArgs {
-            endpoint,
-            ca: need(&self.ca, "--ca")?,
-            cert: need(&self.cert, "--cert")?,
-            key: need(&self.key, "--key")?,
-            server_name: self.server_name.clone(),
-        }))
-    }
-}
-
-/// Runs one operator RPC against a running vault.
-fn through_server<T>(
-    conn: super::serve::ConnectArgs,
-    call: impl AsyncFnOnce(
-        crate::proto::v1::operator_service_client::OperatorServiceClient<tonic::transport::Channel>,
-    ) -> Result<tonic::Response<T>, tonic::Status>,
-) -> Result<T, CliError> {
-    super::serve::runtime()?.block_on(async move {
-        let client = crate::proto::v1::operator_service_client::OperatorServiceClient::new(conn.channel().await?);
-        call(client)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| CliError::new(format!("{}: {}", super::serve::code_name(s.code()), s.message())))
-    })
-}
-
 #[derive(Debug, Args)]
 pub struct RotateKekArgs {
     #[command(flatten)]
@@ -301,46 +246,6 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
     }
     outln!("keep the master key safe and apart from backups of the database: without it nothing in the vault opens")?;
     Ok(())
-}
-
-fn unlock(g: &GlobalArgs) -> Result<Vault, CliError> {
-    let source = g.master.source()?;
-    Ok(Vault::unlock(&g.db, &source)?)
-}
-
-/// What a changing command holds: the database lock (no server, no other command on these
-/// files until it is dropped), the vault, the audit signing key (the change's record is
-/// appended to the audit database before the change commits) and who is asking.
-struct ForChange {
-    _lock: DbLock,
-    vault: Vault,
-    key: ed25519_dalek::SigningKey,
-    op: Operator,
-}
-
-/// Takes the database lock, then unlocks the vault for a change. A running server holds the
-/// lock: the command is refused and names it (use the gRPC API, or stop the server).
-fn unlock_for_change(g: &GlobalArgs) -> Result<ForChange, CliError> {
-    let lock = lock_for_change(&g.db)?;
-    let vault = unlock(g)?;
-    let key = vault.audit_signing_key()?;
-    Ok(ForChange { _lock: lock, vault, key, op: Operator::current() })
-}
-
-/// The database lock for a command that writes `db`.
-pub fn lock_for_change(db: &std::path::Path) -> Result<DbLock, CliError> {
-    DbLock::acquire(db, Holder::Command).map_err(|e| CliError::new(e.to_string()))
-}
-
-/// A refused change, as the one line the operator sees.
-fn change_error(g: &GlobalArgs, e: VaultError) -> CliError {
-    match e {
-        VaultError::NotRecorded { reason } => CliError::new(format!(
-            "the audit database {} cannot be written ({reason}); nothing was changed",
-            g.audit_db().display()
-        )),
-        e => e.into(),
-    }
 }
 
 /// What `integration set` and `integration use` print (hints only).
@@ -793,8 +698,8 @@ pub fn sim(a: SimArgs) -> Result<(), CliError> {
     for uri in &a.redirect_uris {
         config.redirect_uris.extend(Environment::ALL.iter().map(|env| (*env, uri.clone())));
     }
-    super::serve::runtime()?.block_on(async move {
-        let stop = super::serve::StopSignals::listen();
+    runtime()?.block_on(async move {
+        let stop = StopSignals::listen();
         let sim = crate::sim::start(a.listen, config).await.map_err(|e| {
             let what = if e.kind() == std::io::ErrorKind::InvalidInput { "--redirect-uri" } else { "--listen" };
             CliError::new(format!("{what}: the simulator cannot start on {}: {e}", a.listen))

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::args::{ChangeDbArgs, GlobalArgs};
+use super::connect::{ConnectArgs, code_name};
 use super::error::CliError;
-use super::serve::{ConnectArgs, code_name, runtime};
+use super::runtime::runtime;
 use crate::proto::v1 as pb;
 use crate::proto::v1::audit_service_client::AuditServiceClient;
 
@@ -377,7 +378,7 @@ fn verify(
 /// `audit rotate-signing-key`: audited hand-over first, then the vault's new key.
 fn rotate_signing_key(g: &GlobalArgs) -> Result<(), CliError> {
     // A running server holds the database: refused (it would sign with a retired key).
-    let _lock = super::admin::lock_for_change(&g.db)?;
+    let _lock = super::db::lock_for_change(&g.db)?;
     let vault = crate::vault::Vault::unlock(&g.db, &g.master.source()?)?;
     let old = vault.audit_signing_key()?;
     let seed = crate::crypto::SymmetricKey::generate()

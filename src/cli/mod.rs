@@ -35,15 +35,20 @@ macro_rules! outln {
 mod admin;
 mod args;
 mod audit;
+mod connect;
+mod db;
 mod error;
+mod logging;
 mod onboard;
 pub mod operator;
 pub(crate) mod out;
 mod output;
+mod runtime;
 mod serve;
 
 pub use args::{AuditDbArgs, ChangeDbArgs, GlobalArgs, MasterKeyArgs, VaultDbArgs};
 pub use error::CliError;
+pub(crate) use logging::ansi_stderr;
 
 #[cfg(test)]
 use args::DB_OPTION_IDS;
@@ -103,7 +108,7 @@ pub enum Command {
     Onboard(onboard::OnboardCommand),
     /// Show a running vault's health, version, schema, tenant counts, master key id and last
     /// checkpoint (role `audit`).
-    Status(serve::ConnectArgs),
+    Status(connect::ConnectArgs),
     /// Copy the vault and audit databases consistently, even while the server serves.
     /// Writes FILE and FILE.audit; the master key is never inside.
     Backup {
@@ -175,12 +180,6 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<(), CliError> {
         Command::Backup { out, .. } => admin::backup(g, &out),
         Command::Restore { from, .. } => admin::restore(g, &from),
     }
-}
-
-/// Colours only for a person: not when standard error is a file, a pipe or a log collector.
-pub(crate) fn ansi_stderr() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn init_logging(command: &Command) {
