@@ -38,6 +38,7 @@ mod audit;
 mod connect;
 mod db;
 mod error;
+mod integration;
 mod logging;
 mod onboard;
 pub mod operator;
@@ -45,6 +46,8 @@ pub(crate) mod out;
 mod output;
 mod runtime;
 mod serve;
+mod sim;
+mod tenant;
 
 pub use args::{AuditDbArgs, ChangeDbArgs, GlobalArgs, MasterKeyArgs, VaultDbArgs};
 pub use error::CliError;
@@ -76,15 +79,15 @@ pub enum Command {
     Init(admin::InitArgs),
     /// Manage the integration (application key, subscription key, Go base URL) per environment.
     #[command(subcommand)]
-    Integration(admin::IntegrationCommand),
+    Integration(integration::IntegrationCommand),
     /// Register and manage tenants and their client keys.
     #[command(subcommand)]
-    Tenant(admin::TenantCommand),
+    Tenant(tenant::TenantCommand),
     /// Rewrap every data key under a new master key; the old master key stops working.
     RotateKek(admin::RotateKekArgs),
     /// Run a simulated PowerOffice Go with demo clients (prints its demo keys; for trying
     /// a vault and for tests).
-    Sim(admin::SimArgs),
+    Sim(sim::SimArgs),
     /// Serve the gRPC API over mutual TLS (configuration from a TOML file).
     Serve(serve::ServeArgs),
     /// The embedded default: simulator, dev certificates, demo tenants, a real token over mTLS.
@@ -164,10 +167,10 @@ pub fn main() -> ExitCode {
 pub fn run(g: &GlobalArgs, command: Command) -> Result<(), CliError> {
     match command {
         Command::Init(a) => admin::init(g, a),
-        Command::Integration(c) => admin::integration(g, c),
-        Command::Tenant(c) => admin::tenant(g, c),
+        Command::Integration(c) => integration::integration(g, c),
+        Command::Tenant(c) => tenant::tenant(g, c),
         Command::RotateKek(a) => admin::rotate_kek(g, a),
-        Command::Sim(a) => admin::sim(a),
+        Command::Sim(a) => sim::sim(a),
         Command::Serve(a) => serve::serve(a),
         Command::Dev(a) => serve::dev(a),
         Command::Token(a) => serve::token(a),
