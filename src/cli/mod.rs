@@ -14,6 +14,16 @@
 //!
 //! Standard output is written only through [`outln!`]: a reader that went away (`| head`,
 //! a closed pipe) ends the command quietly with exit code 141, where `println!` would panic.
+//!
+//! The files depend one way. The leaves import no other file of the CLI above them:
+//! `error.rs` (the error type), `args.rs` (the database options), `out.rs` and `output.rs`
+//! (standard output), `logging.rs`, `runtime.rs` (async runtime, stop signals),
+//! `connect.rs` (reaching a running vault), `db.rs` (opening the database files for a read
+//! or a change) and `operator.rs` (who runs a command, its commit gate). The command files
+//! (`admin.rs`, `tenant.rs`, `integration.rs`, `sim.rs`, `serve.rs`, `audit.rs`,
+//! `onboard.rs`) import only leaves, never each other. This file wires them to clap and is
+//! imported by none of them; its `pub use` lines keep `CliError` and the database options
+//! at their old paths. `tests/architecture.rs` fails on any import circle.
 #![deny(clippy::print_stdout)]
 
 use std::path::PathBuf;
