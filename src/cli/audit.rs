@@ -9,8 +9,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::CliError;
-use super::serve::{ConnectArgs, code_name, runtime};
+use super::args::{ChangeDbArgs, GlobalArgs};
+use super::connect::{ConnectArgs, code_name};
+use super::error::CliError;
+use super::runtime::runtime;
 use crate::proto::v1 as pb;
 use crate::proto::v1::audit_service_client::AuditServiceClient;
 
@@ -96,7 +98,7 @@ pub enum AuditCommand {
     /// retired key and fails closed until restarted).
     RotateSigningKey {
         #[command(flatten)]
-        db: super::ChangeDbArgs,
+        db: ChangeDbArgs,
     },
 }
 
@@ -197,7 +199,7 @@ fn event_csv(e: &pb::AuditEvent) -> String {
     .join(",")
 }
 
-pub fn run(g: &super::GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
+pub fn run(g: &GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
     match &c {
         AuditCommand::Verify { public_key, checkpoint, witness, allow_unsigned_tail, expect_key, .. } => {
             let file = audit_file(g)?;
@@ -293,7 +295,7 @@ pub fn run(g: &super::GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
 /// The file `audit verify` reads: `--audit-db`; else the audit database beside `--db` when
 /// that is a vault database; else `--db` itself (an audit database, as this command was
 /// once documented).
-fn audit_file(g: &super::GlobalArgs) -> Result<PathBuf, CliError> {
+fn audit_file(g: &GlobalArgs) -> Result<PathBuf, CliError> {
     if let Some(p) = &g.audit_db {
         return Ok(p.clone());
     }
@@ -374,9 +376,9 @@ fn verify(
 }
 
 /// `audit rotate-signing-key`: audited hand-over first, then the vault's new key.
-fn rotate_signing_key(g: &super::GlobalArgs) -> Result<(), CliError> {
+fn rotate_signing_key(g: &GlobalArgs) -> Result<(), CliError> {
     // A running server holds the database: refused (it would sign with a retired key).
-    let _lock = super::admin::lock_for_change(&g.db)?;
+    let _lock = super::db::lock_for_change(&g.db)?;
     let vault = crate::vault::Vault::unlock(&g.db, &g.master.source()?)?;
     let old = vault.audit_signing_key()?;
     let seed = crate::crypto::SymmetricKey::generate()

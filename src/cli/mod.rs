@@ -14,17 +14,22 @@
 //!
 //! Standard output is written only through [`outln!`]: a reader that went away (`| head`,
 //! a closed pipe) ends the command quietly with exit code 141, where `println!` would panic.
+//!
+//! The files depend one way. The leaves import no other file of the CLI above them:
+//! `error.rs` (the error type), `args.rs` (the database options), `out.rs` and `output.rs`
+//! (standard output), `logging.rs`, `runtime.rs` (async runtime, stop signals),
+//! `connect.rs` (reaching a running vault), `db.rs` (opening the database files for a read
+//! or a change) and `operator.rs` (who runs a command, its commit gate). The command files
+//! (`admin.rs`, `tenant.rs`, `integration.rs`, `sim.rs`, `serve.rs`, `audit.rs`,
+//! `onboard.rs`) import only leaves, never each other. This file wires them to clap and is
+//! imported by none of them; its `pub use` lines keep `CliError` and the database options
+//! at their old paths. `tests/architecture.rs` fails on any import circle.
 #![deny(clippy::print_stdout)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-
-use crate::crypto::MasterKeySource;
-use crate::domain::InvalidInput;
-use crate::vault::VaultError;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Writes one line to standard output (`println!` syntax) and returns `Result<(), CliError>`:
 /// a closed standard output becomes [`CliError::closed_stdout`], never a panic.
@@ -38,12 +43,28 @@ macro_rules! outln {
 }
 
 mod admin;
+mod args;
 mod audit;
+mod connect;
+mod db;
+mod error;
+mod integration;
+mod logging;
 mod onboard;
 pub mod operator;
 pub(crate) mod out;
 mod output;
+mod runtime;
 mod serve;
+mod sim;
+mod tenant;
+
+pub use args::{AuditDbArgs, ChangeDbArgs, GlobalArgs, MasterKeyArgs, VaultDbArgs};
+pub use error::CliError;
+pub(crate) use logging::ansi_stderr;
+
+#[cfg(test)]
+use args::DB_OPTION_IDS;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,155 +83,21 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The vault database and its master key: for the commands that open the vault.
-#[derive(Debug, Args, Clone, Default)]
-#[command(next_help_heading = "Database")]
-pub struct VaultDbArgs {
-    /// The vault database file [default: pogo-vault.db].
-    #[arg(long, env = "POGO_VAULT_DB", value_name = "FILE")]
-    pub db: Option<PathBuf>,
-    #[command(flatten)]
-    pub master: MasterKeyArgs,
-}
-
-/// The audit database: for the commands that record a change (or read the log offline).
-#[derive(Debug, Args, Clone, Default)]
-#[command(next_help_heading = "Database")]
-pub struct AuditDbArgs {
-    /// The audit database, where a change's record is made durable before the change
-    /// commits [default: `<db stem>-audit.db` beside the vault database].
-    #[arg(long, env = "POGO_VAULT_AUDIT_DB", value_name = "FILE")]
-    pub audit_db: Option<PathBuf>,
-}
-
-/// Both databases and the master key: for the commands that change the vault.
-#[derive(Debug, Args, Clone, Default)]
-pub struct ChangeDbArgs {
-    #[command(flatten)]
-    pub vault: VaultDbArgs,
-    #[command(flatten)]
-    pub audit: AuditDbArgs,
-}
-
-/// The database options in force for a command, wherever they were given.
-#[derive(Debug, Clone)]
-pub struct GlobalArgs {
-    pub db: PathBuf,
-    pub audit_db: Option<PathBuf>,
-    pub master: MasterKeyArgs,
-}
-
-/// How to obtain the master key (exactly one, except for `init --generate-master-key-file`).
-#[derive(Debug, Args, Clone, Default)]
-#[command(next_help_heading = "Master key (exactly one)")]
-pub struct MasterKeyArgs {
-    /// Master key file: 32 random bytes, mode 0600.
-    #[arg(long, env = "POGO_VAULT_MASTER_KEY_FILE", value_name = "FILE")]
-    pub master_key_file: Option<PathBuf>,
-    /// File holding the master passphrase (mode 0600).
-    #[arg(long, env = "POGO_VAULT_MASTER_PASSPHRASE_FILE", value_name = "FILE")]
-    pub master_passphrase_file: Option<PathBuf>,
-    /// Name of an environment variable holding the master passphrase (the name, not the value).
-    // The value is never shown in help: a passphrase put there by mistake must not be echoed.
-    #[arg(long, env = "POGO_VAULT_MASTER_PASSPHRASE_ENV", value_name = "VAR", hide_env_values = true)]
-    pub master_passphrase_env: Option<String>,
-}
-
-/// The ids of the database options, as clap names them.
-const DB_OPTION_IDS: [&str; 5] =
-    ["db", "audit_db", "master_key_file", "master_passphrase_file", "master_passphrase_env"];
-
-impl GlobalArgs {
-    pub fn audit_db(&self) -> PathBuf {
-        self.audit_db.clone().unwrap_or_else(|| crate::config::default_audit_db(&self.db))
-    }
-
-    /// The database options from the top level and from every subcommand level that
-    /// defines them (the deepest given wins). Refuses an option given on the command line
-    /// before a command that does not take it.
-    pub fn from_matches(top: &ArgMatches) -> Result<GlobalArgs, CliError> {
-        let mut levels = vec![top];
-        let mut path = Vec::new();
-        while let Some((name, sub)) = levels.last().and_then(|m| m.subcommand()) {
-            path.push(name.to_owned());
-            levels.push(sub);
-        }
-        let leaf = levels.last().copied().unwrap_or(top);
-        for id in DB_OPTION_IDS {
-            let given_on_top = top.value_source(id) == Some(ValueSource::CommandLine);
-            let leaf_takes_it = !std::ptr::eq(leaf, top) && leaf.try_contains_id(id).is_ok();
-            if given_on_top && !leaf_takes_it {
-                return Err(CliError::usage(format!(
-                    "--{} is not an option of `pogo-vault {}`, which opens no {}",
-                    id.replace('_', "-"),
-                    path.join(" "),
-                    if id == "audit_db" { "audit database" } else { "vault database" }
-                )));
-            }
-        }
-        let path_of = |id: &str| -> Option<PathBuf> {
-            levels.iter().rev().find_map(|m| m.try_get_one::<PathBuf>(id).ok().flatten().cloned())
-        };
-        let string_of = |id: &str| -> Option<String> {
-            levels.iter().rev().find_map(|m| m.try_get_one::<String>(id).ok().flatten().cloned())
-        };
-        Ok(GlobalArgs {
-            db: path_of("db").unwrap_or_else(|| PathBuf::from("pogo-vault.db")),
-            audit_db: path_of("audit_db"),
-            master: MasterKeyArgs {
-                master_key_file: path_of("master_key_file"),
-                master_passphrase_file: path_of("master_passphrase_file"),
-                master_passphrase_env: string_of("master_passphrase_env"),
-            },
-        })
-    }
-}
-
-impl MasterKeyArgs {
-    /// The one configured source, or a clear error when none or several are given.
-    pub fn source(&self) -> Result<MasterKeySource, CliError> {
-        self.source_opt()?.ok_or_else(|| {
-            CliError::usage(
-                "no master key given: pass --master-key-file FILE, --master-passphrase-file FILE or --master-passphrase-env VAR",
-            )
-        })
-    }
-
-    pub fn source_opt(&self) -> Result<Option<MasterKeySource>, CliError> {
-        let mut sources = Vec::new();
-        if let Some(p) = &self.master_key_file {
-            sources.push(MasterKeySource::KeyFile(p.clone()));
-        }
-        if let Some(p) = &self.master_passphrase_file {
-            sources.push(MasterKeySource::PassphraseFile(p.clone()));
-        }
-        if let Some(v) = &self.master_passphrase_env {
-            sources.push(MasterKeySource::PassphraseEnv(v.clone()));
-        }
-        if sources.len() > 1 {
-            return Err(CliError::usage(
-                "give only one of --master-key-file, --master-passphrase-file and --master-passphrase-env",
-            ));
-        }
-        Ok(sources.pop())
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new vault database and its master key record.
     Init(admin::InitArgs),
     /// Manage the integration (application key, subscription key, Go base URL) per environment.
     #[command(subcommand)]
-    Integration(admin::IntegrationCommand),
+    Integration(integration::IntegrationCommand),
     /// Register and manage tenants and their client keys.
     #[command(subcommand)]
-    Tenant(admin::TenantCommand),
+    Tenant(tenant::TenantCommand),
     /// Rewrap every data key under a new master key; the old master key stops working.
     RotateKek(admin::RotateKekArgs),
     /// Run a simulated PowerOffice Go with demo clients (prints its demo keys; for trying
     /// a vault and for tests).
-    Sim(admin::SimArgs),
+    Sim(sim::SimArgs),
     /// Serve the gRPC API over mutual TLS (configuration from a TOML file).
     Serve(serve::ServeArgs),
     /// The embedded default: simulator, dev certificates, demo tenants, a real token over mTLS.
@@ -234,7 +121,7 @@ pub enum Command {
     Onboard(onboard::OnboardCommand),
     /// Show a running vault's health, version, schema, tenant counts, master key id and last
     /// checkpoint (role `audit`).
-    Status(serve::ConnectArgs),
+    Status(connect::ConnectArgs),
     /// Copy the vault and audit databases consistently, even while the server serves.
     /// Writes FILE and FILE.audit; the master key is never inside.
     Backup {
@@ -254,47 +141,6 @@ pub enum Command {
         #[command(flatten)]
         db: ChangeDbArgs,
     },
-}
-
-/// A command failed: the one line to print, and the exit code.
-#[derive(Debug)]
-pub struct CliError {
-    pub message: String,
-    pub code: u8,
-}
-
-impl CliError {
-    pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), code: 1 }
-    }
-
-    pub fn usage(message: impl Into<String>) -> Self {
-        Self { message: message.into(), code: 2 }
-    }
-
-    /// Standard output was closed by its reader (`| head`): nothing more to say, and nobody
-    /// to say it to. Exit code 141, as a shell reports a process ended by SIGPIPE.
-    pub fn closed_stdout() -> Self {
-        Self { message: String::new(), code: 141 }
-    }
-}
-
-impl From<VaultError> for CliError {
-    fn from(e: VaultError) -> Self {
-        CliError::new(e.to_string())
-    }
-}
-
-impl From<InvalidInput> for CliError {
-    fn from(e: InvalidInput) -> Self {
-        CliError::new(e.to_string())
-    }
-}
-
-impl From<crate::store::StoreError> for CliError {
-    fn from(e: crate::store::StoreError) -> Self {
-        CliError::new(e.to_string())
-    }
 }
 
 /// Entry point of the binary.
@@ -331,10 +177,10 @@ pub fn main() -> ExitCode {
 pub fn run(g: &GlobalArgs, command: Command) -> Result<(), CliError> {
     match command {
         Command::Init(a) => admin::init(g, a),
-        Command::Integration(c) => admin::integration(g, c),
-        Command::Tenant(c) => admin::tenant(g, c),
+        Command::Integration(c) => integration::integration(g, c),
+        Command::Tenant(c) => tenant::tenant(g, c),
         Command::RotateKek(a) => admin::rotate_kek(g, a),
-        Command::Sim(a) => admin::sim(a),
+        Command::Sim(a) => sim::sim(a),
         Command::Serve(a) => serve::serve(a),
         Command::Dev(a) => serve::dev(a),
         Command::Token(a) => serve::token(a),
@@ -347,12 +193,6 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<(), CliError> {
         Command::Backup { out, .. } => admin::backup(g, &out),
         Command::Restore { from, .. } => admin::restore(g, &from),
     }
-}
-
-/// Colours only for a person: not when standard error is a file, a pipe or a log collector.
-pub(crate) fn ansi_stderr() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn init_logging(command: &Command) {

@@ -8,8 +8,9 @@
 
 use clap::Subcommand;
 
-use super::CliError;
-use super::serve::{ConnectArgs, code_name, runtime};
+use super::connect::{ConnectArgs, code_name};
+use super::error::CliError;
+use super::runtime::runtime;
 use crate::proto::v1 as pb;
 use crate::proto::v1::onboarding_service_client::OnboardingServiceClient;
 

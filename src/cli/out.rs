@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use super::CliError;
+use super::error::CliError;
 
 /// Writes `args` and a newline to standard output.
 pub fn line(args: std::fmt::Arguments<'_>) -> Result<(), CliError> {

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Read};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::CliError;
+use super::error::CliError;
 use crate::store::integrations::IntegrationRecord;
 use crate::store::tenants::TenantRecord;
 

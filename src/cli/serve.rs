@@ -6,7 +6,10 @@ use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
 
-use super::CliError;
+use super::connect::{ConnectArgs, code_name};
+use super::error::CliError;
+use super::logging::init_logging;
+use super::runtime::{StopSignals, runtime};
 use crate::client::{connect, error_chain};
 use crate::config::{Config, LogFormat};
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
@@ -36,33 +39,6 @@ pub struct DevArgs {
     /// Mint the demo token, print the commands, then stop instead of serving.
     #[arg(long)]
     pub once: bool,
-}
-
-/// How a caller reaches the vault (shared by `token` and other client commands).
-#[derive(Debug, Args, Clone)]
-pub struct ConnectArgs {
-    /// The vault's address.
-    #[arg(long, env = "POGO_VAULT_ENDPOINT", default_value = "https://127.0.0.1:50051")]
-    pub endpoint: String,
-    /// CA certificate(s) that issued the vault's server certificate (PEM).
-    #[arg(long, env = "POGO_VAULT_CA")]
-    pub ca: PathBuf,
-    /// This caller's client certificate (PEM).
-    #[arg(long, env = "POGO_VAULT_CERT")]
-    pub cert: PathBuf,
-    /// This caller's private key (PEM, mode 0600).
-    #[arg(long, env = "POGO_VAULT_KEY")]
-    pub key: PathBuf,
-    /// Name to expect in the server certificate (default: the endpoint's host).
-    #[arg(long)]
-    pub server_name: Option<String>,
-}
-
-impl ConnectArgs {
-    pub async fn channel(&self) -> Result<tonic::transport::Channel, CliError> {
-        let files = ClientTlsFiles { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() };
-        connect(&self.endpoint, &files, self.server_name.as_deref()).await.map_err(|e| CliError::new(e.to_string()))
-    }
 }
 
 #[derive(Debug, Args)]
@@ -121,24 +97,6 @@ pub enum ConfigCommand {
     },
 }
 
-pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))
-}
-
-pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POGO_VAULT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
-        // Colour codes only for a terminal: a log file or collector gets plain text.
-        LogFormat::Human => builder.with_ansi(super::ansi_stderr()).try_init(),
-    };
-}
-
 pub fn serve(a: ServeArgs) -> Result<(), CliError> {
     // Before any key is read: no core dump may ever hold one.
     crate::hardening::disable_core_dumps().map_err(CliError::new)?;
@@ -164,38 +122,6 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
         tracing::info!("stopping: finishing in-flight requests");
         server.shutdown().await.map_err(|e| CliError::new(e.to_string()))
     })
-}
-
-/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment this is made: made before a
-/// long-running command says it is ready, so a stop sent right after that line is a
-/// graceful stop, not the signal's default action.
-pub(super) struct StopSignals {
-    term: Option<tokio::signal::unix::Signal>,
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl StopSignals {
-    /// Must run inside the runtime.
-    pub(super) fn listen() -> Self {
-        use tokio::signal::unix::{SignalKind, signal};
-        Self { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
-    }
-
-    /// Until either signal arrives.
-    pub(super) async fn wait(mut self) {
-        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        }
-        tokio::select! {
-            _ = recv(&mut self.term) => {}
-            _ = recv(&mut self.int) => {}
-        }
-    }
 }
 
 pub fn token(a: TokenArgs) -> Result<(), CliError> {
@@ -274,16 +200,6 @@ pub fn status(conn: ConnectArgs) -> Result<(), CliError> {
             )?;
         }
         Ok(())
-    })
-}
-
-pub fn code_name(c: tonic::Code) -> String {
-    format!("{c:?}").chars().fold(String::new(), |mut s, ch| {
-        if ch.is_uppercase() && !s.is_empty() {
-            s.push('_');
-        }
-        s.push(ch.to_ascii_uppercase());
-        s
     })
 }
 
@@ -436,7 +352,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         crate::tls::generate_dev_pki(&certs_dir, trust_domain).map_err(|e| fail("certificates", &e))?
     };
     // Held through the set-up, released before the server takes it for serving.
-    let setup_lock = super::admin::lock_for_change(&db)?;
+    let setup_lock = super::db::lock_for_change(&db)?;
     if !db.exists() {
         let init = if master.exists() {
             InitKey::Existing(crate::crypto::MasterKeySource::KeyFile(master.clone()))
