@@ -23,8 +23,8 @@ use rusqlite::TransactionBehavior;
 use super::handover::{self, Handover};
 use super::record::{Action, AuditRecord, Outcome};
 use super::{AuditError, db};
-use crate::store::now_ms;
 use crate::crypto::audit_key_id;
+use crate::store::now_ms;
 
 /// Records the hand-over from `old` to `new` in the audit database at `path` (one
 /// transaction, waiting up to the store's busy timeout for a server's writer). `caller`

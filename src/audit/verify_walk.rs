@@ -17,8 +17,8 @@ use super::chain::{Checkpoint, CheckpointProblem, EventFields, GENESIS_HASH, eve
 use super::handover::Handover;
 use super::record::Action;
 use super::verify_report::{External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport, source_name};
-use crate::crypto::secret::hex;
 use crate::crypto::audit_key_id;
+use crate::crypto::secret::hex;
 
 /// Errors that mean "this row holds values of the wrong type" (an edit), not "I/O failed".
 pub(super) fn is_type_error(e: &rusqlite::Error) -> bool {

@@ -381,9 +381,9 @@ fn rotate_signing_key(g: &GlobalArgs) -> Result<(), CliError> {
     let _lock = super::db::lock_for_change(&g.db)?;
     let vault = crate::vault::Vault::unlock(&g.db, &g.master.source()?)?;
     let old = vault.audit_signing_key()?;
-    let seed = crate::crypto::SymmetricKey::generate()
-        .map_err(|_| CliError::new("the system random number generator failed; nothing was changed"))?;
-    let new = ed25519_dalek::SigningKey::from_bytes(seed.expose_secret());
+    let new = crate::crypto::SigningSeed::generate()
+        .map_err(|_| CliError::new("the system random number generator failed; nothing was changed"))?
+        .signing_key();
     let audit_db = g.audit_db();
     let caller = super::operator::Operator::current().caller;
     let request_id = crate::server::new_request_id();
