@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::server::{TRUST, policy_text, sim_key};
+use common::fixture::{TRUST, policy_text, sim_key};
 use pogo_vault::crypto::{MasterKeySource, Purpose};
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::server::{TRUST, policy_text, sim_key};
+use common::fixture::{TRUST, policy_text, sim_key};
 use pogo_vault::crypto::{ClientKey, MasterKeySource, Purpose};
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;

@@ -18,9 +18,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use clap::CommandFactory;
-use common::server::{TestServer, sim_key};
-use common::{APP_KEY, Scratch, assert_ok};
-use pogo_vault::proto::v1 as pb;
+use common::fixture::{APP_KEY, sim_key};
+use common::server::TestServer;
+use common::{Scratch, assert_ok};
 
 /// Every leaf command (`tenant list`), plus the top-level `--help` and `--version`.
 fn commands() -> BTreeSet<String> {
@@ -68,16 +68,7 @@ fn s(v: &[&str]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_command_panics_when_its_standard_output_is_closed() {
     let ts = TestServer::start().await;
-    let mut tenants = ts.tenant_client("admin").await;
-    tenants
-        .register_client_key(pb::RegisterClientKeyRequest {
-            tenant_id: "acme".into(),
-            environment: "demo".into(),
-            client_key: sim_key(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    ts.register("acme", 0).await;
     ts.sim.allow_redirect(pogo_vault::domain::Environment::Demo, "http://127.0.0.1:9/callback");
     let conn_of = |name: &str| {
         let f = ts.files(name);

@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::server::{TRUST, TestServer, policy_text, sim_key};
+use common::fixture::{policy_text, sim_key};
+use common::server::TestServer;
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::proto::v1::onboarding_service_client::OnboardingServiceClient;
@@ -149,7 +150,6 @@ async fn re_activation_trusts_only_numbers_go_reported_and_refuses_two() {
         )
         .unwrap();
     assert_eq!(n, 1);
-    let _ = TRUST;
     ts.stop().await;
 }
 

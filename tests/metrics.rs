@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::server::{TestServer, sim_key};
+use common::fixture::sim_key;
+use common::server::TestServer;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::vault::UnauditedFixture;
 
@@ -93,7 +94,7 @@ async fn status_command_reports_a_running_vault() {
     ts.vault()
         .add_tenant(
             &pogo_vault::vault::NewTenant::new("acme".parse().unwrap(), pogo_vault::domain::Environment::Demo),
-            &common::server::key(0),
+            &common::fixture::key(0),
             &UnauditedFixture,
         )
         .unwrap();

@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests: running the real binary, and scanning bytes
-//! for secrets in every form they could leak in.
+//! for secrets in every form they could leak in. The fixture (keys, constants, the demo
+//! policy) is `fixture.rs`; the in-process server `server.rs`.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -7,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use base64::Engine;
-
-pub const APP_KEY: &str = "5b1b5bd4-0f0c-4a57-9d8e-0d3f54a1c001";
 
 /// A scratch directory with a database path and a generated master key file.
 pub struct Scratch {
@@ -20,10 +19,10 @@ impl Scratch {
         Self { dir: tempfile::tempdir().expect("tempdir") }
     }
     pub fn db(&self) -> PathBuf {
-        self.dir.path().join("vault.db")
+        self.dir.path().join(fixture::VAULT_DB)
     }
     pub fn key(&self) -> PathBuf {
-        self.dir.path().join("master.key")
+        self.dir.path().join(fixture::MASTER_KEY)
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -170,4 +169,5 @@ pub fn rusqlite_open(db: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(db).expect("open db")
 }
 pub mod browser;
+pub mod fixture;
 pub mod server;
