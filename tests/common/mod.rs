@@ -170,4 +170,5 @@ pub fn rusqlite_open(db: &Path) -> rusqlite::Connection {
 }
 pub mod browser;
 pub mod fixture;
+pub mod serve_process;
 pub mod server;
