@@ -168,6 +168,7 @@ pub fn new_tenant(id: &str) -> pogo_vault::vault::NewTenant {
 pub fn rusqlite_open(db: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(db).expect("open db")
 }
+pub mod broker;
 pub mod browser;
 pub mod fixture;
 pub mod serve_process;
