@@ -170,6 +170,7 @@ pub fn rusqlite_open(db: &Path) -> rusqlite::Connection {
 }
 pub mod broker;
 pub mod browser;
+pub mod dev;
 pub mod fixture;
 pub mod serve_process;
 pub mod server;
