@@ -43,11 +43,7 @@ fn run_closed(args: &[String], stdin: &str, env: &[(&str, &str)]) -> Output {
     drop(reader);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pogo-vault"));
     cmd.args(args).stdin(Stdio::piped()).stdout(writer).stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("POGO_VAULT_") {
-            cmd.env_remove(k);
-        }
-    }
+    common::without_vault_env(&mut cmd);
     cmd.envs(env.iter().copied());
     let mut child = cmd.spawn().unwrap();
     let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());

@@ -157,19 +157,8 @@ async fn re_activation_trusts_only_numbers_go_reported_and_refuses_two() {
 async fn onboard_complete_reads_the_redirect_url_from_standard_input() {
     let mut ts = TestServer::start().await;
     ts.sim.allow_redirect(Environment::Demo, CALLBACK);
-    let f = ts.files("admin");
-    let conn = [
-        "--endpoint",
-        &ts.endpoint,
-        "--ca",
-        f.ca.to_str().unwrap(),
-        "--cert",
-        f.cert.to_str().unwrap(),
-        "--key",
-        f.key.to_str().unwrap(),
-        "--server-name",
-        "localhost",
-    ];
+    let conn = ts.cli_args("admin");
+    let conn: Vec<&str> = conn.iter().map(String::as_str).collect();
     let out = common::run_bin(
         &[
             &[

@@ -107,25 +107,12 @@ async fn the_cli_rotates_the_master_key_through_a_running_server_with_endpoint()
     let grant = grant("service/stranger", &["operator"], &[]);
     std::fs::write(&ts.policy, policy_text(&grant)).unwrap();
     ts.server().reload().await;
-    let files = ts.files("stranger");
+    let conn = ts.cli_args("stranger");
+    let conn: Vec<&str> = conn.iter().map(String::as_str).collect();
     let new_key = ts.dir.path().join("master-2.key");
     pogo_vault::crypto::master::generate_key_file(&new_key).unwrap();
     let out = common::run_bin(
-        &[
-            "rotate-kek",
-            "--new-master-key-file",
-            new_key.to_str().unwrap(),
-            "--endpoint",
-            &ts.endpoint,
-            "--ca",
-            files.ca.to_str().unwrap(),
-            "--cert",
-            files.cert.to_str().unwrap(),
-            "--key",
-            files.key.to_str().unwrap(),
-            "--server-name",
-            "localhost",
-        ],
+        &[&["rotate-kek", "--new-master-key-file", new_key.to_str().unwrap()][..], &conn[..]].concat(),
         "",
     );
     common::assert_ok(&out);

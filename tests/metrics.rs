@@ -99,21 +99,9 @@ async fn status_command_reports_a_running_vault() {
         )
         .unwrap();
     let run = |who: &str| {
-        let f = ts.files(who);
-        let endpoint = ts.endpoint.clone();
+        let conn = ts.cli_args(who);
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
-                .args(["status", "--endpoint", &endpoint, "--server-name", "localhost"])
-                .args([
-                    "--ca",
-                    f.ca.to_str().unwrap(),
-                    "--cert",
-                    f.cert.to_str().unwrap(),
-                    "--key",
-                    f.key.to_str().unwrap(),
-                ])
-                .output()
-                .unwrap()
+            std::process::Command::new(env!("CARGO_BIN_EXE_pogo-vault")).arg("status").args(conn).output().unwrap()
         })
     };
     let out = run("auditor").await.unwrap();

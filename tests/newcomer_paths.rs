@@ -36,11 +36,7 @@ fn served_setup(s: &Scratch) -> std::path::PathBuf {
 fn config_check(config: &Path, env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pogo-vault"));
     cmd.args(["config", "check", config.to_str().unwrap()]);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("POGO_VAULT_") {
-            cmd.env_remove(k);
-        }
-    }
+    common::without_vault_env(&mut cmd);
     cmd.envs(env.iter().copied()).output().unwrap()
 }
 
@@ -234,11 +230,7 @@ fn serve_logs_a_refused_reload_as_a_warning_in_plain_json() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("POGO_VAULT_") {
-            cmd.env_remove(k);
-        }
-    }
+    common::without_vault_env(&mut cmd);
     if pogo_vault::hardening::is_root() {
         cmd.env("POGO_VAULT_ALLOW_ROOT", "1");
     }

@@ -72,6 +72,17 @@ pub fn run_bin(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("wait")
 }
 
+/// Removes from `cmd` every `POGO_VAULT_*` variable of the test runner's environment, so the
+/// binary reads only what the test gives it (an exported override would change what runs).
+pub fn without_vault_env(cmd: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("POGO_VAULT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 pub fn assert_ok(out: &Output) {
     assert!(
         out.status.success(),

@@ -134,6 +134,23 @@ impl TestServer {
         }
     }
 
+    /// The options that point a CLI command at this server as caller `name`.
+    pub fn cli_args(&self, name: &str) -> Vec<String> {
+        let f = self.files(name);
+        let path = |p: &Path| p.to_str().unwrap().to_owned();
+        let mut args = vec!["--endpoint".to_owned(), self.endpoint.clone()];
+        args.extend([
+            "--ca".to_owned(),
+            path(&f.ca),
+            "--cert".to_owned(),
+            path(&f.cert),
+            "--key".to_owned(),
+            path(&f.key),
+        ]);
+        args.extend(["--server-name".to_owned(), "localhost".to_owned()]);
+        args
+    }
+
     pub async fn channel(&self, name: &str) -> Channel {
         pogo_vault::client::connect(&self.endpoint, &self.files(name), Some("localhost")).await.unwrap()
     }
