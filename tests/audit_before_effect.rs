@@ -10,7 +10,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::server::{TestServer, sim_key};
+use common::fixture::{APP_KEY, grant, policy_text, register_unvalidated as register, sim_key};
+use common::server::TestServer;
 use common::{Scratch, dump, rusqlite_open};
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;
@@ -53,16 +54,6 @@ fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
     r.map_or_else(|s| s.code(), |_| tonic::Code::Ok)
 }
 
-fn register(tenant: &str, key: usize) -> pb::RegisterClientKeyRequest {
-    pb::RegisterClientKeyRequest {
-        tenant_id: tenant.into(),
-        environment: "demo".into(),
-        client_key: sim_key(key),
-        skip_validation: true,
-        ..Default::default()
-    }
-}
-
 /// Asks Go (the simulator) to approve an onboarding as a user's browser would, and returns
 /// the onboarding token from the redirect back.
 async fn approve(authorization_url: &str) -> String {
@@ -84,11 +75,8 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
     let mut admin = ts.tenant_client("admin").await;
     let mut onboarding = OnboardingServiceClient::new(ts.channel("admin").await);
     // `stranger` is the operator (master key, integrations).
-    let ops_grant = format!(
-        "\n[[grant]]\ncaller = \"spiffe://{}/service/stranger\"\nroles = [\"operator\"]\n",
-        common::server::TRUST
-    );
-    std::fs::write(&ts.policy, common::server::policy_text(&ops_grant)).unwrap();
+    let ops_grant = grant("service/stranger", &["operator"], &[]);
+    std::fs::write(&ts.policy, policy_text(&ops_grant)).unwrap();
     ts.server().reload().await;
     let ops = OperatorServiceClient::new(ts.channel("stranger").await);
 
@@ -200,7 +188,7 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
             Box::pin(async move {
                 let r = pb::SetIntegrationRequest {
                     environment: "demo".into(),
-                    application_key: common::APP_KEY.into(),
+                    application_key: APP_KEY.into(),
                     base_url: sim_base,
                     subscription_key: "0123456789abcdef0123456789abcdef".into(),
                     allow_custom_base_url: true,
@@ -238,10 +226,7 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
     let mut stranger = ts.tenant_client("stranger").await;
     let get = pb::GetTenantRequest { tenant_id: "rot".into() };
     assert_eq!(stranger.get_tenant(get.clone()).await.unwrap_err().code(), tonic::Code::PermissionDenied);
-    let granted = common::server::policy_text(&format!(
-        "[[grant]]\ncaller = \"spiffe://{}/service/stranger\"\nroles = [\"tenant-admin\"]\ntenants = [\"*\"]\n",
-        common::server::TRUST
-    ));
+    let granted = policy_text(&grant("service/stranger", &["tenant-admin"], &["*"]));
     std::fs::write(&ts.policy, &granted).unwrap();
     let lock = AuditLock::take(&audit_db);
     let started = Instant::now();
@@ -288,7 +273,7 @@ fn every_cli_change_fails_closed_and_leaves_the_vault_unchanged_while_the_audit_
             "--environment",
             "demo",
             "--application-key",
-            common::APP_KEY,
+            APP_KEY,
             "--base-url",
             sim_url,
             "--allow-custom-base-url",
@@ -317,7 +302,7 @@ fn every_cli_change_fails_closed_and_leaves_the_vault_unchanged_while_the_audit_
         ("tenant enable", args(&["tenant", "enable", "en"]), String::new()),
         (
             "integration set",
-            args(&["integration", "set", "--environment", "production", "--application-key", common::APP_KEY]),
+            args(&["integration", "set", "--environment", "production", "--application-key", APP_KEY]),
             sub.to_owned(),
         ),
         ("integration set --slot secondary", args(&secondary_args), "abcdefabcdefabcdefabcdefabcdef12\n".to_owned()),
@@ -399,7 +384,7 @@ fn integration_set_refuses_a_host_that_is_not_go_unless_allowed_and_records_the_
     let audit_db = pogo_vault::config::default_audit_db(&s.db());
     let sub = "0123456789abcdef0123456789abcdef\n";
     let set = |extra: &[&str]| {
-        let mut a = vec!["integration", "set", "--environment", "demo", "--application-key", common::APP_KEY];
+        let mut a = vec!["integration", "set", "--environment", "demo", "--application-key", APP_KEY];
         a.extend_from_slice(extra);
         s.run_k(&a, sub)
     };
@@ -416,7 +401,7 @@ fn integration_set_refuses_a_host_that_is_not_go_unless_allowed_and_records_the_
     assert!(detail.contains("https://goapi.poweroffice.net"), "{detail}");
     assert!(!detail.contains("CUSTOM"), "{detail}");
     assert!(caller.starts_with("cli:uid="), "attributed from the operating system: {caller}");
-    assert!(detail.contains(common::APP_KEY) && detail.contains("(version 1)"), "{detail}");
+    assert!(detail.contains(APP_KEY) && detail.contains("(version 1)"), "{detail}");
     assert!(!detail.contains("0123456789abcdef0123456789abcdef"), "the subscription key never appears");
 
     // With the flag it is stored and the record says so, naming old and new host.

@@ -11,17 +11,18 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::server::{TRUST, policy_text, sim_key};
-use pogo_vault::crypto::{MasterKeySource, Purpose};
-use pogo_vault::domain::Environment;
+use common::fixture::{self, policy_text, sim_key};
+use common::serve_process;
+use pogo_vault::crypto::MasterKeySource;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::proto::v1::tenant_service_client::TenantServiceClient;
-use pogo_vault::sim::{self, SimClient, SimConfig};
-use pogo_vault::vault::{Argon2Costs, InitKey, UnauditedFixture, Vault};
+use pogo_vault::tls::ClientTlsFiles;
+use pogo_vault::vault::Vault;
+use tonic::transport::Channel;
 
 const CYCLES: usize = 50;
 const ROTATED: usize = 4;
@@ -29,32 +30,11 @@ const KEYS: usize = 8;
 
 /// Starts `serve`; its standard error goes to `serve.log` beside the config.
 fn start_server(config: &Path) -> Child {
-    let log = std::fs::File::create(config.with_file_name("serve.log")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
-        .args(["serve", "--allow-root", "--config", config.to_str().unwrap()])
-        .env("POGO_VAULT_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    serve_process::start(config, "error")
 }
 
-async fn wait_ready(
-    endpoint: &str,
-    files: &pogo_vault::tls::ClientTlsFiles,
-    config: &Path,
-) -> tonic::transport::Channel {
-    for _ in 0..400 {
-        if let Ok(ch) = pogo_vault::client::connect(endpoint, files, Some("localhost")).await {
-            return ch;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("server did not come up at {endpoint}: {}", serve_log(config));
-}
-
-fn serve_log(config: &Path) -> String {
-    std::fs::read_to_string(config.with_file_name("serve.log")).unwrap_or_default()
+async fn wait_ready(endpoint: &str, files: &ClientTlsFiles, config: &Path) -> Channel {
+    serve_process::wait_ready(endpoint, files, config, 400, Duration::from_millis(10)).await
 }
 
 /// xorshift64*: a repeatable source of kill points (the seed is printed).
@@ -85,38 +65,16 @@ async fn kill_9_during_registrations_and_rotations_never_leaves_a_change_without
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let pki = pogo_vault::tls::generate_dev_pki(&d.join("certs"), TRUST).unwrap();
-    let sim = sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig { rate_limit_per_second: 100_000, ..SimConfig::default() },
-    )
-    .await
-    .unwrap();
-    for i in 0..KEYS {
-        let client =
-            SimClient { client_id: i.to_string(), name: format!("c{i}"), organization_number: "123456789".into() };
-        sim.add_client(Environment::Demo, &sim_key(i), client);
-    }
-    let db = d.join("vault.db");
-    let key = d.join("master.key");
+    let sim = fixture::start_sim(100_000).await;
+    fixture::add_sim_clients(&sim, KEYS);
+    let (pki, vault) = fixture::serve_files(d, &sim, &policy_text(""));
+    let db = d.join(fixture::VAULT_DB);
+    let key = d.join(fixture::MASTER_KEY);
     let audit_db = pogo_vault::config::default_audit_db(&db);
-    let vault = Vault::init(&db, &InitKey::GenerateKeyFile(key.clone()), Argon2Costs::default()).unwrap();
-    vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
-    let public = vault.vault_key(Purpose::AuditSigningKey).unwrap().unwrap().public_key.unwrap();
+    let public = fixture::audit_verifying_key(&vault);
     drop(vault);
-    std::fs::write(d.join("policy.toml"), policy_text("")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = d.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vault]\ndb = \"vault.db\"\nmaster_key_file = \"master.key\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
-             cert = \"certs/server.pem\"\nkey = \"certs/server-key.pem\"\nclient_ca = \"certs/ca.pem\"\npolicy = \"policy.toml\"\n\
-             metrics_listen = \"\"\n\n[tokens]\nupstream_rate_per_second = 10\nupstream_burst = 10\n"
-        ),
-    )
-    .unwrap();
-    let endpoint = format!("https://127.0.0.1:{port}");
+    let rest = "metrics_listen = \"\"\n\n[tokens]\nupstream_rate_per_second = 10\nupstream_burst = 10\n";
+    let (config, endpoint) = serve_process::write_config(d, rest);
     let files = pki.client_files("admin").unwrap();
 
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
@@ -233,8 +191,7 @@ async fn kill_9_during_registrations_and_rotations_never_leaves_a_change_without
     wait_ready(&endpoint, &files, &config).await;
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     child.wait().unwrap();
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&public.try_into().unwrap()).unwrap();
-    let report = pogo_vault::audit::verify(&audit_db, &vk, None).unwrap();
+    let report = pogo_vault::audit::verify(&audit_db, &public, None).unwrap();
     assert!(report.ok, "{}", report.detail);
     println!(
         "{CYCLES} kill -9 cycles in {:.1} s: {} registrations and {} rotated tenants acknowledged",

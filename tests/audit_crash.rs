@@ -8,49 +8,31 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::server::{TRUST, policy_text, sim_key};
-use pogo_vault::crypto::{ClientKey, MasterKeySource, Purpose};
+use common::fixture::{self, key, policy_text};
+use common::serve_process;
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;
-use pogo_vault::sim::{self, SimClient, SimConfig};
-use pogo_vault::vault::{Argon2Costs, InitKey, UnauditedFixture, Vault};
+use pogo_vault::tls::ClientTlsFiles;
+use pogo_vault::vault::{NewTenant, UnauditedFixture, Vault};
+use tonic::transport::Channel;
 
 const TENANTS: usize = 6;
 
 fn start_server(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
-        .args(["serve", "--allow-root", "--config", config.to_str().unwrap()])
-        .env("POGO_VAULT_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    serve_process::start(config, "warn")
 }
 
-async fn wait_ready(endpoint: &str, files: &pogo_vault::tls::ClientTlsFiles) -> tonic::transport::Channel {
-    for _ in 0..300 {
-        if let Ok(ch) = pogo_vault::client::connect(endpoint, files, Some("localhost")).await {
-            return ch;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server did not come up at {endpoint}");
+async fn wait_ready(endpoint: &str, files: &ClientTlsFiles, config: &Path) -> Channel {
+    serve_process::wait_ready(endpoint, files, config, 300, Duration::from_millis(50)).await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn public_key_file(dir: &Path, db: &Path, key: &Path) -> std::path::PathBuf {
-    let vault = Vault::unlock(db, &MasterKeySource::KeyFile(key.to_owned())).unwrap();
-    let pk = vault.vault_key(Purpose::AuditSigningKey).unwrap().unwrap().public_key.unwrap();
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk.try_into().unwrap()).unwrap();
+fn public_key_file(dir: &Path, vault: &Vault) -> std::path::PathBuf {
     let path = dir.join("audit.pub");
-    std::fs::write(&path, pogo_vault::audit::encode_public_key(&vk)).unwrap();
+    std::fs::write(&path, pogo_vault::audit::encode_public_key(&fixture::audit_verifying_key(vault))).unwrap();
     path
 }
 
@@ -81,43 +63,21 @@ fn verify_cli_with(audit_db: &Path, public_key: &Path, extra: &[&str]) -> std::p
 async fn kill_9_under_load_loses_no_record_of_a_token_handed_out() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let pki = pogo_vault::tls::generate_dev_pki(&d.join("certs"), TRUST).unwrap();
-    let sim =
-        sim::start("127.0.0.1:0".parse().unwrap(), SimConfig { rate_limit_per_second: 1000, ..SimConfig::default() })
-            .await
-            .unwrap();
-    let db = d.join("vault.db");
-    let key = d.join("master.key");
-    let vault = Vault::init(&db, &InitKey::GenerateKeyFile(key.clone()), Argon2Costs::default()).unwrap();
-    vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
+    let sim = fixture::start_sim(1000).await;
+    fixture::add_sim_clients(&sim, TENANTS);
+    let (pki, vault) = fixture::serve_files(d, &sim, &policy_text(""));
     for i in 0..TENANTS {
-        let k = sim_key(i);
-        sim.add_client(
-            Environment::Demo,
-            &k,
-            SimClient { client_id: i.to_string(), name: format!("c{i}"), organization_number: "123456789".into() },
-        );
-        let new = pogo_vault::vault::NewTenant::new(format!("t{i}").parse().unwrap(), Environment::Demo);
-        vault.add_tenant(&new, &ClientKey::parse(&k).unwrap(), &UnauditedFixture).unwrap();
+        let new = NewTenant::new(format!("t{i}").parse().unwrap(), Environment::Demo);
+        vault.add_tenant(&new, &key(i), &UnauditedFixture).unwrap();
     }
     let fp_key_vault = vault; // kept open to fingerprint what clients received
-    std::fs::write(d.join("policy.toml"), policy_text("")).unwrap();
-    let port = free_port();
-    let config = d.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vault]\ndb = \"vault.db\"\nmaster_key_file = \"master.key\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
-             cert = \"certs/server.pem\"\nkey = \"certs/server-key.pem\"\nclient_ca = \"certs/ca.pem\"\npolicy = \"policy.toml\"\n\n\
-             [tokens]\nupstream_rate_per_second = 10\nupstream_burst = 10\n"
-        ),
-    )
-    .unwrap();
-    let endpoint = format!("https://127.0.0.1:{port}");
+    let db = d.join(fixture::VAULT_DB);
+    let (config, endpoint) =
+        serve_process::write_config(d, "\n[tokens]\nupstream_rate_per_second = 10\nupstream_burst = 10\n");
     let files = pki.client_files("token-caller").unwrap();
 
     let mut child = start_server(&config);
-    let ch = wait_ready(&endpoint, &files).await;
+    let ch = wait_ready(&endpoint, &files, &config).await;
 
     // Load: several callers; every token received is remembered.
     let received = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -171,7 +131,7 @@ async fn kill_9_under_load_loses_no_record_of_a_token_handed_out() {
     // covered by a checkpoint when the process died: strict verification says how many and
     // from where, and --allow-unsigned-tail verifies the rest with a warning saying what is
     // not proven.
-    let pk = public_key_file(d, &db, &key);
+    let pk = public_key_file(d, &fp_key_vault);
     let conn = pogo_vault::audit::open_reader(&audit_db).unwrap();
     let head = pogo_vault::audit::head(&conn).unwrap().0;
     let signed = pogo_vault::audit::latest_checkpoint(&conn).unwrap().unwrap().sequence;
@@ -192,7 +152,7 @@ async fn kill_9_under_load_loses_no_record_of_a_token_handed_out() {
     // The server starts again on the same files, signs the tail it finds and records that it
     // did, and serves; then stops gracefully, and strict verification passes again.
     let mut child = start_server(&config);
-    let ch = wait_ready(&endpoint, &files).await;
+    let ch = wait_ready(&endpoint, &files, &config).await;
     let mut client = pb::token_service_client::TokenServiceClient::new(ch);
     client
         .get_access_token(pb::GetAccessTokenRequest { tenant_id: "t0".into(), min_validity_seconds: 0 })

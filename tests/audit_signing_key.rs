@@ -9,11 +9,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::server::{TestServer, sim_key};
+use common::fixture::audit_verifying_key;
+use common::server::TestServer;
 use common::{assert_fails_with, assert_ok, dump, run_bin, stdout};
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use pogo_vault::audit::{Action, AuditFilter, Handover};
-use pogo_vault::crypto::Purpose;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::server::ServeOptions;
 
@@ -22,8 +22,7 @@ fn vault_db(ts: &TestServer) -> PathBuf {
 }
 
 fn current_key(ts: &TestServer) -> VerifyingKey {
-    let pk = ts.vault().vault_key(Purpose::AuditSigningKey).unwrap().unwrap().public_key.unwrap();
-    VerifyingKey::from_bytes(&pk.try_into().unwrap()).unwrap()
+    audit_verifying_key(&ts.vault())
 }
 
 fn write_key(path: &Path, key: &VerifyingKey) -> PathBuf {
@@ -69,13 +68,7 @@ async fn tokens(ts: &TestServer, n: usize) {
 
 async fn serving_vault() -> TestServer {
     let ts = TestServer::start().await;
-    let reg = pb::RegisterClientKeyRequest {
-        tenant_id: "acme".into(),
-        environment: "demo".into(),
-        client_key: sim_key(0),
-        ..Default::default()
-    };
-    ts.tenant_client("admin").await.register_client_key(reg).await.unwrap();
+    ts.register("acme", 0).await;
     tokens(&ts, 5).await;
     ts
 }

@@ -403,17 +403,11 @@ async fn a_forged_or_malformed_witness_line_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_verify_is_strict_and_a_running_writer_never_signs_over_an_edit() {
-    use common::server::{TestServer, sim_key};
+    use common::server::TestServer;
     use pogo_vault::proto::v1 as pb;
 
     let mut ts = TestServer::start().await;
-    let reg = pb::RegisterClientKeyRequest {
-        tenant_id: "acme".into(),
-        environment: "demo".into(),
-        client_key: sim_key(0),
-        ..Default::default()
-    };
-    ts.tenant_client("admin").await.register_client_key(reg).await.unwrap();
+    ts.register("acme", 0).await;
     let mut tokens = ts.token_client("token-caller").await;
     let get = || pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 };
     for _ in 0..5 {

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::server::{TestServer, sim_key};
+use common::fixture::{audit_verifying_key, token_request};
+use common::server::TestServer;
 use pogo_vault::audit::{Checkpoint, FileWitnessConfig, SyslogWitnessConfig, WitnessConfig};
 use pogo_vault::proto::v1 as pb;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -155,18 +156,8 @@ async fn start(file: &Path, port: u16, tls_ca: Option<PathBuf>) -> TestServer {
         o.audit.witness = cfg;
     })
     .await;
-    let reg = pb::RegisterClientKeyRequest {
-        tenant_id: "acme".into(),
-        environment: "demo".into(),
-        client_key: sim_key(0),
-        ..Default::default()
-    };
-    ts.tenant_client("admin").await.register_client_key(reg).await.unwrap();
+    ts.register("acme", 0).await;
     ts
-}
-
-fn token_request() -> pb::GetAccessTokenRequest {
-    pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 }
 }
 
 /// Waits until every event is covered by a checkpoint that both witnesses hold and nothing
@@ -211,7 +202,7 @@ async fn outage_and_recovery(tls: bool) {
 
     // 1. Both witnesses receive every checkpoint.
     for _ in 0..20 {
-        tokens.get_access_token(token_request()).await.unwrap();
+        tokens.get_access_token(token_request("acme")).await.unwrap();
     }
     settle(&ts, &file, &scraper, &receiver, &[]).await;
     assert!(file_checkpoints(&file).len() >= 2, "checkpoints were written and witnessed");
@@ -222,7 +213,7 @@ async fn outage_and_recovery(tls: bool) {
     let mut served = 0;
     while scraper.backlog("syslog").await < 3 {
         assert!(Instant::now() < deadline, "the syslog backlog did not rise");
-        tokens.get_access_token(token_request()).await.expect("a dead witness must not fail a token request");
+        tokens.get_access_token(token_request("acme")).await.expect("a dead witness must not fail a token request");
         served += 1;
     }
     assert!(served > 0);
@@ -246,7 +237,7 @@ async fn outage_and_recovery(tls: bool) {
 
     // 3. A receiver listens on the same port again: the backlog drains, in order.
     let again = Receiver::start(port, acceptor).await;
-    tokens.get_access_token(token_request()).await.unwrap();
+    tokens.get_access_token(token_request("acme")).await.unwrap();
     settle(&ts, &file, &scraper, &again, &before).await;
     let drained = again.got();
     assert!(drained.windows(2).all(|w| w[0].sequence < w[1].sequence), "delivered in order");
@@ -254,8 +245,7 @@ async fn outage_and_recovery(tls: bool) {
 
     // The log verifies strictly against everything the file witnessed.
     ts.stop().await;
-    let pk = ts.vault().vault_key(pogo_vault::crypto::Purpose::AuditSigningKey).unwrap().unwrap().public_key.unwrap();
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk.try_into().unwrap()).unwrap();
+    let vk = audit_verifying_key(&ts.vault());
     let opts = pogo_vault::audit::VerifyOptions {
         external: pogo_vault::audit::read_witness_file(&file).unwrap(),
         ..Default::default()

@@ -10,7 +10,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::server::{TestServer, sim_key};
+use common::fixture::sim_key;
+use common::server::TestServer;
 use pogo_vault::crypto::{MasterKeySource, Purpose};
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::vault::Vault;

@@ -8,13 +8,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pogo_vault::audit::{AuditConfig, AuditLog};
+use common::broker::{audit_of, go, start_sim, vault_of};
+use common::fixture::client_key;
 use pogo_vault::crypto::{ClientKey, SubscriptionKey};
 use pogo_vault::domain::{Environment, TenantId, TenantStatus};
-use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
+use pogo_vault::sim::{self, Sim, SimClient};
 use pogo_vault::tokens::{Broker, BrokerConfig, BrokerError, Clock, ManualClock, SystemClock, TokenSource};
-use pogo_vault::upstream::{GoClient, UpstreamConfig};
-use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, UnauditedFixture, Vault};
+use pogo_vault::vault::{IntegrationInput, UnauditedFixture, Vault};
 
 struct Harness {
     sim: Sim,
@@ -24,64 +24,20 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-fn client_key(i: usize) -> String {
-    format!("{:08x}-0000-4000-8000-{:012x}", i + 1, i + 1)
-}
-
 fn tid(i: usize) -> TenantId {
     format!("t{i}").parse().unwrap()
 }
 
-async fn start_sim(lifetime: Duration) -> Sim {
-    let cfg = SimConfig { token_lifetime: lifetime, rate_limit_per_second: 100_000, ..SimConfig::default() };
-    sim::start("127.0.0.1:0".parse().unwrap(), cfg).await.unwrap()
-}
-
-/// A vault with `n` demo tenants t0..t{n-1}, all known to the simulator.
+/// A vault with `n` demo tenants t0..t{n-1} holding the bulk keys, all known to the
+/// simulator. With Go's ClientId known, no background ClientIntegrationInformation call
+/// competes with the requests these tests count.
 async fn setup(sim: &Sim, n: usize) -> (Arc<Vault>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("v.db");
-    let vault = Vault::init(&db, &InitKey::GenerateKeyFile(dir.path().join("k")), Argon2Costs::default()).unwrap();
-    vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
-    let keys: Vec<ClientKey> = (0..n).map(|i| ClientKey::parse(&client_key(i)).unwrap()).collect();
-    let batch: Vec<(NewTenant, &ClientKey)> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            // With Go's ClientId known, no background ClientIntegrationInformation call
-            // competes with the requests these tests count.
-            let mut new = NewTenant::new(tid(i), Environment::Demo);
-            new.go_client_id = Some(format!("{}", 1000 + i));
-            (new, k)
-        })
-        .collect();
-    vault.add_tenants(&batch, &UnauditedFixture).unwrap();
-    for i in 0..n {
-        sim.add_client(
-            Environment::Demo,
-            &client_key(i),
-            SimClient {
-                client_id: format!("{}", 1000 + i),
-                name: format!("Client {i}"),
-                organization_number: format!("{:09}", i),
-            },
-        );
-    }
-    (Arc::new(vault), dir)
-}
-
-/// The audit log beside a test vault: the broker records a key Go rejected before marking it.
-fn audit_of(vault: &Vault) -> AuditLog {
-    let path = vault.path().with_extension("audit.db");
-    AuditLog::open(&path, vault.audit_signing_key().unwrap(), AuditConfig::default()).unwrap()
-}
-
-fn go(timeout: Duration) -> GoClient {
-    GoClient::new(&UpstreamConfig { connect_timeout: Duration::from_secs(2), request_timeout: timeout }).unwrap()
+    let ids: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    vault_of(sim, &ids, true)
 }
 
 async fn harness(n: usize, cfg: BrokerConfig) -> Harness {
-    let sim = start_sim(Duration::from_secs(1200)).await;
+    let sim = start_sim().await;
     let (vault, dir) = setup(&sim, n).await;
     let clock = ManualClock::new();
     let broker = Broker::new(vault.clone(), go(Duration::from_secs(5)), cfg, clock.clone(), audit_of(&vault));
@@ -294,7 +250,7 @@ async fn rejected_subscription_key_is_reported_as_an_integration_problem() {
 
 #[tokio::test]
 async fn a_hanging_upstream_is_cut_at_the_configured_timeout() {
-    let sim = start_sim(Duration::from_secs(1200)).await;
+    let sim = start_sim().await;
     let (vault, _dir) = setup(&sim, 1).await;
     let cfg = BrokerConfig { retry_attempts: 1, ..BrokerConfig::default() };
     let audit = audit_of(&vault);
@@ -309,7 +265,7 @@ async fn a_hanging_upstream_is_cut_at_the_configured_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limiter_holds_with_five_thousand_cold_tenants() {
-    let sim = start_sim(Duration::from_secs(1200)).await;
+    let sim = start_sim().await;
     let (vault, _dir) = setup(&sim, 5000).await;
     let rate = 5.0;
     let cfg = BrokerConfig {

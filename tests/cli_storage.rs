@@ -7,6 +7,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
+use common::fixture::APP_KEY;
 use common::*;
 use pogo_vault::crypto::MasterKeySource;
 use pogo_vault::domain::TenantId;

@@ -18,9 +18,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use clap::CommandFactory;
-use common::server::{TestServer, sim_key};
-use common::{APP_KEY, Scratch, assert_ok};
-use pogo_vault::proto::v1 as pb;
+use common::fixture::{APP_KEY, sim_key};
+use common::server::TestServer;
+use common::{Scratch, assert_ok};
 
 /// Every leaf command (`tenant list`), plus the top-level `--help` and `--version`.
 fn commands() -> BTreeSet<String> {
@@ -43,11 +43,7 @@ fn run_closed(args: &[String], stdin: &str, env: &[(&str, &str)]) -> Output {
     drop(reader);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pogo-vault"));
     cmd.args(args).stdin(Stdio::piped()).stdout(writer).stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("POGO_VAULT_") {
-            cmd.env_remove(k);
-        }
-    }
+    common::without_vault_env(&mut cmd);
     cmd.envs(env.iter().copied());
     let mut child = cmd.spawn().unwrap();
     let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
@@ -68,16 +64,7 @@ fn s(v: &[&str]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_command_panics_when_its_standard_output_is_closed() {
     let ts = TestServer::start().await;
-    let mut tenants = ts.tenant_client("admin").await;
-    tenants
-        .register_client_key(pb::RegisterClientKeyRequest {
-            tenant_id: "acme".into(),
-            environment: "demo".into(),
-            client_key: sim_key(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    ts.register("acme", 0).await;
     ts.sim.allow_redirect(pogo_vault::domain::Environment::Demo, "http://127.0.0.1:9/callback");
     let conn_of = |name: &str| {
         let f = ts.files(name);

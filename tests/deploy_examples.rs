@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -59,11 +61,7 @@ fn check(what: &str, file: &Path) -> Output {
     if what == "config" {
         cmd.arg("--no-files");
     }
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("POGO_VAULT_") {
-            cmd.env_remove(k);
-        }
-    }
+    common::without_vault_env(&mut cmd);
     cmd.output().expect("run pogo-vault")
 }
 

@@ -3,47 +3,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::dev::Dev;
 
 #[test]
 fn dev_mode_mints_a_token_and_its_printed_command_works() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
-        .args(["dev", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .env("POGO_VAULT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
-
-    let mut lines = Vec::new();
+    let mut dev = Dev::spawn(&data);
     let mut expiry_seen = None;
-    loop {
-        let line =
-            rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("dev mode stalled; got {lines:#?}"));
+    dev.wait_ready(Duration::from_secs(60), |line| {
         if line.contains("expires ") && line.contains("token") {
             expiry_seen = Some(started.elapsed());
         }
-        let ready = line.contains("dev: ready");
-        lines.push(line);
-        if ready {
-            break;
-        }
-    }
+    });
+    let lines = &dev.lines;
     let elapsed = expiry_seen.expect("a minted token's expiry is printed");
     assert!(elapsed < Duration::from_secs(60), "took {elapsed:?}");
     assert!(lines.iter().any(|l| l.contains("registered tenant demo-acme") && l.contains("over gRPC")), "{lines:#?}");
@@ -58,8 +37,8 @@ fn dev_mode_mints_a_token_and_its_printed_command_works() {
     assert!(!printed.contains("eyJhbGciOi") || printed.contains("eyJhbG…"), "masked by default: {printed}");
 
     // Ctrl-C stops it cleanly.
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
-    let status = child.wait().unwrap();
+    assert!(Command::new("kill").args(["-INT", &dev.child.id().to_string()]).status().unwrap().success());
+    let status = dev.child.wait().unwrap();
     assert!(status.success(), "{status}");
 
     // A second start reuses the data directory (tenants already registered).

@@ -12,66 +12,14 @@ mod common;
 #[path = "../examples/integrator_web.rs"]
 mod integrator_web;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use common::browser::Browser;
+use common::dev::Dev;
 use pogo_vault::tls::ClientTlsFiles;
 use rustix::process::{Pid, Signal, kill_process};
-
-/// `pogo-vault dev` as a child; killed if the test fails before stopping it.
-struct Dev {
-    child: Child,
-    lines: Vec<String>,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Dev {
-    /// Starts dev mode on a free port and waits (reading its output) until it serves.
-    fn start(data: &Path) -> Dev {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
-            .args(["dev", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .env("POGO_VAULT_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                if tx.send(line.unwrap_or_default()).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut dev = Dev { child, lines: Vec::new() };
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(120))
-                .unwrap_or_else(|_| panic!("dev mode stalled; it printed {:#?}", dev.lines));
-            let ready = line.contains("dev: ready");
-            dev.lines.push(line);
-            if ready {
-                return dev;
-            }
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        let at = "dev: vault serving gRPC over mutual TLS at ";
-        self.lines.iter().find_map(|l| l.strip_prefix(at)).expect("the endpoint is printed").trim().to_owned()
-    }
-}
 
 /// Whether `text` holds something shaped like a client key (a GUID).
 fn holds_a_guid(text: &str) -> bool {
@@ -97,7 +45,11 @@ async fn onboarding_through_the_web_app_works_against_pogo_vault_dev() {
     let data = dir.path().join("dev");
     let dev = tokio::task::spawn_blocking({
         let data = data.clone();
-        move || Dev::start(&data)
+        move || {
+            let mut dev = Dev::spawn(&data);
+            dev.wait_ready(Duration::from_secs(120), |_| {});
+            dev
+        }
     })
     .await
     .unwrap();

@@ -11,7 +11,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::server::{TRUST, TestServer, policy_text, sim_key};
+use common::fixture::{APP_KEY, grant, policy_text, register_request, sim_key};
+use common::server::TestServer;
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::proto::v1::operator_service_client::OperatorServiceClient;
@@ -22,13 +23,7 @@ use tonic_types::StatusExt;
 const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn register(tenant: &str, key: usize, validate: bool) -> pb::RegisterClientKeyRequest {
-    pb::RegisterClientKeyRequest {
-        tenant_id: tenant.into(),
-        environment: "demo".into(),
-        client_key: sim_key(key),
-        skip_validation: !validate,
-        ..Default::default()
-    }
+    pb::RegisterClientKeyRequest { skip_validation: !validate, ..register_request(tenant, key) }
 }
 
 fn get(tenant: &str, min_validity_seconds: u32) -> pb::GetAccessTokenRequest {
@@ -301,7 +296,7 @@ async fn a_quota_403_for_a_healthy_key_never_changes_the_tenant() {
 
 /// The operator (`stranger` in the test PKI) sets the secondary key through the API.
 async fn with_operator(ts: &TestServer) -> OperatorServiceClient<tonic::transport::Channel> {
-    let grant = format!("\n[[grant]]\ncaller = \"spiffe://{TRUST}/service/stranger\"\nroles = [\"operator\"]\n");
+    let grant = grant("service/stranger", &["operator"], &[]);
     std::fs::write(&ts.policy, policy_text(&grant)).unwrap();
     ts.server().reload().await;
     OperatorServiceClient::new(ts.channel("stranger").await)
@@ -419,7 +414,7 @@ async fn subscription_key_rotation_mid_traffic_switches_to_the_secondary_once() 
     // The primary slot needs the application key (it may change the integration).
     assert_eq!(i.unwrap_err().code(), Code::InvalidArgument);
     let mut primary = set_slot("primary", regenerated);
-    primary.application_key = common::APP_KEY.into();
+    primary.application_key = APP_KEY.into();
     primary.base_url = ts.sim.base_url(Environment::Demo);
     primary.allow_custom_base_url = true;
     let i = ops.set_integration(primary).await.unwrap().into_inner();

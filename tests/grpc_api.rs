@@ -8,26 +8,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::fixture::{grant, key, policy_text, register_request as register, sim_key, token_request as get};
 use common::new_tenant;
-use common::server::{TestServer, key, policy_text, sim_key};
+use common::server::TestServer;
 use pogo_vault::authz::{Requirement, methods};
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::vault::UnauditedFixture;
 use prost::Message;
 use tonic::Code;
-
-fn register(tenant: &str, i: usize) -> pb::RegisterClientKeyRequest {
-    pb::RegisterClientKeyRequest {
-        tenant_id: tenant.into(),
-        environment: "demo".into(),
-        client_key: sim_key(i),
-        ..Default::default()
-    }
-}
-
-fn get(tenant: &str) -> pb::GetAccessTokenRequest {
-    pb::GetAccessTokenRequest { tenant_id: tenant.into(), min_validity_seconds: 0 }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_then_mint_over_mtls_and_nothing_secret_in_any_response() {
@@ -297,10 +285,7 @@ async fn sighup_reloads_the_policy_and_a_broken_policy_is_refused() {
     assert_eq!(stranger.get_access_token(get("c-1")).await.unwrap_err().code(), Code::PermissionDenied);
 
     // Grant, then a real SIGHUP to this process; wait for the grant to take effect.
-    let grant = format!(
-        "\n[[grant]]\ncaller = \"spiffe://{}/service/stranger\"\nroles = [\"token\"]\ntenants = [\"c-*\"]\n",
-        common::server::TRUST
-    );
+    let grant = grant("service/stranger", &["token"], &["c-*"]);
     std::fs::write(&ts.policy, policy_text(&grant)).unwrap();
     let pid = std::process::id().to_string();
     assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());

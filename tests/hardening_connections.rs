@@ -12,7 +12,8 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::server::{TestServer, sim_key};
+use common::fixture::token_request;
+use common::server::TestServer;
 use pogo_vault::proto::v1 as pb;
 use tokio::net::TcpStream;
 
@@ -46,7 +47,7 @@ async fn mint_from(ts: &TestServer, local: IpAddr) -> Result<pb::GetAccessTokenR
         .connect()
         .await
         .map_err(|e| pogo_vault::client::error_chain(&e))?;
-    let req = pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 };
+    let req = token_request("acme");
     pb::token_service_client::TokenServiceClient::new(channel)
         .get_access_token(req)
         .await
@@ -69,17 +70,7 @@ async fn idle_connections_from_one_address_do_not_lock_out_a_real_caller() {
     raise_fd_limit(IDLE as u64 + 1_024);
     // The old default handshake timeout: the fix must hold even with slow timeouts.
     let ts = TestServer::start_with(|o| o.handshake_timeout = Duration::from_secs(10)).await;
-    let mut admin = ts.tenant_client("admin").await;
-    admin
-        .register_client_key(pb::RegisterClientKeyRequest {
-            tenant_id: "acme".into(),
-            environment: "demo".into(),
-            client_key: sim_key(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    drop(admin);
+    ts.register("acme", 0).await;
 
     // The flood: connections that never send a byte. They enter the server's accept queue
     // before the real caller's, so the accept loop has seen every one of them by the time

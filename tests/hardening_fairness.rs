@@ -7,48 +7,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use pogo_vault::audit::{AuditConfig, AuditLog};
-use pogo_vault::crypto::ClientKey;
-use pogo_vault::domain::{Environment, TenantId};
-use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
+use common::broker::{audit_of, go, start_sim, vault_of};
+use pogo_vault::domain::TenantId;
+use pogo_vault::sim::Sim;
 use pogo_vault::tokens::{Broker, BrokerConfig, BrokerError, Clock, ManualClock, Requester, TokenSource};
-use pogo_vault::upstream::{GoClient, UpstreamConfig};
-use pogo_vault::vault::{Argon2Costs, InitKey, NewTenant, UnauditedFixture, Vault};
+use pogo_vault::vault::Vault;
 
 const RATE: f64 = 10.0;
 
-fn client_key(i: usize) -> String {
-    format!("{:08x}-0000-4000-8000-{:012x}", i + 1, i + 1)
-}
-
 /// `a-0 .. a-{na-1}` and `b-0 .. b-{nb-1}`, all known to the simulator.
 async fn setup(na: usize, nb: usize) -> (Sim, Arc<Vault>, tempfile::TempDir) {
-    let cfg =
-        SimConfig { token_lifetime: Duration::from_secs(1200), rate_limit_per_second: 100_000, ..SimConfig::default() };
-    let sim = sim::start("127.0.0.1:0".parse().unwrap(), cfg).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let vault =
-        Vault::init(&dir.path().join("v.db"), &InitKey::GenerateKeyFile(dir.path().join("k")), Argon2Costs::default())
-            .unwrap();
-    vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
+    let sim = start_sim().await;
     let ids: Vec<String> = (0..na).map(|i| format!("a-{i}")).chain((0..nb).map(|i| format!("b-{i}"))).collect();
-    let keys: Vec<ClientKey> = (0..ids.len()).map(|i| ClientKey::parse(&client_key(i)).unwrap()).collect();
-    let batch: Vec<(NewTenant, &ClientKey)> =
-        ids.iter().zip(&keys).map(|(id, k)| (NewTenant::new(id.parse().unwrap(), Environment::Demo), k)).collect();
-    vault.add_tenants(&batch, &UnauditedFixture).unwrap();
-    for i in 0..ids.len() {
-        let c = SimClient {
-            client_id: format!("{}", 1000 + i),
-            name: format!("Client {i}"),
-            organization_number: format!("{i:09}"),
-        };
-        sim.add_client(Environment::Demo, &client_key(i), c);
-    }
-    (sim, Arc::new(vault), dir)
+    let (vault, dir) = vault_of(&sim, &ids, false);
+    (sim, vault, dir)
 }
 
 #[derive(Default)]
@@ -123,18 +101,7 @@ async fn a_caller_sweeping_cold_tenants_leaves_another_its_fair_share() {
         ..BrokerConfig::default()
     };
     let clock = ManualClock::new();
-    let audit = AuditLog::open(
-        &vault.path().with_extension("audit.db"),
-        vault.audit_signing_key().unwrap(),
-        AuditConfig::default(),
-    )
-    .unwrap();
-    let go = GoClient::new(&UpstreamConfig {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
-    })
-    .unwrap();
-    let broker = Broker::new(vault.clone(), go, cfg, clock.clone(), audit);
+    let broker = Broker::new(vault.clone(), go(Duration::from_secs(5)), cfg, clock.clone(), audit_of(&vault));
     let stop = Arc::new(AtomicBool::new(false));
     let (a, b) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
 

@@ -9,14 +9,7 @@ mod common;
 
 use common::server::TestServer;
 use pogo_vault::audit::AuditFilter;
-use pogo_vault::crypto::ClientKey;
-use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;
-use pogo_vault::vault::{NewTenant, UnauditedFixture};
-
-fn key(i: usize) -> ClientKey {
-    ClientKey::parse(&format!("{:08x}-0000-4000-8000-{:012x}", i + 1, i + 1)).unwrap()
-}
 
 /// 5,000 tenants `z-0000 ..` and 20 `a-00 ..` (the `a-only` caller holds tenant-admin on
 /// `a-*`), plus the exact id `a` and `a.x`, which sort around the range and are not its.
@@ -25,10 +18,7 @@ fn fill(ts: &TestServer) -> Vec<String> {
     let scoped: Vec<String> = (0..20).map(|i| format!("a-{i:02}")).collect();
     ids.extend(scoped.iter().cloned());
     ids.extend(["a".to_owned(), "a.x".to_owned(), "b".to_owned()]);
-    let keys: Vec<ClientKey> = (0..ids.len()).map(key).collect();
-    let batch: Vec<(NewTenant, &ClientKey)> =
-        ids.iter().zip(&keys).map(|(id, k)| (NewTenant::new(id.parse().unwrap(), Environment::Demo), k)).collect();
-    ts.vault().add_tenants(&batch, &UnauditedFixture).unwrap();
+    common::fixture::add_bulk_tenants(&ts.vault(), &ids, 0, false);
     scoped
 }
 
@@ -77,7 +67,7 @@ async fn an_admin_scoped_to_a_prefix_lists_its_tenants_reading_only_their_range(
     let (ids, pages) = list_all(&ts, "a-only", 6).await;
     assert_eq!(ids, scoped, "exactly its 20, in id order, across pages");
     assert_eq!(pages, 4);
-    let rows = rows_read(&ts, &format!("spiffe://{}/service/a-only", common::server::TRUST));
+    let rows = rows_read(&ts, &format!("spiffe://{}/service/a-only", common::fixture::TRUST));
     let total: usize = rows.iter().sum();
     eprintln!("a-only: 4 pages read {rows:?} rows ({total} in all) of 5,023 tenants");
     assert_eq!(rows.len(), 4);

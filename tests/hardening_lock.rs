@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::server::{TestServer, sim_key};
+use common::fixture::sim_key;
+use common::server::TestServer;
 use common::{assert_fails_with, assert_ok, dump, run_bin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,7 +26,7 @@ async fn writing_commands_are_refused_while_a_server_runs_and_reads_still_work()
         (vec!["tenant", "add", "--tenant-id", "acme", "--environment", "demo"], format!("{}\n", sim_key(0))),
         (vec!["tenant", "disable", "acme"], String::new()),
         (
-            vec!["integration", "set", "--environment", "production", "--application-key", common::APP_KEY],
+            vec!["integration", "set", "--environment", "production", "--application-key", common::fixture::APP_KEY],
             "0123456789abcdef0123456789abcdef\n".to_owned(),
         ),
     ] {

@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::server::{TRUST, TestServer, policy_text, sim_key};
+use common::fixture::{policy_text, sim_key};
+use common::server::TestServer;
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::proto::v1::onboarding_service_client::OnboardingServiceClient;
@@ -149,7 +150,6 @@ async fn re_activation_trusts_only_numbers_go_reported_and_refuses_two() {
         )
         .unwrap();
     assert_eq!(n, 1);
-    let _ = TRUST;
     ts.stop().await;
 }
 
@@ -157,19 +157,8 @@ async fn re_activation_trusts_only_numbers_go_reported_and_refuses_two() {
 async fn onboard_complete_reads_the_redirect_url_from_standard_input() {
     let mut ts = TestServer::start().await;
     ts.sim.allow_redirect(Environment::Demo, CALLBACK);
-    let f = ts.files("admin");
-    let conn = [
-        "--endpoint",
-        &ts.endpoint,
-        "--ca",
-        f.ca.to_str().unwrap(),
-        "--cert",
-        f.cert.to_str().unwrap(),
-        "--key",
-        f.key.to_str().unwrap(),
-        "--server-name",
-        "localhost",
-    ];
+    let conn = ts.cli_args("admin");
+    let conn: Vec<&str> = conn.iter().map(String::as_str).collect();
     let out = common::run_bin(
         &[
             &[

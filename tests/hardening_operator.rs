@@ -7,30 +7,17 @@
 
 mod common;
 
-use common::server::{TRUST, TestServer, policy_text, sim_key};
+use common::fixture::{APP_KEY, TRUST, grant, policy_text, register_unvalidated as register, token_request as get};
+use common::server::TestServer;
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::proto::v1::operator_service_client::OperatorServiceClient;
-
-fn register(tenant: &str, key: usize) -> pb::RegisterClientKeyRequest {
-    pb::RegisterClientKeyRequest {
-        tenant_id: tenant.into(),
-        environment: "demo".into(),
-        client_key: sim_key(key),
-        skip_validation: true,
-        ..Default::default()
-    }
-}
-
-fn get(tenant: &str) -> pb::GetAccessTokenRequest {
-    pb::GetAccessTokenRequest { tenant_id: tenant.into(), min_validity_seconds: 0 }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_kek_through_the_server_keeps_every_key_opening_before_and_after_a_restart() {
     let mut ts = TestServer::start().await;
     // `stranger` becomes the operator.
-    let grant = format!("\n[[grant]]\ncaller = \"spiffe://{TRUST}/service/stranger\"\nroles = [\"operator\"]\n");
+    let grant = grant("service/stranger", &["operator"], &[]);
     std::fs::write(&ts.policy, policy_text(&grant)).unwrap();
     ts.server().reload().await;
 
@@ -69,7 +56,7 @@ async fn rotate_kek_through_the_server_keeps_every_key_opening_before_and_after_
     // The integration changes through the server too; its subscription key is never echoed.
     let set = pb::SetIntegrationRequest {
         environment: "demo".into(),
-        application_key: common::APP_KEY.into(),
+        application_key: APP_KEY.into(),
         base_url: ts.sim.base_url(Environment::Demo),
         subscription_key: "0123456789abcdef0123456789abcdef".into(),
         allow_custom_base_url: true,
@@ -117,28 +104,15 @@ async fn rotate_kek_through_the_server_keeps_every_key_opening_before_and_after_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_rotates_the_master_key_through_a_running_server_with_endpoint() {
     let mut ts = TestServer::start().await;
-    let grant = format!("\n[[grant]]\ncaller = \"spiffe://{TRUST}/service/stranger\"\nroles = [\"operator\"]\n");
+    let grant = grant("service/stranger", &["operator"], &[]);
     std::fs::write(&ts.policy, policy_text(&grant)).unwrap();
     ts.server().reload().await;
-    let files = ts.files("stranger");
+    let conn = ts.cli_args("stranger");
+    let conn: Vec<&str> = conn.iter().map(String::as_str).collect();
     let new_key = ts.dir.path().join("master-2.key");
     pogo_vault::crypto::master::generate_key_file(&new_key).unwrap();
     let out = common::run_bin(
-        &[
-            "rotate-kek",
-            "--new-master-key-file",
-            new_key.to_str().unwrap(),
-            "--endpoint",
-            &ts.endpoint,
-            "--ca",
-            files.ca.to_str().unwrap(),
-            "--cert",
-            files.cert.to_str().unwrap(),
-            "--key",
-            files.key.to_str().unwrap(),
-            "--server-name",
-            "localhost",
-        ],
+        &[&["rotate-kek", "--new-master-key-file", new_key.to_str().unwrap()][..], &conn[..]].concat(),
         "",
     );
     common::assert_ok(&out);

@@ -6,8 +6,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::dev::Dev;
 
 /// The soft and hard core size limits of a running process, from `/proc/PID/limits`.
 fn core_limits(pid: u32) -> (String, String) {
@@ -20,26 +21,13 @@ fn core_limits(pid: u32) -> (String, String) {
 #[test]
 fn a_serving_process_cannot_dump_core() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
-        .args(["dev", "--data-dir", dir.path().join("d").to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .env_remove("POGO_VAULT_DB")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut ready = false;
-    for line in BufReader::new(stdout).lines() {
-        if line.unwrap().contains("dev: ready") {
-            ready = true;
-            break;
-        }
-    }
-    assert!(ready, "dev mode came up");
+    let mut dev = Dev::spawn(&dir.path().join("d"));
+    // Panics if dev mode does not come up.
+    dev.wait_ready(Duration::from_secs(120), |_| {});
     // Our own limit is whatever the test runner has; the server's is zero, soft and hard.
-    assert_eq!(core_limits(child.id()), ("0".into(), "0".into()));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert_eq!(core_limits(dev.child.id()), ("0".into(), "0".into()));
+    dev.child.kill().unwrap();
+    dev.child.wait().unwrap();
 }
 
 #[test]

@@ -8,7 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::server::{TRUST, TestServer, policy_text};
+use common::fixture::{grant, policy_text};
+use common::server::TestServer;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::proto::v1::audit_service_client::AuditServiceClient;
 use tonic::Code;
@@ -39,7 +40,7 @@ async fn streams_are_bounded_per_caller_and_in_total() {
         o.audit.max_watch_streams = 3;
     })
     .await;
-    let grant = format!("\n[[grant]]\ncaller = \"spiffe://{TRUST}/service/stranger\"\nroles = [\"audit\"]\n");
+    let grant = grant("service/stranger", &["audit"], &[]);
     std::fs::write(&ts.policy, policy_text(&grant)).unwrap();
     ts.server().reload().await;
     let mut auditor = ts.audit_client("auditor").await;
@@ -69,7 +70,7 @@ async fn streams_are_bounded_per_caller_and_in_total() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_withdraws_the_grant_or_revokes_the_certificate_ends_the_stream() {
     let mut ts = TestServer::start_with_crl().await;
-    let grant = format!("\n[[grant]]\ncaller = \"spiffe://{TRUST}/service/stranger\"\nroles = [\"audit\"]\n");
+    let grant = grant("service/stranger", &["audit"], &[]);
     std::fs::write(&ts.policy, policy_text(&grant)).unwrap();
     ts.server().reload().await;
 

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::server::{TestServer, sim_key};
+use common::fixture::sim_key;
+use common::server::TestServer;
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::vault::UnauditedFixture;
 
@@ -93,26 +94,14 @@ async fn status_command_reports_a_running_vault() {
     ts.vault()
         .add_tenant(
             &pogo_vault::vault::NewTenant::new("acme".parse().unwrap(), pogo_vault::domain::Environment::Demo),
-            &common::server::key(0),
+            &common::fixture::key(0),
             &UnauditedFixture,
         )
         .unwrap();
     let run = |who: &str| {
-        let f = ts.files(who);
-        let endpoint = ts.endpoint.clone();
+        let conn = ts.cli_args(who);
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_pogo-vault"))
-                .args(["status", "--endpoint", &endpoint, "--server-name", "localhost"])
-                .args([
-                    "--ca",
-                    f.ca.to_str().unwrap(),
-                    "--cert",
-                    f.cert.to_str().unwrap(),
-                    "--key",
-                    f.key.to_str().unwrap(),
-                ])
-                .output()
-                .unwrap()
+            std::process::Command::new(env!("CARGO_BIN_EXE_pogo-vault")).arg("status").args(conn).output().unwrap()
         })
     };
     let out = run("auditor").await.unwrap();

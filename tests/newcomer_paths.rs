@@ -15,7 +15,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{APP_KEY, Scratch, assert_fails_with, assert_ok, run_bin, stdout};
+use common::fixture::APP_KEY;
+use common::{Scratch, assert_fails_with, assert_ok, run_bin, stdout};
 
 /// A vault with certificates, a policy and a configuration that `serve` accepts.
 fn served_setup(s: &Scratch) -> std::path::PathBuf {
@@ -27,24 +28,15 @@ fn served_setup(s: &Scratch) -> std::path::PathBuf {
     )
     .unwrap();
     let config = s.path("vault.toml");
-    std::fs::write(
-        &config,
-        "[vault]\ndb = \"vault.db\"\nmaster_key_file = \"master.key\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\
-         metrics_listen = \"127.0.0.1:0\"\ncert = \"certs/server.pem\"\nkey = \"certs/server-key.pem\"\n\
-         client_ca = \"certs/ca.pem\"\npolicy = \"policy.toml\"\n",
-    )
-    .unwrap();
+    let metrics = "metrics_listen = \"127.0.0.1:0\"\n";
+    std::fs::write(&config, common::fixture::serve_config("127.0.0.1:0") + metrics).unwrap();
     config
 }
 
 fn config_check(config: &Path, env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pogo-vault"));
     cmd.args(["config", "check", config.to_str().unwrap()]);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("POGO_VAULT_") {
-            cmd.env_remove(k);
-        }
-    }
+    common::without_vault_env(&mut cmd);
     cmd.envs(env.iter().copied()).output().unwrap()
 }
 
@@ -238,11 +230,7 @@ fn serve_logs_a_refused_reload_as_a_warning_in_plain_json() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("POGO_VAULT_") {
-            cmd.env_remove(k);
-        }
-    }
+    common::without_vault_env(&mut cmd);
     if pogo_vault::hardening::is_root() {
         cmd.env("POGO_VAULT_ALLOW_ROOT", "1");
     }
@@ -293,16 +281,7 @@ fn serve_logs_a_refused_reload_as_a_warning_in_plain_json() {
 async fn grpc_refusals_say_what_is_wrong() {
     use pogo_vault::proto::v1 as pb;
     let mut ts = common::server::TestServer::start().await;
-    let mut admin = ts.tenant_client("admin").await;
-    admin
-        .register_client_key(pb::RegisterClientKeyRequest {
-            tenant_id: "acme".into(),
-            environment: "demo".into(),
-            client_key: common::server::sim_key(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    ts.register("acme", 0).await;
     let mut tokens = ts.token_client("token-caller").await;
     let ask = |s: u32| pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: s };
     let e = tokens.get_access_token(ask(5000)).await.unwrap_err();

@@ -10,12 +10,12 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::fixture;
 use pogo_vault::crypto::{ClientKey, SubscriptionKey};
 use pogo_vault::domain::{Environment, TenantId};
-use pogo_vault::sim::{self, SimClient, SimConfig};
+use pogo_vault::sim::{self, SimClient};
 use pogo_vault::tokens::{Broker, BrokerConfig, ManualClock};
-use pogo_vault::upstream::{GoClient, UpstreamConfig};
-use pogo_vault::vault::{Argon2Costs, InitKey, IntegrationInput, NewTenant, UnauditedFixture, Vault};
+use pogo_vault::vault::{IntegrationInput, NewTenant, UnauditedFixture};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -46,16 +46,9 @@ async fn no_secret_reaches_logs_or_error_strings() {
         .with_writer(move || writer.clone())
         .init();
 
-    let sim =
-        sim::start("127.0.0.1:0".parse().unwrap(), SimConfig { rate_limit_per_second: 1000, ..SimConfig::default() })
-            .await
-            .unwrap();
+    let sim = fixture::start_sim(1000).await;
     let dir = tempfile::tempdir().unwrap();
-    let vault = Arc::new(
-        Vault::init(&dir.path().join("v.db"), &InitKey::GenerateKeyFile(dir.path().join("k")), Argon2Costs::default())
-            .unwrap(),
-    );
-    vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
+    let vault = Arc::new(fixture::init_vault(&dir.path().join("v.db"), &dir.path().join("k"), &sim));
     for (i, k) in KEYS.iter().enumerate() {
         // Go's ClientId known: no background ClientIntegrationInformation call takes the
         // faults meant for the token requests below.
@@ -68,11 +61,7 @@ async fn no_secret_reaches_logs_or_error_strings() {
             SimClient { client_id: format!("{i}"), name: format!("c{i}"), organization_number: "123456789".into() },
         );
     }
-    let go = GoClient::new(&UpstreamConfig {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_millis(400),
-    })
-    .unwrap();
+    let go = common::broker::go(Duration::from_millis(400));
     let clock = ManualClock::new();
     let cfg = BrokerConfig { retry_attempts: 1, limiter_max_wait: Duration::ZERO, ..BrokerConfig::default() };
     let audit = pogo_vault::audit::AuditLog::open(

@@ -10,7 +10,8 @@ mod common;
 mod integrator_web;
 
 use common::browser::Browser;
-use common::server::{TRUST, TestServer, sim_key};
+use common::fixture::{TRUST, sim_key};
+use common::server::TestServer;
 use pogo_vault::audit::{Action, AuditFilter, Outcome};
 use pogo_vault::domain::Environment;
 use pogo_vault::proto::v1 as pb;

@@ -4,10 +4,13 @@
 //! redirects back as Go does, the keys that come out mint tokens (and the old ones stop
 //! working), every refusal is classified, and no error shows a key or a token.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::fixture::loopback;
+use common::fixture::own_keys::{self, APP_KEY, BAD_SUB, DEMO_KEY as BAKERI_KEY, DEMO_SUB, PROD_KEY, PROD_SUB};
 use pogo_vault::crypto::{ClientKey, SubscriptionKey};
 use pogo_vault::domain::Environment;
 use pogo_vault::sim::{self, SIM_USER_EMAIL, Sim, SimClient, SimConfig};
@@ -18,22 +21,13 @@ use pogo_vault::upstream::{
 use reqwest::Url;
 use serde_json::Value;
 
-const APP_KEY: &str = "a0b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d";
-const DEMO_SUB: &str = "d3d3d3d3e4e4e4e4f5f5f5f5a6a6a6a6";
-const PROD_SUB: &str = "b7b7b7b7c8c8c8c8d9d9d9d9e0e0e0e0";
-const BAD_SUB: &str = "ffffffffffffffffffffffffffffffff";
-/// Keys the clients start with (before any onboarding).
-const BAKERI_KEY: &str = "11111111-2222-4333-8444-555555555555";
+/// The second demo client's key: with `BAKERI_KEY` and `PROD_KEY`, the keys the clients
+/// start with (before any onboarding).
 const FISK_KEY: &str = "22222222-3333-4444-8555-666666666666";
-const PROD_KEY: &str = "66666666-7777-4888-9999-aaaaaaaaaaaa";
 const BAKERI_ORG: &str = "911111111";
 const FISK_ORG: &str = "922222222";
 /// The integrator's callback; the port is never connected to (redirects are not followed).
 const CALLBACK: &str = "http://127.0.0.1:9/onboarding/callback";
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
@@ -72,13 +66,11 @@ struct Harness {
 impl Harness {
     async fn start() -> Self {
         let config = SimConfig {
-            application_key: APP_KEY.into(),
-            subscription_keys: vec![(Environment::Demo, DEMO_SUB.into()), (Environment::Production, PROD_SUB.into())],
             redirect_uris: vec![(Environment::Demo, CALLBACK.into())],
             // Go's 10/s would make these tests depend on timing; `gateway_refusals_are_classified`
             // sets a limit of its own.
             rate_limit_per_second: 1000,
-            ..SimConfig::default()
+            ..own_keys::sim_config()
         };
         let sim = sim::start(loopback(), config).await.expect("simulator starts");
         sim.add_client(Environment::Demo, BAKERI_KEY, client("4711", "Demo Bakeri AS", BAKERI_ORG));

@@ -18,6 +18,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -213,11 +215,7 @@ fn run_walk(readme: &str) -> Outcome {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("POGO_VAULT_") {
-            cmd.env_remove(k);
-        }
-    }
+    common::without_vault_env(&mut cmd);
     if pogo_vault::hardening::is_root() {
         cmd.env("POGO_VAULT_ALLOW_ROOT", "1");
     }

@@ -6,10 +6,12 @@
 
 mod common;
 
-use common::{APP_KEY, Scratch, assert_fails_with, assert_no_leak, assert_ok, dump, stdout};
+use common::fixture::APP_KEY;
+use common::{Scratch, assert_fails_with, assert_no_leak, assert_ok, dump, stdout};
 
-const PRIMARY: &str = "0d9e5c1f4b2a4e6f8a7b3c2d1e0f9a8b";
-const SECONDARY: &str = "3a8f6c2e9b1d4e7fa0c5b2d8e6f1a9c4";
+/// The simulator's demo subscription keys, primary and secondary.
+const PRIMARY: &str = pogo_vault::sim::DEFAULT_DEMO_SUBSCRIPTION_KEY;
+const SECONDARY: &str = pogo_vault::sim::DEFAULT_DEMO_SECONDARY_SUBSCRIPTION_KEY;
 const PRIMARY_2: &str = "77aa55cc33ee11ff77aa55cc33ee1234";
 
 fn set(slot: &str) -> Vec<&str> {

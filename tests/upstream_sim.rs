@@ -4,27 +4,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use common::fixture::loopback;
+use common::fixture::own_keys::{self, APP_KEY, BAD_SUB, DEMO_KEY, DEMO_SUB, PROD_KEY, PROD_SUB};
 use pogo_vault::crypto::{AccessToken, ClientKey, SubscriptionKey};
 use pogo_vault::domain::Environment;
 use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
 use pogo_vault::upstream::{GoClient, SubscriptionKeyProblem, TokenGrant, UpstreamConfig, UpstreamError};
 
-const APP_KEY: &str = "a0b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d";
-const DEMO_SUB: &str = "d3d3d3d3e4e4e4e4f5f5f5f5a6a6a6a6";
-const PROD_SUB: &str = "b7b7b7b7c8c8c8c8d9d9d9d9e0e0e0e0";
-const DEMO_KEY: &str = "11111111-2222-4333-8444-555555555555";
-const PROD_KEY: &str = "66666666-7777-4888-9999-aaaaaaaaaaaa";
 const UNKNOWN_KEY: &str = "deadbeef-0000-4000-8000-00000000f00d";
-const BAD_SUB: &str = "ffffffffffffffffffffffffffffffff";
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
 
 struct Harness {
     sim: Sim,
@@ -37,12 +30,7 @@ impl Harness {
     }
 
     async fn with(config: UpstreamConfig) -> Self {
-        let sim_config = SimConfig {
-            application_key: APP_KEY.into(),
-            subscription_keys: vec![(Environment::Demo, DEMO_SUB.into()), (Environment::Production, PROD_SUB.into())],
-            ..SimConfig::default()
-        };
-        let sim = sim::start(loopback(), sim_config).await.expect("simulator starts");
+        let sim = sim::start(loopback(), own_keys::sim_config()).await.expect("simulator starts");
         sim.add_client(Environment::Demo, DEMO_KEY, client("4711", "Demo Bakeri AS"));
         sim.add_client(Environment::Production, PROD_KEY, client("a-77", "Prod Fisk AS"));
         let go = GoClient::new(&config).expect("client builds");
@@ -287,10 +275,9 @@ async fn the_sims_rate_limit_refuses_after_n_requests() {
 #[tokio::test]
 async fn the_default_one_second_window_refuses_the_fourth_of_three_per_second() {
     let sim_config = SimConfig {
-        application_key: APP_KEY.into(),
         subscription_keys: vec![(Environment::Demo, DEMO_SUB.into())],
         rate_limit_per_second: 3,
-        ..SimConfig::default()
+        ..own_keys::sim_config()
     };
     let sim = sim::start(loopback(), sim_config).await.expect("simulator starts");
     sim.add_client(Environment::Demo, DEMO_KEY, client("1", "A"));

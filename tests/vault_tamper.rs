@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::fixture::APP_KEY;
 use common::*;
 use pogo_vault::crypto::{ClientKey, MasterKeySource};
 use pogo_vault::domain::{Environment, TenantId};

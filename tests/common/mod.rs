@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests: running the real binary, and scanning bytes
-//! for secrets in every form they could leak in.
+//! for secrets in every form they could leak in. The fixture (keys, constants, the demo
+//! policy) is `fixture.rs`; the in-process server `server.rs`.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -7,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use base64::Engine;
-
-pub const APP_KEY: &str = "5b1b5bd4-0f0c-4a57-9d8e-0d3f54a1c001";
 
 /// A scratch directory with a database path and a generated master key file.
 pub struct Scratch {
@@ -20,10 +19,10 @@ impl Scratch {
         Self { dir: tempfile::tempdir().expect("tempdir") }
     }
     pub fn db(&self) -> PathBuf {
-        self.dir.path().join("vault.db")
+        self.dir.path().join(fixture::VAULT_DB)
     }
     pub fn key(&self) -> PathBuf {
-        self.dir.path().join("master.key")
+        self.dir.path().join(fixture::MASTER_KEY)
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -71,6 +70,17 @@ pub fn run_bin(args: &[&str], stdin: &str) -> Output {
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
     }
     child.wait_with_output().expect("wait")
+}
+
+/// Removes from `cmd` every `POGO_VAULT_*` variable of the test runner's environment, so the
+/// binary reads only what the test gives it (an exported override would change what runs).
+pub fn without_vault_env(cmd: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("POGO_VAULT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 pub fn assert_ok(out: &Output) {
@@ -169,5 +179,9 @@ pub fn new_tenant(id: &str) -> pogo_vault::vault::NewTenant {
 pub fn rusqlite_open(db: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(db).expect("open db")
 }
+pub mod broker;
 pub mod browser;
+pub mod dev;
+pub mod fixture;
+pub mod serve_process;
 pub mod server;

@@ -5,53 +5,27 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pogo_vault::crypto::{ClientKey, MasterKeySource};
-use pogo_vault::domain::Environment;
+use pogo_vault::crypto::MasterKeySource;
 use pogo_vault::proto::v1::audit_service_client::AuditServiceClient;
 use pogo_vault::proto::v1::tenant_service_client::TenantServiceClient;
 use pogo_vault::proto::v1::token_service_client::TokenServiceClient;
 use pogo_vault::server::{RunningServer, ServeOptions};
-use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
+use pogo_vault::sim::Sim;
 use pogo_vault::tls::{ClientTlsFiles, DevPki};
-use pogo_vault::vault::{Argon2Costs, InitKey, UnauditedFixture, Vault};
+use pogo_vault::vault::Vault;
 use prost::Message;
 use tonic::transport::Channel;
 
-pub const TRUST: &str = "test.pogo";
+use super::fixture::{self, MASTER_KEY, TRUST, VAULT_DB};
+// The simulator's keys, also by the harness's name (tests/audit_api.rs imports them from here).
+#[allow(unused_imports)]
+pub use super::fixture::{key, sim_key};
 
 /// The CRL of [`TestServer::start_with_crl`], beside the client CA.
 const CRL_FILE: &str = "callers.crl";
 
-/// Demo client keys the simulator knows (GUIDs that are easy to spot in a scan).
-pub fn sim_key(i: usize) -> String {
-    format!("5eed0000-0000-4000-8000-{:012x}", 0xabc000 + i)
-}
-
-pub fn policy_text(extra: &str) -> String {
-    format!(
-        r#"
-[[grant]]
-caller = "spiffe://{TRUST}/service/token-caller"
-roles = ["token"]
-tenants = ["*"]
-
-[[grant]]
-caller = "spiffe://{TRUST}/service/admin"
-roles = ["tenant-admin"]
-tenants = ["*"]
-
-[[grant]]
-caller = "spiffe://{TRUST}/team/security/auditor"
-roles = ["audit"]
-
-[[grant]]
-caller = "spiffe://{TRUST}/service/a-only"
-roles = ["token", "tenant-admin"]
-tenants = ["a-*"]
-{extra}
-"#
-    )
-}
+/// Simulated clients the test server starts with: [`fixture::sim_key`] `0..8`.
+const SIM_CLIENTS: usize = 8;
 
 pub struct TestServer {
     pub dir: tempfile::TempDir,
@@ -93,14 +67,17 @@ impl TestServer {
 
     pub async fn start_with(tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let pki = pogo_vault::tls::generate_dev_pki(&dir.path().join("certs"), TRUST).unwrap();
+        let sim = fixture::start_sim(1000).await;
+        fixture::add_sim_clients(&sim, SIM_CLIENTS);
+        let (pki, vault) = fixture::serve_files(dir.path(), &sim, &fixture::policy_text(""));
+        drop(vault);
         // Extra callers: one limited to a-*, one the policy does not know, one from a foreign CA.
         let issue = |name: &str, spiffe: Option<&str>, dns: Option<&str>| {
             pogo_vault::tls::issue_client_cert(
                 &pki.ca_cert,
                 &pki.ca_key,
-                &dir.path().join(format!("certs/{name}.pem")),
-                &dir.path().join(format!("certs/{name}-key.pem")),
+                &pki.dir.join(format!("{name}.pem")),
+                &pki.dir.join(format!("{name}-key.pem")),
                 spiffe,
                 dns,
                 name,
@@ -124,30 +101,7 @@ impl TestServer {
         )
         .unwrap();
 
-        let sim = sim::start(
-            "127.0.0.1:0".parse().unwrap(),
-            SimConfig { rate_limit_per_second: 1000, ..SimConfig::default() },
-        )
-        .await
-        .unwrap();
-        for i in 0..8 {
-            sim.add_client(
-                Environment::Demo,
-                &sim_key(i),
-                SimClient {
-                    client_id: format!("{}", 7000 + i),
-                    name: format!("Kunde {i} AS"),
-                    organization_number: format!("91000000{i}"),
-                },
-            );
-        }
-        let db = dir.path().join("vault.db");
-        let key = dir.path().join("master.key");
-        let vault = Vault::init(&db, &InitKey::GenerateKeyFile(key.clone()), Argon2Costs::default()).unwrap();
-        vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
-        drop(vault);
-        let policy = dir.path().join("policy.toml");
-        std::fs::write(&policy, policy_text("")).unwrap();
+        let policy = dir.path().join(fixture::POLICY);
         let mut opts = options_for(dir.path(), &pki, &policy);
         tweak(&mut opts);
         let server = pogo_vault::server::start(opts).await.unwrap();
@@ -174,10 +128,27 @@ impl TestServer {
             },
             n => ClientTlsFiles {
                 ca: self.pki.ca_cert.clone(),
-                cert: self.dir.path().join(format!("certs/{n}.pem")),
-                key: self.dir.path().join(format!("certs/{n}-key.pem")),
+                cert: self.pki.dir.join(format!("{n}.pem")),
+                key: self.pki.dir.join(format!("{n}-key.pem")),
             },
         }
+    }
+
+    /// The options that point a CLI command at this server as caller `name`.
+    pub fn cli_args(&self, name: &str) -> Vec<String> {
+        let f = self.files(name);
+        let path = |p: &Path| p.to_str().unwrap().to_owned();
+        let mut args = vec!["--endpoint".to_owned(), self.endpoint.clone()];
+        args.extend([
+            "--ca".to_owned(),
+            path(&f.ca),
+            "--cert".to_owned(),
+            path(&f.cert),
+            "--key".to_owned(),
+            path(&f.key),
+        ]);
+        args.extend(["--server-name".to_owned(), "localhost".to_owned()]);
+        args
     }
 
     pub async fn channel(&self, name: &str) -> Channel {
@@ -194,6 +165,13 @@ impl TestServer {
 
     pub async fn audit_client(&self, name: &str) -> AuditServiceClient<Channel> {
         AuditServiceClient::new(self.channel(name).await)
+    }
+
+    /// Registers demo tenant `tenant` with [`fixture::sim_key`]`(key)` as `admin`, validated
+    /// with Go (the simulator).
+    pub async fn register(&self, tenant: &str, key: usize) {
+        let mut admin = self.tenant_client("admin").await;
+        admin.register_client_key(fixture::register_request(tenant, key)).await.unwrap();
     }
 
     /// Records a response's encoded bytes (or a status's message and details) for the
@@ -215,12 +193,12 @@ impl TestServer {
     }
 
     pub fn vault(&self) -> Vault {
-        Vault::unlock(&self.dir.path().join("vault.db"), &MasterKeySource::KeyFile(self.dir.path().join("master.key")))
+        Vault::unlock(&self.dir.path().join(VAULT_DB), &MasterKeySource::KeyFile(self.dir.path().join(MASTER_KEY)))
             .unwrap()
     }
 
     pub fn audit_db(&self) -> PathBuf {
-        pogo_vault::config::default_audit_db(&self.dir.path().join("vault.db"))
+        pogo_vault::config::default_audit_db(&self.dir.path().join(VAULT_DB))
     }
 
     pub async fn stop(&mut self) {
@@ -232,11 +210,11 @@ impl TestServer {
 
 /// The test server's options: its files under `dir`, loopback listeners on free ports.
 fn options_for(dir: &Path, pki: &DevPki, policy: &Path) -> ServeOptions {
-    let db = dir.join("vault.db");
+    let db = dir.join(VAULT_DB);
     ServeOptions {
         db: db.clone(),
         audit_db: pogo_vault::config::default_audit_db(&db),
-        master_key: MasterKeySource::KeyFile(dir.join("master.key")),
+        master_key: MasterKeySource::KeyFile(dir.join(MASTER_KEY)),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: pki.server_files(),
         policy: policy.to_owned(),
@@ -255,8 +233,4 @@ fn options_for(dir: &Path, pki: &DevPki, policy: &Path) -> ServeOptions {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         health_listen: Some("127.0.0.1:0".parse().unwrap()),
     }
-}
-
-pub fn key(i: usize) -> ClientKey {
-    ClientKey::parse(&sim_key(i)).unwrap()
 }

@@ -1,0 +1,94 @@
+//! The vault under test, set up from the tests' fixture: the simulator as Go, the files of
+//! a served vault (dev PKI, vault database, the demo policy) in a temporary directory, the
+//! tenants of every scenario, and the server's options built from a configuration file the
+//! way `serve --config` builds them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pogo_vault::config::Config;
+use pogo_vault::server::ServeOptions;
+use pogo_vault::sim::Sim;
+use pogo_vault::tls::{ClientTlsFiles, DevPki};
+use pogo_vault::tokens::BrokerConfig;
+use tonic::transport::Channel;
+
+use crate::fixture;
+use crate::settings::Settings;
+
+/// `add_tenants` batch size for the scale set-up.
+pub const INSERT_BATCH: usize = 5_000;
+
+pub struct Bench {
+    pub dir: tempfile::TempDir,
+    pub pki: DevPki,
+    pub sim: Sim,
+    pub first: String,
+    pub storm: String,
+    pub hot: Arc<Vec<String>>,
+    pub cold: Arc<Vec<String>>,
+    pub registered: usize,
+    pub insert_secs: f64,
+}
+
+pub async fn set_up(s: &Settings) -> Bench {
+    let dir = tempfile::tempdir_in(&s.dir).unwrap();
+    // The simulator must not be the limit while the hot phase warms its cache; the vault's
+    // own limiter is what the cold sweep measures.
+    let sim = fixture::start_sim(1_000_000).await;
+    let (pki, vault) = fixture::serve_files(dir.path(), &sim, &fixture::demo_policy());
+
+    // Tenants the simulator knows: one for the first call, one for the storm, the hot set and
+    // the cold set. The rest of the scale set ("fill") only needs to exist in the store.
+    let mut ids: Vec<String> = vec!["first-0".into(), "storm-0".into()];
+    ids.extend((0..s.hot_tenants).map(|i| format!("hot-{i:06}")));
+    ids.extend((0..s.cold).map(|i| format!("cold-{i:06}")));
+    let known = ids.len();
+    let total = s.scale.max(known);
+    ids.extend((0..total - known).map(|i| format!("fill-{i:07}")));
+
+    let t = Instant::now();
+    for (b, chunk) in ids.chunks(INSERT_BATCH).enumerate() {
+        // Go's ClientId known, as for tenants registered with validation: the cold mints
+        // measured here are token requests only (no ClientId fill-in behind them).
+        fixture::add_bulk_tenants(&vault, chunk, b * INSERT_BATCH, true);
+    }
+    let insert_secs = t.elapsed().as_secs_f64();
+    drop(vault);
+    fixture::add_bulk_clients(&sim, 0..known);
+    let hot = Arc::new(ids[2..2 + s.hot_tenants].to_vec());
+    let cold = Arc::new(ids[2 + s.hot_tenants..known].to_vec());
+    Bench { pki, sim, first: ids[0].clone(), storm: ids[1].clone(), hot, cold, registered: total, insert_secs, dir }
+}
+
+impl Bench {
+    /// The server's options the way `serve --config` builds them: a config file with only
+    /// the required keys (every other setting at its production default), parsed and
+    /// validated, then `ServeOptions::from_config`. `tokens` replaces the broker settings
+    /// after validation (bench only, for the hot phase's warm-up).
+    pub fn options(&self, tokens: Option<BrokerConfig>) -> ServeOptions {
+        let path = self.dir.path().join("config.toml");
+        let text = fixture::serve_config("127.0.0.1:0")
+            + "# Metrics on, as by default, on any free port.\nmetrics_listen = '127.0.0.1:0'\n";
+        std::fs::write(&path, &text).unwrap();
+        let cfg = Config::parse(&text, &path).unwrap();
+        cfg.validate(&path).unwrap();
+        let mut opts = ServeOptions::from_config(&cfg).unwrap();
+        if let Some(t) = tokens {
+            opts.tokens = t;
+        }
+        opts
+    }
+
+    pub fn files(&self, name: &str) -> ClientTlsFiles {
+        self.pki.client_files(name).unwrap()
+    }
+
+    pub async fn channels(&self, endpoint: &str, name: &str, n: usize) -> Vec<Channel> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(pogo_vault::client::connect(endpoint, &self.files(name), Some("localhost")).await.unwrap());
+        }
+        out
+    }
+}

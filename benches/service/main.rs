@@ -1,0 +1,140 @@
+//! The whole service under load, against a floor: the real vault (durable audit, the real
+//! mTLS acceptor and TLS configuration from a generated dev PKI, the simulator as Go, all in
+//! a temporary directory) and a bare tonic `TokenService` that answers every call with a
+//! canned response of the same encoded size, served through the *same* acceptor
+//! (`server::conn::accept_loop` + `TlsState` + `tls::load_server_tls`) and the same tonic
+//! transport settings. The difference between the two is what the vault adds on top of
+//! gRPC over mutual TLS: the gate layer, the handler, the broker's cache and the audit append.
+//!
+//! Scenarios (sizes from environment variables, defaults in brackets):
+//! - hot: `GetAccessToken` for random tenants out of `SERVICE_BENCH_HOT_TENANTS` [10000], all
+//!   cached first, at `SERVICE_BENCH_HOT_SHAPES` [1x1,1x64,4x16,16x4] (connections × requests
+//!   in flight per connection), `SERVICE_BENCH_SECS` [10] seconds each, vault then floor.
+//! - storm: `SERVICE_BENCH_STORM` [1000] concurrent requests for one cold tenant; asserts
+//!   that the simulator saw exactly one upstream token request and one token was handed out.
+//! - cold sweep: `SERVICE_BENCH_COLD` [5000] cold tenants once each under the default upstream
+//!   limiter (2/s, burst 4): upstream rate, successes, rate-limited refusals.
+//! - handshakes: a new TLS connection per request, sequential, for the same seconds: resumed
+//!   handshake + 1 GetAccessToken (the caller keeps its TLS session cache, as rustls does by
+//!   default), full handshake + 1 GetAccessToken, and the resumed handshake alone (no RPC).
+//! - scale: `SERVICE_BENCH_SCALE_TENANTS` [100000] tenants inserted with `Vault::add_tenants`
+//!   before start: `server::start` to first token, resident memory, a ListTenants full walk.
+//! - registration: `RegisterClientKey` (skip_validation) for `SERVICE_BENCH_KEYS` [10000] keys
+//!   from `SERVICE_BENCH_REG_CLIENTS` [4] connections × `SERVICE_BENCH_REG_INFLIGHT` [4].
+//!
+//! The server is configured the way `serve --config` does it: a config file with only the
+//! required keys (every other setting at its production default: durable audit, TLS 1.3,
+//! limits, timeouts), parsed, validated, `ServeOptions::from_config`. One exception, for the
+//! hot phase only: its warm-up mints 10,000 tokens through the real API, so that server's
+//! upstream limiter is raised to `SERVICE_BENCH_WARM_RATE` [1000]/s (cache hits never touch the
+//! limiter). Vault rows carry the audit writer's own figures (records per commit, commits/s,
+//! commit latency), read from the server's metrics before and after the run.
+//!
+//! Knobs: `SERVICE_BENCH_SMOKE=1`: tiny sizes, a few seconds in all (CI checks the bench still
+//! runs; it asserts correctness only). `SERVICE_BENCH_ONLY=scale,storm,cold,registration,hot,
+//! handshakes`: a subset. `SERVICE_BENCH_SERVERS=vault|floor|vault,floor`: which servers the hot
+//! and handshake runs drive (profiling one at a time). `SERVICE_BENCH_KEEP=1`: keep the temporary
+//! directory (databases) and print its path. `SERVICE_BENCH_COLD_WORKERS` [64],
+//! `SERVICE_BENCH_WARM_CONCURRENCY` [64]. `SERVICE_BENCH_DIR`: where the temporary directory goes
+//! (default: the system temp dir; a tmpfs makes fsync free and the audit figures meaningless).
+//!
+//! Everything (simulator, vault, floor, load generator) runs in this one process on one tokio
+//! runtime, so "CPU per request" (process user + system time over the window, divided by the
+//! requests) includes the load generator's own share. It is comparable between vault and floor,
+//! not an absolute server cost. Only correctness is asserted; speed is printed, never checked.
+
+//!
+//! Layout: `harness.rs` sets the vault up from the tests' fixture (`tests/common/fixture.rs`:
+//! the trust domain, the bulk client keys, the demo policy, the served files and their
+//! configuration), `floor.rs` is the floor, `load.rs` the load generators, `scenarios/` the
+//! two phases, `report.rs` the table, `measure.rs` the process figures.
+
+// A benchmark binary: a failed setup should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+#[path = "../../tests/common/fixture.rs"]
+mod fixture;
+mod floor;
+mod harness;
+mod load;
+mod measure;
+mod report;
+mod scenarios;
+mod settings;
+
+use std::time::Instant;
+
+use harness::INSERT_BATCH;
+use report::{loadavg, machine, now_rfc3339, print_table};
+use scenarios::{phase_default, phase_hot};
+use settings::Settings;
+
+fn main() {
+    let s = Settings::from_env();
+    let mut vars: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("SERVICE_BENCH_") || k == "CARGO_TARGET_DIR")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    vars.sort();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    println!("$ {}{}cargo bench --bench service", vars.join(" "), if vars.is_empty() { "" } else { " " });
+    println!("date: {}", now_rfc3339());
+    println!("load average at start (other work on this machine skews every figure): {}", loadavg());
+    println!("machine: {}", machine());
+    println!(
+        "build: {}; tokio multi-thread runtime, {} workers; temp dir {} (audit synchronous=FULL, group commit)",
+        if cfg!(debug_assertions) { "DEBUG (figures meaningless)" } else { "release" },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        s.dir.display()
+    );
+    println!(
+        "sizes: {} s per timed run (+{:.1} s warm-up), hot tenants {}, shapes {:?}, storm {}, cold {}, scale {}, keys {}{}",
+        s.secs,
+        s.warm().as_secs_f64(),
+        s.hot_tenants,
+        s.hot_shapes,
+        s.storm,
+        s.cold,
+        s.scale,
+        s.keys,
+        if s.smoke { " (SMOKE: sizes too small to mean anything)" } else { "" }
+    );
+
+    let t = Instant::now();
+    let b = rt.block_on(harness::set_up(&s));
+    println!(
+        "set-up: {} tenants inserted with Vault::add_tenants in batches of {INSERT_BATCH} in {:.1} s; total set-up {:.1} s",
+        b.registered,
+        b.insert_secs,
+        t.elapsed().as_secs_f64()
+    );
+    let mut rows = Vec::new();
+    if ["scale", "storm", "cold", "registration"].iter().any(|x| s.runs(x)) {
+        rt.block_on(phase_default(&s, &b, &mut rows));
+    }
+    if ["hot", "handshakes"].iter().any(|x| s.runs(x)) {
+        rt.block_on(phase_hot(&s, &b, &mut rows));
+    }
+    // Hot and handshake rows first: they are the ones compared with the floor.
+    rows.sort_by_key(|r| match r.scenario.split([' ', ':']).next().unwrap_or("") {
+        "hot" => 0,
+        "handshakes" => 1,
+        "storm" => 2,
+        "cold" => 3,
+        "scale" => 4,
+        _ => 5,
+    });
+    println!();
+    println!(
+        "CPU µs/op = process user+sys CPU over the window / successful requests; the load generator, the simulator \
+         and (for the vault) the audit writer thread run in this same process, so it is a comparison, not a server cost."
+    );
+    println!();
+    print_table(&rows);
+    rt.block_on(b.sim.shutdown());
+    if s.keep {
+        let kept = b.dir.keep();
+        println!("kept {}", kept.display());
+    }
+    println!("\ntotal {:.1} s; load average at end: {}", t.elapsed().as_secs_f64(), loadavg());
+}
