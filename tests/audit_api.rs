@@ -9,8 +9,9 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use common::fixture::{key, sim_key};
 use common::new_tenant;
-use common::server::{TestServer, key, sim_key};
+use common::server::TestServer;
 use pogo_vault::audit::{AuditFilter, Outcome};
 use pogo_vault::proto::v1 as pb;
 use pogo_vault::vault::UnauditedFixture;

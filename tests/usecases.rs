@@ -5,10 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use pogo_vault::audit::{Action, AuditConfig, AuditFilter, AuditLog, AuditRecord, Outcome};
+use common::{broker, fixture};
+use pogo_vault::audit::{Action, AuditFilter, AuditLog, AuditRecord, Outcome};
 use pogo_vault::authz::Policy;
 use pogo_vault::crypto::ClientKey;
 use pogo_vault::domain::{
@@ -17,10 +20,10 @@ use pogo_vault::domain::{
 use pogo_vault::sim::{self, Sim, SimClient, SimConfig};
 use pogo_vault::store::onboarding::SessionStatus;
 use pogo_vault::tokens::{Broker, BrokerConfig, BrokerError, SystemClock};
-use pogo_vault::upstream::{GoClient, OnboardingToken, UpstreamConfig};
+use pogo_vault::upstream::OnboardingToken;
 use pogo_vault::usecase::onboarding::{BeginRequest, CompleteRequest};
 use pogo_vault::usecase::{Actor, Entry, Onboarding, OnboardingError, Registry, RegistryError};
-use pogo_vault::vault::{Argon2Costs, InitKey, NewTenant, NotRecorded, UnauditedFixture, Vault, VaultError};
+use pogo_vault::vault::{NewTenant, NotRecorded, Vault, VaultError};
 
 /// A caller recording into a real audit log, or refusing every record (`audit: None`).
 struct LogActor {
@@ -69,27 +72,22 @@ const KEY_B: &str = "0000000b-0000-4000-8000-00000000000b";
 
 async fn fixture() -> Fixture {
     let cfg = SimConfig { redirect_uris: vec![(Environment::Demo, CALLBACK.into())], ..SimConfig::default() };
-    let sim = sim::start("127.0.0.1:0".parse().unwrap(), cfg).await.unwrap();
+    let sim = sim::start(fixture::loopback(), cfg).await.unwrap();
     for (key, id) in [(KEY_A, "7001"), (KEY_B, "7002")] {
         let client =
             SimClient { client_id: id.into(), name: format!("Client {id}"), organization_number: "912345678".into() };
         sim.add_client(Environment::Demo, key, client);
     }
     let dir = tempfile::tempdir().unwrap();
-    let vault =
-        Vault::init(&dir.path().join("v.db"), &InitKey::GenerateKeyFile(dir.path().join("k")), Argon2Costs::default())
-            .unwrap();
-    vault.set_integration(&sim.demo_integration().unwrap(), &UnauditedFixture).unwrap();
-    let vault = Arc::new(vault);
-    let audit =
-        AuditLog::open(&dir.path().join("v.audit.db"), vault.audit_signing_key().unwrap(), AuditConfig::default())
-            .unwrap();
-    let go = GoClient::new(&UpstreamConfig {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
-    })
-    .unwrap();
-    let broker = Broker::new(vault.clone(), go, BrokerConfig::default(), Arc::new(SystemClock), audit.clone());
+    let vault = Arc::new(fixture::init_vault(&dir.path().join("v.db"), &dir.path().join("k"), &sim));
+    let audit = broker::audit_of(&vault);
+    let broker = Broker::new(
+        vault.clone(),
+        broker::go(Duration::from_secs(5)),
+        BrokerConfig::default(),
+        Arc::new(SystemClock),
+        audit.clone(),
+    );
     Fixture { sim, vault, broker, audit, _dir: dir }
 }
 

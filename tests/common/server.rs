@@ -17,9 +17,6 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use super::fixture::{self, MASTER_KEY, TRUST, VAULT_DB};
-// The simulator's keys, also by the harness's name (tests/audit_api.rs imports them from here).
-#[allow(unused_imports)]
-pub use super::fixture::{key, sim_key};
 
 /// The CRL of [`TestServer::start_with_crl`], beside the client CA.
 const CRL_FILE: &str = "callers.crl";
