@@ -45,13 +45,19 @@ pub const SERVER_IDENTITY: &str = "pogo-vault-server";
 
 pub mod clock;
 mod config;
+mod error;
 mod integration;
 pub mod limiter;
+mod stats;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::BrokerConfig;
+pub use error::BrokerError;
+use error::is_key_rejection;
 use integration::IntegrationCtx;
 use limiter::Limiter;
+pub use stats::BrokerStats;
+use stats::outcome_label;
 
 /// Who asks for a token, as the limiter's fairness sees it: the caller's identity (the
 /// certificate identity) and its share of the upstream budget (`upstream_share` of its
@@ -88,102 +94,6 @@ struct Charge {
 
 /// Fingerprint purpose label for access tokens (audit rows carry this fingerprint).
 pub const FP_ACCESS_TOKEN: &str = "access-token";
-
-/// Why no token was handed out. Cloned to every caller sharing a flight.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BrokerError {
-    /// No tenant with that id.
-    #[error("tenant {0} not found")]
-    NotFound(TenantId),
-    /// An admin disabled the tenant.
-    #[error("tenant {0} is disabled: an admin must enable it before tokens are issued")]
-    Disabled(TenantId),
-    /// Go rejected the tenant's client key; no upstream calls until a new key is registered.
-    #[error(
-        "PowerOffice Go rejected the client key of tenant {0}: the customer must re-activate the integration in \
-         PowerOffice Go, and the new key must be registered (RotateClientKey or onboarding)"
-    )]
-    KeyRejected(TenantId),
-    /// No integration (application key, subscription key) for the tenant's environment.
-    #[error("no {0} integration is configured: an operator must run `pogo-vault integration set --environment {0}`")]
-    NoIntegration(Environment),
-    /// Go's gateway refused the integration's subscription key: an integration-wide alarm.
-    #[error(
-        "PowerOffice Go refused the {env} integration's subscription key: an operator must check it \
-         (`pogo-vault integration set`); retry after {} s", secs(*retry_after)
-    )]
-    SubscriptionKeyRejected { env: Environment, retry_after: Duration },
-    /// The shared upstream budget is used up (our limiter, or Go's 429).
-    #[error("rate limited: PowerOffice Go's request budget for the {env} integration is used up; retry after {} s", secs(*retry_after))]
-    RateLimited { env: Environment, retry_after: Duration },
-    /// Go's gateway answered 403 with `Retry-After`: the subscription's call quota is used up.
-    /// Upstream calls for the environment are paused; no key is blamed.
-    #[error(
-        "PowerOffice Go's call quota for the {env} integration's subscription is used up (HTTP 403 from its gateway);          retry after {} s", secs(*retry_after)
-    )]
-    QuotaExceeded { env: Environment, retry_after: Duration },
-    /// Go is unreachable, failing or too slow; retried already.
-    #[error("PowerOffice Go is unavailable ({}); retry after {} s", unavailable_reason(reason), secs(*retry_after))]
-    Unavailable { reason: String, retry_after: Duration },
-    /// Go's gateway refuses a subscription key an operator offered (to switch to, or as the
-    /// other key): nothing was changed.
-    #[error(
-        "PowerOffice Go's gateway refuses this subscription key for the {0} integration (HTTP 401): nothing was changed; \
-         check that it is the other key of the same subscription, from the same environment"
-    )]
-    SubscriptionKeyRefused(Environment),
-    /// A key offered for registration was refused by Go.
-    #[error(
-        "PowerOffice Go does not accept this client key for the {0} environment: check that it was copied \
-         whole from the right PowerOffice Go client and environment, or have the customer re-activate the integration"
-    )]
-    InvalidKey(Environment),
-    /// Go refused an onboarding step (a token that is invalid, expired or used, or a
-    /// redirect URL that is not whitelisted).
-    #[error("PowerOffice Go refused the onboarding ({0}): start a new onboarding")]
-    OnboardingRejected(String),
-    /// A sealed row did not open: audited and alarmed by the caller.
-    #[error("integrity failure: {0}")]
-    Integrity(String),
-    /// The store failed.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-fn secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// The reason without the upstream error's own "PowerOffice Go is unavailable: " (issue 21:
-/// the message said it twice).
-fn unavailable_reason(reason: &str) -> &str {
-    reason.strip_prefix("PowerOffice Go is unavailable: ").unwrap_or(reason)
-}
-
-impl BrokerError {
-    /// How long a caller should wait before asking again, for retryable errors.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            BrokerError::SubscriptionKeyRejected { retry_after, .. }
-            | BrokerError::RateLimited { retry_after, .. }
-            | BrokerError::QuotaExceeded { retry_after, .. }
-            | BrokerError::Unavailable { retry_after, .. } => Some(*retry_after),
-            _ => None,
-        }
-    }
-
-    fn from_vault(e: VaultError) -> Self {
-        match e {
-            VaultError::Integrity { what } => BrokerError::Integrity(format!("the sealed {what} does not open")),
-            VaultError::NotRecorded { reason } => BrokerError::Unavailable {
-                reason: format!("the audit log cannot be written ({reason}); nothing was changed"),
-                retry_after: Duration::from_secs(1),
-            },
-            other => BrokerError::Internal(other.to_string()),
-        }
-    }
-}
 
 /// A token as cached and handed out.
 #[derive(Debug)]
@@ -263,49 +173,6 @@ struct Slot {
 impl Slot {
     fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Counters for metrics and tests.
-#[derive(Debug)]
-pub struct BrokerStats {
-    pub cache_hits: std::sync::atomic::AtomicU64,
-    pub cache_misses: std::sync::atomic::AtomicU64,
-    pub upstream_requests: std::sync::atomic::AtomicU64,
-    pub upstream_failures: std::sync::atomic::AtomicU64,
-    pub limiter_refusals: std::sync::atomic::AtomicU64,
-    pub limiter_waits: std::sync::atomic::AtomicU64,
-    /// Token requests to Go by outcome ([`crate::metrics::UPSTREAM_OUTCOMES`]).
-    pub upstream_outcomes: crate::metrics::LabeledCounter,
-    pub upstream_latency: crate::metrics::Histogram,
-}
-
-impl Default for BrokerStats {
-    fn default() -> Self {
-        Self {
-            cache_hits: Default::default(),
-            cache_misses: Default::default(),
-            upstream_requests: Default::default(),
-            upstream_failures: Default::default(),
-            limiter_refusals: Default::default(),
-            limiter_waits: Default::default(),
-            upstream_outcomes: crate::metrics::LabeledCounter::new(crate::metrics::UPSTREAM_OUTCOMES),
-            upstream_latency: Default::default(),
-        }
-    }
-}
-
-/// The metrics label of an upstream result.
-fn outcome_label(r: &Result<crate::upstream::TokenGrant, UpstreamError>) -> &'static str {
-    match r {
-        Ok(_) => "ok",
-        Err(UpstreamError::KeyRejected { .. }) => "key_rejected",
-        Err(UpstreamError::SubscriptionKeyRejected { .. }) => "subscription_key_rejected",
-        Err(UpstreamError::RateLimited { .. }) => "rate_limited",
-        Err(UpstreamError::QuotaExceeded { .. }) => "quota_exceeded",
-        Err(UpstreamError::Transient { .. }) => "transient",
-        Err(UpstreamError::Timeout) => "timeout",
-        Err(_) => "other",
     }
 }
 
@@ -1077,12 +944,6 @@ impl Broker {
             .map_err(|_| BrokerError::Internal("store task failed".into()))?
             .map_err(BrokerError::from_vault)
     }
-}
-
-/// `invalid_client` (unknown, deleted or wrong-environment key) and `unauthorized_client`
-/// are about the key; other OAuth codes point at how we ask, not at the customer.
-fn is_key_rejection(error: &str) -> bool {
-    matches!(error, "invalid_client" | "unauthorized_client")
 }
 
 fn system_ms(t: SystemTime) -> i64 {
