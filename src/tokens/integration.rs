@@ -9,13 +9,13 @@
 //! with a `subscription_key_switched` record before the broker uses the new key for others.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::state::IntegrationCtx;
 use super::{Broker, BrokerError, KEY_CHECKS, SERVER_IDENTITY};
 use crate::audit::{Action, AuditRecord, Outcome};
 use crate::crypto::{ClientKey, SubscriptionKey};
 use crate::domain::Environment;
-use crate::store::integrations::IntegrationRecord;
 use crate::upstream::UpstreamError;
 use crate::vault::{NotRecorded, SubscriptionKeySwitch, SwitchIf};
 
@@ -25,16 +25,6 @@ const PROBE_CLIENT_KEY: &str = "00000000-0000-4000-8000-000000000000";
 /// How long integration records (and their opened subscription keys) are cached, so a
 /// change made with the CLI next to a running server takes effect.
 pub(super) const INTEGRATION_TTL: Duration = Duration::from_secs(30);
-
-pub(super) struct IntegrationCtx {
-    pub(super) record: IntegrationRecord,
-    /// The key of the active slot: the one sent.
-    pub(super) subscription_key: SubscriptionKey,
-    /// The other slot's key, when one is set and opens: tried once when Go's gateway calls
-    /// the active key invalid.
-    pub(super) standby: Option<SubscriptionKey>,
-    pub(super) loaded_at: Instant,
-}
 
 impl Broker {
     pub(super) async fn integration(&self, env: Environment) -> Result<Arc<IntegrationCtx>, BrokerError> {

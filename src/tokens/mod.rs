@@ -28,12 +28,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
 use crate::audit::{Action, AuditLog, AuditRecord, Outcome};
-use crate::crypto::{AccessToken, ClientKey, Fingerprint, SubscriptionKey};
+use crate::crypto::{ClientKey, SubscriptionKey};
 use crate::domain::{Environment, TenantId, TenantStatus};
 use crate::store::tenants::TenantRecord;
 use crate::upstream::{GoClient, SubscriptionKeyProblem, UpstreamError};
@@ -47,33 +47,20 @@ pub mod clock;
 mod config;
 mod error;
 mod integration;
+mod lease;
 pub mod limiter;
+mod state;
 mod stats;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::BrokerConfig;
 pub use error::BrokerError;
 use error::is_key_rejection;
-use integration::IntegrationCtx;
+pub use lease::{CachedToken, Requester, TokenLease, TokenSource, ValidatedKey};
 use limiter::Limiter;
+use state::{Charge, FlightResult, IntegrationCtx, Slot, SlotState};
 pub use stats::BrokerStats;
 use stats::outcome_label;
-
-/// Who asks for a token, as the limiter's fairness sees it: the caller's identity (the
-/// certificate identity) and its share of the upstream budget (`upstream_share` of its
-/// policy grant; `None`: `tokens.default_upstream_share`). Borrowed, so the cache-hit path
-/// neither allocates nor locks for it; only a request that reaches the limiter copies it.
-#[derive(Debug, Clone, Copy)]
-pub struct Requester<'a> {
-    pub caller: &'a str,
-    pub share: Option<f64>,
-}
-
-impl<'a> Requester<'a> {
-    pub fn new(caller: &'a str, share: Option<f64>) -> Self {
-        Self { caller, share }
-    }
-}
 
 /// The fairness identity of requests made through [`Broker::get_token`] (no caller named).
 pub const UNATTRIBUTED: &str = "(unattributed)";
@@ -85,96 +72,8 @@ pub const KEY_CHECKS: &str = "(key validation and onboarding)";
 /// ClientId (they never wait for a slot).
 pub const METADATA: &str = "(client metadata)";
 
-/// The limiter's view of a request that reached it.
-#[derive(Debug, Clone)]
-struct Charge {
-    caller: Arc<str>,
-    share: f64,
-}
-
 /// Fingerprint purpose label for access tokens (audit rows carry this fingerprint).
 pub const FP_ACCESS_TOKEN: &str = "access-token";
-
-/// A token as cached and handed out.
-#[derive(Debug)]
-pub struct CachedToken {
-    pub access_token: AccessToken,
-    pub token_type: String,
-    pub expires_at: Instant,
-    pub expires_at_wall: SystemTime,
-    pub lifetime: Duration,
-    pub environment: Environment,
-    /// `{base}/v2`: where the caller sends its API calls.
-    pub api_base_url: String,
-    pub key_version: i64,
-    /// Keyed fingerprint of the token, for the audit log.
-    pub fingerprint: Fingerprint,
-    /// `fingerprint` as the audit log writes it (`keyid:tag`), formatted once per token
-    /// rather than on every cache hit.
-    pub fingerprint_text: String,
-    /// Go's ClientId of the tenant's client when the token was minted (support quotes it).
-    pub go_client_id: Option<String>,
-    refresh_at: Instant,
-}
-
-/// What Go said about a key proven by [`Broker::validate_key`].
-#[derive(Debug, Clone)]
-pub struct ValidatedKey {
-    pub info: crate::upstream::ClientIntegrationInfo,
-}
-
-/// Where a handed-out token came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSource {
-    /// The cache, valid for at least the caller's `min_validity`.
-    Cache,
-    /// A new upstream request this caller started; Go answered with `upstream_status`.
-    Upstream { upstream_status: u16 },
-    /// Another caller's upstream request for the same tenant.
-    SharedFlight,
-    /// Upstream is in trouble: a cached token still valid but shorter than `min_validity`.
-    StaleDuringOutage,
-}
-
-#[derive(Debug, Clone)]
-pub struct TokenLease {
-    pub token: Arc<CachedToken>,
-    pub source: TokenSource,
-    /// Go's ClientId of the tenant's client, when known (for the audit record: support
-    /// quotes it).
-    pub go_client_id: Option<Arc<str>>,
-}
-
-type FlightResult = Result<Arc<CachedToken>, BrokerError>;
-
-#[derive(Default)]
-struct SlotState {
-    token: Option<Arc<CachedToken>>,
-    flight: Option<watch::Receiver<Option<FlightResult>>>,
-    last_used: Option<Instant>,
-    last_served_ms: Option<i64>,
-    last_served_dirty: bool,
-    failures: u32,
-    backoff_until: Option<Instant>,
-    backoff_reason: Option<String>,
-    rejected: bool,
-    /// A ClientId fill-in was started for this tenant (at most one per process and slot).
-    client_id_tried: bool,
-    /// Go's ClientId of the tenant's client, once known (from the tenant record at mint, or
-    /// filled in since).
-    go_client_id: Option<Arc<str>>,
-}
-
-#[derive(Default)]
-struct Slot {
-    state: Mutex<SlotState>,
-}
-
-impl Slot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 struct Inner {
     vault: Arc<Vault>,
