@@ -7,10 +7,8 @@
 //! - Single flight: concurrent misses for one tenant share one upstream request (a spawned
 //!   task, so a caller that gives up does not cancel it for the others) and its result,
 //!   error included.
-//! - Refresh ahead: tenants used within `refresh_window` get a new token in the background
-//!   once less than `refresh_ahead_share` of the lifetime remains (minus a random jitter,
-//!   so tenants minted together do not refresh together). Idle tenants are left alone:
-//!   with 10,000 tenants, eager refresh alone would eat Go's budget (go-api.md).
+//! - Refresh ahead (`background.rs`): tenants used lately get a new token in the background
+//!   before theirs runs out; idle tenants are left alone.
 //! - One limiter per subscription key ([`limiter`]); a `429` pauses it for `Retry-After`.
 //!   Transient failures are retried with exponential backoff and jitter, then the tenant
 //!   backs off. While upstream is in trouble a cached token that is still valid is served.
@@ -36,13 +34,16 @@ use crate::audit::{Action, AuditLog, AuditRecord, Outcome};
 use crate::crypto::{ClientKey, SubscriptionKey};
 use crate::domain::{Environment, TenantId, TenantStatus};
 use crate::store::tenants::TenantRecord;
-use crate::upstream::{GoClient, SubscriptionKeyProblem, UpstreamError};
+use crate::upstream::{GoClient, UpstreamError};
 use crate::vault::{NotRecorded, Vault, VaultError};
 
 /// The identity the server's own audit records carry (start, stop, reloads, a key Go
 /// rejected).
 pub const SERVER_IDENTITY: &str = "pogo-vault-server";
 
+mod background;
+mod checks;
+mod client_id;
 pub mod clock;
 mod config;
 mod error;
@@ -491,252 +492,6 @@ impl Broker {
         }))
     }
 
-    /// Fills in the ClientId of tenants that lack one (after onboarding): mints a token for
-    /// each (waiting for upstream slots as key checks do) and asks ClientIntegrationInformation.
-    /// Failures are logged; a later mint tries again.
-    pub async fn fill_client_ids(&self, tenants: &[TenantId]) {
-        for tenant in tenants {
-            match self.get_token_for(tenant, Requester::new(KEY_CHECKS, None), None).await {
-                Ok(lease) if lease.go_client_id.is_none() => {
-                    self.fill_client_id(tenant.clone(), lease.token, self.inner.cfg.limiter_max_wait).await
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::info!(tenant = %tenant, error = %e, "could not mint a token to learn the tenant's ClientId")
-                }
-            }
-        }
-    }
-
-    /// Records the ClientId of `tenant` from ClientIntegrationInformation, asked with `token`
-    /// (just minted with the tenant's current key), if an upstream slot is free within
-    /// `wait` (zero after an ordinary mint: metadata never makes callers wait). Recorded in
-    /// the audit log (`tenant_metadata_updated`) before it commits.
-    async fn fill_client_id(&self, tenant: TenantId, token: Arc<CachedToken>, wait: Duration) {
-        let inner = &self.inner;
-        let env = token.environment;
-        let limiter = self.limiter(env);
-        if limiter.acquire(METADATA, inner.cfg.default_upstream_share, wait).await.is_err() {
-            tracing::debug!(tenant = %tenant, "no upstream slot free to learn the tenant's ClientId; a later mint tries again");
-            self.slot(&tenant).lock().client_id_tried = false;
-            return;
-        }
-        let Ok(integ) = self.integration(env).await else { return };
-        inner.stats.upstream_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let info = inner
-            .go
-            .client_integration_information(&integ.record.base_url, &token.access_token, &integ.subscription_key)
-            .await;
-        let info = match info {
-            Ok(i) => i,
-            Err(e) => {
-                if let Some(w) = e.retry_after() {
-                    limiter.pause(w);
-                }
-                // A later mint tries again.
-                self.slot(&tenant).lock().client_id_tried = false;
-                tracing::info!(tenant = %tenant, error = %e, "ClientIntegrationInformation failed; the tenant's ClientId stays unknown for now");
-                return;
-            }
-        };
-        let Some(client_id) = info.client_id else { return };
-        let known: Arc<str> = Arc::from(client_id.as_str());
-        let vault = inner.vault.clone();
-        let audit = inner.audit.clone();
-        let key_version = token.key_version;
-        let id = tenant.clone();
-        let filled = self
-            .blocking(move || {
-                let gate = |t: &TenantRecord| {
-                    let rec = AuditRecord::new(Action::TenantMetadataUpdated, Outcome::Ok)
-                        .caller(SERVER_IDENTITY, "")
-                        .tenant(t.tenant_id.to_string())
-                        .key_version(t.key_version)
-                        .upstream_status(200)
-                        .detail(format!(
-                            "Go ClientId {} recorded from ClientIntegrationInformation (client key version {})",
-                            t.go_client_id.as_deref().unwrap_or("-"),
-                            t.key_version
-                        ))
-                        .request("go-client-integration-information", "");
-                    audit.append_wait(rec).map(|_| ()).map_err(|e| NotRecorded(e.to_string()))
-                };
-                vault.set_go_client_id(&id, key_version, &client_id, &gate)
-            })
-            .await;
-        match filled {
-            Ok(Some(_)) => {
-                tracing::info!(tenant = %tenant, "recorded the tenant's Go ClientId");
-                self.slot(&tenant).lock().go_client_id = Some(known);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(tenant = %tenant, error = %e, "could not record the tenant's Go ClientId"),
-        }
-    }
-
-    /// Proves a client key that is not stored yet (registration, rotation): mints a token
-    /// with it through the shared limiter and reads ClientIntegrationInformation. The key
-    /// is the caller's; nothing is stored here.
-    pub async fn validate_key(&self, env: Environment, key: &ClientKey) -> Result<ValidatedKey, BrokerError> {
-        let inner = &self.inner;
-        let integ = self.integration(env).await?;
-        let limiter = self.limiter(env);
-        for _ in 0..2 {
-            if let Err(wait) =
-                limiter.acquire(KEY_CHECKS, inner.cfg.default_upstream_share, inner.cfg.limiter_max_wait).await
-            {
-                inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
-            }
-        }
-        inner.stats.upstream_requests.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
-        let r = &integ.record;
-        let (charge, max_wait) = self.key_checks();
-        let proof = self
-            .with_failover(&integ, (&charge, max_wait, 2), |sub| async move {
-                let grant = inner.go.request_token(&r.base_url, &r.application_key, key, sub).await?;
-                inner.go.client_integration_information(&r.base_url, &grant.access_token, sub).await
-            })
-            .await?;
-        let info = proof.map_err(|e| self.validation_error(env, e))?;
-        Ok(ValidatedKey { info })
-    }
-
-    /// Runs `call` with the active subscription key; if Go's gateway calls that key
-    /// invalid and the other slot holds one, runs it once more with the other key and, if
-    /// that works, switches to it durably ([`Broker::switch_to_standby`]).
-    ///
-    /// The second run costs `cost` more slots (the requests `call` sends) from the same
-    /// limiter, charged to `charge` and waiting at most `max_wait`: both keys are one
-    /// subscription's, with one budget. Only the active key's answer may speak about a
-    /// client key: if the other key fails in any way (refused too, or Go calls the client key
-    /// unknown, which means that key is another subscription's), nothing is switched or
-    /// blamed, the active key's refusal stands, and the alarm says the other key is unusable.
-    /// The outer error is the limiter's refusal.
-    async fn with_failover<'a, T, F, Fut>(
-        &self,
-        integ: &'a IntegrationCtx,
-        (charge, max_wait, cost): (&Charge, Duration, u32),
-        call: F,
-    ) -> Result<Result<T, UpstreamError>, BrokerError>
-    where
-        F: Fn(&'a SubscriptionKey) -> Fut,
-        Fut: std::future::Future<Output = Result<T, UpstreamError>>,
-    {
-        let first = call(&integ.subscription_key).await;
-        let (
-            Err(UpstreamError::SubscriptionKeyRejected { problem: SubscriptionKeyProblem::Invalid, status }),
-            Some(standby),
-        ) = (&first, &integ.standby)
-        else {
-            return Ok(first);
-        };
-        let status = *status;
-        let env = integ.record.environment;
-        tracing::warn!(environment = %env, slot = %integ.record.active_slot, "PowerOffice Go called the active subscription key invalid; trying the other key");
-        let limiter = self.limiter(env);
-        for _ in 0..cost {
-            if let Err(wait) = limiter.acquire(&charge.caller, charge.share, max_wait).await {
-                self.inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
-            }
-        }
-        self.inner.stats.upstream_requests.fetch_add(u64::from(cost), std::sync::atomic::Ordering::Relaxed);
-        match call(standby).await {
-            Ok(v) => {
-                self.switch_to_standby(integ, status).await;
-                Ok(Ok(v))
-            }
-            Err(e) => {
-                tracing::error!(environment = %env, slot = %integ.record.active_slot.other(), error = %e, "ALARM: the other subscription key does not work either; nothing switched");
-                Ok(first)
-            }
-        }
-    }
-
-    /// The charge of key validation and onboarding calls.
-    fn key_checks(&self) -> (Charge, Duration) {
-        (self.charge(KEY_CHECKS, None), self.inner.cfg.limiter_max_wait)
-    }
-
-    /// Go's `Onboarding/Initiate` for `env`, through the shared limiter.
-    pub async fn onboarding_initiate(
-        &self,
-        env: Environment,
-        organization_number: Option<&str>,
-        redirect_uri: &str,
-    ) -> Result<crate::upstream::OnboardingSession, BrokerError> {
-        let integ = self.integration(env).await?;
-        self.acquire_for(env).await?;
-        let r = &integ.record;
-        let go = &self.inner.go;
-        let (charge, max_wait) = self.key_checks();
-        self.with_failover(&integ, (&charge, max_wait, 1), |sub| {
-            go.onboarding_initiate(&r.base_url, sub, &r.application_key, organization_number, redirect_uri)
-        })
-        .await?
-        .map_err(|e| self.onboarding_error(env, e))
-    }
-
-    /// Go's `Onboarding/Finalize` for `env`, through the shared limiter: the client keys of
-    /// the clients the user activated.
-    pub async fn onboarding_finalize(
-        &self,
-        env: Environment,
-        token: &crate::upstream::OnboardingToken,
-    ) -> Result<crate::upstream::OnboardingResult, BrokerError> {
-        let integ = self.integration(env).await?;
-        self.acquire_for(env).await?;
-        let go = &self.inner.go;
-        let (charge, max_wait) = self.key_checks();
-        self.with_failover(&integ, (&charge, max_wait, 1), |sub| {
-            go.onboarding_finalize(&integ.record.base_url, sub, token)
-        })
-        .await?
-        .map_err(|e| self.onboarding_error(env, e))
-    }
-
-    async fn acquire_for(&self, env: Environment) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        if let Err(wait) =
-            self.limiter(env).acquire(KEY_CHECKS, inner.cfg.default_upstream_share, inner.cfg.limiter_max_wait).await
-        {
-            inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
-        }
-        inner.stats.upstream_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn onboarding_error(&self, env: Environment, e: UpstreamError) -> BrokerError {
-        match e {
-            UpstreamError::OnboardingRejected { title, trace_id: Some(t), .. } => {
-                BrokerError::OnboardingRejected(format!("{title}; Go traceId {t}"))
-            }
-            UpstreamError::OnboardingRejected { title, .. } => BrokerError::OnboardingRejected(title),
-            e => self.validation_error(env, e),
-        }
-    }
-
-    fn validation_error(&self, env: Environment, e: UpstreamError) -> BrokerError {
-        match e {
-            UpstreamError::KeyRejected { error, .. } if is_key_rejection(&error) => BrokerError::InvalidKey(env),
-            UpstreamError::SubscriptionKeyRejected { .. } => {
-                tracing::error!(environment = %env, "ALARM: PowerOffice Go rejected the integration's subscription key");
-                BrokerError::SubscriptionKeyRejected { env, retry_after: self.inner.cfg.subscription_key_pause }
-            }
-            UpstreamError::RateLimited { retry_after } => {
-                self.limiter(env).pause(retry_after);
-                BrokerError::RateLimited { env, retry_after }
-            }
-            UpstreamError::QuotaExceeded { retry_after } => {
-                self.limiter(env).pause(retry_after);
-                BrokerError::QuotaExceeded { env, retry_after }
-            }
-            e => BrokerError::Unavailable { reason: e.to_string(), retry_after: Duration::from_secs(1) },
-        }
-    }
-
     /// How much longer upstream calls for `env` are paused (after a 429, a quota 403 or a
     /// refused subscription key), if they are.
     pub fn upstream_paused_for(&self, env: Environment) -> Option<Duration> {
@@ -746,92 +501,6 @@ impl Broker {
     /// Drops everything cached for a tenant (after its key, status or existence changed).
     pub fn forget(&self, tenant: &TenantId) {
         self.inner.slots.write().unwrap_or_else(|p| p.into_inner()).remove(tenant);
-    }
-
-    /// When a token was last handed out for the tenant by this process (Unix ms).
-    pub fn last_served_ms(&self, tenant: &TenantId) -> Option<i64> {
-        let slots = self.inner.slots.read().unwrap_or_else(|p| p.into_inner());
-        slots.get(tenant).and_then(|s| s.lock().last_served_ms)
-    }
-
-    /// Writes the "last token" times gathered in memory to the store, in one transaction.
-    pub async fn flush_last_served(&self) -> Result<usize, BrokerError> {
-        let mut batch = Vec::new();
-        {
-            let slots = self.inner.slots.read().unwrap_or_else(|p| p.into_inner());
-            for (id, slot) in slots.iter() {
-                let mut st = slot.lock();
-                if st.last_served_dirty {
-                    st.last_served_dirty = false;
-                    if let Some(ms) = st.last_served_ms {
-                        batch.push((id.clone(), ms));
-                    }
-                }
-            }
-        }
-        let n = batch.len();
-        if n > 0 {
-            let vault = self.inner.vault.clone();
-            self.blocking(move || vault.touch_last_tokens(&batch)).await?;
-        }
-        Ok(n)
-    }
-
-    /// Starts background refreshes for tenants used within the refresh window whose token
-    /// has passed its refresh point, and waits for them. Returns how many were refreshed.
-    /// A refresh never queues for the limiter: if no slot is free now, it tries next time.
-    pub async fn refresh_due(&self) -> usize {
-        let now = self.inner.clock.now();
-        let window = self.inner.cfg.refresh_window;
-        let mut flights = Vec::new();
-        let slots: Vec<(TenantId, Arc<Slot>)> = self
-            .inner
-            .slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (id, slot) in slots {
-            let mut st = slot.lock();
-            let due = match (&st.token, st.last_used) {
-                (Some(t), Some(used)) => {
-                    now >= t.refresh_at && t.expires_at > now && now.saturating_duration_since(used) <= window
-                }
-                _ => false,
-            };
-            let blocked = st.rejected || st.flight.is_some() || st.backoff_until.is_some_and(|u| u > now);
-            if due && !blocked {
-                flights.push(self.start_flight(&id, &slot, &mut st, Duration::ZERO, self.charge(REFRESHER, None)));
-            }
-        }
-        let mut refreshed = 0;
-        for mut rx in flights {
-            if let Ok(v) = rx.wait_for(Option::is_some).await
-                && matches!(&*v, Some(Ok(_)))
-            {
-                refreshed += 1;
-            }
-        }
-        refreshed
-    }
-
-    /// Runs refresh-ahead and the "last token" flush every `refresh_interval` until the
-    /// returned task is aborted.
-    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                this.inner.clock.sleep(this.inner.cfg.refresh_interval).await;
-                let n = this.refresh_due().await;
-                if n > 0 {
-                    tracing::debug!(refreshed = n, "refreshed tokens ahead of expiry");
-                }
-                if let Err(e) = this.flush_last_served().await {
-                    tracing::warn!(error = %e, "could not record last-token times");
-                }
-            }
-        })
     }
 
     async fn blocking<T: Send + 'static>(
