@@ -4,19 +4,21 @@
 //! the other key when Go's gateway calls the active one invalid (go-api.md, "Keys": a
 //! subscription has a primary and a secondary key, both valid at once, sharing one budget).
 //!
-//! The switch is tried once per failing request, costs one more upstream slot from the same
-//! limiter (both keys share Go's budget), and is made durable through the vault's commit gate
-//! with a `subscription_key_switched` record before the broker uses the new key for others.
+//! The switch ([`Broker::with_failover`], around every call to Go that sends the subscription
+//! key: token requests, key checks, onboarding) is tried once per failing request, costs one
+//! more upstream slot from the same limiter (both keys share Go's budget), and is made
+//! durable through the vault's commit gate with a `subscription_key_switched` record before
+//! the broker uses the new key for others.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::state::{Charge, IntegrationCtx};
 use super::{Broker, BrokerError, KEY_CHECKS, SERVER_IDENTITY};
 use crate::audit::{Action, AuditRecord, Outcome};
 use crate::crypto::{ClientKey, SubscriptionKey};
 use crate::domain::Environment;
-use crate::store::integrations::IntegrationRecord;
-use crate::upstream::UpstreamError;
+use crate::upstream::{SubscriptionKeyProblem, UpstreamError};
 use crate::vault::{NotRecorded, SubscriptionKeySwitch, SwitchIf};
 
 /// The client key of a probe: a GUID no Go client has (version nibble 4, all zeros else).
@@ -25,16 +27,6 @@ const PROBE_CLIENT_KEY: &str = "00000000-0000-4000-8000-000000000000";
 /// How long integration records (and their opened subscription keys) are cached, so a
 /// change made with the CLI next to a running server takes effect.
 pub(super) const INTEGRATION_TTL: Duration = Duration::from_secs(30);
-
-pub(super) struct IntegrationCtx {
-    pub(super) record: IntegrationRecord,
-    /// The key of the active slot: the one sent.
-    pub(super) subscription_key: SubscriptionKey,
-    /// The other slot's key, when one is set and opens: tried once when Go's gateway calls
-    /// the active key invalid.
-    pub(super) standby: Option<SubscriptionKey>,
-    pub(super) loaded_at: Instant,
-}
 
 impl Broker {
     pub(super) async fn integration(&self, env: Environment) -> Result<Arc<IntegrationCtx>, BrokerError> {
@@ -105,6 +97,58 @@ impl Broker {
     /// Drops the cached integration for `env` (after `integration set` or a rejection).
     pub fn forget_integration(&self, env: Environment) {
         self.inner.integrations.lock().unwrap_or_else(|p| p.into_inner()).remove(&env);
+    }
+
+    /// Runs `call` with the active subscription key; if Go's gateway calls that key
+    /// invalid and the other slot holds one, runs it once more with the other key and, if
+    /// that works, switches to it durably ([`Broker::switch_to_standby`]).
+    ///
+    /// The second run costs `cost` more slots (the requests `call` sends) from the same
+    /// limiter, charged to `charge` and waiting at most `max_wait`: both keys are one
+    /// subscription's, with one budget. Only the active key's answer may speak about a
+    /// client key: if the other key fails in any way (refused too, or Go calls the client key
+    /// unknown, which means that key is another subscription's), nothing is switched or
+    /// blamed, the active key's refusal stands, and the alarm says the other key is unusable.
+    /// The outer error is the limiter's refusal.
+    pub(super) async fn with_failover<'a, T, F, Fut>(
+        &self,
+        integ: &'a IntegrationCtx,
+        (charge, max_wait, cost): (&Charge, Duration, u32),
+        call: F,
+    ) -> Result<Result<T, UpstreamError>, BrokerError>
+    where
+        F: Fn(&'a SubscriptionKey) -> Fut,
+        Fut: std::future::Future<Output = Result<T, UpstreamError>>,
+    {
+        let first = call(&integ.subscription_key).await;
+        let (
+            Err(UpstreamError::SubscriptionKeyRejected { problem: SubscriptionKeyProblem::Invalid, status }),
+            Some(standby),
+        ) = (&first, &integ.standby)
+        else {
+            return Ok(first);
+        };
+        let status = *status;
+        let env = integ.record.environment;
+        tracing::warn!(environment = %env, slot = %integ.record.active_slot, "PowerOffice Go called the active subscription key invalid; trying the other key");
+        let limiter = self.limiter(env);
+        for _ in 0..cost {
+            if let Err(wait) = limiter.acquire(&charge.caller, charge.share, max_wait).await {
+                self.inner.stats.limiter_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(BrokerError::RateLimited { env, retry_after: wait.max(Duration::from_secs(1)) });
+            }
+        }
+        self.inner.stats.upstream_requests.fetch_add(u64::from(cost), std::sync::atomic::Ordering::Relaxed);
+        match call(standby).await {
+            Ok(v) => {
+                self.switch_to_standby(integ, status).await;
+                Ok(Ok(v))
+            }
+            Err(e) => {
+                tracing::error!(environment = %env, slot = %integ.record.active_slot.other(), error = %e, "ALARM: the other subscription key does not work either; nothing switched");
+                Ok(first)
+            }
+        }
     }
 
     /// Makes the standby key the active one, durably: called after a request with the
