@@ -307,7 +307,6 @@ const MAY_EXPOSE: &[(&str, &str)] = &[
     ("upstream/", "the requests to Go carry the keys (Basic header, subscription key header) and read the token"),
     ("server/token_svc.rs", "GetAccessToken hands the token to the caller: the point of the service"),
     ("server/state.rs", "the subscription key in GetAccessToken responses, where the configuration allows"),
-    ("tokens/", "the fingerprint of a minted access token (moves to crypto with the broker's split)"),
 ];
 
 /// Nothing outside the files of [`MAY_EXPOSE`] reads a secret's plaintext.

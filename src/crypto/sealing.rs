@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::envelope::{self, CryptoError, SealContext, Sealed};
 use super::master::MasterKey;
-use super::secret::{ClientKey, Fingerprint, FingerprintKey, SubscriptionKey, SymmetricKey};
+use super::secret::{AccessToken, ClientKey, Fingerprint, FingerprintKey, SubscriptionKey, SymmetricKey};
 
 /// Fingerprint purpose of client keys: the keyed fingerprint stored and audited in place
 /// of the key.
@@ -101,6 +101,14 @@ impl SubscriptionKey {
     /// Whether two keys are the same, in constant time.
     pub fn same_as(&self, other: &SubscriptionKey) -> bool {
         subtle::ConstantTimeEq::ct_eq(self.expose_secret().as_bytes(), other.expose_secret().as_bytes()).into()
+    }
+}
+
+impl AccessToken {
+    /// The token's keyed fingerprint under `purpose`: what the audit record of its
+    /// disclosure carries (see [`FingerprintKey`]).
+    pub fn fingerprint(&self, fk: &FingerprintKey, purpose: &str) -> Fingerprint {
+        fk.fingerprint(purpose, self.expose_secret().as_bytes())
     }
 }
 

@@ -444,8 +444,7 @@ impl Broker {
         let lifetime = grant.expires_in;
         let refresh_share = lifetime.mul_f64(inner.cfg.refresh_ahead_share.clamp(0.0, 1.0));
         let jitter = lifetime.mul_f64(inner.cfg.refresh_jitter_share.clamp(0.0, 1.0) * random_unit());
-        let fingerprint =
-            inner.vault.fingerprint_key().fingerprint(FP_ACCESS_TOKEN, grant.access_token.expose_secret().as_bytes());
+        let fingerprint = grant.access_token.fingerprint(inner.vault.fingerprint_key(), FP_ACCESS_TOKEN);
         Ok(Arc::new(CachedToken {
             expires_at: sent_at + lifetime,
             expires_at_wall: sent_wall + lifetime,
