@@ -41,7 +41,9 @@ pub enum BrokerError {
     /// Go's gateway answered 403 with `Retry-After`: the subscription's call quota is used up.
     /// Upstream calls for the environment are paused; no key is blamed.
     #[error(
-        "PowerOffice Go's call quota for the {env} integration's subscription is used up (HTTP 403 from its gateway);          retry after {} s", secs(*retry_after)
+        "PowerOffice Go's call quota for the {env} integration's subscription is used up (HTTP 403 from its gateway); \
+         retry after {} s",
+        secs(*retry_after)
     )]
     QuotaExceeded { env: Environment, retry_after: Duration },
     /// Go is unreachable, failing or too slow; retried already.
