@@ -64,11 +64,12 @@ fn every_commit_in_the_vault_is_preceded_by_its_gate() {
         let mut gated = false;
         for (n, line) in code_lines(text) {
             let t = line.trim_start();
-            if (t.starts_with("pub fn ") || t.starts_with("fn ")) && line.starts_with("    ") {
+            if starts_fn(t) {
                 current = t.to_owned();
                 gated = false;
             }
-            if t.contains("gate.record(") || t.contains("rotate_kek_inner(&new_kek, argon2, gate)") {
+            // The gate's answer must stop the commit: `gate.record(...)?`.
+            if checked_gate_call(text, line) || t.contains("rotate_kek_inner(&new_kek, argon2, gate)?") {
                 gated = true;
             }
             if t.contains("tx.commit()") {
@@ -85,6 +86,36 @@ fn every_commit_in_the_vault_is_preceded_by_its_gate() {
 
 #[path = "architecture/imports.rs"]
 mod imports;
+
+/// Whether a trimmed line starts a function item (any visibility, `async`, `const`).
+fn starts_fn(t: &str) -> bool {
+    let mut rest = t;
+    for prefix in ["pub(crate) ", "pub(super) ", "pub ", "const ", "async ", "unsafe "] {
+        rest = rest.strip_prefix(prefix).unwrap_or(rest);
+    }
+    rest.starts_with("fn ")
+}
+
+/// Whether `line` (a line of `text`) holds a `gate.record(...)` whose result is propagated
+/// with `?` (the call may span lines).
+fn checked_gate_call(text: &str, line: &str) -> bool {
+    let Some(col) = line.find("gate.record(") else { return false };
+    let start = line.as_ptr() as usize - text.as_ptr() as usize + col + "gate.record".len();
+    let mut depth = 0usize;
+    for (i, c) in text[start..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return text[start + i + 1..].trim_start().starts_with('?');
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
 
 /// Every `.rs` file under `src/`, as (path relative to `src/`, text).
 fn src_files() -> Vec<(String, String)> {
@@ -297,6 +328,24 @@ fn grpc_statuses_are_made_only_in_server_errors() {
         offenders.join("\n")
     );
     assert!(builds_status("return Err(Status::internal(\"x\"))") && builds_status("tonic::Status::new(c, m)"));
+    // Nor may a status be built under another name, or by a conversion written elsewhere.
+    let mut disguised = Vec::new();
+    for (path, text) in src_files() {
+        if path == "server/errors.rs" {
+            continue;
+        }
+        for (n, line) in code_lines(&text) {
+            let t = line.trim();
+            if t.contains("Status as ") || t.contains(" for Status ") || t.contains(" for tonic::Status ") {
+                disguised.push(format!("src/{path}:{n}: {t}"));
+            }
+        }
+    }
+    assert!(
+        disguised.is_empty(),
+        "statuses under another name or by conversion outside errors.rs:\n{}",
+        disguised.join("\n")
+    );
     assert!(!builds_status("TenantStatus::Active") && !builds_status("SessionStatus::parse(s)"));
 }
 
@@ -318,7 +367,7 @@ fn secrets_are_exposed_only_where_allowed() {
             continue;
         }
         for (n, line) in code_lines(&text) {
-            if line.contains("expose_secret(") {
+            if line.contains("expose_secret") {
                 offenders.push(format!("src/{path}:{n}: {}", line.trim()));
             }
         }
@@ -341,4 +390,25 @@ fn print_module_graph() {
     for (k, v) in m {
         println!("{k}: {v:?}");
     }
+}
+
+/// Use cases and everything below them know nothing of gRPC: `tonic` is named only by the
+/// transport (`server`, `client`, `cli`), the generated contract and the TLS helpers that
+/// build tonic's configurations.
+#[test]
+fn nothing_below_the_transport_names_tonic() {
+    let below =
+        ["usecase/", "vault", "store/", "crypto/", "domain", "tokens/", "audit/", "authz/", "upstream/", "metrics.rs"];
+    let mut offenders = Vec::new();
+    for (path, text) in src_files() {
+        if !below.iter().any(|b| path.starts_with(b)) {
+            continue;
+        }
+        for (n, line) in code_lines(&text) {
+            if line.contains("tonic::") || line.contains("tonic_") || line.trim_start().starts_with("use tonic") {
+                offenders.push(format!("src/{path}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "gRPC named below the transport:\n{}", offenders.join("\n"));
 }

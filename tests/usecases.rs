@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{broker, fixture};
 use pogo_vault::audit::{Action, AuditFilter, AuditLog, AuditRecord, Outcome};
-use pogo_vault::authz::Policy;
+use pogo_vault::authz::{Authorizer, Policy};
 use pogo_vault::crypto::ClientKey;
 use pogo_vault::domain::{
     Environment, GoStatus, OnboardingId, RedirectUrl, Subject, TenantId, TenantIdPrefix, TenantStatus,
@@ -205,6 +205,7 @@ async fn onboarding_sessions_move_only_as_the_state_machine_allows() {
         prefix: TenantIdPrefix::parse_field("tenant_id_prefix", prefix).unwrap(),
         subject: Subject::parse_field("subject", "user-1").unwrap(),
     };
+    let authz = Authorizer::from_policy((*granted).clone());
     let e = onboarding.begin(&admin, &granted, begin("other-")).await.unwrap_err();
     assert!(matches!(e, OnboardingError::PrefixNotGranted { .. }) && e.recorded(), "{e}");
     assert_eq!(e.outcome(), Outcome::Denied);
@@ -225,27 +226,27 @@ async fn onboarding_sessions_move_only_as_the_state_machine_allows() {
     let id = &begun.onboarding_id;
     let other = actor(&f, "spiffe://test/other");
     assert!(matches!(
-        onboarding.complete(&other, &granted, complete(id, GoStatus::Success, "user-1")).await,
+        onboarding.complete(&other, &authz, complete(id, GoStatus::Success, "user-1")).await,
         Err(OnboardingError::NotYours)
     ));
     assert!(matches!(
-        onboarding.complete(&admin, &granted, complete(id, GoStatus::Success, "user-2")).await,
+        onboarding.complete(&admin, &authz, complete(id, GoStatus::Success, "user-2")).await,
         Err(OnboardingError::OtherSubject)
     ));
-    let e = onboarding.complete(&admin, &granted, complete(id, GoStatus::Success, "user-1")).await.unwrap_err();
+    let e = onboarding.complete(&admin, &authz, complete(id, GoStatus::Success, "user-1")).await.unwrap_err();
     assert!(matches!(e, OnboardingError::BadToken(_)), "a malformed token is refused after the session's checks: {e}");
     assert_eq!(f.vault.onboarding(id.as_str()).unwrap().unwrap().status, SessionStatus::Pending, "still completable");
 
-    let e = onboarding.complete(&admin, &granted, complete(id, GoStatus::Canceled, "user-1")).await.unwrap_err();
+    let e = onboarding.complete(&admin, &authz, complete(id, GoStatus::Canceled, "user-1")).await.unwrap_err();
     assert_eq!(e.to_string(), format!("onboarding {id} ended with Canceled: the user cancelled in PowerOffice Go"));
     let s = f.vault.onboarding(id.as_str()).unwrap().unwrap();
     assert_eq!((s.status, s.go_status.as_deref()), (SessionStatus::Failed, Some("Canceled")));
-    let e = onboarding.complete(&admin, &granted, complete(id, GoStatus::Success, "user-1")).await.unwrap_err();
+    let e = onboarding.complete(&admin, &authz, complete(id, GoStatus::Success, "user-1")).await.unwrap_err();
     assert!(matches!(e, OnboardingError::AlreadyEnded { .. }), "{e}");
 
     let unknown = OnboardingId::parse_field("onboarding_id", "abc").unwrap();
     assert!(matches!(
-        onboarding.complete(&admin, &granted, complete(&unknown, GoStatus::Success, "user-1")).await,
+        onboarding.complete(&admin, &authz, complete(&unknown, GoStatus::Success, "user-1")).await,
         Err(OnboardingError::NotFound(_))
     ));
     assert_eq!(f.sim.token_requests(), 0, "no client key was ever sent to Go");

@@ -140,7 +140,7 @@ pub fn registry(e: &crate::usecase::RegistryError) -> Status {
         E::AlreadyExists(_) => Status::already_exists(e.to_string()),
         E::NotFound(_) => Status::not_found(e.to_string()),
         E::Broker(b) => broker(b),
-        E::Vault(v) => vault(v),
+        E::Vault(v) | E::Read(v) => vault(v),
         _ => internal(),
     }
 }
@@ -168,7 +168,8 @@ pub fn integration(e: &crate::usecase::IntegrationError) -> Status {
     match e {
         E::Invalid(i) => invalid(i),
         E::Go(b) => broker(b),
-        E::Vault(v) => vault(v),
+        E::Vault(v) | E::Read(v) => vault(v),
+        E::AuditUnavailable => audit_unavailable(),
         _ => internal(),
     }
 }

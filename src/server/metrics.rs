@@ -15,6 +15,19 @@ use crate::domain::TenantStatus;
 use crate::metrics::ServerMetrics;
 use crate::tokens::BrokerStats;
 
+/// The denial reason label of a gRPC code.
+pub fn reason(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => "permission_denied",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::FailedPrecondition => "failed_precondition",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::Internal => "internal",
+        _ => "other",
+    }
+}
+
 /// One scrape: everything rendered in the Prometheus text format.
 pub struct Snapshot<'a> {
     pub server: &'a ServerMetrics,

@@ -93,8 +93,7 @@ impl OnboardingService for OnboardingSvc {
             Err(e) => return Err(self.refuse_invalid(&caller, action, &e).await),
         };
         let complete = CompleteRequest { onboarding_id, go_status, token, subject: r.subject };
-        let policy = self.state.authz.policy();
-        match self.state.onboarding.complete(&self.state.actor(&caller), &policy, complete).await {
+        match self.state.onboarding.complete(&self.state.actor(&caller), &self.state.authz, complete).await {
             Ok(outcomes) => Ok(Response::new(pb::CompleteOnboardingResponse {
                 tenants: outcomes.iter().map(|o| super::tenant_svc::to_proto(&o.record, None)).collect(),
             })),

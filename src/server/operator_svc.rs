@@ -15,6 +15,7 @@ use crate::domain::{Environment, InvalidInput, SubscriptionKeySlot};
 use crate::proto::v1 as pb;
 use crate::proto::v1::operator_service_server::OperatorService;
 use crate::store::integrations::IntegrationRecord;
+use crate::usecase::IntegrationError;
 use crate::vault::{Argon2Costs, InitKey, IntegrationInput, KekRotation};
 
 pub struct OperatorSvc {
@@ -47,8 +48,18 @@ impl OperatorSvc {
         let actor = self.state.actor(&caller);
         match self.state.integrations.set_secondary(&actor, env, key, &r.application_key, &r.base_url).await {
             Ok(rec) => Ok(Response::new(view(&rec))),
-            Err(e) => Err(self.failed(&caller, action, errors::integration(&e)).await),
+            Err(e) => Err(self.integration_failed(&caller, action, e).await),
         }
+    }
+
+    /// An integration change that did not happen: recorded unless no decision was made
+    /// (or its record is what failed).
+    async fn integration_failed(&self, caller: &Caller, action: Action, e: IntegrationError) -> Status {
+        let status = errors::integration(&e);
+        if !e.recorded() {
+            return status;
+        }
+        self.failed(caller, action, status).await
     }
 
     async fn failed(&self, caller: &Caller, action: Action, status: Status) -> Status {
@@ -192,7 +203,7 @@ impl OperatorService for OperatorSvc {
         };
         match self.state.integrations.set(&self.state.actor(&caller), input, "through the API").await {
             Ok(rec) => Ok(Response::new(view(&rec))),
-            Err(e) => Err(self.failed(&caller, action, errors::integration(&e)).await),
+            Err(e) => Err(self.integration_failed(&caller, action, e).await),
         }
     }
 
@@ -215,7 +226,7 @@ impl OperatorService for OperatorSvc {
         // key idle, might regenerate the only one that works.
         match self.state.integrations.use_slot(&self.state.actor(&caller), env, slot).await {
             Ok(used) => Ok(Response::new(view(&used.record))),
-            Err(e) => Err(self.failed(&caller, action, errors::integration(&e)).await),
+            Err(e) => Err(self.integration_failed(&caller, action, e).await),
         }
     }
 

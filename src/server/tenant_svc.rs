@@ -18,6 +18,7 @@ use crate::domain::{
 use crate::proto::v1 as pb;
 use crate::proto::v1::tenant_service_server::TenantService;
 use crate::store::tenants::TenantRecord;
+use crate::usecase::RegistryError;
 use crate::vault::NewTenant;
 
 pub struct TenantSvc {
@@ -61,6 +62,15 @@ impl TenantSvc {
         self.state.refused(caller, action, Some(tenant), errors::outcome_of(&status), status).await
     }
 
+    /// A registry operation that did not happen: recorded unless no decision was made.
+    async fn registry_failed(&self, caller: &Caller, action: Action, tenant: &TenantId, e: RegistryError) -> Status {
+        let status = errors::registry(&e);
+        if !e.recorded() {
+            return status;
+        }
+        self.failed(caller, action, tenant, status).await
+    }
+
     fn view(&self, t: &TenantRecord) -> pb::Tenant {
         to_proto(t, self.state.registry.last_token_at(t))
     }
@@ -77,7 +87,7 @@ impl TenantSvc {
         self.state.audit_ready()?;
         match self.state.registry.set_status(&self.state.actor(&caller), &tenant, status).await {
             Ok(rec) => Ok(self.view(&rec)),
-            Err(e) => Err(self.failed(&caller, action, &tenant, errors::registry(&e)).await),
+            Err(e) => Err(self.registry_failed(&caller, action, &tenant, e).await),
         }
     }
 }
@@ -116,7 +126,7 @@ impl TenantService for TenantSvc {
         };
         match self.state.registry.register(&self.state.actor(&caller), new, key, !r.skip_validation).await {
             Ok(rec) => Ok(Response::new(self.view(&rec))),
-            Err(e) => Err(self.failed(&caller, action, &tenant, errors::registry(&e)).await),
+            Err(e) => Err(self.registry_failed(&caller, action, &tenant, e).await),
         }
     }
 
@@ -137,7 +147,7 @@ impl TenantService for TenantSvc {
         };
         match self.state.registry.rotate(&self.state.actor(&caller), &tenant, key).await {
             Ok(rec) => Ok(Response::new(self.view(&rec))),
-            Err(e) => Err(self.failed(&caller, action, &tenant, errors::registry(&e)).await),
+            Err(e) => Err(self.registry_failed(&caller, action, &tenant, e).await),
         }
     }
 
@@ -150,7 +160,7 @@ impl TenantService for TenantSvc {
                 self.state.record(&caller, action, Some(&tenant), Outcome::Ok, "get", Extra::default()).await?;
                 Ok(Response::new(self.view(&rec)))
             }
-            Err(e) => Err(self.failed(&caller, action, &tenant, errors::registry(&e)).await),
+            Err(e) => Err(self.registry_failed(&caller, action, &tenant, e).await),
         }
     }
 
@@ -209,7 +219,7 @@ impl TenantService for TenantSvc {
         self.state.audit_ready()?;
         match self.state.registry.delete(&self.state.actor(&caller), &tenant).await {
             Ok(()) => Ok(Response::new(pb::DeleteTenantResponse {})),
-            Err(e) => Err(self.failed(&caller, action, &tenant, errors::registry(&e)).await),
+            Err(e) => Err(self.registry_failed(&caller, action, &tenant, e).await),
         }
     }
 

@@ -34,7 +34,7 @@ impl TokenService for TokenSvc {
                 TokenSource::SharedFlight => "shared",
                 TokenSource::StaleDuringOutage => "stale",
             }),
-            Err(s) => m.tokens_denied.inc(crate::metrics::reason(s.code())),
+            Err(s) => m.tokens_denied.inc(super::metrics::reason(s.code())),
         }
         result.map(|(r, _)| r)
     }

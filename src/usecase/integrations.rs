@@ -28,6 +28,21 @@ pub enum IntegrationError {
     Vault(#[from] VaultError),
     #[error("internal error; operators are alerted")]
     Internal,
+    /// Reading the integration before a change failed: no decision was made, nothing to
+    /// record.
+    #[error(transparent)]
+    Read(VaultError),
+    /// The record of a switch that changed nothing could not be written.
+    #[error("the audit log cannot be written right now")]
+    AuditUnavailable,
+}
+
+impl IntegrationError {
+    /// Whether the transport records this refusal (not a failed read before any decision,
+    /// nor a record that could not be written).
+    pub fn recorded(&self) -> bool {
+        !matches!(self, IntegrationError::Read(_) | IntegrationError::AuditUnavailable)
+    }
 }
 
 impl From<Blocking> for IntegrationError {
@@ -86,7 +101,11 @@ impl Integrations {
         application_key: &str,
         base_url: &str,
     ) -> Result<IntegrationRecord, IntegrationError> {
-        if let Some(cur) = on_vault(&self.vault, move |v| v.integration(env)).await? {
+        let current = on_vault(&self.vault, move |v| v.integration(env)).await.map_err(|e| match e {
+            Blocking::Vault(v) => IntegrationError::Read(v),
+            Blocking::Lost => IntegrationError::Internal,
+        })?;
+        if let Some(cur) = current {
             let app = application_key.trim();
             let url = base_url.trim().trim_end_matches('/');
             let mismatch = if !app.is_empty() && !app.eq_ignore_ascii_case(&cur.application_key) {
@@ -146,7 +165,7 @@ impl Integrations {
             tokio::task::spawn_blocking(move || actor.record_durably(vec![entry]))
                 .await
                 .map_err(|_| IntegrationError::Internal)?
-                .map_err(VaultError::from)?;
+                .map_err(|_| IntegrationError::AuditUnavailable)?;
         }
         Ok(SlotInUse { record, changed })
     }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use super::actor::{Actor, Entry, gate};
 use super::blocking::{Blocking, on_vault};
 use crate::audit::{Action, Outcome};
-use crate::authz::{Policy, Role};
+use crate::authz::{Authorizer, Policy, Role};
 use crate::domain::{
     DisplayName, Environment, GoStatus, InvalidInput, OnboardingId, OrganizationNumber, RedirectUrl, Subject, TenantId,
     TenantIdPrefix,
@@ -85,6 +85,10 @@ pub enum OnboardingError {
     /// failure was transient, else failed).
     #[error(transparent)]
     NotStored(VaultError),
+    /// The task storing the keys Go handed over was lost (it panicked or was cancelled):
+    /// the session is closed as not stored.
+    #[error("internal error; operators are alerted")]
+    StoringLost,
     /// The session's own bookkeeping failed before any decision (not recorded: the store
     /// or the log is failing).
     #[error(transparent)]
@@ -205,11 +209,13 @@ impl Onboarding {
     }
 
     /// Completes a session: the checks, Go's Finalize, and the keys stored with the
-    /// session's completion. Returns what was stored, one outcome per client.
+    /// session's completion. Returns what was stored, one outcome per client. The policy
+    /// in force is read at each check, so a grant revoked by a reload while Go's Finalize
+    /// is in flight is not honoured when the keys are stored.
     pub async fn complete(
         &self,
         actor: &Arc<dyn Actor>,
-        policy: &Arc<Policy>,
+        authz: &Authorizer,
         req: CompleteRequest,
     ) -> Result<Vec<OnboardingOutcome>, OnboardingError> {
         let id = req.onboarding_id;
@@ -231,7 +237,7 @@ impl Onboarding {
         // Checked before Go's Finalize, which spends the one-time token and revokes the
         // client's old key at Go: a refusal after it would lose the new key.
         let who = actor.identity().to_owned();
-        if !policy.allows_every_tenant_with_prefix(&who, Role::TenantAdmin, &session.tenant_id_prefix) {
+        if !authz.policy().allows_every_tenant_with_prefix(&who, Role::TenantAdmin, &session.tenant_id_prefix) {
             return Err(OnboardingError::PrefixNotGranted { prefix: session.tenant_id_prefix.clone() });
         }
         // Which tenant a re-onboarded client belongs to must be clear before Go's Finalize
@@ -240,6 +246,7 @@ impl Onboarding {
         if let Some(org) = session.organization_number.clone() {
             let env = session.environment;
             let found = on_vault(&self.vault, move |v| v.verified_tenants(env, &org)).await?;
+            let policy = authz.policy();
             let under: Vec<String> = found
                 .iter()
                 .filter(|t| t.tenant_id.as_str().starts_with(&session.tenant_id_prefix))
@@ -306,6 +313,7 @@ impl Onboarding {
         // Go's Finalize is spent and, for a known client, its old key revoked: the keys live
         // only in this request now. A log or database that fails for a moment must not lose
         // them, so storing is tried a few times (each try waits at most the append timeout).
+        let policy = authz.policy();
         let mut applied = Err(Blocking::Lost);
         for attempt in 0..APPLY_ATTEMPTS {
             if attempt > 0 {
@@ -324,7 +332,10 @@ impl Onboarding {
         }
         let outcomes = match applied {
             Ok(o) => o,
-            Err(Blocking::Lost) => return Err(OnboardingError::Internal),
+            Err(Blocking::Lost) => {
+                self.transition(&id, SessionStatus::Completing, SessionStatus::Failed, Some("NotStored")).await?;
+                return Err(OnboardingError::StoringLost);
+            }
             Err(Blocking::Vault(e)) => {
                 // Transient (the audit log or the database could not be written): nothing
                 // was stored, the session goes back to where it was. Otherwise it failed.

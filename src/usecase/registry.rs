@@ -41,6 +41,18 @@ pub enum RegistryError {
     /// The blocking task running the vault operation failed.
     #[error("internal error; operators are alerted")]
     Internal,
+    /// Reading the tenant before a change failed (the store is failing): no decision was
+    /// made, so there is nothing to record.
+    #[error(transparent)]
+    Read(VaultError),
+}
+
+impl RegistryError {
+    /// Whether the transport records this refusal (all but a failed read before any
+    /// decision).
+    pub fn recorded(&self) -> bool {
+        !matches!(self, RegistryError::Read(_))
+    }
 }
 
 /// One page of a list.
@@ -76,7 +88,7 @@ impl Registry {
         validate: bool,
     ) -> Result<TenantRecord, RegistryError> {
         let id = new.tenant_id.clone();
-        if on_vault(&self.vault, move |v| v.tenant(&id)).await?.is_some() {
+        if on_vault(&self.vault, move |v| v.tenant(&id)).await.map_err(read)?.is_some() {
             return Err(RegistryError::AlreadyExists(new.tenant_id));
         }
         let mut detail = "registered without validation (skip_validation)".to_owned();
@@ -109,7 +121,7 @@ impl Registry {
         key: ClientKey,
     ) -> Result<TenantRecord, RegistryError> {
         let id = tenant.clone();
-        let Some(cur) = on_vault(&self.vault, move |v| v.tenant(&id)).await? else {
+        let Some(cur) = on_vault(&self.vault, move |v| v.tenant(&id)).await.map_err(read)? else {
             return Err(RegistryError::NotFound(tenant.clone()));
         };
         let client_id = self.broker.validate_key(cur.environment, &key).await?.info.client_id;
@@ -213,6 +225,14 @@ impl Registry {
     /// broker's in-memory one (written to the store once per refresh interval).
     pub fn last_token_at(&self, t: &TenantRecord) -> Option<i64> {
         [t.last_token_at, self.broker.last_served_ms(&t.tenant_id)].into_iter().flatten().max()
+    }
+}
+
+/// A failed read before any decision: not recorded ([`RegistryError::recorded`]).
+fn read(e: Blocking) -> RegistryError {
+    match e {
+        Blocking::Vault(v) => RegistryError::Read(v),
+        Blocking::Lost => RegistryError::Internal,
     }
 }
 

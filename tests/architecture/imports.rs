@@ -7,7 +7,8 @@
 //! file that defines it. A re-export itself is not an import: like a `mod` line it is the
 //! module's face, so a child that uses its parent's error type while the parent
 //! re-exports the child's items is not a circle; a parent whose own code calls the child
-//! is an import, and then the child must not need the parent.
+//! is an import, and then the child must not need the parent. A re-export of another
+//! top-level module's item (`pub use crate::crypto::X` in `vault.rs`) is an import.
 //! `#[cfg(test)]` items and comments are left out: test code does not shape the house.
 //!
 //! This is text, not a compiler: it knows `mod`, `use`, paths and the item keywords, and
@@ -438,6 +439,16 @@ impl Graph {
                     edges.entry(file.clone()).or_default().entry(target).or_default().insert(name);
                 }
             };
+            // A re-export of another top-level module's item is an import all the same (a
+            // module's face may show only its own children without needing them).
+            let top = |f: &str| f.split('/').next().unwrap_or(f).trim_end_matches(".rs").to_owned();
+            for leaf in f.uses.iter().filter(|u| u.reexport) {
+                if let Some(Ok((target, name))) = krate.resolve(module, &leaf.path, 0)
+                    && top(&target) != top(file)
+                {
+                    add(target, name);
+                }
+            }
             for leaf in f.uses.iter().filter(|u| !u.reexport) {
                 match krate.resolve(module, &leaf.path, 0) {
                     Some(Ok((target, name))) => add(target, name),
