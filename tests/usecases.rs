@@ -251,3 +251,84 @@ async fn onboarding_sessions_move_only_as_the_state_machine_allows() {
     ));
     assert_eq!(f.sim.token_requests(), 0, "no client key was ever sent to Go");
 }
+
+/// An actor whose log refuses the first `refusals` attempts, then records.
+struct FlakyActor {
+    inner: LogActor,
+    refusals: std::sync::atomic::AtomicUsize,
+}
+
+impl Actor for FlakyActor {
+    fn identity(&self) -> &str {
+        self.inner.identity()
+    }
+
+    fn record_durably(&self, entries: Vec<Entry>) -> Result<(), NotRecorded> {
+        let left = self.refusals.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.refusals.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(NotRecorded("the test's log refuses for now".into()));
+        }
+        self.inner.record_durably(entries)
+    }
+}
+
+/// Asks the simulator to approve as the user's browser would; the token from the redirect.
+async fn approve(authorization_url: &str) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = http.get(authorization_url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 302, "the simulator's approval redirects back");
+    let back = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    back.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()).expect("token in the redirect")
+}
+
+/// After Go's Finalize the keys live only in the request: a log that refuses once is
+/// retried and the keys are stored; one that keeps refusing leaves nothing stored and the
+/// session back at PENDING, recorded as an error (not the caller's fault).
+#[tokio::test]
+async fn keys_from_finalize_survive_one_refused_record_and_nothing_half_stored_when_refused_again() {
+    let f = fixture().await;
+    let onboarding = Onboarding::new(f.vault.clone(), f.broker.clone());
+    let authz = Authorizer::from_policy(
+        (*policy("[[grant]]\ncaller = \"spiffe://test/admin\"\nroles = [\"tenant-admin\"]\ntenants = [\"acme-*\"]\n"))
+            .clone(),
+    );
+    let flaky = |refusals: usize| -> Arc<dyn Actor> {
+        Arc::new(FlakyActor {
+            inner: LogActor { id: "spiffe://test/admin".into(), audit: Some(f.audit.clone()) },
+            refusals: refusals.into(),
+        })
+    };
+    let begin = || BeginRequest {
+        environment: Environment::Demo,
+        redirect: RedirectUrl::parse_field("redirect_url", CALLBACK).unwrap(),
+        organization_number: None,
+        prefix: TenantIdPrefix::parse_field("tenant_id_prefix", "acme-").unwrap(),
+        subject: Subject::parse_field("subject", "user-1").unwrap(),
+    };
+    let admin = actor(&f, "spiffe://test/admin");
+    for (refusals, stored) in [(2usize, false), (1, true)] {
+        let begun = onboarding.begin(&admin, &authz.policy(), begin()).await.unwrap();
+        let token = approve(&begun.authorization_url).await;
+        let req = CompleteRequest {
+            onboarding_id: begun.onboarding_id.clone(),
+            go_status: GoStatus::Success,
+            token: OnboardingToken::parse(&token),
+            subject: "user-1".into(),
+        };
+        let result = onboarding.complete(&flaky(refusals), &authz, req).await;
+        let session = f.vault.onboarding(begun.onboarding_id.as_str()).unwrap().unwrap();
+        if stored {
+            let outcomes = result.unwrap();
+            assert!(!outcomes.is_empty(), "the approved clients were stored");
+            assert_eq!(session.status, SessionStatus::Completed);
+        } else {
+            let e = result.unwrap_err();
+            assert!(matches!(&e, OnboardingError::NotStored(v) if v.is_transient()), "{e}");
+            assert_eq!((e.recorded(), e.outcome()), (true, Outcome::Error));
+            assert_eq!(session.status, SessionStatus::Pending, "back where it was, nothing half-stored");
+            assert!(f.vault.list_tenants(None, 10).unwrap().is_empty(), "no tenant stored");
+        }
+    }
+}
