@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+pub mod base_url;
 mod onboarding;
 
+pub use base_url::BaseUrl;
 pub use onboarding::{GoStatus, OnboardingId, RedirectUrl, STATE_PARAM, Subject, TenantIdPrefix};
 
 /// A value from outside failed its rules. `field` is the name the caller used for it.

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::{Caller, Extra, ServerState, caller_record, errors};
 use crate::audit::{Action, Outcome};
 use crate::crypto::{MasterKeySource, SubscriptionKey};
-use crate::domain::{Environment, InvalidInput, SubscriptionKeySlot};
+use crate::domain::{BaseUrl, Environment, InvalidInput, SubscriptionKeySlot};
 use crate::proto::v1 as pb;
 use crate::proto::v1::operator_service_server::OperatorService;
 use crate::store::integrations::IntegrationRecord;
@@ -73,17 +73,11 @@ impl OperatorSvc {
 /// (`integration set --allow-custom-base-url`), so a stolen operator certificate cannot
 /// send the keys elsewhere.
 fn custom_base_url_allowed_over_api(i: &IntegrationInput) -> Result<(), InvalidInput> {
-    let url = crate::vault::validate_base_url(&i.base_url)?;
-    if crate::vault::is_go_base_url(&url) {
+    let url = BaseUrl::parse_field("base_url", &i.base_url)?;
+    if url.is_go() {
         return Ok(());
     }
-    let loopback = reqwest::Url::parse(&url).ok().is_some_and(|u| match u.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    });
-    if i.allow_custom_base_url && loopback {
+    if i.allow_custom_base_url && url.is_loopback() {
         return Ok(());
     }
     Err(InvalidInput::new(

@@ -14,7 +14,7 @@
 
 use super::{Gate, Vault, VaultError};
 use crate::crypto::{ClientKey, KeyHint, Purpose, SealContext, SubscriptionKey};
-use crate::domain::InvalidInput;
+use crate::domain::{BaseUrl, InvalidInput};
 use crate::domain::{Environment, SubscriptionKeySlot};
 use crate::store::integrations::{self, IntegrationRecord, secret_owner};
 use crate::store::secrets::{self, SecretRef};
@@ -120,8 +120,8 @@ impl Vault {
         gate: Gate<'_, IntegrationChange>,
     ) -> Result<IntegrationRecord, VaultError> {
         validate_application_key(&input.application_key)?;
-        let base_url = validate_base_url(&input.base_url)?;
-        if !input.allow_custom_base_url && !is_go_base_url(&base_url) {
+        let base_url = BaseUrl::parse_field("base_url", &input.base_url)?;
+        if !input.allow_custom_base_url && !base_url.is_go() {
             return Err(InvalidInput::new(
                 "base_url",
                 format!(
@@ -131,6 +131,7 @@ impl Vault {
             )
             .into());
         }
+        let base_url = base_url.into_string();
         let env = input.environment;
         let application_key = input.application_key.trim().to_owned();
         let slot = SubscriptionKeySlot::Primary;
@@ -364,47 +365,19 @@ fn validate_application_key(s: &str) -> Result<(), InvalidInput> {
     ClientKey::parse_field("application_key", s).map(|_| ())
 }
 
-/// PowerOffice Go's own origin: the only host client keys go to unless an operator allows
-/// another (`--allow-custom-base-url`).
-pub const GO_HOST: &str = "https://goapi.poweroffice.net";
+pub use crate::domain::base_url::GO_HOST;
 
-/// True for Go's production or demo base URL (as [`validate_base_url`] returns them; Go
-/// ignores path casing, so `/demo` is Go's too).
+/// True for Go's production or demo base URL (see [`BaseUrl::is_go`]).
 pub fn is_go_base_url(base_url: &str) -> bool {
-    match base_url.strip_prefix(GO_HOST) {
-        Some("") => true,
-        Some(path) => path.eq_ignore_ascii_case("/demo"),
-        None => false,
-    }
+    crate::domain::base_url::is_go(base_url)
 }
 
 /// The scheme, host and port of a base URL, for audit records and warnings.
 pub fn base_url_origin(base_url: &str) -> String {
-    reqwest::Url::parse(base_url).map(|u| u.origin().ascii_serialization()).unwrap_or_else(|_| "(unparsable)".into())
+    crate::domain::base_url::origin(base_url)
 }
 
-/// Absolute https URL without query, fragment or credentials; plain http only for loopback
-/// (tests and `dev` mode talk to the simulator). Returns it without a trailing slash.
+/// A base URL checked by [`BaseUrl::parse_field`], as the text stored.
 pub fn validate_base_url(s: &str) -> Result<String, InvalidInput> {
-    let field = "base_url";
-    let url =
-        reqwest::Url::parse(s.trim()).map_err(|e| InvalidInput::new(field, format!("not an absolute URL: {e}")))?;
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        "http" => {
-            return Err(InvalidInput::new(field, "must use https (plain http is allowed only for loopback addresses)"));
-        }
-        other => return Err(InvalidInput::new(field, format!("scheme {other:?} is not supported; use https"))),
-    }
-    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
-        return Err(InvalidInput::new(field, "must not contain credentials, a query or a fragment"));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
+    BaseUrl::parse_field("base_url", s).map(BaseUrl::into_string)
 }
