@@ -54,19 +54,6 @@ fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
     r.map_or_else(|s| s.code(), |_| tonic::Code::Ok)
 }
 
-/// Asks Go (the simulator) to approve an onboarding as a user's browser would, and returns
-/// the onboarding token from the redirect back.
-async fn approve(authorization_url: &str) -> String {
-    // A plain-HTTP browser; reqwest still wants a TLS provider chosen: ours, ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let r = http.get(authorization_url).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 302, "the simulator's approval redirects back");
-    let back = r.headers()["location"].to_str().unwrap().to_owned();
-    let url = reqwest::Url::parse(&back).unwrap();
-    url.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()).expect("token in the redirect")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the_audit_log_is_locked() {
     let mut ts = TestServer::start().await;
@@ -107,7 +94,7 @@ async fn every_grpc_change_fails_closed_and_leaves_the_vault_unchanged_while_the
         .await
         .unwrap()
         .into_inner();
-    let onboarding_token = approve(&begun.authorization_url).await;
+    let onboarding_token = common::approve_at_sim(&begun.authorization_url).await;
 
     type Call<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = tonic::Code> + Send + 'a>>;
     let mut token = ts.token_client("token-caller").await;

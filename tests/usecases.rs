@@ -273,16 +273,6 @@ impl Actor for FlakyActor {
     }
 }
 
-/// Asks the simulator to approve as the user's browser would; the token from the redirect.
-async fn approve(authorization_url: &str) -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let r = http.get(authorization_url).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 302, "the simulator's approval redirects back");
-    let back = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
-    back.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()).expect("token in the redirect")
-}
-
 /// After Go's Finalize the keys live only in the request: a log that refuses once is
 /// retried and the keys are stored; one that keeps refusing leaves nothing stored and the
 /// session back at PENDING, recorded as an error (not the caller's fault).
@@ -310,7 +300,7 @@ async fn keys_from_finalize_survive_one_refused_record_and_nothing_half_stored_w
     let admin = actor(&f, "spiffe://test/admin");
     for (refusals, stored) in [(2usize, false), (1, true)] {
         let begun = onboarding.begin(&admin, &authz.policy(), begin()).await.unwrap();
-        let token = approve(&begun.authorization_url).await;
+        let token = common::approve_at_sim(&begun.authorization_url).await;
         let req = CompleteRequest {
             onboarding_id: begun.onboarding_id.clone(),
             go_status: GoStatus::Success,

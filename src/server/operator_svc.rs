@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Extra, ServerState, caller_record, errors};
+use super::{Caller, Extra, ServerState, errors};
 use crate::audit::{Action, Outcome};
 use crate::crypto::{MasterKeySource, SubscriptionKey};
 use crate::domain::{BaseUrl, Environment, InvalidInput, SubscriptionKeySlot};
 use crate::proto::v1 as pb;
 use crate::proto::v1::operator_service_server::OperatorService;
 use crate::store::integrations::IntegrationRecord;
-use crate::usecase::IntegrationError;
+use crate::usecase::{Entry, IntegrationError};
 use crate::vault::{Argon2Costs, InitKey, IntegrationInput, KekRotation};
 
 pub struct OperatorSvc {
@@ -130,12 +130,12 @@ impl OperatorService for OperatorSvc {
         }
         let path = PathBuf::from(path);
         let new = InitKey::Existing(MasterKeySource::KeyFile(path.clone()));
-        let gate = self.state.gate(&caller, |c, k: &KekRotation| {
+        let gate = crate::usecase::actor::gate(&self.state.actor(&caller), |k: &KekRotation| {
             let detail = format!(
                 "master key {} -> {}: {} data keys rewrapped, through the API; the server uses the new key now",
                 k.old_kek_id, k.new_kek_id, k.rewrapped
             );
-            vec![caller_record(c, Action::KekRotated, None, Outcome::Ok, &detail, Extra::default())]
+            vec![Entry::ok(Action::KekRotated, detail)]
         });
         match self.state.vault_op(move |v| v.rotate_kek(&new, Argon2Costs::default(), &gate)).await {
             Ok(k) => {

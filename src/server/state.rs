@@ -1,6 +1,7 @@
 //! What every handler shares: who is asking ([`Caller`], set by the gate), the server's
 //! state ([`ServerState`]: the vault, the broker, the policy, the audit log), and how a
-//! handler records a decision (`record`, `refused`) or gates a vault change (`gate`).
+//! handler records a decision (`record`, `refused`) or acts for the caller in a use case
+//! (`actor`: its records gate the vault's changes).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,27 +101,6 @@ impl ServerState {
         Arc::new(CallerActor { caller: caller.clone(), audit: self.audit.clone() })
     }
 
-    /// The commit gate of a vault change made for `caller`: appends the records `make`
-    /// builds from the change the vault is about to commit and waits until they are durable,
-    /// with the vault's transaction still open; the vault commits only then (audit before
-    /// effect, `vault` module docs). Runs on the blocking pool, inside [`Self::vault_op`].
-    pub fn gate<T: ?Sized>(
-        &self,
-        caller: &Caller,
-        make: impl Fn(&Caller, &T) -> Vec<AuditRecord> + Send + Sync + 'static,
-    ) -> impl Fn(&T) -> Result<(), NotRecorded> + Send + Sync + 'static {
-        let (audit, caller) = (self.audit.clone(), caller.clone());
-        move |change: &T| {
-            for rec in make(&caller, change) {
-                if let Err(e) = audit.append_wait(rec) {
-                    tracing::error!(request_id = %caller.request_id, error = %e, "audit record not committed: change rolled back (fail closed)");
-                    return Err(NotRecorded(e.to_string()));
-                }
-            }
-            Ok(())
-        }
-    }
-
     /// Audits a refused or failed request and returns its status. While the audit log is
     /// failing (a refused commit gate turned it unhealthy) nothing can be recorded:
     /// `UNAVAILABLE` at once, rather than a second wait for a record that cannot be written.
@@ -142,8 +122,8 @@ impl ServerState {
     }
 
     /// Refuses a change up front while the audit log is known to be failing (a fast path
-    /// only: the guarantee is the commit [`gate`](Self::gate), since health turns false
-    /// only after a failure).
+    /// only: the guarantee is the commit gate of the caller's [`actor`](Self::actor), since
+    /// health turns false only after a failure).
     pub fn audit_ready(&self) -> Result<(), Status> {
         if self.audit.is_healthy() { Ok(()) } else { Err(errors::audit_unavailable()) }
     }

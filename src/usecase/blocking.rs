@@ -20,3 +20,13 @@ pub(crate) async fn on_vault<T: Send + 'static>(
     let vault = vault.clone();
     tokio::task::spawn_blocking(move || f(&vault)).await.map_err(|_| Blocking::Lost)?.map_err(Blocking::Vault)
 }
+
+impl Blocking {
+    /// Into a use case's error: a vault error through `vault`, a lost task as `lost`.
+    pub(crate) fn into_error<E>(self, vault: impl FnOnce(VaultError) -> E, lost: E) -> E {
+        match self {
+            Blocking::Vault(v) => vault(v),
+            Blocking::Lost => lost,
+        }
+    }
+}

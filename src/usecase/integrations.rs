@@ -47,10 +47,7 @@ impl IntegrationError {
 
 impl From<Blocking> for IntegrationError {
     fn from(e: Blocking) -> Self {
-        match e {
-            Blocking::Vault(v) => IntegrationError::Vault(v),
-            Blocking::Lost => IntegrationError::Internal,
-        }
+        e.into_error(IntegrationError::Vault, IntegrationError::Internal)
     }
 }
 
@@ -101,10 +98,9 @@ impl Integrations {
         application_key: &str,
         base_url: &str,
     ) -> Result<IntegrationRecord, IntegrationError> {
-        let current = on_vault(&self.vault, move |v| v.integration(env)).await.map_err(|e| match e {
-            Blocking::Vault(v) => IntegrationError::Read(v),
-            Blocking::Lost => IntegrationError::Internal,
-        })?;
+        let current = on_vault(&self.vault, move |v| v.integration(env))
+            .await
+            .map_err(|e| e.into_error(IntegrationError::Read, IntegrationError::Internal))?;
         if let Some(cur) = current {
             let app = application_key.trim();
             let url = base_url.trim().trim_end_matches('/');

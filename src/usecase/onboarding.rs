@@ -117,10 +117,7 @@ impl OnboardingError {
 
 impl From<Blocking> for OnboardingError {
     fn from(e: Blocking) -> Self {
-        match e {
-            Blocking::Vault(v) => OnboardingError::Vault(v),
-            Blocking::Lost => OnboardingError::Internal,
-        }
+        e.into_error(OnboardingError::Vault, OnboardingError::Internal)
     }
 }
 

@@ -230,10 +230,7 @@ impl Registry {
 
 /// A failed read before any decision: not recorded ([`RegistryError::recorded`]).
 fn read(e: Blocking) -> RegistryError {
-    match e {
-        Blocking::Vault(v) => RegistryError::Read(v),
-        Blocking::Lost => RegistryError::Internal,
-    }
+    e.into_error(RegistryError::Read, RegistryError::Internal)
 }
 
 /// The audit action of a status change.
@@ -246,9 +243,6 @@ fn status_action(status: TenantStatus) -> Action {
 
 impl From<Blocking> for RegistryError {
     fn from(e: Blocking) -> Self {
-        match e {
-            Blocking::Vault(v) => RegistryError::Vault(v),
-            Blocking::Lost => RegistryError::Internal,
-        }
+        e.into_error(RegistryError::Vault, RegistryError::Internal)
     }
 }

@@ -185,3 +185,16 @@ pub mod dev;
 pub mod fixture;
 pub mod serve_process;
 pub mod server;
+
+/// Asks Go (the simulator) to approve an onboarding as a user's browser would, and returns
+/// the onboarding token from the redirect back.
+pub async fn approve_at_sim(authorization_url: &str) -> String {
+    // A plain-HTTP browser; reqwest still wants a TLS provider chosen: ours, ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = http.get(authorization_url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 302, "the simulator's approval redirects back");
+    let back = r.headers()["location"].to_str().unwrap().to_owned();
+    let url = reqwest::Url::parse(&back).unwrap();
+    url.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()).expect("token in the redirect")
+}
