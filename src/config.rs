@@ -121,6 +121,10 @@ pub struct ServerSection {
     /// on every Go API call; withhold it if callers get it another way).
     #[serde(default = "yes")]
     pub return_subscription_key: bool,
+    /// GetAccessToken requests a second per caller identity (a token bucket; a policy
+    /// grant's `requests_per_second` overrides it). Beyond it: `RESOURCE_EXHAUSTED`.
+    #[serde(default = "default_caller_rate")]
+    pub caller_requests_per_second: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +181,9 @@ fn default_handshakes_per_address() -> usize {
 }
 fn yes() -> bool {
     true
+}
+fn default_caller_rate() -> f64 {
+    crate::server::DEFAULT_CALLER_REQUESTS_PER_SECOND
 }
 fn default_metrics_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
@@ -305,6 +312,13 @@ impl Config {
         if !(1024..=16 * 1024 * 1024).contains(&self.server.max_request_bytes) {
             return Err(invalid("server.max_request_bytes", "must be 1 KiB to 16 MiB".into()));
         }
+        let rate = self.server.caller_requests_per_second;
+        if !(rate > 0.0 && rate <= 1e6) {
+            return Err(invalid(
+                "server.caller_requests_per_second",
+                format!("must be above 0 and at most 1000000, not {rate}"),
+            ));
+        }
         if self.server.concurrency_limit_per_connection == 0 {
             return Err(invalid("server.concurrency_limit_per_connection", "must be at least 1".into()));
         }
@@ -403,6 +417,7 @@ impl crate::server::ServeOptions {
             handshake_timeout: c.handshake_timeout(),
             max_pending_handshakes_per_address: c.server.max_pending_handshakes_per_address,
             return_subscription_key: c.server.return_subscription_key,
+            caller_requests_per_second: c.server.caller_requests_per_second,
             metrics_listen: c.server.metrics_listen,
             health_listen: c.server.health_listen,
         })

@@ -86,11 +86,22 @@ pub struct ServerMetrics {
     pub tokens_minted: LabeledCounter,
     pub tokens_denied: LabeledCounter,
     pub token_latency: Histogram,
+    /// Tokens handed out, by whether the caller got that token for the first time there.
+    pub disclosures: LabeledCounter,
 }
 
 pub const TOKEN_SOURCES: &[&str] = &["cache", "upstream", "shared", "stale"];
-pub const DENIAL_REASONS: &[&str] =
-    &["invalid_argument", "permission_denied", "not_found", "failed_precondition", "unavailable", "internal", "other"];
+pub const DISCLOSURE_KINDS: &[&str] = &["first", "repeat"];
+pub const DENIAL_REASONS: &[&str] = &[
+    "invalid_argument",
+    "permission_denied",
+    "not_found",
+    "failed_precondition",
+    "unavailable",
+    "resource_exhausted",
+    "internal",
+    "other",
+];
 pub const UPSTREAM_OUTCOMES: &[&str] = &[
     "ok",
     "key_rejected",
@@ -108,6 +119,7 @@ impl Default for ServerMetrics {
             tokens_minted: LabeledCounter::new(TOKEN_SOURCES),
             tokens_denied: LabeledCounter::new(DENIAL_REASONS),
             token_latency: Histogram::default(),
+            disclosures: LabeledCounter::new(DISCLOSURE_KINDS),
         }
     }
 }

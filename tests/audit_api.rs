@@ -209,7 +209,7 @@ async fn every_rpc_method_writes_its_record_including_denials() {
     let cached = &got["ok-token-cached"][0].record;
     assert_eq!(
         (cached.upstream_status, cached.detail.as_str()),
-        (None, "from cache; Go ClientId 7002 [client_request_id=ok-token-cached]")
+        (None, "from cache; Go ClientId 7002; repeat [client_request_id=ok-token-cached]")
     );
     // The caller's id is kept for correlation only: every record is keyed on an id of the
     // server's own, 32 hex digits, never on what the caller sent.
@@ -236,24 +236,29 @@ async fn every_rpc_method_writes_its_record_including_denials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_requests_fail_closed_while_the_audit_log_cannot_be_written() {
     let mut ts = TestServer::start().await;
-    ts.vault().add_tenant(&new_tenant("acme"), &key(0), &UnauditedFixture).unwrap();
+    ts.vault().add_tenant(&new_tenant("a-acme"), &key(0), &UnauditedFixture).unwrap();
     let mut tokens = ts.token_client("token-caller").await;
-    tokens
-        .get_access_token(pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 })
-        .await
-        .unwrap();
+    let ask = || pb::GetAccessTokenRequest { tenant_id: "a-acme".into(), min_validity_seconds: 0 };
+    tokens.get_access_token(ask()).await.unwrap();
 
     // Another process-like holder of the write lock: the audit database cannot be written.
     let blocker = rusqlite::Connection::open(ts.audit_db()).unwrap();
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // The same token to another caller is a first disclosure: it waits for its record,
+    // which cannot be written.
+    let mut other = ts.token_client("a-only").await;
     let started = Instant::now();
-    let s = tokens
-        .get_access_token(pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 })
-        .await
-        .unwrap_err();
+    let s = other.get_access_token(ask()).await.unwrap_err();
     assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
     assert!(s.message().contains("audit"), "{}", s.message());
     assert!(started.elapsed() < Duration::from_secs(10), "bounded, not a hang: {:?}", started.elapsed());
+    // A repeat (token-caller holds that token already) is not awaited, but fails closed too
+    // while the log cannot be written: at once.
+    let started = Instant::now();
+    let s = tokens.get_access_token(ask()).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
+    assert!(s.message().contains("audit"), "{}", s.message());
+    assert!(started.elapsed() < Duration::from_millis(500), "refused at once: {:?}", started.elapsed());
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(ts.channel("token-caller").await);
     let mut not_serving = false;
@@ -272,11 +277,7 @@ async fn token_requests_fail_closed_while_the_audit_log_cannot_be_written() {
     drop(blocker);
     let mut ok = false;
     for _ in 0..100 {
-        if tokens
-            .get_access_token(pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 })
-            .await
-            .is_ok()
-        {
+        if tokens.get_access_token(ask()).await.is_ok() {
             ok = true;
             break;
         }

@@ -175,6 +175,7 @@ async fn backup_under_load_restores_to_a_working_vault() {
         handshake_timeout: Duration::from_secs(5),
         max_pending_handshakes_per_address: pogo_vault::server::conn::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
         return_subscription_key: false,
+        caller_requests_per_second: pogo_vault::server::DEFAULT_CALLER_REQUESTS_PER_SECOND,
         metrics_listen: None,
         health_listen: None,
     })

@@ -100,6 +100,10 @@ impl Done {
 /// Records waiting together for one commit.
 pub(super) struct Batch {
     pub(super) records: Vec<AuditRecord>,
+    /// Indexes in `records` of the records nobody waits for (a token's repeat disclosure,
+    /// [`AuditLog::append_unawaited`](super::AuditLog::append_unawaited)): if this batch
+    /// fails, they are tried again with the next one (until the watchdog's bound).
+    pub(super) unawaited: Vec<usize>,
     pub(super) done: Arc<Done>,
     pub(super) queued_at: Instant,
 }

@@ -184,8 +184,25 @@ impl AuditLog {
     /// [`AuditLog::append`] without handing the record back: the servers' hot path.
     pub async fn append_receipt(&self, mut rec: AuditRecord) -> Result<Receipt, AuditError> {
         rec.bound_lengths();
-        let (done, index) = self.enqueue(rec)?;
+        let (done, index) = self.enqueue(rec, true)?;
         done.wait().await.receipt(index)
+    }
+
+    /// Appends a record without waiting for it: it joins the open batch and is durable
+    /// when that batch commits (within the writer's next commit; a batch that fails is
+    /// tried again with the next one, within [`AuditConfig::append_timeout`] of the append).
+    /// For a record whose fact is durable already (a caller asking again for a token it
+    /// holds: DESIGN.md invariant 6). Still fail closed: refused at once
+    /// ([`AuditError::Unavailable`]) while the log is failing, while its queue is full, and
+    /// while the writer has left a batch uncommitted for longer than
+    /// [`AuditConfig::busy_timeout`] (a lock or a stuck disk it has not given up on yet), so
+    /// an outage answers unawaited appends for at most that long.
+    pub fn append_unawaited(&self, mut rec: AuditRecord) -> Result<(), AuditError> {
+        if !self.is_healthy() {
+            return Err(AuditError::Unavailable { reason: "the audit log is failing".into() });
+        }
+        rec.bound_lengths();
+        self.enqueue(rec, false).map(|_| ())
     }
 
     /// [`AuditLog::append_receipt`] for blocking code: a vault transaction that waits, still
@@ -193,16 +210,27 @@ impl AuditLog {
     /// call it on a runtime worker); bounded like every append by the watchdog.
     pub fn append_wait(&self, mut rec: AuditRecord) -> Result<Receipt, AuditError> {
         rec.bound_lengths();
-        let (done, index) = self.enqueue(rec)?;
+        let (done, index) = self.enqueue(rec, true)?;
         block_on(done.wait()).receipt(index)
     }
 
     /// Puts `rec` in the open batch; returns the batch's cell and the record's index in it.
-    fn enqueue(&self, rec: AuditRecord) -> Result<(Arc<Done>, usize), AuditError> {
+    /// `awaited`: someone waits on the cell for this record.
+    fn enqueue(&self, rec: AuditRecord, awaited: bool) -> Result<(Arc<Done>, usize), AuditError> {
         let inner = &self.inner;
         let mut q = lock(&inner.shared.queue);
         if q.closed {
             return Err(AuditError::Closed);
+        }
+        if !awaited {
+            let oldest = q.in_flight.iter().map(|(_, t)| *t).chain(q.batches.front().map(|b| b.queued_at)).min();
+            if let Some(t) = oldest
+                && t.elapsed() > inner.cfg.busy_timeout
+            {
+                return Err(AuditError::Unavailable {
+                    reason: format!("the audit writer has not committed for {} ms", t.elapsed().as_millis()),
+                });
+            }
         }
         if q.queued >= inner.cfg.queue_capacity {
             return Err(AuditError::Unavailable {
@@ -214,9 +242,13 @@ impl AuditLog {
             q.batches.back().is_some_and(|b| b.records.len() < inner.cfg.max_batch && b.done.outcome.get().is_none());
         if !joinable {
             let records = Vec::with_capacity(inner.cfg.max_batch.min(64));
-            q.batches.push_back(Batch { records, done: Arc::default(), queued_at: Instant::now() });
+            let batch = Batch { records, unawaited: Vec::new(), done: Arc::default(), queued_at: Instant::now() };
+            q.batches.push_back(batch);
         }
         let Some(batch) = q.batches.back_mut() else { unreachable!("a batch was just ensured") };
+        if !awaited {
+            batch.unawaited.push(batch.records.len());
+        }
         batch.records.push(rec);
         let found = (batch.done.clone(), batch.records.len() - 1);
         q.queued += 1;

@@ -71,6 +71,9 @@ named_enum! {
         TokenMinted => "token_minted",
         /// A token request was refused (policy, disabled tenant, rejected key, upstream failure).
         TokenDenied => "token_denied",
+        /// A caller's GetAccessToken requests were refused over its request budget: one
+        /// record per caller per second, with the count and the first and last request id.
+        TokenThrottled => "token_throttled",
         /// A tenant's first client key was registered.
         KeyRegistered => "key_registered",
         /// A tenant's client key was replaced.

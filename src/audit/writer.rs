@@ -228,6 +228,7 @@ impl Writer {
                 self.shared.mark_failed(&reason);
                 if let Some(b) = batch {
                     b.done.complete(Outcome::Unavailable(reason.clone()));
+                    self.carry_over(b);
                 }
                 for w in waiters {
                     let _ = w.send(Err(AuditError::Unavailable { reason: reason.clone() }));
@@ -285,6 +286,31 @@ impl Writer {
         tx.prepare_cached("INSERT OR REPLACE INTO writer_probe (id, time_ms) VALUES (1, ?1)")?.execute([now_ms()])?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Puts the records of a failed batch that nobody waits for (repeats whose disclosure is
+    /// durable already) back at the head of the queue, to be tried with the next batch. They
+    /// keep their batch's time, so the watchdog still bounds them: a log that stays down
+    /// longer than the append timeout loses them (their disclosures are on record).
+    fn carry_over(&self, failed: Batch) {
+        if failed.unawaited.is_empty() {
+            return;
+        }
+        let mut records = failed.records;
+        let mut kept = Vec::with_capacity(failed.unawaited.len());
+        for &i in failed.unawaited.iter().rev() {
+            if i < records.len() {
+                kept.push(records.swap_remove(i));
+            }
+        }
+        kept.reverse();
+        let unawaited = (0..kept.len()).collect();
+        let n = kept.len();
+        let batch = Batch { records: kept, unawaited, done: Arc::default(), queued_at: failed.queued_at };
+        let mut q = lock(&self.shared.queue);
+        q.queued += n;
+        self.shared.stats.queued.store(q.queued as u64, Ordering::Relaxed);
+        q.batches.push_front(batch);
     }
 
     fn succeeded(&mut self) {

@@ -18,20 +18,28 @@ pub use policy::{Policy, PolicyError, Role};
 #[derive(Debug)]
 pub struct Authorizer {
     path: Option<PathBuf>,
-    current: RwLock<Arc<Policy>>,
+    /// The policy in force and its generation (bumped by every install).
+    current: RwLock<(Arc<Policy>, u64)>,
 }
 
 impl Authorizer {
     pub fn load(path: PathBuf) -> Result<Self, PolicyError> {
         let policy = Policy::load(&path)?;
-        Ok(Self { path: Some(path), current: RwLock::new(Arc::new(policy)) })
+        Ok(Self { path: Some(path), current: RwLock::new((Arc::new(policy), 0)) })
     }
 
     pub fn from_policy(policy: Policy) -> Self {
-        Self { path: None, current: RwLock::new(Arc::new(policy)) }
+        Self { path: None, current: RwLock::new((Arc::new(policy), 0)) }
     }
 
     pub fn policy(&self) -> Arc<Policy> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    /// The policy in force and its generation: a number that changes with every install, so
+    /// what was derived from one policy (a caller's request budget) is re-derived after a
+    /// reload.
+    pub fn current(&self) -> (Arc<Policy>, u64) {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -45,7 +53,8 @@ impl Authorizer {
     /// Puts a policy in force; returns its number of grants.
     pub fn install(&self, policy: Policy) -> usize {
         let n = policy.grant_count();
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *current = (Arc::new(policy), current.1 + 1);
         n
     }
 }

@@ -6,6 +6,7 @@
 //! roles = ["token"]                                  # token | tenant-admin | audit | operator
 //! tenants = ["acme-*", "beta"]                       # patterns; "*" is every tenant
 //! upstream_share = 0.25                              # optional, token grants only (below)
+//! requests_per_second = 20                           # optional, token grants only (below)
 //! ```
 //!
 //! `upstream_share` (0 to 1) is the caller's weight at the shared upstream limiter when
@@ -13,6 +14,12 @@
 //! `tokens.default_upstream_share` (0.5: nobody above half while others wait). Alone, a
 //! caller may use the whole budget whatever its share. When several `token` grants admit a
 //! caller on a tenant, the first in the file decides.
+//!
+//! `requests_per_second` (above 0) is the caller's own budget of GetAccessToken requests
+//! (a token bucket per caller identity, with a burst of one second's worth; see
+//! `usecase::caller_budget`); without it the caller gets `server.caller_requests_per_second`
+//! (100). It is per caller, not per tenant: the first `token` grant naming the caller that
+//! sets it decides.
 //!
 //! Deny by default: a caller holds a role on a tenant only if some grant names both. The
 //! `audit` and `operator` roles are not tenant-scoped (the security team sees the whole log;
@@ -97,6 +104,8 @@ struct GrantFile {
     /// Read as any TOML value so a wrong type is reported naming the grant and field.
     #[serde(default)]
     upstream_share: Option<toml::Value>,
+    #[serde(default)]
+    requests_per_second: Option<toml::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +114,7 @@ struct Grant {
     roles: Vec<Role>,
     tenants: Vec<Pattern>,
     upstream_share: Option<f64>,
+    requests_per_second: Option<f64>,
 }
 
 /// A parsed, validated policy.
@@ -199,11 +209,33 @@ impl Policy {
                     return Err(invalid("upstream_share", "applies only to grants with the token role"));
                 }
             }
+            let requests_per_second = match &g.requests_per_second {
+                None => None,
+                Some(v) => {
+                    let rate = match v {
+                        toml::Value::Float(f) => *f,
+                        toml::Value::Integer(i) => *i as f64,
+                        _ => f64::NAN,
+                    };
+                    if !(rate > 0.0 && rate <= 1e6) {
+                        return Err(invalid(
+                            "requests_per_second",
+                            "must be a number above 0 (GetAccessToken requests a second for this caller), at most \
+                             1000000",
+                        ));
+                    }
+                    if !g.roles.contains(&Role::Token) {
+                        return Err(invalid("requests_per_second", "applies only to grants with the token role"));
+                    }
+                    Some(rate)
+                }
+            };
             grants.push(Grant {
                 caller: Pattern::new(&g.caller),
                 roles: g.roles,
                 tenants: g.tenants.iter().map(|t| Pattern::new(t)).collect(),
                 upstream_share,
+                requests_per_second,
             });
         }
         Ok(Policy { grants })
@@ -230,6 +262,16 @@ impl Policy {
                     && g.tenants.iter().any(|t| t.matches(tenant.as_str()))
             })
             .map(|g| g.upstream_share)
+    }
+
+    /// `caller`'s own GetAccessToken budget (requests a second): from the first `token`
+    /// grant naming it that sets `requests_per_second`; `None`: the server's default.
+    pub fn requests_per_second(&self, caller: &str) -> Option<f64> {
+        self.grants
+            .iter()
+            .filter(|g| g.requests_per_second.is_some() && g.roles.contains(&Role::Token))
+            .find(|g| g.caller.matches(caller))
+            .and_then(|g| g.requests_per_second)
     }
 
     /// Whether `caller` holds `role` on at least one tenant (the coarse check made before
@@ -426,172 +468,4 @@ impl Pattern {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const POLICY: &str = r#"
-[[grant]]
-caller = "spiffe://ex.org/service/billing"
-roles = ["token"]
-tenants = ["a-*"]
-
-[[grant]]
-caller = "spiffe://ex.org/service/admin-*"
-roles = ["tenant-admin", "token"]
-tenants = ["*"]
-
-[[grant]]
-caller = "spiffe://ex.org/team/security/*"
-roles = ["audit"]
-"#;
-
-    fn t(s: &str) -> TenantId {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn grants_are_scoped_by_caller_role_and_tenant() {
-        let p = Policy::parse(POLICY, "test").unwrap();
-        let billing = "spiffe://ex.org/service/billing";
-        assert!(p.allows(billing, Role::Token, &t("a-1")));
-        assert!(!p.allows(billing, Role::Token, &t("b-1")));
-        assert!(!p.allows(billing, Role::TenantAdmin, &t("a-1")));
-        assert!(!p.allows("spiffe://ex.org/service/billing2", Role::Token, &t("a-1")));
-        assert!(p.allows("spiffe://ex.org/service/admin-eu", Role::TenantAdmin, &t("zz")));
-        assert!(p.allows("spiffe://ex.org/team/security/alice", Role::Audit, &t("anything")));
-        assert!(!p.has_role(billing, Role::Audit));
-        assert!(!p.has_role("unknown", Role::Token));
-    }
-
-    #[test]
-    fn wildcards_must_name_their_scope() {
-        for bad in ["spiffe://**", "spiffe://*/service/x", "spiffe://ex.org*", "*/**", "**/x", "*.com*", "*.local"] {
-            assert!(unscoped_wildcard(bad), "{bad}");
-            let text = format!("[[grant]]\ncaller = \"{bad}\"\nroles = [\"audit\"]\n");
-            let e = Policy::parse(&text, "t").unwrap_err().to_string();
-            assert!(e.contains("caller") && e.contains("trust domain"), "{e}");
-        }
-        for ok in ["spiffe://ex.org/service/*", "spiffe://ex.org/team/**", "*.internal.example", "batch*", "exact"] {
-            assert!(!unscoped_wildcard(ok), "{ok}");
-        }
-    }
-
-    #[test]
-    fn prefix_coverage_is_only_a_trailing_star() {
-        let p = Policy::parse(
-            "[[grant]]\ncaller = \"a\"\nroles = [\"tenant-admin\"]\ntenants = [\"acme-*\", \"x*y\"]\n",
-            "t",
-        )
-        .unwrap();
-        let ok = |prefix: &str| p.allows_every_tenant_with_prefix("a", Role::TenantAdmin, prefix);
-        assert!(ok("acme-") && ok("acme-web-"));
-        assert!(!ok("acme") && !ok("") && !ok("x") && !ok("beta-"));
-        assert!(!p.allows_every_tenant_with_prefix("b", Role::TenantAdmin, "acme-"));
-    }
-
-    #[test]
-    fn upstream_share_comes_from_the_deciding_token_grant() {
-        let p = Policy::parse(
-            "[[grant]]\ncaller = \"a\"\nroles = [\"token\"]\ntenants = [\"x-*\"]\nupstream_share = 0.8\n\
-             [[grant]]\ncaller = \"a\"\nroles = [\"token\", \"tenant-admin\"]\ntenants = [\"*\"]\n",
-            "t",
-        )
-        .unwrap();
-        assert_eq!(p.token_grant("a", &t("x-1")), Some(Some(0.8)));
-        assert_eq!(p.token_grant("a", &t("y-1")), Some(None), "admitted, default share");
-        assert_eq!(p.token_grant("b", &t("x-1")), None);
-    }
-
-    #[test]
-    fn bad_upstream_share_names_the_grant_and_field() {
-        for (share, roles, why) in [
-            ("1.5", "[\"token\"]", "from 0 to 1"),
-            ("-0.1", "[\"token\"]", "from 0 to 1"),
-            ("nan", "[\"token\"]", "from 0 to 1"),
-            ("0.5", "[\"tenant-admin\"]", "token role"),
-        ] {
-            let text = format!(
-                "[[grant]]\ncaller = \"ok\"\nroles = [\"audit\"]\n\
-                 [[grant]]\ncaller = \"x\"\nroles = {roles}\ntenants = [\"*\"]\nupstream_share = {share}\n"
-            );
-            let e = Policy::parse(&text, "p.toml").unwrap_err().to_string();
-            assert!(e.contains("grant 2") && e.contains("upstream_share: ") && e.contains(why), "{e}");
-        }
-        let e = Policy::parse(
-            "[[grant]]\ncaller = \"x\"\nroles = [\"token\"]\ntenants = [\"*\"]\nupstream_share = \"half\"\n",
-            "p.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("grant 1") && e.contains("upstream_share: ") && e.contains("from 0 to 1"), "{e}");
-        let p = Policy::parse(
-            "[[grant]]\ncaller = \"x\"\nroles = [\"token\"]\ntenants = [\"*\"]\nupstream_share = 1\n",
-            "p.toml",
-        );
-        assert_eq!(p.unwrap().token_grant("x", &t("y")), Some(Some(1.0)), "an integer is a number too");
-    }
-
-    #[test]
-    fn tenant_ranges_are_the_prefixes_merged_in_order() {
-        let p = |tenants: &str| {
-            Policy::parse(
-                &format!(
-                    "[[grant]]\ncaller = \"a\"\nroles = [\"tenant-admin\"]\ntenants = [{tenants}]\n\
-                     [[grant]]\ncaller = \"a\"\nroles = [\"token\"]\ntenants = [\"*\"]\n"
-                ),
-                "t",
-            )
-            .unwrap()
-            .tenant_ranges("a", Role::TenantAdmin)
-        };
-        let r = |from: &str, to: String| IdRange { from: from.into(), to };
-        let top = IdRange::ABOVE_ALL;
-        let after = IdRange::AFTER_ID;
-        assert_eq!(p("\"acme-*\""), [r("acme-", format!("acme-{top}"))]);
-        assert_eq!(
-            p("\"zed\", \"acme-*\", \"acme-eu-*\", \"acme-x\", \"beta-*\""),
-            [r("acme-", format!("acme-{top}")), r("beta-", format!("beta-{top}")), r("zed", format!("zed{after}"))],
-            "sorted, nested prefixes and exact ids inside a prefix merged"
-        );
-        assert_eq!(p("\"acme-*\", \"*\""), [IdRange::all()]);
-        assert_eq!(p("\"a*b\""), [IdRange::all()], "a star elsewhere: full scan");
-        assert_eq!(p("\"acme-*\"").len(), 1, "the token grant's * is another role");
-        let none = Policy::parse("[[grant]]\ncaller = \"b\"\nroles = [\"audit\"]\n", "t").unwrap();
-        assert!(none.tenant_ranges("a", Role::TenantAdmin).is_empty());
-    }
-
-    #[test]
-    fn patterns() {
-        let m = |p: &str, s: &str| Pattern::new(p).matches(s);
-        assert!(m("*", ""));
-        assert!(m("a*", "a"));
-        assert!(m("a*c", "abc"));
-        assert!(!m("a*c", "ab"));
-        assert!(m("*b*", "abc"));
-        assert!(!m("ab*ba", "aba"), "prefix and suffix must not overlap");
-        assert!(m("x", "x") && !m("x", "xy"));
-        assert!(!m("*", "a/b") && m("**", "a/b") && m("a/*", "a/") && !m("a/*", "a/b/c"));
-        assert!(m("a/**/c", "a/b/x/c") && !m("a/*/c", "a/b/x/c") && m("a/*/c", "a/b/c"));
-        assert!(m("*/*", "é/ü") && !m("é*", "e"), "multi-byte characters");
-    }
-
-    #[test]
-    fn bad_policies_name_the_problem() {
-        let e =
-            Policy::parse("[[grant]]\ncaller = \"x\"\nroles = [\"root\"]\ntenants=[\"*\"]\n", "p.toml").unwrap_err();
-        assert!(e.to_string().contains("line 3"), "{e}");
-        let e = Policy::parse("[[grant]]\ncaller = \"x\"\nroles = [\"token\"]\n", "p.toml").unwrap_err();
-        assert!(e.to_string().contains("tenants is empty"), "{e}");
-        for stars in ["*", "**", "*****"] {
-            let e = Policy::parse(&format!("[[grant]]\ncaller = \"{stars}\"\nroles = [\"audit\"]\n"), "p.toml")
-                .unwrap_err();
-            assert!(e.to_string().contains("grant 1") && e.to_string().contains("caller: "), "{e}");
-            assert!(e.to_string().contains("every certificate"), "{e}");
-        }
-        let e =
-            Policy::parse("[[grant]]\ncaller = \"x\"\nroles = [\"token\"]\ntenants = [\"A\"]\n", "p.toml").unwrap_err();
-        assert!(e.to_string().contains("tenant pattern"), "{e}");
-        let e = Policy::parse("[[grant]]\ncaller = \"x\"\nrole = [\"token\"]\n", "p.toml").unwrap_err();
-        assert!(e.to_string().contains("line"), "{e}");
-    }
-}
+mod tests;

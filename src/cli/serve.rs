@@ -412,6 +412,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         handshake_timeout: std::time::Duration::from_secs(3),
         max_pending_handshakes_per_address: crate::server::conn::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
         return_subscription_key: true,
+        caller_requests_per_second: crate::server::DEFAULT_CALLER_REQUESTS_PER_SECOND,
         metrics_listen: None,
         health_listen: None,
     };

@@ -23,6 +23,7 @@ pub fn reason(code: tonic::Code) -> &'static str {
         tonic::Code::NotFound => "not_found",
         tonic::Code::FailedPrecondition => "failed_precondition",
         tonic::Code::Unavailable => "unavailable",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
         tonic::Code::Internal => "internal",
         _ => "other",
     }
@@ -34,6 +35,7 @@ pub struct Snapshot<'a> {
     pub broker: &'a BrokerStats,
     pub audit: AuditStatsSnapshot,
     pub tenants_by_status: Vec<(TenantStatus, i64)>,
+    pub disclosed_pairs: usize,
 }
 
 pub fn render(s: &Snapshot<'_>) -> String {
@@ -52,6 +54,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "# HELP pogo_vault_tokens_denied_total GetAccessToken refusals, by reason.\n# TYPE pogo_vault_tokens_denied_total counter"
     );
     s.server.tokens_denied.render(o, "pogo_vault_tokens_denied_total", "reason");
+    let _ = writeln!(
+        o,
+        "# HELP pogo_vault_token_disclosures_total Tokens handed out: the first time to a caller, serial and peer IP (recorded durably before the answer), or a repeat (recorded in the next commit, not awaited).\n# TYPE pogo_vault_token_disclosures_total counter"
+    );
+    s.server.disclosures.render(o, "pogo_vault_token_disclosures_total", "kind");
+    let _ = writeln!(
+        o,
+        "# HELP pogo_vault_disclosed_pairs (caller, serial, peer IP, token) pairs kept to tell repeats from first disclosures (bounded; only tokens still valid).\n# TYPE pogo_vault_disclosed_pairs gauge\npogo_vault_disclosed_pairs {}",
+        s.disclosed_pairs
+    );
     let _ = writeln!(
         o,
         "# HELP pogo_vault_token_request_seconds GetAccessToken latency, audit included.\n# TYPE pogo_vault_token_request_seconds histogram"

@@ -5,13 +5,18 @@
 //! Architecture invariants:
 //! - handlers stay thin: parse → authorize on the tenant → call the core → audit → answer;
 //! - every decision is audited before its answer leaves; an audit record that cannot be
-//!   committed fails the request with `UNAVAILABLE` (fail closed);
+//!   committed fails the request with `UNAVAILABLE` (fail closed). Two exceptions, both by
+//!   DESIGN.md invariant 6 and issue 17: a repeat of a token a caller already holds is
+//!   recorded in the next commit without waiting (still refused while the log is failing),
+//!   and requests over a caller's budget are recorded as one record per caller per second
+//!   (`refusals`);
 //! - errors become gRPC statuses only in `errors`.
 
 //!
 //! Files, bottom up: `errors` (the only place statuses are made), `metrics` (the scrape),
 //! `conn` (the mTLS acceptor), `state` (what handlers share), `layer` (the gate), the
-//! handlers (`*_svc`), `reload`, and `run` (start, serve, stop). This file only names them.
+//! handlers (`*_svc`), `refusals` (budget refusals on the record), `reload`, and `run`
+//! (start, serve, stop). This file only names them.
 
 mod audit_svc;
 pub mod conn;
@@ -20,6 +25,7 @@ mod layer;
 pub mod metrics;
 mod onboarding_svc;
 mod operator_svc;
+mod refusals;
 mod reload;
 mod run;
 mod state;
@@ -28,5 +34,5 @@ mod tenant_svc;
 mod token_svc;
 
 pub use layer::new_request_id;
-pub use run::{RunningServer, ServeError, ServeOptions, start, start_with_clock};
+pub use run::{DEFAULT_CALLER_REQUESTS_PER_SECOND, RunningServer, ServeError, ServeOptions, start, start_with_clock};
 pub use state::{Caller, Extra, ServerState, caller_record, timestamp, timestamp_ms};

@@ -66,6 +66,11 @@ pub enum ServeError {
 }
 
 /// What the server needs to start, already validated.
+/// GetAccessToken requests a second per caller identity when neither the configuration
+/// nor the caller's grant says otherwise: generous (Go itself allows about 10 a second for
+/// the whole integration), and a bound on how fast one caller can grow the audit log.
+pub const DEFAULT_CALLER_REQUESTS_PER_SECOND: f64 = 100.0;
+
 pub struct ServeOptions {
     pub db: std::path::PathBuf,
     pub audit_db: std::path::PathBuf,
@@ -83,6 +88,9 @@ pub struct ServeOptions {
     /// TLS handshakes in progress at once from one source address (see [`conn`]).
     pub max_pending_handshakes_per_address: usize,
     pub return_subscription_key: bool,
+    /// GetAccessToken requests a second per caller identity, unless its policy grant says
+    /// otherwise (`usecase::caller_budget`).
+    pub caller_requests_per_second: f64,
     /// Where to serve Prometheus metrics (plain HTTP; keep it on loopback or a private
     /// network). `None`: no metrics listener.
     pub metrics_listen: Option<SocketAddr>,
@@ -169,6 +177,9 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         authz: authz.clone(),
         audit: audit.clone(),
         return_subscription_key: opts.return_subscription_key,
+        caller_requests_per_second: opts.caller_requests_per_second,
+        disclosures: crate::usecase::Disclosures::default(),
+        budgets: crate::usecase::CallerBudgets::default(),
         stopping: stop_rx.clone(),
         tls: tls.clone(),
         metrics: crate::metrics::ServerMetrics::default(),
@@ -220,6 +231,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     // checked) and the audit log commits; follows audit health from then on.
     let health_task = tokio::spawn(health_loop(health_reporter, audit.clone(), stop_rx.clone()));
     let background = broker.spawn_background();
+    let refusals_task = tokio::spawn(super::refusals::record_loop(state.clone(), stop_rx.clone()));
 
     let (reload_tx, reload_rx) = mpsc::channel(4);
     tokio::spawn(reload::reload_loop(
@@ -307,6 +319,8 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         };
         background.abort();
         health_task.abort();
+        refusals_task.abort();
+        super::refusals::record_all(&final_state).await;
         if let Err(e) = final_state.broker.flush_last_served().await {
             tracing::warn!(error = %e, "could not record last-token times at shutdown");
         }

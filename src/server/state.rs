@@ -16,7 +16,7 @@ use crate::authz::Authorizer;
 use crate::domain::{Environment, TenantId};
 use crate::tls::CallerIdentity;
 use crate::tokens::Broker;
-use crate::usecase::{Actor, Entry, Integrations, Onboarding, Registry};
+use crate::usecase::{Actor, CallerBudgets, Disclosures, Entry, Integrations, Onboarding, Registry};
 use crate::vault::{NotRecorded, Vault};
 
 /// Who is asking, set by the gate for every request.
@@ -54,6 +54,12 @@ pub struct ServerState {
     pub authz: Arc<Authorizer>,
     pub audit: AuditLog,
     pub return_subscription_key: bool,
+    /// GetAccessToken requests a second per caller unless its grant says otherwise.
+    pub caller_requests_per_second: f64,
+    /// The (caller, serial, peer IP, token) pairs whose disclosure is durable.
+    pub disclosures: Disclosures,
+    /// Each caller's GetAccessToken budget and its open window of refusals.
+    pub budgets: CallerBudgets,
     /// Turns true when the server starts stopping: long-lived streams end on it.
     pub stopping: watch::Receiver<bool>,
     /// The TLS configuration in force, to re-check connections made before a reload.
@@ -94,6 +100,24 @@ impl ServerState {
                 Err(errors::audit_unavailable())
             }
         }
+    }
+
+    /// Appends a record without waiting for it to be durable (a repeat disclosure: DESIGN.md
+    /// invariant 6). Fail closed all the same: `UNAVAILABLE` at once while the log is failing.
+    pub fn record_unawaited(
+        &self,
+        caller: &Caller,
+        action: Action,
+        tenant: Option<&TenantId>,
+        outcome: Outcome,
+        detail: &str,
+        extra: Extra,
+    ) -> Result<(), Status> {
+        let rec = caller_record(caller, action, tenant, outcome, detail, extra);
+        self.audit.append_unawaited(rec).map_err(|e| {
+            tracing::error!(request_id = %caller.request_id, error = %e, "audit record not accepted: request refused (fail closed)");
+            errors::audit_unavailable()
+        })
     }
 
     /// `caller` as the actor of a use case: its records go through the group-commit writer.
@@ -153,6 +177,7 @@ impl ServerState {
             broker: self.broker.stats(),
             audit: self.audit.stats(),
             tenants_by_status: tenants,
+            disclosed_pairs: self.disclosures.len(),
         })
     }
 

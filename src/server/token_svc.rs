@@ -1,7 +1,13 @@
-//! `TokenService`: parse, authorize on the tenant, ask the broker, audit, answer.
+//! `TokenService`: the caller's budget, parse, authorize on the tenant, ask the broker,
+//! audit, answer.
+//!
+//! The audit rule for a token handed out (DESIGN.md invariant 6): the first time a token
+//! reaches a caller (identity, certificate serial, peer IP address) its record is durable
+//! before the answer; a repeat of that pair is recorded in the next group commit without
+//! being awaited, and refused like everything else while the log is failing.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
@@ -12,6 +18,7 @@ use crate::domain::{InvalidInput, TenantId};
 use crate::proto::v1::token_service_server::TokenService;
 use crate::proto::v1::{GetAccessTokenRequest, GetAccessTokenResponse};
 use crate::tokens::{BrokerError, Requester, TokenSource};
+use crate::usecase::{Admission, Asker, Disclosure, Pair};
 
 pub struct TokenSvc {
     pub state: Arc<ServerState>,
@@ -46,8 +53,21 @@ impl TokenSvc {
         req: Request<GetAccessTokenRequest>,
     ) -> Result<(Response<GetAccessTokenResponse>, TokenSource), Status> {
         let caller = Caller::of(&req)?;
-        let r = req.into_inner();
         let st = &self.state;
+        let (policy, generation) = st.authz.current();
+        // Before anything else is done or recorded for the request: a runaway caller costs a
+        // lookup, and its refusals one record a second (`usecase::caller_budget`).
+        let asker = Asker {
+            identity: &caller.identity.id,
+            serial: &caller.identity.serial,
+            peer: &caller.peer_text,
+            request_id: &caller.request_id,
+        };
+        let rate = || policy.requests_per_second(&caller.identity.id).unwrap_or(st.caller_requests_per_second);
+        if let Admission::Refused { retry_after } = st.budgets.admit(asker, generation, rate, Instant::now()) {
+            return Err(errors::over_budget(retry_after));
+        }
+        let r = req.into_inner();
         let tenant = match TenantId::parse_field("tenant_id", &r.tenant_id) {
             Ok(t) => t,
             Err(e) => {
@@ -71,7 +91,7 @@ impl TokenSvc {
                 .await?;
             return Err(errors::invalid(&e));
         }
-        let Some(share) = st.authz.policy().token_grant(&caller.identity.id, &tenant) else {
+        let Some(share) = policy.token_grant(&caller.identity.id, &tenant) else {
             st.record(
                 &caller,
                 Action::TokenDenied,
@@ -106,8 +126,23 @@ impl TokenSvc {
                     Some(id) => format!("{detail}; Go ClientId {id}"),
                     None => detail.to_owned(),
                 };
-                // Durable before the token leaves (DESIGN.md invariant 6): fail closed.
-                st.record(&caller, Action::TokenMinted, Some(&tenant), Outcome::Ok, &detail, extra).await?;
+                let pair =
+                    Pair::new(&caller.identity.id, &caller.identity.serial, caller.peer.ip(), &t.fingerprint_text);
+                match st.disclosures.classify(&pair, Instant::now()) {
+                    Disclosure::Repeat => {
+                        // Held already, its disclosure durable: recorded in the next
+                        // commit, not awaited; refused while the log is failing.
+                        let detail = format!("{detail}; repeat");
+                        st.record_unawaited(&caller, Action::TokenMinted, Some(&tenant), Outcome::Ok, &detail, extra)?;
+                        st.metrics.disclosures.inc("repeat");
+                    }
+                    Disclosure::First => {
+                        // Durable before the token leaves: fail closed.
+                        st.record(&caller, Action::TokenMinted, Some(&tenant), Outcome::Ok, &detail, extra).await?;
+                        st.disclosures.disclosed(pair, t.expires_at, Instant::now());
+                        st.metrics.disclosures.inc("first");
+                    }
+                }
                 let subscription_key = if st.return_subscription_key {
                     st.subscription_key(t.environment).await.unwrap_or_default()
                 } else {

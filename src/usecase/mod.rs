@@ -9,15 +9,23 @@
 //!   completed, or failed), storing the keys Go hands over;
 //! - [`integrations`]: set an environment's keys and switch the subscription key sent,
 //!   each new key first checked with Go's gateway, keeping the broker's cache true;
-//! - [`actor`]: who a use case acts for and how its records become durable.
+//! - [`actor`]: who a use case acts for and how its records become durable;
+//! - [`disclosures`]: which callers already hold which token (a first disclosure is
+//!   recorded durably before the token leaves, a repeat without waiting);
+//! - [`caller_budget`]: each caller's GetAccessToken budget, and its refusals counted into
+//!   one record per caller per second.
 
 pub mod actor;
 mod blocking;
+pub mod caller_budget;
+pub mod disclosures;
 pub mod integrations;
 pub mod onboarding;
 pub mod registry;
 
 pub use actor::{Actor, Entry};
+pub use caller_budget::{Admission, Asker, CallerBudgets, Refusals};
+pub use disclosures::{Disclosure, Disclosures, Pair};
 pub use integrations::{IntegrationError, Integrations};
 pub use onboarding::{Onboarding, OnboardingError};
 pub use registry::{Registry, RegistryError};

@@ -227,6 +227,7 @@ fn options_for(dir: &Path, pki: &DevPki, policy: &Path) -> ServeOptions {
         handshake_timeout: Duration::from_secs(5),
         max_pending_handshakes_per_address: pogo_vault::server::conn::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
         return_subscription_key: false,
+        caller_requests_per_second: pogo_vault::server::DEFAULT_CALLER_REQUESTS_PER_SECOND,
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         health_listen: Some("127.0.0.1:0".parse().unwrap()),
     }
