@@ -45,6 +45,7 @@ macro_rules! outln {
 mod admin;
 mod args;
 mod audit;
+mod audit_archive;
 mod connect;
 mod db;
 mod error;
