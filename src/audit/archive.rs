@@ -141,7 +141,13 @@ pub fn archive_blocking(
     let reader = open_reader(live)?;
     let snapshot = reader.unchecked_transaction()?;
     let start = anchor(&snapshot)?.map_or((0, GENESIS_HASH), |a| (a.through, a.hash));
-    let cp = pick(&snapshot, cut)?;
+    let cp = pick(&snapshot, cut).map_err(|e| match e {
+        AuditError::Refused { field, reason } if start.0 > 0 => AuditError::Refused {
+            field,
+            reason: format!("{reason} that is not already archived (events 1..={} are)", start.0),
+        },
+        e => e,
+    })?;
     if cp.sequence <= start.0 {
         let field = if matches!(cut, Cut::Through(_)) { "--through" } else { "--before" };
         return Err(refused(
