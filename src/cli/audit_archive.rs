@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(parse_before("24h", now).unwrap(), 9 * 86_400_000);
         assert_eq!(parse_before("60m", now).unwrap(), now - 3_600_000);
         for bad in ["", "d", "-1d", "9x", "yesterday", "99999999999999999999d"] {
-            let e = parse_before(bad, now).unwrap_err().to_string();
+            let e = parse_before(bad, now).unwrap_err().message;
             assert!(e.contains("--before"), "{bad}: {e}");
         }
     }

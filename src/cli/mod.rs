@@ -277,6 +277,7 @@ mod tests {
             ("backup", &change),
             ("restore", &change),
             ("audit rotate-signing-key", &change),
+            ("audit archive", &change),
             ("audit verify", &["db", "audit_db"]),
         ];
         for (path, c) in leaves() {
