@@ -125,7 +125,10 @@ async fn archive_round_trip_shrinks_the_live_log_and_verifies_as_one_chain() {
     assert_ok(&out);
     let (from1, through1) = archived_range(&out);
     assert_eq!(from1, 1);
-    assert!(signed <= through1 && through1 < signed + 100 && through1 < head, "{through1}, signed {signed}, head {head}");
+    assert!(
+        signed <= through1 && through1 < signed + 100 && through1 < head,
+        "{through1}, signed {signed}, head {head}"
+    );
     assert_eq!(std::fs::metadata(&a1).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(partial_files(f.s.dir.path()).is_empty());
 
@@ -135,8 +138,9 @@ async fn archive_round_trip_shrinks_the_live_log_and_verifies_as_one_chain() {
     let conn = audit::open_reader(&f.audit_db()).unwrap();
     let oldest: i64 = conn.query_row("SELECT min(sequence) FROM events", [], |r| r.get(0)).unwrap();
     assert_eq!(oldest, through1 + 1, "events up to the cut left the live log");
-    let archived = audit::list(&conn, &AuditFilter { action: Some(Action::AuditArchived), ..Default::default() }, None, 9)
-        .unwrap();
+    let archived =
+        audit::list(&conn, &AuditFilter { action: Some(Action::AuditArchived), ..Default::default() }, None, 9)
+            .unwrap();
     drop(conn);
     assert_eq!(archived.len(), 1);
     let sha: String = sha256_of(&a1).iter().map(|b| format!("{b:02x}")).collect();
@@ -147,7 +151,11 @@ async fn archive_round_trip_shrinks_the_live_log_and_verifies_as_one_chain() {
     // The live log alone verifies from its anchor and says what it did not verify.
     let out = f.verify(&[], true);
     assert_ok(&out);
-    assert!(stdout(&out).contains(&format!("events 1..={through1} are archived and NOT verified here")), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("events 1..={through1} are archived and NOT verified here")),
+        "{}",
+        stdout(&out)
+    );
     // Archive plus live: one chain from 1; the archive alone verifies too.
     let out = f.verify(&[&a1], true);
     assert_ok(&out);
@@ -163,7 +171,10 @@ async fn archive_round_trip_shrinks_the_live_log_and_verifies_as_one_chain() {
     assert_eq!(from2, through1 + 1, "the second archive starts where the first ended");
     let out = f.verify(&[&a2, &a1], true);
     assert_ok(&out);
-    assert!(stdout(&out).contains(&format!("(1..={through1})")) && stdout(&out).contains(&format!("({from2}..={through2})")));
+    assert!(
+        stdout(&out).contains(&format!("(1..={through1})"))
+            && stdout(&out).contains(&format!("({from2}..={through2})"))
+    );
 
     // An archive left out: named, with the missing range.
     assert_fails_with(
@@ -203,7 +214,10 @@ async fn archive_round_trip_shrinks_the_live_log_and_verifies_as_one_chain() {
     // Refusals name the option and change nothing.
     let snapshot = dump(&f.audit_db());
     assert_fails_with(&f.archive(&["--through", "5"], &f.s.path("again.db")), &["--through", "already archived"]);
-    assert_fails_with(&f.archive(&["--before", "1970-01-02T00:00:00Z"], &f.s.path("x.db")), &["--before", "no checkpoint"]);
+    assert_fails_with(
+        &f.archive(&["--before", "1970-01-02T00:00:00Z"], &f.s.path("x.db")),
+        &["--before", "no checkpoint"],
+    );
     assert_fails_with(&f.archive(&["--before", "soon"], &f.s.path("x.db")), &["--before", "soon"]);
     assert_fails_with(&f.archive(&["--through", "0"], &f.s.path("x.db")), &["--through"]);
     assert_fails_with(&f.archive(&["--before", "0m"], &a1), &["--out", "exists"]);
@@ -270,7 +284,11 @@ async fn archive_beside_a_running_server_keeps_it_serving_and_verifying() {
 
     // Tenant-filtered pages answer from the live events only.
     let page = auditor
-        .list_audit_events(pb::ListAuditEventsRequest { tenant_id: "acme".into(), page_size: 100, ..Default::default() })
+        .list_audit_events(pb::ListAuditEventsRequest {
+            tenant_id: "acme".into(),
+            page_size: 100,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -317,8 +335,7 @@ async fn archive_beside_a_running_server_keeps_it_serving_and_verifying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tenant_index_drops_archived_rows_without_a_rebuild() {
     let f = Files::new();
-    let log =
-        AuditLog::open(&f.audit_db(), f.vault().audit_signing_key().unwrap(), AuditConfig::default()).unwrap();
+    let log = AuditLog::open(&f.audit_db(), f.vault().audit_signing_key().unwrap(), AuditConfig::default()).unwrap();
     append_to(&log, 200, "acme").await;
     let wait_indexed = |head: i64| {
         let log = log.clone();
@@ -342,7 +359,8 @@ async fn the_tenant_index_drops_archived_rows_without_a_rebuild() {
     let left: i64 =
         index.query_row("SELECT count(*) FROM tenant_events WHERE sequence <= ?1", [through], |r| r.get(0)).unwrap();
     assert_eq!(left, 0, "index rows of archived events are dropped");
-    let page = log.list(AuditFilter { tenant_id: Some("acme".into()), ..Default::default() }, None, 1000).await.unwrap();
+    let page =
+        log.list(AuditFilter { tenant_id: Some("acme".into()), ..Default::default() }, None, 1000).await.unwrap();
     assert_eq!(page.len(), 20);
     assert!(page.iter().all(|e| e.sequence > through));
     log.shutdown().await;

@@ -184,10 +184,10 @@ pub fn archive_blocking(
         hex(&sha256),
         hex(&cp.head_hash)
     );
-    let rec = AuditRecord::new(Action::AuditArchived, Outcome::Ok).caller(caller, "").detail(detail).request(
-        request_id,
-        "local",
-    );
+    let rec = AuditRecord::new(Action::AuditArchived, Outcome::Ok)
+        .caller(caller, "")
+        .detail(detail)
+        .request(request_id, "local");
     let mut conn = open_writer(live, &key.verifying_key(), Some(AuditConfig::default().append_timeout))
         .map_err(|e| AuditError::Unavailable { reason: e.to_string() })?;
     let record_sequence = record(&mut conn, key, start, &cp, &sha256, &file_name, rec)?;

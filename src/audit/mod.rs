@@ -121,12 +121,12 @@ mod watch;
 mod witness;
 mod writer;
 
+pub use archive::{ArchiveReport, Cut, Shrink, archive_blocking, log_bytes};
+pub use archive_file::ArchiveMeta;
 pub use chain::{
     CHECKPOINT_DOMAIN, Checkpoint, CheckpointProblem, EVENT_DOMAIN, GENESIS_HASH, PUBLIC_KEY_PREFIX,
     canonical_encoding, encode_public_key, hash_record, parse_public_key,
 };
-pub use archive::{ArchiveReport, Cut, Shrink, archive_blocking, log_bytes};
-pub use archive_file::ArchiveMeta;
 pub use config::AuditConfig;
 pub use db::{AUDIT_MIGRATIONS, open_reader};
 pub use error::AuditError;

@@ -31,9 +31,9 @@ use super::archive_file::{self, ArchiveMeta};
 use super::chain::{Checkpoint, GENESIS_HASH};
 use super::db::{EVENT_COLUMNS, checkpoint_from_row, open_reader};
 use super::handover;
-use crate::crypto::secret::hex;
 use super::verify_report::{External, ExternalSource, VerifyOptions, VerifyReport, source_name};
 use super::verify_walk::{Walk, is_type_error};
+use crate::crypto::secret::hex;
 
 /// Verifies the audit database at `db_path` (opened read-only) strictly, starting from
 /// `public_key`, and against `kept`, a checkpoint saved outside the vault, when given.
@@ -130,7 +130,11 @@ struct Segment<'c> {
 
 type Externals<'e> = std::iter::Peekable<std::vec::IntoIter<&'e External>>;
 
-fn verify_segments(segments: &[Segment<'_>], root: &VerifyingKey, opts: &VerifyOptions) -> Result<VerifyReport, AuditError> {
+fn verify_segments(
+    segments: &[Segment<'_>],
+    root: &VerifyingKey,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, AuditError> {
     let mut walk = Walk::new(root, opts);
     // A kept checkpoint naming the root key is checked before anything else, so a bad one is
     // named as such (one naming a later key is checked where that key is in force).
@@ -296,7 +300,9 @@ fn discontinuity(walk: &Walk<'_>, seg: &Segment<'_>, (at, hash): (i64, [u8; 32])
             seq + 1
         )
     } else if at < seq {
-        format!("{what} starts after event {at}, but the chain before it already reached event {seq} (overlapping archives)")
+        format!(
+            "{what} starts after event {at}, but the chain before it already reached event {seq} (overlapping archives)"
+        )
     } else {
         format!(
             "{what} starts after event {at} with hash {}, but the chain's event {at} has hash {} (an archive of \

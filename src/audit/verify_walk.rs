@@ -102,7 +102,9 @@ impl<'a> Walk<'a> {
         let at = h.sequence;
         let new = h.verify(&self.key).map_err(|why| self.bad(Some(at), why))?;
         if at == self.seq && h.head_hash != self.hash {
-            return Err(self.bad(Some(at), format!("hand-over at {at}: signed over a different head than the anchor's")));
+            return Err(
+                self.bad(Some(at), format!("hand-over at {at}: signed over a different head than the anchor's"))
+            );
         }
         self.previous = Some((at, self.key));
         self.key = new;

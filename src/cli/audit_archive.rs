@@ -75,10 +75,8 @@ fn parse_before(s: &str, now_ms: i64) -> Result<i64, CliError> {
 }
 
 pub fn run(g: &GlobalArgs, a: ArchiveArgs) -> Result<(), CliError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let cut = cut(&a, now)?;
     // --vacuum rewrites the file: never under a running server.
     let _lock = if a.vacuum { Some(lock_for_change(&g.db)?) } else { None };
@@ -86,14 +84,15 @@ pub fn run(g: &GlobalArgs, a: ArchiveArgs) -> Result<(), CliError> {
     let op = Operator::current();
     let audit_db = g.audit_db();
     let request_id = crate::server::new_request_id();
-    let r = crate::audit::archive_blocking(&audit_db, &key, cut, &a.out, a.vacuum, &op.caller, &request_id)
-        .map_err(|e| match e {
+    let r = crate::audit::archive_blocking(&audit_db, &key, cut, &a.out, a.vacuum, &op.caller, &request_id).map_err(
+        |e| match e {
             AuditError::Refused { field, reason } => CliError::new(format!("{field}: {reason}; nothing was changed")),
             e => CliError::new(format!(
                 "the audit database {} was not archived ({e}); nothing was changed",
                 audit_db.display()
             )),
-        })?;
+        },
+    )?;
     let shrink = match r.shrink {
         Shrink::Incremental => "freed pages returned to the file system",
         Shrink::Vacuumed => "the file was rewritten (VACUUM) and shrinks in steps from now on",
