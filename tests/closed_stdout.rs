@@ -108,6 +108,7 @@ async fn no_command_panics_when_its_standard_output_is_closed() {
     check("tenant delete", with_db(&["tenant", "delete", "acme", "--yes"]), "");
     check("backup", with_db(&["backup", "--out", &p("b/vault.bak")]), "");
     check("restore", with_db(&["restore", "--from", &p("b/vault.bak"), "--db", &p("r/vault.db")]), "");
+    check("audit archive", with_db(&["audit", "archive", "--before", "0m", "--out", &p("b/audit-archive.db")]), "");
     check("audit rotate-signing-key", with_db(&["audit", "rotate-signing-key"]), "");
     check("rotate-kek", with_db(&["rotate-kek", "--generate-new-master-key-file", &p("master2.key")]), "");
 

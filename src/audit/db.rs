@@ -21,6 +21,7 @@ pub const AUDIT_MIGRATIONS: &[Migration] = &[
     ("audit/0001_audit", include_str!("../../migrations/audit/0001_audit.sql")),
     ("audit/0002_tenant_index_file", include_str!("../../migrations/audit/0002_tenant_index_file.sql")),
     ("audit/0003_signing_handovers", include_str!("../../migrations/audit/0003_signing_handovers.sql")),
+    ("audit/0004_archives", include_str!("../../migrations/audit/0004_archives.sql")),
 ];
 
 /// The columns of an event row, in the order [`event_from_row`] reads them.
@@ -36,7 +37,7 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// WAL pages (4 KiB each) after which a commit copies the WAL into the database file.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
 
-const CHECKPOINT_COLUMNS: &str = "sequence, head_hash, time_ms, key_id, signature";
+pub(crate) const CHECKPOINT_COLUMNS: &str = "sequence, head_hash, time_ms, key_id, signature";
 
 /// Opens (creating it with mode 0600 if missing) the audit database for writing, migrates
 /// it and records `public`, all with the store's normal busy timeout (a start-up may wait for
@@ -47,6 +48,7 @@ pub(crate) fn open_writer(
     busy_timeout: Option<Duration>,
 ) -> Result<Connection, AuditError> {
     store::create_private_file(path)?;
+    prepare_new_file(path)?;
     let conn = store::open_connection(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -67,6 +69,21 @@ pub(crate) fn open_writer(
     // into the database file once per checkpoint, not once per 4 MiB of WAL.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     Ok(conn)
+}
+
+/// Gives a new (empty) audit database incremental auto-vacuum, so `audit archive` can return
+/// the pages of archived events to the file system in short steps (`PRAGMA
+/// incremental_vacuum`) beside a running server. SQLite fixes the mode when the first table
+/// is created, and setting WAL mode writes the header: so this comes first, on a connection
+/// of its own. An existing file keeps its mode (`audit archive --vacuum` converts it).
+fn prepare_new_file(path: &Path) -> Result<(), AuditError> {
+    if std::fs::metadata(path).map(|m| m.len()).unwrap_or(1) != 0 {
+        return Ok(());
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    Ok(())
 }
 
 /// Opens the audit database read-only (never creates or migrates it): for queries,

@@ -35,6 +35,10 @@ pub enum AuditError {
     /// Writing an export failed.
     #[error("writing the export failed: {0}")]
     Io(#[from] std::io::Error),
+    /// An operator command's input cannot be carried out as given (`field` names the
+    /// option); nothing was changed.
+    #[error("{field}: {reason}")]
+    Refused { field: &'static str, reason: String },
     /// Rows this process wrote are no longer as it wrote them: the file was edited under a
     /// running writer, which then refuses to append or sign (fail closed, alarmed).
     #[error("ALARM: {0}")]

@@ -163,6 +163,8 @@ impl AuditLog {
             last_checkpoint_age_secs: if last == 0 { -1.0 } else { (now_ms() - last).max(0) as f64 / 1000.0 },
             tenant_index_lag: s.head.load(Ordering::Relaxed).saturating_sub(self.tenant_index_through()).max(0) as u64,
             witnesses: self.witness_status(),
+            log_bytes: super::archive::log_bytes(&self.inner.path),
+            oldest_sequence: self.inner.indexer.oldest(),
         }
     }
 

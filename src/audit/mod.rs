@@ -79,7 +79,8 @@
 //! Each file uses only files named before it; this one only re-exports, and no file
 //! imports it.
 //!
-//! - `error`, `timestamp`, `record`: leaves.
+//! - `error`, `timestamp`, `record`, `anchor` (where the live chain starts after an
+//!   archive): leaves.
 //! - `chain` (the hash chain, canonical encodings, checkpoints), `handover` (signed
 //!   hand-overs between signing keys).
 //! - `witness/` (delivering checkpoints to witnesses), `config` ([`AuditConfig`]).
@@ -89,8 +90,14 @@
 //!   `tenant_indexer` (the thread that fills the index).
 //! - The writer: `stats`, `handoff` (batches, completion cells, the watchdog), `writer`
 //!   (the thread), `log` ([`AuditLog`], the handle).
-//! - Readers: `verify_report`, `verify_walk`, `verify`; `query`; `watch`, `export`.
+//! - Readers: `verify_report`, `verify_walk`, `verify` (also archives plus the live log as
+//!   one chain); `query`; `watch`, `export`.
+//! - Retention: `archive_file` (the archive's format), `archive` (`audit archive`: cut,
+//!   write, record, prune, shrink).
 
+mod anchor;
+mod archive;
+mod archive_file;
 mod chain;
 mod config;
 mod db;
@@ -114,6 +121,8 @@ mod watch;
 mod witness;
 mod writer;
 
+pub use archive::{ArchiveReport, Cut, Shrink, archive_blocking, log_bytes};
+pub use archive_file::ArchiveMeta;
 pub use chain::{
     CHECKPOINT_DOMAIN, Checkpoint, CheckpointProblem, EVENT_DOMAIN, GENESIS_HASH, PUBLIC_KEY_PREFIX,
     canonical_encoding, encode_public_key, hash_record, parse_public_key,
@@ -131,7 +140,7 @@ pub use rotate::hand_over_blocking;
 pub use stats::{AuditStats, AuditStatsSnapshot};
 pub use tenant_index::tenant_index_path;
 pub(crate) use timestamp::{format_time_ms, parse_time};
-pub use verify::{read_witness_file, verify, verify_conn, verify_conn_with, verify_with};
+pub use verify::{read_witness_file, verify, verify_chain, verify_conn, verify_conn_with, verify_with};
 pub use verify_report::{External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport};
 pub use watch::AuditWatch;
 pub use witness::{FileWitnessConfig, SyslogWitnessConfig, WitnessConfig, WitnessStatus};

@@ -129,6 +129,9 @@ named_enum! {
         UnsignedTailSigned => "unsigned_tail_signed",
         /// The audit signing key was replaced; the old key signed the hand-over to the new one.
         SigningKeyRotated => "signing_key_rotated",
+        /// Events up to a signed checkpoint were moved into an archive file (`audit
+        /// archive`); the detail names the range, the file and its SHA-256.
+        AuditArchived => "audit_archived",
     }
 }
 

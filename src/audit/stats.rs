@@ -32,6 +32,10 @@ pub struct AuditStatsSnapshot {
     pub tenant_index_lag: u64,
     /// Each configured witness's delivery figures.
     pub witnesses: Vec<WitnessStatus>,
+    /// The audit database's size on disk: the file plus its WAL (what retention bounds).
+    pub log_bytes: u64,
+    /// The oldest event the audit database holds (events before it are archived; 0: none).
+    pub oldest_sequence: i64,
 }
 
 impl AuditStats {

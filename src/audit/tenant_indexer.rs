@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, params};
 
 use super::AuditError;
+use super::anchor::archived_through;
 use super::db::open_reader;
 use super::tenant_index::{READ_FAILED, VERSION, event_hash, tenant_index_path, watermark};
 use crate::store;
@@ -42,6 +43,10 @@ struct State {
     stop: AtomicBool,
     through: AtomicI64,
     rebuilds: AtomicU64,
+    /// Index rows at or below this sequence were dropped (archived events).
+    pruned: AtomicI64,
+    /// The oldest event the audit database holds (0: none), for metrics.
+    oldest: AtomicI64,
 }
 
 /// The background indexer's handle: stop it, and read how far it has got.
@@ -85,6 +90,11 @@ impl Indexer {
     /// The highest sequence indexed so far (0 before the first step).
     pub(crate) fn through(&self) -> i64 {
         self.state.through.load(Ordering::Relaxed)
+    }
+
+    /// The oldest event sequence the audit database holds, as last seen (0: none yet).
+    pub(crate) fn oldest(&self) -> i64 {
+        self.state.oldest.load(Ordering::Relaxed)
     }
 
     /// How often the index was started over (damaged, deleted, replaced or not matching the log).
@@ -177,8 +187,16 @@ impl State {
         last_step: &mut Option<Instant>,
         interval: Duration,
     ) -> Result<bool, AuditError> {
-        let head: i64 =
-            events.prepare_cached("SELECT coalesce(max(sequence), 0) FROM events")?.query_row([], |r| r.get(0))?;
+        let (head, oldest): (i64, i64) = events
+            .prepare_cached("SELECT coalesce(max(sequence), 0), coalesce(min(sequence), 0) FROM events")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        self.oldest.store(oldest, Ordering::Relaxed);
+        // Events moved out by `audit archive` leave the index too (once per new anchor).
+        let archived = archived_through(events);
+        if archived > self.pruned.load(Ordering::Relaxed) {
+            index.prepare_cached("DELETE FROM tenant_events WHERE sequence <= ?1")?.execute([archived])?;
+            self.pruned.store(archived, Ordering::Relaxed);
+        }
         let waiting = head - self.through.load(Ordering::Relaxed);
         let due = last_step.is_none_or(|t| t.elapsed() >= interval);
         if waiting < STEP as i64 && !(due && waiting != 0) {
@@ -255,6 +273,8 @@ fn index_step(events: &Connection, index: &Connection) -> Result<(i64, bool, boo
     let mut restarted = false;
     let mut from = match watermark(index, "main")? {
         Some((through, hash)) if event_hash(&read, through)?.as_deref() == Some(&hash[..]) => through,
+        // Its event was archived (`audit archive`), not replaced: go on from there.
+        Some((through, _)) if event_hash(&read, through)?.is_none() && through <= archived_through(&read) => through,
         None => 0,
         Some(_) => {
             tracing::warn!("audit tenant index does not match the audit log (restored or replaced?); rebuilding it");

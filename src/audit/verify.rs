@@ -20,17 +20,20 @@
 //! (hashes, checkpoints, hand-overs, the unsigned tail) is in `verify_walk`; the options and
 //! the report in `verify_report`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{Connection, Row};
 
 use super::AuditError;
-use super::chain::Checkpoint;
+use super::anchor::anchor;
+use super::archive_file::{self, ArchiveMeta};
+use super::chain::{Checkpoint, GENESIS_HASH};
 use super::db::{EVENT_COLUMNS, checkpoint_from_row, open_reader};
 use super::handover;
 use super::verify_report::{External, ExternalSource, VerifyOptions, VerifyReport, source_name};
 use super::verify_walk::{Walk, is_type_error};
+use crate::crypto::secret::hex;
 
 /// Verifies the audit database at `db_path` (opened read-only) strictly, starting from
 /// `public_key`, and against `kept`, a checkpoint saved outside the vault, when given.
@@ -82,9 +85,53 @@ pub fn read_witness_file(path: &Path) -> Result<Vec<External>, AuditError> {
     Ok(out)
 }
 
-/// [`verify_with`] on an open (read-only) connection.
+/// [`verify_with`] on an open (read-only) connection. A log that was archived is verified
+/// from its anchor on, and the report says that the events before it are archived
+/// ([`VerifyReport::archived_through`]): [`verify_chain`] verifies them with the archives.
 pub fn verify_conn_with(
     conn: &Connection,
+    root: &VerifyingKey,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, AuditError> {
+    verify_segments(&[Segment { conn, archive: None }], root, opts)
+}
+
+/// Verifies archive files (`audit archive`) and, when given, the live log after them, as
+/// one chain from sequence 1: each archive strictly (chain, checkpoints, hand-overs), each
+/// starting exactly where the one before it ended (sequence and hash), and the live log
+/// starting at the last archive's end. The archives are ordered by their range; a missing,
+/// overlapping, foreign or altered file is named in the report.
+pub fn verify_chain(
+    archives: &[PathBuf],
+    live: Option<&Path>,
+    root: &VerifyingKey,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, AuditError> {
+    let mut opened = Vec::with_capacity(archives.len());
+    for p in archives {
+        let (conn, meta) = archive_file::open(p)?;
+        opened.push((format!("archive {}", p.display()), conn, meta));
+    }
+    opened.sort_by_key(|(_, _, m)| (m.anchor_sequence, m.through_sequence));
+    let live = live.map(open_reader).transpose()?;
+    let mut segments: Vec<Segment<'_>> =
+        opened.iter().map(|(name, conn, meta)| Segment { conn, archive: Some((name.clone(), meta.clone())) }).collect();
+    if let Some(conn) = &live {
+        segments.push(Segment { conn, archive: None });
+    }
+    verify_segments(&segments, root, opts)
+}
+
+/// One file of a chain: an archive (its name and what it says it holds), or the live log.
+struct Segment<'c> {
+    conn: &'c Connection,
+    archive: Option<(String, ArchiveMeta)>,
+}
+
+type Externals<'e> = std::iter::Peekable<std::vec::IntoIter<&'e External>>;
+
+fn verify_segments(
+    segments: &[Segment<'_>],
     root: &VerifyingKey,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
@@ -104,13 +151,64 @@ pub fn verify_conn_with(
     let mut external: Vec<&External> = opts.external.iter().collect();
     external.sort_by_key(|e| e.checkpoint.sequence);
     let mut external = external.into_iter().peekable();
+    for (i, seg) in segments.iter().enumerate() {
+        if let Some(report) = walk_segment(&mut walk, seg, i, i + 1 == segments.len(), &mut external)? {
+            return Ok(report);
+        }
+    }
+    Ok(walk.finish())
+}
+
+/// Walks one file from where it says it starts; `Some(report)` when something fails.
+fn walk_segment(
+    walk: &mut Walk<'_>,
+    seg: &Segment<'_>,
+    index: usize,
+    last: bool,
+    external: &mut Externals<'_>,
+) -> Result<Option<VerifyReport>, AuditError> {
     // One read transaction: events, checkpoints and hand-overs from the same snapshot.
-    let tx = conn.unchecked_transaction()?;
-    let mut handovers = handover::all(&tx)?.into_iter().peekable();
-    let mut cp_stmt =
-        tx.prepare("SELECT sequence, head_hash, time_ms, key_id, signature FROM checkpoints ORDER BY sequence")?;
+    let tx = seg.conn.unchecked_transaction()?;
+    let start = match &seg.archive {
+        Some((_, m)) => (m.anchor_sequence, m.anchor_hash),
+        None => anchor(&tx)?.map_or((0, GENESIS_HASH), |a| (a.through, a.hash)),
+    };
+    walk.place = match &seg.archive {
+        Some((name, _)) => Some(name.clone()),
+        None if index > 0 => Some("the live log".to_owned()),
+        None => None,
+    };
+    // A live log alone, archived up to its anchor: verified from there, saying so.
+    let alone = index == 0 && seg.archive.is_none() && start.0 > 0;
+    let mut handovers = handover::all(&tx)?
+        .into_iter()
+        .filter(|h| alone || h.as_ref().map_or(true, |h| h.sequence > start.0))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .peekable();
+    if alone {
+        walk.start_at_anchor(start.0, start.1);
+        while let Some(h) = handovers.next_if(|h| h.as_ref().is_ok_and(|h| h.sequence < start.0)) {
+            if let Err(report) = walk.handover_archived(&h) {
+                return Ok(Some(*report));
+            }
+        }
+        while external.next_if(|e| e.checkpoint.sequence < start.0).is_some() {
+            walk.skipped_external += 1;
+        }
+    } else if (walk.seq, walk.hash()) != start {
+        return Ok(Some(discontinuity(walk, seg, start)));
+    }
+    // The first file's checkpoint at its start is checked (the empty log's, or the anchor's);
+    // a later file's was checked at the end of the file before it, under the key in force there.
+    let cp_from = if index == 0 { start.0 } else { start.0 + 1 };
+    let mut cp_stmt = tx.prepare(&format!(
+        "SELECT sequence, head_hash, time_ms, key_id, signature FROM checkpoints WHERE sequence >= {cp_from} \
+         ORDER BY sequence"
+    ))?;
     let mut cps = cp_stmt.query([])?;
-    let mut ev_stmt = tx.prepare(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY sequence"))?;
+    let mut ev_stmt =
+        tx.prepare(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE sequence > {} ORDER BY sequence", start.0))?;
     let mut events = ev_stmt.query([])?;
 
     let mut next_cp = read_checkpoint(cps.next()?)?;
@@ -120,50 +218,100 @@ pub fn verify_conn_with(
         // (which may be signed by the key before or after a hand-over at the same point).
         while let Some(cp) = next_cp.as_ref().filter(|c| c.as_ref().map_or(true, |c| c.sequence <= walk.seq)) {
             if let Err(report) = walk.checkpoint(cp) {
-                return Ok(*report);
+                return Ok(Some(*report));
             }
             next_cp = read_checkpoint(cps.next()?)?;
         }
         while let Some(h) = handovers.next_if(|h| h.as_ref().map_or(true, |h| h.sequence <= walk.seq)) {
-            if let Err(report) = walk.handover(&h, &tx) {
-                return Ok(*report);
+            let followed = match &h {
+                Ok(x) if x.sequence <= start.0 => walk.handover_archived(&h),
+                _ => walk.handover(&h, &tx),
+            };
+            if let Err(report) = followed {
+                return Ok(Some(*report));
             }
         }
         while let Some(e) = external.next_if(|e| e.checkpoint.sequence <= walk.seq) {
             if let Err(report) = walk.external(e) {
-                return Ok(*report);
+                return Ok(Some(*report));
             }
         }
         let Some(row) = events.next()? else { break };
         if let Err(report) = walk.event(row)? {
-            return Ok(report);
+            return Ok(Some(report));
         }
     }
     let (seq, bad) = (walk.seq, walk.seq + 1);
     if let Some(cp) = next_cp {
         let at = cp.map_or_else(|_| walk.seq + 1, |c| c.sequence);
-        return Ok(
-            walk.fail(Some(bad), format!("checkpoint at {at} but the log ends at {seq} (newest events deleted)"))
-        );
+        return Ok(Some(
+            walk.fail(Some(bad), format!("checkpoint at {at} but the log ends at {seq} (newest events deleted)")),
+        ));
     }
     if let Some(h) = handovers.next() {
         let at = h.map_or(bad, |h| h.sequence);
-        return Ok(walk.fail(Some(bad), format!("hand-over at {at} but the log ends at {seq} (newest events deleted)")));
+        return Ok(Some(
+            walk.fail(Some(bad), format!("hand-over at {at} but the log ends at {seq} (newest events deleted)")),
+        ));
+    }
+    if let Some((name, meta)) = &seg.archive {
+        if (seq, walk.hash()) != (meta.through_sequence, meta.head_hash) {
+            return Ok(Some(walk.fail(
+                Some(bad.min(meta.through_sequence)),
+                format!(
+                    "the archive says it ends at event {} but its events end at {seq} with another hash (events \
+                     deleted or altered)",
+                    meta.through_sequence
+                ),
+            )));
+        }
+        if walk.signed.is_none_or(|s| s < seq) {
+            return Ok(Some(walk.fail(Some(bad), format!("its last event {seq} is covered by no signed checkpoint"))));
+        }
+        walk.archives.push(format!("{} ({}..={seq})", name.trim_start_matches("archive "), start.0 + 1));
+    }
+    if !last {
+        return Ok(None);
     }
     // The newest external checkpoint beyond the end names the truncation (once its own
     // signature holds: a forged witness line must not pass for a proof of deletion).
     if let Some(e) = external.last() {
         if let Err(report) = walk.external(e) {
-            return Ok(*report);
+            return Ok(Some(*report));
         }
         let msg = format!(
             "{} at {} but the log ends at {seq} (newest events deleted)",
             source_name(&e.source),
             e.checkpoint.sequence
         );
-        return Ok(walk.fail(Some(bad), msg));
+        return Ok(Some(walk.fail(Some(bad), msg)));
     }
-    Ok(walk.finish())
+    Ok(None)
+}
+
+/// A file that does not start where the chain so far ends.
+fn discontinuity(walk: &Walk<'_>, seg: &Segment<'_>, (at, hash): (i64, [u8; 32])) -> VerifyReport {
+    let what = if seg.archive.is_some() { "it" } else { "the live log" };
+    let seq = walk.seq;
+    let detail = if at > seq {
+        format!(
+            "{what} starts after event {at}, but the chain before it ends at event {seq}: events {}..={at} are \
+             missing (an archive left out)",
+            seq + 1
+        )
+    } else if at < seq {
+        format!(
+            "{what} starts after event {at}, but the chain before it already reached event {seq} (overlapping archives)"
+        )
+    } else {
+        format!(
+            "{what} starts after event {at} with hash {}, but the chain's event {at} has hash {} (an archive of \
+             another log, or altered)",
+            hex(&hash),
+            hex(&walk.hash())
+        )
+    };
+    walk.fail(Some(at.min(seq) + 1), detail)
 }
 
 /// A checkpoint row, or why it cannot be read.

@@ -35,6 +35,9 @@ pub struct VerifyReport {
     pub key_ids: Vec<String>,
     /// Set when the log verifies only because an unsigned tail was allowed: what is not proven.
     pub warning: Option<String>,
+    /// A live log verified without its archives: events `1..=this` are archived and were not
+    /// verified (the chain was checked from the anchor on).
+    pub archived_through: Option<i64>,
     /// Why, in words: what is wrong, or what was verified.
     pub detail: String,
 }

@@ -45,7 +45,15 @@ pub(super) struct Walk<'a> {
     /// The last sequence vouched for by a verified stored checkpoint (0: genesis).
     anchor: i64,
     /// The highest sequence vouched for by any verified signature, if any.
-    signed: Option<i64>,
+    pub(super) signed: Option<i64>,
+    /// The file being walked, when it is one of several (named in every failure).
+    pub(super) place: Option<String>,
+    /// The live log alone, after an archive: events up to here were not verified.
+    archived_through: Option<i64>,
+    /// Archives walked, as `name (from..=through)`.
+    pub(super) archives: Vec<String>,
+    /// Kept or witnessed checkpoints below the live log's anchor (not checked here).
+    pub(super) skipped_external: u64,
 }
 
 impl<'a> Walk<'a> {
@@ -62,7 +70,46 @@ impl<'a> Walk<'a> {
             external: 0,
             anchor: 0,
             signed: None,
+            place: None,
+            archived_through: None,
+            archives: Vec::new(),
+            skipped_external: 0,
         }
+    }
+
+    /// The hash of the last verified event.
+    pub(super) fn hash(&self) -> [u8; 32] {
+        self.hash
+    }
+
+    /// Starts the walk of a live log alone at its archive anchor: events `1..=through` are
+    /// archived and not verified here; the chain goes on from `hash`.
+    pub(super) fn start_at_anchor(&mut self, through: i64, hash: [u8; 32]) {
+        self.seq = through;
+        self.hash = hash;
+        self.anchor = through;
+        self.archived_through = Some(through);
+    }
+
+    /// Follows a hand-over whose `signing_key_rotated` event is archived (a live log verified
+    /// without its archives): only its signature by the key in force can be checked, and,
+    /// at the anchor itself, the head it names.
+    pub(super) fn handover_archived(&mut self, h: &Result<Handover, String>) -> Result<(), Box<VerifyReport>> {
+        let h = match h {
+            Ok(h) => h,
+            Err(why) => return Err(self.bad(Some(self.seq), why.clone())),
+        };
+        let at = h.sequence;
+        let new = h.verify(&self.key).map_err(|why| self.bad(Some(at), why))?;
+        if at == self.seq && h.head_hash != self.hash {
+            return Err(
+                self.bad(Some(at), format!("hand-over at {at}: signed over a different head than the anchor's"))
+            );
+        }
+        self.previous = Some((at, self.key));
+        self.key = new;
+        self.key_ids.push(h.new_key_id.clone());
+        Ok(())
     }
 
     pub(super) fn key_id(&self) -> String {
@@ -238,6 +285,25 @@ impl<'a> Walk<'a> {
         if self.key_ids.len() > 1 {
             detail.push_str(&format!("; signing keys followed: {}", self.key_ids.join(" -> ")));
         }
+        if !self.archives.is_empty() {
+            detail.push_str(&format!(
+                "; one unbroken chain from sequence 1 through the archives {}{}",
+                self.archives.join(", "),
+                if self.place.is_some() { " and the live log" } else { "" }
+            ));
+        }
+        if let Some(a) = self.archived_through {
+            detail.push_str(&format!(
+                "; events 1..={a} are archived and NOT verified here (give their archive files with --archive to \
+                 verify them as one chain); the live chain starts after event {a}"
+            ));
+            if self.skipped_external > 0 {
+                detail.push_str(&format!(
+                    "; {} kept or witnessed checkpoints at or below {a} are not checked here",
+                    self.skipped_external
+                ));
+            }
+        }
         let mut report = VerifyReport {
             ok: true,
             events_checked: self.events,
@@ -250,6 +316,7 @@ impl<'a> Walk<'a> {
             unsigned_tail: None,
             key_ids: self.key_ids.clone(),
             warning: None,
+            archived_through: self.archived_through,
             detail: String::new(),
         };
         let Some(signed) = self.signed else {
@@ -303,6 +370,10 @@ impl<'a> Walk<'a> {
     }
 
     pub(super) fn fail(&self, first_bad: Option<i64>, detail: String) -> VerifyReport {
+        let detail = match &self.place {
+            Some(p) => format!("in {p}: {detail}"),
+            None => detail,
+        };
         VerifyReport {
             ok: false,
             events_checked: self.events,
@@ -315,6 +386,7 @@ impl<'a> Walk<'a> {
             unsigned_tail: None,
             key_ids: self.key_ids.clone(),
             warning: None,
+            archived_through: self.archived_through,
             detail,
         }
     }

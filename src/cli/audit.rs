@@ -85,6 +85,14 @@ pub enum AuditCommand {
         /// cut or rewritten.
         #[arg(long)]
         allow_unsigned_tail: bool,
+        /// An archive file written by `audit archive` (repeat for more, in any order): the
+        /// archives and the live log are verified as one chain from sequence 1, each
+        /// starting exactly where the one before it ended.
+        #[arg(long, value_name = "FILE")]
+        archive: Vec<PathBuf>,
+        /// With --archive: verify only the archives (no live audit database).
+        #[arg(long, requires = "archive")]
+        archives_only: bool,
         /// The public key file of the vault's *current* signing key (from `audit
         /// public-key`, fetched over mTLS): the key chain must end there. Without it, a
         /// leaked old key could sign a forged hand-over that a chain alone accepts.
@@ -100,6 +108,11 @@ pub enum AuditCommand {
         #[command(flatten)]
         db: ChangeDbArgs,
     },
+    /// Move the events up to a signed checkpoint into a self-contained archive file and
+    /// shrink the live audit database (retention). The live log keeps a signed anchor, so
+    /// it still verifies alone; `audit verify --archive` proves archives and live log one
+    /// chain. Runs beside a running server; needs the master key (the record is signed).
+    Archive(super::audit_archive::ArchiveArgs),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -201,11 +214,25 @@ fn event_csv(e: &pb::AuditEvent) -> String {
 
 pub fn run(g: &GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
     match &c {
-        AuditCommand::Verify { public_key, checkpoint, witness, allow_unsigned_tail, expect_key, .. } => {
-            let file = audit_file(g)?;
-            return verify(&file, public_key, checkpoint.as_ref(), witness, *allow_unsigned_tail, expect_key.as_ref());
+        AuditCommand::Verify {
+            public_key,
+            checkpoint,
+            witness,
+            allow_unsigned_tail,
+            expect_key,
+            archive,
+            archives_only,
+            ..
+        } => {
+            let file = if *archives_only { None } else { Some(audit_file(g)?) };
+            let given = Given { public_key, checkpoint: checkpoint.as_ref(), witnesses: witness, archives: archive };
+            return verify(file.as_deref(), &given, *allow_unsigned_tail, expect_key.as_ref());
         }
         AuditCommand::RotateSigningKey { .. } => return rotate_signing_key(g),
+        AuditCommand::Archive(_) => {
+            let AuditCommand::Archive(a) = c else { unreachable!("matched above") };
+            return super::audit_archive::run(g, a);
+        }
         _ => {}
     }
     runtime()?.block_on(async move {
@@ -286,7 +313,9 @@ pub fn run(g: &GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
                 let k = client.get_public_key(pb::GetPublicKeyRequest {}).await.map_err(status)?.into_inner();
                 writeln!(out, "{}", k.public_key).map_err(io)?;
             }
-            AuditCommand::Verify { .. } | AuditCommand::RotateSigningKey { .. } => unreachable!("handled above"),
+            AuditCommand::Verify { .. } | AuditCommand::RotateSigningKey { .. } | AuditCommand::Archive(_) => {
+                unreachable!("handled above")
+            }
         }
         Ok(())
     })
@@ -317,14 +346,21 @@ fn audit_file(g: &GlobalArgs) -> Result<PathBuf, CliError> {
     Ok(if is_vault_db { g.audit_db() } else { g.db.clone() })
 }
 
+/// What `audit verify` was given besides the live file.
+struct Given<'a> {
+    public_key: &'a PathBuf,
+    checkpoint: Option<&'a PathBuf>,
+    witnesses: &'a [PathBuf],
+    archives: &'a [PathBuf],
+}
+
 fn verify(
-    db: &std::path::Path,
-    public_key: &PathBuf,
-    checkpoint: Option<&PathBuf>,
-    witnesses: &[PathBuf],
+    db: Option<&std::path::Path>,
+    given: &Given<'_>,
     allow_unsigned_tail: bool,
     expect_key: Option<&PathBuf>,
 ) -> Result<(), CliError> {
+    let Given { public_key, checkpoint, witnesses, archives } = *given;
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))
     };
@@ -342,7 +378,11 @@ fn verify(
         witnessed += lines.len();
         opts.external.extend(lines);
     }
-    let report = crate::audit::verify_with(db, &key, &opts).map_err(|e| CliError::new(e.to_string()))?;
+    let report = match (archives.is_empty(), db) {
+        (true, Some(db)) => crate::audit::verify_with(db, &key, &opts),
+        _ => crate::audit::verify_chain(archives, db, &key, &opts),
+    }
+    .map_err(|e| CliError::new(if archives.is_empty() { e.to_string() } else { format!("--archive: {e}") }))?;
     if !report.ok {
         let first = report.first_bad_sequence.map(|s| format!("first bad sequence {s}: ")).unwrap_or_default();
         return Err(CliError::new(format!("audit log does NOT verify: {first}{}", report.detail)));

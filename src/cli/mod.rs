@@ -45,6 +45,7 @@ macro_rules! outln {
 mod admin;
 mod args;
 mod audit;
+mod audit_archive;
 mod connect;
 mod db;
 mod error;
@@ -276,6 +277,7 @@ mod tests {
             ("backup", &change),
             ("restore", &change),
             ("audit rotate-signing-key", &change),
+            ("audit archive", &change),
             ("audit verify", &["db", "audit_db"]),
         ];
         for (path, c) in leaves() {

@@ -145,6 +145,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "# HELP pogo_vault_audit_tenant_index_lag_events Audit events not yet in the background tenant index (tenant queries scan them).\n# TYPE pogo_vault_audit_tenant_index_lag_events gauge"
     );
     let _ = writeln!(o, "pogo_vault_audit_tenant_index_lag_events {}", a.tenant_index_lag);
+    let _ = writeln!(
+        o,
+        "# HELP pogo_vault_audit_log_bytes Size of the audit database on disk, WAL included (bounded by the retention `audit archive` keeps).\n# TYPE pogo_vault_audit_log_bytes gauge"
+    );
+    let _ = writeln!(o, "pogo_vault_audit_log_bytes {}", a.log_bytes);
+    let _ = writeln!(
+        o,
+        "# HELP pogo_vault_audit_oldest_sequence The oldest event the audit database holds (earlier ones are archived; 0: none).\n# TYPE pogo_vault_audit_oldest_sequence gauge"
+    );
+    let _ = writeln!(o, "pogo_vault_audit_oldest_sequence {}", a.oldest_sequence);
     render_witnesses(o, &a.witnesses);
     out
 }

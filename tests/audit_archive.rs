@@ -1,0 +1,371 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Audit retention with the real binary on real files: `audit archive` moves the events up
+//! to a signed checkpoint into an archive file and shrinks the live database; `audit verify`
+//! proves archives plus the live log one chain, and names the file and sequence where it
+//! breaks (an edited archive, an archive left out, an archive of another log). Beside a
+//! running server: tokens keep flowing, `VerifyAuditLog` verifies from the anchor, a watch
+//! from sequence 1 starts after it, and the tenant index drops archived rows without a
+//! rebuild.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::fixture::audit_verifying_key;
+use common::server::TestServer;
+use common::{Scratch, assert_fails_with, assert_ok, dump, run_bin, stdout};
+use pogo_vault::audit::{self, Action, AuditConfig, AuditFilter, AuditLog, AuditRecord, Outcome};
+use pogo_vault::crypto::MasterKeySource;
+use pogo_vault::proto::v1 as pb;
+use pogo_vault::vault::Vault;
+
+/// A vault made by `init`, its audit log, and the public key file an auditor holds.
+struct Files {
+    s: Scratch,
+}
+
+impl Files {
+    fn new() -> Files {
+        let s = Scratch::new();
+        s.init();
+        let f = Files { s };
+        let key = audit_verifying_key(&f.vault());
+        std::fs::write(f.public_key(), audit::encode_public_key(&key)).unwrap();
+        f
+    }
+    fn vault(&self) -> Vault {
+        Vault::unlock(&self.s.db(), &MasterKeySource::KeyFile(self.s.key())).unwrap()
+    }
+    fn audit_db(&self) -> PathBuf {
+        pogo_vault::config::default_audit_db(&self.s.db())
+    }
+    fn public_key(&self) -> PathBuf {
+        self.s.path("audit.pub")
+    }
+    /// `n` records of about 1.2 KB each, appended by a log of this process (group commits).
+    async fn append(&self, n: usize, tenant: &str) {
+        self.append_signed_then(n, 0, tenant).await;
+    }
+    /// `n` records, a checkpoint of them (returns its sequence), then `more` records.
+    async fn append_signed_then(&self, n: usize, more: usize, tenant: &str) -> i64 {
+        let log = AuditLog::open(&self.audit_db(), self.vault().audit_signing_key().unwrap(), AuditConfig::default())
+            .unwrap();
+        append_to(&log, n, tenant).await;
+        let cp = log.checkpoint_now().await.unwrap();
+        append_to(&log, more, tenant).await;
+        log.shutdown().await;
+        cp.sequence
+    }
+    fn archive(&self, cut: &[&str], out: &Path) -> std::process::Output {
+        self.s.run_k(&[&["audit", "archive"], cut, &["--out", out.to_str().unwrap()]].concat(), "")
+    }
+    fn verify(&self, archives: &[&Path], live: bool) -> std::process::Output {
+        let key = self.public_key();
+        let mut args = vec!["audit", "verify", "--public-key", key.to_str().unwrap()];
+        for a in archives {
+            args.extend(["--archive", a.to_str().unwrap()]);
+        }
+        if !live {
+            args.push("--archives-only");
+        }
+        run_bin(&[&["--audit-db", self.audit_db().to_str().unwrap()], &args[..]].concat(), "")
+    }
+    fn head(&self) -> i64 {
+        audit::head(&audit::open_reader(&self.audit_db()).unwrap()).unwrap().0
+    }
+}
+
+async fn append_to(log: &AuditLog, n: usize, tenant: &str) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let log = log.clone();
+        let rec = AuditRecord::new(Action::TokenMinted, Outcome::Ok)
+            .caller("spiffe://example.org/billing", "01ab")
+            .tenant(tenant)
+            .detail(format!("{i:06} {}", "x".repeat(1200)))
+            .request(format!("req-{i}"), "127.0.0.1:5000");
+        tasks.push(tokio::spawn(async move { log.append(rec).await.unwrap() }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The sequence after `events ` in `audit archive`'s line: `archived events A..=S`.
+fn archived_range(out: &std::process::Output) -> (i64, i64) {
+    let text = stdout(out);
+    let range = text.split("archived events ").nth(1).and_then(|r| r.split(' ').next()).unwrap();
+    let (a, b) = range.split_once("..=").unwrap();
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+/// Files in the directory whose name holds `partial` (a half-written archive).
+fn partial_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_round_trip_shrinks_the_live_log_and_verifies_as_one_chain() {
+    let f = Files::new();
+    let signed = f.append_signed_then(2500, 500, "acme").await;
+    let head = f.head();
+    let before = audit::log_bytes(&f.audit_db());
+    assert!(before > 3_000_000, "the log holds the events ({before} bytes)");
+
+    // Archive up to the newest checkpoint at or below `signed + 99`: the one at `signed`
+    // (the log signs at most once a second, and the next one is at the head).
+    let a1 = f.s.path("archive-1.db");
+    let out = f.archive(&["--through", &(signed + 99).to_string()], &a1);
+    assert_ok(&out);
+    let (from1, through1) = archived_range(&out);
+    assert_eq!(from1, 1);
+    assert!(
+        signed <= through1 && through1 < signed + 100 && through1 < head,
+        "{through1}, signed {signed}, head {head}"
+    );
+    assert_eq!(std::fs::metadata(&a1).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(partial_files(f.s.dir.path()).is_empty());
+
+    // Shrunk: file plus WAL, on disk.
+    let after = audit::log_bytes(&f.audit_db());
+    assert!(after * 2 < before, "the live log shrank: {before} -> {after} bytes");
+    let conn = audit::open_reader(&f.audit_db()).unwrap();
+    let oldest: i64 = conn.query_row("SELECT min(sequence) FROM events", [], |r| r.get(0)).unwrap();
+    assert_eq!(oldest, through1 + 1, "events up to the cut left the live log");
+    let archived =
+        audit::list(&conn, &AuditFilter { action: Some(Action::AuditArchived), ..Default::default() }, None, 9)
+            .unwrap();
+    drop(conn);
+    assert_eq!(archived.len(), 1);
+    let sha: String = sha256_of(&a1).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(archived[0].record.detail.contains(&sha), "the record names the archive's SHA-256");
+    assert!(archived[0].record.detail.contains("archive-1.db"));
+    assert!(archived[0].record.detail.contains(&format!("events 1..={through1}")));
+
+    // The live log alone verifies from its anchor and says what it did not verify.
+    let out = f.verify(&[], true);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("events 1..={through1} are archived and NOT verified here")),
+        "{}",
+        stdout(&out)
+    );
+    // Archive plus live: one chain from 1; the archive alone verifies too.
+    let out = f.verify(&[&a1], true);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("one unbroken chain from sequence 1"), "{}", stdout(&out));
+    assert_ok(&f.verify(&[&a1], false));
+
+    // A second period: more events, archived by age; then archives in any order + live.
+    f.append(500, "beta").await;
+    let a2 = f.s.path("archive-2.db");
+    let out = f.archive(&["--before", "0m"], &a2);
+    assert_ok(&out);
+    let (from2, through2) = archived_range(&out);
+    assert_eq!(from2, through1 + 1, "the second archive starts where the first ended");
+    let out = f.verify(&[&a2, &a1], true);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("(1..={through1})"))
+            && stdout(&out).contains(&format!("({from2}..={through2})"))
+    );
+
+    // An archive left out: named, with the missing range.
+    assert_fails_with(
+        &f.verify(&[&a2], true),
+        &["does NOT verify", "archive-2.db", &format!("events 1..={through1} are missing")],
+    );
+    assert_fails_with(&f.verify(&[&a1], true), &["the live log", &format!("events {from2}..={through2} are missing")]);
+
+    // An event row edited in an archive: the file and the sequence are named.
+    let tampered = f.s.path("archive-1-edited.db");
+    std::fs::copy(&a1, &tampered).unwrap();
+    let c = rusqlite::Connection::open(&tampered).unwrap();
+    c.execute("UPDATE events SET tenant_id = 'other' WHERE sequence = 1234", []).unwrap();
+    assert!(through1 > 1234);
+    drop(c);
+    assert_fails_with(
+        &f.verify(&[&tampered, &a2], true),
+        &["archive-1-edited.db", "first bad sequence 1234", "event 1234: hash does not match"],
+    );
+    // Its meta edited to claim a shorter range (newest events and checkpoint cut): caught.
+    let cut = f.s.path("archive-1-cut.db");
+    std::fs::copy(&a1, &cut).unwrap();
+    let c = rusqlite::Connection::open(&cut).unwrap();
+    c.execute("DELETE FROM events WHERE sequence > 1000", []).unwrap();
+    c.execute("DELETE FROM checkpoints WHERE sequence > 1000", []).unwrap();
+    drop(c);
+    assert_fails_with(&f.verify(&[&cut, &a2], true), &["archive-1-cut.db", "events end at 1000"]);
+
+    // An archive of another log (its own key and chain) does not continue this one.
+    let other = Files::new();
+    other.append(50, "acme").await;
+    let foreign = other.s.path("foreign.db");
+    assert_ok(&other.archive(&["--before", "0m"], &foreign));
+    let out = f.verify(&[&foreign, &a2], true);
+    assert_fails_with(&out, &["does NOT verify", "foreign.db"]);
+
+    // Refusals name the option and change nothing.
+    let snapshot = dump(&f.audit_db());
+    assert_fails_with(&f.archive(&["--through", "5"], &f.s.path("again.db")), &["--through", "already archived"]);
+    assert_fails_with(
+        &f.archive(&["--before", "1970-01-02T00:00:00Z"], &f.s.path("x.db")),
+        &["--before", "no checkpoint"],
+    );
+    assert_fails_with(&f.archive(&["--before", "soon"], &f.s.path("x.db")), &["--before", "soon"]);
+    assert_fails_with(&f.archive(&["--through", "0"], &f.s.path("x.db")), &["--through"]);
+    assert_fails_with(&f.archive(&["--before", "0m"], &a1), &["--out", "exists"]);
+    let both = f.archive(&["--through", "9", "--before", "0m"], &f.s.path("x.db"));
+    assert!(!both.status.success() && String::from_utf8_lossy(&both.stderr).contains("--before"));
+    let neither = f.archive(&[], &f.s.path("x.db"));
+    assert!(!neither.status.success() && String::from_utf8_lossy(&neither.stderr).contains("--through"));
+    assert_eq!(dump(&f.audit_db()), snapshot, "a refused archive changes nothing");
+    assert!(!f.s.path("again.db").exists() && !f.s.path("x.db").exists());
+    assert!(partial_files(f.s.dir.path()).is_empty());
+}
+
+fn sha256_of(p: &Path) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(p).unwrap()).into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_beside_a_running_server_keeps_it_serving_and_verifying() {
+    let mut ts = TestServer::start().await;
+    ts.register("acme", 0).await;
+    let mut tokens = ts.token_client("token-caller").await;
+    let get = || pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 };
+    for _ in 0..20 {
+        tokens.get_access_token(get()).await.unwrap();
+    }
+    let db = ts.dir.path().join("vault.db");
+    let key = ts.dir.path().join("master.key");
+    let out = ts.dir.path().join("a1.db");
+    let archive = |extra: &[&str]| {
+        run_bin(
+            &[
+                &["--db", db.to_str().unwrap(), "--master-key-file", key.to_str().unwrap(), "audit", "archive"][..],
+                extra,
+            ]
+            .concat(),
+            "",
+        )
+    };
+    // --vacuum rewrites the whole file: refused while the server holds the vault.
+    let refused = archive(&["--before", "0m", "--out", out.to_str().unwrap(), "--vacuum"]);
+    assert!(!refused.status.success());
+    assert!(!out.exists());
+
+    // A fresh checkpoint of the server's own newest event: the cut takes exactly the event the
+    // server's writer last wrote (and checks before its next append).
+    let mut auditor = ts.audit_client("auditor").await;
+    let cp = auditor.get_checkpoint(pb::GetCheckpointRequest {}).await.unwrap().into_inner();
+    let done = archive(&["--through", &cp.sequence.to_string(), "--out", out.to_str().unwrap()]);
+    assert_ok(&done);
+    let (_, through) = archived_range(&done);
+    assert_eq!(through, cp.sequence);
+
+    // The server keeps appending (its writer accepts that its older rows were archived).
+    for _ in 0..5 {
+        tokens.get_access_token(get()).await.unwrap();
+    }
+    let v = auditor.verify_audit_log(pb::VerifyAuditLogRequest::default()).await.unwrap().into_inner();
+    assert!(v.ok, "{v:?}");
+    assert!(v.detail.contains(&format!("events 1..={through} are archived")), "{}", v.detail);
+
+    // A watch from sequence 1 starts after the anchor.
+    let mut stream =
+        auditor.watch_audit_events(pb::WatchAuditEventsRequest { from_sequence: 1 }).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.sequence, through + 1);
+    drop(stream);
+
+    // Tenant-filtered pages answer from the live events only.
+    let page = auditor
+        .list_audit_events(pb::ListAuditEventsRequest {
+            tenant_id: "acme".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!page.events.is_empty() && page.events.iter().all(|e| e.sequence > through));
+
+    // The log size metric, and the oldest sequence it holds.
+    let metrics = format!("http://{}/metrics", ts.server().metrics_addr.unwrap());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        let value = |name: &str| -> f64 {
+            text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap().parse().unwrap()
+        };
+        let bytes = value("pogo_vault_audit_log_bytes");
+        assert!(bytes >= audit::log_bytes(&ts.audit_db()) as f64 / 4.0 && bytes > 0.0);
+        if value("pogo_vault_audit_oldest_sequence") == (through + 1) as f64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "oldest sequence not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ts.stop().await;
+
+    // Offline: archive plus live log, one chain, after the server stopped.
+    let public = ts.dir.path().join("audit.pub");
+    std::fs::write(&public, audit::encode_public_key(&audit_verifying_key(&ts.vault()))).unwrap();
+    let v = run_bin(
+        &[
+            "--audit-db",
+            ts.audit_db().to_str().unwrap(),
+            "audit",
+            "verify",
+            "--public-key",
+            public.to_str().unwrap(),
+            "--archive",
+            out.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_ok(&v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_index_drops_archived_rows_without_a_rebuild() {
+    let f = Files::new();
+    let log = AuditLog::open(&f.audit_db(), f.vault().audit_signing_key().unwrap(), AuditConfig::default()).unwrap();
+    append_to(&log, 200, "acme").await;
+    let wait_indexed = |head: i64| {
+        let log = log.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while log.tenant_index_through() < head {
+                assert!(std::time::Instant::now() < deadline, "index stuck at {}", log.tenant_index_through());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_indexed(f.head()).await;
+    log.checkpoint_now().await.unwrap();
+    let out = f.archive(&["--before", "0m"], &f.s.path("a.db"));
+    assert_ok(&out);
+    let (_, through) = archived_range(&out);
+    append_to(&log, 20, "acme").await;
+    wait_indexed(f.head()).await;
+    assert_eq!(log.tenant_index_rebuilds(), 0, "archived rows are not damage");
+    let index = rusqlite::Connection::open(audit::tenant_index_path(&f.audit_db())).unwrap();
+    let left: i64 =
+        index.query_row("SELECT count(*) FROM tenant_events WHERE sequence <= ?1", [through], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0, "index rows of archived events are dropped");
+    let page =
+        log.list(AuditFilter { tenant_id: Some("acme".into()), ..Default::default() }, None, 1000).await.unwrap();
+    assert_eq!(page.len(), 20);
+    assert!(page.iter().all(|e| e.sequence > through));
+    log.shutdown().await;
+}
