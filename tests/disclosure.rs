@@ -177,6 +177,23 @@ async fn a_caller_over_its_budget_is_refused_with_retry_info_and_recorded_once_a
     let mine = minted.iter().filter(|e| e.record.caller.ends_with("service/token-caller")).count() as u64;
     assert_eq!(mine, ok, "a record for every token handed out, none for refusals");
 
+    // A caller refused at the gate (no token grant at all) spends the same budget: beyond
+    // it, its refusals are counted, not recorded one by one.
+    let mut stranger = ts.token_client("stranger").await;
+    let (mut denied, mut over) = (0u64, 0u64);
+    for i in 0..40 {
+        match stranger.get_access_token(ask("a-acme", &format!("s{i}"))).await.unwrap_err().code() {
+            Code::PermissionDenied => denied += 1,
+            Code::ResourceExhausted => over += 1,
+            c => panic!("{c:?}"),
+        }
+    }
+    assert!(denied >= 5 && over > 0 && denied + over == 40, "{denied} denied, {over} over budget");
+    let gate_rows =
+        events(&ts, Action::TokenDenied).iter().filter(|e| e.record.caller.ends_with("service/stranger")).count()
+            as u64;
+    assert_eq!(gate_rows, denied, "one record per denial within the budget, none beyond it");
+
     // Refusals still open at a stop are recorded before the server's last record.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut late = 0;
@@ -188,5 +205,7 @@ async fn a_caller_over_its_budget_is_refused_with_retry_info_and_recorded_once_a
     assert!(late > 0);
     ts.stop().await;
     let all = events(&ts, Action::TokenThrottled);
-    assert_eq!(all.iter().map(refused_in).sum::<u64>(), refused + late, "{all:?}");
+    let of = |who: &str| all.iter().filter(|e| e.record.caller.ends_with(who)).map(refused_in).sum::<u64>();
+    assert_eq!(of("service/token-caller"), refused + late, "{all:?}");
+    assert_eq!(of("service/stranger"), over, "{all:?}");
 }

@@ -40,6 +40,12 @@ pub struct Run {
     pub cpu: f64,
 }
 
+impl Run {
+    pub fn p99(&self) -> Option<f64> {
+        crate::report::pct(&self.lat, 0.99)
+    }
+}
+
 type TaskResult = (Vec<u32>, u64, Option<String>);
 
 async fn gather(tasks: Vec<tokio::task::JoinHandle<TaskResult>>) -> Run {

@@ -72,13 +72,22 @@ impl Row {
 pub fn print_table(rows: &[Row]) {
     let f = |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.prec$}"));
     println!(
-        "| {:<30} | {:<6} | {:>8} | {:>9} | {:>8} | {:>8} | {:>8} | {:>9} | {:>6} | {:<24} | notes",
-        "scenario", "server", "ok", "per s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/op", "errors", "vault/floor",
+        "| {:<30} | {:<7} | {:>8} | {:>9} | {:>8} | {:>8} | {:>8} | {:>9} | {:>6} | {:<44} | notes",
+        "scenario",
+        "server",
+        "ok",
+        "per s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "CPU µs/op",
+        "errors",
+        "vault/floor; vault/durable floor",
     );
     println!(
         "|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|---",
         "-".repeat(32),
-        "-".repeat(8),
+        "-".repeat(9),
         "-".repeat(10),
         "-".repeat(11),
         "-".repeat(10),
@@ -86,11 +95,11 @@ pub fn print_table(rows: &[Row]) {
         "-".repeat(10),
         "-".repeat(11),
         "-".repeat(8),
-        "-".repeat(26),
+        "-".repeat(46),
     );
     for r in rows {
         println!(
-            "| {:<30} | {:<6} | {:>8} | {:>9} | {:>8} | {:>8} | {:>8} | {:>9} | {:>6} | {:<24} | {}",
+            "| {:<30} | {:<7} | {:>8} | {:>9} | {:>8} | {:>8} | {:>8} | {:>9} | {:>6} | {:<44} | {}",
             r.scenario,
             r.server,
             r.requests,
@@ -106,13 +115,22 @@ pub fn print_table(rows: &[Row]) {
     }
 }
 
-/// Fills the vault row's ratio column against the floor row.
-fn compare(vault: &mut Row, floor: &Row) {
+/// Fills the vault row's ratio column against the floor rows (`floor`, `durable`).
+fn compare(vault: &mut Row, floors: &[Row]) {
     let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".to_owned(),
     };
-    vault.ratio = format!("rate {} p99 {}", div(vault.per_sec, floor.per_sec), div(vault.p99, floor.p99));
+    let part = |name: &str| {
+        floors.iter().find(|f| f.server == name).map_or_else(
+            || "-".to_owned(),
+            |f| format!("rate {} p99 {}", div(vault.per_sec, f.per_sec), div(vault.p99, f.p99)),
+        )
+    };
+    vault.ratio = format!("{}; {}", part("floor"), part("durable"));
+    if vault.ratio == "-; -" {
+        vault.ratio.clear();
+    }
 }
 
 /// The audit writer's counters, read from the server's own Prometheus text.
@@ -176,10 +194,13 @@ pub fn add_note(row: &mut Row, note: &str) {
     row.notes = if row.notes.is_empty() { note.to_owned() } else { format!("{}; {note}", row.notes) };
 }
 
-/// Appends a vault row and a floor row (either may be missing), the vault row compared.
+/// Appends a vault row and its floor rows (any may be missing), the vault row compared with
+/// the floor (`floor`) and the durable floor (`durable`).
 pub fn push_pair(rows: &mut Vec<Row>, mut pair: Vec<Row>) {
-    if let [vault, floor] = &mut pair[..] {
-        compare(vault, floor);
+    if let Some((vault, floors)) = pair.split_first_mut()
+        && vault.server == "vault"
+    {
+        compare(vault, floors);
     }
     rows.extend(pair);
 }

@@ -19,8 +19,14 @@ pub struct Settings {
     pub warm_concurrency: usize,
     /// Upstream rate of the hot-phase server while it warms its cache (bench only; see below).
     pub warm_rate: f64,
+    /// Client certificates per slot of the first-disclosure row (each gives `hot_tenants` pairs).
+    pub first_certs: usize,
+    /// How long the runaway runs beside the well-behaved caller (its baseline runs half as long).
+    pub runaway_secs: f64,
+    /// The well-behaved caller's pace, requests a second.
+    pub polite_rate: f64,
     pub only: Option<Vec<String>>,
-    /// `vault`, `floor` or both: which servers the hot and handshake runs drive (profiling).
+    /// `vault`, `floor`, `durable` (any of them): which servers the hot and handshake runs drive (profiling).
     pub servers: Vec<String>,
     /// Keep the temporary directory (databases) for inspection.
     pub keep: bool,
@@ -58,18 +64,21 @@ impl Settings {
             hot_shapes: parse_shapes(&env_or("SERVICE_BENCH_HOT_SHAPES", "1x1,1x64,4x16,16x4".to_owned())),
             storm: env_or("SERVICE_BENCH_STORM", d(1_000, 100)),
             cold: env_or("SERVICE_BENCH_COLD", d(5_000, 50)),
-            scale: env_or("SERVICE_BENCH_SCALE_TENANTS", d(100_000, 500)),
+            scale: env_or("SERVICE_BENCH_SCALE_TENANTS", d(1_000_000, 500)),
             keys: env_or("SERVICE_BENCH_KEYS", d(10_000, 40)),
             reg_clients: env_or("SERVICE_BENCH_REG_CLIENTS", 4),
             reg_inflight: env_or("SERVICE_BENCH_REG_INFLIGHT", 4),
             cold_workers: env_or("SERVICE_BENCH_COLD_WORKERS", 64),
             warm_concurrency: env_or("SERVICE_BENCH_WARM_CONCURRENCY", 64),
             warm_rate: env_or("SERVICE_BENCH_WARM_RATE", 1000.0),
+            first_certs: env_or("SERVICE_BENCH_FIRST_CERTS", d(8, 2)),
+            runaway_secs: env_or("SERVICE_BENCH_RUNAWAY_SECS", pick(smoke, 60.0, 1.0)),
+            polite_rate: env_or("SERVICE_BENCH_POLITE_RATE", 20.0),
             only: std::env::var("SERVICE_BENCH_ONLY")
                 .ok()
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| s.split(',').map(|p| p.trim().to_owned()).collect()),
-            servers: env_or("SERVICE_BENCH_SERVERS", "vault,floor".to_owned())
+            servers: env_or("SERVICE_BENCH_SERVERS", "vault,floor,durable".to_owned())
                 .split(',')
                 .map(|p| p.trim().to_owned())
                 .filter(|p| !p.is_empty())

@@ -81,7 +81,7 @@ fn retryable(code: Code, message: String, retry_after: Duration) -> Status {
     Status::with_error_details(code, message, details)
 }
 
-/// A caller over its GetAccessToken budget (`usecase::caller_budget`): `RESOURCE_EXHAUSTED`
+/// A caller over its request budget (`usecase::caller_budget`): `RESOURCE_EXHAUSTED`
 /// with the exact wait in RetryInfo.
 pub fn over_budget(retry_after: Duration) -> Status {
     let wait = Duration::from_millis(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1));
@@ -89,8 +89,8 @@ pub fn over_budget(retry_after: Duration) -> Status {
     Status::with_error_details(
         Code::ResourceExhausted,
         format!(
-            "this caller is over its budget of GetAccessToken requests; retry after {} ms, and reuse a token until \
-             shortly before its expiry rather than asking for it again",
+            "this caller is over its request budget; retry after {} ms, and reuse a token until shortly before its \
+             expiry rather than asking for it again",
             wait.as_millis()
         ),
         details,

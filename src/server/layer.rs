@@ -23,6 +23,7 @@ use super::conn::ConnInfo;
 use super::{Caller, ServerState, errors};
 use crate::audit::Outcome;
 use crate::authz::{Requirement, methods};
+use crate::usecase::{Admission, Asker};
 
 #[derive(Clone)]
 pub struct GateLayer {
@@ -101,6 +102,25 @@ where
                 Some(_) => None,
             };
             if let Some(status) = denied {
+                // A caller refused here in a loop (its grant gone, a wrong method) spends the
+                // same per-caller budget as its GetAccessToken requests: beyond it, refusals
+                // are counted into one record a second rather than one each.
+                let (policy, generation) = state.authz.current();
+                let asker = Asker {
+                    identity: &caller.identity.id,
+                    serial: &caller.identity.serial,
+                    peer: &caller.peer_text,
+                    request_id: &caller.request_id,
+                };
+                let rate =
+                    || policy.requests_per_second(&caller.identity.id).unwrap_or(state.caller_requests_per_second);
+                if let Admission::Refused { retry_after } =
+                    state.budgets.admit(asker, generation, rate, std::time::Instant::now())
+                {
+                    let mut resp = errors::over_budget(retry_after).into_http();
+                    set_request_id(&mut resp, &request_id);
+                    return Ok(resp);
+                }
                 let span = tracing::info_span!("rpc", request_id = %request_id, client_request_id = %client_id, caller = %caller.identity.id, method = %path);
                 let _e = span.enter();
                 tracing::info!(reason = %status.message(), "refused at the gate");

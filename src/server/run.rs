@@ -319,7 +319,11 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         };
         background.abort();
         health_task.abort();
-        refusals_task.abort();
+        // The task ends at the stop signal once its current records are written (not
+        // aborted: windows it has taken would be lost); bounded like any append.
+        if tokio::time::timeout(Duration::from_secs(3), refusals_task).await.is_err() {
+            tracing::warn!("budget refusals still being recorded at the stop; some windows may be unrecorded");
+        }
         super::refusals::record_all(&final_state).await;
         if let Err(e) = final_state.broker.flush_last_served().await {
             tracing::warn!(error = %e, "could not record last-token times at shutdown");

@@ -1,4 +1,5 @@
-//! A request budget per caller for GetAccessToken: a token bucket per caller identity.
+//! A request budget per caller for GetAccessToken (and for requests refused at the gate):
+//! a token bucket per caller identity.
 //!
 //! Go allows about 10 requests a second for a whole integration, so a caller asking the
 //! vault thousands of times a second is broken; without a budget it would also grow the
@@ -59,8 +60,7 @@ impl Refusals {
     /// The audit record's detail.
     pub fn detail(&self) -> String {
         format!(
-            "{} GetAccessToken requests refused over the caller's budget of {} a second, in {} ms from request {} to \
-             request {}",
+            "{} requests refused over the caller's budget of {} a second, in {} ms from request {} to request {}",
             self.count,
             self.rate,
             self.ended.saturating_duration_since(self.started).as_millis(),
@@ -70,11 +70,17 @@ impl Refusals {
     }
 
     /// Adds `later`'s refusals to these (a window whose record could not be written yet).
-    fn absorb(&mut self, later: Refusals) {
-        self.count += later.count;
-        if later.ended >= self.ended {
-            self.ended = later.ended;
-            self.last_request_id = later.last_request_id;
+    fn absorb(&mut self, other: Refusals) {
+        self.count += other.count;
+        if other.started < self.started {
+            self.started = other.started;
+            self.first_request_id = other.first_request_id;
+            self.serial = other.serial;
+            self.peer = other.peer;
+        }
+        if other.ended >= self.ended {
+            self.ended = other.ended;
+            self.last_request_id = other.last_request_id;
         }
     }
 }
@@ -255,7 +261,7 @@ mod tests {
         assert_eq!(due.len(), 1);
         let r = &due[0];
         assert_eq!((r.count, r.first_request_id.as_str(), r.last_request_id.as_str()), (1000, "r1", "r1000"));
-        assert!(r.detail().contains("1000 GetAccessToken requests refused") && r.detail().contains("r1000"));
+        assert!(r.detail().contains("1000 requests refused") && r.detail().contains("r1000"));
         assert!(b.due(t0 + Duration::from_secs(5)).is_empty(), "taken once");
     }
 

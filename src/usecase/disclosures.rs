@@ -95,7 +95,9 @@ impl Disclosures {
             return false;
         }
         let mut inner = self.lock();
-        if now >= inner.next_sweep || inner.pairs.len() >= self.capacity {
+        // At most one sweep per SWEEP_EVERY, full or not: a set kept full by one busy caller
+        // costs its first disclosures a lookup, never a scan each.
+        if now >= inner.next_sweep {
             inner.pairs.retain(|_, e| *e > now);
             inner.next_sweep = now + SWEEP_EVERY;
         }
@@ -178,10 +180,12 @@ mod tests {
         assert!(!d.disclosed(pair(9), now + Duration::from_secs(60), now), "full of valid tokens");
         assert_eq!(d.len(), 3);
         assert_eq!(d.classify(&pair(9), now), Disclosure::First, "not kept: its repeats stay awaited");
-        // Once the first token expired, its place is taken.
+        // Once the first token expired, its place is taken at the next sweep.
         let later = now + Duration::from_millis(1500);
+        assert!(!d.disclosed(pair(9), later + Duration::from_secs(60), later), "no sweep before its time");
+        let later = now + SWEEP_EVERY;
         assert!(d.disclosed(pair(9), later + Duration::from_secs(60), later));
-        assert_eq!(d.len(), 3);
+        assert_eq!(d.len(), 1, "every token but the new one had expired");
         assert_eq!(d.classify(&pair(0), later), Disclosure::First);
         assert_eq!(d.classify(&pair(9), later), Disclosure::Repeat);
         assert!(!d.disclosed(pair(10), now, now), "an expired token is never kept");

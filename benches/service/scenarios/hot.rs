@@ -11,7 +11,7 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::fixture::token_request;
-use crate::floor::start_floor;
+use crate::floor::{Journal, start_floor};
 use crate::harness::Bench;
 use crate::load::{Handshake, drive_count, handshake_run, hot_run};
 use crate::report::{Row, add_note, audit_note, audit_snap, push_pair};
@@ -62,8 +62,16 @@ pub async fn phase_hot(s: &Settings, b: &Bench, rows: &mut Vec<Row>) {
     // The floor answers with a real response of a real size.
     let mut probe = TokenServiceClient::new(b.channels(&endpoint, "token-caller", 1).await.remove(0));
     let real = probe.get_access_token(token_request(&b.hot[0])).await.unwrap().into_inner();
-    let floor = start_floor(&floor_opts, real.clone()).await;
+    let floor = start_floor(&floor_opts, real.clone(), None).await;
     let floor_endpoint = format!("https://{}", floor.addr);
+    // The durable floor writes records of the size the vault's audit records take on disk.
+    let record_bytes = crate::harness::audit_bytes_per_record(server.state.audit.path());
+    let durable = start_floor(&floor_opts, real.clone(), Some(Journal::start(b.dir.path(), record_bytes))).await;
+    let durable_endpoint = format!("https://{}", durable.addr);
+    println!(
+        "durable floor: the floor, answering after a group-committed pwrite + fdatasync of {record_bytes} bytes per \
+         request (the vault's audit database after warm-up: bytes in use / events)"
+    );
     let mut floor_probe = TokenServiceClient::new(b.channels(&floor_endpoint, "token-caller", 1).await.remove(0));
     let canned = floor_probe.get_access_token(token_request(&b.hot[0])).await.unwrap().into_inner();
     println!(
@@ -77,7 +85,7 @@ pub async fn phase_hot(s: &Settings, b: &Bench, rows: &mut Vec<Row>) {
     if s.runs("hot") {
         for &(c, per) in &s.hot_shapes {
             let mut pair = Vec::new();
-            for (ep, who) in [(&endpoint, "vault"), (&floor_endpoint, "floor")] {
+            for (ep, who) in [(&endpoint, "vault"), (&floor_endpoint, "floor"), (&durable_endpoint, "durable")] {
                 if !s.drives(who) {
                     continue;
                 }
@@ -104,7 +112,7 @@ pub async fn phase_hot(s: &Settings, b: &Bench, rows: &mut Vec<Row>) {
         let tls = pogo_vault::tls::tonic_client_tls(&b.files("token-caller"), "localhost").unwrap();
         for kind in [Handshake::ResumedWithRpc, Handshake::FullWithRpc, Handshake::ResumedConnectOnly] {
             let mut pair = Vec::new();
-            for (ep, who) in [(&endpoint, "vault"), (&floor_endpoint, "floor")] {
+            for (ep, who) in [(&endpoint, "vault"), (&floor_endpoint, "floor"), (&durable_endpoint, "durable")] {
                 if !s.drives(who) {
                     continue;
                 }
@@ -126,9 +134,23 @@ pub async fn phase_hot(s: &Settings, b: &Bench, rows: &mut Vec<Row>) {
         }
     }
 
+    if s.runs("first") {
+        let endpoints = crate::scenarios::disclosure::Endpoints {
+            vault: &endpoint,
+            floor: &floor_endpoint,
+            durable: &durable_endpoint,
+        };
+        crate::scenarios::disclosure::first_disclosures(s, b, &server, &endpoints, rows).await;
+    }
+    if s.runs("runaway") {
+        crate::scenarios::disclosure::runaway(s, b, &server, &endpoint, rows).await;
+    }
+
     drop(probe);
     drop(floor_probe);
-    let _ = floor.stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), floor.task).await;
+    for f in [floor, durable] {
+        let _ = f.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), f.task).await;
+    }
     server.shutdown().await.unwrap();
 }
