@@ -121,6 +121,9 @@ pub(super) struct Queue {
     pub(super) closed: bool,
     /// The writer is parked with nothing to do: the next arrival must unpark it.
     pub(super) writer_idle: bool,
+    /// The writer is parked letting a batch of unawaited records gather more: only an
+    /// awaited record or a second batch wakes it early.
+    pub(super) lingering: bool,
     /// The batch the writer is committing and when it was queued (for the watchdog).
     pub(super) in_flight: Option<(Arc<Done>, Instant)>,
 }

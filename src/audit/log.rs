@@ -255,7 +255,12 @@ impl AuditLog {
         let found = (batch.done.clone(), batch.records.len() - 1);
         q.queued += 1;
         inner.shared.stats.queued.store(q.queued as u64, Ordering::Relaxed);
-        let wake = std::mem::take(&mut q.writer_idle);
+        let wake = if !q.lingering || awaited || q.batches.len() > 1 {
+            q.lingering = false;
+            std::mem::take(&mut q.writer_idle)
+        } else {
+            false
+        };
         drop(q);
         if wake {
             inner.writer.unpark();
