@@ -369,3 +369,59 @@ async fn the_tenant_index_drops_archived_rows_without_a_rebuild() {
     assert!(page.iter().all(|e| e.sequence > through));
     log.shutdown().await;
 }
+
+/// `audit verify --public-key` (offline) of a test server's audit log, with `archives`.
+#[allow(dead_code)] // used by the verify regression tests below
+fn offline_verify(ts: &TestServer, archives: &[&Path]) -> std::process::Output {
+    let public = ts.dir.path().join("audit.pub");
+    std::fs::write(&public, audit::encode_public_key(&audit_verifying_key(&ts.vault()))).unwrap();
+    let db = ts.audit_db();
+    let mut args =
+        vec!["--audit-db", db.to_str().unwrap(), "audit", "verify", "--public-key", public.to_str().unwrap()];
+    for a in archives {
+        args.extend(["--archive", a.to_str().unwrap()]);
+    }
+    run_bin(&args, "")
+}
+
+/// Regression: a forged `archives` row (any sequence, any hash) made a running writer accept
+/// that its newest events were deleted, chain new events from the older head and sign them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_anchor_does_not_let_a_running_writer_sign_over_deleted_newest_events() {
+    let mut ts = TestServer::start().await;
+    ts.register("acme", 0).await;
+    let mut tokens = ts.token_client("token-caller").await;
+    let get = || pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 };
+    for _ in 0..10 {
+        tokens.get_access_token(get()).await.unwrap();
+    }
+    let mut auditor = ts.audit_client("auditor").await;
+    auditor.get_checkpoint(pb::GetCheckpointRequest {}).await.unwrap();
+
+    // With write access to the file: a forged anchor, and the newest three events deleted
+    // (in one transaction, so they include the newest the server's writer committed).
+    let mut c = rusqlite::Connection::open(ts.audit_db()).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    let head: i64 = tx.query_row("SELECT max(sequence) FROM events", [], |r| r.get(0)).unwrap();
+    tx.execute(
+        "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+         VALUES (?1, 1, zeroblob(32), zeroblob(32), 'forged.db', 0)",
+        [1_i64 << 40],
+    )
+    .unwrap();
+    tx.execute("DELETE FROM events WHERE sequence > ?1", [head - 3]).unwrap();
+    tx.commit().unwrap();
+    drop(c);
+
+    // The next commit fails closed, and so does everything after it.
+    let e = auditor.get_checkpoint(pb::GetCheckpointRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    let e = tokens.get_access_token(get()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    let c = audit::open_reader(&ts.audit_db()).unwrap();
+    let now: i64 = c.query_row("SELECT max(sequence) FROM events", [], |r| r.get(0)).unwrap();
+    assert_eq!(now, head - 3, "nothing was chained from the older head");
+    drop(c);
+    ts.stop().await;
+}

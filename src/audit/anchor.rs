@@ -4,14 +4,19 @@
 //! A leaf: readers (`verify`, `tenant_index`, the writer's `still_holds`) ask it where the
 //! live chain starts.
 //!
-//! Invariant: the anchor is never trusted by itself. Verification of the live log starts
-//! from it only as "what the archives must end at" (with archives) or says that events up
-//! to it are archived and not verified (without); the checkpoint at `S` and the chain after
-//! it are checked as usual.
+//! Invariant: the anchor is never trusted by itself. Anyone with write access to the file
+//! can insert an `archives` row, so every reader that acts on it (skips events below it,
+//! accepts that an event it knew is gone, prunes index rows) first [`prove`]s it: the
+//! checkpoint stored at exactly `S` names the anchor's hash and its signature verifies under
+//! a key the reader holds. Verification additionally requires the `audit_archived` record
+//! naming the range (`verify_walk`).
 
+use ed25519_dalek::VerifyingKey;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::AuditError;
+use super::db::{CHECKPOINT_COLUMNS, checkpoint_from_row};
+use crate::crypto::audit_key_id;
 
 /// Where the live chain starts: events `1..=through` are archived; event `through` had `hash`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,4 +49,34 @@ pub(crate) fn anchor(conn: &Connection) -> Result<Option<Anchor>, AuditError> {
 /// The last archived sequence (0 when nothing was archived, or the table cannot be read).
 pub(crate) fn archived_through(conn: &Connection) -> i64 {
     anchor(conn).ok().flatten().map_or(0, |a| a.through)
+}
+
+/// Proves `a` with the checkpoint stored at exactly `a.through`: it must name `a.hash` and
+/// verify under one of `keys`. `Ok(Err(why))` names what is missing; a forged anchor (any
+/// sequence, any hash) has no such checkpoint, since only the signing key can make one.
+pub(crate) fn prove(conn: &Connection, a: &Anchor, keys: &[VerifyingKey]) -> Result<Result<(), String>, AuditError> {
+    let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM main.checkpoints WHERE sequence = ?1");
+    let found = conn.prepare_cached(&sql)?.query_row([a.through], checkpoint_from_row).optional();
+    let at = a.through;
+    let cp = match found {
+        Ok(None) => return Ok(Err(format!("no signed checkpoint is stored at the archive anchor {at}"))),
+        Ok(Some(Ok(cp))) => cp,
+        Ok(Some(Err(e))) => return Ok(Err(format!("the checkpoint at the archive anchor {at}: {e}"))),
+        Err(e) if super::verify_walk::is_type_error(&e) => {
+            return Ok(Err(format!("the checkpoint at the archive anchor {at} is unreadable")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if cp.head_hash != a.hash {
+        return Ok(Err(format!("the checkpoint at the archive anchor {at} names another hash than the anchor")));
+    }
+    if keys.iter().any(|k| cp.verify(k).is_ok()) {
+        return Ok(Ok(()));
+    }
+    let ids: Vec<String> = keys.iter().map(|k| audit_key_id(k.as_bytes())).collect();
+    Ok(Err(format!(
+        "the checkpoint at the archive anchor {at} (key {}) does not verify under {}",
+        cp.key_id,
+        ids.join(" or ")
+    )))
 }
