@@ -371,7 +371,6 @@ async fn the_tenant_index_drops_archived_rows_without_a_rebuild() {
 }
 
 /// `audit verify --public-key` (offline) of a test server's audit log, with `archives`.
-#[allow(dead_code)] // used by the verify regression tests below
 fn offline_verify(ts: &TestServer, archives: &[&Path]) -> std::process::Output {
     let public = ts.dir.path().join("audit.pub");
     std::fs::write(&public, audit::encode_public_key(&audit_verifying_key(&ts.vault()))).unwrap();
@@ -424,4 +423,51 @@ async fn a_forged_anchor_does_not_let_a_running_writer_sign_over_deleted_newest_
     assert_eq!(now, head - 3, "nothing was chained from the older head");
     drop(c);
     ts.stop().await;
+    let v = offline_verify(&ts, &[]);
+    assert!(!v.status.success(), "offline verify must not pass: {}", stdout(&v));
+    assert!(String::from_utf8_lossy(&v.stderr).contains(&format!("archive anchor at {}", 1_i64 << 40)));
+}
+
+/// A copy of `f`'s audit log with `tamper` applied, and `audit verify` of it (live log alone).
+fn verify_tampered_copy(f: &Files, name: &str, tamper: &str) -> std::process::Output {
+    let copy = f.s.path(name);
+    let c = audit::open_reader(&f.audit_db()).unwrap();
+    c.execute("VACUUM INTO ?1", [copy.to_str().unwrap()]).unwrap();
+    drop(c);
+    let c = rusqlite::Connection::open(&copy).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.execute_batch(tamper).unwrap();
+    drop(c);
+    let key = f.public_key();
+    run_bin(&["--audit-db", copy.to_str().unwrap(), "audit", "verify", "--public-key", key.to_str().unwrap()], "")
+}
+
+/// Regression: the live log verified alone trusted its archive anchor, so moving the anchor to
+/// any event S (its hash is event S+1's prev_hash) and deleting events 1..=S verified OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_or_forged_anchor_fails_verification_of_the_live_log() {
+    let f = Files::new();
+    let signed = f.append_signed_then(60, 20, "acme").await;
+    assert_ok(&f.verify(&[], true));
+    let forge = |s: i64, delete: bool| {
+        format!(
+            "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+             SELECT {s}, 1, prev_hash, zeroblob(32), 'forged.db', 0 FROM events WHERE sequence = {s} + 1; {}",
+            if delete {
+                format!("DELETE FROM events WHERE sequence <= {s}; DELETE FROM checkpoints WHERE sequence < {s};")
+            } else {
+                String::new()
+            }
+        )
+    };
+    // At an event no checkpoint signs: the anchor is named.
+    assert!(signed > 30);
+    let out = verify_tampered_copy(&f, "moved.db", &forge(30, true));
+    assert_fails_with(&out, &["does NOT verify", "archive anchor at 30", "no signed checkpoint at 30"]);
+    // At a signed checkpoint, oldest events deleted: no audit_archived record names the range.
+    let out = verify_tampered_copy(&f, "cut.db", &forge(signed, true));
+    assert_fails_with(&out, &["does NOT verify", &format!("archive anchor at {signed} is not recorded in the log")]);
+    // Forged, with the events left in place.
+    let out = verify_tampered_copy(&f, "kept.db", &forge(signed, false));
+    assert_fails_with(&out, &["does NOT verify", &format!("archive anchor at {signed} is not recorded in the log")]);
 }

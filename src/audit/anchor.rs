@@ -21,6 +21,8 @@ use crate::crypto::audit_key_id;
 /// Where the live chain starts: events `1..=through` are archived; event `through` had `hash`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Anchor {
+    /// The first event of the newest archive (its `audit_archived` record names `from..=through`).
+    pub from: i64,
     pub through: i64,
     pub hash: [u8; 32],
 }
@@ -36,14 +38,16 @@ pub(crate) fn anchor(conn: &Connection) -> Result<Option<Anchor>, AuditError> {
     if !has_table(conn, "main")? {
         return Ok(None);
     }
-    let row: Option<(i64, Vec<u8>)> = conn
-        .prepare_cached("SELECT through_sequence, head_hash FROM main.archives ORDER BY through_sequence DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+    let row: Option<(i64, i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT from_sequence, through_sequence, head_hash FROM main.archives ORDER BY through_sequence DESC LIMIT 1",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let Some((through, hash)) = row else { return Ok(None) };
+    let Some((from, through, hash)) = row else { return Ok(None) };
     let hash = <[u8; 32]>::try_from(hash)
         .map_err(|_| AuditError::Corrupt(format!("archive anchor at {through}: the hash is not 32 bytes")))?;
-    Ok(Some(Anchor { through, hash }))
+    Ok(Some(Anchor { from, through, hash }))
 }
 
 /// The last archived sequence (0 when nothing was archived, or the table cannot be read).

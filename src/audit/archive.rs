@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use sha2::{Digest, Sha256};
 
 use super::anchor::anchor;
 use super::chain::{Checkpoint, GENESIS_HASH};
@@ -164,7 +163,7 @@ pub fn archive_blocking(
     let events = archive_file::write(&snapshot, &tmp, start, &cp, &source)?;
     snapshot.finish()?;
     drop(reader);
-    let sha256 = file_sha256(&tmp)?;
+    let sha256 = archive_file::sha256(&tmp)?;
     std::fs::hard_link(&tmp, out).map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => {
             refused("--out", format!("{} exists; an archive never replaces a file", out.display()))
@@ -228,12 +227,6 @@ fn pick(conn: &Connection, cut: Cut) -> Result<Checkpoint, AuditError> {
     let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE {sql} ORDER BY sequence DESC LIMIT 1");
     let found = conn.query_row(&sql, [value], checkpoint_from_row).optional()?.transpose()?;
     found.ok_or(AuditError::Refused { field, reason: none })
-}
-
-fn file_sha256(path: &Path) -> Result<[u8; 32], AuditError> {
-    let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
-    Ok(h.finalize().into())
 }
 
 /// The commit point: anchor, record, checkpoint, in one transaction. Returns the record's
