@@ -15,7 +15,7 @@ use ed25519_dalek::VerifyingKey;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::AuditError;
-use super::db::{CHECKPOINT_COLUMNS, checkpoint_from_row};
+use super::chain::Checkpoint;
 use crate::crypto::audit_key_id;
 
 /// Where the live chain starts: events `1..=through` are archived; event `through` had `hash`.
@@ -59,18 +59,28 @@ pub(crate) fn archived_through(conn: &Connection) -> i64 {
 /// verify under one of `keys`. `Ok(Err(why))` names what is missing; a forged anchor (any
 /// sequence, any hash) has no such checkpoint, since only the signing key can make one.
 pub(crate) fn prove(conn: &Connection, a: &Anchor, keys: &[VerifyingKey]) -> Result<Result<(), String>, AuditError> {
-    let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM main.checkpoints WHERE sequence = ?1");
-    let found = conn.prepare_cached(&sql)?.query_row([a.through], checkpoint_from_row).optional();
+    // Read here rather than through `db` (this module is a leaf; `db` reaches it through the
+    // tenant index). Values of the wrong type are an edit, reported as such.
+    let row: rusqlite::Result<Option<(Vec<u8>, i64, String, Vec<u8>)>> = conn
+        .prepare_cached("SELECT head_hash, time_ms, key_id, signature FROM main.checkpoints WHERE sequence = ?1")?
+        .query_row([a.through], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional();
     let at = a.through;
-    let cp = match found {
+    let unreadable = || format!("the checkpoint at the archive anchor {at} is unreadable (edited)");
+    let (head_hash, time_ms, key_id, signature) = match row {
+        Ok(Some(r)) => r,
         Ok(None) => return Ok(Err(format!("no signed checkpoint is stored at the archive anchor {at}"))),
-        Ok(Some(Ok(cp))) => cp,
-        Ok(Some(Err(e))) => return Ok(Err(format!("the checkpoint at the archive anchor {at}: {e}"))),
-        Err(e) if super::verify_walk::is_type_error(&e) => {
-            return Ok(Err(format!("the checkpoint at the archive anchor {at} is unreadable")));
-        }
+        Err(
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..),
+        ) => return Ok(Err(unreadable())),
         Err(e) => return Err(e.into()),
     };
+    let (Ok(head_hash), Ok(signature)) = (<[u8; 32]>::try_from(head_hash), <[u8; 64]>::try_from(signature)) else {
+        return Ok(Err(unreadable()));
+    };
+    let cp = Checkpoint { sequence: at, head_hash, time_ms, key_id, signature };
     if cp.head_hash != a.hash {
         return Ok(Err(format!("the checkpoint at the archive anchor {at} names another hash than the anchor")));
     }
