@@ -266,8 +266,55 @@ async fn archive_beside_a_running_server_keeps_it_serving_and_verifying() {
     // server's writer last wrote (and checks before its next append).
     let mut auditor = ts.audit_client("auditor").await;
     let cp = auditor.get_checkpoint(pb::GetCheckpointRequest {}).await.unwrap().into_inner();
-    let done = archive(&["--through", &cp.sequence.to_string(), "--out", out.to_str().unwrap()]);
+    // Token load during the archive, with a reader holding an old snapshot meanwhile (a page
+    // being read, the tenant indexer): the archive must never hold the write lock waiting
+    // for readers (regression: its WAL checkpoint(TRUNCATE) did, and every request got
+    // UNAVAILABLE for up to two seconds).
+    let reader = audit::open_reader(&ts.audit_db()).unwrap();
+    let pinned = reader.unchecked_transaction().unwrap();
+    pinned.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, mut tokens) = (stop.clone(), ts.token_client("token-caller").await);
+        tokio::spawn(async move {
+            let (mut ok, mut unavailable) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match tokens.get_access_token(get()).await {
+                    Ok(_) => ok += 1,
+                    Err(e) if e.code() == tonic::Code::Unavailable => unavailable += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            (ok, unavailable)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let args = ["--through".to_owned(), cp.sequence.to_string(), "--out".to_owned(), out.display().to_string()];
+    let done = {
+        let (db, key) = (db.clone(), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_bin(
+                &[
+                    &["--db", db.to_str().unwrap(), "--master-key-file", key.to_str().unwrap(), "audit", "archive"][..],
+                    &args[..],
+                ]
+                .concat(),
+                "",
+            )
+        })
+        .await
+        .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, unavailable) = load.await.unwrap();
+    drop(pinned);
+    drop(reader);
     assert_ok(&done);
+    assert!(ok > 5, "tokens flowed during the archive ({ok})");
+    assert_eq!(unavailable, 0, "requests failed UNAVAILABLE during the archive ({ok} succeeded)");
     let (_, through) = archived_range(&done);
     assert_eq!(through, cp.sequence);
 

@@ -16,7 +16,8 @@
 //!    checkpoint covered yet are signed late, with an `unsigned_tail_signed` record.)
 //! 4. Delete the archived rows in short transactions of [`CHUNK`] rows, so a running
 //!    server's writer (busy timeout 250 ms) never waits long; then return the freed pages
-//!    with `PRAGMA incremental_vacuum` in short steps and truncate the WAL.
+//!    with `PRAGMA incremental_vacuum` in short steps and a passive WAL checkpoint (one
+//!    that never waits for readers, so a running server's writer is never held up).
 //!
 //! Deviation from "delete and record in one transaction": deleting a long retention period
 //! in one transaction would hold SQLite's write lock for seconds and fail a running server's
@@ -195,6 +196,9 @@ pub fn archive_blocking(
     // 4: shrink. Failures here leave garbage below the anchor, finished by the next run.
     prune(&conn, through)?;
     let shrink = shrink(&conn, vacuum)?;
+    // Measured after closing: this being the last connection, SQLite checkpoints and removes
+    // the WAL; beside a running server the WAL stays (reused) and is counted.
+    drop(conn);
     Ok(ArchiveReport {
         from_sequence: from,
         through_sequence: through,
@@ -310,7 +314,7 @@ fn prune(conn: &Connection, through: i64) -> Result<(), AuditError> {
     Ok(())
 }
 
-/// Returns the freed pages to the file system (see [`Shrink`]) and truncates the WAL.
+/// Returns the freed pages to the file system (see [`Shrink`]) and checkpoints the WAL passively.
 fn shrink(conn: &Connection, vacuum: bool) -> Result<Shrink, AuditError> {
     let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
     let shrink = if mode == 2 {
@@ -331,8 +335,12 @@ fn shrink(conn: &Connection, vacuum: bool) -> Result<Shrink, AuditError> {
     } else {
         Shrink::Reused
     };
-    // Best effort: a reader of a running server may hold the WAL for a moment; the WAL is
-    // then truncated at its next checkpoint.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    // PASSIVE, never TRUNCATE or RESTART: those wait (busy handler, seconds) for a running
+    // server's readers while holding the write lock, and the server's writer (250 ms busy
+    // timeout) would fail its commits meanwhile: every request UNAVAILABLE. A passive
+    // checkpoint copies what no reader pins back into the file (which then shrinks) and
+    // never blocks; the WAL file keeps its size and is reused (SQLite removes it when the
+    // last connection closes).
+    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     Ok(shrink)
 }
