@@ -518,3 +518,43 @@ async fn a_moved_or_forged_anchor_fails_verification_of_the_live_log() {
     let out = verify_tampered_copy(&f, "kept.db", &forge(signed, false));
     assert_fails_with(&out, &["does NOT verify", &format!("archive anchor at {signed} is not recorded in the log")]);
 }
+
+/// Regression: the tenant indexer dropped index rows up to any `archives` row, so a forged
+/// anchor (no event deleted) hid every live event from tenant-filtered queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_anchor_does_not_hide_events_from_tenant_queries() {
+    let f = Files::new();
+    let log = AuditLog::open(&f.audit_db(), f.vault().audit_signing_key().unwrap(), AuditConfig::default()).unwrap();
+    append_to(&log, 100, "acme").await;
+    let wait_indexed = |head: i64| {
+        let log = log.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while log.tenant_index_through() < head {
+                assert!(std::time::Instant::now() < deadline, "index stuck at {}", log.tenant_index_through());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_indexed(f.head()).await;
+    let c = rusqlite::Connection::open(f.audit_db()).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.execute(
+        "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+         VALUES (?1, 1, zeroblob(32), zeroblob(32), 'forged.db', 0)",
+        [1_i64 << 40],
+    )
+    .unwrap();
+    drop(c);
+    append_to(&log, 20, "acme").await;
+    // Indexed past the new events: a step ran after the forged row was written.
+    wait_indexed(f.head()).await;
+    let page =
+        log.list(AuditFilter { tenant_id: Some("acme".into()), ..Default::default() }, None, 1000).await.unwrap();
+    assert_eq!(page.len(), 120, "every live event is listed");
+    let index = rusqlite::Connection::open(audit::tenant_index_path(&f.audit_db())).unwrap();
+    let rows: i64 = index.query_row("SELECT count(*) FROM tenant_events", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 120);
+    assert_eq!(log.tenant_index_rebuilds(), 1, "an anchor that does not prove is damage: the index starts over");
+    log.shutdown().await;
+}

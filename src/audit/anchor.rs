@@ -1,8 +1,8 @@
 //! The live log's archive anchor: after `audit archive`, the audit database no longer holds
 //! events `1..=S`; it holds the anchor `(S, hash of event S)` (the newest row of the
 //! `archives` table) and the signed checkpoint at `S`, and its chain continues from there.
-//! A leaf: readers (`verify`, `tenant_index`, the writer's `still_holds`) ask it where the
-//! live chain starts.
+//! A leaf: readers (`verify`, the tenant indexer, the writer's `still_holds`) ask it where
+//! the live chain starts.
 //!
 //! Invariant: the anchor is never trusted by itself. Anyone with write access to the file
 //! can insert an `archives` row, so every reader that acts on it (skips events below it,
@@ -50,11 +50,6 @@ pub(crate) fn anchor(conn: &Connection) -> Result<Option<Anchor>, AuditError> {
     Ok(Some(Anchor { from, through, hash }))
 }
 
-/// The last archived sequence (0 when nothing was archived, or the table cannot be read).
-pub(crate) fn archived_through(conn: &Connection) -> i64 {
-    anchor(conn).ok().flatten().map_or(0, |a| a.through)
-}
-
 /// Proves `a` with the checkpoint stored at exactly `a.through`: it must name `a.hash` and
 /// verify under one of `keys`. `Ok(Err(why))` names what is missing; a forged anchor (any
 /// sequence, any hash) has no such checkpoint, since only the signing key can make one.
@@ -93,4 +88,36 @@ pub(crate) fn prove(conn: &Connection, a: &Anchor, keys: &[VerifyingKey]) -> Res
         cp.key_id,
         ids.join(" or ")
     )))
+}
+/// `own` and the keys before it that were in force at `seq`: walking back through hand-overs
+/// at or after `seq` whose signature verifies under the older key (never a key the file
+/// names without a verified hand-over to `own`).
+pub(crate) fn keys_in_force_at(
+    conn: &Connection,
+    own: &VerifyingKey,
+    seq: i64,
+) -> Result<Vec<VerifyingKey>, AuditError> {
+    let handovers = super::handover::all(conn)?;
+    let mut keys = vec![*own];
+    for _ in 0..handovers.len() {
+        let id = audit_key_id(keys[keys.len() - 1].as_bytes());
+        let Some(h) =
+            handovers.iter().filter_map(|h| h.as_ref().ok()).find(|h| h.new_key_id == id && h.sequence >= seq)
+        else {
+            break;
+        };
+        let public: Option<Vec<u8>> = conn
+            .query_row("SELECT public_key FROM signing_keys WHERE key_id = ?1", [&h.old_key_id], |r| r.get(0))
+            .optional()?;
+        let Some(older) =
+            public.and_then(|p| <[u8; 32]>::try_from(p).ok()).and_then(|p| VerifyingKey::from_bytes(&p).ok())
+        else {
+            break;
+        };
+        if h.verify(&older).ok().map(|k| k.to_bytes()) != Some(keys[keys.len() - 1].to_bytes()) {
+            break;
+        }
+        keys.push(older);
+    }
+    Ok(keys)
 }
