@@ -558,3 +558,47 @@ async fn a_forged_anchor_does_not_hide_events_from_tenant_queries() {
     assert_eq!(log.tenant_index_rebuilds(), 1, "an anchor that does not prove is damage: the index starts over");
     log.shutdown().await;
 }
+
+/// Regression: a `kill -9` during `audit archive` left `.NAME.partial-PID` (and its journal)
+/// for good; the next run for the same `--out` removes those of dead processes. A complete
+/// `--out` that no record names (killed before the commit point) is named "not recorded"
+/// by verification, not reported as a confusing overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_archive_leaves_nothing_that_counts() {
+    let f = Files::new();
+    f.append(100, "acme").await;
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    let live = std::process::id();
+    for name in
+        [format!(".a.db.partial-{dead}"), format!(".a.db.partial-{dead}-journal"), format!(".a.db.partial-{live}")]
+    {
+        std::fs::write(f.s.path(&name), b"half an archive").unwrap();
+    }
+
+    // What a run killed between writing `--out` and recording it leaves: a complete file
+    // (here: made from a copy of the log, so the real log never records it).
+    let copy = f.s.path("copy-audit.db");
+    let c = audit::open_reader(&f.audit_db()).unwrap();
+    c.execute("VACUUM INTO ?1", [copy.to_str().unwrap()]).unwrap();
+    drop(c);
+    rusqlite::Connection::open(&copy).unwrap().pragma_update(None, "journal_mode", "WAL").unwrap();
+    let stray = f.s.path("stray.db");
+    assert_ok(&f.s.run_k(
+        &["--audit-db", copy.to_str().unwrap(), "audit", "archive", "--before", "0m", "--out", stray.to_str().unwrap()],
+        "",
+    ));
+
+    let a = f.s.path("a.db");
+    assert_ok(&f.archive(&["--before", "0m"], &a));
+    let mut left = partial_files(f.s.dir.path());
+    left.sort();
+    assert_eq!(left, vec![format!(".a.db.partial-{live}")], "only the partial of a running process stays");
+
+    assert_ok(&f.verify(&[&a], true));
+    assert_fails_with(&f.verify(&[&stray, &a], true), &["does NOT verify", "stray.db is not recorded in the log"]);
+}

@@ -19,6 +19,13 @@
 //!    with `PRAGMA incremental_vacuum` in short steps and a passive WAL checkpoint (one
 //!    that never waits for readers, so a running server's writer is never held up).
 //!
+//! Interrupted runs: a `kill -9` while writing leaves `.NAME.partial-PID` (and its
+//! `-journal`) beside `--out`; the next run for the same name removes those of dead
+//! processes. Killed between the hard link and step 3, it leaves a complete `--out` that no
+//! `audit_archived` record names: that file is **not part of the chain** (verification
+//! requires the record, and names such a file "not recorded in the log"); delete it and
+//! archive again.
+//!
 //! Deviation from "delete and record in one transaction": deleting a long retention period
 //! in one transaction would hold SQLite's write lock for seconds and fail a running server's
 //! appends (fail closed: its requests would fail). So the record and the anchor commit first
@@ -114,6 +121,34 @@ fn sync_dir(file: &Path) {
     }
 }
 
+/// Removes what an `audit archive` for the same `--out` name killed mid-write left beside it:
+/// `.NAME.partial-PID` and its `-journal`, when process PID is gone (or is this process: a
+/// reused id). A live process's partial is left alone (another run is writing it). Best
+/// effort: a partial never counts for anything, it only takes space and would block the
+/// `create_new` of a later run with the same process id.
+fn remove_stale_partials(out: &Path, file_name: &str) {
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!(".{file_name}.partial-");
+    let own = std::process::id().to_string();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let pid = rest.strip_suffix("-journal").unwrap_or(rest);
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // Linux: a running process has /proc/PID.
+        if pid == own || !Path::new("/proc").join(pid).exists() {
+            let path = entry.path();
+            if std::fs::remove_file(&path).is_ok() {
+                tracing::info!(file = %path.display(), "removed a partial archive left by an interrupted run");
+            }
+        }
+    }
+    sync_dir(out);
+}
+
 /// Archives the events of the audit database `live` up to the cut into the new file `out`
 /// and shrinks `live` (see the module docs). `vacuum` rewrites a file made without
 /// incremental auto-vacuum (only when no server holds it: the caller checks). `caller`
@@ -135,6 +170,7 @@ pub fn archive_blocking(
     if file_name.is_empty() {
         return Err(refused("--out", "give a file name".into()));
     }
+    remove_stale_partials(out, &file_name);
     let bytes_before = log_bytes(live);
 
     // 1 and 2: the cut and the archive, from one read snapshot.

@@ -38,8 +38,9 @@ use super::archive_file::{self, ArchiveMeta};
 use super::chain::{Checkpoint, GENESIS_HASH};
 use super::db::{EVENT_COLUMNS, checkpoint_from_row, open_reader};
 use super::handover;
+use super::record::Action;
 use super::verify_report::{External, ExternalSource, VerifyOptions, VerifyReport, source_name};
-use super::verify_walk::{Walk, is_type_error};
+use super::verify_walk::{ArchivedRecord, Walk, is_type_error};
 use crate::crypto::secret::hex;
 
 /// Verifies the audit database at `db_path` (opened read-only) strictly, starting from
@@ -170,6 +171,16 @@ fn verify_segments(
     let mut external: Vec<&External> = opts.external.iter().collect();
     external.sort_by_key(|e| e.checkpoint.sequence);
     let mut external = external.into_iter().peekable();
+    if let Some(name) = unrecorded_overlap(segments)? {
+        return Ok(walk.fail(
+            None,
+            format!(
+                "archive {name} is not recorded in the log: it overlaps another archive given, and no audit_archived \
+                 record in the files given names its range and SHA-256 (left by an interrupted `audit archive`? it is \
+                 not part of the chain)"
+            ),
+        ));
+    }
     let mut required = Vec::new();
     for (i, seg) in segments.iter().enumerate() {
         if let Some(report) = walk_segment(&mut walk, seg, i, i + 1 == segments.len(), &mut external, &mut required)? {
@@ -192,6 +203,35 @@ fn verify_segments(
         ));
     }
     Ok(report)
+}
+
+/// When archives given overlap (what an archive left by an interrupted run and its rerun
+/// do), the first of them that no `audit_archived` record in any file given names (range and
+/// SHA-256): so the report names the stray file rather than an overlap. Only for the message:
+/// the records are read unverified (the walk fails on the overlap either way).
+fn unrecorded_overlap(segments: &[Segment<'_>]) -> Result<Option<String>, AuditError> {
+    let archives: Vec<_> = segments.iter().filter_map(|s| s.archive.as_ref()).collect();
+    let overlapping: Vec<usize> = (1..archives.len())
+        .filter(|&i| archives[i].1.anchor_sequence < archives[i - 1].1.through_sequence)
+        .flat_map(|i| [i - 1, i])
+        .collect();
+    if overlapping.is_empty() {
+        return Ok(None);
+    }
+    let mut recorded = Vec::new();
+    for seg in segments {
+        let mut stmt = seg.conn.prepare("SELECT sequence, detail FROM events WHERE action = ?1")?;
+        let mut rows = stmt.query([Action::AuditArchived.as_str()])?;
+        while let Some(r) = rows.next()? {
+            let (Ok(sequence), Ok(detail)) = (r.get::<_, i64>(0), r.get::<_, String>(1)) else { continue };
+            recorded.extend(ArchivedRecord::parse(sequence, detail.as_bytes()));
+        }
+    }
+    let named = |(_, m, sha): &&(String, ArchiveMeta, String)| {
+        recorded.iter().any(|r| (r.from, r.through) == (m.anchor_sequence + 1, m.through_sequence) && r.sha256 == *sha)
+    };
+    let stray = overlapping.into_iter().map(|i| &archives[i]).find(|a| !named(a));
+    Ok(stray.map(|(name, _, _)| name.trim_start_matches("archive ").to_owned()))
 }
 
 /// Walks one file from where it says it starts; `Some(report)` when something fails.

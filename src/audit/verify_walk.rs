@@ -70,7 +70,7 @@ pub(super) struct ArchivedRecord {
 
 impl ArchivedRecord {
     /// Parses the detail `archive` writes: `events F..=T (...) archived to NAME (sha256 HEX); ...`.
-    fn parse(sequence: i64, detail: &[u8]) -> Option<ArchivedRecord> {
+    pub(super) fn parse(sequence: i64, detail: &[u8]) -> Option<ArchivedRecord> {
         let detail = std::str::from_utf8(detail).ok()?;
         let (from, rest) = detail.strip_prefix("events ")?.split_once("..=")?;
         let through = rest.split(' ').next()?;
