@@ -50,13 +50,16 @@ pub(crate) fn anchor(conn: &Connection) -> Result<Option<Anchor>, AuditError> {
     Ok(Some(Anchor { from, through, hash }))
 }
 
+/// A checkpoint row as stored: head hash, time, key id, signature.
+type CheckpointRow = (Vec<u8>, i64, String, Vec<u8>);
+
 /// Proves `a` with the checkpoint stored at exactly `a.through`: it must name `a.hash` and
 /// verify under one of `keys`. `Ok(Err(why))` names what is missing; a forged anchor (any
 /// sequence, any hash) has no such checkpoint, since only the signing key can make one.
 pub(crate) fn prove(conn: &Connection, a: &Anchor, keys: &[VerifyingKey]) -> Result<Result<(), String>, AuditError> {
     // Read here rather than through `db` (this module is a leaf; `db` reaches it through the
     // tenant index). Values of the wrong type are an edit, reported as such.
-    let row: rusqlite::Result<Option<(Vec<u8>, i64, String, Vec<u8>)>> = conn
+    let row: rusqlite::Result<Option<CheckpointRow>> = conn
         .prepare_cached("SELECT head_hash, time_ms, key_id, signature FROM main.checkpoints WHERE sequence = ?1")?
         .query_row([a.through], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional();
