@@ -140,3 +140,53 @@ pub(super) fn retired_at_open(key_id: &str) -> AuditError {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::{Action, AuditRecord, Outcome};
+
+    /// A log of 10 events, archived by hand through 5 with the checkpoint at 5 signed by
+    /// `cp_key`, plus 2 more events after the anchor; returns the file and this writer's
+    /// `written` (event 5).
+    fn archived_at_5(dir: &tempfile::TempDir, own: &SigningKey, cp_key: &SigningKey) -> (Connection, (i64, [u8; 32])) {
+        let mut conn = db::open_writer(&dir.path().join("audit.db"), &own.verifying_key(), None).unwrap();
+        let rec = AuditRecord::new(Action::TokenMinted, Outcome::Ok).caller("c", "").request("r", "local");
+        let tx = conn.transaction().unwrap();
+        let mut links = Vec::new();
+        let written = db::append_in_tx(&tx, 1, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
+        db::put_checkpoint(&tx, cp_key, written.0, written.1).unwrap();
+        db::append_in_tx(&tx, 2, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
+        tx.execute(
+            "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+             VALUES (5, 1, ?1, zeroblob(32), 'a.db', 0)",
+            [&written.1[..]],
+        )
+        .unwrap();
+        tx.execute("DELETE FROM events WHERE sequence <= 5", []).unwrap();
+        tx.commit().unwrap();
+        (conn, written)
+    }
+
+    #[test]
+    fn an_archived_written_event_is_accepted_only_under_an_anchor_signed_by_the_writers_key() {
+        let own = SigningKey::from_bytes(&[1; 32]);
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, written) = archived_at_5(&dir, &own, &own);
+        let tx = conn.transaction().unwrap();
+        assert!(still_holds(&tx, written, &own.verifying_key()).is_ok());
+        // The anchor at this writer's own event, with another hash: altered.
+        assert!(still_holds(&tx, (5, [9; 32]), &own.verifying_key()).is_err());
+        // Events after the anchor deleted: the head fell below it.
+        tx.execute("DELETE FROM events", []).unwrap();
+        assert!(still_holds(&tx, written, &own.verifying_key()).is_err());
+        drop(tx);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, written) = archived_at_5(&dir, &own, &other);
+        let tx = conn.transaction().unwrap();
+        let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
+    }
+}
