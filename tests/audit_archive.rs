@@ -266,8 +266,55 @@ async fn archive_beside_a_running_server_keeps_it_serving_and_verifying() {
     // server's writer last wrote (and checks before its next append).
     let mut auditor = ts.audit_client("auditor").await;
     let cp = auditor.get_checkpoint(pb::GetCheckpointRequest {}).await.unwrap().into_inner();
-    let done = archive(&["--through", &cp.sequence.to_string(), "--out", out.to_str().unwrap()]);
+    // Token load during the archive, with a reader holding an old snapshot meanwhile (a page
+    // being read, the tenant indexer): the archive must never hold the write lock waiting
+    // for readers (regression: its WAL checkpoint(TRUNCATE) did, and every request got
+    // UNAVAILABLE for up to two seconds).
+    let reader = audit::open_reader(&ts.audit_db()).unwrap();
+    let pinned = reader.unchecked_transaction().unwrap();
+    pinned.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, mut tokens) = (stop.clone(), ts.token_client("token-caller").await);
+        tokio::spawn(async move {
+            let (mut ok, mut unavailable) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match tokens.get_access_token(get()).await {
+                    Ok(_) => ok += 1,
+                    Err(e) if e.code() == tonic::Code::Unavailable => unavailable += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            (ok, unavailable)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let args = ["--through".to_owned(), cp.sequence.to_string(), "--out".to_owned(), out.display().to_string()];
+    let done = {
+        let (db, key) = (db.clone(), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_bin(
+                &[
+                    &["--db", db.to_str().unwrap(), "--master-key-file", key.to_str().unwrap(), "audit", "archive"][..],
+                    &args[..],
+                ]
+                .concat(),
+                "",
+            )
+        })
+        .await
+        .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, unavailable) = load.await.unwrap();
+    drop(pinned);
+    drop(reader);
     assert_ok(&done);
+    assert!(ok > 5, "tokens flowed during the archive ({ok})");
+    assert_eq!(unavailable, 0, "requests failed UNAVAILABLE during the archive ({ok} succeeded)");
     let (_, through) = archived_range(&done);
     assert_eq!(through, cp.sequence);
 
@@ -368,4 +415,190 @@ async fn the_tenant_index_drops_archived_rows_without_a_rebuild() {
     assert_eq!(page.len(), 20);
     assert!(page.iter().all(|e| e.sequence > through));
     log.shutdown().await;
+}
+
+/// `audit verify --public-key` (offline) of a test server's audit log, with `archives`.
+fn offline_verify(ts: &TestServer, archives: &[&Path]) -> std::process::Output {
+    let public = ts.dir.path().join("audit.pub");
+    std::fs::write(&public, audit::encode_public_key(&audit_verifying_key(&ts.vault()))).unwrap();
+    let db = ts.audit_db();
+    let mut args =
+        vec!["--audit-db", db.to_str().unwrap(), "audit", "verify", "--public-key", public.to_str().unwrap()];
+    for a in archives {
+        args.extend(["--archive", a.to_str().unwrap()]);
+    }
+    run_bin(&args, "")
+}
+
+/// Regression: a forged `archives` row (any sequence, any hash) made a running writer accept
+/// that its newest events were deleted, chain new events from the older head and sign them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_anchor_does_not_let_a_running_writer_sign_over_deleted_newest_events() {
+    let mut ts = TestServer::start().await;
+    ts.register("acme", 0).await;
+    let mut tokens = ts.token_client("token-caller").await;
+    let get = || pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 };
+    for _ in 0..10 {
+        tokens.get_access_token(get()).await.unwrap();
+    }
+    let mut auditor = ts.audit_client("auditor").await;
+    auditor.get_checkpoint(pb::GetCheckpointRequest {}).await.unwrap();
+
+    // With write access to the file: a forged anchor, and the newest three events deleted
+    // (in one transaction, so they include the newest the server's writer committed).
+    let mut c = rusqlite::Connection::open(ts.audit_db()).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    let head: i64 = tx.query_row("SELECT max(sequence) FROM events", [], |r| r.get(0)).unwrap();
+    tx.execute(
+        "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+         VALUES (?1, 1, zeroblob(32), zeroblob(32), 'forged.db', 0)",
+        [1_i64 << 40],
+    )
+    .unwrap();
+    tx.execute("DELETE FROM events WHERE sequence > ?1", [head - 3]).unwrap();
+    tx.commit().unwrap();
+    drop(c);
+
+    // The next commit fails closed, and so does everything after it.
+    let e = auditor.get_checkpoint(pb::GetCheckpointRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    let e = tokens.get_access_token(get()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    let c = audit::open_reader(&ts.audit_db()).unwrap();
+    let now: i64 = c.query_row("SELECT max(sequence) FROM events", [], |r| r.get(0)).unwrap();
+    assert_eq!(now, head - 3, "nothing was chained from the older head");
+    drop(c);
+    ts.stop().await;
+    let v = offline_verify(&ts, &[]);
+    assert!(!v.status.success(), "offline verify must not pass: {}", stdout(&v));
+    assert!(String::from_utf8_lossy(&v.stderr).contains(&format!("archive anchor at {}", 1_i64 << 40)));
+}
+
+/// A copy of `f`'s audit log with `tamper` applied, and `audit verify` of it (live log alone).
+fn verify_tampered_copy(f: &Files, name: &str, tamper: &str) -> std::process::Output {
+    let copy = f.s.path(name);
+    let c = audit::open_reader(&f.audit_db()).unwrap();
+    c.execute("VACUUM INTO ?1", [copy.to_str().unwrap()]).unwrap();
+    drop(c);
+    let c = rusqlite::Connection::open(&copy).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.execute_batch(tamper).unwrap();
+    drop(c);
+    let key = f.public_key();
+    run_bin(&["--audit-db", copy.to_str().unwrap(), "audit", "verify", "--public-key", key.to_str().unwrap()], "")
+}
+
+/// Regression: the live log verified alone trusted its archive anchor, so moving the anchor to
+/// any event S (its hash is event S+1's prev_hash) and deleting events 1..=S verified OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_or_forged_anchor_fails_verification_of_the_live_log() {
+    let f = Files::new();
+    let signed = f.append_signed_then(60, 20, "acme").await;
+    assert_ok(&f.verify(&[], true));
+    let forge = |s: i64, delete: bool| {
+        format!(
+            "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+             SELECT {s}, 1, prev_hash, zeroblob(32), 'forged.db', 0 FROM events WHERE sequence = {s} + 1; {}",
+            if delete {
+                format!("DELETE FROM events WHERE sequence <= {s}; DELETE FROM checkpoints WHERE sequence < {s};")
+            } else {
+                String::new()
+            }
+        )
+    };
+    // At an event no checkpoint signs: the anchor is named.
+    assert!(signed > 30);
+    let out = verify_tampered_copy(&f, "moved.db", &forge(30, true));
+    assert_fails_with(&out, &["does NOT verify", "archive anchor at 30", "no signed checkpoint at 30"]);
+    // At a signed checkpoint, oldest events deleted: no audit_archived record names the range.
+    let out = verify_tampered_copy(&f, "cut.db", &forge(signed, true));
+    assert_fails_with(&out, &["does NOT verify", &format!("archive anchor at {signed} is not recorded in the log")]);
+    // Forged, with the events left in place.
+    let out = verify_tampered_copy(&f, "kept.db", &forge(signed, false));
+    assert_fails_with(&out, &["does NOT verify", &format!("archive anchor at {signed} is not recorded in the log")]);
+}
+
+/// Regression: the tenant indexer dropped index rows up to any `archives` row, so a forged
+/// anchor (no event deleted) hid every live event from tenant-filtered queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_anchor_does_not_hide_events_from_tenant_queries() {
+    let f = Files::new();
+    let log = AuditLog::open(&f.audit_db(), f.vault().audit_signing_key().unwrap(), AuditConfig::default()).unwrap();
+    append_to(&log, 100, "acme").await;
+    let wait_indexed = |head: i64| {
+        let log = log.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while log.tenant_index_through() < head {
+                assert!(std::time::Instant::now() < deadline, "index stuck at {}", log.tenant_index_through());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_indexed(f.head()).await;
+    let c = rusqlite::Connection::open(f.audit_db()).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.execute(
+        "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+         VALUES (?1, 1, zeroblob(32), zeroblob(32), 'forged.db', 0)",
+        [1_i64 << 40],
+    )
+    .unwrap();
+    drop(c);
+    append_to(&log, 20, "acme").await;
+    // Indexed past the new events: a step ran after the forged row was written.
+    wait_indexed(f.head()).await;
+    let page =
+        log.list(AuditFilter { tenant_id: Some("acme".into()), ..Default::default() }, None, 1000).await.unwrap();
+    assert_eq!(page.len(), 120, "every live event is listed");
+    let index = rusqlite::Connection::open(audit::tenant_index_path(&f.audit_db())).unwrap();
+    let rows: i64 = index.query_row("SELECT count(*) FROM tenant_events", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 120);
+    assert_eq!(log.tenant_index_rebuilds(), 1, "an anchor that does not prove is damage: the index starts over");
+    log.shutdown().await;
+}
+
+/// Regression: a `kill -9` during `audit archive` left `.NAME.partial-PID` (and its journal)
+/// for good; the next run for the same `--out` removes those of dead processes. A complete
+/// `--out` that no record names (killed before the commit point) is named "not recorded"
+/// by verification, not reported as a confusing overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_archive_leaves_nothing_that_counts() {
+    let f = Files::new();
+    f.append(100, "acme").await;
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    let live = std::process::id();
+    for name in
+        [format!(".a.db.partial-{dead}"), format!(".a.db.partial-{dead}-journal"), format!(".a.db.partial-{live}")]
+    {
+        std::fs::write(f.s.path(&name), b"half an archive").unwrap();
+    }
+
+    // What a run killed between writing `--out` and recording it leaves: a complete file
+    // (here: made from a copy of the log, so the real log never records it).
+    let copy = f.s.path("copy-audit.db");
+    let c = audit::open_reader(&f.audit_db()).unwrap();
+    c.execute("VACUUM INTO ?1", [copy.to_str().unwrap()]).unwrap();
+    drop(c);
+    rusqlite::Connection::open(&copy).unwrap().pragma_update(None, "journal_mode", "WAL").unwrap();
+    let stray = f.s.path("stray.db");
+    assert_ok(&f.s.run_k(
+        &["--audit-db", copy.to_str().unwrap(), "audit", "archive", "--before", "0m", "--out", stray.to_str().unwrap()],
+        "",
+    ));
+
+    let a = f.s.path("a.db");
+    assert_ok(&f.archive(&["--before", "0m"], &a));
+    let mut left = partial_files(f.s.dir.path());
+    left.sort();
+    assert_eq!(left, vec![format!(".a.db.partial-{live}")], "only the partial of a running process stays");
+
+    assert_ok(&f.verify(&[&a], true));
+    assert_fails_with(&f.verify(&[&stray, &a], true), &["does NOT verify", "stray.db is not recorded in the log"]);
 }

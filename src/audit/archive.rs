@@ -16,7 +16,15 @@
 //!    checkpoint covered yet are signed late, with an `unsigned_tail_signed` record.)
 //! 4. Delete the archived rows in short transactions of [`CHUNK`] rows, so a running
 //!    server's writer (busy timeout 250 ms) never waits long; then return the freed pages
-//!    with `PRAGMA incremental_vacuum` in short steps and truncate the WAL.
+//!    with `PRAGMA incremental_vacuum` in short steps and a passive WAL checkpoint (one
+//!    that never waits for readers, so a running server's writer is never held up).
+//!
+//! Interrupted runs: a `kill -9` while writing leaves `.NAME.partial-PID` (and its
+//! `-journal`) beside `--out`; the next run for the same name removes those of dead
+//! processes. Killed between the hard link and step 3, it leaves a complete `--out` that no
+//! `audit_archived` record names: that file is **not part of the chain** (verification
+//! requires the record, and names such a file "not recorded in the log"); delete it and
+//! archive again.
 //!
 //! Deviation from "delete and record in one transaction": deleting a long retention period
 //! in one transaction would hold SQLite's write lock for seconds and fail a running server's
@@ -31,7 +39,6 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use sha2::{Digest, Sha256};
 
 use super::anchor::anchor;
 use super::chain::{Checkpoint, GENESIS_HASH};
@@ -114,6 +121,34 @@ fn sync_dir(file: &Path) {
     }
 }
 
+/// Removes what an `audit archive` for the same `--out` name killed mid-write left beside it:
+/// `.NAME.partial-PID` and its `-journal`, when process PID is gone (or is this process: a
+/// reused id). A live process's partial is left alone (another run is writing it). Best
+/// effort: a partial never counts for anything, it only takes space and would block the
+/// `create_new` of a later run with the same process id.
+fn remove_stale_partials(out: &Path, file_name: &str) {
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!(".{file_name}.partial-");
+    let own = std::process::id().to_string();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let pid = rest.strip_suffix("-journal").unwrap_or(rest);
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // Linux: a running process has /proc/PID.
+        if pid == own || !Path::new("/proc").join(pid).exists() {
+            let path = entry.path();
+            if std::fs::remove_file(&path).is_ok() {
+                tracing::info!(file = %path.display(), "removed a partial archive left by an interrupted run");
+            }
+        }
+    }
+    sync_dir(out);
+}
+
 /// Archives the events of the audit database `live` up to the cut into the new file `out`
 /// and shrinks `live` (see the module docs). `vacuum` rewrites a file made without
 /// incremental auto-vacuum (only when no server holds it: the caller checks). `caller`
@@ -135,6 +170,7 @@ pub fn archive_blocking(
     if file_name.is_empty() {
         return Err(refused("--out", "give a file name".into()));
     }
+    remove_stale_partials(out, &file_name);
     let bytes_before = log_bytes(live);
 
     // 1 and 2: the cut and the archive, from one read snapshot.
@@ -164,7 +200,7 @@ pub fn archive_blocking(
     let events = archive_file::write(&snapshot, &tmp, start, &cp, &source)?;
     snapshot.finish()?;
     drop(reader);
-    let sha256 = file_sha256(&tmp)?;
+    let sha256 = archive_file::sha256(&tmp)?;
     std::fs::hard_link(&tmp, out).map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => {
             refused("--out", format!("{} exists; an archive never replaces a file", out.display()))
@@ -196,6 +232,9 @@ pub fn archive_blocking(
     // 4: shrink. Failures here leave garbage below the anchor, finished by the next run.
     prune(&conn, through)?;
     let shrink = shrink(&conn, vacuum)?;
+    // Measured after closing: this being the last connection, SQLite checkpoints and removes
+    // the WAL; beside a running server the WAL stays (reused) and is counted.
+    drop(conn);
     Ok(ArchiveReport {
         from_sequence: from,
         through_sequence: through,
@@ -228,12 +267,6 @@ fn pick(conn: &Connection, cut: Cut) -> Result<Checkpoint, AuditError> {
     let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE {sql} ORDER BY sequence DESC LIMIT 1");
     let found = conn.query_row(&sql, [value], checkpoint_from_row).optional()?.transpose()?;
     found.ok_or(AuditError::Refused { field, reason: none })
-}
-
-fn file_sha256(path: &Path) -> Result<[u8; 32], AuditError> {
-    let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
-    Ok(h.finalize().into())
 }
 
 /// The commit point: anchor, record, checkpoint, in one transaction. Returns the record's
@@ -317,7 +350,7 @@ fn prune(conn: &Connection, through: i64) -> Result<(), AuditError> {
     Ok(())
 }
 
-/// Returns the freed pages to the file system (see [`Shrink`]) and truncates the WAL.
+/// Returns the freed pages to the file system (see [`Shrink`]) and checkpoints the WAL passively.
 fn shrink(conn: &Connection, vacuum: bool) -> Result<Shrink, AuditError> {
     let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
     let shrink = if mode == 2 {
@@ -338,8 +371,12 @@ fn shrink(conn: &Connection, vacuum: bool) -> Result<Shrink, AuditError> {
     } else {
         Shrink::Reused
     };
-    // Best effort: a reader of a running server may hold the WAL for a moment; the WAL is
-    // then truncated at its next checkpoint.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    // PASSIVE, never TRUNCATE or RESTART: those wait (busy handler, seconds) for a running
+    // server's readers while holding the write lock, and the server's writer (250 ms busy
+    // timeout) would fail its commits meanwhile: every request UNAVAILABLE. A passive
+    // checkpoint copies what no reader pins back into the file (which then shrinks) and
+    // never blocks; the WAL file keeps its size and is reused (SQLite removes it when the
+    // last connection closes).
+    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     Ok(shrink)
 }

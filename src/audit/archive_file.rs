@@ -89,6 +89,14 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, ArchiveMeta), AuditError>
     Ok((conn, ArchiveMeta { anchor_sequence, anchor_hash, through_sequence, head_hash, created_ms, source }))
 }
 
+/// The SHA-256 of the file at `path` (what the `audit_archived` record names).
+pub(crate) fn sha256(path: &Path) -> Result<[u8; 32], AuditError> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    Ok(h.finalize().into())
+}
+
 /// Writes the archive of events `anchor.0+1..=cut.sequence` from `live` (a connection inside
 /// a read transaction, so one snapshot) into the new file `path` (created with mode 0600;
 /// refused if it exists), fsynced. Returns the number of events. Fails, leaving the file

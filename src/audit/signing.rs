@@ -9,7 +9,7 @@
 //!   signed at once, in one transaction with an `unsigned_tail_signed` record naming the
 //!   range: the signature freezes the tail from then on and the record says it was late.
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::chain::Checkpoint;
@@ -31,7 +31,19 @@ pub(super) fn retired(key_id: &str) -> AuditError {
 /// in the file with the hash it wrote. Anything else means the rows were edited, deleted
 /// or replaced (a recomputed chain changes that hash too): the writer then neither appends
 /// nor signs, so an altered log is never signed over.
-pub(super) fn still_holds(tx: &rusqlite::Transaction<'_>, (seq, hash): (i64, [u8; 32])) -> Result<(), AuditError> {
+///
+/// The one exception is `audit archive`, which moves events out: a missing event is
+/// accepted only when the anchor covers it *and is proven* (`anchor::prove`: the checkpoint
+/// at exactly the anchor names its hash and verifies under `own`, this writer's key; a
+/// checkpoint by any other key fails closed), the anchor at this writer's own event has the
+/// hash it wrote, and the head is at or past the anchor. An `archives` row alone is
+/// writable by anyone with the file: trusting it let a forged row hide deleted newest events
+/// and have the writer chain (and sign) from an older head.
+pub(super) fn still_holds(
+    tx: &rusqlite::Transaction<'_>,
+    (seq, hash): (i64, [u8; 32]),
+    own: &VerifyingKey,
+) -> Result<(), AuditError> {
     if seq == 0 {
         return Ok(());
     }
@@ -40,18 +52,43 @@ pub(super) fn still_holds(tx: &rusqlite::Transaction<'_>, (seq, hash): (i64, [u8
     if found.as_deref() == Some(&hash[..]) {
         return Ok(());
     }
-    // `audit archive` moved it out (it is at or below the anchor, and the anchor's own event
-    // has the hash this writer wrote): not an alteration. The writer goes on from the head.
-    if found.is_none()
-        && let Some(a) = super::anchor::anchor(tx)?
-        && (seq < a.through || (seq == a.through && hash == a.hash))
-    {
-        return Ok(());
-    }
-    let what = if found.is_none() { "is gone" } else { "no longer has the hash this writer committed" };
+    let what = match (&found, super::anchor::anchor(tx)?) {
+        (Some(_), _) => "no longer has the hash this writer committed".to_owned(),
+        (None, None) => "is gone".to_owned(),
+        (None, Some(a)) => match archived_away(tx, seq, hash, &a, own)? {
+            Ok(()) => return Ok(()),
+            Err(why) => format!("is gone, and the archive anchor at {} does not account for it: {why}", a.through),
+        },
+    };
     let reason = format!("event {seq} {what}: the audit database was altered under the running server");
     tracing::error!(sequence = seq, "ALARM: {reason}; refusing to append or sign until an operator investigates");
     Err(AuditError::Altered(reason))
+}
+
+/// Whether the missing event `seq` (hash `hash`, written by this writer) was moved out by
+/// `audit archive` under the anchor `a` (see [`still_holds`]); `Err(why)` when not.
+fn archived_away(
+    tx: &rusqlite::Transaction<'_>,
+    seq: i64,
+    hash: [u8; 32],
+    a: &super::anchor::Anchor,
+    own: &VerifyingKey,
+) -> Result<Result<(), String>, AuditError> {
+    if a.through < seq {
+        return Ok(Err(format!("it ends below event {seq}")));
+    }
+    if a.through == seq && a.hash != hash {
+        return Ok(Err("it names another hash for this writer's newest event".into()));
+    }
+    if let Err(why) = super::anchor::prove(tx, a, std::slice::from_ref(own))? {
+        return Ok(Err(why));
+    }
+    // Never chain from a head below what this writer wrote (or below the anchor).
+    let (head, _) = db::head(tx)?;
+    if head < a.through {
+        return Ok(Err(format!("the newest event left is {head}, below the anchor")));
+    }
+    Ok(Ok(()))
 }
 
 /// Signs and stores a checkpoint of `(seq, hash)` in `tx`, unless the key `key_id` has been
@@ -101,5 +138,55 @@ pub(super) fn retired_at_open(key_id: &str) -> AuditError {
              {key_id}: a signing-key rotation did not complete in the vault database (or this is another vault's \
              audit log); restore the vault and audit databases from one backup"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::{Action, AuditRecord, Outcome};
+
+    /// A log of 10 events, archived by hand through 5 with the checkpoint at 5 signed by
+    /// `cp_key`, plus 2 more events after the anchor; returns the file and this writer's
+    /// `written` (event 5).
+    fn archived_at_5(dir: &tempfile::TempDir, own: &SigningKey, cp_key: &SigningKey) -> (Connection, (i64, [u8; 32])) {
+        let mut conn = db::open_writer(&dir.path().join("audit.db"), &own.verifying_key(), None).unwrap();
+        let rec = AuditRecord::new(Action::TokenMinted, Outcome::Ok).caller("c", "").request("r", "local");
+        let tx = conn.transaction().unwrap();
+        let mut links = Vec::new();
+        let written = db::append_in_tx(&tx, 1, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
+        db::put_checkpoint(&tx, cp_key, written.0, written.1).unwrap();
+        db::append_in_tx(&tx, 2, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
+        tx.execute(
+            "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+             VALUES (5, 1, ?1, zeroblob(32), 'a.db', 0)",
+            [&written.1[..]],
+        )
+        .unwrap();
+        tx.execute("DELETE FROM events WHERE sequence <= 5", []).unwrap();
+        tx.commit().unwrap();
+        (conn, written)
+    }
+
+    #[test]
+    fn an_archived_written_event_is_accepted_only_under_an_anchor_signed_by_the_writers_key() {
+        let own = SigningKey::from_bytes(&[1; 32]);
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, written) = archived_at_5(&dir, &own, &own);
+        let tx = conn.transaction().unwrap();
+        assert!(still_holds(&tx, written, &own.verifying_key()).is_ok());
+        // The anchor at this writer's own event, with another hash: altered.
+        assert!(still_holds(&tx, (5, [9; 32]), &own.verifying_key()).is_err());
+        // Events after the anchor deleted: the head fell below it.
+        tx.execute("DELETE FROM events", []).unwrap();
+        assert!(still_holds(&tx, written, &own.verifying_key()).is_err());
+        drop(tx);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, written) = archived_at_5(&dir, &own, &other);
+        let tx = conn.transaction().unwrap();
+        let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
     }
 }

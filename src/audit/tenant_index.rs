@@ -83,13 +83,20 @@ pub(crate) fn trusted_through(conn: &Connection) -> i64 {
         }
         match event_hash(conn, through)? {
             Some(h) if h == hash => Ok(through),
-            // Archived (`audit archive`): no live event is at or below it, so the index
-            // hides none; the scan after it covers the rest.
-            None if through <= super::anchor::archived_through(conn) => Ok(through),
+            // Archived (`audit archive`): trusted only when no live event is at or below it,
+            // checked here rather than taken from the `archives` row (writable by anyone
+            // with the file): then the index hides none, and the scan after it covers the rest.
+            None if no_event_through(conn, through)? => Ok(through),
             _ => Ok(0),
         }
     };
     trusted().unwrap_or(0)
+}
+
+/// True when the audit database holds no event at or below `through`.
+fn no_event_through(conn: &Connection, through: i64) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM main.events WHERE sequence <= ?1)")?
+        .query_row([through], |r| r.get(0))
 }
 
 /// Set by a reader that could not read the index file: the indexer checks the file.

@@ -16,6 +16,13 @@
 //! exception is asked for explicitly ([`VerifyOptions::allow_unsigned_tail`]: a log copied
 //! from a crashed server) and is reported as a warning saying what is not proven.
 //!
+//! **Archives are proven like hand-overs.** A live log verified alone starts at its archive
+//! anchor only when a checkpoint stored at exactly the anchor names the anchor's hash and
+//! verifies under the key chain in use, and an `audit_archived` record later in the chain
+//! names exactly the archived range; each archive file given must be named (range and
+//! SHA-256) by such a record. An `archives` row is writable by anyone with the file, so
+//! without these a moved anchor would hide deleted events.
+//!
 //! Here: the entry points and the one-snapshot read that feeds the walk. The walk itself
 //! (hashes, checkpoints, hand-overs, the unsigned tail) is in `verify_walk`; the options and
 //! the report in `verify_report`.
@@ -31,8 +38,9 @@ use super::archive_file::{self, ArchiveMeta};
 use super::chain::{Checkpoint, GENESIS_HASH};
 use super::db::{EVENT_COLUMNS, checkpoint_from_row, open_reader};
 use super::handover;
+use super::record::Action;
 use super::verify_report::{External, ExternalSource, VerifyOptions, VerifyReport, source_name};
-use super::verify_walk::{Walk, is_type_error};
+use super::verify_walk::{ArchivedRecord, Walk, is_type_error};
 use crate::crypto::secret::hex;
 
 /// Verifies the audit database at `db_path` (opened read-only) strictly, starting from
@@ -110,22 +118,34 @@ pub fn verify_chain(
     let mut opened = Vec::with_capacity(archives.len());
     for p in archives {
         let (conn, meta) = archive_file::open(p)?;
-        opened.push((format!("archive {}", p.display()), conn, meta));
+        let sha256 = hex(&archive_file::sha256(p)?);
+        opened.push((format!("archive {}", p.display()), conn, meta, sha256));
     }
-    opened.sort_by_key(|(_, _, m)| (m.anchor_sequence, m.through_sequence));
+    opened.sort_by_key(|(_, _, m, _)| (m.anchor_sequence, m.through_sequence));
     let live = live.map(open_reader).transpose()?;
-    let mut segments: Vec<Segment<'_>> =
-        opened.iter().map(|(name, conn, meta)| Segment { conn, archive: Some((name.clone(), meta.clone())) }).collect();
+    let mut segments: Vec<Segment<'_>> = opened
+        .iter()
+        .map(|(name, conn, meta, sha)| Segment { conn, archive: Some((name.clone(), meta.clone(), sha.clone())) })
+        .collect();
     if let Some(conn) = &live {
         segments.push(Segment { conn, archive: None });
     }
     verify_segments(&segments, root, opts)
 }
 
-/// One file of a chain: an archive (its name and what it says it holds), or the live log.
+/// One file of a chain: an archive (its name, what it says it holds, and its SHA-256 in
+/// hex), or the live log.
 struct Segment<'c> {
     conn: &'c Connection,
-    archive: Option<(String, ArchiveMeta)>,
+    archive: Option<(String, ArchiveMeta, String)>,
+}
+
+/// An archive (or a live log's anchor) that an `audit_archived` record later in the chain
+/// must name: what to call it, the range, and the file's SHA-256 when there is a file.
+struct Required {
+    what: String,
+    range: (i64, i64),
+    sha256: Option<String>,
 }
 
 type Externals<'e> = std::iter::Peekable<std::vec::IntoIter<&'e External>>;
@@ -151,12 +171,67 @@ fn verify_segments(
     let mut external: Vec<&External> = opts.external.iter().collect();
     external.sort_by_key(|e| e.checkpoint.sequence);
     let mut external = external.into_iter().peekable();
+    if let Some(name) = unrecorded_overlap(segments)? {
+        return Ok(walk.fail(
+            None,
+            format!(
+                "archive {name} is not recorded in the log: it overlaps another archive given, and no audit_archived \
+                 record in the files given names its range and SHA-256 (left by an interrupted `audit archive`? it is \
+                 not part of the chain)"
+            ),
+        ));
+    }
+    let mut required = Vec::new();
     for (i, seg) in segments.iter().enumerate() {
-        if let Some(report) = walk_segment(&mut walk, seg, i, i + 1 == segments.len(), &mut external)? {
+        if let Some(report) = walk_segment(&mut walk, seg, i, i + 1 == segments.len(), &mut external, &mut required)? {
             return Ok(report);
         }
     }
-    Ok(walk.finish())
+    // Like a hand-over, an archive counts only when the chain itself says so: its
+    // `audit_archived` record, after it, names its range (and the file's SHA-256).
+    walk.place = None;
+    for r in &required {
+        if let Err(report) = walk.require_recorded(&r.what, r.range, r.sha256.as_deref()) {
+            return Ok(*report);
+        }
+    }
+    let unrecorded = segments.last().and_then(|s| s.archive.as_ref()).map(|(name, _, _)| name.clone());
+    let mut report = walk.finish();
+    if let Some(name) = unrecorded {
+        report.detail.push_str(&format!(
+            "; the audit_archived record of {name} is in the live log, which was not verified here"
+        ));
+    }
+    Ok(report)
+}
+
+/// When archives given overlap (what an archive left by an interrupted run and its rerun
+/// do), the first of them that no `audit_archived` record in any file given names (range and
+/// SHA-256): so the report names the stray file rather than an overlap. Only for the message:
+/// the records are read unverified (the walk fails on the overlap either way).
+fn unrecorded_overlap(segments: &[Segment<'_>]) -> Result<Option<String>, AuditError> {
+    let archives: Vec<_> = segments.iter().filter_map(|s| s.archive.as_ref()).collect();
+    let overlapping: Vec<usize> = (1..archives.len())
+        .filter(|&i| archives[i].1.anchor_sequence < archives[i - 1].1.through_sequence)
+        .flat_map(|i| [i - 1, i])
+        .collect();
+    if overlapping.is_empty() {
+        return Ok(None);
+    }
+    let mut recorded = Vec::new();
+    for seg in segments {
+        let mut stmt = seg.conn.prepare("SELECT sequence, detail FROM events WHERE action = ?1")?;
+        let mut rows = stmt.query([Action::AuditArchived.as_str()])?;
+        while let Some(r) = rows.next()? {
+            let (Ok(sequence), Ok(detail)) = (r.get::<_, i64>(0), r.get::<_, String>(1)) else { continue };
+            recorded.extend(ArchivedRecord::parse(sequence, detail.as_bytes()));
+        }
+    }
+    let named = |(_, m, sha): &&(String, ArchiveMeta, String)| {
+        recorded.iter().any(|r| (r.from, r.through) == (m.anchor_sequence + 1, m.through_sequence) && r.sha256 == *sha)
+    };
+    let stray = overlapping.into_iter().map(|i| &archives[i]).find(|a| !named(a));
+    Ok(stray.map(|(name, _, _)| name.trim_start_matches("archive ").to_owned()))
 }
 
 /// Walks one file from where it says it starts; `Some(report)` when something fails.
@@ -166,15 +241,17 @@ fn walk_segment(
     index: usize,
     last: bool,
     external: &mut Externals<'_>,
+    required: &mut Vec<Required>,
 ) -> Result<Option<VerifyReport>, AuditError> {
     // One read transaction: events, checkpoints and hand-overs from the same snapshot.
     let tx = seg.conn.unchecked_transaction()?;
+    let live_anchor = if seg.archive.is_none() { anchor(&tx)? } else { None };
     let start = match &seg.archive {
-        Some((_, m)) => (m.anchor_sequence, m.anchor_hash),
-        None => anchor(&tx)?.map_or((0, GENESIS_HASH), |a| (a.through, a.hash)),
+        Some((_, m, _)) => (m.anchor_sequence, m.anchor_hash),
+        None => live_anchor.map_or((0, GENESIS_HASH), |a| (a.through, a.hash)),
     };
     walk.place = match &seg.archive {
-        Some((name, _)) => Some(name.clone()),
+        Some((name, _, _)) => Some(name.clone()),
         None if index > 0 => Some("the live log".to_owned()),
         None => None,
     };
@@ -212,6 +289,24 @@ fn walk_segment(
     let mut events = ev_stmt.query([])?;
 
     let mut next_cp = read_checkpoint(cps.next()?)?;
+    if alone && let Some(a) = live_anchor {
+        // The anchor is trusted only as far as its checkpoint's signature (checked below,
+        // under the key in force there) and its record (checked at the end) go.
+        if !matches!(&next_cp, Some(Ok(c)) if c.sequence == a.through) {
+            return Ok(Some(walk.fail(
+                Some(a.from.min(a.through)),
+                format!(
+                    "the archive anchor at {} has no signed checkpoint at {} (a forged or moved anchor: events                      before it were deleted, not archived)",
+                    a.through, a.through
+                ),
+            )));
+        }
+        required.push(Required {
+            what: format!("the archive anchor at {}", a.through),
+            range: (a.from, a.through),
+            sha256: None,
+        });
+    }
     loop {
         // Everything at or below the verified head (sequence 0 before any event): stored
         // checkpoints (signed by the key in force), then hand-overs, then external ones
@@ -254,7 +349,14 @@ fn walk_segment(
             walk.fail(Some(bad), format!("hand-over at {at} but the log ends at {seq} (newest events deleted)")),
         ));
     }
-    if let Some((name, meta)) = &seg.archive {
+    if let Some((name, meta, sha256)) = &seg.archive {
+        if !last {
+            required.push(Required {
+                what: name.clone(),
+                range: (meta.anchor_sequence + 1, meta.through_sequence),
+                sha256: Some(sha256.clone()),
+            });
+        }
         if (seq, walk.hash()) != (meta.through_sequence, meta.head_hash) {
             return Ok(Some(walk.fail(
                 Some(bad.min(meta.through_sequence)),

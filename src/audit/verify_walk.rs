@@ -54,6 +54,29 @@ pub(super) struct Walk<'a> {
     pub(super) archives: Vec<String>,
     /// Kept or witnessed checkpoints below the live log's anchor (not checked here).
     pub(super) skipped_external: u64,
+    /// The `audit_archived` records met in the verified chain.
+    pub(super) recorded: Vec<ArchivedRecord>,
+}
+
+/// What an `audit_archived` record in the verified chain names: `events from..=through`
+/// and the archive file's SHA-256 (hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ArchivedRecord {
+    pub sequence: i64,
+    pub from: i64,
+    pub through: i64,
+    pub sha256: String,
+}
+
+impl ArchivedRecord {
+    /// Parses the detail `archive` writes: `events F..=T (...) archived to NAME (sha256 HEX); ...`.
+    pub(super) fn parse(sequence: i64, detail: &[u8]) -> Option<ArchivedRecord> {
+        let detail = std::str::from_utf8(detail).ok()?;
+        let (from, rest) = detail.strip_prefix("events ")?.split_once("..=")?;
+        let through = rest.split(' ').next()?;
+        let sha = detail.split_once("(sha256 ")?.1.get(..64)?;
+        Some(ArchivedRecord { sequence, from: from.parse().ok()?, through: through.parse().ok()?, sha256: sha.into() })
+    }
 }
 
 impl<'a> Walk<'a> {
@@ -74,6 +97,7 @@ impl<'a> Walk<'a> {
             archived_through: None,
             archives: Vec::new(),
             skipped_external: 0,
+            recorded: Vec::new(),
         }
     }
 
@@ -151,6 +175,11 @@ impl<'a> Walk<'a> {
         let hash = event_hash(&self.hash, seq, stored.time_ms, &fields);
         if stored.hash != hash {
             return Ok(Err(self.fail(Some(seq), format!("event {seq}: hash does not match its contents (edited)"))));
+        }
+        if fields.action == Action::AuditArchived.as_str().as_bytes()
+            && let Some(r) = ArchivedRecord::parse(seq, fields.detail)
+        {
+            self.recorded.push(r);
         }
         self.seq = seq;
         self.hash = hash;
@@ -267,6 +296,38 @@ impl<'a> Walk<'a> {
         }
         self.external += 1;
         self.sign_through(at);
+        Ok(())
+    }
+
+    /// Requires an `audit_archived` record after `through` in the verified chain naming
+    /// exactly `from..=through` (and, when given, the archive file's SHA-256): an archive (or
+    /// a live log's anchor) that no record names is not part of the chain. `what` names it.
+    pub(super) fn require_recorded(
+        &self,
+        what: &str,
+        (from, through): (i64, i64),
+        sha256: Option<&str>,
+    ) -> Result<(), Box<VerifyReport>> {
+        let names = |r: &&ArchivedRecord| r.sequence > through && (r.from, r.through) == (from, through);
+        let ranged: Vec<&ArchivedRecord> = self.recorded.iter().filter(names).collect();
+        if ranged.is_empty() {
+            return Err(self.bad(
+                Some(from),
+                format!(
+                    "{what} is not recorded in the log: no audit_archived record in the verified chain names events                      {from}..={through} (a forged or moved anchor, or a file that is not part of this chain)"
+                ),
+            ));
+        }
+        if let Some(sha) = sha256
+            && !ranged.iter().any(|r| r.sha256 == sha)
+        {
+            return Err(self.bad(
+                Some(from),
+                format!(
+                    "{what} is not recorded in the log: the audit_archived record of events {from}..={through} names                      another SHA-256 than the file's ({sha}; replaced or rewritten)"
+                ),
+            ));
+        }
         Ok(())
     }
 

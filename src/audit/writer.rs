@@ -280,7 +280,7 @@ impl Writer {
     ) -> Result<(i64, Option<Checkpoint>), AuditError> {
         self.links.clear();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        still_holds(&tx, self.written)?;
+        still_holds(&tx, self.written, &self.key.verifying_key())?;
         let time_ms = now_ms();
         let (seq, hash) = db::append_in_tx(&tx, time_ms, records.iter(), &mut self.links)?;
         let checkpoint =
@@ -298,7 +298,7 @@ impl Writer {
 
     fn write_checkpoint(&mut self) -> Result<Checkpoint, AuditError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        still_holds(&tx, self.written)?;
+        still_holds(&tx, self.written, &self.key.verifying_key())?;
         let (seq, hash) = db::head(&tx)?;
         let cp = sign_checkpoint(&tx, &self.key, &self.key_id, seq, hash)?;
         tx.commit()?;
@@ -315,7 +315,7 @@ impl Writer {
     fn probe(&mut self) -> Result<(), AuditError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // An altered file stays a failure: health must not come back on a log we refuse.
-        still_holds(&tx, self.written)?;
+        still_holds(&tx, self.written, &self.key.verifying_key())?;
         tx.prepare_cached("INSERT OR REPLACE INTO writer_probe (id, time_ms) VALUES (1, ?1)")?.execute([now_ms()])?;
         tx.commit()?;
         Ok(())
