@@ -209,3 +209,37 @@ async fn a_caller_over_its_budget_is_refused_with_retry_info_and_recorded_once_a
     assert_eq!(of("service/token-caller"), refused + late, "{all:?}");
     assert_eq!(of("service/stranger"), over, "{all:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_whose_record_cannot_be_written_within_the_bound_is_counted_as_lost() {
+    let mut ts = TestServer::start().await;
+    ts.vault().add_tenant(&new_tenant("a-acme"), &key(0), &UnauditedFixture).unwrap();
+    let mut tokens = ts.token_client("token-caller").await;
+    tokens.get_access_token(ask("a-acme", "first")).await.unwrap();
+
+    let blocker = rusqlite::Connection::open(ts.audit_db()).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    tokens.get_access_token(ask("a-acme", "in-the-gap")).await.unwrap();
+    // Locked past the append bound (2 s): the answered repeat's record is dropped, and
+    // counted, rather than kept forever.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    let mut lost = String::new();
+    for _ in 0..100 {
+        let m = ts.server().state.metrics_text().await;
+        lost = m.lines().find(|l| l.starts_with("pogo_vault_audit_unawaited_lost_total ")).unwrap().to_owned();
+        if lost.ends_with(" 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lost, "pogo_vault_audit_unawaited_lost_total 1");
+    ts.stop().await;
+    let minted = events(&ts, Action::TokenMinted);
+    assert!(
+        minted.iter().any(|e| e.record.detail.ends_with("[client_request_id=first]")),
+        "the disclosure is on record"
+    );
+    assert!(!minted.iter().any(|e| e.record.detail.contains("client_request_id=in-the-gap")));
+}

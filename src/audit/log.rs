@@ -159,6 +159,7 @@ impl AuditLog {
             queue_depth: s.queued.load(Ordering::Relaxed),
             records: s.records.load(Ordering::Relaxed),
             commit_failures: s.commit_failures.load(Ordering::Relaxed),
+            unawaited_lost: s.unawaited_lost.load(Ordering::Relaxed),
             commit_latency: s.clone(),
             healthy: self.is_healthy(),
             last_checkpoint_age_secs: if last == 0 { -1.0 } else { (now_ms() - last).max(0) as f64 / 1000.0 },

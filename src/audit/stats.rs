@@ -12,6 +12,9 @@ use super::witness::WitnessStatus;
 pub struct AuditStats {
     pub(super) records: AtomicU64,
     pub(super) commit_failures: AtomicU64,
+    /// Unawaited records (repeat disclosures) dropped because no commit took them within
+    /// the append bound: their first disclosures are on record, their own records are not.
+    pub(super) unawaited_lost: AtomicU64,
     pub(super) queued: AtomicU64,
     /// The head this process last committed.
     pub(super) head: AtomicI64,
@@ -25,6 +28,8 @@ pub struct AuditStatsSnapshot {
     pub queue_depth: u64,
     pub records: u64,
     pub commit_failures: u64,
+    /// Unawaited records (repeats) dropped after the append bound (see `AuditStats`).
+    pub unawaited_lost: u64,
     pub commit_latency: Arc<AuditStats>,
     pub healthy: bool,
     pub last_checkpoint_age_secs: f64,

@@ -87,15 +87,17 @@ impl Drop for Writer {
         // Also on a panic: a dead writer must never look healthy, and nothing may wait for
         // it. (After a normal stop the queue is already closed and empty.)
         self.shared.health.send_replace(false);
-        let (waiting, shutdown) = {
+        let (waiting, shutdown, lost) = {
             let mut q = lock(&self.shared.queue);
             q.closed = true;
+            let lost: usize = q.batches.iter().map(|b| b.unawaited.len()).sum();
             let mut waiting: Vec<Arc<Done>> = q.batches.drain(..).map(|b| b.done).collect();
             waiting.extend(q.in_flight.take().map(|(d, _)| d));
             q.queued = 0;
             q.checkpoint_waiters.clear();
-            (waiting, q.shutdown.take())
+            (waiting, q.shutdown.take(), lost)
         };
+        self.lost_unawaited(lost);
         for d in waiting {
             d.complete(Outcome::Unavailable("the audit writer stopped".into()));
         }
@@ -142,6 +144,7 @@ impl Writer {
                     self.shared.stats.queued.store(q.queued as u64, Ordering::Relaxed);
                     // The watchdog already told these appenders no: do not record them.
                     if b.done.outcome.get().is_some() {
+                        self.lost_unawaited(b.unawaited.len());
                         continue;
                     }
                     // Judged by when it was queued: the bound is from the append, not from
@@ -319,6 +322,19 @@ impl Writer {
         tx.prepare_cached("INSERT OR REPLACE INTO writer_probe (id, time_ms) VALUES (1, ?1)")?.execute([now_ms()])?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Counts (and says in the log) unawaited records dropped with a batch the watchdog
+    /// failed: answered repeats whose own records will not be written.
+    fn lost_unawaited(&self, n: usize) {
+        if n > 0 {
+            self.shared.stats.unawaited_lost.fetch_add(n as u64, Ordering::Relaxed);
+            tracing::warn!(
+                records = n,
+                "repeat-disclosure records not committed within the append bound were dropped (the disclosures they \
+                 repeat are on record)"
+            );
+        }
     }
 
     /// Puts the records of a failed batch that nobody waits for (repeats whose disclosure is

@@ -127,6 +127,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
     let _ = writeln!(o, "pogo_vault_audit_commit_failures_total {}", a.commit_failures);
     let _ = writeln!(
         o,
+        "# HELP pogo_vault_audit_unawaited_lost_total Repeat-disclosure records (answered without waiting) dropped because the log could not take them within the append bound.\n# TYPE pogo_vault_audit_unawaited_lost_total counter\npogo_vault_audit_unawaited_lost_total {}",
+        a.unawaited_lost
+    );
+    let _ = writeln!(
+        o,
         "# HELP pogo_vault_audit_commit_seconds Audit batch commit latency (fsync included).\n# TYPE pogo_vault_audit_commit_seconds histogram"
     );
     a.commit_latency.latency().render(o, "pogo_vault_audit_commit_seconds", "");
