@@ -46,9 +46,11 @@ impl Run {
     }
 }
 
-type TaskResult = (Vec<u32>, u64, Option<String>);
+/// One load task's successful latencies, its error count and its first error.
+pub type TaskResult = (Vec<u32>, u64, Option<String>);
 
-async fn gather(tasks: Vec<tokio::task::JoinHandle<TaskResult>>) -> Run {
+/// The tasks' results as one run (latencies sorted; `secs` and `cpu` left to the caller).
+pub async fn gather(tasks: Vec<tokio::task::JoinHandle<TaskResult>>) -> Run {
     let mut run = Run::default();
     for t in tasks {
         let (lat, errors, first) = t.await.unwrap();
@@ -64,7 +66,7 @@ async fn gather(tasks: Vec<tokio::task::JoinHandle<TaskResult>>) -> Run {
 }
 
 /// Samples process CPU between `start` and `end`.
-fn cpu_sampler(start: Instant, end: Instant) -> tokio::task::JoinHandle<f64> {
+pub fn cpu_sampler(start: Instant, end: Instant) -> tokio::task::JoinHandle<f64> {
     tokio::spawn(async move {
         tokio::time::sleep_until(start.into()).await;
         let c0 = cpu_secs();

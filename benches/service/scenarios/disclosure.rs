@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 
 use crate::fixture::token_request;
 use crate::harness::{Bench, audit_bytes_per_record, issue_cert};
-use crate::load::Run;
+use crate::load::{Run, cpu_sampler, gather};
 use crate::measure::{cpu_secs, micros};
 use crate::report::{Row, add_note, audit_note, audit_snap, push_pair, status_line};
 use crate::settings::Settings;
@@ -82,12 +82,7 @@ pub async fn first_disclosures(
 async fn walk_pairs(slots: &[Arc<Vec<Channel>>], tenants: &Arc<Vec<String>>, warm: Duration, secs: f64) -> Run {
     let start = Instant::now() + warm;
     let end = start + Duration::from_secs_f64(secs);
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(start.into()).await;
-        let c0 = cpu_secs();
-        tokio::time::sleep_until(end.into()).await;
-        cpu_secs() - c0
-    });
+    let cpu = cpu_sampler(start, end);
     let mut tasks = Vec::new();
     for chans in slots {
         let cursor = Arc::new(AtomicUsize::new(0));
@@ -123,17 +118,7 @@ async fn walk_pairs(slots: &[Arc<Vec<Channel>>], tenants: &Arc<Vec<String>>, war
             }));
         }
     }
-    let mut run = Run::default();
-    for t in tasks {
-        let (lat, errors, first) = t.await.unwrap();
-        run.ok += lat.len() as u64;
-        run.lat.extend(lat);
-        run.errors += errors;
-        if run.first_error.is_none() {
-            run.first_error = first;
-        }
-    }
-    run.lat.sort_unstable();
+    let mut run = gather(tasks).await;
     run.secs = secs;
     run.cpu = cpu.await.unwrap();
     run
