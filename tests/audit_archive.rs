@@ -147,6 +147,7 @@ async fn archive_round_trip_shrinks_the_live_log_and_verifies_as_one_chain() {
     assert!(archived[0].record.detail.contains(&sha), "the record names the archive's SHA-256");
     assert!(archived[0].record.detail.contains("archive-1.db"));
     assert!(archived[0].record.detail.contains(&format!("events 1..={through1}")));
+    assert!(archived[0].record.detail.contains("; statement "), "the record carries the signed statement");
 
     // The live log alone verifies from its anchor and says what it did not verify.
     let out = f.verify(&[], true);
@@ -555,7 +556,7 @@ async fn a_forged_anchor_does_not_hide_events_from_tenant_queries() {
     let index = rusqlite::Connection::open(audit::tenant_index_path(&f.audit_db())).unwrap();
     let rows: i64 = index.query_row("SELECT count(*) FROM tenant_events", [], |r| r.get(0)).unwrap();
     assert_eq!(rows, 120);
-    assert_eq!(log.tenant_index_rebuilds(), 1, "an anchor that does not prove is damage: the index starts over");
+    assert_eq!(log.tenant_index_rebuilds(), 0, "the index prunes by the events the log holds, not by anchors");
     log.shutdown().await;
 }
 
@@ -601,4 +602,163 @@ async fn an_interrupted_archive_leaves_nothing_that_counts() {
 
     assert_ok(&f.verify(&[&a], true));
     assert_fails_with(&f.verify(&[&stray, &a], true), &["does NOT verify", "stray.db is not recorded in the log"]);
+}
+
+/// Appends `rec` to the audit database as someone without the signing key can: a row chained
+/// onto the head (the chain's encoding is public), no checkpoint. Returns its sequence.
+fn forge_event(c: &rusqlite::Connection, rec: &AuditRecord) -> i64 {
+    let (head, prev): (i64, Vec<u8>) = c
+        .query_row("SELECT sequence, hash FROM events ORDER BY sequence DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let prev: [u8; 32] = prev.try_into().unwrap();
+    let (seq, time_ms) = (head + 1, 1_700_000_000_000_i64);
+    let hash = audit::hash_record(&prev, seq, time_ms, rec);
+    c.execute(
+        "INSERT INTO events (sequence, time_ms, caller, caller_serial, action, tenant_id, key_version, outcome, \
+         upstream_status, token_fingerprint, detail, request_id, peer, prev_hash, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, ?6, NULL, NULL, ?7, ?8, ?9, ?10, ?11)",
+        rusqlite::params![
+            seq,
+            time_ms,
+            rec.caller,
+            rec.caller_serial,
+            rec.action.as_str(),
+            rec.outcome.as_str(),
+            rec.detail,
+            rec.request_id,
+            rec.peer,
+            &prev[..],
+            &hash[..]
+        ],
+    )
+    .unwrap();
+    seq
+}
+
+/// What an attacker with the file writes to pass a deletion of events `1..=s` off as an
+/// archive: an `archives` row at the real checkpoint `s`, and an `audit_archived` record in
+/// the format `audit archive` writes, with `statement` (hex) when given.
+fn forge_archive(c: &rusqlite::Connection, s: i64, statement: Option<&str>) {
+    let hash: Vec<u8> = c.query_row("SELECT hash FROM events WHERE sequence = ?1", [s], |r| r.get(0)).unwrap();
+    let hash_hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    c.execute(
+        "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+         VALUES (?1, 1, ?2, zeroblob(32), 'forged.db', 0)",
+        rusqlite::params![s, hash],
+    )
+    .unwrap();
+    let statement = statement.map(|st| format!("; statement {st}")).unwrap_or_default();
+    let detail = format!(
+        "events 1..={s} ({s} events, up to the checkpoint signed 2026-12-01T00:00:00Z; hash {hash_hex}; sha256 {}{statement}) \
+         archived to forged.db; the live log continues from event {s}",
+        "00".repeat(32)
+    );
+    forge_event(
+        c,
+        &AuditRecord::new(Action::AuditArchived, Outcome::Ok)
+            .caller("operator", "")
+            .detail(detail)
+            .request("r", "local"),
+    );
+}
+
+/// Regression: an attacker with write access to the audit database deleted events up to a
+/// real checkpoint, added an `archives` row there and an `audit_archived` record naming the
+/// range, and had a server sign the record (it signs the unsigned tail it finds at start):
+/// `audit verify` of the live log then said OK, "events 1..=S are archived". An archive now
+/// counts only with its statement signed by the audit key, which the attacker cannot make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_dressed_up_as_an_archive_fails_verification_even_when_signed_over() {
+    for (name, statement) in [("none", None), ("garbage", Some("ab".repeat(64)))] {
+        let f = Files::new();
+        let signed = f.append_signed_then(60, 20, "acme").await;
+        let mut c = rusqlite::Connection::open(f.audit_db()).unwrap();
+        let tx = c.transaction().unwrap();
+        forge_archive(&tx, signed, statement.as_deref());
+        tx.execute("DELETE FROM events WHERE sequence <= ?1", [signed]).unwrap();
+        tx.execute("DELETE FROM checkpoints WHERE sequence < ?1", [signed]).unwrap();
+        tx.commit().unwrap();
+        drop(c);
+        // A server starts on it and signs the tail (the forged record) on the record.
+        let log =
+            AuditLog::open(&f.audit_db(), f.vault().audit_signing_key().unwrap(), AuditConfig::default()).unwrap();
+        append_to(&log, 5, "acme").await;
+        log.checkpoint_now().await.unwrap();
+        log.shutdown().await;
+        let out = f.verify(&[], true);
+        let expected: &[&str] = match statement {
+            None => &["does NOT verify", &format!("archive anchor at {signed} is not recorded in the log")],
+            Some(_) => &["does NOT verify", "audit_archived record whose statement does not verify", "(forged)"],
+        };
+        assert_fails_with(&out, expected);
+        eprintln!("{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Regression: a running server chained its next records onto events inserted by hand after
+/// its newest (say, a forged `audit_archived` record) and signed them. Now events after its
+/// own count only under a checkpoint signed with its key (what every command writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_does_not_sign_over_events_inserted_by_hand() {
+    let mut ts = TestServer::start().await;
+    ts.register("acme", 0).await;
+    let mut tokens = ts.token_client("token-caller").await;
+    let get = || pb::GetAccessTokenRequest { tenant_id: "acme".into(), min_validity_seconds: 0 };
+    tokens.get_access_token(get()).await.unwrap();
+    let mut auditor = ts.audit_client("auditor").await;
+    auditor.get_checkpoint(pb::GetCheckpointRequest {}).await.unwrap();
+
+    let c = rusqlite::Connection::open(ts.audit_db()).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let forged = forge_event(
+        &c,
+        &AuditRecord::new(Action::TenantDeleted, Outcome::Ok).caller("someone", "").detail("x").request("r", "local"),
+    );
+    drop(c);
+    // The next awaited record fails closed, and then repeats too (the log is unhealthy).
+    let e = auditor.get_checkpoint(pb::GetCheckpointRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    let e = tokens.get_access_token(get()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    ts.stop().await;
+    let c = audit::open_reader(&ts.audit_db()).unwrap();
+    let (head, signed): (i64, i64) = c
+        .query_row("SELECT (SELECT max(sequence) FROM events), (SELECT max(sequence) FROM checkpoints)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(head, forged, "nothing was chained onto the inserted event");
+    assert!(signed < forged, "no checkpoint covers it");
+}
+
+/// Regression: an operator's `audit archive` on top of a forged anchor recorded a real
+/// statement from there on, and the live log verified alone with the forged range counted
+/// as archived. Every `archives` row must be signed and the rows unbroken from event 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_made_on_top_of_a_forged_anchor_does_not_launder_it() {
+    let f = Files::new();
+    let signed = f.append_signed_then(60, 20, "acme").await;
+    let c = rusqlite::Connection::open(f.audit_db()).unwrap();
+    let hash: Vec<u8> = c.query_row("SELECT hash FROM events WHERE sequence = ?1", [signed], |r| r.get(0)).unwrap();
+    c.execute(
+        "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+         VALUES (?1, 1, ?2, zeroblob(32), 'forged.db', 0)",
+        rusqlite::params![signed, hash],
+    )
+    .unwrap();
+    c.execute("DELETE FROM events WHERE sequence <= ?1", [signed]).unwrap();
+    drop(c);
+    f.append(30, "acme").await;
+    let a = f.s.path("a.db");
+    let out = f.archive(&["--before", "0m"], &a);
+    assert_ok(&out);
+    assert_eq!(archived_range(&out).0, signed + 1);
+    assert_fails_with(
+        &f.verify(&[], true),
+        &["does NOT verify", &format!("archives table names events 1..={signed} without a statement")],
+    );
+    // With the real archive: the deleted range is missing.
+    assert_fails_with(&f.verify(&[&a], true), &["does NOT verify", &format!("events 1..={signed} are missing")]);
 }

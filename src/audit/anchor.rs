@@ -1,22 +1,68 @@
 //! The live log's archive anchor: after `audit archive`, the audit database no longer holds
 //! events `1..=S`; it holds the anchor `(S, hash of event S)` (the newest row of the
 //! `archives` table) and the signed checkpoint at `S`, and its chain continues from there.
-//! A leaf: readers (`verify`, the tenant indexer, the writer's `still_holds`) ask it where
-//! the live chain starts.
+//! A leaf: readers (`verify`, the writer's `still_holds`) ask it where the live chain starts.
 //!
 //! Invariant: the anchor is never trusted by itself. Anyone with write access to the file
-//! can insert an `archives` row, so every reader that acts on it (skips events below it,
-//! accepts that an event it knew is gone, prunes index rows) first [`prove`]s it: the
-//! checkpoint stored at exactly `S` names the anchor's hash and its signature verifies under
-//! a key the reader holds. Verification additionally requires the `audit_archived` record
-//! naming the range (`verify_walk`).
+//! can insert an `archives` row, and can even get a forged `audit_archived` record signed
+//! into the chain (a server signs the unsigned tail it finds at start). So an archive
+//! counts only with its **statement**: `audit archive`, which holds the audit signing key,
+//! signs what it archived, and stores the signature in the `archives` row and in the
+//! `audit_archived` record:
+//!
+//! ```text
+//! A = "pogo-vault audit v1 archive" 0x00
+//!     i64be(from) i64be(through) head_hash(32 bytes) sha256(32 bytes)
+//! ```
+//!
+//! `head_hash` is the hash of event `through` (where the live chain continues) and `sha256`
+//! the archive file's. Every reader that acts on an anchor (accepts that an event it knew
+//! is gone) first [`prove`]s it: the checkpoint stored at exactly `through` names the
+//! anchor's hash, and it and the statement verify under a key the reader holds.
+//! Verification additionally requires the `audit_archived` record with a statement that
+//! verifies under the key in force at that point of the chain (`verify_walk`).
 
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension};
 
 use super::AuditError;
 use super::chain::Checkpoint;
 use crate::crypto::audit_key_id;
+
+/// Domain prefix of an archive statement's signed message.
+pub const ARCHIVE_DOMAIN: &[u8] = b"pogo-vault audit v1 archive\0";
+
+/// What `audit archive` signs: events `from..=through` went to a file with SHA-256
+/// `sha256`, and event `through` had hash `head_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Statement {
+    pub from: i64,
+    pub through: i64,
+    pub head_hash: [u8; 32],
+    pub sha256: [u8; 32],
+}
+
+impl Statement {
+    /// See the module docs.
+    fn message(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(ARCHIVE_DOMAIN.len() + 80);
+        m.extend_from_slice(ARCHIVE_DOMAIN);
+        m.extend_from_slice(&self.from.to_be_bytes());
+        m.extend_from_slice(&self.through.to_be_bytes());
+        m.extend_from_slice(&self.head_hash);
+        m.extend_from_slice(&self.sha256);
+        m
+    }
+
+    pub fn sign(&self, key: &SigningKey) -> [u8; 64] {
+        key.sign(&self.message()).to_bytes()
+    }
+
+    /// True when `signature` is `key`'s over this statement (RFC 8032, strict).
+    pub fn verifies(&self, signature: &[u8; 64], key: &VerifyingKey) -> bool {
+        key.verify_strict(&self.message(), &Signature::from_bytes(signature)).is_ok()
+    }
+}
 
 /// Where the live chain starts: events `1..=through` are archived; event `through` had `hash`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,45 +71,97 @@ pub(crate) struct Anchor {
     pub from: i64,
     pub through: i64,
     pub hash: [u8; 32],
+    /// The archive file's SHA-256.
+    pub sha256: [u8; 32],
+    /// The statement's signature; `None` in a row that has none (never written so by
+    /// `audit archive`: it does not prove).
+    pub signature: Option<[u8; 64]>,
 }
 
-/// True when `schema` of `conn` has the `archives` table (audit schema 4 and later).
-fn has_table(conn: &Connection, schema: &str) -> rusqlite::Result<bool> {
-    let sql = format!("SELECT count(*) FROM {schema}.sqlite_master WHERE type = 'table' AND name = 'archives'");
-    conn.query_row(&sql, [], |r| r.get::<_, i64>(0)).map(|n| n == 1)
+impl Anchor {
+    pub fn statement(&self) -> Statement {
+        Statement { from: self.from, through: self.through, head_hash: self.hash, sha256: self.sha256 }
+    }
 }
+
+/// How `main` of `conn` keeps archives: `None` without the `archives` table (before audit
+/// schema 4), else whether it has `archive_statements` (audit schema 5; a file not migrated
+/// yet, opened read-only, reads as having no statements).
+fn archives_table(conn: &Connection) -> rusqlite::Result<Option<bool>> {
+    let tables: Vec<String> = conn
+        .prepare_cached(
+            "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name IN ('archives', 'archive_statements')",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let has = |t: &str| tables.iter().any(|n| n == t);
+    Ok(has("archives").then(|| has("archive_statements")))
+}
+
+/// An `archives` row as stored: from, through, head hash, SHA-256, signature.
+type AnchorRow = (i64, i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 
 /// The anchor of the audit database `main` of `conn`, if anything was ever archived.
 pub(crate) fn anchor(conn: &Connection) -> Result<Option<Anchor>, AuditError> {
-    if !has_table(conn, "main")? {
-        return Ok(None);
+    Ok(rows(conn, "DESC LIMIT 1")?.pop())
+}
+
+/// Every `archives` row of `main` of `conn`, oldest first (one per `audit archive`).
+pub(crate) fn all(conn: &Connection) -> Result<Vec<Anchor>, AuditError> {
+    rows(conn, "")
+}
+
+fn rows(conn: &Connection, order: &str) -> Result<Vec<Anchor>, AuditError> {
+    let Some(signed) = archives_table(conn)? else { return Ok(Vec::new()) };
+    let (signature, join) = if signed {
+        ("s.signature", "LEFT JOIN main.archive_statements s USING (through_sequence)")
+    } else {
+        ("NULL", "")
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT a.from_sequence, a.through_sequence, a.head_hash, a.sha256, {signature} FROM main.archives a {join} \
+         ORDER BY a.through_sequence {order}"
+    ))?;
+    let mut out = Vec::new();
+    let mut q = stmt.query([])?;
+    while let Some(r) = q.next()? {
+        out.push(from_row((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))?);
     }
-    let row: Option<(i64, i64, Vec<u8>)> = conn
-        .prepare_cached(
-            "SELECT from_sequence, through_sequence, head_hash FROM main.archives ORDER BY through_sequence DESC LIMIT 1",
-        )?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    let Some((from, through, hash)) = row else { return Ok(None) };
-    let hash = <[u8; 32]>::try_from(hash)
-        .map_err(|_| AuditError::Corrupt(format!("archive anchor at {through}: the hash is not 32 bytes")))?;
-    Ok(Some(Anchor { from, through, hash }))
+    Ok(out)
+}
+
+fn from_row((from, through, hash, sha256, signature): AnchorRow) -> Result<Anchor, AuditError> {
+    let corrupt = |what: &str| AuditError::Corrupt(format!("archive anchor at {through}: {what}"));
+    let hash = <[u8; 32]>::try_from(hash).map_err(|_| corrupt("the hash is not 32 bytes"))?;
+    let sha256 = <[u8; 32]>::try_from(sha256).map_err(|_| corrupt("the SHA-256 is not 32 bytes"))?;
+    // A signature of the wrong length is no signature: the anchor then does not prove.
+    let signature = signature.and_then(|s| <[u8; 64]>::try_from(s).ok());
+    Ok(Anchor { from, through, hash, sha256, signature })
 }
 
 /// A checkpoint row as stored: head hash, time, key id, signature.
 type CheckpointRow = (Vec<u8>, i64, String, Vec<u8>);
 
-/// Proves `a` with the checkpoint stored at exactly `a.through`: it must name `a.hash` and
-/// verify under one of `keys`. `Ok(Err(why))` names what is missing; a forged anchor (any
-/// sequence, any hash) has no such checkpoint, since only the signing key can make one.
+/// Proves `a`: its statement verifies under one of `keys`, and the checkpoint stored at
+/// exactly `a.through` names `a.hash` and verifies under one of `keys`. `Ok(Err(why))`
+/// names what is missing; a forged anchor has neither, since only the signing key can make
+/// them.
 pub(crate) fn prove(conn: &Connection, a: &Anchor, keys: &[VerifyingKey]) -> Result<Result<(), String>, AuditError> {
-    // Read here rather than through `db` (this module is a leaf; `db` reaches it through the
-    // tenant index). Values of the wrong type are an edit, reported as such.
+    let at = a.through;
+    let ids = || keys.iter().map(|k| audit_key_id(k.as_bytes())).collect::<Vec<_>>().join(" or ");
+    match &a.signature {
+        None => return Ok(Err(format!("the archive anchor at {at} carries no signed statement of `audit archive`"))),
+        Some(sig) if !keys.iter().any(|k| a.statement().verifies(sig, k)) => {
+            return Ok(Err(format!("the statement of the archive anchor at {at} does not verify under {}", ids())));
+        }
+        Some(_) => {}
+    }
+    // Read here rather than through `db` (this module is a leaf). Values of the wrong type
+    // are an edit, reported as such.
     let row: rusqlite::Result<Option<CheckpointRow>> = conn
         .prepare_cached("SELECT head_hash, time_ms, key_id, signature FROM main.checkpoints WHERE sequence = ?1")?
         .query_row([a.through], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional();
-    let at = a.through;
     let unreadable = || format!("the checkpoint at the archive anchor {at} is unreadable (edited)");
     let (head_hash, time_ms, key_id, signature) = match row {
         Ok(Some(r)) => r,
@@ -85,42 +183,5 @@ pub(crate) fn prove(conn: &Connection, a: &Anchor, keys: &[VerifyingKey]) -> Res
     if keys.iter().any(|k| cp.verify(k).is_ok()) {
         return Ok(Ok(()));
     }
-    let ids: Vec<String> = keys.iter().map(|k| audit_key_id(k.as_bytes())).collect();
-    Ok(Err(format!(
-        "the checkpoint at the archive anchor {at} (key {}) does not verify under {}",
-        cp.key_id,
-        ids.join(" or ")
-    )))
-}
-/// `own` and the keys before it that were in force at `seq`: walking back through hand-overs
-/// at or after `seq` whose signature verifies under the older key (never a key the file
-/// names without a verified hand-over to `own`).
-pub(crate) fn keys_in_force_at(
-    conn: &Connection,
-    own: &VerifyingKey,
-    seq: i64,
-) -> Result<Vec<VerifyingKey>, AuditError> {
-    let handovers = super::handover::all(conn)?;
-    let mut keys = vec![*own];
-    for _ in 0..handovers.len() {
-        let id = audit_key_id(keys[keys.len() - 1].as_bytes());
-        let Some(h) =
-            handovers.iter().filter_map(|h| h.as_ref().ok()).find(|h| h.new_key_id == id && h.sequence >= seq)
-        else {
-            break;
-        };
-        let public: Option<Vec<u8>> = conn
-            .query_row("SELECT public_key FROM signing_keys WHERE key_id = ?1", [&h.old_key_id], |r| r.get(0))
-            .optional()?;
-        let Some(older) =
-            public.and_then(|p| <[u8; 32]>::try_from(p).ok()).and_then(|p| VerifyingKey::from_bytes(&p).ok())
-        else {
-            break;
-        };
-        if h.verify(&older).ok().map(|k| k.to_bytes()) != Some(keys[keys.len() - 1].to_bytes()) {
-            break;
-        }
-        keys.push(older);
-    }
-    Ok(keys)
+    Ok(Err(format!("the checkpoint at the archive anchor {at} (key {}) does not verify under {}", cp.key_id, ids())))
 }

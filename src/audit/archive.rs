@@ -10,8 +10,9 @@
 //!    complete (count, links, end hash), fsync it, hard-link it to `--out` (which never
 //!    replaces an existing file) and fsync the directory. Any failure removes it.
 //! 3. One transaction on the live log: the `archives` row (the new anchor), the
-//!    `audit_archived` record naming the range, the file name and its SHA-256, and a
-//!    checkpoint signed with the vault's key. This is the commit point: if it fails, the
+//!    `audit_archived` record naming the range, the file name and its SHA-256, both with
+//!    the archive's statement signed by the audit signing key (`anchor`: without it an
+//!    archive does not count), and a checkpoint signed with the vault's key. This is the commit point: if it fails, the
 //!    archive file is removed and nothing changed. (As with every CLI append, events no
 //!    checkpoint covered yet are signed late, with an `unsigned_tail_signed` record.)
 //! 4. Delete the archived rows in short transactions of [`CHUNK`] rows, so a running
@@ -40,7 +41,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::anchor::anchor;
+use super::anchor::{Statement, anchor};
 use super::chain::{Checkpoint, GENESIS_HASH};
 use super::db::{CHECKPOINT_COLUMNS, checkpoint_from_row, open_reader, open_writer};
 use super::record::{Action, AuditRecord, Outcome};
@@ -211,22 +212,18 @@ pub fn archive_blocking(
     drop(tmp_guard.0.take().map(std::fs::remove_file));
     sync_dir(out);
 
-    // 3: the commit point.
+    // 3: the commit point, with the statement only the signing key can make.
     let (from, through) = (start.0 + 1, cp.sequence);
-    let detail = format!(
-        "events {from}..={through} ({events} events, up to the checkpoint signed {}) archived to {file_name} \
-         (sha256 {}); the live log continues from event {through} (hash {})",
-        format_time_ms(cp.time_ms),
-        hex(&sha256),
-        hex(&cp.head_hash)
-    );
+    let statement = Statement { from, through, head_hash: cp.head_hash, sha256 };
+    let signature = statement.sign(key);
+    let detail = record_detail(&statement, &signature, events, cp.time_ms, &file_name);
     let rec = AuditRecord::new(Action::AuditArchived, Outcome::Ok)
         .caller(caller, "")
         .detail(detail)
         .request(request_id, "local");
     let mut conn = open_writer(live, &key.verifying_key(), Some(AuditConfig::default().append_timeout))
         .map_err(|e| AuditError::Unavailable { reason: e.to_string() })?;
-    let record_sequence = record(&mut conn, key, start, &cp, &sha256, &file_name, rec)?;
+    let record_sequence = record(&mut conn, key, start, &cp, (&sha256, &signature), &file_name, rec)?;
     out_guard.0 = None;
 
     // 4: shrink. Failures here leave garbage below the anchor, finished by the next run.
@@ -246,6 +243,24 @@ pub fn archive_blocking(
         bytes_after: log_bytes(live),
         shrink,
     })
+}
+
+/// The `audit_archived` record's detail. Every value a verifier reads comes before the
+/// file name (`verify_walk::ArchivedRecord::parse`), so no name can pass for one:
+/// `events F..=T (N events, up to the checkpoint signed TIME; hash HEX; sha256 HEX;
+/// statement HEX) archived to NAME; the live log continues from event T`.
+fn record_detail(s: &Statement, signature: &[u8; 64], events: u64, signed_ms: i64, file_name: &str) -> String {
+    format!(
+        "events {}..={} ({events} events, up to the checkpoint signed {}; hash {}; sha256 {}; statement {}) archived \
+         to {file_name}; the live log continues from event {}",
+        s.from,
+        s.through,
+        format_time_ms(signed_ms),
+        hex(&s.head_hash),
+        hex(&s.sha256),
+        hex(signature),
+        s.through
+    )
 }
 
 /// The checkpoint the cut selects.
@@ -276,7 +291,7 @@ fn record(
     key: &SigningKey,
     start: (i64, [u8; 32]),
     cp: &Checkpoint,
-    sha256: &[u8; 32],
+    (sha256, signature): (&[u8; 32], &[u8; 64]),
     file_name: &str,
     rec: AuditRecord,
 ) -> Result<i64, AuditError> {
@@ -302,6 +317,10 @@ fn record(
         "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![cp.sequence, start.0 + 1, &cp.head_hash[..], &sha256[..], file_name, now_ms()],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO archive_statements (through_sequence, signature) VALUES (?1, ?2)",
+        params![cp.sequence, &signature[..]],
     )?;
     let (head, _) = db::head(&tx)?;
     let covered = db::latest_checkpoint(&tx)?.map_or(0, |c| c.sequence);

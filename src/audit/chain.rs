@@ -269,11 +269,16 @@ pub fn parse_public_key(s: &str) -> Result<VerifyingKey, AuditError> {
 
 /// Lowercase or uppercase hex of exactly 32 bytes.
 pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
+    unhex(s)
+}
+
+/// Lowercase or uppercase hex of exactly `N` bytes.
+pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let s = s.trim().as_bytes();
-    if s.len() != 64 {
+    if s.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
         let d = |c: u8| (c as char).to_digit(16);
         *o = u8::try_from(d(pair[0])? * 16 + d(pair[1])?).ok()?;

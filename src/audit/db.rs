@@ -22,6 +22,7 @@ pub const AUDIT_MIGRATIONS: &[Migration] = &[
     ("audit/0002_tenant_index_file", include_str!("../../migrations/audit/0002_tenant_index_file.sql")),
     ("audit/0003_signing_handovers", include_str!("../../migrations/audit/0003_signing_handovers.sql")),
     ("audit/0004_archives", include_str!("../../migrations/audit/0004_archives.sql")),
+    ("audit/0005_archive_statements", include_str!("../../migrations/audit/0005_archive_statements.sql")),
 ];
 
 /// The columns of an event row, in the order [`event_from_row`] reads them.

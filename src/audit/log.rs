@@ -121,8 +121,7 @@ impl AuditLog {
             links: Vec::new(),
             written: (head_seq, head_hash),
         };
-        let indexer =
-            Arc::new(Indexer::start(path, cfg.tenant_index_interval, public_key).map_err(|e| failed("index", e))?);
+        let indexer = Arc::new(Indexer::start(path, cfg.tenant_index_interval).map_err(|e| failed("index", e))?);
         let thread = std::thread::Builder::new().name("pogo-audit-writer".into()).spawn(move || writer.run());
         let thread = thread.map_err(|e| {
             indexer.stop();

@@ -19,8 +19,11 @@
 //! - **Verification needs only the public key** and opens the file read-only. The
 //!   `signing_keys` and `signing_handovers` tables are never trusted by themselves: a
 //!   hand-over counts only when the key in force signed it.
-//! - **A writer never signs over rows altered under it**, and signs an unsigned tail it
-//!   finds at open at once, on the record (see `writer` and `signing`).
+//! - **A writer never signs over rows altered under it**, nor chains onto events appended
+//!   by anyone who did not sign them with its key, and signs an unsigned tail it finds at
+//!   open at once, on the record (see `writer` and `signing`).
+//! - **An archive counts only with its statement** signed by the audit key (`anchor`): an
+//!   `archives` row or an `audit_archived` record alone is writable by anyone with the file.
 //! - **Witnesses never hold up the writer**: checkpoints are queued for them, bounded.
 //! - **Nothing secret is recorded**: records carry identities, names, statuses and keyed
 //!   fingerprints; [`AuditRecord::detail`] is written by our own code and never holds a secret.
@@ -57,8 +60,16 @@
 //!     i64be(sequence) head_hash(32 bytes) i64be(time_ms) str(key_id)
 //! ```
 //!
-//! where `key_id` is [`crate::crypto::audit_key_id`] of the public key. The domain prefixes
-//! keep an event encoding from ever being taken for a checkpoint message and vice versa.
+//! where `key_id` is [`crate::crypto::audit_key_id`] of the public key. An archive's
+//! statement (`audit archive`, see `anchor`) is signed over
+//!
+//! ```text
+//! A = "pogo-vault audit v1 archive" 0x00
+//!     i64be(from) i64be(through) head_hash(32 bytes) sha256(32 bytes)
+//! ```
+//!
+//! The domain prefixes keep an event encoding from ever being taken for a checkpoint,
+//! hand-over or archive message and vice versa.
 //!
 //! # What verification proves
 //!

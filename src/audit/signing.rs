@@ -4,7 +4,10 @@
 //! - Never with a retired key: a key the newest hand-over in the file names as replaced
 //!   does not sign (`audit rotate-signing-key` ran; the server must restart).
 //! - Never over rows altered under it: every writer transaction first checks that the
-//!   newest event this writer committed still has the hash it wrote.
+//!   newest event this writer committed still has the hash it wrote, and that events after
+//!   it (another process's appends: a CLI command beside the server) end at a checkpoint
+//!   signed with this writer's key, as every command signs what it appends. So events
+//!   inserted by anyone without the key are never chained onto and signed.
 //! - An unsigned tail found at open (the last writer died before its next checkpoint) is
 //!   signed at once, in one transaction with an `unsigned_tail_signed` record naming the
 //!   range: the signature freezes the tail from then on and the record says it was late.
@@ -12,7 +15,7 @@
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use super::chain::Checkpoint;
+use super::chain::{Checkpoint, GENESIS_HASH};
 use super::record::{Action, AuditRecord, Outcome};
 use super::{AuditError, db, handover};
 use crate::store::now_ms;
@@ -33,36 +36,67 @@ pub(super) fn retired(key_id: &str) -> AuditError {
 /// nor signs, so an altered log is never signed over.
 ///
 /// The one exception is `audit archive`, which moves events out: a missing event is
-/// accepted only when the anchor covers it *and is proven* (`anchor::prove`: the checkpoint
-/// at exactly the anchor names its hash and verifies under `own`, this writer's key; a
-/// checkpoint by any other key fails closed), the anchor at this writer's own event has the
-/// hash it wrote, and the head is at or past the anchor. An `archives` row alone is
+/// accepted only when the anchor covers it *and is proven* (`anchor::prove`: the archive's
+/// statement, and the checkpoint at exactly the anchor naming its hash, verify under `own`,
+/// this writer's key; any other key fails closed), the anchor at this writer's own event
+/// has the hash it wrote, and the head is at or past the anchor. An `archives` row alone is
 /// writable by anyone with the file: trusting it let a forged row hide deleted newest events
 /// and have the writer chain (and sign) from an older head.
+///
+/// Events after this writer's own must end at a checkpoint of the current head signed with
+/// `own` (see the module docs); otherwise a forged record (say, an `audit_archived` one
+/// dressing a deletion up as an archive) would be chained onto and signed.
 pub(super) fn still_holds(
     tx: &rusqlite::Transaction<'_>,
     (seq, hash): (i64, [u8; 32]),
     own: &VerifyingKey,
 ) -> Result<(), AuditError> {
-    if seq == 0 {
+    let head = db::head(tx)?;
+    if head == (seq, hash) {
         return Ok(());
     }
-    let found: Option<Vec<u8>> =
-        tx.prepare_cached("SELECT hash FROM events WHERE sequence = ?1")?.query_row([seq], |r| r.get(0)).optional()?;
-    if found.as_deref() == Some(&hash[..]) {
-        return Ok(());
-    }
+    let found: Option<Vec<u8>> = if seq == 0 {
+        Some(GENESIS_HASH.to_vec())
+    } else {
+        tx.prepare_cached("SELECT hash FROM events WHERE sequence = ?1")?.query_row([seq], |r| r.get(0)).optional()?
+    };
     let what = match (&found, super::anchor::anchor(tx)?) {
-        (Some(_), _) => "no longer has the hash this writer committed".to_owned(),
-        (None, None) => "is gone".to_owned(),
-        (None, Some(a)) => match archived_away(tx, seq, hash, &a, own)? {
+        (Some(f), _) if f[..] == hash[..] => match signed_after(tx, head, own)? {
             Ok(()) => return Ok(()),
-            Err(why) => format!("is gone, and the archive anchor at {} does not account for it: {why}", a.through),
+            Err(why) => format!("events {}..={} after event {seq} (this writer's newest) {why}", seq + 1, head.0),
+        },
+        (Some(_), _) => format!("event {seq} no longer has the hash this writer committed"),
+        (None, None) => format!("event {seq} is gone"),
+        (None, Some(a)) => match archived_away(tx, seq, hash, &a, own)? {
+            Ok(()) => match signed_after(tx, head, own)? {
+                Ok(()) => return Ok(()),
+                Err(why) => format!("events {}..={} after the archive anchor {why}", a.through + 1, head.0),
+            },
+            Err(why) => {
+                format!("event {seq} is gone, and the archive anchor at {} does not account for it: {why}", a.through)
+            }
         },
     };
-    let reason = format!("event {seq} {what}: the audit database was altered under the running server");
+    let reason = format!("{what}: the audit database was altered under the running server");
     tracing::error!(sequence = seq, "ALARM: {reason}; refusing to append or sign until an operator investigates");
     Err(AuditError::Altered(reason))
+}
+
+/// Whether the head `(seq, hash)`, reached by another process's appends, is covered by a
+/// checkpoint signed with `own` (every command that appends signs its head in the same
+/// transaction); `Err(why)` when not.
+fn signed_after(
+    tx: &rusqlite::Transaction<'_>,
+    (seq, hash): (i64, [u8; 32]),
+    own: &VerifyingKey,
+) -> Result<Result<(), String>, AuditError> {
+    let sql = format!("SELECT {} FROM checkpoints WHERE sequence = ?1", db::CHECKPOINT_COLUMNS);
+    let cp = tx.prepare_cached(&sql)?.query_row([seq], db::checkpoint_from_row).optional()?.transpose();
+    Ok(match cp {
+        Ok(Some(cp)) if cp.head_hash == hash && cp.verify(own).is_ok() => Ok(()),
+        Ok(Some(_)) | Err(_) => Err("end at a checkpoint that does not verify under this writer's key".into()),
+        Ok(None) => Err("end at no checkpoint signed with this writer's key (inserted by hand?)".into()),
+    })
 }
 
 /// Whether the missing event `seq` (hash `hash`, written by this writer) was moved out by
@@ -144,25 +178,37 @@ pub(super) fn retired_at_open(key_id: &str) -> AuditError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::anchor::Statement;
     use crate::audit::record::{Action, AuditRecord, Outcome};
 
-    /// A log of 10 events, archived by hand through 5 with the checkpoint at 5 signed by
-    /// `cp_key`, plus 2 more events after the anchor; returns the file and this writer's
-    /// `written` (event 5).
-    fn archived_at_5(dir: &tempfile::TempDir, own: &SigningKey, cp_key: &SigningKey) -> (Connection, (i64, [u8; 32])) {
+    /// A log of 10 events, archived by hand through 5 with the checkpoint at 5 and the
+    /// archive's statement signed by `cp_key` (no statement when `None`), plus 5 more events
+    /// after the anchor and a checkpoint of them by `own`; returns the file and this
+    /// writer's `written` (event 5).
+    fn archived_at_5(
+        dir: &tempfile::TempDir,
+        own: &SigningKey,
+        cp_key: &SigningKey,
+        statement_key: Option<&SigningKey>,
+    ) -> (Connection, (i64, [u8; 32])) {
         let mut conn = db::open_writer(&dir.path().join("audit.db"), &own.verifying_key(), None).unwrap();
         let rec = AuditRecord::new(Action::TokenMinted, Outcome::Ok).caller("c", "").request("r", "local");
         let tx = conn.transaction().unwrap();
         let mut links = Vec::new();
         let written = db::append_in_tx(&tx, 1, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
         db::put_checkpoint(&tx, cp_key, written.0, written.1).unwrap();
-        db::append_in_tx(&tx, 2, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
+        let head = db::append_in_tx(&tx, 2, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
+        db::put_checkpoint(&tx, own, head.0, head.1).unwrap();
+        let statement = Statement { from: 1, through: 5, head_hash: written.1, sha256: [0; 32] };
         tx.execute(
             "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
              VALUES (5, 1, ?1, zeroblob(32), 'a.db', 0)",
             [&written.1[..]],
         )
         .unwrap();
+        if let Some(k) = statement_key {
+            tx.execute("INSERT INTO archive_statements VALUES (5, ?1)", [&statement.sign(k)[..]]).unwrap();
+        }
         tx.execute("DELETE FROM events WHERE sequence <= 5", []).unwrap();
         tx.commit().unwrap();
         (conn, written)
@@ -173,7 +219,7 @@ mod tests {
         let own = SigningKey::from_bytes(&[1; 32]);
         let other = SigningKey::from_bytes(&[2; 32]);
         let dir = tempfile::tempdir().unwrap();
-        let (mut conn, written) = archived_at_5(&dir, &own, &own);
+        let (mut conn, written) = archived_at_5(&dir, &own, &own, Some(&own));
         let tx = conn.transaction().unwrap();
         assert!(still_holds(&tx, written, &own.verifying_key()).is_ok());
         // The anchor at this writer's own event, with another hash: altered.
@@ -184,9 +230,53 @@ mod tests {
         drop(tx);
 
         let dir = tempfile::tempdir().unwrap();
-        let (mut conn, written) = archived_at_5(&dir, &own, &other);
+        let (mut conn, written) = archived_at_5(&dir, &own, &other, Some(&own));
         let tx = conn.transaction().unwrap();
         let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
         assert!(e.to_string().contains("does not verify"), "{e}");
+        drop(tx);
+
+        // Regression: a real checkpoint at the anchor, but no statement of `audit archive`
+        // (forged row), or one by another key.
+        for statement_key in [None, Some(&other)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut conn, written) = archived_at_5(&dir, &own, &own, statement_key);
+            let tx = conn.transaction().unwrap();
+            let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
+            assert!(e.to_string().contains("statement"), "{e}");
+        }
+    }
+
+    /// Regression: events appended by hand after the writer's newest were chained onto and
+    /// signed by the next commit (a forged `audit_archived` record among them, say).
+    #[test]
+    fn events_after_the_writers_own_count_only_under_a_checkpoint_by_its_key() {
+        let own = SigningKey::from_bytes(&[1; 32]);
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = db::open_writer(&dir.path().join("audit.db"), &own.verifying_key(), None).unwrap();
+        let rec = AuditRecord::new(Action::TokenMinted, Outcome::Ok).caller("c", "").request("r", "local");
+        let mut links = Vec::new();
+        let tx = conn.transaction().unwrap();
+        let written = db::append_in_tx(&tx, 1, std::iter::repeat_n(&rec, 3), &mut links).unwrap();
+        assert!(still_holds(&tx, written, &own.verifying_key()).is_ok());
+        // Appended by someone else, unsigned: refused.
+        let head = db::append_in_tx(&tx, 2, std::iter::repeat_n(&rec, 2), &mut links).unwrap();
+        let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
+        assert!(e.to_string().contains("events 4..=5 after event 3") && e.to_string().contains("no checkpoint"), "{e}");
+        // Signed by another key: refused.
+        db::put_checkpoint(&tx, &other, head.0, head.1).unwrap();
+        let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
+        tx.execute("DELETE FROM checkpoints", []).unwrap();
+        // Signed with the writer's key (a CLI command beside the server): accepted.
+        db::put_checkpoint(&tx, &own, head.0, head.1).unwrap();
+        assert!(still_holds(&tx, written, &own.verifying_key()).is_ok());
+        // Into an empty log too.
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = db::open_writer(&dir.path().join("audit.db"), &own.verifying_key(), None).unwrap();
+        let tx = conn.transaction().unwrap();
+        db::append_in_tx(&tx, 1, std::iter::once(&rec), &mut links).unwrap();
+        assert!(still_holds(&tx, (0, GENESIS_HASH), &own.verifying_key()).is_err());
     }
 }

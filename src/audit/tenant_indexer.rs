@@ -13,9 +13,6 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, params};
 
 use super::AuditError;
-use ed25519_dalek::VerifyingKey;
-
-use super::anchor::{anchor, keys_in_force_at, prove};
 use super::db::open_reader;
 use super::tenant_index::{READ_FAILED, VERSION, event_hash, tenant_index_path, watermark};
 use crate::store;
@@ -45,12 +42,10 @@ struct State {
     stop: AtomicBool,
     through: AtomicI64,
     rebuilds: AtomicU64,
-    /// Index rows at or below this sequence were dropped (archived events).
+    /// Index rows below this sequence were dropped (their events are gone: archived).
     pruned: AtomicI64,
     /// The oldest event the audit database holds (0: none), for metrics.
     oldest: AtomicI64,
-    /// The last archive anchor that did not prove (the index was rebuilt for it once).
-    unproven: AtomicI64,
 }
 
 /// The background indexer's handle: stop it, and read how far it has got.
@@ -66,14 +61,11 @@ impl Indexer {
     /// step rewrites about one leaf page per tenant it touches, so fewer, larger steps cost
     /// less per event (measured in BENCHMARKS.md) at the price of a longer scan after the
     /// watermark.
-    /// `key` is the log's signing key (public half): an archive anchor counts only when its
-    /// checkpoint verifies under it (or a key it took over from by a verified hand-over).
-    pub(crate) fn start(audit_db: &Path, interval: Duration, key: VerifyingKey) -> std::io::Result<Indexer> {
+    pub(crate) fn start(audit_db: &Path, interval: Duration) -> std::io::Result<Indexer> {
         let state = Arc::new(State::default());
         let (audit_db, s) = (audit_db.to_owned(), state.clone());
-        let thread = std::thread::Builder::new()
-            .name("pogo-audit-index".into())
-            .spawn(move || s.run(&audit_db, interval, &key))?;
+        let thread =
+            std::thread::Builder::new().name("pogo-audit-index".into()).spawn(move || s.run(&audit_db, interval))?;
         Ok(Indexer { state, thread: Mutex::new(Some(thread)) })
     }
 
@@ -124,7 +116,7 @@ impl State {
         *last_step = None;
     }
 
-    fn run(&self, audit_db: &Path, interval: Duration, key: &VerifyingKey) {
+    fn run(&self, audit_db: &Path, interval: Duration) {
         let index_path = tenant_index_path(audit_db);
         let mut failing: Option<Duration> = None;
         let mut conns: Option<(Connection, Connection)> = None;
@@ -146,7 +138,7 @@ impl State {
                 None => open_both(audit_db).inspect(|_| opened = file_id(&index_path)),
             }
             .and_then(|(events, index)| {
-                let r = self.maybe_step(&events, &index, &mut last_step, interval, key);
+                let r = self.maybe_step(&events, &index, &mut last_step, interval);
                 conns = Some((events, index));
                 r
             });
@@ -193,60 +185,32 @@ impl State {
         index: &Connection,
         last_step: &mut Option<Instant>,
         interval: Duration,
-        key: &VerifyingKey,
     ) -> Result<bool, AuditError> {
         let (head, oldest): (i64, i64) = events
             .prepare_cached("SELECT coalesce(max(sequence), 0), coalesce(min(sequence), 0) FROM events")?
             .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         self.oldest.store(oldest, Ordering::Relaxed);
-        // Events moved out by `audit archive` leave the index too (once per new anchor), but
-        // only under a proven anchor: an `archives` row anyone with the file can write would
-        // otherwise drop the rows of live events, and tenant queries trusting the watermark
-        // would not show them. An anchor that does not prove is damage: the index starts
-        // over (once per such anchor) and nothing is pruned.
-        let archived = self.proven_archived(events, index, last_step, key)?;
-        if archived > self.pruned.load(Ordering::Relaxed) {
-            index.prepare_cached("DELETE FROM tenant_events WHERE sequence <= ?1")?.execute([archived])?;
-            self.pruned.store(archived, Ordering::Relaxed);
+        // Events moved out by `audit archive` leave the index too: rows below the oldest
+        // event the log still holds, and only those. So no `archives` row (anyone with the
+        // file can write one) can drop the row of a live event and hide it from tenant
+        // queries that trust the watermark; a row of an event deleted by hand shows nothing
+        // either way (queries read the event itself).
+        if oldest > self.pruned.load(Ordering::Relaxed) {
+            index.prepare_cached("DELETE FROM tenant_events WHERE sequence < ?1")?.execute([oldest])?;
+            self.pruned.store(oldest, Ordering::Relaxed);
         }
         let waiting = head - self.through.load(Ordering::Relaxed);
         let due = last_step.is_none_or(|t| t.elapsed() >= interval);
         if waiting < STEP as i64 && !(due && waiting != 0) {
             return Ok(false);
         }
-        let (through, more, restarted) = index_step(events, index, archived)?;
+        let (through, more, restarted) = index_step(events, index)?;
         if restarted {
             self.rebuilds.fetch_add(1, Ordering::Relaxed);
         }
         self.through.store(through, Ordering::Relaxed);
         *last_step = Some(Instant::now());
         Ok(more)
-    }
-}
-
-impl State {
-    /// How far events were archived, by a proven anchor (0: none, or not proven; see
-    /// `maybe_step`).
-    fn proven_archived(
-        &self,
-        events: &Connection,
-        index: &Connection,
-        last_step: &mut Option<Instant>,
-        key: &VerifyingKey,
-    ) -> Result<i64, AuditError> {
-        let Some(a) = anchor(events)? else { return Ok(0) };
-        let keys = keys_in_force_at(events, key, a.through)?;
-        let Err(why) = prove(events, &a, &keys)? else { return Ok(a.through) };
-        if self.unproven.swap(a.through, Ordering::Relaxed) != a.through {
-            tracing::warn!(
-                anchor = a.through,
-                "audit tenant index: the archive anchor does not prove ({why}); rebuilding the index without it"
-            );
-            index.execute_batch("DELETE FROM tenant_events; DELETE FROM indexed;")?;
-            self.pruned.store(0, Ordering::Relaxed);
-            self.start_over(last_step);
-        }
-        Ok(0)
     }
 }
 
@@ -306,13 +270,17 @@ fn open_both(audit_db: &Path) -> Result<(Connection, Connection), AuditError> {
 /// Indexes up to [`STEP`] events past the watermark in one transaction (starting over when
 /// the watermark does not match the log). Returns the new watermark, whether more remain,
 /// and whether it started over.
-fn index_step(events: &Connection, index: &Connection, archived: i64) -> Result<(i64, bool, bool), AuditError> {
+fn index_step(events: &Connection, index: &Connection) -> Result<(i64, bool, bool), AuditError> {
     let read = events.unchecked_transaction()?;
+    let oldest: i64 =
+        read.prepare_cached("SELECT coalesce(min(sequence), 0) FROM events")?.query_row([], |r| r.get(0))?;
     let mut restarted = false;
     let mut from = match watermark(index, "main")? {
         Some((through, hash)) if event_hash(&read, through)?.as_deref() == Some(&hash[..]) => through,
-        // Its event was archived (`audit archive`, a proven anchor), not replaced: go on from there.
-        Some((through, _)) if event_hash(&read, through)?.is_none() && through <= archived => through,
+        // Its event and every one before it are gone (archived: `audit archive` deletes from
+        // the oldest up): nothing indexed can disagree with the log, go on from there. An
+        // empty log starts over (a new log reuses the sequences).
+        Some((through, _)) if oldest > through && event_hash(&read, through)?.is_none() => through,
         None => 0,
         Some(_) => {
             tracing::warn!("audit tenant index does not match the audit log (restored or replaced?); rebuilding it");

@@ -145,6 +145,8 @@ struct Segment<'c> {
 struct Required {
     what: String,
     range: (i64, i64),
+    /// The hash of event `range.1`.
+    hash: [u8; 32],
     sha256: Option<String>,
 }
 
@@ -191,9 +193,13 @@ fn verify_segments(
     // `audit_archived` record, after it, names its range (and the file's SHA-256).
     walk.place = None;
     for r in &required {
-        if let Err(report) = walk.require_recorded(&r.what, r.range, r.sha256.as_deref()) {
+        if let Err(report) = walk.require_recorded(&r.what, r.range, r.hash, r.sha256.as_deref()) {
             return Ok(*report);
         }
+    }
+    // Every archive the live log says it made, signed by a key of the verified chain.
+    if let Err(report) = walk.archive_rows() {
+        return Ok(*report);
     }
     let unrecorded = segments.last().and_then(|s| s.archive.as_ref()).map(|(name, _, _)| name.clone());
     let mut report = walk.finish();
@@ -246,6 +252,9 @@ fn walk_segment(
     // One read transaction: events, checkpoints and hand-overs from the same snapshot.
     let tx = seg.conn.unchecked_transaction()?;
     let live_anchor = if seg.archive.is_none() { anchor(&tx)? } else { None };
+    if seg.archive.is_none() {
+        walk.archive_rows = super::anchor::all(&tx)?;
+    }
     let start = match &seg.archive {
         Some((_, m, _)) => (m.anchor_sequence, m.anchor_hash),
         None => live_anchor.map_or((0, GENESIS_HASH), |a| (a.through, a.hash)),
@@ -296,7 +305,8 @@ fn walk_segment(
             return Ok(Some(walk.fail(
                 Some(a.from.min(a.through)),
                 format!(
-                    "the archive anchor at {} has no signed checkpoint at {} (a forged or moved anchor: events                      before it were deleted, not archived)",
+                    "the archive anchor at {} has no signed checkpoint at {} (a forged or moved anchor: events \
+                     before it were deleted, not archived)",
                     a.through, a.through
                 ),
             )));
@@ -304,6 +314,7 @@ fn walk_segment(
         required.push(Required {
             what: format!("the archive anchor at {}", a.through),
             range: (a.from, a.through),
+            hash: a.hash,
             sha256: None,
         });
     }
@@ -354,6 +365,7 @@ fn walk_segment(
             required.push(Required {
                 what: name.clone(),
                 range: (meta.anchor_sequence + 1, meta.through_sequence),
+                hash: meta.head_hash,
                 sha256: Some(sha256.clone()),
             });
         }

@@ -13,7 +13,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row};
 
 use super::AuditError;
-use super::chain::{Checkpoint, CheckpointProblem, EventFields, GENESIS_HASH, event_hash};
+use super::anchor::{Anchor, Statement};
+use super::chain::{Checkpoint, CheckpointProblem, EventFields, GENESIS_HASH, event_hash, unhex};
 use super::handover::Handover;
 use super::record::Action;
 use super::verify_report::{External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport, source_name};
@@ -33,6 +34,8 @@ pub(super) fn is_type_error(e: &rusqlite::Error) -> bool {
 pub(super) struct Walk<'a> {
     /// The key in force, and the one before it when a hand-over happened at `handed_at`.
     key: VerifyingKey,
+    /// Every key followed so far (the root first): each was the vault's in its time.
+    keys: Vec<VerifyingKey>,
     previous: Option<(i64, VerifyingKey)>,
     key_ids: Vec<String>,
     opts: &'a VerifyOptions,
@@ -56,26 +59,46 @@ pub(super) struct Walk<'a> {
     pub(super) skipped_external: u64,
     /// The `audit_archived` records met in the verified chain.
     pub(super) recorded: Vec<ArchivedRecord>,
+    /// The live log's `archives` rows, oldest first (read in its snapshot).
+    pub(super) archive_rows: Vec<Anchor>,
 }
 
-/// What an `audit_archived` record in the verified chain names: `events from..=through`
-/// and the archive file's SHA-256 (hex).
+/// What an `audit_archived` record names: `events from..=through`, the hash of event
+/// `through`, the archive file's SHA-256 (hex), and the archive's signed statement
+/// (`anchor`), when it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ArchivedRecord {
     pub sequence: i64,
     pub from: i64,
     pub through: i64,
+    pub head_hash: [u8; 32],
     pub sha256: String,
+    pub signature: Option<[u8; 64]>,
 }
 
 impl ArchivedRecord {
-    /// Parses the detail `archive` writes: `events F..=T (...) archived to NAME (sha256 HEX); ...`.
+    /// Parses the detail `archive` writes (`archive::record_detail`): `events F..=T (N
+    /// events, ...; hash HEX; sha256 HEX; statement HEX) archived to NAME; ...`. Only the part
+    /// before ` archived to ` is read, so the file name cannot pass for a value.
     pub(super) fn parse(sequence: i64, detail: &[u8]) -> Option<ArchivedRecord> {
         let detail = std::str::from_utf8(detail).ok()?;
         let (from, rest) = detail.strip_prefix("events ")?.split_once("..=")?;
-        let through = rest.split(' ').next()?;
-        let sha = detail.split_once("(sha256 ")?.1.get(..64)?;
-        Some(ArchivedRecord { sequence, from: from.parse().ok()?, through: through.parse().ok()?, sha256: sha.into() })
+        let (through, rest) = rest.split_once(" (")?;
+        let (values, _) = rest.split_once(") archived to ")?;
+        let value = |name: &str| values.split("; ").find_map(|p| p.strip_prefix(name));
+        Some(ArchivedRecord {
+            sequence,
+            from: from.parse().ok()?,
+            through: through.parse().ok()?,
+            head_hash: unhex::<32>(value("hash ")?)?,
+            sha256: hex(&unhex::<32>(value("sha256 ")?)?),
+            signature: value("statement ").and_then(unhex::<64>),
+        })
+    }
+
+    fn statement(&self) -> Statement {
+        let sha256 = unhex::<32>(&self.sha256).unwrap_or_default();
+        Statement { from: self.from, through: self.through, head_hash: self.head_hash, sha256 }
     }
 }
 
@@ -83,6 +106,7 @@ impl<'a> Walk<'a> {
     pub(super) fn new(root: &VerifyingKey, opts: &'a VerifyOptions) -> Self {
         Walk {
             key: *root,
+            keys: vec![*root],
             previous: None,
             key_ids: vec![audit_key_id(root.as_bytes())],
             opts,
@@ -98,6 +122,7 @@ impl<'a> Walk<'a> {
             archives: Vec::new(),
             skipped_external: 0,
             recorded: Vec::new(),
+            archive_rows: Vec::new(),
         }
     }
 
@@ -132,6 +157,7 @@ impl<'a> Walk<'a> {
         }
         self.previous = Some((at, self.key));
         self.key = new;
+        self.keys.push(new);
         self.key_ids.push(h.new_key_id.clone());
         Ok(())
     }
@@ -176,9 +202,20 @@ impl<'a> Walk<'a> {
         if stored.hash != hash {
             return Ok(Err(self.fail(Some(seq), format!("event {seq}: hash does not match its contents (edited)"))));
         }
+        // An archive counts only with its statement, signed by the key in force here: a
+        // record anyone could write (and get signed as part of a tail) proves nothing, and
+        // one whose statement does not verify is forged.
         if fields.action == Action::AuditArchived.as_str().as_bytes()
             && let Some(r) = ArchivedRecord::parse(seq, fields.detail)
+            && let Some(signature) = &r.signature
         {
+            if !r.statement().verifies(signature, &self.key) {
+                let detail = format!(
+                    "event {seq}: an audit_archived record whose statement does not verify under key {} (forged)",
+                    self.key_id()
+                );
+                return Ok(Err(self.fail(Some(seq), detail)));
+            }
             self.recorded.push(r);
         }
         self.seq = seq;
@@ -264,6 +301,7 @@ impl<'a> Walk<'a> {
         }
         self.previous = Some((at, self.key));
         self.key = new;
+        self.keys.push(new);
         self.key_ids.push(h.new_key_id.clone());
         Ok(())
     }
@@ -299,22 +337,27 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    /// Requires an `audit_archived` record after `through` in the verified chain naming
-    /// exactly `from..=through` (and, when given, the archive file's SHA-256): an archive (or
-    /// a live log's anchor) that no record names is not part of the chain. `what` names it.
+    /// Requires an `audit_archived` record with a verified statement after `through` in the
+    /// verified chain naming exactly `from..=through` and the hash of event `through` (and,
+    /// when given, the archive file's SHA-256): an archive (or a live log's anchor) that no
+    /// record names is not part of the chain. `what` names it.
     pub(super) fn require_recorded(
         &self,
         what: &str,
         (from, through): (i64, i64),
+        hash: [u8; 32],
         sha256: Option<&str>,
     ) -> Result<(), Box<VerifyReport>> {
-        let names = |r: &&ArchivedRecord| r.sequence > through && (r.from, r.through) == (from, through);
+        let names =
+            |r: &&ArchivedRecord| r.sequence > through && (r.from, r.through, r.head_hash) == (from, through, hash);
         let ranged: Vec<&ArchivedRecord> = self.recorded.iter().filter(names).collect();
         if ranged.is_empty() {
             return Err(self.bad(
                 Some(from),
                 format!(
-                    "{what} is not recorded in the log: no audit_archived record in the verified chain names events                      {from}..={through} (a forged or moved anchor, or a file that is not part of this chain)"
+                    "{what} is not recorded in the log: no audit_archived record with a signed statement in the \
+                     verified chain names events {from}..={through} (a forged or moved anchor, or a file that is not \
+                     part of this chain)"
                 ),
             ));
         }
@@ -324,9 +367,42 @@ impl<'a> Walk<'a> {
             return Err(self.bad(
                 Some(from),
                 format!(
-                    "{what} is not recorded in the log: the audit_archived record of events {from}..={through} names                      another SHA-256 than the file's ({sha}; replaced or rewritten)"
+                    "{what} is not recorded in the log: the audit_archived record of events {from}..={through} names \
+                     another SHA-256 than the file's ({sha}; replaced or rewritten)"
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks the live log's `archives` rows (oldest first): one unbroken range from event 1,
+    /// each with a statement signed by a key of the verified key chain. So an operator's
+    /// archive made on top of a forged anchor does not pass the forged range off as archived.
+    pub(super) fn archive_rows(&self) -> Result<(), Box<VerifyReport>> {
+        let mut next = 1;
+        for a in &self.archive_rows {
+            let range = format!("{}..={}", a.from, a.through);
+            if a.from != next || a.through < a.from {
+                return Err(self.bad(
+                    Some(next),
+                    format!(
+                        "the archives table names events {range}, but the archives before it end at event {} \
+                         (an archive row forged, moved or deleted)",
+                        next - 1
+                    ),
+                ));
+            }
+            let signed = a.signature.is_some_and(|s| self.keys.iter().any(|k| a.statement().verifies(&s, k)));
+            if !signed {
+                return Err(self.bad(
+                    Some(a.from),
+                    format!(
+                        "the archives table names events {range} without a statement signed by the vault's key \
+                         (a forged archive row: those events were deleted, not archived)"
+                    ),
+                ));
+            }
+            next = a.through + 1;
         }
         Ok(())
     }
