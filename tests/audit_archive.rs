@@ -639,7 +639,8 @@ fn forge_event(c: &rusqlite::Connection, rec: &AuditRecord) -> i64 {
 
 /// What an attacker with the file writes to pass a deletion of events `1..=s` off as an
 /// archive: an `archives` row at the real checkpoint `s`, and an `audit_archived` record in
-/// the format `audit archive` writes, with `statement` (hex) when given.
+/// the format `audit archive` writes, with `statement` (hex) when given; `"old"` for the
+/// format of the build that had no statements (what the reported attack used).
 fn forge_archive(c: &rusqlite::Connection, s: i64, statement: Option<&str>) {
     let hash: Vec<u8> = c.query_row("SELECT hash FROM events WHERE sequence = ?1", [s], |r| r.get(0)).unwrap();
     let hash_hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
@@ -649,12 +650,20 @@ fn forge_archive(c: &rusqlite::Connection, s: i64, statement: Option<&str>) {
         rusqlite::params![s, hash],
     )
     .unwrap();
-    let statement = statement.map(|st| format!("; statement {st}")).unwrap_or_default();
-    let detail = format!(
-        "events 1..={s} ({s} events, up to the checkpoint signed 2026-12-01T00:00:00Z; hash {hash_hex}; sha256 {}{statement}) \
+    let zeros = "00".repeat(32);
+    let detail = if statement == Some("old") {
+        format!(
+            "events 1..={s} ({s} events, up to the checkpoint signed 2026-12-01T00:00:00Z) archived to forged.db \
+             (sha256 {zeros}); the live log continues from event {s} (hash {hash_hex})"
+        )
+    } else {
+        let statement = statement.map(|st| format!("; statement {st}")).unwrap_or_default();
+        format!(
+            "events 1..={s} ({s} events, up to the checkpoint signed 2026-12-01T00:00:00Z; hash {hash_hex}; sha256 {}{statement}) \
          archived to forged.db; the live log continues from event {s}",
-        "00".repeat(32)
-    );
+            zeros
+        )
+    };
     forge_event(
         c,
         &AuditRecord::new(Action::AuditArchived, Outcome::Ok)
@@ -671,7 +680,7 @@ fn forge_archive(c: &rusqlite::Connection, s: i64, statement: Option<&str>) {
 /// counts only with its statement signed by the audit key, which the attacker cannot make.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_dressed_up_as_an_archive_fails_verification_even_when_signed_over() {
-    for (name, statement) in [("none", None), ("garbage", Some("ab".repeat(64)))] {
+    for (name, statement) in [("old", Some("old".to_owned())), ("none", None), ("garbage", Some("ab".repeat(64)))] {
         let f = Files::new();
         let signed = f.append_signed_then(60, 20, "acme").await;
         let mut c = rusqlite::Connection::open(f.audit_db()).unwrap();
@@ -688,9 +697,9 @@ async fn a_deletion_dressed_up_as_an_archive_fails_verification_even_when_signed
         log.checkpoint_now().await.unwrap();
         log.shutdown().await;
         let out = f.verify(&[], true);
-        let expected: &[&str] = match statement {
-            None => &["does NOT verify", &format!("archive anchor at {signed} is not recorded in the log")],
-            Some(_) => &["does NOT verify", "audit_archived record whose statement does not verify", "(forged)"],
+        let expected: &[&str] = match name {
+            "garbage" => &["does NOT verify", "audit_archived record whose statement does not verify", "(forged)"],
+            _ => &["does NOT verify", &format!("archive anchor at {signed} is not recorded in the log")],
         };
         assert_fails_with(&out, expected);
         eprintln!("{name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -734,12 +743,14 @@ async fn a_running_server_does_not_sign_over_events_inserted_by_hand() {
 }
 
 /// Regression: an operator's `audit archive` on top of a forged anchor recorded a real
-/// statement from there on, and the live log verified alone with the forged range counted
-/// as archived. Every `archives` row must be signed and the rows unbroken from event 1.
+/// statement from there on (laundering the forged range), and one over edited rows signed
+/// the edit away. `audit archive` now verifies the live log first and refuses; and every
+/// `archives` row must carry a valid statement, the rows unbroken from event 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_archive_made_on_top_of_a_forged_anchor_does_not_launder_it() {
+async fn archive_refuses_a_log_that_does_not_verify_and_every_archive_row_must_be_signed() {
     let f = Files::new();
     let signed = f.append_signed_then(60, 20, "acme").await;
+    // On top of a forged anchor: refused, nothing changed.
     let c = rusqlite::Connection::open(f.audit_db()).unwrap();
     let hash: Vec<u8> = c.query_row("SELECT hash FROM events WHERE sequence = ?1", [signed], |r| r.get(0)).unwrap();
     c.execute(
@@ -751,14 +762,74 @@ async fn an_archive_made_on_top_of_a_forged_anchor_does_not_launder_it() {
     c.execute("DELETE FROM events WHERE sequence <= ?1", [signed]).unwrap();
     drop(c);
     f.append(30, "acme").await;
+    let before = dump(&f.audit_db());
     let a = f.s.path("a.db");
-    let out = f.archive(&["--before", "0m"], &a);
-    assert_ok(&out);
-    assert_eq!(archived_range(&out).0, signed + 1);
     assert_fails_with(
-        &f.verify(&[], true),
-        &["does NOT verify", &format!("archives table names events 1..={signed} without a statement")],
+        &f.archive(&["--before", "0m"], &a),
+        &["was not archived", "does not verify", &format!("archive anchor at {signed} is not recorded")],
     );
-    // With the real archive: the deleted range is missing.
-    assert_fails_with(&f.verify(&[&a], true), &["does NOT verify", &format!("events 1..={signed} are missing")]);
+    assert!(!a.exists());
+    assert_eq!(dump(&f.audit_db()), before, "nothing changed");
+
+    // Over an edited row (the stored hash left as it was): refused too.
+    let f = Files::new();
+    f.append_signed_then(60, 20, "acme").await;
+    let c = rusqlite::Connection::open(f.audit_db()).unwrap();
+    c.execute("UPDATE events SET tenant_id = 'other' WHERE sequence = 10", []).unwrap();
+    drop(c);
+    assert_fails_with(&f.archive(&["--before", "0m"], &a), &["was not archived", "event 10: hash does not match"]);
+    assert!(!a.exists());
+
+    // A real archive whose row's statement is then replaced: the live log alone fails.
+    let f = Files::new();
+    f.append_signed_then(60, 20, "acme").await;
+    assert_ok(&f.archive(&["--before", "0m"], &a));
+    assert_ok(&f.verify(&[], true));
+    let c = rusqlite::Connection::open(f.audit_db()).unwrap();
+    c.execute("UPDATE archive_statements SET signature = zeroblob(64)", []).unwrap();
+    drop(c);
+    assert_fails_with(&f.verify(&[], true), &["does NOT verify", "without a statement signed by the vault's key"]);
+}
+
+/// Regression (review): the indexer dropped the rows of events deleted by hand; put back
+/// unchanged (the chain verifies again), they stayed missing from tenant pages, since the
+/// watermark still matched. The index remembers the oldest event it has seen (its floor):
+/// older events back in the log make queries scan and the index start over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_put_back_after_a_deletion_are_listed_again_for_their_tenant() {
+    let f = Files::new();
+    let log = AuditLog::open(&f.audit_db(), f.vault().audit_signing_key().unwrap(), AuditConfig::default()).unwrap();
+    append_to(&log, 100, "acme").await;
+    log.checkpoint_now().await.unwrap();
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let head = f.head();
+    wait("the index", &|| log.tenant_index_through() >= head);
+    let index_floor = || {
+        rusqlite::Connection::open(audit::tenant_index_path(&f.audit_db()))
+            .and_then(|c| c.query_row("SELECT floor FROM indexed", [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0)
+    };
+    let c = rusqlite::Connection::open(f.audit_db()).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.execute_batch(
+        "CREATE TEMP TABLE saved AS SELECT * FROM events WHERE sequence <= 50; \
+         DELETE FROM events WHERE sequence <= 50;",
+    )
+    .unwrap();
+    wait("the rows of the deleted events to be dropped", &|| index_floor() == 51);
+    c.execute_batch("INSERT INTO events SELECT * FROM temp.saved;").unwrap();
+    drop(c);
+    let filter = AuditFilter { tenant_id: Some("acme".into()), ..Default::default() };
+    let page = log.list(filter.clone(), None, 1000).await.unwrap();
+    assert_eq!(page.len(), 100, "every event is listed at once (the query scans)");
+    wait("the index to start over", &|| index_floor() <= 1);
+    wait("the index", &|| log.tenant_index_through() >= head);
+    assert_eq!(log.list(filter, None, 1000).await.unwrap().len(), 100);
+    log.shutdown().await;
 }

@@ -5,7 +5,9 @@
 //!
 //! 1. Pick the cut: the newest signed checkpoint at or below `--through N`, or signed
 //!    before `--before TIME` (so every event it covers is older). Refused, naming the option,
-//!    when there is none or it is already archived.
+//!    when there is none or it is already archived. Then verify the live log in the same
+//!    snapshot (strictly, from its anchor): the statement step 3 signs vouches for what the
+//!    archive holds, so an edit is refused here rather than moved out of sight.
 //! 2. Write the archive from one read snapshot to a temporary file beside `--out`, check it
 //!    complete (count, links, end hash), fsync it, hard-link it to `--out` (which never
 //!    replaces an existing file) and fsync the directory. Any failure removes it.
@@ -38,13 +40,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::anchor::{Statement, anchor};
 use super::chain::{Checkpoint, GENESIS_HASH};
 use super::db::{CHECKPOINT_COLUMNS, checkpoint_from_row, open_reader, open_writer};
 use super::record::{Action, AuditRecord, Outcome};
+use super::verify_report::VerifyOptions;
 use super::{AuditConfig, AuditError, archive_file, db, format_time_ms, signing};
 use crate::crypto::secret::hex;
 use crate::store::now_ms;
@@ -195,6 +198,10 @@ pub fn archive_blocking(
             ),
         ));
     }
+    // The statement vouches for what it archives, so what it archives is verified first, in
+    // this snapshot: the live log strictly from its anchor (hashes recomputed, every
+    // checkpoint, hand-over and earlier archive checked), up to at least the cut.
+    verify_before_archiving(&snapshot, &key.verifying_key(), cp.sequence)?;
     let tmp = out.with_file_name(format!(".{file_name}.partial-{}", std::process::id()));
     let mut tmp_guard = RemoveOnDrop(Some(tmp.clone()));
     let source = live.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -261,6 +268,34 @@ fn record_detail(s: &Statement, signature: &[u8; 64], events: u64, signed_ms: i6
         hex(signature),
         s.through
     )
+}
+
+/// Verifies the live log in `snapshot` (see [`archive_blocking`]): from the first key of the
+/// key chain the file names (as the server's `VerifyAuditLog` does without a pinned root),
+/// ending at `own`, with everything up to `through` covered by a verified signature. An
+/// unsigned tail after the newest checkpoint (a running server's last second) is allowed:
+/// nothing in it is archived.
+fn verify_before_archiving(snapshot: &Connection, own: &VerifyingKey, through: i64) -> Result<(), AuditError> {
+    let root = super::handover::chain_root(snapshot, own)?;
+    let opts = VerifyOptions { allow_unsigned_tail: true, ..VerifyOptions::default() };
+    let report = super::verify::verify_conn_with(snapshot, &root, &opts)?;
+    let own_id = crate::crypto::audit_key_id(own.as_bytes());
+    let why = if !report.ok {
+        Some(report.detail.clone())
+    } else if report.key_ids.last() != Some(&own_id) {
+        Some(format!("its key chain ends at another key than this vault's ({own_id})"))
+    } else if report.signed_through.is_none_or(|s| s < through) {
+        Some(format!("event {through} is covered by no verified checkpoint"))
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(AuditError::Altered(format!(
+            "the live audit log does not verify, so nothing was archived (an archive's statement vouches for what it \
+             holds): {why}; investigate with `audit verify`"
+        ))),
+    }
 }
 
 /// The checkpoint the cut selects.

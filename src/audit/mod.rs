@@ -20,8 +20,10 @@
 //!   `signing_keys` and `signing_handovers` tables are never trusted by themselves: a
 //!   hand-over counts only when the key in force signed it.
 //! - **A writer never signs over rows altered under it**, nor chains onto events appended
-//!   by anyone who did not sign them with its key, and signs an unsigned tail it finds at
-//!   open at once, on the record (see `writer` and `signing`).
+//!   after its own unless a checkpoint by its key covers them, and signs an unsigned tail it
+//!   finds at open at once, on the record (see `writer` and `signing`). A command appending
+//!   beside it signs the unsigned tail it finds the same way, on the record
+//!   (`unsigned_tail_signed`): what happened to such a tail before is unproven, and says so.
 //! - **An archive counts only with its statement** signed by the audit key (`anchor`): an
 //!   `archives` row or an `audit_archived` record alone is writable by anyone with the file.
 //! - **Witnesses never hold up the writer**: checkpoints are queued for them, bounded.

@@ -94,9 +94,29 @@ fn signed_after(
     let cp = tx.prepare_cached(&sql)?.query_row([seq], db::checkpoint_from_row).optional()?.transpose();
     Ok(match cp {
         Ok(Some(cp)) if cp.head_hash == hash && cp.verify(own).is_ok() => Ok(()),
+        Ok(Some(cp)) if cp.head_hash == hash && handed_back(tx, &cp, own)? => Ok(()),
         Ok(Some(_)) | Err(_) => Err("end at a checkpoint that does not verify under this writer's key".into()),
         Ok(None) => Err("end at no checkpoint signed with this writer's key (inserted by hand?)".into()),
     })
+}
+
+/// A rotation that failed after its hand-over and was handed back (`audit rotate-signing-key`,
+/// see `rotate`): `own` handed over to a successor, the successor signed the checkpoint
+/// `cp` at the head and, at that head, handed back to `own`. Both hand-overs verify (the
+/// first under `own`, the second under the successor), so the successor's checkpoint is as
+/// good as this writer's own.
+fn handed_back(tx: &rusqlite::Transaction<'_>, cp: &Checkpoint, own: &VerifyingKey) -> Result<bool, AuditError> {
+    let own_id = crate::crypto::audit_key_id(own.as_bytes());
+    let handovers: Vec<_> = handover::all(tx)?.into_iter().filter_map(Result::ok).collect();
+    let Some(back) = handovers.iter().find(|h| h.sequence == cp.sequence && h.new_key_id == own_id) else {
+        return Ok(false);
+    };
+    let successor = handovers
+        .iter()
+        .filter(|h| h.old_key_id == own_id && h.new_key_id == back.old_key_id && h.sequence < back.sequence)
+        .find_map(|h| h.verify(own).ok());
+    Ok(successor
+        .is_some_and(|k| back.verify(&k).is_ok_and(|to| to.as_bytes() == own.as_bytes()) && cp.verify(&k).is_ok()))
 }
 
 /// Whether the missing event `seq` (hash `hash`, written by this writer) was moved out by
@@ -245,6 +265,30 @@ mod tests {
             let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
             assert!(e.to_string().contains("statement"), "{e}");
         }
+    }
+
+    /// Regression (review): a rotation handed back (the vault database failed to store the new
+    /// key) left the running writer's next commit refusing the successor's checkpoint at the
+    /// head as tampering; it is accepted, and only with both hand-overs in place.
+    #[test]
+    fn a_rotation_handed_back_is_not_tampering() {
+        let own = SigningKey::from_bytes(&[1; 32]);
+        let new = SigningKey::from_bytes(&[3; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let mut conn = db::open_writer(&path, &own.verifying_key(), None).unwrap();
+        let rec = AuditRecord::new(Action::TokenMinted, Outcome::Ok).caller("c", "").request("r", "local");
+        let tx = conn.transaction().unwrap();
+        let written = db::append_in_tx(&tx, 1, std::iter::repeat_n(&rec, 3), &mut Vec::new()).unwrap();
+        db::put_checkpoint(&tx, &own, written.0, written.1).unwrap();
+        tx.commit().unwrap();
+        crate::audit::hand_over_blocking(&path, &own, &new.verifying_key(), "op", "r1").unwrap();
+        crate::audit::hand_over_blocking(&path, &new, &own.verifying_key(), "op", "r2").unwrap();
+        let tx = conn.transaction().unwrap();
+        assert!(still_holds(&tx, written, &own.verifying_key()).is_ok());
+        // Without the first hand-over, the successor's checkpoint proves nothing.
+        tx.execute("DELETE FROM signing_handovers WHERE sequence = ?1", [written.0 + 1]).unwrap();
+        assert!(still_holds(&tx, written, &own.verifying_key()).is_err());
     }
 
     /// Regression: events appended by hand after the writer's newest were chained onto and

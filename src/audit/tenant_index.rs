@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version of the index file; a file of another version is rebuilt.
-pub(super) const VERSION: i64 = 1;
+pub(super) const VERSION: i64 = 2;
 
 /// The index file of the audit database at `audit_db`: `audit.db` -> `audit.tenant-index.db`.
 pub fn tenant_index_path(audit_db: &Path) -> PathBuf {
@@ -79,6 +79,13 @@ pub(crate) fn trusted_through(conn: &Connection) -> i64 {
         let version: i64 = conn.query_row("PRAGMA idx.user_version", [], |r| r.get(0))?;
         let Some((through, hash)) = watermark(conn, "idx")? else { return Ok(0) };
         if version != VERSION || through < 1 {
+            return Ok(0);
+        }
+        // An event older than the index has seen (put back after a deletion, or an older
+        // backup restored): rows it dropped or never saw may be live again. Scan until the
+        // indexer starts over.
+        let floor: i64 = conn.query_row("SELECT floor FROM idx.indexed WHERE id = 1", [], |r| r.get(0))?;
+        if floor > 1 && !no_event_through(conn, floor - 1)? {
             return Ok(0);
         }
         match event_hash(conn, through)? {

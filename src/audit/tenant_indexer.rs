@@ -33,7 +33,8 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS indexed (
         id           INTEGER PRIMARY KEY CHECK (id = 1),
         through      INTEGER NOT NULL,
-        through_hash BLOB    NOT NULL
+        through_hash BLOB    NOT NULL,
+        floor        INTEGER NOT NULL DEFAULT 0
     );";
 
 /// What the indexer thread and its handle share.
@@ -42,8 +43,6 @@ struct State {
     stop: AtomicBool,
     through: AtomicI64,
     rebuilds: AtomicU64,
-    /// Index rows below this sequence were dropped (their events are gone: archived).
-    pruned: AtomicI64,
     /// The oldest event the audit database holds (0: none), for metrics.
     oldest: AtomicI64,
 }
@@ -193,11 +192,25 @@ impl State {
         // Events moved out by `audit archive` leave the index too: rows below the oldest
         // event the log still holds, and only those. So no `archives` row (anyone with the
         // file can write one) can drop the row of a live event and hide it from tenant
-        // queries that trust the watermark; a row of an event deleted by hand shows nothing
-        // either way (queries read the event itself).
-        if oldest > self.pruned.load(Ordering::Relaxed) {
-            index.prepare_cached("DELETE FROM tenant_events WHERE sequence < ?1")?.execute([oldest])?;
-            self.pruned.store(oldest, Ordering::Relaxed);
+        // queries that trust the watermark. The index's `floor` remembers the oldest event
+        // it has seen: an event below it (rows put back after a deletion, an older backup
+        // restored) means rows it dropped or never saw are live again, so it starts over
+        // (and queries scan meanwhile: `trusted_through`).
+        let floor = floor(index)?;
+        if oldest > 0 && oldest < floor {
+            tracing::warn!(
+                oldest,
+                floor,
+                "audit tenant index: the log holds events older than the index has seen (put back or restored); \
+                 rebuilding the index"
+            );
+            index.execute_batch("DELETE FROM tenant_events; DELETE FROM indexed;")?;
+            self.start_over(last_step);
+        } else if oldest > floor {
+            let tx = index.unchecked_transaction()?;
+            tx.prepare_cached("DELETE FROM tenant_events WHERE sequence < ?1")?.execute([oldest])?;
+            tx.prepare_cached("UPDATE indexed SET floor = ?1")?.execute([oldest])?;
+            tx.commit()?;
         }
         let waiting = head - self.through.load(Ordering::Relaxed);
         let due = last_step.is_none_or(|t| t.elapsed() >= interval);
@@ -212,6 +225,11 @@ impl State {
         *last_step = Some(Instant::now());
         Ok(more)
     }
+}
+
+/// The oldest event the index has seen (0: none yet); rows below it were dropped.
+fn floor(index: &Connection) -> rusqlite::Result<i64> {
+    index.prepare_cached("SELECT coalesce(max(floor), 0) FROM indexed")?.query_row([], |r| r.get(0))
 }
 
 /// The device and inode of the file at `path`, if there is one.
@@ -316,8 +334,12 @@ fn index_step(events: &Connection, index: &Connection) -> Result<(i64, bool, boo
         for (tenant, sequence) in &rows {
             insert.execute(params![tenant, sequence])?;
         }
-        tx.prepare_cached("INSERT OR REPLACE INTO indexed (id, through, through_hash) VALUES (1, ?1, ?2)")?
-            .execute(params![through, hash])?;
+        // A new index starts at the oldest event the log held (its floor, see `maybe_step`).
+        tx.prepare_cached(
+            "INSERT INTO indexed (id, through, through_hash, floor) VALUES (1, ?1, ?2, ?3) \
+             ON CONFLICT (id) DO UPDATE SET through = excluded.through, through_hash = excluded.through_hash",
+        )?
+        .execute(params![through, hash, oldest])?;
     }
     tx.commit()?;
     from = through;

@@ -249,11 +249,18 @@ fn walk_segment(
     external: &mut Externals<'_>,
     required: &mut Vec<Required>,
 ) -> Result<Option<VerifyReport>, AuditError> {
-    // One read transaction: events, checkpoints and hand-overs from the same snapshot.
-    let tx = seg.conn.unchecked_transaction()?;
-    let live_anchor = if seg.archive.is_none() { anchor(&tx)? } else { None };
+    // One read transaction: events, checkpoints and hand-overs from the same snapshot (the
+    // caller's, when it holds one: `audit archive` verifies what it is about to archive).
+    let owned;
+    let tx: &Connection = if seg.conn.is_autocommit() {
+        owned = seg.conn.unchecked_transaction()?;
+        &owned
+    } else {
+        seg.conn
+    };
+    let live_anchor = if seg.archive.is_none() { anchor(tx)? } else { None };
     if seg.archive.is_none() {
-        walk.archive_rows = super::anchor::all(&tx)?;
+        walk.archive_rows = super::anchor::all(tx)?;
     }
     let start = match &seg.archive {
         Some((_, m, _)) => (m.anchor_sequence, m.anchor_hash),
@@ -266,7 +273,7 @@ fn walk_segment(
     };
     // A live log alone, archived up to its anchor: verified from there, saying so.
     let alone = index == 0 && seg.archive.is_none() && start.0 > 0;
-    let mut handovers = handover::all(&tx)?
+    let mut handovers = handover::all(tx)?
         .into_iter()
         .filter(|h| alone || h.as_ref().map_or(true, |h| h.sequence > start.0))
         .collect::<Vec<_>>()
@@ -331,7 +338,7 @@ fn walk_segment(
         while let Some(h) = handovers.next_if(|h| h.as_ref().map_or(true, |h| h.sequence <= walk.seq)) {
             let followed = match &h {
                 Ok(x) if x.sequence <= start.0 => walk.handover_archived(&h),
-                _ => walk.handover(&h, &tx),
+                _ => walk.handover(&h, tx),
             };
             if let Err(report) = followed {
                 return Ok(Some(*report));
