@@ -327,7 +327,7 @@ impl Config {
             return Err(invalid("server.max_pending_handshakes_per_address", format!("must be 1 to {most}")));
         }
         self.tokens.validate().map_err(|r| invalid("tokens", r))?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| invalid("log.level", e.to_string()))?;
+        log_filter(&self.log.level).map_err(|e| invalid("log.level", e))?;
         self.audit.witness.validate().map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
     }
@@ -392,6 +392,28 @@ pub fn default_audit_db(db: &Path) -> PathBuf {
     db.with_file_name(format!("{stem}-audit.db"))
 }
 
+/// Parses log directives (`EnvFilter` syntax: `info`, `pogo_vault=debug,tower=warn`).
+/// Anything but printable ASCII is refused first: tracing-subscriber's directive parser
+/// panics on some multi-byte input (a config or `POGO_VAULT_LOG` value found by
+/// `tests/hardening_fuzz.rs`), and no directive needs it.
+pub fn log_filter(directives: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    if let Some(c) = directives.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
+        return Err(format!(
+            "must be printable ASCII in EnvFilter syntax (such as info or pogo_vault=debug); found {c:?}"
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| e.to_string())
+}
+
+/// The log filter: `POGO_VAULT_LOG` when it is set and valid, else `default` (else `info`).
+pub fn env_log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    std::env::var("POGO_VAULT_LOG")
+        .ok()
+        .and_then(|v| log_filter(&v).ok())
+        .or_else(|| log_filter(default).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
+}
+
 /// What `serve` starts with, from a validated configuration. Here, not in `server`: the
 /// configuration knows the server's options, the server does not know the file.
 impl crate::server::ServeOptions {
@@ -450,6 +472,17 @@ policy = "policy.toml"
         assert_eq!(c.server.max_request_bytes, 65536);
         assert!(c.server.return_subscription_key);
         assert_eq!(c.tokens.upstream_rate_per_second, 2.0);
+    }
+
+    /// Regression (found by `hardening_fuzz`, rarely): a `log.level` with multi-byte
+    /// characters panicked inside tracing-subscriber's directive parser during `validate`.
+    #[test]
+    fn a_log_level_with_multibyte_characters_is_refused_not_a_panic() {
+        for level in ["\tȺ \u{116ff}\t\u{18c76}=\u{234c3}Qe\u{202e}''\\:{", "pogo_vault=débug", "info\n"] {
+            let e = log_filter(level).unwrap_err();
+            assert!(e.contains("printable ASCII"), "{e}");
+        }
+        assert!(log_filter("info,pogo_vault=debug").is_ok());
     }
 
     #[test]
