@@ -73,10 +73,31 @@ pub struct VaultSection {
     pub db: PathBuf,
     /// The audit database; default: beside `db`, named `<db stem>-audit.db`.
     pub audit_db: Option<PathBuf>,
-    /// Exactly one of the three master key sources.
+    /// Exactly one of the four master key sources.
     pub master_key_file: Option<PathBuf>,
     pub master_passphrase_file: Option<PathBuf>,
     pub master_passphrase_env: Option<String>,
+    /// `master_key = { pkcs11 = { module, token_label, key_label, pin_file } }`: the key in an HSM.
+    pub master_key: Option<MasterKeyTable>,
+}
+
+/// `vault.master_key`: where a master key that is not a file or a passphrase lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterKeyTable {
+    pub pkcs11: Pkcs11Table,
+}
+
+/// `vault.master_key.pkcs11` (src/crypto/hsm.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Table {
+    /// The PKCS#11 module (shared library).
+    pub module: PathBuf,
+    pub token_label: String,
+    pub key_label: String,
+    /// A file (mode 0600) holding the user PIN.
+    pub pin_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -238,6 +259,10 @@ impl Config {
         cfg.vault.audit_db.as_mut().map(fix);
         cfg.vault.master_key_file.as_mut().map(fix);
         cfg.vault.master_passphrase_file.as_mut().map(fix);
+        if let Some(t) = cfg.vault.master_key.as_mut() {
+            fix(&mut t.pkcs11.module);
+            fix(&mut t.pkcs11.pin_file);
+        }
         for p in [&mut cfg.server.cert, &mut cfg.server.key, &mut cfg.server.client_ca, &mut cfg.server.policy] {
             fix(p);
         }
@@ -282,6 +307,7 @@ impl Config {
             self.vault.master_key_file = key.map(Into::into);
             self.vault.master_passphrase_file = pf.map(Into::into);
             self.vault.master_passphrase_env = pe;
+            self.vault.master_key = None;
         }
         if let Some(v) = get("POGO_VAULT_TLS_KEY") {
             self.server.key = v.into();
@@ -334,15 +360,25 @@ impl Config {
 
     pub fn master_key_source(&self) -> Result<MasterKeySource, String> {
         let v = &self.vault;
-        match (&v.master_key_file, &v.master_passphrase_file, &v.master_passphrase_env) {
-            (Some(p), None, None) => Ok(MasterKeySource::KeyFile(p.clone())),
-            (None, Some(p), None) => Ok(MasterKeySource::PassphraseFile(p.clone())),
-            (None, None, Some(e)) => Ok(MasterKeySource::PassphraseEnv(e.clone())),
-            (None, None, None) => {
-                Err("no master key source: set one of master_key_file, master_passphrase_file, master_passphrase_env"
-                    .into())
+        const ONE_OF: &str = "master_key_file, master_passphrase_file, master_passphrase_env, master_key.pkcs11";
+        match (&v.master_key_file, &v.master_passphrase_file, &v.master_passphrase_env, &v.master_key) {
+            (Some(p), None, None, None) => Ok(MasterKeySource::KeyFile(p.clone())),
+            (None, Some(p), None, None) => Ok(MasterKeySource::PassphraseFile(p.clone())),
+            (None, None, Some(e), None) => Ok(MasterKeySource::PassphraseEnv(e.clone())),
+            (None, None, None, Some(t)) => {
+                let t = &t.pkcs11;
+                if t.token_label.trim().is_empty() || t.key_label.trim().is_empty() {
+                    return Err("master_key.pkcs11: token_label and key_label must not be empty".into());
+                }
+                Ok(MasterKeySource::Pkcs11(crate::crypto::Pkcs11Settings {
+                    module: t.module.clone(),
+                    token_label: t.token_label.clone(),
+                    key_label: t.key_label.clone(),
+                    pin_file: t.pin_file.clone(),
+                }))
             }
-            _ => Err("set only one of master_key_file, master_passphrase_file, master_passphrase_env".into()),
+            (None, None, None, None) => Err(format!("no master key source: set one of {ONE_OF}")),
+            _ => Err(format!("set only one of {ONE_OF}")),
         }
     }
 

@@ -78,6 +78,12 @@ impl Vault {
         self.kek.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The master key's HSM health: `None` for a key in memory, else whether its HSM
+    /// answers (and why not).
+    pub fn master_key_health(&self) -> Option<Result<(), String>> {
+        self.kek().hsm().map(|h| h.health())
+    }
+
     pub fn kek_id(&self) -> String {
         self.kek().id().to_owned()
     }

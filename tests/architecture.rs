@@ -412,3 +412,49 @@ fn nothing_below_the_transport_names_tonic() {
     }
     assert!(offenders.is_empty(), "gRPC named below the transport:\n{}", offenders.join("\n"));
 }
+
+/// Whether `line` holds `what` as a whole name (`Attribute::Value` but not `Attribute::ValueLen`).
+fn names(line: &str, what: &str) -> bool {
+    line.match_indices(what).any(|(i, _)| {
+        !what.ends_with(|c: char| c.is_alphanumeric())
+            || !line[i + what.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+    })
+}
+
+/// DESIGN.md invariant 1, issue 20: the master key in an HSM never enters the vault's
+/// memory. Only `src/crypto/hsm.rs` speaks PKCS#11, and it makes no call that could bring a
+/// key's bytes out of the module: it encrypts and decrypts (wrap and unwrap of data keys),
+/// and reads no `CKA_VALUE`, wraps, unwraps, derives, digests or copies no key object.
+#[test]
+fn only_the_hsm_module_speaks_pkcs11_and_it_never_reads_key_bytes_out() {
+    const FORBIDDEN: &[&str] = &[
+        "AttributeType::Value",
+        "Attribute::Value",
+        "wrap_key(",
+        "unwrap_key(",
+        "derive_key(",
+        "digest_key(",
+        "copy_object(",
+        "get_attribute_info",
+        "Extractable(true)",
+        "Sensitive(false)",
+    ];
+    let mut offenders = Vec::new();
+    let mut speaks = Vec::new();
+    for (path, text) in src_files() {
+        for (n, line) in code_lines(&text) {
+            if line.contains("cryptoki") {
+                speaks.push(path.clone());
+            }
+            if path == "crypto/hsm.rs" && FORBIDDEN.iter().any(|f| names(line, f)) {
+                offenders.push(format!("src/{path}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    speaks.dedup();
+    assert_eq!(speaks, vec!["crypto/hsm.rs".to_owned()], "PKCS#11 outside src/crypto/hsm.rs");
+    assert!(offenders.is_empty(), "a call that could read key bytes out of the HSM:\n{}", offenders.join("\n"));
+    // The check above can fail: the file does make the calls it is allowed.
+    let hsm = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/crypto/hsm.rs")).unwrap();
+    assert!(hsm.contains("s.encrypt(") && hsm.contains("s.decrypt(") && hsm.contains("Extractable(false)"));
+}

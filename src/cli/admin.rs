@@ -23,6 +23,10 @@ pub struct InitArgs {
     /// overwrite an existing file.
     #[arg(long, value_name = "FILE")]
     pub generate_master_key_file: Option<PathBuf>,
+    /// With the --pkcs11-* options: use the key with that label that already exists in the
+    /// token (it must be a sensitive, non-extractable AES key) instead of creating one.
+    #[arg(long)]
+    pub existing_key: bool,
     #[command(flatten)]
     pub argon2: Argon2Args,
     #[command(flatten)]
@@ -68,12 +72,37 @@ pub struct NewKeyArgs {
     /// Environment variable holding the new master passphrase.
     #[arg(long, value_name = "VAR")]
     pub new_master_passphrase_env: Option<String>,
+    /// A new master key in an HSM, with this label: created as a non-extractable AES-256
+    /// key (or, with --new-existing-key, an existing one). Module, token and PIN file come
+    /// from --new-pkcs11-module, --new-pkcs11-token-label and --new-pkcs11-pin-file, else
+    /// from the current --pkcs11-* options.
+    #[arg(long, value_name = "LABEL")]
+    pub new_pkcs11_key_label: Option<String>,
+}
+
+/// Where the new HSM key of `rotate-kek` lives, when not where the current one does.
+#[derive(Debug, Args)]
+pub struct NewPkcs11Args {
+    /// The new key's PKCS#11 module (default: --pkcs11-module).
+    #[arg(long, value_name = "FILE", requires = "new_pkcs11_key_label")]
+    pub new_pkcs11_module: Option<PathBuf>,
+    /// The new key's token (default: --pkcs11-token-label).
+    #[arg(long, value_name = "LABEL", requires = "new_pkcs11_key_label")]
+    pub new_pkcs11_token_label: Option<String>,
+    /// The new key's token PIN file (default: --pkcs11-pin-file).
+    #[arg(long, value_name = "FILE", requires = "new_pkcs11_key_label")]
+    pub new_pkcs11_pin_file: Option<PathBuf>,
+    /// Use an existing key with --new-pkcs11-key-label rather than creating one.
+    #[arg(long, requires = "new_pkcs11_key_label")]
+    pub new_existing_key: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RotateKekArgs {
     #[command(flatten)]
     pub new: NewKeyArgs,
+    #[command(flatten)]
+    pub new_pkcs11: NewPkcs11Args,
     #[command(flatten)]
     pub remote: ThroughServer,
     #[command(flatten)]
@@ -82,8 +111,12 @@ pub struct RotateKekArgs {
 
 pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
     let source = g.master.source_opt()?;
+    if a.existing_key && !matches!(source, Some(MasterKeySource::Pkcs11(_))) {
+        return Err(CliError::usage("--existing-key goes with the --pkcs11-* options (a key in an HSM)"));
+    }
     let init_key = match (a.generate_master_key_file, source) {
         (Some(p), None) => InitKey::GenerateKeyFile(p),
+        (None, Some(MasterKeySource::Pkcs11(s))) if !a.existing_key => InitKey::CreateHsmKey(s),
         (None, Some(s)) => InitKey::Existing(s),
         (Some(_), Some(_)) => {
             return Err(CliError::usage(
@@ -93,15 +126,23 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
         (None, None) => {
             return Err(CliError::usage(
                 "no master key given: pass --generate-master-key-file FILE (new key file), --master-key-file FILE, \
-                 --master-passphrase-file FILE or --master-passphrase-env VAR",
+                 --master-passphrase-file FILE, --master-passphrase-env VAR, or the four --pkcs11-* options (a new \
+                 key in an HSM; add --existing-key to use one that exists)",
             ));
         }
     };
     let _lock = lock_for_change(&g.db)?;
     let vault = Vault::init(&g.db, &init_key, a.argon2.into())?;
     outln!("initialised {} (master key id {})", g.db.display(), vault.kek_id())?;
-    if let InitKey::GenerateKeyFile(p) = &init_key {
-        outln!("master key written to {} (mode 0600)", p.display())?;
+    match &init_key {
+        InitKey::GenerateKeyFile(p) => outln!("master key written to {} (mode 0600)", p.display())?,
+        InitKey::CreateHsmKey(s) => outln!(
+            "master key created in the HSM: AES-256 key {:?} on token {:?}, sensitive and not extractable (it never \
+             leaves the HSM)",
+            s.key_label,
+            s.token_label
+        )?,
+        _ => {}
     }
     outln!("keep the master key safe and apart from backups of the database: without it nothing in the vault opens")?;
     Ok(())
@@ -110,6 +151,12 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
 pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
     let n = a.new;
     if let Some(conn) = a.remote.connect_args()? {
+        if n.new_pkcs11_key_label.is_some() {
+            return Err(CliError::usage(
+                "through --endpoint the new key is a key file on the server's host; rotate to an HSM key with the \
+                 server stopped (without --endpoint)",
+            ));
+        }
         // The key file is on the server's host: absolute paths only.
         let (path, generate) = match (n.new_master_key_file, n.generate_new_master_key_file) {
             (Some(p), None) => (p, false),
@@ -154,6 +201,37 @@ pub fn rotate_kek(g: &GlobalArgs, a: RotateKekArgs) -> Result<(), CliError> {
         InitKey::Existing(MasterKeySource::PassphraseFile(p))
     } else if let Some(v) = n.new_master_passphrase_env {
         InitKey::Existing(MasterKeySource::PassphraseEnv(v))
+    } else if let Some(label) = n.new_pkcs11_key_label {
+        let p = a.new_pkcs11;
+        let current = g.master.pkcs11()?;
+        let missing = |what: &str| {
+            CliError::usage(format!(
+                "--new-pkcs11-{what}: not given, and the current master key is not in an HSM to take it from"
+            ))
+        };
+        let settings = crate::crypto::Pkcs11Settings {
+            module: p
+                .new_pkcs11_module
+                .or_else(|| current.as_ref().map(|c| c.module.clone()))
+                .ok_or_else(|| missing("module"))?,
+            token_label: p
+                .new_pkcs11_token_label
+                .or_else(|| current.as_ref().map(|c| c.token_label.clone()))
+                .ok_or_else(|| missing("token-label"))?,
+            key_label: label,
+            pin_file: p
+                .new_pkcs11_pin_file
+                .or_else(|| current.as_ref().map(|c| c.pin_file.clone()))
+                .ok_or_else(|| missing("pin-file"))?,
+        };
+        if settings.key_label.trim().is_empty() {
+            return Err(CliError::usage("--new-pkcs11-key-label: must not be empty"));
+        }
+        if p.new_existing_key {
+            InitKey::Existing(MasterKeySource::Pkcs11(settings))
+        } else {
+            InitKey::CreateHsmKey(settings)
+        }
     } else {
         return Err(CliError::usage("give the new master key"));
     };

@@ -63,11 +63,33 @@ pub struct MasterKeyArgs {
     // The value is never shown in help: a passphrase put there by mistake must not be echoed.
     #[arg(long, env = "POGO_VAULT_MASTER_PASSPHRASE_ENV", value_name = "VAR", hide_env_values = true)]
     pub master_passphrase_env: Option<String>,
+    /// A master key in an HSM: the PKCS#11 module (shared library). With the three
+    /// --pkcs11-* options below.
+    #[arg(long, env = "POGO_VAULT_PKCS11_MODULE", value_name = "FILE")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The HSM token's label.
+    #[arg(long, env = "POGO_VAULT_PKCS11_TOKEN_LABEL", value_name = "LABEL")]
+    pub pkcs11_token_label: Option<String>,
+    /// The master key's label in the token.
+    #[arg(long, env = "POGO_VAULT_PKCS11_KEY_LABEL", value_name = "LABEL")]
+    pub pkcs11_key_label: Option<String>,
+    /// File holding the token's user PIN (mode 0600).
+    #[arg(long, env = "POGO_VAULT_PKCS11_PIN_FILE", value_name = "FILE")]
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 /// The ids of the database options, as clap names them.
-pub(super) const DB_OPTION_IDS: [&str; 5] =
-    ["db", "audit_db", "master_key_file", "master_passphrase_file", "master_passphrase_env"];
+pub(super) const DB_OPTION_IDS: [&str; 9] = [
+    "db",
+    "audit_db",
+    "master_key_file",
+    "master_passphrase_file",
+    "master_passphrase_env",
+    "pkcs11_module",
+    "pkcs11_token_label",
+    "pkcs11_key_label",
+    "pkcs11_pin_file",
+];
 
 impl GlobalArgs {
     pub fn audit_db(&self) -> PathBuf {
@@ -110,6 +132,10 @@ impl GlobalArgs {
                 master_key_file: path_of("master_key_file"),
                 master_passphrase_file: path_of("master_passphrase_file"),
                 master_passphrase_env: string_of("master_passphrase_env"),
+                pkcs11_module: path_of("pkcs11_module"),
+                pkcs11_token_label: string_of("pkcs11_token_label"),
+                pkcs11_key_label: string_of("pkcs11_key_label"),
+                pkcs11_pin_file: path_of("pkcs11_pin_file"),
             },
         })
     }
@@ -120,7 +146,8 @@ impl MasterKeyArgs {
     pub fn source(&self) -> Result<MasterKeySource, CliError> {
         self.source_opt()?.ok_or_else(|| {
             CliError::usage(
-                "no master key given: pass --master-key-file FILE, --master-passphrase-file FILE or --master-passphrase-env VAR",
+                "no master key given: pass --master-key-file FILE, --master-passphrase-file FILE, \
+                 --master-passphrase-env VAR, or the four --pkcs11-* options",
             )
         })
     }
@@ -136,11 +163,51 @@ impl MasterKeyArgs {
         if let Some(v) = &self.master_passphrase_env {
             sources.push(MasterKeySource::PassphraseEnv(v.clone()));
         }
+        if let Some(s) = self.pkcs11()? {
+            sources.push(MasterKeySource::Pkcs11(s));
+        }
         if sources.len() > 1 {
             return Err(CliError::usage(
-                "give only one of --master-key-file, --master-passphrase-file and --master-passphrase-env",
+                "give only one of --master-key-file, --master-passphrase-file, --master-passphrase-env and the \
+                 --pkcs11-* options",
             ));
         }
         Ok(sources.pop())
+    }
+
+    /// The HSM key the four `--pkcs11-*` options name: all four or none.
+    pub fn pkcs11(&self) -> Result<Option<crate::crypto::Pkcs11Settings>, CliError> {
+        match (&self.pkcs11_module, &self.pkcs11_token_label, &self.pkcs11_key_label, &self.pkcs11_pin_file) {
+            (None, None, None, None) => Ok(None),
+            (Some(module), Some(token), Some(key), Some(pin)) => {
+                for (option, value) in [("--pkcs11-token-label", token), ("--pkcs11-key-label", key)] {
+                    if value.trim().is_empty() {
+                        return Err(CliError::usage(format!("{option}: must not be empty")));
+                    }
+                }
+                Ok(Some(crate::crypto::Pkcs11Settings {
+                    module: module.clone(),
+                    token_label: token.clone(),
+                    key_label: key.clone(),
+                    pin_file: pin.clone(),
+                }))
+            }
+            _ => {
+                let missing: Vec<&str> = [
+                    ("--pkcs11-module", self.pkcs11_module.is_none()),
+                    ("--pkcs11-token-label", self.pkcs11_token_label.is_none()),
+                    ("--pkcs11-key-label", self.pkcs11_key_label.is_none()),
+                    ("--pkcs11-pin-file", self.pkcs11_pin_file.is_none()),
+                ]
+                .iter()
+                .filter(|(_, m)| *m)
+                .map(|(o, _)| *o)
+                .collect();
+                Err(CliError::usage(format!(
+                    "a master key in an HSM needs all four --pkcs11-* options; missing: {}",
+                    missing.join(", ")
+                )))
+            }
+        }
     }
 }

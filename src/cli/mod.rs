@@ -257,9 +257,17 @@ mod tests {
     /// opens no database. Each command lists exactly the database options it uses.
     #[test]
     fn database_options_appear_only_on_commands_that_use_them() {
-        const MASTER: [&str; 3] = ["master_key_file", "master_passphrase_file", "master_passphrase_env"];
-        let change = ["db", "audit_db", MASTER[0], MASTER[1], MASTER[2]];
-        let read = ["db", MASTER[0], MASTER[1], MASTER[2]];
+        const MASTER: [&str; 7] = [
+            "master_key_file",
+            "master_passphrase_file",
+            "master_passphrase_env",
+            "pkcs11_module",
+            "pkcs11_token_label",
+            "pkcs11_key_label",
+            "pkcs11_pin_file",
+        ];
+        let change = [&["db", "audit_db"][..], &MASTER[..]].concat();
+        let read = [&["db"][..], &MASTER[..]].concat();
         let expected: &[(&str, &[&str])] = &[
             ("init", &read),
             ("integration set", &change),

@@ -267,6 +267,7 @@ fn check_files(path: &Path, cfg: &Config) -> Result<String, CliError> {
         MasterKeySource::KeyFile(_) => "vault.master_key_file",
         MasterKeySource::PassphraseFile(_) => "vault.master_passphrase_file",
         MasterKeySource::PassphraseEnv(_) => "vault.master_passphrase_env",
+        MasterKeySource::Pkcs11(_) => "vault.master_key.pkcs11",
     };
     let db = &cfg.vault.db;
     if !db.exists() {

@@ -18,15 +18,13 @@
 //! Stored form of both blobs: `nonce (24 bytes) ‖ ciphertext ‖ tag (16 bytes)`.
 //! Every failure to open is one coarse [`CryptoError::DoesNotOpen`]: no oracle.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
+pub use super::aead::CryptoError;
+use super::aead::{decrypt, encrypt};
 use super::master::MasterKey;
 use super::secret::SymmetricKey;
 
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
 const AAD_DOMAIN: &[u8] = b"pogo-vault/v1";
 
 /// What a sealed secret is for; part of the associated data, so a blob sealed for one
@@ -73,17 +71,6 @@ impl std::fmt::Debug for Sealed {
     }
 }
 
-#[non_exhaustive]
-#[derive(Debug, thiserror::Error)]
-pub enum CryptoError {
-    /// A blob failed authentication: wrong key, wrong context, or tampered bytes.
-    #[error("sealed data does not open (wrong master key, data moved between rows, or tampering)")]
-    DoesNotOpen,
-    /// The operating system's random source failed.
-    #[error("the system random number generator failed")]
-    Random,
-}
-
 impl<'a> SealContext<'a> {
     pub fn new(purpose: Purpose, owner: &'a str, version: i64) -> Self {
         Self { purpose, owner, version }
@@ -114,7 +101,7 @@ impl<'a> SealContext<'a> {
 pub fn seal(kek: &MasterKey, ctx: &SealContext<'_>, plaintext: &[u8]) -> Result<Sealed, CryptoError> {
     let dek = SymmetricKey::generate().map_err(|_| CryptoError::Random)?;
     let ciphertext = encrypt(dek.expose_secret(), &ctx.aad(None), plaintext)?;
-    let wrapped_dek = encrypt(kek.key().expose_secret(), &ctx.aad(Some(kek.id())), dek.expose_secret())?;
+    let wrapped_dek = kek.wrap(&ctx.aad(Some(kek.id())), dek.expose_secret())?;
     Ok(Sealed { wrapped_dek, ciphertext })
 }
 
@@ -133,41 +120,17 @@ pub fn rewrap(
     wrapped_dek: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     let dek = unwrap_dek(old, ctx, wrapped_dek)?;
-    encrypt(new.key().expose_secret(), &ctx.aad(Some(new.id())), dek.expose_secret())
+    new.wrap(&ctx.aad(Some(new.id())), dek.expose_secret())
 }
 
 fn unwrap_dek(kek: &MasterKey, ctx: &SealContext<'_>, wrapped: &[u8]) -> Result<SymmetricKey, CryptoError> {
-    let bytes = decrypt(kek.key().expose_secret(), &ctx.aad(Some(kek.id())), wrapped)?;
+    let bytes = kek.unwrap(&ctx.aad(Some(kek.id())), wrapped)?;
     SymmetricKey::from_bytes(&bytes).ok_or(CryptoError::DoesNotOpen)
-}
-
-fn encrypt(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    getrandom::fill(&mut nonce).map_err(|_| CryptoError::Random)?;
-    let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
-    let ct = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-        .map_err(|_| CryptoError::DoesNotOpen)?;
-    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    Ok(out)
-}
-
-fn decrypt(key: &[u8; 32], aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    if blob.len() < NONCE_LEN + TAG_LEN {
-        return Err(CryptoError::DoesNotOpen);
-    }
-    let (nonce, ct) = blob.split_at(NONCE_LEN);
-    let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
-    cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-        .map(Zeroizing::new)
-        .map_err(|_| CryptoError::DoesNotOpen)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::aead::{NONCE_LEN, TAG_LEN};
     use super::*;
     use proptest::prelude::*;
 

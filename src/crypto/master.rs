@@ -17,17 +17,26 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use super::aead::{self, CryptoError};
+use super::hsm::{HsmError, HsmKek, KekFailure, Pkcs11Settings};
 use super::secret::{SymmetricKey, hex};
 
-/// The key-encryption key, with its public id.
+/// The key-encryption key, with its public id: bytes in memory (a key file or a
+/// passphrase), or a key that never leaves an HSM ([`HsmKek`]).
 pub struct MasterKey {
-    key: SymmetricKey,
+    key: Kek,
     id: String,
+}
+
+enum Kek {
+    Software(SymmetricKey),
+    Hsm(Arc<HsmKek>),
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -36,11 +45,19 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
+/// Associated data of an HSM key's key-check blob (never that of a wrapped DEK).
+const HSM_KEY_CHECK_AAD: &[u8] = b"pogo-vault/v1 key-check";
+
 impl MasterKey {
     pub fn from_key(key: SymmetricKey) -> Self {
         // The id is a PRF output under the key: it names the key without revealing it.
         let id = hex(&key.derive(b"pogo-vault/v1 kek-id")[..6]);
-        Self { key, id }
+        Self { key: Kek::Software(key), id }
+    }
+
+    /// A master key held in an HSM.
+    pub fn from_hsm(hsm: Arc<HsmKek>) -> Self {
+        Self { id: hsm.id().to_owned(), key: Kek::Hsm(hsm) }
     }
 
     /// A short public name of this key (12 hex digits), stored beside everything it wraps.
@@ -48,18 +65,57 @@ impl MasterKey {
         &self.id
     }
 
-    pub(super) fn key(&self) -> &SymmetricKey {
-        &self.key
+    /// The HSM holding this key, if it is held in one.
+    pub fn hsm(&self) -> Option<&Arc<HsmKek>> {
+        match &self.key {
+            Kek::Hsm(h) => Some(h),
+            Kek::Software(_) => None,
+        }
     }
 
-    /// The value stored at `init` to recognise this key later.
-    pub fn key_check(&self) -> Vec<u8> {
-        self.key.derive(b"pogo-vault/v1 key-check").to_vec()
+    /// `wrap[KEK](dek, aad)`: XChaCha20-Poly1305 in memory, or AES-256-GCM in the HSM.
+    pub(super) fn wrap(&self, aad: &[u8], dek: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        match &self.key {
+            Kek::Software(k) => aead::encrypt(k.expose_secret(), aad, dek),
+            Kek::Hsm(h) => h.encrypt(aad, dek).map_err(hsm_failure),
+        }
     }
 
-    /// Constant-time comparison with a stored key-check value.
-    pub fn matches_check(&self, stored: &[u8]) -> bool {
-        self.key_check().ct_eq(stored).into()
+    /// Opens a blob of [`MasterKey::wrap`].
+    pub(super) fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        match &self.key {
+            Kek::Software(k) => aead::decrypt(k.expose_secret(), aad, wrapped),
+            Kek::Hsm(h) => h.decrypt(aad, wrapped).map_err(hsm_failure),
+        }
+    }
+
+    /// The value stored at `init` (and `rotate-kek`) to recognise this key later: an HMAC
+    /// under a key in memory; for an HSM key, a known value wrapped in the HSM.
+    pub fn key_check(&self) -> Result<Vec<u8>, CryptoError> {
+        match &self.key {
+            Kek::Software(k) => Ok(k.derive(b"pogo-vault/v1 key-check").to_vec()),
+            Kek::Hsm(_) => self.wrap(HSM_KEY_CHECK_AAD, &[0u8; 32]),
+        }
+    }
+
+    /// Whether `stored` is this key's key-check value (constant time in memory). `Err` only
+    /// when an HSM cannot be asked.
+    pub fn matches_check(&self, stored: &[u8]) -> Result<bool, CryptoError> {
+        match &self.key {
+            Kek::Software(_) => Ok(self.key_check()?.ct_eq(stored).into()),
+            Kek::Hsm(_) => match self.unwrap(HSM_KEY_CHECK_AAD, stored) {
+                Ok(v) => Ok(v[..].ct_eq(&[0u8; 32][..]).into()),
+                Err(CryptoError::DoesNotOpen) => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+fn hsm_failure(f: KekFailure) -> CryptoError {
+    match f {
+        KekFailure::DoesNotOpen => CryptoError::DoesNotOpen,
+        KekFailure::Unavailable(reason) => CryptoError::KeyUnavailable(reason),
     }
 }
 
@@ -223,6 +279,12 @@ pub enum MasterKeyError {
     /// The system random source failed.
     #[error("the system random number generator failed")]
     Random,
+    /// The HSM holding (or to hold) the master key refused or failed.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    /// The HSM went away while the key was being checked.
+    #[error("the master key's HSM is unavailable: {0}")]
+    HsmUnavailable(String),
 }
 
 impl MasterKeyError {
@@ -301,11 +363,13 @@ pub enum MasterKeySource {
     KeyFile(PathBuf),
     PassphraseFile(PathBuf),
     PassphraseEnv(String),
+    /// A key in an HSM (PKCS#11).
+    Pkcs11(Pkcs11Settings),
 }
 
 impl MasterKeySource {
     pub fn is_passphrase(&self) -> bool {
-        !matches!(self, MasterKeySource::KeyFile(_))
+        matches!(self, MasterKeySource::PassphraseFile(_) | MasterKeySource::PassphraseEnv(_))
     }
 
     pub fn passphrase(&self) -> Result<Passphrase, MasterKeyError> {
@@ -313,6 +377,10 @@ impl MasterKeySource {
             MasterKeySource::PassphraseFile(p) => Passphrase::from_file(p),
             MasterKeySource::PassphraseEnv(v) => Passphrase::from_env(v),
             MasterKeySource::KeyFile(p) => Err(MasterKeyError::KeyFileFormat { path: p.display().to_string() }),
+            MasterKeySource::Pkcs11(s) => Err(MasterKeyError::Hsm(HsmError::Device(format!(
+                "{} is a key in an HSM, not a passphrase",
+                s.key_label
+            )))),
         }
     }
 }
@@ -325,8 +393,8 @@ mod tests {
     fn key_check_tells_keys_apart() {
         let a = MasterKey::from_key(SymmetricKey::from_bytes(&[1; 32]).unwrap());
         let b = MasterKey::from_key(SymmetricKey::from_bytes(&[2; 32]).unwrap());
-        assert!(a.matches_check(&a.key_check()));
-        assert!(!b.matches_check(&a.key_check()));
+        assert!(a.matches_check(&a.key_check().unwrap()).unwrap());
+        assert!(!b.matches_check(&a.key_check().unwrap()).unwrap());
         assert_ne!(a.id(), b.id());
     }
 

@@ -19,7 +19,7 @@ use super::secret::{AccessToken, ClientKey, Fingerprint, FingerprintKey, Subscri
 pub const FP_CLIENT_KEY: &str = "client-key";
 
 /// Why a sealed secret did not come back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
     /// The blob does not authenticate under this key and context.
     #[error("sealed data does not open")]
@@ -27,11 +27,17 @@ pub enum OpenError {
     /// It authenticates, but the plaintext is not the secret the context names.
     #[error("sealed data is not the secret it should be")]
     NotThatSecret,
+    /// The master key's HSM cannot be asked now: nothing is known about the blob.
+    #[error("the master key's HSM is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<CryptoError> for OpenError {
-    fn from(_: CryptoError) -> Self {
-        OpenError::DoesNotOpen
+    fn from(e: CryptoError) -> Self {
+        match e {
+            CryptoError::KeyUnavailable(reason) => OpenError::Unavailable(reason),
+            _ => OpenError::DoesNotOpen,
+        }
     }
 }
 

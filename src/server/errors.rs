@@ -123,6 +123,7 @@ pub fn broker(e: &BrokerError) -> Status {
         BrokerError::Integrity(_) => {
             Status::internal("integrity failure in the vault's storage; operators are alerted")
         }
+        BrokerError::MasterKeyUnavailable(_) => retryable(Code::Unavailable, msg, Duration::from_secs(1)),
         BrokerError::Internal(_) => Status::internal("internal error; operators are alerted"),
     }
 }
@@ -137,6 +138,7 @@ pub fn vault(e: &VaultError) -> Status {
         VaultError::Integrity { .. } => {
             Status::internal("integrity failure in the vault's storage; operators are alerted")
         }
+        VaultError::KeyUnavailable { .. } => retryable(Code::Unavailable, e.to_string(), Duration::from_secs(1)),
         VaultError::Denied { .. } => permission_denied(crate::authz::Role::TenantAdmin),
         VaultError::NotRecorded { .. } => audit_unavailable(),
         VaultError::AmbiguousOrganization { .. } => Status::failed_precondition(e.to_string()),

@@ -36,6 +36,8 @@ pub struct Snapshot<'a> {
     pub audit: AuditStatsSnapshot,
     pub tenants_by_status: Vec<(TenantStatus, i64)>,
     pub disclosed_pairs: usize,
+    /// `None`: the master key is in memory; else whether its HSM answers.
+    pub master_key: Option<bool>,
 }
 
 pub fn render(s: &Snapshot<'_>) -> String {
@@ -140,6 +142,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "# HELP pogo_vault_audit_healthy 1 while audit records commit.\n# TYPE pogo_vault_audit_healthy gauge"
     );
     let _ = writeln!(o, "pogo_vault_audit_healthy {}", u8::from(a.healthy));
+    let _ = writeln!(
+        o,
+        "# HELP pogo_vault_master_key_available 1 while the master key can unwrap (0: its HSM is away; -1: the key is \
+         in memory, no HSM).\n# TYPE pogo_vault_master_key_available gauge"
+    );
+    let available = match s.master_key {
+        None => -1,
+        Some(ok) => i8::from(ok),
+    };
+    let _ = writeln!(o, "pogo_vault_master_key_available {available}");
     let _ = writeln!(
         o,
         "# HELP pogo_vault_audit_last_checkpoint_age_seconds Seconds since the last signed checkpoint (-1: none yet).\n# TYPE pogo_vault_audit_last_checkpoint_age_seconds gauge"

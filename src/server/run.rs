@@ -229,7 +229,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
 
     // Health: SERVING only while the store is open (it is: we got here with the master key
     // checked) and the audit log commits; follows audit health from then on.
-    let health_task = tokio::spawn(health_loop(health_reporter, audit.clone(), stop_rx.clone()));
+    let health_task = tokio::spawn(health_loop(health_reporter, audit.clone(), vault.clone(), stop_rx.clone()));
     let background = broker.spawn_background();
     let refusals_task = tokio::spawn(super::refusals::record_loop(state.clone(), stop_rx.clone()));
 
@@ -352,21 +352,41 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     Ok(RunningServer { addr, metrics_addr, health_addr, state, stop: stop_tx, task, reload: reload_tx })
 }
 
-async fn health_loop(reporter: tonic_health::server::HealthReporter, audit: AuditLog, mut stop: watch::Receiver<bool>) {
-    let services = ["", "pogo_vault.v1.TokenService", "pogo_vault.v1.TenantService", "pogo_vault.v1.AuditService"];
+/// The health service's name for the master key: NOT_SERVING while its HSM is away.
+pub const MASTER_KEY_HEALTH: &str = "pogo_vault.MasterKey";
+
+/// Health: every service follows the audit log (nothing is served without its record). The
+/// master key's HSM has a status of its own ([`MASTER_KEY_HEALTH`]), and while it is away
+/// `TenantService` is NOT_SERVING too (registering seals a key); the whole server stays
+/// SERVING, since cached tokens keep flowing and a mint that needs an unwrap fails
+/// `UNAVAILABLE` on its own.
+async fn health_loop(
+    reporter: tonic_health::server::HealthReporter,
+    audit: AuditLog,
+    vault: Arc<Vault>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let services = ["", "pogo_vault.v1.TokenService", "pogo_vault.v1.AuditService"];
+    let serving =
+        |ok: bool| if ok { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
     let mut last = None;
     loop {
         let healthy = audit.is_healthy() && !*stop.borrow();
-        if last != Some(healthy) {
-            let status =
-                if healthy { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+        let hsm = vault.master_key_health();
+        let key_ok = hsm.as_ref().is_none_or(Result::is_ok);
+        if last != Some((healthy, key_ok)) {
             for s in services {
-                reporter.set_service_status(s, status).await;
+                reporter.set_service_status(s, serving(healthy)).await;
             }
+            reporter.set_service_status("pogo_vault.v1.TenantService", serving(healthy && key_ok)).await;
+            reporter.set_service_status(MASTER_KEY_HEALTH, serving(key_ok && !*stop.borrow())).await;
             if last.is_some() && !*stop.borrow() {
-                tracing::warn!(serving = healthy, "health changed");
+                match &hsm {
+                    Some(Err(why)) => tracing::warn!(serving = healthy, master_key = %why, "health changed"),
+                    _ => tracing::warn!(serving = healthy, master_key_ok = key_ok, "health changed"),
+                }
             }
-            last = Some(healthy);
+            last = Some((healthy, key_ok));
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}

@@ -178,6 +178,7 @@ impl ServerState {
             audit: self.audit.stats(),
             tenants_by_status: tenants,
             disclosed_pairs: self.disclosures.len(),
+            master_key: self.vault.master_key_health().map(|h| h.is_ok()),
         })
     }
 

@@ -13,6 +13,8 @@ pub struct KekMeta {
     pub key_check: Vec<u8>,
     /// `None` for a key file; the Argon2id parameters and salt for a passphrase.
     pub argon2: Option<Argon2Params>,
+    /// The key lives in an HSM (PKCS#11); `argon2` is then `None`.
+    pub hsm: bool,
     pub created_at: i64,
     pub kek_rotated_at: Option<i64>,
 }
@@ -34,7 +36,14 @@ pub fn get(conn: &Connection) -> Result<Option<KekMeta>, StoreError> {
                 }),
                 _ => None,
             };
-            Ok(KekMeta { kek_id: r.get(0)?, key_check: r.get(1)?, argon2, created_at: r.get(6)?, kek_rotated_at: r.get(7)? })
+            Ok(KekMeta {
+                kek_id: r.get(0)?,
+                key_check: r.get(1)?,
+                argon2,
+                hsm: source == "pkcs11",
+                created_at: r.get(6)?,
+                kek_rotated_at: r.get(7)?,
+            })
         },
     ))?;
     Ok(row)
@@ -50,7 +59,11 @@ pub fn put(conn: &Connection, m: &KekMeta) -> Result<(), StoreError> {
              key_check = excluded.key_check, argon2_salt = excluded.argon2_salt, argon2_m_kib = excluded.argon2_m_kib,
              argon2_t = excluded.argon2_t, argon2_p = excluded.argon2_p, kek_rotated_at = excluded.kek_rotated_at",
         params![
-            if a.is_some() { "passphrase" } else { "key-file" },
+            match (a.is_some(), m.hsm) {
+                (true, _) => "passphrase",
+                (false, true) => "pkcs11",
+                (false, false) => "key-file",
+            },
             m.kek_id,
             m.key_check,
             a.map(|a| a.salt.clone()),

@@ -32,6 +32,7 @@ const MIGRATIONS: &[Migration] = &[
     ("0002_onboarding", include_str!("../../migrations/0002_onboarding.sql")),
     ("0003_onboarding_trust", include_str!("../../migrations/0003_onboarding_trust.sql")),
     ("0004_subscription_key_slots", include_str!("../../migrations/0004_subscription_key_slots.sql")),
+    ("0005_hsm_master_key", include_str!("../../migrations/0005_hsm_master_key.sql")),
 ];
 
 /// How long a statement waits for another connection's lock before failing.

@@ -69,6 +69,13 @@ pub enum BrokerError {
     /// A sealed row did not open: audited and alarmed by the caller.
     #[error("integrity failure: {0}")]
     Integrity(String),
+    /// The master key's HSM cannot be used now: a token that is not cached cannot be minted
+    /// (its client key cannot be unwrapped). Cached tokens are still served.
+    #[error(
+        "the master key's HSM is unavailable ({0}): tokens not already cached cannot be issued until it is back; \
+         retry after 1 s"
+    )]
+    MasterKeyUnavailable(String),
     /// The store failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -92,6 +99,7 @@ impl BrokerError {
             | BrokerError::RateLimited { retry_after, .. }
             | BrokerError::QuotaExceeded { retry_after, .. }
             | BrokerError::Unavailable { retry_after, .. } => Some(*retry_after),
+            BrokerError::MasterKeyUnavailable(_) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -99,6 +107,7 @@ impl BrokerError {
     pub(super) fn from_vault(e: VaultError) -> Self {
         match e {
             VaultError::Integrity { what } => BrokerError::Integrity(format!("the sealed {what} does not open")),
+            VaultError::KeyUnavailable { reason } => BrokerError::MasterKeyUnavailable(reason),
             VaultError::NotRecorded { reason } => BrokerError::Unavailable {
                 reason: format!("the audit log cannot be written ({reason}); nothing was changed"),
                 retry_after: Duration::from_secs(1),

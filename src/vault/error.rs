@@ -33,6 +33,10 @@ pub enum VaultError {
          nothing was stored; delete or rename the wrong one, then onboard again"
     )]
     AmbiguousOrganization { organization_number: String, tenants: String },
+    /// The master key's HSM cannot be used now (it went away): nothing sealed opens or is
+    /// sealed until it returns; tokens already cached are still served.
+    #[error("the master key's HSM is unavailable ({reason}); retry when it is back")]
+    KeyUnavailable { reason: String },
     /// The change's audit record could not be made durable, so the change was rolled back.
     #[error("the audit record of this change could not be written ({reason}); nothing was changed")]
     NotRecorded { reason: String },
@@ -58,11 +62,27 @@ impl VaultError {
     /// the database is busy or failing): retrying makes sense, and the caller hears
     /// `UNAVAILABLE`.
     pub fn is_transient(&self) -> bool {
-        matches!(self, VaultError::NotRecorded { .. } | VaultError::Store(StoreError::Sqlite(_)))
+        matches!(
+            self,
+            VaultError::NotRecorded { .. }
+                | VaultError::Store(StoreError::Sqlite(_))
+                | VaultError::KeyUnavailable { .. }
+        )
     }
 
-    /// [`Self::does_not_open`] for `map_err`.
-    pub(super) fn integrity<E>(r: &SecretRef) -> impl FnOnce(E) -> VaultError + '_ {
-        move |_| Self::does_not_open(r)
+    /// A failure to seal: the HSM went away, or the random source failed.
+    pub(crate) fn sealing(e: crate::crypto::CryptoError) -> VaultError {
+        match e {
+            crate::crypto::CryptoError::KeyUnavailable(reason) => VaultError::KeyUnavailable { reason },
+            _ => VaultError::Random,
+        }
+    }
+
+    /// For `map_err` on opening row `r`: an HSM that went away is not an integrity failure.
+    pub(super) fn opening(r: &SecretRef) -> impl FnOnce(crate::crypto::CryptoError) -> VaultError + '_ {
+        move |e| match e {
+            crate::crypto::CryptoError::KeyUnavailable(reason) => VaultError::KeyUnavailable { reason },
+            _ => Self::does_not_open(r),
+        }
     }
 }

@@ -352,7 +352,7 @@ impl Vault {
         let kek = self.kek();
         let sealed = key
             .seal_bound(&kek, &SealContext::new(r.purpose, &r.owner, r.version), application_key, base_url)
-            .map_err(|_| VaultError::Random)?;
+            .map_err(VaultError::sealing)?;
         secrets::put(conn, r, &sealed, kek.id())?;
         Ok(())
     }

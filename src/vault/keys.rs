@@ -70,8 +70,7 @@ impl Vault {
         key: &ClientKey,
     ) -> Result<(), VaultError> {
         let r = SecretRef { purpose: Purpose::ClientKey, owner: tenant.as_str().to_owned(), version };
-        let sealed =
-            key.seal(kek, &SealContext::new(r.purpose, &r.owner, r.version)).map_err(|_| VaultError::Random)?;
+        let sealed = key.seal(kek, &SealContext::new(r.purpose, &r.owner, r.version)).map_err(VaultError::sealing)?;
         if version == 1 {
             secrets::delete_all(tx, Purpose::ClientKey, tenant.as_str())?;
         }
@@ -93,5 +92,6 @@ fn open_sealed<T>(
     open(kek, &SealContext::new(r.purpose, &r.owner, r.version), sealed).map_err(|e| match e {
         OpenError::DoesNotOpen => VaultError::does_not_open(r),
         OpenError::NotThatSecret => VaultError::Integrity { what: what.to_owned() },
+        OpenError::Unavailable(reason) => VaultError::KeyUnavailable { reason },
     })
 }

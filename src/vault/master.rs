@@ -13,18 +13,20 @@ use crate::crypto::{
     Argon2Params, FingerprintKey, MasterKey, MasterKeySource, Purpose, SealContext, SigningSeed, SymmetricKey,
     audit_key_id,
 };
-use crate::crypto::{OpenError, Sealed, envelope};
+use crate::crypto::{CryptoError, HsmKek, OpenError, Pkcs11Settings, Sealed, envelope};
 use crate::domain::InvalidInput;
 use crate::store::meta::{self, KekMeta, VaultKey};
 use crate::store::secrets::{self, SecretRef};
 use crate::store::{Store, StoreError, now_ms};
 
-/// How `init` gets its master key.
+/// How `init` (and `rotate-kek`) gets its master key.
 #[derive(Debug, Clone)]
 pub enum InitKey {
     /// Create a new key file (mode 0600) and use it.
     GenerateKeyFile(std::path::PathBuf),
-    /// Use an existing key file or a passphrase.
+    /// Create a new non-extractable AES-256 key in an HSM and use it.
+    CreateHsmKey(Pkcs11Settings),
+    /// Use an existing key file, passphrase or HSM key.
     Existing(MasterKeySource),
 }
 
@@ -56,27 +58,30 @@ pub struct KekRotation {
 
 /// Derives the master key a source gives for this database.
 fn resolve_master_key(source: &MasterKeySource, meta: &KekMeta) -> Result<MasterKey, VaultError> {
-    let key = match (source, &meta.argon2) {
-        (MasterKeySource::KeyFile(p), None) => master::read_key_file(p)?,
-        (MasterKeySource::PassphraseFile(_) | MasterKeySource::PassphraseEnv(_), Some(params)) => {
+    let wrong_kind =
+        |what: &str| Err(InvalidInput::new("master key", format!("this database's master key {what}")).into());
+    let key = match (source, &meta.argon2, meta.hsm) {
+        (MasterKeySource::KeyFile(p), None, false) => master::read_key_file(p)?,
+        (MasterKeySource::PassphraseFile(_) | MasterKeySource::PassphraseEnv(_), Some(params), _) => {
             source.passphrase()?.derive(params)?
         }
-        (MasterKeySource::KeyFile(_), Some(_)) => {
-            return Err(InvalidInput::new(
-                "master key",
-                "this database's master key comes from a passphrase: use --master-passphrase-file or --master-passphrase-env",
-            )
-            .into());
+        (MasterKeySource::Pkcs11(s), None, true) => MasterKey::from_hsm(HsmKek::open(s).map_err(MasterKeyError::from)?),
+        (_, Some(_), _) => {
+            return wrong_kind("comes from a passphrase: use --master-passphrase-file or --master-passphrase-env");
         }
-        (_, None) => {
-            return Err(InvalidInput::new(
-                "master key",
-                "this database's master key comes from a key file: use --master-key-file",
-            )
-            .into());
+        (_, None, true) => {
+            return wrong_kind(
+                "is in an HSM: give --pkcs11-module, --pkcs11-token-label, --pkcs11-key-label and --pkcs11-pin-file \
+                 (or vault.master_key.pkcs11 in the configuration)",
+            );
         }
+        (_, None, false) => return wrong_kind("comes from a key file: use --master-key-file"),
     };
-    if !key.matches_check(&meta.key_check) {
+    let matches = key.matches_check(&meta.key_check).map_err(|e| match e {
+        CryptoError::KeyUnavailable(reason) => MasterKeyError::HsmUnavailable(reason),
+        _ => MasterKeyError::Random,
+    })?;
+    if !matches {
         let rotated_at = meta.kek_rotated_at.map(|ms| {
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
                 .ok()
@@ -106,6 +111,10 @@ pub fn check_master_key(path: &Path, source: &MasterKeySource) -> Result<String,
 fn new_master_key(init: &InitKey, costs: Argon2Costs) -> Result<(MasterKey, Option<Argon2Params>), VaultError> {
     Ok(match init {
         InitKey::GenerateKeyFile(p) => (master::generate_key_file(p)?, None),
+        InitKey::CreateHsmKey(s) => (MasterKey::from_hsm(HsmKek::create(s).map_err(MasterKeyError::from)?), None),
+        InitKey::Existing(MasterKeySource::Pkcs11(s)) => {
+            (MasterKey::from_hsm(HsmKek::open(s).map_err(MasterKeyError::from)?), None)
+        }
         InitKey::Existing(MasterKeySource::KeyFile(p)) => (master::read_key_file(p)?, None),
         InitKey::Existing(s) => {
             let pass = s.passphrase()?;
@@ -122,6 +131,8 @@ fn precheck_init(init: &InitKey) -> Result<(), VaultError> {
             Err(MasterKeyError::KeyFileExists { path: p.display().to_string() }.into())
         }
         InitKey::GenerateKeyFile(_) => Ok(()),
+        // Checked when the key is created or opened (nothing is written before that).
+        InitKey::CreateHsmKey(_) | InitKey::Existing(MasterKeySource::Pkcs11(_)) => Ok(()),
         InitKey::Existing(MasterKeySource::KeyFile(p)) => master::read_key_file(p).map(|_| ()).map_err(Into::into),
         InitKey::Existing(s) => s.passphrase().map(|_| ()).map_err(Into::into),
     }
@@ -143,6 +154,7 @@ fn open_vault_secret<T>(
         Ok(t) => Ok(t),
         Err(OpenError::DoesNotOpen) => Err(VaultError::does_not_open(&r)),
         Err(OpenError::NotThatSecret) => Err(VaultError::Integrity { what: what.to_owned() }),
+        Err(OpenError::Unavailable(reason)) => Err(VaultError::KeyUnavailable { reason }),
     }
 }
 
@@ -189,7 +201,8 @@ impl Vault {
             &tx,
             &KekMeta {
                 kek_id: kek.id().to_owned(),
-                key_check: kek.key_check(),
+                key_check: kek.key_check().map_err(VaultError::sealing)?,
+                hsm: kek.hsm().is_some(),
                 argon2,
                 created_at: now,
                 kek_rotated_at: None,
@@ -211,7 +224,7 @@ impl Vault {
             ),
         ] {
             let r = SecretRef { purpose, owner: VAULT_OWNER.to_owned(), version: 1 };
-            let sealed = sealed.map_err(|_| VaultError::Random)?;
+            let sealed = sealed.map_err(VaultError::sealing)?;
             secrets::put(&tx, &r, &sealed, kek.id())?;
             meta::put_vault_key(
                 &tx,
@@ -298,14 +311,15 @@ impl Vault {
         let rows = secrets::all_wrapped(&tx)?;
         for (r, wrapped) in &rows {
             let ctx = SealContext::new(r.purpose, &r.owner, r.version);
-            let rewrapped = envelope::rewrap(&old_kek, &new_kek, &ctx, wrapped).map_err(VaultError::integrity(r))?;
+            let rewrapped = envelope::rewrap(&old_kek, &new_kek, &ctx, wrapped).map_err(VaultError::opening(r))?;
             secrets::update_wrapped(&tx, r, &rewrapped, new_kek.id())?;
         }
         meta::put(
             &tx,
             &KekMeta {
                 kek_id: new_kek.id().to_owned(),
-                key_check: new_kek.key_check(),
+                key_check: new_kek.key_check().map_err(VaultError::sealing)?,
+                hsm: new_kek.hsm().is_some(),
                 argon2,
                 created_at: old_meta.created_at,
                 kek_rotated_at: Some(now_ms()),
@@ -338,7 +352,7 @@ impl Vault {
         let public = seed.public_key();
         let mut store = self.store();
         let kek = self.kek();
-        let sealed = seed.seal(&kek, &SealContext::new(purpose, VAULT_OWNER, 1)).map_err(|_| VaultError::Random)?;
+        let sealed = seed.seal(&kek, &SealContext::new(purpose, VAULT_OWNER, 1)).map_err(VaultError::sealing)?;
         let tx = store.write_tx()?;
         secrets::delete_all(&tx, purpose, VAULT_OWNER)?;
         secrets::put(&tx, &SecretRef { purpose, owner: VAULT_OWNER.to_owned(), version: 1 }, &sealed, kek.id())?;
