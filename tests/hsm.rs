@@ -101,10 +101,20 @@ impl Token {
     /// The key `label`'s attributes as the token reports them, read by a child of this test
     /// binary with `SOFTHSM2_CONF` set (see the module docs).
     fn attributes(&self, label: &str) -> String {
+        self.child(label, "read")
+    }
+
+    /// Makes an AES-256 key `label` that is extractable (what the vault must refuse), in a
+    /// child of this test binary.
+    fn create_extractable_key(&self, label: &str) {
+        self.child(label, "create-extractable");
+    }
+
+    fn child(&self, label: &str, what: &str) -> String {
         let out = Command::new(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "key_attributes_child", "--nocapture", "--test-threads", "1"])
             .env("SOFTHSM2_CONF", &self.conf)
-            .env("POGO_HSM_CHILD", format!("{}\n{label}", self.pin_file.display()))
+            .env("POGO_HSM_CHILD", format!("{}\n{label}\n{what}", self.pin_file.display()))
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -133,7 +143,8 @@ fn key_attributes_child() {
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
     let spec = std::env::var("POGO_HSM_CHILD").expect("only run as a child of Token::attributes");
-    let (pin_file, label) = spec.split_once('\n').unwrap();
+    let mut parts = spec.split('\n');
+    let (pin_file, label, what) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
     let pin = std::fs::read_to_string(pin_file).unwrap();
     let p = Pkcs11::new(MODULE).unwrap();
     p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
@@ -145,6 +156,28 @@ fn key_attributes_child() {
         .unwrap();
     let s = p.open_ro_session(slot).unwrap();
     s.login(UserType::User, Some(&AuthPin::new(pin.trim_end().into()))).unwrap();
+    if what == "create-extractable" {
+        let s = p.open_rw_session(slot).unwrap();
+        s.login(UserType::User, Some(&AuthPin::new(pin.trim_end().into()))).ok();
+        s.generate_key(
+            &cryptoki::mechanism::Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(cryptoki::object::KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(true),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ],
+        )
+        .unwrap();
+        println!("attributes: created");
+        return;
+    }
     let keys = s
         .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label.as_bytes().to_vec())])
         .unwrap();
@@ -317,10 +350,12 @@ async fn init_register_mint_restart_mint_with_the_master_key_in_softhsm() {
     let canaries = canaries(2);
     let found = files_holding(d, &canaries);
     assert!(found.is_empty(), "{found:?}");
-    for c in &canaries {
-        assert!(!printed.contains(c.as_str()), "printed output holds {c}");
+    for c in canaries.iter().map(String::as_str).chain([PIN]) {
+        assert!(!printed.contains(c), "printed output holds {c}");
     }
-    assert!(std::fs::metadata(format!("{dbs}-wal")).is_ok() || std::fs::metadata(dbs).is_ok());
+    // The PIN is only in its own file (SoftHSM keeps no plaintext PIN in the token either).
+    let found = files_holding(d, &[PIN.to_owned()]);
+    assert_eq!(found, vec![format!("{} holds {PIN}", token.pin_file.display())]);
 }
 
 /// The `sealed_secrets` ciphertexts (not the wrapped DEKs), by row.
@@ -425,7 +460,8 @@ async fn wrong_pin_missing_module_and_missing_label_are_one_clear_line_and_write
         let out = run_with(&token, &with(opts), &["init"]);
         assert_fails_with(&out, &needles.iter().map(|s| &**s).collect::<Vec<_>>());
         assert!(!db.exists(), "init wrote nothing");
-        assert!(!String::from_utf8_lossy(&out.stderr).contains(PIN));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains(PIN) && !err.contains("000000"), "{err}");
     }
     // A real vault, then opened with a label that does not exist, and with the wrong PIN.
     assert_ok(&run_with(&token, &with(good.clone()), &["init"]));
@@ -448,6 +484,17 @@ async fn wrong_pin_missing_module_and_missing_label_are_one_clear_line_and_write
     assert_fails_with(&out, &["already exists", "--existing-key"]);
     assert!(!other.exists());
     assert_eq!(dump(&db), snapshot, "nothing written");
+    // An existing key that could be, or could have been, outside the HSM is refused.
+    token.create_extractable_key("exportable");
+    let fresh = d.join("x.db");
+    let mut opts = vec!["--db".to_owned(), fresh.to_str().unwrap().to_owned()];
+    opts.extend(replace(good.clone(), "--pkcs11-key-label", "exportable"));
+    let out = run_with(&token, &opts, &["init", "--existing-key"]);
+    assert!(!fresh.exists(), "nothing written");
+    assert_fails_with(
+        &out,
+        &["refusing it as a master key", "CKA_EXTRACTABLE is true", "CKA_NEVER_EXTRACTABLE is false"],
+    );
     // --existing-key uses it.
     let out = token.run(
         &[
@@ -470,9 +517,9 @@ async fn an_hsm_that_goes_away_fails_cold_mints_keeps_cached_tokens_and_comes_ba
     let d = dir.path();
     let token = Token::new(d);
     let sim = fixture::start_sim(1000).await;
-    fixture::add_sim_clients(&sim, 2);
+    fixture::add_sim_clients(&sim, 3);
     let (pki, vault) = fixture::serve_files(d, &sim, &policy_text(""));
-    for (i, t) in ["warm", "cold"].iter().enumerate() {
+    for (i, t) in ["warm", "cold", "tampered"].iter().enumerate() {
         vault
             .add_tenant(&NewTenant::new(t.parse().unwrap(), Environment::Demo), &fixture::key(i), &UnauditedFixture)
             .unwrap();
@@ -494,10 +541,20 @@ async fn an_hsm_that_goes_away_fails_cold_mints_keeps_cached_tokens_and_comes_ba
     ]);
     assert_ok(&token.run(&args.iter().map(String::as_str).collect::<Vec<_>>(), ""));
 
+    // One tenant's wrapped data key altered: under the HSM too, that is an integrity failure
+    // (INTERNAL, alarmed), never mistaken for an outage.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut wrapped: Vec<u8> =
+        conn.query_row("SELECT wrapped_dek FROM sealed_secrets WHERE owner = 'tampered'", [], |r| r.get(0)).unwrap();
+    wrapped[20] ^= 1;
+    conn.execute("UPDATE sealed_secrets SET wrapped_dek = ?1 WHERE owner = 'tampered'", [&wrapped]).unwrap();
+    drop(conn);
     let (config, endpoint) = hsm_config(d, &token, "kek");
     let child = serve(&token, &config, &pki, &endpoint).await;
     let mut c = token_client(&endpoint, &pki).await;
     c.get_access_token(get("warm")).await.unwrap();
+    let e = c.get_access_token(get("tampered")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
     let ch = pogo_vault::client::connect(&endpoint, &pki.client_files("token-caller").unwrap(), Some("localhost"))
         .await
         .unwrap();
@@ -512,7 +569,16 @@ async fn an_hsm_that_goes_away_fails_cold_mints_keeps_cached_tokens_and_comes_ba
         }
     };
     let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-    assert_eq!(key_health(&mut health).await, serving);
+    assert_eq!(key_health(&mut health).await, serving, "an altered row is not an outage");
+    let tenant_health = |h: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>| {
+        let mut h = h.clone();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest { service: "pogo_vault.v1.TenantService".into() })
+                .await
+                .map(|r| r.into_inner().status)
+                .unwrap_or(-1)
+        }
+    };
 
     // Away: the token's files are gone from where the module looks.
     let away = d.join("softhsm-tokens.away");
@@ -539,6 +605,7 @@ async fn an_hsm_that_goes_away_fails_cold_mints_keeps_cached_tokens_and_comes_ba
         assert!(std::time::Instant::now() < deadline, "health never said the HSM is away");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_ne!(tenant_health(&mut health).await, serving, "registrations need the master key");
 
     // Back: recovered without a restart (the monitor reconnects within a second or so).
     std::fs::rename(&away, &token.tokens).unwrap();

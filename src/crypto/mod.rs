@@ -7,6 +7,7 @@ mod aead;
 pub mod envelope;
 pub mod hsm;
 pub mod master;
+mod pkcs11;
 pub mod sealing;
 pub mod secret;
 pub mod signing;

@@ -106,6 +106,18 @@ pub fn audit_unavailable() -> Status {
     )
 }
 
+/// The master key's HSM is away. The caller hears what to do, not the module, token or
+/// PKCS#11 detail (that goes to the log, the audit record and health).
+fn hsm_unavailable() -> Status {
+    retryable(
+        Code::Unavailable,
+        "the master key's HSM is unavailable, so nothing that needs the master key can be done (tokens already \
+         cached are still issued); retry after 1 s (operators: health pogo_vault.MasterKey and the log say why)"
+            .into(),
+        Duration::from_secs(1),
+    )
+}
+
 pub fn broker(e: &BrokerError) -> Status {
     let msg = e.to_string();
     match e {
@@ -123,7 +135,7 @@ pub fn broker(e: &BrokerError) -> Status {
         BrokerError::Integrity(_) => {
             Status::internal("integrity failure in the vault's storage; operators are alerted")
         }
-        BrokerError::MasterKeyUnavailable(_) => retryable(Code::Unavailable, msg, Duration::from_secs(1)),
+        BrokerError::MasterKeyUnavailable(_) => hsm_unavailable(),
         BrokerError::Internal(_) => Status::internal("internal error; operators are alerted"),
     }
 }
@@ -138,7 +150,7 @@ pub fn vault(e: &VaultError) -> Status {
         VaultError::Integrity { .. } => {
             Status::internal("integrity failure in the vault's storage; operators are alerted")
         }
-        VaultError::KeyUnavailable { .. } => retryable(Code::Unavailable, e.to_string(), Duration::from_secs(1)),
+        VaultError::KeyUnavailable { .. } => hsm_unavailable(),
         VaultError::Denied { .. } => permission_denied(crate::authz::Role::TenantAdmin),
         VaultError::NotRecorded { .. } => audit_unavailable(),
         VaultError::AmbiguousOrganization { .. } => Status::failed_precondition(e.to_string()),
