@@ -241,9 +241,12 @@ async fn serve(token: &Token, config: &Path, pki: &pogo_vault::tls::DevPki, endp
     child
 }
 
+/// SIGTERM, and the server must exit cleanly: a PKCS#11 call racing the exit crashed it
+/// (SoftHSM) before dropping a key waited for its session to close.
 fn stop(mut child: std::process::Child) {
     let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve exited with {status}");
 }
 
 /// `config.toml` for the served files in `dir`, with the master key in the HSM as `label`.

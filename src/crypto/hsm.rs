@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::pkcs11::{Conn, Module, NONCE_LEN, connect, create_key, module};
+use super::pkcs11::{Calls, Conn, Module, NONCE_LEN, connect, create_key, module};
 pub use super::pkcs11::{HsmError, Pkcs11Settings};
 
 /// Associated data of the anchor (see the module docs): never that of a stored blob.
@@ -61,7 +61,9 @@ pub(crate) enum KekFailure {
     Unavailable(String),
 }
 
-type Job = Box<dyn FnOnce(&Inner) + Send>;
+/// Work for the worker, with the time after which its caller has given up (then it is
+/// skipped: a queue that built up behind a hang is not replayed against the HSM).
+type Job = (Instant, Box<dyn FnOnce(&Inner) + Send>);
 
 /// The master key held in a PKCS#11 token. Dropping it stops its worker thread and waits
 /// (bounded) until it has closed its session: a PKCS#11 call racing the process's exit (the
@@ -112,16 +114,18 @@ impl HsmKek {
         let (conn, id) = connect(&module, settings)?;
         let mut value = Zeroizing::new([0u8; 32]);
         let random = getrandom::fill(&mut value[..]);
+        let calls = module.calls();
         let anchor = random
             .map_err(|_| HsmError::Device("the system random number generator failed".into()))
-            .and_then(|()| conn.encrypt(&module, ANCHOR_AAD, &value[..]).map_err(|e| HsmError::Device(e.to_string())));
+            .and_then(|()| conn.encrypt(&calls, ANCHOR_AAD, &value[..]).map_err(|e| HsmError::Device(e.to_string())));
         let anchor = match anchor {
             Ok(blob) => (blob, Sha256::digest(&value[..]).into()),
             Err(e) => {
-                conn.retire(&module);
+                conn.retire(&calls);
                 return Err(e);
             }
         };
+        drop(calls);
         let inner = Arc::new(Inner {
             settings: settings.clone(),
             module,
@@ -176,7 +180,7 @@ impl HsmKek {
     /// `nonce ‖ AES-256-GCM[KEK](plaintext, aad)`, computed in the HSM.
     pub(crate) fn encrypt(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KekFailure> {
         let (aad, plaintext) = (aad.to_vec(), Zeroizing::new(plaintext.to_vec()));
-        self.call(move |i| i.with(false, |c, m| c.encrypt(m, &aad, &plaintext)))
+        self.call(move |i| i.with(false, |c, g| c.encrypt(g, &aad, &plaintext)))
     }
 
     /// Opens a blob of [`HsmKek::encrypt`] in the HSM.
@@ -185,7 +189,7 @@ impl HsmKek {
             return Err(KekFailure::DoesNotOpen);
         }
         let (aad, blob) = (aad.to_vec(), blob.to_vec());
-        self.call(move |i| i.with(true, |c, m| c.decrypt(m, &aad, &blob)))
+        self.call(move |i| i.with(true, |c, g| c.decrypt(g, &aad, &blob)))
     }
 
     /// Runs `f` on the worker and waits for it at most [`CALL_TIMEOUT`]; fails at once while
@@ -198,9 +202,12 @@ impl HsmKek {
             return Err(KekFailure::Unavailable(why));
         }
         let (tx, rx) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |i| {
-            let _ = tx.send(f(i));
-        });
+        let job: Job = (
+            Instant::now() + CALL_TIMEOUT,
+            Box::new(move |i| {
+                let _ = tx.send(f(i));
+            }),
+        );
         let sent = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|j| j.send(job).is_ok());
         if sent != Some(true) {
             return Err(KekFailure::Unavailable("the HSM thread has stopped".into()));
@@ -235,16 +242,31 @@ impl Inner {
     fn run(&self, jobs: &mpsc::Receiver<Job>) {
         loop {
             let pause = if self.healthy.load(Ordering::Relaxed) { PROBE_HEALTHY } else { PROBE_UNHEALTHY };
+            // A panic in one job must not stop the thread (every later call would fail): its
+            // caller hears "stopped" (its reply is never sent) and the next job runs.
+            let step = |f: &mut dyn FnMut()| {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            };
             match jobs.recv_timeout(pause) {
-                Ok(job) => job(self),
+                Ok((deadline, job)) if Instant::now() < deadline => {
+                    let mut job = Some(job);
+                    step(&mut || {
+                        if let Some(j) = job.take() {
+                            j(self);
+                        }
+                    });
+                }
+                Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.with(false, |c, m| c.probe(m).map_err(|_| cryptoki_error()));
+                    step(&mut || {
+                        let _ = self.with(false, |c, g| c.probe(g).map_err(|_| cryptoki_error()));
+                    });
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            c.retire(&self.module);
+            c.retire(&self.module.calls());
         }
     }
 
@@ -253,33 +275,44 @@ impl Inner {
     fn with<T>(
         &self,
         decrypting: bool,
-        op: impl Fn(&Conn, &Module) -> cryptoki::error::Result<T>,
+        op: impl Fn(&Conn, &Calls<'_>) -> cryptoki::error::Result<T>,
     ) -> Result<T, KekFailure> {
         *self.busy_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let _busy = Busy(&self.busy_since);
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // A session from before another key's reset of the module: its handle may now be
+        // that key's session, so it is forgotten (never used, never closed).
+        if conn.as_ref().is_some_and(|c| self.module.is_stale(c)) {
+            *conn = None;
+        }
         if conn.is_none() {
             *conn = Some(self.reconnect()?);
         }
         let Some(c) = conn.as_ref() else { return Err(KekFailure::Unavailable("no session".into())) };
-        let e = match op(c, &self.module) {
+        let calls = self.module.calls();
+        let e = match op(c, &calls) {
             Ok(t) => {
                 self.mark_healthy();
                 return Ok(t);
             }
             Err(e) => e,
         };
-        if let Err(p) = c.probe(&self.module) {
+        if let Err(p) = c.probe(&calls) {
             if let Some(c) = conn.take() {
-                c.retire(&self.module);
+                c.retire(&calls);
             }
             let reason = format!("the HSM failed ({e}; probe: {p}) for {}", self.settings.describe());
             return Err(KekFailure::Unavailable(self.mark_unhealthy(reason)));
         }
         self.mark_healthy();
-        match op(c, &self.module) {
+        match op(c, &calls) {
             Ok(t) => Ok(t),
-            Err(_) if decrypting => Err(KekFailure::DoesNotOpen),
+            // Only what a module says of a ciphertext that does not authenticate (SoftHSM says
+            // CKR_GENERAL_ERROR for a failed GCM tag) means "does not open"; anything else,
+            // with a working probe, is the HSM's trouble, not the data's.
+            Err(cryptoki::error::Error::Pkcs11(rv, _)) if decrypting && does_not_open(rv) => {
+                Err(KekFailure::DoesNotOpen)
+            }
             Err(e) => Err(KekFailure::Unavailable(format!("the HSM refuses the operation: {e}"))),
         }
     }
@@ -311,13 +344,14 @@ impl Inner {
         }
         let attempt = || -> Result<Conn, HsmError> {
             let (c, id) = connect(&self.module, &self.settings)?;
+            let calls = self.module.calls();
             let same = id == self.id
-                && c.decrypt(&self.module, ANCHOR_AAD, &self.anchor.0)
+                && c.decrypt(&calls, ANCHOR_AAD, &self.anchor.0)
                     .is_ok_and(|v| <[u8; 32]>::from(Sha256::digest(&v[..])) == self.anchor.1);
             if same {
                 return Ok(c);
             }
-            c.retire(&self.module);
+            c.retire(&calls);
             Err(HsmError::Device(format!(
                 "the key found as {} is not the master key this vault opened (it does not open the vault's anchor); \
                  refusing it",
@@ -337,11 +371,14 @@ impl Inner {
         });
         match result {
             Ok(c) => {
+                *self.pin_refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 self.mark_healthy();
                 Ok(c)
             }
             Err(e) => {
-                if let (HsmError::Pin { .. }, Ok(h)) = (&e, pin) {
+                // A locked PIN is not latched: trying it adds no failed attempt, and once a
+                // security officer unlocks the token the same PIN works again.
+                if let (HsmError::Pin { locked: false, .. }, Ok(h)) = (&e, pin) {
                     *self.pin_refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
                 }
                 Err(KekFailure::Unavailable(self.mark_unhealthy(e.to_string())))
@@ -371,6 +408,15 @@ impl Inner {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
         reason
     }
+}
+
+/// What a module answers for a ciphertext that does not authenticate.
+fn does_not_open(rv: cryptoki::error::RvError) -> bool {
+    use cryptoki::error::RvError;
+    matches!(
+        rv,
+        RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange | RvError::GeneralError | RvError::DataLenRange
+    )
 }
 
 fn cryptoki_error() -> cryptoki::error::Error {

@@ -53,8 +53,8 @@ pub enum HsmError {
     NoToken { token: String, module: String, present: String },
     #[error("cannot read the PIN file: {0}")]
     PinFile(String),
-    #[error("token {token:?} refused the PIN from {pin_file} (wrong PIN, or the PIN is locked)")]
-    Pin { token: String, pin_file: String },
+    #[error("token {token:?} refused the PIN from {pin_file} ({})", if *locked { "the PIN is locked: a security officer must unlock it" } else { "wrong PIN" })]
+    Pin { token: String, pin_file: String, locked: bool },
     #[error(
         "no AES key labelled {key:?} on token {token:?}; create one with `pogo-vault init --pkcs11-...` (without --existing-key)"
     )]
@@ -83,8 +83,14 @@ pub enum HsmError {
 pub(super) struct Module {
     path: PathBuf,
     ctx: Mutex<Option<Pkcs11>>,
-    pub(super) calls: RwLock<()>,
+    calls: RwLock<()>,
     generation: AtomicU64,
+}
+
+/// Proof that the caller holds the module's `calls` lock, and the generation it saw.
+pub(super) struct Calls<'m> {
+    _guard: std::sync::RwLockReadGuard<'m, ()>,
+    generation: u64,
 }
 
 impl Module {
@@ -104,7 +110,20 @@ impl Module {
         Ok(c)
     }
 
+    /// Held for every PKCS#11 call on the module (see [`Module`]). Never take a second one
+    /// on a thread that holds one: a waiting reset would deadlock it.
+    pub(super) fn calls(&self) -> Calls<'_> {
+        let guard = self.calls.read().unwrap_or_else(|p| p.into_inner());
+        Calls { _guard: guard, generation: self.generation.load(Ordering::SeqCst) }
+    }
+
+    /// Whether `conn` was opened before the last reset (its handle may now be another's).
+    pub(super) fn is_stale(&self, conn: &Conn) -> bool {
+        self.generation.load(Ordering::SeqCst) != conn.generation
+    }
+
     /// `C_Finalize`: every session on the module ends; the next [`Module::ctx`] loads it anew.
+    /// Waits for every call in progress (it takes `calls` for writing).
     pub(super) fn reset(&self) {
         let _calls = self.calls.write().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = self.ctx.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -137,21 +156,30 @@ pub(super) struct Conn {
     generation: u64,
 }
 
+/// The error of a call on a session opened before the module was reset.
+fn stale() -> P11Error {
+    P11Error::Pkcs11(RvError::SessionHandleInvalid, Function::Encrypt)
+}
+
 impl Conn {
-    /// Closes the session, unless the module was reset since it was opened.
-    pub(super) fn retire(self, module: &Module) {
-        if module.generation.load(Ordering::SeqCst) == self.generation {
-            let _calls = module.calls.read().unwrap_or_else(|p| p.into_inner());
+    /// Closes the session, unless the module was reset since it was opened (then its handle
+    /// may be another key's session: it is only forgotten).
+    pub(super) fn retire(self, calls: &Calls<'_>) {
+        if calls.generation == self.generation {
             let _ = self.session.close();
         }
     }
 
+    fn check(&self, calls: &Calls<'_>) -> cryptoki::error::Result<()> {
+        if calls.generation == self.generation { Ok(()) } else { Err(stale()) }
+    }
+
     /// `(nonce, AES-256-GCM[key](plaintext, aad))`. The nonce is ours, unless the module
     /// generates its own (FIPS-mode modules do): it is read back from the parameters.
-    pub(super) fn encrypt(&self, module: &Module, aad: &[u8], plaintext: &[u8]) -> cryptoki::error::Result<Vec<u8>> {
+    pub(super) fn encrypt(&self, calls: &Calls<'_>, aad: &[u8], plaintext: &[u8]) -> cryptoki::error::Result<Vec<u8>> {
+        self.check(calls)?;
         let mut iv = [0u8; NONCE_LEN];
         getrandom::fill(&mut iv).map_err(|_| P11Error::Pkcs11(RvError::GeneralError, Function::Encrypt))?;
-        let _calls = module.calls.read().unwrap_or_else(|p| p.into_inner());
         let ct = self.session.encrypt(
             &Mechanism::AesGcm(GcmParams::new(&mut iv, aad, TAG_BITS.into())?),
             self.key,
@@ -166,31 +194,32 @@ impl Conn {
     /// Opens a blob of [`Conn::encrypt`].
     pub(super) fn decrypt(
         &self,
-        module: &Module,
+        calls: &Calls<'_>,
         aad: &[u8],
         blob: &[u8],
     ) -> cryptoki::error::Result<Zeroizing<Vec<u8>>> {
+        self.check(calls)?;
         let (nonce, ct) = blob.split_at(NONCE_LEN.min(blob.len()));
         let mut iv = [0u8; NONCE_LEN];
         iv[..nonce.len()].copy_from_slice(nonce);
-        let _calls = module.calls.read().unwrap_or_else(|p| p.into_inner());
         self.session
             .decrypt(&Mechanism::AesGcm(GcmParams::new(&mut iv, aad, TAG_BITS.into())?), self.key, ct)
             .map(Zeroizing::new)
     }
 
     /// Encrypts and decrypts a random value: does the HSM work with this session and key?
-    pub(super) fn probe(&self, module: &Module) -> Result<(), String> {
+    pub(super) fn probe(&self, calls: &Calls<'_>) -> Result<(), String> {
         let mut value = [0u8; 16];
         getrandom::fill(&mut value).map_err(|_| "the system random source failed".to_owned())?;
-        let blob = self.encrypt(module, PROBE_AAD, &value).map_err(|e| e.to_string())?;
-        let back = self.decrypt(module, PROBE_AAD, &blob).map_err(|e| e.to_string())?;
+        let blob = self.encrypt(calls, PROBE_AAD, &value).map_err(|e| e.to_string())?;
+        let back = self.decrypt(calls, PROBE_AAD, &blob).map_err(|e| e.to_string())?;
         if back[..] == value[..] { Ok(()) } else { Err("the probe came back different".into()) }
     }
 }
 
 /// A logged-in session on the token `settings` names, and the token's label as found.
-pub(super) fn login(module: &Module, settings: &Pkcs11Settings) -> Result<(Session, String), HsmError> {
+/// Called with the module's `calls` held (see [`connect`], [`create_key`]).
+fn login(module: &Module, settings: &Pkcs11Settings) -> Result<(Session, String), HsmError> {
     let ctx = module.ctx()?;
     let device = |e: P11Error| HsmError::Device(e.to_string());
     let mut present = Vec::new();
@@ -216,11 +245,12 @@ pub(super) fn login(module: &Module, settings: &Pkcs11Settings) -> Result<(Sessi
     let refused = match session.login(UserType::User, Some(&pin)) {
         Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => None,
         Err(P11Error::Pkcs11(
-            RvError::PinIncorrect | RvError::PinLocked | RvError::PinInvalid | RvError::PinLenRange,
+            rv @ (RvError::PinIncorrect | RvError::PinLocked | RvError::PinInvalid | RvError::PinLenRange),
             _,
         )) => Some(HsmError::Pin {
             token: settings.token_label.clone(),
             pin_file: settings.pin_file.display().to_string(),
+            locked: rv == RvError::PinLocked,
         }),
         Err(e) => Some(device(e)),
     };
@@ -252,7 +282,7 @@ fn read_pin(path: &Path) -> Result<AuthPin, HsmError> {
 }
 
 /// The secret keys labelled `settings.key_label` on the session's token.
-pub(super) fn find_keys(session: &Session, settings: &Pkcs11Settings) -> Result<Vec<ObjectHandle>, HsmError> {
+fn find_keys(session: &Session, settings: &Pkcs11Settings) -> Result<Vec<ObjectHandle>, HsmError> {
     session
         .find_objects(&[
             Attribute::Class(ObjectClass::SECRET_KEY),
@@ -263,7 +293,8 @@ pub(super) fn find_keys(session: &Session, settings: &Pkcs11Settings) -> Result<
 
 /// A session on the master key, checked (see [`check_key`]), and the key's id.
 pub(super) fn connect(module: &Module, settings: &Pkcs11Settings) -> Result<(Conn, String), HsmError> {
-    let generation = module.generation.load(Ordering::SeqCst);
+    let calls = module.calls();
+    let generation = calls.generation;
     let (session, token) = login(module, settings)?;
     let keys = match find_keys(&session, settings) {
         Ok(k) if k.len() == 1 => k,
@@ -286,8 +317,8 @@ pub(super) fn connect(module: &Module, settings: &Pkcs11Settings) -> Result<(Con
         }
     };
     let conn = Conn { session, key, generation };
-    if let Err(e) = conn.probe(module) {
-        conn.retire(module);
+    if let Err(e) = conn.probe(&calls) {
+        conn.retire(&calls);
         return Err(HsmError::Device(format!("the key does not encrypt and decrypt with AES-GCM: {e}")));
     }
     Ok((conn, kek_id(&cka_id, &settings.key_label)))
@@ -345,6 +376,7 @@ fn check_key(session: &Session, key: ObjectHandle) -> Result<Vec<u8>, String> {
 /// not modifiable or copyable, usable only to encrypt and decrypt. Refused when a key with
 /// the label exists.
 pub(super) fn create_key(module: &Module, settings: &Pkcs11Settings) -> Result<(), HsmError> {
+    let _calls = module.calls();
     let (session, token) = login(module, settings)?;
     let result = (|| {
         if !find_keys(&session, settings)?.is_empty() {
