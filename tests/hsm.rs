@@ -689,3 +689,55 @@ async fn cold_mint_with_the_key_in_softhsm_against_a_key_file() {
     println!("  SoftHSM  : p50 {h50:.2} ms, p90 {h90:.2} ms, mean {hmean:.2} ms");
     println!("  SoftHSM / key file: p50 {:.2}x, mean {:.2}x", h50 / f50, hmean / fmean);
 }
+
+/// A PIN the token refused is not tried again until the PIN file changes (many HSMs lock the
+/// user PIN after a few failures): the vault waits, says why, and comes back when the file
+/// holds the right PIN again, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pin_is_not_retried_until_the_pin_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let token = Token::new(d);
+    let sim = fixture::start_sim(1000).await;
+    fixture::add_sim_clients(&sim, 1);
+    let (pki, vault) = fixture::serve_files(d, &sim, &policy_text(""));
+    vault
+        .add_tenant(&NewTenant::new("cold".parse().unwrap(), Environment::Demo), &fixture::key(0), &UnauditedFixture)
+        .unwrap();
+    drop(vault);
+    let mut args = vec!["--db".to_owned(), d.join(fixture::VAULT_DB).to_str().unwrap().to_owned()];
+    args.extend([
+        "--master-key-file".into(),
+        d.join(fixture::MASTER_KEY).to_str().unwrap().to_owned(),
+        "rotate-kek".into(),
+    ]);
+    args.extend(token.options("new-", "kek"));
+    assert_ok(&token.run(&args.iter().map(String::as_str).collect::<Vec<_>>(), ""));
+    let (config, endpoint) = hsm_config(d, &token, "kek");
+    let child = serve(&token, &config, &pki, &endpoint).await;
+    let mut c = token_client(&endpoint, &pki).await;
+
+    // The session goes (the token away for a moment) while the PIN file holds a wrong PIN.
+    write_private(&token.pin_file, "999999\n");
+    let away = d.join("softhsm-tokens.away");
+    std::fs::rename(&token.tokens, &away).unwrap();
+    assert_eq!(c.get_access_token(get("cold")).await.unwrap_err().code(), tonic::Code::Unavailable);
+    std::fs::rename(&away, &token.tokens).unwrap();
+    // Back, but the PIN is wrong: refused once, then not tried again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !serve_process::log(&config).contains("not tried again until that file changes") {
+        assert!(std::time::Instant::now() < deadline, "{}", serve_process::log(&config));
+        let _ = c.get_access_token(get("cold")).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = serve_process::log(&config);
+    assert!(!log.contains("999999") && !log.contains(PIN));
+    // The right PIN in the file: back without a restart.
+    write_private(&token.pin_file, &format!("{PIN}\n"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while c.get_access_token(get("cold")).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "{}", serve_process::log(&config));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(child);
+}

@@ -402,10 +402,14 @@ impl Inner {
     }
 
     fn mark_unhealthy(&self, reason: String) -> String {
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
         if self.healthy.swap(false, Ordering::Relaxed) {
             tracing::error!(reason = %reason, "the master key's HSM is unavailable: unwraps fail until it returns");
+        } else if last.as_deref() != Some(reason.as_str()) {
+            // Still away, for another reason now (the token is back but refuses the PIN, say).
+            tracing::warn!(reason = %reason, "the master key's HSM is still unavailable");
         }
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+        *last = Some(reason.clone());
         reason
     }
 }
