@@ -10,6 +10,7 @@ pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod domain;
 pub mod hardening;

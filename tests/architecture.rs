@@ -208,6 +208,8 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("crypto", &["domain"]),
     ("tls", &["domain"]),
     ("client", &["tls"]),
+    // The auditor's web page: a client of the vault's gRPC API (role `audit`), nothing more.
+    ("console", &["proto"]),
     // Sealed blobs, hints and fingerprints only: never a plaintext secret.
     ("store", &["crypto", "domain"]),
     // Go's HTTP API: knows nothing of storage, tokens or the server.
@@ -236,6 +238,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "backup",
             "client",
             "config",
+            "console",
             "crypto",
             "domain",
             "hardening",

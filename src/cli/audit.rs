@@ -13,6 +13,7 @@ use super::args::{ChangeDbArgs, GlobalArgs};
 use super::connect::{ConnectArgs, code_name};
 use super::error::CliError;
 use super::runtime::runtime;
+use crate::console::export::{CSV_HEADER, event_csv, event_json, time_str};
 use crate::proto::v1 as pb;
 use crate::proto::v1::audit_service_client::AuditServiceClient;
 
@@ -113,6 +114,22 @@ pub enum AuditCommand {
     /// it still verifies alone; `audit verify --archive` proves archives and live log one
     /// chain. Runs beside a running server; needs the master key (the record is signed).
     Archive(super::audit_archive::ArchiveArgs),
+    /// A web page over the audit log for the security team, served on this machine only:
+    /// the event table with filters and exports, a live view, tenant and caller views,
+    /// charts, and the verification panel. It asks the vault over mutual TLS with your
+    /// certificate (role `audit`) and prints a one-time login link; stop it with Ctrl-C.
+    Console {
+        /// Where to serve the page: a loopback address (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Your copy of the vault's audit public key (`ed25519:...`, from `audit public-key`
+        /// when you first set up): the verification button then verifies from a key you
+        /// hold, not from the first key the log names.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -167,49 +184,6 @@ impl FilterArgs {
 
 fn status(s: tonic::Status) -> CliError {
     CliError::new(format!("{}: {}", code_name(s.code()), s.message()))
-}
-
-fn time_str(t: &Option<prost_types::Timestamp>) -> String {
-    let ms = t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).unwrap_or(0);
-    super::output::format_time(ms)
-}
-
-fn event_json(e: &pb::AuditEvent) -> serde_json::Value {
-    serde_json::json!({
-        "sequence": e.sequence, "time": time_str(&e.time), "caller": e.caller, "caller_serial": e.caller_serial,
-        "action": e.action, "tenant_id": e.tenant_id, "key_version": e.key_version, "outcome": e.outcome,
-        "upstream_status": e.upstream_status, "token_fingerprint": e.token_fingerprint, "detail": e.detail,
-        "request_id": e.request_id, "peer": e.peer, "hash": e.hash,
-    })
-}
-
-const CSV_HEADER: &str = "sequence,time,caller,caller_serial,action,tenant_id,key_version,outcome,upstream_status,token_fingerprint,detail,request_id,peer,hash";
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
-}
-
-fn event_csv(e: &pb::AuditEvent) -> String {
-    [
-        e.sequence.to_string(),
-        time_str(&e.time),
-        e.caller.clone(),
-        e.caller_serial.clone(),
-        e.action.clone(),
-        e.tenant_id.clone(),
-        e.key_version.to_string(),
-        e.outcome.clone(),
-        e.upstream_status.to_string(),
-        e.token_fingerprint.clone(),
-        e.detail.clone(),
-        e.request_id.clone(),
-        e.peer.clone(),
-        e.hash.clone(),
-    ]
-    .iter()
-    .map(|f| csv_field(f))
-    .collect::<Vec<_>>()
-    .join(",")
 }
 
 pub fn run(g: &GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
@@ -312,6 +286,37 @@ pub fn run(g: &GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
                 let mut client = AuditServiceClient::new(conn.channel().await?);
                 let k = client.get_public_key(pb::GetPublicKeyRequest {}).await.map_err(status)?.into_inner();
                 writeln!(out, "{}", k.public_key).map_err(io)?;
+            }
+            AuditCommand::Console { listen, public_key, conn } => {
+                let root_key = match &public_key {
+                    None => None,
+                    Some(p) => {
+                        let text = std::fs::read_to_string(p)
+                            .map_err(|e| CliError::usage(format!("--public-key: cannot read {}: {e}", p.display())))?;
+                        crate::audit::parse_public_key(text.trim()).map_err(|_| {
+                            CliError::usage(format!(
+                                "--public-key: {} is not a public key as `audit public-key` prints it (ed25519:...)",
+                                p.display()
+                            ))
+                        })?;
+                        Some(text.trim().to_owned())
+                    }
+                };
+                let channel = conn.channel().await?;
+                let bound = crate::console::bind(listen, channel, &conn.endpoint, root_key)
+                    .await
+                    .map_err(|e| CliError::usage(e.to_string()))?;
+                // The login link goes to the auditor's terminal only (never a log or a file).
+                writeln!(out, "pogo-vault audit console for {}", conn.endpoint).map_err(io)?;
+                writeln!(out, "open this link in your browser (it works once): {}", bound.login_url()).map_err(io)?;
+                out.flush().map_err(io)?;
+                drop(out);
+                bound
+                    .serve(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    })
+                    .await
+                    .map_err(|e| CliError::new(format!("the audit console stopped: {e}")))?;
             }
             AuditCommand::Verify { .. } | AuditCommand::RotateSigningKey { .. } | AuditCommand::Archive(_) => {
                 unreachable!("handled above")
