@@ -254,7 +254,7 @@ async fn the_console_in_chromium_lists_filters_follows_and_verifies_then_names_t
     assert_eq!(vault.token("admin", "acme").await.unwrap_err().code(), tonic::Code::PermissionDenied);
 
     let pinned = d.join("audit.pub");
-    let (_console, _out, login) =
+    let (mut console, _out, login) =
         start_console(&vault.endpoint, &vault.files("auditor"), &d, &["--public-key", pinned.to_str().unwrap()]);
     let base = format!("http://{}", console_addr(&login));
     let (_driver, wd) = chrome(&d).await;
@@ -350,9 +350,14 @@ async fn the_console_in_chromium_lists_filters_follows_and_verifies_then_names_t
     std::fs::write(&shot, &png).unwrap();
     println!("screenshot: {}", shot.display());
 
-    // Stop the vault, edit one event row, start it again: the panel names the sequence.
-    // The edit is markup, as a hostile value in the log would be: the page shows it as text.
+    // Stop the vault with the live view open, edit one event row, start it again: the
+    // live view comes back on its own, and the panel names the edited sequence. The edit
+    // is markup, as a hostile value in the log would be: the page shows it as text.
+    wd.goto(&format!("{base}/live")).await.unwrap();
+    wait_for(&wd, "#live-state", Duration::from_secs(10), |t| t.starts_with("Following the log")).await;
+    let before_stop = rows(&wd, "#live").await.iter().map(|r| r[0].parse::<i64>().unwrap()).max().unwrap();
     vault.down();
+    wait_for(&wd, "#live-state", Duration::from_secs(10), |t| !t.starts_with("Following the log")).await;
     let db = common::rusqlite_open(&vault.audit_db());
     let changed = db
         .execute(
@@ -363,6 +368,20 @@ async fn the_console_in_chromium_lists_filters_follows_and_verifies_then_names_t
     assert_eq!(changed, 1);
     drop(db);
     vault.up().await;
+    vault.token("token-caller", "acme").await.unwrap();
+    let minted_at = Instant::now();
+    loop {
+        let live = rows(&wd, "#live").await;
+        let seq = |r: &Vec<String>| r[0].parse::<i64>().unwrap();
+        if live.iter().any(|r| seq(r) > before_stop && r[3] == "token_minted" && r[4] == "acme") {
+            // In sequence order, newest first, each once.
+            assert!(live.windows(2).all(|w| seq(&w[0]) > seq(&w[1])), "{live:?}");
+            break;
+        }
+        assert!(minted_at.elapsed() < Duration::from_secs(15), "the live view did not come back: {live:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("live view: back {:?} after the restarted vault's first token", minted_at.elapsed());
     wd.goto(&format!("{base}/verify")).await.unwrap();
     wd.find(By::Id("verify-button")).await.unwrap().click().await.unwrap();
     let (verdict, _) =
@@ -384,6 +403,22 @@ async fn the_console_in_chromium_lists_filters_follows_and_verifies_then_names_t
     for i in 0..TENANTS.len() {
         common::assert_no_leak("the verification page", page.as_bytes(), &fixture::sim_key(i));
     }
+
+    // Ctrl-C stops the console even with a live view open (its stream is ended, not
+    // waited for).
+    wd.goto(&format!("{base}/live")).await.unwrap();
+    wait_for(&wd, "#live-state", Duration::from_secs(10), |t| t.starts_with("Following the log")).await;
+    assert!(Command::new("kill").args(["-INT", &console.0.id().to_string()]).status().unwrap().success());
+    let asked = Instant::now();
+    let status = loop {
+        if let Some(s) = console.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(6), "the console did not stop on Ctrl-C with a live view open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    println!("console stopped {:?} after Ctrl-C with a live view open", asked.elapsed());
     wd.quit().await.unwrap();
 }
 

@@ -104,9 +104,10 @@ fn random_hex() -> String {
 }
 
 /// A session: its CSRF token and when it ends.
+/// The CSRF token is a credential of the session: zeroized when the session goes.
 #[derive(Clone)]
 pub struct Session {
-    pub csrf: String,
+    pub csrf: zeroize::Zeroizing<String>,
     ends: Instant,
 }
 
@@ -171,7 +172,7 @@ impl Access {
         }
         *login = None;
         let id = random_hex();
-        let session = Session { csrf: random_hex(), ends: Instant::now() + SESSION_LIFETIME };
+        let session = Session { csrf: zeroize::Zeroizing::new(random_hex()), ends: Instant::now() + SESSION_LIFETIME };
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(digest(&id), session);
         Ok(id)
     }

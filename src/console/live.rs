@@ -76,7 +76,14 @@ pub async fn events(State(c): State<Shared>, headers: HeaderMap, RawQuery(q): Ra
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
-        let failed = |why: String| Event::default().event("failed").data(why.replace(['\r', '\n'], " "));
+        // After a failure the browser reconnects in 2 s (not its default 3), sending the
+        // last sequence it saw.
+        let failed = |why: String| {
+            Event::default()
+                .event("failed")
+                .retry(std::time::Duration::from_secs(2))
+                .data(why.replace(['\r', '\n'], " "))
+        };
         let mut stream = match c.source.watch(from).await {
             Ok(s) => s,
             Err(e) => {

@@ -438,9 +438,23 @@ pub async fn verify_panel(State(c): State<Shared>, Extension(session): Extension
         esc(&session.csrf)
     );
     match c.source.status().await {
+        // Reading the status is itself recorded: while the log cannot be written, the
+        // vault refuses it, and that refusal is the answer.
+        Err(e) if e.code == tonic::Code::Unavailable => body.push_str(&error_box(&format!(
+            "The vault answers UNAVAILABLE: its audit log may be failing (every request that needs a record is \
+             refused meanwhile). {}",
+            e.message
+        ))),
         Err(e) => body.push_str(&error_box(&e.to_string())),
         Ok(s) => {
             let health = if s.audit_healthy { "healthy" } else { "FAILING: requests that need a record are refused" };
+            let _ = write!(
+                body,
+                "<p class=\"note\">Vault {} (schema {}), health {}.</p>",
+                esc(&s.version),
+                s.schema_version,
+                esc(&s.health)
+            );
             let _ = write!(body, "<h2>The log now</h2><dl><dt>Audit log</dt><dd id=\"audit-health\">{health}</dd>");
             match &s.last_checkpoint {
                 Some(cp) if cp.sequence > 0 => {

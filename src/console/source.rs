@@ -15,6 +15,8 @@ use crate::proto::v1::status_service_client::StatusServiceClient;
 
 /// The largest page the vault serves.
 pub const MAX_PAGE: u32 = 1000;
+/// The largest answer the console reads.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// The vault did not answer, or answered with an error.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -77,7 +79,9 @@ impl Source {
     }
 
     fn audit(&self) -> AuditServiceClient<Channel> {
-        AuditServiceClient::new(self.channel.clone())
+        // A page of 1000 events whose fields are all at their longest is more than
+        // tonic's default 4 MiB.
+        AuditServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// One page of events (`ListAuditEvents`).
