@@ -249,6 +249,31 @@ fn stop(mut child: std::process::Child) {
     assert!(status.success(), "serve exited with {status}");
 }
 
+/// A served vault's files in `dir` ([`fixture::serve_files`] on a new simulator) with
+/// `tenants`, tenant `i` holding the simulator's client key `i`. Returns the simulator
+/// (keep it: the vault's integration points at it) and the PKI.
+async fn served_files(dir: &Path, tenants: &[&str]) -> (pogo_vault::sim::Sim, pogo_vault::tls::DevPki) {
+    let sim = fixture::start_sim(1000).await;
+    fixture::add_sim_clients(&sim, tenants.len());
+    let (pki, vault) = fixture::serve_files(dir, &sim, &policy_text(""));
+    for (i, t) in tenants.iter().enumerate() {
+        vault
+            .add_tenant(&NewTenant::new(t.parse().unwrap(), Environment::Demo), &fixture::key(i), &UnauditedFixture)
+            .unwrap();
+    }
+    (sim, pki)
+}
+
+/// `rotate-kek` of the served files in `dir` from their key file to a new key `label` on
+/// the token.
+fn rotate_file_to_hsm(token: &Token, dir: &Path, label: &str) {
+    let mut args = vec!["--db".to_owned(), dir.join(fixture::VAULT_DB).to_str().unwrap().to_owned()];
+    args.extend(["--master-key-file".into(), dir.join(fixture::MASTER_KEY).to_str().unwrap().to_owned()]);
+    args.push("rotate-kek".into());
+    args.extend(token.options("new-", label));
+    assert_ok(&token.run(&args.iter().map(String::as_str).collect::<Vec<_>>(), ""));
+}
+
 /// `config.toml` for the served files in `dir`, with the master key in the HSM as `label`.
 fn hsm_config(dir: &Path, token: &Token, label: &str) -> (PathBuf, String) {
     let (config, endpoint) = serve_process::write_config(dir, "metrics_listen = \"\"\n");
@@ -375,16 +400,8 @@ async fn rotate_kek_file_to_hsm_to_a_new_hsm_key_and_back_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let token = Token::new(d);
-    let sim = fixture::start_sim(1000).await;
-    fixture::add_sim_clients(&sim, 3);
-    let (pki, vault) = fixture::serve_files(d, &sim, &policy_text(""));
     let tenants = ["t-0", "t-1", "t-2"];
-    for (i, t) in tenants.iter().enumerate() {
-        vault
-            .add_tenant(&NewTenant::new(t.parse().unwrap(), Environment::Demo), &fixture::key(i), &UnauditedFixture)
-            .unwrap();
-    }
-    drop(vault);
+    let (_sim, pki) = served_files(d, &tenants).await;
     let db = d.join(fixture::VAULT_DB);
     let dbs = db.to_str().unwrap().to_owned();
     let file_key = d.join(fixture::MASTER_KEY).to_str().unwrap().to_owned();
@@ -519,30 +536,9 @@ async fn an_hsm_that_goes_away_fails_cold_mints_keeps_cached_tokens_and_comes_ba
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let token = Token::new(d);
-    let sim = fixture::start_sim(1000).await;
-    fixture::add_sim_clients(&sim, 3);
-    let (pki, vault) = fixture::serve_files(d, &sim, &policy_text(""));
-    for (i, t) in ["warm", "cold", "tampered"].iter().enumerate() {
-        vault
-            .add_tenant(&NewTenant::new(t.parse().unwrap(), Environment::Demo), &fixture::key(i), &UnauditedFixture)
-            .unwrap();
-    }
-    drop(vault);
+    let (_sim, pki) = served_files(d, &["warm", "cold", "tampered"]).await;
     let db = d.join(fixture::VAULT_DB);
-    let mut args = vec!["--db".to_owned(), db.to_str().unwrap().to_owned()];
-    args.extend([
-        "--master-key-file".into(),
-        d.join(fixture::MASTER_KEY).to_str().unwrap().to_owned(),
-        "rotate-kek".into(),
-    ]);
-    args.extend(["--new-pkcs11-module".into(), MODULE.into(), "--new-pkcs11-token-label".into(), TOKEN.into()]);
-    args.extend([
-        "--new-pkcs11-pin-file".into(),
-        token.pin_file.to_str().unwrap().into(),
-        "--new-pkcs11-key-label".into(),
-        "kek".into(),
-    ]);
-    assert_ok(&token.run(&args.iter().map(String::as_str).collect::<Vec<_>>(), ""));
+    rotate_file_to_hsm(&token, d, "kek");
 
     // One tenant's wrapped data key altered: under the HSM too, that is an integrity failure
     // (INTERNAL, alarmed), never mistaken for an outage.
@@ -635,29 +631,23 @@ async fn cold_mint_with_the_key_in_softhsm_against_a_key_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let token = Token::new(d);
-    let sim = fixture::start_sim(1000).await;
-    fixture::add_sim_clients(&sim, TENANTS);
-    // Two vaults with the same tenants: `file/` keeps its key file, `hsm/` is rotated into SoftHSM.
+    let tenants: Vec<String> = (0..TENANTS).map(|i| format!("t-{i}")).collect();
+    let tenants: Vec<&str> = tenants.iter().map(String::as_str).collect();
+    // Two vaults with the same tenants: `file/` keeps its key file, `hsm/` is rotated into
+    // SoftHSM. Each has a simulator of its own, alike.
     let mut configs = Vec::new();
+    let mut sims = Vec::new();
     for kind in ["file", "hsm"] {
         let sub = d.join(kind);
         std::fs::create_dir_all(&sub).unwrap();
-        let (pki, vault) = fixture::serve_files(&sub, &sim, &policy_text(""));
-        for i in 0..TENANTS {
-            let t = format!("t-{i}").parse().unwrap();
-            vault.add_tenant(&NewTenant::new(t, Environment::Demo), &fixture::key(i), &UnauditedFixture).unwrap();
-        }
-        drop(vault);
+        let (sim, pki) = served_files(&sub, &tenants).await;
+        sims.push(sim);
         // The upstream budget out of the way (a burst as large as the round), so the figures
         // are the vault's: unwrap, Go's (simulated) token request, the audit record.
         let extra = "metrics_listen = \"\"\n\n[tokens]\nupstream_rate_per_second = 10\nupstream_burst = 10\n";
         let (config, endpoint) = serve_process::write_config(&sub, extra);
         if kind == "hsm" {
-            let mut args = vec!["--db".to_owned(), sub.join(fixture::VAULT_DB).to_str().unwrap().to_owned()];
-            args.extend(["--master-key-file".into(), sub.join(fixture::MASTER_KEY).to_str().unwrap().into()]);
-            args.push("rotate-kek".into());
-            args.extend(token.options("new-", "bench-kek"));
-            assert_ok(&token.run(&args.iter().map(String::as_str).collect::<Vec<_>>(), ""));
+            rotate_file_to_hsm(&token, &sub, "bench-kek");
             let text = std::fs::read_to_string(&config).unwrap();
             let line = format!("master_key_file = \"{}\"\n", fixture::MASTER_KEY);
             std::fs::write(&config, text.replace(&line, &token.config_line("bench-kek"))).unwrap();
@@ -698,21 +688,8 @@ async fn a_refused_pin_is_not_retried_until_the_pin_file_changes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let token = Token::new(d);
-    let sim = fixture::start_sim(1000).await;
-    fixture::add_sim_clients(&sim, 1);
-    let (pki, vault) = fixture::serve_files(d, &sim, &policy_text(""));
-    vault
-        .add_tenant(&NewTenant::new("cold".parse().unwrap(), Environment::Demo), &fixture::key(0), &UnauditedFixture)
-        .unwrap();
-    drop(vault);
-    let mut args = vec!["--db".to_owned(), d.join(fixture::VAULT_DB).to_str().unwrap().to_owned()];
-    args.extend([
-        "--master-key-file".into(),
-        d.join(fixture::MASTER_KEY).to_str().unwrap().to_owned(),
-        "rotate-kek".into(),
-    ]);
-    args.extend(token.options("new-", "kek"));
-    assert_ok(&token.run(&args.iter().map(String::as_str).collect::<Vec<_>>(), ""));
+    let (_sim, pki) = served_files(d, &["cold"]).await;
+    rotate_file_to_hsm(&token, d, "kek");
     let (config, endpoint) = hsm_config(d, &token, "kek");
     let child = serve(&token, &config, &pki, &endpoint).await;
     let mut c = token_client(&endpoint, &pki).await;
