@@ -110,6 +110,18 @@ fn get(path: &str, host: &str, cookie: Option<&str>) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{cookie}Connection: close\r\n\r\n")
 }
 
+/// The `name=value` of the session cookie an answer sets.
+fn set_cookie(answer: &str) -> String {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .expect("a session cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// This machine's first non-loopback IPv4 address, if it has one.
 fn non_loopback_ip() -> Option<std::net::IpAddr> {
     let out = Command::new("hostname").arg("-I").output().ok()?;
@@ -341,6 +353,13 @@ async fn the_console_in_chromium_lists_filters_follows_and_verifies_then_names_t
     assert!(!notes.contains("first signing key the log names"), "verified from the pinned key: {notes}");
     let checkpoint = wd.find(By::Id("checkpoint")).await.unwrap().text().await.unwrap();
     assert!(checkpoint.starts_with("sequence "), "{checkpoint}");
+    let first = wd.find(By::Id("kept")).await.unwrap().text().await.unwrap();
+    assert!(first.starts_with("First run from this console"), "{first}");
+    // The second run hands the first run's checkpoint back: nothing up to it went missing.
+    let kept_seq: i64 = verdict.split("through sequence ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    wd.find(By::Id("verify-button")).await.unwrap().click().await.unwrap();
+    let (kept, _) = wait_for(&wd, "#kept", Duration::from_secs(10), |t| t.starts_with("No event up to")).await;
+    assert!(kept.starts_with(&format!("No event up to sequence {kept_seq} was removed")), "{kept}");
 
     // The screenshot for the README: the event table, filtered to tokens handed out.
     wd.goto(&format!("{base}/?action=token_minted")).await.unwrap();
@@ -401,7 +420,7 @@ async fn the_console_in_chromium_lists_filters_follows_and_verifies_then_names_t
     // subscription key never appear.
     let page = wd.source().await.unwrap();
     for i in 0..TENANTS.len() {
-        common::assert_no_leak("the verification page", page.as_bytes(), &fixture::sim_key(i));
+        common::assert_no_leak("the event table", page.as_bytes(), &fixture::sim_key(i));
     }
 
     // Ctrl-C stops the console even with a live view open (its stream is ended, not
@@ -463,6 +482,28 @@ async fn the_console_refuses_without_the_login_link_from_elsewhere_and_off_loopb
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--public-key"), "{err}");
 
+    // A console whose pinned key is not the vault's: its verification fails.
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+    std::fs::write(d.join("stranger.pub"), pogo_vault::audit::encode_public_key(&stranger)).unwrap();
+    let pinned = d.join("stranger.pub");
+    let (_wrong, _wrong_out, wrong_login) =
+        start_console(&vault.endpoint, &auditor, &d, &["--public-key", pinned.to_str().unwrap()]);
+    let (waddr, whost) = (console_addr(&wrong_login), console_addr(&wrong_login).to_string());
+    let (_, answer) =
+        raw_http(waddr, None, &get(&wrong_login[wrong_login.find("/login").unwrap()..], &whost, None)).await;
+    let wcookie = set_cookie(&answer);
+    let (_, panel) = raw_http(waddr, None, &get("/verify", &whost, Some(&wcookie))).await;
+    let csrf = panel.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let post = format!(
+        "POST /verify HTTP/1.1\r\nHost: {whost}\r\nCookie: {wcookie}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\ncsrf={csrf}",
+        5 + csrf.len()
+    );
+    let (status, _) = raw_http(waddr, None, &post).await;
+    assert_eq!(status, 303, "the right CSRF token runs it");
+    let (_, panel) = raw_http(waddr, None, &get("/verify", &whost, Some(&wcookie))).await;
+    assert!(panel.contains("The log does NOT verify"), "a key that is not the vault's fails: {panel}");
+
     let (_console, _out, login) = start_console(&vault.endpoint, &auditor, &d, &[]);
     let addr = console_addr(&login);
     let host = addr.to_string();
@@ -499,14 +540,7 @@ async fn the_console_refuses_without_the_login_link_from_elsewhere_and_off_loopb
     // The login link works once: a session cookie, then the table.
     let (status, answer) = raw_http(addr, None, &get(path_and_token, &host, None)).await;
     assert_eq!(status, 303, "{answer}");
-    let cookie = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
-        .expect("a session cookie")
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = set_cookie(&answer);
     assert!(answer.to_ascii_lowercase().contains("httponly") && answer.contains("SameSite=Strict"), "{answer}");
     let (status, _) = raw_http(addr, None, &get(path_and_token, &host, None)).await;
     assert_eq!(status, 403, "spent");
@@ -529,6 +563,7 @@ async fn the_console_refuses_without_the_login_link_from_elsewhere_and_off_loopb
     );
     let (status, body) = raw_http(addr, None, &same_site).await;
     assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not requests from another site or port"), "{body}");
 
     // The verification button needs the page's CSRF token, even with the cookie.
     let post = format!(

@@ -45,9 +45,11 @@ pub fn step_for(range_secs: i64) -> i64 {
 impl Chart {
     /// Buckets `events` (already filtered to the range) from `since` to `until`.
     pub fn of(events: &[pb::AuditEvent], since: OffsetDateTime, until: OffsetDateTime) -> Chart {
-        let step = step_for((until - since).whole_seconds());
+        // Whole seconds around the range (the vault chose the events to the millisecond).
+        let from = since.unix_timestamp();
+        let to = until.unix_timestamp() + i64::from(until.nanosecond() > 0);
+        let step = step_for(to - from);
         // Bars start on a round time, unless that would make one bar too many.
-        let (from, to) = (since.unix_timestamp(), until.unix_timestamp());
         let aligned = from.div_euclid(step) * step;
         let start = if ceil_div((to - aligned).max(1), step) <= MAX_BUCKETS { aligned } else { from };
         let buckets = ceil_div((to - start).max(1), step) as usize;
@@ -209,6 +211,10 @@ mod tests {
         {
             let since = OffsetDateTime::from_unix_timestamp(t0 + offset).unwrap();
             let until = since + time::Duration::seconds(range);
+            // Fractional ends as a user may type them: still at most 48 bars.
+            let odd =
+                Chart::of(&[], since + time::Duration::milliseconds(900), until + time::Duration::milliseconds(100));
+            assert!(odd.buckets as i64 <= MAX_BUCKETS, "fractional range {range}: {} bars", odd.buckets);
             let events = [at("a", t0 + offset), at("a", t0 + offset + range - 1), at("a", t0 + offset + range)];
             let c = Chart::of(&events, since, until);
             assert!(c.buckets as i64 <= MAX_BUCKETS, "range {range} at +{offset}: {} bars", c.buckets);

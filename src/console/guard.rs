@@ -19,7 +19,9 @@
 //!   a page another user serves on 127.0.0.1 is "same site" and the browser would send
 //!   the cookie: requests a browser marks `Sec-Fetch-Site: same-site` or `cross-site` are
 //!   refused, and the one form that acts (the verification button) carries a CSRF token
-//!   bound to the session.
+//!   bound to the session. What this cannot stop: the browser also *sends* the cookie to
+//!   such a server when the auditor visits it, and its owner can then replay it from this
+//!   machine (README: do not browse other users' local servers while the console runs).
 //! - Every response forbids framing, caching, referrers, cross-origin reads and any
 //!   script, style or connection not from the console itself (CSP).
 

@@ -30,14 +30,17 @@ async fn render(c: &Shared) -> String {
     // was made is missed. When the newest could not be read, from just after the newest
     // signed checkpoint (at most a second old while events flow): the events since then
     // are relayed too, and the script drops any already shown.
-    let (events, from) = match c.source.newest(&Filter::default(), LIVE_ROWS, 20_000).await {
+    let (events, from) = match c.source.newest(&Filter::default(), LIVE_ROWS, super::pages::MAX_NEWEST_READ).await {
         Ok(got) if !got.truncated => {
+            body.push_str(&super::pages::newest_note(&got));
             let from = got.events.first().map_or(1, |e| e.sequence + 1);
             (got.events, from)
         }
         shown => {
-            if let Err(e) = &shown {
-                body.push_str(&error_box(&e.to_string()));
+            // Not the newest (or nothing): no rows, only what comes from here on.
+            match &shown {
+                Err(e) => body.push_str(&error_box(&e.to_string())),
+                Ok(got) => body.push_str(&super::pages::newest_note(got)),
             }
             let from = match c.source.status().await {
                 Ok(s) => s.last_checkpoint.map_or(0, |cp| cp.sequence + 1),
@@ -46,7 +49,7 @@ async fn render(c: &Shared) -> String {
                     0
                 }
             };
-            (shown.map(|got| got.events).unwrap_or_default(), from)
+            (Vec::new(), from)
         }
     };
     let _ = write!(
@@ -66,7 +69,9 @@ pub async fn live_page(State(c): State<Shared>) -> Html<String> {
 /// Server-sent events: each audit event as JSON (`event: audit`, `id:` its sequence). A
 /// browser that reconnects sends `Last-Event-ID` and resumes after it. When the vault's
 /// stream ends (the vault stopped, the log cannot be read), an `event: failed` says why
-/// and the browser reconnects on its own.
+/// and the browser reconnects on its own. When the vault refuses the watch itself (too
+/// many streams of this auditor, a revoked certificate or grant), `event: ended` says why
+/// and the page stops: retrying would only add refusals to the log.
 pub async fn events(State(c): State<Shared>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let q = query_map(q.as_deref());
     let last_seen = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
@@ -78,16 +83,20 @@ pub async fn events(State(c): State<Shared>, headers: HeaderMap, RawQuery(q): Ra
     tokio::spawn(async move {
         // After a failure the browser reconnects in 2 s (not its default 3), sending the
         // last sequence it saw.
-        let failed = |why: String| {
+        let failed = |e: super::source::VaultError| {
+            let refused = matches!(
+                e.code,
+                tonic::Code::ResourceExhausted | tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+            );
             Event::default()
-                .event("failed")
+                .event(if refused { "ended" } else { "failed" })
                 .retry(std::time::Duration::from_secs(2))
-                .data(why.replace(['\r', '\n'], " "))
+                .data(e.to_string().replace(['\r', '\n'], " "))
         };
         let mut stream = match c.source.watch(from).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = tx.send(Ok(failed(e.to_string()))).await;
+                let _ = tx.send(Ok(failed(e))).await;
                 return;
             }
         };
@@ -101,8 +110,14 @@ pub async fn events(State(c): State<Shared>, headers: HeaderMap, RawQuery(q): Ra
                 Ok(Some(e)) => {
                     (Event::default().event("audit").id(e.sequence.to_string()).data(event_json(&e).to_string()), false)
                 }
-                Ok(None) => (failed("the vault ended the stream".into()), true),
-                Err(s) => (failed(super::source::VaultError::from(s).to_string()), true),
+                Ok(None) => {
+                    let e = super::source::VaultError {
+                        code: tonic::Code::Unavailable,
+                        message: "the vault ended the stream".into(),
+                    };
+                    (failed(e), true)
+                }
+                Err(s) => (failed(super::source::VaultError::from(s)), true),
             };
             if tx.send(Ok(event)).await.is_err() || last {
                 return;

@@ -14,7 +14,6 @@ use super::charts::Chart;
 use super::filter::{Filter, from_timestamp, parse_time, query_map, rfc3339};
 use super::guard::Session;
 use super::html::{enc, error_box, esc, events_table, filter_form, page, time_cell};
-use super::source::Collected;
 use super::state::{Shared, refused};
 
 /// Rows per page of the event table.
@@ -22,7 +21,7 @@ const PAGE: u32 = 50;
 /// At most this many events feed a tenant or caller view.
 const MAX_VIEW: usize = 20_000;
 /// At most this many events are read to find the newest of a filter.
-const MAX_NEWEST_READ: usize = 20_000;
+pub const MAX_NEWEST_READ: usize = 20_000;
 /// At most this many events feed each chart.
 const MAX_CHART: usize = 20_000;
 
@@ -34,8 +33,8 @@ pub async fn login(State(c): State<Shared>, RawQuery(q): RawQuery) -> Response {
     }
 }
 
-fn truncated_note(c: &Collected, max: usize) -> String {
-    if c.truncated {
+fn truncated_note(truncated: bool, max: usize) -> String {
+    if truncated {
         format!(
             "<p class=\"note\">Only the oldest {max} events of this range are counted here: narrow the time range.</p>"
         )
@@ -67,18 +66,14 @@ pub async fn events(State(c): State<Shared>, RawQuery(q): RawQuery) -> Html<Stri
                     Ok(got) => {
                         let _ = write!(
                             body,
-                            "<p class=\"bar\">The newest {PAGE} events of this filter, newest first \
+                            "<p class=\"bar\">The newest events of this filter, newest first \
                              (<a id=\"oldest-first\" href=\"/?{}\">page through from the oldest</a>). {exports}</p>",
                             esc(&f.query(&[("order", "oldest")]))
                         );
-                        if got.truncated {
-                            let _ = write!(
-                                body,
-                                "<p class=\"note\">More than {MAX_NEWEST_READ} events matched in the last minute: \
-                                 these are not the very newest. Narrow the filter, or use the live view.</p>"
-                            );
+                        body.push_str(&newest_note(&got));
+                        if !got.truncated {
+                            body.push_str(&events_table("events", &got.events));
                         }
-                        body.push_str(&events_table("events", &got.events));
                     }
                 }
                 return Html(page("Audit events", "/", c.source.endpoint(), &body));
@@ -165,9 +160,8 @@ struct Span {
 }
 
 impl Span {
-    fn add(&mut self, e: &crate::proto::v1::AuditEvent) {
+    fn add(&mut self, t: Option<OffsetDateTime>) {
         self.count += 1;
-        let t = from_timestamp(&e.time);
         self.first = self.first.or(t);
         self.last = t.or(self.last);
     }
@@ -186,8 +180,27 @@ impl Span {
 /// The newest events of `f`, newest first, as a table.
 async fn newest_table(c: &Shared, f: &Filter, id: &str) -> String {
     match c.source.newest(f, PAGE as usize, MAX_NEWEST_READ).await {
-        Ok(got) => events_table(id, &got.events),
+        Ok(got) if got.truncated => newest_note(&got),
+        Ok(got) => newest_note(&got) + &events_table(id, &got.events),
         Err(e) => error_box(&e.to_string()),
+    }
+}
+
+/// What a short or unreachable "newest" answer means, said above it.
+pub fn newest_note(got: &super::source::Newest) -> String {
+    if got.truncated {
+        format!(
+            "<p class=\"note\">More than {MAX_NEWEST_READ} events matched in the minute before the end of this range: the \
+             newest cannot be shown. Narrow the filter, page through from the oldest, or use the live view.</p>"
+        )
+    } else if got.short {
+        format!(
+            "<p class=\"note\">The {} newest events only: the wider range before them holds more than {MAX_NEWEST_READ} \
+             events. Narrow the filter to see further back.</p>",
+            got.events.len()
+        )
+    } else {
+        String::new()
     }
 }
 
@@ -204,14 +217,16 @@ pub async fn tenant(State(c): State<Shared>, RawQuery(q): RawQuery) -> Html<Stri
         }
     };
     if !id.is_empty() {
-        match c.source.collect(&f, MAX_VIEW).await {
+        // A summary, not the events: a view of 20,000 long events stays small.
+        let mut groups: BTreeMap<(String, String, String), Span> = BTreeMap::new();
+        let read = c.source.scan(&f, MAX_VIEW, |e| {
+            let t = from_timestamp(&e.time);
+            groups.entry((e.caller, e.action, e.outcome)).or_default().add(t);
+        });
+        match read.await {
             Err(e) => body.push_str(&error_box(&e.to_string())),
-            Ok(got) => {
-                body.push_str(&truncated_note(&got, MAX_VIEW));
-                let mut groups: BTreeMap<(&str, &str, &str), Span> = BTreeMap::new();
-                for e in &got.events {
-                    groups.entry((&e.caller, &e.action, &e.outcome)).or_default().add(e);
-                }
+            Ok(truncated) => {
+                body.push_str(&truncated_note(truncated, MAX_VIEW));
                 let _ = write!(
                     body,
                     "<h2>Who touched tenant {}</h2><table id=\"tenant-summary\" class=\"numbers\"><thead><tr><th>Caller</th><th>Action</th>\
@@ -259,19 +274,19 @@ pub async fn caller(State(c): State<Shared>, RawQuery(q): RawQuery) -> Html<Stri
         }
     };
     if !id.is_empty() {
-        match c.source.collect(&f, MAX_VIEW).await {
+        // tenant → (tokens handed out, denied, errors, all events with their span)
+        let mut per: BTreeMap<String, (u64, u64, u64, Span)> = BTreeMap::new();
+        let read = c.source.scan(&f, MAX_VIEW, |e| {
+            let row = per.entry(e.tenant_id).or_default();
+            row.0 += u64::from(e.action == "token_minted" && e.outcome == "ok");
+            row.1 += u64::from(e.outcome == "denied");
+            row.2 += u64::from(e.outcome == "error");
+            row.3.add(from_timestamp(&e.time));
+        });
+        match read.await {
             Err(e) => body.push_str(&error_box(&e.to_string())),
-            Ok(got) => {
-                body.push_str(&truncated_note(&got, MAX_VIEW));
-                // tenant → (tokens handed out, denied, errors, all events with their span)
-                let mut per: BTreeMap<&str, (u64, u64, u64, Span)> = BTreeMap::new();
-                for e in &got.events {
-                    let row = per.entry(&e.tenant_id).or_default();
-                    row.0 += u64::from(e.action == "token_minted" && e.outcome == "ok");
-                    row.1 += u64::from(e.outcome == "denied");
-                    row.2 += u64::from(e.outcome == "error");
-                    row.3.add(e);
-                }
+            Ok(truncated) => {
+                body.push_str(&truncated_note(truncated, MAX_VIEW));
                 let _ = write!(
                     body,
                     "<h2>Tenants reached by {}</h2><table id=\"caller-tenants\" class=\"numbers\"><thead><tr><th>Tenant</th>\
@@ -335,11 +350,16 @@ pub async fn charts(State(c): State<Shared>, RawQuery(q): RawQuery) -> Html<Stri
     let tokens = Filter { action: "token_minted".into(), outcome: "ok".into(), ..base.clone() };
     let denials = Filter { outcome: "denied".into(), ..base };
     for (f, id, title) in [(tokens, "tokens", "Tokens handed out"), (denials, "denials", "Denials (every action)")] {
-        match c.source.collect(&f, MAX_CHART).await {
+        // Only what a bar needs: the time and the caller.
+        let mut points = Vec::new();
+        let read = c.source.scan(&f, MAX_CHART, |e| {
+            points.push(crate::proto::v1::AuditEvent { time: e.time, caller: e.caller, ..Default::default() })
+        });
+        match read.await {
             Err(e) => body.push_str(&error_box(&e.to_string())),
-            Ok(got) => {
-                let chart = Chart::of(&got.events, since, until);
-                body.push_str(&truncated_note(&got, MAX_CHART));
+            Ok(truncated) => {
+                let chart = Chart::of(&points, since, until);
+                body.push_str(&truncated_note(truncated, MAX_CHART));
                 body.push_str(&chart.svg(&format!("{id}-chart"), &format!("{title}: {} in all", chart.total())));
                 let _ = write!(
                     body,
@@ -378,7 +398,19 @@ pub async fn verify_panel(State(c): State<Shared>, Extension(session): Extension
                     r.events_checked,
                     esc(&r.head_hash)
                 );
+                let _ = write!(body, "<p class=\"note\" id=\"detail\">{}</p>", esc(&r.detail));
+                // After `audit archive`, a kept checkpoint in the archived range is not
+                // checked by the vault (its detail says so): claim nothing for it.
+                let kept_checked = !r.detail.contains("are not checked here");
                 match &v.kept {
+                    Some((k, _)) if !kept_checked => {
+                        let _ = write!(
+                            body,
+                            "<p id=\"kept\" class=\"note\">This console's last checkpoint (sequence {}) is in the archived \
+                             range and was not checked here: verify the archives with <code>audit verify --archive</code>.</p>",
+                            k.sequence
+                        );
+                    }
                     Some((k, at)) => {
                         let _ = write!(
                             body,

@@ -33,11 +33,14 @@ impl From<tonic::Status> for VaultError {
     }
 }
 
-/// Events of a filter, up to a bound.
+/// The newest events of a filter.
 #[derive(Debug, Default)]
-pub struct Collected {
+pub struct Newest {
+    /// Newest first.
     pub events: Vec<pb::AuditEvent>,
-    /// More events matched than the bound: the views say so.
+    /// Fewer than asked although more exist: a wider window was too big to read.
+    pub short: bool,
+    /// The first window was too big to read: these are not the newest.
     pub truncated: bool,
 }
 
@@ -90,8 +93,8 @@ impl Source {
     }
 
     /// Hands every event of `f` to `each` in sequence order, at most `max` of them; true
-    /// when more matched.
-    async fn scan(&self, f: &Filter, max: usize, mut each: impl FnMut(pb::AuditEvent)) -> Result<bool, VaultError> {
+    /// when more matched. For views that keep a summary, not the events.
+    pub async fn scan(&self, f: &Filter, max: usize, mut each: impl FnMut(pb::AuditEvent)) -> Result<bool, VaultError> {
         let mut seen = 0;
         let mut token = String::new();
         loop {
@@ -109,33 +112,28 @@ impl Source {
         }
     }
 
-    /// Every event of `f` in sequence order, at most `max` of them (the oldest).
-    pub async fn collect(&self, f: &Filter, max: usize) -> Result<Collected, VaultError> {
-        let mut events = Vec::new();
-        let truncated = self.scan(f, max, |e| events.push(e)).await?;
-        Ok(Collected { events, truncated })
-    }
-
     /// The newest `n` events of `f`, newest first. `ListAuditEvents` pages oldest first,
-    /// so this reads the events of a short window back from now (a minute, then an hour,
-    /// a day, thirty days, then the whole filter) and keeps the last `n`,
-    /// widening until the window holds `n`. A window is read whole, up to `max_read`
-    /// events; past that, `truncated` says the newest could not be reached.
-    pub async fn newest(&self, f: &Filter, n: usize, max_read: usize) -> Result<Collected, VaultError> {
+    /// so this reads the events of a short window back from the filter's end (`until`, or
+    /// now: a minute, then an hour, a day, thirty days, then the whole filter) and keeps
+    /// the last `n`, widening until the window holds `n`. A window is read whole, up to
+    /// `max_read` events. When a wider window is too big to read, the narrower one's
+    /// events are the answer (the true newest, fewer than `n`: `short`); when even the
+    /// first is too big, `truncated` says the newest could not be reached.
+    pub async fn newest(&self, f: &Filter, n: usize, max_read: usize) -> Result<Newest, VaultError> {
         const WINDOWS: &[i64] = &[60, 3600, 86_400, 30 * 86_400];
         let now = OffsetDateTime::now_utc();
+        let end = f.until.map_or(now, |u| u.min(now));
         let mut windows: Vec<Filter> = WINDOWS
             .iter()
-            .map(|w| now - time::Duration::seconds(*w))
-            .filter(|start| f.since.is_none_or(|s| *start > s) && f.until.is_none_or(|u| *start < u))
+            .map(|w| end - time::Duration::seconds(*w))
+            .filter(|start| f.since.is_none_or(|s| *start > s))
             .map(|start| Filter { since: Some(start), ..f.clone() })
             .collect();
         windows.push(f.clone());
-        let mut kept = std::collections::VecDeque::with_capacity(n + 1);
-        let mut truncated = false;
+        let mut answer: Option<Vec<pb::AuditEvent>> = None;
         for w in &windows {
-            kept.clear();
-            truncated = self
+            let mut kept = std::collections::VecDeque::with_capacity(n + 1);
+            let truncated = self
                 .scan(w, max_read, |e| {
                     if kept.len() == n {
                         kept.pop_front();
@@ -143,11 +141,19 @@ impl Source {
                     kept.push_back(e);
                 })
                 .await?;
-            if truncated || kept.len() >= n {
+            if truncated {
+                return Ok(match answer {
+                    Some(events) => Newest { events, short: true, truncated: false },
+                    None => Newest { events: kept.into_iter().rev().collect(), short: false, truncated: true },
+                });
+            }
+            let full = kept.len() >= n;
+            answer = Some(kept.into_iter().rev().collect());
+            if full {
                 break;
             }
         }
-        Ok(Collected { events: kept.into_iter().rev().collect(), truncated })
+        Ok(Newest { events: answer.unwrap_or_default(), short: false, truncated: false })
     }
 
     /// The vault's status: health, the newest checkpoint, the witnesses.

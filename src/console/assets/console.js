@@ -24,8 +24,16 @@
     return td;
   }
   source.addEventListener("open", function () { state.textContent = "Following the log: new events appear at the top."; });
-  source.addEventListener("error", function () { state.textContent = "Connection to the console lost; reconnecting…"; });
+  source.addEventListener("error", function () {
+    state.textContent = source.readyState === EventSource.CLOSED
+      ? "Stopped: the console stopped or the session ended. Reload the page (or log in again)."
+      : "Connection to the console lost; reconnecting…";
+  });
   source.addEventListener("failed", function (m) { state.textContent = "The vault's stream ended (" + m.data + "); reconnecting…"; });
+  source.addEventListener("ended", function (m) {
+    source.close();
+    state.textContent = "The vault refused to stream (" + m.data + "). Close other live views, then reload.";
+  });
   source.addEventListener("audit", function (m) {
     var e = JSON.parse(m.data);
     var seq = String(e.sequence);
@@ -50,6 +58,9 @@
     body.insertBefore(tr, before);
     var empty = table.parentNode.querySelector("p.empty");
     if (empty) { empty.parentNode.removeChild(empty); }
-    while (body.rows.length > 500) { body.deleteRow(-1); }
+    while (body.rows.length > 500) {
+      delete seen[body.rows[body.rows.length - 1].getAttribute("data-seq")];
+      body.deleteRow(-1);
+    }
   });
 })();
