@@ -146,6 +146,11 @@ pub struct ServerSection {
     /// grant's `requests_per_second` overrides it). Beyond it: `RESOURCE_EXHAUSTED`.
     #[serde(default = "default_caller_rate")]
     pub caller_requests_per_second: f64,
+    /// Reload the certificate, key, client CA bundle, CRLs and policy when they change on
+    /// disk (cert-manager, csi-driver-spiffe, a Kubernetes secret), looked at twice a
+    /// second, as SIGHUP does; false: only on SIGHUP.
+    #[serde(default = "yes")]
+    pub watch_files: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -478,6 +483,7 @@ impl crate::server::ServeOptions {
             caller_requests_per_second: c.server.caller_requests_per_second,
             metrics_listen: c.server.metrics_listen,
             health_listen: c.server.health_listen,
+            watch_files: c.server.watch_files.then_some(crate::server::WATCH_EVERY),
         })
     }
 }

@@ -88,10 +88,14 @@ pub struct ServerMetrics {
     pub token_latency: Histogram,
     /// Tokens handed out, by whether the caller got that token for the first time there.
     pub disclosures: LabeledCounter,
+    /// Reloads of the policy and of the certificates, put in force or refused.
+    pub reloads: LabeledCounter,
 }
 
 pub const TOKEN_SOURCES: &[&str] = &["cache", "upstream", "shared", "stale"];
 pub const DISCLOSURE_KINDS: &[&str] = &["first", "repeat"];
+pub const RELOAD_RESULTS: &[&str] =
+    &["policy_reloaded", "policy_refused", "certificates_reloaded", "certificates_refused", "other"];
 pub const DENIAL_REASONS: &[&str] = &[
     "invalid_argument",
     "permission_denied",
@@ -120,6 +124,7 @@ impl Default for ServerMetrics {
             tokens_denied: LabeledCounter::new(DENIAL_REASONS),
             token_latency: Histogram::default(),
             disclosures: LabeledCounter::new(DISCLOSURE_KINDS),
+            reloads: LabeledCounter::new(RELOAD_RESULTS),
         }
     }
 }

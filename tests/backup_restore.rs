@@ -178,6 +178,7 @@ async fn backup_under_load_restores_to_a_working_vault() {
         caller_requests_per_second: pogo_vault::server::DEFAULT_CALLER_REQUESTS_PER_SECOND,
         metrics_listen: None,
         health_listen: None,
+        watch_files: None,
     })
     .await
     .unwrap();

@@ -416,6 +416,8 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         caller_requests_per_second: crate::server::DEFAULT_CALLER_REQUESTS_PER_SECOND,
         metrics_listen: None,
         health_listen: None,
+        // Dev certificates do not rotate: SIGHUP still reloads.
+        watch_files: None,
     };
     let server = crate::server::start(opts).await.map_err(|e| {
         let hint = if e.to_string().contains("in use") { " (pass --listen 127.0.0.1:0 or another port)" } else { "" };

@@ -63,6 +63,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
     s.server.disclosures.render(o, "pogo_vault_token_disclosures_total", "kind");
     let _ = writeln!(
         o,
+        "# HELP pogo_vault_reloads_total Reloads of the policy and the certificates (SIGHUP or a change on disk), put in force or refused (the old kept).\n# TYPE pogo_vault_reloads_total counter"
+    );
+    s.server.reloads.render(o, "pogo_vault_reloads_total", "result");
+    let _ = writeln!(
+        o,
         "# HELP pogo_vault_disclosed_pairs (caller, serial, peer IP, token) pairs kept to tell repeats from first disclosures (bounded; only tokens still valid).\n# TYPE pogo_vault_disclosed_pairs gauge\npogo_vault_disclosed_pairs {}",
         s.disclosed_pairs
     );

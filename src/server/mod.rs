@@ -32,7 +32,10 @@ mod state;
 mod status_svc;
 mod tenant_svc;
 mod token_svc;
+mod watch;
 
 pub use layer::new_request_id;
-pub use run::{DEFAULT_CALLER_REQUESTS_PER_SECOND, RunningServer, ServeError, ServeOptions, start, start_with_clock};
+pub use run::{
+    DEFAULT_CALLER_REQUESTS_PER_SECOND, RunningServer, ServeError, ServeOptions, WATCH_EVERY, start, start_with_clock,
+};
 pub use state::{Caller, Extra, ServerState, caller_record, timestamp, timestamp_ms};

@@ -70,6 +70,9 @@ pub enum ServeError {
 /// nor the caller's grant says otherwise: generous (Go itself allows about 10 a second for
 /// the whole integration), and a bound on how fast one caller can grow the audit log.
 pub const DEFAULT_CALLER_REQUESTS_PER_SECOND: f64 = 100.0;
+/// How often `[server] watch_files` looks at the files (a change is reloaded once two
+/// looks agree: within about a second).
+pub const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 pub struct ServeOptions {
     pub db: std::path::PathBuf,
@@ -97,6 +100,9 @@ pub struct ServeOptions {
     /// A plaintext listener serving only `grpc.health.v1` (for Kubernetes' native gRPC
     /// probes, which present no client certificate). `None`: no such listener.
     pub health_listen: Option<SocketAddr>,
+    /// Watch the certificate, key, client CA bundle, CRLs and policy file, and reload
+    /// what changed, looking this often (`server/watch.rs`). `None`: only on SIGHUP.
+    pub watch_files: Option<Duration>,
 }
 
 impl ServeOptions {
@@ -116,14 +122,14 @@ pub struct RunningServer {
     pub state: Arc<ServerState>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
-    reload: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+    reload: mpsc::Sender<reload::Request>,
 }
 
 impl RunningServer {
     /// Re-reads certificates, CRLs and policy (what SIGHUP does). Waits until done.
     pub async fn reload(&self) {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        if self.reload.send(done).await.is_ok() {
+        let (request, wait) = reload::Request::new(reload::Parts::ALL);
+        if self.reload.send(request).await.is_ok() {
             let _ = wait.await;
         }
     }
@@ -243,6 +249,9 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         me.clone(),
     ));
     reload::spawn_sighup(reload_tx.clone());
+    if let Some(every) = opts.watch_files {
+        super::watch::spawn(opts.tls.clone(), opts.policy.clone(), every, reload_tx.clone(), stop_rx.clone());
+    }
 
     let health_addr = match opts.health_listen {
         Some(listen) => {

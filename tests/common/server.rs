@@ -230,5 +230,6 @@ fn options_for(dir: &Path, pki: &DevPki, policy: &Path) -> ServeOptions {
         caller_requests_per_second: pogo_vault::server::DEFAULT_CALLER_REQUESTS_PER_SECOND,
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         health_listen: Some("127.0.0.1:0".parse().unwrap()),
+        watch_files: None,
     }
 }
