@@ -102,6 +102,7 @@ impl Module {
         let module = self.path.display().to_string();
         let c =
             Pkcs11::new(&self.path).map_err(|e| HsmError::Module { module: module.clone(), reason: e.to_string() })?;
+        keep_loaded(&self.path, &c);
         match c.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => return Err(HsmError::Module { module, reason: e.to_string() }),
@@ -130,6 +131,21 @@ impl Module {
             let _ = c.finalize();
         }
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Keeps the first handle to each library for the life of the process, so a library is
+/// never unloaded. Why: during an HSM outage a `C_Initialize` can fail, and the handle of
+/// that attempt is dropped; when it was the only one, the library was unmapped and mapped
+/// again on the next attempt. SoftHSM left its registrations with OpenSSL pointing into the
+/// unmapped copy, and the process crashed at exit (SIGSEGV after "stopping", about 1 run in
+/// 6 of `tests/hsm.rs`'s outage test). Nothing else is held: sessions and `C_Finalize` are
+/// as before.
+fn keep_loaded(path: &Path, ctx: &Pkcs11) {
+    static LOADED: Mutex<Vec<(PathBuf, Pkcs11)>> = Mutex::new(Vec::new());
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if !loaded.iter().any(|(p, _)| p == path) {
+        loaded.push((path.to_owned(), ctx.clone()));
     }
 }
 
