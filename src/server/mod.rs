@@ -15,8 +15,9 @@
 //!
 //! Files, bottom up: `errors` (the only place statuses are made), `metrics` (the scrape),
 //! `conn` (the mTLS acceptor), `state` (what handlers share), `layer` (the gate), the
-//! handlers (`*_svc`), `refusals` (budget refusals on the record), `reload`, and `run`
-//! (start, serve, stop). This file only names them.
+//! handlers (`*_svc`), `refusals` (budget refusals on the record), `reload_request` (what
+//! a reload is asked for), `watch` (reload on change), `reload`, and `run` (start, serve,
+//! stop). This file only names them.
 
 mod audit_svc;
 pub mod conn;
@@ -27,6 +28,7 @@ mod onboarding_svc;
 mod operator_svc;
 mod refusals;
 mod reload;
+mod reload_request;
 mod run;
 mod state;
 mod status_svc;

@@ -5,44 +5,32 @@
 //! old in force, is recorded as an error, logged and counted
 //! (`pogo_vault_reloads_total{result="..._refused"}`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::conn;
+pub(super) use super::reload_request::{Parts, Request};
 use super::state::{Caller, Extra, ServerState};
+use super::watch::Files;
 use crate::audit::{Action, Outcome};
 use crate::tls::ServerTlsFiles;
 
-/// Which files a reload reads again.
+/// What became of one half of a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Parts {
-    pub policy: bool,
-    /// The server certificate and key, the client CA bundle and the CRLs.
-    pub tls: bool,
-}
-
-impl Parts {
-    pub const ALL: Parts = Parts { policy: true, tls: true };
-}
-
-/// A reload asked for: what to read again, and who to tell when it is done.
-pub(super) struct Request {
-    pub parts: Parts,
-    pub done: oneshot::Sender<()>,
-}
-
-impl Request {
-    pub fn new(parts: Parts) -> (Request, oneshot::Receiver<()>) {
-        let (done, wait) = oneshot::channel();
-        (Request { parts, done }, wait)
-    }
+enum Loaded {
+    /// Recorded and put in force.
+    InForce,
+    /// Did not read or check: recorded as an error, the old kept.
+    Refused,
+    /// Valid, but its record could not be written: the old kept, tried again.
+    Unrecorded,
 }
 
 /// One half of a reload: a new `what` that was read and checked (or why not) is recorded,
 /// then put in force with `install`; a refused one is recorded as an error and the old one
-/// kept. False when a valid new one could not be recorded (the caller retries).
+/// kept.
 async fn reload_one<T, F: FnOnce()>(
     state: &ServerState,
     me: &Caller,
@@ -51,7 +39,7 @@ async fn reload_one<T, F: FnOnce()>(
     new: Result<T, String>,
     install: impl FnOnce(T) -> (String, F),
     counted: &str,
-) -> bool {
+) -> Loaded {
     match new {
         Ok(value) => {
             let (detail, put) = install(value);
@@ -61,13 +49,13 @@ async fn reload_one<T, F: FnOnce()>(
                     state.metrics.reloads.inc(&format!("{counted}_reloaded"));
                     state.reloaded.send_modify(|g| *g += 1);
                     tracing::info!("{detail}");
-                    true
+                    Loaded::InForce
                 }
                 Err(_) => {
                     tracing::error!(
                         "{what} reload not recorded in the audit log; the old {what} stay in force until it can be (retrying)"
                     );
-                    false
+                    Loaded::Unrecorded
                 }
             }
         }
@@ -77,7 +65,7 @@ async fn reload_one<T, F: FnOnce()>(
             tracing::warn!("{detail}");
             state.metrics.reloads.inc(&format!("{counted}_refused"));
             let _ = state.record(me, action, None, Outcome::Error, &detail, Extra::default()).await;
-            true
+            Loaded::Refused
         }
     }
 }
@@ -92,40 +80,55 @@ pub(super) async fn reload_loop(
     tls: Arc<conn::TlsState>,
     files: ServerTlsFiles,
     me: Caller,
+    watched: Arc<Files>,
 ) {
-    // A retry is scheduled and has not run yet (so failures do not pile up retries).
-    let scheduled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The parts whose valid new version could not be recorded, waiting for a retry, and
+    // whether one is scheduled (so failures do not pile up retries): they are tried again
+    // until recorded (a revocation must not be lost to a full disk), not only at the next
+    // SIGHUP, and only they (a certificate retry records no policy reload).
+    let retry = Arc::new(Mutex::new((Parts::NONE, false)));
     while let Some(Request { parts, done }) = rx.recv().await {
-        // Set when a valid new policy or certificate could not be put in force because its
-        // record could not be written: it is tried again until it is (a revocation must not
-        // be lost to a full disk), not only at the next SIGHUP.
-        let mut unrecorded = false;
+        if *state.stopping.borrow() {
+            // Stopping: nothing more is put in force, recorded or retried.
+            let _ = done.send(());
+            continue;
+        }
+        let mut unrecorded = Parts::NONE;
         // Audit before effect: the new policy and certificates are read and checked, their
         // record is made durable, and only then are they put in force. A record that cannot
         // be written keeps the old ones (and says so in the log).
-        // `None`: this server has no policy file to reload.
-        if let Some(policy) = state.authz.read_file().map_err(|e| e.to_string()).transpose().filter(|_| parts.policy) {
-            let authz = &state.authz;
-            let put = reload_one(
-                &state,
-                &me,
-                Action::PolicyReloaded,
-                "policy",
-                policy,
-                |p| {
-                    let detail = format!("policy reloaded: {} grants", p.grant_count());
-                    (detail, move || {
-                        authz.install(p);
-                    })
-                },
-                "policy",
-            );
-            unrecorded |= !put.await;
+        if parts.policy {
+            watched.loading(Parts::POLICY);
+            // `None`: this server has no policy file to reload.
+            if let Some(policy) = state.authz.read_file().map_err(|e| e.to_string()).transpose() {
+                let authz = &state.authz;
+                let loaded = reload_one(
+                    &state,
+                    &me,
+                    Action::PolicyReloaded,
+                    "policy",
+                    policy,
+                    |p| {
+                        let detail = format!("policy reloaded: {} grants", p.grant_count());
+                        (detail, move || {
+                            authz.install(p);
+                        })
+                    },
+                    "policy",
+                )
+                .await;
+                match loaded {
+                    Loaded::InForce => {}
+                    Loaded::Refused => watched.refused(Parts::POLICY),
+                    Loaded::Unrecorded => unrecorded.policy = true,
+                }
+            }
         }
         if parts.tls {
+            watched.loading(Parts::TLS);
             let certs = crate::tls::load_server_tls(&files).map_err(|e| e.to_string());
             let tls = &tls;
-            let put = reload_one(
+            let loaded = reload_one(
                 &state,
                 &me,
                 Action::CertificatesReloaded,
@@ -133,16 +136,30 @@ pub(super) async fn reload_loop(
                 certs,
                 |cfg| ("certificates and CRLs reloaded".to_owned(), move || tls.set(cfg)),
                 "certificates",
-            );
-            unrecorded |= !put.await;
+            )
+            .await;
+            match loaded {
+                Loaded::InForce => {}
+                Loaded::Refused => watched.refused(Parts::TLS),
+                Loaded::Unrecorded => unrecorded.tls = true,
+            }
         }
-        if unrecorded && !scheduled.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            let (again, scheduled) = (again.clone(), scheduled.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(RELOAD_RETRY).await;
-                scheduled.store(false, std::sync::atomic::Ordering::SeqCst);
-                let _ = again.send(Request::new(Parts::ALL).0).await;
-            });
+        if unrecorded != Parts::NONE {
+            let mut r = retry.lock().unwrap_or_else(|p| p.into_inner());
+            r.0 = r.0.or(unrecorded);
+            if !r.1 {
+                r.1 = true;
+                let (again, retry) = (again.clone(), retry.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(RELOAD_RETRY).await;
+                    let parts = {
+                        let mut r = retry.lock().unwrap_or_else(|p| p.into_inner());
+                        r.1 = false;
+                        std::mem::replace(&mut r.0, Parts::NONE)
+                    };
+                    let _ = again.send(Request::new(parts).0).await;
+                });
+            }
         }
         let _ = done.send(());
     }

@@ -167,6 +167,9 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     let vault = Arc::new(vault);
     let signing_key = vault.audit_signing_key()?;
     let audit = AuditLog::open(&opts.audit_db, signing_key, opts.audit.clone())?;
+    // What the watched files look like before they are loaded: a change from here on is
+    // reloaded (`watch.rs`).
+    let watched = super::watch::Files::new(&opts.tls, &opts.policy);
     let authz = Arc::new(Authorizer::load(opts.policy.clone())?);
     let tls = Arc::new(conn::TlsState::new(crate::tls::load_server_tls(&opts.tls)?));
     let go = GoClient::new(&opts.upstream)?;
@@ -247,10 +250,11 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         tls.clone(),
         opts.tls.clone(),
         me.clone(),
+        watched.clone(),
     ));
     reload::spawn_sighup(reload_tx.clone());
     if let Some(every) = opts.watch_files {
-        super::watch::spawn(opts.tls.clone(), opts.policy.clone(), every, reload_tx.clone(), stop_rx.clone());
+        super::watch::spawn(watched, every, reload_tx.clone(), stop_rx.clone());
     }
 
     let health_addr = match opts.health_listen {
