@@ -470,3 +470,42 @@ async fn a_certificate_reload_whose_record_cannot_be_written_keeps_the_old_certi
     assert!(actions(&ts.audit_db()).iter().any(|a| a == "certificates_reloaded:ok"));
     ts.stop().await;
 }
+
+/// Issue 18, reload on change: a CRL replaced on disk while the audit log is locked is
+/// not put in force until its record is written; then it goes into force on its own (the
+/// watcher's reload retried), with one record, and the retry reloads only what failed:
+/// no policy reload is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_changed_on_disk_while_the_log_is_locked_goes_into_force_once_recorded_and_alone() {
+    let mut ts = TestServer::start_with_crl_and(|o| o.watch_files = Some(pogo_vault::server::WATCH_EVERY)).await;
+    let mut admin = ts.tenant_client("admin").await;
+    admin.register_client_key(register("a-1", 0)).await.unwrap();
+    let fresh_call = || async {
+        let get = pb::GetAccessTokenRequest { tenant_id: "a-1".into(), min_validity_seconds: 0 };
+        match pogo_vault::client::connect(&ts.endpoint, &ts.files("a-only"), Some("localhost")).await {
+            Err(_) => false,
+            Ok(ch) => pb::token_service_client::TokenServiceClient::new(ch).get_access_token(get).await.is_ok(),
+        }
+    };
+    assert!(fresh_call().await);
+    let generation = ts.server().state.tls.generation();
+    let lock = AuditLock::take(&ts.audit_db());
+    ts.revoke("a-only");
+    tokio::time::sleep(pogo_vault::server::WATCH_EVERY * 6).await;
+    assert_eq!(ts.server().state.tls.generation(), generation, "not in force while its record cannot be written");
+    drop(lock);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ts.server().state.tls.generation() == generation {
+        assert!(Instant::now() < deadline, "the unrecorded reload was never retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_healthy(&ts).await;
+    assert!(!fresh_call().await, "the revocation is in force");
+    let actions = actions(&ts.audit_db());
+    assert_eq!(actions.iter().filter(|a| *a == "certificates_reloaded:ok").count(), 1, "{actions:?}");
+    assert!(
+        !actions.iter().any(|a| a.starts_with("policy_reloaded")),
+        "the retry reloaded the policy too: {actions:?}"
+    );
+    ts.stop().await;
+}

@@ -177,13 +177,18 @@ impl Span {
     }
 }
 
-/// The newest events of `f`, newest first, as a table.
-async fn newest_table(c: &Shared, f: &Filter, id: &str) -> String {
-    match c.source.newest(f, PAGE as usize, MAX_NEWEST_READ).await {
+/// The newest events of a tenant or caller view (`whose`: "tenant" or "caller"), newest
+/// first, as a table (`#tenant-events`, `#caller-events`) under a link to all of them.
+async fn newest_section(c: &Shared, f: &Filter, whose: &str) -> String {
+    let table = match c.source.newest(f, PAGE as usize, MAX_NEWEST_READ).await {
         Ok(got) if got.truncated => newest_note(&got),
-        Ok(got) => newest_note(&got) + &events_table(id, &got.events),
+        Ok(got) => newest_note(&got) + &events_table(&format!("{whose}-events"), &got.events),
         Err(e) => error_box(&e.to_string()),
-    }
+    };
+    format!(
+        "<h2>Newest events</h2><p><a href=\"/?{}\">All events of this {whose} in the table</a></p>{table}",
+        esc(&f.query(&[]))
+    )
 }
 
 /// What a short or unreachable "newest" answer means, said above it.
@@ -249,12 +254,7 @@ pub async fn tenant(State(c): State<Shared>, RawQuery(q): RawQuery) -> Html<Stri
                     "<p class=\"note\">A caller refused for want of the role is refused before its request is read, so \
                      that record names no tenant: find those under <a href=\"/?outcome=denied\">denied events</a>.</p>",
                 );
-                let _ = write!(
-                    body,
-                    "<h2>Newest events</h2><p><a href=\"/?{}\">All events of this tenant in the table</a></p>",
-                    esc(&f.query(&[]))
-                );
-                body.push_str(&newest_table(&c, &f, "tenant-events").await);
+                body.push_str(&newest_section(&c, &f, "tenant").await);
             }
         }
     }
@@ -306,12 +306,7 @@ pub async fn caller(State(c): State<Shared>, RawQuery(q): RawQuery) -> Html<Stri
                     );
                 }
                 body.push_str("</tbody></table>");
-                let _ = write!(
-                    body,
-                    "<h2>Newest events</h2><p><a href=\"/?{}\">All events of this caller in the table</a></p>",
-                    esc(&f.query(&[]))
-                );
-                body.push_str(&newest_table(&c, &f, "caller-events").await);
+                body.push_str(&newest_section(&c, &f, "caller").await);
             }
         }
     }

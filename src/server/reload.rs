@@ -28,6 +28,18 @@ enum Loaded {
     Unrecorded,
 }
 
+impl Loaded {
+    /// Notes what became of reloading `part`: a refusal for the watcher (not tried again
+    /// at once), an unwritten record for the retry.
+    fn settle(self, part: Parts, watched: &Files, unrecorded: &mut Parts) {
+        match self {
+            Loaded::InForce => {}
+            Loaded::Refused => watched.refused(part),
+            Loaded::Unrecorded => *unrecorded = unrecorded.or(part),
+        }
+    }
+}
+
 /// One half of a reload: a new `what` that was read and checked (or why not) is recorded,
 /// then put in force with `install`; a refused one is recorded as an error and the old one
 /// kept.
@@ -117,11 +129,7 @@ pub(super) async fn reload_loop(
                     "policy",
                 )
                 .await;
-                match loaded {
-                    Loaded::InForce => {}
-                    Loaded::Refused => watched.refused(Parts::POLICY),
-                    Loaded::Unrecorded => unrecorded.policy = true,
-                }
+                loaded.settle(Parts::POLICY, &watched, &mut unrecorded);
             }
         }
         if parts.tls {
@@ -138,11 +146,7 @@ pub(super) async fn reload_loop(
                 "certificates",
             )
             .await;
-            match loaded {
-                Loaded::InForce => {}
-                Loaded::Refused => watched.refused(Parts::TLS),
-                Loaded::Unrecorded => unrecorded.tls = true,
-            }
+            loaded.settle(Parts::TLS, &watched, &mut unrecorded);
         }
         if unrecorded != Parts::NONE {
             let mut r = retry.lock().unwrap_or_else(|p| p.into_inner());

@@ -43,11 +43,17 @@ impl TestServer {
     /// A test server whose callers are also checked against a CRL (revoking nothing yet);
     /// [`TestServer::revoke`] lists a caller in it, in force after a reload.
     pub async fn start_with_crl() -> TestServer {
+        Self::start_with_crl_and(|_| {}).await
+    }
+
+    /// [`TestServer::start_with_crl`], then `tweak`.
+    pub async fn start_with_crl_and(tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
         Self::start_with(|o| {
             let crl = o.tls.client_ca.with_file_name(CRL_FILE);
             let ca_key = o.tls.client_ca.with_file_name("ca-key.pem");
             pogo_vault::tls::issue_crl(&o.tls.client_ca, &ca_key, &[], &crl).unwrap();
             o.tls.crls = vec![crl];
+            tweak(o);
         })
         .await
     }
