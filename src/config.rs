@@ -40,6 +40,9 @@ pub struct AuditSection {
     /// `src/audit/witness/`); none by default.
     #[serde(default)]
     pub witness: crate::audit::WitnessConfig,
+    /// `[[audit.sink]]`: where every event and checkpoint is also pushed (`src/audit/sinks/`).
+    #[serde(default)]
+    pub sink: Vec<crate::audit::SinkConfig>,
     /// Live `WatchAuditEvents` streams one caller may hold open at once.
     #[serde(default = "default_watch_per_caller")]
     pub max_watch_streams_per_caller: usize,
@@ -52,6 +55,7 @@ impl Default for AuditSection {
     fn default() -> Self {
         Self {
             witness: crate::audit::WitnessConfig::default(),
+            sink: Vec::new(),
             max_watch_streams_per_caller: default_watch_per_caller(),
             max_watch_streams: default_watch_total(),
         }
@@ -278,6 +282,7 @@ impl Config {
         if let Some(ca) = cfg.audit.witness.syslog.as_mut().and_then(|s| s.ca.as_mut()) {
             fix(ca);
         }
+        cfg.audit.sink.iter_mut().flat_map(|s| s.path.iter_mut().chain(s.ca.iter_mut())).for_each(fix);
         Ok(cfg)
     }
 
@@ -360,6 +365,7 @@ impl Config {
         self.tokens.validate().map_err(|r| invalid("tokens", r))?;
         log_filter(&self.log.level).map_err(|e| invalid("log.level", e))?;
         self.audit.witness.validate().map_err(|(key, reason)| invalid(key, reason))?;
+        crate::audit::validate_sinks(&self.audit.sink).map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
     }
 
@@ -395,6 +401,8 @@ impl Config {
     pub fn audit_config(&self) -> crate::audit::AuditConfig {
         crate::audit::AuditConfig {
             witness: self.audit.witness.clone(),
+            sinks: self.audit.sink.clone(),
+            sink_cursors: Some(self.vault.db.clone()),
             max_watch_streams_per_caller: self.audit.max_watch_streams_per_caller,
             max_watch_streams: self.audit.max_watch_streams,
             ..crate::audit::AuditConfig::default()
@@ -570,5 +578,23 @@ policy = "policy.toml"
         let bad = format!("{text}tls = true\n");
         let e = Config::parse(&bad, &path).unwrap().validate(&path).unwrap_err();
         assert!(e.to_string().contains("audit.witness.syslog.ca"), "{e}");
+    }
+
+    #[test]
+    fn audit_sinks_are_parsed_resolved_and_validated() {
+        let (dir, sink) = (tempfile::tempdir().unwrap(), "[[audit.sink]]\nname = ");
+        let path = dir.path().join("c.toml");
+        let text = format!(
+            "{MIN}\n{sink}\"shipper\"\nkind = \"file\"\npath = \"audit.jsonl\"\n\
+             {sink}\"siem\"\nkind = \"syslog\"\naddress = \"siem.internal:6514\"\n"
+        );
+        let c = Config::parse(&text, &path).unwrap();
+        c.validate(&path).unwrap();
+        let a = c.audit_config();
+        assert_eq!(a.sinks[0].path.as_deref(), Some(dir.path().join("audit.jsonl").as_path()));
+        assert_eq!(a.sink_cursors.as_deref(), Some(c.vault.db.as_path()), "cursors live in the vault database");
+        let bad = text.replace("siem.internal:6514", "no-port");
+        let e = Config::parse(&bad, &path).unwrap().validate(&path).unwrap_err();
+        assert!(e.to_string().contains("audit.sink.address") && e.to_string().contains("siem"), "{e}");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::sinks::SinkConfig;
 use super::witness::WitnessConfig;
 
 /// Tuning of the writer. The defaults suit a server; tests and benches change them.
@@ -28,6 +29,10 @@ pub struct AuditConfig {
     pub tenant_index_interval: Duration,
     /// Where every committed checkpoint is also delivered (`[audit.witness]`).
     pub witness: WitnessConfig,
+    /// Where every event and checkpoint is also pushed (`[[audit.sink]]`).
+    pub sinks: Vec<SinkConfig>,
+    /// The vault database, where each sink keeps its cursor (required with `sinks`).
+    pub sink_cursors: Option<std::path::PathBuf>,
     /// `WatchAuditEvents` streams open at once for one caller identity, beyond which a new
     /// one is refused (`RESOURCE_EXHAUSTED`).
     pub max_watch_streams_per_caller: usize,
@@ -47,6 +52,8 @@ impl Default for AuditConfig {
             broadcast_capacity: 4096,
             tenant_index_interval: Duration::from_secs(2),
             witness: WitnessConfig::default(),
+            sinks: Vec::new(),
+            sink_cursors: None,
             max_watch_streams_per_caller: 4,
             max_watch_streams: 64,
         }

@@ -13,9 +13,8 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::str::FromStr;
 
-use serde::Serialize;
-
 use super::db::open_reader;
+use super::event_json::event_json;
 use super::query::{AuditFilter, scan};
 use super::record::AuditEvent;
 use super::{AuditError, format_time_ms};
@@ -71,7 +70,7 @@ pub fn export(
     let mut w = BufWriter::with_capacity(64 * 1024, out);
     let n = match format {
         ExportFormat::Jsonl => scan(&tx, filter, |e| {
-            serde_json::to_writer(&mut w, &JsonEvent::of(&e)).map_err(std::io::Error::from)?;
+            w.write_all(event_json(&e).as_bytes())?;
             w.write_all(b"\n")?;
             Ok(())
         })?,
@@ -89,50 +88,6 @@ pub fn export(
     };
     w.flush()?;
     Ok(n)
-}
-
-#[derive(Serialize)]
-struct JsonEvent<'a> {
-    sequence: i64,
-    time: String,
-    time_ms: i64,
-    caller: &'a str,
-    caller_serial: &'a str,
-    action: &'static str,
-    tenant_id: Option<&'a str>,
-    key_version: Option<i64>,
-    outcome: &'static str,
-    upstream_status: Option<u16>,
-    token_fingerprint: Option<&'a str>,
-    detail: &'a str,
-    request_id: &'a str,
-    peer: &'a str,
-    prev_hash: String,
-    hash: String,
-}
-
-impl<'a> JsonEvent<'a> {
-    fn of(e: &'a AuditEvent) -> Self {
-        let r = &e.record;
-        JsonEvent {
-            sequence: e.sequence,
-            time: format_time_ms(e.time_ms),
-            time_ms: e.time_ms,
-            caller: &r.caller,
-            caller_serial: &r.caller_serial,
-            action: r.action.as_str(),
-            tenant_id: r.tenant_id.as_deref(),
-            key_version: r.key_version,
-            outcome: r.outcome.as_str(),
-            upstream_status: r.upstream_status,
-            token_fingerprint: r.token_fingerprint.as_deref(),
-            detail: &r.detail,
-            request_id: &r.request_id,
-            peer: &r.peer,
-            prev_hash: hex(&e.prev_hash),
-            hash: hex(&e.hash),
-        }
-    }
 }
 
 fn csv_line(line: &mut String, e: &AuditEvent) {

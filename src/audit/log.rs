@@ -20,6 +20,7 @@ use super::chain::Checkpoint;
 use super::handoff::{Batch, Done, Queue, Receipt, Shared, Watchdog, lock};
 use super::record::{AuditEvent, AuditRecord};
 use super::signing::{retired_at_open, sign_unsigned_tail};
+use super::sinks::{SinkSet, SinkStatus};
 use super::stats::{AuditStats, AuditStatsSnapshot};
 use super::tenant_indexer::Indexer;
 use super::witness::{WitnessSet, WitnessStatus};
@@ -29,6 +30,8 @@ use crate::store::now_ms;
 
 /// How long a stop waits for the witnesses to take what they still hold.
 const WITNESS_DRAIN_AT_STOP: Duration = Duration::from_secs(2);
+/// How long a stop waits for the audit sinks to deliver the log's last events.
+const SINK_DRAIN_AT_STOP: Duration = Duration::from_secs(2);
 
 /// The audit log's writer handle. Cheap to clone; all clones share one writer thread.
 #[derive(Clone)]
@@ -47,6 +50,7 @@ struct Inner {
     public_key: VerifyingKey,
     indexer: Arc<Indexer>,
     witness: Arc<WitnessSet>,
+    sinks: Arc<SinkSet>,
 }
 
 impl Drop for Inner {
@@ -97,6 +101,15 @@ impl AuditLog {
             last_signed = Some(cp);
         }
         stats.head.store(head_seq, Ordering::Relaxed);
+        let sinks = Arc::new(match (&cfg.sinks[..], &cfg.sink_cursors) {
+            ([], _) => SinkSet::none(stats.clone()),
+            (sinks, Some(cursors)) => SinkSet::start(sinks, path, cursors, stats.clone())?,
+            (_, None) => {
+                return Err(AuditError::Unavailable {
+                    reason: "audit sinks need the vault database for their cursors".into(),
+                });
+            }
+        });
 
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
@@ -146,6 +159,7 @@ impl AuditLog {
                 path: path.to_owned(),
                 public_key,
                 witness,
+                sinks,
             }),
         })
     }
@@ -164,6 +178,7 @@ impl AuditLog {
             last_checkpoint_age_secs: if last == 0 { -1.0 } else { (now_ms() - last).max(0) as f64 / 1000.0 },
             tenant_index_lag: s.head.load(Ordering::Relaxed).saturating_sub(self.tenant_index_through()).max(0) as u64,
             witnesses: self.witness_status(),
+            sinks: self.sink_status(),
             log_bytes: super::archive::log_bytes(&self.inner.path),
             oldest_sequence: self.inner.indexer.oldest(),
         }
@@ -327,11 +342,20 @@ impl AuditLog {
         // that is down does not hold up the stop.
         let witness = self.inner.witness.clone();
         let _ = tokio::task::spawn_blocking(move || witness.close_and_wait(WITNESS_DRAIN_AT_STOP)).await;
+        // The sinks deliver the last events (the stop's record, the final checkpoint) and
+        // save their cursors; one that is down resumes from its cursor at the next start.
+        let sinks = self.inner.sinks.clone();
+        let _ = tokio::task::spawn_blocking(move || sinks.close_and_wait(SINK_DRAIN_AT_STOP)).await;
     }
 
     /// The newest checkpoint this process signed (kept in memory; see [`AuditLog::verify`]).
     pub fn last_signed(&self) -> Option<Checkpoint> {
         self.inner.shared.last_signed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Each configured audit sink's delivery figures (cursor, lag, failures).
+    pub fn sink_status(&self) -> Vec<SinkStatus> {
+        self.inner.sinks.status()
     }
 
     /// Each configured witness's delivery figures (backlog, failures), for metrics and status.

@@ -27,6 +27,7 @@
 //! - **An archive counts only with its statement** signed by the audit key (`anchor`): an
 //!   `archives` row or an `audit_archived` record alone is writable by anyone with the file.
 //! - **Witnesses never hold up the writer**: checkpoints are queued for them, bounded.
+//!   **Sinks never hold it up either**: they read the committed log on their own threads.
 //! - **Nothing secret is recorded**: records carry identities, names, statuses and keyed
 //!   fingerprints; [`AuditRecord::detail`] is written by our own code and never holds a secret.
 //! - Readers ([`list`], [`verify`], [`export`], [`AuditWatch`]) use their own read-only
@@ -92,11 +93,13 @@
 //! Each file uses only files named before it; this one only re-exports, and no file
 //! imports it.
 //!
-//! - `error`, `timestamp`, `record`, `anchor` (where the live chain starts after an
-//!   archive): leaves.
+//! - `error`, `timestamp`, `record`, `event_json` (an event's JSON form), `anchor` (where
+//!   the live chain starts after an archive): leaves.
 //! - `chain` (the hash chain, canonical encodings, checkpoints), `handover` (signed
 //!   hand-overs between signing keys).
-//! - `witness/` (delivering checkpoints to witnesses), `config` ([`AuditConfig`]).
+//! - `syslog` (the syslog connection and framing), `witness/` (delivering checkpoints to
+//!   witnesses), `sinks/` (pushing every event and checkpoint from the durable log to the
+//!   SIEM, each sink with a cursor in the vault database), `config` ([`AuditConfig`]).
 //! - `tenant_index` (reading the index file, a leaf), `db` (the file: opening it, rows,
 //!   statements).
 //! - `signing` (what the writer checks before it signs), `rotate` (signing-key rotation),
@@ -115,6 +118,7 @@ mod chain;
 mod config;
 mod db;
 mod error;
+mod event_json;
 mod export;
 mod handoff;
 mod handover;
@@ -123,7 +127,9 @@ mod query;
 mod record;
 mod rotate;
 mod signing;
+mod sinks;
 mod stats;
+mod syslog;
 mod tenant_index;
 mod tenant_indexer;
 mod timestamp;
@@ -150,6 +156,7 @@ pub use log::AuditLog;
 pub use query::{AuditFilter, events_from, head, latest_checkpoint, list};
 pub use record::{Action, AuditEvent, AuditRecord, MAX_FIELD_BYTES, Outcome, TRUNCATION_MARK, UnknownName};
 pub use rotate::hand_over_blocking;
+pub use sinks::{SinkConfig, SinkKind, SinkStart, SinkStatus, validate_sinks};
 pub use stats::{AuditStats, AuditStatsSnapshot};
 pub use tenant_index::tenant_index_path;
 pub(crate) use timestamp::{format_time_ms, parse_time};

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
+use super::sinks::status::SinkStatus;
 use super::witness::WitnessStatus;
 
 /// Counters the writer thread keeps for metrics.
@@ -37,6 +38,8 @@ pub struct AuditStatsSnapshot {
     pub tenant_index_lag: u64,
     /// Each configured witness's delivery figures.
     pub witnesses: Vec<WitnessStatus>,
+    /// Each configured audit sink's figures.
+    pub sinks: Vec<SinkStatus>,
     /// The audit database's size on disk: the file plus its WAL (what retention bounds).
     pub log_bytes: u64,
     /// The oldest event the audit database holds (events before it are archived; 0: none).

@@ -199,6 +199,19 @@ pub fn status(conn: ConnectArgs) -> Result<(), CliError> {
                 w.last_delivered_sequence
             )?;
         }
+        for k in &s.audit_sinks {
+            let state = if k.failing { format!("FAILING ({})", k.last_error) } else { "ok".to_owned() };
+            let skipped =
+                if k.skipped > 0 { format!(", {} archived before delivery", k.skipped) } else { String::new() };
+            outln!(
+                "audit sink:      {} ({}) {state}, delivered through event {}, {} behind, {} sent{skipped}",
+                k.name,
+                k.kind,
+                k.delivered_sequence,
+                k.lag,
+                k.sent
+            )?;
+        }
         Ok(())
     })
 }

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::audit::{AuditStatsSnapshot, WitnessStatus};
+use crate::audit::{AuditStatsSnapshot, SinkStatus, WitnessStatus};
 use crate::domain::TenantStatus;
 use crate::metrics::ServerMetrics;
 use crate::tokens::BrokerStats;
@@ -178,7 +178,58 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     let _ = writeln!(o, "pogo_vault_audit_oldest_sequence {}", a.oldest_sequence);
     render_witnesses(o, &a.witnesses);
+    render_sinks(o, &a.sinks);
     out
+}
+
+/// Audit sink gauges and counters, one series per configured sink, labelled with its
+/// configured name (checked at start-up to be 1 to 32 of `a-z 0-9 - _`; never an address).
+fn render_sinks(o: &mut String, sinks: &[SinkStatus]) {
+    if sinks.is_empty() {
+        return;
+    }
+    type Series = (&'static str, &'static str, &'static str, fn(&SinkStatus) -> u64);
+    let series: [Series; 6] = [
+        (
+            "pogo_vault_audit_sink_lag_events",
+            "gauge",
+            "Events committed that an audit sink's destination does not certainly have yet.",
+            |s| s.lag,
+        ),
+        (
+            "pogo_vault_audit_sink_delivered_sequence",
+            "gauge",
+            "The newest event sequence an audit sink's destination certainly has (its cursor).",
+            |s| s.delivered_sequence.max(0) as u64,
+        ),
+        (
+            "pogo_vault_audit_sink_sent_total",
+            "counter",
+            "Events and checkpoints sent to an audit sink, repeats included.",
+            |s| s.sent_items,
+        ),
+        (
+            "pogo_vault_audit_sink_failures_total",
+            "counter",
+            "Failed deliveries to an audit sink (retried from its cursor).",
+            |s| s.failures,
+        ),
+        (
+            "pogo_vault_audit_sink_skipped_total",
+            "counter",
+            "Events archived before an audit sink delivered them (they are in the archive file).",
+            |s| s.skipped,
+        ),
+        ("pogo_vault_audit_sink_failing", "gauge", "1 while the last delivery to an audit sink failed.", |s| {
+            u64::from(s.failing)
+        }),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in sinks {
+            let _ = writeln!(o, "{name}{{sink=\"{}\"}} {}", s.name, value(s));
+        }
+    }
 }
 
 /// The witness label values: a witness's kind, never its address or path.

@@ -69,6 +69,22 @@ impl StatusService for StatusSvc {
                     last_delivered_sequence: w.last_delivered_sequence,
                 })
                 .collect(),
+            audit_sinks: st
+                .audit
+                .sink_status()
+                .into_iter()
+                .map(|s| pb::AuditSink {
+                    name: s.name,
+                    kind: s.kind.to_owned(),
+                    delivered_sequence: s.delivered_sequence,
+                    lag: s.lag,
+                    sent: s.sent_items,
+                    failures: s.failures,
+                    skipped: s.skipped,
+                    failing: s.failing,
+                    last_error: s.last_error.unwrap_or_default(),
+                })
+                .collect(),
         }))
     }
 }

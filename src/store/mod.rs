@@ -21,6 +21,7 @@ pub mod lock;
 pub mod meta;
 pub mod onboarding;
 pub mod secrets;
+pub mod sink_cursors;
 pub mod tenants;
 
 /// A named SQL migration, compiled in.
@@ -33,6 +34,7 @@ const MIGRATIONS: &[Migration] = &[
     ("0003_onboarding_trust", include_str!("../../migrations/0003_onboarding_trust.sql")),
     ("0004_subscription_key_slots", include_str!("../../migrations/0004_subscription_key_slots.sql")),
     ("0005_hsm_master_key", include_str!("../../migrations/0005_hsm_master_key.sql")),
+    ("0006_audit_sink_cursors", include_str!("../../migrations/0006_audit_sink_cursors.sql")),
 ];
 
 /// How long a statement waits for another connection's lock before failing.

@@ -82,30 +82,56 @@ impl WitnessConfig {
             }
         }
         if let Some(s) = &self.syslog {
-            let (host, _) = split_host_port(&s.address)
-                .ok_or_else(|| ("audit.witness.syslog.address", format!("{:?} is not host:port", s.address)))?;
-            if s.facility > 23 {
-                return Err(("audit.witness.syslog.facility", format!("{} is not between 0 and 23", s.facility)));
-            }
-            if let Some(h) = &s.hostname
-                && (h.is_empty() || h.len() > 255 || !h.bytes().all(|b| (33..=126).contains(&b)))
-            {
-                return Err(("audit.witness.syslog.hostname", "must be 1 to 255 printable ASCII characters".into()));
-            }
-            if s.tls {
-                tls_config(s).map_err(|e| ("audit.witness.syslog.ca", e))?;
-                let name = s.server_name.clone().unwrap_or_else(|| host.to_owned());
-                rustls_pki_types::ServerName::try_from(name.clone())
-                    .map_err(|_| ("audit.witness.syslog.server_name", format!("{name:?} is not a DNS name or IP")))?;
-            } else if s.ca.is_some() || s.server_name.is_some() {
-                return Err(("audit.witness.syslog.tls", "ca and server_name need tls = true".into()));
-            }
+            s.check().map_err(|(field, reason)| {
+                let key = match field {
+                    "address" => "audit.witness.syslog.address",
+                    "facility" => "audit.witness.syslog.facility",
+                    "hostname" => "audit.witness.syslog.hostname",
+                    "ca" => "audit.witness.syslog.ca",
+                    "server_name" => "audit.witness.syslog.server_name",
+                    _ => "audit.witness.syslog.tls",
+                };
+                (key, reason)
+            })?;
         }
         Ok(())
     }
 
     pub(super) fn retry_max(&self) -> Duration {
         Duration::try_from_secs_f64(self.retry_max_secs).unwrap_or(Duration::from_secs(10)).max(FIRST_RETRY)
+    }
+}
+
+impl SyslogWitnessConfig {
+    /// Checks the receiver's settings: `Err((field, reason))` names the bad field (`address`,
+    /// `facility`, `hostname`, `ca`, `server_name` or `tls`). Shared with the audit sinks.
+    pub(in crate::audit) fn check(&self) -> Result<(), (&'static str, String)> {
+        let (host, _) = split_host_port(&self.address)
+            .ok_or_else(|| ("address", format!("{:?} is not host:port", self.address)))?;
+        if self.facility > 23 {
+            return Err(("facility", format!("{} is not between 0 and 23", self.facility)));
+        }
+        if let Some(h) = &self.hostname
+            && (h.is_empty() || h.len() > 255 || !h.bytes().all(|b| (33..=126).contains(&b)))
+        {
+            return Err(("hostname", "must be 1 to 255 printable ASCII characters".into()));
+        }
+        if self.tls {
+            tls_config(self).map_err(|e| ("ca", e))?;
+            let name = self.server_name.clone().unwrap_or_else(|| host.to_owned());
+            rustls_pki_types::ServerName::try_from(name.clone())
+                .map_err(|_| ("server_name", format!("{name:?} is not a DNS name or IP")))?;
+        } else if self.ca.is_some() || self.server_name.is_some() {
+            return Err(("tls", "ca and server_name need tls = true".into()));
+        }
+        Ok(())
+    }
+
+    /// A connection to the receiver (made when first used), TLS when `tls` is set.
+    pub(in crate::audit) fn connection(&self) -> Result<super::super::syslog::SyslogConn, String> {
+        let tls = if self.tls { Some(tls_config(self)?) } else { None };
+        let host = split_host_port(&self.address).map_or("", |(h, _)| h).to_owned();
+        Ok(super::super::syslog::SyslogConn::new(self.address.clone(), self.server_name.clone().unwrap_or(host), tls))
     }
 }
 

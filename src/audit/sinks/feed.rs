@@ -1,0 +1,119 @@
+//! What a sink delivers, read from the durable log: events and checkpoints after a
+//! position, merged in the order they belong (a checkpoint right after the event it
+//! covers), from one read snapshot; and what a destination must do with them
+//! ([`Destination`]).
+
+use rusqlite::Connection;
+
+use super::super::AuditError;
+use super::super::chain::Checkpoint;
+use super::super::db::{CHECKPOINT_COLUMNS, EVENT_COLUMNS, checkpoint_from_row, event_from_row};
+use super::super::event_json::event_json;
+use super::super::record::AuditEvent;
+pub use crate::store::sink_cursors::SinkCursor;
+
+/// One thing a sink delivers.
+#[derive(Debug, Clone)]
+pub(super) enum Item {
+    Event(AuditEvent),
+    Checkpoint(Checkpoint),
+}
+
+impl Item {
+    pub(super) fn time_ms(&self) -> i64 {
+        match self {
+            Item::Event(e) => e.time_ms,
+            Item::Checkpoint(c) => c.time_ms,
+        }
+    }
+
+    /// The JSON form: an event as `audit export --format jsonl` writes it, a checkpoint as
+    /// `audit checkpoint` prints it.
+    pub(super) fn json(&self) -> String {
+        match self {
+            Item::Event(e) => event_json(e),
+            Item::Checkpoint(c) => c.to_json(),
+        }
+    }
+
+    /// The position once this item is delivered, from the position before it.
+    pub(super) fn advance(&self, at: SinkCursor) -> SinkCursor {
+        match self {
+            Item::Event(e) => SinkCursor { event_sequence: e.sequence, ..at },
+            Item::Checkpoint(c) => SinkCursor { checkpoint_sequence: c.sequence, ..at },
+        }
+    }
+}
+
+/// A destination: takes items in order, and says what it certainly has.
+pub(super) trait Destination: Send {
+    /// Sends `items` in order; `end` is the position once all of them are delivered.
+    fn send(&mut self, items: &[Item], end: SinkCursor) -> Result<(), String>;
+    /// The newest position the destination certainly has, if it moved since last asked.
+    /// `Err`: items sent but not confirmed were lost; they are sent again from the last
+    /// confirmed position.
+    fn confirm(&mut self) -> Result<Option<SinkCursor>, String>;
+    /// Forgets everything sent and not confirmed (it is sent again) and the connection.
+    fn reset(&mut self);
+    /// Where the destination's own record says delivery reached (the file's tail).
+    fn resume_hint(&mut self) -> Option<SinkCursor> {
+        None
+    }
+}
+
+/// A page read after a position.
+pub(super) struct Page {
+    pub(super) items: Vec<Item>,
+    /// Events that should have come next but are no longer in the database (archived
+    /// before this sink delivered them): `(first, last)`.
+    pub(super) gap: Option<(i64, i64)>,
+}
+
+/// Up to `limit` events after `at`, with the checkpoints after `at` that they (or the events
+/// delivered already) reach, in delivery order. One read snapshot, so a checkpoint committed
+/// with its events is never seen without them.
+pub(super) fn read_page(conn: &Connection, at: SinkCursor, limit: usize) -> Result<Page, AuditError> {
+    let tx = conn.unchecked_transaction()?;
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE sequence > ?1 ORDER BY sequence LIMIT ?2");
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let events = stmt
+        .query_map([at.event_sequence, limit as i64], event_from_row)?
+        .map(|r| r.map_err(AuditError::from).and_then(|e| e))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(stmt);
+    let gap = match events.first() {
+        Some(e) if at.event_sequence > 0 && e.sequence > at.event_sequence + 1 => {
+            Some((at.event_sequence + 1, e.sequence - 1))
+        }
+        _ => None,
+    };
+    // With a full page more events follow: only checkpoints up to its last event, so none
+    // is delivered ahead of events it covers.
+    let reach = match events.last() {
+        Some(e) if events.len() == limit => e.sequence,
+        Some(e) => e.sequence.max(super::super::db::head(&tx)?.0),
+        None => super::super::db::head(&tx)?.0.max(at.event_sequence),
+    };
+    let sql = format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE sequence > ?1 AND sequence <= ?2 ORDER BY sequence"
+    );
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let checkpoints = stmt
+        .query_map([at.checkpoint_sequence, reach], checkpoint_from_row)?
+        .map(|r| r.map_err(AuditError::from).and_then(|c| c))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(stmt);
+    tx.finish()?;
+    // Merge: a checkpoint goes right after the event of its sequence (or first, when that
+    // event was delivered before).
+    let mut items = Vec::with_capacity(events.len() + checkpoints.len());
+    let mut cps = checkpoints.into_iter().peekable();
+    for e in events {
+        while let Some(c) = cps.next_if(|c| c.sequence < e.sequence) {
+            items.push(Item::Checkpoint(c));
+        }
+        items.push(Item::Event(e));
+    }
+    items.extend(cps.map(Item::Checkpoint));
+    Ok(Page { items, gap })
+}

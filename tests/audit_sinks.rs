@@ -1,0 +1,328 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Audit sinks against a real server in-process: a syslog receiver the test runs on a real
+//! TCP port, and a JSON-lines file. Under a steady load of token requests the receiver is
+//! stopped for 5 s and started again on the same port: no token request fails, the file sink
+//! keeps up meanwhile, the syslog sink's lag shows in metrics and `status`, and when the
+//! receiver is back it gets every event and every checkpoint of the log, in order (first of
+//! each sequence kept: syslog has no receipts, so some arrive twice around the outage). The
+//! file holds each exactly once. After a restart of the vault both resume from their
+//! cursors: the file still holds each item exactly once.
+
+mod common;
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fixture::token_request;
+use common::server::TestServer;
+use pogo_vault::audit::SinkConfig;
+use pogo_vault::proto::v1 as pb;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// What a sink delivered: `event` or `checkpoint`, and its sequence.
+type Got = (&'static str, i64);
+
+/// A syslog receiver (RFC 6587 octet counting) that keeps the kind and sequence of every
+/// message it reads, in arrival order.
+struct Receiver {
+    port: u16,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Receiver {
+    async fn start(port: u16, got: Arc<Mutex<Vec<Got>>>) -> Receiver {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (g, t) = (got.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let conn = tokio::spawn(read_frames(stream, g.clone()));
+                t.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Receiver { port, tasks }
+    }
+
+    /// Stopped: the listener and every connection closed, unread bytes lost.
+    async fn stop(self) {
+        let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+async fn read_frames(mut s: impl AsyncRead + Unpin, got: Arc<Mutex<Vec<Got>>>) {
+    loop {
+        let mut len = 0usize;
+        loop {
+            let Ok(b) = s.read_u8().await else { return };
+            match b {
+                b'0'..=b'9' => len = len * 10 + usize::from(b - b'0'),
+                b' ' => break,
+                other => panic!("not octet-counted framing: byte {other}"),
+            }
+        }
+        let mut msg = vec![0; len];
+        if s.read_exact(&mut msg).await.is_err() {
+            return;
+        }
+        let msg = String::from_utf8(msg).unwrap();
+        // RFC 5424: <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG
+        let fields: Vec<&str> = msg.splitn(8, ' ').collect();
+        assert_eq!((fields[2], fields[3], fields[6]), ("vault-test", "pogo-vault", "-"), "{msg}");
+        let kind = match fields[5] {
+            "audit-event" => "event",
+            "checkpoint" => "checkpoint",
+            other => panic!("unexpected MSGID {other}: {msg}"),
+        };
+        let json: serde_json::Value = serde_json::from_str(fields[7]).unwrap();
+        got.lock().unwrap().push((kind, json["sequence"].as_i64().unwrap()));
+    }
+}
+
+/// The event and checkpoint sequences the audit database holds.
+fn in_log(audit_db: &Path) -> (Vec<i64>, Vec<i64>) {
+    let conn = common::rusqlite_open(audit_db);
+    let all = |sql: &str| -> Vec<i64> {
+        let mut st = conn.prepare(sql).unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    (all("SELECT sequence FROM events ORDER BY sequence"), all("SELECT sequence FROM checkpoints ORDER BY sequence"))
+}
+
+/// The file sink's files, oldest first: `path.N` .. `path.1`, `path`.
+fn files(path: &Path) -> Vec<PathBuf> {
+    let mut rotated: Vec<(u32, PathBuf)> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            let n = p.file_name()?.to_str()?.strip_prefix("audit.jsonl.")?.parse().ok()?;
+            Some((n, p))
+        })
+        .collect();
+    rotated.sort();
+    rotated.into_iter().rev().map(|(_, p)| p).chain([path.to_owned()]).collect()
+}
+
+/// Every line of the file sink (rotated files first), as `(kind, sequence)`.
+fn in_file(path: &Path) -> Vec<Got> {
+    let mut out = Vec::new();
+    for p in files(path) {
+        let Ok(text) = std::fs::read_to_string(&p) else { continue };
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let kind = if v.get("signature").is_some() { "checkpoint" } else { "event" };
+            assert!(kind == "checkpoint" || v.get("action").is_some(), "{line}");
+            out.push((kind, v["sequence"].as_i64().unwrap()));
+        }
+    }
+    out
+}
+
+/// The first arrival of each item, in arrival order.
+fn first_of_each(got: &[Got]) -> Vec<Got> {
+    let mut seen = HashSet::new();
+    got.iter().filter(|g| seen.insert(**g)).copied().collect()
+}
+
+/// `items` hold exactly the log's events and checkpoints, events in sequence order and each
+/// checkpoint after the event it covers.
+fn assert_complete_and_ordered(what: &str, items: &[Got], events: &[i64], checkpoints: &[i64]) {
+    let ev: Vec<i64> = items.iter().filter(|g| g.0 == "event").map(|g| g.1).collect();
+    assert_eq!(ev, events, "{what}: the events, in order");
+    let cps: BTreeSet<i64> = items.iter().filter(|g| g.0 == "checkpoint").map(|g| g.1).collect();
+    assert_eq!(cps, checkpoints.iter().copied().collect(), "{what}: the checkpoints");
+    let pos = |g: Got| items.iter().position(|x| *x == g).unwrap();
+    for &c in checkpoints {
+        if events.contains(&c) {
+            assert!(pos(("event", c)) < pos(("checkpoint", c)), "{what}: checkpoint {c} came before its event");
+        }
+    }
+}
+
+fn sinks(file: &Path, port: u16) -> Vec<SinkConfig> {
+    let text = format!(
+        "[[sink]]\nname = \"siem\"\nkind = \"syslog\"\naddress = \"127.0.0.1:{port}\"\nhostname = \"vault-test\"\n\
+         [[sink]]\nname = \"shipper\"\nkind = \"file\"\npath = {file:?}\nmax_bytes = 1048576\nkeep = 1000\n"
+    );
+    #[derive(serde::Deserialize)]
+    struct Top {
+        sink: Vec<SinkConfig>,
+    }
+    let sinks = toml::from_str::<Top>(&text).unwrap().sink;
+    pogo_vault::audit::validate_sinks(&sinks).unwrap();
+    sinks
+}
+
+fn with_sinks(o: &mut pogo_vault::server::ServeOptions, sinks: Vec<SinkConfig>) {
+    o.audit.checkpoint_interval = Duration::from_millis(200);
+    o.audit.sink_cursors = Some(o.db.clone());
+    o.audit.sinks = sinks;
+    o.caller_requests_per_second = 100_000.0;
+}
+
+async fn status(ts: &TestServer, name: &str) -> pb::AuditSink {
+    let s = pb::status_service_client::StatusServiceClient::new(ts.channel("auditor").await)
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    s.audit_sinks.into_iter().find(|k| k.name == name).unwrap()
+}
+
+async fn metric(ts: &TestServer, series: &str) -> u64 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = format!("http://{}/metrics", ts.server().metrics_addr.unwrap());
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// Waits until both sinks hold every event and checkpoint of the log, twice in a row with
+/// the log unchanged (so nothing is still on its way); returns the log's sequences.
+async fn settle(audit_db: &Path, file: &Path, got: &Arc<Mutex<Vec<Got>>>) -> (Vec<i64>, Vec<i64>) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = None;
+    loop {
+        let (events, cps) = in_log(audit_db);
+        let want: HashSet<Got> =
+            events.iter().map(|s| ("event", *s)).chain(cps.iter().map(|s| ("checkpoint", *s))).collect();
+        let received: HashSet<Got> = got.lock().unwrap().iter().copied().collect();
+        let filed: HashSet<Got> = in_file(file).into_iter().collect();
+        if want.is_subset(&received) && want.is_subset(&filed) {
+            if last.as_ref() == Some(&(events.clone(), cps.clone())) {
+                return (events, cps);
+            }
+            last = Some((events, cps));
+        } else {
+            last = None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sinks did not catch up: log {} items, receiver {}, file {}",
+            want.len(),
+            received.len(),
+            filed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_syslog_receiver_gets_every_event_in_order_and_no_token_request_fails() {
+    let sdir = tempfile::tempdir().unwrap();
+    let file: PathBuf = sdir.path().join("audit.jsonl");
+    let got: Arc<Mutex<Vec<Got>>> = Arc::default();
+    let receiver = Receiver::start(0, got.clone()).await;
+    let port = receiver.port;
+    let cfg = sinks(&file, port);
+    let mut ts = TestServer::start_with(|o| with_sinks(o, cfg.clone())).await;
+    for t in ["acme", "globex", "initech"] {
+        ts.register(t, ["acme", "globex", "initech"].iter().position(|x| *x == t).unwrap()).await;
+    }
+
+    // A steady load of token requests from two tasks for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut load = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let mut tokens = ts.token_client("token-caller").await;
+        let t0 = Instant::now();
+        let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match tokens.get_access_token(token_request(tenant)).await {
+                    Ok(_) => served.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        failures.lock().unwrap().push(format!("{tenant} at {:?}: {e}", t0.elapsed()));
+                        0
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The receiver stops for 5 s under load.
+    receiver.stop().await;
+    let outage = Instant::now();
+    let mut saw_failing = false;
+    let mut lag_seen = 0;
+    while outage.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let siem = status(&ts, "siem").await;
+        saw_failing |= siem.failing && !siem.last_error.is_empty();
+        lag_seen = lag_seen.max(metric(&ts, "pogo_vault_audit_sink_lag_events{sink=\"siem\"}").await);
+    }
+    let shipper = status(&ts, "shipper").await;
+    assert!(saw_failing, "the status showed the syslog sink failing");
+    assert!(lag_seen > 0, "the lag metric rose during the outage");
+    assert!(!shipper.failing && shipper.lag < lag_seen, "the file sink kept up: {shipper:?}, syslog lag {lag_seen}");
+
+    // Back on the same port; the load goes on for 3 s more.
+    let _receiver = Receiver::start(port, got.clone()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let failed = failures.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} token requests failed, the first: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let served = served.load(Ordering::Relaxed);
+    assert!(served > 100, "the load ran: {served} tokens");
+
+    let (events, cps) = settle(&ts.audit_db(), &file, &got).await;
+    let received = got.lock().unwrap().clone();
+    assert_complete_and_ordered("syslog (first of each)", &first_of_each(&received), &events, &cps);
+    let repeats = received.len() - first_of_each(&received).len();
+    let filed = in_file(&file);
+    assert_complete_and_ordered("file", &filed, &events, &cps);
+    assert_eq!(filed.len(), events.len() + cps.len(), "the file holds each item exactly once");
+    let siem = status(&ts, "siem").await;
+    assert!(!siem.failing && siem.failures > 0, "{siem:?}");
+    eprintln!(
+        "{served} tokens; {} events and {} checkpoints; the receiver got {} messages ({repeats} repeated around the outage)",
+        events.len(),
+        cps.len(),
+        received.len()
+    );
+
+    // A restart: both sinks resume from their cursors.
+    ts.stop().await;
+    let mut opts = ts.options();
+    with_sinks(&mut opts, cfg);
+    let again = pogo_vault::server::start(opts).await.unwrap();
+    ts.endpoint = format!("https://{}", again.addr);
+    ts.server = Some(again);
+    let mut tokens = ts.token_client("token-caller").await;
+    for _ in 0..20 {
+        tokens.get_access_token(token_request("initech")).await.unwrap();
+    }
+    ts.stop().await;
+    let (events, cps) = settle(&ts.audit_db(), &file, &got).await;
+    assert_complete_and_ordered("syslog after a restart", &first_of_each(&got.lock().unwrap()), &events, &cps);
+    let filed = in_file(&file);
+    assert_complete_and_ordered("file after a restart", &filed, &events, &cps);
+    assert_eq!(filed.len(), events.len() + cps.len(), "the file still holds each item exactly once");
+    assert!(files(&file).len() > 1, "the file sink rotated at 1 MiB");
+}
