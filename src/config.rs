@@ -282,7 +282,7 @@ impl Config {
         if let Some(ca) = cfg.audit.witness.syslog.as_mut().and_then(|s| s.ca.as_mut()) {
             fix(ca);
         }
-        cfg.audit.sink.iter_mut().flat_map(|s| s.path.iter_mut().chain(s.ca.iter_mut())).for_each(fix);
+        cfg.audit.sink.iter_mut().flat_map(crate::audit::SinkConfig::files_mut).for_each(fix);
         Ok(cfg)
     }
 
@@ -365,8 +365,8 @@ impl Config {
         self.tokens.validate().map_err(|r| invalid("tokens", r))?;
         log_filter(&self.log.level).map_err(|e| invalid("log.level", e))?;
         self.audit.witness.validate().map_err(|(key, reason)| invalid(key, reason))?;
-        crate::audit::validate_sinks(&self.audit.sink).map_err(|(key, reason)| invalid(key, reason))?;
-        Ok(())
+        let dbs = [self.vault.db.clone(), self.audit_db()];
+        crate::audit::validate_sinks(&self.audit.sink, &dbs).map_err(|(k, r)| invalid(k, r))
     }
 
     pub fn master_key_source(&self) -> Result<MasterKeySource, String> {

@@ -17,6 +17,8 @@ use super::format_time_ms;
 
 /// How long a connection attempt or a write may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reads of what a receiver sent, per look for its close (then it counts as open).
+const MAX_DRAIN_READS: usize = 64;
 
 /// A connection to the receiver that can tell whether the receiver has closed it.
 trait Stream: Write + Send {
@@ -30,15 +32,17 @@ impl Stream for TcpStream {
             return true;
         }
         let mut b = [0u8; 512];
-        let closed = loop {
+        // A syslog receiver sends nothing; whatever it sent is read and ignored, so the end
+        // of the stream behind it is seen. Bounded: a receiver that keeps talking is open.
+        let mut closed = false;
+        for _ in 0..MAX_DRAIN_READS {
             match std::io::Read::read(self, &mut b) {
-                Ok(0) => break true,
-                // A syslog receiver sends nothing; whatever it sent is read and ignored, so
-                // the end of the stream behind it is seen.
-                Ok(_) => {}
-                Err(e) => break e.kind() != std::io::ErrorKind::WouldBlock,
+                Ok(0) => closed = true,
+                Ok(_) => continue,
+                Err(e) => closed = e.kind() != std::io::ErrorKind::WouldBlock,
             }
-        };
+            break;
+        }
         closed || self.set_nonblocking(false).is_err()
     }
 }
@@ -50,7 +54,12 @@ impl Stream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
         if self.sock.set_nonblocking(true).is_err() {
             return true;
         }
+        let mut reads = 0;
         let closed = loop {
+            reads += 1;
+            if reads > MAX_DRAIN_READS {
+                break false;
+            }
             match self.conn.read_tls(&mut self.sock) {
                 Ok(0) => break true,
                 Ok(_) => match self.conn.process_new_packets() {

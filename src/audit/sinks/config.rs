@@ -16,6 +16,8 @@ pub enum SinkKind {
     File,
     /// A syslog receiver: RFC 5424 over TCP (RFC 6587 octet counting), optionally TLS.
     Syslog,
+    /// An OpenTelemetry collector: log records over OTLP/gRPC.
+    Otlp,
 }
 
 impl SinkKind {
@@ -23,6 +25,7 @@ impl SinkKind {
         match self {
             SinkKind::File => "file",
             SinkKind::Syslog => "syslog",
+            SinkKind::Otlp => "otlp",
         }
     }
 }
@@ -55,16 +58,21 @@ pub struct SinkConfig {
     pub max_bytes: Option<u64>,
     /// file: rotated files kept (`path.1` newest .. `path.N`; default 5).
     pub keep: Option<u32>,
+    /// otlp: the collector's OTLP/gRPC URL (`https://collector:4317`; `http://` on loopback only).
+    pub endpoint: Option<String>,
+    /// otlp: PEM certificate and key presented to the collector (mutual TLS), both or neither.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// syslog: `host:port` of the receiver.
     pub address: Option<String>,
     /// syslog: wrap the connection in TLS (RFC 5425), verifying the receiver's certificate.
     #[serde(default)]
     pub tls: bool,
-    /// syslog: PEM file of the CA(s) that issued the receiver's certificate (with `tls`).
+    /// syslog, otlp: PEM file of the CA(s) that issued the receiver's certificate (with TLS).
     pub ca: Option<PathBuf>,
-    /// syslog: the name the receiver's certificate must carry; default: the host of `address`.
+    /// syslog, otlp: the name the receiver's certificate must carry; default: its host.
     pub server_name: Option<String>,
-    /// syslog: HOSTNAME of each message; default: this machine's host name.
+    /// syslog, otlp: this machine's name in each message; default: its host name.
     pub hostname: Option<String>,
     /// syslog: facility number (0 to 23); default 13 (log audit).
     pub facility: Option<u8>,
@@ -93,18 +101,15 @@ impl SinkConfig {
             return Err(("audit.sink.name", "must be 1 to 32 of a-z 0-9 - _".into()));
         }
         let file_keys = self.path.is_some() || self.max_bytes.is_some() || self.keep.is_some();
-        let syslog_keys = self.address.is_some()
-            || self.tls
-            || self.ca.is_some()
-            || self.server_name.is_some()
-            || self.hostname.is_some()
-            || self.facility.is_some();
+        let syslog_keys = self.address.is_some() || self.tls || self.facility.is_some();
+        let tls_keys = self.ca.is_some() || self.server_name.is_some() || self.hostname.is_some();
+        let otlp_keys = self.endpoint.is_some() || self.cert.is_some() || self.key.is_some();
         match self.kind {
             SinkKind::File => {
-                if syslog_keys {
+                if syslog_keys || tls_keys || otlp_keys {
                     return Err((
                         "audit.sink.kind",
-                        "address, tls, ca, server_name, hostname and facility are for kind = \"syslog\"".into(),
+                        "only name, kind, start, path, max_bytes and keep are for kind = \"file\"".into(),
                     ));
                 }
                 let Some(path) = &self.path else {
@@ -129,9 +134,21 @@ impl SinkConfig {
                     return Err(("audit.sink.keep", format!("{k} is not between 1 and 1000")));
                 }
             }
+            SinkKind::Otlp => {
+                if file_keys || syslog_keys {
+                    return Err((
+                        "audit.sink.kind",
+                        "path, max_bytes, keep, address, tls and facility are not for kind = \"otlp\"".into(),
+                    ));
+                }
+                self.check_otlp()?;
+            }
             SinkKind::Syslog => {
-                if file_keys {
-                    return Err(("audit.sink.kind", "path, max_bytes and keep are for kind = \"file\"".into()));
+                if file_keys || otlp_keys {
+                    return Err((
+                        "audit.sink.kind",
+                        "path, max_bytes, keep, endpoint, cert and key are not for kind = \"syslog\"".into(),
+                    ));
                 }
                 if self.address.is_none() {
                     return Err(("audit.sink.address", "kind = \"syslog\" needs address (host:port)".into()));
@@ -153,15 +170,93 @@ impl SinkConfig {
     }
 }
 
+impl SinkConfig {
+    /// Every file the entry names (to resolve them against the config file's directory).
+    pub fn files_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
+        [&mut self.path, &mut self.ca, &mut self.cert, &mut self.key].into_iter().flatten()
+    }
+
+    fn check_otlp(&self) -> Result<(), (&'static str, String)> {
+        let raw =
+            self.endpoint.as_deref().ok_or(("audit.sink.endpoint", "kind = \"otlp\" needs endpoint".to_owned()))?;
+        let url = url::Url::parse(raw).map_err(|e| ("audit.sink.endpoint", format!("{raw:?} is not a URL: {e}")))?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or(("audit.sink.endpoint", format!("{raw:?} names no host")))?;
+        if url.path() != "/" || url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return Err(("audit.sink.endpoint", "must be scheme://host:port only (OTLP/gRPC has a fixed path)".into()));
+        }
+        let loopback = host == "localhost"
+            || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let tls_set = self.ca.is_some() || self.server_name.is_some() || self.cert.is_some() || self.key.is_some();
+        match url.scheme() {
+            "https" if self.ca.is_none() => {
+                return Err((
+                    "audit.sink.ca",
+                    "an https endpoint needs ca (the PEM file of the collector's CA)".into(),
+                ));
+            }
+            "https" => {}
+            "http" if loopback && tls_set => {
+                return Err(("audit.sink.endpoint", "ca, server_name, cert and key need an https endpoint".into()));
+            }
+            "http" if loopback => {}
+            "http" => {
+                return Err(("audit.sink.endpoint", "plain http only to a collector on loopback; use https".into()));
+            }
+            other => return Err(("audit.sink.endpoint", format!("scheme {other:?} is not http or https"))),
+        }
+        for (key, file) in [("audit.sink.ca", &self.ca), ("audit.sink.cert", &self.cert), ("audit.sink.key", &self.key)]
+        {
+            if let Some(f) = file {
+                std::fs::metadata(f).map_err(|e| (key, format!("cannot read {}: {e}", f.display())))?;
+            }
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(("audit.sink.cert", "cert and key go together (mutual TLS), or neither".into()));
+        }
+        if let Some(name) = &self.server_name {
+            rustls_pki_types::ServerName::try_from(name.clone())
+                .map_err(|_| ("audit.sink.server_name", format!("{name:?} is not a DNS name or IP")))?;
+        }
+        Ok(())
+    }
+}
+
 /// Checks every sink (and that names are unique): `Err((key, reason))` names the bad key,
 /// the reason names the sink.
-pub fn validate_sinks(sinks: &[SinkConfig]) -> Result<(), (&'static str, String)> {
+/// `reserved`: files no sink may write (the vault and audit databases).
+pub fn validate_sinks(sinks: &[SinkConfig], reserved: &[PathBuf]) -> Result<(), (&'static str, String)> {
     let mut names = HashSet::new();
+    let mut files: Vec<&PathBuf> = Vec::new();
     for (i, s) in sinks.iter().enumerate() {
-        s.check().map_err(|(key, reason)| (key, format!("sink {} ({:?}): {reason}", i + 1, s.name)))?;
+        let named = |reason: String| format!("sink {} ({:?}): {reason}", i + 1, s.name);
+        s.check().map_err(|(key, reason)| (key, named(reason)))?;
         if !names.insert(s.name.as_str()) {
             return Err(("audit.sink.name", format!("two sinks are named {:?}: each needs its own cursor", s.name)));
         }
+        let Some(path) = s.path.as_ref().filter(|_| s.kind == SinkKind::File) else { continue };
+        // Another file sink's file or one of its rotated files (`path.N`), or a database (or
+        // its `-wal`, `-shm`).
+        let clash = |a: &std::path::Path, b: &std::path::Path| {
+            let (a, b) = (a.as_os_str().to_string_lossy(), b.as_os_str().to_string_lossy());
+            let rotated = |x: &str, y: &str| x.strip_prefix(y).is_some_and(|r| r.starts_with(['.', '-']));
+            a == b || rotated(&a, &b) || rotated(&b, &a)
+        };
+        if let Some(other) = files.iter().find(|f| clash(f, path)) {
+            return Err((
+                "audit.sink.path",
+                named(format!("{} collides with another file sink's {}", path.display(), other.display())),
+            ));
+        }
+        if let Some(db) = reserved.iter().find(|db| clash(db, path)) {
+            return Err((
+                "audit.sink.path",
+                named(format!("{} is a database file ({})", path.display(), db.display())),
+            ));
+        }
+        files.push(path);
     }
     Ok(())
 }
@@ -187,11 +282,21 @@ mod tests {
              [[sink]]\nname = \"files\"\nkind = \"file\"\npath = {p:?}\nmax_bytes = 1048576\nstart = \"now\"\n"
         ))
         .unwrap();
-        validate_sinks(&ok).unwrap();
+        validate_sinks(&ok, &[]).unwrap();
+        let db = dir.path().join("vault.db");
+        let e = validate_sinks(&ok, &[p.with_file_name("audit.jsonl.1")]).unwrap_err();
+        assert_eq!(e.0, "audit.sink.path", "{e:?}");
+        let mut twice = ok.clone();
+        twice[0] = twice[1].clone();
+        twice[0].name = "other".into();
+        assert_eq!(validate_sinks(&twice, std::slice::from_ref(&db)).unwrap_err().0, "audit.sink.path");
+        let mut onto_db = ok.clone();
+        onto_db[1].path = Some(PathBuf::from(format!("{}-wal", db.display())));
+        assert_eq!(validate_sinks(&onto_db, &[db]).unwrap_err().0, "audit.sink.path");
         assert_eq!((ok[1].kind, ok[1].start, ok[1].max_bytes), (SinkKind::File, SinkStart::Now, Some(1 << 20)));
         assert!(parse("[[sink]]\nname = \"x\"\nkind = \"kafka\"\n").unwrap_err().contains("kafka"));
         assert!(parse("[[sink]]\nname = \"x\"\nkind = \"file\"\npth = \"a\"\n").unwrap_err().contains("pth"));
-        let bad = |text: &str| validate_sinks(&parse(text).unwrap()).unwrap_err();
+        let bad = |text: &str| validate_sinks(&parse(text).unwrap(), &[]).unwrap_err();
         assert_eq!(bad("[[sink]]\nname = \"Bad Name\"\nkind = \"file\"\npath = \"a\"\n").0, "audit.sink.name");
         assert_eq!(bad("[[sink]]\nname = \"a\"\nkind = \"file\"\n").0, "audit.sink.path");
         assert_eq!(
@@ -211,5 +316,17 @@ mod tests {
             bad("[[sink]]\nname = \"a\"\nkind = \"file\"\npath = \"a\"\nmax_bytes = 10\n").0,
             "audit.sink.max_bytes"
         );
+        let otlp = |rest: &str| format!("[[sink]]\nname = \"o\"\nkind = \"otlp\"\n{rest}");
+        validate_sinks(&parse(&otlp("endpoint = \"http://127.0.0.1:4317\"\n")).unwrap(), &[]).unwrap();
+        assert_eq!(bad(&otlp("")).0, "audit.sink.endpoint");
+        assert_eq!(bad(&otlp("endpoint = \"http://collector.internal:4317\"\n")).0, "audit.sink.endpoint");
+        assert_eq!(bad(&otlp("endpoint = \"https://collector.internal:4317\"\n")).0, "audit.sink.ca");
+        assert_eq!(bad(&otlp("endpoint = \"grpc://x:1\"\n")).0, "audit.sink.endpoint");
+        assert_eq!(bad(&otlp("endpoint = \"http://127.0.0.1:4317/v1/logs\"\n")).0, "audit.sink.endpoint");
+        assert_eq!(bad(&otlp("endpoint = \"http://127.0.0.1:4317\"\naddress = \"h:1\"\n")).0, "audit.sink.kind");
+        let ca = p.with_file_name("ca.pem");
+        std::fs::write(&ca, "not checked here").unwrap();
+        let e = bad(&otlp(&format!("endpoint = \"https://c.internal:4317\"\nca = {ca:?}\ncert = {ca:?}\n")));
+        assert_eq!(e.0, "audit.sink.cert");
     }
 }

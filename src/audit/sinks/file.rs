@@ -41,7 +41,12 @@ impl FileDest {
 
     fn open(&mut self) -> std::io::Result<&mut File> {
         if self.file.is_none() {
+            let existed = self.path.exists();
             let f = OpenOptions::new().read(true).append(true).create(true).mode(0o640).open(&self.path)?;
+            if !existed {
+                // The new file's name survives a power loss before its first line is counted.
+                sync_dir(&self.path)?;
+            }
             let size = f.metadata()?.len();
             let mut last = [0u8; 1];
             if size > 0 && f.read_at(&mut last, size - 1)? == 1 && last[0] != b'\n' {
@@ -67,9 +72,8 @@ impl FileDest {
             }
         }
         std::fs::rename(&self.path, self.numbered(1))?;
-        // The renames themselves survive a crash once the directory is synced.
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        File::open(dir)?.sync_all()?;
+        // The renames (and then the new file) survive a crash once the directory is synced.
+        sync_dir(&self.path)?;
         self.open().map(|_| ())
     }
 
@@ -83,9 +87,17 @@ impl FileDest {
         if self.size > 0 && self.size + buf.len() as u64 > self.max_bytes {
             self.rotate()?;
         }
+        let before = self.size;
         let f = self.open()?;
-        f.write_all(buf.as_bytes())?;
-        f.sync_data()?;
+        let written = f.write_all(buf.as_bytes()).and_then(|()| f.sync_data());
+        if let Err(e) = written {
+            // Whatever part of the batch reached the file goes, so the batch sent again is
+            // not doubled (if this fails too, the lines stay: repeated, never lost).
+            if f.set_len(before).and_then(|()| f.sync_data()).is_ok() {
+                self.size = before;
+            }
+            return Err(e);
+        }
         self.size += buf.len() as u64;
         Ok(())
     }
@@ -123,6 +135,11 @@ impl Destination for FileDest {
         (event.is_some() || checkpoint.is_some())
             .then(|| SinkCursor { event_sequence: event.unwrap_or(0), checkpoint_sequence: checkpoint.unwrap_or(0) })
     }
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
 }
 
 /// The newest event sequence and the newest checkpoint sequence among the complete lines

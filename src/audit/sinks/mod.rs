@@ -1,11 +1,12 @@
 //! Audit sinks: every event and every signed checkpoint of the audit log, pushed to the
 //! security team's systems without anyone running `audit tail` (`[[audit.sink]]` in the
-//! serve config). Kinds: a JSON-lines file rotated by size (`file`, for a log shipper), and
-//! syslog (RFC 5424 over TCP, optionally TLS).
+//! serve config). Kinds: a JSON-lines file rotated by size (`file`, for a log shipper),
+//! syslog (RFC 5424 over TCP, optionally TLS), and OpenTelemetry log records over OTLP/gRPC
+//! (`otlp`, to a collector).
 //!
 //! Here: the set of sinks and the delivery thread each one runs. `config`: the entries and
-//! their checks. `feed`: reading what comes next from the durable log. `file`, `syslog`:
-//! the destinations.
+//! their checks. `feed`: reading what comes next from the durable log. `file`, `syslog`,
+//! `otlp`: the destinations.
 //!
 //! Invariants:
 //! - **A sink never slows or fails a request.** It reads the committed log on its own thread
@@ -19,7 +20,8 @@
 //! - **In order**: sequence order, each checkpoint right after the event it covers.
 //! - **At least once, exactly once where the destination allows**: the file sink reads its
 //!   own tail at start (exactly once); syslog has no receipts, so around an outage a receiver
-//!   may see an item twice (see `syslog`); every item carries its `sequence` to tell.
+//!   may see an item twice (see `syslog`); OTLP is acknowledged per batch, so only an export
+//!   whose answer was lost repeats; every item carries its `sequence` to tell.
 //! - An event archived (`audit archive`) before a sink delivered it is not in the database
 //!   any more: the sink says so (an alarm and `skipped`); it is in the archive file.
 //! - **Nothing secret** leaves: the same fields as `audit export` (identities, names,
@@ -38,6 +40,7 @@ use super::{AuditError, db};
 mod config;
 mod feed;
 mod file;
+mod otlp;
 pub(super) mod status;
 mod syslog;
 
@@ -62,6 +65,9 @@ const ALARM_EVERY: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct SlotState {
     closed: bool,
+    /// Once closed, the time by which the thread stops delivering (it saves its cursor and
+    /// ends), so a stopped server's sinks never run on beside the next one's.
+    stop_by: Option<Instant>,
     stopped: bool,
     delivered: SinkCursor,
     sent_items: u64,
@@ -100,6 +106,19 @@ impl Slot {
 
     fn closed(&self) -> bool {
         lock(&self.state).closed
+    }
+
+    /// Closed, and past the time to stop.
+    fn overdue(&self) -> bool {
+        lock(&self.state).stop_by.is_some_and(|t| Instant::now() >= t)
+    }
+
+    fn close(&self, stop_by: Instant) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        st.stop_by = Some(st.stop_by.map_or(stop_by, |t| t.min(stop_by)));
+        drop(st);
+        self.wake.notify_all();
     }
 }
 
@@ -141,6 +160,9 @@ impl SinkSet {
                 )),
                 SinkKind::Syslog => Box::new(
                     syslog::SyslogDest::new(cfg).map_err(|e| unavailable(format!("audit sink {:?}: {e}", cfg.name)))?,
+                ),
+                SinkKind::Otlp => Box::new(
+                    otlp::OtlpDest::new(cfg).map_err(|e| unavailable(format!("audit sink {:?}: {e}", cfg.name)))?,
                 ),
             };
             let reader = db::open_reader(audit_db)?;
@@ -207,8 +229,7 @@ impl SinkSet {
     pub(crate) fn close_and_wait(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         for slot in &self.slots {
-            lock(&slot.state).closed = true;
-            slot.wake.notify_all();
+            slot.close(deadline);
         }
         for slot in &self.slots {
             let mut st = lock(&slot.state);
@@ -226,8 +247,7 @@ impl SinkSet {
 impl Drop for SinkSet {
     fn drop(&mut self) {
         for slot in &self.slots {
-            lock(&slot.state).closed = true;
-            slot.wake.notify_all();
+            slot.close(Instant::now());
         }
     }
 }
@@ -299,6 +319,9 @@ impl Worker {
         let mut seen = (i64::MIN, i64::MIN);
         loop {
             let closing = slot.closed();
+            if slot.overdue() {
+                break;
+            }
             let failure = match self.dest.confirm() {
                 Ok(Some(p)) => {
                     self.durable = further(self.durable, p);

@@ -53,6 +53,15 @@ impl SyslogDest {
 
 impl Destination for SyslogDest {
     fn send(&mut self, items: &[Item], end: SinkCursor) -> Result<(), String> {
+        // A receiver that closed the connection while batches were unconfirmed may not have
+        // read them: they go again (the worker rewinds), never confirmed by a new connection.
+        if self.conn.peer_closed() && !self.pending.is_empty() {
+            let n = self.pending.len();
+            self.pending.clear();
+            return Err(format!(
+                "the receiver closed the connection with {n} batch(es) unconfirmed; sending them again"
+            ));
+        }
         let mut bytes = String::with_capacity(items.len() * 500);
         for item in items {
             bytes.push_str(&self.frame(item));
@@ -88,6 +97,40 @@ impl Destination for SyslogDest {
 mod tests {
     use super::*;
     use crate::audit::{Action, AuditEvent, AuditRecord};
+
+    fn event(seq: i64) -> Item {
+        let record = AuditRecord::new(Action::TokenMinted, Outcome::Ok);
+        Item::Event(AuditEvent { sequence: seq, time_ms: 1_700_000_000_000, prev_hash: [0; 32], hash: [2; 32], record })
+    }
+
+    /// Regression: a receiver that closed the connection with a batch unread, noticed only
+    /// when the next batch was sent, made the sink reconnect quietly and later confirm the
+    /// lost batch over the new connection.
+    #[test]
+    fn a_batch_counts_after_two_seconds_open_and_a_close_before_that_sends_it_again() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let text = format!("name = \"s\"\nkind = \"syslog\"\naddress = \"{}\"\n", listener.local_addr().unwrap());
+        let mut d = SyslogDest::new(&toml::from_str(&text).unwrap()).unwrap();
+        let one = SinkCursor { event_sequence: 1, checkpoint_sequence: 0 };
+        let two = SinkCursor { event_sequence: 2, checkpoint_sequence: 0 };
+        d.send(&[event(1)], one).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        assert_eq!(d.confirm().unwrap(), None, "not confirmed before {CONFIRM_AFTER:?}");
+        drop(conn);
+        std::thread::sleep(Duration::from_millis(100));
+        let e = d.send(&[event(2)], two).unwrap_err();
+        assert!(e.contains("unconfirmed"), "{e}");
+        d.reset();
+        // Sent again from the last confirmed position, on a new connection that stays open.
+        d.send(&[event(1), event(2)], two).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        std::thread::sleep(CONFIRM_AFTER + Duration::from_millis(100));
+        assert_eq!(d.confirm().unwrap(), Some(two));
+        let mut got = String::new();
+        conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let _ = std::io::Read::read_to_string(&mut conn, &mut got);
+        assert_eq!(got.matches(" audit-event - ").count(), 2, "{got}");
+    }
 
     #[test]
     fn a_denial_is_a_notice_and_the_message_is_the_events_json() {
