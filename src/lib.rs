@@ -19,6 +19,7 @@ pub mod proto;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod tokens;
 pub mod toml_error;

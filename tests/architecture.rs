@@ -208,6 +208,8 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("crypto", &["domain"]),
     ("tls", &["domain"]),
     ("client", &["tls"]),
+    // Traces: the exporter and the W3C context of a request; knows nothing of the vault.
+    ("telemetry", &["tls"]),
     // The auditor's web page: a client of the vault's gRPC API (role `audit`), nothing more.
     ("console", &["proto"]),
     // Sealed blobs, hints and fingerprints only: never a plaintext secret.
@@ -216,7 +218,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("upstream", &["crypto", "domain", "fuzz_support"]),
     ("vault", &["crypto", "domain", "store"]),
     ("backup", &["store"]),
-    ("audit", &["crypto", "domain", "metrics", "store"]),
+    ("audit", &["crypto", "domain", "metrics", "store", "tls"]),
     ("authz", &["audit", "domain", "toml_error"]),
     ("sim", &["crypto", "domain", "vault"]),
     ("tokens", &["audit", "crypto", "domain", "metrics", "store", "upstream", "vault"]),
@@ -225,11 +227,22 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     (
         "server",
         &[
-            "audit", "authz", "crypto", "domain", "metrics", "proto", "store", "tls", "tokens", "upstream", "usecase",
+            "audit",
+            "authz",
+            "crypto",
+            "domain",
+            "metrics",
+            "proto",
+            "store",
+            "telemetry",
+            "tls",
+            "tokens",
+            "upstream",
+            "usecase",
             "vault",
         ],
     ),
-    ("config", &["audit", "crypto", "domain", "server", "tls", "tokens", "toml_error", "upstream"]),
+    ("config", &["audit", "crypto", "domain", "server", "telemetry", "tls", "tokens", "toml_error", "upstream"]),
     (
         "cli",
         &[
@@ -246,6 +259,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "server",
             "sim",
             "store",
+            "telemetry",
             "tls",
             "tokens",
             "upstream",

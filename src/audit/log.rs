@@ -200,10 +200,15 @@ impl AuditLog {
     }
 
     /// [`AuditLog::append`] without handing the record back: the servers' hot path.
+    #[tracing::instrument(name = "audit.append", level = "debug", skip_all, fields(batch_size = tracing::field::Empty))]
     pub async fn append_receipt(&self, mut rec: AuditRecord) -> Result<Receipt, AuditError> {
         rec.bound_lengths();
         let (done, index) = self.enqueue(rec, true)?;
-        done.wait().await.receipt(index)
+        let outcome = done.wait().await;
+        if let super::handoff::Outcome::Durable { links, .. } = outcome {
+            tracing::Span::current().record("batch_size", links.len() as i64);
+        }
+        outcome.receipt(index)
     }
 
     /// Appends a record without waiting for it: it joins the open batch and is durable

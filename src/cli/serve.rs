@@ -106,7 +106,11 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
         ));
     }
     let cfg = Config::load(&a.config).map_err(|e| CliError::new(e.to_string()))?;
-    init_logging(cfg.log.format, &cfg.log.level);
+    let traces = super::logging::init_logging_and_traces(cfg.log.format, &cfg.log.level, &cfg.traces)
+        .map_err(|e| CliError::new(format!("traces: {e}")))?;
+    if cfg.traces.enabled() {
+        tracing::info!(sample_ratio = cfg.traces.sample_ratio, "exporting traces over OTLP");
+    }
     for o in Config::env_overrides(|k| std::env::var(k).ok()) {
         tracing::info!(config = %a.config.display(), "environment override in force: {o}");
     }
@@ -121,7 +125,12 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
         stop.wait().await;
         tracing::info!("stopping: finishing in-flight requests");
         server.shutdown().await.map_err(|e| CliError::new(e.to_string()))
-    })
+    })?;
+    // The last spans go to the collector (bounded by the export timeout).
+    if let Some(t) = traces {
+        t.shutdown();
+    }
+    Ok(())
 }
 
 pub fn token(a: TokenArgs) -> Result<(), CliError> {

@@ -91,7 +91,22 @@ where
             let client_id = client_request_id.as_deref().unwrap_or("");
             let path = req.uri().path().to_owned();
             let method = methods::method(&path);
-            let denied = match method.map(|m| m.requirement) {
+            // The request's span: every log line of the request carries its id, the caller and
+            // the method; exported as the RPC's server span (`telemetry`), in the caller's
+            // trace when it sent a `traceparent`.
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = %path.trim_start_matches('/'),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                request_id = %request_id,
+                client_request_id = %client_id,
+                caller = %caller.identity.id,
+                method = %path,
+            );
+            crate::telemetry::continue_trace(&span, req.headers());
+            let gate = tracing::debug_span!(parent: &span, "gate", allowed = tracing::field::Empty);
+            let denied = gate.in_scope(|| match method.map(|m| m.requirement) {
                 // A connection made before a certificate/CRL reload is checked again: a
                 // revoked caller must not keep using an open channel.
                 _ if !state.tls.still_valid(&conn) => Some(errors::connection_no_longer_accepted()),
@@ -100,7 +115,8 @@ where
                     Some(errors::permission_denied(role))
                 }
                 Some(_) => None,
-            };
+            });
+            gate.record("allowed", denied.is_none());
             if let Some(status) = denied {
                 // A caller refused here in a loop (its grant gone, a wrong method) spends the
                 // same per-caller budget as its GetAccessToken requests: beyond it, refusals
@@ -121,23 +137,19 @@ where
                     set_request_id(&mut resp, &request_id);
                     return Ok(resp);
                 }
-                let span = tracing::info_span!("rpc", request_id = %request_id, client_request_id = %client_id, caller = %caller.identity.id, method = %path);
-                let _e = span.enter();
-                tracing::info!(reason = %status.message(), "refused at the gate");
+                span.in_scope(|| tracing::info!(reason = %status.message(), "refused at the gate"));
                 // Unknown methods are audited too, under the closest action there is.
                 let action = method.and_then(|m| m.action).unwrap_or(crate::audit::Action::TenantRead);
                 let detail = format!("{path}: {}", status.message());
-                let status =
-                    match state.record(&caller, action, None, Outcome::Denied, &detail, Default::default()).await {
-                        Ok(()) => status,
-                        Err(s) => s,
-                    };
+                let record = state.record(&caller, action, None, Outcome::Denied, &detail, Default::default());
+                let status = match tracing::Instrument::instrument(record, span).await {
+                    Ok(()) => status,
+                    Err(s) => s,
+                };
                 let mut resp = status.into_http();
                 set_request_id(&mut resp, &request_id);
                 return Ok(resp);
             }
-            // Every log line of the request carries its id, the caller and the method.
-            let span = tracing::info_span!("rpc", request_id = %request_id, client_request_id = %client_id, caller = %caller.identity.id, method = %path);
             req.extensions_mut().insert(caller);
             let mut resp = tracing::Instrument::instrument(inner.call(req), span).await?;
             set_request_id(&mut resp, &request_id);

@@ -27,12 +27,14 @@ pub mod dev;
 mod error;
 mod files;
 pub mod identity;
+pub mod otlp;
 mod server;
 
 pub use client::{ClientTlsFiles, tonic_client_tls};
 pub use dev::{DevClient, DevPki, generate_ca, generate_dev_pki, issue_client_cert, issue_crl};
 pub use error::TlsError;
 pub use identity::{CallerIdentity, IdentityError, IdentityKind, identity_from_der, serial_hex};
+pub use otlp::OtlpTarget;
 pub use server::{ServerTls, ServerTlsFiles, load_server_config, load_server_tls};
 
 /// Reads a PEM file as text, for handing to tonic's `Certificate::from_pem` /

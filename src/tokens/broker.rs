@@ -113,6 +113,14 @@ impl Broker {
     /// upstream request, that request waits for an upstream slot as `who` (fair share
     /// between callers, module docs); refused with [`BrokerError::RateLimited`] when its
     /// turn is further away than `limiter_max_wait`.
+    // Spans below the request's own are `debug`: created only when traces are exported (or
+    // debug logs are on), so the hot path pays nothing for them otherwise.
+    #[tracing::instrument(
+        name = "broker.get_token",
+        level = "debug",
+        skip_all,
+        fields(tenant_id = %tenant, cache = tracing::field::Empty, flight = tracing::field::Empty)
+    )]
     pub async fn get_token_for(
         &self,
         tenant: &TenantId,
@@ -135,6 +143,7 @@ impl Broker {
                 let t = t.clone();
                 self.served(&mut st);
                 inner.stats.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::Span::current().record("cache", "hit");
                 return Ok(TokenLease { token: t, source: TokenSource::Cache, go_client_id: st.go_client_id.clone() });
             }
             // Upstream in trouble (this tenant backing off, or its limiter paused by a 429):
@@ -145,6 +154,7 @@ impl Broker {
                 if let Some(t) = st.token.as_ref().filter(|t| t.expires_at > now) {
                     let t = t.clone();
                     self.served(&mut st);
+                    tracing::Span::current().record("cache", "stale_during_outage");
                     return Ok(TokenLease {
                         token: t,
                         source: TokenSource::StaleDuringOutage,
@@ -157,9 +167,14 @@ impl Broker {
                 }
             }
             inner.stats.cache_misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::Span::current().record("cache", "miss");
             match &st.flight {
-                Some(rx) => (rx.clone(), false),
+                Some(rx) => {
+                    tracing::Span::current().record("flight", "follower");
+                    (rx.clone(), false)
+                }
                 None => {
+                    tracing::Span::current().record("flight", "leader");
                     let charge = self.charge(who.caller, who.share);
                     (self.start_flight(tenant, &slot, &mut st, inner.cfg.limiter_max_wait, charge), true)
                 }
@@ -241,8 +256,11 @@ impl Broker {
         let this = self.clone();
         let slot = slot.clone();
         let tenant = tenant.clone();
-        tokio::spawn(async move {
+        // The one upstream request, in the trace of the request that started it.
+        let span = tracing::debug_span!("broker.flight", tenant_id = %tenant, ok = tracing::field::Empty);
+        let flight = async move {
             let result = this.fetch(&tenant, max_wait, &charge).await;
+            tracing::Span::current().record("ok", result.is_ok());
             let now = this.inner.clock.now();
             {
                 let mut st = slot.lock();
@@ -282,7 +300,8 @@ impl Broker {
                 this.inner.slots.write().unwrap_or_else(|p| p.into_inner()).remove(&tenant);
             }
             let _ = tx.send(Some(result));
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(flight, span));
         rx
     }
 
@@ -314,7 +333,8 @@ impl Broker {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match limiter.acquire(&charge.caller, charge.share, max_wait).await {
+            let wait = tracing::debug_span!("limiter.wait", environment = %env);
+            match tracing::Instrument::instrument(limiter.acquire(&charge.caller, charge.share, max_wait), wait).await {
                 Ok(waited) if !waited.is_zero() => {
                     inner.stats.limiter_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }

@@ -155,22 +155,34 @@ impl GoClient {
         url: &Url,
     ) -> Result<RawResponse, UpstreamError> {
         let started = Instant::now();
-        let result = async {
-            let mut response = request.send().await.map_err(classify::from_reqwest)?;
-            let status = response.status();
-            let headers = std::mem::take(response.headers_mut());
-            // Reserve up front so the buffer holding a token is not reallocated (and the old
-            // copy left unwiped) while reading.
-            let hint = response.content_length().unwrap_or(0).min(MAX_BODY as u64) as usize;
-            let mut body = Zeroizing::new(Vec::with_capacity(hint.max(4096)));
-            while let Some(chunk) = response.chunk().await.map_err(classify::from_reqwest)? {
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(UpstreamError::protocol("answer body larger than 64 KiB"));
+        // Method, host and status only: no path, no header, no body.
+        let span = tracing::debug_span!(
+            "upstream.request",
+            otel.kind = "client",
+            http.request.method = method,
+            server.address = url.host_str().unwrap_or(""),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let result = tracing::Instrument::instrument(
+            async {
+                let mut response = request.send().await.map_err(classify::from_reqwest)?;
+                let status = response.status();
+                tracing::Span::current().record("http.response.status_code", i64::from(status.as_u16()));
+                let headers = std::mem::take(response.headers_mut());
+                // Reserve up front so the buffer holding a token is not reallocated (and the old
+                // copy left unwiped) while reading.
+                let hint = response.content_length().unwrap_or(0).min(MAX_BODY as u64) as usize;
+                let mut body = Zeroizing::new(Vec::with_capacity(hint.max(4096)));
+                while let Some(chunk) = response.chunk().await.map_err(classify::from_reqwest)? {
+                    if body.len() + chunk.len() > MAX_BODY {
+                        return Err(UpstreamError::protocol("answer body larger than 64 KiB"));
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(RawResponse { status, headers, body })
-        }
+                Ok(RawResponse { status, headers, body })
+            },
+            span,
+        )
         .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {

@@ -176,51 +176,30 @@ impl SinkConfig {
         [&mut self.path, &mut self.ca, &mut self.cert, &mut self.key].into_iter().flatten()
     }
 
+    /// The collector of an `otlp` sink.
+    pub(super) fn otlp_target(&self) -> crate::tls::OtlpTarget {
+        crate::tls::OtlpTarget {
+            endpoint: self.endpoint.clone().unwrap_or_default(),
+            ca: self.ca.clone(),
+            server_name: self.server_name.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+
     fn check_otlp(&self) -> Result<(), (&'static str, String)> {
-        let raw =
-            self.endpoint.as_deref().ok_or(("audit.sink.endpoint", "kind = \"otlp\" needs endpoint".to_owned()))?;
-        let url = url::Url::parse(raw).map_err(|e| ("audit.sink.endpoint", format!("{raw:?} is not a URL: {e}")))?;
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or(("audit.sink.endpoint", format!("{raw:?} names no host")))?;
-        if url.path() != "/" || url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
-            return Err(("audit.sink.endpoint", "must be scheme://host:port only (OTLP/gRPC has a fixed path)".into()));
+        if self.endpoint.is_none() {
+            return Err(("audit.sink.endpoint", "kind = \"otlp\" needs endpoint".into()));
         }
-        let loopback = host == "localhost"
-            || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        let tls_set = self.ca.is_some() || self.server_name.is_some() || self.cert.is_some() || self.key.is_some();
-        match url.scheme() {
-            "https" if self.ca.is_none() => {
-                return Err((
-                    "audit.sink.ca",
-                    "an https endpoint needs ca (the PEM file of the collector's CA)".into(),
-                ));
-            }
-            "https" => {}
-            "http" if loopback && tls_set => {
-                return Err(("audit.sink.endpoint", "ca, server_name, cert and key need an https endpoint".into()));
-            }
-            "http" if loopback => {}
-            "http" => {
-                return Err(("audit.sink.endpoint", "plain http only to a collector on loopback; use https".into()));
-            }
-            other => return Err(("audit.sink.endpoint", format!("scheme {other:?} is not http or https"))),
-        }
-        for (key, file) in [("audit.sink.ca", &self.ca), ("audit.sink.cert", &self.cert), ("audit.sink.key", &self.key)]
-        {
-            if let Some(f) = file {
-                std::fs::metadata(f).map_err(|e| (key, format!("cannot read {}: {e}", f.display())))?;
-            }
-        }
-        if self.cert.is_some() != self.key.is_some() {
-            return Err(("audit.sink.cert", "cert and key go together (mutual TLS), or neither".into()));
-        }
-        if let Some(name) = &self.server_name {
-            rustls_pki_types::ServerName::try_from(name.clone())
-                .map_err(|_| ("audit.sink.server_name", format!("{name:?} is not a DNS name or IP")))?;
-        }
-        Ok(())
+        self.otlp_target().check().map_err(|(field, reason)| {
+            let key = match field {
+                "ca" => "audit.sink.ca",
+                "cert" => "audit.sink.cert",
+                "server_name" => "audit.sink.server_name",
+                _ => "audit.sink.endpoint",
+            };
+            (key, reason)
+        })
     }
 }
 

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 use super::super::record::Outcome;
 use super::super::syslog::local_hostname;
@@ -52,31 +52,13 @@ fn text(key: &str, value: &str) -> KeyValue {
 impl OtlpDest {
     /// From the checked configuration; connects when first used.
     pub(super) fn new(cfg: &SinkConfig) -> Result<OtlpDest, String> {
-        let url = cfg.endpoint.clone().unwrap_or_default();
+        let target = cfg.otlp_target();
+        let url = target.endpoint.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the OTLP sink's runtime: {e}"))?;
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("{url}: {e}"))?
-            .connect_timeout(EXPORT_TIMEOUT)
-            .timeout(EXPORT_TIMEOUT);
-        if url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
-            if let Some(ca) = &cfg.ca {
-                let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            if let Some(name) = &cfg.server_name {
-                tls = tls.domain_name(name.clone());
-            }
-            if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
-                let cert = std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
-                let key = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            endpoint = endpoint.tls_config(tls).map_err(|e| format!("{url}: TLS: {e}"))?;
-        }
+        let endpoint = target.endpoint(EXPORT_TIMEOUT)?;
         let channel = {
             let _in = runtime.enter();
             endpoint.connect_lazy()

@@ -1,0 +1,101 @@
+//! The configuration's parsing, resolution and checks.
+
+use super::*;
+
+const MIN: &str = r#"
+[vault]
+db = "data/vault.db"
+master_key_file = "/run/secrets/master.key"
+
+[server]
+listen = "127.0.0.1:8443"
+cert = "tls/server.pem"
+key = "tls/server-key.pem"
+client_ca = "tls/ca.pem"
+policy = "policy.toml"
+"#;
+
+#[test]
+fn minimal_config_with_defaults_and_relative_paths() {
+    let c = Config::parse(MIN, Path::new("/etc/pogo/config.toml")).unwrap();
+    c.validate(Path::new("x")).unwrap();
+    assert_eq!(c.vault.db, PathBuf::from("/etc/pogo/data/vault.db"));
+    assert_eq!(c.audit_db(), PathBuf::from("/etc/pogo/data/vault-audit.db"));
+    assert_eq!(c.server.max_request_bytes, 65536);
+    assert!(c.server.return_subscription_key);
+    assert_eq!(c.tokens.upstream_rate_per_second, 2.0);
+}
+
+/// Regression (found by `hardening_fuzz`, rarely): a `log.level` with multi-byte
+/// characters panicked inside tracing-subscriber's directive parser during `validate`.
+#[test]
+fn a_log_level_with_multibyte_characters_is_refused_not_a_panic() {
+    for level in ["\tȺ \u{116ff}\t\u{18c76}=\u{234c3}Qe\u{202e}''\\:{", "pogo_vault=débug", "info\n"] {
+        let e = log_filter(level).unwrap_err();
+        assert!(e.contains("printable ASCII"), "{e}");
+    }
+    assert!(log_filter("info,pogo_vault=debug").is_ok());
+}
+
+#[test]
+fn env_overrides_replace_the_master_key_source() {
+    let mut c = Config::parse(MIN, Path::new("c.toml")).unwrap();
+    c.apply_env(|k| (k == "POGO_VAULT_MASTER_PASSPHRASE_ENV").then(|| "PASS".to_owned()));
+    assert!(matches!(c.master_key_source(), Ok(MasterKeySource::PassphraseEnv(v)) if v == "PASS"));
+}
+
+#[test]
+fn errors_name_the_line_or_key() {
+    let bad = MIN.replace("listen = \"127.0.0.1:8443\"", "listen = \"nowhere\"");
+    let e = Config::parse(&bad, Path::new("c.toml")).unwrap_err();
+    assert!(e.to_string().contains("line 7"), "{e}");
+    let bad = format!("{MIN}\n[tokens]\nupstream_rate_per_second = 50\n");
+    let c = Config::parse(&bad, Path::new("c.toml")).unwrap();
+    let e = c.validate(Path::new("c.toml")).unwrap_err();
+    assert!(e.to_string().contains("upstream_rate_per_second"), "{e}");
+    let bad = format!("{MIN}\n[tokens]\nunknown_knob = 1\n");
+    assert!(Config::parse(&bad, Path::new("c.toml")).unwrap_err().to_string().contains("unknown"));
+}
+
+#[test]
+fn witness_section_is_parsed_resolved_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let text = format!(
+        "{MIN}\n[audit.witness]\nbacklog = 50\nretry_max_secs = 2\n[audit.witness.file]\npath = \"w.jsonl\"\n\
+         [audit.witness.syslog]\naddress = \"127.0.0.1:6514\"\n"
+    );
+    let c = Config::parse(&text, &path).unwrap();
+    c.validate(&path).unwrap();
+    let a = c.audit_config();
+    assert_eq!(a.witness.backlog, 50);
+    assert_eq!(a.witness.file.as_ref().unwrap().path, dir.path().join("w.jsonl"));
+    assert_eq!(a.witness.syslog.as_ref().unwrap().address, "127.0.0.1:6514");
+
+    let bad = text.replace("127.0.0.1:6514", "no-port");
+    let e = Config::parse(&bad, &path).unwrap().validate(&path).unwrap_err();
+    assert!(e.to_string().contains("audit.witness.syslog.address"), "{e}");
+    let bad = text.replace("address =", "adress =");
+    assert!(Config::parse(&bad, &path).unwrap_err().to_string().contains("adress"));
+    let bad = format!("{text}tls = true\n");
+    let e = Config::parse(&bad, &path).unwrap().validate(&path).unwrap_err();
+    assert!(e.to_string().contains("audit.witness.syslog.ca"), "{e}");
+}
+
+#[test]
+fn audit_sinks_are_parsed_resolved_and_validated() {
+    let (dir, sink) = (tempfile::tempdir().unwrap(), "[[audit.sink]]\nname = ");
+    let path = dir.path().join("c.toml");
+    let text = format!(
+        "{MIN}\n{sink}\"shipper\"\nkind = \"file\"\npath = \"audit.jsonl\"\n\
+         {sink}\"siem\"\nkind = \"syslog\"\naddress = \"siem.internal:6514\"\n"
+    );
+    let c = Config::parse(&text, &path).unwrap();
+    c.validate(&path).unwrap();
+    let a = c.audit_config();
+    assert_eq!(a.sinks[0].path.as_deref(), Some(dir.path().join("audit.jsonl").as_path()));
+    assert_eq!(a.sink_cursors.as_deref(), Some(c.vault.db.as_path()), "cursors live in the vault database");
+    let bad = text.replace("siem.internal:6514", "no-port");
+    let e = Config::parse(&bad, &path).unwrap().validate(&path).unwrap_err();
+    assert!(e.to_string().contains("audit.sink.address") && e.to_string().contains("siem"), "{e}");
+}
