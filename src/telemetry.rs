@@ -40,6 +40,9 @@ use crate::tls::OtlpTarget;
 
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stop waits for the last spans to leave (a collector that hangs must not hold
+/// up the vault's stop).
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `[traces]`: where spans go (nowhere unless `otlp_endpoint` is set).
 #[derive(Debug, Clone, Deserialize)]
@@ -132,13 +135,13 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Sends the spans still queued (bounded by the export timeout) and stops exporting.
+    /// Sends the spans still queued (waiting at most 3 s) and stops exporting.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        if let Err(e) = self.provider.shutdown() {
+        if let Err(e) = self.provider.shutdown_with_timeout(STOP_TIMEOUT) {
             tracing::warn!(error = %e, "could not send the last spans to the trace collector");
         }
         if let Some(rt) = self.runtime.take() {

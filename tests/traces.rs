@@ -182,3 +182,37 @@ async fn a_callers_trace_holds_the_vaults_spans_in_shape_and_no_secret() {
     }
     eprintln!("{} spans exported in all; the caller's trace: {names:?}", all.len());
 }
+
+/// A collector that is down holds nothing up: token requests succeed, and a graceful stop
+/// still ends promptly (the last spans are given up after a bounded wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_fails_no_request_and_does_not_hold_up_the_stop() {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sim = fixture::start_sim(1000).await;
+    fixture::add_sim_clients(&sim, 1);
+    let (pki, vault) = fixture::serve_files(d, &sim, &policy_text(""));
+    let new = NewTenant::new("t0".parse().unwrap(), Environment::Demo);
+    vault.add_tenant(&new, &pogo_vault::crypto::ClientKey::parse(&sim_key(0)).unwrap(), &UnauditedFixture).unwrap();
+    let extra = format!("\n[traces]\notlp_endpoint = \"http://127.0.0.1:{closed_port}\"\nexport_interval_ms = 50\n");
+    let (config, endpoint) = serve_process::write_config(d, &extra);
+    let mut child = serve_process::start(&config, "warn");
+    let files = pki.client_files("token-caller").unwrap();
+    let ch = serve_process::wait_ready(&endpoint, &files, &config, 300, Duration::from_millis(50)).await;
+    let mut tokens = pb::token_service_client::TokenServiceClient::new(ch);
+    for _ in 0..20 {
+        let mut req =
+            tonic::Request::new(pb::GetAccessTokenRequest { tenant_id: "t0".into(), min_validity_seconds: 0 });
+        req.metadata_mut()
+            .insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap());
+        tokens.get_access_token(req).await.expect("a collector that is down must not fail a request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success(), "{}", serve_process::log(&config));
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    eprintln!("stopped in {took:?} with the collector down");
+}
