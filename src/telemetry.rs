@@ -116,6 +116,7 @@ impl TracesConfig {
             let key = match field {
                 "ca" => "traces.ca",
                 "cert" => "traces.cert",
+                "key" => "traces.key",
                 "server_name" => "traces.server_name",
                 _ => "traces.otlp_endpoint",
             };

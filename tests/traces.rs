@@ -88,7 +88,9 @@ async fn a_callers_trace_holds_the_vaults_spans_in_shape_and_no_secret() {
     let sim = fixture::start_sim(1000).await;
     fixture::add_sim_clients(&sim, 1);
     let (pki, vault) = fixture::serve_files(d, &sim, &policy_text(""));
-    let new = NewTenant::new("t0".parse().unwrap(), Environment::Demo);
+    let mut new = NewTenant::new("t0".parse().unwrap(), Environment::Demo);
+    // A label value as a canary: tenant labels stay out of traces.
+    new.labels = pogo_vault::domain::Labels::parse_field("labels", [("customer-tier", "label-canary-7f3a9c")]).unwrap();
     vault.add_tenant(&new, &pogo_vault::crypto::ClientKey::parse(&sim_key(0)).unwrap(), &UnauditedFixture).unwrap();
     let extra = format!("\n[traces]\notlp_endpoint = \"http://127.0.0.1:{otlp_port}\"\nexport_interval_ms = 100\n");
     let (config, endpoint) = serve_process::write_config(d, &extra);
@@ -109,6 +111,11 @@ async fn a_callers_trace_holds_the_vaults_spans_in_shape_and_no_secret() {
     let first = tokens.get_access_token(traced("t0")).await.unwrap().into_inner();
     let second = tokens.get_access_token(traced("t0")).await.unwrap().into_inner();
     assert_eq!(first.access_token, second.access_token, "the second came from the cache");
+    // The auditor has no token role: refused at the gate, in the same trace.
+    let auditor = pki.client_files("auditor").unwrap();
+    let auditor = pogo_vault::client::connect(&endpoint, &auditor, Some("localhost")).await.unwrap();
+    let refused = pb::token_service_client::TokenServiceClient::new(auditor).get_access_token(traced("t0")).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::PermissionDenied);
 
     // A graceful stop sends the last spans.
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
@@ -117,7 +124,7 @@ async fn a_callers_trace_holds_the_vaults_spans_in_shape_and_no_secret() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let ours = loop {
         let ours: Vec<Span> = collector.spans().into_iter().filter(|s| hex(&s.trace_id) == trace_id).collect();
-        if ours.iter().filter(|s| s.name.ends_with("GetAccessToken")).count() >= 2 || Instant::now() > deadline {
+        if ours.iter().filter(|s| s.name.ends_with("GetAccessToken")).count() >= 3 || Instant::now() > deadline {
             break ours;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -127,23 +134,22 @@ async fn a_callers_trace_holds_the_vaults_spans_in_shape_and_no_secret() {
     let parent =
         |s: &Span| by_id.get(&hex(&s.parent_span_id)).map(|p| p.name.clone()).unwrap_or_else(|| hex(&s.parent_span_id));
     let rpcs: Vec<&Span> = ours.iter().filter(|s| s.name == "pogo_vault.v1.TokenService/GetAccessToken").collect();
-    assert_eq!(rpcs.len(), 2, "two server spans in the caller's trace: {names:?}");
+    assert_eq!(rpcs.len(), 3, "three server spans in the caller's trace: {names:?}");
     for rpc in &rpcs {
         assert_eq!(hex(&rpc.parent_span_id), caller_span, "the server span continues the caller's span");
         assert_eq!(rpc.kind, SpanKind::Server as i32);
-        assert_eq!(
-            text(rpc, "caller").as_deref(),
-            Some(format!("spiffe://{}/service/token-caller", fixture::TRUST).as_str()),
-            "{rpc:?}"
-        );
     }
+    let token_caller = format!("spiffe://{}/service/token-caller", fixture::TRUST);
+    assert_eq!(rpcs.iter().filter(|r| text(r, "caller").as_deref() == Some(token_caller.as_str())).count(), 2);
     let under = |name: &str, parent_name: &str| -> Vec<&Span> {
         ours.iter().filter(|s| s.name == name && parent(s) == parent_name).collect()
     };
     let rpc_name = "pogo_vault.v1.TokenService/GetAccessToken";
     let gates = under("gate", rpc_name);
-    assert_eq!(gates.len(), 2, "{names:?}");
-    assert!(gates.iter().all(|g| text(g, "allowed").as_deref() == Some("true")));
+    assert_eq!(gates.len(), 3, "{names:?}");
+    let allowed: Vec<Option<String>> = gates.iter().map(|g| text(g, "allowed")).collect();
+    assert_eq!(allowed.iter().filter(|a| a.as_deref() == Some("true")).count(), 2, "{allowed:?}");
+    assert_eq!(allowed.iter().filter(|a| a.as_deref() == Some("false")).count(), 1, "the refusal: {allowed:?}");
     let brokers = under("broker.get_token", rpc_name);
     assert_eq!(brokers.len(), 2, "{names:?}");
     let caches: Vec<Option<String>> = brokers.iter().map(|b| text(b, "cache")).collect();
@@ -174,7 +180,9 @@ async fn a_callers_trace_holds_the_vaults_spans_in_shape_and_no_secret() {
     let fingerprints: Vec<String> = events.iter().filter_map(|e| e.record.token_fingerprint.clone()).collect();
     assert!(!fingerprints.is_empty());
     let sim_defaults = pogo_vault::sim::SimConfig::default();
-    let mut canaries = vec![first.access_token.clone(), sim_key(0)];
+    let master_key: String =
+        std::fs::read(d.join(fixture::MASTER_KEY)).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let mut canaries = vec![first.access_token.clone(), sim_key(0), "label-canary-7f3a9c".to_owned(), master_key];
     canaries.extend(sim_defaults.subscription_keys.iter().map(|(_, k)| k.clone()));
     canaries.extend(fingerprints);
     for c in &canaries {

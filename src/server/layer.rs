@@ -94,15 +94,17 @@ where
             // The request's span: every log line of the request carries its id, the caller and
             // the method; exported as the RPC's server span (`telemetry`), in the caller's
             // trace when it sent a `traceparent`.
+            // A path that names no method of ours is the caller's text: not a span's name.
+            let named = if method.is_some() { path.as_str() } else { "unknown" };
             let span = tracing::info_span!(
                 "rpc",
-                otel.name = %path.trim_start_matches('/'),
+                otel.name = %named.trim_start_matches('/'),
                 otel.kind = "server",
                 rpc.system = "grpc",
                 request_id = %request_id,
                 client_request_id = %client_id,
                 caller = %caller.identity.id,
-                method = %path,
+                method = %named,
             );
             crate::telemetry::continue_trace(&span, req.headers());
             let gate = tracing::debug_span!(parent: &span, "gate", allowed = tracing::field::Empty);

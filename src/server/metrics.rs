@@ -217,7 +217,7 @@ fn render_sinks(o: &mut String, sinks: &[SinkStatus]) {
         (
             "pogo_vault_audit_sink_skipped_total",
             "counter",
-            "Events archived before an audit sink delivered them (they are in the archive file).",
+            "Events archived before an audit sink delivered them, and records a collector refused for good.",
             |s| s.skipped,
         ),
         ("pogo_vault_audit_sink_failing", "gauge", "1 while the last delivery to an audit sink failed.", |s| {

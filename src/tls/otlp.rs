@@ -23,7 +23,7 @@ pub struct OtlpTarget {
 
 impl OtlpTarget {
     /// Checks the target: `Err((field, reason))` names the bad field (`endpoint`, `ca`,
-    /// `cert`, `server_name`).
+    /// `cert`, `key`, `server_name`).
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         let raw = self.endpoint.as_str();
         let url = url::Url::parse(raw).map_err(|e| ("endpoint", format!("{raw:?} is not a URL: {e}")))?;
@@ -46,9 +46,24 @@ impl OtlpTarget {
             "http" => return Err(("endpoint", "plain http only to a collector on loopback; use https".into())),
             other => return Err(("endpoint", format!("scheme {other:?} is not http or https"))),
         }
-        for (key, file) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
+        // Read and parsed now, so `config check` catches a file that is not PEM.
+        let read = |key, f: &PathBuf| std::fs::read(f).map_err(|e| (key, format!("cannot read {}: {e}", f.display())));
+        for (key, file) in [("ca", &self.ca), ("cert", &self.cert)] {
             if let Some(f) = file {
-                std::fs::metadata(f).map_err(|e| (key, format!("cannot read {}: {e}", f.display())))?;
+                let pem = read(key, f)?;
+                let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| (key, format!("{}: {e}", f.display())))?;
+                if certs.is_empty() {
+                    return Err((key, format!("{} holds no PEM certificate", f.display())));
+                }
+            }
+        }
+        if let Some(f) = &self.key {
+            let pem = read("key", f)?;
+            match rustls_pemfile::private_key(&mut &pem[..]) {
+                Ok(Some(_)) => {}
+                _ => return Err(("key", format!("{} holds no PEM private key", f.display()))),
             }
         }
         if self.cert.is_some() != self.key.is_some() {
@@ -64,12 +79,18 @@ impl OtlpTarget {
     /// The tonic endpoint (not connected yet), with TLS for https, each attempt bounded by
     /// `timeout`.
     pub fn endpoint(&self, timeout: Duration) -> Result<Endpoint, String> {
-        let url = &self.endpoint;
+        // The URL as `check` read it (scheme and host normalised), not the raw text.
+        let parsed = url::Url::parse(&self.endpoint).map_err(|e| format!("{}: {e}", self.endpoint))?;
+        let url = parsed.as_str().trim_end_matches('/').to_owned();
         let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| format!("{url}: {e}"))?
             .connect_timeout(timeout)
-            .timeout(timeout);
-        if url.starts_with("https://") {
+            .timeout(timeout)
+            // A connection dropped without a word is noticed in seconds, not when TCP gives up.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        if parsed.scheme() == "https" {
             let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
             let mut tls = ClientTlsConfig::new();
             if let Some(ca) = &self.ca {
@@ -102,10 +123,20 @@ mod tests {
         assert_eq!(t("grpc://x:1").check().unwrap_err().0, "endpoint");
         assert_eq!(t("http://127.0.0.1:4317/v1/traces").check().unwrap_err().0, "endpoint");
         let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, "x").unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "x").unwrap();
+        let bad_ca = OtlpTarget { ca: Some(not_pem.clone()), ..t("https://c.internal:4317") };
+        assert_eq!(bad_ca.check().unwrap_err().0, "ca");
+        let pki = crate::tls::generate_dev_pki(&dir.path().join("pki"), "otlp.test").unwrap();
+        let ca = pki.ca_cert.clone();
+        let ok = OtlpTarget { ca: Some(ca.clone()), ..t("HTTPS://C.Internal:4317") };
+        ok.check().unwrap();
+        let tls = ok.endpoint(Duration::from_secs(1)).unwrap();
+        assert_eq!(tls.uri().to_string(), "https://c.internal:4317/", "the normalised URL, with TLS");
         let half = OtlpTarget { ca: Some(ca.clone()), cert: Some(ca.clone()), ..t("https://c.internal:4317") };
         assert_eq!(half.check().unwrap_err().0, "cert");
+        let bad_key = OtlpTarget { cert: Some(ca.clone()), key: Some(not_pem), ..half.clone() };
+        assert_eq!(bad_key.check().unwrap_err().0, "key");
         let missing = OtlpTarget { ca: Some(dir.path().join("no.pem")), ..t("https://c.internal:4317") };
         assert_eq!(missing.check().unwrap_err().0, "ca");
         let plain_tls = OtlpTarget { ca: Some(ca), ..t("http://127.0.0.1:4317") };

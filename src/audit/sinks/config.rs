@@ -195,6 +195,7 @@ impl SinkConfig {
             let key = match field {
                 "ca" => "audit.sink.ca",
                 "cert" => "audit.sink.cert",
+                "key" => "audit.sink.key",
                 "server_name" => "audit.sink.server_name",
                 _ => "audit.sink.endpoint",
             };
@@ -304,8 +305,14 @@ mod tests {
         assert_eq!(bad(&otlp("endpoint = \"http://127.0.0.1:4317/v1/logs\"\n")).0, "audit.sink.endpoint");
         assert_eq!(bad(&otlp("endpoint = \"http://127.0.0.1:4317\"\naddress = \"h:1\"\n")).0, "audit.sink.kind");
         let ca = p.with_file_name("ca.pem");
-        std::fs::write(&ca, "not checked here").unwrap();
+        std::fs::write(&ca, "not PEM").unwrap();
+        let e = bad(&otlp(&format!("endpoint = \"https://c.internal:4317\"\nca = {ca:?}\n")));
+        assert_eq!(e.0, "audit.sink.ca");
+        let ca = crate::tls::generate_dev_pki(&dir.path().join("pki"), "sink.test").unwrap().ca_cert;
         let e = bad(&otlp(&format!("endpoint = \"https://c.internal:4317\"\nca = {ca:?}\ncert = {ca:?}\n")));
         assert_eq!(e.0, "audit.sink.cert");
+        let e =
+            bad(&otlp(&format!("endpoint = \"https://c.internal:4317\"\nca = {ca:?}\ncert = {ca:?}\nkey = {ca:?}\n")));
+        assert_eq!(e.0, "audit.sink.key");
     }
 }

@@ -55,6 +55,11 @@ pub(super) trait Destination: Send {
     fn confirm(&mut self) -> Result<Option<SinkCursor>, String>;
     /// Forgets everything sent and not confirmed (it is sent again) and the connection.
     fn reset(&mut self);
+    /// Items the destination accepted but refused for good since last asked (an OTLP
+    /// collector's `partial_success`): counted as skipped.
+    fn take_rejected(&mut self) -> u64 {
+        0
+    }
     /// Where the destination's own record says delivery reached (the file's tail).
     fn resume_hint(&mut self) -> Option<SinkCursor> {
         None

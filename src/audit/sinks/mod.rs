@@ -370,8 +370,10 @@ impl Worker {
                             match self.dest.send(&page.items, end) {
                                 Ok(()) => {
                                     sent = end;
+                                    let rejected = self.dest.take_rejected();
                                     let mut st = lock(&slot.state);
                                     st.sent_items += page.items.len() as u64;
+                                    st.skipped += rejected;
                                     if std::mem::replace(&mut st.failing, false) {
                                         tracing::warn!(sink = %slot.name, "audit sink reachable again; delivering from where it stopped");
                                     }

@@ -4,11 +4,13 @@
 //! attributes name the kind and sequence and, for an event, its action, outcome, caller and
 //! tenant; the timestamp is the item's own.
 //!
-//! Acknowledged: a batch counts as delivered when the collector answers the export. At
-//! least once: an export whose answer was lost (the collector stopped mid-request) is sent
-//! again; every record carries its sequence. A collector that rejects records for good
-//! (`partial_success`, which OTLP says must not be retried) is reported as an alarm and the
-//! batch counts as delivered, since sending it again cannot succeed.
+//! Accepted: a batch counts as delivered when the collector answers the export (what the
+//! collector does with it next is its own durability). At least once: an export whose
+//! answer was lost (the collector stopped mid-request) is sent again; every record carries
+//! its sequence. An export the collector refuses (any gRPC error) is retried from the cursor
+//! with back-off, alarmed, for as long as it refuses. Records the collector rejects for good
+//! in an accepted export (`partial_success`, which OTLP says must not be sent again) are
+//! counted as skipped (metrics, `status`) and alarmed; they stay in the audit log.
 //!
 //! The sink's thread is not on the server's runtime: the export runs on a small runtime of
 //! its own, so a slow collector never takes a worker the requests need.
@@ -34,11 +36,24 @@ const INFO: i32 = 9;
 const WARN: i32 = 13;
 
 pub(super) struct OtlpDest {
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken there, to shut it down without blocking).
+    runtime: Option<tokio::runtime::Runtime>,
     client: LogsServiceClient<Channel>,
     endpoint: String,
     resource: Resource,
     confirmed: Option<SinkCursor>,
+    /// Records the collector refused for good since last asked.
+    rejected: u64,
+}
+
+impl Drop for OtlpDest {
+    fn drop(&mut self) {
+        // Without blocking: a sink may be dropped on the server's runtime (a start that
+        // failed after it was made), where a blocking runtime drop would panic.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -54,11 +69,11 @@ impl OtlpDest {
     pub(super) fn new(cfg: &SinkConfig) -> Result<OtlpDest, String> {
         let target = cfg.otlp_target();
         let url = target.endpoint.clone();
+        let endpoint = target.endpoint(EXPORT_TIMEOUT)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the OTLP sink's runtime: {e}"))?;
-        let endpoint = target.endpoint(EXPORT_TIMEOUT)?;
         let channel = {
             let _in = runtime.enter();
             endpoint.connect_lazy()
@@ -72,7 +87,14 @@ impl OtlpDest {
             ],
             ..Default::default()
         };
-        Ok(OtlpDest { runtime, client: LogsServiceClient::new(channel), endpoint: url, resource, confirmed: None })
+        Ok(OtlpDest {
+            runtime: Some(runtime),
+            client: LogsServiceClient::new(channel),
+            endpoint: url,
+            resource,
+            confirmed: None,
+            rejected: 0,
+        })
     }
 
     fn record(item: &Item) -> LogRecord {
@@ -135,8 +157,9 @@ impl Destination for OtlpDest {
             }],
         };
         let mut client = self.client.clone();
+        let Some(runtime) = self.runtime.as_ref() else { return Err("the OTLP sink is stopping".into()) };
         let answer =
-            self.runtime.block_on(async move { tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await });
+            runtime.block_on(async move { tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await });
         let answer = match answer {
             Err(_) => return Err(format!("{}: no answer within {EXPORT_TIMEOUT:?}", self.endpoint)),
             // The status's code and message only: a collector's message names its own reason.
@@ -144,6 +167,7 @@ impl Destination for OtlpDest {
             Ok(Ok(a)) => a.into_inner(),
         };
         if let Some(p) = answer.partial_success.filter(|p| p.rejected_log_records > 0) {
+            self.rejected += u64::try_from(p.rejected_log_records).unwrap_or(0);
             tracing::error!(
                 endpoint = %self.endpoint,
                 rejected = p.rejected_log_records,
@@ -161,5 +185,62 @@ impl Destination for OtlpDest {
 
     fn reset(&mut self) {
         self.confirmed = None;
+    }
+
+    fn take_rejected(&mut self) -> u64 {
+        std::mem::take(&mut self.rejected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+    use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
+
+    use super::*;
+    use crate::audit::{Action, AuditEvent, AuditRecord};
+
+    /// Accepts every export with one record rejected for good.
+    struct Moody(Arc<AtomicU32>);
+
+    #[tonic::async_trait]
+    impl LogsService for Moody {
+        async fn export(
+            &self,
+            _: tonic::Request<ExportLogsServiceRequest>,
+        ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let partial = ExportLogsPartialSuccess { rejected_log_records: 1, error_message: "too old".into() };
+            Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: Some(partial) }))
+        }
+    }
+
+    #[test]
+    fn a_failed_export_confirms_nothing_and_records_rejected_for_good_are_counted() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let text = format!("name = \"o\"\nkind = \"otlp\"\nendpoint = \"http://127.0.0.1:{port}\"\n");
+        let mut d = OtlpDest::new(&toml::from_str(&text).unwrap()).unwrap();
+        let record = AuditRecord::new(Action::TokenMinted, Outcome::Ok);
+        let item = Item::Event(AuditEvent { sequence: 1, time_ms: 1, prev_hash: [0; 32], hash: [1; 32], record });
+        let end = SinkCursor { event_sequence: 1, checkpoint_sequence: 0 };
+        // No collector yet: the export fails and confirms nothing.
+        let e = d.send(std::slice::from_ref(&item), end).unwrap_err();
+        assert!(e.contains(&port.to_string()), "{e}");
+        assert_eq!(d.confirm().unwrap(), None, "a failed export confirms nothing");
+        let server_rt = tokio::runtime::Runtime::new().unwrap();
+        let calls = Arc::new(AtomicU32::new(0));
+        server_rt.block_on(async {
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let svc = LogsServiceServer::new(Moody(calls.clone()));
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming));
+        });
+        d.send(std::slice::from_ref(&item), end).unwrap();
+        assert_eq!(d.confirm().unwrap(), Some(end));
+        assert_eq!((d.take_rejected(), d.take_rejected()), (1, 0), "counted once");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -17,7 +17,8 @@ pub struct SinkStatus {
     pub sent_items: u64,
     /// Failed attempts (each is retried).
     pub failures: u64,
-    /// Events archived before this sink delivered them (they are in the archive file).
+    /// Events archived before this sink delivered them (they are in the archive file), and
+    /// records a collector refused for good (they stay in the audit log).
     pub skipped: u64,
     /// The last attempt failed.
     pub failing: bool,
