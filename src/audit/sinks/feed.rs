@@ -122,3 +122,48 @@ pub(super) fn read_page(conn: &Connection, at: SinkCursor, limit: usize) -> Resu
     items.extend(cps.map(Item::Checkpoint));
     Ok(Page { items, gap })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Action, AuditLog, AuditRecord, Outcome, open_reader};
+
+    fn kinds(items: &[Item]) -> Vec<(char, i64)> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Event(e) => ('e', e.sequence),
+                Item::Checkpoint(c) => ('c', c.sequence),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_page_puts_each_checkpoint_after_its_event_and_reports_archived_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        // Each one-shot append commits one event and a checkpoint of it.
+        for _ in 0..5 {
+            AuditLog::append_blocking_once(&path, &key, AuditRecord::new(Action::TenantRead, Outcome::Ok)).unwrap();
+        }
+        let reader = open_reader(&path).unwrap();
+        let all = read_page(&reader, SinkCursor::default(), 100).unwrap();
+        assert_eq!(all.gap, None);
+        let expect: Vec<(char, i64)> = (1..=5).flat_map(|s| [('e', s), ('c', s)]).collect();
+        assert_eq!(kinds(&all.items), expect);
+        // A full page stops at its last event, with no checkpoint ahead of its events.
+        let two = read_page(&reader, SinkCursor::default(), 2).unwrap();
+        assert_eq!(kinds(&two.items), vec![('e', 1), ('c', 1), ('e', 2), ('c', 2)]);
+        // A checkpoint signed after its event was delivered comes first on the next page.
+        let at = SinkCursor { event_sequence: 2, checkpoint_sequence: 1 };
+        assert_eq!(kinds(&read_page(&reader, at, 1).unwrap().items), vec![('c', 2), ('e', 3), ('c', 3)]);
+        // Events 2 and 3 archived (deleted) before the sink read them: reported, not hidden.
+        let rw = rusqlite::Connection::open(&path).unwrap();
+        rw.execute("DELETE FROM events WHERE sequence IN (2, 3)", []).unwrap();
+        let at = SinkCursor { event_sequence: 1, checkpoint_sequence: 1 };
+        let page = read_page(&reader, at, 100).unwrap();
+        assert_eq!(page.gap, Some((2, 3)));
+        assert_eq!(kinds(&page.items)[..3], [('c', 2), ('c', 3), ('e', 4)]);
+    }
+}
