@@ -112,11 +112,23 @@ pub struct Pkcs11Table {
 pub struct ServerSection {
     /// gRPC listen address (mutual TLS).
     pub listen: SocketAddr,
-    /// Server certificate chain (PEM).
+    /// Where the server's certificate and the callers' CAs come from: `files` (the default:
+    /// `cert`, `key`, `client_ca`, `crls`) or `spiffe` (the SPIFFE Workload API).
+    #[serde(default)]
+    pub tls_source: TlsSourceKind,
+    /// The Workload API endpoint (`unix:/run/spire/agent.sock`); default: `SPIFFE_ENDPOINT_SOCKET`.
+    pub spiffe_socket: Option<String>,
+    /// Trust domains whose callers are accepted; default: the vault's own.
+    #[serde(default)]
+    pub spiffe_trust_domains: Vec<String>,
+    /// Server certificate chain (PEM; with `tls_source = "files"`).
+    #[serde(default)]
     pub cert: PathBuf,
     /// Server private key (PEM, mode 0600).
+    #[serde(default)]
     pub key: PathBuf,
     /// CA bundle that signs caller certificates (PEM).
+    #[serde(default)]
     pub client_ca: PathBuf,
     /// Certificate revocation lists (PEM or DER).
     #[serde(default)]
@@ -171,6 +183,14 @@ impl Default for UpstreamSection {
     fn default() -> Self {
         Self { connect_timeout_secs: 5.0, request_timeout_secs: 10.0 }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsSourceKind {
+    #[default]
+    Files,
+    Spiffe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -275,8 +295,12 @@ impl Config {
             fix(&mut t.pkcs11.module);
             fix(&mut t.pkcs11.pin_file);
         }
-        for p in [&mut cfg.server.cert, &mut cfg.server.key, &mut cfg.server.client_ca, &mut cfg.server.policy] {
-            fix(p);
+        // Empty: not set (with `tls_source = "spiffe"`), not the config file's directory.
+        let server = &mut cfg.server;
+        for p in [&mut server.cert, &mut server.key, &mut server.client_ca, &mut server.policy] {
+            if !p.as_os_str().is_empty() {
+                fix(p);
+            }
         }
         cfg.server.crls.iter_mut().for_each(fix);
         if let Some(f) = cfg.audit.witness.file.as_mut() {
@@ -370,6 +394,7 @@ impl Config {
         log_filter(&self.log.level).map_err(|e| invalid("log.level", e))?;
         self.audit.witness.validate().map_err(|(key, reason)| invalid(key, reason))?;
         self.traces.validate().map_err(|(key, reason)| invalid(key, reason))?;
+        self.server.check_tls_source(|k| std::env::var(k).ok()).map_err(|(key, reason)| invalid(key, reason))?;
         let dbs = [self.vault.db.clone(), self.audit_db()];
         crate::audit::validate_sinks(&self.audit.sink, &dbs).map_err(|(k, r)| invalid(k, r))
     }
@@ -468,38 +493,7 @@ pub fn env_log_filter(default: &str) -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
 }
 
-/// What `serve` starts with, from a validated configuration. Here, not in `server`: the
-/// configuration knows the server's options, the server does not know the file.
-impl crate::server::ServeOptions {
-    pub fn from_config(c: &Config) -> Result<Self, crate::server::ServeError> {
-        Ok(Self {
-            db: c.vault.db.clone(),
-            audit_db: c.audit_db(),
-            master_key: c.master_key_source().map_err(crate::server::ServeError::Config)?,
-            listen: c.server.listen,
-            tls: crate::tls::ServerTlsFiles {
-                cert: c.server.cert.clone(),
-                key: c.server.key.clone(),
-                client_ca: c.server.client_ca.clone(),
-                crls: c.server.crls.clone(),
-            },
-            policy: c.server.policy.clone(),
-            upstream: c.upstream(),
-            tokens: c.tokens.clone(),
-            audit: c.audit_config(),
-            max_request_bytes: c.server.max_request_bytes,
-            request_timeout: c.request_timeout(),
-            concurrency_limit_per_connection: c.server.concurrency_limit_per_connection,
-            handshake_timeout: c.handshake_timeout(),
-            max_pending_handshakes_per_address: c.server.max_pending_handshakes_per_address,
-            return_subscription_key: c.server.return_subscription_key,
-            caller_requests_per_second: c.server.caller_requests_per_second,
-            metrics_listen: c.server.metrics_listen,
-            health_listen: c.server.health_listen,
-            watch_files: c.server.watch_files.then_some(crate::server::WATCH_EVERY),
-        })
-    }
-}
+mod serve_options;
 
 #[cfg(test)]
 mod tests;

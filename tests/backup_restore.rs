@@ -179,6 +179,7 @@ async fn backup_under_load_restores_to_a_working_vault() {
         metrics_listen: None,
         health_listen: None,
         watch_files: None,
+        spiffe: None,
     })
     .await
     .unwrap();

@@ -299,6 +299,15 @@ fn check_files(path: &Path, cfg: &Config) -> Result<String, CliError> {
         crate::vault::VaultError::Store(e) => invalid("vault.db", e.to_string()),
         e => invalid(source_key, e.to_string()),
     })?;
+    let policy = crate::authz::Policy::load(&cfg.server.policy).map_err(|e| invalid("server.policy", e.to_string()))?;
+    if let Some(s) = cfg.server.spiffe(|k| std::env::var(k).ok()) {
+        // The SVID and bundles exist only at the agent: `serve` fetches them (30 s at most).
+        return Ok(format!(
+            "master key {kek} opens it; TLS from the SPIFFE Workload API at {} (fetched at start); policy {} grants",
+            s.socket,
+            policy.grant_count()
+        ));
+    }
     let tls = crate::tls::ServerTlsFiles {
         cert: cfg.server.cert.clone(),
         key: cfg.server.key.clone(),
@@ -320,7 +329,6 @@ fn check_files(path: &Path, cfg: &Config) -> Result<String, CliError> {
         };
         invalid(key, text)
     })?;
-    let policy = crate::authz::Policy::load(&cfg.server.policy).map_err(|e| invalid("server.policy", e.to_string()))?;
     Ok(format!("master key {kek} opens it; TLS files and CRLs load; policy {} grants", policy.grant_count()))
 }
 
@@ -440,6 +448,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         health_listen: None,
         // Dev certificates do not rotate: SIGHUP still reloads.
         watch_files: None,
+        spiffe: None,
     };
     let server = crate::server::start(opts).await.map_err(|e| {
         let hint = if e.to_string().contains("in use") { " (pass --listen 127.0.0.1:0 or another port)" } else { "" };

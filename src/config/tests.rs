@@ -99,3 +99,44 @@ fn audit_sinks_are_parsed_resolved_and_validated() {
     let e = Config::parse(&bad, &path).unwrap().validate(&path).unwrap_err();
     assert!(e.to_string().contains("audit.sink.address") && e.to_string().contains("siem"), "{e}");
 }
+
+#[test]
+fn the_tls_source_takes_files_or_the_spiffe_workload_api_and_errors_name_the_key() {
+    let path = std::path::Path::new("/etc/pogo-vault/c.toml");
+    let no_env = |_: &str| None;
+    let c = Config::parse(MIN, path).unwrap();
+    assert_eq!(c.server.check_tls_source(no_env), Ok(()));
+    assert_eq!(c.server.spiffe(no_env), None);
+    let files_out: String = MIN
+        .lines()
+        .filter(|l| !l.starts_with("cert") && !l.starts_with("key") && !l.starts_with("client_ca"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let spiffe = files_out.replace("[server]\n", "[server]\ntls_source = \"spiffe\"\n");
+    let c = Config::parse(&spiffe, path).unwrap();
+    assert_eq!(c.server.check_tls_source(no_env).unwrap_err().0, "server.spiffe_socket");
+    let env = |k: &str| (k == "SPIFFE_ENDPOINT_SOCKET").then(|| "unix:/run/spire/agent.sock".to_owned());
+    assert_eq!(c.server.check_tls_source(env), Ok(()));
+    assert_eq!(c.server.spiffe(env).unwrap().socket, "unix:/run/spire/agent.sock");
+    let with = |extra: &str| {
+        Config::parse(
+            &spiffe.replace("tls_source = \"spiffe\"\n", &format!("tls_source = \"spiffe\"\n{extra}\n")),
+            path,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        with("spiffe_socket = \"/run/agent.sock\"").server.check_tls_source(no_env).unwrap_err().0,
+        "server.spiffe_socket"
+    );
+    let bad_td = with("spiffe_socket = \"unix:/a\"\nspiffe_trust_domains = [\"spiffe://x\"]");
+    assert_eq!(bad_td.server.check_tls_source(no_env).unwrap_err().0, "server.spiffe_trust_domains");
+    let both = Config::parse(
+        &MIN.replace("[server]\n", "[server]\ntls_source = \"spiffe\"\nspiffe_socket = \"unix:/a\"\n"),
+        path,
+    )
+    .unwrap();
+    assert_eq!(both.server.check_tls_source(no_env).unwrap_err().0, "server.tls_source");
+    let missing = Config::parse(&files_out, path).unwrap();
+    assert_eq!(missing.server.check_tls_source(no_env).unwrap_err().0, "server.cert");
+}

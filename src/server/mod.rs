@@ -30,6 +30,7 @@ mod refusals;
 mod reload;
 mod reload_request;
 mod run;
+mod spiffe;
 mod state;
 mod status_svc;
 mod tenant_svc;
@@ -40,4 +41,5 @@ pub use layer::new_request_id;
 pub use run::{
     DEFAULT_CALLER_REQUESTS_PER_SECOND, RunningServer, ServeError, ServeOptions, WATCH_EVERY, start, start_with_clock,
 };
+pub use spiffe::SpiffeOptions;
 pub use state::{Caller, Extra, ServerState, caller_record, timestamp, timestamp_ms};

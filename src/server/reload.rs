@@ -15,7 +15,6 @@ pub(super) use super::reload_request::{Parts, Request};
 use super::state::{Caller, Extra, ServerState};
 use super::watch::Files;
 use crate::audit::{Action, Outcome};
-use crate::tls::ServerTlsFiles;
 
 /// What became of one half of a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +89,7 @@ pub(super) async fn reload_loop(
     again: mpsc::Sender<Request>,
     state: Arc<ServerState>,
     tls: Arc<conn::TlsState>,
-    files: ServerTlsFiles,
+    source: super::spiffe::TlsSource,
     me: Caller,
     watched: Arc<Files>,
 ) {
@@ -134,7 +133,7 @@ pub(super) async fn reload_loop(
         }
         if parts.tls {
             watched.loading(Parts::TLS);
-            let certs = crate::tls::load_server_tls(&files).map_err(|e| e.to_string());
+            let certs = source.load();
             let tls = &tls;
             let loaded = reload_one(
                 &state,
@@ -142,7 +141,7 @@ pub(super) async fn reload_loop(
                 Action::CertificatesReloaded,
                 "certificates and CRLs",
                 certs,
-                |cfg| ("certificates and CRLs reloaded".to_owned(), move || tls.set(cfg)),
+                |(cfg, detail)| (detail, move || tls.set(cfg)),
                 "certificates",
             )
             .await;

@@ -103,6 +103,9 @@ pub struct ServeOptions {
     /// Watch the certificate, key, client CA bundle, CRLs and policy file, and reload
     /// what changed, looking this often (`server/watch.rs`). `None`: only on SIGHUP.
     pub watch_files: Option<Duration>,
+    /// The server's TLS from the SPIFFE Workload API instead of `tls`'s files
+    /// (`server/spiffe.rs`). `None`: from the files.
+    pub spiffe: Option<super::spiffe::SpiffeOptions>,
 }
 
 impl ServeOptions {
@@ -169,9 +172,18 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     let audit = AuditLog::open(&opts.audit_db, signing_key, opts.audit.clone())?;
     // What the watched files look like before they are loaded: a change from here on is
     // reloaded (`watch.rs`).
-    let watched = super::watch::Files::new(&opts.tls, &opts.policy);
+    let tls_source = match &opts.spiffe {
+        None => super::spiffe::TlsSource::Files(opts.tls.clone()),
+        Some(s) => super::spiffe::TlsSource::spiffe(s).await.map_err(ServeError::Config)?,
+    };
+    // With SPIFFE no certificate file is watched: the agent's updates ask for reloads.
+    let tls_files = matches!(tls_source, super::spiffe::TlsSource::Files(_)).then_some(&opts.tls);
+    let watched = super::watch::Files::new(tls_files, &opts.policy);
     let authz = Arc::new(Authorizer::load(opts.policy.clone())?);
-    let tls = Arc::new(conn::TlsState::new(crate::tls::load_server_tls(&opts.tls)?));
+    let tls = Arc::new(conn::TlsState::new(match &tls_source {
+        super::spiffe::TlsSource::Files(files) => crate::tls::load_server_tls(files)?,
+        spiffe => spiffe.load().map_err(ServeError::Config)?.0,
+    }));
     let go = GoClient::new(&opts.upstream)?;
     let broker = Broker::new(vault.clone(), go, opts.tokens.clone(), clock, audit.clone());
     let listener = TcpListener::bind(opts.listen)
@@ -243,12 +255,13 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     let refusals_task = tokio::spawn(super::refusals::record_loop(state.clone(), stop_rx.clone()));
 
     let (reload_tx, reload_rx) = mpsc::channel(4);
+    tls_source.follow(reload_tx.clone(), stop_rx.clone());
     tokio::spawn(reload::reload_loop(
         reload_rx,
         reload_tx.clone(),
         state.clone(),
         tls.clone(),
-        opts.tls.clone(),
+        tls_source,
         me.clone(),
         watched.clone(),
     ));

@@ -93,9 +93,13 @@ pub(super) struct Files {
 
 impl Files {
     /// The files of `tls` and `policy`, looked at now: call before the server loads them.
-    pub(super) fn new(tls: &ServerTlsFiles, policy: &std::path::Path) -> Arc<Files> {
-        let mut tls_paths = vec![tls.cert.clone(), tls.key.clone(), tls.client_ca.clone()];
-        tls_paths.extend(tls.crls.iter().cloned());
+    /// `tls`: `None` when the certificates come from elsewhere (the SPIFFE Workload API).
+    pub(super) fn new(tls: Option<&ServerTlsFiles>, policy: &std::path::Path) -> Arc<Files> {
+        let mut tls_paths = Vec::new();
+        if let Some(tls) = tls {
+            tls_paths.extend([tls.cert.clone(), tls.key.clone(), tls.client_ca.clone()]);
+            tls_paths.extend(tls.crls.iter().cloned());
+        }
         let files = Arc::new(Files { paths: [tls_paths, vec![policy.to_owned()]], known: Mutex::default() });
         files.loading(Parts::ALL);
         files
@@ -239,7 +243,7 @@ mod tests {
             std::fs::write(p, "one").unwrap();
         }
         let tls = ServerTlsFiles { cert: cert.clone(), key: key.clone(), client_ca: ca, crls: Vec::new() };
-        (Files::new(&tls, &policy), cert, key)
+        (Files::new(Some(&tls), &policy), cert, key)
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod files;
 pub mod identity;
 pub mod otlp;
 mod server;
+pub mod spiffe;
 
 pub use client::{ClientTlsFiles, tonic_client_tls};
 pub use dev::{DevClient, DevPki, generate_ca, generate_dev_pki, issue_client_cert, issue_crl};
@@ -36,6 +37,7 @@ pub use error::TlsError;
 pub use identity::{CallerIdentity, IdentityError, IdentityKind, identity_from_der, serial_hex};
 pub use otlp::OtlpTarget;
 pub use server::{ServerTls, ServerTlsFiles, load_server_config, load_server_tls};
+pub use spiffe::{SpiffeMaterial, spiffe_server_tls, trust_domain_of};
 
 /// Reads a PEM file as text, for handing to tonic's `Certificate::from_pem` /
 /// `Identity::from_pem`.

@@ -237,5 +237,6 @@ fn options_for(dir: &Path, pki: &DevPki, policy: &Path) -> ServeOptions {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         health_listen: Some("127.0.0.1:0".parse().unwrap()),
         watch_files: None,
+        spiffe: None,
     }
 }
