@@ -4,7 +4,8 @@
 //! `workload.proto`'s `FetchX509SVID`, served with tonic): the vault takes its X.509-SVID
 //! and the trust bundle from it, callers' SVIDs are verified against the bundle of their
 //! own trust domain, and a rotation the agent pushes in the middle of a load of token
-//! requests is recorded and put in force with not one failed request.
+//! requests is recorded and put in force with not one failed request. With the audit
+//! database locked, a rotation waits for its record; it goes into force once the lock is gone.
 
 mod common;
 
@@ -254,8 +255,8 @@ async fn callers_keep_working_across_an_svid_rotation_pushed_by_the_workload_api
     .unwrap();
     let other_files =
         ClientTlsFiles { ca: ca_pem.clone(), cert: other.with_extension("pem"), key: other.with_extension("key") };
-    // Refused at the handshake: the connection fails, or its first call fails as a transport
-    // failure, never with an answer from the server (PERMISSION_DENIED would
+    // Refused at the handshake: the connection fails, or its first call fails as a broken
+    // connection, never with an answer from the server (PERMISSION_DENIED would
     // mean the TLS layer let the certificate in and the policy refused it).
     let at_handshake = |files: ClientTlsFiles| {
         let endpoint = ts.endpoint.clone();
@@ -267,9 +268,11 @@ async fn callers_keep_working_across_an_svid_rotation_pushed_by_the_workload_api
                     .await
                 {
                     Ok(_) => false,
-                    // tonic reports the server's TLS alert as a transport error.
+                    // The server's TLS alert reaches the first call as a broken connection: tonic
+                    // reports it as UNAVAILABLE, UNKNOWN "transport error" or CANCELLED,
+                    // depending on when the alert arrives (all three seen here).
                     Err(s) => {
-                        s.code() == tonic::Code::Unavailable
+                        matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
                             || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
                     }
                 },
@@ -279,5 +282,28 @@ async fn callers_keep_working_across_an_svid_rotation_pushed_by_the_workload_api
     assert!(at_handshake(other_files).await, "a caller of another trust domain passed the handshake");
     let foreign = ClientTlsFiles { ca: ca_pem.clone(), ..ts.files("foreign") };
     assert!(at_handshake(foreign).await, "a caller of a CA in no bundle passed the handshake");
+
+    // Audit before effect: with the audit database locked, a rotation the agent pushes is
+    // not put in force (its record cannot be written); once the lock is gone it is, recorded.
+    let (third, third_key) = vault_svid(&ca, &vault_id);
+    let lock = common::rusqlite_open(&ts.audit_db());
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    tx.send_replace(response(&third, &third_key, bundle_of(&dev_ca)));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(presented(addr, &files("token-caller")).await, second, "a rotation went into force unrecorded");
+    lock.execute_batch("ROLLBACK").unwrap();
+    let unlocked = Instant::now();
+    while presented(addr, &files("token-caller")).await != third {
+        assert!(unlocked.elapsed() < Duration::from_secs(15), "the rotation was not retried once the log was writable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let serial = pogo_vault::tls::identity_from_der(&third).unwrap().serial;
+    let events = pogo_vault::audit::events_from(&audit, 1, 100_000).unwrap();
+    assert!(
+        events.iter().any(|e| e.record.action == pogo_vault::audit::Action::CertificatesReloaded
+            && e.record.outcome == pogo_vault::audit::Outcome::Ok
+            && e.record.detail.contains(&serial)),
+        "the retried rotation is on the record"
+    );
     eprintln!("{served} tokens, 0 failed; the rotated SVID was in force {took:?} after the agent pushed it");
 }
