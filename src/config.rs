@@ -33,6 +33,9 @@ pub struct Config {
     /// `[traces]`: OpenTelemetry spans over OTLP (`src/telemetry.rs`); off by default.
     #[serde(default)]
     pub traces: crate::telemetry::TracesConfig,
+    /// `[gateway]`: the HTTPS gateway to Go's API (`server/gateway/`); off unless set.
+    #[serde(default)]
+    pub gateway: Option<gateway::GatewaySection>,
 }
 
 /// `[audit]`: the audit log's settings beyond its file (which is `vault.audit_db`).
@@ -158,7 +161,8 @@ pub struct ServerSection {
     #[serde(default, deserialize_with = "optional_addr")]
     pub health_listen: Option<SocketAddr>,
     /// Whether GetAccessToken returns the integration's subscription key (callers need it
-    /// on every Go API call; withhold it if callers get it another way).
+    /// on every Go API call; withhold it if callers get it another way). Default: true, or
+    /// false with `[gateway]` on (callers go through the gateway and need no key).
     #[serde(default = "yes")]
     pub return_subscription_key: bool,
     /// GetAccessToken requests a second per caller identity (a token bucket; a policy
@@ -311,6 +315,15 @@ impl Config {
         }
         cfg.audit.sink.iter_mut().flat_map(crate::audit::SinkConfig::files_mut).for_each(fix);
         [&mut cfg.traces.ca, &mut cfg.traces.cert, &mut cfg.traces.key].into_iter().flatten().for_each(fix);
+        // With the gateway on, the defaults it changes (`config/gateway.rs`), unless set.
+        if cfg.gateway.is_some() {
+            if !gateway::is_set(text, "tokens", "upstream_rate_per_second") {
+                cfg.tokens.upstream_rate_per_second = gateway::GATEWAY_DEFAULT_RATE;
+            }
+            if !gateway::is_set(text, "server", "return_subscription_key") {
+                cfg.server.return_subscription_key = false;
+            }
+        }
         Ok(cfg)
     }
 
@@ -395,6 +408,14 @@ impl Config {
         self.audit.witness.validate().map_err(|(key, reason)| invalid(key, reason))?;
         self.traces.validate().map_err(|(key, reason)| invalid(key, reason))?;
         self.server.check_tls_source(|k| std::env::var(k).ok()).map_err(|(key, reason)| invalid(key, reason))?;
+        if let Some(g) = &self.gateway {
+            let others = [
+                ("server.listen", Some(self.server.listen)),
+                ("server.metrics_listen", self.server.metrics_listen),
+                ("server.health_listen", self.server.health_listen),
+            ];
+            g.validate(&others).map_err(|(key, reason)| invalid(key, reason))?;
+        }
         let dbs = [self.vault.db.clone(), self.audit_db()];
         crate::audit::validate_sinks(&self.audit.sink, &dbs).map_err(|(k, r)| invalid(k, r))
     }
@@ -493,6 +514,7 @@ pub fn env_log_filter(default: &str) -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
 }
 
+pub mod gateway;
 mod serve_options;
 
 #[cfg(test)]

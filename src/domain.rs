@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+pub mod api_path;
 pub mod base_url;
 mod onboarding;
 
+pub use api_path::{ApiMethod, ApiPath, ApiQuery};
 pub use base_url::BaseUrl;
 pub use onboarding::{GoStatus, OnboardingId, RedirectUrl, STATE_PARAM, Subject, TenantIdPrefix};
 

@@ -90,7 +90,20 @@ pub struct ServerMetrics {
     pub disclosures: LabeledCounter,
     /// Reloads of the policy and of the certificates, put in force or refused.
     pub reloads: LabeledCounter,
+    /// The API gateway's requests, by Go's status class or the gateway's own refusal.
+    pub gateway_requests: LabeledCounter,
+    /// Gateway requests from arrival until the answer starts back (Go's time included).
+    pub gateway_latency: Histogram,
+    /// How long gateway requests waited for limiter slots.
+    pub gateway_queue_wait: Histogram,
 }
+
+/// What became of a gateway request: Go's answer by status class, or the gateway's own
+/// refusal (`denied`: policy; `rate_limited`: the caller's budget or the limiter's bounded
+/// wait; `unavailable`: audit log, Go unreachable or the tenant's token not to be had;
+/// `invalid`: a request the gateway does not forward; `too_large`: a body over a limit).
+pub const GATEWAY_RESULTS: &[&str] =
+    &["2xx", "3xx", "4xx", "5xx", "denied", "rate_limited", "unavailable", "invalid", "too_large", "other"];
 
 pub const TOKEN_SOURCES: &[&str] = &["cache", "upstream", "shared", "stale"];
 pub const DISCLOSURE_KINDS: &[&str] = &["first", "repeat"];
@@ -125,6 +138,9 @@ impl Default for ServerMetrics {
             token_latency: Histogram::default(),
             disclosures: LabeledCounter::new(DISCLOSURE_KINDS),
             reloads: LabeledCounter::new(RELOAD_RESULTS),
+            gateway_requests: LabeledCounter::new(GATEWAY_RESULTS),
+            gateway_latency: Histogram::default(),
+            gateway_queue_wait: Histogram::default(),
         }
     }
 }

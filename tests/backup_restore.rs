@@ -180,6 +180,7 @@ async fn backup_under_load_restores_to_a_working_vault() {
         health_listen: None,
         watch_files: None,
         spiffe: None,
+        gateway: None,
     })
     .await
     .unwrap();

@@ -132,7 +132,13 @@ pub async fn start_floor(
     let tls = Arc::new(conn::TlsState::new(pogo_vault::tls::load_server_tls(&opts.tls).unwrap()));
     let (stop, stop_rx) = watch::channel(false);
     let (conn_tx, conn_rx) = mpsc::channel(256);
-    tokio::spawn(conn::accept_loop(listener, tls, opts.handshake_limits(), conn_tx, stop_rx.clone()));
+    tokio::spawn(conn::accept_loop(
+        listener,
+        (tls, conn::Listener::Grpc),
+        opts.handshake_limits(),
+        conn_tx,
+        stop_rx.clone(),
+    ));
     let router = tonic::transport::Server::builder()
         .timeout(opts.request_timeout)
         .concurrency_limit_per_connection(opts.concurrency_limit_per_connection)

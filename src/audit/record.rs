@@ -132,6 +132,18 @@ named_enum! {
         /// Events up to a signed checkpoint were moved into an archive file (`audit
         /// archive`); the detail names the range, the file and its SHA-256.
         AuditArchived => "audit_archived",
+        /// A request through the API gateway is about to be sent to Go (durable before it
+        /// is): method, path and query names, body size, the limiter wait.
+        ApiRequested => "api_requested",
+        /// Go answered a gateway request, or gave no answer (durable before the answer
+        /// starts back): Go's status, bytes sent, the answer's length, time, Go's `traceId`.
+        ApiAnswered => "api_answered",
+        /// A gateway answer ended otherwise than it declared: its length was not given, it
+        /// was cut, or the caller went away (written without being awaited).
+        ApiCompleted => "api_completed",
+        /// A gateway request was refused before it reached Go (policy, a request the
+        /// gateway does not forward, a body over the limit).
+        ApiDenied => "api_denied",
     }
 }
 

@@ -3,11 +3,16 @@
 //! ```toml
 //! [[grant]]
 //! caller = "spiffe://example.org/service/billing"   # exact, or a pattern with `*`
-//! roles = ["token"]                                  # token | tenant-admin | audit | operator
+//! roles = ["token"]                                  # token | api | tenant-admin | audit | operator
 //! tenants = ["acme-*", "beta"]                       # patterns; "*" is every tenant
-//! upstream_share = 0.25                              # optional, token grants only (below)
-//! requests_per_second = 20                           # optional, token grants only (below)
+//! upstream_share = 0.25                              # optional, token and api grants only (below)
+//! requests_per_second = 20                           # optional, token and api grants only (below)
+//! api = ["GET /v2/Customers/**", "POST /v2/OutgoingInvoices"]   # optional, api grants only
 //! ```
+//!
+//! `api` (the gateway, `server/gateway/`) lists the requests an `api` grant admits, each
+//! `METHOD PATH` (`policy/api.rs`); without it the grant admits every request under
+//! `/v2/` for its tenants.
 //!
 //! `upstream_share` (0 to 1) is the caller's weight at the shared upstream limiter when
 //! several callers wait for Go at once (`tokens::limiter`); without it the caller gets
@@ -15,11 +20,11 @@
 //! caller may use the whole budget whatever its share. When several `token` grants admit a
 //! caller on a tenant, the first in the file decides.
 //!
-//! `requests_per_second` (above 0) is the caller's own budget of GetAccessToken requests
-//! (a token bucket per caller identity, with a burst of one second's worth; see
-//! `usecase::caller_budget`); without it the caller gets `server.caller_requests_per_second`
-//! (100). It is per caller, not per tenant: the first `token` grant naming the caller that
-//! sets it decides.
+//! `requests_per_second` (above 0) is the caller's own budget of GetAccessToken and gateway
+//! requests together (a token bucket per caller identity, with a burst of one second's
+//! worth; see `usecase::caller_budget`); without it the caller gets
+//! `server.caller_requests_per_second` (100). It is per caller, not per tenant: the first
+//! `token` or `api` grant naming the caller that sets it decides.
 //!
 //! Deny by default: a caller holds a role on a tenant only if some grant names both. The
 //! `audit` and `operator` roles are not tenant-scoped (the security team sees the whole log;
@@ -55,6 +60,9 @@ use crate::domain::TenantId;
 pub enum Role {
     /// GetAccessToken.
     Token,
+    /// Go's API through the vault's gateway (`server/gateway/`), for the grant's tenants and
+    /// its `api` rules.
+    Api,
     /// Register, rotate, read, disable, enable, delete tenants; onboarding.
     TenantAdmin,
     /// Read, stream, export and verify the audit log.
@@ -68,6 +76,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Token => "token",
+            Role::Api => "api",
             Role::TenantAdmin => "tenant-admin",
             Role::Audit => "audit",
             Role::Operator => "operator",
@@ -77,7 +86,7 @@ impl Role {
     /// Whether grants of this role name tenants (`audit` and `operator` act on the whole
     /// vault).
     pub fn is_tenant_scoped(self) -> bool {
-        matches!(self, Role::Token | Role::TenantAdmin)
+        matches!(self, Role::Token | Role::Api | Role::TenantAdmin)
     }
 }
 
@@ -106,6 +115,9 @@ struct GrantFile {
     upstream_share: Option<toml::Value>,
     #[serde(default)]
     requests_per_second: Option<toml::Value>,
+    /// `api` grants only: `METHOD PATH` rules (`api.rs`).
+    #[serde(default)]
+    api: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +127,15 @@ struct Grant {
     tenants: Vec<Pattern>,
     upstream_share: Option<f64>,
     requests_per_second: Option<f64>,
+    /// `None`: every request under `/v2/` (an `api` grant without rules).
+    api: Option<Vec<api::ApiRule>>,
+}
+
+impl Grant {
+    /// Whether this grant's budget settings apply: grants of a role that reaches Go.
+    fn reaches_go(&self) -> bool {
+        self.roles.iter().any(|r| matches!(r, Role::Token | Role::Api))
+    }
 }
 
 /// A parsed, validated policy.
@@ -205,8 +226,8 @@ impl Policy {
                         "must be a number from 0 to 1 (a share of the upstream budget)",
                     ));
                 }
-                if !g.roles.contains(&Role::Token) {
-                    return Err(invalid("upstream_share", "applies only to grants with the token role"));
+                if !g.roles.iter().any(|r| matches!(r, Role::Token | Role::Api)) {
+                    return Err(invalid("upstream_share", "applies only to grants with the token or api role"));
                 }
             }
             let requests_per_second = match &g.requests_per_second {
@@ -224,11 +245,33 @@ impl Policy {
                              1000000",
                         ));
                     }
-                    if !g.roles.contains(&Role::Token) {
-                        return Err(invalid("requests_per_second", "applies only to grants with the token role"));
+                    if !g.roles.iter().any(|r| matches!(r, Role::Token | Role::Api)) {
+                        return Err(invalid(
+                            "requests_per_second",
+                            "applies only to grants with the token or api role",
+                        ));
                     }
                     Some(rate)
                 }
+            };
+            let api = match &g.api {
+                None => None,
+                Some(_) if !g.roles.contains(&Role::Api) => {
+                    return Err(invalid("api", "applies only to grants with the api role"));
+                }
+                Some(rules) if rules.is_empty() => {
+                    return Err(invalid(
+                        "api",
+                        "is empty: list rules such as \"GET /v2/Customers/**\", or leave api out to admit every request under /v2/",
+                    ));
+                }
+                Some(rules) => Some(
+                    rules
+                        .iter()
+                        .map(|r| api::ApiRule::parse(r))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|why| invalid("api", &why))?,
+                ),
             };
             grants.push(Grant {
                 caller: Pattern::new(&g.caller),
@@ -236,6 +279,7 @@ impl Policy {
                 tenants: g.tenants.iter().map(|t| Pattern::new(t)).collect(),
                 upstream_share,
                 requests_per_second,
+                api,
             });
         }
         Ok(Policy { grants })
@@ -264,12 +308,29 @@ impl Policy {
             .map(|g| g.upstream_share)
     }
 
-    /// `caller`'s own GetAccessToken budget (requests a second): from the first `token`
-    /// grant naming it that sets `requests_per_second`; `None`: the server's default.
+    /// Whether `caller` may send `method` `path` (lowercase, as [`api::ApiPath`] keeps it)
+    /// to `tenant` through the gateway, with the deciding grant's `upstream_share`: `None`
+    /// if refused, `Some(None)` if admitted with the default share. The first `api` grant
+    /// that names the caller and the tenant and admits the request decides.
+    pub fn api_grant(&self, caller: &str, tenant: &TenantId, method: &str, path: &str) -> Option<Option<f64>> {
+        self.grants
+            .iter()
+            .find(|g| {
+                g.roles.contains(&Role::Api)
+                    && g.caller.matches(caller)
+                    && g.tenants.iter().any(|t| t.matches(tenant.as_str()))
+                    && g.api.as_ref().is_none_or(|rules| rules.iter().any(|r| r.admits(method, path)))
+            })
+            .map(|g| g.upstream_share)
+    }
+
+    /// `caller`'s own request budget (GetAccessToken and gateway requests, a second): from
+    /// the first `token` or `api` grant naming it that sets `requests_per_second`; `None`:
+    /// the server's default.
     pub fn requests_per_second(&self, caller: &str) -> Option<f64> {
         self.grants
             .iter()
-            .filter(|g| g.requests_per_second.is_some() && g.roles.contains(&Role::Token))
+            .filter(|g| g.requests_per_second.is_some() && g.reaches_go())
             .find(|g| g.caller.matches(caller))
             .and_then(|g| g.requests_per_second)
     }
@@ -372,100 +433,9 @@ fn unscoped_wildcard(p: &str) -> bool {
     }
 }
 
-/// A glob: `*` within one `/`-separated segment, `**` across segments (module docs).
-#[derive(Debug, Clone)]
-struct Pattern {
-    /// Literal text and wildcards, in order; no two wildcards are adjacent (a run of `*`
-    /// is one token) and no literal is empty.
-    tokens: Vec<Token>,
-}
+pub mod api;
+mod pattern;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Token {
-    Literal(String),
-    /// `*`: any run without `/`.
-    Segment,
-    /// `**`: any run.
-    Any,
-}
-
-impl Pattern {
-    fn new(p: &str) -> Self {
-        let mut tokens = Vec::new();
-        let mut rest = p;
-        while !rest.is_empty() {
-            let stars = rest.len() - rest.trim_start_matches('*').len();
-            if stars > 0 {
-                tokens.push(if stars == 1 { Token::Segment } else { Token::Any });
-                rest = &rest[stars..];
-            } else {
-                let end = rest.find('*').unwrap_or(rest.len());
-                tokens.push(Token::Literal(rest[..end].to_owned()));
-                rest = &rest[end..];
-            }
-        }
-        Self { tokens }
-    }
-
-    /// Whether every string that starts with `prefix` matches: the pattern is `Q*` (a
-    /// literal, then one run of stars, nothing after) with `prefix` starting with `Q`.
-    /// Used for tenant ids, which have no `/`, so `*` and `**` agree here.
-    fn covers_prefix(&self, prefix: &str) -> bool {
-        match self.tokens.as_slice() {
-            [Token::Segment | Token::Any] => true,
-            [Token::Literal(q), Token::Segment | Token::Any] => prefix.starts_with(q.as_str()),
-            _ => false,
-        }
-    }
-
-    /// Whether `s` matches. Tracks the set of positions in `s` the tokens so far can end
-    /// at, one token at a time: O(len(s) × tokens), no backtracking. Positions are byte
-    /// offsets; `/` is ASCII, so a `*` never stops inside a multi-byte character in a way
-    /// a literal could then match.
-    fn matches(&self, s: &str) -> bool {
-        if let [Token::Literal(l)] = self.tokens.as_slice() {
-            return l == s;
-        }
-        let b = s.as_bytes();
-        let n = b.len();
-        let mut at = vec![false; n + 1];
-        at[0] = true;
-        for token in &self.tokens {
-            let mut next = vec![false; n + 1];
-            match token {
-                Token::Literal(l) => {
-                    let l = l.as_bytes();
-                    for i in (0..=n).filter(|&i| at[i]) {
-                        if b[i..].starts_with(l) {
-                            next[i + l.len()] = true;
-                        }
-                    }
-                }
-                Token::Segment => {
-                    // From each reachable position, every position up to the next `/`.
-                    let mut open = false;
-                    for i in 0..=n {
-                        open |= at[i];
-                        next[i] = open;
-                        if i < n && b[i] == b'/' {
-                            open = false;
-                        }
-                    }
-                }
-                Token::Any => {
-                    if let Some(first) = at.iter().position(|&r| r) {
-                        next[first..].iter_mut().for_each(|r| *r = true);
-                    }
-                }
-            }
-            at = next;
-            if !at.contains(&true) {
-                return false;
-            }
-        }
-        at[n]
-    }
-}
-
+use pattern::{Pattern, Token};
 #[cfg(test)]
 mod tests;

@@ -449,6 +449,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         // Dev certificates do not rotate: SIGHUP still reloads.
         watch_files: None,
         spiffe: None,
+        gateway: None,
     };
     let server = crate::server::start(opts).await.map_err(|e| {
         let hint = if e.to_string().contains("in use") { " (pass --listen 127.0.0.1:0 or another port)" } else { "" };

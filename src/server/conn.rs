@@ -60,6 +60,13 @@ pub struct CallerStream {
     info: ConnInfo,
 }
 
+impl CallerStream {
+    /// Who the connection's caller is.
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+}
+
 impl Connected for CallerStream {
     type ConnectInfo = ConnInfo;
     fn connect_info(&self) -> ConnInfo {
@@ -98,21 +105,50 @@ impl AsyncWrite for CallerStream {
 /// The server TLS configuration in force; replaced whole on reload. Each reload bumps the
 /// generation, and connections verified under an older one are checked again against the
 /// new CAs and CRLs on their next request (a revoked caller must not keep an open channel).
+///
+/// The API gateway's listener shares it (same certificate, CAs, CRLs and reloads), with its
+/// own ALPN list (HTTP/2 and HTTP/1.1; gRPC is HTTP/2 only).
 #[derive(Debug)]
 pub struct TlsState {
-    current: RwLock<ServerTls>,
+    current: RwLock<(ServerTls, Arc<rustls::ServerConfig>)>,
     generation: AtomicU64,
+}
+
+/// Which listener a connection came to: what its TLS offers in ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// gRPC: `h2` only.
+    Grpc,
+    /// The API gateway: `h2` and `http/1.1`.
+    Gateway,
+}
+
+/// `tls`'s configuration offering HTTP/2 and HTTP/1.1 (the gateway's).
+fn gateway_config(tls: &ServerTls) -> Arc<rustls::ServerConfig> {
+    let mut config = (*tls.config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 impl TlsState {
     pub fn new(tls: ServerTls) -> Self {
-        Self { current: RwLock::new(tls), generation: AtomicU64::new(0) }
+        let gateway = gateway_config(&tls);
+        Self { current: RwLock::new((tls, gateway)), generation: AtomicU64::new(0) }
     }
     pub fn get(&self) -> Arc<rustls::ServerConfig> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).config.clone()
+        self.current.read().unwrap_or_else(|p| p.into_inner()).0.config.clone()
+    }
+    /// The configuration for `listener`'s new connections.
+    pub fn get_for(&self, listener: Listener) -> Arc<rustls::ServerConfig> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        match listener {
+            Listener::Grpc => current.0.config.clone(),
+            Listener::Gateway => current.1.clone(),
+        }
     }
     pub fn set(&self, tls: ServerTls) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        let gateway = gateway_config(&tls);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (tls, gateway);
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
     pub fn generation(&self) -> u64 {
@@ -127,7 +163,7 @@ impl TlsState {
             return true;
         }
         let Some((leaf, intermediates)) = conn.chain.split_first() else { return false };
-        let verifier = self.current.read().unwrap_or_else(|p| p.into_inner()).verifier.clone();
+        let verifier = self.current.read().unwrap_or_else(|p| p.into_inner()).0.verifier.clone();
         let ok = verifier.verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now()).is_ok();
         if ok {
             conn.verified.store(generation, Ordering::SeqCst);
@@ -279,10 +315,11 @@ impl RefusalLog {
     }
 }
 
-/// Accepts connections until `stop` fires, handing verified streams to tonic.
+/// Accepts connections until `stop` fires, handing verified streams to tonic (or, for
+/// [`Listener::Gateway`], to the API gateway).
 pub async fn accept_loop(
     listener: TcpListener,
-    tls: Arc<TlsState>,
+    (tls, which): (Arc<TlsState>, Listener),
     limits: HandshakeLimits,
     tx: mpsc::Sender<Result<CallerStream, io::Error>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -316,7 +353,7 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         // Read the generation with the config, so a reload in between only costs a re-check.
         let generation = tls.generation();
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.get_for(which));
         let tx = tx.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;

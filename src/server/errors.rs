@@ -17,7 +17,7 @@ use crate::vault::VaultError;
 pub fn permission_denied(role: crate::authz::Role) -> Status {
     use crate::authz::Role;
     let scope = match role {
-        Role::Token | Role::TenantAdmin => " on this tenant",
+        Role::Token | Role::Api | Role::TenantAdmin => " on this tenant",
         Role::Audit | Role::Operator => "",
     };
     Status::permission_denied(format!(

@@ -76,6 +76,21 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "# HELP pogo_vault_token_request_seconds GetAccessToken latency, audit included.\n# TYPE pogo_vault_token_request_seconds histogram"
     );
     s.server.token_latency.render(o, "pogo_vault_token_request_seconds", "");
+    let _ = writeln!(
+        o,
+        "# HELP pogo_vault_gateway_requests_total API gateway requests, by Go's status class or the gateway's own refusal.\n# TYPE pogo_vault_gateway_requests_total counter"
+    );
+    s.server.gateway_requests.render(o, "pogo_vault_gateway_requests_total", "result");
+    let _ = writeln!(
+        o,
+        "# HELP pogo_vault_gateway_request_seconds API gateway requests from arrival until the answer starts back (Go's time and audit included).\n# TYPE pogo_vault_gateway_request_seconds histogram"
+    );
+    s.server.gateway_latency.render(o, "pogo_vault_gateway_request_seconds", "");
+    let _ = writeln!(
+        o,
+        "# HELP pogo_vault_gateway_queue_wait_seconds How long API gateway requests waited for the shared limiter.\n# TYPE pogo_vault_gateway_queue_wait_seconds histogram"
+    );
+    s.server.gateway_queue_wait.render(o, "pogo_vault_gateway_queue_wait_seconds", "");
 
     let b = s.broker;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);

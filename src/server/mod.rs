@@ -1,6 +1,7 @@
-//! The gRPC server: mutual TLS front door (`conn`), the gate every request passes
-//! (`layer`), thin service handlers, health, reflection, reload on SIGHUP and graceful
-//! shutdown.
+//! The transports: the gRPC server (mutual TLS front door `conn`, the gate every request
+//! passes `layer`, thin service handlers, health, reflection, reload on SIGHUP and graceful
+//! shutdown) and, beside it on the same TLS state and policy, the HTTPS gateway to Go's API
+//! (`gateway/`).
 //!
 //! Architecture invariants:
 //! - handlers stay thin: parse → authorize on the tenant → call the core → audit → answer;
@@ -15,13 +16,14 @@
 //!
 //! Files, bottom up: `errors` (the only place statuses are made), `metrics` (the scrape),
 //! `conn` (the mTLS acceptor), `state` (what handlers share), `layer` (the gate), the
-//! handlers (`*_svc`), `refusals` (budget refusals on the record), `reload_request` (what
-//! a reload is asked for), `watch` (reload on change), `reload`, and `run` (start, serve,
-//! stop). This file only names them.
+//! handlers (`*_svc`), the gateway (`gateway/`), `refusals` (budget refusals on the
+//! record), `reload_request` (what a reload is asked for), `watch` (reload on change),
+//! `reload`, and `run` (start, serve, stop). This file only names them.
 
 mod audit_svc;
 pub mod conn;
 pub mod errors;
+pub mod gateway;
 mod layer;
 pub mod metrics;
 mod onboarding_svc;
@@ -37,6 +39,7 @@ mod tenant_svc;
 mod token_svc;
 mod watch;
 
+pub use gateway::GatewayOptions;
 pub use layer::new_request_id;
 pub use run::{
     DEFAULT_CALLER_REQUESTS_PER_SECOND, RunningServer, ServeError, ServeOptions, WATCH_EVERY, start, start_with_clock,

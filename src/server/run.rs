@@ -106,6 +106,8 @@ pub struct ServeOptions {
     /// The server's TLS from the SPIFFE Workload API instead of `tls`'s files
     /// (`server/spiffe.rs`). `None`: from the files.
     pub spiffe: Option<super::spiffe::SpiffeOptions>,
+    /// The HTTPS gateway to Go's API (`server/gateway/`). `None`: off.
+    pub gateway: Option<super::GatewayOptions>,
 }
 
 impl ServeOptions {
@@ -122,6 +124,8 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// The plaintext health-only listener, when enabled.
     pub health_addr: Option<SocketAddr>,
+    /// The API gateway's listener, when enabled.
+    pub gateway_addr: Option<SocketAddr>,
     pub state: Arc<ServerState>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
@@ -190,6 +194,13 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         .await
         .map_err(|e| ServeError::Listen { addr: opts.listen, reason: e.to_string() })?;
     let addr = listener.local_addr().map_err(|e| ServeError::Listen { addr: opts.listen, reason: e.to_string() })?;
+    let gateway_listener = match &opts.gateway {
+        Some(g) => Some(
+            super::gateway::bind(g).await.map_err(|e| ServeError::Listen { addr: g.listen, reason: e.to_string() })?,
+        ),
+        None => None,
+    };
+    let gateway_addr = gateway_listener.as_ref().map(|(_, a)| *a);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(ServerState {
@@ -219,7 +230,10 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
             Action::ServerStarted,
             None,
             Outcome::Ok,
-            &format!("listening on {addr}, master key {}", vault.kek_id()),
+            &match gateway_addr {
+                None => format!("listening on {addr}, master key {}", vault.kek_id()),
+                Some(g) => format!("listening on {addr} and the API gateway on {g}, master key {}", vault.kek_id()),
+            },
             Extra::default(),
         )
         .await
@@ -235,6 +249,14 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         }
     }
 
+    let gateway_task = match (gateway_listener, &opts.gateway) {
+        (Some(l), Some(g)) => Some(
+            super::gateway::start(l, g, state.clone(), (opts.handshake_limits(), SHUTDOWN_GRACE), stop_rx.clone())
+                .map_err(|e| ServeError::Config(e.to_string()))?,
+        ),
+        _ => None,
+    };
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -246,7 +268,13 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         .map_err(|e| ServeError::Transport(e.to_string()))?;
 
     let (conn_tx, conn_rx) = mpsc::channel(256);
-    tokio::spawn(conn::accept_loop(listener, tls.clone(), opts.handshake_limits(), conn_tx, stop_rx.clone()));
+    tokio::spawn(conn::accept_loop(
+        listener,
+        (tls.clone(), conn::Listener::Grpc),
+        opts.handshake_limits(),
+        conn_tx,
+        stop_rx.clone(),
+    ));
 
     // Health: SERVING only while the store is open (it is: we got here with the master key
     // checked) and the audit log commits; follows audit health from then on.
@@ -343,6 +371,11 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
                 Ok(())
             }
         };
+        // Gateway requests still open finish first (bounded inside the task): their
+        // records go before the stop's.
+        if let Some(t) = gateway_task {
+            let _ = t.await;
+        }
         background.abort();
         health_task.abort();
         // The task ends at the stop signal once its current records are written (not
@@ -375,7 +408,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     // `%`, not `?`: a log line says `127.0.0.1:9464` or `off`, never `Some(127.0.0.1:9464)`.
     let metrics_shown = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(%addr, metrics = %metrics_shown, "pogo-vault serving gRPC over mutual TLS");
-    Ok(RunningServer { addr, metrics_addr, health_addr, state, stop: stop_tx, task, reload: reload_tx })
+    Ok(RunningServer { addr, metrics_addr, health_addr, gateway_addr, state, stop: stop_tx, task, reload: reload_tx })
 }
 
 /// The health service's name for the master key: NOT_SERVING while its HSM is away.

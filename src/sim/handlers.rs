@@ -27,7 +27,7 @@ use super::conn::ConnHandle;
 use super::gateway::{environment_and_rest, gateway_checks, gateway_error, header_str, rate_limited};
 use super::state::{Endpoint, Fault, IssuedToken, Shared};
 use super::types::{RecordedRequest, SimClient};
-use super::{onboarding, problem};
+use super::{api, onboarding, problem};
 use crate::domain::Environment;
 
 /// Privileges the simulated integration holds for every client.
@@ -39,12 +39,19 @@ const ACTIVE_CLIENT_SUBSCRIPTIONS: [&str; 1] = ["Go Complete"];
 /// The route table: `(method, path after the environment prefix, lowercased)`. The
 /// approval page (`GET /onboarding/approve/{session}`) carries an id, so
 /// `onboarding::approval_route` matches it before this table is consulted.
-const ROUTES: [(&str, &str, Endpoint); 4] = [
+const ROUTES: [(&str, &str, Endpoint); 8] = [
     ("POST", "/oauth/token", Endpoint::Token),
     ("GET", "/v2/clientintegrationinformation", Endpoint::ClientIntegrationInformation),
     ("POST", "/v2/onboarding/initiate", Endpoint::OnboardingInitiate),
     ("POST", "/v2/onboarding/finalize", Endpoint::OnboardingFinalize),
+    ("GET", "/v2/customers", Endpoint::Customers),
+    ("POST", "/v2/outgoinginvoices", Endpoint::OutgoingInvoices),
+    ("GET", "/v2/sim/download", Endpoint::Download),
+    ("POST", "/v2/sim/upload", Endpoint::Upload),
 ];
+
+/// Largest body read whole (every endpoint but the streamed upload); larger is refused.
+const MAX_READ_BODY: usize = 1024 * 1024;
 
 /// Maps a request to its environment and endpoint. Path casing does not matter (as on Go);
 /// one trailing `/` is ignored.
@@ -59,7 +66,7 @@ pub(super) async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if let Some((env, session)) = onboarding::approval_route(&method, uri.path()) {
         let response = onboarding::approve(&shared, env, &session);
@@ -70,6 +77,15 @@ pub(super) async fn dispatch(
         return gateway_error(StatusCode::NOT_FOUND, "Resource not found");
     };
     let arrived = Instant::now();
+    // The upload streams; every other endpoint reads its (small) body whole.
+    let (body, stream) = if endpoint == Endpoint::Upload {
+        (Bytes::new(), Some(body))
+    } else {
+        match axum::body::to_bytes(body, MAX_READ_BODY).await {
+            Ok(b) => (b, None),
+            Err(_) => return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"),
+        }
+    };
     // Record and take the fault in one step, so a knob turned later affects only later requests.
     let (latency, fault) = {
         let mut st = shared.lock();
@@ -82,6 +98,9 @@ pub(super) async fn dispatch(
         }
         if endpoint.is_onboarding() {
             st.counters.last_onboarding_request = Some(RecordedRequest::new(env, &method, &uri, &headers, &body));
+        }
+        if endpoint.is_v2_api() {
+            st.counters.last_v2_request = Some(RecordedRequest::new(env, &method, &uri, &headers, &[]));
         }
         (st.faults.latency, st.faults.take())
     };
@@ -115,6 +134,13 @@ pub(super) async fn dispatch(
             Endpoint::ClientIntegrationInformation => client_integration_information(&shared, env, arrived, &headers),
             Endpoint::OnboardingInitiate => onboarding::initiate(&shared, env, arrived, &headers, &body),
             Endpoint::OnboardingFinalize => onboarding::finalize(&shared, env, arrived, &headers, &body),
+            Endpoint::Customers => api::customers(&shared, env, arrived, &headers, &uri),
+            Endpoint::OutgoingInvoices => api::outgoing_invoice(&shared, env, arrived, &headers, &body),
+            Endpoint::Download => api::download(&shared, env, arrived, &headers, &uri),
+            Endpoint::Upload => {
+                let stream = stream.unwrap_or_default();
+                api::upload(&shared, env, arrived, &headers, stream).await
+            }
         },
     };
     tracing::debug!(environment = env.as_str(), ?endpoint, status = response.status().as_u16(), "simulator answered");

@@ -18,6 +18,8 @@
 //! - `POST /v2/Onboarding/Initiate`, `POST /v2/Onboarding/Finalize`: onboarding.
 //! - `GET /onboarding/approve/{session}`: the `TemporaryUrl`; the simulated user approves
 //!   at once and is redirected (302) back to the integrator's redirect URI.
+//! - `GET /v2/Customers`, `POST /v2/OutgoingInvoices`, `GET /v2/Sim/Download`,
+//!   `POST /v2/Sim/Upload`: API calls with the bearer token, for the vault's gateway (`api`).
 //!
 //! Invariant: the simulator may log, but never a key, a token or a request body. Its
 //! configuration's `Debug` is redacted. Its fixed demo values ([`DEMO_CLIENTS`], the default
@@ -28,6 +30,7 @@
 //! is redacted too.
 
 mod answers;
+mod api;
 mod conn;
 mod gateway;
 mod handlers;
@@ -50,6 +53,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use self::answers::{INVALID_KEY_MESSAGE, MISSING_KEY_MESSAGE, RateLimitStyle, SimAnswer};
+pub use self::api::{CUSTOMERS_PER_CLIENT, pattern_byte};
 pub use self::onboarding::{APPROVAL_STATUSES, SIM_USER_EMAIL};
 pub use self::types::{RecordedRequest, SimClient};
 
@@ -390,6 +394,28 @@ impl Sim {
     /// Onboarding calls have their own counters.
     pub fn api_requests(&self) -> u64 {
         self.shared.lock().counters.api_requests
+    }
+
+    /// Requests that reached the v2 API endpoints the gateway is tested with (Customers,
+    /// OutgoingInvoices, the large download and upload), refused ones included.
+    pub fn v2_requests(&self) -> u64 {
+        self.shared.lock().counters.v2_requests
+    }
+
+    /// The last request that reached one of those endpoints (headers and query included).
+    pub fn last_v2_request(&self) -> Option<RecordedRequest> {
+        self.shared.lock().counters.last_v2_request.clone()
+    }
+
+    /// Invoices `POST /v2/OutgoingInvoices` created.
+    pub fn invoices_created(&self) -> u64 {
+        self.shared.lock().counters.invoices_created
+    }
+
+    /// Forgets every issued token, as if they had all been revoked: API calls with them get
+    /// 401 until a new token is minted.
+    pub fn invalidate_tokens(&self) {
+        self.shared.lock().tokens.clear();
     }
 
     /// Arrival times of token requests, oldest first (the last 100,000 requests).

@@ -31,6 +31,14 @@ pub(super) enum Endpoint {
     ClientIntegrationInformation,
     OnboardingInitiate,
     OnboardingFinalize,
+    /// `GET /v2/Customers` (`api.rs`, as the remaining three).
+    Customers,
+    /// `POST /v2/OutgoingInvoices`.
+    OutgoingInvoices,
+    /// `GET /v2/Sim/Download`.
+    Download,
+    /// `POST /v2/Sim/Upload`.
+    Upload,
     // The approval page is not here: it is the user's browser talking to Go's web front, not
     // an API call, so it is routed before faults, counters and the rate limit apply.
 }
@@ -40,6 +48,11 @@ impl Endpoint {
     /// gateway's `{statusCode, message}`.
     pub(super) fn is_onboarding(self) -> bool {
         matches!(self, Self::OnboardingInitiate | Self::OnboardingFinalize)
+    }
+
+    /// Whether this is one of the v2 API endpoints a gateway forwards to (`api.rs`).
+    pub(super) fn is_v2_api(self) -> bool {
+        matches!(self, Self::Customers | Self::OutgoingInvoices | Self::Download | Self::Upload)
     }
 }
 
@@ -181,6 +194,11 @@ pub(super) struct Counters {
     pub(super) onboarding_initiations: u64,
     pub(super) onboarding_finalizations: u64,
     pub(super) last_onboarding_request: Option<RecordedRequest>,
+    /// Requests that reached the v2 API endpoints of `api.rs`.
+    pub(super) v2_requests: u64,
+    /// The last of them (headers, path and query; never an upload's body).
+    pub(super) last_v2_request: Option<RecordedRequest>,
+    pub(super) invoices_created: u64,
 }
 
 impl State {
@@ -199,6 +217,9 @@ impl State {
             Endpoint::ClientIntegrationInformation => self.counters.api_requests += 1,
             Endpoint::OnboardingInitiate => self.counters.onboarding_initiations += 1,
             Endpoint::OnboardingFinalize => self.counters.onboarding_finalizations += 1,
+            Endpoint::Customers | Endpoint::OutgoingInvoices | Endpoint::Download | Endpoint::Upload => {
+                self.counters.v2_requests += 1
+            }
         }
     }
 

@@ -1,4 +1,5 @@
-//! The TLS settings of a gRPC client of the vault (the CLI, tests, example callers).
+//! The TLS settings of a client of the vault: gRPC (the CLI, tests, example callers) and
+//! HTTPS to the API gateway ([`https_client_config`], for any HTTP client built on rustls).
 //!
 //! tonic builds the rustls client itself (ring provider, ALPN `h2`); this module reads and
 //! checks the files first, so a wrong path, a key readable by others or a file without a
@@ -38,6 +39,36 @@ pub fn tonic_client_tls(files: &ClientTlsFiles, domain: &str) -> Result<ClientTl
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, &*key))
         .domain_name(domain))
+}
+
+/// A rustls client configuration for the vault's API gateway: presents `files.cert`/
+/// `files.key`, trusts only `files.ca`, offers `alpn` (`[b"h2", b"http/1.1"]`, or one of
+/// them). With the ring provider passed explicitly (never the process default).
+pub fn https_client_config(files: &ClientTlsFiles, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in files::read_certs(&files.ca)? {
+        roots.add(der).map_err(|e| TlsError::Malformed {
+            path: files::show(&files.ca),
+            what: "CA certificate bundle",
+            reason: format!("not a trust anchor: {e}"),
+        })?;
+    }
+    let chain = files::read_certs(&files.cert)?;
+    let key = files::read_private_key(&files.key)?;
+    let bad = |e: rustls::Error| TlsError::Malformed {
+        path: files::show(&files.key),
+        what: "client certificate and key",
+        reason: e.to_string(),
+    };
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(bad)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(bad)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
 }
 
 #[cfg(test)]

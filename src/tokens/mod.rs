@@ -14,7 +14,9 @@
 //! - the rest of `impl Broker`, each file beside the others and above `broker.rs`: refresh
 //!   ahead and the "last token" times (`background.rs`), key validation and onboarding calls
 //!   (`checks.rs`), the ClientId fill-in (`client_id.rs`), the integration cache and the
-//!   automatic subscription-key switch (`integration.rs`).
+//!   automatic subscription-key switch (`integration.rs`), and what the API gateway asks
+//!   beside tokens: a limiter slot per API call, pauses, dropping a refused token
+//!   (`api_calls.rs`).
 //!
 //! Architecture invariant: this is the only module that opens client keys
 //! ([`Vault::open_client_key`](crate::vault::Vault::open_client_key)); an opened key lives
@@ -24,6 +26,7 @@
 /// rejected).
 pub const SERVER_IDENTITY: &str = "pogo-vault-server";
 
+mod api_calls;
 mod background;
 mod broker;
 mod checks;

@@ -232,7 +232,7 @@ fn basic_authorization(application_key: &str, client_key: &ClientKey) -> Result<
     sensitive(&value, "the Basic credentials are not a valid header value")
 }
 
-fn bearer_authorization(token: &AccessToken) -> Result<HeaderValue, UpstreamError> {
+pub(super) fn bearer_authorization(token: &AccessToken) -> Result<HeaderValue, UpstreamError> {
     let secret = token.expose_secret();
     let mut value = Zeroizing::new(String::with_capacity(7 + secret.len()));
     value.push_str("Bearer ");

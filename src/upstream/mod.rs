@@ -20,9 +20,11 @@
 //! `answers` (what Go's successful answers become), `parse` (reading Go's JSON),
 //! `classify` (a failed answer or reqwest failure into an [`UpstreamError`]), `client`
 //! ([`GoClient`]: the token and API calls, and the helpers onboarding shares),
-//! `onboarding`. This file only re-exports.
+//! `onboarding`, `api` (a caller's request forwarded for the gateway). This file only
+//! re-exports.
 
 mod answers;
+mod api;
 mod classify;
 mod client;
 mod error;
@@ -32,6 +34,7 @@ mod onboarding;
 mod parse;
 
 pub use answers::{ClientIntegrationInfo, OnboardedClient, OnboardingResult, OnboardingSession, TokenGrant};
+pub use api::{ApiCall, api_url, classify_refusal};
 pub use client::{GoClient, SUBSCRIPTION_KEY_HEADER, TOKEN_REQUEST_BODY, UpstreamConfig};
 pub use error::{SubscriptionKeyProblem, TraceId, UpstreamError};
 pub use onboarding::OnboardingToken;

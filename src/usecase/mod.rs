@@ -13,12 +13,16 @@
 //! - [`disclosures`]: which callers already hold which token (a first disclosure is
 //!   recorded durably before the token leaves, a repeat without waiting);
 //! - [`caller_budget`]: each caller's GetAccessToken budget, and its refusals counted into
-//!   one record per caller per second.
+//!   one record per caller per second;
+//! - [`gateway`]: a caller's request for Go's API sent with the vault's token and
+//!   subscription key (the HTTPS gateway's use case), its bodies in [`gateway_body`].
 
 pub mod actor;
 mod blocking;
 pub mod caller_budget;
 pub mod disclosures;
+pub mod gateway;
+pub mod gateway_body;
 pub mod integrations;
 pub mod onboarding;
 pub mod registry;
@@ -26,6 +30,7 @@ pub mod registry;
 pub use actor::{Actor, Entry};
 pub use caller_budget::{Admission, Asker, CallerBudgets, Refusals};
 pub use disclosures::{Disclosure, Disclosures, Pair};
+pub use gateway::{ApiAnswer, ApiCaller, ApiGateway, ApiRequest, GatewayConfig, GatewayError, OutgoingBody};
 pub use integrations::{IntegrationError, Integrations};
 pub use onboarding::{Onboarding, OnboardingError};
 pub use registry::{Registry, RegistryError};

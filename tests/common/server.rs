@@ -49,13 +49,18 @@ impl TestServer {
     /// [`TestServer::start_with_crl`], then `tweak`.
     pub async fn start_with_crl_and(tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
         Self::start_with(|o| {
-            let crl = o.tls.client_ca.with_file_name(CRL_FILE);
-            let ca_key = o.tls.client_ca.with_file_name("ca-key.pem");
-            pogo_vault::tls::issue_crl(&o.tls.client_ca, &ca_key, &[], &crl).unwrap();
-            o.tls.crls = vec![crl];
+            Self::with_crl(o);
             tweak(o);
         })
         .await
+    }
+
+    /// Makes `o` check callers against a CRL revoking nothing yet ([`TestServer::revoke`]).
+    pub fn with_crl(o: &mut ServeOptions) {
+        let crl = o.tls.client_ca.with_file_name(CRL_FILE);
+        let ca_key = o.tls.client_ca.with_file_name("ca-key.pem");
+        pogo_vault::tls::issue_crl(&o.tls.client_ca, &ca_key, &[], &crl).unwrap();
+        o.tls.crls = vec![crl];
     }
 
     /// Lists the certificate of caller `name` in the CRL of [`TestServer::start_with_crl`]
@@ -69,10 +74,66 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
+        Self::start_with_policy("", tweak).await
+    }
+
+    /// A test server with the API gateway on (a free loopback port) and `extra` grants in
+    /// its policy, then `tweak`.
+    pub async fn start_gateway(extra: &str, tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
+        Self::start_with_policy(extra, |o| {
+            o.gateway = Some(pogo_vault::server::GatewayOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                max_request_bytes: 32 * 1024 * 1024,
+                max_response_bytes: 64 * 1024 * 1024,
+                replay_body_bytes: 64 * 1024,
+                upstream: pogo_vault::upstream::UpstreamConfig {
+                    connect_timeout: Duration::from_secs(2),
+                    request_timeout: Duration::from_secs(30),
+                },
+                max_queue_wait: Duration::from_secs(2),
+            });
+            tweak(o);
+        })
+        .await
+    }
+
+    /// Issues a client certificate for `spiffe://TRUST/service/{name}` (files `{name}.pem`).
+    pub fn issue(&self, name: &str) {
+        pogo_vault::tls::issue_client_cert(
+            &self.pki.ca_cert,
+            &self.pki.ca_key,
+            &self.pki.dir.join(format!("{name}.pem")),
+            &self.pki.dir.join(format!("{name}-key.pem")),
+            Some(&format!("spiffe://{TRUST}/service/{name}")),
+            None,
+            name,
+        )
+        .unwrap();
+    }
+
+    /// The gateway's base URL (`https://localhost:PORT`).
+    pub fn gateway_url(&self) -> String {
+        format!("https://localhost:{}", self.server().gateway_addr.unwrap().port())
+    }
+
+    /// An HTTPS client of the gateway as caller `name`, speaking HTTP/2 when `h2`, else
+    /// HTTP/1.1 (ALPN).
+    pub fn https(&self, name: &str, h2: bool) -> reqwest::Client {
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let tls = pogo_vault::tls::https_client_config(&self.files(name), alpn).unwrap();
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .resolve("localhost", self.server().gateway_addr.unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    pub async fn start_with_policy(extra: &str, tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let sim = fixture::start_sim(1000).await;
         fixture::add_sim_clients(&sim, SIM_CLIENTS);
-        let (pki, vault) = fixture::serve_files(dir.path(), &sim, &fixture::policy_text(""));
+        let (pki, vault) = fixture::serve_files(dir.path(), &sim, &fixture::policy_text(extra));
         drop(vault);
         // Extra callers: one limited to a-*, one the policy does not know, one from a foreign CA.
         let issue = |name: &str, spiffe: Option<&str>, dns: Option<&str>| {
@@ -238,5 +299,6 @@ fn options_for(dir: &Path, pki: &DevPki, policy: &Path) -> ServeOptions {
         health_listen: Some("127.0.0.1:0".parse().unwrap()),
         watch_files: None,
         spiffe: None,
+        gateway: None,
     }
 }

@@ -90,7 +90,7 @@ fn requests_per_second_is_per_caller_from_the_first_token_grant_that_sets_it() {
         ("-3", "[\"token\"]", "above 0"),
         ("\"fast\"", "[\"token\"]", "above 0"),
         ("nan", "[\"token\"]", "above 0"),
-        ("5", "[\"audit\"]", "only to grants with the token role"),
+        ("5", "[\"audit\"]", "only to grants with the token or api role"),
     ] {
         let e = Policy::parse(
             &format!("[[grant]]\ncaller = \"x\"\nroles = {roles}\ntenants = [\"*\"]\nrequests_per_second = {rate}\n"),
@@ -108,7 +108,7 @@ fn bad_upstream_share_names_the_grant_and_field() {
         ("1.5", "[\"token\"]", "from 0 to 1"),
         ("-0.1", "[\"token\"]", "from 0 to 1"),
         ("nan", "[\"token\"]", "from 0 to 1"),
-        ("0.5", "[\"tenant-admin\"]", "token role"),
+        ("0.5", "[\"tenant-admin\"]", "token or api role"),
     ] {
         let text = format!(
             "[[grant]]\ncaller = \"ok\"\nroles = [\"audit\"]\n\
@@ -191,4 +191,33 @@ fn bad_policies_name_the_problem() {
     assert!(e.to_string().contains("tenant pattern"), "{e}");
     let e = Policy::parse("[[grant]]\ncaller = \"x\"\nrole = [\"token\"]\n", "p.toml").unwrap_err();
     assert!(e.to_string().contains("line"), "{e}");
+}
+
+#[test]
+fn api_grants_admit_their_tenants_methods_and_paths_only() {
+    let p = Policy::parse(
+        "[[grant]]\ncaller = \"a\"\nroles = [\"api\"]\ntenants = [\"x-*\"]\nupstream_share = 0.3\n\
+         api = [\"GET /v2/Customers/**\", \"POST /v2/OutgoingInvoices\"]\n\
+         [[grant]]\ncaller = \"b\"\nroles = [\"api\"]\ntenants = [\"y\"]\n\
+         [[grant]]\ncaller = \"c\"\nroles = [\"token\"]\ntenants = [\"*\"]\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(p.api_grant("a", &t("x-1"), "GET", "/v2/customers/7"), Some(Some(0.3)));
+    assert_eq!(p.api_grant("a", &t("x-1"), "POST", "/v2/outgoinginvoices"), Some(Some(0.3)));
+    assert_eq!(p.api_grant("a", &t("x-1"), "DELETE", "/v2/customers/7"), None, "method not listed");
+    assert_eq!(p.api_grant("a", &t("x-1"), "GET", "/v2/salaries"), None, "path not listed");
+    assert_eq!(p.api_grant("a", &t("y"), "GET", "/v2/customers/7"), None, "tenant not granted");
+    assert_eq!(p.api_grant("b", &t("y"), "DELETE", "/v2/anything/1"), Some(None), "no rules: all of /v2/");
+    assert_eq!(p.api_grant("c", &t("y"), "GET", "/v2/customers"), None, "token is not api");
+    assert!(p.has_role("a", Role::Api) && !p.has_role("c", Role::Api));
+    for (grant, why) in [
+        ("roles = [\"token\"]\ntenants = [\"*\"]\napi = [\"GET /v2/a\"]\n", "only to grants with the api role"),
+        ("roles = [\"api\"]\ntenants = [\"*\"]\napi = []\n", "is empty"),
+        ("roles = [\"api\"]\ntenants = [\"*\"]\napi = [\"GET /v2/../a\"]\n", ". or .."),
+        ("roles = [\"api\"]\n", "tenants is empty"),
+    ] {
+        let e = Policy::parse(&format!("[[grant]]\ncaller = \"x\"\n{grant}"), "p.toml").unwrap_err().to_string();
+        assert!(e.contains("grant 1") && e.contains(why), "{grant}: {e}");
+    }
 }

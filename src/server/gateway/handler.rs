@@ -1,0 +1,172 @@
+//! One gateway request, in the gate's order (`server/layer.rs`): the connection's caller
+//! (and its certificate still accepted after any reload), a request id, the caller's
+//! request budget, the URL parsed, the policy on the exact tenant, method and path (before
+//! any lookup: a refusal looks the same whether the tenant exists or not), the body's
+//! declared size; then the use case (`usecase::gateway`), and its answer or error mapped
+//! here. Every refusal is recorded (`api_denied`) before it is answered, except budget
+//! refusals, which are counted into one record per caller per second as for tokens.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::Response;
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+
+use super::options::{Gateway, GatewayOptions};
+use super::request::{self, Target};
+use super::respond::{self, GwBody, Problem};
+use crate::audit::Outcome;
+use crate::domain::TenantId;
+use crate::server::conn::ConnInfo;
+use crate::usecase::gateway::refusal_record;
+use crate::usecase::gateway_body::{Meter, Metered, ReadAhead, read_ahead};
+use crate::usecase::{Admission, ApiCaller, ApiRequest, Asker, OutgoingBody};
+
+/// Serves one request; never fails (every error is an answer).
+pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: http::Request<Incoming>) -> Response<GwBody> {
+    let started = Instant::now();
+    let request_id = crate::server::layer::new_request_id();
+    let span = tracing::info_span!(
+        "gateway",
+        otel.name = %format!("gateway {}", req.method()),
+        otel.kind = "server",
+        request_id = %request_id,
+        caller = %conn.identity.id,
+        http.request.method = %req.method(),
+    );
+    crate::telemetry::continue_trace(&span, req.headers());
+    let (response, label) = tracing::Instrument::instrument(serve(&gw, &conn, &request_id, req), span).await;
+    let metrics = &gw.state.metrics;
+    metrics.gateway_requests.inc(label);
+    metrics.gateway_latency.observe(started.elapsed());
+    response
+}
+
+/// The request's answer and its metric label.
+async fn serve(
+    gw: &Gateway,
+    conn: &ConnInfo,
+    request_id: &str,
+    req: http::Request<Incoming>,
+) -> (Response<GwBody>, &'static str) {
+    let st = &gw.state;
+    let refuse = |p: Problem| (p.response(request_id), p.label);
+    if !st.tls.still_valid(conn) {
+        return refuse(respond::certificate_no_longer_accepted());
+    }
+    let who = ApiCaller {
+        identity: conn.identity.id.clone(),
+        serial: conn.identity.serial.clone(),
+        peer: conn.peer_text.to_string(),
+        request_id: request_id.to_owned(),
+        share: None,
+    };
+    // The caller's request budget, shared with its GetAccessToken requests: a runaway
+    // costs a lookup, and its refusals one record a second.
+    let (policy, generation) = st.authz.current();
+    let asker = Asker { identity: &who.identity, serial: &who.serial, peer: &who.peer, request_id };
+    let rate = || policy.requests_per_second(&who.identity).unwrap_or(st.caller_requests_per_second);
+    if let Admission::Refused { retry_after } = st.budgets.admit(asker, generation, rate, Instant::now()) {
+        return refuse(respond::over_budget(retry_after));
+    }
+    let (parts, body) = req.into_parts();
+    let target = match request::parse_target(&parts.method, &parts.uri) {
+        Ok(t) => t,
+        Err(e) => {
+            let tenant = request::parse_tenant(&parts.uri).ok().map(|(t, _)| t);
+            // The path is the caller's text: only the error's own (bounded) quote of it.
+            let detail = format!("{}: {e}", parts.method);
+            return refused(gw, &who, tenant.as_ref(), respond::invalid(&e), detail, request_id).await;
+        }
+    };
+    let what = format!("{} {}", target.method.as_str(), target.path.as_sent());
+    let Some(share) = policy.api_grant(&who.identity, &target.tenant, target.method.as_str(), target.path.lower())
+    else {
+        let detail = format!("{what}: caller not granted api on tenant for this method and path");
+        return refused(gw, &who, Some(&target.tenant), respond::denied(), detail, request_id).await;
+    };
+    let who = ApiCaller { share, ..who };
+    let declared = body.size_hint().exact();
+    let limit = gw.opts.max_request_bytes;
+    if declared.is_some_and(|n| n > limit) {
+        let detail =
+            format!("{what}: body of {} bytes above gateway.max_request_bytes ({limit})", declared.unwrap_or(0));
+        return refused(gw, &who, Some(&target.tenant), respond::body_too_large(limit), detail, request_id).await;
+    }
+    let headers = request::forwarded_headers(&parts.headers);
+    let (outgoing, sent) = match outgoing_body(body, declared, &gw.opts).await {
+        Ok(b) => b,
+        Err(p) => {
+            let detail = format!("{what}: {}", p.detail);
+            return refused(gw, &who, Some(&target.tenant), p, detail, request_id).await;
+        }
+    };
+    let Target { tenant, method, path, query } = target;
+    let api = ApiRequest { tenant, method, path, query, headers, body: outgoing, sent };
+    match gw.api.forward(&who, api).await {
+        Ok(answer) => {
+            st.metrics.gateway_queue_wait.observe(answer.queue_wait);
+            let mut r = Response::new(answer.body.boxed_unsync());
+            *r.status_mut() = answer.status;
+            *r.headers_mut() = request::answer_headers(&answer.headers);
+            respond::set_request_id(&mut r, request_id);
+            (r, respond::status_class(answer.status))
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "gateway request not answered by Go");
+            refuse(respond::from_error(&e))
+        }
+    }
+}
+
+/// The request body as the use case sends it: read whole when it is declared small enough
+/// to keep for a retry (or empty), else streamed through a [`Metered`] body.
+async fn outgoing_body(
+    body: Incoming,
+    declared: Option<u64>,
+    opts: &GatewayOptions,
+) -> Result<(OutgoingBody, Arc<Meter>), Problem> {
+    let meter = Arc::new(Meter::default());
+    let metered = Metered::new(body, meter.clone(), opts.max_request_bytes);
+    if metered.is_end_stream() {
+        return Ok((OutgoingBody::Kept(Bytes::new()), meter));
+    }
+    if declared.is_some_and(|n| n <= opts.replay_body_bytes) {
+        return match read_ahead(metered, opts.replay_body_bytes as usize).await {
+            Ok(ReadAhead::Complete(b)) => Ok((OutgoingBody::Kept(b), meter)),
+            // More than it declared: hyper refuses that before we see it; be safe anyway.
+            Ok(ReadAhead::Partial { .. }) | Err(_) if meter.over_limit() => {
+                Err(respond::body_too_large(opts.max_request_bytes))
+            }
+            Ok(ReadAhead::Partial { .. }) | Err(_) => Err(respond::invalid(&crate::domain::InvalidInput::new(
+                "body",
+                "ended early or was longer than its Content-Length",
+            ))),
+        };
+    }
+    Ok((OutgoingBody::Streamed(reqwest::Body::wrap(metered)), meter))
+}
+
+/// Records a refusal (`api_denied`) and answers it; 503 if it cannot be recorded.
+async fn refused(
+    gw: &Gateway,
+    who: &ApiCaller,
+    tenant: Option<&TenantId>,
+    problem: Problem,
+    detail: String,
+    request_id: &str,
+) -> (Response<GwBody>, &'static str) {
+    tracing::info!(reason = %problem.detail, "gateway request refused");
+    let rec = refusal_record(who, tenant, Outcome::Denied, detail);
+    let answer = match gw.state.audit.append_receipt(rec).await {
+        Ok(_) => problem,
+        Err(e) => {
+            tracing::error!(error = %e, "audit record not committed: gateway request refused (fail closed)");
+            respond::audit_unavailable()
+        }
+    };
+    (answer.response(request_id), answer.label)
+}
