@@ -140,3 +140,36 @@ fn the_tls_source_takes_files_or_the_spiffe_workload_api_and_errors_name_the_key
     let missing = Config::parse(&files_out, path).unwrap();
     assert_eq!(missing.server.check_tls_source(no_env).unwrap_err().0, "server.cert");
 }
+
+#[test]
+fn the_gateway_raises_the_shared_rate_and_withholds_the_subscription_key_unless_the_file_says_otherwise() {
+    let on = format!("{MIN}\n[gateway]\nlisten = \"127.0.0.1:8444\"\n");
+    let c = Config::parse(&on, Path::new("c.toml")).unwrap();
+    c.validate(Path::new("c.toml")).unwrap();
+    assert_eq!(c.tokens.upstream_rate_per_second, gateway::GATEWAY_DEFAULT_RATE);
+    assert!(!c.server.return_subscription_key);
+    let g = c.gateway.as_ref().unwrap();
+    assert_eq!((g.max_request_bytes, g.replay_body_bytes, g.max_queue_wait_secs), (32 << 20, 64 << 10, 2.0));
+
+    // What the file sets stays as written (`[server]` is MIN's last table).
+    let set = on.replace("policy = \"policy.toml\"\n", "policy = \"policy.toml\"\nreturn_subscription_key = true\n")
+        + "\n[tokens]\nupstream_rate_per_second = 5\n";
+    let c = Config::parse(&set, Path::new("c.toml")).unwrap();
+    assert_eq!(c.tokens.upstream_rate_per_second, 5.0);
+    assert!(c.server.return_subscription_key);
+
+    for (extra, key) in [
+        ("listen = \"127.0.0.1:8443\"\n", "gateway.listen"),
+        ("listen = \"127.0.0.1:1\"\nmax_request_bytes = 10\n", "gateway.max_request_bytes"),
+        ("listen = \"127.0.0.1:1\"\nreplay_body_bytes = 2000000\n", "gateway.replay_body_bytes"),
+        ("listen = \"127.0.0.1:1\"\nmax_queue_wait_secs = 0\n", "gateway.max_queue_wait_secs"),
+        ("listen = \"127.0.0.1:1\"\nrequest_timeout_secs = -1\n", "gateway.request_timeout_secs"),
+    ] {
+        let c = Config::parse(&format!("{MIN}\n[gateway]\n{extra}"), Path::new("c.toml")).unwrap();
+        let e = c.validate(Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains(key), "{extra}: {e}");
+    }
+    let e = Config::parse(&format!("{MIN}\n[gateway]\nlisten = \"127.0.0.1:1\"\nknob = 1\n"), Path::new("c.toml"))
+        .unwrap_err();
+    assert!(e.to_string().contains("unknown field"), "{e}");
+}
