@@ -75,6 +75,7 @@ pub fn bench_policy() -> String {
         + &fixture::grant("service/runaway", &["token"], &["*"])
         + &fixture::grant("service/runaway-10", &["token"], &["*"])
         + "requests_per_second = 10\n"
+        + &fixture::grant("service/api-caller", &["api"], &["*"])
 }
 
 /// Bytes the audit database at `path` uses per event (pages in use over events), after a
@@ -103,9 +104,15 @@ impl Bench {
     /// validated, then `ServeOptions::from_config`. `tokens` replaces the broker settings
     /// after validation (bench only, for the hot phase's warm-up).
     pub fn options(&self, tokens: Option<BrokerConfig>) -> ServeOptions {
+        self.options_with(tokens, "")
+    }
+
+    /// [`Bench::options`] with `tables` (TOML tables such as `[gateway]`) after `[server]`.
+    pub fn options_with(&self, tokens: Option<BrokerConfig>, tables: &str) -> ServeOptions {
         let path = self.dir.path().join("config.toml");
         let text = fixture::serve_config("127.0.0.1:0")
-            + "# Metrics on, as by default, on any free port.\nmetrics_listen = '127.0.0.1:0'\n";
+            + "# Metrics on, as by default, on any free port.\nmetrics_listen = '127.0.0.1:0'\n"
+            + tables;
         std::fs::write(&path, &text).unwrap();
         let cfg = Config::parse(&text, &path).unwrap();
         cfg.validate(&path).unwrap();

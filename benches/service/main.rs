@@ -28,6 +28,11 @@
 //!   before start: `server::start` to first token, resident memory, a ListTenants full walk.
 //! - registration: `RegisterClientKey` (skip_validation) for `SERVICE_BENCH_KEYS` [10000] keys
 //!   from `SERVICE_BENCH_REG_CLIENTS` [4] connections × `SERVICE_BENCH_REG_INFLIGHT` [4].
+//! - gateway: `GET /v2/Customers` through the API gateway (HTTPS with mutual TLS, HTTP/1.1,
+//!   both records durable, a limiter slot each) and straight to the simulator with the same
+//!   token and subscription key, `SERVICE_BENCH_GATEWAY_REQUESTS` [120] of each, interleaved
+//!   one after the other at 6 a second (below the gateway's default 8/s, so no request
+//!   waits for the limiter): the gateway's added latency, same run, same moment.
 //!
 //! The server is configured the way `serve --config` does it: a config file with only the
 //! required keys (every other setting at its production default: durable audit, TLS 1.3,
@@ -46,7 +51,7 @@
 //!
 //! Knobs: `SERVICE_BENCH_SMOKE=1`: tiny sizes, a few seconds in all (CI checks the bench still
 //! runs; it asserts correctness only). `SERVICE_BENCH_ONLY=scale,storm,cold,registration,hot,
-//! handshakes,first,runaway`: a subset. `SERVICE_BENCH_SERVERS` [vault,floor,durable]: which servers
+//! handshakes,first,runaway,gateway`: a subset. `SERVICE_BENCH_SERVERS` [vault,floor,durable]: which servers
 //! the hot, handshake and first-disclosure runs drive (profiling one at a time). `SERVICE_BENCH_KEEP=1`: keep the temporary
 //! directory (databases) and print its path. `SERVICE_BENCH_COLD_WORKERS` [64],
 //! `SERVICE_BENCH_WARM_CONCURRENCY` [64]. `SERVICE_BENCH_DIR`: where the temporary directory goes
@@ -80,7 +85,7 @@ use std::time::Instant;
 
 use harness::INSERT_BATCH;
 use report::{loadavg, machine, now_rfc3339, print_table};
-use scenarios::{phase_default, phase_hot};
+use scenarios::{phase_default, phase_gateway, phase_hot};
 use settings::Settings;
 
 fn main() {
@@ -129,6 +134,9 @@ fn main() {
     if ["hot", "handshakes", "first", "runaway"].iter().any(|x| s.runs(x)) {
         rt.block_on(phase_hot(&s, &b, &mut rows));
     }
+    if s.runs("gateway") {
+        rt.block_on(phase_gateway(&s, &b, &mut rows));
+    }
     // Hot and handshake rows first: they are the ones compared with the floor.
     rows.sort_by_key(|r| match r.scenario.split([' ', ':']).next().unwrap_or("") {
         "hot" => 0,
@@ -136,9 +144,10 @@ fn main() {
         "first" => 2,
         "well-behaved" => 3,
         "storm" => 4,
-        "cold" => 5,
-        "scale" => 6,
-        _ => 7,
+        "gateway" => 5,
+        "cold" => 6,
+        "scale" => 7,
+        _ => 8,
     });
     println!();
     println!(

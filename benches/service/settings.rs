@@ -25,6 +25,8 @@ pub struct Settings {
     pub runaway_secs: f64,
     /// The well-behaved caller's pace, requests a second.
     pub polite_rate: f64,
+    /// Requests through the gateway (and as many straight to the simulator) for its row.
+    pub gateway_requests: usize,
     pub only: Option<Vec<String>>,
     /// `vault`, `floor`, `durable` (any of them): which servers the hot and handshake runs drive (profiling).
     pub servers: Vec<String>,
@@ -74,6 +76,7 @@ impl Settings {
             first_certs: env_or("SERVICE_BENCH_FIRST_CERTS", d(8, 2)),
             runaway_secs: env_or("SERVICE_BENCH_RUNAWAY_SECS", pick(smoke, 60.0, 1.0)),
             polite_rate: env_or("SERVICE_BENCH_POLITE_RATE", 20.0),
+            gateway_requests: env_or("SERVICE_BENCH_GATEWAY_REQUESTS", d(120, 4)),
             only: std::env::var("SERVICE_BENCH_ONLY")
                 .ok()
                 .filter(|s| !s.trim().is_empty())

@@ -2,7 +2,9 @@
 
 mod default_limiter;
 pub mod disclosure;
+mod gateway;
 mod hot;
 
 pub use default_limiter::phase_default;
+pub use gateway::phase_gateway;
 pub use hot::phase_hot;
