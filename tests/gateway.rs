@@ -37,6 +37,8 @@ fn policy() -> String {
             &["GET /v2/Customers", "POST /v2/OutgoingInvoices", "GET /v2/Sim/Download", "POST /v2/Sim/Upload"],
         ),
         api_grant("narrow", &["a-*"], &["GET /v2/Customers"]),
+        // An api grant without rules: everything under /v2/ (but Go's onboarding, never).
+        grant("service/wide", &["api"], &["*"]),
     ]
     .concat()
 }
@@ -85,7 +87,10 @@ async fn a_caller_lists_customers_and_posts_an_invoice_and_never_sees_a_credenti
             .get(url)
             .header("authorization", "Bearer caller-token")
             .header("ocp-apim-subscription-key", "caller-key")
-            .header("x-caller-note", "kept")
+            .header("x-request-id", "caller-42")
+            .header("ocp-apim-trace", "true")
+            .header("x-http-method-override", "DELETE")
+            .header("accept-encoding", "gzip")
             .send()
             .await
             .unwrap();
@@ -105,7 +110,10 @@ async fn a_caller_lists_customers_and_posts_an_invoice_and_never_sees_a_credenti
         assert!(bearer.starts_with("Bearer ") && bearer != "Bearer caller-token", "{bearer:.12}");
         assert_eq!(seen.header("ocp-apim-subscription-key"), Some(DEFAULT_DEMO_SUBSCRIPTION_KEY));
         assert_eq!(seen.query.as_deref(), Some("page=2&pageSize=10"), "the caller's subscription-key is not sent");
-        assert_eq!(seen.header("x-caller-note"), Some("kept"));
+        assert_eq!(seen.header("x-request-id"), Some("caller-42"), "a listed header passes");
+        assert_eq!(seen.header("ocp-apim-trace"), None, "Go's gateway is never asked to trace");
+        assert_eq!(seen.header("x-http-method-override"), None);
+        assert_eq!(seen.header("accept-encoding"), Some("identity"));
         let token = bearer.trim_start_matches("Bearer ").to_owned();
         // What the caller saw: neither the token nor the subscription key, in any form.
         for secret in [token.as_str(), DEFAULT_DEMO_SUBSCRIPTION_KEY, &sim_key(0)] {
@@ -157,6 +165,7 @@ async fn the_authorization_table() {
     let ts = TestServer::start_gateway(&policy(), TestServer::with_crl).await;
     ts.issue("api-caller");
     ts.issue("narrow");
+    ts.issue("wide");
     ts.register("acme", 0).await;
     ts.register("a-one", 1).await;
     let base = ts.gateway_url();
@@ -164,9 +173,11 @@ async fn the_authorization_table() {
     let get = |c: &reqwest::Client, path: &str| c.get(format!("{base}{path}")).send();
 
     // Allowed: the tenant and the rule.
-    let r = get(&narrow, "/a-one/v2/Customers").await.unwrap();
-    assert_eq!(r.status(), 200);
-    let before = ts.sim.v2_requests();
+    for h2 in [false, true] {
+        let r = get(&ts.https("narrow", h2), "/a-one/v2/Customers").await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let before = ts.sim.requests_seen();
 
     // Refused, each the same 403 whether or not the tenant exists: a method or path no rule
     // admits, a tenant not granted, a tenant that does not exist, a caller without the role.
@@ -180,6 +191,11 @@ async fn the_authorization_table() {
         (get(&narrow, "/zz-missing/v2/Customers").await.unwrap(), "a missing tenant not granted"),
         (get(&token_caller, "/acme/v2/Customers").await.unwrap(), "a caller without the api role"),
     ];
+    let narrow_h2 = ts.https("narrow", true);
+    let refusals = refusals.into_iter().chain([
+        (get(&narrow_h2, "/acme/v2/Customers").await.unwrap(), "a tenant not granted, over HTTP/2"),
+        (get(&narrow_h2, "/zz-missing/v2/Customers").await.unwrap(), "a missing tenant not granted, over HTTP/2"),
+    ]);
     let mut refused_ids = Vec::new();
     for (r, what) in refusals {
         assert_eq!(r.status(), 403, "{what}");
@@ -198,7 +214,17 @@ async fn the_authorization_table() {
     assert_eq!(r.status(), 400);
     let text = r.text().await.unwrap();
     assert!(text.contains("path (after the tenant id"), "{text}");
-    assert_eq!(ts.sim.v2_requests(), before, "no refusal reached Go");
+    // Go's onboarding is never forwarded, whatever the grant: Finalize hands out client keys.
+    let wide = ts.https("wide", false);
+    for path in ["/acme/v2/Onboarding/Finalize", "/acme/v2/onboarding/initiate"] {
+        let r = wide.post(format!("{base}{path}")).json(&serde_json::json!({"OnboardingToken": "t"})).send().await;
+        let r = r.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert!(r.text().await.unwrap().contains("onboarding"));
+    }
+    assert_eq!(ts.sim.requests_seen(), before, "no refusal reached Go");
+    assert_eq!(get(&wide, "/acme/v2/Customers").await.unwrap().status(), 200, "a grant without rules: all of /v2/");
+    let before = ts.sim.requests_seen();
     let records = by_request(&ts);
     for id in &refused_ids {
         let evs = &records[id];
@@ -231,10 +257,13 @@ async fn the_authorization_table() {
     ts.server().reload().await;
     let r = get(&narrow, "/a-one/v2/Customers").await.unwrap();
     assert_eq!(r.status(), 403, "an open connection of a revoked caller");
+    let id = request_id(&r);
     assert!(r.text().await.unwrap().contains("no longer accepted"));
+    let rec = &by_request(&ts)[&id][0].record;
+    assert_eq!((rec.action, rec.outcome), (Action::ApiDenied, Outcome::Denied), "the refusal is on record");
     let fresh = ts.https("narrow", false);
     assert!(get(&fresh, "/a-one/v2/Customers").await.is_err(), "a revoked certificate passed the handshake");
-    assert_eq!(ts.sim.v2_requests(), before);
+    assert_eq!(ts.sim.requests_seen(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,8 +283,11 @@ async fn a_401_with_a_cached_token_mints_once_and_retries_once_but_never_a_strea
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
     assert_eq!((ts.sim.v2_requests() - v2, ts.sim.token_requests() - tokens), (2, 1));
-    let answered = by_request(&ts)[&id].iter().find(|e| e.record.action == Action::ApiAnswered).unwrap().record.clone();
-    assert!(answered.detail.contains("retried once with a new token after a 401"), "{}", answered.detail);
+    let evs = &by_request(&ts)[&id];
+    let actions: Vec<Action> = evs.iter().map(|e| e.record.action).collect();
+    assert_eq!(actions, [Action::ApiRequested, Action::ApiRequested, Action::ApiAnswered], "the retry is on record");
+    assert_ne!(evs[0].record.token_fingerprint, evs[1].record.token_fingerprint, "each names its own token");
+    assert!(evs[2].record.detail.contains("retried once with a new token after a 401"), "{}", evs[2].record.detail);
 
     // A small body is kept, so it is sent again.
     ts.sim.invalidate_tokens();
@@ -283,6 +315,14 @@ async fn a_401_with_a_cached_token_mints_once_and_retries_once_but_never_a_strea
     let up: Value = r.json().await.unwrap();
     assert_eq!(up["Bytes"], 200 * 1024);
     assert_eq!((ts.sim.v2_requests() - v2, ts.sim.token_requests() - tokens), (2, 1));
+
+    // Retried once, never twice: when Go refuses the new token too, its 401 is the answer.
+    ts.sim.reject_all_tokens(true);
+    let (v2, tokens) = (ts.sim.v2_requests(), ts.sim.token_requests());
+    let r = c.get(format!("{base}/acme/v2/Customers")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!((ts.sim.v2_requests() - v2, ts.sim.token_requests() - tokens), (2, 1));
+    ts.sim.reject_all_tokens(false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,4 +366,22 @@ async fn with_the_audit_log_locked_requests_fail_with_503_and_nothing_reaches_go
         assert!(started.elapsed() < Duration::from_secs(15), "still {} after the lock was gone", r.status());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The log fails after the request reached Go and before its answer is on record: Go
+    // acted, so the answer is withheld with a 502 that says so, never "retry, nothing done".
+    ts.sim.set_latency(Duration::from_millis(1500));
+    let post = {
+        let c = c.clone();
+        let url = format!("{}/acme/v2/OutgoingInvoices", ts.gateway_url());
+        tokio::spawn(async move { c.post(url).json(&serde_json::json!({"CustomerNo": 2})).send().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let r = post.await.unwrap();
+    lock.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.headers().get("retry-after").is_none(), "not an invitation to repeat it");
+    let text = r.text().await.unwrap();
+    assert!(text.contains("may have acted"), "{text}");
+    assert_eq!(ts.sim.invoices_created(), before.1 + 1, "Go created the invoice once");
 }

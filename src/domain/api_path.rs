@@ -4,9 +4,18 @@
 //!
 //! Why so strict about the path: an `api` grant admits paths by pattern
 //! (`GET /v2/Customers/**`), and Go (ASP.NET behind Azure API Management) decodes and
-//! normalises a path before it routes it. A `..` segment, an encoded `/` (`%2F`), `\` or `.`
+//! normalises a path before it routes it. A `..` segment, an encoded `/` (`%2F`), `\`, `.` or
+//! `%` itself (`%252E` is `%2E` after a second decoding), or a `;` (path parameters: `..;`)
 //! could make the path the policy matched differ from the one Go serves, so each is refused
 //! rather than interpreted. Case is kept as sent (Go ignores it) and matched lowercased.
+//!
+//! Go's onboarding endpoints (`/v2/Onboarding/...`) are refused whatever the policy says:
+//! Finalize answers with client keys, and only the vault may hold those (its own
+//! `OnboardingService` stores them sealed, audited).
+
+/// Go's paths the gateway never forwards (lowercase prefixes, each followed by `/` or the
+/// end): Finalize hands out client keys; Initiate starts a session only the vault finalizes.
+const NEVER_FORWARDED: [&str; 1] = ["/v2/onboarding"];
 
 use super::{InvalidInput, quoted};
 
@@ -37,11 +46,6 @@ impl ApiMethod {
     pub fn as_str(self) -> &'static str {
         self.0
     }
-
-    /// Whether a request with this method may carry a body the gateway forwards.
-    pub fn may_have_body(self) -> bool {
-        !matches!(self.0, "GET" | "HEAD" | "OPTIONS" | "DELETE")
-    }
 }
 
 /// A path under Go's `/v2/`, as sent (forwarded as is) and lowercased (what the policy
@@ -54,7 +58,8 @@ pub struct ApiPath {
 
 impl ApiPath {
     /// `/v2/` then one or more segments; each segment non-empty, not `.` or `..`, of URL
-    /// path characters, with no encoded `/`, `\`, `.` or control character.
+    /// path characters without `;`, with no encoded `/`, `\`, `.`, `%` or control
+    /// character; never Go's onboarding (module docs).
     pub fn parse_field(field: &'static str, s: &str) -> Result<Self, InvalidInput> {
         let bad = |why: &str| InvalidInput::new(field, why.to_owned());
         if s.len() > MAX_PATH_BYTES {
@@ -72,7 +77,17 @@ impl ApiPath {
             }
             check_segment(segment).map_err(|why| bad(&why))?;
         }
-        Ok(Self { sent: s.to_owned(), lower: s.to_ascii_lowercase() })
+        let lower = s.to_ascii_lowercase();
+        let never = NEVER_FORWARDED
+            .iter()
+            .any(|p| lower.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')));
+        if never {
+            return Err(bad(
+                "names Go's onboarding, which the gateway never forwards (it hands out client keys): use the vault's \
+                 OnboardingService",
+            ));
+        }
+        Ok(Self { sent: s.to_owned(), lower })
     }
 
     /// The path as the caller sent it: what Go receives.
@@ -86,8 +101,8 @@ impl ApiPath {
     }
 }
 
-/// A segment's characters: RFC 3986 `pchar` (unreserved, sub-delims, `:`, `@`) and
-/// percent-encodings, except encodings of `/`, `\`, `.` and control characters.
+/// A segment's characters: RFC 3986 `pchar` (unreserved, sub-delims but `;`, `:`, `@`)
+/// and percent-encodings, except encodings of `/`, `\`, `.`, `%` and control characters.
 fn check_segment(segment: &str) -> Result<(), String> {
     let b = segment.as_bytes();
     let mut i = 0;
@@ -98,12 +113,12 @@ fn check_segment(segment: &str) -> Result<(), String> {
                 let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
                     return Err("has a % that is not followed by two hex digits".into());
                 };
-                if matches!(byte, b'/' | b'\\' | b'.') || byte < 0x20 || byte == 0x7f {
-                    return Err("encodes /, \\, . or a control character (%2F, %5C, %2E, ...)".into());
+                if matches!(byte, b'/' | b'\\' | b'.' | b'%') || byte < 0x20 || byte == 0x7f {
+                    return Err("encodes /, \\, ., % or a control character (%2F, %5C, %2E, %25, ...)".into());
                 }
                 i += 3;
             }
-            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&c) => i += 1,
+            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&c) => i += 1,
             _ => return Err("has a character that is not allowed in a URL path (encode it)".into()),
         }
     }
@@ -198,6 +213,7 @@ mod tests {
         assert_eq!((p.as_sent(), p.lower()), ("/v2/Customers/42", "/v2/customers/42"));
         assert!(ApiPath::parse_field("path", "/V2/customers").is_ok(), "case is Go's to ignore");
         assert!(ApiPath::parse_field("path", "/v2/Customers/a%20b").is_ok());
+        assert!(ApiPath::parse_field("path", "/v2/OnboardingReports").is_ok(), "a prefix of a segment is not it");
         for bad in [
             "/v1/Customers",
             "/v2",
@@ -215,6 +231,12 @@ mod tests {
             "/v2/a%zz",
             "/v2/a b",
             "/v2/a?b",
+            "/v2/Customers/%252e%252e/Salaries",
+            "/v2/Customers/..;/Salaries",
+            "/v2/Customers;x=1",
+            "/v2/Onboarding/Finalize",
+            "/V2/ONBOARDING/initiate",
+            "/v2/onboarding",
             "OAuth/Token",
         ] {
             let e = ApiPath::parse_field("path", bad).unwrap_err();
@@ -230,8 +252,6 @@ mod tests {
         for bad in ["CONNECT", "TRACE", "get", "BREW"] {
             assert_eq!(ApiMethod::parse_field("method", bad).unwrap_err().field, "method");
         }
-        assert!(ApiMethod::parse_field("method", "POST").unwrap().may_have_body());
-        assert!(!ApiMethod::parse_field("method", "GET").unwrap().may_have_body());
     }
 
     #[test]

@@ -56,7 +56,7 @@ fn authorize(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .and_then(|(_, token)| st.tokens.get(token.trim()))
-        .filter(|t| t.environment == env && t.expires_at > now)
+        .filter(|t| t.environment == env && t.expires_at > now && !st.reject_bearer)
         .cloned();
     issued.ok_or_else(|| {
         let mut r = gateway_error(StatusCode::UNAUTHORIZED, "Unauthorized. Access token is missing or invalid.");

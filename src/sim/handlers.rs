@@ -73,6 +73,7 @@ pub(super) async fn dispatch(
         tracing::debug!(environment = env.as_str(), status = response.status().as_u16(), "simulator approval page");
         return response;
     }
+    shared.lock().counters.requests_seen += 1;
     let Some((env, endpoint)) = route(&method, uri.path()) else {
         return gateway_error(StatusCode::NOT_FOUND, "Resource not found");
     };

@@ -213,6 +213,7 @@ pub async fn start(listen: SocketAddr, config: SimConfig) -> io::Result<Sim> {
         counters: Counters::default(),
         onboarding,
         rate_limit_style: RateLimitStyle::default(),
+        reject_bearer: false,
     };
     let shared = Arc::new(Shared { state: Mutex::new(state), shutdown });
     let router = Router::new().fallback(handlers::dispatch).with_state(shared.clone());
@@ -405,6 +406,17 @@ impl Sim {
     /// The last request that reached one of those endpoints (headers and query included).
     pub fn last_v2_request(&self) -> Option<RecordedRequest> {
         self.shared.lock().counters.last_v2_request.clone()
+    }
+
+    /// Every request that reached the simulator, whatever its path (a path it does not
+    /// serve included), but the onboarding approval page.
+    pub fn requests_seen(&self) -> u64 {
+        self.shared.lock().counters.requests_seen
+    }
+
+    /// While `on`, the v2 API endpoints refuse every bearer token with 401 (a new one too).
+    pub fn reject_all_tokens(&self, on: bool) {
+        self.shared.lock().reject_bearer = on;
     }
 
     /// Invoices `POST /v2/OutgoingInvoices` created.

@@ -180,6 +180,8 @@ pub(super) struct State {
     pub(super) onboarding: OnboardingState,
     /// How 429s are written.
     pub(super) rate_limit_style: RateLimitStyle,
+    /// Every bearer token is refused (401) by the v2 API endpoints while set.
+    pub(super) reject_bearer: bool,
 }
 
 /// What tests read back.
@@ -199,6 +201,8 @@ pub(super) struct Counters {
     /// The last of them (headers, path and query; never an upload's body).
     pub(super) last_v2_request: Option<RecordedRequest>,
     pub(super) invoices_created: u64,
+    /// Every request that reached the simulator, routed or not (the approval page aside).
+    pub(super) requests_seen: u64,
 }
 
 impl State {

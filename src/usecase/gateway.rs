@@ -4,18 +4,23 @@
 //! One request, after the transport parsed it and the policy admitted it
 //! (`server/gateway/`):
 //! 1. the tenant's token from the broker (cached, or minted under the shared limiter);
-//! 2. a slot of the environment's one limiter for the call itself (`Broker::api_slot`:
+//! 2. `api_requested`, durable before anything reaches Go (audit before effect: a POST
+//!    changes a customer's books), and before the limiter's slot is taken (a stalled audit
+//!    log holds requests back; it never releases a burst of them afterwards);
+//! 3. a slot of the environment's one limiter for the call itself (`Broker::api_slot`:
 //!    the limiter token requests use too, fair between callers, with a bounded wait:
-//!    beyond it [`GatewayError::Queue`], a 429 with `Retry-After` from the gateway itself);
-//! 3. `api_requested`, durable before anything reaches Go (audit before effect: a POST
-//!    changes a customer's books);
+//!    beyond it [`GatewayError::Queue`], a 429 with `Retry-After` from the gateway itself,
+//!    and `api_answered` says it was not sent);
 //! 4. the call; a refusal's body is read ahead (64 KiB at most) to classify it: a 429 or
 //!    the quota 403 pauses the limiter for every caller (`Broker::api_refused`); a 401 about
 //!    the token, when the token came from the cache and the body can be sent again (none,
 //!    or one small enough to have been kept whole), drops that token, mints once and
-//!    retries once; never for a body already streamed;
+//!    retries once (recorded as a second `api_requested` naming the new token's
+//!    fingerprint); never for a body already streamed;
 //! 5. `api_answered` (Go's status, bytes sent, the answer's declared length, time, Go's
-//!    `traceId`), durable before the answer starts back to the caller;
+//!    `traceId`), durable before the answer starts back to the caller. If it cannot be
+//!    written, Go may already have acted: the answer is withheld and the caller told so
+//!    ([`GatewayError::SentUnrecorded`], not "retry, nothing was done");
 //! 6. the answer streams back; when it ends otherwise than it declared (no length given,
 //!    cut, or the caller went away) `api_completed` says how, without being awaited (the
 //!    caller already has the status; a record that cannot be written is counted lost).
@@ -105,9 +110,13 @@ pub enum GatewayError {
     /// The limiter's turn is further away than the bounded wait.
     #[error("the integration's request budget at PowerOffice Go is taken; retry after {} s", retry_after.as_secs().max(1))]
     Queue { retry_after: Duration },
-    /// A record could not be made durable: nothing was sent (or nothing more is).
+    /// A record could not be made durable before anything was sent: nothing was.
     #[error("the audit log cannot be written right now")]
     AuditUnavailable,
+    /// The request was sent (Go may have acted), but the record of its answer could not be
+    /// made durable: the answer is withheld. Not to be repeated blindly.
+    #[error("the request reached PowerOffice Go, but its answer could not be recorded and is withheld")]
+    SentUnrecorded,
     /// Go gave no answer (connection, TLS, timeout), or its answer could not be read.
     #[error(transparent)]
     Upstream(UpstreamError),
@@ -149,27 +158,33 @@ impl ApiGateway {
             Err(e) => return Err(self.refused(who, &req, GatewayError::Token(e)).await),
         };
         let env = lease.token.environment;
-        let mut queue_wait = match self.slot(env, requester).await {
-            Ok(waited) => waited,
-            Err(e) => return Err(self.refused(who, &req, e).await),
-        };
         let subscription_key = match self.broker.subscription_key(env).await {
             Ok(k) => k,
             Err(e) => return Err(self.refused(who, &req, GatewayError::Token(e)).await),
         };
-        let url = crate::upstream::api_url(&lease.token.api_base_url, req.path.as_sent(), req.query.forward())
-            .map_err(GatewayError::Upstream)?;
+        let url = match crate::upstream::api_url(&lease.token.api_base_url, req.path.as_sent(), req.query.forward()) {
+            Ok(u) => u,
+            Err(e) => return Err(self.refused(who, &req, GatewayError::Upstream(e)).await),
+        };
+        let method = match reqwest::Method::from_bytes(req.method.as_str().as_bytes()) {
+            Ok(m) => m,
+            Err(_) => {
+                let e = UpstreamError::config("an HTTP method the client cannot send");
+                return Err(self.refused(who, &req, GatewayError::Upstream(e)).await);
+            }
+        };
         let what = req.describe();
         let body_shown = match &req.body {
             OutgoingBody::Kept(b) if b.is_empty() => "no body".to_owned(),
             OutgoingBody::Kept(b) => format!("body {} bytes", b.len()),
             OutgoingBody::Streamed(_) => "body streamed".to_owned(),
         };
-        let intent = format!("{what} ({body_shown}); waited {} ms for the limiter", queue_wait.as_millis());
+        // Durable before the limiter's slot is taken: a stall of the audit log then holds
+        // requests back before their turn, never releases a burst of them after it.
+        let intent = format!("{what} ({body_shown})");
         self.record(who, &req.tenant, &lease.token, Action::ApiRequested, Outcome::Ok, intent, None).await?;
+        let mut queue_wait = self.slot_or_record(who, &req, &lease.token, env, requester).await?;
 
-        let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
-            .map_err(|_| GatewayError::Upstream(UpstreamError::config("an HTTP method the client cannot send")))?;
         let mut retried = false;
         let got = loop {
             let body = match &mut req.body {
@@ -189,9 +204,13 @@ impl ApiGateway {
                         GatewayError::Upstream(e)
                     };
                     let detail = format!("{what}: no answer from PowerOffice Go ({error}) after {} ms", ms(started));
-                    self.record(who, &req.tenant, &lease.token, Action::ApiAnswered, Outcome::Error, detail, None)
-                        .await?;
-                    return Err(error);
+                    let rec =
+                        self.record(who, &req.tenant, &lease.token, Action::ApiAnswered, Outcome::Error, detail, None);
+                    // Go may have acted before it failed to answer: never "retry, nothing was done".
+                    return Err(match rec.await {
+                        Ok(()) => error,
+                        Err(_) => GatewayError::SentUnrecorded,
+                    });
                 }
             };
             let status = response.status();
@@ -200,20 +219,19 @@ impl ApiGateway {
             }
             // A refusal: its small body says which (and carries Go's traceId).
             let (parts, prefix) = split_body(response);
-            let ahead = read_ahead(prefix, REFUSAL_READ_AHEAD).await;
-            let (kept, rest) = match ahead {
+            let (kept, rest) = match read_ahead(prefix, REFUSAL_READ_AHEAD).await {
                 Ok(ReadAhead::Complete(b)) => (b, None),
                 Ok(ReadAhead::Partial { prefix, rest }) => (prefix, Some(rest)),
                 Err(_) => {
-                    let error = GatewayError::Upstream(UpstreamError::Transient {
-                        reason: "the answer broke off".into(),
-                        trace_id: None,
-                    });
                     let detail = format!("{what}: PowerOffice Go's {status} answer broke off");
-                    let extra = Some(status.as_u16());
-                    self.record(who, &req.tenant, &lease.token, Action::ApiAnswered, Outcome::Error, detail, extra)
-                        .await?;
-                    return Err(error);
+                    let code = Some(status.as_u16());
+                    let rec =
+                        self.record(who, &req.tenant, &lease.token, Action::ApiAnswered, Outcome::Error, detail, code);
+                    let broke = UpstreamError::Transient { reason: "the answer broke off".into(), trace_id: None };
+                    return Err(match rec.await {
+                        Ok(()) => GatewayError::Upstream(broke),
+                        Err(_) => GatewayError::SentUnrecorded,
+                    });
                 }
             };
             let refusal = crate::upstream::classify_refusal(
@@ -231,14 +249,17 @@ impl ApiGateway {
                 if matches!(req.body, OutgoingBody::Kept(_)) {
                     retried = true;
                     tracing::info!(tenant = %req.tenant, request_id = %who.request_id, "401 from PowerOffice Go with a cached token: minting a new one and retrying once");
-                    lease = match self.fresh_token(&req.tenant, requester, &lease.token).await {
+                    let refused = lease.token.clone();
+                    lease = match self.fresh_token(&req.tenant, requester, &refused).await {
                         Ok(l) => l,
-                        Err(e) => return Err(self.failed(who, &req, &lease.token, GatewayError::Token(e)).await),
+                        Err(e) => return Err(self.failed(who, &req, &refused, GatewayError::Token(e)).await),
                     };
-                    queue_wait += match self.slot(env, requester).await {
-                        Ok(w) => w,
-                        Err(e) => return Err(self.failed(who, &req, &lease.token, e).await),
-                    };
+                    // The retry carries another token: on record, by its fingerprint, first.
+                    let again = format!("{what} ({body_shown}), again with a new token after PowerOffice Go's 401");
+                    let rec =
+                        self.record(who, &req.tenant, &lease.token, Action::ApiRequested, Outcome::Ok, again, None);
+                    rec.await.map_err(|_| GatewayError::SentUnrecorded)?;
+                    queue_wait += self.slot_or_record(who, &req, &lease.token, env, requester).await?;
                     continue;
                 }
             }
@@ -255,28 +276,31 @@ impl ApiGateway {
                 (parts.status, parts.headers, declared, Chained::new(kept, rest), Some(refusal))
             }
         };
+        let code = Some(status.as_u16());
         if let Some(d) = declared.filter(|d| *d > self.cfg.max_response_bytes) {
             let detail = format!(
                 "{what}: PowerOffice Go answered {status} with {d} bytes, above gateway.max_response_bytes ({}): not passed on",
                 self.cfg.max_response_bytes
             );
-            let code = Some(status.as_u16());
-            self.record(who, &req.tenant, &lease.token, Action::ApiAnswered, Outcome::Error, detail, code).await?;
+            let rec = self.record(who, &req.tenant, &lease.token, Action::ApiAnswered, Outcome::Error, detail, code);
+            rec.await.map_err(|_| GatewayError::SentUnrecorded)?;
             return Err(GatewayError::AnswerTooLarge { declared: d });
         }
         let trace = refusal.as_ref().and_then(UpstreamError::trace_id).map(|t| format!("; Go traceId {}", t.as_str()));
         let length = declared.map_or_else(|| "length not declared (streamed)".to_owned(), |d| format!("{d} bytes"));
         let detail = format!(
-            "{what}: PowerOffice Go answered {} after {} ms; sent {} bytes; answer {length}{}{}",
+            "{what}: PowerOffice Go answered {} after {} ms; sent {} bytes; answer {length}; waited {} ms for the limiter{}{}",
             status.as_u16(),
             ms(started),
             req.sent.bytes(),
+            queue_wait.as_millis(),
             trace.unwrap_or_default(),
             if retried { "; retried once with a new token after a 401" } else { "" },
         );
         let outcome = if status.is_success() || status.is_redirection() { Outcome::Ok } else { Outcome::Error };
-        self.record(who, &req.tenant, &lease.token, Action::ApiAnswered, outcome, detail, Some(status.as_u16()))
-            .await?;
+        let rec = self.record(who, &req.tenant, &lease.token, Action::ApiAnswered, outcome, detail, code);
+        // Go has acted: an answer that cannot be recorded is withheld, and the caller told so.
+        rec.await.map_err(|_| GatewayError::SentUnrecorded)?;
 
         let on_end = self.completion(who, &req, &lease.token, status, declared, started);
         let body = Answer::new(body, self.cfg.max_response_bytes, on_end);
@@ -302,22 +326,38 @@ impl ApiGateway {
         }
     }
 
-    /// Records a request that got no answer after its `api_requested` (its retry could not
-    /// be made) and returns why.
+    /// Records a request Go refused with 401 whose retry could not be made, and returns why.
     async fn failed(&self, who: &ApiCaller, req: &ApiRequest, token: &CachedToken, why: GatewayError) -> GatewayError {
-        let detail = format!("{}: the retry after a 401 could not be sent: {why}", req.describe());
+        let detail = format!("{}: PowerOffice Go answered 401; the retry could not be sent: {why}", req.describe());
         match self.record(who, &req.tenant, token, Action::ApiAnswered, Outcome::Error, detail, Some(401)).await {
             Ok(()) => why,
-            Err(e) => e,
+            Err(_) => GatewayError::SentUnrecorded,
         }
     }
 
-    /// A slot of `env`'s limiter for one call, or the gateway's own 429.
-    async fn slot(&self, env: crate::domain::Environment, who: Requester<'_>) -> Result<Duration, GatewayError> {
-        self.broker
-            .api_slot(env, who, self.cfg.max_queue_wait)
-            .await
-            .map_err(|wait| GatewayError::Queue { retry_after: wait.max(Duration::from_secs(1)) })
+    /// A slot of `env`'s limiter for one call; when the wait would pass the bound, the
+    /// request's `api_answered` says it was not sent, and the caller gets the gateway's 429.
+    async fn slot_or_record(
+        &self,
+        who: &ApiCaller,
+        req: &ApiRequest,
+        token: &CachedToken,
+        env: crate::domain::Environment,
+        requester: Requester<'_>,
+    ) -> Result<Duration, GatewayError> {
+        match self.broker.api_slot(env, requester, self.cfg.max_queue_wait).await {
+            Ok(waited) => Ok(waited),
+            Err(wait) => {
+                let retry_after = wait.max(Duration::from_secs(1));
+                let detail = format!(
+                    "{}: not sent: the integration's budget at PowerOffice Go is taken for longer than {} ms",
+                    req.describe(),
+                    self.cfg.max_queue_wait.as_millis()
+                );
+                self.record(who, &req.tenant, token, Action::ApiAnswered, Outcome::Denied, detail, None).await?;
+                Err(GatewayError::Queue { retry_after })
+            }
+        }
     }
 
     /// A token other than `refused`: minted unless another request already replaced it.

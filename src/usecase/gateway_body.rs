@@ -6,8 +6,8 @@
 //! - [`read_ahead`]: reads at most a limit of a body first, to keep a small request body for
 //!   a retry or to classify an error answer, and [`Chained`] sends what was read ahead,
 //!   then the rest;
-//! - [`Answer`]: Go's answer on its way to the caller: counted, cut at its limit, and
-//!   reporting how it ended exactly once (to its end, with an error, or dropped because the
+//! - [`Answer`]: Go's answer on its way to the caller: counted, cut at its limit, its
+//!   trailers dropped, and reporting how it ended exactly once (to its end, with an error, or dropped because the
 //!   caller went away), so the gateway can record an answer that was not what it declared.
 
 use std::pin::Pin;
@@ -231,6 +231,13 @@ where
             return Poll::Ready(None);
         }
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            // Trailers come last and are Go's headers after the fact: not passed on (as
+            // its headers are filtered, these would not be); the body ends here.
+            Some(Ok(frame)) if frame.is_trailers() => {
+                let bytes = this.bytes;
+                this.end(Ending::Complete { bytes });
+                Poll::Ready(None)
+            }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;

@@ -1,10 +1,12 @@
-//! One gateway request, in the gate's order (`server/layer.rs`): the connection's caller
-//! (and its certificate still accepted after any reload), a request id, the caller's
-//! request budget, the URL parsed, the policy on the exact tenant, method and path (before
-//! any lookup: a refusal looks the same whether the tenant exists or not), the body's
-//! declared size; then the use case (`usecase::gateway`), and its answer or error mapped
-//! here. Every refusal is recorded (`api_denied`) before it is answered, except budget
-//! refusals, which are counted into one record per caller per second as for tokens.
+//! One gateway request, in the gate's order (`server/layer.rs`): the connection's caller, a
+//! request id, the caller's request budget, its certificate still accepted after any
+//! reload, its open requests under their bound, the URL parsed, the policy on the exact
+//! tenant, method and path (before any lookup: a refusal looks the same whether the tenant
+//! exists or not), the body's declared size (a small body read in bounded time); then the
+//! use case (`usecase::gateway`) in a task of its own, so a caller that goes away cannot cut
+//! it between sending to Go and recording the answer; its answer or error mapped here.
+//! Every refusal is recorded (`api_denied`) before it is answered, except budget refusals,
+//! which are counted into one record per caller per second as for tokens.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,13 +31,15 @@ use crate::usecase::{Admission, ApiCaller, ApiRequest, Asker, OutgoingBody};
 pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: http::Request<Incoming>) -> Response<GwBody> {
     let started = Instant::now();
     let request_id = crate::server::layer::new_request_id();
+    // The method is the caller's text until checked: only a forwarded one names the span.
+    let method = crate::domain::ApiMethod::parse_field("method", req.method().as_str()).map_or("other", |m| m.as_str());
     let span = tracing::info_span!(
         "gateway",
-        otel.name = %format!("gateway {}", req.method()),
+        otel.name = %format!("gateway {method}"),
         otel.kind = "server",
         request_id = %request_id,
         caller = %conn.identity.id,
-        http.request.method = %req.method(),
+        http.request.method = method,
     );
     crate::telemetry::continue_trace(&span, req.headers());
     let (response, label) = tracing::Instrument::instrument(serve(&gw, &conn, &request_id, req), span).await;
@@ -54,9 +58,6 @@ async fn serve(
 ) -> (Response<GwBody>, &'static str) {
     let st = &gw.state;
     let refuse = |p: Problem| (p.response(request_id), p.label);
-    if !st.tls.still_valid(conn) {
-        return refuse(respond::certificate_no_longer_accepted());
-    }
     let who = ApiCaller {
         identity: conn.identity.id.clone(),
         serial: conn.identity.serial.clone(),
@@ -72,6 +73,16 @@ async fn serve(
     if let Admission::Refused { retry_after } = st.budgets.admit(asker, generation, rate, Instant::now()) {
         return refuse(respond::over_budget(retry_after));
     }
+    // A connection made before a certificate/CRL reload is checked again.
+    if !st.tls.still_valid(conn) {
+        let p = respond::certificate_no_longer_accepted();
+        let detail = "certificate no longer accepted (revoked, or its CA removed)".to_owned();
+        return refused(gw, &who, None, p, detail, request_id).await;
+    }
+    let _open = match gw.open.open(&who.identity) {
+        Ok(open) => open,
+        Err((whose, limit)) => return refuse(respond::too_many_open(whose, limit)),
+    };
     let (parts, body) = req.into_parts();
     let target = match request::parse_target(&parts.method, &parts.uri) {
         Ok(t) => t,
@@ -106,7 +117,16 @@ async fn serve(
     };
     let Target { tenant, method, path, query } = target;
     let api = ApiRequest { tenant, method, path, query, headers, body: outgoing, sent };
-    match gw.api.forward(&who, api).await {
+    // In a task of its own: dropping this future (the caller went away) must not cut the
+    // use case between Go's answer and its record.
+    let use_case = gw.api.clone();
+    let forwarded =
+        tokio::spawn(tracing::Instrument::in_current_span(async move { use_case.forward(&who, api).await }));
+    let forwarded = match forwarded.await {
+        Ok(r) => r,
+        Err(_) => return refuse(respond::from_error(&crate::usecase::GatewayError::SentUnrecorded)),
+    };
+    match forwarded {
         Ok(answer) => {
             st.metrics.gateway_queue_wait.observe(answer.queue_wait);
             let mut r = Response::new(answer.body.boxed_unsync());
@@ -135,7 +155,12 @@ async fn outgoing_body(
         return Ok((OutgoingBody::Kept(Bytes::new()), meter));
     }
     if declared.is_some_and(|n| n <= opts.replay_body_bytes) {
-        return match read_ahead(metered, opts.replay_body_bytes as usize).await {
+        let read =
+            tokio::time::timeout(opts.upstream.request_timeout, read_ahead(metered, opts.replay_body_bytes as usize));
+        let Ok(read) = read.await else {
+            return Err(respond::body_too_slow());
+        };
+        return match read {
             Ok(ReadAhead::Complete(b)) => Ok((OutgoingBody::Kept(b), meter)),
             // More than it declared: hyper refuses that before we see it; be safe anyway.
             Ok(ReadAhead::Partial { .. }) | Err(_) if meter.over_limit() => {

@@ -66,7 +66,7 @@ pub(crate) fn start(
         max_response_bytes: opts.max_response_bytes,
     };
     let api = ApiGateway::new(state.broker.clone(), go, state.audit.clone(), cfg);
-    let gw = Arc::new(Gateway { state: state.clone(), api, opts: opts.clone() });
+    let gw = Arc::new(Gateway { state: state.clone(), api, opts: opts.clone(), open: Default::default() });
     let (tx, mut rx) = mpsc::channel(256);
     tokio::spawn(conn::accept_loop(listener, (state.tls.clone(), conn::Listener::Gateway), limits, tx, stop.clone()));
     let task = tokio::spawn(async move {
@@ -103,7 +103,12 @@ async fn serve_connection(gw: Arc<Gateway>, stream: CallerStream, mut stop: watc
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let stopping = tokio::select! {

@@ -1,11 +1,19 @@
 //! A gateway request read from the wire: the tenant and Go's path from the URL
 //! (`/<tenant-id>/v2/<path>?<query>`), and the headers that pass each way.
 //!
-//! What never passes to Go: the caller's `Authorization`, any subscription-key header (any
-//! name that contains `subscription-key`) or `subscription-key` query parameter (the vault
-//! adds its own credentials), cookies, `Host`, `Expect` and the hop-by-hop headers (RFC 9110
-//! §7.6.1, and every header `Connection` names). What never passes back: hop-by-hop
-//! headers, `Set-Cookie` (a cookie of Go's is no business of the caller's), and any
+//! To Go pass only the caller's headers of [`FORWARDED`], a list: content negotiation,
+//! conditions, the body's type and trace context. Everything else stays behind, so the
+//! caller's `Authorization`, any subscription-key header (the vault adds its own
+//! credentials; the `subscription-key` query parameter is dropped by `domain::ApiQuery`),
+//! cookies, hop-by-hop headers, and the headers that would make Go's gateway or ASP.NET do
+//! something the policy did not admit (`Ocp-Apim-Trace`, which would have the gateway write
+//! a trace holding the vault's credentials; `X-HTTP-Method-Override`; `X-Original-URL`;
+//! `X-Forwarded-*`) never reach Go. `Accept-Encoding` is always `identity`: the gateway
+//! classifies Go's refusals from their bodies, and streams what it does not read.
+//!
+//! What never passes back: hop-by-hop headers (RFC 9110 §7.6.1, and those `Connection`
+//! names), `Set-Cookie` (a cookie of Go's is no business of the caller's), Azure API
+//! Management's own headers (`Ocp-Apim-*`, `Apim-*`: a trace location among them), and any
 //! credential header, should Go ever echo one.
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -46,6 +54,27 @@ pub fn parse_target(method: &http::Method, uri: &http::Uri) -> Result<Target, In
     Ok(Target { tenant, method, path, query })
 }
 
+/// The caller's headers Go receives (lowercase names).
+pub const FORWARDED: [&str; 17] = [
+    "accept",
+    "accept-language",
+    "cache-control",
+    "content-language",
+    "content-type",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-unmodified-since",
+    "prefer",
+    "range",
+    "traceparent",
+    "tracestate",
+    "user-agent",
+    "x-correlation-id",
+    "x-request-id",
+    "if-range",
+];
+
 /// The hop-by-hop headers (RFC 9110 §7.6.1, and the older ones still seen).
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -70,25 +99,26 @@ fn hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
             .any(|n| n.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
-/// A header that carries a credential of Go's gateway or OAuth server.
-fn credential(name: &HeaderName) -> bool {
-    name == header::AUTHORIZATION || name.as_str().contains("subscription-key")
+/// A header that carries a credential, or is Azure API Management's own.
+fn credential_or_gateway(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    name == header::AUTHORIZATION
+        || name == header::PROXY_AUTHORIZATION
+        || n.contains("subscription-key")
+        || n.starts_with("ocp-apim-")
+        || n.starts_with("apim-")
 }
 
-/// The caller's headers Go receives (module docs for what is left out).
+/// The caller's headers Go receives: those of [`FORWARDED`] (module docs), and
+/// `Accept-Encoding: identity`.
 pub fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut out = HeaderMap::with_capacity(FORWARDED.len() + 1);
     for (name, value) in headers {
-        let dropped = hop_by_hop(name, headers)
-            || credential(name)
-            || name == header::HOST
-            || name == header::COOKIE
-            || name == header::EXPECT
-            || name == header::CONTENT_LENGTH;
-        if !dropped {
+        if FORWARDED.contains(&name.as_str()) && !hop_by_hop(name, headers) {
             out.append(name.clone(), value.clone());
         }
     }
+    out.insert(header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
     out
 }
 
@@ -96,7 +126,7 @@ pub fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
 pub fn answer_headers(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if !(hop_by_hop(name, headers) || credential(name) || name == header::SET_COOKIE) {
+        if !(hop_by_hop(name, headers) || credential_or_gateway(name) || name == header::SET_COOKIE) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -144,6 +174,11 @@ mod tests {
             ("te", "trailers"),
             ("expect", "100-continue"),
             ("content-length", "12"),
+            ("ocp-apim-trace", "true"),
+            ("x-http-method-override", "DELETE"),
+            ("x-original-url", "/v2/Salaries"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("accept-encoding", "gzip"),
             ("accept", "application/json"),
             ("content-type", "application/json"),
             ("x-request-id", "abc"),
@@ -152,13 +187,15 @@ mod tests {
         }
         let out = forwarded_headers(&h);
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["accept", "content-type", "x-request-id"]);
+        assert_eq!(names, ["accept", "content-type", "x-request-id", "accept-encoding"]);
+        assert_eq!(out["accept-encoding"], "identity");
 
         let mut back = HeaderMap::new();
         for (n, v) in [
             ("set-cookie", "ARRAffinity=1"),
             ("connection", "close"),
             ("ocp-apim-subscription-key", "echo"),
+            ("ocp-apim-trace-location", "https://apim/trace"),
             ("content-type", "application/json"),
             ("content-length", "2"),
         ] {

@@ -145,6 +145,13 @@ pub fn from_error(e: &GatewayError) -> Problem {
         )
         .retry(*retry_after),
         GatewayError::AuditUnavailable => audit_unavailable(),
+        GatewayError::SentUnrecorded => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "unavailable",
+            "Bad Gateway",
+            "the request reached PowerOffice Go, but the audit log could not record its answer, so the answer is \
+             withheld; PowerOffice Go may have acted on it: check before repeating a request that changes data",
+        ),
         GatewayError::Upstream(UpstreamError::Timeout) => Problem::new(
             StatusCode::GATEWAY_TIMEOUT,
             "unavailable",
@@ -173,30 +180,69 @@ pub fn from_error(e: &GatewayError) -> Problem {
     }
 }
 
-/// Why the tenant's token could not be had, as the caller's answer.
+/// Why the tenant's token could not be had, as the caller's answer: the statuses of
+/// `server::errors::broker` in HTTP's words (a precondition is 409), with the same rule
+/// that internal and HSM detail stays in the log.
 fn broker(e: &BrokerError) -> Problem {
     let text = e.to_string();
     match e {
         BrokerError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, "4xx", "Not Found", text),
-        BrokerError::Disabled(_) | BrokerError::KeyRejected(_) => {
-            Problem::new(StatusCode::CONFLICT, "4xx", "Conflict", text)
-        }
+        BrokerError::Disabled(_)
+        | BrokerError::KeyRejected(_)
+        | BrokerError::InvalidKey(_)
+        | BrokerError::NoIntegration(_)
+        | BrokerError::SubscriptionKeyRefused(_)
+        | BrokerError::OnboardingRejected(_) => Problem::new(StatusCode::CONFLICT, "4xx", "Conflict", text),
         BrokerError::RateLimited { retry_after, .. } => {
             Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too Many Requests", text).retry(*retry_after)
         }
+        BrokerError::SubscriptionKeyRejected { retry_after, .. }
+        | BrokerError::QuotaExceeded { retry_after, .. }
+        | BrokerError::Unavailable { retry_after, .. } => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service Unavailable", text)
+                .retry(*retry_after)
+        }
+        BrokerError::MasterKeyUnavailable(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service Unavailable",
+            "the master key's HSM is unavailable, so a new token cannot be minted; retry after 1 s",
+        )
+        .retry(std::time::Duration::from_secs(1)),
         BrokerError::Integrity(_) => Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "other",
             "Internal Server Error",
-            "the tenant's sealed key does not open (an integrity failure the operators are alarmed about)",
+            "integrity failure in the vault's storage; operators are alerted",
         ),
-        other => match other.retry_after() {
-            Some(wait) => {
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service Unavailable", text).retry(wait)
-            }
-            None => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service Unavailable", text),
-        },
+        BrokerError::Internal(_) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "other",
+            "Internal Server Error",
+            "internal error; operators are alerted",
+        ),
     }
+}
+
+/// Too many of this caller's requests (or of all callers') are open at once.
+pub fn too_many_open(whose: &str, limit: usize) -> Problem {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "Too Many Requests",
+        format!("{whose} already has {limit} gateway requests open, the most allowed; wait for one to finish"),
+    )
+    .retry(std::time::Duration::from_secs(1))
+}
+
+/// The caller took longer than the gateway waits to send its (small) body.
+pub fn body_too_slow() -> Problem {
+    Problem::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid",
+        "Request Timeout",
+        "the request body did not arrive in time (gateway.request_timeout_secs)",
+    )
 }
 
 /// The metric label of Go's answer.
