@@ -7,6 +7,10 @@
 //!   `RegisterClientKey` (which proves it against Go first), never stores or logs it, and
 //!   shows only the hint afterwards.
 //!
+//! And with the vault's API gateway (`[gateway]`), the app lists a connected customer's own
+//! customers from Go (`/customers?tenant=ID`): it calls Go through the vault with its own
+//! certificate (role `api`), holding neither an access token nor the subscription key.
+//!
 //! Every browser gets a session cookie (random, HttpOnly, SameSite=Lax). The forms carry a
 //! CSRF token tied to that session, checked on every POST. An onboarding is bound to the
 //! session twice: the vault binds it to the session's `subject` (a hash of the cookie), so
@@ -21,7 +25,7 @@
 //!
 //! Run against `pogo-vault dev` (its admin certificate):
 //! ```sh
-//! cargo run --example integrator_web -- https://127.0.0.1:50051 .pogo-vault-dev/certs 127.0.0.1:8080
+//! cargo run --example integrator_web -- https://127.0.0.1:50051 .pogo-vault-dev/certs 127.0.0.1:8080 https://127.0.0.1:50052
 //! ```
 //! (Go must whitelist the app's callback URL; the dev simulator accepts loopback ones.)
 
@@ -50,11 +54,15 @@ pub struct AppConfig {
     pub listen: SocketAddr,
     pub environment: String,
     pub tenant_prefix: String,
+    /// The vault's API gateway (`https://host:port`), if it has one.
+    pub gateway: Option<String>,
 }
 
 #[derive(Clone)]
 struct App {
     vault: Channel,
+    /// The gateway's base URL and an HTTPS client presenting the app's certificate.
+    gateway: Option<(String, reqwest::Client)>,
     /// The app's own base URL, for Go's redirect back to `/callback`.
     base: String,
     environment: String,
@@ -143,8 +151,21 @@ pub async fn start(cfg: AppConfig) -> std::io::Result<(SocketAddr, tokio::task::
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
+    let gateway = match cfg.gateway {
+        None => None,
+        Some(base) => {
+            let tls = pogo_vault::tls::https_client_config(&cfg.tls, &[b"h2", b"http/1.1"])
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let client = reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .build()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Some((base.trim_end_matches('/').to_owned(), client))
+        }
+    };
     let app = App {
         vault,
+        gateway,
         base: format!("http://{addr}"),
         environment: cfg.environment,
         tenant_prefix: cfg.tenant_prefix,
@@ -155,6 +176,7 @@ pub async fn start(cfg: AppConfig) -> std::io::Result<(SocketAddr, tokio::task::
         .route("/connect", post(connect))
         .route("/callback", get(callback))
         .route("/settings/key", post(save_key))
+        .route("/customers", get(customers))
         .with_state(app);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
@@ -173,13 +195,19 @@ fn page(title: &str, body: &str) -> Html<String> {
     ))
 }
 
-fn tenant_rows(ts: &[pb::Tenant]) -> String {
+fn tenant_rows(ts: &[pb::Tenant], gateway: bool) -> String {
     let rows: String = ts
         .iter()
         .map(|t| {
+            // Tenant ids are a-z 0-9 - _ . only: safe in a query string as they are.
+            let id = if gateway {
+                format!("<a href=\"/customers?tenant={}\">{}</a>", esc(&t.tenant_id), esc(&t.tenant_id))
+            } else {
+                esc(&t.tenant_id)
+            };
             format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&t.tenant_id),
+                id,
                 esc(&t.display_name),
                 esc(&t.organization_number),
                 esc(&t.client_key_hint)
@@ -208,7 +236,7 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
     let mut tenants = TenantServiceClient::new(app.vault.clone());
     let list = tenants.list_tenants(pb::ListTenantsRequest::default()).await.map(|r| r.into_inner().tenants);
     let connected = match list {
-        Ok(ts) => tenant_rows(&ts),
+        Ok(ts) => tenant_rows(&ts, app.gateway.is_some()),
         Err(s) => format!("<p>{}</p>", esc(&explain(&s))),
     };
     let body = page(
@@ -283,7 +311,7 @@ async fn callback(State(app): State<App>, headers: HeaderMap, Query(q): Query<Ca
         subject: subject(&sid),
     };
     match onboarding.complete_onboarding(req).await {
-        Ok(r) => page("Connected", &tenant_rows(&r.into_inner().tenants)).into_response(),
+        Ok(r) => page("Connected", &tenant_rows(&r.into_inner().tenants, app.gateway.is_some())).into_response(),
         Err(s) => page("Not connected", &format!("<p>{}</p>", esc(&explain(&s)))).into_response(),
     }
 }
@@ -319,6 +347,53 @@ async fn save_key(State(app): State<App>, headers: HeaderMap, Form(f): Form<KeyF
     }
 }
 
+#[derive(Deserialize)]
+struct CustomersQuery {
+    tenant: String,
+}
+
+/// A connected customer's own customers in Go, through the vault's gateway: the app holds
+/// no token and no subscription key (a real app takes the tenant from its logged-in user).
+async fn customers(State(app): State<App>, Query(q): Query<CustomersQuery>) -> Response {
+    let Some((base, client)) = &app.gateway else {
+        return refused("This app was started without the vault's API gateway.");
+    };
+    // Parsed before it becomes part of a URL path: no `/`, `..` or `%` can ride along.
+    let Ok(tenant) = q.tenant.parse::<pogo_vault::domain::TenantId>() else {
+        return refused("That is not a company id.");
+    };
+    let url = format!("{base}/{tenant}/v2/Customers?pageSize=20");
+    let answer = match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => r.json::<Vec<serde_json::Value>>().await.ok(),
+        Ok(r) => {
+            let why = match r.status().as_u16() {
+                403 => "This app may not read that company's customers.",
+                404 => "No such company is connected.",
+                429 | 503 => "PowerOffice Go is busy just now. Please try again in a minute.",
+                _ => "PowerOffice Go did not answer as expected. Please try again later.",
+            };
+            return page("Customers", &format!("<p>{}</p>", esc(why))).into_response();
+        }
+        Err(_) => None,
+    };
+    let Some(list) = answer else {
+        return page("Customers", "<p>PowerOffice Go could not be reached just now.</p>").into_response();
+    };
+    let text = |v: &serde_json::Value, k: &str| match &v[k] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let rows: String = list
+        .iter()
+        .map(|c| format!("<tr><td>{}</td><td>{}</td></tr>", esc(&text(c, "CustomerNo")), esc(&text(c, "Name"))))
+        .collect();
+    let body = format!(
+        "<p>{} in PowerOffice Go (the first 20)</p><table><tr><th>No.</th><th>Name</th></tr>{rows}</table>",
+        esc(tenant.as_str())
+    );
+    page("Customers", &body).into_response()
+}
+
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -326,6 +401,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoint = args.get(1).cloned().unwrap_or_else(|| "https://127.0.0.1:50051".into());
     let certs = PathBuf::from(args.get(2).cloned().unwrap_or_else(|| ".pogo-vault-dev/certs".into()));
     let listen = args.get(3).cloned().unwrap_or_else(|| "127.0.0.1:8080".into()).parse()?;
+    let gateway = args.get(4).cloned();
     let cfg = AppConfig {
         vault_endpoint: endpoint,
         tls: ClientTlsFiles {
@@ -336,6 +412,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listen,
         environment: "demo".into(),
         tenant_prefix: "web-".into(),
+        gateway,
     };
     let (addr, task) = start(cfg).await?;
     println!("integrator web app on http://{addr}");

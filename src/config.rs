@@ -320,6 +320,9 @@ impl Config {
             if !gateway::is_set(text, "tokens", "upstream_rate_per_second") {
                 cfg.tokens.upstream_rate_per_second = gateway::GATEWAY_DEFAULT_RATE;
             }
+            if !gateway::is_set(text, "tokens", "upstream_burst") {
+                cfg.tokens.upstream_burst = gateway::GATEWAY_DEFAULT_BURST;
+            }
             if !gateway::is_set(text, "server", "return_subscription_key") {
                 cfg.server.return_subscription_key = false;
             }

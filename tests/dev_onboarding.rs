@@ -72,6 +72,7 @@ async fn onboarding_through_the_web_app_works_against_pogo_vault_dev() {
         listen: "127.0.0.1:0".parse().unwrap(),
         environment: "demo".into(),
         tenant_prefix: "web-".into(),
+        gateway: Some(dev.gateway()),
     };
     let (addr, _task) = integrator_web::start(cfg).await.unwrap();
     let app = format!("http://{addr}");
@@ -85,6 +86,12 @@ async fn onboarding_through_the_web_app_works_against_pogo_vault_dev() {
     assert!(page.contains("Connected"), "{page}");
     assert!(page.contains("web-999999993") && page.contains("Nordlys Handel AS"), "{page}");
     assert!(!holds_a_guid(&String::from_utf8_lossy(&browser.pages)), "a page carried a client key");
+
+    // A connected customer's own customers in Go, listed through the vault's gateway.
+    let (_, _, listed) = browser.get(&format!("{app}/customers?tenant=demo-acme")).await;
+    assert!(listed.contains("Customer 1 of Acme Regnskap AS"), "{listed}");
+    let (_, _, refused) = browser.get(&format!("{app}/customers?tenant=..%2Fdemo-acme")).await;
+    assert!(refused.contains("not a company id"), "{refused}");
 
     // The new tenant gets a token with the command dev printed, and the demo tenants still
     // do: the simulated approver activates only its own client, so no demo key was replaced.

@@ -23,6 +23,7 @@ async fn start_app(ts: &TestServer) -> String {
         listen: "127.0.0.1:0".parse().unwrap(),
         environment: "demo".into(),
         tenant_prefix: "web-".into(),
+        gateway: None,
     };
     let (addr, _task) = integrator_web::start(cfg).await.unwrap();
     let app = format!("http://{addr}");

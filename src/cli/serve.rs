@@ -36,6 +36,10 @@ pub struct DevArgs {
     /// gRPC listen address (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// The API gateway's listen address; default: the gRPC port + 1 on the same address
+    /// (any free port when `--listen` picks one).
+    #[arg(long)]
+    pub gateway_listen: Option<SocketAddr>,
     /// Mint the demo token, print the commands, then stop instead of serving.
     #[arg(long)]
     pub once: bool,
@@ -351,7 +355,13 @@ fn dev_policy(trust_domain: &str) -> String {
          [[grant]]\ncaller = \"spiffe://{trust_domain}/service/token-caller\"\nroles = [\"token\"]\ntenants = [\"*\"]\n\n\
          [[grant]]\ncaller = \"spiffe://{trust_domain}/service/admin\"\nroles = [\"tenant-admin\"]\ntenants = [\"*\"]\n\n\
          [[grant]]\ncaller = \"spiffe://{trust_domain}/team/security/auditor\"\nroles = [\"audit\"]\n\n\
-         [[grant]]\ncaller = \"spiffe://{trust_domain}/service/operator\"\nroles = [\"operator\"]\n"
+         [[grant]]\ncaller = \"spiffe://{trust_domain}/service/operator\"\nroles = [\"operator\"]\n\n\
+         # Go's API through the vault's gateway: the token caller, and the admin (the example web\n\
+         # app lists a tenant's customers).\n\
+         [[grant]]\ncaller = \"spiffe://{trust_domain}/service/token-caller\"\nroles = [\"api\"]\ntenants = [\"*\"]\n\
+         api = [\"GET /v2/Customers\", \"GET /v2/Customers/**\", \"POST /v2/OutgoingInvoices\"]\n\n\
+         [[grant]]\ncaller = \"spiffe://{trust_domain}/service/admin\"\nroles = [\"api\"]\ntenants = [\"*\"]\n\
+         api = [\"GET /v2/Customers\"]\n"
     )
 }
 
@@ -435,7 +445,12 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         tls: pki.server_files(),
         policy: policy.clone(),
         upstream: crate::upstream::UpstreamConfig::default(),
-        tokens: crate::tokens::BrokerConfig::default(),
+        // The gateway is on: the one limiter carries API calls too (`config/gateway.rs`).
+        tokens: crate::tokens::BrokerConfig {
+            upstream_rate_per_second: crate::config::gateway::GATEWAY_DEFAULT_RATE,
+            upstream_burst: crate::config::gateway::GATEWAY_DEFAULT_BURST,
+            ..crate::tokens::BrokerConfig::default()
+        },
         audit: crate::audit::AuditConfig::default(),
         max_request_bytes: 64 * 1024,
         request_timeout: std::time::Duration::from_secs(15),
@@ -449,7 +464,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         // Dev certificates do not rotate: SIGHUP still reloads.
         watch_files: None,
         spiffe: None,
-        gateway: None,
+        gateway: Some(dev_gateway(&a)),
     };
     let server = crate::server::start(opts).await.map_err(|e| {
         let hint = if e.to_string().contains("in use") { " (pass --listen 127.0.0.1:0 or another port)" } else { "" };
@@ -457,6 +472,9 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
     })?;
     let endpoint = format!("https://{}", server.addr);
     outln!("dev: vault serving gRPC over mutual TLS at {endpoint}")?;
+    if let Some(g) = server.gateway_addr {
+        outln!("dev: Go API gateway (HTTPS, mutual TLS) at https://{g}")?;
+    }
 
     let client_files =
         |name: &str| pki.client_files(name).ok_or_else(|| fail("certificates", &format!("no {name} certificate")));
@@ -495,7 +513,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         .into_inner();
     outln!("dev: minted over mTLS as spiffe://{trust_domain}/service/token-caller")?;
     outln!("dev: {}", describe_token(DEMO_TENANTS[0].0, &resp))?;
-    print_commands(&endpoint, &server.addr, &caller, dir)?;
+    print_commands(&endpoint, &server.addr, server.gateway_addr, &caller, dir)?;
     if a.once {
         return server.shutdown().await.map_err(|e| fail("shutdown", &e));
     }
@@ -507,7 +525,23 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
     r
 }
 
-fn print_commands(endpoint: &str, addr: &SocketAddr, f: &ClientTlsFiles, dir: &Path) -> Result<(), CliError> {
+/// Dev mode's gateway: the gRPC port + 1 (a free port with `--listen ...:0`), the
+/// gateway's production defaults otherwise.
+fn dev_gateway(a: &DevArgs) -> crate::server::GatewayOptions {
+    let listen = a.gateway_listen.unwrap_or_else(|| {
+        let port = if a.listen.port() == 0 { 0 } else { a.listen.port().saturating_add(1) };
+        SocketAddr::new(a.listen.ip(), port)
+    });
+    crate::config::gateway::GatewaySection::with_listen(listen).options()
+}
+
+fn print_commands(
+    endpoint: &str,
+    addr: &SocketAddr,
+    gateway: Option<SocketAddr>,
+    f: &ClientTlsFiles,
+    dir: &Path,
+) -> Result<(), CliError> {
     let exe = std::env::current_exe().ok().map(|p| p.display().to_string()).unwrap_or_else(|| "pogo-vault".into());
     outln!()?;
     outln!("Try it from another shell:")?;
@@ -526,8 +560,19 @@ fn print_commands(endpoint: &str, addr: &SocketAddr, f: &ClientTlsFiles, dir: &P
         DEMO_TENANTS[0].0
     )?;
     outln!("  (admin and auditor certificates are in {}/certs)", dir.display())?;
+    let gateway = gateway.map_or_else(String::new, |g| format!("https://{g}"));
+    if !gateway.is_empty() {
+        outln!("Go's API through the gateway (no token or subscription key in the caller's hands):")?;
+        outln!(
+            "  curl --cacert {} --cert {} --key {} {gateway}/{}/v2/Customers?pageSize=3",
+            f.ca.display(),
+            f.cert.display(),
+            f.key.display(),
+            DEMO_TENANTS[0].0
+        )?;
+    }
     outln!("Onboarding (the simulated approver activates Nordlys Handel AS), through the example web app:")?;
-    outln!("  cargo run --example integrator_web -- {endpoint} {}/certs 127.0.0.1:8080", dir.display())?;
+    outln!("  cargo run --example integrator_web -- {endpoint} {}/certs 127.0.0.1:8080 {gateway}", dir.display())?;
     outln!("  then open http://127.0.0.1:8080/ and press \"Connect PowerOffice Go\"")?;
     outln!()
 }

@@ -4,9 +4,10 @@
 //!
 //! With the gateway on, the one limiter per subscription carries the callers' API calls as
 //! well as the vault's token requests, so its default rate rises from 2 to
-//! [`GATEWAY_DEFAULT_RATE`] a second (below Go's 10), and `server.return_subscription_key`
-//! defaults to false: a caller that goes through the gateway needs no key. Both stay as
-//! written when the file sets them.
+//! [`GATEWAY_DEFAULT_RATE`] a second with a burst of [`GATEWAY_DEFAULT_BURST`] (at most 10 in
+//! any second: Go's own limit, which a burst of 4 on top of 8 a second would pass), and
+//! `server.return_subscription_key` defaults to false: a caller that goes through the
+//! gateway needs no key. Each stays as written when the file sets it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +16,9 @@ use serde::Deserialize;
 
 /// `tokens.upstream_rate_per_second` when the gateway is on and the file does not set it.
 pub const GATEWAY_DEFAULT_RATE: f64 = 8.0;
+
+/// `tokens.upstream_burst` when the gateway is on and the file does not set it.
+pub const GATEWAY_DEFAULT_BURST: u32 = 2;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +69,19 @@ fn default_max_queue_wait() -> f64 {
 }
 
 impl GatewaySection {
+    /// `[gateway]` with only `listen` set: every other key at its default.
+    pub fn with_listen(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            max_request_bytes: default_max_request_bytes(),
+            max_response_bytes: default_max_response_bytes(),
+            replay_body_bytes: default_replay_body_bytes(),
+            connect_timeout_secs: default_connect_timeout(),
+            request_timeout_secs: default_request_timeout(),
+            max_queue_wait_secs: default_max_queue_wait(),
+        }
+    }
+
     /// Checks the values; `Err((key, reason))` names the key.
     pub fn validate(&self, others: &[(&'static str, Option<SocketAddr>)]) -> Result<(), (&'static str, String)> {
         const GIB: u64 = 1024 * 1024 * 1024;

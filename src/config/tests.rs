@@ -147,15 +147,17 @@ fn the_gateway_raises_the_shared_rate_and_withholds_the_subscription_key_unless_
     let c = Config::parse(&on, Path::new("c.toml")).unwrap();
     c.validate(Path::new("c.toml")).unwrap();
     assert_eq!(c.tokens.upstream_rate_per_second, gateway::GATEWAY_DEFAULT_RATE);
+    assert_eq!(c.tokens.upstream_burst, gateway::GATEWAY_DEFAULT_BURST);
+    assert!(c.tokens.upstream_rate_per_second + f64::from(c.tokens.upstream_burst) <= 10.0, "within Go's 10 a second");
     assert!(!c.server.return_subscription_key);
     let g = c.gateway.as_ref().unwrap();
     assert_eq!((g.max_request_bytes, g.replay_body_bytes, g.max_queue_wait_secs), (32 << 20, 64 << 10, 2.0));
 
     // What the file sets stays as written (`[server]` is MIN's last table).
     let set = on.replace("policy = \"policy.toml\"\n", "policy = \"policy.toml\"\nreturn_subscription_key = true\n")
-        + "\n[tokens]\nupstream_rate_per_second = 5\n";
+        + "\n[tokens]\nupstream_rate_per_second = 5\nupstream_burst = 4\n";
     let c = Config::parse(&set, Path::new("c.toml")).unwrap();
-    assert_eq!(c.tokens.upstream_rate_per_second, 5.0);
+    assert_eq!((c.tokens.upstream_rate_per_second, c.tokens.upstream_burst), (5.0, 4));
     assert!(c.server.return_subscription_key);
 
     for (extra, key) in [

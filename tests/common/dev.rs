@@ -63,6 +63,12 @@ impl Dev {
         }
     }
 
+    /// The API gateway's base URL it printed.
+    pub fn gateway(&self) -> String {
+        let at = "dev: Go API gateway (HTTPS, mutual TLS) at ";
+        self.lines.iter().find_map(|l| l.strip_prefix(at)).expect("the gateway is printed").trim().to_owned()
+    }
+
     /// The gRPC endpoint it printed.
     pub fn endpoint(&self) -> String {
         let at = "dev: vault serving gRPC over mutual TLS at ";
