@@ -7,7 +7,7 @@
 //!
 //! What the harness adds, and why each is not a change to what the README says:
 //! - The ports written in the README (`127.0.0.1:8443` vault, `:8089` simulator, `:9464`
-//!   metrics) are replaced by free loopback ports, so parallel tests and a developer's own
+//!   metrics, `:8444` the API gateway) are replaced by free loopback ports, so parallel tests and a developer's own
 //!   `pogo-vault dev` never collide.
 //! - After a line that starts a background process (`... &`), the script waits, by polling,
 //!   until that process's ports accept connections: what a person pasting line by line
@@ -57,11 +57,15 @@ struct Ports {
 }
 
 impl Ports {
-    const WRITTEN: [(&'static str, &'static str); 3] =
-        [("127.0.0.1:8443", "vault"), ("127.0.0.1:8089", "sim"), ("127.0.0.1:9464", "metrics")];
+    const WRITTEN: [(&'static str, &'static str); 4] = [
+        ("127.0.0.1:8443", "vault"),
+        ("127.0.0.1:8089", "sim"),
+        ("127.0.0.1:9464", "metrics"),
+        ("127.0.0.1:8444", "gateway"),
+    ];
 
     fn free() -> Ports {
-        // Held together until all are chosen, so the three differ.
+        // Held together until all are chosen, so they differ.
         let listeners: Vec<_> =
             Self::WRITTEN.iter().map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
         let map = Self::WRITTEN
@@ -86,7 +90,7 @@ fn background_ports(line: &str, ports: &Ports) -> Vec<u16> {
     if line.contains("pogo-vault sim") {
         vec![ports.port("sim")]
     } else if line.contains("pogo-vault serve") {
-        vec![ports.port("vault"), ports.port("metrics")]
+        vec![ports.port("vault"), ports.port("metrics"), ports.port("gateway")]
     } else {
         panic!("README starts a background command the walk test cannot wait for; teach `background_ports`: {line}")
     }
@@ -291,6 +295,8 @@ fn every_command_of_the_readme_walk_works_as_written() {
         "tenant acme: Bearer token",
         "tenant go-999999993 (Nordlys Handel AS)",
         "tenant go-999999993: Bearer token",
+        "Customer 1 of Acme Regnskap AS",
+        "GET /v2/Salaries: 403",
         "environment override in force: POGO_VAULT_DB=vault.db",
         "ok: ",
         "restored ",
