@@ -316,7 +316,7 @@ impl Config {
         cfg.audit.sink.iter_mut().flat_map(crate::audit::SinkConfig::files_mut).for_each(fix);
         [&mut cfg.traces.ca, &mut cfg.traces.cert, &mut cfg.traces.key].into_iter().flatten().for_each(fix);
         // With the gateway on, the defaults it changes (`config/gateway.rs`), unless set.
-        if cfg.gateway.is_some() {
+        if cfg.gateway.as_ref().is_some_and(gateway::GatewaySection::is_on) {
             if !gateway::is_set(text, "tokens", "upstream_rate_per_second") {
                 cfg.tokens.upstream_rate_per_second = gateway::GATEWAY_DEFAULT_RATE;
             }

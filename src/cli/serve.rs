@@ -464,7 +464,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         // Dev certificates do not rotate: SIGHUP still reloads.
         watch_files: None,
         spiffe: None,
-        gateway: Some(dev_gateway(&a)),
+        gateway: dev_gateway(&a),
     };
     let server = crate::server::start(opts).await.map_err(|e| {
         let hint = if e.to_string().contains("in use") { " (pass --listen 127.0.0.1:0 or another port)" } else { "" };
@@ -527,7 +527,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
 
 /// Dev mode's gateway: the gRPC port + 1 (a free port with `--listen ...:0`), the
 /// gateway's production defaults otherwise.
-fn dev_gateway(a: &DevArgs) -> crate::server::GatewayOptions {
+fn dev_gateway(a: &DevArgs) -> Option<crate::server::GatewayOptions> {
     let listen = a.gateway_listen.unwrap_or_else(|| {
         let port = if a.listen.port() == 0 { 0 } else { a.listen.port().saturating_add(1) };
         SocketAddr::new(a.listen.ip(), port)

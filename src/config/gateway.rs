@@ -24,8 +24,9 @@ pub const GATEWAY_DEFAULT_BURST: u32 = 2;
 #[serde(deny_unknown_fields)]
 pub struct GatewaySection {
     /// Where the gateway listens (HTTPS with mutual TLS: the gRPC port's CAs, CRLs and
-    /// identity rules).
-    pub listen: SocketAddr,
+    /// identity rules). Not set: the gateway is off (the rest of the table is kept).
+    #[serde(default, deserialize_with = "listen_address")]
+    pub listen: Option<SocketAddr>,
     /// Largest request body passed to Go; a larger one is refused (413).
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: u64,
@@ -72,7 +73,7 @@ impl GatewaySection {
     /// `[gateway]` with only `listen` set: every other key at its default.
     pub fn with_listen(listen: SocketAddr) -> Self {
         Self {
-            listen,
+            listen: Some(listen),
             max_request_bytes: default_max_request_bytes(),
             max_response_bytes: default_max_response_bytes(),
             replay_body_bytes: default_replay_body_bytes(),
@@ -109,16 +110,23 @@ impl GatewaySection {
                 return Err((key, format!("{secs} is not a number of seconds above 0 and at most {most}")));
             }
         }
-        if let Some((key, _)) = others.iter().find(|(_, a)| *a == Some(self.listen) && self.listen.port() != 0) {
-            return Err(("gateway.listen", format!("{} is also {key}", self.listen)));
+        if let Some(listen) = self.listen
+            && let Some((key, _)) = others.iter().find(|(_, a)| *a == Some(listen) && listen.port() != 0)
+        {
+            return Err(("gateway.listen", format!("{listen} is also {key}")));
         }
         Ok(())
     }
 
-    /// The server's options for the gateway.
-    pub fn options(&self) -> crate::server::GatewayOptions {
-        crate::server::GatewayOptions {
-            listen: self.listen,
+    /// Whether the gateway is on (`listen` set).
+    pub fn is_on(&self) -> bool {
+        self.listen.is_some()
+    }
+
+    /// The server's options for the gateway; `None` while it is off.
+    pub fn options(&self) -> Option<crate::server::GatewayOptions> {
+        Some(crate::server::GatewayOptions {
+            listen: self.listen?,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
             replay_body_bytes: self.replay_body_bytes,
@@ -127,8 +135,16 @@ impl GatewaySection {
                 request_timeout: Duration::from_secs_f64(self.request_timeout_secs),
             },
             max_queue_wait: Duration::from_secs_f64(self.max_queue_wait_secs),
-        }
+        })
     }
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an address like 0.0.0.0:8444")))
 }
 
 /// Whether the TOML text sets `[section] key` (so a default that depends on the gateway

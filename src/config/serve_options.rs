@@ -32,7 +32,7 @@ impl crate::server::ServeOptions {
             health_listen: c.server.health_listen,
             watch_files: c.server.watch_files.then_some(crate::server::WATCH_EVERY),
             spiffe: c.server.spiffe(|k| std::env::var(k).ok()),
-            gateway: c.gateway.as_ref().map(super::gateway::GatewaySection::options),
+            gateway: c.gateway.as_ref().and_then(super::gateway::GatewaySection::options),
         })
     }
 }

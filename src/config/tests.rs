@@ -174,4 +174,10 @@ fn the_gateway_raises_the_shared_rate_and_withholds_the_subscription_key_unless_
     let e = Config::parse(&format!("{MIN}\n[gateway]\nlisten = \"127.0.0.1:1\"\nknob = 1\n"), Path::new("c.toml"))
         .unwrap_err();
     assert!(e.to_string().contains("unknown field"), "{e}");
+    // A [gateway] table without listen: off, and the defaults it would change stay.
+    let off = Config::parse(&format!("{MIN}\n[gateway]\nmax_queue_wait_secs = 3\n"), Path::new("c.toml")).unwrap();
+    off.validate(Path::new("c.toml")).unwrap();
+    assert!(crate::server::ServeOptions::from_config(&off).unwrap().gateway.is_none());
+    assert_eq!(off.tokens.upstream_rate_per_second, 2.0);
+    assert!(off.server.return_subscription_key);
 }
