@@ -479,3 +479,21 @@ fn only_the_hsm_module_speaks_pkcs11_and_it_never_reads_key_bytes_out() {
     let low = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/crypto/pkcs11.rs")).unwrap();
     assert!(low.contains("Mechanism::AesGcm") && low.contains("Extractable(false)"), "the HSM code moved?");
 }
+
+/// The gateway's answers are made in `server/gateway/respond.rs` only: a refusal built in
+/// a handler would miss the problem shape, the request id or `Retry-After`.
+#[test]
+fn gateway_statuses_are_made_only_in_respond() {
+    let mut offenders = Vec::new();
+    for (path, text) in src_files() {
+        if !path.starts_with("server/gateway/") || path == "server/gateway/respond.rs" {
+            continue;
+        }
+        for (n, line) in code_lines(&text) {
+            if line.contains("StatusCode::") || line.contains("status_mut()") && !line.contains("answer.status") {
+                offenders.push(format!("src/{path}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "gateway statuses made outside respond.rs:\n{}", offenders.join("\n"));
+}
