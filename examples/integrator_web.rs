@@ -158,6 +158,7 @@ pub async fn start(cfg: AppConfig) -> std::io::Result<(SocketAddr, tokio::task::
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             let client = reqwest::Client::builder()
                 .tls_backend_preconfigured(tls)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             Some((base.trim_end_matches('/').to_owned(), client))
@@ -353,7 +354,9 @@ struct CustomersQuery {
 }
 
 /// A connected customer's own customers in Go, through the vault's gateway: the app holds
-/// no token and no subscription key (a real app takes the tenant from its logged-in user).
+/// no token and no subscription key. A real app takes the tenant from its logged-in user
+/// (this example has no login, module docs) and calls the gateway with a certificate of
+/// its own that holds only the `api` grant it needs, not its tenant-admin one.
 async fn customers(State(app): State<App>, Query(q): Query<CustomersQuery>) -> Response {
     let Some((base, client)) = &app.gateway else {
         return refused("This app was started without the vault's API gateway.");

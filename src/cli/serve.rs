@@ -467,7 +467,11 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         gateway: dev_gateway(&a),
     };
     let server = crate::server::start(opts).await.map_err(|e| {
-        let hint = if e.to_string().contains("in use") { " (pass --listen 127.0.0.1:0 or another port)" } else { "" };
+        let hint = if e.to_string().contains("in use") {
+            " (pass --listen 127.0.0.1:0, or other ports with --listen and --gateway-listen)"
+        } else {
+            ""
+        };
         fail("server", &format!("{e}{hint}"))
     })?;
     let endpoint = format!("https://{}", server.addr);
@@ -529,7 +533,8 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
 /// gateway's production defaults otherwise.
 fn dev_gateway(a: &DevArgs) -> Option<crate::server::GatewayOptions> {
     let listen = a.gateway_listen.unwrap_or_else(|| {
-        let port = if a.listen.port() == 0 { 0 } else { a.listen.port().saturating_add(1) };
+        // Port 0 (any), and the top port (no port after it): any free port.
+        let port = a.listen.port().checked_add(1).filter(|_| a.listen.port() != 0).unwrap_or(0);
         SocketAddr::new(a.listen.ip(), port)
     });
     crate::config::gateway::GatewaySection::with_listen(listen).options()

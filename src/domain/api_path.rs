@@ -101,11 +101,21 @@ impl ApiPath {
     }
 }
 
+/// Characters a segment may hold percent-encoded: those that may not stand in a path as
+/// they are (space and the printable ASCII RFC 3986 leaves out), and the delimiters that may
+/// (decoding them changes nothing a rule matches). Nothing else: an encoded letter, digit
+/// or `-._~` would let `%4Fnboarding` pass for something other than what Go, which decodes
+/// it, serves; an encoded `/`, `\`, `.`, `%`, `;`, `?` or `#` could change the path's shape
+/// after the policy matched it; non-ASCII may fold to ASCII on the way.
+const MAY_BE_ENCODED: &[u8] = b" \"<>[]^`{|}!$&'()*+,=:@";
+
 /// A segment's characters: RFC 3986 `pchar` (unreserved, sub-delims but `;`, `:`, `@`)
-/// and percent-encodings, except encodings of `/`, `\`, `.`, `%` and control characters.
+/// and percent-encodings of [`MAY_BE_ENCODED`] only; no trailing `.` or space (a host may
+/// trim them: `Onboarding.` would be `Onboarding`).
 fn check_segment(segment: &str) -> Result<(), String> {
     let b = segment.as_bytes();
     let mut i = 0;
+    let mut last = 0u8;
     while i < b.len() {
         match b[i] {
             b'%' => {
@@ -113,14 +123,25 @@ fn check_segment(segment: &str) -> Result<(), String> {
                 let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
                     return Err("has a % that is not followed by two hex digits".into());
                 };
-                if matches!(byte, b'/' | b'\\' | b'.' | b'%') || byte < 0x20 || byte == 0x7f {
-                    return Err("encodes /, \\, ., % or a control character (%2F, %5C, %2E, %25, ...)".into());
+                if !MAY_BE_ENCODED.contains(&byte) {
+                    return Err(
+                        "encodes a character that must be written as it is (a letter, digit or -._~) or may not be \
+                         in a segment at all (/, \\, ., %, ;, ?, #, control, non-ASCII)"
+                            .into(),
+                    );
                 }
+                last = byte;
                 i += 3;
             }
-            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&c) => i += 1,
+            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&c) => {
+                last = c;
+                i += 1;
+            }
             _ => return Err("has a character that is not allowed in a URL path (encode it)".into()),
         }
+    }
+    if matches!(last, b'.' | b' ') {
+        return Err("has a segment that ends in . or a space".into());
     }
     Ok(())
 }
@@ -237,6 +258,14 @@ mod tests {
             "/v2/Onboarding/Finalize",
             "/V2/ONBOARDING/initiate",
             "/v2/onboarding",
+            "/v2/%4Fnboarding/Finalize",
+            "/v2/Onboarding%2e/Finalize",
+            "/v2/Onboarding./Finalize",
+            "/v2/Onboarding%20/Finalize",
+            "/v2/Onb%C4%B1arding/Finalize",
+            "/v2/Customers/..%3B/Salaries",
+            "/v2/Customers%3Fx",
+            "/v2/Customers%23x",
             "OAuth/Token",
         ] {
             let e = ApiPath::parse_field("path", bad).unwrap_err();

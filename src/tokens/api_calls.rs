@@ -39,25 +39,27 @@ impl Broker {
         r
     }
 
-    /// Takes Go's refusal of an API call into account, as a token request's would be: a
-    /// 429 or the gateway's quota 403 pauses `env`'s limiter for its `Retry-After`; a refused
-    /// subscription key pauses it for `tokens.subscription_key_pause_secs` and reloads the
-    /// integration (an operator may have switched keys). Anything else changes nothing.
-    pub fn api_refused(&self, env: Environment, e: &UpstreamError) {
+    /// Takes Go's refusal of an API call into account. The path was the caller's choice, so
+    /// only what speaks for the whole subscription moves the shared limiter: a 429 pauses it
+    /// for its `Retry-After`, as does a quota 403 that carries a `Retry-After` header
+    /// (`with_retry_after`). A 403 in the gateway's shape without one, or an answer about
+    /// the subscription key (Azure API Management answers so for an API outside the
+    /// subscription's product too), is the caller's answer only: logged, never a pause of
+    /// every tenant that a caller could repeat at will. The vault's own token requests
+    /// still pause on them (`broker.rs`).
+    pub fn api_refused(&self, env: Environment, e: &UpstreamError, with_retry_after: bool) {
         let limiter = self.limiter(env);
         match e {
             UpstreamError::RateLimited { retry_after } => {
                 tracing::warn!(environment = %env, retry_after_s = retry_after.as_secs(), "PowerOffice Go answered an API call with 429; pausing upstream calls");
                 limiter.pause(*retry_after);
             }
-            UpstreamError::QuotaExceeded { retry_after } => {
+            UpstreamError::QuotaExceeded { retry_after } if with_retry_after => {
                 tracing::warn!(environment = %env, retry_after_s = retry_after.as_secs(), "PowerOffice Go's gateway answered an API call with 403 (quota used up); pausing upstream calls");
                 limiter.pause(*retry_after);
             }
             UpstreamError::SubscriptionKeyRejected { status, problem } => {
-                tracing::error!(environment = %env, status, problem = problem.as_str(), "ALARM: PowerOffice Go rejected the integration's subscription key on an API call");
-                limiter.pause(self.inner.cfg.subscription_key_pause);
-                self.forget_integration(env);
+                tracing::warn!(environment = %env, status, problem = problem.as_str(), "PowerOffice Go's gateway refused an API call naming the subscription key (passed to the caller; the vault's own next token request tells whether the key is at fault)");
             }
             _ => {}
         }

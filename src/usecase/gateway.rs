@@ -80,6 +80,8 @@ pub struct ApiRequest {
     /// Counts the request body's bytes as they go (a [`Kept`](OutgoingBody::Kept) body
     /// was counted when read).
     pub sent: Arc<Meter>,
+    /// Set by the transport when the caller went away: nothing more is sent for it.
+    pub caller_gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ApiRequest {
@@ -126,6 +128,9 @@ pub enum GatewayError {
     /// The caller's body broke off while it streamed.
     #[error("the request body ended early")]
     RequestBroken,
+    /// The caller went away before its turn at the limiter came: not sent.
+    #[error("the caller went away before the request was sent")]
+    CallerGone,
     /// Go's answer declared a length above `gateway.max_response_bytes`.
     #[error("PowerOffice Go's answer ({declared} bytes) is larger than the gateway passes on")]
     AnswerTooLarge { declared: u64 },
@@ -183,7 +188,7 @@ impl ApiGateway {
         // requests back before their turn, never releases a burst of them after it.
         let intent = format!("{what} ({body_shown})");
         self.record(who, &req.tenant, &lease.token, Action::ApiRequested, Outcome::Ok, intent, None).await?;
-        let mut queue_wait = self.slot_or_record(who, &req, &lease.token, env, requester).await?;
+        let mut queue_wait = self.slot_or_record(who, &req, &lease.token, env, requester, false).await?;
 
         let mut retried = false;
         let got = loop {
@@ -241,7 +246,8 @@ impl ApiGateway {
                 &lease.token.access_token,
                 &subscription_key,
             );
-            self.broker.api_refused(env, &refusal);
+            let with_retry_after = parts.headers.contains_key(http::header::RETRY_AFTER);
+            self.broker.api_refused(env, &refusal, with_retry_after);
             let cached = matches!(lease.source, TokenSource::Cache | TokenSource::StaleDuringOutage);
             if matches!(refusal, UpstreamError::Unauthorized { status: 401, .. }) && cached && !retried {
                 // Go no longer takes the cached token: nobody gets it again.
@@ -259,7 +265,7 @@ impl ApiGateway {
                     let rec =
                         self.record(who, &req.tenant, &lease.token, Action::ApiRequested, Outcome::Ok, again, None);
                     rec.await.map_err(|_| GatewayError::SentUnrecorded)?;
-                    queue_wait += self.slot_or_record(who, &req, &lease.token, env, requester).await?;
+                    queue_wait += self.slot_or_record(who, &req, &lease.token, env, requester, true).await?;
                     continue;
                 }
             }
@@ -335,8 +341,10 @@ impl ApiGateway {
         }
     }
 
-    /// A slot of `env`'s limiter for one call; when the wait would pass the bound, the
-    /// request's `api_answered` says it was not sent, and the caller gets the gateway's 429.
+    /// A slot of `env`'s limiter for one call (`retry`: the second, after Go's 401 to the
+    /// first). When the wait would pass the bound, or the caller went away meanwhile, the
+    /// request's `api_answered` says it was not sent (again), and the caller gets the
+    /// gateway's 429.
     async fn slot_or_record(
         &self,
         who: &ApiCaller,
@@ -344,13 +352,20 @@ impl ApiGateway {
         token: &CachedToken,
         env: crate::domain::Environment,
         requester: Requester<'_>,
+        retry: bool,
     ) -> Result<Duration, GatewayError> {
+        let not_sent = if retry { "PowerOffice Go answered the first attempt 401; not sent again" } else { "not sent" };
         match self.broker.api_slot(env, requester, self.cfg.max_queue_wait).await {
+            Ok(_) if req.caller_gone.load(std::sync::atomic::Ordering::Relaxed) => {
+                let detail = format!("{}: {not_sent}: the caller went away before its turn", req.describe());
+                self.record(who, &req.tenant, token, Action::ApiAnswered, Outcome::Denied, detail, None).await?;
+                Err(GatewayError::CallerGone)
+            }
             Ok(waited) => Ok(waited),
             Err(wait) => {
                 let retry_after = wait.max(Duration::from_secs(1));
                 let detail = format!(
-                    "{}: not sent: the integration's budget at PowerOffice Go is taken for longer than {} ms",
+                    "{}: {not_sent}: the integration's budget at PowerOffice Go is taken for longer than {} ms",
                     req.describe(),
                     self.cfg.max_queue_wait.as_millis()
                 );

@@ -9,6 +9,7 @@
 //! which are counted into one record per caller per second as for tokens.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,10 +18,10 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use super::options::{Gateway, GatewayOptions};
+use super::options::{Gateway, GatewayOptions, Running};
 use super::request::{self, Target};
 use super::respond::{self, GwBody, Problem};
-use crate::audit::Outcome;
+use crate::audit::{Action, Outcome};
 use crate::domain::TenantId;
 use crate::server::conn::ConnInfo;
 use crate::usecase::gateway::refusal_record;
@@ -79,9 +80,13 @@ async fn serve(
         let detail = "certificate no longer accepted (revoked, or its CA removed)".to_owned();
         return refused(gw, &who, None, p, detail, request_id).await;
     }
-    let _open = match gw.open.open(&who.identity) {
+    let open = match gw.open.open(&who.identity) {
         Ok(open) => open,
-        Err((whose, limit)) => return refuse(respond::too_many_open(whose, limit)),
+        Err((whose, limit)) => {
+            let p = respond::too_many_open(whose, limit);
+            let detail = p.detail.clone();
+            return refused(gw, &who, None, p, detail, request_id).await;
+        }
     };
     let (parts, body) = req.into_parts();
     let target = match request::parse_target(&parts.method, &parts.uri) {
@@ -116,20 +121,40 @@ async fn serve(
         }
     };
     let Target { tenant, method, path, query } = target;
-    let api = ApiRequest { tenant, method, path, query, headers, body: outgoing, sent };
+    let gone = Arc::new(AtomicBool::new(false));
+    let api = ApiRequest { tenant, method, path, query, headers, body: outgoing, sent, caller_gone: gone.clone() };
     // In a task of its own: dropping this future (the caller went away) must not cut the
-    // use case between Go's answer and its record.
+    // use case between Go's answer and its record. The task holds the request's place among
+    // the open ones, and tells the use case if the caller left (it then sends nothing more).
+    let mark = MarkGone(Some(gone));
     let use_case = gw.api.clone();
-    let forwarded =
-        tokio::spawn(tracing::Instrument::in_current_span(async move { use_case.forward(&who, api).await }));
-    let forwarded = match forwarded.await {
+    let running = Running::start(&gw.tasks);
+    let asked = who.clone();
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
+        let _running = running;
+        (use_case.forward(&asked, api).await, open)
+    }));
+    let joined = task.await;
+    mark.disarm();
+    let (forwarded, open) = match joined {
         Ok(r) => r,
-        Err(_) => return refuse(respond::from_error(&crate::usecase::GatewayError::SentUnrecorded)),
+        Err(e) => {
+            tracing::error!(error = %e, "ALARM: a gateway request's task failed; Go may have acted on it unrecorded");
+            let mut rec = refusal_record(&who, None, Outcome::Error, "the gateway's task failed (a bug)".into());
+            rec.action = Action::ApiAnswered;
+            let _ = st.audit.append_receipt(rec).await;
+            return refuse(respond::from_error(&crate::usecase::GatewayError::SentUnrecorded));
+        }
     };
     match forwarded {
         Ok(answer) => {
             st.metrics.gateway_queue_wait.observe(answer.queue_wait);
-            let mut r = Response::new(answer.body.boxed_unsync());
+            // The request stays counted among the open ones until its answer has streamed.
+            let body = answer.body.map_frame(move |f| {
+                let _held = &open;
+                f
+            });
+            let mut r = Response::new(body.boxed_unsync());
             *r.status_mut() = answer.status;
             *r.headers_mut() = request::answer_headers(&answer.headers);
             respond::set_request_id(&mut r, request_id);
@@ -155,8 +180,7 @@ async fn outgoing_body(
         return Ok((OutgoingBody::Kept(Bytes::new()), meter));
     }
     if declared.is_some_and(|n| n <= opts.replay_body_bytes) {
-        let read =
-            tokio::time::timeout(opts.upstream.request_timeout, read_ahead(metered, opts.replay_body_bytes as usize));
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, read_ahead(metered, opts.replay_body_bytes as usize));
         let Ok(read) = read.await else {
             return Err(respond::body_too_slow());
         };
@@ -173,6 +197,28 @@ async fn outgoing_body(
         };
     }
     Ok((OutgoingBody::Streamed(reqwest::Body::wrap(metered)), meter))
+}
+
+/// How long a small (kept) request body may take to arrive: it is at most
+/// `gateway.replay_body_bytes`, and a caller that trickles it holds an open request.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sets the flag when dropped armed: the handler's future was dropped (the caller went
+/// away) before the use case's task came back.
+struct MarkGone(Option<Arc<AtomicBool>>);
+
+impl MarkGone {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for MarkGone {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.take() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Records a refusal (`api_denied`) and answers it; 503 if it cannot be recorded.

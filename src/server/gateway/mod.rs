@@ -66,7 +66,13 @@ pub(crate) fn start(
         max_response_bytes: opts.max_response_bytes,
     };
     let api = ApiGateway::new(state.broker.clone(), go, state.audit.clone(), cfg);
-    let gw = Arc::new(Gateway { state: state.clone(), api, opts: opts.clone(), open: Default::default() });
+    let gw = Arc::new(Gateway {
+        state: state.clone(),
+        api,
+        opts: opts.clone(),
+        open: Default::default(),
+        tasks: watch::Sender::new(0),
+    });
     let (tx, mut rx) = mpsc::channel(256);
     tokio::spawn(conn::accept_loop(listener, (state.tls.clone(), conn::Listener::Gateway), limits, tx, stop.clone()));
     let task = tokio::spawn(async move {
@@ -87,6 +93,14 @@ pub(crate) fn start(
         if drained.is_err() {
             tracing::warn!("gateway requests still open {grace:?} after the stop; cut");
             conns.abort_all();
+        }
+        // Use-case tasks outlive their connections: each finishes with its record (bounded
+        // by the calls' own timeout), before the server writes its stop.
+        let mut tasks = gw.tasks.subscribe();
+        if tokio::time::timeout(grace, tasks.wait_for(|n| *n == 0)).await.is_err() {
+            tracing::error!(
+                "gateway calls to Go still running {grace:?} after the stop: their answers may be unrecorded"
+            );
         }
     });
     tracing::info!(%addr, "pogo-vault serving the Go API gateway over mutual TLS");

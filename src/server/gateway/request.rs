@@ -11,10 +11,11 @@
 //! `X-Forwarded-*`) never reach Go. `Accept-Encoding` is always `identity`: the gateway
 //! classifies Go's refusals from their bodies, and streams what it does not read.
 //!
-//! What never passes back: hop-by-hop headers (RFC 9110 §7.6.1, and those `Connection`
-//! names), `Set-Cookie` (a cookie of Go's is no business of the caller's), Azure API
-//! Management's own headers (`Ocp-Apim-*`, `Apim-*`: a trace location among them), and any
-//! credential header, should Go ever echo one.
+//! Back to the caller pass only Go's headers of [`ANSWERED`], a list too: the body's type
+//! and length, caching and ranges, `Retry-After`, `WWW-Authenticate` and the paging count.
+//! So no cookie of Go's, no Azure API Management header (a trace location among them), no
+//! `Location` pointing at Go itself, no `Alt-Svc` or `Strict-Transport-Security` meant for
+//! Go's origin, and no credential, should Go ever echo one.
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -75,6 +76,24 @@ pub const FORWARDED: [&str; 17] = [
     "if-range",
 ];
 
+/// Go's headers the caller receives (lowercase names).
+pub const ANSWERED: [&str; 14] = [
+    "accept-ranges",
+    "cache-control",
+    "content-disposition",
+    "content-language",
+    "content-length",
+    "content-range",
+    "content-type",
+    "etag",
+    "expires",
+    "last-modified",
+    "retry-after",
+    "vary",
+    "www-authenticate",
+    "x-total-count",
+];
+
 /// The hop-by-hop headers (RFC 9110 §7.6.1, and the older ones still seen).
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -99,16 +118,6 @@ fn hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
             .any(|n| n.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
-/// A header that carries a credential, or is Azure API Management's own.
-fn credential_or_gateway(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    name == header::AUTHORIZATION
-        || name == header::PROXY_AUTHORIZATION
-        || n.contains("subscription-key")
-        || n.starts_with("ocp-apim-")
-        || n.starts_with("apim-")
-}
-
 /// The caller's headers Go receives: those of [`FORWARDED`] (module docs), and
 /// `Accept-Encoding: identity`.
 pub fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
@@ -122,11 +131,11 @@ pub fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Go's headers the caller receives (module docs).
+/// Go's headers the caller receives: those of [`ANSWERED`] (module docs).
 pub fn answer_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut out = HeaderMap::with_capacity(ANSWERED.len());
     for (name, value) in headers {
-        if !(hop_by_hop(name, headers) || credential_or_gateway(name) || name == header::SET_COOKIE) {
+        if ANSWERED.contains(&name.as_str()) && !hop_by_hop(name, headers) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -196,6 +205,9 @@ mod tests {
             ("connection", "close"),
             ("ocp-apim-subscription-key", "echo"),
             ("ocp-apim-trace-location", "https://apim/trace"),
+            ("location", "https://goapi.poweroffice.net/v2/Customers/1"),
+            ("alt-svc", "h3=\":443\""),
+            ("strict-transport-security", "max-age=31536000"),
             ("content-type", "application/json"),
             ("content-length", "2"),
         ] {

@@ -171,6 +171,9 @@ pub fn from_error(e: &GatewayError) -> Problem {
             "the request body grew larger than the gateway passes to PowerOffice Go (gateway.max_request_bytes); \
              the call was cut",
         ),
+        GatewayError::CallerGone => {
+            Problem::new(StatusCode::BAD_REQUEST, "other", "Bad Request", "the caller went away; nothing was sent")
+        }
         GatewayError::RequestBroken => {
             Problem::new(StatusCode::BAD_REQUEST, "invalid", "Bad Request", "the request body ended early")
         }
