@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The API gateway (`[gateway]`, `server/gateway/`, `usecase::gateway`) end to end: real
 //! mutual TLS on loopback, HTTP/1.1 and HTTP/2 from callers, the simulator as Go over HTTP.
 //!

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The gateway under load (issue 19, must-show 3): three callers hammer it for 20 s through
 //! the one limiter of the integration (8 a second, no burst, Go's own limit 10), one of
 //! them with four times the requests in flight of the others: the

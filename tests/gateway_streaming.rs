@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Bodies stream through the gateway (issue 19, must-show 4): a 10 MiB upload and a 10 MiB
 //! download at the same time, through a real `pogo-vault serve` process, grow its resident
 //! memory by less than 8 MiB (measured as the peak, `VmHWM`, after `clear_refs` reset it,

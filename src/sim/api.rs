@@ -46,11 +46,11 @@ fn authorize(
     endpoint: Endpoint,
     arrived: Instant,
     headers: &HeaderMap,
-) -> Result<IssuedToken, Response> {
+) -> Result<IssuedToken, Box<Response>> {
     let now = Instant::now();
     let mut st = shared.lock();
     if let Some(refused) = gateway_checks(&mut st, env, endpoint, arrived, headers) {
-        return Err(refused);
+        return Err(Box::new(refused));
     }
     let issued = header_str(headers, header::AUTHORIZATION.as_str())
         .and_then(|v| v.split_once(' '))
@@ -61,7 +61,7 @@ fn authorize(
     issued.ok_or_else(|| {
         let mut r = gateway_error(StatusCode::UNAUTHORIZED, "Unauthorized. Access token is missing or invalid.");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
-        r
+        Box::new(r)
     })
 }
 
@@ -91,7 +91,7 @@ pub(super) fn customers(
 ) -> Response {
     let issued = match authorize(shared, env, Endpoint::Customers, arrived, headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let page = param(uri, "page").map_or(Ok(1), str::parse::<u64>);
     let size = param(uri, "pageSize").map_or(Ok(50), str::parse::<u64>);
@@ -122,7 +122,7 @@ pub(super) fn outgoing_invoice(
     body: &[u8],
 ) -> Response {
     if let Err(r) = authorize(shared, env, Endpoint::OutgoingInvoices, arrived, headers) {
-        return r;
+        return *r;
     }
     let json = header_str(headers, header::CONTENT_TYPE.as_str())
         .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
@@ -149,7 +149,7 @@ pub(super) fn download(
     uri: &Uri,
 ) -> Response {
     if let Err(r) = authorize(shared, env, Endpoint::Download, arrived, headers) {
-        return r;
+        return *r;
     }
     let Some(n) = param(uri, "bytes").and_then(|v| v.parse::<u64>().ok()).filter(|n| *n <= MAX_DOWNLOAD) else {
         return problem(StatusCode::BAD_REQUEST, "bytes must be a number up to 1 GiB.");
@@ -176,7 +176,7 @@ pub(super) async fn upload(
     body: Body,
 ) -> Response {
     if let Err(r) = authorize(shared, env, Endpoint::Upload, arrived, headers) {
-        return r;
+        return *r;
     }
     let mut body = body;
     let mut hash = Sha256::new();
