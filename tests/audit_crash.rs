@@ -73,7 +73,8 @@ async fn kill_9_under_load_loses_no_record_of_a_token_handed_out() {
     let fp_key_vault = vault; // kept open to fingerprint what clients received
     let db = d.join(fixture::VAULT_DB);
     let (config, endpoint) =
-        serve_process::write_config(d, "\n[tokens]\nupstream_rate_per_second = 10\nupstream_burst = 10\n");
+        // No metrics listener: its default port (9464) would collide with other serve processes.
+        serve_process::write_config(d, "metrics_listen = \"\"\n\n[tokens]\nupstream_rate_per_second = 10\nupstream_burst = 10\n");
     let files = pki.client_files("token-caller").unwrap();
 
     let mut child = start_server(&config);

@@ -92,7 +92,10 @@ async fn a_callers_trace_holds_the_vaults_spans_in_shape_and_no_secret() {
     // A label value as a canary: tenant labels stay out of traces.
     new.labels = pogo_vault::domain::Labels::parse_field("labels", [("customer-tier", "label-canary-7f3a9c")]).unwrap();
     vault.add_tenant(&new, &pogo_vault::crypto::ClientKey::parse(&sim_key(0)).unwrap(), &UnauditedFixture).unwrap();
-    let extra = format!("\n[traces]\notlp_endpoint = \"http://127.0.0.1:{otlp_port}\"\nexport_interval_ms = 100\n");
+    // No metrics listener: its default port would collide with the other serve processes.
+    let extra = format!(
+        "metrics_listen = \"\"\n\n[traces]\notlp_endpoint = \"http://127.0.0.1:{otlp_port}\"\nexport_interval_ms = 100\n"
+    );
     let (config, endpoint) = serve_process::write_config(d, &extra);
     let mut child = serve_process::start(&config, "warn");
     let files = pki.client_files("token-caller").unwrap();
@@ -203,7 +206,9 @@ async fn a_collector_that_is_down_fails_no_request_and_does_not_hold_up_the_stop
     let (pki, vault) = fixture::serve_files(d, &sim, &policy_text(""));
     let new = NewTenant::new("t0".parse().unwrap(), Environment::Demo);
     vault.add_tenant(&new, &pogo_vault::crypto::ClientKey::parse(&sim_key(0)).unwrap(), &UnauditedFixture).unwrap();
-    let extra = format!("\n[traces]\notlp_endpoint = \"http://127.0.0.1:{closed_port}\"\nexport_interval_ms = 50\n");
+    let extra = format!(
+        "metrics_listen = \"\"\n\n[traces]\notlp_endpoint = \"http://127.0.0.1:{closed_port}\"\nexport_interval_ms = 50\n"
+    );
     let (config, endpoint) = serve_process::write_config(d, &extra);
     let mut child = serve_process::start(&config, "warn");
     let files = pki.client_files("token-caller").unwrap();
