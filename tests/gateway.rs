@@ -402,3 +402,40 @@ async fn with_the_audit_log_locked_requests_fail_with_503_and_nothing_reaches_go
     assert!(text.contains("may have acted"), "{text}");
     assert_eq!(ts.sim.invoices_created(), before.1 + 1, "Go created the invoice once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gos_5xx_and_403_pass_through_recorded_and_only_a_quota_403_with_retry_after_pauses_everyone() {
+    use pogo_vault::domain::Environment;
+    let ts = TestServer::start_gateway(&policy(), |_| {}).await;
+    ts.issue("api-caller");
+    ts.register("acme", 0).await;
+    let c = ts.https("api-caller", false);
+    let url = format!("{}/acme/v2/Customers", ts.gateway_url());
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+    let broker = &ts.server().state.broker;
+
+    // A 5xx from Go is Go's answer: passed on, on record with its status, no pause.
+    ts.sim.fail_next_5xx(1, 503);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let id = request_id(&r);
+    let answered = by_request(&ts)[&id].iter().find(|e| e.record.action == Action::ApiAnswered).unwrap().record.clone();
+    assert_eq!((answered.upstream_status, answered.outcome), (Some(503), Outcome::Error));
+    assert!(broker.upstream_paused_for(Environment::Demo).is_none());
+
+    // A 403 in the gateway's shape without Retry-After: the caller's answer only.
+    ts.sim.fail_next_403_quota(1, 5, false);
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 403);
+    assert!(broker.upstream_paused_for(Environment::Demo).is_none(), "a caller's path cannot pause everyone");
+
+    // The quota 403 with Retry-After speaks for the subscription: everyone waits.
+    ts.sim.fail_next_403_quota(1, 5, true);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(broker.upstream_paused_for(Environment::Demo).is_some(), "Go's quota pauses the shared limiter");
+    let before = ts.sim.requests_seen();
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 429, "the gateway's own answer while paused longer than the queue wait");
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(ts.sim.requests_seen(), before, "nothing reached Go during the pause");
+}
