@@ -25,7 +25,9 @@
 //! - destroying a key (rotation, deletion) deletes its sealed row with `secure_delete` on and
 //!   then truncates the WAL, so the old DEK is overwritten, not merely unlinked.
 //!
-//! Methods block on SQLite; async callers run them on the blocking pool.
+//! Methods block on the database (SQLite or PostgreSQL); async callers run them on the
+//! blocking pool, never on an async worker (the PostgreSQL client runs its own small
+//! runtime inside each call).
 
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -92,8 +94,18 @@ impl Vault {
         &self.fingerprint_key
     }
 
-    pub fn path(&self) -> std::path::PathBuf {
-        self.store().path().to_owned()
+    /// Where the vault is kept: the SQLite file, or PostgreSQL's hosts and database.
+    pub fn location(&self) -> String {
+        self.store().describe()
+    }
+
+    /// The SQLite file, when the vault is kept in one.
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        self.store().sqlite_path().map(ToOwned::to_owned)
+    }
+
+    pub fn backend(&self) -> crate::store::Backend {
+        self.store().backend()
     }
 
     pub fn schema_version(&self) -> Result<i64, VaultError> {

@@ -212,8 +212,9 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("telemetry", &["tls"]),
     // The auditor's web page: a client of the vault's gRPC API (role `audit`), nothing more.
     ("console", &["proto"]),
-    // Sealed blobs, hints and fingerprints only: never a plaintext secret.
-    ("store", &["crypto", "domain"]),
+    // Sealed blobs, hints and fingerprints only: never a plaintext secret. (`tls`: the CA
+    // that PostgreSQL's server certificate is checked against.)
+    ("store", &["crypto", "domain", "tls"]),
     // Go's HTTP API: knows nothing of storage, tokens or the server.
     ("upstream", &["crypto", "domain", "fuzz_support"]),
     ("vault", &["crypto", "domain", "store"]),

@@ -154,7 +154,7 @@ pub fn vault(e: &VaultError) -> Status {
         VaultError::Denied { .. } => permission_denied(crate::authz::Role::TenantAdmin),
         VaultError::NotRecorded { .. } => audit_unavailable(),
         VaultError::AmbiguousOrganization { .. } => Status::failed_precondition(e.to_string()),
-        VaultError::Store(StoreError::Sqlite(_)) => retryable(
+        VaultError::Store(s) if s.is_unavailable() => retryable(
             Code::Unavailable,
             "the vault's database is busy or failing; retry shortly".into(),
             Duration::from_secs(1),

@@ -2,9 +2,8 @@
 //! subscription keys' versions and hints (a primary and an optional secondary, as Go's
 //! gateway issues them), and which of the two the vault sends.
 
-use rusqlite::{Connection, params};
-
-use super::{StoreError, now_ms, optional};
+use super::sql::{Sql, args};
+use super::{StoreError, now_ms, query_one};
 use crate::crypto::KeyHint;
 use crate::domain::{Environment, SubscriptionKeySlot};
 
@@ -55,32 +54,33 @@ pub fn secret_owner(env: Environment, slot: SubscriptionKeySlot) -> String {
 }
 
 /// The next sealed version for a slot (previous + 1, or 1).
-pub fn next_version(conn: &Connection, env: Environment, slot: SubscriptionKeySlot) -> Result<i64, StoreError> {
+pub fn next_version(db: &mut dyn Sql, env: Environment, slot: SubscriptionKeySlot) -> Result<i64, StoreError> {
     let column = match slot {
         SubscriptionKeySlot::Primary => "subscription_key_version",
         SubscriptionKeySlot::Secondary => "secondary_key_version",
     };
-    let v: Option<Option<i64>> = optional(conn.query_row(
+    let v: Option<Option<i64>> = query_one(
+        db,
         &format!("SELECT {column} FROM integrations WHERE environment = ?1"),
-        [env.as_str()],
+        args![env.as_str()],
         |r| r.get(0),
-    ))?;
+    )?;
     Ok(v.flatten().unwrap_or(0) + 1)
 }
 
 /// Inserts the integration or replaces its application key, base URL and primary key. The
 /// secondary key and the active slot are left as they are.
-pub fn upsert(conn: &Connection, rec: &IntegrationRecord) -> Result<(), StoreError> {
-    conn.execute(
+pub fn upsert(db: &mut dyn Sql, rec: &IntegrationRecord) -> Result<(), StoreError> {
+    db.execute(
         "INSERT INTO integrations (environment, application_key, base_url, subscription_key_version, subscription_key_hint, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
          ON CONFLICT (environment) DO UPDATE SET application_key = excluded.application_key,
              base_url = excluded.base_url, subscription_key_version = excluded.subscription_key_version,
              subscription_key_hint = excluded.subscription_key_hint, updated_at = excluded.updated_at",
-        params![
+        args![
             rec.environment.as_str(),
-            rec.application_key,
-            rec.base_url,
+            &rec.application_key,
+            &rec.base_url,
             rec.subscription_key_version,
             rec.subscription_key_hint.as_str(),
             now_ms()
@@ -90,29 +90,30 @@ pub fn upsert(conn: &Connection, rec: &IntegrationRecord) -> Result<(), StoreErr
 }
 
 /// Sets (or, with `None`, clears) the secondary key's version and hint.
-pub fn set_secondary(conn: &Connection, env: Environment, key: Option<(i64, &KeyHint)>) -> Result<(), StoreError> {
-    conn.execute(
+pub fn set_secondary(db: &mut dyn Sql, env: Environment, key: Option<(i64, &KeyHint)>) -> Result<(), StoreError> {
+    db.execute(
         "UPDATE integrations SET secondary_key_version = ?2, secondary_key_hint = ?3, updated_at = ?4 WHERE environment = ?1",
-        params![env.as_str(), key.map(|k| k.0), key.map(|k| k.1.as_str()), now_ms()],
+        args![env.as_str(), key.map(|k| k.0), key.map(|k| k.1.as_str()), now_ms()],
     )?;
     Ok(())
 }
 
 /// Names the key the vault sends.
-pub fn set_active(conn: &Connection, env: Environment, slot: SubscriptionKeySlot) -> Result<(), StoreError> {
-    conn.execute(
+pub fn set_active(db: &mut dyn Sql, env: Environment, slot: SubscriptionKeySlot) -> Result<(), StoreError> {
+    db.execute(
         "UPDATE integrations SET active_slot = ?2, updated_at = ?3 WHERE environment = ?1",
-        params![env.as_str(), slot.as_str(), now_ms()],
+        args![env.as_str(), slot.as_str(), now_ms()],
     )?;
     Ok(())
 }
 
-pub fn get(conn: &Connection, env: Environment) -> Result<Option<IntegrationRecord>, StoreError> {
-    optional(conn.query_row(
+pub fn get(db: &mut dyn Sql, env: Environment) -> Result<Option<IntegrationRecord>, StoreError> {
+    query_one(
+        db,
         "SELECT application_key, base_url, subscription_key_version, subscription_key_hint, created_at, updated_at,
                 secondary_key_version, secondary_key_hint, active_slot
          FROM integrations WHERE environment = ?1",
-        [env.as_str()],
+        args![env.as_str()],
         |r| {
             let active: String = r.get(8)?;
             Ok(IntegrationRecord {
@@ -124,7 +125,7 @@ pub fn get(conn: &Connection, env: Environment) -> Result<Option<IntegrationReco
                 created_at: r.get(4)?,
                 updated_at: r.get(5)?,
                 secondary_key_version: r.get(6)?,
-                secondary_key_hint: r.get::<_, Option<String>>(7)?.map(KeyHint::from_stored),
+                secondary_key_hint: r.get::<Option<String>>(7)?.map(KeyHint::from_stored),
                 // The column's CHECK allows only these two.
                 active_slot: if active == "secondary" {
                     SubscriptionKeySlot::Secondary
@@ -133,13 +134,13 @@ pub fn get(conn: &Connection, env: Environment) -> Result<Option<IntegrationReco
                 },
             })
         },
-    ))
+    )
 }
 
-pub fn list(conn: &Connection) -> Result<Vec<IntegrationRecord>, StoreError> {
+pub fn list(db: &mut dyn Sql) -> Result<Vec<IntegrationRecord>, StoreError> {
     let mut out = Vec::new();
     for env in Environment::ALL {
-        if let Some(r) = get(conn, env)? {
+        if let Some(r) = get(db, env)? {
             out.push(r);
         }
     }

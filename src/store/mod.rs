@@ -1,97 +1,99 @@
-//! SQLite: connection set-up, migrations, and the repositories.
+//! The vault's storage: SQLite (embedded, the default) or PostgreSQL (several replicas on
+//! one database), connection set-up, migrations, and the repositories.
 //!
 //! Architecture invariant: `store` never sees a plaintext secret. It reads and writes
 //! sealed blobs ([`crate::crypto::Sealed`]), hints and fingerprints only.
 //!
-//! Connection set-up (every connection): WAL journal (readers never block the writer),
+//! The repositories are written once, against [`sql::Sql`] (a connection or an open
+//! transaction on either backend); [`Store`] holds one connection and opens write
+//! transactions: SQLite's `IMMEDIATE` (the one writer lock), PostgreSQL's under one advisory
+//! lock (`postgres::WRITE_LOCK`), so writes are serial on both.
+//!
+//! SQLite set-up (every connection): WAL journal (readers never block the writer),
 //! `synchronous=FULL` (a commit survives power loss, DESIGN.md invariant 6), foreign keys
 //! on, `secure_delete` on (deleted rows are overwritten with zeros in the database file,
 //! which is what makes deleting a DEK destroy it), and a busy timeout so a second process
-//! (a CLI next to a running server) waits instead of failing at once.
+//! (a CLI next to a running server) waits instead of failing at once. PostgreSQL: see
+//! [`postgres`].
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction};
+use rusqlite::{Connection, OpenFlags};
 
+mod error;
 pub mod integrations;
 pub mod lock;
 pub mod meta;
+pub mod migrations;
 pub mod onboarding;
+pub mod postgres;
 pub mod secrets;
 pub mod sink_cursors;
+pub mod sql;
+mod sqlite;
 pub mod tenants;
 
-/// A named SQL migration, compiled in.
-pub type Migration = (&'static str, &'static str);
-
-/// The vault database's migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[Migration] = &[
-    ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
-    ("0002_onboarding", include_str!("../../migrations/0002_onboarding.sql")),
-    ("0003_onboarding_trust", include_str!("../../migrations/0003_onboarding_trust.sql")),
-    ("0004_subscription_key_slots", include_str!("../../migrations/0004_subscription_key_slots.sql")),
-    ("0005_hsm_master_key", include_str!("../../migrations/0005_hsm_master_key.sql")),
-    ("0006_audit_sink_cursors", include_str!("../../migrations/0006_audit_sink_cursors.sql")),
-];
+pub use error::StoreError;
+pub use migrations::Migration;
+pub use postgres::PostgresOptions;
+pub use sql::{Backend, Sql};
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[non_exhaustive]
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No database file at the path (and the command does not create one).
-    #[error("no database at {path}: run `pogo-vault init --db {path}` first")]
-    Missing { path: String },
-    /// The file exists but holds no initialised vault.
-    #[error("{path} is not an initialised pogo-vault database: run `pogo-vault init` first")]
-    NotInitialized { path: String },
-    /// `init` on a database that is already initialised.
-    #[error("{path} is already initialised; refusing to initialise it again")]
-    AlreadyInitialized { path: String },
-    /// The database was written by a newer pogo-vault.
-    #[error("database schema version {found} is newer than this binary understands ({supported}): upgrade pogo-vault")]
-    SchemaTooNew { found: i64, supported: i64 },
-    /// The row asked for does not exist.
-    #[error("{what} not found")]
-    NotFound { what: String },
-    /// A row with that key exists already.
-    #[error("{what} already exists")]
-    AlreadyExists { what: String },
-    /// A stored value is not what this binary wrote (hand-edited or corrupted row).
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    /// The database file could not be created.
-    #[error("cannot create {path}: {reason}")]
-    Create { path: String, reason: String },
-    /// SQLite failed (I/O, disk full, locked beyond the busy timeout, ...).
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-}
-
-impl StoreError {
-    pub(crate) fn map_unique(e: rusqlite::Error, what: impl FnOnce() -> String) -> StoreError {
-        match e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                StoreError::AlreadyExists { what: what() }
-            }
-            e => StoreError::Sqlite(e),
-        }
-    }
-}
-
 /// An open database connection with the schema migrated.
 pub struct Store {
-    conn: Connection,
-    path: PathBuf,
+    conn: Conn,
+}
+
+enum Conn {
+    Sqlite { conn: Connection, path: PathBuf },
+    Postgres(Box<postgres::PgConn>),
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Store({})", self.path.display())
+        write!(f, "Store({})", self.describe())
+    }
+}
+
+/// An open write transaction on either backend: committed by [`Tx::commit`], rolled back
+/// when dropped.
+pub enum Tx<'a> {
+    Sqlite(rusqlite::Transaction<'a>),
+    Postgres(postgres::PgTx<'a>),
+}
+
+impl Tx<'_> {
+    pub fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => Ok(tx.commit()?),
+            Tx::Postgres(tx) => tx.commit(),
+        }
+    }
+}
+
+impl Sql for Tx<'_> {
+    fn execute(&mut self, sql: &str, args: &[sql::Value]) -> Result<usize, StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.execute(sql, args),
+            Tx::Postgres(tx) => tx.execute(sql, args),
+        }
+    }
+    fn query(&mut self, sql: &str, args: &[sql::Value]) -> Result<Vec<sql::Row>, StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.query(sql, args),
+            Tx::Postgres(tx) => tx.query(sql, args),
+        }
+    }
+    fn backend(&self) -> Backend {
+        match self {
+            Tx::Sqlite(_) => Backend::Sqlite,
+            Tx::Postgres(_) => Backend::Postgres,
+        }
     }
 }
 
@@ -113,36 +115,85 @@ impl Store {
     }
 
     fn open_with(path: &Path, flags: OpenFlags) -> Result<Store, StoreError> {
-        let conn = open_connection(path, flags, MIGRATIONS)?;
-        Ok(Store { conn, path: path.to_owned() })
+        let conn = open_connection(path, flags, migrations::SQLITE)?;
+        Ok(Store { conn: Conn::Sqlite { conn, path: path.to_owned() } })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Connects to a PostgreSQL database and applies pending migrations (an empty database
+    /// gets the whole schema).
+    pub fn connect_postgres(options: &PostgresOptions) -> Result<Store, StoreError> {
+        let conn = postgres::PgConn::connect(options, migrations::POSTGRES)?;
+        Ok(Store { conn: Conn::Postgres(Box::new(conn)) })
     }
 
-    pub fn conn(&self) -> &Connection {
-        &self.conn
+    pub fn backend(&self) -> Backend {
+        match &self.conn {
+            Conn::Sqlite { .. } => Backend::Sqlite,
+            Conn::Postgres(_) => Backend::Postgres,
+        }
     }
 
-    /// Starts an immediate transaction: takes the write lock up front, so two writers
-    /// never deadlock upgrading read locks.
-    pub fn write_tx(&mut self) -> Result<Transaction<'_>, StoreError> {
-        Ok(self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+    /// Where the vault is kept, for messages: the SQLite file, or PostgreSQL's hosts and
+    /// database (never a password).
+    pub fn describe(&self) -> String {
+        match &self.conn {
+            Conn::Sqlite { path, .. } => path.display().to_string(),
+            Conn::Postgres(pg) => pg.describe(),
+        }
     }
 
-    /// Moves everything in the WAL into the database file and truncates the WAL. Called
-    /// after destroying keys, so old pages holding a destroyed DEK do not linger in the WAL.
+    /// The SQLite file, when the vault is kept in one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.conn {
+            Conn::Sqlite { path, .. } => Some(path),
+            Conn::Postgres(_) => None,
+        }
+    }
+
+    /// The SQLite connection, for what only SQLite has (pragmas, online backup).
+    pub fn sqlite(&self) -> Option<&Connection> {
+        match &self.conn {
+            Conn::Sqlite { conn, .. } => Some(conn),
+            Conn::Postgres(_) => None,
+        }
+    }
+
+    /// The connection, for reads and single statements (PostgreSQL: connected again first
+    /// if the server closed it).
+    pub fn db(&mut self) -> Result<&mut dyn Sql, StoreError> {
+        Ok(match &mut self.conn {
+            Conn::Sqlite { conn, .. } => conn,
+            Conn::Postgres(pg) => pg.ready()?,
+        })
+    }
+
+    /// Starts a write transaction: SQLite's immediate one (the write lock up front, so two
+    /// writers never deadlock upgrading read locks); PostgreSQL's under the vault's write
+    /// lock.
+    pub fn write_tx(&mut self) -> Result<Tx<'_>, StoreError> {
+        Ok(match &mut self.conn {
+            Conn::Sqlite { conn, .. } => {
+                Tx::Sqlite(conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+            }
+            Conn::Postgres(pg) => Tx::Postgres(pg.write_tx()?),
+        })
+    }
+
+    /// SQLite: moves everything in the WAL into the database file and truncates the WAL.
+    /// Called after destroying keys, so old pages holding a destroyed DEK do not linger in
+    /// the WAL. PostgreSQL keeps a deleted row's bytes until vacuum (and in its WAL and
+    /// backups): nothing to do here (ARCHITECTURE.md, "PostgreSQL").
     pub fn checkpoint_truncate(&self) -> Result<(), StoreError> {
+        let Conn::Sqlite { conn, path } = &self.conn else { return Ok(()) };
         // A reader holding the WAL (a replication tool, a backup, a CLI beside the server)
         // makes TRUNCATE wait; do not hold the caller for the full busy timeout: try
         // briefly, and say so when it could not complete (the next checkpoint will).
-        self.conn.busy_timeout(Duration::from_millis(200))?;
-        let busy: rusqlite::Result<i64> = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
-        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.busy_timeout(Duration::from_millis(200))?;
+        let busy: rusqlite::Result<i64> = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         if busy? != 0 {
             tracing::warn!(
-                db = %self.path.display(),
+                db = %path.display(),
                 "WAL could not be truncated now (a reader holds it); destroyed key pages stay in the WAL until the next checkpoint"
             );
         }
@@ -150,14 +201,17 @@ impl Store {
     }
 
     /// The schema version of this database.
-    pub fn schema_version(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    pub fn schema_version(&mut self) -> Result<i64, StoreError> {
+        match &mut self.conn {
+            Conn::Sqlite { conn, .. } => Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?),
+            Conn::Postgres(pg) => pg.ready()?.schema_version(),
+        }
     }
 }
 
 /// The schema version this binary writes.
 pub fn supported_schema_version() -> i64 {
-    MIGRATIONS.len() as i64
+    migrations::SQLITE.len() as i64
 }
 
 /// Opens a SQLite file with the connection set-up described in the module docs and applies
@@ -218,9 +272,24 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// `Some(row)` or `None`, with other errors passed on.
-pub(crate) fn optional<T>(r: rusqlite::Result<T>) -> Result<Option<T>, StoreError> {
-    Ok(r.optional()?)
+/// The first row of a query decoded by `f`, or `None`.
+pub(crate) fn query_one<T>(
+    db: &mut dyn Sql,
+    sql: &str,
+    args: &[sql::Value],
+    f: impl FnOnce(&sql::Row) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    db.query_opt(sql, args)?.as_ref().map(f).transpose()
+}
+
+/// Every row of a query decoded by `f`.
+pub(crate) fn query_all<T>(
+    db: &mut dyn Sql,
+    sql: &str,
+    args: &[sql::Value],
+    f: impl Fn(&sql::Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    db.query(sql, args)?.iter().map(f).collect()
 }
 
 #[cfg(test)]
@@ -232,16 +301,16 @@ mod tests {
     fn create_sets_mode_pragmas_and_schema() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("v.db");
-        let s = Store::create(&p).unwrap();
+        let mut s = Store::create(&p).unwrap();
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(s.schema_version().unwrap(), supported_schema_version());
-        let mode: String = s.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = s.sqlite().unwrap().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
-        let sync: i64 = s.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        let sync: i64 = s.sqlite().unwrap().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
         assert_eq!(sync, 2, "FULL");
-        let fk: i64 = s.conn().query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+        let fk: i64 = s.sqlite().unwrap().query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
         assert_eq!(fk, 1);
-        let sd: i64 = s.conn().query_row("PRAGMA secure_delete", [], |r| r.get(0)).unwrap();
+        let sd: i64 = s.sqlite().unwrap().query_row("PRAGMA secure_delete", [], |r| r.get(0)).unwrap();
         assert_eq!(sd, 1);
     }
 
@@ -252,7 +321,7 @@ mod tests {
         assert!(matches!(Store::open(&p), Err(StoreError::Missing { .. })));
         assert!(!p.exists(), "open must not create the file");
         let s = Store::create(&p).unwrap();
-        s.conn().pragma_update(None, "user_version", 99).unwrap();
+        s.sqlite().unwrap().pragma_update(None, "user_version", 99).unwrap();
         drop(s);
         let err = Store::open(&p).unwrap_err();
         assert!(err.to_string().contains("newer than this binary"), "{err}");

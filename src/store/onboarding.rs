@@ -1,8 +1,7 @@
 //! `onboarding_sessions`: Go onboarding sessions and their one-way status changes.
 
-use rusqlite::{Connection, params};
-
-use super::{StoreError, now_ms, optional};
+use super::sql::{Sql, args};
+use super::{StoreError, now_ms, query_one};
 use crate::domain::{Environment, OrganizationNumber};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,48 +50,49 @@ pub struct Session {
     pub subject_hash: Option<String>,
 }
 
-pub fn insert(conn: &Connection, s: &Session) -> Result<(), StoreError> {
-    conn.execute(
+pub fn insert(db: &mut dyn Sql, s: &Session) -> Result<(), StoreError> {
+    db.execute(
         "INSERT INTO onboarding_sessions (onboarding_id, environment, redirect_url, organization_number, tenant_id_prefix,
              caller, created_at, expires_at, status, subject_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'PENDING', ?9)",
-        params![
-            s.onboarding_id,
+        args![
+            &s.onboarding_id,
             s.environment.as_str(),
-            s.redirect_url,
+            &s.redirect_url,
             s.organization_number.as_ref().map(|o| o.as_str()),
-            s.tenant_id_prefix,
-            s.caller,
+            &s.tenant_id_prefix,
+            &s.caller,
             s.created_at,
             s.expires_at,
-            s.subject_hash
+            &s.subject_hash
         ],
     )
     .map_err(|e| StoreError::map_unique(e, || format!("onboarding {}", s.onboarding_id)))?;
     Ok(())
 }
 
-pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>, StoreError> {
-    let row = optional(conn.query_row(
+pub fn get(db: &mut dyn Sql, id: &str) -> Result<Option<Session>, StoreError> {
+    let row = query_one(
+        db,
         "SELECT onboarding_id, environment, redirect_url, organization_number, tenant_id_prefix, caller, created_at,
                 expires_at, status, go_status, tenants, subject_hash FROM onboarding_sessions WHERE onboarding_id = ?1",
-        [id],
+        args![id],
         |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, i64>(7)?,
-                r.get::<_, String>(8)?,
-                r.get::<_, Option<String>>(9)?,
-                r.get::<_, String>(10)?,
-                r.get::<_, Option<String>>(11)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<Option<String>>(3)?,
+                r.get::<String>(4)?,
+                r.get::<String>(5)?,
+                r.get::<i64>(6)?,
+                r.get::<i64>(7)?,
+                r.get::<String>(8)?,
+                r.get::<Option<String>>(9)?,
+                r.get::<String>(10)?,
+                r.get::<Option<String>>(11)?,
             ))
         },
-    ))?;
+    )?;
     let Some((
         onboarding_id,
         env,
@@ -130,7 +130,7 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>, StoreError> {
 /// Moves a session from `from` to `to`; false when it was not in `from` (someone else
 /// claimed it, or it is finished): the compare-and-set that makes completion happen once.
 pub fn transition(
-    conn: &Connection,
+    db: &mut dyn Sql,
     id: &str,
     from: SessionStatus,
     to: SessionStatus,
@@ -138,17 +138,17 @@ pub fn transition(
     tenants: &[String],
 ) -> Result<bool, StoreError> {
     let finished = matches!(to, SessionStatus::Completed | SessionStatus::Failed);
-    let n = conn.execute(
-        "UPDATE onboarding_sessions SET status = ?3, go_status = COALESCE(?4, go_status),
-             completed_at = CASE WHEN ?5 THEN ?6 ELSE completed_at END,
-             tenants = CASE WHEN ?5 THEN ?7 ELSE tenants END
+    let n = db.execute(
+        "UPDATE onboarding_sessions SET status = ?3, go_status = COALESCE(CAST(?4 AS TEXT), go_status),
+             completed_at = CASE WHEN ?5 = 1 THEN ?6 ELSE completed_at END,
+             tenants = CASE WHEN ?5 = 1 THEN ?7 ELSE tenants END
          WHERE onboarding_id = ?1 AND status = ?2",
-        params![
+        args![
             id,
             from.as_str(),
             to.as_str(),
             go_status,
-            finished,
+            i64::from(finished),
             now_ms(),
             serde_json::to_string(tenants).unwrap_or_else(|_| "[]".into())
         ],

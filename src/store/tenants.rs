@@ -1,9 +1,8 @@
 //! `tenants`: one row per Go client the integrator serves. Hints and fingerprints only;
 //! the sealed key lives in `sealed_secrets` under (client-key, tenant id, key version).
 
-use rusqlite::{Connection, Row, params};
-
-use super::{StoreError, now_ms, optional};
+use super::sql::{Row, Sql, args};
+use super::{StoreError, now_ms, query_all, query_one};
 use crate::crypto::{Fingerprint, KeyHint};
 use crate::domain::{DisplayName, Environment, InvalidInput, Labels, OrganizationNumber, TenantId, TenantStatus};
 
@@ -28,21 +27,21 @@ pub struct TenantRecord {
 const COLUMNS: &str = "tenant_id, environment, display_name, organization_number, go_client_id, labels, status, \
                        key_version, key_hint, key_fingerprint, created_at, updated_at, last_token_at";
 
-fn corrupt(e: InvalidInput) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+fn corrupt(e: InvalidInput) -> StoreError {
+    StoreError::Corrupt(e.to_string())
 }
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<TenantRecord> {
+fn from_row(r: &Row) -> Result<TenantRecord, StoreError> {
     let fp: String = r.get(9)?;
     let (key_id, tag) = fp.split_once(':').unwrap_or(("", fp.as_str()));
     Ok(TenantRecord {
-        tenant_id: r.get::<_, String>(0)?.parse().map_err(corrupt)?,
-        environment: r.get::<_, String>(1)?.parse().map_err(corrupt)?,
-        display_name: DisplayName::parse_field("display_name", &r.get::<_, String>(2)?).map_err(corrupt)?,
-        organization_number: r.get::<_, Option<String>>(3)?.map(|s| s.parse()).transpose().map_err(corrupt)?,
+        tenant_id: r.get::<String>(0)?.parse().map_err(corrupt)?,
+        environment: r.get::<String>(1)?.parse().map_err(corrupt)?,
+        display_name: DisplayName::parse_field("display_name", &r.get::<String>(2)?).map_err(corrupt)?,
+        organization_number: r.get::<Option<String>>(3)?.map(|s| s.parse()).transpose().map_err(corrupt)?,
         go_client_id: r.get(4)?,
-        labels: Labels::from_json(&r.get::<_, String>(5)?).map_err(corrupt)?,
-        status: r.get::<_, String>(6)?.parse().map_err(corrupt)?,
+        labels: Labels::from_json(&r.get::<String>(5)?).map_err(corrupt)?,
+        status: r.get::<String>(6)?.parse().map_err(corrupt)?,
         key_version: r.get(7)?,
         key_hint: KeyHint::from_stored(r.get(8)?),
         key_fingerprint: Fingerprint { key_id: key_id.to_owned(), tag: tag.to_owned() },
@@ -52,15 +51,15 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<TenantRecord> {
     })
 }
 
-pub fn insert(conn: &Connection, t: &TenantRecord) -> Result<(), StoreError> {
-    conn.execute(
+pub fn insert(db: &mut dyn Sql, t: &TenantRecord) -> Result<(), StoreError> {
+    db.execute(
         &format!("INSERT INTO tenants ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
-        params![
+        args![
             t.tenant_id.as_str(),
             t.environment.as_str(),
             t.display_name.as_str(),
             t.organization_number.as_ref().map(|o| o.as_str()),
-            t.go_client_id,
+            &t.go_client_id,
             t.labels.to_json(),
             t.status.as_str(),
             t.key_version,
@@ -75,147 +74,149 @@ pub fn insert(conn: &Connection, t: &TenantRecord) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub fn get(conn: &Connection, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
-    optional(conn.query_row(&format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = ?1"), [id.as_str()], from_row))
+pub fn get(db: &mut dyn Sql, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+    query_one(db, &format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = ?1"), args![id.as_str()], from_row)
 }
 
 /// Every tenant of `env` with this organization number, in id order.
 pub fn find_by_organization(
-    conn: &Connection,
+    db: &mut dyn Sql,
     env: Environment,
     org: &OrganizationNumber,
 ) -> Result<Vec<TenantRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM tenants WHERE environment = ?1 AND organization_number = ?2 ORDER BY tenant_id"
-    ))?;
-    let rows = stmt.query_map(params![env.as_str(), org.as_str()], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    query_all(
+        db,
+        &format!(
+            "SELECT {COLUMNS} FROM tenants WHERE environment = ?1 AND organization_number = ?2 ORDER BY tenant_id"
+        ),
+        args![env.as_str(), org.as_str()],
+        from_row,
+    )
 }
 
 /// Every tenant of `env` whose organization number Go itself reported (in an onboarding)
 /// as `org`, in id order. Numbers typed by an admin are not in this index.
 pub fn find_by_verified_organization(
-    conn: &Connection,
+    db: &mut dyn Sql,
     env: Environment,
     org: &OrganizationNumber,
 ) -> Result<Vec<TenantRecord>, StoreError> {
     let cols: String = COLUMNS.split(", ").map(|c| format!("t.{}", c.trim())).collect::<Vec<_>>().join(", ");
-    let mut stmt = conn.prepare_cached(&format!(
+    let sql = format!(
         "SELECT {cols} FROM tenants AS t JOIN verified_organization_numbers AS v ON v.tenant_id = t.tenant_id \
          WHERE v.environment = ?1 AND v.organization_number = ?2 AND t.organization_number = ?2 ORDER BY t.tenant_id"
-    ))?;
-    let rows = stmt.query_map(params![env.as_str(), org.as_str()], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    );
+    query_all(db, &sql, args![env.as_str(), org.as_str()], from_row)
 }
 
 /// Records that Go reported `org` for the tenant (in an onboarding).
 pub fn set_verified_organization(
-    conn: &Connection,
+    db: &mut dyn Sql,
     id: &TenantId,
     env: Environment,
     org: &OrganizationNumber,
 ) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT OR REPLACE INTO verified_organization_numbers (tenant_id, environment, organization_number, verified_at) \
-         VALUES (?1, ?2, ?3, ?4)",
-        params![id.as_str(), env.as_str(), org.as_str(), now_ms()],
+    db.execute(
+        "INSERT INTO verified_organization_numbers (tenant_id, environment, organization_number, verified_at) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant_id) DO UPDATE SET environment = excluded.environment, \
+         organization_number = excluded.organization_number, verified_at = excluded.verified_at",
+        args![id.as_str(), env.as_str(), org.as_str(), now_ms()],
     )?;
     Ok(())
 }
 
 /// Tenants with id greater than `after`, in id order, at most `limit`.
-pub fn list(conn: &Connection, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id > ?1 ORDER BY tenant_id LIMIT ?2"))?;
-    let rows = stmt.query_map(params![after.unwrap_or(""), limit as i64], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn list(db: &mut dyn Sql, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
+    query_all(
+        db,
+        &format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id > ?1 ORDER BY tenant_id LIMIT ?2"),
+        args![after.unwrap_or(""), limit as i64],
+        from_row,
+    )
 }
 
 /// Records a new key version (the caller has stored its sealed secret).
 pub fn set_key(
-    conn: &Connection,
+    db: &mut dyn Sql,
     id: &TenantId,
     version: i64,
     hint: &KeyHint,
     fp: &Fingerprint,
 ) -> Result<(), StoreError> {
-    let n = conn.execute(
+    let n = db.execute(
         "UPDATE tenants SET key_version = ?2, key_hint = ?3, key_fingerprint = ?4, updated_at = ?5,
              status = CASE status WHEN 'KEY_REJECTED' THEN 'ACTIVE' ELSE status END
          WHERE tenant_id = ?1",
-        params![id.as_str(), version, hint.as_str(), fp.to_string(), now_ms()],
+        args![id.as_str(), version, hint.as_str(), fp.to_string(), now_ms()],
     )?;
     not_found_if_zero(n, id)
 }
 
-pub fn set_status(conn: &Connection, id: &TenantId, status: TenantStatus) -> Result<(), StoreError> {
-    let n = conn.execute(
+pub fn set_status(db: &mut dyn Sql, id: &TenantId, status: TenantStatus) -> Result<(), StoreError> {
+    let n = db.execute(
         "UPDATE tenants SET status = ?2, updated_at = ?3 WHERE tenant_id = ?1",
-        params![id.as_str(), status.as_str(), now_ms()],
+        args![id.as_str(), status.as_str(), now_ms()],
     )?;
     not_found_if_zero(n, id)
 }
 
 /// Marks the tenant's key rejected only if `version` is still its key: a rotation that
 /// landed meanwhile must not be undone by a verdict on the old key. True if marked.
-pub fn mark_rejected_if_version(conn: &Connection, id: &TenantId, version: i64) -> Result<bool, StoreError> {
-    let n = conn.execute(
+pub fn mark_rejected_if_version(db: &mut dyn Sql, id: &TenantId, version: i64) -> Result<bool, StoreError> {
+    let n = db.execute(
         "UPDATE tenants SET status = 'KEY_REJECTED', updated_at = ?3 WHERE tenant_id = ?1 AND key_version = ?2",
-        params![id.as_str(), version, now_ms()],
+        args![id.as_str(), version, now_ms()],
     )?;
     Ok(n == 1)
 }
 
 /// Sets Go's ClientId exactly (`None` clears it): after a key rotation, the ClientId learnt
 /// with the old key no longer holds.
-pub fn replace_go_client_id(conn: &Connection, id: &TenantId, go_client_id: Option<&str>) -> Result<(), StoreError> {
-    let n = conn.execute(
+pub fn replace_go_client_id(db: &mut dyn Sql, id: &TenantId, go_client_id: Option<&str>) -> Result<(), StoreError> {
+    let n = db.execute(
         "UPDATE tenants SET go_client_id = ?2, updated_at = ?3 WHERE tenant_id = ?1",
-        params![id.as_str(), go_client_id, now_ms()],
+        args![id.as_str(), go_client_id, now_ms()],
     )?;
     not_found_if_zero(n, id)
 }
 
 /// Fills in what Go told us about the client.
 pub fn set_go_metadata(
-    conn: &Connection,
+    db: &mut dyn Sql,
     id: &TenantId,
     go_client_id: Option<&str>,
     display_name: Option<&DisplayName>,
 ) -> Result<(), StoreError> {
-    let n = conn.execute(
-        "UPDATE tenants SET go_client_id = COALESCE(?2, go_client_id),
-             display_name = CASE WHEN display_name = '' AND ?3 IS NOT NULL THEN ?3 ELSE display_name END,
+    let n = db.execute(
+        "UPDATE tenants SET go_client_id = COALESCE(CAST(?2 AS TEXT), go_client_id),
+             display_name = CASE WHEN display_name = '' AND CAST(?3 AS TEXT) IS NOT NULL THEN CAST(?3 AS TEXT)
+                                 ELSE display_name END,
              updated_at = ?4
          WHERE tenant_id = ?1",
-        params![id.as_str(), go_client_id, display_name.map(|d| d.as_str()), now_ms()],
+        args![id.as_str(), go_client_id, display_name.map(|d| d.as_str()), now_ms()],
     )?;
     not_found_if_zero(n, id)
 }
 
-pub fn touch_last_token(conn: &Connection, id: &TenantId, at_ms: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE tenants SET last_token_at = MAX(COALESCE(last_token_at, 0), ?2) WHERE tenant_id = ?1",
-        params![id.as_str(), at_ms],
+pub fn touch_last_token(db: &mut dyn Sql, id: &TenantId, at_ms: i64) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE tenants SET last_token_at = CASE WHEN COALESCE(last_token_at, 0) > ?2 THEN last_token_at ELSE ?2 END \
+         WHERE tenant_id = ?1",
+        args![id.as_str(), at_ms],
     )?;
     Ok(())
 }
 
-pub fn delete(conn: &Connection, id: &TenantId) -> Result<(), StoreError> {
-    let n = conn.execute("DELETE FROM tenants WHERE tenant_id = ?1", [id.as_str()])?;
+pub fn delete(db: &mut dyn Sql, id: &TenantId) -> Result<(), StoreError> {
+    let n = db.execute("DELETE FROM tenants WHERE tenant_id = ?1", args![id.as_str()])?;
     not_found_if_zero(n, id)
 }
 
 /// Tenant counts by status.
-pub fn count_by_status(conn: &Connection) -> Result<Vec<(TenantStatus, i64)>, StoreError> {
-    let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM tenants GROUP BY status ORDER BY status")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (s, n) = row?;
-        out.push((s.parse().map_err(|e: InvalidInput| StoreError::Corrupt(e.to_string()))?, n));
-    }
-    Ok(out)
+pub fn count_by_status(db: &mut dyn Sql) -> Result<Vec<(TenantStatus, i64)>, StoreError> {
+    query_all(db, "SELECT status, COUNT(*) FROM tenants GROUP BY status ORDER BY status", args![], |r| {
+        Ok((r.get::<String>(0)?.parse().map_err(corrupt)?, r.get::<i64>(1)?))
+    })
 }
 
 fn not_found_if_zero(n: usize, id: &TenantId) -> Result<(), StoreError> {
@@ -227,14 +228,12 @@ pub const LIST_RANGE_SQL: &str = "SELECT tenant_id, environment, display_name, o
      labels, status, key_version, key_hint, key_fingerprint, created_at, updated_at, last_token_at \
      FROM tenants WHERE tenant_id >= ?1 AND tenant_id < ?2 ORDER BY tenant_id LIMIT ?3";
 
-/// Tenants with `from <= id < to` (byte order, SQLite's `BINARY` collation of the
-/// primary key), in id order, at most `limit`. Both bounds are on the primary key, so
-/// SQLite searches its index and reads only the rows in the range (at most `limit`), never
-/// the tenants outside it.
-pub fn list_range(conn: &Connection, from: &str, to: &str, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(LIST_RANGE_SQL)?;
-    let rows = stmt.query_map(params![from, to, limit as i64], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+/// Tenants with `from <= id < to` (byte order: SQLite's `BINARY` collation of the primary
+/// key, PostgreSQL's `"C"`), in id order, at most `limit`. Both bounds are on the primary
+/// key, so the database searches its index and reads only the rows in the range (at most
+/// `limit`), never the tenants outside it.
+pub fn list_range(db: &mut dyn Sql, from: &str, to: &str, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
+    query_all(db, LIST_RANGE_SQL, args![from, to, limit as i64], from_row)
 }
 
 #[cfg(test)]

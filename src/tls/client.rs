@@ -45,14 +45,7 @@ pub fn tonic_client_tls(files: &ClientTlsFiles, domain: &str) -> Result<ClientTl
 /// `files.key`, trusts only `files.ca`, offers `alpn` (`[b"h2", b"http/1.1"]`, or one of
 /// them). With the ring provider passed explicitly (never the process default).
 pub fn https_client_config(files: &ClientTlsFiles, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for der in files::read_certs(&files.ca)? {
-        roots.add(der).map_err(|e| TlsError::Malformed {
-            path: files::show(&files.ca),
-            what: "CA certificate bundle",
-            reason: format!("not a trust anchor: {e}"),
-        })?;
-    }
+    let roots = trust_roots(&files.ca)?;
     let chain = files::read_certs(&files.cert)?;
     let key = files::read_private_key(&files.key)?;
     let bad = |e: rustls::Error| TlsError::Malformed {
@@ -69,6 +62,19 @@ pub fn https_client_config(files: &ClientTlsFiles, alpn: &[&[u8]]) -> Result<rus
             .map_err(bad)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+/// The certificates of a PEM bundle (`ca`) as the only trust anchors of a client.
+pub fn trust_roots(ca: &std::path::Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in files::read_certs(ca)? {
+        roots.add(der).map_err(|e| TlsError::Malformed {
+            path: files::show(ca),
+            what: "CA certificate bundle",
+            reason: format!("not a trust anchor: {e}"),
+        })?;
+    }
+    Ok(roots)
 }
 
 #[cfg(test)]

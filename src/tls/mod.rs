@@ -31,7 +31,7 @@ pub mod otlp;
 mod server;
 pub mod spiffe;
 
-pub use client::{ClientTlsFiles, https_client_config, tonic_client_tls};
+pub use client::{ClientTlsFiles, https_client_config, tonic_client_tls, trust_roots};
 pub use dev::{DevClient, DevPki, generate_ca, generate_dev_pki, issue_client_cert, issue_crl};
 pub use error::TlsError;
 pub use identity::{CallerIdentity, IdentityError, IdentityKind, identity_from_der, serial_hex};

@@ -62,12 +62,10 @@ impl VaultError {
     /// the database is busy or failing): retrying makes sense, and the caller hears
     /// `UNAVAILABLE`.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            VaultError::NotRecorded { .. }
-                | VaultError::Store(StoreError::Sqlite(_))
-                | VaultError::KeyUnavailable { .. }
-        )
+        match self {
+            VaultError::Store(s) => s.is_unavailable(),
+            e => matches!(e, VaultError::NotRecorded { .. } | VaultError::KeyUnavailable { .. }),
+        }
     }
 
     /// A failure to seal: the HSM went away, or the random source failed.

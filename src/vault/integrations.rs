@@ -17,8 +17,8 @@ use crate::crypto::{ClientKey, KeyHint, Purpose, SealContext, SubscriptionKey};
 use crate::domain::{BaseUrl, InvalidInput};
 use crate::domain::{Environment, SubscriptionKeySlot};
 use crate::store::integrations::{self, IntegrationRecord, secret_owner};
+use crate::store::now_ms;
 use crate::store::secrets::{self, SecretRef};
-use crate::store::{StoreError, now_ms};
 
 /// What `set_integration` or `set_secondary_subscription_key` is about to commit: the row
 /// it replaces, if any, the new one, and which slot's key changed.
@@ -136,8 +136,8 @@ impl Vault {
         let application_key = input.application_key.trim().to_owned();
         let slot = SubscriptionKeySlot::Primary;
         let mut store = self.store();
-        let tx = store.write_tx()?;
-        let previous = integrations::get(&tx, env)?;
+        let mut tx = store.write_tx()?;
+        let previous = integrations::get(&mut tx, env)?;
         // Another application key or base URL is another subscription: its secondary key
         // goes. Not while that secondary is the key in use: that would silently send a key
         // nobody tried; switch to the primary first.
@@ -157,9 +157,9 @@ impl Vault {
             )
             .into());
         }
-        let version = integrations::next_version(&tx, env, slot)?;
+        let version = integrations::next_version(&mut tx, env, slot)?;
         let r = SecretRef { purpose: Purpose::SubscriptionKey, owner: secret_owner(env, slot), version };
-        self.seal_subscription_key(&tx, &r, &application_key, &base_url, &input.subscription_key)?;
+        self.seal_subscription_key(&mut tx, &r, &application_key, &base_url, &input.subscription_key)?;
         let now = now_ms();
         let rec = IntegrationRecord {
             environment: env,
@@ -173,19 +173,19 @@ impl Vault {
             created_at: now,
             updated_at: now,
         };
-        integrations::upsert(&tx, &rec)?;
-        let mut destroyed = secrets::delete_other_versions(&tx, r.purpose, &r.owner, version)?;
+        integrations::upsert(&mut tx, &rec)?;
+        let mut destroyed = secrets::delete_other_versions(&mut tx, r.purpose, &r.owner, version)?;
         let dropped_secondary =
             previous.as_ref().is_some_and(|p| p.secondary_key_version.is_some() && new_subscription(p));
         if dropped_secondary {
             let owner = secret_owner(env, SubscriptionKeySlot::Secondary);
-            destroyed += secrets::delete_all(&tx, r.purpose, &owner)?;
-            integrations::set_secondary(&tx, env, None)?;
-            integrations::set_active(&tx, env, SubscriptionKeySlot::Primary)?;
+            destroyed += secrets::delete_all(&mut tx, r.purpose, &owner)?;
+            integrations::set_secondary(&mut tx, env, None)?;
+            integrations::set_active(&mut tx, env, SubscriptionKeySlot::Primary)?;
         }
-        let current = integrations::get(&tx, env)?.unwrap_or(rec);
+        let current = integrations::get(&mut tx, env)?.unwrap_or(rec);
         gate.record(&IntegrationChange { previous, current: current.clone(), slot, dropped_secondary })?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         if destroyed > 0 {
             store.checkpoint_truncate()?;
         }
@@ -204,8 +204,8 @@ impl Vault {
     ) -> Result<IntegrationRecord, VaultError> {
         let slot = SubscriptionKeySlot::Secondary;
         let mut store = self.store();
-        let tx = store.write_tx()?;
-        let Some(previous) = integrations::get(&tx, env)? else {
+        let mut tx = store.write_tx()?;
+        let Some(previous) = integrations::get(&mut tx, env)? else {
             return Err(InvalidInput::new(
                 "slot",
                 format!(
@@ -216,7 +216,7 @@ impl Vault {
             .into());
         };
         // The subscription's *other* key: the primary again would leave no second key.
-        let primary = self.open_subscription_key_in_tx(&tx, &previous, SubscriptionKeySlot::Primary)?;
+        let primary = self.open_subscription_key_in_tx(&mut tx, &previous, SubscriptionKeySlot::Primary)?;
         if primary.same_as(key) {
             return Err(InvalidInput::new(
                 "subscription_key",
@@ -224,12 +224,12 @@ impl Vault {
             )
             .into());
         }
-        let version = integrations::next_version(&tx, env, slot)?;
+        let version = integrations::next_version(&mut tx, env, slot)?;
         let r = SecretRef { purpose: Purpose::SubscriptionKey, owner: secret_owner(env, slot), version };
-        self.seal_subscription_key(&tx, &r, &previous.application_key, &previous.base_url, key)?;
-        integrations::set_secondary(&tx, env, Some((version, &key.hint())))?;
-        let destroyed = secrets::delete_other_versions(&tx, r.purpose, &r.owner, version)?;
-        let current = integrations::get(&tx, env)?.ok_or_else(|| VaultError::Integrity {
+        self.seal_subscription_key(&mut tx, &r, &previous.application_key, &previous.base_url, key)?;
+        integrations::set_secondary(&mut tx, env, Some((version, &key.hint())))?;
+        let destroyed = secrets::delete_other_versions(&mut tx, r.purpose, &r.owner, version)?;
+        let current = integrations::get(&mut tx, env)?.ok_or_else(|| VaultError::Integrity {
             what: format!("{env} integration (vanished during its own update)"),
         })?;
         gate.record(&IntegrationChange {
@@ -238,7 +238,7 @@ impl Vault {
             slot,
             dropped_secondary: false,
         })?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         if destroyed > 0 {
             store.checkpoint_truncate()?;
         }
@@ -257,8 +257,8 @@ impl Vault {
         gate: Gate<'_, SubscriptionKeySwitch>,
     ) -> Result<(IntegrationRecord, bool), VaultError> {
         let mut store = self.store();
-        let tx = store.write_tx()?;
-        let Some(rec) = integrations::get(&tx, env)? else {
+        let mut tx = store.write_tx()?;
+        let Some(rec) = integrations::get(&mut tx, env)? else {
             return Err(InvalidInput::new(
                 "environment",
                 format!("the {env} integration is not set (`integration set --environment {env}`)"),
@@ -283,9 +283,9 @@ impl Vault {
             .into());
         };
         // Refuse a switch to a key that does not open: better the old key than none.
-        drop(self.open_subscription_key_in_tx(&tx, &rec, slot)?);
-        integrations::set_active(&tx, env, slot)?;
-        let current = integrations::get(&tx, env)?.unwrap_or(rec.clone());
+        drop(self.open_subscription_key_in_tx(&mut tx, &rec, slot)?);
+        integrations::set_active(&mut tx, env, slot)?;
+        let current = integrations::get(&mut tx, env)?.unwrap_or(rec.clone());
         gate.record(&SubscriptionKeySwitch {
             environment: env,
             from: rec.active_slot,
@@ -293,16 +293,16 @@ impl Vault {
             to_hint: hint,
             to_version: version,
         })?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         Ok((current, true))
     }
 
     pub fn integration(&self, env: Environment) -> Result<Option<IntegrationRecord>, VaultError> {
-        Ok(integrations::get(self.store().conn(), env)?)
+        Ok(integrations::get(self.store().db()?, env)?)
     }
 
     pub fn integrations(&self) -> Result<Vec<IntegrationRecord>, VaultError> {
-        Ok(integrations::list(self.store().conn())?)
+        Ok(integrations::list(self.store().db()?)?)
     }
 
     /// Opens the key of the integration's active slot (for the upstream client and, where
@@ -317,13 +317,13 @@ impl Vault {
         rec: &IntegrationRecord,
         slot: SubscriptionKeySlot,
     ) -> Result<SubscriptionKey, VaultError> {
-        let store = self.store();
-        self.open_subscription_key_in_tx(store.conn(), rec, slot)
+        let mut store = self.store();
+        self.open_subscription_key_in_tx(store.db()?, rec, slot)
     }
 
     fn open_subscription_key_in_tx(
         &self,
-        conn: &rusqlite::Connection,
+        conn: &mut dyn crate::store::Sql,
         rec: &IntegrationRecord,
         slot: SubscriptionKeySlot,
     ) -> Result<SubscriptionKey, VaultError> {
@@ -343,7 +343,7 @@ impl Vault {
 
     fn seal_subscription_key(
         &self,
-        conn: &rusqlite::Connection,
+        conn: &mut dyn crate::store::Sql,
         r: &SecretRef,
         application_key: &str,
         base_url: &str,

@@ -30,8 +30,8 @@ impl Vault {
             version: tenant.key_version,
         };
         // Row and master key read under one store lock: a rotation cannot slip between.
-        let store = self.store();
-        let sealed = Self::sealed_row(store.conn(), &r)?;
+        let mut store = self.store();
+        let sealed = Self::sealed_row(store.db()?, &r)?;
         let kek = self.kek();
         drop(store);
         open_sealed(&kek, &r, &sealed, &format!("client key of {}", tenant.tenant_id), &ClientKey::open)
@@ -41,7 +41,7 @@ impl Vault {
     /// holds; `what` names it when it opens to something else than a `T`.
     pub(super) fn open_in<T>(
         &self,
-        conn: &rusqlite::Connection,
+        conn: &mut dyn crate::store::Sql,
         r: &SecretRef,
         what: &str,
         open: Opener<'_, T>,
@@ -50,7 +50,7 @@ impl Vault {
         open_sealed(&self.kek(), r, &sealed, what, open)
     }
 
-    fn sealed_row(conn: &rusqlite::Connection, r: &SecretRef) -> Result<Sealed, VaultError> {
+    fn sealed_row(conn: &mut dyn crate::store::Sql, r: &SecretRef) -> Result<Sealed, VaultError> {
         secrets::get(conn, r)?.ok_or_else(|| VaultError::Integrity {
             what: format!("{} of {} (version {}) is missing", r.purpose.as_str(), r.owner, r.version),
         })
@@ -63,7 +63,7 @@ impl Vault {
     /// be none) is cleared first, so a re-added tenant never inherits an old key.
     pub(super) fn enter_client_key(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &mut dyn crate::store::Sql,
         kek: &MasterKey,
         tenant: &TenantId,
         version: i64,

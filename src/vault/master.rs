@@ -100,10 +100,10 @@ pub fn check_master_key(path: &Path, source: &MasterKeySource) -> Result<String,
     if !path.exists() {
         return Err(StoreError::Missing { path: path.display().to_string() }.into());
     }
-    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    let mut conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(StoreError::from)?;
     let not_a_vault = || StoreError::NotInitialized { path: path.display().to_string() };
-    let meta = meta::get(&conn).map_err(|_| not_a_vault())?.ok_or_else(not_a_vault)?;
+    let meta = meta::get(&mut conn).map_err(|_| not_a_vault())?.ok_or_else(not_a_vault)?;
     Ok(resolve_master_key(source, &meta)?.id().to_owned())
 }
 
@@ -141,14 +141,14 @@ fn precheck_init(init: &InitKey) -> Result<(), VaultError> {
 /// One of the vault's own keys, opened as `T` by `open`: a row that does not open is an
 /// integrity failure naming the row; one that opens to something else names `what`.
 fn open_vault_secret<T>(
-    store: &Store,
+    store: &mut Store,
     kek: &MasterKey,
     purpose: Purpose,
     what: &str,
     open: impl FnOnce(&MasterKey, &SealContext<'_>, &Sealed) -> Result<T, OpenError>,
 ) -> Result<T, VaultError> {
     let r = SecretRef { purpose, owner: VAULT_OWNER.to_owned(), version: 1 };
-    let sealed = secrets::get(store.conn(), &r)?
+    let sealed = secrets::get(store.db()?, &r)?
         .ok_or_else(|| VaultError::Integrity { what: format!("{} is missing", purpose.as_str()) })?;
     match open(kek, &SealContext::new(purpose, VAULT_OWNER, 1), &sealed) {
         Ok(t) => Ok(t),
@@ -166,14 +166,15 @@ impl Vault {
     /// On failure nothing is left behind: no database file, no generated key file.
     pub fn init(path: &Path, init: &InitKey, costs: Argon2Costs) -> Result<Vault, VaultError> {
         if path.exists() {
-            let store = Store::open(path)?;
-            if meta::get(store.conn())?.is_some() {
+            let mut store = Store::open(path)?;
+            if meta::get(store.db()?)?.is_some() {
                 return Err(StoreError::AlreadyInitialized { path: path.display().to_string() }.into());
             }
         }
         precheck_init(init)?;
         let existed = path.exists();
-        let result = Self::init_inner(path, init, costs);
+        let result =
+            Store::create(path).map_err(VaultError::from).and_then(|store| Self::init_inner(store, init, costs));
         if result.is_err() {
             if let InitKey::GenerateKeyFile(p) = init {
                 // Only if we got as far as creating it: precheck refused an existing file.
@@ -188,17 +189,38 @@ impl Vault {
         result
     }
 
-    fn init_inner(path: &Path, init: &InitKey, costs: Argon2Costs) -> Result<Vault, VaultError> {
+    /// Initialises a vault in a PostgreSQL database (an empty one gets the schema). On
+    /// failure nothing is left but the (empty) schema: no master-key record, no keys, no
+    /// generated key file.
+    pub fn init_postgres(
+        options: &crate::store::PostgresOptions,
+        init: &InitKey,
+        costs: Argon2Costs,
+    ) -> Result<Vault, VaultError> {
+        let mut store = Store::connect_postgres(options)?;
+        if meta::get(store.db()?)?.is_some() {
+            return Err(StoreError::AlreadyInitialized { path: store.describe() }.into());
+        }
+        precheck_init(init)?;
+        let result = Self::init_inner(store, init, costs);
+        if result.is_err()
+            && let InitKey::GenerateKeyFile(p) = init
+        {
+            let _ = std::fs::remove_file(p);
+        }
+        result
+    }
+
+    fn init_inner(mut store: Store, init: &InitKey, costs: Argon2Costs) -> Result<Vault, VaultError> {
         let (kek, argon2) = new_master_key(init, costs)?;
         let fp_raw = SymmetricKey::generate().map_err(|_| VaultError::Random)?;
         let signing_seed = SigningSeed::generate().map_err(|_| VaultError::Random)?;
         let signing_public = signing_seed.public_key();
 
-        let mut store = Store::create(path)?;
-        let tx = store.write_tx()?;
+        let mut tx = store.write_tx()?;
         let now = now_ms();
         meta::put(
-            &tx,
+            &mut tx,
             &KekMeta {
                 kek_id: kek.id().to_owned(),
                 key_check: kek.key_check().map_err(VaultError::sealing)?,
@@ -225,13 +247,13 @@ impl Vault {
         ] {
             let r = SecretRef { purpose, owner: VAULT_OWNER.to_owned(), version: 1 };
             let sealed = sealed.map_err(VaultError::sealing)?;
-            secrets::put(&tx, &r, &sealed, kek.id())?;
+            secrets::put(&mut tx, &r, &sealed, kek.id())?;
             meta::put_vault_key(
-                &tx,
+                &mut tx,
                 &VaultKey { purpose: purpose.as_str().to_owned(), key_id, public_key: public, created_at: now },
             )?;
         }
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         Ok(Vault {
             store: Mutex::new(store),
             kek: RwLock::new(Arc::new(kek)),
@@ -241,27 +263,43 @@ impl Vault {
 
     /// Opens an initialised vault, checking the master key before anything else.
     pub fn unlock(path: &Path, source: &MasterKeySource) -> Result<Vault, VaultError> {
-        let store = Store::open(path)?;
-        let meta =
-            meta::get(store.conn())?.ok_or_else(|| StoreError::NotInitialized { path: path.display().to_string() })?;
+        Self::unlock_store(Store::open(path)?, source)
+    }
+
+    /// Opens an initialised vault in a PostgreSQL database (migrating it first if this
+    /// binary is newer), checking the master key before anything else.
+    pub fn unlock_postgres(
+        options: &crate::store::PostgresOptions,
+        source: &MasterKeySource,
+    ) -> Result<Vault, VaultError> {
+        Self::unlock_store(Store::connect_postgres(options)?, source)
+    }
+
+    fn unlock_store(mut store: Store, source: &MasterKeySource) -> Result<Vault, VaultError> {
+        let meta = meta::get(store.db()?)?.ok_or_else(|| StoreError::NotInitialized { path: store.describe() })?;
         let kek = resolve_master_key(source, &meta)?;
-        let fp = open_vault_secret(&store, &kek, Purpose::FingerprintKey, "fingerprint key", SymmetricKey::open)?;
+        let fp = open_vault_secret(&mut store, &kek, Purpose::FingerprintKey, "fingerprint key", SymmetricKey::open)?;
         let fingerprint_key = FingerprintKey::new(fp);
         Ok(Vault { store: Mutex::new(store), kek: RwLock::new(Arc::new(kek)), fingerprint_key })
     }
 
     /// The Ed25519 audit signing key (seed), opened from its sealed row.
     pub fn audit_signing_key(&self) -> Result<ed25519_dalek::SigningKey, VaultError> {
-        let store = self.store();
-        let seed =
-            open_vault_secret(&store, &self.kek(), Purpose::AuditSigningKey, "audit signing key", SigningSeed::open)?;
+        let mut store = self.store();
+        let seed = open_vault_secret(
+            &mut store,
+            &self.kek(),
+            Purpose::AuditSigningKey,
+            "audit signing key",
+            SigningSeed::open,
+        )?;
         drop(store);
         Ok(seed.signing_key())
     }
 
     /// The public record of one of the vault's own keys.
     pub fn vault_key(&self, purpose: Purpose) -> Result<Option<VaultKey>, VaultError> {
-        Ok(meta::vault_key(self.store().conn(), purpose.as_str())?)
+        Ok(meta::vault_key(self.store().db()?, purpose.as_str())?)
     }
 
     /// Rewraps every DEK under a new master key in one transaction; no secret's ciphertext
@@ -306,16 +344,16 @@ impl Vault {
     ) -> Result<KekRotation, VaultError> {
         let mut store = self.store();
         let old_kek = self.kek();
-        let tx = store.write_tx()?;
-        let old_meta = meta::get(&tx)?.ok_or_else(|| StoreError::NotInitialized { path: String::new() })?;
-        let rows = secrets::all_wrapped(&tx)?;
+        let mut tx = store.write_tx()?;
+        let old_meta = meta::get(&mut tx)?.ok_or_else(|| StoreError::NotInitialized { path: String::new() })?;
+        let rows = secrets::all_wrapped(&mut tx)?;
         for (r, wrapped) in &rows {
             let ctx = SealContext::new(r.purpose, &r.owner, r.version);
             let rewrapped = envelope::rewrap(&old_kek, &new_kek, &ctx, wrapped).map_err(VaultError::opening(r))?;
-            secrets::update_wrapped(&tx, r, &rewrapped, new_kek.id())?;
+            secrets::update_wrapped(&mut tx, r, &rewrapped, new_kek.id())?;
         }
         meta::put(
-            &tx,
+            &mut tx,
             &KekMeta {
                 kek_id: new_kek.id().to_owned(),
                 key_check: new_kek.key_check().map_err(VaultError::sealing)?,
@@ -332,7 +370,7 @@ impl Vault {
         };
         gate.record(&rotation)?;
         *recorded = true;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         *self.kek.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_kek);
         // Best effort: the rotation is committed and in force whatever the WAL does.
         if let Err(e) = store.checkpoint_truncate() {
@@ -353,15 +391,15 @@ impl Vault {
         let mut store = self.store();
         let kek = self.kek();
         let sealed = seed.seal(&kek, &SealContext::new(purpose, VAULT_OWNER, 1)).map_err(VaultError::sealing)?;
-        let tx = store.write_tx()?;
-        secrets::delete_all(&tx, purpose, VAULT_OWNER)?;
-        secrets::put(&tx, &SecretRef { purpose, owner: VAULT_OWNER.to_owned(), version: 1 }, &sealed, kek.id())?;
-        tx.execute(
+        let mut tx = store.write_tx()?;
+        secrets::delete_all(&mut tx, purpose, VAULT_OWNER)?;
+        secrets::put(&mut tx, &SecretRef { purpose, owner: VAULT_OWNER.to_owned(), version: 1 }, &sealed, kek.id())?;
+        crate::store::Sql::execute(
+            &mut tx,
             "UPDATE vault_keys SET key_id = ?1, public_key = ?2, created_at = ?3 WHERE purpose = ?4",
-            rusqlite::params![audit_key_id(&public), &public[..], now_ms(), purpose.as_str()],
-        )
-        .map_err(StoreError::from)?;
-        tx.commit().map_err(StoreError::from)?;
+            crate::store::sql::args![audit_key_id(&public), &public[..], now_ms(), purpose.as_str()],
+        )?;
+        tx.commit()?;
         store.checkpoint_truncate()?;
         Ok(())
     }

@@ -32,7 +32,7 @@ pub struct OnboardingOutcome {
 /// `prefix + organization number`, or `prefix + slug(client name)`; a suffix `-2`, `-3`...
 /// when the id is taken (by another client, or earlier in this onboarding).
 fn new_tenant_id(
-    conn: &rusqlite::Connection,
+    conn: &mut dyn crate::store::Sql,
     prefix: &str,
     c: &OnboardedKey,
     taken: &[TenantId],
@@ -76,15 +76,15 @@ fn slug(name: &str) -> String {
 impl Vault {
     pub fn insert_onboarding(&self, session: &Session, gate: Gate<'_, Session>) -> Result<(), VaultError> {
         let mut store = self.store();
-        let tx = store.write_tx()?;
-        onboarding::insert(&tx, session)?;
+        let mut tx = store.write_tx()?;
+        onboarding::insert(&mut tx, session)?;
         gate.record(session)?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         Ok(())
     }
 
     pub fn onboarding(&self, id: &str) -> Result<Option<Session>, VaultError> {
-        Ok(onboarding::get(self.store().conn(), id)?)
+        Ok(onboarding::get(self.store().db()?, id)?)
     }
 
     /// Compare-and-set of a session's status (see [`onboarding::transition`]).
@@ -95,7 +95,7 @@ impl Vault {
         to: SessionStatus,
         go_status: Option<&str>,
     ) -> Result<bool, VaultError> {
-        Ok(onboarding::transition(self.store().conn(), id, from, to, go_status, &[])?)
+        Ok(onboarding::transition(self.store().db()?, id, from, to, go_status, &[])?)
     }
 
     /// Stores what an onboarding brought, in one transaction with the session's completion:
@@ -114,7 +114,7 @@ impl Vault {
         let env = session.environment;
         let mut store = self.store();
         let kek = self.kek();
-        let tx = store.write_tx()?;
+        let mut tx = store.write_tx()?;
         let mut outcomes = Vec::with_capacity(clients.len());
         let mut taken: Vec<TenantId> = Vec::new();
         for c in clients {
@@ -125,7 +125,7 @@ impl Vault {
             // number an admin typed at registration could name another customer's client.
             let existing = match &c.organization_number {
                 Some(org) => {
-                    let mut found: Vec<TenantRecord> = tenants::find_by_verified_organization(&tx, env, org)?
+                    let mut found: Vec<TenantRecord> = tenants::find_by_verified_organization(&mut tx, env, org)?
                         .into_iter()
                         .filter(|t| {
                             t.tenant_id.as_str().starts_with(&session.tenant_id_prefix) && allowed(&t.tenant_id)
@@ -146,12 +146,12 @@ impl Vault {
                 Some(cur) => {
                     let id = cur.tenant_id.clone();
                     let version = cur.key_version + 1;
-                    self.enter_client_key(&tx, &kek, &id, version, &c.key)?;
-                    tenants::set_key(&tx, &id, version, &hint, &fp)?;
+                    self.enter_client_key(&mut tx, &kek, &id, version, &c.key)?;
+                    tenants::set_key(&mut tx, &id, version, &hint, &fp)?;
                     (id, Some(cur.key_version))
                 }
                 None => {
-                    let id = new_tenant_id(&tx, &session.tenant_id_prefix, c, &taken)?;
+                    let id = new_tenant_id(&mut tx, &session.tenant_id_prefix, c, &taken)?;
                     if !allowed(&id) {
                         return Err(VaultError::Denied { tenant: id.to_string() });
                     }
@@ -171,22 +171,22 @@ impl Vault {
                         updated_at: now,
                         last_token_at: None,
                     };
-                    tenants::insert(&tx, &rec)?;
-                    self.enter_client_key(&tx, &kek, &id, 1, &c.key)?;
+                    tenants::insert(&mut tx, &rec)?;
+                    self.enter_client_key(&mut tx, &kek, &id, 1, &c.key)?;
                     (id, None)
                 }
             };
             if let Some(org) = &c.organization_number {
-                tenants::set_verified_organization(&tx, &id, env, org)?;
+                tenants::set_verified_organization(&mut tx, &id, env, org)?;
             }
             taken.push(id.clone());
             let record =
-                tenants::get(&tx, &id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+                tenants::get(&mut tx, &id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
             outcomes.push(OnboardingOutcome { record, previous_version: previous });
         }
         let ids: Vec<String> = outcomes.iter().map(|o| o.record.tenant_id.to_string()).collect();
         if !onboarding::transition(
-            &tx,
+            &mut tx,
             &session.onboarding_id,
             SessionStatus::Completing,
             SessionStatus::Completed,
@@ -196,7 +196,7 @@ impl Vault {
             return Err(StoreError::Corrupt("onboarding session was not being completed".into()).into());
         }
         gate.record(&outcomes)?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         if outcomes.iter().any(|o| o.previous_version.is_some()) {
             store.checkpoint_truncate()?;
         }

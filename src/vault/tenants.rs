@@ -89,14 +89,14 @@ impl Vault {
             };
             rows.push((rec, *key));
         }
-        let tx = store.write_tx()?;
+        let mut tx = store.write_tx()?;
         for (rec, key) in &rows {
-            tenants::insert(&tx, rec)?;
-            self.enter_client_key(&tx, &kek, &rec.tenant_id, 1, key)?;
+            tenants::insert(&mut tx, rec)?;
+            self.enter_client_key(&mut tx, &kek, &rec.tenant_id, 1, key)?;
         }
         let recs: Vec<TenantRecord> = rows.into_iter().map(|(rec, _)| rec).collect();
         gate.record(&recs)?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         Ok(recs)
     }
 
@@ -113,17 +113,17 @@ impl Vault {
         gate: Gate<'_, KeyChange>,
     ) -> Result<TenantRecord, VaultError> {
         let mut store = self.store();
-        let tx = store.write_tx()?;
-        let cur = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        let mut tx = store.write_tx()?;
+        let cur = tenants::get(&mut tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
         let version = cur.key_version + 1;
         let kek = self.kek();
-        self.enter_client_key(&tx, &kek, id, version, key)?;
+        self.enter_client_key(&mut tx, &kek, id, version, key)?;
         let (hint, fp) = public_forms(&self.fingerprint_key, key);
-        tenants::set_key(&tx, id, version, &hint, &fp)?;
-        tenants::replace_go_client_id(&tx, id, go_client_id)?;
-        let rec = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        tenants::set_key(&mut tx, id, version, &hint, &fp)?;
+        tenants::replace_go_client_id(&mut tx, id, go_client_id)?;
+        let rec = tenants::get(&mut tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
         gate.record(&KeyChange { previous: cur, current: rec.clone() })?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         store.checkpoint_truncate()?;
         Ok(rec)
     }
@@ -135,11 +135,11 @@ impl Vault {
         gate: Gate<'_, TenantRecord>,
     ) -> Result<TenantRecord, VaultError> {
         let mut store = self.store();
-        let tx = store.write_tx()?;
-        tenants::set_status(&tx, id, status)?;
-        let rec = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        let mut tx = store.write_tx()?;
+        tenants::set_status(&mut tx, id, status)?;
+        let rec = tenants::get(&mut tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
         gate.record(&rec)?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         Ok(rec)
     }
 
@@ -153,13 +153,13 @@ impl Vault {
         gate: Gate<'_, TenantRecord>,
     ) -> Result<bool, VaultError> {
         let mut store = self.store();
-        let tx = store.write_tx()?;
-        if !tenants::mark_rejected_if_version(&tx, id, version)? {
+        let mut tx = store.write_tx()?;
+        if !tenants::mark_rejected_if_version(&mut tx, id, version)? {
             return Ok(false);
         }
-        let rec = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        let rec = tenants::get(&mut tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
         gate.record(&rec)?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         Ok(true)
     }
 
@@ -167,18 +167,18 @@ impl Vault {
     /// as it was.
     pub fn delete_tenant(&self, id: &TenantId, gate: Gate<'_, TenantRecord>) -> Result<(), VaultError> {
         let mut store = self.store();
-        let tx = store.write_tx()?;
-        let before = tenants::get(&tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
-        tenants::delete(&tx, id)?;
-        secrets::delete_all(&tx, Purpose::ClientKey, id.as_str())?;
+        let mut tx = store.write_tx()?;
+        let before = tenants::get(&mut tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        tenants::delete(&mut tx, id)?;
+        secrets::delete_all(&mut tx, Purpose::ClientKey, id.as_str())?;
         gate.record(&before)?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         store.checkpoint_truncate()?;
         Ok(())
     }
 
     pub fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, VaultError> {
-        Ok(tenants::get(self.store().conn(), id)?)
+        Ok(tenants::get(self.store().db()?, id)?)
     }
 
     /// The tenants of `env` whose organization number Go reported as `org` (see
@@ -188,15 +188,15 @@ impl Vault {
         env: Environment,
         org: &OrganizationNumber,
     ) -> Result<Vec<TenantRecord>, VaultError> {
-        Ok(tenants::find_by_verified_organization(self.store().conn(), env, org)?)
+        Ok(tenants::find_by_verified_organization(self.store().db()?, env, org)?)
     }
 
     pub fn list_tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, VaultError> {
-        Ok(tenants::list(self.store().conn(), after, limit)?)
+        Ok(tenants::list(self.store().db()?, after, limit)?)
     }
 
     pub fn count_tenants_by_status(&self) -> Result<Vec<(TenantStatus, i64)>, VaultError> {
-        Ok(tenants::count_by_status(self.store().conn())?)
+        Ok(tenants::count_by_status(self.store().db()?)?)
     }
 
     /// Fills in the ClientId Go gave for a tenant's client (ClientIntegrationInformation).
@@ -215,32 +215,32 @@ impl Vault {
             return Err(InvalidInput::new("go_client_id", "1 to 64 printable ASCII characters").into());
         }
         let mut store = self.store();
-        let tx = store.write_tx()?;
-        let Some(t) = tenants::get(&tx, id)? else { return Ok(None) };
+        let mut tx = store.write_tx()?;
+        let Some(t) = tenants::get(&mut tx, id)? else { return Ok(None) };
         if t.key_version != key_version || t.go_client_id.is_some() {
             return Ok(None);
         }
-        tenants::set_go_metadata(&tx, id, Some(go_client_id), None)?;
-        let Some(current) = tenants::get(&tx, id)? else { return Ok(None) };
+        tenants::set_go_metadata(&mut tx, id, Some(go_client_id), None)?;
+        let Some(current) = tenants::get(&mut tx, id)? else { return Ok(None) };
         gate.record(&current)?;
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         Ok(Some(current))
     }
 
     /// Records when tokens were last handed out, for many tenants in one transaction.
     pub fn touch_last_tokens(&self, times: &[(TenantId, i64)]) -> Result<(), VaultError> {
         let mut store = self.store();
-        let tx = store.write_tx()?;
+        let mut tx = store.write_tx()?;
         for (id, ms) in times {
-            tenants::touch_last_token(&tx, id, *ms)?;
+            tenants::touch_last_token(&mut tx, id, *ms)?;
         }
-        tx.commit().map_err(StoreError::from)?;
+        tx.commit()?;
         Ok(())
     }
 
     /// Tenants with `from <= id < to` (byte order), in id order, at most `limit`: one
     /// range search on the primary-key index (ListTenants for a caller scoped to prefixes).
     pub fn list_tenants_in_range(&self, from: &str, to: &str, limit: usize) -> Result<Vec<TenantRecord>, VaultError> {
-        Ok(tenants::list_range(self.store().conn(), from, to, limit)?)
+        Ok(tenants::list_range(self.store().db()?, from, to, limit)?)
     }
 }

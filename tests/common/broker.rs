@@ -30,7 +30,7 @@ pub fn vault_of(sim: &Sim, ids: &[String], known_client_id: bool) -> (Arc<Vault>
 
 /// The audit log beside a test vault: the broker records a key Go rejected before marking it.
 pub fn audit_of(vault: &Vault) -> AuditLog {
-    let path = vault.path().with_extension("audit.db");
+    let path = vault.sqlite_path().expect("a SQLite vault").with_extension("audit.db");
     AuditLog::open(&path, vault.audit_signing_key().unwrap(), AuditConfig::default()).unwrap()
 }
 

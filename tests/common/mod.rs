@@ -198,3 +198,4 @@ pub async fn approve_at_sim(authorization_url: &str) -> String {
     let url = reqwest::Url::parse(&back).unwrap();
     url.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()).expect("token in the redirect")
 }
+pub mod pg;

@@ -146,11 +146,15 @@ impl SinkSet {
         let unavailable = |reason: String| AuditError::Unavailable { reason };
         let mut workers = Vec::new();
         for cfg in sinks {
-            let store = crate::store::Store::open(cursors)
+            let mut store = crate::store::Store::open(cursors)
                 .map_err(|e| unavailable(format!("audit sink {:?}: cannot open its cursor store: {e}", cfg.name)))?;
             // A cursor is delivery progress: a commit lost with the power only repeats items.
-            store.conn().pragma_update(None, "synchronous", "NORMAL").map_err(|e| unavailable(e.to_string()))?;
-            let stored = crate::store::sink_cursors::load(store.conn(), &cfg.name)
+            if let Some(conn) = store.sqlite() {
+                conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| unavailable(e.to_string()))?;
+            }
+            let stored = store
+                .db()
+                .and_then(|db| crate::store::sink_cursors::load(db, &cfg.name))
                 .map_err(|e| unavailable(format!("audit sink {:?}: cannot read its cursor: {e}", cfg.name)))?;
             let mut dest: Box<dyn Destination> = match cfg.kind {
                 SinkKind::File => Box::new(file::FileDest::new(
@@ -448,7 +452,8 @@ impl Worker {
         if self.saved == Some(self.durable) {
             return;
         }
-        match crate::store::sink_cursors::save(self.store.conn(), &self.slot.name, self.durable) {
+        let (name, at) = (&self.slot.name, self.durable);
+        match self.store.db().and_then(|db| crate::store::sink_cursors::save(db, name, at)) {
             Ok(()) => self.saved = Some(self.durable),
             Err(e) => tracing::warn!(sink = %self.slot.name, error = %e, "could not save the audit sink's cursor"),
         }

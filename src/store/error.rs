@@ -1,0 +1,58 @@
+//! What fails in the store, on either backend.
+
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No database file at the path (and the command does not create one).
+    #[error("no database at {path}: run `pogo-vault init --db {path}` first")]
+    Missing { path: String },
+    /// The file exists but holds no initialised vault.
+    #[error("{path} is not an initialised pogo-vault database: run `pogo-vault init` first")]
+    NotInitialized { path: String },
+    /// `init` on a database that is already initialised.
+    #[error("{path} is already initialised; refusing to initialise it again")]
+    AlreadyInitialized { path: String },
+    /// The database was written by a newer pogo-vault.
+    #[error("database schema version {found} is newer than this binary understands ({supported}): upgrade pogo-vault")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// The row asked for does not exist.
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// A row with that key exists already.
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    /// A stored value is not what this binary wrote (hand-edited or corrupted row).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database file could not be created.
+    #[error("cannot create {path}: {reason}")]
+    Create { path: String, reason: String },
+    /// SQLite failed (I/O, disk full, locked beyond the busy timeout, ...).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A statement broke a constraint (a unique key, a check) on either backend.
+    #[error("constraint failed: {0}")]
+    Constraint(String),
+    /// PostgreSQL failed (unreachable, a failover under way, a timeout, ...).
+    #[error("PostgreSQL error: {0}")]
+    Postgres(String),
+    /// A storage setting is wrong; `field` names it.
+    #[error("{field}: {reason}")]
+    Config { field: &'static str, reason: String },
+}
+
+impl StoreError {
+    /// A broken constraint as "`what` already exists"; other errors as they are.
+    pub(crate) fn map_unique(e: StoreError, what: impl FnOnce() -> String) -> StoreError {
+        match e {
+            StoreError::Constraint(_) => StoreError::AlreadyExists { what: what() },
+            e => e,
+        }
+    }
+
+    /// The database could not be reached or did not answer in time: worth trying again
+    /// (another replica, or after a failover), unlike a refused or corrupt row.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Sqlite(_) | StoreError::Postgres(_))
+    }
+}
