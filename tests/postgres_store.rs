@@ -185,15 +185,18 @@ fn the_vault_behaves_the_same_on_postgres_as_on_sqlite_and_no_row_holds_a_plaint
     let new_key = dir.path().join("pg2.key");
     on_pg.rotate_kek(&InitKey::GenerateKeyFile(new_key.clone()), Argon2Costs::default(), &UnauditedFixture).unwrap();
     drop(on_pg);
-    let old = Vault::unlock_postgres(&options, &MasterKeySource::KeyFile(pg_key));
-    assert!(old.is_err(), "the retired master key must not open the vault");
+    let old = Vault::unlock_postgres(&options, &MasterKeySource::KeyFile(pg_key)).unwrap_err().to_string();
+    assert!(
+        old.contains("master key") && old.contains("rotated"),
+        "the retired master key must not open the vault: {old}"
+    );
     let reopened = Vault::unlock_postgres(&options, &MasterKeySource::KeyFile(new_key)).unwrap();
     let t = reopened.tenant(&tid("t_1")).unwrap().unwrap();
     assert_eq!(reopened.open_client_key(&t).unwrap().expose_secret(), fixture::sim_key(2));
 
     // Sealed blobs only: no client key or subscription key in any row, in any form.
     let text = dump(&cluster, "vault");
-    assert!(text.contains("sealed_secrets") || text.len() > 1000, "the dump reads the tables");
+    assert!(text.contains("\\x") && text.contains("t_1") && text.len() > 2000, "the dump reads the rows");
     let mut secrets: Vec<String> = (0..10).map(fixture::sim_key).collect();
     secrets.push("b7b7b7b7c8c8c8c8d9d9d9d9e0e0e0e0".into());
     secrets.push("d3d3d3d3e4e4e4e4f5f5f5f5a6a6a6a6".into());
@@ -320,6 +323,104 @@ fn two_vaults_on_one_database_write_one_after_the_other_and_see_each_others_chan
     assert_eq!(sealed, 1, "every older version destroyed");
     let key = b.open_client_key(&t).unwrap();
     assert!((100..100 + 2 * rounds).any(|i| key.expose_secret() == fixture::sim_key(i)));
+
+    // a rotates the master key; b still holds the retired one and must not seal under it.
+    let new_key = dir.path().join("m2.key");
+    a.rotate_kek(&InitKey::GenerateKeyFile(new_key), Argon2Costs::default(), &UnauditedFixture).unwrap();
+    let refused = b.add_tenant(&NewTenant::new(tid("late"), Environment::Demo), &fixture::key(1), &UnauditedFixture);
+    let e = refused.unwrap_err();
+    assert!(matches!(e, VaultError::MasterKeyRotated { .. }) && e.is_transient(), "{e}");
+    let refused = b.rotate_key(&tid("shared"), &fixture::key(2), None, &UnauditedFixture).unwrap_err();
+    assert!(matches!(refused, VaultError::MasterKeyRotated { .. }), "{refused}");
+    assert!(a.tenant(&tid("late")).unwrap().is_none(), "nothing written under the retired key");
+    let rewrapped = b.tenant(&tid("shared")).unwrap().unwrap();
+    let e = b.open_client_key(&rewrapped).unwrap_err();
+    assert!(matches!(e, VaultError::MasterKeyRotated { .. }), "not an integrity alarm: {e}");
+    a.add_tenant(&NewTenant::new(tid("late"), Environment::Demo), &fixture::key(1), &UnauditedFixture).unwrap();
+}
+
+/// A TCP relay to the cluster that can be frozen: connections stay open, nothing passes.
+struct Relay {
+    port: u16,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = frozen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    let f = f.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let Ok(n) = from.read(&mut buf) else { return };
+                            if n == 0 {
+                                let _ = to.shutdown(std::net::Shutdown::Write);
+                                return;
+                            }
+                            while f.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay { port, frozen }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_server_that_stops_answering_fails_calls_in_bounded_time_and_is_left_behind() {
+    let cluster = PgCluster::start(&[]);
+    cluster.create_database("vault");
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(cluster.port);
+    let mut o = cluster.options("vault");
+    o.url = format!("postgresql://{}@127.0.0.1:{}/vault", common::pg::USER, relay.port);
+    o.statement_timeout = Duration::from_secs(1);
+    o.connect_timeout = Duration::from_secs(1);
+    let vault =
+        Vault::init_postgres(&o, &InitKey::GenerateKeyFile(dir.path().join("m.key")), Argon2Costs::default()).unwrap();
+    vault.add_tenant(&NewTenant::new(tid("t"), Environment::Demo), &fixture::key(0), &UnauditedFixture).unwrap();
+
+    // Established connection, server silent: the call fails within statement timeout + 5 s.
+    relay.freeze(true);
+    let start = Instant::now();
+    let e = vault.tenant(&tid("t")).unwrap_err();
+    let took = start.elapsed();
+    println!("a call to a silent server failed after {took:?}: {e}");
+    assert!(e.is_transient() && e.to_string().contains("did not answer"), "{e}");
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(9), "{took:?}");
+
+    // Connecting to a silent server: bounded too (connect timeout + 5 s).
+    let start = Instant::now();
+    let e = vault.tenant(&tid("t")).unwrap_err();
+    let took = start.elapsed();
+    println!("connecting to a silent server failed after {took:?}: {e}");
+    assert!(e.is_transient(), "{e}");
+    assert!(took < Duration::from_secs(9), "{took:?}");
+
+    // The server answers again: the next call connects afresh and is served.
+    relay.freeze(false);
+    let t = vault.tenant(&tid("t")).unwrap().unwrap();
+    assert_eq!(vault.open_client_key(&t).unwrap().expose_secret(), fixture::sim_key(0));
 }
 
 #[test]
@@ -391,7 +492,7 @@ fn settings_are_refused_with_the_field_named_and_no_password_shown() {
     let start = Instant::now();
     let e = fail(&nowhere);
     assert!(start.elapsed() < Duration::from_secs(5), "a refused connection fails fast");
-    assert!(e.contains("PostgreSQL error"), "{e}");
+    assert!(e.contains("database unavailable") && e.contains("refused"), "{e}");
 }
 
 #[test]
@@ -451,4 +552,80 @@ fn tls_to_postgres_is_verify_full_against_the_configured_ca() {
     // Without a CA, plain text: which this server refuses.
     let e = Store::connect_postgres(&cluster.options("vault")).unwrap_err().to_string();
     assert!(e.contains("no encryption") || e.contains("pg_hba"), "{e}");
+}
+
+#[test]
+fn a_vault_copied_to_postgres_and_back_is_the_same_byte_for_byte_and_every_key_opens() {
+    let cluster = PgCluster::start(&[]);
+    cluster.create_database("moved");
+    cluster.create_database("other");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("m.key");
+    let db = dir.path().join("v.db");
+    let n = 10_000;
+    let ids: Vec<String> = (0..n).map(|i| format!("t{i:05}")).collect();
+    {
+        let vault = Vault::init(&db, &InitKey::GenerateKeyFile(key.clone()), Argon2Costs::default()).unwrap();
+        exercise(&vault);
+        fixture::add_bulk_tenants(&vault, &ids, 0, true);
+    }
+    let start = Instant::now();
+    let mut from = Store::open(&db).unwrap();
+    let mut to = Store::connect_postgres(&cluster.options("moved")).unwrap();
+    let report = pogo_vault::store::copy::copy_vault(&mut from, &mut to).unwrap();
+    let took = start.elapsed();
+    assert_eq!(report.rows("tenants"), n + 4);
+    assert_eq!(report.rows("sealed_secrets"), n + 4 + 2 + 1, "client keys, the vault's two keys, one subscription key");
+    println!("copied to PostgreSQL in {took:?}: {report:#?}");
+
+    // A second copy into the same database is refused, and changes nothing.
+    let again = pogo_vault::store::copy::copy_vault(&mut from, &mut to).unwrap_err().to_string();
+    assert!(again.contains("is not empty") && again.contains("vault_meta"), "{again}");
+    assert_eq!(pogo_vault::store::copy::digest_vault(&mut to).unwrap(), report);
+    drop(to);
+
+    // Every tenant's key opens on PostgreSQL with the same master key.
+    let vault = Vault::unlock_postgres(&cluster.options("moved"), &MasterKeySource::KeyFile(key.clone())).unwrap();
+    let start = Instant::now();
+    let mut opened = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = vault.list_tenants(after.as_deref(), 1000).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.tenant_id.to_string());
+        for t in &page {
+            vault.open_client_key(t).unwrap();
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, n + 4);
+    println!("opened {opened} client keys on PostgreSQL in {:?}", start.elapsed());
+    drop(vault);
+
+    // And back into a new SQLite file (the export a drill uses): the same rows, the same
+    // digests, and the vault opens there too.
+    let back = dir.path().join("back.db");
+    let mut pg = Store::connect_postgres(&cluster.options("moved")).unwrap();
+    let mut sqlite = Store::create(&back).unwrap();
+    let returned = pogo_vault::store::copy::copy_vault(&mut pg, &mut sqlite).unwrap();
+    assert_eq!(returned, report, "SQLite -> PostgreSQL -> SQLite changes no byte");
+    drop(sqlite);
+    let vault = Vault::unlock(&back, &MasterKeySource::KeyFile(key)).unwrap();
+    let t = vault.tenant(&tid("t09999")).unwrap().unwrap();
+    vault.open_client_key(&t).unwrap();
+
+    // A copy that fails part-way leaves the target empty: the target refuses one tenant
+    // (a check added for the test) after thousands of rows went in before it.
+    let mut other = Store::connect_postgres(&cluster.options("other")).unwrap();
+    cluster
+        .admin("other")
+        .batch_execute("ALTER TABLE tenants ADD CONSTRAINT test_refuses CHECK (tenant_id <> 't05000')")
+        .unwrap();
+    let mut src = Store::open(&db).unwrap();
+    let e = pogo_vault::store::copy::copy_vault(&mut src, &mut other).unwrap_err().to_string();
+    assert!(e.contains("constraint"), "{e}");
+    let left = pogo_vault::store::copy::digest_vault(&mut other).unwrap();
+    assert!(left.tables.iter().all(|t| t.rows == 0), "a failed copy leaves nothing: {left:?}");
+    cluster.admin("other").batch_execute("ALTER TABLE tenants DROP CONSTRAINT test_refuses").unwrap();
+    assert_eq!(pogo_vault::store::copy::copy_vault(&mut src, &mut other).unwrap(), report);
 }

@@ -154,6 +154,11 @@ pub fn vault(e: &VaultError) -> Status {
         VaultError::Denied { .. } => permission_denied(crate::authz::Role::TenantAdmin),
         VaultError::NotRecorded { .. } => audit_unavailable(),
         VaultError::AmbiguousOrganization { .. } => Status::failed_precondition(e.to_string()),
+        VaultError::MasterKeyRotated { .. } => retryable(
+            Code::Unavailable,
+            "this replica holds a retired master key; retry on another (operators are alerted)".into(),
+            Duration::from_secs(1),
+        ),
         VaultError::Store(s) if s.is_unavailable() => retryable(
             Code::Unavailable,
             "the vault's database is busy or failing; retry shortly".into(),

@@ -33,9 +33,16 @@ pub enum StoreError {
     /// A statement broke a constraint (a unique key, a check) on either backend.
     #[error("constraint failed: {0}")]
     Constraint(String),
-    /// PostgreSQL failed (unreachable, a failover under way, a timeout, ...).
+    /// PostgreSQL refused (a login, a permission, a certificate, a statement).
     #[error("PostgreSQL error: {0}")]
     Postgres(String),
+    /// The database is out of reach for now (a lost connection, a failover under way, a
+    /// timeout, a lock conflict): worth trying again.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A copy's target already holds a vault (or part of one).
+    #[error("{target} is not empty (table {table} has rows): copy only into a new, empty database")]
+    NotEmpty { target: String, table: &'static str },
     /// A storage setting is wrong; `field` names it.
     #[error("{field}: {reason}")]
     Config { field: &'static str, reason: String },
@@ -53,6 +60,6 @@ impl StoreError {
     /// The database could not be reached or did not answer in time: worth trying again
     /// (another replica, or after a failover), unlike a refused or corrupt row.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Sqlite(_) | StoreError::Postgres(_))
+        matches!(self, StoreError::Sqlite(_) | StoreError::Unavailable(_))
     }
 }

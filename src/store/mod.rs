@@ -23,12 +23,16 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub mod copy;
 mod error;
 pub mod integrations;
 pub mod lock;
 pub mod meta;
 pub mod migrations;
 pub mod onboarding;
+mod pg_conn;
+mod pg_tls;
+mod pg_values;
 pub mod postgres;
 pub mod secrets;
 pub mod sink_cursors;
@@ -51,7 +55,7 @@ pub struct Store {
 
 enum Conn {
     Sqlite { conn: Connection, path: PathBuf },
-    Postgres(Box<postgres::PgConn>),
+    Postgres(Box<pg_conn::PgConn>),
 }
 
 impl std::fmt::Debug for Store {
@@ -64,7 +68,7 @@ impl std::fmt::Debug for Store {
 /// when dropped.
 pub enum Tx<'a> {
     Sqlite(rusqlite::Transaction<'a>),
-    Postgres(postgres::PgTx<'a>),
+    Postgres(pg_conn::PgTx<'a>),
 }
 
 impl Tx<'_> {
@@ -122,7 +126,7 @@ impl Store {
     /// Connects to a PostgreSQL database and applies pending migrations (an empty database
     /// gets the whole schema).
     pub fn connect_postgres(options: &PostgresOptions) -> Result<Store, StoreError> {
-        let conn = postgres::PgConn::connect(options, migrations::POSTGRES)?;
+        let conn = pg_conn::PgConn::connect(options, migrations::POSTGRES)?;
         Ok(Store { conn: Conn::Postgres(Box::new(conn)) })
     }
 
@@ -176,6 +180,18 @@ impl Store {
                 Tx::Sqlite(conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
             }
             Conn::Postgres(pg) => Tx::Postgres(pg.write_tx()?),
+        })
+    }
+
+    /// A read-only snapshot for reads that must agree with each other (a copy): SQLite's
+    /// deferred transaction (its snapshot taken at the first read), PostgreSQL's
+    /// `REPEATABLE READ READ ONLY`. Dropped, not committed.
+    pub fn snapshot(&mut self) -> Result<Tx<'_>, StoreError> {
+        Ok(match &mut self.conn {
+            Conn::Sqlite { conn, .. } => {
+                Tx::Sqlite(conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?)
+            }
+            Conn::Postgres(pg) => Tx::Postgres(pg.snapshot()?),
         })
     }
 

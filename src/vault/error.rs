@@ -37,6 +37,13 @@ pub enum VaultError {
     /// sealed until it returns; tokens already cached are still served.
     #[error("the master key's HSM is unavailable ({reason}); retry when it is back")]
     KeyUnavailable { reason: String },
+    /// Another process on the same database (a second replica) rotated the master key:
+    /// nothing is sealed under the retired one; this process must be restarted with the new
+    /// key.
+    #[error(
+        "the master key was rotated by another process (now {current}); nothing was changed: restart with the new key"
+    )]
+    MasterKeyRotated { current: String },
     /// The change's audit record could not be made durable, so the change was rolled back.
     #[error("the audit record of this change could not be written ({reason}); nothing was changed")]
     NotRecorded { reason: String },
@@ -64,7 +71,12 @@ impl VaultError {
     pub fn is_transient(&self) -> bool {
         match self {
             VaultError::Store(s) => s.is_unavailable(),
-            e => matches!(e, VaultError::NotRecorded { .. } | VaultError::KeyUnavailable { .. }),
+            e => matches!(
+                e,
+                VaultError::NotRecorded { .. }
+                    | VaultError::KeyUnavailable { .. }
+                    | VaultError::MasterKeyRotated { .. }
+            ),
         }
     }
 

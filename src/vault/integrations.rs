@@ -350,6 +350,7 @@ impl Vault {
         key: &SubscriptionKey,
     ) -> Result<(), VaultError> {
         let kek = self.kek();
+        super::keys::check_kek_current(conn, &kek)?;
         let sealed = key
             .seal_bound(&kek, &SealContext::new(r.purpose, &r.owner, r.version), application_key, base_url)
             .map_err(VaultError::sealing)?;

@@ -33,8 +33,8 @@ impl Vault {
         let mut store = self.store();
         let sealed = Self::sealed_row(store.db()?, &r)?;
         let kek = self.kek();
-        drop(store);
-        open_sealed(&kek, &r, &sealed, &format!("client key of {}", tenant.tenant_id), &ClientKey::open)
+        let opened = open_sealed(&kek, &r, &sealed, &format!("client key of {}", tenant.tenant_id), &ClientKey::open);
+        opened.map_err(|e| rotated_elsewhere(store.db(), &kek, e))
     }
 
     /// Opens the sealed row `r` as a `T` on a connection (or open transaction) the caller
@@ -47,7 +47,8 @@ impl Vault {
         open: Opener<'_, T>,
     ) -> Result<T, VaultError> {
         let sealed = Self::sealed_row(conn, r)?;
-        open_sealed(&self.kek(), r, &sealed, what, open)
+        let kek = self.kek();
+        open_sealed(&kek, r, &sealed, what, open).map_err(|e| rotated_elsewhere(Ok(conn), &kek, e))
     }
 
     fn sealed_row(conn: &mut dyn crate::store::Sql, r: &SecretRef) -> Result<Sealed, VaultError> {
@@ -69,6 +70,7 @@ impl Vault {
         version: i64,
         key: &ClientKey,
     ) -> Result<(), VaultError> {
+        check_kek_current(tx, kek)?;
         let r = SecretRef { purpose: Purpose::ClientKey, owner: tenant.as_str().to_owned(), version };
         let sealed = key.seal(kek, &SealContext::new(r.purpose, &r.owner, r.version)).map_err(VaultError::sealing)?;
         if version == 1 {
@@ -77,6 +79,36 @@ impl Vault {
         secrets::put(tx, &r, &sealed, kek.id())?;
         secrets::delete_other_versions(tx, Purpose::ClientKey, tenant.as_str(), version)?;
         Ok(())
+    }
+}
+
+/// Refuses to seal under `kek` inside write transaction `tx` unless it is still the vault's
+/// master key: on PostgreSQL another replica may have rotated it (this process keeps the
+/// old one in memory until restarted), and a row sealed under a retired key would open
+/// nowhere. Read under the write lock, so no rotation can land between this and the commit.
+pub(super) fn check_kek_current(tx: &mut dyn crate::store::Sql, kek: &MasterKey) -> Result<(), VaultError> {
+    let meta = crate::store::meta::get(tx)?
+        .ok_or_else(|| VaultError::Integrity { what: "vault record (vault_meta) is missing".into() })?;
+    if meta.kek_id != kek.id() {
+        return Err(VaultError::MasterKeyRotated { current: meta.kek_id });
+    }
+    Ok(())
+}
+
+/// A row that does not open under `kek` because another process (a second replica on the
+/// same PostgreSQL) rotated the master key is [`VaultError::MasterKeyRotated`], not an
+/// integrity failure; any other error stays as it is.
+fn rotated_elsewhere(
+    db: Result<&mut dyn crate::store::Sql, crate::store::StoreError>,
+    kek: &MasterKey,
+    e: VaultError,
+) -> VaultError {
+    if !matches!(e, VaultError::Integrity { .. }) {
+        return e;
+    }
+    match db.and_then(crate::store::meta::get) {
+        Ok(Some(meta)) if meta.kek_id != kek.id() => VaultError::MasterKeyRotated { current: meta.kek_id },
+        _ => e,
     }
 }
 

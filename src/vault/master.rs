@@ -346,6 +346,9 @@ impl Vault {
         let old_kek = self.kek();
         let mut tx = store.write_tx()?;
         let old_meta = meta::get(&mut tx)?.ok_or_else(|| StoreError::NotInitialized { path: String::new() })?;
+        if old_meta.kek_id != old_kek.id() {
+            return Err(VaultError::MasterKeyRotated { current: old_meta.kek_id });
+        }
         let rows = secrets::all_wrapped(&mut tx)?;
         for (r, wrapped) in &rows {
             let ctx = SealContext::new(r.purpose, &r.owner, r.version);
@@ -392,6 +395,7 @@ impl Vault {
         let kek = self.kek();
         let sealed = seed.seal(&kek, &SealContext::new(purpose, VAULT_OWNER, 1)).map_err(VaultError::sealing)?;
         let mut tx = store.write_tx()?;
+        super::keys::check_kek_current(&mut tx, &kek)?;
         secrets::delete_all(&mut tx, purpose, VAULT_OWNER)?;
         secrets::put(&mut tx, &SecretRef { purpose, owner: VAULT_OWNER.to_owned(), version: 1 }, &sealed, kek.id())?;
         crate::store::Sql::execute(

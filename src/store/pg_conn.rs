@@ -1,0 +1,405 @@
+//! The vault's PostgreSQL connection: `tokio-postgres` driven by a small runtime of its
+//! own, inside each call, from the blocking threads the store is used on (the vault's
+//! methods block; async callers run them on the blocking pool).
+//!
+//! - **A deadline on every call** ([`PostgresOptions::call_timeout`]) and on connecting:
+//!   a server that accepts and then says nothing fails the call `UNAVAILABLE` in bounded
+//!   time, and the connection is given up.
+//! - **Reconnecting**: a call that finds the connection closed, or gave it up, connects
+//!   again first (a restart, a failover: a multi-host URL with
+//!   `target_session_attrs=read-write` finds the promoted primary).
+//! - **Writes**: every write transaction is `READ COMMITTED` and first takes
+//!   [`WRITE_LOCK`]: writes are serial across every replica, as SQLite's one writer makes
+//!   them on one machine, and each read-modify-write sees the rows as its own.
+//! - **Reads for a copy**: one `REPEATABLE READ, READ ONLY` snapshot.
+//! - **Migrations**: one transaction under [`MIGRATE_LOCK`]; `pogo_schema` holds the
+//!   version, numbered as SQLite's `user_version` (the lists are in `store::migrations`).
+//!   When the schema is current, nothing is created (a role without `CREATE` may run).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls, Statement};
+use zeroize::Zeroizing;
+
+use super::error::StoreError;
+use super::migrations::PostgresMigration;
+use super::pg_tls::RustlsConnect;
+use super::pg_values::read_row;
+use super::postgres::{MIGRATE_LOCK, PostgresOptions, WRITE_LOCK, failed};
+use super::sql::{Backend, Row, Sql, Value, to_postgres_params};
+
+/// A live connection: the client and the runtime its connection task runs on.
+struct Link {
+    /// Always `Some` until dropped (taken to shut down without blocking).
+    rt: Option<Runtime>,
+    client: Client,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; the vault may be dropped on an async worker.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The vault's connection, its prepared statements, and how to connect again.
+pub(crate) struct PgConn {
+    link: Option<Link>,
+    statements: HashMap<String, Statement>,
+    /// A call gave the connection up (no answer in time): connect again before the next.
+    broken: bool,
+    options: PostgresOptions,
+    supported: i64,
+}
+
+/// What one call borrows of a [`PgConn`].
+struct Parts<'a> {
+    rt: &'a Runtime,
+    client: &'a mut Client,
+    statements: &'a mut HashMap<String, Statement>,
+    broken: &'a mut bool,
+    timeout: Duration,
+}
+
+/// Runs `fut` on `rt` within `timeout`; a timeout or a closed connection marks it broken.
+fn run<T>(
+    rt: &Runtime,
+    broken: &mut bool,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    // The timer is made inside the runtime (it needs its clock).
+    match rt.block_on(async { tokio::time::timeout(timeout, fut).await }) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            if matches!(e, StoreError::Unavailable(_)) {
+                *broken = true;
+            }
+            Err(e)
+        }
+        Err(_) => {
+            *broken = true;
+            Err(StoreError::Unavailable(format!("PostgreSQL did not answer within {} s", timeout.as_secs())))
+        }
+    }
+}
+
+fn pg<T>(r: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
+    r.map_err(|e| failed(&e))
+}
+
+impl Link {
+    fn open(o: &PostgresOptions) -> Result<Link, StoreError> {
+        let mut cfg = o.check()?;
+        if let Some(p) = &o.password_file {
+            let field = "storage.postgres.password_file";
+            let raw = Zeroizing::new(
+                std::fs::read(p)
+                    .map_err(|e| StoreError::Config { field, reason: format!("cannot read {}: {e}", p.display()) })?,
+            );
+            let end = raw.iter().rposition(|b| *b != b'\n' && *b != b'\r').map_or(0, |i| i + 1);
+            if end == 0 {
+                return Err(StoreError::Config { field, reason: format!("{} is empty", p.display()) });
+            }
+            cfg.password(&raw[..end]);
+        }
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(o.connect_timeout);
+        }
+        cfg.keepalives(true).keepalives_idle(Duration::from_secs(10)).keepalives_interval(Duration::from_secs(2));
+        cfg.keepalives_retries(3).tcp_user_timeout(Duration::from_secs(15));
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("pogo-vault");
+        }
+        let hosts = u32::try_from(cfg.get_hosts().len().max(cfg.get_hostaddrs().len()).max(1)).unwrap_or(1);
+        let deadline = o.connect_timeout * hosts + Duration::from_secs(5);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the PostgreSQL client's runtime: {e}")))?;
+        let timed_out =
+            || StoreError::Unavailable(format!("PostgreSQL: no connection within {} s", deadline.as_secs()));
+        let client = match &o.ca_file {
+            Some(ca) => {
+                let roots = crate::tls::trust_roots(ca)
+                    .map_err(|e| StoreError::Config { field: "storage.postgres.ca_file", reason: e.to_string() })?;
+                let tls =
+                    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| StoreError::Postgres(e.to_string()))?
+                        .with_root_certificates(roots)
+                        .with_no_client_auth();
+                cfg.ssl_mode(SslMode::Require);
+                let (client, conn) = rt
+                    .block_on(async { tokio::time::timeout(deadline, cfg.connect(RustlsConnect(Arc::new(tls)))).await })
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| failed(&e))?;
+                rt.spawn(async move { drop(conn.await) });
+                client
+            }
+            None => {
+                cfg.ssl_mode(SslMode::Disable);
+                let (client, conn) = rt
+                    .block_on(async { tokio::time::timeout(deadline, cfg.connect(NoTls)).await })
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| failed(&e))?;
+                rt.spawn(async move { drop(conn.await) });
+                client
+            }
+        };
+        let ms = o.statement_timeout.as_millis();
+        let settings = format!(
+            "SET statement_timeout = {ms}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {}; \
+             SET default_transaction_isolation = 'read committed'; SET synchronous_commit = on",
+            ms.min(5_000),
+            ms.max(30_000)
+        );
+        let mut broken = false;
+        run(&rt, &mut broken, o.call_timeout(), async { pg(client.batch_execute(&settings).await) })?;
+        Ok(Link { rt: Some(rt), client })
+    }
+}
+
+impl PgConn {
+    /// Connects and applies pending migrations.
+    pub(crate) fn connect(options: &PostgresOptions, migrations: &[PostgresMigration]) -> Result<PgConn, StoreError> {
+        let supported = migrations.last().map_or(0, |m| m.version);
+        let mut conn = PgConn {
+            link: Some(Link::open(options)?),
+            statements: HashMap::new(),
+            broken: false,
+            options: options.clone(),
+            supported,
+        };
+        conn.migrate(migrations)?;
+        Ok(conn)
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        self.options.describe()
+    }
+
+    /// The connection for one call: connected again first when it was closed or given
+    /// up (then the schema is checked again: a failover may have reached another server).
+    fn parts(&mut self) -> Result<Parts<'_>, StoreError> {
+        let lost = self.broken || self.link.as_ref().is_some_and(|l| l.client.is_closed());
+        if lost || self.link.is_none() {
+            if lost {
+                tracing::warn!(db = %self.options.describe(), "PostgreSQL connection lost: connecting again");
+            }
+            self.link = None;
+            self.broken = false;
+            self.statements.clear();
+            self.link = Some(Link::open(&self.options)?);
+            let found = self.schema_version()?;
+            if found != self.supported {
+                self.link = None;
+                return Err(StoreError::Postgres(format!(
+                    "{} has schema version {found}, this vault {}: not the database it was",
+                    self.options.describe(),
+                    self.supported
+                )));
+            }
+        }
+        let PgConn { link, statements, broken, options, .. } = self;
+        let Some(Link { rt: Some(rt), client }) = link.as_mut() else {
+            return Err(StoreError::Unavailable("PostgreSQL: not connected".into()));
+        };
+        Ok(Parts { rt, client, statements, broken, timeout: options.call_timeout() })
+    }
+
+    /// Makes this connection usable for a call (connecting again if needed).
+    pub(crate) fn ready(&mut self) -> Result<&mut PgConn, StoreError> {
+        self.parts()?;
+        Ok(self)
+    }
+
+    /// A write transaction holding [`WRITE_LOCK`].
+    pub(crate) fn write_tx(&mut self) -> Result<PgTx<'_>, StoreError> {
+        let Parts { rt, client, statements, broken, timeout } = self.parts()?;
+        let tx = run(rt, broken, timeout, async move {
+            let tx = pg(client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await)?;
+            pg(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await)?;
+            Ok(tx)
+        })?;
+        Ok(PgTx { rt, tx: Some(tx), statements, broken, timeout })
+    }
+
+    /// A read-only snapshot: every read through it sees the database as at its first read.
+    pub(crate) fn snapshot(&mut self) -> Result<PgTx<'_>, StoreError> {
+        let Parts { rt, client, statements, broken, timeout } = self.parts()?;
+        let tx = run(rt, broken, timeout, async move {
+            pg(client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await)
+        })?;
+        Ok(PgTx { rt, tx: Some(tx), statements, broken, timeout })
+    }
+
+    /// The schema version `pogo_schema` records (0 for an empty database).
+    pub(crate) fn schema_version(&mut self) -> Result<i64, StoreError> {
+        let PgConn { link, broken, options, .. } = self;
+        let Some(Link { rt: Some(rt), client }) = link.as_mut() else {
+            return Err(StoreError::Unavailable("PostgreSQL: not connected".into()));
+        };
+        run(rt, broken, options.call_timeout(), async {
+            let exists = pg(client.query_one("SELECT to_regclass('pogo_schema') IS NOT NULL", &[]).await)?;
+            if !exists.get::<_, bool>(0) {
+                return Ok(0);
+            }
+            let rows = pg(client.query("SELECT version FROM pogo_schema WHERE id = 1", &[]).await)?;
+            Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0))
+        })
+    }
+
+    fn migrate(&mut self, migrations: &[PostgresMigration]) -> Result<(), StoreError> {
+        let supported = self.supported;
+        let found = self.schema_version()?;
+        if found > supported {
+            return Err(StoreError::SchemaTooNew { found, supported });
+        }
+        if found == supported {
+            return Ok(());
+        }
+        let Parts { rt, client, broken, timeout, .. } = self.parts()?;
+        run(rt, broken, timeout, async {
+            let tx = pg(client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await)?;
+            pg(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK]).await)?;
+            pg(tx
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS pogo_schema (
+                         id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
+                )
+                .await)?;
+            // Read again under the lock: another replica may have migrated meanwhile.
+            let rows = pg(tx.query("SELECT version FROM pogo_schema WHERE id = 1", &[]).await)?;
+            let found: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
+            if found > supported {
+                return Err(StoreError::SchemaTooNew { found, supported });
+            }
+            let mut at = found;
+            for m in migrations.iter().filter(|m| m.version > found) {
+                pg(tx.batch_execute(m.sql).await)?;
+                tracing::info!(migration = m.name, "applied schema migration (PostgreSQL)");
+                at = m.version;
+            }
+            if at != found || rows.is_empty() {
+                pg(tx
+                    .execute(
+                        "INSERT INTO pogo_schema (id, version, updated_at) VALUES (1, $1, $2)
+                         ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+                        &[&at, &now_ms()],
+                    )
+                    .await)?;
+            }
+            pg(tx.commit().await)
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The prepared statement for `sql` (written with `?N`), prepared once per connection.
+async fn statement<C: GenericClient>(
+    client: &C,
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+) -> Result<Statement, StoreError> {
+    if let Some(s) = statements.get(sql) {
+        return Ok(s.clone());
+    }
+    let s = pg(client.prepare(&to_postgres_params(sql)).await)?;
+    statements.insert(sql.to_owned(), s.clone());
+    Ok(s)
+}
+
+async fn execute<C: GenericClient>(
+    client: &C,
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+    args: &[Value],
+) -> Result<usize, StoreError> {
+    let s = statement(client, statements, sql).await?;
+    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+    let n = pg(client.execute(&s, &params).await)?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+async fn query<C: GenericClient>(
+    client: &C,
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+    args: &[Value],
+) -> Result<Vec<Row>, StoreError> {
+    let s = statement(client, statements, sql).await?;
+    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+    let rows = pg(client.query(&s, &params).await)?;
+    rows.iter().map(read_row).collect()
+}
+
+impl Sql for PgConn {
+    fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, StoreError> {
+        let Parts { rt, client, statements, broken, timeout } = self.parts()?;
+        run(rt, broken, timeout, execute(&*client, statements, sql, args))
+    }
+    fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let Parts { rt, client, statements, broken, timeout } = self.parts()?;
+        run(rt, broken, timeout, query(&*client, statements, sql, args))
+    }
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+}
+
+/// An open transaction (a write holding [`WRITE_LOCK`], or a read-only snapshot); rolled
+/// back when dropped uncommitted, there and then: `tokio-postgres` would only queue the
+/// `ROLLBACK` until this connection's next call, and meanwhile an idle replica would hold
+/// the write lock every other replica waits for.
+pub struct PgTx<'a> {
+    rt: &'a Runtime,
+    /// `None` once committed or rolled back.
+    tx: Option<tokio_postgres::Transaction<'a>>,
+    statements: &'a mut HashMap<String, Statement>,
+    broken: &'a mut bool,
+    timeout: Duration,
+}
+
+impl PgTx<'_> {
+    pub(crate) fn commit(mut self) -> Result<(), StoreError> {
+        let Some(tx) = self.tx.take() else { return Err(StoreError::Unavailable("transaction already ended".into())) };
+        run(self.rt, self.broken, self.timeout, async { pg(tx.commit().await) })
+    }
+}
+
+impl Drop for PgTx<'_> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            // A rollback that fails leaves the connection marked broken: the next call
+            // connects afresh, and the server ends the old session (and its locks) when it
+            // notices, at the latest after `idle_in_transaction_session_timeout`.
+            let _ = run(self.rt, self.broken, self.timeout, async { pg(tx.rollback().await) });
+        }
+    }
+}
+
+impl Sql for PgTx<'_> {
+    fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, StoreError> {
+        let tx = self.tx.as_ref().ok_or_else(|| StoreError::Unavailable("transaction already ended".into()))?;
+        run(self.rt, self.broken, self.timeout, execute(tx, self.statements, sql, args))
+    }
+    fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let tx = self.tx.as_ref().ok_or_else(|| StoreError::Unavailable("transaction already ended".into()))?;
+        run(self.rt, self.broken, self.timeout, query(tx, self.statements, sql, args))
+    }
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+}
