@@ -154,6 +154,9 @@ pub fn vault(e: &VaultError) -> Status {
         VaultError::Denied { .. } => permission_denied(crate::authz::Role::TenantAdmin),
         VaultError::NotRecorded { .. } => audit_unavailable(),
         VaultError::AmbiguousOrganization { .. } => Status::failed_precondition(e.to_string()),
+        VaultError::Store(StoreError::CommitUnknown(_)) => Status::unknown(
+            "the database did not confirm the change: it may or may not have been applied; look before retrying",
+        ),
         VaultError::MasterKeyRotated { .. } => retryable(
             Code::Unavailable,
             "this replica holds a retired master key; retry on another (operators are alerted)".into(),

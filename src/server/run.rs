@@ -172,7 +172,11 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))??;
     let vault = Arc::new(vault);
-    let signing_key = vault.audit_signing_key()?;
+    // Every vault call off the async workers (PostgreSQL's client runs its own runtime).
+    let v = vault.clone();
+    let signing_key = tokio::task::spawn_blocking(move || v.audit_signing_key())
+        .await
+        .map_err(|e| ServeError::Transport(e.to_string()))??;
     let audit = AuditLog::open(&opts.audit_db, signing_key, opts.audit.clone())?;
     // What the watched files look like before they are loaded: a change from here on is
     // reloaded (`watch.rs`).
@@ -239,7 +243,11 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         .await
         .map_err(|s| ServeError::Transport(s.message().to_owned()))?;
 
-    for i in vault.integrations()? {
+    let v = vault.clone();
+    let integrations = tokio::task::spawn_blocking(move || v.integrations())
+        .await
+        .map_err(|e| ServeError::Transport(e.to_string()))??;
+    for i in integrations {
         if !crate::vault::is_go_base_url(&i.base_url) {
             tracing::warn!(
                 environment = %i.environment,

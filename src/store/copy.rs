@@ -96,8 +96,12 @@ impl CopyReport {
 pub fn copy_vault(from: &mut Store, to: &mut Store) -> Result<CopyReport, StoreError> {
     let (v_from, v_to) = (from.schema_version()?, to.schema_version()?);
     let (source, target) = (from.describe(), to.describe());
-    if v_from != v_to {
-        return Err(StoreError::Corrupt(format!("schema versions differ: {source} has {v_from}, {target} has {v_to}")));
+    let this = super::supported_schema_version();
+    if v_from != this || v_to != this {
+        return Err(StoreError::Corrupt(format!(
+            "a copy needs both databases at schema version {this} (the tables it knows): {source} has {v_from}, \
+             {target} has {v_to}"
+        )));
     }
     let mut src = from.snapshot()?;
     let mut tx = to.write_tx()?;

@@ -40,6 +40,10 @@ pub enum StoreError {
     /// timeout, a lock conflict): worth trying again.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A commit got no answer: it may or may not have landed (look before retrying: a
+    /// retry may apply the change twice).
+    #[error("the database did not confirm the commit ({0}): the change may or may not have been applied")]
+    CommitUnknown(String),
     /// A copy's target already holds a vault (or part of one).
     #[error("{target} is not empty (table {table} has rows): copy only into a new, empty database")]
     NotEmpty { target: String, table: &'static str },

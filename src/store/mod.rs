@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub mod changes;
 pub mod copy;
 mod error;
 pub mod integrations;

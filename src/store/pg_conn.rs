@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
+use tokio::task::AbortHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls, Statement};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Statement};
 use zeroize::Zeroizing;
 
 use super::error::StoreError;
@@ -34,19 +35,36 @@ use super::pg_values::read_row;
 use super::postgres::{MIGRATE_LOCK, PostgresOptions, WRITE_LOCK, failed};
 use super::sql::{Backend, Row, Sql, Value, to_postgres_params};
 
-/// A live connection: the client and the runtime its connection task runs on.
+/// A live connection: the client, the runtime its connection task runs on, and that task.
 struct Link {
-    /// Always `Some` until dropped (taken to shut down without blocking).
-    rt: Option<Runtime>,
+    rt: Rt,
     client: Client,
+    task: AbortHandle,
 }
 
-impl Drop for Link {
+/// A runtime shut down without blocking when dropped (the vault may be dropped on an async
+/// worker; a hung DNS lookup must not hold an error path).
+struct Rt(Option<Runtime>);
+
+impl Drop for Rt {
     fn drop(&mut self) {
-        // Dropping a runtime blocks; the vault may be dropped on an async worker.
-        if let Some(rt) = self.rt.take() {
+        if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+impl Rt {
+    fn new() -> Result<Rt, StoreError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| Rt(Some(rt)))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the PostgreSQL client's runtime: {e}")))
+    }
+
+    fn get(&self) -> Result<&Runtime, StoreError> {
+        self.0.as_ref().ok_or_else(|| StoreError::Unavailable("PostgreSQL: not connected".into()))
     }
 }
 
@@ -63,30 +81,32 @@ pub(crate) struct PgConn {
 /// What one call borrows of a [`PgConn`].
 struct Parts<'a> {
     rt: &'a Runtime,
+    task: &'a AbortHandle,
     client: &'a mut Client,
     statements: &'a mut HashMap<String, Statement>,
     broken: &'a mut bool,
     timeout: Duration,
 }
 
-/// Runs `fut` on `rt` within `timeout`; a timeout or a closed connection marks it broken.
+/// Runs `fut` on `rt` within `timeout`. On a timeout the connection is given up at once:
+/// its task is aborted, so the socket closes and the server ends the session (and rolls
+/// back whatever it held, the write lock included) instead of keeping it until this
+/// replica's next call. A connection the server closed ends its task by itself
+/// (`Client::is_closed`); a server error (a lock timeout, a conflict) leaves it usable.
 fn run<T>(
     rt: &Runtime,
+    task: &AbortHandle,
     broken: &mut bool,
     timeout: Duration,
     fut: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     // The timer is made inside the runtime (it needs its clock).
     match rt.block_on(async { tokio::time::timeout(timeout, fut).await }) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            if matches!(e, StoreError::Unavailable(_)) {
-                *broken = true;
-            }
-            Err(e)
-        }
+        Ok(r) => r,
         Err(_) => {
             *broken = true;
+            task.abort();
+            rt.block_on(tokio::task::yield_now());
             Err(StoreError::Unavailable(format!("PostgreSQL did not answer within {} s", timeout.as_secs())))
         }
     }
@@ -96,75 +116,77 @@ fn pg<T>(r: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
     r.map_err(|e| failed(&e))
 }
 
+/// The parsed configuration with the password, socket settings and TLS connector of `o`,
+/// and the deadline of one connect (every host tried, TLS and login included). Without a
+/// CA the connector is never used (`sslmode=disable`), but gives one connection type.
+pub(crate) fn configure(o: &PostgresOptions) -> Result<(tokio_postgres::Config, RustlsConnect, Duration), StoreError> {
+    let mut cfg = o.check()?;
+    if let Some(p) = &o.password_file {
+        let field = "storage.postgres.password_file";
+        let raw = Zeroizing::new(
+            std::fs::read(p)
+                .map_err(|e| StoreError::Config { field, reason: format!("cannot read {}: {e}", p.display()) })?,
+        );
+        let end = raw.iter().rposition(|b| *b != b'\n' && *b != b'\r').map_or(0, |i| i + 1);
+        if end == 0 {
+            return Err(StoreError::Config { field, reason: format!("{} is empty", p.display()) });
+        }
+        cfg.password(&raw[..end]);
+    }
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(o.connect_timeout);
+    }
+    cfg.keepalives(true).keepalives_idle(Duration::from_secs(10)).keepalives_interval(Duration::from_secs(2));
+    cfg.keepalives_retries(3).tcp_user_timeout(Duration::from_secs(15));
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("pogo-vault");
+    }
+    let hosts = u32::try_from(cfg.get_hosts().len().max(cfg.get_hostaddrs().len()).max(1)).unwrap_or(1);
+    let deadline = o.connect_timeout * hosts + Duration::from_secs(5);
+    let roots = match &o.ca_file {
+        Some(ca) => {
+            cfg.ssl_mode(SslMode::Require);
+            crate::tls::trust_roots(ca)
+                .map_err(|e| StoreError::Config { field: "storage.postgres.ca_file", reason: e.to_string() })?
+        }
+        None => {
+            cfg.ssl_mode(SslMode::Disable);
+            rustls::RootCertStore::empty()
+        }
+    };
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Postgres(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((cfg, RustlsConnect(Arc::new(tls)), deadline))
+}
+
+/// What every session of the vault sets first.
+pub(crate) fn session_settings(o: &PostgresOptions) -> String {
+    let ms = o.statement_timeout.as_millis();
+    format!(
+        "SET statement_timeout = {ms}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {}; \
+         SET default_transaction_isolation = 'read committed'; SET synchronous_commit = on",
+        ms.min(5_000),
+        o.call_timeout().as_millis() + 5_000
+    )
+}
+
 impl Link {
     fn open(o: &PostgresOptions) -> Result<Link, StoreError> {
-        let mut cfg = o.check()?;
-        if let Some(p) = &o.password_file {
-            let field = "storage.postgres.password_file";
-            let raw = Zeroizing::new(
-                std::fs::read(p)
-                    .map_err(|e| StoreError::Config { field, reason: format!("cannot read {}: {e}", p.display()) })?,
-            );
-            let end = raw.iter().rposition(|b| *b != b'\n' && *b != b'\r').map_or(0, |i| i + 1);
-            if end == 0 {
-                return Err(StoreError::Config { field, reason: format!("{} is empty", p.display()) });
-            }
-            cfg.password(&raw[..end]);
-        }
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(o.connect_timeout);
-        }
-        cfg.keepalives(true).keepalives_idle(Duration::from_secs(10)).keepalives_interval(Duration::from_secs(2));
-        cfg.keepalives_retries(3).tcp_user_timeout(Duration::from_secs(15));
-        if cfg.get_application_name().is_none() {
-            cfg.application_name("pogo-vault");
-        }
-        let hosts = u32::try_from(cfg.get_hosts().len().max(cfg.get_hostaddrs().len()).max(1)).unwrap_or(1);
-        let deadline = o.connect_timeout * hosts + Duration::from_secs(5);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the PostgreSQL client's runtime: {e}")))?;
-        let timed_out =
-            || StoreError::Unavailable(format!("PostgreSQL: no connection within {} s", deadline.as_secs()));
-        let client = match &o.ca_file {
-            Some(ca) => {
-                let roots = crate::tls::trust_roots(ca)
-                    .map_err(|e| StoreError::Config { field: "storage.postgres.ca_file", reason: e.to_string() })?;
-                let tls =
-                    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                        .with_safe_default_protocol_versions()
-                        .map_err(|e| StoreError::Postgres(e.to_string()))?
-                        .with_root_certificates(roots)
-                        .with_no_client_auth();
-                cfg.ssl_mode(SslMode::Require);
-                let (client, conn) = rt
-                    .block_on(async { tokio::time::timeout(deadline, cfg.connect(RustlsConnect(Arc::new(tls)))).await })
-                    .map_err(|_| timed_out())?
-                    .map_err(|e| failed(&e))?;
-                rt.spawn(async move { drop(conn.await) });
-                client
-            }
-            None => {
-                cfg.ssl_mode(SslMode::Disable);
-                let (client, conn) = rt
-                    .block_on(async { tokio::time::timeout(deadline, cfg.connect(NoTls)).await })
-                    .map_err(|_| timed_out())?
-                    .map_err(|e| failed(&e))?;
-                rt.spawn(async move { drop(conn.await) });
-                client
-            }
-        };
-        let ms = o.statement_timeout.as_millis();
-        let settings = format!(
-            "SET statement_timeout = {ms}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {}; \
-             SET default_transaction_isolation = 'read committed'; SET synchronous_commit = on",
-            ms.min(5_000),
-            ms.max(30_000)
-        );
+        let (cfg, tls, deadline) = configure(o)?;
+        let guard = Rt::new()?;
+        let rt = guard.get()?;
+        let (client, conn) = rt
+            .block_on(async { tokio::time::timeout(deadline, cfg.connect(tls)).await })
+            .map_err(|_| StoreError::Unavailable(format!("PostgreSQL: no connection within {} s", deadline.as_secs())))?
+            .map_err(|e| failed(&e))?;
+        let task = rt.spawn(async move { drop(conn.await) }).abort_handle();
+        let settings = session_settings(o);
         let mut broken = false;
-        run(&rt, &mut broken, o.call_timeout(), async { pg(client.batch_execute(&settings).await) })?;
-        Ok(Link { rt: Some(rt), client })
+        run(rt, &task, &mut broken, o.call_timeout(), async { pg(client.batch_execute(&settings).await) })?;
+        Ok(Link { rt: guard, client, task })
     }
 }
 
@@ -190,6 +212,14 @@ impl PgConn {
     /// The connection for one call: connected again first when it was closed or given
     /// up (then the schema is checked again: a failover may have reached another server).
     fn parts(&mut self) -> Result<Parts<'_>, StoreError> {
+        if let Some(l) = &self.link
+            && let Ok(rt) = l.rt.get()
+        {
+            // Let the connection task read what arrived since the last call: a server that
+            // closed the connection meanwhile (a restart, a failover) is seen now, not by
+            // this call failing.
+            rt.block_on(tokio::task::yield_now());
+        }
         let lost = self.broken || self.link.as_ref().is_some_and(|l| l.client.is_closed());
         if lost || self.link.is_none() {
             if lost {
@@ -199,7 +229,13 @@ impl PgConn {
             self.broken = false;
             self.statements.clear();
             self.link = Some(Link::open(&self.options)?);
-            let found = self.schema_version()?;
+            let found = match self.schema_version() {
+                Ok(v) => v,
+                Err(e) => {
+                    self.link = None;
+                    return Err(e);
+                }
+            };
             if found != self.supported {
                 self.link = None;
                 return Err(StoreError::Postgres(format!(
@@ -210,10 +246,10 @@ impl PgConn {
             }
         }
         let PgConn { link, statements, broken, options, .. } = self;
-        let Some(Link { rt: Some(rt), client }) = link.as_mut() else {
+        let Some(Link { rt, client, task }) = link.as_mut() else {
             return Err(StoreError::Unavailable("PostgreSQL: not connected".into()));
         };
-        Ok(Parts { rt, client, statements, broken, timeout: options.call_timeout() })
+        Ok(Parts { rt: rt.get()?, task, client, statements, broken, timeout: options.call_timeout() })
     }
 
     /// Makes this connection usable for a call (connecting again if needed).
@@ -224,31 +260,39 @@ impl PgConn {
 
     /// A write transaction holding [`WRITE_LOCK`].
     pub(crate) fn write_tx(&mut self) -> Result<PgTx<'_>, StoreError> {
-        let Parts { rt, client, statements, broken, timeout } = self.parts()?;
-        let tx = run(rt, broken, timeout, async move {
+        let Parts { rt, task, client, statements, broken, timeout } = self.parts()?;
+        let tx = run(rt, task, broken, timeout, async move {
             let tx = pg(client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await)?;
             pg(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await)?;
             Ok(tx)
         })?;
-        Ok(PgTx { rt, tx: Some(tx), statements, broken, timeout })
+        Ok(PgTx { rt, task, tx: Some(tx), statements, broken, timeout })
     }
 
     /// A read-only snapshot: every read through it sees the database as at its first read.
     pub(crate) fn snapshot(&mut self) -> Result<PgTx<'_>, StoreError> {
-        let Parts { rt, client, statements, broken, timeout } = self.parts()?;
-        let tx = run(rt, broken, timeout, async move {
-            pg(client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await)
+        let Parts { rt, task, client, statements, broken, timeout } = self.parts()?;
+        let tx = run(rt, task, broken, timeout, async move {
+            let tx = pg(client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await)?;
+            // A long copy reads while it writes elsewhere: this snapshot may sit idle.
+            pg(tx.batch_execute("SET LOCAL idle_in_transaction_session_timeout = 0").await)?;
+            Ok(tx)
         })?;
-        Ok(PgTx { rt, tx: Some(tx), statements, broken, timeout })
+        Ok(PgTx { rt, task, tx: Some(tx), statements, broken, timeout })
     }
 
     /// The schema version `pogo_schema` records (0 for an empty database).
     pub(crate) fn schema_version(&mut self) -> Result<i64, StoreError> {
         let PgConn { link, broken, options, .. } = self;
-        let Some(Link { rt: Some(rt), client }) = link.as_mut() else {
+        let Some(Link { rt, client, task }) = link.as_mut() else {
             return Err(StoreError::Unavailable("PostgreSQL: not connected".into()));
         };
-        run(rt, broken, options.call_timeout(), async {
+        run(rt.get()?, task, broken, options.call_timeout(), async {
             let exists = pg(client.query_one("SELECT to_regclass('pogo_schema') IS NOT NULL", &[]).await)?;
             if !exists.get::<_, bool>(0) {
                 return Ok(0);
@@ -267,8 +311,8 @@ impl PgConn {
         if found == supported {
             return Ok(());
         }
-        let Parts { rt, client, broken, timeout, .. } = self.parts()?;
-        run(rt, broken, timeout, async {
+        let Parts { rt, task, client, broken, timeout, .. } = self.parts()?;
+        run(rt, task, broken, timeout, async {
             let tx = pg(client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await)?;
             pg(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK]).await)?;
             pg(tx
@@ -347,12 +391,12 @@ async fn query<C: GenericClient>(
 
 impl Sql for PgConn {
     fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, StoreError> {
-        let Parts { rt, client, statements, broken, timeout } = self.parts()?;
-        run(rt, broken, timeout, execute(&*client, statements, sql, args))
+        let Parts { rt, task, client, statements, broken, timeout } = self.parts()?;
+        run(rt, task, broken, timeout, execute(&*client, statements, sql, args))
     }
     fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let Parts { rt, client, statements, broken, timeout } = self.parts()?;
-        run(rt, broken, timeout, query(&*client, statements, sql, args))
+        let Parts { rt, task, client, statements, broken, timeout } = self.parts()?;
+        run(rt, task, broken, timeout, query(&*client, statements, sql, args))
     }
     fn backend(&self) -> Backend {
         Backend::Postgres
@@ -365,6 +409,7 @@ impl Sql for PgConn {
 /// the write lock every other replica waits for.
 pub struct PgTx<'a> {
     rt: &'a Runtime,
+    task: &'a AbortHandle,
     /// `None` once committed or rolled back.
     tx: Option<tokio_postgres::Transaction<'a>>,
     statements: &'a mut HashMap<String, Statement>,
@@ -373,19 +418,37 @@ pub struct PgTx<'a> {
 }
 
 impl PgTx<'_> {
+    /// Commits. With a synchronous standby the server waits for it without a server-side
+    /// limit (a `statement_timeout` would cancel the wait and report success with only a
+    /// warning, for a commit the standby may not have); our deadline still applies, and a
+    /// commit that gets no answer is [`StoreError::CommitUnknown`]: it may have landed.
     pub(crate) fn commit(mut self) -> Result<(), StoreError> {
         let Some(tx) = self.tx.take() else { return Err(StoreError::Unavailable("transaction already ended".into())) };
-        run(self.rt, self.broken, self.timeout, async { pg(tx.commit().await) })
+        let result = run(self.rt, self.task, self.broken, self.timeout, async {
+            pg(tx.batch_execute("SET LOCAL statement_timeout = 0").await)?;
+            match tx.commit().await {
+                Ok(()) => Ok(()),
+                Err(e) if e.as_db_error().is_none() => Err(StoreError::CommitUnknown(failed(&e).to_string())),
+                Err(e) => Err(failed(&e)),
+            }
+        });
+        match result {
+            Err(StoreError::Unavailable(why)) if *self.broken => Err(StoreError::CommitUnknown(why)),
+            r => r,
+        }
     }
 }
 
 impl Drop for PgTx<'_> {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            // A rollback that fails leaves the connection marked broken: the next call
-            // connects afresh, and the server ends the old session (and its locks) when it
-            // notices, at the latest after `idle_in_transaction_session_timeout`.
-            let _ = run(self.rt, self.broken, self.timeout, async { pg(tx.rollback().await) });
+            if *self.broken {
+                // Given up already (its task aborted, the socket closed): the server rolls
+                // the session back itself.
+                return;
+            }
+            // A rollback that gets no answer gives the connection up the same way.
+            let _ = run(self.rt, self.task, self.broken, self.timeout, async { pg(tx.rollback().await) });
         }
     }
 }
@@ -393,11 +456,11 @@ impl Drop for PgTx<'_> {
 impl Sql for PgTx<'_> {
     fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, StoreError> {
         let tx = self.tx.as_ref().ok_or_else(|| StoreError::Unavailable("transaction already ended".into()))?;
-        run(self.rt, self.broken, self.timeout, execute(tx, self.statements, sql, args))
+        run(self.rt, self.task, self.broken, self.timeout, execute(tx, self.statements, sql, args))
     }
     fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
         let tx = self.tx.as_ref().ok_or_else(|| StoreError::Unavailable("transaction already ended".into()))?;
-        run(self.rt, self.broken, self.timeout, query(tx, self.statements, sql, args))
+        run(self.rt, self.task, self.broken, self.timeout, query(tx, self.statements, sql, args))
     }
     fn backend(&self) -> Backend {
         Backend::Postgres

@@ -20,7 +20,9 @@ pub(crate) struct RustlsConnect(pub(crate) Arc<rustls::ClientConfig>);
 
 pub(crate) struct RustlsConnectTo {
     config: Arc<rustls::ClientConfig>,
-    name: rustls::pki_types::ServerName<'static>,
+    /// `None` when there is no name to check (a Unix socket, a bare `hostaddr`): then TLS
+    /// is refused here; the connector is asked for it without TLS too, and unused then.
+    name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 pub(crate) struct RustlsStream(tokio_rustls::client::TlsStream<Socket>);
@@ -28,10 +30,10 @@ pub(crate) struct RustlsStream(tokio_rustls::client::TlsStream<Socket>);
 impl MakeTlsConnect<Socket> for RustlsConnect {
     type Stream = RustlsStream;
     type TlsConnect = RustlsConnectTo;
-    type Error = rustls::pki_types::InvalidDnsNameError;
+    type Error = std::convert::Infallible;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnectTo, Self::Error> {
-        let name = rustls::pki_types::ServerName::try_from(domain.to_owned())?;
+        let name = rustls::pki_types::ServerName::try_from(domain.to_owned()).ok();
         Ok(RustlsConnectTo { config: self.0.clone(), name })
     }
 }
@@ -43,7 +45,10 @@ impl TlsConnect<Socket> for RustlsConnectTo {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
-            let tls = tokio_rustls::TlsConnector::from(self.config).connect(self.name, stream).await?;
+            let name = self.name.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "no host name to check the server certificate against")
+            })?;
+            let tls = tokio_rustls::TlsConnector::from(self.config).connect(name, stream).await?;
             Ok(RustlsStream(tls))
         })
     }

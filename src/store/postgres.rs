@@ -174,9 +174,10 @@ pub(crate) fn failed(e: &tokio_postgres::Error) -> StoreError {
             let text = format!("{} ({code})", db.message());
             if code.starts_with("23") {
                 StoreError::Constraint(db.message().to_owned())
-            } else if ["08", "53", "57P", "40001", "40P01", "55P03", "57014", "25006"]
-                .iter()
-                .any(|c| code.starts_with(c))
+            } else if code != "57P04"
+                && ["08", "53", "57P", "40001", "40P01", "55P03", "57014", "25006", "25P03"]
+                    .iter()
+                    .any(|c| code.starts_with(c))
             {
                 StoreError::Unavailable(text)
             } else {
@@ -186,17 +187,21 @@ pub(crate) fn failed(e: &tokio_postgres::Error) -> StoreError {
         None => {
             // The client's own text is general ("error performing TLS handshake"): add the
             // causes (a certificate not valid for the name, a refused connection).
+            // A transport failure (an I/O error, a closed connection) may pass; a refused
+            // certificate (a rustls error, even inside an I/O error) will not.
             let mut text = e.to_string();
+            let (mut io, mut tls) = (e.is_closed(), false);
             let mut cause = std::error::Error::source(e);
             while let Some(c) = cause {
                 text.push_str(&format!(": {c}"));
+                io |= c.downcast_ref::<std::io::Error>().is_some();
+                tls |= c.downcast_ref::<rustls::Error>().is_some();
+                if let Some(inner) = c.downcast_ref::<std::io::Error>().and_then(|i| i.get_ref()) {
+                    tls |= inner.downcast_ref::<rustls::Error>().is_some();
+                }
                 cause = c.source();
             }
-            if e.is_closed() || text.contains("connect") || text.contains("timed out") {
-                StoreError::Unavailable(text)
-            } else {
-                StoreError::Postgres(text)
-            }
+            if io && !tls { StoreError::Unavailable(text) } else { StoreError::Postgres(text) }
         }
     }
 }

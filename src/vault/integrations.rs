@@ -16,6 +16,7 @@ use super::{Gate, Vault, VaultError};
 use crate::crypto::{ClientKey, KeyHint, Purpose, SealContext, SubscriptionKey};
 use crate::domain::{BaseUrl, InvalidInput};
 use crate::domain::{Environment, SubscriptionKeySlot};
+use crate::store::changes::{Change, announce};
 use crate::store::integrations::{self, IntegrationRecord, secret_owner};
 use crate::store::now_ms;
 use crate::store::secrets::{self, SecretRef};
@@ -184,6 +185,7 @@ impl Vault {
             integrations::set_active(&mut tx, env, SubscriptionKeySlot::Primary)?;
         }
         let current = integrations::get(&mut tx, env)?.unwrap_or(rec);
+        announce(&mut tx, &Change::Integration(env.as_str().to_owned()))?;
         gate.record(&IntegrationChange { previous, current: current.clone(), slot, dropped_secondary })?;
         tx.commit()?;
         if destroyed > 0 {
@@ -232,6 +234,7 @@ impl Vault {
         let current = integrations::get(&mut tx, env)?.ok_or_else(|| VaultError::Integrity {
             what: format!("{env} integration (vanished during its own update)"),
         })?;
+        announce(&mut tx, &Change::Integration(env.as_str().to_owned()))?;
         gate.record(&IntegrationChange {
             previous: Some(previous),
             current: current.clone(),
@@ -286,6 +289,7 @@ impl Vault {
         drop(self.open_subscription_key_in_tx(&mut tx, &rec, slot)?);
         integrations::set_active(&mut tx, env, slot)?;
         let current = integrations::get(&mut tx, env)?.unwrap_or(rec.clone());
+        announce(&mut tx, &Change::Integration(env.as_str().to_owned()))?;
         gate.record(&SubscriptionKeySwitch {
             environment: env,
             from: rec.active_slot,

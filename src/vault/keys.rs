@@ -98,7 +98,7 @@ pub(super) fn check_kek_current(tx: &mut dyn crate::store::Sql, kek: &MasterKey)
 /// A row that does not open under `kek` because another process (a second replica on the
 /// same PostgreSQL) rotated the master key is [`VaultError::MasterKeyRotated`], not an
 /// integrity failure; any other error stays as it is.
-fn rotated_elsewhere(
+pub(super) fn rotated_elsewhere(
     db: Result<&mut dyn crate::store::Sql, crate::store::StoreError>,
     kek: &MasterKey,
     e: VaultError,
@@ -108,6 +108,8 @@ fn rotated_elsewhere(
     }
     match db.and_then(crate::store::meta::get) {
         Ok(Some(meta)) if meta.kek_id != kek.id() => VaultError::MasterKeyRotated { current: meta.kek_id },
+        // The record could not be read now: say that, not "integrity", which alerts.
+        Err(read) if read.is_unavailable() => VaultError::Store(read),
         _ => e,
     }
 }

@@ -15,6 +15,7 @@ use crate::crypto::{
 };
 use crate::crypto::{CryptoError, HsmKek, OpenError, Pkcs11Settings, Sealed, envelope};
 use crate::domain::InvalidInput;
+use crate::store::changes::{Change, announce};
 use crate::store::meta::{self, KekMeta, VaultKey};
 use crate::store::secrets::{self, SecretRef};
 use crate::store::{Store, StoreError, now_ms};
@@ -152,7 +153,9 @@ fn open_vault_secret<T>(
         .ok_or_else(|| VaultError::Integrity { what: format!("{} is missing", purpose.as_str()) })?;
     match open(kek, &SealContext::new(purpose, VAULT_OWNER, 1), &sealed) {
         Ok(t) => Ok(t),
-        Err(OpenError::DoesNotOpen) => Err(VaultError::does_not_open(&r)),
+        Err(OpenError::DoesNotOpen) => {
+            Err(super::keys::rotated_elsewhere(store.db(), kek, VaultError::does_not_open(&r)))
+        }
         Err(OpenError::NotThatSecret) => Err(VaultError::Integrity { what: what.to_owned() }),
         Err(OpenError::Unavailable(reason)) => Err(VaultError::KeyUnavailable { reason }),
     }
@@ -371,6 +374,7 @@ impl Vault {
             new_kek_id: new_kek.id().to_owned(),
             rewrapped: rows.len(),
         };
+        announce(&mut tx, &Change::MasterKey)?;
         gate.record(&rotation)?;
         *recorded = true;
         tx.commit()?;
@@ -403,6 +407,7 @@ impl Vault {
             "UPDATE vault_keys SET key_id = ?1, public_key = ?2, created_at = ?3 WHERE purpose = ?4",
             crate::store::sql::args![audit_key_id(&public), &public[..], now_ms(), purpose.as_str()],
         )?;
+        announce(&mut tx, &Change::MasterKey)?;
         tx.commit()?;
         store.checkpoint_truncate()?;
         Ok(())

@@ -9,6 +9,7 @@ use super::keys::public_forms;
 use crate::crypto::ClientKey;
 use crate::domain::InvalidInput;
 use crate::domain::{DisplayName, Labels, OrganizationNumber, TenantId, TenantStatus};
+use crate::store::changes::{Change, announce};
 use crate::store::onboarding::{self, Session, SessionStatus};
 use crate::store::tenants::{self, TenantRecord};
 use crate::store::{StoreError, now_ms};
@@ -194,6 +195,9 @@ impl Vault {
             &ids,
         )? {
             return Err(StoreError::Corrupt("onboarding session was not being completed".into()).into());
+        }
+        for o in &outcomes {
+            announce(&mut tx, &Change::Tenant(o.record.tenant_id.to_string()))?;
         }
         gate.record(&outcomes)?;
         tx.commit()?;

@@ -9,6 +9,7 @@ use crate::crypto::ClientKey;
 use crate::crypto::Purpose;
 use crate::domain::InvalidInput;
 use crate::domain::{DisplayName, Environment, Labels, OrganizationNumber, TenantId, TenantStatus};
+use crate::store::changes::{Change, announce};
 use crate::store::secrets;
 use crate::store::tenants::{self, TenantRecord};
 use crate::store::{StoreError, now_ms};
@@ -95,6 +96,10 @@ impl Vault {
             self.enter_client_key(&mut tx, &kek, &rec.tenant_id, 1, key)?;
         }
         let recs: Vec<TenantRecord> = rows.into_iter().map(|(rec, _)| rec).collect();
+        let news: Vec<Change> = recs.iter().map(|r| Change::Tenant(r.tenant_id.to_string())).collect();
+        for c in if news.len() > 100 { vec![Change::All] } else { news } {
+            announce(&mut tx, &c)?;
+        }
         gate.record(&recs)?;
         tx.commit()?;
         Ok(recs)
@@ -122,6 +127,7 @@ impl Vault {
         tenants::set_key(&mut tx, id, version, &hint, &fp)?;
         tenants::replace_go_client_id(&mut tx, id, go_client_id)?;
         let rec = tenants::get(&mut tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        announce(&mut tx, &Change::Tenant(id.to_string()))?;
         gate.record(&KeyChange { previous: cur, current: rec.clone() })?;
         tx.commit()?;
         store.checkpoint_truncate()?;
@@ -138,6 +144,7 @@ impl Vault {
         let mut tx = store.write_tx()?;
         tenants::set_status(&mut tx, id, status)?;
         let rec = tenants::get(&mut tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        announce(&mut tx, &Change::Tenant(id.to_string()))?;
         gate.record(&rec)?;
         tx.commit()?;
         Ok(rec)
@@ -158,6 +165,7 @@ impl Vault {
             return Ok(false);
         }
         let rec = tenants::get(&mut tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
+        announce(&mut tx, &Change::Tenant(id.to_string()))?;
         gate.record(&rec)?;
         tx.commit()?;
         Ok(true)
@@ -171,6 +179,7 @@ impl Vault {
         let before = tenants::get(&mut tx, id)?.ok_or_else(|| StoreError::NotFound { what: format!("tenant {id}") })?;
         tenants::delete(&mut tx, id)?;
         secrets::delete_all(&mut tx, Purpose::ClientKey, id.as_str())?;
+        announce(&mut tx, &Change::Tenant(id.to_string()))?;
         gate.record(&before)?;
         tx.commit()?;
         store.checkpoint_truncate()?;
@@ -222,6 +231,7 @@ impl Vault {
         }
         tenants::set_go_metadata(&mut tx, id, Some(go_client_id), None)?;
         let Some(current) = tenants::get(&mut tx, id)? else { return Ok(None) };
+        announce(&mut tx, &Change::Tenant(id.to_string()))?;
         gate.record(&current)?;
         tx.commit()?;
         Ok(Some(current))
