@@ -746,3 +746,118 @@ fn a_change_through_one_vault_reaches_another_replicas_feed_within_a_second_and_
     b.delete_tenant(&tid("acme"), &UnauditedFixture).unwrap();
     assert_eq!(next_change(&mut rx, Duration::from_secs(1)).map(|c| c.0), Some(Change::Tenant("acme".into())));
 }
+
+#[test]
+fn registrations_acknowledged_before_the_primary_dies_are_all_on_the_promoted_synchronous_standby() {
+    let t0 = Instant::now();
+    let primary = PgCluster::start(&[]);
+    primary.create_database("vault");
+    let standby = primary.start_standby(&[]);
+    let mut admin = primary.admin("postgres");
+    admin.batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'").unwrap();
+    admin.query("SELECT pg_reload_conf()", &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.query("SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'", &[]).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the standby did not become synchronous");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(admin);
+    println!("primary and synchronous standby ready after {:?}", t0.elapsed());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = primary.options("vault");
+    o.url = format!(
+        "postgresql://{}@127.0.0.1:{},127.0.0.1:{}/vault?target_session_attrs=read-write",
+        common::pg::USER,
+        primary.port,
+        standby.port
+    );
+    o.connect_timeout = Duration::from_secs(1);
+    o.statement_timeout = Duration::from_secs(2);
+    let vault = Arc::new(
+        Vault::init_postgres(&o, &InitKey::GenerateKeyFile(dir.path().join("m.key")), Argon2Costs::default()).unwrap(),
+    );
+
+    // Two writers register tenants without pause; each keeps what was acknowledged.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (vault, stop) = (vault.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut acked, mut unknown, mut refused) = (Vec::new(), 0, 0);
+                let mut last_error: Option<Instant> = None;
+                let mut back = None;
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let id = format!("w{w}-{i:06}");
+                    match vault.add_tenant(
+                        &NewTenant::new(tid(&id), Environment::Demo),
+                        &fixture::key(i),
+                        &UnauditedFixture,
+                    ) {
+                        Ok(_) => {
+                            if let Some(at) = last_error.take() {
+                                back.get_or_insert(at);
+                            }
+                            acked.push(id);
+                        }
+                        Err(VaultError::Store(pogo_vault::store::StoreError::CommitUnknown(_))) => unknown += 1,
+                        Err(e) => {
+                            assert!(e.is_transient(), "a failover is worth a retry: {e}");
+                            refused += 1;
+                            last_error.get_or_insert(Instant::now());
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+                (acked, unknown, refused)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    println!("killing the primary after {:?}", t0.elapsed());
+    let killed_at = Instant::now();
+    primary.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    standby.promote();
+    let promoted_at = Instant::now();
+    // Served again: the first registration acknowledged after the kill.
+    let served_again = loop {
+        let n = vault.count_tenants_by_status().map(|c| c.iter().map(|(_, n)| n).sum::<i64>());
+        if n.is_ok() && vault.tenant(&tid("w0-000000")).is_ok() {
+            break Instant::now();
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(30), "not served again within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acked = Vec::new();
+    let (mut unknown, mut refused) = (0, 0);
+    for w in writers {
+        let (a, u, r) = w.join().unwrap();
+        acked.extend(a);
+        unknown += u;
+        refused += r;
+    }
+    let on_standby: std::collections::HashSet<String> =
+        standby.admin("vault").query("SELECT tenant_id FROM tenants", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let lost: Vec<&String> = acked.iter().filter(|id| !on_standby.contains(*id)).collect();
+    println!(
+        "failover: {} registrations acknowledged, {} lost, {unknown} unconfirmed commits, {refused} refused while \
+         failing over; served again {:?} after the kill ({:?} after the promotion, which came 0.5 s after the kill)",
+        acked.len(),
+        lost.len(),
+        served_again - killed_at,
+        served_again.saturating_duration_since(promoted_at)
+    );
+    assert!(acked.len() > 20, "the writers ran");
+    assert!(lost.is_empty(), "acknowledged registrations lost: {lost:?}");
+    assert!(
+        acked.iter().any(|id| on_standby.contains(id))
+            && vault.tenant(&tid(&acked[acked.len() - 1])).unwrap().is_some()
+    );
+    println!("checked after {:?}", t0.elapsed());
+}

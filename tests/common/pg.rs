@@ -189,6 +189,71 @@ impl PgCluster {
         }
     }
 
+    /// A streaming standby of this cluster (`pg_basebackup -R`) on a port of its own,
+    /// started and caught up. Make it synchronous on the primary with
+    /// `synchronous_standby_names`.
+    pub fn start_standby(&self, settings: &[(&str, &str)]) -> PgCluster {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let home = dir.path().join("pg");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::create_dir(home.join("sock")).unwrap();
+        give_to_postgres(&home);
+        let data = home.join("data");
+        let port = self.port.to_string();
+        let pw = format!("PGPASSWORD={}", self.password);
+        let exe = self.bin.join("pg_basebackup");
+        let args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            USER,
+            "-D",
+            data.to_str().unwrap(),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ];
+        let out = if is_root() {
+            Command::new("runuser").args(["-u", "postgres", "--", "env", &pw]).arg(&exe).args(args).output().unwrap()
+        } else {
+            Command::new(&exe).env("PGPASSWORD", &self.password).args(args).output().unwrap()
+        };
+        assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+        let mut standby = PgCluster { dir, data, port: 0, password: self.password.clone(), bin: self.bin.clone() };
+        standby.start_server(settings);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .admin("postgres")
+            .query("SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'", &[])
+            .unwrap()
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "the standby did not start streaming: {}", standby.log_tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        standby
+    }
+
+    /// Kills the server's postmaster with SIGKILL (as a machine that dies would end it).
+    pub fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        // Its backends too, at the same moment: nothing gets to finish what it was doing.
+        let _ = Command::new("pkill").args(["-9", "-P", &pid]).status();
+        assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    }
+
+    /// Promotes a standby to primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        let out = run_pg(&self.bin, "pg_ctl", &["-D", self.data.to_str().unwrap(), "-w", "-t", "30", "promote"]);
+        assert!(out.status.success(), "pg_ctl promote: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn stop_immediate(&self) {
         let _ = run_pg(&self.bin, "pg_ctl", &["-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
     }
