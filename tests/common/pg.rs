@@ -114,36 +114,27 @@ impl PgCluster {
     }
 
     fn start_server(&mut self, settings: &[(&str, &str)]) {
-        let sock = self.dir.path().join("pg/sock");
         for _ in 0..3 {
             self.port = free_port();
-            let mut opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, sock.display());
-            for (k, v) in settings {
-                opts.push_str(&format!(" -c {k}={v}"));
-            }
-            let log = self.dir.path().join("pg/server.log");
-            let out = run_pg(
-                &self.bin,
-                "pg_ctl",
-                &[
-                    "-D",
-                    self.data.to_str().unwrap(),
-                    "-l",
-                    log.to_str().unwrap(),
-                    "-w",
-                    "-t",
-                    "30",
-                    "-o",
-                    &opts,
-                    "start",
-                ],
-            );
-            if out.status.success() {
+            if self.pg_ctl_start(settings) {
                 return;
             }
             eprintln!("pg_ctl start failed (port {}): {}", self.port, self.log_tail());
         }
         panic!("PostgreSQL did not start: {}", self.log_tail());
+    }
+
+    /// `pg_ctl start` on `self.port` with `settings`; whether it started.
+    fn pg_ctl_start(&self, settings: &[(&str, &str)]) -> bool {
+        let sock = self.dir.path().join("pg/sock");
+        let mut opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, sock.display());
+        for (k, v) in settings {
+            opts.push_str(&format!(" -c {k}={v}"));
+        }
+        let log = self.dir.path().join("pg/server.log");
+        let (data, log) = (self.data.to_str().unwrap(), log.to_str().unwrap());
+        let out = run_pg(&self.bin, "pg_ctl", &["-D", data, "-l", log, "-w", "-t", "30", "-o", &opts, "start"]);
+        out.status.success()
     }
 
     /// The server log's last lines (for failure messages).
@@ -156,34 +147,8 @@ impl PgCluster {
     /// the same port.
     pub fn restart_immediate(&mut self, settings: &[(&str, &str)]) {
         self.stop_immediate();
-        let port = self.port;
-        let sock = self.dir.path().join("pg/sock");
-        let mut opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", sock.display());
-        for (k, v) in settings {
-            opts.push_str(&format!(" -c {k}={v}"));
-        }
-        let log = self.dir.path().join("pg/server.log");
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = run_pg(
-                &self.bin,
-                "pg_ctl",
-                &[
-                    "-D",
-                    self.data.to_str().unwrap(),
-                    "-l",
-                    log.to_str().unwrap(),
-                    "-w",
-                    "-t",
-                    "30",
-                    "-o",
-                    &opts,
-                    "start",
-                ],
-            );
-            if out.status.success() {
-                return;
-            }
+        while !self.pg_ctl_start(settings) {
             assert!(Instant::now() < deadline, "PostgreSQL did not start again: {}", self.log_tail());
             std::thread::sleep(Duration::from_millis(200));
         }
