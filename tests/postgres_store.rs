@@ -417,6 +417,22 @@ fn a_server_that_stops_answering_fails_calls_in_bounded_time_and_is_left_behind(
     assert!(e.is_transient(), "{e}");
     assert!(took < Duration::from_secs(9), "{took:?}");
 
+    // A multi-host URL whose first host accepts and stays silent: the second is tried
+    // after the first one's own deadline, not given up with it.
+    let mut two = o.clone();
+    two.url = format!(
+        "postgresql://{}@127.0.0.1:{},127.0.0.1:{}/vault?target_session_attrs=read-write",
+        common::pg::USER,
+        relay.port,
+        cluster.port
+    );
+    let start = Instant::now();
+    let mut store = Store::connect_postgres(&two).unwrap();
+    println!("past a silent first host to the second in {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(9));
+    assert_eq!(store.db().unwrap().query("SELECT 1", &[]).unwrap().len(), 1);
+    drop(store);
+
     // The server answers again: the next call connects afresh and is served.
     relay.freeze(false);
     let t = vault.tenant(&tid("t")).unwrap().unwrap();

@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::AsyncMessage;
 
 use super::error::StoreError;
-use super::pg_conn::configure;
+use super::pg_conn::{configure, connect};
 use super::postgres::{PostgresOptions, failed};
 use super::sql::{Backend, Sql, args};
 
@@ -156,10 +156,7 @@ async fn listen_once(
     listening: &AtomicBool,
 ) -> Result<(), StoreError> {
     let (cfg, tls, deadline) = configure(options)?;
-    let (client, mut conn) = tokio::time::timeout(deadline, cfg.connect(tls))
-        .await
-        .map_err(|_| StoreError::Unavailable(format!("no connection within {} s", deadline.as_secs())))?
-        .map_err(|e| failed(&e))?;
+    let (client, mut conn) = connect(&cfg, &tls, deadline).await?;
     let closed = || StoreError::Unavailable("the change feed's connection closed".into());
     // A request is answered only while the connection is driven: drive it beside each.
     let mut request: Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + '_>> =

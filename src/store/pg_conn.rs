@@ -141,8 +141,8 @@ pub(crate) fn configure(o: &PostgresOptions) -> Result<(tokio_postgres::Config, 
     if cfg.get_application_name().is_none() {
         cfg.application_name("pogo-vault");
     }
-    let hosts = u32::try_from(cfg.get_hosts().len().max(cfg.get_hostaddrs().len()).max(1)).unwrap_or(1);
-    let deadline = o.connect_timeout * hosts + Duration::from_secs(5);
+    // Per host: its TCP connect, TLS and login (hosts are tried one by one, see `connect`).
+    let deadline = o.connect_timeout + Duration::from_secs(5);
     let roots = match &o.ca_file {
         Some(ca) => {
             cfg.ssl_mode(SslMode::Require);
@@ -162,6 +162,87 @@ pub(crate) fn configure(o: &PostgresOptions) -> Result<(tokio_postgres::Config, 
     Ok((cfg, RustlsConnect(Arc::new(tls)), deadline))
 }
 
+/// One configuration per host of `cfg` (that host, its port and `hostaddr`; everything
+/// else the same), so each host gets its own deadline: `tokio-postgres` tries a multi-host
+/// list itself, but its connect timeout covers only the TCP connect, and a host that
+/// accepts and then stays silent would use up the deadline before the next is tried.
+fn per_host(cfg: &tokio_postgres::Config) -> Vec<tokio_postgres::Config> {
+    let n = cfg.get_hosts().len().max(cfg.get_hostaddrs().len()).max(1);
+    (0..n)
+        .map(|i| {
+            let mut c = tokio_postgres::Config::new();
+            match cfg.get_hosts().get(i) {
+                Some(tokio_postgres::config::Host::Tcp(h)) => {
+                    c.host(h);
+                }
+                Some(tokio_postgres::config::Host::Unix(p)) => {
+                    c.host_path(p);
+                }
+                None => {}
+            }
+            if let Some(a) = cfg.get_hostaddrs().get(i) {
+                c.hostaddr(*a);
+            }
+            let ports = cfg.get_ports();
+            if let Some(p) = ports.get(i).or(if ports.len() == 1 { ports.first() } else { None }) {
+                c.port(*p);
+            }
+            if let Some(u) = cfg.get_user() {
+                c.user(u);
+            }
+            if let Some(p) = cfg.get_password() {
+                c.password(p);
+            }
+            if let Some(d) = cfg.get_dbname() {
+                c.dbname(d);
+            }
+            if let Some(opts) = cfg.get_options() {
+                c.options(opts);
+            }
+            if let Some(a) = cfg.get_application_name() {
+                c.application_name(a);
+            }
+            if let Some(t) = cfg.get_connect_timeout() {
+                c.connect_timeout(*t);
+            }
+            if let Some(t) = cfg.get_tcp_user_timeout() {
+                c.tcp_user_timeout(*t);
+            }
+            c.keepalives(cfg.get_keepalives()).keepalives_idle(cfg.get_keepalives_idle());
+            if let Some(t) = cfg.get_keepalives_interval() {
+                c.keepalives_interval(t);
+            }
+            if let Some(r) = cfg.get_keepalives_retries() {
+                c.keepalives_retries(r);
+            }
+            c.ssl_mode(cfg.get_ssl_mode())
+                .target_session_attrs(cfg.get_target_session_attrs())
+                .channel_binding(cfg.get_channel_binding());
+            c
+        })
+        .collect()
+}
+
+/// Connects to the first host of `cfg` that answers (and, with
+/// `target_session_attrs=read-write`, takes writes), each within `deadline`.
+pub(crate) async fn connect(
+    cfg: &tokio_postgres::Config,
+    tls: &RustlsConnect,
+    deadline: Duration,
+) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, super::pg_tls::RustlsStream>), StoreError> {
+    let mut last = StoreError::Unavailable("PostgreSQL: no host to connect to".into());
+    for c in per_host(cfg) {
+        match tokio::time::timeout(deadline, c.connect(tls.clone())).await {
+            Ok(Ok(pair)) => return Ok(pair),
+            Ok(Err(e)) => last = failed(&e),
+            Err(_) => {
+                last = StoreError::Unavailable(format!("PostgreSQL: no connection within {} s", deadline.as_secs()))
+            }
+        }
+    }
+    Err(last)
+}
+
 /// What every session of the vault sets first.
 pub(crate) fn session_settings(o: &PostgresOptions) -> String {
     let ms = o.statement_timeout.as_millis();
@@ -178,10 +259,7 @@ impl Link {
         let (cfg, tls, deadline) = configure(o)?;
         let guard = Rt::new()?;
         let rt = guard.get()?;
-        let (client, conn) = rt
-            .block_on(async { tokio::time::timeout(deadline, cfg.connect(tls)).await })
-            .map_err(|_| StoreError::Unavailable(format!("PostgreSQL: no connection within {} s", deadline.as_secs())))?
-            .map_err(|e| failed(&e))?;
+        let (client, conn) = rt.block_on(connect(&cfg, &tls, deadline))?;
         let task = rt.spawn(async move { drop(conn.await) }).abort_handle();
         let settings = session_settings(o);
         let mut broken = false;

@@ -38,8 +38,8 @@ pub struct PostgresOptions {
     pub password_file: Option<PathBuf>,
     /// PEM: the CA the server's certificate must chain to; TLS is required when set.
     pub ca_file: Option<PathBuf>,
-    /// Per host tried (TCP connect); the whole connect, TLS and login included, has a
-    /// deadline of this times the number of hosts, plus 5 s.
+    /// Per host tried (TCP connect); each host's whole connect, TLS and login included,
+    /// has a deadline of this plus 5 s, and the hosts are tried one after another.
     pub connect_timeout: Duration,
     /// How long one statement may run: the server's `statement_timeout`, and (plus 5 s)
     /// how long the vault waits for any answer before it gives the connection up.
