@@ -23,11 +23,12 @@
 //! verifies under the key in force at that point of the chain (`verify_walk`).
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use rusqlite::{Connection, OptionalExtension};
 
 use super::AuditError;
 use super::chain::Checkpoint;
 use crate::crypto::audit_key_id;
+use crate::store::StoreError;
+use crate::store::sql::{Backend, Sql, args};
 
 /// Domain prefix of an archive statement's signed message.
 pub const ARCHIVE_DOMAIN: &[u8] = b"pogo-vault audit v1 archive\0";
@@ -84,51 +85,61 @@ impl Anchor {
     }
 }
 
-/// How `main` of `conn` keeps archives: `None` without the `archives` table (before audit
-/// schema 4), else whether it has `archive_statements` (audit schema 5; a file not migrated
-/// yet, opened read-only, reads as having no statements).
-fn archives_table(conn: &Connection) -> rusqlite::Result<Option<bool>> {
-    let tables: Vec<String> = conn
-        .prepare_cached(
-            "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name IN ('archives', 'archive_statements')",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+/// How the audit database keeps archives: `None` without the `archives` table (before
+/// audit schema 4), else whether it has `archive_statements` (audit schema 5; a file not
+/// migrated yet, opened read-only, reads as having no statements). PostgreSQL has both.
+fn archives_table(db: &mut dyn Sql) -> Result<Option<bool>, AuditError> {
+    if db.backend() == Backend::Postgres {
+        return Ok(Some(true));
+    }
+    let rows = db.query(
+        "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name IN ('archives', 'archive_statements')",
+        &[],
+    )?;
+    let tables = rows.iter().map(|r| r.get::<String>(0)).collect::<Result<Vec<_>, _>>()?;
     let has = |t: &str| tables.iter().any(|n| n == t);
     Ok(has("archives").then(|| has("archive_statements")))
 }
 
+/// The schema prefix of the audit tables: SQLite readers attach the tenant index beside the
+/// file, so its tables are named `main.` explicitly; PostgreSQL has one schema.
+pub(crate) fn main_prefix(db: &dyn Sql) -> &'static str {
+    match db.backend() {
+        Backend::Sqlite => "main.",
+        Backend::Postgres => "",
+    }
+}
+
+/// The anchor of the audit database, if anything was ever archived.
+pub(crate) fn anchor(db: &mut dyn Sql) -> Result<Option<Anchor>, AuditError> {
+    Ok(rows(db, "DESC LIMIT 1")?.pop())
+}
+
+/// Every `archives` row of the audit database, oldest first (one per `audit archive`).
+pub(crate) fn all(db: &mut dyn Sql) -> Result<Vec<Anchor>, AuditError> {
+    rows(db, "")
+}
+
+fn rows(db: &mut dyn Sql, order: &str) -> Result<Vec<Anchor>, AuditError> {
+    let Some(signed) = archives_table(db)? else { return Ok(Vec::new()) };
+    let main = main_prefix(db);
+    let (signature, join) = if signed {
+        ("s.signature", format!("LEFT JOIN {main}archive_statements s USING (through_sequence)"))
+    } else {
+        ("NULL", String::new())
+    };
+    let rows = db.query(
+        &format!(
+            "SELECT a.from_sequence, a.through_sequence, a.head_hash, a.sha256, {signature} FROM {main}archives a \
+             {join} ORDER BY a.through_sequence {order}"
+        ),
+        &[],
+    )?;
+    rows.iter().map(|r| from_row((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).collect()
+}
+
 /// An `archives` row as stored: from, through, head hash, SHA-256, signature.
 type AnchorRow = (i64, i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
-
-/// The anchor of the audit database `main` of `conn`, if anything was ever archived.
-pub(crate) fn anchor(conn: &Connection) -> Result<Option<Anchor>, AuditError> {
-    Ok(rows(conn, "DESC LIMIT 1")?.pop())
-}
-
-/// Every `archives` row of `main` of `conn`, oldest first (one per `audit archive`).
-pub(crate) fn all(conn: &Connection) -> Result<Vec<Anchor>, AuditError> {
-    rows(conn, "")
-}
-
-fn rows(conn: &Connection, order: &str) -> Result<Vec<Anchor>, AuditError> {
-    let Some(signed) = archives_table(conn)? else { return Ok(Vec::new()) };
-    let (signature, join) = if signed {
-        ("s.signature", "LEFT JOIN main.archive_statements s USING (through_sequence)")
-    } else {
-        ("NULL", "")
-    };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT a.from_sequence, a.through_sequence, a.head_hash, a.sha256, {signature} FROM main.archives a {join} \
-         ORDER BY a.through_sequence {order}"
-    ))?;
-    let mut out = Vec::new();
-    let mut q = stmt.query([])?;
-    while let Some(r) = q.next()? {
-        out.push(from_row((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))?);
-    }
-    Ok(out)
-}
 
 fn from_row((from, through, hash, sha256, signature): AnchorRow) -> Result<Anchor, AuditError> {
     let corrupt = |what: &str| AuditError::Corrupt(format!("archive anchor at {through}: {what}"));
@@ -146,7 +157,7 @@ type CheckpointRow = (Vec<u8>, i64, String, Vec<u8>);
 /// exactly `a.through` names `a.hash` and verifies under one of `keys`. `Ok(Err(why))`
 /// names what is missing; a forged anchor has neither, since only the signing key can make
 /// them.
-pub(crate) fn prove(conn: &Connection, a: &Anchor, keys: &[VerifyingKey]) -> Result<Result<(), String>, AuditError> {
+pub(crate) fn prove(db: &mut dyn Sql, a: &Anchor, keys: &[VerifyingKey]) -> Result<Result<(), String>, AuditError> {
     let at = a.through;
     let ids = || keys.iter().map(|k| audit_key_id(k.as_bytes())).collect::<Vec<_>>().join(" or ");
     match &a.signature {
@@ -158,21 +169,17 @@ pub(crate) fn prove(conn: &Connection, a: &Anchor, keys: &[VerifyingKey]) -> Res
     }
     // Read here rather than through `db` (this module is a leaf). Values of the wrong type
     // are an edit, reported as such.
-    let row: rusqlite::Result<Option<CheckpointRow>> = conn
-        .prepare_cached("SELECT head_hash, time_ms, key_id, signature FROM main.checkpoints WHERE sequence = ?1")?
-        .query_row([a.through], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional();
+    let main = main_prefix(db);
+    let row = db.query_opt(
+        &format!("SELECT head_hash, time_ms, key_id, signature FROM {main}checkpoints WHERE sequence = ?1"),
+        args![a.through],
+    )?;
     let unreadable = || format!("the checkpoint at the archive anchor {at} is unreadable (edited)");
-    let (head_hash, time_ms, key_id, signature) = match row {
-        Ok(Some(r)) => r,
-        Ok(None) => return Ok(Err(format!("no signed checkpoint is stored at the archive anchor {at}"))),
-        Err(
-            rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..),
-        ) => return Ok(Err(unreadable())),
-        Err(e) => return Err(e.into()),
+    let Some(row) = row else {
+        return Ok(Err(format!("no signed checkpoint is stored at the archive anchor {at}")));
     };
+    let read = || -> Result<CheckpointRow, StoreError> { Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)) };
+    let Ok((head_hash, time_ms, key_id, signature)) = read() else { return Ok(Err(unreadable())) };
     let (Ok(head_hash), Ok(signature)) = (<[u8; 32]>::try_from(head_hash), <[u8; 64]>::try_from(signature)) else {
         return Ok(Err(unreadable()));
     };

@@ -180,7 +180,7 @@ pub fn archive_blocking(
     // 1 and 2: the cut and the archive, from one read snapshot.
     let reader = open_reader(live)?;
     let snapshot = reader.unchecked_transaction()?;
-    let start = anchor(&snapshot)?.map_or((0, GENESIS_HASH), |a| (a.through, a.hash));
+    let start = anchor(&mut &*snapshot)?.map_or((0, GENESIS_HASH), |a| (a.through, a.hash));
     let cp = pick(&snapshot, cut).map_err(|e| match e {
         AuditError::Refused { field, reason } if start.0 > 0 => AuditError::Refused {
             field,
@@ -276,7 +276,7 @@ fn record_detail(s: &Statement, signature: &[u8; 64], events: u64, signed_ms: i6
 /// unsigned tail after the newest checkpoint (a running server's last second) is allowed:
 /// nothing in it is archived.
 fn verify_before_archiving(snapshot: &Connection, own: &VerifyingKey, through: i64) -> Result<(), AuditError> {
-    let root = super::handover::chain_root(snapshot, own)?;
+    let root = super::handover::chain_root(&mut &*snapshot, own)?;
     let opts = VerifyOptions { allow_unsigned_tail: true, ..VerifyOptions::default() };
     let report = super::verify::verify_conn_with(snapshot, &root, &opts)?;
     let own_id = crate::crypto::audit_key_id(own.as_bytes());
@@ -333,7 +333,7 @@ fn record(
     let unavailable = |e: AuditError| AuditError::Unavailable { reason: e.to_string() };
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(e.into()))?;
     // Another `audit archive` may have run since the snapshot.
-    let now = anchor(&tx)?.map_or((0, GENESIS_HASH), |a| (a.through, a.hash));
+    let now = anchor(&mut &*tx)?.map_or((0, GENESIS_HASH), |a| (a.through, a.hash));
     if now != start {
         return Err(AuditError::Refused {
             field: "--out",
@@ -357,8 +357,8 @@ fn record(
         "INSERT OR REPLACE INTO archive_statements (through_sequence, signature) VALUES (?1, ?2)",
         params![cp.sequence, &signature[..]],
     )?;
-    let (head, _) = db::head(&tx)?;
-    let covered = db::latest_checkpoint(&tx)?.map_or(0, |c| c.sequence);
+    let (head, _) = db::head(&mut &*tx)?;
+    let covered = db::latest_checkpoint(&mut &*tx)?.map_or(0, |c| c.sequence);
     let mut records = Vec::with_capacity(2);
     if head > covered {
         records.push(
@@ -375,9 +375,9 @@ fn record(
     }
     records.push(rec);
     let mut links = Vec::with_capacity(records.len());
-    let (seq, hash) = db::append_in_tx(&tx, now_ms(), records.iter(), &mut links).map_err(unavailable)?;
+    let (seq, hash) = db::append_in_tx(&mut &*tx, now_ms(), records.iter(), &mut links).map_err(unavailable)?;
     let key_id = crate::crypto::audit_key_id(key.verifying_key().as_bytes());
-    signing::sign_checkpoint(&tx, key, &key_id, seq, hash).map_err(unavailable)?;
+    signing::sign_checkpoint(&mut &*tx, key, &key_id, seq, hash).map_err(unavailable)?;
     tx.commit().map_err(|e| unavailable(e.into()))?;
     Ok(seq)
 }

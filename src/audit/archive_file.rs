@@ -153,7 +153,7 @@ pub(crate) fn write(
         (from, through),
         None,
     )?;
-    if handover::has_table(live)? {
+    if handover::has_table(&mut &*live)? {
         let cols = "sequence, head_hash, time_ms, old_key_id, new_key_id, new_public_key, signature";
         copy_rows(
             live,

@@ -174,6 +174,23 @@ pub enum CheckpointProblem {
 }
 
 impl Checkpoint {
+    /// A checkpoint from its stored columns; a hash or signature of the wrong length is an
+    /// edit of the database.
+    pub(crate) fn from_parts(
+        sequence: i64,
+        head_hash: Vec<u8>,
+        time_ms: i64,
+        key_id: String,
+        signature: Vec<u8>,
+    ) -> Result<Checkpoint, AuditError> {
+        let (Ok(head_hash), Ok(signature)) = (<[u8; 32]>::try_from(head_hash), <[u8; 64]>::try_from(signature)) else {
+            return Err(AuditError::Corrupt(format!(
+                "checkpoint at {sequence}: hash or signature has the wrong length"
+            )));
+        };
+        Ok(Checkpoint { sequence, head_hash, time_ms, key_id, signature })
+    }
+
     /// Signs `(sequence, head_hash, time_ms)` with `key`.
     pub fn sign(sequence: i64, head_hash: [u8; 32], time_ms: i64, key: &SigningKey) -> Checkpoint {
         let key_id = crate::crypto::audit_key_id(key.verifying_key().as_bytes());

@@ -9,11 +9,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OpenFlags, Row, params};
 
 use super::chain::{Checkpoint, GENESIS_HASH};
 use super::record::{AuditEvent, AuditRecord};
 use super::{AuditError, chain};
+use crate::store::migrations::PostgresMigration;
+use crate::store::sql::{Row as SqlRow, Sql, Value, args};
 use crate::store::{self, Migration, StoreError};
 
 /// The audit database's migrations, applied in order; `PRAGMA user_version` counts them.
@@ -24,6 +26,14 @@ pub const AUDIT_MIGRATIONS: &[Migration] = &[
     ("audit/0004_archives", include_str!("../../migrations/audit/0004_archives.sql")),
     ("audit/0005_archive_statements", include_str!("../../migrations/audit/0005_archive_statements.sql")),
 ];
+
+/// The audit tables' migrations on PostgreSQL: one baseline at the SQLite schema's version
+/// (`pogo_schema` row `audit`).
+pub(crate) const AUDIT_POSTGRES: &[PostgresMigration] = &[PostgresMigration {
+    version: 5,
+    name: "audit/0005_baseline",
+    sql: include_str!("../../migrations/postgres/audit/0005_baseline.sql"),
+}];
 
 /// The columns of an event row, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "sequence, time_ms, caller, caller_serial, action, tenant_id, key_version, \
@@ -48,14 +58,8 @@ pub(crate) fn open_writer(
     public: &ed25519_dalek::VerifyingKey,
     busy_timeout: Option<Duration>,
 ) -> Result<Connection, AuditError> {
-    store::create_private_file(path)?;
-    prepare_new_file(path)?;
-    let conn = store::open_connection(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        AUDIT_MIGRATIONS,
-    )?;
-    register_key(&conn, public)?;
+    let conn = open_file(path)?;
+    register_key(&mut &conn, public)?;
     if let Some(t) = busy_timeout {
         conn.busy_timeout(t)?;
     }
@@ -70,6 +74,18 @@ pub(crate) fn open_writer(
     // into the database file once per checkpoint, not once per 4 MiB of WAL.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     Ok(conn)
+}
+
+/// Opens (creating it with mode 0600 if missing) the audit database at `path` read-write and
+/// migrates it; registers no key.
+pub(crate) fn open_file(path: &Path) -> Result<Connection, AuditError> {
+    store::create_private_file(path)?;
+    prepare_new_file(path)?;
+    Ok(store::open_connection(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        AUDIT_MIGRATIONS,
+    )?)
 }
 
 /// Gives a new (empty) audit database incremental auto-vacuum, so `audit archive` can return
@@ -130,74 +146,83 @@ pub fn open_reader(path: &Path) -> Result<Connection, AuditError> {
 }
 
 /// The head of the chain: the last sequence and its hash ((0, genesis) when empty).
-pub(crate) fn head(conn: &Connection) -> Result<(i64, [u8; 32]), AuditError> {
-    let row = conn
-        .prepare_cached("SELECT sequence, hash FROM events ORDER BY sequence DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
-        .optional()?;
-    match row {
-        None => Ok((0, GENESIS_HASH)),
-        Some((seq, hash)) => {
-            let hash = hash
-                .try_into()
-                .map_err(|_| AuditError::Corrupt(format!("event {seq}: the stored hash is not 32 bytes")))?;
-            Ok((seq, hash))
-        }
-    }
+pub(crate) fn head(db: &mut dyn Sql) -> Result<(i64, [u8; 32]), AuditError> {
+    let Some(row) = db.query_opt("SELECT sequence, hash FROM events ORDER BY sequence DESC LIMIT 1", &[])? else {
+        return Ok((0, GENESIS_HASH));
+    };
+    let seq: i64 = row.get(0)?;
+    let hash = <[u8; 32]>::try_from(row.get::<Vec<u8>>(1)?)
+        .map_err(|_| AuditError::Corrupt(format!("event {seq}: the stored hash is not 32 bytes")))?;
+    Ok((seq, hash))
 }
 
 /// Records a signing key's public half, so offline readers can name it.
-pub(crate) fn register_key(conn: &Connection, public: &ed25519_dalek::VerifyingKey) -> rusqlite::Result<()> {
+pub(crate) fn register_key(db: &mut dyn Sql, public: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError> {
     let key_id = crate::crypto::audit_key_id(public.as_bytes());
     // Read first: a known key needs no write lock, so a command beside a busy (or locked)
     // log waits only in its own bounded append, not here.
-    let known = conn.prepare_cached("SELECT 1 FROM signing_keys WHERE key_id = ?1")?.exists(params![key_id])?;
-    if known {
+    if db.query_opt("SELECT 1 FROM signing_keys WHERE key_id = ?1", args![&key_id])?.is_some() {
         return Ok(());
     }
-    conn.prepare_cached("INSERT OR IGNORE INTO signing_keys (key_id, public_key, first_used_ms) VALUES (?1, ?2, ?3)")?
-        .execute(params![key_id, &public.as_bytes()[..], store::now_ms()])?;
+    db.execute(
+        "INSERT INTO signing_keys (key_id, public_key, first_used_ms) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (key_id) DO NOTHING",
+        args![&key_id, &public.as_bytes()[..], store::now_ms()],
+    )?;
     Ok(())
 }
 
 /// Signs the head `(sequence, hash)` and stores the checkpoint, or returns the one already
 /// stored for that sequence (one checkpoint per sequence is enough to anchor it).
 pub(crate) fn put_checkpoint(
-    tx: &Transaction<'_>,
+    db: &mut dyn Sql,
     key: &ed25519_dalek::SigningKey,
     sequence: i64,
     hash: [u8; 32],
 ) -> Result<Checkpoint, AuditError> {
     let cp = Checkpoint::sign(sequence, hash, store::now_ms(), key);
-    let inserted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO checkpoints (sequence, head_hash, time_ms, key_id, signature) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![cp.sequence, &cp.head_hash[..], cp.time_ms, cp.key_id, &cp.signature[..]])?;
+    let inserted = db.execute(
+        "INSERT INTO checkpoints (sequence, head_hash, time_ms, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (sequence) DO NOTHING",
+        args![cp.sequence, &cp.head_hash[..], cp.time_ms, &cp.key_id, &cp.signature[..]],
+    )?;
     if inserted == 1 {
         return Ok(cp);
     }
+    checkpoint_at(db, sequence)?.ok_or_else(|| AuditError::Corrupt(format!("checkpoint at {sequence}: vanished")))?
+}
+
+/// The checkpoint stored at `sequence`, if any.
+pub(crate) fn checkpoint_at(
+    db: &mut dyn Sql,
+    sequence: i64,
+) -> Result<Option<Result<Checkpoint, AuditError>>, AuditError> {
     let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE sequence = ?1");
-    tx.prepare_cached(&sql)?.query_row([sequence], checkpoint_from_row)?
+    Ok(db.query_opt(&sql, args![sequence])?.map(|r| checkpoint_from(&r)))
 }
 
 /// The checkpoint with the highest sequence.
-pub(crate) fn latest_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
+pub(crate) fn latest_checkpoint(db: &mut dyn Sql) -> Result<Option<Checkpoint>, AuditError> {
     let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY sequence DESC LIMIT 1");
-    conn.prepare_cached(&sql)?.query_row([], checkpoint_from_row).optional()?.transpose()
+    db.query_opt(&sql, &[])?.map(|r| checkpoint_from(&r)).transpose()
 }
 
-/// Reads a checkpoint row (columns [`CHECKPOINT_COLUMNS`]).
-pub(crate) fn checkpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Checkpoint, AuditError>> {
+/// Reads a checkpoint row (columns [`CHECKPOINT_COLUMNS`]) of either backend.
+pub(crate) fn checkpoint_from(r: &SqlRow) -> Result<Checkpoint, AuditError> {
     let sequence: i64 = r.get(0)?;
-    let head_hash: Vec<u8> = r.get(1)?;
-    let signature: Vec<u8> = r.get(4)?;
-    let corrupt = move |what: &str| AuditError::Corrupt(format!("checkpoint at {sequence}: {what}"));
-    let (Ok(head_hash), Ok(signature)) = (<[u8; 32]>::try_from(head_hash), <[u8; 64]>::try_from(signature)) else {
-        return Ok(Err(corrupt("hash or signature has the wrong length")));
-    };
-    Ok(Ok(Checkpoint { sequence, head_hash, time_ms: r.get(2)?, key_id: r.get(3)?, signature }))
+    let corrupt = |_| AuditError::Corrupt(format!("checkpoint at {sequence}: a field has the wrong type"));
+    Checkpoint::from_parts(
+        sequence,
+        r.get(1).map_err(corrupt)?,
+        r.get(2).map_err(corrupt)?,
+        r.get(3).map_err(corrupt)?,
+        r.get(4).map_err(corrupt)?,
+    )
+}
+
+/// Reads a checkpoint row (columns [`CHECKPOINT_COLUMNS`]) from a SQLite reader.
+pub(crate) fn checkpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Checkpoint, AuditError>> {
+    Ok(Checkpoint::from_parts(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
 /// Reads an event row (columns [`EVENT_COLUMNS`]) into its typed form.
@@ -248,17 +273,39 @@ pub(crate) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Result<AuditEvent,
 /// Appends `records` as one batch in an open transaction, continuing the chain from the head
 /// read inside it. Returns each record's (sequence, prev_hash, hash) and the new head.
 pub(crate) fn append_in_tx<'r>(
-    tx: &Transaction<'_>,
+    db: &mut dyn Sql,
     time_ms: i64,
     records: impl Iterator<Item = &'r AuditRecord>,
     links: &mut Vec<(i64, [u8; 32], [u8; 32])>,
 ) -> Result<(i64, [u8; 32]), AuditError> {
-    let (mut seq, mut prev) = head(tx)?;
-    // One statement for the whole batch: the cache lookup happens once, not per record.
-    let mut insert = tx.prepare_cached(INSERT_EVENT)?;
+    let (mut seq, mut prev) = head(db)?;
+    let first = links.len();
+    let mut batch: Vec<&AuditRecord> = Vec::new();
     for r in records {
         seq += 1;
         let hash = chain::hash_record(&prev, seq, time_ms, r);
+        links.push((seq, prev, hash));
+        batch.push(r);
+        prev = hash;
+    }
+    let links = &links[first..];
+    match db.sqlite() {
+        Some(conn) => insert_sqlite(conn, time_ms, &batch, links)?,
+        None => insert_rows(db, time_ms, &batch, links)?,
+    }
+    Ok((seq, prev))
+}
+
+/// SQLite: one prepared statement for the whole batch, so the cache lookup happens once,
+/// not per record (measured with `benches/audit_writer.rs`).
+fn insert_sqlite(
+    conn: &Connection,
+    time_ms: i64,
+    batch: &[&AuditRecord],
+    links: &[(i64, [u8; 32], [u8; 32])],
+) -> Result<(), AuditError> {
+    let mut insert = conn.prepare_cached(INSERT_EVENT)?;
+    for (r, (seq, prev, hash)) in batch.iter().zip(links) {
         insert.execute(params![
             seq,
             time_ms,
@@ -276,8 +323,53 @@ pub(crate) fn append_in_tx<'r>(
             &prev[..],
             &hash[..],
         ])?;
-        links.push((seq, prev, hash));
-        prev = hash;
     }
-    Ok((seq, prev))
+    Ok(())
+}
+
+/// Rows per multi-row `INSERT` on PostgreSQL: 15 parameters each, far below its 65,535.
+const ROWS_PER_INSERT: usize = 500;
+
+/// PostgreSQL: multi-row `INSERT`s, one round trip per [`ROWS_PER_INSERT`] records.
+fn insert_rows(
+    db: &mut dyn Sql,
+    time_ms: i64,
+    batch: &[&AuditRecord],
+    links: &[(i64, [u8; 32], [u8; 32])],
+) -> Result<(), AuditError> {
+    let head = INSERT_EVENT.split(" VALUES").next().unwrap_or(INSERT_EVENT);
+    for (records, links) in batch.chunks(ROWS_PER_INSERT).zip(links.chunks(ROWS_PER_INSERT)) {
+        let mut sql = String::with_capacity(head.len() + records.len() * 80);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        let mut values = Vec::with_capacity(records.len() * 15);
+        for (i, (r, (seq, prev, hash))) in records.iter().zip(links).enumerate() {
+            let p = i * 15;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            sql.push_str(&(1..=15).map(|k| format!("?{}", p + k)).collect::<Vec<_>>().join(", "));
+            sql.push(')');
+            values.extend([
+                Value::Int(*seq),
+                Value::Int(time_ms),
+                Value::from(&r.caller),
+                Value::from(&r.caller_serial),
+                Value::from(r.action.as_str()),
+                Value::from(&r.tenant_id),
+                Value::from(r.key_version),
+                Value::from(r.outcome.as_str()),
+                Value::from(r.upstream_status.map(i64::from)),
+                Value::from(&r.token_fingerprint),
+                Value::from(&r.detail),
+                Value::from(&r.request_id),
+                Value::from(&r.peer),
+                Value::from(&prev[..]),
+                Value::from(&hash[..]),
+            ]);
+        }
+        db.execute(&sql, &values)?;
+    }
+    Ok(())
 }

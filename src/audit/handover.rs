@@ -19,10 +19,10 @@
 //! `signing_keys` table and the hand-over's own fields never vouch for a key.
 
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use super::AuditError;
 use crate::crypto::audit_key_id;
+use crate::store::sql::{Backend, Row, Sql, args};
 
 /// Domain prefix of a hand-over's signed message.
 pub const HANDOVER_DOMAIN: &[u8] = b"pogo-vault audit v1 key handover\0";
@@ -110,60 +110,65 @@ impl Handover {
     }
 }
 
-/// True when the file has the hand-over table (audit schema 3 and later).
-pub(crate) fn has_table(conn: &Connection) -> Result<bool, AuditError> {
-    let n: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'signing_handovers'",
-        [],
-        |r| r.get(0),
-    )?;
+/// True when the database has the hand-over table (audit schema 3 and later on SQLite;
+/// every PostgreSQL audit schema).
+pub(crate) fn has_table(db: &mut dyn Sql) -> Result<bool, AuditError> {
+    if db.backend() == Backend::Postgres {
+        return Ok(true);
+    }
+    let n: i64 = db
+        .query_opt("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'signing_handovers'", &[])?
+        .map_or(Ok(0), |r| r.get(0))?;
     Ok(n == 1)
 }
 
 /// Every stored hand-over in sequence order (none for files older than schema 3). A row of
 /// the wrong shape is returned as an error string for the verifier to report.
-pub(crate) fn all(conn: &Connection) -> Result<Vec<Result<Handover, String>>, AuditError> {
-    if !has_table(conn)? {
+pub(crate) fn all(db: &mut dyn Sql) -> Result<Vec<Result<Handover, String>>, AuditError> {
+    if !has_table(db)? {
         return Ok(Vec::new());
     }
-    let mut stmt = conn.prepare(
+    let rows = db.query(
         "SELECT sequence, head_hash, time_ms, old_key_id, new_key_id, new_public_key, signature \
          FROM signing_handovers ORDER BY sequence",
+        &[],
     )?;
-    let rows = stmt.query_map([], |r| {
-        let sequence: i64 = r.get(0)?;
-        let hash: Vec<u8> = r.get(1)?;
-        let public: Vec<u8> = r.get(5)?;
-        let sig: Vec<u8> = r.get(6)?;
-        let (Ok(head_hash), Ok(new_public_key), Ok(signature)) =
-            (<[u8; 32]>::try_from(hash), <[u8; 32]>::try_from(public), <[u8; 64]>::try_from(sig))
-        else {
-            return Ok(Err(format!("hand-over at {sequence}: a field has the wrong length (edited)")));
-        };
-        Ok(Ok(Handover {
-            sequence,
-            head_hash,
-            time_ms: r.get(2)?,
-            old_key_id: r.get(3)?,
-            new_key_id: r.get(4)?,
-            new_public_key,
-            signature,
-        }))
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    Ok(rows.iter().map(from_row).collect())
+}
+
+fn from_row(r: &Row) -> Result<Handover, String> {
+    let sequence: i64 = r.get(0).map_err(|e| format!("a hand-over row is unreadable (edited): {e}"))?;
+    let edited = |_| format!("hand-over at {sequence}: a field has the wrong type or length (edited)");
+    let hash: Vec<u8> = r.get(1).map_err(edited)?;
+    let public: Vec<u8> = r.get(5).map_err(edited)?;
+    let sig: Vec<u8> = r.get(6).map_err(edited)?;
+    let (Ok(head_hash), Ok(new_public_key), Ok(signature)) =
+        (<[u8; 32]>::try_from(hash), <[u8; 32]>::try_from(public), <[u8; 64]>::try_from(sig))
+    else {
+        return Err(format!("hand-over at {sequence}: a field has the wrong length (edited)"));
+    };
+    Ok(Handover {
+        sequence,
+        head_hash,
+        time_ms: r.get(2).map_err(edited)?,
+        old_key_id: r.get(3).map_err(edited)?,
+        new_key_id: r.get(4).map_err(edited)?,
+        new_public_key,
+        signature,
+    })
 }
 
 /// Stores a hand-over (inside the caller's transaction).
-pub(crate) fn put(conn: &Connection, h: &Handover) -> Result<(), AuditError> {
-    conn.execute(
+pub(crate) fn put(db: &mut dyn Sql, h: &Handover) -> Result<(), AuditError> {
+    db.execute(
         "INSERT INTO signing_handovers (sequence, head_hash, time_ms, old_key_id, new_key_id, new_public_key, \
          signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
+        args![
             h.sequence,
             &h.head_hash[..],
             h.time_ms,
-            h.old_key_id,
-            h.new_key_id,
+            &h.old_key_id,
+            &h.new_key_id,
             &h.new_public_key[..],
             &h.signature[..]
         ],
@@ -173,32 +178,32 @@ pub(crate) fn put(conn: &Connection, h: &Handover) -> Result<(), AuditError> {
 
 /// True when the newest hand-over in this file names a key other than `key_id` as the one
 /// in force: a writer holding `key_id` must not sign (its checkpoints would not verify).
-pub(crate) fn is_retired(conn: &Connection, key_id: &str) -> Result<bool, AuditError> {
-    if !has_table(conn)? {
+pub(crate) fn is_retired(db: &mut dyn Sql, key_id: &str) -> Result<bool, AuditError> {
+    if !has_table(db)? {
         return Ok(false);
     }
-    let newest: Option<String> = conn
-        .prepare_cached("SELECT new_key_id FROM signing_handovers ORDER BY sequence DESC LIMIT 1")?
-        .query_row([], |r| r.get(0))
-        .optional()?;
+    let newest: Option<String> = db
+        .query_opt("SELECT new_key_id FROM signing_handovers ORDER BY sequence DESC LIMIT 1", &[])?
+        .map(|r| r.get(0))
+        .transpose()?;
     Ok(newest.is_some_and(|k| k != key_id))
 }
 
 /// The key the hand-over chain in this file starts from, found by walking back from `own`
 /// through the stored hand-overs and the `signing_keys` table. **Not trusted**: it is where
 /// the server's own `VerifyAuditLog` starts; an auditor starts from the key they hold.
-pub(crate) fn chain_root(conn: &Connection, own: &VerifyingKey) -> Result<VerifyingKey, AuditError> {
+pub(crate) fn chain_root(db: &mut dyn Sql, own: &VerifyingKey) -> Result<VerifyingKey, AuditError> {
     let mut key = *own;
-    let handovers = all(conn)?;
+    let handovers = all(db)?;
     // Each step moves to an older key; a loop in edited rows is cut by the step bound.
     for _ in 0..=handovers.len() {
         let id = audit_key_id(key.as_bytes());
         let Some(h) = handovers.iter().rev().filter_map(|h| h.as_ref().ok()).find(|h| h.new_key_id == id) else {
             break;
         };
-        let public: Option<Vec<u8>> = conn
-            .query_row("SELECT public_key FROM signing_keys WHERE key_id = ?1", [&h.old_key_id], |r| r.get(0))
-            .optional()?;
+        let public: Option<Vec<u8>> = db
+            .query_opt("SELECT public_key FROM signing_keys WHERE key_id = ?1", args![&h.old_key_id])?
+            .and_then(|r| r.get(0).ok());
         let Some(older) =
             public.and_then(|p| <[u8; 32]>::try_from(p).ok()).and_then(|p| VerifyingKey::from_bytes(&p).ok())
         else {

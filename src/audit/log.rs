@@ -13,10 +13,10 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rusqlite::TransactionBehavior;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use super::chain::Checkpoint;
+use super::db_backend::AuditDb;
 use super::handoff::{Batch, Done, Queue, Receipt, Shared, Watchdog, lock};
 use super::record::{AuditEvent, AuditRecord};
 use super::signing::{retired_at_open, sign_unsigned_tail};
@@ -26,7 +26,8 @@ use super::tenant_indexer::Indexer;
 use super::witness::{WitnessSet, WitnessStatus};
 use super::writer::{INITIAL_BACKOFF, Writer};
 use super::{AuditConfig, AuditError, db, handover};
-use crate::store::now_ms;
+use crate::store::sql::Backend;
+use crate::store::{PostgresOptions, now_ms};
 
 /// How long a stop waits for the witnesses to take what they still hold.
 const WITNESS_DRAIN_AT_STOP: Duration = Duration::from_secs(2);
@@ -46,16 +47,38 @@ struct Inner {
     live: Mutex<Option<broadcast::Sender<AuditEvent>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     cfg: AuditConfig,
-    path: PathBuf,
+    location: AuditLocation,
     public_key: VerifyingKey,
-    indexer: Arc<Indexer>,
+    /// The tenant index beside a SQLite file (PostgreSQL indexes `tenant_id` itself).
+    indexer: Option<Arc<Indexer>>,
     witness: Arc<WitnessSet>,
     sinks: Arc<SinkSet>,
 }
 
+/// Where the audit log lives.
+#[derive(Clone, Debug)]
+pub enum AuditLocation {
+    /// Its own SQLite file.
+    File(PathBuf),
+    /// The audit tables of a PostgreSQL database shared by every replica.
+    Postgres(PostgresOptions),
+}
+
+impl AuditLocation {
+    /// The file or the database, for messages (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            AuditLocation::File(p) => p.display().to_string(),
+            AuditLocation::Postgres(o) => o.describe(),
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.indexer.stop();
+        if let Some(i) = &self.indexer {
+            i.stop();
+        }
         // Every handle is gone: the writer finishes what is queued and stops, like a shutdown.
         lock(&self.shared.queue).closed = true;
         self.writer.unpark();
@@ -64,7 +87,7 @@ impl Drop for Inner {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AuditLog({})", self.inner.path.display())
+        write!(f, "AuditLog({})", self.inner.location.describe())
     }
 }
 
@@ -72,6 +95,35 @@ impl AuditLog {
     /// Opens (creating it with mode 0600 if missing) the audit database at `path` and starts
     /// the writer thread. `signing_key` signs checkpoints ([`crate::vault::Vault::audit_signing_key`]).
     pub fn open(path: &Path, signing_key: SigningKey, cfg: AuditConfig) -> Result<AuditLog, AuditError> {
+        let conn = db::open_writer(path, &signing_key.verifying_key(), Some(cfg.busy_timeout))?;
+        Self::start(AuditDb::Sqlite(conn), AuditLocation::File(path.to_owned()), signing_key, cfg)
+    }
+
+    /// Opens the audit tables of a PostgreSQL database (creating them if missing) and starts
+    /// the writer thread: one global chain shared with every other replica on the database,
+    /// each group commit under the advisory lock `AUDIT_LOCK` and signed (see `writer`).
+    /// Sinks are not available on PostgreSQL yet (refused).
+    pub fn open_postgres(
+        options: &PostgresOptions,
+        signing_key: SigningKey,
+        cfg: AuditConfig,
+    ) -> Result<AuditLog, AuditError> {
+        if !cfg.sinks.is_empty() {
+            return Err(AuditError::Unavailable {
+                reason: "audit sinks are not available with the audit log on PostgreSQL yet".into(),
+            });
+        }
+        let mut conn = AuditDb::connect_postgres(options)?;
+        db::register_key(conn.sql()?, &signing_key.verifying_key())?;
+        Self::start(conn, AuditLocation::Postgres(options.clone()), signing_key, cfg)
+    }
+
+    fn start(
+        mut conn: AuditDb,
+        location: AuditLocation,
+        signing_key: SigningKey,
+        cfg: AuditConfig,
+    ) -> Result<AuditLog, AuditError> {
         let cfg = AuditConfig {
             max_batch: cfg.max_batch.max(1),
             queue_capacity: cfg.queue_capacity.max(1),
@@ -84,15 +136,22 @@ impl AuditLog {
         let failed = |what: &str, e: std::io::Error| AuditError::Unavailable {
             reason: format!("cannot start the audit {what} thread: {e}"),
         };
-        let mut conn = db::open_writer(path, &public_key, Some(cfg.busy_timeout))?;
-        if handover::is_retired(&conn, &key_id)? {
+        if handover::is_retired(conn.sql()?, &key_id)? {
             return Err(retired_at_open(&key_id));
         }
         let witness = Arc::new(WitnessSet::start(&cfg.witness).map_err(|e| failed("witness", e))?);
         let stats = Arc::new(AuditStats::default());
-        let (mut head_seq, mut head_hash) = db::head(&conn)?;
-        let mut checkpointed_seq = db::latest_checkpoint(&conn)?.map_or(0, |c| c.sequence);
+        let (mut head_seq, mut head_hash) = db::head(conn.sql()?)?;
+        let mut checkpointed_seq = db::latest_checkpoint(conn.sql()?)?.map_or(0, |c| c.sequence);
         let mut last_signed = None;
+        if head_seq > checkpointed_seq && conn.backend() == Backend::Postgres {
+            // Every commit on PostgreSQL carries its checkpoint: no writer leaves a tail.
+            return Err(AuditError::Altered(format!(
+                "events {}..={head_seq} of the audit log on PostgreSQL are covered by no signed checkpoint, and every \
+                 commit there is signed: they were written by something other than pogo-vault; refusing to sign them",
+                checkpointed_seq + 1
+            )));
+        }
         if head_seq > checkpointed_seq {
             let cp = sign_unsigned_tail(&mut conn, &signing_key)?;
             witness.offer(&cp);
@@ -101,10 +160,15 @@ impl AuditLog {
             last_signed = Some(cp);
         }
         stats.head.store(head_seq, Ordering::Relaxed);
-        let sinks = Arc::new(match (&cfg.sinks[..], &cfg.sink_cursors) {
-            ([], _) => SinkSet::none(stats.clone()),
-            (sinks, Some(cursors)) => SinkSet::start(sinks, path, cursors, stats.clone())?,
-            (_, None) => {
+        let sinks = Arc::new(match (&cfg.sinks[..], &cfg.sink_cursors, &location) {
+            ([], _, _) => SinkSet::none(stats.clone()),
+            (sinks, Some(cursors), AuditLocation::File(path)) => SinkSet::start(sinks, path, cursors, stats.clone())?,
+            (_, _, AuditLocation::Postgres(_)) => {
+                return Err(AuditError::Unavailable {
+                    reason: "audit sinks are not available with the audit log on PostgreSQL yet".into(),
+                });
+            }
+            (_, None, _) => {
                 return Err(AuditError::Unavailable {
                     reason: "audit sinks need the vault database for their cursors".into(),
                 });
@@ -134,16 +198,26 @@ impl AuditLog {
             links: Vec::new(),
             written: (head_seq, head_hash),
         };
-        let indexer = Arc::new(Indexer::start(path, cfg.tenant_index_interval).map_err(|e| failed("index", e))?);
+        let indexer = match &location {
+            AuditLocation::File(path) => {
+                Some(Arc::new(Indexer::start(path, cfg.tenant_index_interval).map_err(|e| failed("index", e))?))
+            }
+            AuditLocation::Postgres(_) => None,
+        };
+        let stop_indexer = |indexer: &Option<Arc<Indexer>>| {
+            if let Some(i) = indexer {
+                i.stop();
+            }
+        };
         let thread = std::thread::Builder::new().name("pogo-audit-writer".into()).spawn(move || writer.run());
         let thread = thread.map_err(|e| {
-            indexer.stop();
+            stop_indexer(&indexer);
             failed("writer", e)
         })?;
         let _ = shared.writer.set(thread.thread().clone());
         let watchdog = Watchdog { shared: shared.clone(), limit: cfg.append_timeout };
         if let Err(e) = std::thread::Builder::new().name("pogo-audit-watch".into()).spawn(move || watchdog.run()) {
-            indexer.stop();
+            stop_indexer(&indexer);
             lock(&shared.queue).closed = true;
             thread.thread().unpark();
             return Err(failed("watchdog", e));
@@ -156,7 +230,7 @@ impl AuditLog {
                 live: Mutex::new(Some(live)),
                 thread: Mutex::new(Some(thread)),
                 cfg,
-                path: path.to_owned(),
+                location,
                 public_key,
                 witness,
                 sinks,
@@ -179,8 +253,8 @@ impl AuditLog {
             tenant_index_lag: s.head.load(Ordering::Relaxed).saturating_sub(self.tenant_index_through()).max(0) as u64,
             witnesses: self.witness_status(),
             sinks: self.sink_status(),
-            log_bytes: super::archive::log_bytes(&self.inner.path),
-            oldest_sequence: self.inner.indexer.oldest(),
+            log_bytes: self.path().map_or(0, super::archive::log_bytes),
+            oldest_sequence: self.inner.indexer.as_ref().map_or(0, |i| i.oldest()),
         }
     }
 
@@ -335,8 +409,9 @@ impl AuditLog {
         };
         drop(lock(&self.inner.live).take());
         // The index thread finishes its step and closes its files before this returns.
-        let indexer = self.inner.indexer.clone();
-        let _ = tokio::task::spawn_blocking(move || indexer.stop_and_join()).await;
+        if let Some(indexer) = self.inner.indexer.clone() {
+            let _ = tokio::task::spawn_blocking(move || indexer.stop_and_join()).await;
+        }
         if stopped {
             let thread = lock(&self.inner.thread).take();
             if let Some(t) = thread {
@@ -388,21 +463,33 @@ impl AuditLog {
         }
     }
 
-    /// The audit database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// The audit database file (`None` on PostgreSQL).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.location {
+            AuditLocation::File(p) => Some(p),
+            AuditLocation::Postgres(_) => None,
+        }
+    }
+
+    /// Where the log lives.
+    pub fn location(&self) -> &AuditLocation {
+        &self.inner.location
     }
 
     /// The highest sequence the background tenant index covers (tenant queries scan the
-    /// events after it). For metrics and tests.
+    /// events after it). For metrics and tests. On PostgreSQL, where `tenant_id` is indexed
+    /// in the table itself, the head.
     pub fn tenant_index_through(&self) -> i64 {
-        self.inner.indexer.through()
+        match &self.inner.indexer {
+            Some(i) => i.through(),
+            None => self.inner.shared.stats.head.load(Ordering::Relaxed),
+        }
     }
 
     /// How often this process started the tenant index over (found damaged, deleted,
     /// replaced, or not matching the log). For tests and operators.
     pub fn tenant_index_rebuilds(&self) -> u64 {
-        self.inner.indexer.rebuilds()
+        self.inner.indexer.as_ref().map_or(0, |i| i.rebuilds())
     }
 
     /// The public half of the checkpoint signing key.
@@ -421,18 +508,19 @@ impl AuditLog {
     ) -> Result<AuditEvent, AuditError> {
         rec.bound_lengths();
         let bound = Some(AuditConfig::default().append_timeout);
-        let mut conn = db::open_writer(path, &signing_key.verifying_key(), bound).map_err(|e| match e {
+        let conn = db::open_writer(path, &signing_key.verifying_key(), bound).map_err(|e| match e {
             AuditError::Store(_) | AuditError::Sqlite(_) => AuditError::Unavailable { reason: e.to_string() },
             e => e,
         })?;
         let unavailable = |e: AuditError| AuditError::Unavailable { reason: e.to_string() };
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(e.into()))?;
+        let mut conn = AuditDb::Sqlite(conn);
+        let mut tx = conn.begin().map_err(unavailable)?;
         let time_ms = now_ms();
         // The checkpoint below signs everything up to the new head. Events no checkpoint
         // covered yet (a running server's last second, or a tail a crash left) are signed
         // late, so say so in the log, as a server does at open: a record naming the range.
-        let (head, _) = db::head(&tx).map_err(unavailable)?;
-        let covered = db::latest_checkpoint(&tx).map_err(unavailable)?.map_or(0, |c| c.sequence);
+        let (head, _) = db::head(tx.sql()).map_err(unavailable)?;
+        let covered = db::latest_checkpoint(tx.sql()).map_err(unavailable)?.map_or(0, |c| c.sequence);
         let mut records = Vec::with_capacity(2);
         if head > covered {
             records.push(
@@ -449,11 +537,11 @@ impl AuditLog {
         }
         records.push(rec.clone());
         let mut links = Vec::with_capacity(records.len());
-        let (seq, hash) = db::append_in_tx(&tx, time_ms, records.iter(), &mut links).map_err(unavailable)?;
+        let (seq, hash) = db::append_in_tx(tx.sql(), time_ms, records.iter(), &mut links).map_err(unavailable)?;
         // Never with a key the log has handed over (read inside this transaction).
         let key_id = crate::crypto::audit_key_id(&signing_key.verifying_key().to_bytes());
-        super::signing::sign_checkpoint(&tx, signing_key, &key_id, seq, hash).map_err(unavailable)?;
-        tx.commit().map_err(|e| unavailable(e.into()))?;
+        super::signing::sign_checkpoint(tx.sql(), signing_key, &key_id, seq, hash).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
         let prev_hash = links.last().map_or(super::GENESIS_HASH, |l| l.1);
         Ok(AuditEvent { sequence: seq, time_ms, prev_hash, hash, record: rec })
     }

@@ -101,13 +101,16 @@
 //!   witnesses), `sinks/` (pushing every event and checkpoint from the durable log to the
 //!   SIEM, each sink with a cursor in the vault database), `config` ([`AuditConfig`]).
 //! - `tenant_index` (reading the index file, a leaf), `db` (the file: opening it, rows,
-//!   statements).
+//!   statements, on either backend), `db_backend` (the writer's connection and group-commit
+//!   transaction: a SQLite file, or PostgreSQL under the advisory lock of the global chain).
 //! - `signing` (what the writer checks before it signs), `rotate` (signing-key rotation),
 //!   `tenant_indexer` (the thread that fills the index).
 //! - The writer: `stats`, `handoff` (batches, completion cells, the watchdog), `writer`
 //!   (the thread), `log` ([`AuditLog`], the handle).
 //! - Readers: `verify_report`, `verify_walk`, `verify` (also archives plus the live log as
 //!   one chain); `query`; `watch`, `export`.
+//! - Moving between backends: `transfer` (copy, digest, and verifying a PostgreSQL log
+//!   through a snapshot copied into a SQLite file).
 //! - Retention: `archive_file` (the archive's format), `archive` (`audit archive`: cut,
 //!   write, record, prune, shrink).
 
@@ -117,6 +120,7 @@ mod archive_file;
 mod chain;
 mod config;
 mod db;
+mod db_backend;
 mod error;
 mod event_json;
 mod export;
@@ -133,6 +137,7 @@ mod syslog;
 mod tenant_index;
 mod tenant_indexer;
 mod timestamp;
+mod transfer;
 mod verify;
 mod verify_report;
 mod verify_walk;
@@ -152,7 +157,7 @@ pub use error::AuditError;
 pub use export::{ExportFormat, export};
 pub use handoff::Receipt;
 pub use handover::{HANDOVER_DOMAIN, Handover};
-pub use log::AuditLog;
+pub use log::{AuditLocation, AuditLog};
 pub use query::{AuditFilter, events_from, head, latest_checkpoint, list};
 pub use record::{Action, AuditEvent, AuditRecord, MAX_FIELD_BYTES, Outcome, TRUNCATION_MARK, UnknownName};
 pub use rotate::hand_over_blocking;
@@ -160,6 +165,7 @@ pub use sinks::{SinkConfig, SinkKind, SinkStart, SinkStatus, validate_sinks};
 pub use stats::{AuditStats, AuditStatsSnapshot};
 pub use tenant_index::tenant_index_path;
 pub(crate) use timestamp::{format_time_ms, parse_time};
+pub use transfer::{copy_audit, digest_audit, verify_at, verify_postgres};
 pub use verify::{read_witness_file, verify, verify_chain, verify_conn, verify_conn_with, verify_with};
 pub use verify_report::{External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport};
 pub use watch::AuditWatch;

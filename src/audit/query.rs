@@ -5,17 +5,20 @@
 //! touches the writer's connection. Pages are in sequence order and resume with
 //! `after_sequence`, so paging never skips or repeats an event while the log grows.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
 use super::chain::Checkpoint;
 use super::db::{self, EVENT_COLUMNS, event_from_row, open_reader};
+use super::db_backend::AuditDb;
+use super::log::AuditLocation;
 use super::record::{Action, AuditEvent, Outcome};
 use super::verify::verify_conn_with;
 use super::verify_report::{External, ExternalSource, VerifyOptions, VerifyReport};
 use super::{AuditError, AuditLog, tenant_index};
+use crate::store::sql::Sql;
 
 /// Which events to list or export. Every condition given must hold; `None` matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -207,22 +210,41 @@ pub fn events_from(conn: &Connection, from_sequence: i64, limit: usize) -> Resul
 
 /// The last sequence and its hash; `(0, GENESIS_HASH)` for the empty log.
 pub fn head(conn: &Connection) -> Result<(i64, [u8; 32]), AuditError> {
-    db::head(conn)
+    db::head(&mut &*conn)
 }
 
 /// The stored checkpoint with the highest sequence (not verified: see [`super::verify`]).
 pub fn latest_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
-    db::latest_checkpoint(conn)
+    db::latest_checkpoint(&mut &*conn)
 }
 
-/// Runs `f` on a fresh read-only connection on the blocking pool.
+/// Runs `f` on a fresh read-only connection on the blocking pool. The readers built on
+/// SQLite only (queries, watch) refuse a log on PostgreSQL, naming it.
 pub(crate) async fn read<T: Send + 'static>(
-    path: PathBuf,
+    path: Option<&Path>,
     f: impl FnOnce(&Connection) -> Result<T, AuditError> + Send + 'static,
 ) -> Result<T, AuditError> {
+    let Some(path) = path.map(Path::to_owned) else {
+        return Err(AuditError::Unavailable {
+            reason: "this audit query is not available with the audit log on PostgreSQL yet".into(),
+        });
+    };
     tokio::task::spawn_blocking(move || f(&open_reader(&path)?))
         .await
         .map_err(|e| AuditError::Unavailable { reason: format!("audit reader task failed: {e}") })?
+}
+
+/// Runs `f` on a connection of its own on the blocking pool, on either backend.
+async fn read_any<T: Send + 'static>(
+    location: AuditLocation,
+    f: impl FnOnce(&mut dyn Sql) -> Result<T, AuditError> + Send + 'static,
+) -> Result<T, AuditError> {
+    tokio::task::spawn_blocking(move || match location {
+        AuditLocation::File(path) => f(&mut &open_reader(&path)?),
+        AuditLocation::Postgres(options) => f(AuditDb::connect_postgres(&options)?.sql()?),
+    })
+    .await
+    .map_err(|e| AuditError::Unavailable { reason: format!("audit reader task failed: {e}") })?
 }
 
 impl AuditLog {
@@ -233,17 +255,17 @@ impl AuditLog {
         after_sequence: Option<i64>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, AuditError> {
-        read(self.path().to_owned(), move |c| list(c, &filter, after_sequence, limit)).await
+        read(self.path(), move |c| list(c, &filter, after_sequence, limit)).await
     }
 
     /// [`latest_checkpoint`] on a read-only connection of its own.
     pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
-        read(self.path().to_owned(), latest_checkpoint).await
+        read_any(self.location().clone(), db::latest_checkpoint).await
     }
 
     /// [`head`] on a read-only connection of its own.
     pub async fn head(&self) -> Result<(i64, [u8; 32]), AuditError> {
-        read(self.path().to_owned(), head).await
+        read_any(self.location().clone(), db::head).await
     }
 
     /// What `VerifyAuditLog` serves: asks the writer for a checkpoint of the current head
@@ -271,11 +293,11 @@ impl AuditLog {
             Err(e) => (None, Some(e.to_string())),
         };
         let own = self.verifying_key();
-        read(self.path().to_owned(), move |c| {
+        read(self.path(), move |c| {
             let pinned = root.is_some();
             let root = match root {
                 Some(r) => r,
-                None => super::handover::chain_root(c, &own)?,
+                None => super::handover::chain_root(&mut &*c, &own)?,
             };
             let mut external: Vec<External> =
                 kept.map(|k| External { checkpoint: k, source: ExternalSource::Kept }).into_iter().collect();

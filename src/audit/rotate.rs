@@ -41,21 +41,21 @@ pub fn hand_over_blocking(
     let mut conn = db::open_writer(path, &old.verifying_key(), None).map_err(unavailable)?;
     let old_id = audit_key_id(old.verifying_key().as_bytes());
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(e.into()))?;
-    if handover::is_retired(&tx, &old_id)? {
+    if handover::is_retired(&mut &*tx, &old_id)? {
         return Err(AuditError::Unavailable {
             reason: format!("the audit log no longer accepts key {old_id}: it was already handed over to a successor"),
         });
     }
-    db::register_key(&tx, new).map_err(|e| unavailable(e.into()))?;
+    db::register_key(&mut &*tx, new).map_err(|e| unavailable(e.into()))?;
     let rec = AuditRecord::new(Action::SigningKeyRotated, Outcome::Ok)
         .caller(caller, "")
         .detail(Handover::event_detail(&old_id, new))
         .request(request_id, "local");
     let mut links = Vec::with_capacity(1);
-    let (seq, hash) = db::append_in_tx(&tx, now_ms(), std::iter::once(&rec), &mut links).map_err(unavailable)?;
-    db::put_checkpoint(&tx, old, seq, hash).map_err(unavailable)?;
+    let (seq, hash) = db::append_in_tx(&mut &*tx, now_ms(), std::iter::once(&rec), &mut links).map_err(unavailable)?;
+    db::put_checkpoint(&mut &*tx, old, seq, hash).map_err(unavailable)?;
     let h = Handover::sign(seq, hash, now_ms(), old, new);
-    handover::put(&tx, &h).map_err(unavailable)?;
+    handover::put(&mut &*tx, &h).map_err(unavailable)?;
     tx.commit().map_err(|e| unavailable(e.into()))?;
     Ok(h)
 }

@@ -12,13 +12,13 @@
 //!   signed at once, in one transaction with an `unsigned_tail_signed` record naming the
 //!   range: the signature freezes the tail from then on and the record says it was late.
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
-
 use super::chain::{Checkpoint, GENESIS_HASH};
+use super::db_backend::AuditDb;
 use super::record::{Action, AuditRecord, Outcome};
 use super::{AuditError, db, handover};
 use crate::store::now_ms;
+use crate::store::sql::{Sql, args};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 
 /// The error of a writer whose signing key has a successor.
 pub(super) fn retired(key_id: &str) -> AuditError {
@@ -47,7 +47,7 @@ pub(super) fn retired(key_id: &str) -> AuditError {
 /// `own` (see the module docs); otherwise a forged record (say, an `audit_archived` one
 /// dressing a deletion up as an archive) would be chained onto and signed.
 pub(super) fn still_holds(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Sql,
     (seq, hash): (i64, [u8; 32]),
     own: &VerifyingKey,
 ) -> Result<(), AuditError> {
@@ -58,7 +58,7 @@ pub(super) fn still_holds(
     let found: Option<Vec<u8>> = if seq == 0 {
         Some(GENESIS_HASH.to_vec())
     } else {
-        tx.prepare_cached("SELECT hash FROM events WHERE sequence = ?1")?.query_row([seq], |r| r.get(0)).optional()?
+        tx.query_opt("SELECT hash FROM events WHERE sequence = ?1", args![seq])?.map(|r| r.get(0)).transpose()?
     };
     let what = match (&found, super::anchor::anchor(tx)?) {
         (Some(f), _) if f[..] == hash[..] => match signed_after(tx, head, own)? {
@@ -86,12 +86,11 @@ pub(super) fn still_holds(
 /// checkpoint signed with `own` (every command that appends signs its head in the same
 /// transaction); `Err(why)` when not.
 fn signed_after(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Sql,
     (seq, hash): (i64, [u8; 32]),
     own: &VerifyingKey,
 ) -> Result<Result<(), String>, AuditError> {
-    let sql = format!("SELECT {} FROM checkpoints WHERE sequence = ?1", db::CHECKPOINT_COLUMNS);
-    let cp = tx.prepare_cached(&sql)?.query_row([seq], db::checkpoint_from_row).optional()?.transpose();
+    let cp = db::checkpoint_at(tx, seq)?.transpose();
     Ok(match cp {
         Ok(Some(cp)) if cp.head_hash == hash && cp.verify(own).is_ok() => Ok(()),
         Ok(Some(cp)) if cp.head_hash == hash && handed_back(tx, &cp, own)? => Ok(()),
@@ -105,7 +104,7 @@ fn signed_after(
 /// `cp` at the head and, at that head, handed back to `own`. Both hand-overs verify (the
 /// first under `own`, the second under the successor), so the successor's checkpoint is as
 /// good as this writer's own.
-fn handed_back(tx: &rusqlite::Transaction<'_>, cp: &Checkpoint, own: &VerifyingKey) -> Result<bool, AuditError> {
+fn handed_back(tx: &mut dyn Sql, cp: &Checkpoint, own: &VerifyingKey) -> Result<bool, AuditError> {
     let own_id = crate::crypto::audit_key_id(own.as_bytes());
     let handovers: Vec<_> = handover::all(tx)?.into_iter().filter_map(Result::ok).collect();
     let Some(back) = handovers.iter().find(|h| h.sequence == cp.sequence && h.new_key_id == own_id) else {
@@ -122,7 +121,7 @@ fn handed_back(tx: &rusqlite::Transaction<'_>, cp: &Checkpoint, own: &VerifyingK
 /// Whether the missing event `seq` (hash `hash`, written by this writer) was moved out by
 /// `audit archive` under the anchor `a` (see [`still_holds`]); `Err(why)` when not.
 fn archived_away(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Sql,
     seq: i64,
     hash: [u8; 32],
     a: &super::anchor::Anchor,
@@ -148,7 +147,7 @@ fn archived_away(
 /// Signs and stores a checkpoint of `(seq, hash)` in `tx`, unless the key `key_id` has been
 /// handed over (read inside the transaction: a rotation by the CLI is seen at once).
 pub(super) fn sign_checkpoint(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Sql,
     key: &SigningKey,
     key_id: &str,
     seq: i64,
@@ -161,10 +160,10 @@ pub(super) fn sign_checkpoint(
 }
 
 /// Signs the events no checkpoint covers, in one transaction with the record that says so.
-pub(super) fn sign_unsigned_tail(conn: &mut Connection, key: &SigningKey) -> Result<Checkpoint, AuditError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (head, _) = db::head(&tx)?;
-    let covered = db::latest_checkpoint(&tx)?.map_or(0, |c| c.sequence);
+pub(super) fn sign_unsigned_tail(conn: &mut AuditDb, key: &SigningKey) -> Result<Checkpoint, AuditError> {
+    let mut tx = conn.begin()?;
+    let (head, _) = db::head(tx.sql())?;
+    let covered = db::latest_checkpoint(tx.sql())?.map_or(0, |c| c.sequence);
     let rec = AuditRecord::new(Action::UnsignedTailSigned, Outcome::Ok)
         .caller("pogo-vault-server", "")
         .detail(format!(
@@ -175,8 +174,8 @@ pub(super) fn sign_unsigned_tail(conn: &mut Connection, key: &SigningKey) -> Res
         ))
         .request(String::new(), "local");
     let mut links = Vec::with_capacity(1);
-    let (seq, hash) = db::append_in_tx(&tx, now_ms(), std::iter::once(&rec), &mut links)?;
-    let cp = db::put_checkpoint(&tx, key, seq, hash)?;
+    let (seq, hash) = db::append_in_tx(tx.sql(), now_ms(), std::iter::once(&rec), &mut links)?;
+    let cp = db::put_checkpoint(tx.sql(), key, seq, hash)?;
     tx.commit()?;
     tracing::warn!(from = covered + 1, to = head, "signed an unsigned audit tail left by the last writer");
     Ok(cp)
@@ -210,26 +209,27 @@ mod tests {
         own: &SigningKey,
         cp_key: &SigningKey,
         statement_key: Option<&SigningKey>,
-    ) -> (Connection, (i64, [u8; 32])) {
+    ) -> (rusqlite::Connection, (i64, [u8; 32])) {
         let mut conn = db::open_writer(&dir.path().join("audit.db"), &own.verifying_key(), None).unwrap();
         let rec = AuditRecord::new(Action::TokenMinted, Outcome::Ok).caller("c", "").request("r", "local");
         let tx = conn.transaction().unwrap();
         let mut links = Vec::new();
-        let written = db::append_in_tx(&tx, 1, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
-        db::put_checkpoint(&tx, cp_key, written.0, written.1).unwrap();
-        let head = db::append_in_tx(&tx, 2, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
-        db::put_checkpoint(&tx, own, head.0, head.1).unwrap();
+        let written = db::append_in_tx(&mut &*tx, 1, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
+        db::put_checkpoint(&mut &*tx, cp_key, written.0, written.1).unwrap();
+        let head = db::append_in_tx(&mut &*tx, 2, std::iter::repeat_n(&rec, 5), &mut links).unwrap();
+        db::put_checkpoint(&mut &*tx, own, head.0, head.1).unwrap();
         let statement = Statement { from: 1, through: 5, head_hash: written.1, sha256: [0; 32] };
-        tx.execute(
-            "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
+        (*tx)
+            .execute(
+                "INSERT INTO archives (through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms) \
              VALUES (5, 1, ?1, zeroblob(32), 'a.db', 0)",
-            [&written.1[..]],
-        )
-        .unwrap();
+                [&written.1[..]],
+            )
+            .unwrap();
         if let Some(k) = statement_key {
-            tx.execute("INSERT INTO archive_statements VALUES (5, ?1)", [&statement.sign(k)[..]]).unwrap();
+            (*tx).execute("INSERT INTO archive_statements VALUES (5, ?1)", [&statement.sign(k)[..]]).unwrap();
         }
-        tx.execute("DELETE FROM events WHERE sequence <= 5", []).unwrap();
+        (*tx).execute("DELETE FROM events WHERE sequence <= 5", []).unwrap();
         tx.commit().unwrap();
         (conn, written)
     }
@@ -241,18 +241,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut conn, written) = archived_at_5(&dir, &own, &own, Some(&own));
         let tx = conn.transaction().unwrap();
-        assert!(still_holds(&tx, written, &own.verifying_key()).is_ok());
+        assert!(still_holds(&mut &*tx, written, &own.verifying_key()).is_ok());
         // The anchor at this writer's own event, with another hash: altered.
-        assert!(still_holds(&tx, (5, [9; 32]), &own.verifying_key()).is_err());
+        assert!(still_holds(&mut &*tx, (5, [9; 32]), &own.verifying_key()).is_err());
         // Events after the anchor deleted: the head fell below it.
-        tx.execute("DELETE FROM events", []).unwrap();
-        assert!(still_holds(&tx, written, &own.verifying_key()).is_err());
+        (*tx).execute("DELETE FROM events", []).unwrap();
+        assert!(still_holds(&mut &*tx, written, &own.verifying_key()).is_err());
         drop(tx);
 
         let dir = tempfile::tempdir().unwrap();
         let (mut conn, written) = archived_at_5(&dir, &own, &other, Some(&own));
         let tx = conn.transaction().unwrap();
-        let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
+        let e = still_holds(&mut &*tx, written, &own.verifying_key()).unwrap_err();
         assert!(e.to_string().contains("does not verify"), "{e}");
         drop(tx);
 
@@ -262,7 +262,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (mut conn, written) = archived_at_5(&dir, &own, &own, statement_key);
             let tx = conn.transaction().unwrap();
-            let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
+            let e = still_holds(&mut &*tx, written, &own.verifying_key()).unwrap_err();
             assert!(e.to_string().contains("statement"), "{e}");
         }
     }
@@ -279,16 +279,16 @@ mod tests {
         let mut conn = db::open_writer(&path, &own.verifying_key(), None).unwrap();
         let rec = AuditRecord::new(Action::TokenMinted, Outcome::Ok).caller("c", "").request("r", "local");
         let tx = conn.transaction().unwrap();
-        let written = db::append_in_tx(&tx, 1, std::iter::repeat_n(&rec, 3), &mut Vec::new()).unwrap();
-        db::put_checkpoint(&tx, &own, written.0, written.1).unwrap();
+        let written = db::append_in_tx(&mut &*tx, 1, std::iter::repeat_n(&rec, 3), &mut Vec::new()).unwrap();
+        db::put_checkpoint(&mut &*tx, &own, written.0, written.1).unwrap();
         tx.commit().unwrap();
         crate::audit::hand_over_blocking(&path, &own, &new.verifying_key(), "op", "r1").unwrap();
         crate::audit::hand_over_blocking(&path, &new, &own.verifying_key(), "op", "r2").unwrap();
         let tx = conn.transaction().unwrap();
-        assert!(still_holds(&tx, written, &own.verifying_key()).is_ok());
+        assert!(still_holds(&mut &*tx, written, &own.verifying_key()).is_ok());
         // Without the first hand-over, the successor's checkpoint proves nothing.
-        tx.execute("DELETE FROM signing_handovers WHERE sequence = ?1", [written.0 + 1]).unwrap();
-        assert!(still_holds(&tx, written, &own.verifying_key()).is_err());
+        (*tx).execute("DELETE FROM signing_handovers WHERE sequence = ?1", [written.0 + 1]).unwrap();
+        assert!(still_holds(&mut &*tx, written, &own.verifying_key()).is_err());
     }
 
     /// Regression: events appended by hand after the writer's newest were chained onto and
@@ -302,25 +302,25 @@ mod tests {
         let rec = AuditRecord::new(Action::TokenMinted, Outcome::Ok).caller("c", "").request("r", "local");
         let mut links = Vec::new();
         let tx = conn.transaction().unwrap();
-        let written = db::append_in_tx(&tx, 1, std::iter::repeat_n(&rec, 3), &mut links).unwrap();
-        assert!(still_holds(&tx, written, &own.verifying_key()).is_ok());
+        let written = db::append_in_tx(&mut &*tx, 1, std::iter::repeat_n(&rec, 3), &mut links).unwrap();
+        assert!(still_holds(&mut &*tx, written, &own.verifying_key()).is_ok());
         // Appended by someone else, unsigned: refused.
-        let head = db::append_in_tx(&tx, 2, std::iter::repeat_n(&rec, 2), &mut links).unwrap();
-        let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
+        let head = db::append_in_tx(&mut &*tx, 2, std::iter::repeat_n(&rec, 2), &mut links).unwrap();
+        let e = still_holds(&mut &*tx, written, &own.verifying_key()).unwrap_err();
         assert!(e.to_string().contains("events 4..=5 after event 3") && e.to_string().contains("no checkpoint"), "{e}");
         // Signed by another key: refused.
-        db::put_checkpoint(&tx, &other, head.0, head.1).unwrap();
-        let e = still_holds(&tx, written, &own.verifying_key()).unwrap_err();
+        db::put_checkpoint(&mut &*tx, &other, head.0, head.1).unwrap();
+        let e = still_holds(&mut &*tx, written, &own.verifying_key()).unwrap_err();
         assert!(e.to_string().contains("does not verify"), "{e}");
-        tx.execute("DELETE FROM checkpoints", []).unwrap();
+        (*tx).execute("DELETE FROM checkpoints", []).unwrap();
         // Signed with the writer's key (a CLI command beside the server): accepted.
-        db::put_checkpoint(&tx, &own, head.0, head.1).unwrap();
-        assert!(still_holds(&tx, written, &own.verifying_key()).is_ok());
+        db::put_checkpoint(&mut &*tx, &own, head.0, head.1).unwrap();
+        assert!(still_holds(&mut &*tx, written, &own.verifying_key()).is_ok());
         // Into an empty log too.
         let dir = tempfile::tempdir().unwrap();
         let mut conn = db::open_writer(&dir.path().join("audit.db"), &own.verifying_key(), None).unwrap();
         let tx = conn.transaction().unwrap();
-        db::append_in_tx(&tx, 1, std::iter::once(&rec), &mut links).unwrap();
-        assert!(still_holds(&tx, (0, GENESIS_HASH), &own.verifying_key()).is_err());
+        db::append_in_tx(&mut &*tx, 1, std::iter::once(&rec), &mut links).unwrap();
+        assert!(still_holds(&mut &*tx, (0, GENESIS_HASH), &own.verifying_key()).is_err());
     }
 }

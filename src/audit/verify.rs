@@ -258,9 +258,9 @@ fn walk_segment(
     } else {
         seg.conn
     };
-    let live_anchor = if seg.archive.is_none() { anchor(tx)? } else { None };
+    let live_anchor = if seg.archive.is_none() { anchor(&mut &*tx)? } else { None };
     if seg.archive.is_none() {
-        walk.archive_rows = super::anchor::all(tx)?;
+        walk.archive_rows = super::anchor::all(&mut &*tx)?;
     }
     let start = match &seg.archive {
         Some((_, m, _)) => (m.anchor_sequence, m.anchor_hash),
@@ -273,7 +273,7 @@ fn walk_segment(
     };
     // A live log alone, archived up to its anchor: verified from there, saying so.
     let alone = index == 0 && seg.archive.is_none() && start.0 > 0;
-    let mut handovers = handover::all(tx)?
+    let mut handovers = handover::all(&mut &*tx)?
         .into_iter()
         .filter(|h| alone || h.as_ref().map_or(true, |h| h.sequence > start.0))
         .collect::<Vec<_>>()

@@ -30,7 +30,8 @@ const PAGE: usize = 512;
 
 /// A gap-free stream of events from a starting sequence: see the module docs.
 pub struct AuditWatch {
-    path: PathBuf,
+    /// The audit file (`None` on PostgreSQL: watching is not built there yet).
+    path: Option<PathBuf>,
     live: broadcast::Receiver<AuditEvent>,
     /// The next sequence to deliver.
     next: i64,
@@ -56,7 +57,7 @@ impl AuditLog {
         // Subscribe before the first file read: see the module docs.
         let live = self.subscribe();
         AuditWatch {
-            path: self.path().to_owned(),
+            path: self.path().map(ToOwned::to_owned),
             live,
             next: from_sequence.max(1),
             buffer: VecDeque::new(),
@@ -113,7 +114,14 @@ impl AuditWatch {
         let (reader, page) = tokio::task::spawn_blocking(move || -> Result<_, AuditError> {
             let reader = match reader {
                 Some(r) => r,
-                None => open_reader(&path)?,
+                None => match &path {
+                    Some(path) => open_reader(path)?,
+                    None => {
+                        return Err(AuditError::Unavailable {
+                            reason: "watching the audit log is not available with it on PostgreSQL yet".into(),
+                        });
+                    }
+                },
             };
             let page = events_from(&reader, from, PAGE)?;
             Ok((reader, page))

@@ -29,16 +29,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{broadcast, oneshot};
 
 use super::chain::Checkpoint;
+use super::db_backend::AuditDb;
 use super::handoff::{Batch, Done, Outcome, Queue, Reply, Shared, lock};
 use super::record::{AuditEvent, AuditRecord};
 use super::signing::{sign_checkpoint, still_holds};
 use super::witness::WitnessSet;
 use super::{AuditConfig, AuditError, db};
 use crate::store::now_ms;
+use crate::store::sql::{Backend, args};
 
 /// The first pause after a failed commit.
 pub(super) const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
@@ -60,7 +61,7 @@ enum Work {
 /// The writer thread's state. Owns the only write connection of this process.
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
-    pub(super) conn: Connection,
+    pub(super) conn: AuditDb,
     pub(super) key: SigningKey,
     /// The id of `key`'s public half, to notice a hand-over to a successor.
     pub(super) key_id: String,
@@ -223,8 +224,11 @@ impl Writer {
 
     /// Commits the batch (and a checkpoint if one is due or asked for), then answers.
     fn flush(&mut self, batch: Option<Batch>, waiters: Vec<Reply<Checkpoint>>) {
-        let due =
-            !waiters.is_empty() || self.last_checkpoint.is_none_or(|t| t.elapsed() >= self.cfg.checkpoint_interval);
+        // On PostgreSQL every commit carries its checkpoint: the other replicas chain onto
+        // these events only under a signature by the audit key (`signing::still_holds`).
+        let due = !waiters.is_empty()
+            || self.conn.backend() == Backend::Postgres
+            || self.last_checkpoint.is_none_or(|t| t.elapsed() >= self.cfg.checkpoint_interval);
         let records = batch.as_ref().map_or(&[][..], |b| &b.records[..]);
         let started = Instant::now();
         let committed = self.commit(due, records);
@@ -282,12 +286,12 @@ impl Writer {
         records: &[AuditRecord],
     ) -> Result<(i64, Option<Checkpoint>), AuditError> {
         self.links.clear();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        still_holds(&tx, self.written, &self.key.verifying_key())?;
+        let mut tx = self.conn.begin()?;
+        still_holds(tx.sql(), self.written, &self.key.verifying_key())?;
         let time_ms = now_ms();
-        let (seq, hash) = db::append_in_tx(&tx, time_ms, records.iter(), &mut self.links)?;
+        let (seq, hash) = db::append_in_tx(tx.sql(), time_ms, records.iter(), &mut self.links)?;
         let checkpoint =
-            if with_checkpoint { Some(sign_checkpoint(&tx, &self.key, &self.key_id, seq, hash)?) } else { None };
+            if with_checkpoint { Some(sign_checkpoint(tx.sql(), &self.key, &self.key_id, seq, hash)?) } else { None };
         tx.commit()?;
         self.head_seq = seq;
         self.written = (seq, hash);
@@ -300,11 +304,13 @@ impl Writer {
     }
 
     fn write_checkpoint(&mut self) -> Result<Checkpoint, AuditError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        still_holds(&tx, self.written, &self.key.verifying_key())?;
-        let (seq, hash) = db::head(&tx)?;
-        let cp = sign_checkpoint(&tx, &self.key, &self.key_id, seq, hash)?;
+        let mut tx = self.conn.begin()?;
+        still_holds(tx.sql(), self.written, &self.key.verifying_key())?;
+        let (seq, hash) = db::head(tx.sql())?;
+        let cp = sign_checkpoint(tx.sql(), &self.key, &self.key_id, seq, hash)?;
         tx.commit()?;
+        // Another replica's events up to `seq` are covered and chained from here on.
+        self.written = (seq, hash);
         self.head_seq = seq;
         self.checkpointed_seq = seq;
         self.last_checkpoint = Some(Instant::now());
@@ -316,10 +322,14 @@ impl Writer {
 
     /// A real write outside the chain, to learn whether the file is writable again.
     fn probe(&mut self) -> Result<(), AuditError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tx = self.conn.begin()?;
         // An altered file stays a failure: health must not come back on a log we refuse.
-        still_holds(&tx, self.written, &self.key.verifying_key())?;
-        tx.prepare_cached("INSERT OR REPLACE INTO writer_probe (id, time_ms) VALUES (1, ?1)")?.execute([now_ms()])?;
+        still_holds(tx.sql(), self.written, &self.key.verifying_key())?;
+        tx.sql().execute(
+            "INSERT INTO writer_probe (id, time_ms) VALUES (1, ?1) \
+             ON CONFLICT (id) DO UPDATE SET time_ms = excluded.time_ms",
+            args![now_ms()],
+        )?;
         tx.commit()?;
         Ok(())
     }

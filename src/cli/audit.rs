@@ -99,6 +99,10 @@ pub enum AuditCommand {
         /// leaked old key could sign a forged hand-over that a chain alone accepts.
         #[arg(long)]
         expect_key: Option<PathBuf>,
+        /// Verify the audit log in a PostgreSQL database (one snapshot of it) instead of a
+        /// file; nothing is written there.
+        #[command(flatten)]
+        postgres: super::pg_args::PostgresArgs,
     },
     /// Replace the audit signing key. The old key signs the hand-over to the new one in
     /// the audit log first (so the rotation is audited before it takes effect), then the
@@ -196,11 +200,20 @@ pub fn run(g: &GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
             expect_key,
             archive,
             archives_only,
+            postgres,
             ..
         } => {
-            let file = if *archives_only { None } else { Some(audit_file(g)?) };
             let given = Given { public_key, checkpoint: checkpoint.as_ref(), witnesses: witness, archives: archive };
-            return verify(file.as_deref(), &given, *allow_unsigned_tail, expect_key.as_ref());
+            if let Some(options) = postgres.options()? {
+                if !archive.is_empty() {
+                    return Err(CliError::new("--archive: not with --postgres-url (archives are files)"));
+                }
+                let at = crate::audit::AuditLocation::Postgres(options);
+                return verify(Some(&at), &given, *allow_unsigned_tail, expect_key.as_ref());
+            }
+            let file = if *archives_only { None } else { Some(audit_file(g)?) };
+            let at = file.map(crate::audit::AuditLocation::File);
+            return verify(at.as_ref(), &given, *allow_unsigned_tail, expect_key.as_ref());
         }
         AuditCommand::RotateSigningKey { .. } => return rotate_signing_key(g),
         AuditCommand::Archive(_) => {
@@ -360,7 +373,7 @@ struct Given<'a> {
 }
 
 fn verify(
-    db: Option<&std::path::Path>,
+    db: Option<&crate::audit::AuditLocation>,
     given: &Given<'_>,
     allow_unsigned_tail: bool,
     expect_key: Option<&PathBuf>,
@@ -384,8 +397,12 @@ fn verify(
         opts.external.extend(lines);
     }
     let report = match (archives.is_empty(), db) {
-        (true, Some(db)) => crate::audit::verify_with(db, &key, &opts),
-        _ => crate::audit::verify_chain(archives, db, &key, &opts),
+        (true, Some(at)) => crate::audit::verify_at(at, &key, &opts),
+        (_, Some(crate::audit::AuditLocation::File(f))) => crate::audit::verify_chain(archives, Some(f), &key, &opts),
+        (_, Some(crate::audit::AuditLocation::Postgres(_))) => {
+            return Err(CliError::new("--archive: not with --postgres-url (archives are files)"));
+        }
+        (_, None) => crate::audit::verify_chain(archives, None, &key, &opts),
     }
     .map_err(|e| CliError::new(if archives.is_empty() { e.to_string() } else { format!("--archive: {e}") }))?;
     if !report.ok {

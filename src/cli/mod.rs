@@ -55,6 +55,7 @@ mod onboard;
 pub mod operator;
 pub(crate) mod out;
 mod output;
+mod pg_args;
 mod runtime;
 mod serve;
 mod sim;

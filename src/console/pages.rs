@@ -182,7 +182,7 @@ impl Span {
 async fn newest_section(c: &Shared, f: &Filter, whose: &str) -> String {
     let table = match c.source.newest(f, PAGE as usize, MAX_NEWEST_READ).await {
         Ok(got) if got.truncated => newest_note(&got),
-        Ok(got) => newest_note(&got) + &events_table(&format!("{whose}-events"), &got.events),
+        Ok(got) => newest_note(&got) + events_table(&format!("{whose}-events"), &got.events).as_str(),
         Err(e) => error_box(&e.to_string()),
     };
     format!(

@@ -14,11 +14,11 @@ use sha2::{Digest, Sha256};
 use super::sql::{Row, Sql, Value};
 use super::{Store, StoreError};
 
-/// A table of the vault database: its columns, and the key it is read in order of.
-struct Table {
-    name: &'static str,
-    columns: &'static str,
-    key: &'static [&'static str],
+/// A table to copy: its columns, and the key it is read in order of.
+pub(crate) struct Table {
+    pub name: &'static str,
+    pub columns: &'static str,
+    pub key: &'static [&'static str],
 }
 
 /// Every table of the vault database (schema version 6), parents before children.
@@ -105,48 +105,68 @@ pub fn copy_vault(from: &mut Store, to: &mut Store) -> Result<CopyReport, StoreE
     }
     let mut src = from.snapshot()?;
     let mut tx = to.write_tx()?;
-    for t in TABLES {
-        if count(&mut tx, t)? > 0 {
-            return Err(StoreError::NotEmpty { target, table: t.name });
+    let report = copy_tables(&mut src, &mut tx, TABLES, &source, &target)?;
+    tx.commit()?;
+    Ok(report)
+}
+
+/// Copies `tables` from `src` into `tx` (the caller's transaction, committed by the caller
+/// only on `Ok`): refuses a target where any of them holds a row, then copies each in key
+/// order, then compares rows and digests on both sides. `source` and `target` name the two
+/// for messages.
+pub(crate) fn copy_tables(
+    src: &mut dyn Sql,
+    tx: &mut dyn Sql,
+    tables: &[Table],
+    source: &str,
+    target: &str,
+) -> Result<CopyReport, StoreError> {
+    for t in tables {
+        if count(tx, t)? > 0 {
+            return Err(StoreError::NotEmpty { target: target.to_owned(), table: t.name });
         }
     }
-    for t in TABLES {
+    for t in tables {
         let insert = format!(
             "INSERT INTO {} ({}) VALUES ({})",
             t.name,
             t.columns,
             (1..=t.columns.split(',').count()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
         );
-        for_each_page(&mut src, t, |rows| {
+        for_each_page(src, t, |rows| {
             for r in rows {
                 tx.execute(&insert, &r.0)?;
             }
             Ok(())
         })?;
     }
-    let mut tables = Vec::with_capacity(TABLES.len());
-    for t in TABLES {
-        let a = digest(&mut src, t)?;
-        let b = digest(&mut tx, t)?;
+    let mut report = Vec::with_capacity(tables.len());
+    for t in tables {
+        let a = digest(src, t)?;
+        let b = digest(tx, t)?;
         if a != b {
             return Err(StoreError::Corrupt(format!(
                 "table {} would differ after the copy ({} rows in {source}, {} in {target}); nothing was written",
                 t.name, a.rows, b.rows
             )));
         }
-        tables.push(a);
+        report.push(a);
     }
-    tx.commit()?;
-    Ok(CopyReport { tables })
+    Ok(CopyReport { tables: report })
 }
 
 /// Every table's rows and digest, read in key order (what [`copy_vault`] compares).
 pub fn digest_vault(store: &mut Store) -> Result<CopyReport, StoreError> {
-    let mut tables = Vec::with_capacity(TABLES.len());
-    for t in TABLES {
-        tables.push(digest(store.db()?, t)?);
+    digest_tables(store.db()?, TABLES)
+}
+
+/// Every one of `tables`' rows and digest, read in key order.
+pub(crate) fn digest_tables(db: &mut dyn Sql, tables: &[Table]) -> Result<CopyReport, StoreError> {
+    let mut report = Vec::with_capacity(tables.len());
+    for t in tables {
+        report.push(digest(db, t)?);
     }
-    Ok(CopyReport { tables })
+    Ok(CopyReport { tables: report })
 }
 
 fn count(db: &mut dyn Sql, t: &Table) -> Result<i64, StoreError> {

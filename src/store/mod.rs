@@ -31,7 +31,7 @@ pub mod lock;
 pub mod meta;
 pub mod migrations;
 pub mod onboarding;
-mod pg_conn;
+pub(crate) mod pg_conn;
 mod pg_tls;
 mod pg_values;
 pub mod postgres;
@@ -127,7 +127,7 @@ impl Store {
     /// Connects to a PostgreSQL database and applies pending migrations (an empty database
     /// gets the whole schema).
     pub fn connect_postgres(options: &PostgresOptions) -> Result<Store, StoreError> {
-        let conn = pg_conn::PgConn::connect(options, migrations::POSTGRES)?;
+        let conn = pg_conn::PgConn::connect(options, "vault", migrations::POSTGRES)?;
         Ok(Store { conn: Conn::Postgres(Box::new(conn)) })
     }
 

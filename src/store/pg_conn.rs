@@ -75,6 +75,8 @@ pub(crate) struct PgConn {
     /// A call gave the connection up (no answer in time): connect again before the next.
     broken: bool,
     options: PostgresOptions,
+    /// Whose schema this connection checks: its row in `pogo_schema` (`vault`, `audit`).
+    component: &'static str,
     supported: i64,
 }
 
@@ -270,16 +272,48 @@ impl Link {
 
 impl PgConn {
     /// Connects and applies pending migrations.
-    pub(crate) fn connect(options: &PostgresOptions, migrations: &[PostgresMigration]) -> Result<PgConn, StoreError> {
+    pub(crate) fn connect(
+        options: &PostgresOptions,
+        component: &'static str,
+        migrations: &[PostgresMigration],
+    ) -> Result<PgConn, StoreError> {
         let supported = migrations.last().map_or(0, |m| m.version);
         let mut conn = PgConn {
             link: Some(Link::open(options)?),
             statements: HashMap::new(),
             broken: false,
             options: options.clone(),
+            component,
             supported,
         };
         conn.migrate(migrations)?;
+        Ok(conn)
+    }
+
+    /// Connects to a database whose schema must be there already, at this version: for
+    /// readers, which create nothing (an empty database is not a log to read).
+    pub(crate) fn connect_existing(
+        options: &PostgresOptions,
+        component: &'static str,
+        migrations: &[PostgresMigration],
+    ) -> Result<PgConn, StoreError> {
+        let supported = migrations.last().map_or(0, |m| m.version);
+        let mut conn = PgConn {
+            link: Some(Link::open(options)?),
+            statements: HashMap::new(),
+            broken: false,
+            options: options.clone(),
+            component,
+            supported,
+        };
+        let found = conn.schema_version()?;
+        if found != supported {
+            return Err(StoreError::Postgres(format!(
+                "{} has {component} schema version {found}, this binary reads {supported}{}",
+                options.describe(),
+                if found == 0 { " (nothing of pogo-vault's is there)" } else { "" }
+            )));
+        }
         Ok(conn)
     }
 
@@ -317,8 +351,9 @@ impl PgConn {
             if found != self.supported {
                 self.link = None;
                 return Err(StoreError::Postgres(format!(
-                    "{} has schema version {found}, this vault {}: not the database it was",
+                    "{} has {} schema version {found}, this vault {}: not the database it was",
                     self.options.describe(),
+                    self.component,
                     self.supported
                 )));
             }
@@ -338,10 +373,16 @@ impl PgConn {
 
     /// A write transaction holding [`WRITE_LOCK`].
     pub(crate) fn write_tx(&mut self) -> Result<PgTx<'_>, StoreError> {
+        self.locked_tx(WRITE_LOCK)
+    }
+
+    /// A `READ COMMITTED` transaction holding the transaction-level advisory lock `lock`:
+    /// every writer under the same lock, on any replica, runs one at a time.
+    pub(crate) fn locked_tx(&mut self, lock: i64) -> Result<PgTx<'_>, StoreError> {
         let Parts { rt, task, client, statements, broken, timeout } = self.parts()?;
         let tx = run(rt, task, broken, timeout, async move {
             let tx = pg(client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await)?;
-            pg(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await)?;
+            pg(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await)?;
             Ok(tx)
         })?;
         Ok(PgTx { rt, task, tx: Some(tx), statements, broken, timeout })
@@ -364,9 +405,11 @@ impl PgConn {
         Ok(PgTx { rt, task, tx: Some(tx), statements, broken, timeout })
     }
 
-    /// The schema version `pogo_schema` records (0 for an empty database).
+    /// The schema version `pogo_schema` records for this connection's component (0 when
+    /// none: an empty database).
     pub(crate) fn schema_version(&mut self) -> Result<i64, StoreError> {
-        let PgConn { link, broken, options, .. } = self;
+        let PgConn { link, broken, options, component, .. } = self;
+        let component = *component;
         let Some(Link { rt, client, task }) = link.as_mut() else {
             return Err(StoreError::Unavailable("PostgreSQL: not connected".into()));
         };
@@ -375,13 +418,13 @@ impl PgConn {
             if !exists.get::<_, bool>(0) {
                 return Ok(0);
             }
-            let rows = pg(client.query("SELECT version FROM pogo_schema WHERE id = 1", &[]).await)?;
+            let rows = pg(client.query("SELECT version FROM pogo_schema WHERE component = $1", &[&component]).await)?;
             Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0))
         })
     }
 
     fn migrate(&mut self, migrations: &[PostgresMigration]) -> Result<(), StoreError> {
-        let supported = self.supported;
+        let (supported, component) = (self.supported, self.component);
         let found = self.schema_version()?;
         if found > supported {
             return Err(StoreError::SchemaTooNew { found, supported });
@@ -396,11 +439,11 @@ impl PgConn {
             pg(tx
                 .batch_execute(
                     "CREATE TABLE IF NOT EXISTS pogo_schema (
-                         id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
+                         component TEXT PRIMARY KEY, version BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
                 )
                 .await)?;
             // Read again under the lock: another replica may have migrated meanwhile.
-            let rows = pg(tx.query("SELECT version FROM pogo_schema WHERE id = 1", &[]).await)?;
+            let rows = pg(tx.query("SELECT version FROM pogo_schema WHERE component = $1", &[&component]).await)?;
             let found: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
             if found > supported {
                 return Err(StoreError::SchemaTooNew { found, supported });
@@ -414,9 +457,9 @@ impl PgConn {
             if at != found || rows.is_empty() {
                 pg(tx
                     .execute(
-                        "INSERT INTO pogo_schema (id, version, updated_at) VALUES (1, $1, $2)
-                         ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
-                        &[&at, &now_ms()],
+                        "INSERT INTO pogo_schema (component, version, updated_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (component) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+                        &[&component, &at, &now_ms()],
                     )
                     .await)?;
             }

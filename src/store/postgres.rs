@@ -25,6 +25,9 @@ use super::error::StoreError;
 
 /// The advisory lock every write transaction takes first (ASCII `pogo-vw`).
 pub const WRITE_LOCK: i64 = 0x0070_6f67_6f2d_7677;
+/// The advisory lock every audit-log append takes first (ASCII `pogo-va`): one global chain,
+/// appended by one replica's writer at a time.
+pub const AUDIT_LOCK: i64 = 0x0070_6f67_6f2d_7661;
 /// The advisory lock migrations run under (ASCII `pogo-vm`).
 pub const MIGRATE_LOCK: i64 = 0x0070_6f67_6f2d_766d;
 

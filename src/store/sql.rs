@@ -170,6 +170,12 @@ pub trait Sql {
     /// Which engine this is.
     fn backend(&self) -> Backend;
 
+    /// The SQLite connection underneath, for a hot path written against `rusqlite` itself
+    /// (the audit writer's inserts); `None` on PostgreSQL.
+    fn sqlite(&self) -> Option<&rusqlite::Connection> {
+        None
+    }
+
     /// Runs a query; its first row, if any.
     fn query_opt(&mut self, sql: &str, args: &[Value]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, args)?.into_iter().next())

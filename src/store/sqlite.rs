@@ -67,6 +67,9 @@ impl Sql for Connection {
     fn backend(&self) -> Backend {
         Backend::Sqlite
     }
+    fn sqlite(&self) -> Option<&Connection> {
+        Some(self)
+    }
 }
 
 impl Sql for Transaction<'_> {
@@ -78,5 +81,25 @@ impl Sql for Transaction<'_> {
     }
     fn backend(&self) -> Backend {
         Backend::Sqlite
+    }
+    fn sqlite(&self) -> Option<&Connection> {
+        Some(self)
+    }
+}
+
+/// A shared connection (rusqlite needs no `&mut` to run statements): lets a reader holding
+/// `&Connection`, or a transaction seen through `Deref`, pass `&mut &*conn` as `&mut dyn Sql`.
+impl Sql for &Connection {
+    fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, StoreError> {
+        execute(self, sql, args)
+    }
+    fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
+        query(self, sql, args)
+    }
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+    fn sqlite(&self) -> Option<&Connection> {
+        Some(self)
     }
 }

@@ -147,7 +147,7 @@ pub async fn runaway(s: &Settings, b: &Bench, server: &RunningServer, endpoint: 
         for _ in 0..4 {
             chans.push(pogo_vault::client::connect(endpoint, &files, Some("localhost")).await.unwrap());
         }
-        let path = server.state.audit.path().to_owned();
+        let path = server.state.audit.path().expect("the benchmark's audit log is a file").to_owned();
         let (records0, used0) = (metric(server, "pogo_vault_audit_records_total").await, used_bytes(&path));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();

@@ -65,7 +65,7 @@ pub async fn phase_hot(s: &Settings, b: &Bench, rows: &mut Vec<Row>) {
     let floor = start_floor(&floor_opts, real.clone(), None).await;
     let floor_endpoint = format!("https://{}", floor.addr);
     // The durable floor writes records of the size the vault's audit records take on disk.
-    let record_bytes = crate::harness::audit_bytes_per_record(server.state.audit.path());
+    let record_bytes = crate::harness::audit_bytes_per_record(server.state.audit.path().expect("a file"));
     let durable = start_floor(&floor_opts, real.clone(), Some(Journal::start(b.dir.path(), record_bytes))).await;
     let durable_endpoint = format!("https://{}", durable.addr);
     println!(

@@ -96,8 +96,8 @@ pub(super) fn read_page(conn: &Connection, at: SinkCursor, limit: usize) -> Resu
     // is delivered ahead of events it covers.
     let reach = match events.last() {
         Some(e) if events.len() == limit => e.sequence,
-        Some(e) => e.sequence.max(super::super::db::head(&tx)?.0),
-        None => super::super::db::head(&tx)?.0.max(at.event_sequence),
+        Some(e) => e.sequence.max(super::super::db::head(&mut &*tx)?.0),
+        None => super::super::db::head(&mut &*tx)?.0.max(at.event_sequence),
     };
     let sql = format!(
         "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE sequence > ?1 AND sequence <= ?2 ORDER BY sequence"

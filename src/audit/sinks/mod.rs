@@ -265,7 +265,7 @@ fn start_position(
     hint: Option<SinkCursor>,
     reader: &rusqlite::Connection,
 ) -> Result<SinkCursor, AuditError> {
-    let head = db::head(reader)?.0;
+    let head = db::head(&mut &*reader)?.0;
     let hint = hint.filter(|h| {
         let fits = h.event_sequence <= head && h.checkpoint_sequence <= head;
         if !fits {
@@ -284,7 +284,7 @@ fn start_position(
             SinkStart::Oldest => SinkCursor::default(),
             SinkStart::Now => SinkCursor {
                 event_sequence: head,
-                checkpoint_sequence: db::latest_checkpoint(reader)?.map_or(0, |c| c.sequence),
+                checkpoint_sequence: db::latest_checkpoint(&mut &*reader)?.map_or(0, |c| c.sequence),
             },
         },
     })

@@ -1,0 +1,89 @@
+//! Where the audit writer appends: its own SQLite file, or the shared PostgreSQL database
+//! (one global chain for every replica). A transaction here is the unit of one group commit.
+//!
+//! Invariants: on SQLite a write transaction is `BEGIN IMMEDIATE` (one writer per file, other
+//! processes wait on the file lock); on PostgreSQL it holds the advisory lock
+//! [`AUDIT_LOCK`] for its whole life, so the head read inside it is the head it appends to,
+//! whichever replica wrote last. A transaction dropped without commit rolls back (and on
+//! PostgreSQL releases the lock at once).
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use super::AuditError;
+use crate::store::PostgresOptions;
+use crate::store::pg_conn::{PgConn, PgTx};
+use crate::store::postgres::AUDIT_LOCK;
+use crate::store::sql::{Backend, Sql};
+
+/// The audit writer's connection.
+pub(crate) enum AuditDb {
+    Sqlite(Connection),
+    Postgres(Box<PgConn>),
+}
+
+/// One open write transaction of [`AuditDb`].
+pub(crate) enum AuditTx<'a> {
+    Sqlite(Transaction<'a>),
+    Postgres(PgTx<'a>),
+}
+
+impl AuditDb {
+    /// Connects to the audit tables on PostgreSQL, migrating them if needed.
+    pub(crate) fn connect_postgres(options: &PostgresOptions) -> Result<AuditDb, AuditError> {
+        Ok(AuditDb::Postgres(Box::new(PgConn::connect(options, "audit", super::db::AUDIT_POSTGRES)?)))
+    }
+
+    /// Connects to audit tables that must exist already (a reader: creates nothing).
+    pub(crate) fn open_postgres_existing(options: &PostgresOptions) -> Result<AuditDb, AuditError> {
+        Ok(AuditDb::Postgres(Box::new(PgConn::connect_existing(options, "audit", super::db::AUDIT_POSTGRES)?)))
+    }
+
+    /// A read-only snapshot (PostgreSQL `REPEATABLE READ`; SQLite: a read transaction).
+    pub(crate) fn snapshot(&mut self) -> Result<AuditTx<'_>, AuditError> {
+        Ok(match self {
+            AuditDb::Sqlite(c) => AuditTx::Sqlite(c.transaction_with_behavior(TransactionBehavior::Deferred)?),
+            AuditDb::Postgres(c) => AuditTx::Postgres(c.snapshot()?),
+        })
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            AuditDb::Sqlite(_) => Backend::Sqlite,
+            AuditDb::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The connection for reads outside a transaction.
+    pub(crate) fn sql(&mut self) -> Result<&mut dyn Sql, AuditError> {
+        Ok(match self {
+            AuditDb::Sqlite(c) => c,
+            AuditDb::Postgres(c) => c.ready()?,
+        })
+    }
+
+    /// Opens a write transaction (see the module docs).
+    pub(crate) fn begin(&mut self) -> Result<AuditTx<'_>, AuditError> {
+        Ok(match self {
+            AuditDb::Sqlite(c) => AuditTx::Sqlite(c.transaction_with_behavior(TransactionBehavior::Immediate)?),
+            AuditDb::Postgres(c) => AuditTx::Postgres(c.locked_tx(AUDIT_LOCK)?),
+        })
+    }
+}
+
+impl AuditTx<'_> {
+    pub(crate) fn sql(&mut self) -> &mut dyn Sql {
+        match self {
+            AuditTx::Sqlite(t) => t,
+            AuditTx::Postgres(t) => t,
+        }
+    }
+
+    /// Commits; on PostgreSQL after the synchronous standby (if any) has it.
+    pub(crate) fn commit(self) -> Result<(), AuditError> {
+        match self {
+            AuditTx::Sqlite(t) => t.commit()?,
+            AuditTx::Postgres(t) => t.commit()?,
+        }
+        Ok(())
+    }
+}

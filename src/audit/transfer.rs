@@ -1,0 +1,119 @@
+//! Moving an audit log between backends, row for row: a SQLite file into PostgreSQL (moving
+//! over), and PostgreSQL into a SQLite file (an export, a drill, and what `audit verify
+//! --postgres-url` verifies). Events, checkpoints, hand-overs, archive anchors and their
+//! statements keep every byte, so every hash and signature holds wherever they land.
+//!
+//! Invariants: the source is read in one snapshot (SQLite: one read transaction; PostgreSQL:
+//! `REPEATABLE READ`), so a writer appending meanwhile is either wholly in the copy or not at
+//! all; the target must hold no audit rows and is written in one transaction, compared with
+//! the source table by table (rows and SHA-256 over every value, `store::copy`) before it
+//! commits. On PostgreSQL the target transaction holds the chain's advisory lock, so no
+//! writer appends beside the copy. The writer's probe row is not copied (not part of the log).
+
+use super::db::{self, AUDIT_MIGRATIONS};
+use super::db_backend::AuditDb;
+use super::log::AuditLocation;
+use super::verify_report::{VerifyOptions, VerifyReport};
+use super::{AuditError, verify_with};
+use crate::store::copy::{CopyReport, Table, copy_tables, digest_tables};
+
+/// Every table of the audit log (schema 5), in the order they are copied.
+pub(crate) const AUDIT_TABLES: &[Table] = &[
+    Table {
+        name: "events",
+        columns: "sequence, time_ms, caller, caller_serial, action, tenant_id, key_version, outcome, upstream_status, \
+                  token_fingerprint, detail, request_id, peer, prev_hash, hash",
+        key: &["sequence"],
+    },
+    Table { name: "checkpoints", columns: "sequence, head_hash, time_ms, key_id, signature", key: &["sequence"] },
+    Table { name: "signing_keys", columns: "key_id, public_key, first_used_ms", key: &["key_id"] },
+    Table {
+        name: "signing_handovers",
+        columns: "sequence, head_hash, time_ms, old_key_id, new_key_id, new_public_key, signature",
+        key: &["sequence"],
+    },
+    Table {
+        name: "archives",
+        columns: "through_sequence, from_sequence, head_hash, sha256, file_name, archived_ms",
+        key: &["through_sequence"],
+    },
+    Table { name: "archive_statements", columns: "through_sequence, signature", key: &["through_sequence"] },
+];
+
+/// Copies the audit log at `from` into `to`, which must hold no audit rows (a SQLite target
+/// file is created if missing, mode 0600). Returns what was copied, per table.
+pub fn copy_audit(from: &AuditLocation, to: &AuditLocation) -> Result<CopyReport, AuditError> {
+    let (source, target) = (from.describe(), to.describe());
+    let mut target_db = match to {
+        AuditLocation::File(path) => AuditDb::Sqlite(db::open_file(path)?),
+        AuditLocation::Postgres(o) => AuditDb::connect_postgres(o)?,
+    };
+    let mut tx = target_db.begin()?;
+    let report = match from {
+        AuditLocation::File(path) => {
+            let conn = db::open_reader(path)?;
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let current = AUDIT_MIGRATIONS.len() as i64;
+            if version != current {
+                return Err(AuditError::Unavailable {
+                    reason: format!(
+                        "{source} is at audit schema {version}, a copy needs {current}: start the server on it once \
+                         (it migrates the file), then copy"
+                    ),
+                });
+            }
+            let mut snapshot = conn.unchecked_transaction()?;
+            copy_tables(&mut snapshot, tx.sql(), AUDIT_TABLES, &source, &target)?
+        }
+        AuditLocation::Postgres(o) => {
+            let mut conn = AuditDb::open_postgres_existing(o)?;
+            let mut snapshot = conn.snapshot()?;
+            copy_tables(snapshot.sql(), tx.sql(), AUDIT_TABLES, &source, &target)?
+        }
+    };
+    tx.commit()?;
+    Ok(report)
+}
+
+/// Every audit table's rows and digest at `at` (what [`copy_audit`] compares), to show two
+/// copies hold the same log.
+pub fn digest_audit(at: &AuditLocation) -> Result<CopyReport, AuditError> {
+    Ok(match at {
+        AuditLocation::File(path) => digest_tables(&mut &db::open_reader(path)?, AUDIT_TABLES)?,
+        AuditLocation::Postgres(o) => {
+            digest_tables(AuditDb::open_postgres_existing(o)?.snapshot()?.sql(), AUDIT_TABLES)?
+        }
+    })
+}
+
+/// Verifies the audit log in a PostgreSQL database: one snapshot of it is copied into a
+/// SQLite file in a private temporary directory (removed after), which the one verifier
+/// ([`super::verify_with`]) then checks, from `root`, the key the auditor holds. Nothing is
+/// written to the database.
+pub fn verify_postgres(
+    options: &crate::store::PostgresOptions,
+    root: &ed25519_dalek::VerifyingKey,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, AuditError> {
+    let dir = tempfile::Builder::new()
+        .prefix("pogo-vault-verify-")
+        .tempdir()
+        .map_err(|e| AuditError::Unavailable { reason: format!("cannot make a private temporary directory: {e}") })?;
+    let file = dir.path().join("audit.db");
+    copy_audit(&AuditLocation::Postgres(options.clone()), &AuditLocation::File(file.clone()))?;
+    let mut report = verify_with(&file, root, opts)?;
+    report.detail = format!("{} (a snapshot of {}, read in one transaction)", report.detail, options.describe());
+    Ok(report)
+}
+
+/// [`verify_postgres`] beside the file form, for callers holding a path.
+pub fn verify_at(
+    at: &AuditLocation,
+    root: &ed25519_dalek::VerifyingKey,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, AuditError> {
+    match at {
+        AuditLocation::File(path) => verify_with(path, root, opts),
+        AuditLocation::Postgres(o) => verify_postgres(o, root, opts),
+    }
+}
