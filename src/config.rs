@@ -36,6 +36,9 @@ pub struct Config {
     /// `[gateway]`: the HTTPS gateway to Go's API (`server/gateway/`); off unless set.
     #[serde(default)]
     pub gateway: Option<gateway::GatewaySection>,
+    /// `[storage]`: SQLite files (the default) or a PostgreSQL database (`config/storage.rs`).
+    #[serde(default)]
+    pub storage: storage::StorageSection,
 }
 
 /// `[audit]`: the audit log's settings beyond its file (which is `vault.audit_db`).
@@ -79,7 +82,9 @@ fn default_watch_total() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultSection {
-    /// The vault database (keys, tenants).
+    /// The vault database (keys, tenants); required with SQLite storage (the default), not
+    /// set with `storage.backend = "postgres"`.
+    #[serde(default)]
     pub db: PathBuf,
     /// The audit database; default: beside `db`, named `<db stem>-audit.db`.
     pub audit_db: Option<PathBuf>,
@@ -291,8 +296,11 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut cfg.vault.db);
+        if !cfg.vault.db.as_os_str().is_empty() {
+            fix(&mut cfg.vault.db);
+        }
         cfg.vault.audit_db.as_mut().map(fix);
+        cfg.storage.files_mut().for_each(fix);
         cfg.vault.master_key_file.as_mut().map(fix);
         cfg.vault.master_passphrase_file.as_mut().map(fix);
         if let Some(t) = cfg.vault.master_key.as_mut() {
@@ -371,6 +379,24 @@ impl Config {
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key, reason: String| ConfigError::Invalid { path: path.display().to_string(), key, reason };
         self.master_key_source().map_err(|r| invalid("vault.master_key_file", r))?;
+        self.storage.validate().map_err(|(key, reason)| invalid(key, reason))?;
+        if self.storage.backend == storage::StorageBackend::Postgres {
+            let here = "not with storage.backend = \"postgres\": the vault and its audit log live in storage.postgres";
+            if !self.vault.db.as_os_str().is_empty() {
+                return Err(invalid("vault.db", here.into()));
+            }
+            if self.vault.audit_db.is_some() {
+                return Err(invalid("vault.audit_db", here.into()));
+            }
+            if !self.audit.sink.is_empty() {
+                return Err(invalid(
+                    "audit.sink",
+                    "not available with storage.backend = \"postgres\" yet (sinks read a SQLite audit file)".into(),
+                ));
+            }
+        } else if self.vault.db.as_os_str().is_empty() {
+            return Err(invalid("vault.db", "required (the vault database file)".into()));
+        }
         for (key, n) in [
             ("audit.max_watch_streams_per_caller", self.audit.max_watch_streams_per_caller),
             ("audit.max_watch_streams", self.audit.max_watch_streams),
@@ -418,6 +444,9 @@ impl Config {
                 ("server.health_listen", self.server.health_listen),
             ];
             g.validate(&others).map_err(|(key, reason)| invalid(key, reason))?;
+        }
+        if self.storage.backend == storage::StorageBackend::Postgres {
+            return Ok(());
         }
         let dbs = [self.vault.db.clone(), self.audit_db()];
         crate::audit::validate_sinks(&self.audit.sink, &dbs).map_err(|(k, r)| invalid(k, r))
@@ -519,6 +548,7 @@ pub fn env_log_filter(default: &str) -> tracing_subscriber::EnvFilter {
 
 pub mod gateway;
 mod serve_options;
+pub mod storage;
 
 #[cfg(test)]
 mod tests;

@@ -108,6 +108,12 @@ impl Vault {
         self.store().backend()
     }
 
+    /// What this vault's change notifications carry (PostgreSQL), so its replica's change
+    /// feed skips them: its own changes are in its caches already.
+    pub fn change_origin(&self) -> Option<String> {
+        self.store().change_origin()
+    }
+
     pub fn schema_version(&self) -> Result<i64, VaultError> {
         Ok(self.store().schema_version()?)
     }

@@ -181,6 +181,7 @@ async fn backup_under_load_restores_to_a_working_vault() {
         watch_files: None,
         spiffe: None,
         gateway: None,
+        postgres: None,
     })
     .await
     .unwrap();

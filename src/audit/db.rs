@@ -227,47 +227,102 @@ pub(crate) fn checkpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Checkp
 
 /// Reads an event row (columns [`EVENT_COLUMNS`]) into its typed form.
 pub(crate) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Result<AuditEvent, AuditError>> {
-    let sequence: i64 = r.get(0)?;
-    let corrupt = |what: String| AuditError::Corrupt(format!("event {sequence}: {what}"));
-    let action: String = r.get(4)?;
-    let outcome: String = r.get(7)?;
-    let upstream: Option<i64> = r.get(8)?;
-    let prev: Vec<u8> = r.get(13)?;
-    let hash: Vec<u8> = r.get(14)?;
-    let action = match action.parse() {
-        Ok(a) => a,
-        Err(e) => return Ok(Err(corrupt(format!("{e} (written by a newer pogo-vault?)")))),
-    };
-    let outcome = match outcome.parse() {
-        Ok(o) => o,
-        Err(e) => return Ok(Err(corrupt(format!("{e} (written by a newer pogo-vault?)")))),
-    };
-    let upstream_status = match upstream.map(u16::try_from).transpose() {
-        Ok(s) => s,
-        Err(_) => return Ok(Err(corrupt("upstream_status is out of range".into()))),
-    };
-    let (Ok(prev_hash), Ok(hash)) = (<[u8; 32]>::try_from(prev), <[u8; 32]>::try_from(hash)) else {
-        return Ok(Err(corrupt("a hash is not 32 bytes".into())));
-    };
-    Ok(Ok(AuditEvent {
-        sequence,
+    let stored = StoredEvent {
+        sequence: r.get(0)?,
         time_ms: r.get(1)?,
-        record: AuditRecord {
-            caller: r.get(2)?,
-            caller_serial: r.get(3)?,
-            action,
-            tenant_id: r.get(5)?,
-            key_version: r.get(6)?,
-            outcome,
-            upstream_status,
-            token_fingerprint: r.get(9)?,
-            detail: r.get(10)?,
-            request_id: r.get(11)?,
-            peer: r.get(12)?,
-        },
-        prev_hash,
-        hash,
-    }))
+        caller: r.get(2)?,
+        caller_serial: r.get(3)?,
+        action: r.get(4)?,
+        tenant_id: r.get(5)?,
+        key_version: r.get(6)?,
+        outcome: r.get(7)?,
+        upstream_status: r.get(8)?,
+        token_fingerprint: r.get(9)?,
+        detail: r.get(10)?,
+        request_id: r.get(11)?,
+        peer: r.get(12)?,
+        prev_hash: r.get(13)?,
+        hash: r.get(14)?,
+    };
+    Ok(stored.event())
+}
+
+/// Reads an event row (columns [`EVENT_COLUMNS`]) of either backend into its typed form.
+pub(crate) fn event_from(r: &SqlRow) -> Result<AuditEvent, AuditError> {
+    StoredEvent {
+        sequence: r.get(0)?,
+        time_ms: r.get(1)?,
+        caller: r.get(2)?,
+        caller_serial: r.get(3)?,
+        action: r.get(4)?,
+        tenant_id: r.get(5)?,
+        key_version: r.get(6)?,
+        outcome: r.get(7)?,
+        upstream_status: r.get(8)?,
+        token_fingerprint: r.get(9)?,
+        detail: r.get(10)?,
+        request_id: r.get(11)?,
+        peer: r.get(12)?,
+        prev_hash: r.get(13)?,
+        hash: r.get(14)?,
+    }
+    .event()
+}
+
+/// An event row's columns as stored.
+struct StoredEvent {
+    sequence: i64,
+    time_ms: i64,
+    caller: String,
+    caller_serial: String,
+    action: String,
+    tenant_id: Option<String>,
+    key_version: Option<i64>,
+    outcome: String,
+    upstream_status: Option<i64>,
+    token_fingerprint: Option<String>,
+    detail: String,
+    request_id: String,
+    peer: String,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl StoredEvent {
+    fn event(self) -> Result<AuditEvent, AuditError> {
+        let sequence = self.sequence;
+        let corrupt = |what: String| AuditError::Corrupt(format!("event {sequence}: {what}"));
+        let newer = |e: super::record::UnknownName| corrupt(format!("{e} (written by a newer pogo-vault?)"));
+        let action = self.action.parse().map_err(newer)?;
+        let outcome = self.outcome.parse().map_err(newer)?;
+        let upstream_status = self
+            .upstream_status
+            .map(u16::try_from)
+            .transpose()
+            .map_err(|_| corrupt("upstream_status is out of range".into()))?;
+        let (Ok(prev_hash), Ok(hash)) = (<[u8; 32]>::try_from(self.prev_hash), <[u8; 32]>::try_from(self.hash)) else {
+            return Err(corrupt("a hash is not 32 bytes".into()));
+        };
+        Ok(AuditEvent {
+            sequence,
+            time_ms: self.time_ms,
+            record: AuditRecord {
+                caller: self.caller,
+                caller_serial: self.caller_serial,
+                action,
+                tenant_id: self.tenant_id,
+                key_version: self.key_version,
+                outcome,
+                upstream_status,
+                token_fingerprint: self.token_fingerprint,
+                detail: self.detail,
+                request_id: self.request_id,
+                peer: self.peer,
+            },
+            prev_hash,
+            hash,
+        })
+    }
 }
 
 /// Appends `records` as one batch in an open transaction, continuing the chain from the head

@@ -496,55 +496,6 @@ impl AuditLog {
     pub fn verifying_key(&self) -> VerifyingKey {
         self.inner.public_key
     }
-
-    /// Appends one record synchronously, with a checkpoint, in one transaction: for one-shot
-    /// commands (the CLI's KEK rotation) that run beside, or instead of, a server. Same chain
-    /// rules as [`AuditLog::append`]; waits for a running server's writer at most the default
-    /// append timeout, so a locked audit database fails a command in bounded time.
-    pub fn append_blocking_once(
-        path: &Path,
-        signing_key: &SigningKey,
-        mut rec: AuditRecord,
-    ) -> Result<AuditEvent, AuditError> {
-        rec.bound_lengths();
-        let bound = Some(AuditConfig::default().append_timeout);
-        let conn = db::open_writer(path, &signing_key.verifying_key(), bound).map_err(|e| match e {
-            AuditError::Store(_) | AuditError::Sqlite(_) => AuditError::Unavailable { reason: e.to_string() },
-            e => e,
-        })?;
-        let unavailable = |e: AuditError| AuditError::Unavailable { reason: e.to_string() };
-        let mut conn = AuditDb::Sqlite(conn);
-        let mut tx = conn.begin().map_err(unavailable)?;
-        let time_ms = now_ms();
-        // The checkpoint below signs everything up to the new head. Events no checkpoint
-        // covered yet (a running server's last second, or a tail a crash left) are signed
-        // late, so say so in the log, as a server does at open: a record naming the range.
-        let (head, _) = db::head(tx.sql()).map_err(unavailable)?;
-        let covered = db::latest_checkpoint(tx.sql()).map_err(unavailable)?.map_or(0, |c| c.sequence);
-        let mut records = Vec::with_capacity(2);
-        if head > covered {
-            records.push(
-                AuditRecord::new(super::Action::UnsignedTailSigned, super::Outcome::Ok)
-                    .caller(rec.caller.clone(), rec.caller_serial.clone())
-                    .detail(format!(
-                        "events {}..={head} were covered by no signed checkpoint when a command appended to the log \
-                         (a running server's newest events, or a tail a crash left); signed now with the command's \
-                         record. Nothing proves what happened to them before this point",
-                        covered + 1
-                    ))
-                    .request(rec.request_id.clone(), rec.peer.clone()),
-            );
-        }
-        records.push(rec.clone());
-        let mut links = Vec::with_capacity(records.len());
-        let (seq, hash) = db::append_in_tx(tx.sql(), time_ms, records.iter(), &mut links).map_err(unavailable)?;
-        // Never with a key the log has handed over (read inside this transaction).
-        let key_id = crate::crypto::audit_key_id(&signing_key.verifying_key().to_bytes());
-        super::signing::sign_checkpoint(tx.sql(), signing_key, &key_id, seq, hash).map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
-        let prev_hash = links.last().map_or(super::GENESIS_HASH, |l| l.1);
-        Ok(AuditEvent { sequence: seq, time_ms, prev_hash, hash, record: rec })
-    }
 }
 
 /// Runs a future to completion on this thread, parking between polls. Only for

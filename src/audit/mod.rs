@@ -106,7 +106,7 @@
 //! - `signing` (what the writer checks before it signs), `rotate` (signing-key rotation),
 //!   `tenant_indexer` (the thread that fills the index).
 //! - The writer: `stats`, `handoff` (batches, completion cells, the watchdog), `writer`
-//!   (the thread), `log` ([`AuditLog`], the handle).
+//!   (the thread), `log` ([`AuditLog`], the handle), `once` (one-shot appends of commands).
 //! - Readers: `verify_report`, `verify_walk`, `verify` (also archives plus the live log as
 //!   one chain); `query`; `watch`, `export`.
 //! - Moving between backends: `transfer` (copy, digest, and verifying a PostgreSQL log
@@ -127,6 +127,7 @@ mod export;
 mod handoff;
 mod handover;
 mod log;
+mod once;
 mod query;
 mod record;
 mod rotate;
@@ -165,7 +166,9 @@ pub use sinks::{SinkConfig, SinkKind, SinkStart, SinkStatus, validate_sinks};
 pub use stats::{AuditStats, AuditStatsSnapshot};
 pub use tenant_index::tenant_index_path;
 pub(crate) use timestamp::{format_time_ms, parse_time};
-pub use transfer::{copy_audit, digest_audit, verify_at, verify_postgres};
+pub use transfer::{
+    chain_root_at, copy_audit, copy_file_into, digest_audit, prepare_postgres, verify_at, verify_postgres,
+};
 pub use verify::{read_witness_file, verify, verify_chain, verify_conn, verify_conn_with, verify_with};
 pub use verify_report::{External, ExternalSource, UnsignedTail, VerifyOptions, VerifyReport};
 pub use watch::AuditWatch;

@@ -5,8 +5,6 @@
 //! touches the writer's connection. Pages are in sequence order and resume with
 //! `after_sequence`, so paging never skips or repeats an event while the log grows.
 
-use std::path::Path;
-
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
@@ -18,7 +16,7 @@ use super::record::{Action, AuditEvent, Outcome};
 use super::verify::verify_conn_with;
 use super::verify_report::{External, ExternalSource, VerifyOptions, VerifyReport};
 use super::{AuditError, AuditLog, tenant_index};
-use crate::store::sql::Sql;
+use crate::store::sql::{Sql, Value as SqlValue};
 
 /// Which events to list or export. Every condition given must hold; `None` matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -218,20 +216,59 @@ pub fn latest_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, AuditE
     db::latest_checkpoint(&mut &*conn)
 }
 
-/// Runs `f` on a fresh read-only connection on the blocking pool. The readers built on
-/// SQLite only (queries, watch) refuse a log on PostgreSQL, naming it.
+/// Runs `f` on a fresh read-only SQLite connection on the blocking pool: the file itself,
+/// or for a log on PostgreSQL, a snapshot of it copied into a private temporary file (see
+/// `transfer`; for readers that read the whole log anyway: verification).
 pub(crate) async fn read<T: Send + 'static>(
-    path: Option<&Path>,
+    location: AuditLocation,
     f: impl FnOnce(&Connection) -> Result<T, AuditError> + Send + 'static,
 ) -> Result<T, AuditError> {
-    let Some(path) = path.map(Path::to_owned) else {
-        return Err(AuditError::Unavailable {
-            reason: "this audit query is not available with the audit log on PostgreSQL yet".into(),
-        });
+    tokio::task::spawn_blocking(move || match location {
+        AuditLocation::File(path) => f(&open_reader(&path)?),
+        AuditLocation::Postgres(options) => {
+            super::transfer::with_snapshot_file(&options, |path| f(&open_reader(path)?))
+        }
+    })
+    .await
+    .map_err(|e| AuditError::Unavailable { reason: format!("audit reader task failed: {e}") })?
+}
+
+/// [`list`] on either backend: on PostgreSQL, one statement with numbered parameters on its
+/// indexes (`tenant_id` is indexed in the table there; no index file).
+pub(crate) fn list_in(
+    db: &mut AuditDb,
+    filter: &AuditFilter,
+    after_sequence: Option<i64>,
+    limit: usize,
+) -> Result<Vec<AuditEvent>, AuditError> {
+    let db = match db {
+        AuditDb::Sqlite(c) => return list(c, filter, after_sequence, limit),
+        AuditDb::Postgres(_) => db.sql()?,
     };
-    tokio::task::spawn_blocking(move || f(&open_reader(&path)?))
-        .await
-        .map_err(|e| AuditError::Unavailable { reason: format!("audit reader task failed: {e}") })?
+    let (clause, params) = filter.sql(after_sequence, "");
+    let mut n = 0;
+    let numbered: String = clause
+        .chars()
+        .map(|c| {
+            if c == '?' {
+                n += 1;
+                format!("?{n}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    let mut args: Vec<SqlValue> = params
+        .into_iter()
+        .map(|v| match v {
+            Value::Integer(i) => SqlValue::Int(i),
+            Value::Text(t) => SqlValue::Text(t),
+            _ => SqlValue::Null,
+        })
+        .collect();
+    args.push(SqlValue::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events{numbered} ORDER BY sequence LIMIT ?{}", n + 1);
+    db.query(&sql, &args)?.iter().map(db::event_from).collect()
 }
 
 /// Runs `f` on a connection of its own on the blocking pool, on either backend.
@@ -255,7 +292,16 @@ impl AuditLog {
         after_sequence: Option<i64>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, AuditError> {
-        read(self.path(), move |c| list(c, &filter, after_sequence, limit)).await
+        let location = self.location().clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = match &location {
+                AuditLocation::File(path) => AuditDb::Sqlite(open_reader(path)?),
+                AuditLocation::Postgres(o) => AuditDb::open_postgres_existing(o)?,
+            };
+            list_in(&mut db, &filter, after_sequence, limit)
+        })
+        .await
+        .map_err(|e| AuditError::Unavailable { reason: format!("audit reader task failed: {e}") })?
     }
 
     /// [`latest_checkpoint`] on a read-only connection of its own.
@@ -293,7 +339,7 @@ impl AuditLog {
             Err(e) => (None, Some(e.to_string())),
         };
         let own = self.verifying_key();
-        read(self.path(), move |c| {
+        read(self.location().clone(), move |c| {
             let pinned = root.is_some();
             let root = match root {
                 Some(r) => r,

@@ -120,6 +120,9 @@ named_enum! {
         BackupTaken => "backup_taken",
         /// A backup was restored (recorded in the restored log before it is put in place).
         Restored => "restored",
+        /// The vault and its audit log were copied to another storage backend (`storage
+        /// migrate`, `storage export`; recorded in the source's log before the copy).
+        StorageMoved => "storage_moved",
         /// The server started serving.
         ServerStarted => "server_started",
         /// The server stopped.

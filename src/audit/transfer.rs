@@ -10,12 +10,16 @@
 //! commits. On PostgreSQL the target transaction holds the chain's advisory lock, so no
 //! writer appends beside the copy. The writer's probe row is not copied (not part of the log).
 
+use std::path::Path;
+
 use super::db::{self, AUDIT_MIGRATIONS};
 use super::db_backend::AuditDb;
 use super::log::AuditLocation;
 use super::verify_report::{VerifyOptions, VerifyReport};
 use super::{AuditError, verify_with};
+use crate::store::PostgresOptions;
 use crate::store::copy::{CopyReport, Table, copy_tables, digest_tables};
+use crate::store::sql::Sql;
 
 /// Every table of the audit log (schema 5), in the order they are copied.
 pub(crate) const AUDIT_TABLES: &[Table] = &[
@@ -50,21 +54,7 @@ pub fn copy_audit(from: &AuditLocation, to: &AuditLocation) -> Result<CopyReport
     };
     let mut tx = target_db.begin()?;
     let report = match from {
-        AuditLocation::File(path) => {
-            let conn = db::open_reader(path)?;
-            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            let current = AUDIT_MIGRATIONS.len() as i64;
-            if version != current {
-                return Err(AuditError::Unavailable {
-                    reason: format!(
-                        "{source} is at audit schema {version}, a copy needs {current}: start the server on it once \
-                         (it migrates the file), then copy"
-                    ),
-                });
-            }
-            let mut snapshot = conn.unchecked_transaction()?;
-            copy_tables(&mut snapshot, tx.sql(), AUDIT_TABLES, &source, &target)?
-        }
+        AuditLocation::File(path) => copy_file_into(path, tx.sql(), &target)?,
         AuditLocation::Postgres(o) => {
             let mut conn = AuditDb::open_postgres_existing(o)?;
             let mut snapshot = conn.snapshot()?;
@@ -73,6 +63,43 @@ pub fn copy_audit(from: &AuditLocation, to: &AuditLocation) -> Result<CopyReport
     };
     tx.commit()?;
     Ok(report)
+}
+
+/// Copies the audit file at `path` into `target` (an open transaction on a database whose
+/// audit tables exist and are empty; committed by the caller), comparing before it returns.
+pub fn copy_file_into(path: &Path, target: &mut dyn Sql, target_name: &str) -> Result<CopyReport, AuditError> {
+    let source = path.display().to_string();
+    let conn = db::open_reader(path)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let current = AUDIT_MIGRATIONS.len() as i64;
+    if version != current {
+        return Err(AuditError::Unavailable {
+            reason: format!(
+                "{source} is at audit schema {version}, a copy needs {current}: start the server on it once (it \
+                 migrates the file), then copy"
+            ),
+        });
+    }
+    let mut snapshot = conn.unchecked_transaction()?;
+    Ok(copy_tables(&mut snapshot, target, AUDIT_TABLES, &source, target_name)?)
+}
+
+/// Creates the audit tables in a PostgreSQL database if missing (what a writer does at
+/// open), so a copy can fill them in the caller's transaction.
+pub fn prepare_postgres(options: &PostgresOptions) -> Result<(), AuditError> {
+    AuditDb::connect_postgres(options).map(drop)
+}
+
+/// The first key of the hand-over chain `at` names, walking back from `own` (not trusted:
+/// where a server's own verification starts; an auditor starts from the key they hold).
+pub fn chain_root_at(
+    at: &AuditLocation,
+    own: &ed25519_dalek::VerifyingKey,
+) -> Result<ed25519_dalek::VerifyingKey, AuditError> {
+    match at {
+        AuditLocation::File(path) => super::handover::chain_root(&mut &db::open_reader(path)?, own),
+        AuditLocation::Postgres(o) => super::handover::chain_root(AuditDb::open_postgres_existing(o)?.sql()?, own),
+    }
 }
 
 /// Every audit table's rows and digest at `at` (what [`copy_audit`] compares), to show two
@@ -95,15 +122,26 @@ pub fn verify_postgres(
     root: &ed25519_dalek::VerifyingKey,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
+    with_snapshot_file(options, |file| {
+        let mut report = verify_with(file, root, opts)?;
+        report.detail = format!("{} (a snapshot of {}, read in one transaction)", report.detail, options.describe());
+        Ok(report)
+    })
+}
+
+/// Runs `f` on a SQLite file holding one snapshot of the audit log in `options`' database,
+/// in a private (0700) temporary directory removed afterwards.
+pub(crate) fn with_snapshot_file<T>(
+    options: &crate::store::PostgresOptions,
+    f: impl FnOnce(&std::path::Path) -> Result<T, AuditError>,
+) -> Result<T, AuditError> {
     let dir = tempfile::Builder::new()
-        .prefix("pogo-vault-verify-")
+        .prefix("pogo-vault-audit-")
         .tempdir()
         .map_err(|e| AuditError::Unavailable { reason: format!("cannot make a private temporary directory: {e}") })?;
     let file = dir.path().join("audit.db");
     copy_audit(&AuditLocation::Postgres(options.clone()), &AuditLocation::File(file.clone()))?;
-    let mut report = verify_with(&file, root, opts)?;
-    report.detail = format!("{} (a snapshot of {}, read in one transaction)", report.detail, options.describe());
-    Ok(report)
+    f(&file)
 }
 
 /// [`verify_postgres`] beside the file form, for callers holding a path.

@@ -12,14 +12,14 @@
 //! when this server is quiet.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::db::open_reader;
-use super::query::events_from;
+use super::db_backend::AuditDb;
+use super::log::AuditLocation;
+use super::query::{AuditFilter, list_in};
 use super::record::AuditEvent;
 use super::{AuditError, AuditLog};
 
@@ -30,8 +30,9 @@ const PAGE: usize = 512;
 
 /// A gap-free stream of events from a starting sequence: see the module docs.
 pub struct AuditWatch {
-    /// The audit file (`None` on PostgreSQL: watching is not built there yet).
-    path: Option<PathBuf>,
+    /// The audit file or database (on PostgreSQL, other replicas' events arrive as the
+    /// events of another process do: by the gap they leave, or by polling).
+    location: AuditLocation,
     live: broadcast::Receiver<AuditEvent>,
     /// The next sequence to deliver.
     next: i64,
@@ -40,7 +41,7 @@ pub struct AuditWatch {
     caught_up: bool,
     /// The log shut down: deliver what the file holds, then end.
     closed: bool,
-    reader: Option<Connection>,
+    reader: Option<AuditDb>,
 }
 
 impl std::fmt::Debug for AuditWatch {
@@ -57,7 +58,7 @@ impl AuditLog {
         // Subscribe before the first file read: see the module docs.
         let live = self.subscribe();
         AuditWatch {
-            path: self.path().map(ToOwned::to_owned),
+            location: self.location().clone(),
             live,
             next: from_sequence.max(1),
             buffer: VecDeque::new(),
@@ -110,20 +111,16 @@ impl AuditWatch {
 
     /// Reads the next page from the file (on the blocking pool, on this watch's own reader).
     async fn refill(&mut self) -> Result<(), AuditError> {
-        let (path, reader, from) = (self.path.clone(), self.reader.take(), self.next);
+        let (location, reader, from) = (self.location.clone(), self.reader.take(), self.next);
         let (reader, page) = tokio::task::spawn_blocking(move || -> Result<_, AuditError> {
-            let reader = match reader {
+            let mut reader = match reader {
                 Some(r) => r,
-                None => match &path {
-                    Some(path) => open_reader(path)?,
-                    None => {
-                        return Err(AuditError::Unavailable {
-                            reason: "watching the audit log is not available with it on PostgreSQL yet".into(),
-                        });
-                    }
+                None => match &location {
+                    AuditLocation::File(path) => AuditDb::Sqlite(open_reader(path)?),
+                    AuditLocation::Postgres(o) => AuditDb::open_postgres_existing(o)?,
                 },
             };
-            let page = events_from(&reader, from, PAGE)?;
+            let page = list_in(&mut reader, &AuditFilter::default(), Some(from.saturating_sub(1)), PAGE)?;
             Ok((reader, page))
         })
         .await

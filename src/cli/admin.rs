@@ -31,6 +31,9 @@ pub struct InitArgs {
     pub argon2: Argon2Args,
     #[command(flatten)]
     pub db: VaultDbArgs,
+    /// Create the vault in this PostgreSQL database (empty) instead of the --db file.
+    #[command(flatten)]
+    pub postgres: super::pg_args::PostgresArgs,
 }
 
 /// Argon2id costs, used when the master key comes from a passphrase.
@@ -131,9 +134,14 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
             ));
         }
     };
-    let _lock = lock_for_change(&g.db)?;
-    let vault = Vault::init(&g.db, &init_key, a.argon2.into())?;
-    outln!("initialised {} (master key id {})", g.db.display(), vault.kek_id())?;
+    if let Some(o) = a.postgres.options()? {
+        let vault = Vault::init_postgres(&o, &init_key, a.argon2.into())?;
+        outln!("initialised the vault in PostgreSQL {} (master key id {})", o.describe(), vault.kek_id())?;
+    } else {
+        let _lock = lock_for_change(&g.db)?;
+        let vault = Vault::init(&g.db, &init_key, a.argon2.into())?;
+        outln!("initialised {} (master key id {})", g.db.display(), vault.kek_id())?;
+    }
     match &init_key {
         InitKey::GenerateKeyFile(p) => outln!("master key written to {} (mode 0600)", p.display())?,
         InitKey::CreateHsmKey(s) => outln!(

@@ -59,6 +59,7 @@ mod pg_args;
 mod runtime;
 mod serve;
 mod sim;
+mod storage;
 mod tenant;
 
 pub use args::{AuditDbArgs, ChangeDbArgs, GlobalArgs, MasterKeyArgs, VaultDbArgs};
@@ -143,6 +144,9 @@ pub enum Command {
         #[command(flatten)]
         db: ChangeDbArgs,
     },
+    /// Move the vault and its audit log between SQLite files and PostgreSQL.
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
 }
 
 /// Entry point of the binary.
@@ -194,6 +198,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<(), CliError> {
         Command::Status(c) => serve::status(c),
         Command::Backup { out, .. } => admin::backup(g, &out),
         Command::Restore { from, .. } => admin::restore(g, &from),
+        Command::Storage(c) => storage::run(g, c),
     }
 }
 

@@ -264,13 +264,11 @@ pub fn config_check(c: ConfigCommand) -> Result<(), CliError> {
     let ConfigCommand::Check { file, no_files } = c;
     let cfg = Config::load(&file).map_err(|e| CliError::new(e.to_string()))?;
     let checked = if no_files { "files not checked (--no-files)".to_owned() } else { check_files(&file, &cfg)? };
-    outln!(
-        "{}: ok (listen {}, database {}, audit {}; {checked})",
-        file.display(),
-        cfg.server.listen,
-        cfg.vault.db.display(),
-        cfg.audit_db().display()
-    )?;
+    let storage = match cfg.storage.postgres_options() {
+        Some(o) => format!("vault and audit log in PostgreSQL {}", o.describe()),
+        None => format!("database {}, audit {}", cfg.vault.db.display(), cfg.audit_db().display()),
+    };
+    outln!("{}: ok (listen {}, {storage}; {checked})", file.display(), cfg.server.listen)?;
     let overrides = Config::env_overrides(|k| std::env::var(k).ok());
     if overrides.is_empty() {
         outln!("environment overrides: none")?;
@@ -295,14 +293,31 @@ fn check_files(path: &Path, cfg: &Config) -> Result<String, CliError> {
         MasterKeySource::PassphraseEnv(_) => "vault.master_passphrase_env",
         MasterKeySource::Pkcs11(_) => "vault.master_key.pkcs11",
     };
-    let db = &cfg.vault.db;
-    if !db.exists() {
-        return Err(invalid("vault.db", format!("{} does not exist: run `pogo-vault init` first", db.display())));
-    }
-    let kek = crate::vault::check_master_key(db, &source).map_err(|e| match e {
-        crate::vault::VaultError::Store(e) => invalid("vault.db", e.to_string()),
-        e => invalid(source_key, e.to_string()),
-    })?;
+    let kek = match cfg.storage.postgres_options() {
+        // What `serve` does first: connect, check the schema, open the vault with the key.
+        Some(o) => {
+            crate::vault::Vault::unlock_postgres(&o, &source).map_err(|e| match e {
+                crate::vault::VaultError::Store(e) => invalid("storage.postgres", e.to_string()),
+                e => invalid(source_key, e.to_string()),
+            })?;
+            format!("(the vault in {})", o.describe())
+        }
+        None => {
+            let db = &cfg.vault.db;
+            if !db.exists() {
+                return Err(invalid(
+                    "vault.db",
+                    format!("{} does not exist: run `pogo-vault init` first", db.display()),
+                ));
+            }
+            crate::vault::check_master_key(db, &source)
+                .map_err(|e| match e {
+                    crate::vault::VaultError::Store(e) => invalid("vault.db", e.to_string()),
+                    e => invalid(source_key, e.to_string()),
+                })?
+                .to_string()
+        }
+    };
     let policy = crate::authz::Policy::load(&cfg.server.policy).map_err(|e| invalid("server.policy", e.to_string()))?;
     if let Some(s) = cfg.server.spiffe(|k| std::env::var(k).ok()) {
         // The SVID and bundles exist only at the agent: `serve` fetches them (30 s at most).
@@ -465,6 +480,7 @@ async fn dev_async(a: DevArgs) -> Result<(), CliError> {
         watch_files: None,
         spiffe: None,
         gateway: dev_gateway(&a),
+        postgres: None,
     };
     let server = crate::server::start(opts).await.map_err(|e| {
         let hint = if e.to_string().contains("in use") {

@@ -33,6 +33,7 @@ impl crate::server::ServeOptions {
             watch_files: c.server.watch_files.then_some(crate::server::WATCH_EVERY),
             spiffe: c.server.spiffe(|k| std::env::var(k).ok()),
             gateway: c.gateway.as_ref().and_then(super::gateway::GatewaySection::options),
+            postgres: c.storage.postgres_options(),
         })
     }
 }

@@ -108,6 +108,9 @@ pub struct ServeOptions {
     pub spiffe: Option<super::spiffe::SpiffeOptions>,
     /// The HTTPS gateway to Go's API (`server/gateway/`). `None`: off.
     pub gateway: Option<super::GatewayOptions>,
+    /// The vault and its audit log in this PostgreSQL database instead of `db` and
+    /// `audit_db` (`[storage] backend = "postgres"`); every replica on it serves.
+    pub postgres: Option<crate::store::PostgresOptions>,
 }
 
 impl ServeOptions {
@@ -165,19 +168,34 @@ pub async fn start(opts: ServeOptions) -> Result<RunningServer, ServeError> {
 pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<RunningServer, ServeError> {
     // One process changes a database at a time: held until the server stops (see
     // `store::lock`); a CLI command that writes is refused meanwhile.
-    let db_lock = crate::store::lock::DbLock::acquire(&opts.db, crate::store::lock::Holder::Server)
-        .map_err(|e| ServeError::Config(e.to_string()))?;
-    let (db, key_source) = (opts.db.clone(), opts.master_key.clone());
-    let vault = tokio::task::spawn_blocking(move || Vault::unlock(&db, &key_source))
-        .await
-        .map_err(|e| ServeError::Transport(e.to_string()))??;
+    // On PostgreSQL, replicas and commands write side by side, serialised by advisory locks.
+    let db_lock = match &opts.postgres {
+        None => Some(
+            crate::store::lock::DbLock::acquire(&opts.db, crate::store::lock::Holder::Server)
+                .map_err(|e| ServeError::Config(e.to_string()))?,
+        ),
+        Some(_) => None,
+    };
+    let (db, key_source, postgres) = (opts.db.clone(), opts.master_key.clone(), opts.postgres.clone());
+    let vault = tokio::task::spawn_blocking(move || match &postgres {
+        None => Vault::unlock(&db, &key_source),
+        Some(o) => Vault::unlock_postgres(o, &key_source),
+    })
+    .await
+    .map_err(|e| ServeError::Transport(e.to_string()))??;
     let vault = Arc::new(vault);
     // Every vault call off the async workers (PostgreSQL's client runs its own runtime).
     let v = vault.clone();
     let signing_key = tokio::task::spawn_blocking(move || v.audit_signing_key())
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))??;
-    let audit = AuditLog::open(&opts.audit_db, signing_key, opts.audit.clone())?;
+    let (audit_db, audit_cfg, postgres) = (opts.audit_db.clone(), opts.audit.clone(), opts.postgres.clone());
+    let audit = tokio::task::spawn_blocking(move || match &postgres {
+        None => AuditLog::open(&audit_db, signing_key, audit_cfg),
+        Some(o) => AuditLog::open_postgres(o, signing_key, audit_cfg),
+    })
+    .await
+    .map_err(|e| ServeError::Transport(e.to_string()))??;
     // What the watched files look like before they are loaded: a change from here on is
     // reloaded (`watch.rs`).
     let tls_source = match &opts.spiffe {
@@ -194,6 +212,14 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     }));
     let go = GoClient::new(&opts.upstream)?;
     let broker = Broker::new(vault.clone(), go, opts.tokens.clone(), clock, audit.clone());
+    // On PostgreSQL other replicas change the vault too: follow their changes.
+    let feed = match &opts.postgres {
+        Some(o) => Some(Arc::new(
+            crate::store::changes::ChangeFeed::start_ignoring(o.clone(), vault.change_origin())
+                .map_err(|e| ServeError::Config(e.to_string()))?,
+        )),
+        None => None,
+    };
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|e| ServeError::Listen { addr: opts.listen, reason: e.to_string() })?;
@@ -288,6 +314,10 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     // checked) and the audit log commits; follows audit health from then on.
     let health_task = tokio::spawn(health_loop(health_reporter, audit.clone(), vault.clone(), stop_rx.clone()));
     let background = broker.spawn_background();
+    if let Some(feed) = feed.clone() {
+        let (broker, stop) = (broker.clone(), stop_rx.clone());
+        tokio::spawn(async move { broker.follow_changes(&feed, stop).await });
+    }
     let refusals_task = tokio::spawn(super::refusals::record_loop(state.clone(), stop_rx.clone()));
 
     let (reload_tx, reload_rx) = mpsc::channel(4);
@@ -402,6 +432,7 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
             tracing::error!("could not audit the server stop");
         }
         final_state.audit.shutdown().await;
+        drop(feed);
         drop(db_lock);
         served.map_err(|e| ServeError::Transport(e.to_string()))
     });

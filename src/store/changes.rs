@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::AsyncMessage;
 
 use super::error::StoreError;
-use super::pg_conn::{configure, connect};
+use super::pg_connect::{configure, connect};
 use super::postgres::{PostgresOptions, failed};
 use super::sql::{Backend, Sql, args};
 
@@ -55,7 +55,16 @@ impl Change {
         }
     }
 
-    /// A notification's payload; anything unknown (a newer replica's) is [`Change::All`].
+    /// A notification's payload `ORIGIN CHANGE` (or `CHANGE` alone): the origin (the
+    /// connection that made the change) and the change.
+    pub fn parse_with_origin(payload: &str) -> (Option<&str>, Change) {
+        match payload.split_once(' ') {
+            Some((origin, change)) => (Some(origin), Change::parse(change)),
+            None => (None, Change::parse(payload)),
+        }
+    }
+
+    /// A change's payload; anything unknown (a newer replica's) is [`Change::All`].
     pub fn parse(payload: &str) -> Change {
         match payload.split_once(':') {
             Some(("tenant", id)) if !id.is_empty() => Change::Tenant(id.to_owned()),
@@ -72,7 +81,13 @@ pub fn announce(tx: &mut dyn Sql, change: &Change) -> Result<(), StoreError> {
     if tx.backend() != Backend::Postgres {
         return Ok(());
     }
-    tx.execute("SELECT pg_notify(?1, ?2)", args![CHANNEL, change.payload()])?;
+    // Its origin first: the replica that made it has updated its own caches already, and
+    // skips it (its own write would otherwise evict what it cached just after).
+    let payload = match tx.origin() {
+        Some(origin) => format!("{origin} {}", change.payload()),
+        None => change.payload(),
+    };
+    tx.execute("SELECT pg_notify(?1, ?2)", args![CHANNEL, payload])?;
     Ok(())
 }
 
@@ -93,6 +108,12 @@ impl std::fmt::Debug for ChangeFeed {
 impl ChangeFeed {
     /// Starts listening on the database `options` names.
     pub fn start(options: PostgresOptions) -> Result<ChangeFeed, StoreError> {
+        Self::start_ignoring(options, None)
+    }
+
+    /// [`ChangeFeed::start`], skipping the changes made through the connection whose origin
+    /// is `own` (`Store::change_origin`): this replica's own.
+    pub fn start_ignoring(options: PostgresOptions, own: Option<String>) -> Result<ChangeFeed, StoreError> {
         options.check()?;
         let (sender, _) = broadcast::channel(1024);
         let stop = Arc::new(AtomicBool::new(false));
@@ -104,7 +125,7 @@ impl ChangeFeed {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the change feed's runtime: {e}")))?;
         std::thread::Builder::new()
             .name("pogo-vault-changes".into())
-            .spawn(move || rt.block_on(listen(options, sender, stop, listening)))
+            .spawn(move || rt.block_on(listen(options, own, sender, stop, listening)))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the change feed: {e}")))?;
         Ok(feed)
     }
@@ -129,13 +150,14 @@ impl Drop for ChangeFeed {
 
 async fn listen(
     options: PostgresOptions,
+    own: Option<String>,
     sender: broadcast::Sender<Change>,
     stop: Arc<AtomicBool>,
     listening: Arc<AtomicBool>,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !stop.load(Ordering::SeqCst) {
-        let result = listen_once(&options, &sender, &stop, &listening).await;
+        let result = listen_once(&options, own.as_deref(), &sender, &stop, &listening).await;
         listening.store(false, Ordering::SeqCst);
         match result {
             Ok(()) => return,
@@ -151,6 +173,7 @@ async fn listen(
 /// Listens until the connection fails (`Err`) or the feed is stopped (`Ok`).
 async fn listen_once(
     options: &PostgresOptions,
+    own: Option<&str>,
     sender: &broadcast::Sender<Change>,
     stop: &AtomicBool,
     listening: &AtomicBool,
@@ -193,7 +216,10 @@ async fn listen_once(
                     Ok(None) => return Err(closed()),
                     Ok(Some(Err(e))) => return Err(failed(&e)),
                     Ok(Some(Ok(AsyncMessage::Notification(n)))) if n.channel() == CHANNEL => {
-                        let _ = sender.send(Change::parse(n.payload()));
+                        let (origin, change) = Change::parse_with_origin(n.payload());
+                        if own.is_none() || origin != own {
+                            let _ = sender.send(change);
+                        }
                     }
                     Ok(Some(Ok(_))) => {}
                 }

@@ -94,6 +94,17 @@ impl CopyReport {
 /// compared with the source inside it, and committed only if every table matches, so a
 /// failed copy leaves the target as it was.
 pub fn copy_vault(from: &mut Store, to: &mut Store) -> Result<CopyReport, StoreError> {
+    copy_vault_and(from, to, |_, _| Ok::<(), StoreError>(())).map(|(r, ())| r)
+}
+
+/// [`copy_vault`], plus `also` run in the target's transaction before it commits (with the
+/// target's name): more tables to copy into the same database (the audit log, when moving
+/// over), so both land, or neither.
+pub fn copy_vault_and<T, E: From<StoreError>>(
+    from: &mut Store,
+    to: &mut Store,
+    also: impl FnOnce(&mut dyn Sql, &str) -> Result<T, E>,
+) -> Result<(CopyReport, T), E> {
     let (v_from, v_to) = (from.schema_version()?, to.schema_version()?);
     let (source, target) = (from.describe(), to.describe());
     let this = super::supported_schema_version();
@@ -101,13 +112,15 @@ pub fn copy_vault(from: &mut Store, to: &mut Store) -> Result<CopyReport, StoreE
         return Err(StoreError::Corrupt(format!(
             "a copy needs both databases at schema version {this} (the tables it knows): {source} has {v_from}, \
              {target} has {v_to}"
-        )));
+        ))
+        .into());
     }
     let mut src = from.snapshot()?;
     let mut tx = to.write_tx()?;
     let report = copy_tables(&mut src, &mut tx, TABLES, &source, &target)?;
+    let more = also(&mut tx, &target)?;
     tx.commit()?;
-    Ok(report)
+    Ok((report, more))
 }
 
 /// Copies `tables` from `src` into `tx` (the caller's transaction, committed by the caller

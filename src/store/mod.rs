@@ -32,6 +32,7 @@ pub mod meta;
 pub mod migrations;
 pub mod onboarding;
 pub(crate) mod pg_conn;
+mod pg_connect;
 mod pg_tls;
 mod pg_values;
 pub mod postgres;
@@ -82,6 +83,12 @@ impl Tx<'_> {
 }
 
 impl Sql for Tx<'_> {
+    fn origin(&self) -> Option<&str> {
+        match self {
+            Tx::Sqlite(_) => None,
+            Tx::Postgres(tx) => tx.origin(),
+        }
+    }
     fn execute(&mut self, sql: &str, args: &[sql::Value]) -> Result<usize, StoreError> {
         match self {
             Tx::Sqlite(tx) => tx.execute(sql, args),
@@ -140,6 +147,15 @@ impl Store {
 
     /// Where the vault is kept, for messages: the SQLite file, or PostgreSQL's hosts and
     /// database (never a password).
+    /// What this store's change notifications carry (PostgreSQL), for its replica's own
+    /// change feed to skip them (`changes::ChangeFeed::start_ignoring`).
+    pub fn change_origin(&self) -> Option<String> {
+        match &self.conn {
+            Conn::Sqlite { .. } => None,
+            Conn::Postgres(pg) => Some(pg.origin().to_owned()),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match &self.conn {
             Conn::Sqlite { path, .. } => path.display().to_string(),

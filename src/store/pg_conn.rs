@@ -18,19 +18,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::task::AbortHandle;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Statement};
-use zeroize::Zeroizing;
 
 use super::error::StoreError;
 use super::migrations::PostgresMigration;
-use super::pg_tls::RustlsConnect;
+use super::pg_connect::{configure, connect, session_settings};
 use super::pg_values::read_row;
 use super::postgres::{MIGRATE_LOCK, PostgresOptions, WRITE_LOCK, failed};
 use super::sql::{Backend, Row, Sql, Value, to_postgres_params};
@@ -78,10 +75,24 @@ pub(crate) struct PgConn {
     /// Whose schema this connection checks: its row in `pogo_schema` (`vault`, `audit`).
     component: &'static str,
     supported: i64,
+    /// What this connection's change notifications carry (`Sql::origin`).
+    origin: String,
+}
+
+/// A random id for a connection's change notifications.
+fn new_origin() -> String {
+    let mut b = [0u8; 8];
+    // Without randomness the id is still unique in this process (the address of `b` and the
+    // time); it only decides which notifications a replica skips as its own.
+    if getrandom::fill(&mut b).is_err() {
+        b = (std::ptr::addr_of!(b) as u64 ^ now_ms() as u64).to_be_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// What one call borrows of a [`PgConn`].
 struct Parts<'a> {
+    origin: &'a str,
     rt: &'a Runtime,
     task: &'a AbortHandle,
     client: &'a mut Client,
@@ -103,157 +114,29 @@ fn run<T>(
     fut: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     // The timer is made inside the runtime (it needs its clock).
-    match rt.block_on(async { tokio::time::timeout(timeout, fut).await }) {
+    match block_on(rt, async { tokio::time::timeout(timeout, fut).await }) {
         Ok(r) => r,
         Err(_) => {
             *broken = true;
             task.abort();
-            rt.block_on(tokio::task::yield_now());
+            block_on(rt, tokio::task::yield_now());
             Err(StoreError::Unavailable(format!("PostgreSQL did not answer within {} s", timeout.as_secs())))
         }
     }
 }
 
+/// `rt.block_on(fut)` from any thread: the vault's calls run on blocking threads, but one
+/// made on a worker of a multi-threaded runtime (a test, a future caller) would make tokio
+/// refuse a nested `block_on`; there the worker hands its other tasks off first
+/// (`block_in_place`), and blocks as a SQLite call would.
+fn block_on<F: Future>(rt: &Runtime, fut: F) -> F::Output {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi { tokio::task::block_in_place(|| rt.block_on(fut)) } else { rt.block_on(fut) }
+}
+
 fn pg<T>(r: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
     r.map_err(|e| failed(&e))
-}
-
-/// The parsed configuration with the password, socket settings and TLS connector of `o`,
-/// and the deadline of one connect (every host tried, TLS and login included). Without a
-/// CA the connector is never used (`sslmode=disable`), but gives one connection type.
-pub(crate) fn configure(o: &PostgresOptions) -> Result<(tokio_postgres::Config, RustlsConnect, Duration), StoreError> {
-    let mut cfg = o.check()?;
-    if let Some(p) = &o.password_file {
-        let field = "storage.postgres.password_file";
-        let raw = Zeroizing::new(
-            std::fs::read(p)
-                .map_err(|e| StoreError::Config { field, reason: format!("cannot read {}: {e}", p.display()) })?,
-        );
-        let end = raw.iter().rposition(|b| *b != b'\n' && *b != b'\r').map_or(0, |i| i + 1);
-        if end == 0 {
-            return Err(StoreError::Config { field, reason: format!("{} is empty", p.display()) });
-        }
-        cfg.password(&raw[..end]);
-    }
-    if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(o.connect_timeout);
-    }
-    cfg.keepalives(true).keepalives_idle(Duration::from_secs(10)).keepalives_interval(Duration::from_secs(2));
-    cfg.keepalives_retries(3).tcp_user_timeout(Duration::from_secs(15));
-    if cfg.get_application_name().is_none() {
-        cfg.application_name("pogo-vault");
-    }
-    // Per host: its TCP connect, TLS and login (hosts are tried one by one, see `connect`).
-    let deadline = o.connect_timeout + Duration::from_secs(5);
-    let roots = match &o.ca_file {
-        Some(ca) => {
-            cfg.ssl_mode(SslMode::Require);
-            crate::tls::trust_roots(ca)
-                .map_err(|e| StoreError::Config { field: "storage.postgres.ca_file", reason: e.to_string() })?
-        }
-        None => {
-            cfg.ssl_mode(SslMode::Disable);
-            rustls::RootCertStore::empty()
-        }
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Postgres(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok((cfg, RustlsConnect(Arc::new(tls)), deadline))
-}
-
-/// One configuration per host of `cfg` (that host, its port and `hostaddr`; everything
-/// else the same), so each host gets its own deadline: `tokio-postgres` tries a multi-host
-/// list itself, but its connect timeout covers only the TCP connect, and a host that
-/// accepts and then stays silent would use up the deadline before the next is tried.
-fn per_host(cfg: &tokio_postgres::Config) -> Vec<tokio_postgres::Config> {
-    let n = cfg.get_hosts().len().max(cfg.get_hostaddrs().len()).max(1);
-    (0..n)
-        .map(|i| {
-            let mut c = tokio_postgres::Config::new();
-            match cfg.get_hosts().get(i) {
-                Some(tokio_postgres::config::Host::Tcp(h)) => {
-                    c.host(h);
-                }
-                Some(tokio_postgres::config::Host::Unix(p)) => {
-                    c.host_path(p);
-                }
-                None => {}
-            }
-            if let Some(a) = cfg.get_hostaddrs().get(i) {
-                c.hostaddr(*a);
-            }
-            let ports = cfg.get_ports();
-            if let Some(p) = ports.get(i).or(if ports.len() == 1 { ports.first() } else { None }) {
-                c.port(*p);
-            }
-            if let Some(u) = cfg.get_user() {
-                c.user(u);
-            }
-            if let Some(p) = cfg.get_password() {
-                c.password(p);
-            }
-            if let Some(d) = cfg.get_dbname() {
-                c.dbname(d);
-            }
-            if let Some(opts) = cfg.get_options() {
-                c.options(opts);
-            }
-            if let Some(a) = cfg.get_application_name() {
-                c.application_name(a);
-            }
-            if let Some(t) = cfg.get_connect_timeout() {
-                c.connect_timeout(*t);
-            }
-            if let Some(t) = cfg.get_tcp_user_timeout() {
-                c.tcp_user_timeout(*t);
-            }
-            c.keepalives(cfg.get_keepalives()).keepalives_idle(cfg.get_keepalives_idle());
-            if let Some(t) = cfg.get_keepalives_interval() {
-                c.keepalives_interval(t);
-            }
-            if let Some(r) = cfg.get_keepalives_retries() {
-                c.keepalives_retries(r);
-            }
-            c.ssl_mode(cfg.get_ssl_mode())
-                .target_session_attrs(cfg.get_target_session_attrs())
-                .channel_binding(cfg.get_channel_binding());
-            c
-        })
-        .collect()
-}
-
-/// Connects to the first host of `cfg` that answers (and, with
-/// `target_session_attrs=read-write`, takes writes), each within `deadline`.
-pub(crate) async fn connect(
-    cfg: &tokio_postgres::Config,
-    tls: &RustlsConnect,
-    deadline: Duration,
-) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, super::pg_tls::RustlsStream>), StoreError> {
-    let mut last = StoreError::Unavailable("PostgreSQL: no host to connect to".into());
-    for c in per_host(cfg) {
-        match tokio::time::timeout(deadline, c.connect(tls.clone())).await {
-            Ok(Ok(pair)) => return Ok(pair),
-            Ok(Err(e)) => last = failed(&e),
-            Err(_) => {
-                last = StoreError::Unavailable(format!("PostgreSQL: no connection within {} s", deadline.as_secs()))
-            }
-        }
-    }
-    Err(last)
-}
-
-/// What every session of the vault sets first.
-pub(crate) fn session_settings(o: &PostgresOptions) -> String {
-    let ms = o.statement_timeout.as_millis();
-    format!(
-        "SET statement_timeout = {ms}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {}; \
-         SET default_transaction_isolation = 'read committed'; SET synchronous_commit = on",
-        ms.min(5_000),
-        o.call_timeout().as_millis() + 5_000
-    )
 }
 
 impl Link {
@@ -261,7 +144,7 @@ impl Link {
         let (cfg, tls, deadline) = configure(o)?;
         let guard = Rt::new()?;
         let rt = guard.get()?;
-        let (client, conn) = rt.block_on(connect(&cfg, &tls, deadline))?;
+        let (client, conn) = block_on(rt, connect(&cfg, &tls, deadline))?;
         let task = rt.spawn(async move { drop(conn.await) }).abort_handle();
         let settings = session_settings(o);
         let mut broken = false;
@@ -285,6 +168,7 @@ impl PgConn {
             options: options.clone(),
             component,
             supported,
+            origin: new_origin(),
         };
         conn.migrate(migrations)?;
         Ok(conn)
@@ -305,6 +189,7 @@ impl PgConn {
             options: options.clone(),
             component,
             supported,
+            origin: new_origin(),
         };
         let found = conn.schema_version()?;
         if found != supported {
@@ -315,6 +200,11 @@ impl PgConn {
             )));
         }
         Ok(conn)
+    }
+
+    /// What this connection's change notifications carry (`Sql::origin`).
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -330,7 +220,7 @@ impl PgConn {
             // Let the connection task read what arrived since the last call: a server that
             // closed the connection meanwhile (a restart, a failover) is seen now, not by
             // this call failing.
-            rt.block_on(tokio::task::yield_now());
+            block_on(rt, tokio::task::yield_now());
         }
         let lost = self.broken || self.link.as_ref().is_some_and(|l| l.client.is_closed());
         if lost || self.link.is_none() {
@@ -358,11 +248,11 @@ impl PgConn {
                 )));
             }
         }
-        let PgConn { link, statements, broken, options, .. } = self;
+        let PgConn { link, statements, broken, options, origin, .. } = self;
         let Some(Link { rt, client, task }) = link.as_mut() else {
             return Err(StoreError::Unavailable("PostgreSQL: not connected".into()));
         };
-        Ok(Parts { rt: rt.get()?, task, client, statements, broken, timeout: options.call_timeout() })
+        Ok(Parts { origin, rt: rt.get()?, task, client, statements, broken, timeout: options.call_timeout() })
     }
 
     /// Makes this connection usable for a call (connecting again if needed).
@@ -379,18 +269,18 @@ impl PgConn {
     /// A `READ COMMITTED` transaction holding the transaction-level advisory lock `lock`:
     /// every writer under the same lock, on any replica, runs one at a time.
     pub(crate) fn locked_tx(&mut self, lock: i64) -> Result<PgTx<'_>, StoreError> {
-        let Parts { rt, task, client, statements, broken, timeout } = self.parts()?;
+        let Parts { origin, rt, task, client, statements, broken, timeout } = self.parts()?;
         let tx = run(rt, task, broken, timeout, async move {
             let tx = pg(client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await)?;
             pg(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await)?;
             Ok(tx)
         })?;
-        Ok(PgTx { rt, task, tx: Some(tx), statements, broken, timeout })
+        Ok(PgTx { origin, rt, task, tx: Some(tx), statements, broken, timeout })
     }
 
     /// A read-only snapshot: every read through it sees the database as at its first read.
     pub(crate) fn snapshot(&mut self) -> Result<PgTx<'_>, StoreError> {
-        let Parts { rt, task, client, statements, broken, timeout } = self.parts()?;
+        let Parts { origin, rt, task, client, statements, broken, timeout } = self.parts()?;
         let tx = run(rt, task, broken, timeout, async move {
             let tx = pg(client
                 .build_transaction()
@@ -402,7 +292,7 @@ impl PgConn {
             pg(tx.batch_execute("SET LOCAL idle_in_transaction_session_timeout = 0").await)?;
             Ok(tx)
         })?;
-        Ok(PgTx { rt, task, tx: Some(tx), statements, broken, timeout })
+        Ok(PgTx { origin, rt, task, tx: Some(tx), statements, broken, timeout })
     }
 
     /// The schema version `pogo_schema` records for this connection's component (0 when
@@ -512,15 +402,18 @@ async fn query<C: GenericClient>(
 
 impl Sql for PgConn {
     fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, StoreError> {
-        let Parts { rt, task, client, statements, broken, timeout } = self.parts()?;
+        let Parts { rt, task, client, statements, broken, timeout, .. } = self.parts()?;
         run(rt, task, broken, timeout, execute(&*client, statements, sql, args))
     }
     fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let Parts { rt, task, client, statements, broken, timeout } = self.parts()?;
+        let Parts { rt, task, client, statements, broken, timeout, .. } = self.parts()?;
         run(rt, task, broken, timeout, query(&*client, statements, sql, args))
     }
     fn backend(&self) -> Backend {
         Backend::Postgres
+    }
+    fn origin(&self) -> Option<&str> {
+        Some(&self.origin)
     }
 }
 
@@ -529,6 +422,7 @@ impl Sql for PgConn {
 /// `ROLLBACK` until this connection's next call, and meanwhile an idle replica would hold
 /// the write lock every other replica waits for.
 pub struct PgTx<'a> {
+    origin: &'a str,
     rt: &'a Runtime,
     task: &'a AbortHandle,
     /// `None` once committed or rolled back.
@@ -585,5 +479,8 @@ impl Sql for PgTx<'_> {
     }
     fn backend(&self) -> Backend {
         Backend::Postgres
+    }
+    fn origin(&self) -> Option<&str> {
+        Some(self.origin)
     }
 }

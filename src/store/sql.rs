@@ -176,6 +176,13 @@ pub trait Sql {
         None
     }
 
+    /// The origin this connection's change notifications carry (`store::changes`): on
+    /// PostgreSQL, an id of the connection (random, per process and connection); `None` on
+    /// SQLite.
+    fn origin(&self) -> Option<&str> {
+        None
+    }
+
     /// Runs a query; its first row, if any.
     fn query_opt(&mut self, sql: &str, args: &[Value]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, args)?.into_iter().next())

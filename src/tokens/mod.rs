@@ -34,6 +34,7 @@ mod client_id;
 pub mod clock;
 mod config;
 mod error;
+mod follow;
 mod integration;
 mod lease;
 pub mod limiter;

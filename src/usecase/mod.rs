@@ -15,7 +15,8 @@
 //! - [`caller_budget`]: each caller's GetAccessToken budget, and its refusals counted into
 //!   one record per caller per second;
 //! - [`gateway`]: a caller's request for Go's API sent with the vault's token and
-//!   subscription key (the HTTPS gateway's use case), its bodies in [`gateway_body`].
+//!   subscription key (the HTTPS gateway's use case), its bodies in [`gateway_body`];
+//! - [`storage_move`]: a vault and its audit log moved between SQLite files and PostgreSQL.
 
 pub mod actor;
 mod blocking;
@@ -26,6 +27,7 @@ pub mod gateway_body;
 pub mod integrations;
 pub mod onboarding;
 pub mod registry;
+pub mod storage_move;
 
 pub use actor::{Actor, Entry};
 pub use caller_budget::{Admission, Asker, CallerBudgets, Refusals};

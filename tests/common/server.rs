@@ -1,5 +1,11 @@
 //! A real vault server on 127.0.0.1:0 with generated certificates, a real SQLite vault,
 //! the simulator as Go, and clients speaking gRPC over mutual TLS.
+//!
+//! In a test binary whose name holds `_on_postgres` (`grpc_api_on_postgres.rs` runs the
+//! tests of `grpc_api.rs` again), every server's vault and audit log are in a throwaway
+//! PostgreSQL cluster of their own instead: the same files are made, then moved over with
+//! `storage migrate`'s use case, and the server started on the database. One harness, the
+//! same tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,6 +39,34 @@ pub struct TestServer {
     pub policy: PathBuf,
     /// Encoded bytes of every response and status seen by [`TestServer::seen`] callers.
     pub seen: Arc<Mutex<Vec<u8>>>,
+    /// The cluster holding the vault, in a `_on_postgres` test binary.
+    pub pg: Option<super::pg::PgCluster>,
+}
+
+/// Whether this test binary runs its servers on PostgreSQL (see the module docs).
+pub fn on_postgres() -> bool {
+    std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().contains("_on_postgres")))
+        == Some(true)
+}
+
+/// Moves the vault made under `dir` into a new cluster (database `vault`).
+fn move_to_postgres(dir: &Path) -> super::pg::PgCluster {
+    let cluster = super::pg::PgCluster::start(&[]);
+    cluster.create_database("vault");
+    let db = dir.join(VAULT_DB);
+    let rec =
+        pogo_vault::audit::AuditRecord::new(pogo_vault::audit::Action::StorageMoved, pogo_vault::audit::Outcome::Ok)
+            .caller("test-harness", "")
+            .request("", "local");
+    pogo_vault::usecase::storage_move::migrate_to_postgres(
+        &db,
+        &pogo_vault::config::default_audit_db(&db),
+        &MasterKeySource::KeyFile(dir.join(MASTER_KEY)),
+        &cluster.options("vault"),
+        rec,
+    )
+    .unwrap();
+    cluster
 }
 
 impl TestServer {
@@ -166,17 +200,29 @@ impl TestServer {
         .unwrap();
 
         let policy = dir.path().join(fixture::POLICY);
+        let pg = match on_postgres() {
+            // The cluster's set-up uses blocking clients: off the async workers.
+            true => {
+                let path = dir.path().to_owned();
+                Some(tokio::task::spawn_blocking(move || move_to_postgres(&path)).await.unwrap())
+            }
+            false => None,
+        };
         let mut opts = options_for(dir.path(), &pki, &policy);
+        opts.postgres = pg.as_ref().map(|c| c.options("vault"));
         tweak(&mut opts);
         let server = pogo_vault::server::start(opts).await.unwrap();
+        assert_eq!(server.state.vault.backend() == pogo_vault::store::Backend::Postgres, pg.is_some());
         let endpoint = format!("https://{}", server.addr);
-        TestServer { dir, pki, sim, server: Some(server), endpoint, policy, seen: Arc::default() }
+        TestServer { dir, pki, sim, server: Some(server), endpoint, policy, seen: Arc::default(), pg }
     }
 
     /// Options for another server on this test server's files (after `stop`, or to show
     /// that a second one is refused while it runs).
     pub fn options(&self) -> ServeOptions {
-        options_for(self.dir.path(), &self.pki, &self.policy)
+        let mut o = options_for(self.dir.path(), &self.pki, &self.policy);
+        o.postgres = self.pg.as_ref().map(|c| c.options("vault"));
+        o
     }
 
     pub fn server(&self) -> &RunningServer {
@@ -257,12 +303,27 @@ impl TestServer {
     }
 
     pub fn vault(&self) -> Vault {
-        Vault::unlock(&self.dir.path().join(VAULT_DB), &MasterKeySource::KeyFile(self.dir.path().join(MASTER_KEY)))
-            .unwrap()
+        let key = MasterKeySource::KeyFile(self.dir.path().join(MASTER_KEY));
+        match &self.pg {
+            Some(c) => Vault::unlock_postgres(&c.options("vault"), &key).unwrap(),
+            None => Vault::unlock(&self.dir.path().join(VAULT_DB), &key).unwrap(),
+        }
     }
 
+    /// The audit database file; on PostgreSQL a snapshot of the log copied out into a new
+    /// file (`storage export`'s copy), for tests that read the log as a file.
     pub fn audit_db(&self) -> PathBuf {
-        pogo_vault::config::default_audit_db(&self.dir.path().join(VAULT_DB))
+        let Some(c) = &self.pg else { return pogo_vault::config::default_audit_db(&self.dir.path().join(VAULT_DB)) };
+        static SNAPSHOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = self
+            .dir
+            .path()
+            .join(format!("pg-audit-{}.db", SNAPSHOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+        let from = pogo_vault::audit::AuditLocation::Postgres(c.options("vault"));
+        let to = pogo_vault::audit::AuditLocation::File(path.clone());
+        // Blocking client calls: on a thread of their own (callers may be async workers).
+        std::thread::scope(|s| s.spawn(|| pogo_vault::audit::copy_audit(&from, &to).unwrap()).join().unwrap());
+        path
     }
 
     pub async fn stop(&mut self) {
@@ -300,5 +361,6 @@ fn options_for(dir: &Path, pki: &DevPki, policy: &Path) -> ServeOptions {
         watch_files: None,
         spiffe: None,
         gateway: None,
+        postgres: None,
     }
 }
