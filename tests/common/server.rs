@@ -333,6 +333,11 @@ impl TestServer {
     }
 }
 
+/// The options of a test server on files laid out by `fixture::serve_files` in `dir`.
+pub fn options_on(dir: &Path, pki: &DevPki, policy: &Path) -> ServeOptions {
+    options_for(dir, pki, policy)
+}
+
 /// The test server's options: its files under `dir`, loopback listeners on free ports.
 fn options_for(dir: &Path, pki: &DevPki, policy: &Path) -> ServeOptions {
     let db = dir.join(VAULT_DB);
