@@ -243,7 +243,11 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "vault",
         ],
     ),
-    ("config", &["audit", "crypto", "domain", "server", "telemetry", "tls", "tokens", "toml_error", "upstream"]),
+    // (`store`: `[storage.postgres]` becomes the store's `PostgresOptions`, checked by it.)
+    (
+        "config",
+        &["audit", "crypto", "domain", "server", "store", "telemetry", "tls", "tokens", "toml_error", "upstream"],
+    ),
     (
         "cli",
         &[

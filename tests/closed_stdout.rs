@@ -109,6 +109,36 @@ async fn no_command_panics_when_its_standard_output_is_closed() {
     check("backup", with_db(&["backup", "--out", &p("b/vault.bak")]), "");
     check("restore", with_db(&["restore", "--from", &p("b/vault.bak"), "--db", &p("r/vault.db")]), "");
     check("audit archive", with_db(&["audit", "archive", "--before", "0m", "--out", &p("b/audit-archive.db")]), "");
+    // The moves between backends, through a throwaway PostgreSQL cluster.
+    let cluster = tokio::task::spawn_blocking(|| {
+        let c = common::pg::PgCluster::start(&[]);
+        c.create_database("vault");
+        c
+    })
+    .await
+    .unwrap();
+    let (url, pw) = (cluster.url("vault"), cluster.password_file());
+    let pw = pw.to_str().unwrap();
+    check(
+        "storage migrate",
+        with_db(&["storage", "migrate", "--to-postgres", &url, "--postgres-password-file", pw]),
+        "",
+    );
+    let export = [
+        "storage",
+        "export",
+        "--postgres-url",
+        &url,
+        "--postgres-password-file",
+        pw,
+        "--db",
+        &p("x/vault.db"),
+        "--audit-db",
+        &p("x/vault-audit.db"),
+    ];
+    std::fs::create_dir_all(scratch.path("x")).unwrap();
+    check("storage export", with_db(&export), "");
+    tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
     check("audit rotate-signing-key", with_db(&["audit", "rotate-signing-key"]), "");
     check("rotate-kek", with_db(&["rotate-kek", "--generate-new-master-key-file", &p("master2.key")]), "");
 

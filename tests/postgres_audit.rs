@@ -156,11 +156,27 @@ fn a_writer_never_chains_onto_a_row_nobody_signed() {
     // A second replica opening the log refuses to sign it (on PostgreSQL no writer leaves an
     // unsigned tail), and the verifier fails it.
     let err = AuditLog::open_postgres(&o, key(), AuditConfig::default()).unwrap_err().to_string();
-    assert!(err.contains("covered by no signed checkpoint") && err.contains("events 2..=2"), "{err}");
+    assert!(
+        err.contains("end at no checkpoint signed with this writer's key") && err.contains("events 2..=2"),
+        "{err}"
+    );
     let head: i64 = admin.query_one("SELECT max(sequence) FROM events", &[]).unwrap().get(0);
     assert_eq!(head, 2, "nothing was chained onto the forged row");
     let report = verify_postgres(&o, &key().verifying_key(), &VerifyOptions::default()).unwrap();
     assert!(!report.ok && report.first_bad_sequence == Some(2), "{}", report.detail);
+    // A checkpoint row at the forged head does not help (review): only one this key signed.
+    admin
+        .batch_execute(
+            "INSERT INTO checkpoints (sequence, head_hash, time_ms, key_id, signature) \
+             SELECT 2, hash, 0, 'forged', decode(repeat('00', 64), 'hex') FROM events WHERE sequence = 2",
+        )
+        .unwrap();
+    let err = AuditLog::open_postgres(&o, key(), AuditConfig::default()).unwrap_err().to_string();
+    assert!(err.contains("does not verify under this writer's key"), "{err}");
+    let err = AuditLog::append_blocking_once_postgres(&o, &key(), record(9, 9)).unwrap_err().to_string();
+    assert!(err.contains("does not verify under this writer's key"), "{err}");
+    let head: i64 = admin.query_one("SELECT max(sequence) FROM events", &[]).unwrap().get(0);
+    assert_eq!(head, 2, "still nothing chained onto the forged row");
     block_on(log.shutdown());
 }
 

@@ -189,7 +189,17 @@ pub(crate) fn put_checkpoint(
     if inserted == 1 {
         return Ok(cp);
     }
-    checkpoint_at(db, sequence)?.ok_or_else(|| AuditError::Corrupt(format!("checkpoint at {sequence}: vanished")))?
+    let stored = checkpoint_at(db, sequence)?
+        .ok_or_else(|| AuditError::Corrupt(format!("checkpoint at {sequence}: vanished")))??;
+    // One stored for this sequence already: it must name the same head (a row left over from
+    // events since deleted, or put there by hand, is not passed on as this one).
+    if stored.head_hash != hash {
+        return Err(AuditError::Altered(format!(
+            "a checkpoint stored at {sequence} names another hash than event {sequence} has: the audit database was \
+             altered"
+        )));
+    }
+    Ok(stored)
 }
 
 /// The checkpoint stored at `sequence`, if any.

@@ -65,7 +65,14 @@ impl AuditDb {
     pub(crate) fn begin(&mut self) -> Result<AuditTx<'_>, AuditError> {
         Ok(match self {
             AuditDb::Sqlite(c) => AuditTx::Sqlite(c.transaction_with_behavior(TransactionBehavior::Immediate)?),
-            AuditDb::Postgres(c) => AuditTx::Postgres(c.locked_tx(AUDIT_LOCK)?),
+            AuditDb::Postgres(c) => {
+                let mut tx = c.locked_tx(AUDIT_LOCK)?;
+                // Every replica's appends wait for this lock: a holder that falls silent (cut
+                // off, stalled) is ended by the server after this, not after the session's
+                // longer limit. A writer's own gaps between statements are milliseconds.
+                tx.execute("SET LOCAL idle_in_transaction_session_timeout = '3s'", &[])?;
+                AuditTx::Postgres(tx)
+            }
         })
     }
 }

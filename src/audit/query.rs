@@ -223,6 +223,12 @@ pub(crate) async fn read<T: Send + 'static>(
     location: AuditLocation,
     f: impl FnOnce(&Connection) -> Result<T, AuditError> + Send + 'static,
 ) -> Result<T, AuditError> {
+    // One snapshot copy at a time: each is the whole log on this host's disk.
+    static ONE_COPY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _turn = match location {
+        AuditLocation::Postgres(_) => Some(ONE_COPY.acquire().await.map_err(|_| AuditError::Closed)?),
+        AuditLocation::File(_) => None,
+    };
     tokio::task::spawn_blocking(move || match location {
         AuditLocation::File(path) => f(&open_reader(&path)?),
         AuditLocation::Postgres(options) => {
@@ -278,7 +284,7 @@ async fn read_any<T: Send + 'static>(
 ) -> Result<T, AuditError> {
     tokio::task::spawn_blocking(move || match location {
         AuditLocation::File(path) => f(&mut &open_reader(&path)?),
-        AuditLocation::Postgres(options) => f(AuditDb::connect_postgres(&options)?.sql()?),
+        AuditLocation::Postgres(options) => f(AuditDb::open_postgres_existing(&options)?.sql()?),
     })
     .await
     .map_err(|e| AuditError::Unavailable { reason: format!("audit reader task failed: {e}") })?

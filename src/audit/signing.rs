@@ -85,7 +85,7 @@ pub(super) fn still_holds(
 /// Whether the head `(seq, hash)`, reached by another process's appends, is covered by a
 /// checkpoint signed with `own` (every command that appends signs its head in the same
 /// transaction); `Err(why)` when not.
-fn signed_after(
+pub(super) fn signed_after(
     tx: &mut dyn Sql,
     (seq, hash): (i64, [u8; 32]),
     own: &VerifyingKey,
@@ -97,6 +97,31 @@ fn signed_after(
         Ok(Some(_)) | Err(_) => Err("end at a checkpoint that does not verify under this writer's key".into()),
         Ok(None) => Err("end at no checkpoint signed with this writer's key (inserted by hand?)".into()),
     })
+}
+
+/// On PostgreSQL, where every commit is signed as it commits: the head `(seq, hash)` must be
+/// covered by a checkpoint at exactly it, by this key (a checkpoint row alone is writable
+/// by anyone with the database; its signature is not). `covered` is the highest stored
+/// checkpoint, for the message. Refused as [`AuditError::Altered`] otherwise: nothing
+/// pogo-vault writes there leaves an unsigned tail to sign late.
+pub(super) fn head_is_signed(
+    db: &mut dyn Sql,
+    head: (i64, [u8; 32]),
+    own: &VerifyingKey,
+    covered: i64,
+) -> Result<(), AuditError> {
+    if head.0 == 0 {
+        return Ok(());
+    }
+    match signed_after(db, head, own)? {
+        Ok(()) => Ok(()),
+        Err(why) => Err(AuditError::Altered(format!(
+            "events {}..={} of the audit log on PostgreSQL {why}, and every commit there is signed: they were \
+             written by something other than pogo-vault; refusing to sign them",
+            covered.min(head.0 - 1) + 1,
+            head.0
+        ))),
+    }
 }
 
 /// A rotation that failed after its hand-over and was handed back (`audit rotate-signing-key`,

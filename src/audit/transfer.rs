@@ -7,8 +7,10 @@
 //! `REPEATABLE READ`), so a writer appending meanwhile is either wholly in the copy or not at
 //! all; the target must hold no audit rows and is written in one transaction, compared with
 //! the source table by table (rows and SHA-256 over every value, `store::copy`) before it
-//! commits. On PostgreSQL the target transaction holds the chain's advisory lock, so no
-//! writer appends beside the copy. The writer's probe row is not copied (not part of the log).
+//! commits. Copied into PostgreSQL by [`copy_audit`], the target transaction holds the chain's
+//! advisory lock; by `storage migrate` (with the vault, in the vault's transaction) the
+//! primary key on `sequence` is what keeps a writer from appending beside it (none should
+//! run on an empty database). The writer's probe row is not copied (not part of the log).
 
 use std::path::Path;
 

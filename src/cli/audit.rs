@@ -205,6 +205,11 @@ pub fn run(g: &GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
         } => {
             let given = Given { public_key, checkpoint: checkpoint.as_ref(), witnesses: witness, archives: archive };
             if let Some(options) = postgres.options()? {
+                if *archives_only || g.audit_db.is_some() {
+                    return Err(CliError::usage(
+                        "--postgres-url verifies the log in that database: not with --archives-only or --audit-db",
+                    ));
+                }
                 if !archive.is_empty() {
                     return Err(CliError::new("--archive: not with --postgres-url (archives are files)"));
                 }

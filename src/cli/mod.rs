@@ -289,6 +289,8 @@ mod tests {
             ("rotate-kek", &change),
             ("backup", &change),
             ("restore", &change),
+            ("storage migrate", &change),
+            ("storage export", &change),
             ("audit rotate-signing-key", &change),
             ("audit archive", &change),
             ("audit verify", &["db", "audit_db"]),

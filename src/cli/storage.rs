@@ -68,7 +68,12 @@ pub fn run(g: &GlobalArgs, c: StorageCommand) -> Result<(), CliError> {
             );
             let rec = op.record(Action::StorageMoved, Outcome::Ok, detail);
             let r = migrate_to_postgres(&g.db, &audit_db, &source, &target, rec).map_err(fail)?;
-            say("migrated", &target.describe(), &r)
+            say("migrated", &target.describe(), &r)?;
+            outln!(
+                "the files are left as they were: serve the vault from PostgreSQL from now on ([storage] backend = \
+                 \"postgres\"); a server started on the files again would fork the vault and its log"
+            )?;
+            Ok(())
         }
         StorageCommand::Export { postgres, .. } => {
             let from = postgres.options()?.ok_or_else(|| CliError::usage("--postgres-url: required"))?;

@@ -214,10 +214,13 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     let broker = Broker::new(vault.clone(), go, opts.tokens.clone(), clock, audit.clone());
     // On PostgreSQL other replicas change the vault too: follow their changes.
     let feed = match &opts.postgres {
-        Some(o) => Some(Arc::new(
-            crate::store::changes::ChangeFeed::start_ignoring(o.clone(), vault.change_origin())
-                .map_err(|e| ServeError::Config(e.to_string()))?,
-        )),
+        Some(o) => {
+            let feed = crate::store::changes::ChangeFeed::start_ignoring(o.clone(), vault.change_origin())
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+            // Subscribed now, before anything is cached or served: no change is missed.
+            let changes = feed.subscribe();
+            Some((Arc::new(feed), changes))
+        }
         None => None,
     };
     let listener = TcpListener::bind(opts.listen)
@@ -314,10 +317,11 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
     // checked) and the audit log commits; follows audit health from then on.
     let health_task = tokio::spawn(health_loop(health_reporter, audit.clone(), vault.clone(), stop_rx.clone()));
     let background = broker.spawn_background();
-    if let Some(feed) = feed.clone() {
-        let (broker, stop) = (broker.clone(), stop_rx.clone());
-        tokio::spawn(async move { broker.follow_changes(&feed, stop).await });
-    }
+    let feed = feed.map(|(feed, changes)| {
+        let (broker, stop, following) = (broker.clone(), stop_rx.clone(), feed.clone());
+        tokio::spawn(async move { broker.follow_changes(&following, changes, stop).await });
+        feed
+    });
     let refusals_task = tokio::spawn(super::refusals::record_loop(state.clone(), stop_rx.clone()));
 
     let (reload_tx, reload_rx) = mpsc::channel(4);

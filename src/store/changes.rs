@@ -29,7 +29,7 @@ use super::sql::{Backend, Sql, args};
 /// The notification channel of the vault's changes.
 pub const CHANNEL: &str = "pogo_vault_changes";
 /// How often a listening connection proves it is alive, and how long it has to answer.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// What a write changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +125,17 @@ impl ChangeFeed {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the change feed's runtime: {e}")))?;
         std::thread::Builder::new()
             .name("pogo-vault-changes".into())
-            .spawn(move || rt.block_on(listen(options, own, sender, stop, listening)))
+            .spawn(move || {
+                // However the thread ends (a panic included), the feed no longer listens.
+                struct NotListening(Arc<AtomicBool>);
+                impl Drop for NotListening {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::SeqCst);
+                    }
+                }
+                let _guard = NotListening(listening.clone());
+                rt.block_on(listen(options, own, sender, stop, listening))
+            })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the change feed: {e}")))?;
         Ok(feed)
     }

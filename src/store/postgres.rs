@@ -121,7 +121,7 @@ impl PostgresOptions {
             );
         }
         let secs = |field: &'static str, d: Duration, max: u64| {
-            if d.is_zero() || d > Duration::from_secs(max) {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(max) {
                 Err(StoreError::Config { field, reason: format!("must be between 1 s and {max} s") })
             } else {
                 Ok(())

@@ -19,9 +19,14 @@ use crate::store::changes::{Change, ChangeFeed};
 const TICK: Duration = Duration::from_millis(250);
 
 impl Broker {
-    /// Applies `feed`'s changes to this broker's caches until `stop` turns true.
-    pub async fn follow_changes(&self, feed: &ChangeFeed, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut changes = feed.subscribe();
+    /// Applies `feed`'s changes (`changes`, subscribed when the feed started, so nothing
+    /// between then and now is missed) to this broker's caches until `stop` turns true.
+    pub async fn follow_changes(
+        &self,
+        feed: &ChangeFeed,
+        mut changes: tokio::sync::broadcast::Receiver<Change>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
             let next = tokio::select! {
                 c = changes.recv() => Some(c),

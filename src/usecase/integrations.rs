@@ -82,8 +82,14 @@ impl Integrations {
         let gate = gate(actor, move |change: &IntegrationChange| {
             vec![Entry::ok(Action::IntegrationSet, change.describe(how))]
         });
-        let rec = on_vault(&self.vault, move |v| v.set_integration(&input, &gate)).await?;
-        self.broker.forget_integration(env);
+        // Dropped in the blocking task, whatever the caller does meanwhile (see `registry`).
+        let broker = self.broker.clone();
+        let rec = on_vault(&self.vault, move |v| {
+            let r = v.set_integration(&input, &gate);
+            broker.forget_integration(env);
+            r
+        })
+        .await?;
         Ok(rec)
     }
 
@@ -123,8 +129,13 @@ impl Integrations {
         let gate = gate(actor, move |change: &IntegrationChange| {
             vec![Entry::ok(Action::IntegrationSet, change.describe("through the API (Go's gateway accepted the key)"))]
         });
-        let rec = on_vault(&self.vault, move |v| v.set_secondary_subscription_key(env, &key, &gate)).await?;
-        self.broker.forget_integration(env);
+        let broker = self.broker.clone();
+        let rec = on_vault(&self.vault, move |v| {
+            let r = v.set_secondary_subscription_key(env, &key, &gate);
+            broker.forget_integration(env);
+            r
+        })
+        .await?;
         Ok(rec)
     }
 
@@ -151,10 +162,16 @@ impl Integrations {
             let detail = s.describe("by an operator through the API (Go's gateway accepted the key)");
             vec![Entry::ok(Action::SubscriptionKeySwitched, detail)]
         });
-        let (record, changed) = on_vault(&self.vault, move |v| v.use_subscription_key(env, slot, None, &gate)).await?;
-        if changed {
-            self.broker.forget_integration(env);
-        } else {
+        let broker = self.broker.clone();
+        let (record, changed) = on_vault(&self.vault, move |v| {
+            let r = v.use_subscription_key(env, slot, None, &gate);
+            if !matches!(r, Ok((_, false))) {
+                broker.forget_integration(env);
+            }
+            r
+        })
+        .await?;
+        if !changed {
             let detail = format!("{env}: the {slot} subscription key is already the one sent; nothing changed");
             let entry = Entry::ok(Action::SubscriptionKeySwitched, detail);
             let actor = actor.clone();

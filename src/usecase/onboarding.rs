@@ -318,8 +318,17 @@ impl Onboarding {
             }
             let (s, clients, policy, who, gate) =
                 (session.clone(), clients.clone(), policy.clone(), who.clone(), gate.clone());
+            let broker = self.broker.clone();
             applied = on_vault(&self.vault, move |v| {
-                v.apply_onboarding(&s, &clients, &|t: &TenantId| policy.allows(&who, Role::TenantAdmin, t), &*gate)
+                let r =
+                    v.apply_onboarding(&s, &clients, &|t: &TenantId| policy.allows(&who, Role::TenantAdmin, t), &*gate);
+                // In the blocking task, whatever the caller does meanwhile (see `registry`).
+                if let Ok(outcomes) = &r {
+                    for o in outcomes {
+                        broker.forget(&o.record.tenant_id);
+                    }
+                }
+                r
             })
             .await;
             if !matches!(&applied, Err(Blocking::Vault(e)) if e.is_transient()) {
@@ -345,9 +354,6 @@ impl Onboarding {
                 return Err(OnboardingError::NotStored(e));
             }
         };
-        for o in &outcomes {
-            self.broker.forget(&o.record.tenant_id);
-        }
         // Go's ClientId of each onboarded client (ClientIntegrationInformation), in the
         // background: within the upstream budget, and never holding up the answer.
         let unknown: Vec<_> =

@@ -106,9 +106,16 @@ impl Registry {
         let gate = gate(actor, move |rec: &TenantRecord| {
             vec![Entry::change(Action::KeyRegistered, &rec.tenant_id, rec.key_version, &detail)]
         });
-        let tenant = new.tenant_id.clone();
-        let rec = on_vault(&self.vault, move |v| v.add_tenant(&new, &key, &gate)).await?;
-        self.broker.forget(&tenant);
+        let broker = self.broker.clone();
+        // The cache is dropped in the blocking task, right after the change (or its failure:
+        // a commit without answer may have landed), so a caller that gives up meanwhile
+        // cannot leave it behind; on PostgreSQL this replica skips its own notification.
+        let rec = on_vault(&self.vault, move |v| {
+            let r = v.add_tenant(&new, &key, &gate);
+            broker.forget(&new.tenant_id);
+            r
+        })
+        .await?;
         Ok(rec)
     }
 
@@ -135,9 +142,13 @@ impl Registry {
             );
             vec![Entry::change(Action::KeyRotated, &k.current.tenant_id, new, detail)]
         });
-        let id = tenant.clone();
-        let rec = on_vault(&self.vault, move |v| v.rotate_key(&id, &key, client_id.as_deref(), &gate)).await?;
-        self.broker.forget(tenant);
+        let (id, broker) = (tenant.clone(), self.broker.clone());
+        let rec = on_vault(&self.vault, move |v| {
+            let r = v.rotate_key(&id, &key, client_id.as_deref(), &gate);
+            broker.forget(&id);
+            r
+        })
+        .await?;
         Ok(rec)
     }
 
@@ -153,9 +164,13 @@ impl Registry {
         let gate = gate(actor, move |rec: &TenantRecord| {
             vec![Entry::change(action, &rec.tenant_id, rec.key_version, status.as_str())]
         });
-        let id = tenant.clone();
-        let rec = on_vault(&self.vault, move |v| v.set_status(&id, status, &gate)).await?;
-        self.broker.forget(tenant);
+        let (id, broker) = (tenant.clone(), self.broker.clone());
+        let rec = on_vault(&self.vault, move |v| {
+            let r = v.set_status(&id, status, &gate);
+            broker.forget(&id);
+            r
+        })
+        .await?;
         Ok(rec)
     }
 
@@ -164,9 +179,13 @@ impl Registry {
         let gate = gate(actor, move |rec: &TenantRecord| {
             vec![Entry::change(Action::TenantDeleted, &rec.tenant_id, rec.key_version, "deleted; client key destroyed")]
         });
-        let id = tenant.clone();
-        on_vault(&self.vault, move |v| v.delete_tenant(&id, &gate)).await?;
-        self.broker.forget(tenant);
+        let (id, broker) = (tenant.clone(), self.broker.clone());
+        on_vault(&self.vault, move |v| {
+            let r = v.delete_tenant(&id, &gate);
+            broker.forget(&id);
+            r
+        })
+        .await?;
         Ok(())
     }
 
