@@ -261,25 +261,7 @@ fn an_audit_log_copied_to_postgres_and_back_keeps_every_byte_and_its_chain() {
 fn records_acknowledged_before_the_primary_dies_are_all_on_the_promoted_synchronous_standby() {
     let primary = PgCluster::start(&[]);
     primary.create_database("vault");
-    let standby = primary.start_standby(&[]);
-    let mut admin = primary.admin("postgres");
-    admin.batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'").unwrap();
-    admin.query("SELECT pg_reload_conf()", &[]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while admin.query("SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'", &[]).unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the standby did not become synchronous");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(admin);
-    let mut o = primary.options("vault");
-    o.url = format!(
-        "postgresql://{}@127.0.0.1:{},127.0.0.1:{}/vault?target_session_attrs=read-write",
-        common::pg::USER,
-        primary.port,
-        standby.port
-    );
-    o.connect_timeout = Duration::from_secs(1);
-    o.statement_timeout = Duration::from_secs(2);
+    let (standby, o) = primary.start_sync_standby("vault");
     let log = open(&o);
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -768,28 +768,9 @@ fn registrations_acknowledged_before_the_primary_dies_are_all_on_the_promoted_sy
     let t0 = Instant::now();
     let primary = PgCluster::start(&[]);
     primary.create_database("vault");
-    let standby = primary.start_standby(&[]);
-    let mut admin = primary.admin("postgres");
-    admin.batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'").unwrap();
-    admin.query("SELECT pg_reload_conf()", &[]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while admin.query("SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'", &[]).unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the standby did not become synchronous");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(admin);
+    let (standby, o) = primary.start_sync_standby("vault");
     println!("primary and synchronous standby ready after {:?}", t0.elapsed());
-
     let dir = tempfile::tempdir().unwrap();
-    let mut o = primary.options("vault");
-    o.url = format!(
-        "postgresql://{}@127.0.0.1:{},127.0.0.1:{}/vault?target_session_attrs=read-write",
-        common::pg::USER,
-        primary.port,
-        standby.port
-    );
-    o.connect_timeout = Duration::from_secs(1);
-    o.statement_timeout = Duration::from_secs(2);
     let vault = Arc::new(
         Vault::init_postgres(&o, &InitKey::GenerateKeyFile(dir.path().join("m.key")), Argon2Costs::default()).unwrap(),
     );

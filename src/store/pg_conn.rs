@@ -154,22 +154,30 @@ impl Link {
 }
 
 impl PgConn {
+    /// A new connection for `component`, whose schema `migrations` end at.
+    fn open(
+        options: &PostgresOptions,
+        component: &'static str,
+        migrations: &[PostgresMigration],
+    ) -> Result<PgConn, StoreError> {
+        Ok(PgConn {
+            link: Some(Link::open(options)?),
+            statements: HashMap::new(),
+            broken: false,
+            options: options.clone(),
+            component,
+            supported: migrations.last().map_or(0, |m| m.version),
+            origin: new_origin(),
+        })
+    }
+
     /// Connects and applies pending migrations.
     pub(crate) fn connect(
         options: &PostgresOptions,
         component: &'static str,
         migrations: &[PostgresMigration],
     ) -> Result<PgConn, StoreError> {
-        let supported = migrations.last().map_or(0, |m| m.version);
-        let mut conn = PgConn {
-            link: Some(Link::open(options)?),
-            statements: HashMap::new(),
-            broken: false,
-            options: options.clone(),
-            component,
-            supported,
-            origin: new_origin(),
-        };
+        let mut conn = Self::open(options, component, migrations)?;
         conn.migrate(migrations)?;
         Ok(conn)
     }
@@ -181,16 +189,8 @@ impl PgConn {
         component: &'static str,
         migrations: &[PostgresMigration],
     ) -> Result<PgConn, StoreError> {
-        let supported = migrations.last().map_or(0, |m| m.version);
-        let mut conn = PgConn {
-            link: Some(Link::open(options)?),
-            statements: HashMap::new(),
-            broken: false,
-            options: options.clone(),
-            component,
-            supported,
-            origin: new_origin(),
-        };
+        let mut conn = Self::open(options, component, migrations)?;
+        let supported = conn.supported;
         let found = conn.schema_version()?;
         if found != supported {
             return Err(StoreError::Postgres(format!(

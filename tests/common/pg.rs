@@ -204,6 +204,30 @@ impl PgCluster {
         standby
     }
 
+    /// A streaming standby ([`PgCluster::start_standby`]) made synchronous on this primary
+    /// (`synchronous_standby_names = '*'`), returned once it is; and the options of database
+    /// `db` on a two-host URL (this primary, then the standby) with
+    /// `target_session_attrs=read-write`, 1-s connect and 2-s statement timeouts.
+    pub fn start_sync_standby(&self, db: &str) -> (PgCluster, PostgresOptions) {
+        let standby = self.start_standby(&[]);
+        let mut admin = self.admin("postgres");
+        admin.batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'").unwrap();
+        admin.query("SELECT pg_reload_conf()", &[]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while admin.query("SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'", &[]).unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the standby did not become synchronous");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut o = self.options(db);
+        o.url = format!(
+            "postgresql://{USER}@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
+            self.port, standby.port
+        );
+        o.connect_timeout = Duration::from_secs(1);
+        o.statement_timeout = Duration::from_secs(2);
+        (standby, o)
+    }
+
     /// Kills the server's postmaster with SIGKILL (as a machine that dies would end it).
     pub fn kill9(&self) {
         let pid = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();

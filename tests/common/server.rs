@@ -1,9 +1,9 @@
 //! A real vault server on 127.0.0.1:0 with generated certificates, a real SQLite vault,
 //! the simulator as Go, and clients speaking gRPC over mutual TLS.
 //!
-//! In a test binary whose name holds `_on_postgres` (`grpc_api_on_postgres.rs` runs the
-//! tests of `grpc_api.rs` again), every server's vault and audit log are in a throwaway
-//! PostgreSQL cluster of their own instead: the same files are made, then moved over with
+//! In a test binary whose name holds `_on_postgres` (`suites_on_postgres.rs` runs the
+//! tests of `grpc_api.rs` and seven other suites again), every server's vault and audit
+//! log are in a throwaway PostgreSQL cluster of their own instead: the same files are made, then moved over with
 //! `storage migrate`'s use case, and the server started on the database. One harness, the
 //! same tests.
 
