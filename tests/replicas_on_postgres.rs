@@ -91,3 +91,291 @@ async fn a_disable_through_one_replica_refuses_tokens_on_another_within_a_second
     });
     assert_eq!(starts, 2, "both replicas on the one chain");
 }
+
+/// Three replicas on one database (A the test server, B and C started on its options), a
+/// client of `name` on each.
+async fn three_replicas(
+    tweak: impl Fn(&mut pogo_vault::server::ServeOptions) + Copy,
+) -> (TestServer, Vec<pogo_vault::server::RunningServer>, Vec<String>) {
+    let a = TestServer::start_with(tweak).await;
+    assert!(a.pg.is_some(), "this binary runs its servers on PostgreSQL");
+    let mut others = Vec::new();
+    let mut endpoints = vec![a.endpoint.clone()];
+    for _ in 0..2 {
+        let mut o = a.options();
+        tweak(&mut o);
+        let s = pogo_vault::server::start(o).await.unwrap();
+        endpoints.push(format!("https://{}", s.addr));
+        others.push(s);
+    }
+    (a, others, endpoints)
+}
+
+fn generous(o: &mut pogo_vault::server::ServeOptions) {
+    o.caller_requests_per_second = 100_000.0;
+    o.concurrency_limit_per_connection = 1024;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_for_one_cold_tenant_over_three_replicas_costs_one_upstream_request() {
+    let (a, others, endpoints) = three_replicas(generous).await;
+    a.register("storm", 7).await;
+    // The registration's notification reaches B and C (it only drops what they cached).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let key = common::fixture::sim_key(7);
+    let before = a.sim.token_requests_for(&key);
+
+    let mut clients = Vec::new();
+    for e in &endpoints {
+        for _ in 0..4 {
+            let ch = pogo_vault::client::connect(e, &a.files("token-caller"), Some("localhost")).await.unwrap();
+            clients.push(TokenServiceClient::new(ch));
+        }
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let mut c = clients[i % clients.len()].clone();
+        tasks.push(tokio::spawn(async move { c.get_access_token(get("storm")).await.map(|r| r.into_inner()) }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap_or_else(|s| panic!("{}: {}", s.code(), s.message()));
+        tokens.insert(r.access_token);
+    }
+    let took = started.elapsed();
+    let upstream = a.sim.token_requests_for(&key) - before;
+    println!(
+        "a storm of 1,000 concurrent requests for one cold tenant over 3 replicas: {upstream} upstream token request(s), {} distinct token(s), all answered in {took:?}",
+        tokens.len()
+    );
+    assert_eq!(upstream, 1, "one upstream request across the replicas");
+    assert_eq!(tokens.len(), 1, "every replica hands out the one token");
+    for s in others {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_of_cold_tenants_over_three_replicas_stays_within_the_one_budget() {
+    let (a, others, endpoints) = three_replicas(generous).await;
+    const TENANTS: usize = 24;
+    let cfg = pogo_vault::tokens::BrokerConfig::default();
+    let allowed = cfg.upstream_rate_per_second.ceil() as usize + cfg.upstream_burst as usize;
+    common::fixture::add_bulk_clients(&a.sim, 0..TENANTS);
+    let mut admin = a.tenant_client("admin").await;
+    for i in 0..TENANTS {
+        let mut r = common::fixture::register_unvalidated(&format!("sweep-{i}"), 0);
+        r.client_key = common::fixture::client_key(i);
+        admin.register_client_key(r).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let from = Instant::now();
+
+    // Each tenant asked on every replica at once; a refused caller retries after the time
+    // it was told, as a client would.
+    let mut tasks = Vec::new();
+    for i in 0..TENANTS {
+        for e in &endpoints {
+            let files = a.files("token-caller");
+            let e = e.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c =
+                    TokenServiceClient::new(pogo_vault::client::connect(&e, &files, Some("localhost")).await.unwrap());
+                let mut refusals = 0u32;
+                loop {
+                    match c.get_access_token(get(&format!("sweep-{i}"))).await {
+                        Ok(_) => return refusals,
+                        Err(s) if s.code() == Code::Unavailable || s.code() == Code::ResourceExhausted => {
+                            refusals += 1;
+                            assert!(refusals < 200, "sweep-{i}: {}", s.message());
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        Err(s) => panic!("sweep-{i}: {}: {}", s.code(), s.message()),
+                    }
+                }
+            }));
+        }
+    }
+    let mut refusals = 0;
+    for t in tasks {
+        refusals += t.await.unwrap();
+    }
+    let took = from.elapsed();
+    let times: Vec<Instant> = a.sim.token_request_times().into_iter().filter(|t| *t >= from).collect();
+    let mut worst = 0;
+    for (i, t) in times.iter().enumerate() {
+        worst = worst.max(times[i..].iter().take_while(|u| **u < *t + Duration::from_secs(1)).count());
+    }
+    println!(
+        "a sweep of {TENANTS} cold tenants, each asked on 3 replicas at once: {} upstream token requests in {took:?}, at most {worst} in any second (allowed: rate {} + burst {} = {allowed}); {refusals} refusals retried",
+        times.len(),
+        cfg.upstream_rate_per_second,
+        cfg.upstream_burst
+    );
+    assert_eq!(times.len(), TENANTS, "one upstream request per tenant across the replicas");
+    assert!(worst <= allowed, "{worst} token requests within one second; allowed {allowed}");
+    for s in others {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_seen_by_one_replica_pauses_the_others() {
+    let (a, others, endpoints) = three_replicas(generous).await;
+    a.register("paused-0", 4).await;
+    a.register("paused-1", 5).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let connect = |e: &String| {
+        let (e, files) = (e.clone(), a.files("token-caller"));
+        async move { TokenServiceClient::new(pogo_vault::client::connect(&e, &files, Some("localhost")).await.unwrap()) }
+    };
+    let (mut on_a, mut on_b) = (connect(&endpoints[0]).await, connect(&endpoints[1]).await);
+
+    a.sim.fail_next_429(1, 4);
+    let refused = on_a.get_access_token(get("paused-0")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    let paused_at = Instant::now();
+    let seen = a.sim.token_requests();
+    // The pause is written to the shared bucket as A reports it; give it a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let on_b_refused = on_b.get_access_token(get("paused-1")).await.unwrap_err();
+    assert_eq!(on_b_refused.code(), Code::Unavailable, "{}", on_b_refused.message());
+    assert_eq!(a.sim.token_requests(), seen, "B sent nothing to Go while A's 429 pause lasts");
+    // When the pause is over, B mints.
+    loop {
+        match on_b.get_access_token(get("paused-1")).await {
+            Ok(_) => break,
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
+                assert!(paused_at.elapsed() < Duration::from_secs(10), "B never served again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let resumed = paused_at.elapsed();
+    println!("a 429 (Retry-After 4 s) seen by replica A paused replica B too: B minted again {resumed:?} after it");
+    assert!(resumed >= Duration::from_millis(3500), "{resumed:?}");
+    for s in others {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_used_on_three_replicas_is_refreshed_ahead_by_one() {
+    fn short(o: &mut pogo_vault::server::ServeOptions) {
+        generous(o);
+        o.tokens.refresh_ahead_share = 0.5;
+        o.tokens.refresh_jitter_share = 0.1;
+        o.tokens.refresh_interval = Duration::from_millis(100);
+        o.tokens.max_min_validity = Duration::from_secs(1);
+        o.tokens.default_min_validity = Duration::from_millis(500);
+    }
+    let (a, others, endpoints) = three_replicas(short).await;
+    let lifetime = Duration::from_secs(4);
+    a.sim.set_token_lifetime(lifetime);
+    a.register("hot", 6).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let key = common::fixture::sim_key(6);
+    let before = a.sim.token_requests_for(&key);
+    let mut clients = Vec::new();
+    for e in &endpoints {
+        let ch = pogo_vault::client::connect(e, &a.files("token-caller"), Some("localhost")).await.unwrap();
+        clients.push(TokenServiceClient::new(ch));
+    }
+    // Asked on every replica every 100 ms for 6 s: each keeps the tenant hot.
+    let window = Duration::from_secs(6);
+    let started = Instant::now();
+    let mut tokens = std::collections::HashSet::new();
+    let mut served = [0usize; 3];
+    while started.elapsed() < window {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let r = c.get_access_token(get("hot")).await.unwrap().into_inner();
+            tokens.insert(r.access_token);
+            served[i] += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let upstream = a.sim.token_requests_for(&key) - before;
+    // The first mint, then one refresh each time the token reaches its refresh point:
+    // 50-60 % of the 4-s lifetime, so at most four in 6 s. Each replica refreshing on its
+    // own would cost three per refresh point, and three first mints.
+    let most = 1 + (window.as_secs_f64() / (lifetime.as_secs_f64() * 0.4)).floor() as u64;
+    println!(
+        "a tenant kept hot on 3 replicas for {window:?} (tokens living {lifetime:?}): {upstream} upstream token requests (at most {most} if one replica refreshes; each replica on its own: 3 per refresh), {} distinct tokens served, {served:?} answers per replica",
+        tokens.len()
+    );
+    assert!(upstream >= 2, "the token was refreshed ahead ({upstream})");
+    assert!(upstream <= most, "{upstream} upstream requests; one replica refreshing makes at most {most}");
+    // Every minted token was served (but perhaps the last, minted as the window closed).
+    assert!(tokens.len() as u64 + 1 >= upstream, "{} tokens served of {upstream} minted", tokens.len());
+    for s in others {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_token_is_sealed_and_destroyed_when_its_tenant_changes() {
+    let (a, others, endpoints) = three_replicas(generous).await;
+    a.register("shared-1", 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let connect = |e: &String| {
+        let (e, files) = (e.clone(), a.files("token-caller"));
+        async move { TokenServiceClient::new(pogo_vault::client::connect(&e, &files, Some("localhost")).await.unwrap()) }
+    };
+    let (mut on_a, mut on_b) = (connect(&endpoints[0]).await, connect(&endpoints[1]).await);
+    let pg = a.pg.as_ref().unwrap();
+    let row = |tenant: &str| {
+        tokio::task::block_in_place(|| {
+            pg.admin("vault")
+                .query_opt("SELECT ciphertext, wrapped_dek FROM shared_tokens WHERE tenant_id = $1", &[&tenant])
+                .unwrap()
+                .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+        })
+    };
+
+    let first = on_a.get_access_token(get("shared-1")).await.unwrap().into_inner().access_token;
+    let (ciphertext, wrapped) = row("shared-1").expect("A shared the token it minted");
+    for blob in [&ciphertext, &wrapped] {
+        assert!(!blob.windows(first.len()).any(|w| w == first.as_bytes()), "the shared token is sealed");
+    }
+    let on_b_token = on_b.get_access_token(get("shared-1")).await.unwrap().into_inner().access_token;
+    assert_eq!(on_b_token, first, "B serves the token A minted");
+
+    // Disabled through B: the shared token is destroyed; enabled again, a new one is minted.
+    let mut admin_b = TenantServiceClient::new(
+        pogo_vault::client::connect(&endpoints[1], &a.files("admin"), Some("localhost")).await.unwrap(),
+    );
+    admin_b.disable_tenant(pb::DisableTenantRequest { tenant_id: "shared-1".into() }).await.unwrap();
+    assert!(row("shared-1").is_none(), "destroyed on disable");
+    admin_b.enable_tenant(pb::EnableTenantRequest { tenant_id: "shared-1".into() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = on_a.get_access_token(get("shared-1")).await.unwrap().into_inner().access_token;
+    assert_ne!(second, first, "the old token is not served again");
+    assert!(row("shared-1").is_some());
+
+    // Rotated through A: destroyed; B mints with the new key.
+    let mut admin_a = a.tenant_client("admin").await;
+    admin_a
+        .rotate_client_key(pb::RotateClientKeyRequest {
+            tenant_id: "shared-1".into(),
+            client_key: common::fixture::sim_key(3),
+        })
+        .await
+        .unwrap();
+    assert!(row("shared-1").is_none(), "destroyed on rotation");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = a.sim.token_requests_for(&common::fixture::sim_key(3));
+    let third = on_b.get_access_token(get("shared-1")).await.unwrap().into_inner().access_token;
+    assert!(third != first && third != second, "a token of the old key is not served");
+    assert_eq!(a.sim.token_requests_for(&common::fixture::sim_key(3)), before + 1, "minted with the new key");
+
+    // Deleted through A: destroyed.
+    admin_a.delete_tenant(pb::DeleteTenantRequest { tenant_id: "shared-1".into() }).await.unwrap();
+    assert!(row("shared-1").is_none(), "destroyed on delete");
+    let gone = on_b.get_access_token(get("shared-1")).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{}", gone.message());
+    for s in others {
+        s.shutdown().await.unwrap();
+    }
+}

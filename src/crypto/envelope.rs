@@ -35,6 +35,8 @@ pub enum Purpose {
     SubscriptionKey,
     FingerprintKey,
     AuditSigningKey,
+    /// A Go access token in the cache replicas share on PostgreSQL (`store::shared`).
+    AccessToken,
 }
 
 impl Purpose {
@@ -44,6 +46,7 @@ impl Purpose {
             Purpose::SubscriptionKey => "subscription-key",
             Purpose::FingerprintKey => "fingerprint-key",
             Purpose::AuditSigningKey => "audit-signing-key",
+            Purpose::AccessToken => "access-token",
         }
     }
 }

@@ -15,6 +15,6 @@ pub mod signing;
 pub use envelope::{CryptoError, Purpose, SealContext, Sealed};
 pub use hsm::{HsmError, HsmKek, Pkcs11Settings};
 pub use master::{Argon2Params, MasterKey, MasterKeyError, MasterKeySource, Passphrase};
-pub use sealing::{FP_CLIENT_KEY, OpenError};
+pub use sealing::{FP_CLIENT_KEY, OpenError, TokenFacts};
 pub use secret::{AccessToken, ClientKey, Fingerprint, FingerprintKey, KeyHint, SubscriptionKey, SymmetricKey};
 pub use signing::{SigningSeed, audit_key_id};

@@ -110,7 +110,63 @@ impl SubscriptionKey {
     }
 }
 
+/// What is sealed with a shared access token besides the token: its type, when it expires
+/// (Unix ms) and how long it lived, so a row whose plain columns were edited still hands out
+/// only what was minted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFacts {
+    pub token_type: String,
+    pub expires_at_ms: i64,
+    pub lifetime_ms: i64,
+}
+
 impl AccessToken {
+    /// Seals the token and its facts for the replicas' shared cache
+    /// (`v1\n{type}\n{expires ms}\n{lifetime ms}\n{token}`), under `ctx` (purpose
+    /// access-token, the tenant, its key version).
+    pub fn seal_shared(
+        &self,
+        kek: &MasterKey,
+        ctx: &SealContext<'_>,
+        facts: &TokenFacts,
+    ) -> Result<Sealed, CryptoError> {
+        if facts.token_type.contains('\n') {
+            return Err(CryptoError::DoesNotOpen);
+        }
+        let plain = Zeroizing::new(format!(
+            "v1\n{}\n{}\n{}\n{}",
+            facts.token_type,
+            facts.expires_at_ms,
+            facts.lifetime_ms,
+            self.expose_secret()
+        ));
+        envelope::seal(kek, ctx, plain.as_bytes())
+    }
+
+    /// Opens a token sealed with [`Self::seal_shared`] under the same context.
+    pub fn open_shared(
+        kek: &MasterKey,
+        ctx: &SealContext<'_>,
+        sealed: &Sealed,
+    ) -> Result<(AccessToken, TokenFacts), OpenError> {
+        let plain = envelope::open(kek, ctx, sealed)?;
+        let s = std::str::from_utf8(&plain).map_err(|_| OpenError::NotThatSecret)?;
+        let mut parts = s.splitn(5, '\n');
+        let (Some("v1"), Some(token_type), Some(expires), Some(lifetime), Some(token)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(OpenError::NotThatSecret);
+        };
+        let (Ok(expires_at_ms), Ok(lifetime_ms)) = (expires.parse(), lifetime.parse()) else {
+            return Err(OpenError::NotThatSecret);
+        };
+        if token.is_empty() {
+            return Err(OpenError::NotThatSecret);
+        }
+        let facts = TokenFacts { token_type: token_type.to_owned(), expires_at_ms, lifetime_ms };
+        Ok((AccessToken::new(token.to_owned()), facts))
+    }
+
     /// The token's keyed fingerprint under `purpose`: what the audit record of its
     /// disclosure carries (see [`FingerprintKey`]).
     pub fn fingerprint(&self, fk: &FingerprintKey, purpose: &str) -> Fingerprint {
@@ -128,5 +184,42 @@ impl SymmetricKey {
     pub fn open(kek: &MasterKey, ctx: &SealContext<'_>, sealed: &Sealed) -> Result<SymmetricKey, OpenError> {
         let plain = envelope::open(kek, ctx, sealed)?;
         SymmetricKey::from_bytes(&plain).ok_or(OpenError::NotThatSecret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Purpose;
+
+    fn kek(byte: u8) -> MasterKey {
+        MasterKey::from_key(SymmetricKey::from_bytes(&[byte; 32]).unwrap())
+    }
+
+    #[test]
+    fn a_shared_token_opens_only_for_its_tenant_version_and_master_key() {
+        let facts =
+            TokenFacts { token_type: "Bearer".into(), expires_at_ms: 1_800_000_000_000, lifetime_ms: 1_200_000 };
+        let token = AccessToken::new("eyJ.shared.token".into());
+        let ctx = SealContext::new(Purpose::AccessToken, "acme", 3);
+        let sealed = token.seal_shared(&kek(1), &ctx, &facts).unwrap();
+        let (opened, f) = AccessToken::open_shared(&kek(1), &ctx, &sealed).unwrap();
+        assert_eq!((opened.expose_secret(), &f), ("eyJ.shared.token", &facts));
+        for other in [
+            SealContext::new(Purpose::AccessToken, "acme", 4),
+            SealContext::new(Purpose::AccessToken, "other", 3),
+            SealContext::new(Purpose::ClientKey, "acme", 3),
+        ] {
+            assert!(AccessToken::open_shared(&kek(1), &other, &sealed).is_err(), "{other:?}");
+        }
+        assert!(AccessToken::open_shared(&kek(2), &ctx, &sealed).is_err(), "another master key");
+        let mut edited = sealed.clone();
+        let last = edited.ciphertext.len() - 1;
+        edited.ciphertext[last] ^= 1;
+        assert!(AccessToken::open_shared(&kek(1), &ctx, &edited).is_err(), "an edited blob");
+        // A client key sealed for the same owner and version does not open as a token.
+        let key = crate::crypto::ClientKey::parse("5eed0000-0000-4000-8000-000000abc001").unwrap();
+        let as_key = key.seal(&kek(1), &ctx).unwrap();
+        assert_eq!(AccessToken::open_shared(&kek(1), &ctx, &as_key).unwrap_err(), OpenError::NotThatSecret);
     }
 }

@@ -211,7 +211,19 @@ pub async fn start_with_clock(opts: ServeOptions, clock: Arc<dyn Clock>) -> Resu
         spiffe => spiffe.load().map_err(ServeError::Config)?.0,
     }));
     let go = GoClient::new(&opts.upstream)?;
-    let broker = Broker::new(vault.clone(), go, opts.tokens.clone(), clock, audit.clone());
+    // On PostgreSQL the replicas share one upstream budget and their tokens (`store::shared`).
+    let shared = match &opts.postgres {
+        Some(o) => {
+            let o = o.clone();
+            let shared = tokio::task::spawn_blocking(move || crate::store::shared::Shared::connect(&o))
+                .await
+                .map_err(|e| ServeError::Config(e.to_string()))?
+                .map_err(|e| ServeError::Config(format!("shared state on PostgreSQL: {e}")))?;
+            Some(Arc::new(shared))
+        }
+        None => None,
+    };
+    let broker = Broker::sharing(vault.clone(), go, opts.tokens.clone(), clock, audit.clone(), shared);
     // On PostgreSQL other replicas change the vault too: follow their changes.
     let feed = match &opts.postgres {
         Some(o) => {

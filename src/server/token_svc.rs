@@ -39,6 +39,7 @@ impl TokenService for TokenSvc {
                 TokenSource::Cache => "cache",
                 TokenSource::Upstream { .. } => "upstream",
                 TokenSource::SharedFlight => "shared",
+                TokenSource::OtherReplica => "replica",
                 TokenSource::StaleDuringOutage => "stale",
             }),
             Err(s) => m.tokens_denied.inc(super::metrics::reason(s.code())),
@@ -112,6 +113,7 @@ impl TokenSvc {
                     TokenSource::Cache => ("from cache", None),
                     TokenSource::Upstream { upstream_status } => ("minted upstream", Some(upstream_status)),
                     TokenSource::SharedFlight => ("shared upstream request", None),
+                    TokenSource::OtherReplica => ("minted by another replica", None),
                     TokenSource::StaleDuringOutage => {
                         ("from cache, shorter than min_validity: upstream unavailable", None)
                     }

@@ -34,6 +34,14 @@ pub const POSTGRES: &[PostgresMigration] = &[PostgresMigration {
     sql: include_str!("../../migrations/postgres/0006_baseline.sql"),
 }];
 
+/// What replicas on one PostgreSQL database share (component `shared`: the upstream budget
+/// and the sealed token cache, `store::shared`). PostgreSQL only; versions count from 1.
+pub const SHARED_POSTGRES: &[PostgresMigration] = &[PostgresMigration {
+    version: 1,
+    name: "0001_shared",
+    sql: include_str!("../../migrations/postgres/shared/0001_shared.sql"),
+}];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@ mod pg_tls;
 mod pg_values;
 pub mod postgres;
 pub mod secrets;
+pub mod shared;
 pub mod sink_cursors;
 pub mod sql;
 mod sqlite;

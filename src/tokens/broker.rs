@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use super::clock::Clock;
 use super::error::is_key_rejection;
 use super::limiter::Limiter;
-use super::state::{Charge, FlightResult, IntegrationCtx, Slot, SlotState};
+use super::state::{Charge, FlightResult, Found, IntegrationCtx, Slot, SlotState};
 use super::stats::outcome_label;
 use super::{
     BrokerConfig, BrokerError, BrokerStats, CachedToken, FP_ACCESS_TOKEN, Requester, SERVER_IDENTITY, TokenLease,
@@ -41,7 +41,8 @@ use super::{
 };
 use crate::audit::{Action, AuditLog, AuditRecord, Outcome};
 use crate::crypto::{ClientKey, SubscriptionKey};
-use crate::domain::{Environment, TenantId, TenantStatus};
+use crate::domain::{Environment, TenantId};
+use crate::store::shared::Shared;
 use crate::store::tenants::TenantRecord;
 use crate::upstream::{GoClient, UpstreamError};
 use crate::vault::{NotRecorded, Vault, VaultError};
@@ -58,6 +59,9 @@ pub(super) struct Inner {
     pub(super) integrations: Mutex<HashMap<Environment, Arc<IntegrationCtx>>>,
     pub(super) limiters: Mutex<HashMap<Environment, Arc<Limiter>>>,
     pub(super) stats: BrokerStats,
+    /// What replicas on one PostgreSQL database share (the upstream budget, the sealed
+    /// token cache and its leases: `shared.rs`); `None` on SQLite.
+    pub(super) shared: Option<Arc<Shared>>,
 }
 
 /// The token broker. Cheap to clone.
@@ -74,6 +78,19 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     pub fn new(vault: Arc<Vault>, go: GoClient, cfg: BrokerConfig, clock: Arc<dyn Clock>, audit: AuditLog) -> Self {
+        Self::sharing(vault, go, cfg, clock, audit, None)
+    }
+
+    /// A broker that shares its upstream budget and its tokens with the other replicas on
+    /// the same PostgreSQL database through `shared` (`None`: it shares nothing).
+    pub fn sharing(
+        vault: Arc<Vault>,
+        go: GoClient,
+        cfg: BrokerConfig,
+        clock: Arc<dyn Clock>,
+        audit: AuditLog,
+        shared: Option<Arc<Shared>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 vault,
@@ -85,6 +102,7 @@ impl Broker {
                 integrations: Mutex::new(HashMap::new()),
                 limiters: Mutex::new(HashMap::new()),
                 stats: BrokerStats::default(),
+                shared,
             }),
         }
     }
@@ -190,8 +208,11 @@ impl Broker {
         match result {
             Ok(t) => {
                 self.served(&mut st);
-                let source =
-                    if leader { TokenSource::Upstream { upstream_status: 200 } } else { TokenSource::SharedFlight };
+                let source = match (leader, t.from_other_replica) {
+                    (true, false) => TokenSource::Upstream { upstream_status: 200 },
+                    (true, true) => TokenSource::OtherReplica,
+                    (false, _) => TokenSource::SharedFlight,
+                };
                 Ok(TokenLease { token: t, source, go_client_id: st.go_client_id.clone() })
             }
             Err(e) if e.retry_after().is_some() => {
@@ -233,11 +254,17 @@ impl Broker {
         let mut m = self.inner.limiters.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(env)
             .or_insert_with(|| {
-                Arc::new(Limiter::new(
-                    self.inner.clock.clone(),
-                    self.inner.cfg.upstream_rate_per_second,
-                    self.inner.cfg.upstream_burst,
-                ))
+                let (clock, cfg) = (self.inner.clock.clone(), &self.inner.cfg);
+                Arc::new(match &self.inner.shared {
+                    None => Limiter::new(clock, cfg.upstream_rate_per_second, cfg.upstream_burst),
+                    Some(shared) => Limiter::shared(
+                        clock,
+                        cfg.upstream_rate_per_second,
+                        cfg.upstream_burst,
+                        shared.clone(),
+                        &env.to_string(),
+                    ),
+                })
             })
             .clone()
     }
@@ -322,13 +349,18 @@ impl Broker {
             })
             .await?
             .ok_or_else(|| BrokerError::NotFound(tenant.clone()))?;
-        match rec.status {
-            TenantStatus::Active => {}
-            TenantStatus::Disabled => return Err(BrokerError::Disabled(tenant.clone())),
-            TenantStatus::KeyRejected => return Err(BrokerError::KeyRejected(tenant.clone())),
-        }
+        BrokerError::unless_active(&rec)?;
         let env = rec.environment;
         let integ = self.integration(env).await?;
+        // On PostgreSQL: a token another replica minted, or the lease to ask Go ourselves
+        // (held until this request is over).
+        let (rec, _lease) = match &inner.shared {
+            None => (rec, None),
+            Some(shared) => match self.shared_or_lease(shared, rec, &integ, max_wait).await? {
+                Found::Token(t) => return Ok(t),
+                Found::Lease { lease, record } => (*record, Some(lease)),
+            },
+        };
         let limiter = self.limiter(env);
         let mut attempt = 0u32;
         loop {
@@ -353,7 +385,12 @@ impl Broker {
             drop(key);
             let result = result?;
             match result {
-                Ok(token) => return Ok(token),
+                Ok(token) => {
+                    if let Some(shared) = &inner.shared {
+                        self.publish(shared, tenant, &token).await;
+                    }
+                    return Ok(token);
+                }
                 Err(UpstreamError::KeyRejected { error, status }) if is_key_rejection(&error) => {
                     tracing::warn!(tenant = %tenant, status, error = %error, "PowerOffice Go rejected the client key; marking the tenant KEY_REJECTED");
                     let marked = self
@@ -478,6 +515,7 @@ impl Broker {
             fingerprint_text: fingerprint.to_string(),
             fingerprint,
             go_client_id: rec.go_client_id.clone(),
+            from_other_replica: false,
         }))
     }
 
@@ -487,8 +525,17 @@ impl Broker {
         self.limiter(env).paused_for()
     }
 
-    /// Drops everything cached for a tenant (after its key, status or existence changed).
+    /// Drops everything cached for a tenant after its key, status or existence changed
+    /// through this replica, and destroys its shared token (PostgreSQL). Blocks on the
+    /// database: the use cases call it in their blocking task, right after the change.
     pub fn forget(&self, tenant: &TenantId) {
+        self.forget_local(tenant);
+        self.drop_shared(tenant, None);
+    }
+
+    /// Drops what this replica cached for a tenant (another replica changed it, and
+    /// destroyed the shared token itself).
+    pub fn forget_local(&self, tenant: &TenantId) {
         self.inner.slots.write().unwrap_or_else(|p| p.into_inner()).remove(tenant);
     }
 

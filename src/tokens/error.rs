@@ -92,6 +92,15 @@ fn unavailable_reason(reason: &str) -> &str {
 }
 
 impl BrokerError {
+    /// Refuses a tenant that may not have a token now (disabled, or its key rejected).
+    pub fn unless_active(rec: &crate::store::tenants::TenantRecord) -> Result<(), BrokerError> {
+        match rec.status {
+            crate::domain::TenantStatus::Active => Ok(()),
+            crate::domain::TenantStatus::Disabled => Err(BrokerError::Disabled(rec.tenant_id.clone())),
+            crate::domain::TenantStatus::KeyRejected => Err(BrokerError::KeyRejected(rec.tenant_id.clone())),
+        }
+    }
+
     /// How long a caller should wait before asking again, for retryable errors.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

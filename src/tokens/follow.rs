@@ -35,7 +35,7 @@ impl Broker {
             };
             match next {
                 Some(Ok(Change::Tenant(id))) => match id.parse::<TenantId>() {
-                    Ok(t) => self.forget(&t),
+                    Ok(t) => self.forget_local(&t),
                     Err(_) => self.forget_all(),
                 },
                 Some(Ok(Change::Integration(env))) => match env.parse::<Environment>() {

@@ -45,6 +45,8 @@ pub struct CachedToken {
     /// Go's ClientId of the tenant's client when the token was minted (support quotes it).
     pub go_client_id: Option<String>,
     pub(super) refresh_at: Instant,
+    /// Minted by another replica and taken from the shared cache (PostgreSQL).
+    pub(super) from_other_replica: bool,
 }
 
 /// What Go said about a key proven by [`Broker::validate_key`](super::Broker::validate_key).
@@ -62,6 +64,8 @@ pub enum TokenSource {
     Upstream { upstream_status: u16 },
     /// Another caller's upstream request for the same tenant.
     SharedFlight,
+    /// A token another replica minted, from the cache replicas share on PostgreSQL.
+    OtherReplica,
     /// Upstream is in trouble: a cached token still valid but shorter than `min_validity`.
     StaleDuringOutage,
 }

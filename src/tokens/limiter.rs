@@ -28,6 +28,18 @@
 //! Either way the caller gets `Err(how long it would have waited)`, which the broker turns
 //! into `RateLimited` (gRPC `UNAVAILABLE` with RetryInfo).
 //!
+//! # One budget across replicas
+//!
+//! On PostgreSQL several replicas serve one vault, and Go sees one subscription key. A
+//! limiter made [`Limiter::shared`] keeps its local fair queue (which of this replica's
+//! callers goes next), and then books each slot it hands out in the database's bucket for
+//! the environment (`store::shared`): the booking says how long to wait so that all the
+//! replicas together keep `rate` and `burst`, and the request waits that long (or is refused
+//! if that takes it past its deadline). A pause is written there too, so a 429 seen by one
+//! replica pauses all; a pause read back from a booking pauses this limiter as well. A
+//! booking that cannot be made (the database unreachable) refuses the request: no request
+//! goes to Go outside the shared budget.
+//!
 //! No background task: every waiter sleeps until the next slot is due (or its deadline),
 //! and whichever wakes first hands out the slots that are due. The state is one mutex,
 //! taken only by requests that reach the limiter (cache misses), never by a cache hit.
@@ -39,10 +51,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::clock::Clock;
+use crate::store::shared::{Booking, Shared};
+
+/// Refusal when the shared bucket cannot be reached: the caller is told to come back after
+/// this long.
+const SHARED_UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Limiter {
     clock: Arc<dyn Clock>,
+    /// The replicas' shared bucket and its name, on PostgreSQL.
+    remote: Option<(Arc<Shared>, String)>,
     interval: Duration,
     burst: u32,
     state: Mutex<State>,
@@ -207,6 +226,7 @@ impl Limiter {
         let now = clock.now();
         Self {
             clock,
+            remote: None,
             interval: Duration::from_secs_f64(1.0 / rate),
             burst: burst.max(1),
             state: Mutex::new(State {
@@ -219,6 +239,12 @@ impl Limiter {
             }),
             handed_out: Notify::new(),
         }
+    }
+
+    /// A limiter whose slots are also booked in the replicas' shared bucket `bucket`
+    /// (module docs, "One budget across replicas").
+    pub fn shared(clock: Arc<dyn Clock>, rate_per_second: f64, burst: u32, shared: Arc<Shared>, bucket: &str) -> Self {
+        Self { remote: Some((shared, bucket.to_owned())), ..Self::new(clock, rate_per_second, burst) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -257,6 +283,39 @@ impl Limiter {
     /// `Ok(how long it waited)`, or `Err(how long it would have waited)` when its turn
     /// comes later than `max_wait` from now.
     pub async fn acquire(&self, caller: &str, share: f64, max_wait: Duration) -> Result<Duration, Duration> {
+        let waited = self.acquire_local(caller, share, max_wait).await?;
+        let Some((shared, bucket)) = &self.remote else { return Ok(waited) };
+        let left = max_wait.saturating_sub(waited);
+        let booking = {
+            let (shared, bucket, interval, burst) = (shared.clone(), bucket.clone(), self.interval, self.burst);
+            tokio::task::spawn_blocking(move || shared.reserve(&bucket, interval, burst, left)).await
+        };
+        match booking {
+            Ok(Ok(Booking::Booked { wait, paused_for })) => {
+                if let Some(p) = paused_for {
+                    self.pause_local(p);
+                }
+                if !wait.is_zero() {
+                    self.clock.sleep(wait).await;
+                }
+                Ok(waited + wait)
+            }
+            Ok(Ok(Booking::Refused { wait, paused_for })) => {
+                if let Some(p) = paused_for {
+                    self.pause_local(p);
+                }
+                Err(waited + wait)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(bucket = %bucket, error = %e, "could not book an upstream slot in the shared budget; request refused");
+                Err(SHARED_UNREACHABLE_RETRY)
+            }
+            Err(_) => Err(SHARED_UNREACHABLE_RETRY),
+        }
+    }
+
+    /// [`Limiter::acquire`] in this replica's fair queue only.
+    async fn acquire_local(&self, caller: &str, share: f64, max_wait: Duration) -> Result<Duration, Duration> {
         // A positive share is at least 1e-6, so `1 / share` stays finite.
         let share = match share {
             s if !s.is_finite() => 0.5,
@@ -317,8 +376,23 @@ impl Limiter {
         }
     }
 
-    /// Stops every request until `d` from now (a 429's `Retry-After`).
+    /// Stops every request until `d` from now (a 429's `Retry-After`), on every replica
+    /// when the budget is shared (written there in the background, at once).
     pub fn pause(&self, d: Duration) {
+        self.pause_local(d);
+        if let Some((shared, bucket)) = &self.remote
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (shared, bucket) = (shared.clone(), bucket.clone());
+            rt.spawn_blocking(move || {
+                if let Err(e) = shared.pause(&bucket, d) {
+                    tracing::warn!(bucket = %bucket, error = %e, "could not pause the shared upstream budget");
+                }
+            });
+        }
+    }
+
+    fn pause_local(&self, d: Duration) {
         let mut s = self.lock();
         let until = self.clock.now() + d;
         s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));

@@ -38,6 +38,7 @@ mod follow;
 mod integration;
 mod lease;
 pub mod limiter;
+mod shared;
 mod state;
 mod stats;
 

@@ -13,7 +13,10 @@ use tokio::sync::watch;
 
 use super::{BrokerError, CachedToken};
 use crate::crypto::SubscriptionKey;
+use crate::domain::TenantId;
 use crate::store::integrations::IntegrationRecord;
+use crate::store::shared::Shared;
+use crate::store::tenants::TenantRecord;
 
 /// The limiter's view of a request that reached it.
 #[derive(Debug, Clone)]
@@ -61,4 +64,38 @@ pub(super) struct IntegrationCtx {
     /// the active key invalid.
     pub(super) standby: Option<SubscriptionKey>,
     pub(super) loaded_at: Instant,
+}
+
+/// What a flight found in the shared cache: a token to serve, or the lease to ask Go.
+pub(super) enum Found {
+    Token(Arc<CachedToken>),
+    /// This replica holds the lease; let go when dropped. `record` is the tenant as read
+    /// after the lease was taken (a replica that waited may find it changed).
+    Lease {
+        lease: Lease,
+        record: Box<TenantRecord>,
+    },
+}
+
+/// A tenant's lease, let go of when dropped (on the blocking pool: it is a database call).
+pub(super) struct Lease {
+    pub(super) shared: Arc<Shared>,
+    pub(super) tenant: TenantId,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (shared, tenant) = (self.shared.clone(), self.tenant.clone());
+        let release = move || {
+            if let Err(e) = shared.release(tenant.as_str()) {
+                tracing::warn!(tenant = %tenant, error = %e, "could not let go of a token lease (it ends with the connection)");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(release);
+            }
+            Err(_) => release(),
+        }
+    }
 }

@@ -6,7 +6,8 @@
 use super::Vault;
 use super::error::VaultError;
 use crate::crypto::{
-    ClientKey, Fingerprint, FingerprintKey, KeyHint, MasterKey, OpenError, Purpose, SealContext, Sealed,
+    AccessToken, ClientKey, Fingerprint, FingerprintKey, KeyHint, MasterKey, OpenError, Purpose, SealContext, Sealed,
+    TokenFacts,
 };
 use crate::domain::TenantId;
 use crate::store::secrets::{self, SecretRef};
@@ -79,6 +80,45 @@ impl Vault {
         secrets::put(tx, &r, &sealed, kek.id())?;
         secrets::delete_other_versions(tx, Purpose::ClientKey, tenant.as_str(), version)?;
         Ok(())
+    }
+}
+
+impl Vault {
+    /// Seals an access token for the cache replicas share on PostgreSQL, bound to the
+    /// tenant, the key version it was minted with, and purpose access-token. No store call.
+    pub fn seal_access_token(
+        &self,
+        tenant: &TenantId,
+        key_version: i64,
+        token: &AccessToken,
+        facts: &TokenFacts,
+    ) -> Result<Sealed, VaultError> {
+        let kek = self.kek();
+        token
+            .seal_shared(&kek, &SealContext::new(Purpose::AccessToken, tenant.as_str(), key_version), facts)
+            .map_err(VaultError::sealing)
+    }
+
+    /// Opens a shared access token sealed by [`Vault::seal_access_token`] (of any replica of
+    /// this vault) for exactly this tenant and key version. `None` when it does not open:
+    /// sealed under a master key since rotated, or for another tenant or version; the caller
+    /// treats that as no token (and may say so), never as a secret to guess at.
+    pub fn open_access_token(
+        &self,
+        tenant: &TenantId,
+        key_version: i64,
+        sealed: &Sealed,
+    ) -> Result<Option<(AccessToken, TokenFacts)>, VaultError> {
+        let kek = self.kek();
+        match AccessToken::open_shared(
+            &kek,
+            &SealContext::new(Purpose::AccessToken, tenant.as_str(), key_version),
+            sealed,
+        ) {
+            Ok(t) => Ok(Some(t)),
+            Err(OpenError::Unavailable(reason)) => Err(VaultError::KeyUnavailable { reason }),
+            Err(OpenError::DoesNotOpen | OpenError::NotThatSecret) => Ok(None),
+        }
     }
 }
 

@@ -1,0 +1,249 @@
+//! What replicas on one PostgreSQL database share so that, towards PowerOffice Go, they act
+//! as one vault (issue 16): one upstream budget per subscription, and one sealed token per
+//! tenant with a lease on asking Go for the next one. PostgreSQL only (component `shared`,
+//! `migrations/postgres/shared/`); a vault on SQLite is one process and keeps both in memory.
+//!
+//! - **The budget** (`shared_budget`): a GCRA bucket per environment, kept on the database's
+//!   clock. [`Shared::reserve`] books the next slot in one statement under the row's lock and
+//!   answers how long to wait for it (or, when that is longer than the caller may wait, how
+//!   long it would have been, and books nothing). Slots are booked ahead, so the replicas
+//!   together never start more than `burst` requests at once or more than `rate` a second
+//!   after that, whatever their own clocks say. [`Shared::pause`] moves the bucket's pause
+//!   (a 429 or quota 403 seen by one replica): every replica's next booking waits for it.
+//! - **The token cache** (`shared_tokens`): the newest token per tenant, sealed by the vault
+//!   (this module sees only the sealed blobs, the key version they are bound to, the keyed
+//!   fingerprint and two times). A token minted with an older key version never replaces
+//!   a newer one.
+//! - **The lease** on asking Go for a tenant's token: a session-level advisory lock, so a
+//!   replica that dies (or loses its connection) lets go of it at once, with no expiry to
+//!   wait out.
+//!
+//! Every call runs on this module's own connection (not the vault's), one at a time.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::StoreError;
+use super::migrations::SHARED_POSTGRES;
+use super::pg_conn::PgConn;
+use super::postgres::PostgresOptions;
+use super::sql::{Sql, Value};
+use crate::crypto::Sealed;
+
+/// The first key of the two-key advisory locks that are token leases (the second is the
+/// hash of the tenant id). Two-key locks never meet the one-key locks of `pg_conn`.
+const LEASE_CLASS: i32 = 0x706f_676f; // "pogo"
+
+/// Go's answer to a booking: a slot, after waiting this long; or none within the wait
+/// allowed, because the next would come after this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Booking {
+    Booked { wait: Duration, paused_for: Option<Duration> },
+    Refused { wait: Duration, paused_for: Option<Duration> },
+}
+
+/// A tenant's shared token as stored: sealed, with what chooses it.
+#[derive(Debug, Clone)]
+pub struct SharedToken {
+    pub key_version: i64,
+    pub sealed: Sealed,
+    pub fingerprint: String,
+    /// Unix ms, by the clock of the replica that minted it.
+    pub expires_at_ms: i64,
+    pub refresh_at_ms: i64,
+}
+
+pub struct Shared {
+    conn: Mutex<PgConn>,
+    /// Buckets whose row is known to exist.
+    buckets: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
+}
+
+fn from_micros(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+impl Shared {
+    /// Connects (its own connection) and applies the component's migrations.
+    pub fn connect(options: &PostgresOptions) -> Result<Shared, StoreError> {
+        Ok(Shared {
+            conn: Mutex::new(PgConn::connect(options, "shared", SHARED_POSTGRES)?),
+            buckets: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, PgConn> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ensure_bucket(&self, conn: &mut PgConn, bucket: &str) -> Result<(), StoreError> {
+        if self.buckets.lock().unwrap_or_else(|p| p.into_inner()).contains(bucket) {
+            return Ok(());
+        }
+        conn.execute(
+            "INSERT INTO shared_budget (bucket, tat_us, paused_until_us) VALUES ($1, 0, 0)
+             ON CONFLICT (bucket) DO NOTHING",
+            &[bucket.into()],
+        )?;
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).insert(bucket.to_owned());
+        Ok(())
+    }
+
+    /// Books the next slot of `bucket` (one request per `interval`, bursts of `burst`) if it
+    /// falls within `max_wait`, on the database's clock. A pause in force delays the slot.
+    pub fn reserve(
+        &self,
+        bucket: &str,
+        interval: Duration,
+        burst: u32,
+        max_wait: Duration,
+    ) -> Result<Booking, StoreError> {
+        let mut conn = self.conn();
+        self.ensure_bucket(&mut conn, bucket)?;
+        // One statement: the row is locked from the read to the write, so two replicas
+        // never book one slot. new_tat is GCRA's next theoretical arrival; the slot may go
+        // `burst` intervals before it, but never before now or the end of a pause.
+        let row = conn
+            .query_opt(
+                "WITH cur AS (
+                     SELECT tat_us, paused_until_us,
+                            (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us
+                     FROM shared_budget WHERE bucket = $1 FOR UPDATE),
+                 calc AS (
+                     SELECT now_us, paused_until_us,
+                            GREATEST(tat_us, now_us, paused_until_us) + $2::bigint AS new_tat,
+                            GREATEST(GREATEST(tat_us, now_us, paused_until_us) + $2::bigint - $3::bigint,
+                                     paused_until_us, now_us) - now_us AS wait_us
+                     FROM cur),
+                 booked AS (
+                     UPDATE shared_budget SET tat_us = calc.new_tat FROM calc
+                     WHERE bucket = $1 AND calc.wait_us <= $4::bigint
+                     RETURNING 1)
+                 SELECT wait_us, GREATEST(paused_until_us - now_us, 0), (SELECT count(*) FROM booked)
+                 FROM calc",
+                &[
+                    bucket.into(),
+                    Value::Int(micros(interval)),
+                    Value::Int(micros(interval).saturating_mul(i64::from(burst.max(1)))),
+                    Value::Int(micros(max_wait)),
+                ],
+            )?
+            .ok_or_else(|| StoreError::Corrupt(format!("shared_budget has no row for {bucket}")))?;
+        let wait = from_micros(row.get::<i64>(0)?);
+        let paused = row.get::<i64>(1)?;
+        let paused_for = (paused > 0).then(|| from_micros(paused));
+        Ok(if row.get::<i64>(2)? > 0 {
+            Booking::Booked { wait, paused_for }
+        } else {
+            Booking::Refused { wait, paused_for }
+        })
+    }
+
+    /// Pauses `bucket` until `d` from now (database clock), unless it is paused longer.
+    pub fn pause(&self, bucket: &str, d: Duration) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        self.ensure_bucket(&mut conn, bucket)?;
+        conn.execute(
+            "UPDATE shared_budget
+             SET paused_until_us = GREATEST(paused_until_us,
+                                            (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + $2::bigint)
+             WHERE bucket = $1",
+            &[bucket.into(), Value::Int(micros(d))],
+        )?;
+        Ok(())
+    }
+
+    /// The tenant's shared token, if one is stored.
+    pub fn token(&self, tenant: &str) -> Result<Option<SharedToken>, StoreError> {
+        let row = self.conn().query_opt(
+            "SELECT key_version, wrapped_dek, ciphertext, fingerprint, expires_at, refresh_at
+             FROM shared_tokens WHERE tenant_id = $1",
+            &[tenant.into()],
+        )?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(SharedToken {
+            key_version: row.get(0)?,
+            sealed: Sealed { wrapped_dek: row.get(1)?, ciphertext: row.get(2)? },
+            fingerprint: row.get(3)?,
+            expires_at_ms: row.get(4)?,
+            refresh_at_ms: row.get(5)?,
+        }))
+    }
+
+    /// Stores a newly minted token for `tenant`, unless a token of a newer key version, or
+    /// of the same version expiring later, is there. Tokens expired a minute ago or more
+    /// are removed on the way.
+    pub fn put_token(&self, tenant: &str, t: &SharedToken, minted_by: &str, now_ms: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        conn.execute(
+            "INSERT INTO shared_tokens
+                 (tenant_id, key_version, wrapped_dek, ciphertext, fingerprint, expires_at, refresh_at, minted_by, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (tenant_id) DO UPDATE SET
+                 key_version = excluded.key_version, wrapped_dek = excluded.wrapped_dek,
+                 ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint,
+                 expires_at = excluded.expires_at, refresh_at = excluded.refresh_at,
+                 minted_by = excluded.minted_by, updated_at = excluded.updated_at
+             WHERE shared_tokens.key_version < excluded.key_version
+                OR (shared_tokens.key_version = excluded.key_version
+                    AND shared_tokens.expires_at < excluded.expires_at)",
+            &[
+                tenant.into(),
+                Value::Int(t.key_version),
+                Value::Bytes(t.sealed.wrapped_dek.clone()),
+                Value::Bytes(t.sealed.ciphertext.clone()),
+                t.fingerprint.as_str().into(),
+                Value::Int(t.expires_at_ms),
+                Value::Int(t.refresh_at_ms),
+                minted_by.into(),
+                Value::Int(now_ms),
+            ],
+        )?;
+        conn.execute("DELETE FROM shared_tokens WHERE expires_at < $1", &[Value::Int(now_ms - 60_000)])?;
+        Ok(())
+    }
+
+    /// Destroys the tenant's shared token (its key, status or existence changed), or only the
+    /// token with `fingerprint` (Go refused it).
+    pub fn drop_token(&self, tenant: &str, fingerprint: Option<&str>) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        match fingerprint {
+            None => conn.execute("DELETE FROM shared_tokens WHERE tenant_id = $1", &[tenant.into()])?,
+            Some(fp) => conn.execute(
+                "DELETE FROM shared_tokens WHERE tenant_id = $1 AND fingerprint = $2",
+                &[tenant.into(), fp.into()],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Takes the lease on asking Go for `tenant`'s token, if nobody holds it: true if taken.
+    /// Held until [`Shared::release`], or until this connection ends.
+    pub fn try_lease(&self, tenant: &str) -> Result<bool, StoreError> {
+        let row = self.conn().query_opt(
+            "SELECT pg_try_advisory_lock($1::int4, hashtext($2))::int",
+            &[Value::Int(i64::from(LEASE_CLASS)), tenant.into()],
+        )?;
+        Ok(row.map(|r| r.get::<i64>(0)).transpose()?.unwrap_or(0) == 1)
+    }
+
+    /// Lets go of a lease taken by [`Shared::try_lease`].
+    pub fn release(&self, tenant: &str) -> Result<(), StoreError> {
+        self.conn().query_opt(
+            "SELECT pg_advisory_unlock($1::int4, hashtext($2))::int",
+            &[Value::Int(i64::from(LEASE_CLASS)), tenant.into()],
+        )?;
+        Ok(())
+    }
+}
