@@ -50,7 +50,7 @@ pub fn on_postgres() -> bool {
 }
 
 /// Moves the vault made under `dir` into a new cluster (database `vault`).
-fn move_to_postgres(dir: &Path) -> super::pg::PgCluster {
+pub fn move_to_postgres(dir: &Path) -> super::pg::PgCluster {
     let cluster = super::pg::PgCluster::start(&[]);
     cluster.create_database("vault");
     let db = dir.join(VAULT_DB);
