@@ -33,6 +33,10 @@
 //!   token and subscription key, `SERVICE_BENCH_GATEWAY_REQUESTS` [120] of each, interleaved
 //!   one after the other at 6 a second (below the gateway's default 8/s, so no request
 //!   waits for the limiter): the gateway's added latency, same run, same moment.
+//! - postgres: the hot path at 6x11 against the floor, with the vault on SQLite, on PostgreSQL
+//!   (one replica) and on PostgreSQL with three replicas sharing one database, the load
+//!   spread over them (`scenarios/postgres.rs`; min(`SERVICE_BENCH_HOT_TENANTS`, 2000)
+//!   tenants moved into a throwaway cluster; skipped without PostgreSQL installed).
 //!
 //! The server is configured the way `serve --config` does it: a config file with only the
 //! required keys (every other setting at its production default: durable audit, TLS 1.3,
@@ -51,7 +55,7 @@
 //!
 //! Knobs: `SERVICE_BENCH_SMOKE=1`: tiny sizes, a few seconds in all (CI checks the bench still
 //! runs; it asserts correctness only). `SERVICE_BENCH_ONLY=scale,storm,cold,registration,hot,
-//! handshakes,first,runaway,gateway`: a subset. `SERVICE_BENCH_SERVERS` [vault,floor,durable]: which servers
+//! handshakes,first,runaway,gateway,postgres`: a subset. `SERVICE_BENCH_SERVERS` [vault,floor,durable]: which servers
 //! the hot, handshake and first-disclosure runs drive (profiling one at a time). `SERVICE_BENCH_KEEP=1`: keep the temporary
 //! directory (databases) and print its path. `SERVICE_BENCH_COLD_WORKERS` [64],
 //! `SERVICE_BENCH_WARM_CONCURRENCY` [64]. `SERVICE_BENCH_DIR`: where the temporary directory goes
@@ -77,6 +81,10 @@ mod floor;
 mod harness;
 mod load;
 mod measure;
+// The tests' throwaway clusters; the bench uses only a few of their helpers.
+#[allow(dead_code)]
+#[path = "../../tests/common/pg.rs"]
+mod pg;
 mod report;
 mod scenarios;
 mod settings;
@@ -85,7 +93,7 @@ use std::time::Instant;
 
 use harness::INSERT_BATCH;
 use report::{loadavg, machine, now_rfc3339, print_table};
-use scenarios::{phase_default, phase_gateway, phase_hot};
+use scenarios::{phase_default, phase_gateway, phase_hot, phase_postgres};
 use settings::Settings;
 
 fn main() {
@@ -137,17 +145,21 @@ fn main() {
     if s.runs("gateway") {
         rt.block_on(phase_gateway(&s, &b, &mut rows));
     }
+    if s.runs("postgres") {
+        rt.block_on(phase_postgres(&s, &mut rows));
+    }
     // Hot and handshake rows first: they are the ones compared with the floor.
     rows.sort_by_key(|r| match r.scenario.split([' ', ':']).next().unwrap_or("") {
         "hot" => 0,
         "handshakes" => 1,
-        "first" => 2,
-        "well-behaved" => 3,
-        "storm" => 4,
-        "gateway" => 5,
-        "cold" => 6,
-        "scale" => 7,
-        _ => 8,
+        "postgres" => 2,
+        "first" => 3,
+        "well-behaved" => 4,
+        "storm" => 5,
+        "gateway" => 6,
+        "cold" => 7,
+        "scale" => 8,
+        _ => 9,
     });
     println!();
     println!(

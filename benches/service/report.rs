@@ -116,7 +116,7 @@ pub fn print_table(rows: &[Row]) {
 }
 
 /// Fills the vault row's ratio column against the floor rows (`floor`, `durable`).
-fn compare(vault: &mut Row, floors: &[Row]) {
+pub fn compare(vault: &mut Row, floors: &[Row]) {
     let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".to_owned(),

@@ -111,33 +111,38 @@ impl SubscriptionKey {
 }
 
 /// What is sealed with a shared access token besides the token: its type, when it expires
-/// (Unix ms) and how long it lived, so a row whose plain columns were edited still hands out
-/// only what was minted.
+/// (Unix ms) and how long it lived, and the keyed fingerprint of the client key it was
+/// minted with (so a token of a deleted tenant never serves a new tenant of the same id and
+/// key version), so a row whose plain columns were edited still hands out only what was
+/// minted, and only for that key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenFacts {
     pub token_type: String,
     pub expires_at_ms: i64,
     pub lifetime_ms: i64,
+    pub key_fingerprint: String,
 }
 
 impl AccessToken {
     /// Seals the token and its facts for the replicas' shared cache
-    /// (`v1\n{type}\n{expires ms}\n{lifetime ms}\n{token}`), under `ctx` (purpose
-    /// access-token, the tenant, its key version).
+    /// (`v1\n{type}\n{expires ms}\n{lifetime ms}\n{key fingerprint}\n{token}`), under `ctx`
+    /// (purpose access-token, the tenant, its key version).
     pub fn seal_shared(
         &self,
         kek: &MasterKey,
         ctx: &SealContext<'_>,
         facts: &TokenFacts,
     ) -> Result<Sealed, CryptoError> {
-        if facts.token_type.contains('\n') {
+        if facts.token_type.contains('\n') || facts.key_fingerprint.contains('\n') {
+            // Not a token this format can carry (Go sent a line break): not shared.
             return Err(CryptoError::DoesNotOpen);
         }
         let plain = Zeroizing::new(format!(
-            "v1\n{}\n{}\n{}\n{}",
+            "v1\n{}\n{}\n{}\n{}\n{}",
             facts.token_type,
             facts.expires_at_ms,
             facts.lifetime_ms,
+            facts.key_fingerprint,
             self.expose_secret()
         ));
         envelope::seal(kek, ctx, plain.as_bytes())
@@ -151,9 +156,9 @@ impl AccessToken {
     ) -> Result<(AccessToken, TokenFacts), OpenError> {
         let plain = envelope::open(kek, ctx, sealed)?;
         let s = std::str::from_utf8(&plain).map_err(|_| OpenError::NotThatSecret)?;
-        let mut parts = s.splitn(5, '\n');
-        let (Some("v1"), Some(token_type), Some(expires), Some(lifetime), Some(token)) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        let mut parts = s.splitn(6, '\n');
+        let (Some("v1"), Some(token_type), Some(expires), Some(lifetime), Some(key_fingerprint), Some(token)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(OpenError::NotThatSecret);
         };
@@ -163,7 +168,12 @@ impl AccessToken {
         if token.is_empty() {
             return Err(OpenError::NotThatSecret);
         }
-        let facts = TokenFacts { token_type: token_type.to_owned(), expires_at_ms, lifetime_ms };
+        let facts = TokenFacts {
+            token_type: token_type.to_owned(),
+            expires_at_ms,
+            lifetime_ms,
+            key_fingerprint: key_fingerprint.to_owned(),
+        };
         Ok((AccessToken::new(token.to_owned()), facts))
     }
 
@@ -198,8 +208,12 @@ mod tests {
 
     #[test]
     fn a_shared_token_opens_only_for_its_tenant_version_and_master_key() {
-        let facts =
-            TokenFacts { token_type: "Bearer".into(), expires_at_ms: 1_800_000_000_000, lifetime_ms: 1_200_000 };
+        let facts = TokenFacts {
+            token_type: "Bearer".into(),
+            expires_at_ms: 1_800_000_000_000,
+            lifetime_ms: 1_200_000,
+            key_fingerprint: "k1:abc".into(),
+        };
         let token = AccessToken::new("eyJ.shared.token".into());
         let ctx = SealContext::new(Purpose::AccessToken, "acme", 3);
         let sealed = token.seal_shared(&kek(1), &ctx, &facts).unwrap();

@@ -28,7 +28,7 @@ use super::StoreError;
 use super::migrations::SHARED_POSTGRES;
 use super::pg_conn::PgConn;
 use super::postgres::PostgresOptions;
-use super::sql::{Sql, Value};
+use super::sql::{Row, Sql, Value};
 use crate::crypto::Sealed;
 
 /// The first key of the two-key advisory locks that are token leases (the second is the
@@ -43,21 +43,39 @@ pub enum Booking {
     Refused { wait: Duration, paused_for: Option<Duration> },
 }
 
-/// A tenant's shared token as stored: sealed, with what chooses it.
+/// A tenant's shared token as stored: sealed, with what chooses it. Its times are relative
+/// to the database's clock (when stored, and when read), so replicas whose clocks differ
+/// agree on how long it has left.
 #[derive(Debug, Clone)]
 pub struct SharedToken {
     pub key_version: i64,
     pub sealed: Sealed,
+    /// The token's keyed fingerprint (what the audit log carries).
     pub fingerprint: String,
-    /// Unix ms, by the clock of the replica that minted it.
-    pub expires_at_ms: i64,
-    pub refresh_at_ms: i64,
+    /// How long until it expires.
+    pub expires_in_ms: i64,
+    /// How long until it should be refreshed.
+    pub refresh_in_ms: i64,
 }
+
+/// The database's clock in Unix milliseconds, in SQL.
+const DB_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// Bookings further ahead than this (a database clock stepped back, a row from elsewhere)
+/// are pulled in, so the bucket heals by itself.
+const MAX_AHEAD: Duration = Duration::from_secs(60);
+/// The longest pause a row keeps (Go's Retry-After is seconds to minutes).
+const MAX_PAUSE: Duration = Duration::from_secs(600);
 
 pub struct Shared {
     conn: Mutex<PgConn>,
     /// Buckets whose row is known to exist.
     buckets: Mutex<HashSet<String>>,
+    /// Tenants whose lease this process holds: a second flight of this process (after its
+    /// cache was dropped mid-flight) waits as another replica would, instead of taking the
+    /// session's re-entrant lock again; and a late release never lets go of a lease this
+    /// process no longer holds.
+    held: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -80,6 +98,7 @@ impl Shared {
         Ok(Shared {
             conn: Mutex::new(PgConn::connect(options, "shared", SHARED_POSTGRES)?),
             buckets: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashSet::new()),
         })
     }
 
@@ -111,35 +130,16 @@ impl Shared {
     ) -> Result<Booking, StoreError> {
         let mut conn = self.conn();
         self.ensure_bucket(&mut conn, bucket)?;
-        // One statement: the row is locked from the read to the write, so two replicas
-        // never book one slot. new_tat is GCRA's next theoretical arrival; the slot may go
-        // `burst` intervals before it, but never before now or the end of a pause.
-        let row = conn
-            .query_opt(
-                "WITH cur AS (
-                     SELECT tat_us, paused_until_us,
-                            (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us
-                     FROM shared_budget WHERE bucket = $1 FOR UPDATE),
-                 calc AS (
-                     SELECT now_us, paused_until_us,
-                            GREATEST(tat_us, now_us, paused_until_us) + $2::bigint AS new_tat,
-                            GREATEST(GREATEST(tat_us, now_us, paused_until_us) + $2::bigint - $3::bigint,
-                                     paused_until_us, now_us) - now_us AS wait_us
-                     FROM cur),
-                 booked AS (
-                     UPDATE shared_budget SET tat_us = calc.new_tat FROM calc
-                     WHERE bucket = $1 AND calc.wait_us <= $4::bigint
-                     RETURNING 1)
-                 SELECT wait_us, GREATEST(paused_until_us - now_us, 0), (SELECT count(*) FROM booked)
-                 FROM calc",
-                &[
-                    bucket.into(),
-                    Value::Int(micros(interval)),
-                    Value::Int(micros(interval).saturating_mul(i64::from(burst.max(1)))),
-                    Value::Int(micros(max_wait)),
-                ],
-            )?
-            .ok_or_else(|| StoreError::Corrupt(format!("shared_budget has no row for {bucket}")))?;
+        let row = match Self::book(&mut conn, bucket, interval, burst, max_wait)? {
+            Some(row) => row,
+            None => {
+                // The row went away (a database restored without it): made again, once.
+                self.buckets.lock().unwrap_or_else(|p| p.into_inner()).remove(bucket);
+                self.ensure_bucket(&mut conn, bucket)?;
+                Self::book(&mut conn, bucket, interval, burst, max_wait)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("shared_budget has no row for {bucket}")))?
+            }
+        };
         let wait = from_micros(row.get::<i64>(0)?);
         let paused = row.get::<i64>(1)?;
         let paused_for = (paused > 0).then(|| from_micros(paused));
@@ -150,16 +150,62 @@ impl Shared {
         })
     }
 
-    /// Pauses `bucket` until `d` from now (database clock), unless it is paused longer.
+    /// One booking statement; `None` when the bucket has no row.
+    fn book(
+        conn: &mut PgConn,
+        bucket: &str,
+        interval: Duration,
+        burst: u32,
+        max_wait: Duration,
+    ) -> Result<Option<Row>, StoreError> {
+        // One statement: the row is locked from the read to the write, so two replicas
+        // never book one slot. new_tat is GCRA's next theoretical arrival; the slot may go
+        // `burst` intervals before it, but never before now or the end of a pause. What the
+        // row holds is first pulled in to now + MAX_AHEAD (bookings) and now + MAX_PAUSE.
+        conn.query_opt(
+            "WITH raw AS (
+                 SELECT tat_us, paused_until_us,
+                        (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us
+                 FROM shared_budget WHERE bucket = $1 FOR UPDATE),
+             cur AS (
+                 SELECT LEAST(tat_us, now_us + $5::bigint) AS tat_us,
+                        LEAST(paused_until_us, now_us + $6::bigint) AS paused_until_us, now_us
+                 FROM raw),
+             calc AS (
+                 SELECT now_us, paused_until_us,
+                        GREATEST(tat_us, now_us, paused_until_us) + $2::bigint AS new_tat,
+                        GREATEST(GREATEST(tat_us, now_us, paused_until_us) + $2::bigint - $3::bigint,
+                                 paused_until_us, now_us) - now_us AS wait_us
+                 FROM cur),
+             booked AS (
+                 UPDATE shared_budget SET tat_us = calc.new_tat, paused_until_us = calc.paused_until_us
+                 FROM calc
+                 WHERE bucket = $1 AND calc.wait_us <= $4::bigint
+                 RETURNING 1)
+             SELECT wait_us, GREATEST(paused_until_us - now_us, 0), (SELECT count(*) FROM booked)
+             FROM calc",
+            &[
+                bucket.into(),
+                Value::Int(micros(interval)),
+                Value::Int(micros(interval).saturating_mul(i64::from(burst.max(1)))),
+                Value::Int(micros(max_wait)),
+                Value::Int(micros(MAX_AHEAD)),
+                Value::Int(micros(MAX_PAUSE)),
+            ],
+        )
+    }
+
+    /// Pauses `bucket` until `d` from now (database clock; at most [`MAX_PAUSE`]), unless it
+    /// is paused longer.
     pub fn pause(&self, bucket: &str, d: Duration) -> Result<(), StoreError> {
         let mut conn = self.conn();
         self.ensure_bucket(&mut conn, bucket)?;
         conn.execute(
             "UPDATE shared_budget
              SET paused_until_us = GREATEST(paused_until_us,
-                                            (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + $2::bigint)
+                     (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + LEAST($2::bigint, $3::bigint))
              WHERE bucket = $1",
-            &[bucket.into(), Value::Int(micros(d))],
+            &[bucket.into(), Value::Int(micros(d)), Value::Int(micros(MAX_PAUSE))],
         )?;
         Ok(())
     }
@@ -167,8 +213,11 @@ impl Shared {
     /// The tenant's shared token, if one is stored.
     pub fn token(&self, tenant: &str) -> Result<Option<SharedToken>, StoreError> {
         let row = self.conn().query_opt(
-            "SELECT key_version, wrapped_dek, ciphertext, fingerprint, expires_at, refresh_at
-             FROM shared_tokens WHERE tenant_id = $1",
+            &format!(
+                "SELECT key_version, wrapped_dek, ciphertext, fingerprint,
+                        expires_at - {DB_NOW_MS}, refresh_at - {DB_NOW_MS}
+                 FROM shared_tokens WHERE tenant_id = $1"
+            ),
             &[tenant.into()],
         )?;
         let Some(row) = row else { return Ok(None) };
@@ -176,46 +225,59 @@ impl Shared {
             key_version: row.get(0)?,
             sealed: Sealed { wrapped_dek: row.get(1)?, ciphertext: row.get(2)? },
             fingerprint: row.get(3)?,
-            expires_at_ms: row.get(4)?,
-            refresh_at_ms: row.get(5)?,
+            expires_in_ms: row.get(4)?,
+            refresh_in_ms: row.get(5)?,
         }))
     }
 
-    /// Stores a newly minted token for `tenant`, unless a token of a newer key version, or
-    /// of the same version expiring later, is there. Tokens expired a minute ago or more
-    /// are removed on the way.
-    pub fn put_token(&self, tenant: &str, t: &SharedToken, minted_by: &str, now_ms: i64) -> Result<(), StoreError> {
+    /// Stores a newly minted token for `tenant`, only while the tenant is active with this
+    /// key version and client key (`key_fingerprint`, as its row has it: a token minted for
+    /// a tenant deleted or changed meanwhile is not shared), and unless a token of a newer
+    /// key version, or of the same version expiring later, is there. Tokens expired a
+    /// minute ago or more are removed on the way.
+    pub fn put_token(
+        &self,
+        tenant: &str,
+        t: &SharedToken,
+        key_fingerprint: &str,
+        minted_by: &str,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         conn.execute(
-            "INSERT INTO shared_tokens
-                 (tenant_id, key_version, wrapped_dek, ciphertext, fingerprint, expires_at, refresh_at, minted_by, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (tenant_id) DO UPDATE SET
-                 key_version = excluded.key_version, wrapped_dek = excluded.wrapped_dek,
-                 ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint,
-                 expires_at = excluded.expires_at, refresh_at = excluded.refresh_at,
-                 minted_by = excluded.minted_by, updated_at = excluded.updated_at
-             WHERE shared_tokens.key_version < excluded.key_version
-                OR (shared_tokens.key_version = excluded.key_version
-                    AND shared_tokens.expires_at < excluded.expires_at)",
+            &format!(
+                "INSERT INTO shared_tokens (tenant_id, key_version, wrapped_dek, ciphertext, fingerprint,
+                                            expires_at, refresh_at, minted_by, updated_at)
+                 SELECT $1::text, $2::bigint, $3::bytea, $4::bytea, $5::text,
+                        {DB_NOW_MS} + $6::bigint, {DB_NOW_MS} + $7::bigint, $8::text, {DB_NOW_MS}
+                 WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1::text AND status = 'ACTIVE'
+                                                       AND key_version = $2::bigint AND key_fingerprint = $9::text)
+                 ON CONFLICT (tenant_id) DO UPDATE SET
+                     key_version = excluded.key_version, wrapped_dek = excluded.wrapped_dek,
+                     ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint,
+                     expires_at = excluded.expires_at, refresh_at = excluded.refresh_at,
+                     minted_by = excluded.minted_by, updated_at = excluded.updated_at
+                 WHERE shared_tokens.key_version < excluded.key_version
+                    OR (shared_tokens.key_version = excluded.key_version
+                        AND shared_tokens.expires_at < excluded.expires_at)"
+            ),
             &[
                 tenant.into(),
                 Value::Int(t.key_version),
                 Value::Bytes(t.sealed.wrapped_dek.clone()),
                 Value::Bytes(t.sealed.ciphertext.clone()),
                 t.fingerprint.as_str().into(),
-                Value::Int(t.expires_at_ms),
-                Value::Int(t.refresh_at_ms),
+                Value::Int(t.expires_in_ms),
+                Value::Int(t.refresh_in_ms),
                 minted_by.into(),
-                Value::Int(now_ms),
+                key_fingerprint.into(),
             ],
         )?;
-        conn.execute("DELETE FROM shared_tokens WHERE expires_at < $1", &[Value::Int(now_ms - 60_000)])?;
+        conn.execute(&format!("DELETE FROM shared_tokens WHERE expires_at < {DB_NOW_MS} - 60000"), &[])?;
         Ok(())
     }
 
     /// Destroys the tenant's shared token (its key, status or existence changed), or only the
-    /// token with `fingerprint` (Go refused it).
+    /// token with `fingerprint` (Go refused it, or it does not open here).
     pub fn drop_token(&self, tenant: &str, fingerprint: Option<&str>) -> Result<(), StoreError> {
         let mut conn = self.conn();
         match fingerprint {
@@ -228,18 +290,31 @@ impl Shared {
         Ok(())
     }
 
-    /// Takes the lease on asking Go for `tenant`'s token, if nobody holds it: true if taken.
-    /// Held until [`Shared::release`], or until this connection ends.
+    /// Takes the lease on asking Go for `tenant`'s token, if nobody holds it (this process
+    /// included): true if taken. Held until [`Shared::release`], or until this connection
+    /// ends.
     pub fn try_lease(&self, tenant: &str) -> Result<bool, StoreError> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.contains(tenant) {
+            return Ok(false);
+        }
         let row = self.conn().query_opt(
             "SELECT pg_try_advisory_lock($1::int4, hashtext($2))::int",
             &[Value::Int(i64::from(LEASE_CLASS)), tenant.into()],
         )?;
-        Ok(row.map(|r| r.get::<i64>(0)).transpose()?.unwrap_or(0) == 1)
+        let taken = row.map(|r| r.get::<i64>(0)).transpose()?.unwrap_or(0) == 1;
+        if taken {
+            held.insert(tenant.to_owned());
+        }
+        Ok(taken)
     }
 
     /// Lets go of a lease taken by [`Shared::try_lease`].
     pub fn release(&self, tenant: &str) -> Result<(), StoreError> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if !held.remove(tenant) {
+            return Ok(());
+        }
         self.conn().query_opt(
             "SELECT pg_advisory_unlock($1::int4, hashtext($2))::int",
             &[Value::Int(i64::from(LEASE_CLASS)), tenant.into()],

@@ -77,11 +77,8 @@ impl Broker {
         if st.token.as_ref().is_some_and(|t| Arc::ptr_eq(t, token)) {
             st.token = None;
             // The other replicas must not serve it either, nor this one take it back.
-            if self.inner.shared.is_some()
-                && let Ok(rt) = tokio::runtime::Handle::try_current()
-            {
-                let (this, tenant, fp) = (self.clone(), tenant.clone(), token.fingerprint_text.clone());
-                rt.spawn_blocking(move || this.drop_shared(&tenant, Some(&fp)));
+            if self.inner.shared.is_some() {
+                self.refused_shared(tenant, &token.fingerprint_text);
             }
             tracing::info!(tenant = %tenant, "PowerOffice Go refused a cached token (401 on an API call); dropped it");
             true

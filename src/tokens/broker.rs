@@ -62,6 +62,9 @@ pub(super) struct Inner {
     /// What replicas on one PostgreSQL database share (the upstream budget, the sealed
     /// token cache and its leases: `shared.rs`); `None` on SQLite.
     pub(super) shared: Option<Arc<Shared>>,
+    /// Fingerprints of tokens Go refused on API calls through this replica, newest last
+    /// (`shared.rs`: never taken from the shared cache again).
+    pub(super) refused: Mutex<std::collections::VecDeque<String>>,
 }
 
 /// The token broker. Cheap to clone.
@@ -103,6 +106,7 @@ impl Broker {
                 limiters: Mutex::new(HashMap::new()),
                 stats: BrokerStats::default(),
                 shared,
+                refused: Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -387,7 +391,7 @@ impl Broker {
             match result {
                 Ok(token) => {
                     if let Some(shared) = &inner.shared {
-                        self.publish(shared, tenant, &token).await;
+                        self.publish(shared, &rec, &token).await;
                     }
                     return Ok(token);
                 }

@@ -29,6 +29,8 @@ use crate::vault::VaultError;
 
 /// How often a replica waiting for another's request looks again.
 pub(super) const POLL: Duration = Duration::from_millis(20);
+/// How many fingerprints of tokens Go refused a replica remembers.
+const REFUSED_KEPT: usize = 1024;
 /// How long a replica waits for another replica's request beyond its own limiter wait:
 /// the other may be waiting for its slot, then for Go.
 const OTHERS_GRACE: Duration = Duration::from_secs(10);
@@ -78,6 +80,11 @@ impl Broker {
                 }
                 return Ok(Found::Lease { lease, record: Box::new(rec) });
             }
+            if max_wait.is_zero() {
+                // Refresh ahead: another replica is refreshing this tenant; its token is
+                // taken at the next tick. Not a failure (no backoff), and nobody waits.
+                return Err(BrokerError::RateLimited { env: rec.environment, retry_after: POLL });
+            }
             if self.inner.clock.now() >= give_up {
                 return Err(BrokerError::Unavailable {
                     reason: "another replica's request to PowerOffice Go for this tenant has not finished".into(),
@@ -89,8 +96,10 @@ impl Broker {
         }
     }
 
-    /// The shared token of `rec`'s tenant when it is bound to its current key version,
-    /// opens, and is fresh: before its refresh point, and valid for `max_min_validity`.
+    /// The shared token of `rec`'s tenant when it is bound to its current key version and
+    /// client key, opens, was not refused by Go here, and is fresh: before its refresh
+    /// point, and valid for `max_min_validity` by the database's clock and by the expiry
+    /// sealed with it (the shorter wins).
     async fn adopt(
         &self,
         shared: &Arc<Shared>,
@@ -100,63 +109,71 @@ impl Broker {
         let inner = &self.inner;
         let (vault, shared, tenant, version) =
             (inner.vault.clone(), shared.clone(), rec.tenant_id.clone(), rec.key_version);
-        let now_wall = ms(inner.clock.system_now());
         let min_ms = inner.cfg.max_min_validity.as_millis() as i64;
         let found = self
             .blocking(move || {
                 let Some(row) = shared.token(tenant.as_str()).map_err(VaultError::Store)? else { return Ok(None) };
-                if row.key_version != version || row.refresh_at_ms <= now_wall || row.expires_at_ms - now_wall < min_ms
-                {
+                if row.key_version != version || row.refresh_in_ms <= 0 || row.expires_in_ms < min_ms {
                     return Ok(None);
                 }
                 let opened = vault.open_access_token(&tenant, version, &row.sealed)?;
                 if opened.is_none() {
-                    tracing::warn!(tenant = %tenant, "a shared token does not open for this tenant and key version (sealed under a master key since rotated, or not this vault's); asking Go instead");
+                    // Of no use to this replica: gone, so nobody waits on it again.
+                    tracing::warn!(tenant = %tenant, "a shared token does not open for this tenant and key version (sealed under a master key since rotated, or not this vault's); destroyed, asking Go instead");
+                    if let Err(e) = shared.drop_token(tenant.as_str(), Some(&row.fingerprint)) {
+                        tracing::warn!(tenant = %tenant, error = %e, "could not destroy a shared token that does not open");
+                    }
                 }
                 Ok(opened.map(|o| (row, o)))
             })
             .await?;
         let Some((row, (token, facts))) = found else { return Ok(None) };
-        // The sealed facts decide; the plain columns only chose the row.
-        if facts.expires_at_ms - now_wall < min_ms {
+        let now_wall = ms(inner.clock.system_now());
+        let remaining_ms = row.expires_in_ms.min(facts.expires_at_ms - now_wall);
+        let fingerprint = token.fingerprint(inner.vault.fingerprint_key(), FP_ACCESS_TOKEN);
+        let fingerprint_text = fingerprint.to_string();
+        if remaining_ms < min_ms
+            || facts.key_fingerprint != rec.key_fingerprint.to_string()
+            || fingerprint_text != row.fingerprint
+            || self.was_refused(&fingerprint_text)
+        {
             return Ok(None);
         }
         let now = inner.clock.now();
-        let after = |at_ms: i64| now + Duration::from_millis(u64::try_from(at_ms - now_wall).unwrap_or(0));
-        let expires_at = after(facts.expires_at_ms);
-        let fingerprint = token.fingerprint(inner.vault.fingerprint_key(), FP_ACCESS_TOKEN);
+        let after = |in_ms: i64| now + Duration::from_millis(u64::try_from(in_ms).unwrap_or(0));
+        let expires_at = after(remaining_ms);
         Ok(Some(Arc::new(CachedToken {
             expires_at,
-            expires_at_wall: UNIX_EPOCH + Duration::from_millis(u64::try_from(facts.expires_at_ms).unwrap_or(0)),
-            refresh_at: after(row.refresh_at_ms).min(expires_at),
+            expires_at_wall: inner.clock.system_now() + Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0)),
+            refresh_at: after(row.refresh_in_ms).min(expires_at),
             lifetime: Duration::from_millis(u64::try_from(facts.lifetime_ms).unwrap_or(0)),
             access_token: token,
             token_type: facts.token_type,
             environment: integ.record.environment,
             api_base_url: format!("{}/v2", integ.record.base_url),
             key_version: rec.key_version,
-            fingerprint_text: fingerprint.to_string(),
+            fingerprint_text,
             fingerprint,
             go_client_id: rec.go_client_id.clone(),
             from_other_replica: true,
         })))
     }
 
-    /// Seals a token this replica minted into the shared cache, for the other replicas. A
-    /// failure costs them their own request, nothing more: logged.
-    pub(super) async fn publish(&self, shared: &Arc<Shared>, tenant: &TenantId, t: &Arc<CachedToken>) {
+    /// Seals a token this replica minted with `rec`'s key into the shared cache, for the
+    /// other replicas (stored only if the tenant is still active with that key). A failure
+    /// costs them their own request, nothing more: logged.
+    pub(super) async fn publish(&self, shared: &Arc<Shared>, rec: &TenantRecord, t: &Arc<CachedToken>) {
         let inner = &self.inner;
         let now = inner.clock.now();
-        let now_wall = ms(inner.clock.system_now());
-        let in_ms = |at: Instant| now_wall + at.saturating_duration_since(now).as_millis() as i64;
+        let in_ms = |at: Instant| at.saturating_duration_since(now).as_millis() as i64;
         let facts = TokenFacts {
             token_type: t.token_type.clone(),
             expires_at_ms: ms(t.expires_at_wall),
             lifetime_ms: t.lifetime.as_millis() as i64,
+            key_fingerprint: rec.key_fingerprint.to_string(),
         };
-        let refresh_at_ms = in_ms(t.refresh_at);
-        let (vault, shared, tenant, t) = (inner.vault.clone(), shared.clone(), tenant.clone(), t.clone());
-        let minted_by = vault.change_origin().unwrap_or_default();
+        let (expires_in_ms, refresh_in_ms) = (in_ms(t.expires_at), in_ms(t.refresh_at));
+        let (vault, shared, tenant, t) = (inner.vault.clone(), shared.clone(), rec.tenant_id.clone(), t.clone());
         let done = self
             .blocking(move || {
                 let sealed = vault.seal_access_token(&tenant, t.key_version, &t.access_token, &facts)?;
@@ -164,14 +181,37 @@ impl Broker {
                     key_version: t.key_version,
                     sealed,
                     fingerprint: t.fingerprint_text.clone(),
-                    expires_at_ms: facts.expires_at_ms,
-                    refresh_at_ms,
+                    expires_in_ms,
+                    refresh_in_ms,
                 };
-                shared.put_token(tenant.as_str(), &row, &minted_by, now_wall).map_err(VaultError::Store)
+                let minted_by = vault.change_origin().unwrap_or_default();
+                shared.put_token(tenant.as_str(), &row, &facts.key_fingerprint, &minted_by).map_err(VaultError::Store)
             })
             .await;
         if let Err(e) = done {
             tracing::warn!(error = %e, "could not share a new token with the other replicas");
+        }
+    }
+
+    /// Whether Go refused the token with this fingerprint on an API call through this
+    /// replica (it is never taken from the shared cache again).
+    fn was_refused(&self, fingerprint: &str) -> bool {
+        self.inner.refused.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|f| f == fingerprint)
+    }
+
+    /// Remembers a token Go refused, and destroys it in the shared cache (in the background:
+    /// until then, [`Broker::was_refused`] keeps this replica from taking it back).
+    pub(super) fn refused_shared(&self, tenant: &TenantId, fingerprint: &str) {
+        {
+            let mut refused = self.inner.refused.lock().unwrap_or_else(|p| p.into_inner());
+            if refused.len() >= REFUSED_KEPT {
+                refused.pop_front();
+            }
+            refused.push_back(fingerprint.to_owned());
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (this, tenant, fp) = (self.clone(), tenant.clone(), fingerprint.to_owned());
+            rt.spawn_blocking(move || this.drop_shared(&tenant, Some(&fp)));
         }
     }
 

@@ -4,7 +4,9 @@ mod default_limiter;
 pub mod disclosure;
 mod gateway;
 mod hot;
+mod postgres;
 
 pub use default_limiter::phase_default;
 pub use gateway::phase_gateway;
 pub use hot::phase_hot;
+pub use postgres::phase_postgres;
