@@ -4,6 +4,8 @@
 #
 #   pod.sh prepare   init container: copy the private keys into place, then make sure the
 #                    database exists (see INIT_IF_MISSING below), then exit
+#   pod.sh keys      init container with the vault in PostgreSQL (postgres/ overlay): copy
+#                    the private keys into place, then exit (there is no database file)
 #   pod.sh watch     sidecar: when the server certificate, the client CA, the CRL or the
 #                    policy change, copy the certificate and key again and send SIGHUP to
 #                    pogo-vault
@@ -62,11 +64,15 @@ vault_pid() {
     return 1
 }
 
-prepare() {
+keys() {
     install -d -m 0700 "$KEYS"
     put "$MASTER_KEY" "$KEYS/master.key"
     copy_server_tls
     log "keys copied to $KEYS (mode 0400)"
+}
+
+prepare() {
+    keys
     # Databases restored by Litestream come back with mode 0644.
     for f in "$DB" "$AUDIT_DB"; do
         if [ -e "$f" ]; then chmod 0600 "$f"; fi
@@ -116,9 +122,10 @@ watch() {
 
 case "${1:-}" in
     prepare) prepare ;;
+    keys) keys ;;
     watch) watch ;;
     *)
-        echo "usage: pod.sh prepare|watch" >&2
+        echo "usage: pod.sh prepare|keys|watch" >&2
         exit 2
         ;;
 esac
