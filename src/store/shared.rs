@@ -61,11 +61,14 @@ pub struct SharedToken {
 /// The database's clock in Unix milliseconds, in SQL.
 const DB_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
-/// Bookings further ahead than this (a database clock stepped back, a row from elsewhere)
-/// are pulled in, so the bucket heals by itself.
-const MAX_AHEAD: Duration = Duration::from_secs(60);
-/// The longest pause a row keeps (Go's Retry-After is seconds to minutes).
-const MAX_PAUSE: Duration = Duration::from_secs(600);
+/// Bookings further ahead than this (or than `burst` intervals plus the caller's wait, if
+/// that is longer) are pulled in, so a bucket left far in the future (a database clock
+/// stepped back, a row from elsewhere) heals by itself. Far beyond anything a limiter books:
+/// an hour, where waits are seconds to a minute.
+const MAX_AHEAD: Duration = Duration::from_secs(3600);
+/// The longest pause a row keeps: a day, beyond Go's longest Retry-After honoured (an hour)
+/// and any configured subscription-key pause.
+const MAX_PAUSE: Duration = Duration::from_secs(86_400);
 
 pub struct Shared {
     conn: Mutex<PgConn>,
@@ -168,7 +171,7 @@ impl Shared {
                         (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us
                  FROM shared_budget WHERE bucket = $1 FOR UPDATE),
              cur AS (
-                 SELECT LEAST(tat_us, now_us + $5::bigint) AS tat_us,
+                 SELECT LEAST(tat_us, now_us + GREATEST($5::bigint, $3::bigint + $4::bigint)) AS tat_us,
                         LEAST(paused_until_us, now_us + $6::bigint) AS paused_until_us, now_us
                  FROM raw),
              calc AS (
@@ -198,13 +201,12 @@ impl Shared {
     /// Pauses `bucket` until `d` from now (database clock; at most [`MAX_PAUSE`]), unless it
     /// is paused longer.
     pub fn pause(&self, bucket: &str, d: Duration) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        self.ensure_bucket(&mut conn, bucket)?;
-        conn.execute(
-            "UPDATE shared_budget
-             SET paused_until_us = GREATEST(paused_until_us,
-                     (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + LEAST($2::bigint, $3::bigint))
-             WHERE bucket = $1",
+        // An upsert: a row that went away is made again with the pause in it.
+        self.conn().execute(
+            "INSERT INTO shared_budget (bucket, tat_us, paused_until_us)
+             VALUES ($1, 0, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + LEAST($2::bigint, $3::bigint))
+             ON CONFLICT (bucket) DO UPDATE
+             SET paused_until_us = GREATEST(shared_budget.paused_until_us, excluded.paused_until_us)",
             &[bucket.into(), Value::Int(micros(d)), Value::Int(micros(MAX_PAUSE))],
         )?;
         Ok(())
@@ -232,7 +234,9 @@ impl Shared {
 
     /// Stores a newly minted token for `tenant`, only while the tenant is active with this
     /// key version and client key (`key_fingerprint`, as its row has it: a token minted for
-    /// a tenant deleted or changed meanwhile is not shared), and unless a token of a newer
+    /// a tenant deleted or changed meanwhile is not shared; the tenant's row is share-locked,
+    /// so a disable committing meanwhile is waited for and seen, and its own `drop_token`
+    /// comes after), and unless a token of a newer
     /// key version, or of the same version expiring later, is there. Tokens expired a
     /// minute ago or more are removed on the way.
     pub fn put_token(
@@ -250,7 +254,8 @@ impl Shared {
                  SELECT $1::text, $2::bigint, $3::bytea, $4::bytea, $5::text,
                         {DB_NOW_MS} + $6::bigint, {DB_NOW_MS} + $7::bigint, $8::text, {DB_NOW_MS}
                  WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1::text AND status = 'ACTIVE'
-                                                       AND key_version = $2::bigint AND key_fingerprint = $9::text)
+                                                       AND key_version = $2::bigint AND key_fingerprint = $9::text
+                               FOR SHARE)
                  ON CONFLICT (tenant_id) DO UPDATE SET
                      key_version = excluded.key_version, wrapped_dek = excluded.wrapped_dek,
                      ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint,

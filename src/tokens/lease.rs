@@ -46,7 +46,7 @@ pub struct CachedToken {
     pub go_client_id: Option<String>,
     pub(super) refresh_at: Instant,
     /// Minted by another replica and taken from the shared cache (PostgreSQL).
-    pub(super) from_other_replica: bool,
+    pub from_other_replica: bool,
 }
 
 /// What Go said about a key proven by [`Broker::validate_key`](super::Broker::validate_key).

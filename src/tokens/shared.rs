@@ -27,13 +27,18 @@ use crate::store::shared::{Shared, SharedToken};
 use crate::store::tenants::TenantRecord;
 use crate::vault::VaultError;
 
-/// How often a replica waiting for another's request looks again.
+/// How often a replica waiting for another's request looks again: first after this long,
+/// then twice as long each time up to [`POLL_MAX`].
 pub(super) const POLL: Duration = Duration::from_millis(20);
+const POLL_MAX: Duration = Duration::from_millis(200);
 /// How many fingerprints of tokens Go refused a replica remembers.
 const REFUSED_KEPT: usize = 1024;
 /// How long a replica waits for another replica's request beyond its own limiter wait:
 /// the other may be waiting for its slot, then for Go.
 const OTHERS_GRACE: Duration = Duration::from_secs(10);
+/// How long a refresh ahead waits for another replica refreshing the same tenant (which
+/// normally takes one request to Go) before it leaves it to the next tick.
+const REFRESH_GRACE: Duration = Duration::from_secs(3);
 
 fn ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -41,7 +46,8 @@ fn ms(t: SystemTime) -> i64 {
 
 impl Broker {
     /// The shared token for `rec`'s tenant, or the lease to ask Go for one (module docs).
-    /// Waits for another replica's request at most the limiter wait plus [`OTHERS_GRACE`].
+    /// Waits for another replica's request at most the limiter wait plus [`OTHERS_GRACE`]
+    /// (a refresh ahead, `max_wait` zero: [`REFRESH_GRACE`]).
     pub(super) async fn shared_or_lease(
         &self,
         shared: &Arc<Shared>,
@@ -50,13 +56,27 @@ impl Broker {
         max_wait: Duration,
     ) -> Result<Found, BrokerError> {
         let started = self.inner.clock.now();
-        let give_up = started + max_wait.max(self.inner.cfg.limiter_max_wait) + OTHERS_GRACE;
+        let refresh = max_wait.is_zero();
+        let give_up = started
+            + if refresh { REFRESH_GRACE } else { max_wait.max(self.inner.cfg.limiter_max_wait) + OTHERS_GRACE };
         let tenant = rec.tenant_id.clone();
         let mut rec = rec;
         let mut waited = false;
+        let mut poll = POLL;
         loop {
             if let Some(t) = self.adopt(shared, &rec, integ).await? {
-                return Ok(Found::Token(t));
+                if !waited {
+                    return Ok(Found::Token(t));
+                }
+                // The tenant was read before the wait: it must still be what the token
+                // was bound to (a disable meanwhile keeps key and version).
+                let now = self.reread(&tenant).await?;
+                BrokerError::unless_active(&now)?;
+                if now.key_version == rec.key_version && now.key_fingerprint == rec.key_fingerprint {
+                    return Ok(Found::Token(t));
+                }
+                rec = now;
+                continue;
             }
             let taken = {
                 let (shared, tenant) = (shared.clone(), tenant.clone());
@@ -67,12 +87,7 @@ impl Broker {
                 if waited {
                     // Another replica asked meanwhile: it may have minted (and let go between
                     // our looks), failed, or found the tenant changed.
-                    let vault = self.inner.vault.clone();
-                    let id = tenant.clone();
-                    rec = self
-                        .blocking(move || vault.tenant(&id))
-                        .await?
-                        .ok_or_else(|| BrokerError::NotFound(tenant.clone()))?;
+                    rec = self.reread(&tenant).await?;
                     BrokerError::unless_active(&rec)?;
                     if let Some(t) = self.adopt(shared, &rec, integ).await? {
                         return Ok(Found::Token(t));
@@ -80,20 +95,26 @@ impl Broker {
                 }
                 return Ok(Found::Lease { lease, record: Box::new(rec) });
             }
-            if max_wait.is_zero() {
-                // Refresh ahead: another replica is refreshing this tenant; its token is
-                // taken at the next tick. Not a failure (no backoff), and nobody waits.
-                return Err(BrokerError::RateLimited { env: rec.environment, retry_after: POLL });
-            }
             if self.inner.clock.now() >= give_up {
+                if refresh {
+                    // Another replica is still refreshing: its token is taken at the next
+                    // tick. Not a failure of this tenant (no backoff).
+                    return Err(BrokerError::RateLimited { env: rec.environment, retry_after: POLL_MAX });
+                }
                 return Err(BrokerError::Unavailable {
                     reason: "another replica's request to PowerOffice Go for this tenant has not finished".into(),
                     retry_after: Duration::from_secs(1),
                 });
             }
             waited = true;
-            self.inner.clock.sleep(POLL).await;
+            self.inner.clock.sleep(poll).await;
+            poll = (poll * 2).min(POLL_MAX);
         }
+    }
+
+    async fn reread(&self, tenant: &TenantId) -> Result<TenantRecord, BrokerError> {
+        let (vault, id) = (self.inner.vault.clone(), tenant.clone());
+        self.blocking(move || vault.tenant(&id)).await?.ok_or_else(|| BrokerError::NotFound(tenant.clone()))
     }
 
     /// The shared token of `rec`'s tenant when it is bound to its current key version and
@@ -109,6 +130,7 @@ impl Broker {
         let inner = &self.inner;
         let (vault, shared, tenant, version) =
             (inner.vault.clone(), shared.clone(), rec.tenant_id.clone(), rec.key_version);
+        let key_fingerprint = rec.key_fingerprint.to_string();
         let min_ms = inner.cfg.max_min_validity.as_millis() as i64;
         let found = self
             .blocking(move || {
@@ -117,12 +139,20 @@ impl Broker {
                     return Ok(None);
                 }
                 let opened = vault.open_access_token(&tenant, version, &row.sealed)?;
-                if opened.is_none() {
-                    // Of no use to this replica: gone, so nobody waits on it again.
-                    tracing::warn!(tenant = %tenant, "a shared token does not open for this tenant and key version (sealed under a master key since rotated, or not this vault's); destroyed, asking Go instead");
-                    if let Err(e) = shared.drop_token(tenant.as_str(), Some(&row.fingerprint)) {
-                        tracing::warn!(tenant = %tenant, error = %e, "could not destroy a shared token that does not open");
+                let unusable = match &opened {
+                    None => Some("does not open for this tenant and key version (sealed under a master key since rotated, or not this vault's)"),
+                    Some((_, facts)) if facts.key_fingerprint != key_fingerprint => {
+                        Some("was minted with another client key (a tenant deleted and registered again)")
                     }
+                    Some(_) => None,
+                };
+                if let Some(why) = unusable {
+                    // Of no use to anyone: gone, so nobody waits on it or keeps it again.
+                    tracing::warn!(tenant = %tenant, "a shared token {why}: destroyed, asking Go instead");
+                    if let Err(e) = shared.drop_token(tenant.as_str(), Some(&row.fingerprint)) {
+                        tracing::warn!(tenant = %tenant, error = %e, "could not destroy an unusable shared token");
+                    }
+                    return Ok(None);
                 }
                 Ok(opened.map(|o| (row, o)))
             })

@@ -249,7 +249,8 @@ impl ApiGateway {
             let with_retry_after = parts.headers.contains_key(http::header::RETRY_AFTER);
             self.broker.api_refused(env, &refusal, with_retry_after);
             let cached =
-                matches!(lease.source, TokenSource::Cache | TokenSource::StaleDuringOutage | TokenSource::OtherReplica);
+                matches!(lease.source, TokenSource::Cache | TokenSource::StaleDuringOutage | TokenSource::OtherReplica)
+                    || lease.token.from_other_replica;
             if matches!(refusal, UpstreamError::Unauthorized { status: 401, .. }) && cached && !retried {
                 // Go no longer takes the cached token: nobody gets it again.
                 self.broker.drop_refused_token(&req.tenant, &lease.token);
