@@ -111,6 +111,18 @@ async fn three_replicas(
     (a, others, endpoints)
 }
 
+/// A client of `name` on the replica at `endpoint` (one of the test server's callers).
+async fn channel_to(a: &TestServer, endpoint: &str, name: &str) -> tonic::transport::Channel {
+    pogo_vault::client::connect(endpoint, &a.files(name), Some("localhost")).await.unwrap()
+}
+
+/// Stops the replicas `three_replicas` started beside the test server.
+async fn shut_down(others: Vec<pogo_vault::server::RunningServer>) {
+    for s in others {
+        s.shutdown().await.unwrap();
+    }
+}
+
 fn generous(o: &mut pogo_vault::server::ServeOptions) {
     o.caller_requests_per_second = 100_000.0;
     o.concurrency_limit_per_connection = 1024;
@@ -128,8 +140,7 @@ async fn a_storm_for_one_cold_tenant_over_three_replicas_costs_one_upstream_requ
     let mut clients = Vec::new();
     for e in &endpoints {
         for _ in 0..4 {
-            let ch = pogo_vault::client::connect(e, &a.files("token-caller"), Some("localhost")).await.unwrap();
-            clients.push(TokenServiceClient::new(ch));
+            clients.push(TokenServiceClient::new(channel_to(&a, e, "token-caller").await));
         }
     }
     let started = Instant::now();
@@ -151,9 +162,7 @@ async fn a_storm_for_one_cold_tenant_over_three_replicas_costs_one_upstream_requ
     );
     assert_eq!(upstream, 1, "one upstream request across the replicas");
     assert_eq!(tokens.len(), 1, "every replica hands out the one token");
-    for s in others {
-        s.shutdown().await.unwrap();
-    }
+    shut_down(others).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,9 +224,7 @@ async fn a_sweep_of_cold_tenants_over_three_replicas_stays_within_the_one_budget
     );
     assert_eq!(times.len(), TENANTS, "one upstream request per tenant across the replicas");
     assert!(worst <= allowed, "{worst} token requests within one second; allowed {allowed}");
-    for s in others {
-        s.shutdown().await.unwrap();
-    }
+    shut_down(others).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,11 +233,8 @@ async fn a_429_seen_by_one_replica_pauses_the_others() {
     a.register("paused-0", 4).await;
     a.register("paused-1", 5).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let connect = |e: &String| {
-        let (e, files) = (e.clone(), a.files("token-caller"));
-        async move { TokenServiceClient::new(pogo_vault::client::connect(&e, &files, Some("localhost")).await.unwrap()) }
-    };
-    let (mut on_a, mut on_b) = (connect(&endpoints[0]).await, connect(&endpoints[1]).await);
+    let mut on_a = TokenServiceClient::new(channel_to(&a, &endpoints[0], "token-caller").await);
+    let mut on_b = TokenServiceClient::new(channel_to(&a, &endpoints[1], "token-caller").await);
 
     a.sim.fail_next_429(1, 4);
     let refused = on_a.get_access_token(get("paused-0")).await.unwrap_err();
@@ -256,9 +260,7 @@ async fn a_429_seen_by_one_replica_pauses_the_others() {
     let resumed = paused_at.elapsed();
     println!("a 429 (Retry-After 4 s) seen by replica A paused replica B too: B minted again {resumed:?} after it");
     assert!(resumed >= Duration::from_millis(3500), "{resumed:?}");
-    for s in others {
-        s.shutdown().await.unwrap();
-    }
+    shut_down(others).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,8 +282,7 @@ async fn a_token_used_on_three_replicas_is_refreshed_ahead_by_one() {
     let before = a.sim.token_requests_for(&key);
     let mut clients = Vec::new();
     for e in &endpoints {
-        let ch = pogo_vault::client::connect(e, &a.files("token-caller"), Some("localhost")).await.unwrap();
-        clients.push(TokenServiceClient::new(ch));
+        clients.push(TokenServiceClient::new(channel_to(&a, e, "token-caller").await));
     }
     // Asked on every replica every 100 ms for 6 s: each keeps the tenant hot.
     let window = Duration::from_secs(6);
@@ -311,9 +312,7 @@ async fn a_token_used_on_three_replicas_is_refreshed_ahead_by_one() {
     assert!(upstream <= most, "{upstream} upstream requests; one replica refreshing makes at most {most}");
     // Every minted token was served (but perhaps the last, minted as the window closed).
     assert!(tokens.len() as u64 + 1 >= upstream, "{} tokens served of {upstream} minted", tokens.len());
-    for s in others {
-        s.shutdown().await.unwrap();
-    }
+    shut_down(others).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,11 +320,8 @@ async fn a_shared_token_is_sealed_and_destroyed_when_its_tenant_changes() {
     let (a, others, endpoints) = three_replicas(generous).await;
     a.register("shared-1", 2).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let connect = |e: &String| {
-        let (e, files) = (e.clone(), a.files("token-caller"));
-        async move { TokenServiceClient::new(pogo_vault::client::connect(&e, &files, Some("localhost")).await.unwrap()) }
-    };
-    let (mut on_a, mut on_b) = (connect(&endpoints[0]).await, connect(&endpoints[1]).await);
+    let mut on_a = TokenServiceClient::new(channel_to(&a, &endpoints[0], "token-caller").await);
+    let mut on_b = TokenServiceClient::new(channel_to(&a, &endpoints[1], "token-caller").await);
     let pg = a.pg.as_ref().unwrap();
     let row = |tenant: &str| {
         tokio::task::block_in_place(|| {
@@ -355,9 +351,7 @@ async fn a_shared_token_is_sealed_and_destroyed_when_its_tenant_changes() {
     });
 
     // Disabled through B: the shared token is destroyed; enabled again, a new one is minted.
-    let mut admin_b = TenantServiceClient::new(
-        pogo_vault::client::connect(&endpoints[1], &a.files("admin"), Some("localhost")).await.unwrap(),
-    );
+    let mut admin_b = TenantServiceClient::new(channel_to(&a, &endpoints[1], "admin").await);
     admin_b.disable_tenant(pb::DisableTenantRequest { tenant_id: "shared-1".into() }).await.unwrap();
     assert!(row("shared-1").is_none(), "destroyed on disable");
     admin_b.enable_tenant(pb::EnableTenantRequest { tenant_id: "shared-1".into() }).await.unwrap();
@@ -417,9 +411,7 @@ async fn a_shared_token_is_sealed_and_destroyed_when_its_tenant_changes() {
         before + 1,
         "minted with the new customer's key"
     );
-    for s in others {
-        s.shutdown().await.unwrap();
-    }
+    shut_down(others).await;
 }
 
 /// `serve --config` for replica `i` of a vault on PostgreSQL: the files of
