@@ -388,12 +388,6 @@ impl Config {
             if self.vault.audit_db.is_some() {
                 return Err(invalid("vault.audit_db", here.into()));
             }
-            if !self.audit.sink.is_empty() {
-                return Err(invalid(
-                    "audit.sink",
-                    "not available with storage.backend = \"postgres\" yet (sinks read a SQLite audit file)".into(),
-                ));
-            }
         } else if self.vault.db.as_os_str().is_empty() {
             return Err(invalid("vault.db", "required (the vault database file)".into()));
         }
@@ -445,10 +439,11 @@ impl Config {
             ];
             g.validate(&others).map_err(|(key, reason)| invalid(key, reason))?;
         }
-        if self.storage.backend == storage::StorageBackend::Postgres {
-            return Ok(());
-        }
-        let dbs = [self.vault.db.clone(), self.audit_db()];
+        // On PostgreSQL no file of the vault's lies beside a sink's file to collide with.
+        let dbs = match self.storage.backend {
+            storage::StorageBackend::Postgres => Vec::new(),
+            storage::StorageBackend::Sqlite => vec![self.vault.db.clone(), self.audit_db()],
+        };
         crate::audit::validate_sinks(&self.audit.sink, &dbs).map_err(|(k, r)| invalid(k, r))
     }
 

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "replicas_on_postgres/sinks.rs"]
+mod sinks;
 
 use std::time::{Duration, Instant};
 

@@ -12,6 +12,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use super::AuditError;
 use crate::store::PostgresOptions;
 use crate::store::pg_conn::{PgConn, PgTx};
+use crate::store::pg_pool::PgPool;
 use crate::store::postgres::AUDIT_LOCK;
 use crate::store::sql::{Backend, Sql};
 
@@ -92,5 +93,30 @@ impl AuditTx<'_> {
             AuditTx::Postgres(t) => t.commit()?,
         }
         Ok(())
+    }
+}
+
+/// Where this process's audit queries read: a connection of their own to the file, or one
+/// from the pool of PostgreSQL reader connections (`store::pg_pool`: at most
+/// `storage.postgres.pool_size`, each call waits a bounded time for one).
+#[derive(Clone)]
+pub(crate) enum Readers {
+    File(std::path::PathBuf),
+    Pool(std::sync::Arc<PgPool>),
+}
+
+impl Readers {
+    /// A pool of reader connections to the audit tables at `options`.
+    pub(crate) fn postgres(options: &PostgresOptions) -> Readers {
+        Readers::Pool(PgPool::new(options, "audit", super::db::AUDIT_POSTGRES))
+    }
+
+    /// Runs `f` on a reader (blocking: call it on a blocking thread). On PostgreSQL the
+    /// connection goes back to the pool afterwards.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<T, AuditError>) -> Result<T, AuditError> {
+        match self {
+            Readers::File(path) => f(&mut &super::db::open_reader(path)?),
+            Readers::Pool(pool) => f(pool.get()?.conn()?),
+        }
     }
 }

@@ -16,11 +16,11 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use super::chain::Checkpoint;
-use super::db_backend::AuditDb;
+use super::db_backend::{AuditDb, Readers};
 use super::handoff::{Batch, Done, Queue, Receipt, Shared, Watchdog, lock};
 use super::record::{AuditEvent, AuditRecord};
 use super::signing::{retired_at_open, sign_unsigned_tail};
-use super::sinks::{SinkSet, SinkStatus};
+use super::sinks::{Origin, SinkSet, SinkStatus};
 use super::stats::{AuditStats, AuditStatsSnapshot};
 use super::tenant_indexer::Indexer;
 use super::witness::{WitnessSet, WitnessStatus};
@@ -48,6 +48,8 @@ struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     cfg: AuditConfig,
     location: AuditLocation,
+    /// Where this process's queries, watches and sinks read (on PostgreSQL, a bounded pool).
+    readers: Readers,
     public_key: VerifyingKey,
     /// The tenant index beside a SQLite file (PostgreSQL indexes `tenant_id` itself).
     indexer: Option<Arc<Indexer>>,
@@ -102,17 +104,12 @@ impl AuditLog {
     /// Opens the audit tables of a PostgreSQL database (creating them if missing) and starts
     /// the writer thread: one global chain shared with every other replica on the database,
     /// each group commit under the advisory lock `AUDIT_LOCK` and signed (see `writer`).
-    /// Sinks are not available on PostgreSQL yet (refused).
+    /// Sinks keep their cursors in the vault's tables there, one replica delivering each.
     pub fn open_postgres(
         options: &PostgresOptions,
         signing_key: SigningKey,
         cfg: AuditConfig,
     ) -> Result<AuditLog, AuditError> {
-        if !cfg.sinks.is_empty() {
-            return Err(AuditError::Unavailable {
-                reason: "audit sinks are not available with the audit log on PostgreSQL yet".into(),
-            });
-        }
         let mut conn = AuditDb::connect_postgres(options)?;
         db::register_key(conn.sql()?, &signing_key.verifying_key())?;
         Self::start(conn, AuditLocation::Postgres(options.clone()), signing_key, cfg)
@@ -157,13 +154,17 @@ impl AuditLog {
             last_signed = Some(cp);
         }
         stats.head.store(head_seq, Ordering::Relaxed);
+        let readers = match &location {
+            AuditLocation::File(path) => Readers::File(path.clone()),
+            AuditLocation::Postgres(options) => Readers::postgres(options),
+        };
         let sinks = Arc::new(match (&cfg.sinks[..], &cfg.sink_cursors, &location) {
             ([], _, _) => SinkSet::none(stats.clone()),
-            (sinks, Some(cursors), AuditLocation::File(path)) => SinkSet::start(sinks, path, cursors, stats.clone())?,
-            (_, _, AuditLocation::Postgres(_)) => {
-                return Err(AuditError::Unavailable {
-                    reason: "audit sinks are not available with the audit log on PostgreSQL yet".into(),
-                });
+            (sinks, Some(cursors), AuditLocation::File(path)) => {
+                SinkSet::start(sinks, Origin::File { audit_db: path, cursors }, stats.clone())?
+            }
+            (sinks, _, AuditLocation::Postgres(options)) => {
+                SinkSet::start(sinks, Origin::Postgres { readers: &readers, options }, stats.clone())?
             }
             (_, None, _) => {
                 return Err(AuditError::Unavailable {
@@ -228,6 +229,7 @@ impl AuditLog {
                 thread: Mutex::new(Some(thread)),
                 cfg,
                 location,
+                readers,
                 public_key,
                 witness,
                 sinks,
@@ -471,6 +473,11 @@ impl AuditLog {
     /// Where the log lives.
     pub fn location(&self) -> &AuditLocation {
         &self.inner.location
+    }
+
+    /// Where this process's queries read (see [`Readers`]).
+    pub(crate) fn readers(&self) -> Readers {
+        self.inner.readers.clone()
     }
 
     /// The highest sequence the background tenant index covers (tenant queries scan the

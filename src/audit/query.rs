@@ -10,7 +10,7 @@ use rusqlite::types::Value;
 
 use super::chain::Checkpoint;
 use super::db::{self, EVENT_COLUMNS, event_from_row, open_reader};
-use super::db_backend::AuditDb;
+use super::db_backend::{AuditDb, Readers};
 use super::log::AuditLocation;
 use super::record::{Action, AuditEvent, Outcome};
 use super::verify::verify_conn_with;
@@ -247,10 +247,19 @@ pub(crate) fn list_in(
     after_sequence: Option<i64>,
     limit: usize,
 ) -> Result<Vec<AuditEvent>, AuditError> {
-    let db = match db {
-        AuditDb::Sqlite(c) => return list(c, filter, after_sequence, limit),
-        AuditDb::Postgres(_) => db.sql()?,
-    };
+    match db {
+        AuditDb::Sqlite(c) => list(c, filter, after_sequence, limit),
+        AuditDb::Postgres(_) => list_sql(db.sql()?, filter, after_sequence, limit),
+    }
+}
+
+/// [`list`] through the `Sql` seam, with numbered parameters (both backends read them).
+pub(crate) fn list_sql(
+    db: &mut dyn Sql,
+    filter: &AuditFilter,
+    after_sequence: Option<i64>,
+    limit: usize,
+) -> Result<Vec<AuditEvent>, AuditError> {
     let (clause, params) = filter.sql(after_sequence, "");
     let mut n = 0;
     let numbered: String = clause
@@ -277,47 +286,40 @@ pub(crate) fn list_in(
     db.query(&sql, &args)?.iter().map(db::event_from).collect()
 }
 
-/// Runs `f` on a connection of its own on the blocking pool, on either backend.
+/// Runs `f` on a reader of this process on the blocking pool (see [`Readers`]).
 async fn read_any<T: Send + 'static>(
-    location: AuditLocation,
+    readers: Readers,
     f: impl FnOnce(&mut dyn Sql) -> Result<T, AuditError> + Send + 'static,
 ) -> Result<T, AuditError> {
-    tokio::task::spawn_blocking(move || match location {
-        AuditLocation::File(path) => f(&mut &open_reader(&path)?),
-        AuditLocation::Postgres(options) => f(AuditDb::open_postgres_existing(&options)?.sql()?),
-    })
-    .await
-    .map_err(|e| AuditError::Unavailable { reason: format!("audit reader task failed: {e}") })?
+    tokio::task::spawn_blocking(move || readers.with(f))
+        .await
+        .map_err(|e| AuditError::Unavailable { reason: format!("audit reader task failed: {e}") })?
 }
 
 impl AuditLog {
-    /// [`list`] on a read-only connection of its own.
+    /// [`list`] on a reader of this process (a connection of its own to the file, or one
+    /// from the PostgreSQL reader pool). On SQLite through the tenant index.
     pub async fn list(
         &self,
         filter: AuditFilter,
         after_sequence: Option<i64>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, AuditError> {
-        let location = self.location().clone();
-        tokio::task::spawn_blocking(move || {
-            let mut db = match &location {
-                AuditLocation::File(path) => AuditDb::Sqlite(open_reader(path)?),
-                AuditLocation::Postgres(o) => AuditDb::open_postgres_existing(o)?,
-            };
-            list_in(&mut db, &filter, after_sequence, limit)
+        read_any(self.readers(), move |db| match db.sqlite() {
+            Some(c) => list(c, &filter, after_sequence, limit),
+            None => list_sql(db, &filter, after_sequence, limit),
         })
         .await
-        .map_err(|e| AuditError::Unavailable { reason: format!("audit reader task failed: {e}") })?
     }
 
-    /// [`latest_checkpoint`] on a read-only connection of its own.
+    /// [`latest_checkpoint`] on a reader of this process.
     pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
-        read_any(self.location().clone(), db::latest_checkpoint).await
+        read_any(self.readers(), db::latest_checkpoint).await
     }
 
-    /// [`head`] on a read-only connection of its own.
+    /// [`head`] on a reader of this process.
     pub async fn head(&self) -> Result<(i64, [u8; 32]), AuditError> {
-        read_any(self.location().clone(), db::head).await
+        read_any(self.readers(), db::head).await
     }
 
     /// What `VerifyAuditLog` serves: asks the writer for a checkpoint of the current head

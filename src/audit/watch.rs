@@ -17,9 +17,8 @@ use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::db::open_reader;
-use super::db_backend::AuditDb;
-use super::log::AuditLocation;
-use super::query::{AuditFilter, list_in};
+use super::db_backend::{AuditDb, Readers};
+use super::query::{AuditFilter, list_in, list_sql};
 use super::record::AuditEvent;
 use super::{AuditError, AuditLog};
 
@@ -32,7 +31,7 @@ const PAGE: usize = 512;
 pub struct AuditWatch {
     /// The audit file or database (on PostgreSQL, other replicas' events arrive as the
     /// events of another process do: by the gap they leave, or by polling).
-    location: AuditLocation,
+    readers: Readers,
     live: broadcast::Receiver<AuditEvent>,
     /// The next sequence to deliver.
     next: i64,
@@ -58,7 +57,7 @@ impl AuditLog {
         // Subscribe before the first file read: see the module docs.
         let live = self.subscribe();
         AuditWatch {
-            location: self.location().clone(),
+            readers: self.readers(),
             live,
             next: from_sequence.max(1),
             buffer: VecDeque::new(),
@@ -109,23 +108,28 @@ impl AuditWatch {
         self.next
     }
 
-    /// Reads the next page from the file (on the blocking pool, on this watch's own reader).
+    /// Reads the next page from the file (on the blocking pool, on this watch's own reader)
+    /// or the database (on a connection of the reader pool, for this page only: a watch
+    /// that follows for hours holds none while it waits).
     async fn refill(&mut self) -> Result<(), AuditError> {
-        let (location, reader, from) = (self.location.clone(), self.reader.take(), self.next);
+        let (readers, reader, from) = (self.readers.clone(), self.reader.take(), self.next);
+        let after = Some(from.saturating_sub(1));
         let (reader, page) = tokio::task::spawn_blocking(move || -> Result<_, AuditError> {
-            let mut reader = match reader {
-                Some(r) => r,
-                None => match &location {
-                    AuditLocation::File(path) => AuditDb::Sqlite(open_reader(path)?),
-                    AuditLocation::Postgres(o) => AuditDb::open_postgres_existing(o)?,
-                },
-            };
-            let page = list_in(&mut reader, &AuditFilter::default(), Some(from.saturating_sub(1)), PAGE)?;
-            Ok((reader, page))
+            match &readers {
+                Readers::File(path) => {
+                    let mut reader = match reader {
+                        Some(r) => r,
+                        None => AuditDb::Sqlite(open_reader(path)?),
+                    };
+                    let page = list_in(&mut reader, &AuditFilter::default(), after, PAGE)?;
+                    Ok((Some(reader), page))
+                }
+                Readers::Pool(_) => Ok((None, readers.with(|db| list_sql(db, &AuditFilter::default(), after, PAGE))?)),
+            }
         })
         .await
         .map_err(|e| AuditError::Unavailable { reason: format!("audit reader task failed: {e}") })??;
-        self.reader = Some(reader);
+        self.reader = reader;
         self.buffer.extend(page);
         Ok(())
     }

@@ -213,7 +213,8 @@ pub fn status(conn: ConnectArgs) -> Result<(), CliError> {
             )?;
         }
         for k in &s.audit_sinks {
-            let state = if k.failing { format!("FAILING ({})", k.last_error) } else { "ok".to_owned() };
+            let standby = if k.standby { "standing by (another replica delivers it)" } else { "ok" };
+            let state = if k.failing { format!("FAILING ({})", k.last_error) } else { standby.to_owned() };
             let skipped =
                 if k.skipped > 0 { format!(", {} archived before delivery", k.skipped) } else { String::new() };
             outln!(

@@ -38,6 +38,9 @@ pub struct PostgresSection {
     pub connect_timeout_secs: f64,
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout_secs: f64,
+    /// The most connections a replica opens for audit reads at once (see `store::pg_pool`).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
 }
 
 fn default_connect_timeout() -> f64 {
@@ -45,6 +48,9 @@ fn default_connect_timeout() -> f64 {
 }
 fn default_statement_timeout() -> f64 {
     10.0
+}
+fn default_pool_size() -> usize {
+    crate::store::postgres::DEFAULT_POOL_SIZE
 }
 
 impl StorageSection {
@@ -58,6 +64,7 @@ impl StorageSection {
             ca_file: p.ca_file.clone(),
             connect_timeout: secs(p.connect_timeout_secs),
             statement_timeout: secs(p.statement_timeout_secs),
+            pool_size: p.pool_size,
         })
     }
 

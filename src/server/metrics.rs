@@ -204,7 +204,7 @@ fn render_sinks(o: &mut String, sinks: &[SinkStatus]) {
         return;
     }
     type Series = (&'static str, &'static str, &'static str, fn(&SinkStatus) -> u64);
-    let series: [Series; 6] = [
+    let series: [Series; 7] = [
         (
             "pogo_vault_audit_sink_lag_events",
             "gauge",
@@ -238,6 +238,12 @@ fn render_sinks(o: &mut String, sinks: &[SinkStatus]) {
         ("pogo_vault_audit_sink_failing", "gauge", "1 while the last delivery to an audit sink failed.", |s| {
             u64::from(s.failing)
         }),
+        (
+            "pogo_vault_audit_sink_standby",
+            "gauge",
+            "1 while another replica holds an audit sink's lease and delivers it (PostgreSQL).",
+            |s| u64::from(s.standby),
+        ),
     ];
     for (name, kind, help, value) in series {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -83,6 +83,7 @@ impl StatusService for StatusSvc {
                     skipped: s.skipped,
                     failing: s.failing,
                     last_error: s.last_error.unwrap_or_default(),
+                    standby: s.standby,
                 })
                 .collect(),
         }))

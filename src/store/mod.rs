@@ -33,6 +33,7 @@ pub mod migrations;
 pub mod onboarding;
 pub(crate) mod pg_conn;
 mod pg_connect;
+pub(crate) mod pg_pool;
 mod pg_tls;
 mod pg_values;
 pub mod postgres;

@@ -77,6 +77,9 @@ pub(crate) struct PgConn {
     supported: i64,
     /// What this connection's change notifications carry (`Sql::origin`).
     origin: String,
+    /// Counts the server sessions this connection has had: it moves on every reconnect, so
+    /// a holder of a session-level lock (a sink's lease) knows the lock went with the old one.
+    session: u64,
 }
 
 /// A random id for a connection's change notifications.
@@ -168,6 +171,7 @@ impl PgConn {
             component,
             supported: migrations.last().map_or(0, |m| m.version),
             origin: new_origin(),
+            session: 0,
         })
     }
 
@@ -211,6 +215,11 @@ impl PgConn {
         self.options.describe()
     }
 
+    /// Which server session this connection is on (see the field).
+    pub(crate) fn session(&self) -> u64 {
+        self.session
+    }
+
     /// The connection for one call: connected again first when it was closed or given
     /// up (then the schema is checked again: a failover may have reached another server).
     fn parts(&mut self) -> Result<Parts<'_>, StoreError> {
@@ -231,6 +240,7 @@ impl PgConn {
             self.broken = false;
             self.statements.clear();
             self.link = Some(Link::open(&self.options)?);
+            self.session += 1;
             let found = match self.schema_version() {
                 Ok(v) => v,
                 Err(e) => {

@@ -31,6 +31,12 @@ pub const AUDIT_LOCK: i64 = 0x0070_6f67_6f2d_7661;
 /// The advisory lock migrations run under (ASCII `pogo-vm`).
 pub const MIGRATE_LOCK: i64 = 0x0070_6f67_6f2d_766d;
 
+/// Reader connections per process unless `pool_size` says otherwise.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+/// The largest `pool_size` accepted: beyond it a replica would hold more connections than a
+/// default server (`max_connections` 100) has for three.
+pub const MAX_POOL_SIZE: usize = 32;
+
 /// How the vault reaches its PostgreSQL database (`[storage.postgres]`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
@@ -47,6 +53,9 @@ pub struct PostgresOptions {
     /// How long one statement may run: the server's `statement_timeout`, and (plus 5 s)
     /// how long the vault waits for any answer before it gives the connection up.
     pub statement_timeout: Duration,
+    /// The most connections this process opens for audit reads at once (queries, watches,
+    /// sinks: `store::pg_pool`), beside its four long-lived ones.
+    pub pool_size: usize,
 }
 
 // The URL is shown as `describe()` shows it: a URL that wrongly holds a password must not
@@ -59,6 +68,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("ca_file", &self.ca_file)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("pool_size", &self.pool_size)
             .finish()
     }
 }
@@ -71,6 +81,7 @@ impl PostgresOptions {
             ca_file: None,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
+            pool_size: DEFAULT_POOL_SIZE,
         }
     }
 
@@ -129,6 +140,13 @@ impl PostgresOptions {
         };
         secs("storage.postgres.connect_timeout_secs", self.connect_timeout, 300)?;
         secs("storage.postgres.statement_timeout_secs", self.statement_timeout, 3600)?;
+        let most = MAX_POOL_SIZE;
+        if !(1..=most).contains(&self.pool_size) {
+            return Err(StoreError::Config {
+                field: "storage.postgres.pool_size",
+                reason: format!("must be 1 to {most}, not {}", self.pool_size),
+            });
+        }
         Ok(cfg)
     }
 
@@ -260,6 +278,11 @@ mod tests {
         let mut o = PostgresOptions::new("postgresql://vault@127.0.0.1/vault");
         o.statement_timeout = Duration::ZERO;
         assert!(o.check().unwrap_err().to_string().contains("storage.postgres.statement_timeout_secs"));
+        o.statement_timeout = Duration::from_secs(10);
+        for bad in [0, MAX_POOL_SIZE + 1] {
+            o.pool_size = bad;
+            assert!(o.check().unwrap_err().to_string().contains("storage.postgres.pool_size"), "{bad}");
+        }
     }
 
     #[test]

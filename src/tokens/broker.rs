@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -239,7 +239,7 @@ impl Broker {
     }
 
     fn served(&self, st: &mut SlotState) {
-        st.last_served_ms = Some(system_ms(self.inner.clock.system_now()));
+        st.last_served_ms = Some(super::clock::unix_ms(self.inner.clock.system_now()));
         st.last_served_dirty = true;
     }
 
@@ -552,10 +552,6 @@ impl Broker {
             .map_err(|_| BrokerError::Internal("store task failed".into()))?
             .map_err(BrokerError::from_vault)
     }
-}
-
-fn system_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A uniform number in [0, 1) from the OS random source (jitter only; not for secrets).

@@ -20,6 +20,11 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
+/// Milliseconds since the Unix epoch of a wall-clock time (0 before it).
+pub(crate) fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 

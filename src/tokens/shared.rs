@@ -17,7 +17,9 @@
 //! ([`Broker::forget`]); a token Go refused is destroyed by its fingerprint.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use super::clock::unix_ms as ms;
 
 use super::state::{Found, IntegrationCtx, Lease};
 use super::{Broker, BrokerError, CachedToken, FP_ACCESS_TOKEN};
@@ -39,10 +41,6 @@ const OTHERS_GRACE: Duration = Duration::from_secs(10);
 /// How long a refresh ahead waits for another replica refreshing the same tenant (which
 /// normally takes one request to Go) before it leaves it to the next tick.
 const REFRESH_GRACE: Duration = Duration::from_secs(3);
-
-fn ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 impl Broker {
     /// The shared token for `rec`'s tenant, or the lease to ask Go for one (module docs).

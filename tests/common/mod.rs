@@ -185,6 +185,7 @@ pub mod dev;
 pub mod fixture;
 pub mod serve_process;
 pub mod server;
+pub mod syslog;
 
 /// Asks Go (the simulator) to approve an onboarding as a user's browser would, and returns
 /// the onboarding token from the redirect back.

@@ -3,14 +3,13 @@
 //! covers), from one read snapshot; and what a destination must do with them
 //! ([`Destination`]).
 
-use rusqlite::Connection;
-
 use super::super::AuditError;
 use super::super::chain::Checkpoint;
-use super::super::db::{CHECKPOINT_COLUMNS, EVENT_COLUMNS, checkpoint_from_row, event_from_row};
+use super::super::db::{CHECKPOINT_COLUMNS, EVENT_COLUMNS, checkpoint_from, event_from, head};
 use super::super::event_json::event_json;
 use super::super::record::AuditEvent;
 pub use crate::store::sink_cursors::SinkCursor;
+use crate::store::sql::{Sql, Value};
 
 /// One thing a sink delivers.
 #[derive(Debug, Clone)]
@@ -75,17 +74,16 @@ pub(super) struct Page {
 }
 
 /// Up to `limit` events after `at`, with the checkpoints after `at` that they (or the events
-/// delivered already) reach, in delivery order. One read snapshot, so a checkpoint committed
-/// with its events is never seen without them.
-pub(super) fn read_page(conn: &Connection, at: SinkCursor, limit: usize) -> Result<Page, AuditError> {
-    let tx = conn.unchecked_transaction()?;
+/// delivered already) reach, in delivery order. `db` must be one read snapshot (a read
+/// transaction), so a checkpoint committed with its events is never seen without them.
+pub(super) fn read_page(db: &mut dyn Sql, at: SinkCursor, limit: usize) -> Result<Page, AuditError> {
     let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE sequence > ?1 ORDER BY sequence LIMIT ?2");
-    let mut stmt = tx.prepare_cached(&sql)?;
-    let events = stmt
-        .query_map([at.event_sequence, limit as i64], event_from_row)?
-        .map(|r| r.map_err(AuditError::from).and_then(|e| e))
+    let page = i64::try_from(limit).unwrap_or(i64::MAX);
+    let events = db
+        .query(&sql, &[Value::Int(at.event_sequence), Value::Int(page)])?
+        .iter()
+        .map(event_from)
         .collect::<Result<Vec<_>, _>>()?;
-    drop(stmt);
     let gap = match events.first() {
         Some(e) if at.event_sequence > 0 && e.sequence > at.event_sequence + 1 => {
             Some((at.event_sequence + 1, e.sequence - 1))
@@ -96,19 +94,17 @@ pub(super) fn read_page(conn: &Connection, at: SinkCursor, limit: usize) -> Resu
     // is delivered ahead of events it covers.
     let reach = match events.last() {
         Some(e) if events.len() == limit => e.sequence,
-        Some(e) => e.sequence.max(super::super::db::head(&mut &*tx)?.0),
-        None => super::super::db::head(&mut &*tx)?.0.max(at.event_sequence),
+        Some(e) => e.sequence.max(head(db)?.0),
+        None => head(db)?.0.max(at.event_sequence),
     };
     let sql = format!(
         "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE sequence > ?1 AND sequence <= ?2 ORDER BY sequence"
     );
-    let mut stmt = tx.prepare_cached(&sql)?;
-    let checkpoints = stmt
-        .query_map([at.checkpoint_sequence, reach], checkpoint_from_row)?
-        .map(|r| r.map_err(AuditError::from).and_then(|c| c))
+    let checkpoints = db
+        .query(&sql, &[Value::Int(at.checkpoint_sequence), Value::Int(reach)])?
+        .iter()
+        .map(checkpoint_from)
         .collect::<Result<Vec<_>, _>>()?;
-    drop(stmt);
-    tx.finish()?;
     // Merge: a checkpoint goes right after the event of its sequence (or first, when that
     // event was delivered before).
     let mut items = Vec::with_capacity(events.len() + checkpoints.len());
@@ -148,21 +144,22 @@ mod tests {
             AuditLog::append_blocking_once(&path, &key, AuditRecord::new(Action::TenantRead, Outcome::Ok)).unwrap();
         }
         let reader = open_reader(&path).unwrap();
-        let all = read_page(&reader, SinkCursor::default(), 100).unwrap();
+        let read_page = |at, limit| read_page(&mut &reader, at, limit);
+        let all = read_page(SinkCursor::default(), 100).unwrap();
         assert_eq!(all.gap, None);
         let expect: Vec<(char, i64)> = (1..=5).flat_map(|s| [('e', s), ('c', s)]).collect();
         assert_eq!(kinds(&all.items), expect);
         // A full page stops at its last event, with no checkpoint ahead of its events.
-        let two = read_page(&reader, SinkCursor::default(), 2).unwrap();
+        let two = read_page(SinkCursor::default(), 2).unwrap();
         assert_eq!(kinds(&two.items), vec![('e', 1), ('c', 1), ('e', 2), ('c', 2)]);
         // A checkpoint signed after its event was delivered comes first on the next page.
         let at = SinkCursor { event_sequence: 2, checkpoint_sequence: 1 };
-        assert_eq!(kinds(&read_page(&reader, at, 1).unwrap().items), vec![('c', 2), ('e', 3), ('c', 3)]);
+        assert_eq!(kinds(&read_page(at, 1).unwrap().items), vec![('c', 2), ('e', 3), ('c', 3)]);
         // Events 2 and 3 archived (deleted) before the sink read them: reported, not hidden.
         let rw = rusqlite::Connection::open(&path).unwrap();
         rw.execute("DELETE FROM events WHERE sequence IN (2, 3)", []).unwrap();
         let at = SinkCursor { event_sequence: 1, checkpoint_sequence: 1 };
-        let page = read_page(&reader, at, 100).unwrap();
+        let page = read_page(at, 100).unwrap();
         assert_eq!(page.gap, Some((2, 3)));
         assert_eq!(kinds(&page.items)[..3], [('c', 2), ('c', 3), ('e', 4)]);
     }

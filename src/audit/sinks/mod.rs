@@ -5,8 +5,14 @@
 //! (`otlp`, to a collector).
 //!
 //! Here: the set of sinks and the delivery thread each one runs. `config`: the entries and
-//! their checks. `feed`: reading what comes next from the durable log. `file`, `syslog`,
-//! `otlp`: the destinations.
+//! their checks. `feed`: reading what comes next from the durable log. `place`: where a sink
+//! reads and keeps its cursor, and on PostgreSQL its lease. `file`, `syslog`, `otlp`: the
+//! destinations.
+//!
+//! On PostgreSQL every replica runs the same sinks, and **one replica delivers each sink at a
+//! time** (it holds the sink's lease; the others stand by, show the shared cursor in their
+//! status, and take over from it when the holder stops or dies). A takeover repeats what the
+//! holder sent but had not confirmed, never skips.
 //!
 //! Invariants:
 //! - **A sink never slows or fails a request.** It reads the committed log on its own thread
@@ -29,23 +35,25 @@
 //! - A failing sink raises an alarm (`error` once, then `warn` at most once a minute), and
 //!   shows in metrics (`pogo_vault_audit_sink_*{sink=NAME}`, lag included) and `status`.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::AuditError;
 use super::stats::AuditStats;
-use super::{AuditError, db};
 
 mod config;
 mod feed;
 mod file;
 mod otlp;
+mod place;
 pub(super) mod status;
 mod syslog;
 
 pub use config::{SinkConfig, SinkKind, SinkStart, validate_sinks};
-use feed::{Destination, SinkCursor, read_page};
+use feed::{Destination, SinkCursor};
+pub(crate) use place::Origin;
+use place::Place;
 pub use status::SinkStatus;
 
 /// Items read from the log per batch.
@@ -61,6 +69,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Between repeated alarms for a sink that keeps failing.
 const ALARM_EVERY: Duration = Duration::from_secs(60);
+/// How often a sink on PostgreSQL checks that it still holds its lease, or (standing by)
+/// tries to take it and reads the shared cursor.
+const LEASE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct SlotState {
@@ -75,6 +86,8 @@ struct SlotState {
     skipped: u64,
     failing: bool,
     last_error: Option<String>,
+    /// Another replica holds this sink's lease and delivers it.
+    standby: bool,
 }
 
 struct Slot {
@@ -134,28 +147,20 @@ impl SinkSet {
         SinkSet { slots: Vec::new(), stats }
     }
 
-    /// Starts one delivery thread per sink. `cursors` is the vault database, where each
-    /// sink's cursor is kept. Fails (starting none) if a cursor cannot be read.
+    /// Starts one delivery thread per sink, on the audit file (cursors in the vault
+    /// database) or on PostgreSQL (see the module docs). Fails (starting none) if a
+    /// cursor cannot be read.
     pub(crate) fn start(
         sinks: &[SinkConfig],
-        audit_db: &Path,
-        cursors: &Path,
+        origin: Origin<'_>,
         stats: Arc<AuditStats>,
     ) -> Result<SinkSet, AuditError> {
         let mut set = SinkSet::none(stats.clone());
         let unavailable = |reason: String| AuditError::Unavailable { reason };
         let mut workers = Vec::new();
         for cfg in sinks {
-            let mut store = crate::store::Store::open(cursors)
-                .map_err(|e| unavailable(format!("audit sink {:?}: cannot open its cursor store: {e}", cfg.name)))?;
-            // A cursor is delivery progress: a commit lost with the power only repeats items.
-            if let Some(conn) = store.sqlite() {
-                conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| unavailable(e.to_string()))?;
-            }
-            let stored = store
-                .db()
-                .and_then(|db| crate::store::sink_cursors::load(db, &cfg.name))
-                .map_err(|e| unavailable(format!("audit sink {:?}: cannot read its cursor: {e}", cfg.name)))?;
+            let mut place = Place::open(&cfg.name, &origin)?;
+            let stored = place.load(&cfg.name)?;
             let mut dest: Box<dyn Destination> = match cfg.kind {
                 SinkKind::File => Box::new(file::FileDest::new(
                     cfg.path.clone().unwrap_or_default(),
@@ -169,26 +174,35 @@ impl SinkSet {
                     otlp::OtlpDest::new(cfg).map_err(|e| unavailable(format!("audit sink {:?}: {e}", cfg.name)))?,
                 ),
             };
-            let reader = db::open_reader(audit_db)?;
-            let start = start_position(cfg, stored, dest.resume_hint(), &reader)?;
+            // On SQLite this process delivers from now on; on PostgreSQL the thread first
+            // takes the lease, and works out where to start when it has it.
+            let leading = matches!(place, Place::File { .. });
+            let start = match leading {
+                true => start_position(&cfg.name, cfg.start, stored, dest.resume_hint(), place.head()?),
+                false => stored.unwrap_or_default(),
+            };
             let slot = Arc::new(Slot {
                 name: cfg.name.clone(),
                 kind: cfg.kind,
-                state: Mutex::new(SlotState { delivered: start, ..SlotState::default() }),
+                state: Mutex::new(SlotState { delivered: start, standby: !leading, ..SlotState::default() }),
                 wake: Condvar::new(),
             });
-            tracing::info!(
-                sink = %cfg.name,
-                kind = cfg.kind.as_str(),
-                from_event = start.event_sequence + 1,
-                "audit sink starting"
-            );
+            if leading {
+                tracing::info!(
+                    sink = %cfg.name,
+                    kind = cfg.kind.as_str(),
+                    from_event = start.event_sequence + 1,
+                    "audit sink starting"
+                );
+            }
             workers.push(Worker {
                 slot: slot.clone(),
                 dest,
-                store,
-                reader,
-                audit_db: audit_db.to_owned(),
+                place,
+                start: cfg.start,
+                leading,
+                last_lease: None,
+                lost_at: None,
                 stats: stats.clone(),
                 durable: start,
                 saved: stored,
@@ -223,6 +237,7 @@ impl SinkSet {
                     skipped: st.skipped,
                     failing: st.failing,
                     last_error: st.last_error.clone(),
+                    standby: st.standby,
                 }
             })
             .collect()
@@ -258,44 +273,44 @@ impl Drop for SinkSet {
 
 /// Where a sink starts: its stored cursor, moved forward to what its destination shows it
 /// holds (never past the log's head: a file claiming more is not this log's); with neither,
-/// its `start` setting.
+/// its `start` setting. `head`: the log's head and newest checkpoint sequences.
 fn start_position(
-    cfg: &SinkConfig,
+    name: &str,
+    start: SinkStart,
     stored: Option<SinkCursor>,
     hint: Option<SinkCursor>,
-    reader: &rusqlite::Connection,
-) -> Result<SinkCursor, AuditError> {
-    let head = db::head(&mut &*reader)?.0;
+    (head, checkpoint): (i64, i64),
+) -> SinkCursor {
     let hint = hint.filter(|h| {
         let fits = h.event_sequence <= head && h.checkpoint_sequence <= head;
         if !fits {
-            tracing::warn!(sink = %cfg.name, head, "the sink's file holds sequences beyond this audit log's head; ignoring it");
+            tracing::warn!(sink = %name, head, "the sink's file holds sequences beyond this audit log's head; ignoring it");
         }
         fits
     });
-    Ok(match (stored, hint) {
-        (Some(s), Some(h)) => SinkCursor {
-            event_sequence: s.event_sequence.max(h.event_sequence),
-            checkpoint_sequence: s.checkpoint_sequence.max(h.checkpoint_sequence),
-        },
+    match (stored, hint) {
+        (Some(s), Some(h)) => further(s, h),
         (Some(s), None) => s,
         (None, Some(h)) => h,
-        (None, None) => match cfg.start {
+        (None, None) => match start {
             SinkStart::Oldest => SinkCursor::default(),
-            SinkStart::Now => SinkCursor {
-                event_sequence: head,
-                checkpoint_sequence: db::latest_checkpoint(&mut &*reader)?.map_or(0, |c| c.sequence),
-            },
+            SinkStart::Now => SinkCursor { event_sequence: head, checkpoint_sequence: checkpoint },
         },
-    })
+    }
 }
 
 struct Worker {
     slot: Arc<Slot>,
     dest: Box<dyn Destination>,
-    store: crate::store::Store,
-    reader: rusqlite::Connection,
-    audit_db: PathBuf,
+    place: Place,
+    /// Where a sink with no cursor starts (`start`), for a lease taken later.
+    start: SinkStart,
+    /// This process delivers the sink (always on SQLite; on PostgreSQL, holding its lease).
+    leading: bool,
+    /// When the lease was last checked.
+    last_lease: Option<Instant>,
+    /// When this process last lost the lease.
+    lost_at: Option<Instant>,
     stats: Arc<AuditStats>,
     /// What the destination certainly has.
     durable: SinkCursor,
@@ -329,6 +344,13 @@ impl Worker {
             if slot.overdue() {
                 break;
             }
+            self.lease_due(&mut sent);
+            if !self.leading {
+                if closing || slot.pause(LEASE_EVERY) {
+                    break;
+                }
+                continue;
+            }
             let failure = match self.dest.confirm() {
                 Ok(Some(p)) => {
                     self.durable = further(self.durable, p);
@@ -339,6 +361,7 @@ impl Worker {
                 Err(e) => Some(e),
             };
             if closing || last_save.elapsed() >= SAVE_EVERY {
+                // Only while leading (checked above): a standby's cursor is the holder's.
                 self.save();
                 last_save = Instant::now();
             }
@@ -372,6 +395,10 @@ impl Worker {
                                     break;
                                 }
                                 slot.pause(LOOK_EVERY);
+                                continue;
+                            }
+                            // Still the holder (a read may have waited): checked again if due.
+                            if !self.lease_due(&mut sent) {
                                 continue;
                             }
                             let end = page.items.iter().fold(sent, |p, i| i.advance(p));
@@ -422,10 +449,13 @@ impl Worker {
             }
             backoff = (backoff * 2).min(RETRY_MAX);
         }
-        if let Ok(Some(p)) = self.dest.confirm() {
-            self.durable = further(self.durable, p);
+        if self.leading {
+            if let Ok(Some(p)) = self.dest.confirm() {
+                self.durable = further(self.durable, p);
+            }
+            self.save();
+            self.place.release(&slot.name);
         }
-        self.save();
         let mut st = lock(&slot.state);
         st.delivered = self.durable;
         st.stopped = true;
@@ -434,15 +464,88 @@ impl Worker {
     }
 
     fn read(&mut self, at: SinkCursor) -> Result<feed::Page, AuditError> {
-        match read_page(&self.reader, at, PAGE) {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                // A fresh connection next time (the file may have been replaced by a restore).
-                if let Ok(r) = db::open_reader(&self.audit_db) {
-                    self.reader = r;
+        self.place.read(at, PAGE)
+    }
+
+    /// Follows the lease when a check is due (every [`LEASE_EVERY`]); true while this
+    /// process delivers the sink.
+    fn lease_due(&mut self, sent: &mut SinkCursor) -> bool {
+        if self.last_lease.is_none_or(|t| t.elapsed() >= LEASE_EVERY) {
+            self.last_lease = Some(Instant::now());
+            self.follow_lease(sent);
+        }
+        self.leading
+    }
+
+    /// Takes, keeps or loses the lease (on PostgreSQL; on SQLite this process always
+    /// delivers), and acts on a change: a sink taken over starts from the shared cursor
+    /// (moved forward to what its destination shows, and saved before anything is sent); a
+    /// sink lost saves what its destination confirmed and forgets the rest (the new holder
+    /// sends it again), and is not taken again for two checks, so another replica takes it;
+    /// a standby shows the shared cursor. Never takes the lease once closed.
+    fn follow_lease(&mut self, sent: &mut SinkCursor) {
+        let name = self.slot.name.clone();
+        let was = self.leading;
+        let may_take = !self.slot.closed() && self.lost_at.is_none_or(|t| t.elapsed() >= LEASE_EVERY * 2);
+        let lead = self.place.lead(&name, may_take);
+        self.leading = matches!(lead, Ok(true));
+        match (was, self.leading) {
+            (false, true) => {
+                let taken = self.place.load(&name).and_then(|stored| Ok((stored, self.place.head()?)));
+                let started = taken.and_then(|(stored, head)| {
+                    let at = start_position(&name, self.start, stored, self.dest.resume_hint(), head);
+                    // Saved first: a holder dying before its first save must not leave the
+                    // next one to start afresh (`start = "now"` would skip).
+                    self.place.save(&name, at)?;
+                    Ok(at)
+                });
+                match started {
+                    Ok(at) => {
+                        self.dest.reset();
+                        (self.durable, *sent, self.saved) = (at, at, Some(at));
+                        let mut st = lock(&self.slot.state);
+                        (st.delivered, st.standby, st.failing, st.last_error) = (at, false, false, None);
+                        drop(st);
+                        tracing::info!(sink = %name, from_event = at.event_sequence + 1, "audit sink: this replica delivers it now");
+                    }
+                    Err(e) => {
+                        tracing::warn!(sink = %name, error = %e, "audit sink: took the lease but cannot read or save where to start; letting it go");
+                        self.place.release(&name);
+                        self.leading = false;
+                        let mut st = lock(&self.slot.state);
+                        (st.failing, st.last_error) = (true, Some(format!("taking the sink over: {e}")));
+                    }
                 }
-                Err(e)
             }
+            (true, false) => {
+                self.lost_at = Some(Instant::now());
+                self.save();
+                self.dest.reset();
+                let mut st = lock(&self.slot.state);
+                (st.standby, st.failing, st.last_error) = (true, false, None);
+                drop(st);
+                tracing::warn!(sink = %name, "audit sink: lost its lease; another replica delivers it from the shared cursor");
+            }
+            (false, false) if lead.is_ok() => {
+                let stored = self.place.load(&name);
+                let mut st = lock(&self.slot.state);
+                st.standby = true;
+                match stored {
+                    Ok(c) => {
+                        if let Some(c) = c {
+                            (self.durable, self.saved, st.delivered) = (c, Some(c), c);
+                        }
+                        (st.failing, st.last_error) = (false, None);
+                    }
+                    Err(e) => (st.failing, st.last_error) = (true, Some(format!("reading the shared cursor: {e}"))),
+                }
+            }
+            (false, false) | (true, true) => {}
+        }
+        if let Err(e) = lead {
+            // Standing by or not, this replica cannot tell who delivers: shown as failing.
+            let mut st = lock(&self.slot.state);
+            (st.standby, st.failing, st.last_error) = (true, true, Some(format!("checking the sink's lease: {e}")));
         }
     }
 
@@ -453,7 +556,7 @@ impl Worker {
             return;
         }
         let (name, at) = (&self.slot.name, self.durable);
-        match self.store.db().and_then(|db| crate::store::sink_cursors::save(db, name, at)) {
+        match self.place.save(name, at) {
             Ok(()) => self.saved = Some(self.durable),
             Err(e) => tracing::warn!(sink = %self.slot.name, error = %e, "could not save the audit sink's cursor"),
         }

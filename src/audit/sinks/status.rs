@@ -24,4 +24,7 @@ pub struct SinkStatus {
     pub failing: bool,
     /// Why the last attempt failed (an I/O or TLS reason; no secret).
     pub last_error: Option<String>,
+    /// Another replica holds this sink's lease and delivers it (PostgreSQL); the cursor
+    /// shown is the shared one.
+    pub standby: bool,
 }

@@ -1,0 +1,187 @@
+//! A bounded pool of PostgreSQL connections for the calls a replica makes beside its
+//! long-lived connections: audit queries (`ListAuditEvents`, the head, the newest
+//! checkpoint), the pages of `WatchAuditEvents`, and what audit sinks read.
+//!
+//! Without it each such call connected (TLS and a login each time), and a burst of them
+//! opened as many connections as there were calls, so one busy security dashboard could take
+//! the database's `max_connections` from every other replica. With it a replica holds at
+//! most `storage.postgres.pool_size` of them, connected on first need and kept.
+//!
+//! Invariants:
+//! - **Bounded**: never more than `size` connections out or idle together.
+//! - **Fail closed in bounded time**: a call that finds every connection busy waits at most
+//!   [`PostgresOptions::call_timeout`] (each holder's own call ends within that, answered or
+//!   given up), then fails `UNAVAILABLE` naming `pool_size`; it never queues without end.
+//! - **Nothing carried over**: a connection goes back with no transaction open (a
+//!   [`super::pg_conn::PgTx`] rolls back when dropped, or gives the connection up); one
+//!   that was given up or closed goes back too, and its next call connects it again
+//!   ([`PgConn`] does that).
+//! - Readers only: each connection checks its component's schema and migrates nothing.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::error::StoreError;
+use super::migrations::PostgresMigration;
+use super::pg_conn::PgConn;
+use super::postgres::{MAX_POOL_SIZE, PostgresOptions};
+
+#[derive(Default)]
+struct State {
+    idle: Vec<PgConn>,
+    /// Connections handed out, or being connected for a caller.
+    out: usize,
+}
+
+/// See the module docs.
+pub(crate) struct PgPool {
+    options: PostgresOptions,
+    component: &'static str,
+    migrations: &'static [PostgresMigration],
+    size: usize,
+    wait: Duration,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+/// A connection taken from a [`PgPool`]; it goes back when dropped.
+pub(crate) struct Pooled {
+    pool: Arc<PgPool>,
+    conn: Option<PgConn>,
+}
+
+impl PgPool {
+    /// A pool of up to `options.pool_size` connections to `component`'s tables (whose schema
+    /// ends at `migrations`' last version). Connects nothing yet.
+    pub(crate) fn new(
+        options: &PostgresOptions,
+        component: &'static str,
+        migrations: &'static [PostgresMigration],
+    ) -> Arc<PgPool> {
+        Arc::new(PgPool {
+            options: options.clone(),
+            component,
+            migrations,
+            size: options.pool_size.clamp(1, MAX_POOL_SIZE),
+            wait: options.call_timeout(),
+            state: Mutex::new(State::default()),
+            freed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every change under this lock is a push, a pop or a count: never half done.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection: an idle one, a new one while fewer than `size` exist, or the first one
+    /// given back within the wait (see the module docs). Blocks: call it on a blocking thread.
+    pub(crate) fn get(self: &Arc<Self>) -> Result<Pooled, StoreError> {
+        let deadline = Instant::now() + self.wait;
+        let mut st = self.lock();
+        loop {
+            if let Some(conn) = st.idle.pop() {
+                st.out += 1;
+                return Ok(Pooled { pool: self.clone(), conn: Some(conn) });
+            }
+            if st.out < self.size {
+                st.out += 1;
+                drop(st);
+                // Connected outside the lock: a slow server must not hold the idle ones.
+                return match PgConn::connect_existing(&self.options, self.component, self.migrations) {
+                    Ok(conn) => Ok(Pooled { pool: self.clone(), conn: Some(conn) }),
+                    Err(e) => {
+                        self.lock().out -= 1;
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Unavailable(format!(
+                    "all {} PostgreSQL reader connections stayed busy for {} s: try again, or raise \
+                     storage.postgres.pool_size",
+                    self.size,
+                    self.wait.as_secs()
+                )));
+            }
+            st = self.freed.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// How many connections exist now (idle and out).
+    #[cfg(test)]
+    fn open_connections(&self) -> usize {
+        let st = self.lock();
+        st.idle.len() + st.out
+    }
+}
+
+impl Pooled {
+    /// The connection (only `Drop` takes it out, so this is never `Err`).
+    pub(crate) fn conn(&mut self) -> Result<&mut PgConn, StoreError> {
+        self.conn.as_mut().ok_or_else(|| StoreError::Unavailable("PostgreSQL: connection already returned".into()))
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut st = self.pool.lock();
+        st.out -= 1;
+        if let Some(conn) = self.conn.take() {
+            st.idle.push(conn);
+        }
+        drop(st);
+        self.pool.freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_that_cannot_connect_frees_its_place_and_says_why() {
+        // Nothing listens on port 1 of loopback: each attempt fails at once.
+        let mut o = PostgresOptions::new("postgresql://pogo@127.0.0.1:1/pogo");
+        o.connect_timeout = Duration::from_secs(1);
+        o.pool_size = 1;
+        let pool = PgPool::new(&o, "audit", &[]);
+        for _ in 0..3 {
+            assert!(pool.get().is_err(), "nothing to connect to");
+        }
+        assert_eq!(pool.open_connections(), 0, "a failed connect gives its place back");
+    }
+
+    #[test]
+    fn a_caller_finding_the_pool_busy_waits_a_bounded_time_then_is_told_to_raise_pool_size() {
+        // A server that accepts and never answers: the one place stays taken by a connect
+        // that runs to its deadline (connect_timeout + 5 s = 8 s).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming() {
+                held.push(s);
+            }
+        });
+        let mut o = PostgresOptions::new(format!("postgresql://pogo@127.0.0.1:{port}/pogo"));
+        o.connect_timeout = Duration::from_secs(3);
+        // A wait of 6 s (call_timeout), shorter than the connect holding the place.
+        o.statement_timeout = Duration::from_secs(1);
+        o.pool_size = 1;
+        let pool = PgPool::new(&o, "audit", &[]);
+        let other = pool.clone();
+        let first = std::thread::spawn(move || other.get().map(|_| ()));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(pool.open_connections(), 1, "the first caller holds the one place while it connects");
+        let t = Instant::now();
+        let e = pool.get().err().map(|e| e.to_string()).unwrap_or_default();
+        let waited = t.elapsed();
+        assert!(e.contains("storage.postgres.pool_size"), "{e}");
+        assert!(waited >= Duration::from_millis(5500) && waited < Duration::from_millis(7900), "{waited:?}");
+        assert!(first.join().unwrap().is_err(), "the silent server was given up");
+        assert_eq!(pool.open_connections(), 0);
+    }
+}
