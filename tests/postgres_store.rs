@@ -480,6 +480,48 @@ fn a_server_that_stops_answering_fails_calls_in_bounded_time_and_is_left_behind(
     assert!(start.elapsed() < Duration::from_secs(2));
 }
 
+/// Regression: callers of the shared-state connection (the budget's bookings, leases,
+/// shared tokens) queued on a mutex, so behind a silent server each waited for every one
+/// before it to time out in turn (8 callers: about 48 s). Each now waits at most the call
+/// timeout for the connection, then fails UNAVAILABLE.
+#[test]
+fn callers_of_the_shared_state_connection_all_fail_in_bounded_time_behind_a_silent_server() {
+    let cluster = PgCluster::start(&[]);
+    cluster.create_database("vault");
+    let relay = Relay::start(cluster.port);
+    let mut o = cluster.options("vault");
+    o.url = format!("postgresql://{}@127.0.0.1:{}/vault", common::pg::USER, relay.port);
+    o.statement_timeout = Duration::from_secs(1);
+    o.connect_timeout = Duration::from_secs(1);
+    let shared = Arc::new(pogo_vault::store::shared::Shared::connect(&o).unwrap());
+    let book = |s: &pogo_vault::store::shared::Shared| {
+        s.reserve("demo", Duration::from_millis(100), 10, Duration::from_secs(1))
+    };
+    book(&shared).unwrap();
+
+    relay.freeze(true);
+    let start = Instant::now();
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let shared = shared.clone();
+            std::thread::spawn(move || (book(&shared).map(|_| ()), start.elapsed()))
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for c in callers {
+        let (r, took) = c.join().unwrap();
+        let e = r.unwrap_err();
+        assert!(matches!(e, pogo_vault::store::StoreError::Unavailable(_)), "{e}");
+        slowest = slowest.max(took);
+    }
+    println!("8 callers of the shared-state connection behind a silent server: all failed within {slowest:?}");
+    // One call's deadline (6 s), then one reconnect's (6 s), at most; never one per caller.
+    assert!(slowest < Duration::from_secs(14), "{slowest:?}");
+
+    relay.freeze(false);
+    book(&shared).unwrap();
+}
+
 #[test]
 fn a_vault_connects_again_after_the_server_restarts() {
     let mut cluster = PgCluster::start(&[]);

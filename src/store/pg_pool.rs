@@ -74,6 +74,21 @@ impl PgPool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A pool of the one connection `conn` (connected and migrated by the caller): a gate
+    /// that callers of one long-lived connection pass in turn, each waiting a bounded time
+    /// (a mutex would queue them without end behind a silent server).
+    pub(crate) fn of_one(conn: PgConn, options: &PostgresOptions) -> Arc<PgPool> {
+        Arc::new(PgPool {
+            options: options.clone(),
+            component: "",
+            migrations: &[],
+            size: 1,
+            wait: options.call_timeout(),
+            state: Mutex::new(State { idle: vec![conn], out: 0 }),
+            freed: Condvar::new(),
+        })
+    }
+
     /// A connection: an idle one, a new one while fewer than `size` exist, or the first one
     /// given back within the wait (see the module docs). Blocks: call it on a blocking thread.
     pub(crate) fn get(self: &Arc<Self>) -> Result<Pooled, StoreError> {
