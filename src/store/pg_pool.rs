@@ -26,6 +26,9 @@ use super::migrations::PostgresMigration;
 use super::pg_conn::PgConn;
 use super::postgres::{MAX_POOL_SIZE, PostgresOptions};
 
+/// What a pool made by [`PgPool::new`] holds, in messages.
+const READERS: &str = "reader connections";
+
 #[derive(Default)]
 struct State {
     idle: Vec<PgConn>,
@@ -38,6 +41,8 @@ pub(crate) struct PgPool {
     options: PostgresOptions,
     component: &'static str,
     migrations: &'static [PostgresMigration],
+    /// What the connections are for, in messages.
+    what: &'static str,
     size: usize,
     wait: Duration,
     state: Mutex<State>,
@@ -62,6 +67,7 @@ impl PgPool {
             options: options.clone(),
             component,
             migrations,
+            what: READERS,
             size: options.pool_size.clamp(1, MAX_POOL_SIZE),
             wait: options.call_timeout(),
             state: Mutex::new(State::default()),
@@ -77,11 +83,12 @@ impl PgPool {
     /// A pool of the one connection `conn` (connected and migrated by the caller): a gate
     /// that callers of one long-lived connection pass in turn, each waiting a bounded time
     /// (a mutex would queue them without end behind a silent server).
-    pub(crate) fn of_one(conn: PgConn, options: &PostgresOptions) -> Arc<PgPool> {
+    pub(crate) fn of_one(conn: PgConn, options: &PostgresOptions, what: &'static str) -> Arc<PgPool> {
         Arc::new(PgPool {
             options: options.clone(),
             component: "",
             migrations: &[],
+            what,
             size: 1,
             wait: options.call_timeout(),
             state: Mutex::new(State { idle: vec![conn], out: 0 }),
@@ -114,12 +121,16 @@ impl PgPool {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(StoreError::Unavailable(format!(
-                    "all {} PostgreSQL reader connections stayed busy for {} s: try again, or raise \
-                     storage.postgres.pool_size",
-                    self.size,
-                    self.wait.as_secs()
-                )));
+                let secs = self.wait.as_secs();
+                return Err(StoreError::Unavailable(match self.what {
+                    READERS => format!(
+                        "all {} PostgreSQL {READERS} stayed busy for {secs} s: try again, or raise storage.postgres.pool_size",
+                        self.size
+                    ),
+                    what => format!(
+                        "the PostgreSQL {what} stayed busy for {secs} s (a slow or silent server, or many calls at once): try again"
+                    ),
+                }));
             }
             st = self.freed.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
         }

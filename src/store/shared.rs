@@ -19,9 +19,11 @@
 //!   wait out.
 //!
 //! Every call runs on this module's own connection (not the vault's), one at a time; a
-//! caller waits at most the call timeout for its turn, then fails `UNAVAILABLE` (behind a
-//! silent server, 8 callers all failed within 6.0 s with a 1-s statement timeout, where a
-//! mutex made the last wait 48 s: `tests/postgres_store.rs`).
+//! caller waits at most the call timeout for its turn, then fails `UNAVAILABLE`, so behind
+//! a silent server every caller fails within about two call timeouts (the test: 8 callers
+//! all failed within 6.0 s with a 1-s statement timeout, where a mutex made the last wait
+//! 48 s: `tests/postgres_store.rs`). A lease whose unlock cannot run then is unlocked
+//! before the connection's next statement (`unlock_later`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -85,6 +87,10 @@ pub struct Shared {
     /// session's re-entrant lock again; and a late release never lets go of a lease this
     /// process no longer holds.
     held: Mutex<HashSet<String>>,
+    /// Leases let go of whose unlock could not run (the connection was busy or failed):
+    /// unlocked by the next caller that gets the connection, before its own statement, so
+    /// the session's lock count for a tenant never stays above zero with nobody holding it.
+    unlock_later: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -106,15 +112,31 @@ impl Shared {
     pub fn connect(options: &PostgresOptions) -> Result<Shared, StoreError> {
         let conn = PgConn::connect(options, "shared", SHARED_POSTGRES)?;
         Ok(Shared {
-            conn: PgPool::of_one(conn, options),
+            conn: PgPool::of_one(conn, options, "shared-state connection"),
             buckets: Mutex::new(HashSet::new()),
             held: Mutex::new(HashSet::new()),
+            unlock_later: Mutex::new(HashSet::new()),
         })
     }
 
-    /// The connection, waited for at most the call timeout.
+    /// The connection, waited for at most the call timeout; first the unlocks left over
+    /// (see `unlock_later`).
     fn conn(&self) -> Result<Pooled, StoreError> {
-        self.conn.get()
+        let mut pooled = self.conn.get()?;
+        let left: Vec<String> = self.unlock_later.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        for tenant in left {
+            Self::unlock(pooled.conn()?, &tenant)?;
+            self.unlock_later.lock().unwrap_or_else(|p| p.into_inner()).remove(&tenant);
+        }
+        Ok(pooled)
+    }
+
+    fn unlock(conn: &mut PgConn, tenant: &str) -> Result<(), StoreError> {
+        conn.query_opt(
+            "SELECT pg_advisory_unlock($1::int4, hashtext($2))::int",
+            &[Value::Int(i64::from(LEASE_CLASS)), tenant.into()],
+        )?;
+        Ok(())
     }
 
     fn ensure_bucket(&self, conn: &mut PgConn, bucket: &str) -> Result<(), StoreError> {
@@ -333,15 +355,19 @@ impl Shared {
         taken
     }
 
-    /// Lets go of a lease taken by [`Shared::try_lease`].
+    /// Lets go of a lease taken by [`Shared::try_lease`]. If the unlock cannot run now, it
+    /// runs before the connection's next statement (an error is still returned, to log).
     pub fn release(&self, tenant: &str) -> Result<(), StoreError> {
-        if !self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant) {
+        if !self.held.lock().unwrap_or_else(|p| p.into_inner()).contains(tenant) {
             return Ok(());
         }
-        self.conn()?.conn()?.query_opt(
-            "SELECT pg_advisory_unlock($1::int4, hashtext($2))::int",
-            &[Value::Int(i64::from(LEASE_CLASS)), tenant.into()],
-        )?;
-        Ok(())
+        let done = self.conn().and_then(|mut pooled| Self::unlock(pooled.conn()?, tenant));
+        if done.is_err() {
+            self.unlock_later.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.to_owned());
+        }
+        // Not held any more either way: a later try_lease on this session takes it anew
+        // after the left-over unlock (which `conn` runs first).
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant);
+        done
     }
 }

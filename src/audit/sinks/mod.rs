@@ -519,11 +519,16 @@ impl Worker {
             }
             (true, false) => {
                 self.lost_at = Some(Instant::now());
-                self.save();
-                self.dest.reset();
                 let mut st = lock(&self.slot.state);
                 (st.standby, st.failing, st.last_error) = (true, false, None);
                 drop(st);
+                // What the destination confirmed is saved (a cursor never moves back, so
+                // this is safe beside the new holder); the rest goes again from there.
+                if let Ok(Some(p)) = self.dest.confirm() {
+                    self.durable = further(self.durable, p);
+                }
+                self.save();
+                self.dest.reset();
                 tracing::warn!(sink = %name, "audit sink: lost its lease; another replica delivers it from the shared cursor");
             }
             (false, false) if lead.is_ok() => {
