@@ -154,9 +154,12 @@ impl Place {
         // The server must notice a holder cut off from it and end its session (and with it
         // the lease) in seconds, not after the system's keepalive defaults (two hours):
         // probes after 10 s idle, every 2 s, 3 missed; sent data unacknowledged for 15 s.
+        // (`tcp_user_timeout` exists from PostgreSQL 12 on.)
         conn.query(
             "SELECT set_config('tcp_keepalives_idle', '10', false), set_config('tcp_keepalives_interval', '2', false),
-                    set_config('tcp_keepalives_count', '3', false), set_config('tcp_user_timeout', '15000', false)",
+                    set_config('tcp_keepalives_count', '3', false),
+                    CASE WHEN current_setting('server_version_num')::int >= 120000
+                         THEN set_config('tcp_user_timeout', '15000', false) END",
             &[],
         )?;
         let row = conn.query_opt(
