@@ -16,7 +16,7 @@ use common::fixture::{audit_verifying_key, token_request};
 use common::server::TestServer;
 use pogo_vault::audit::{Checkpoint, FileWitnessConfig, SyslogWitnessConfig, WitnessConfig};
 use pogo_vault::proto::v1 as pb;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -74,21 +74,7 @@ impl Receiver {
 }
 
 async fn read_frames(mut s: impl AsyncRead + Unpin, got: Arc<Mutex<Vec<Checkpoint>>>) {
-    loop {
-        let mut len = 0usize;
-        loop {
-            let Ok(b) = s.read_u8().await else { return };
-            match b {
-                b'0'..=b'9' => len = len * 10 + usize::from(b - b'0'),
-                b' ' => break,
-                other => panic!("not octet-counted framing: byte {other}"),
-            }
-        }
-        let mut msg = vec![0; len];
-        if s.read_exact(&mut msg).await.is_err() {
-            return;
-        }
-        let msg = String::from_utf8(msg).unwrap();
+    while let Some(msg) = common::syslog::next_message(&mut s).await {
         // RFC 5424: <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG
         assert!(msg.starts_with("<110>1 "), "{msg}");
         let fields: Vec<&str> = msg.splitn(8, ' ').collect();

@@ -44,22 +44,23 @@ impl Receiver {
     }
 }
 
-async fn read_frames(mut s: impl AsyncRead + Unpin, got: Arc<Mutex<Vec<Got>>>) {
+/// The next RFC 6587 octet-counted message on `s`; `None` once it closes or breaks off.
+pub async fn next_message(s: &mut (impl AsyncRead + Unpin)) -> Option<String> {
+    let mut len = 0usize;
     loop {
-        let mut len = 0usize;
-        loop {
-            let Ok(b) = s.read_u8().await else { return };
-            match b {
-                b'0'..=b'9' => len = len * 10 + usize::from(b - b'0'),
-                b' ' => break,
-                other => panic!("not octet-counted framing: byte {other}"),
-            }
+        match s.read_u8().await.ok()? {
+            b @ b'0'..=b'9' => len = len * 10 + usize::from(b - b'0'),
+            b' ' => break,
+            other => panic!("not octet-counted framing: byte {other}"),
         }
-        let mut msg = vec![0; len];
-        if s.read_exact(&mut msg).await.is_err() {
-            return;
-        }
-        let msg = String::from_utf8(msg).unwrap();
+    }
+    let mut msg = vec![0; len];
+    s.read_exact(&mut msg).await.ok()?;
+    Some(String::from_utf8(msg).unwrap())
+}
+
+async fn read_frames(mut s: impl AsyncRead + Unpin, got: Arc<Mutex<Vec<Got>>>) {
+    while let Some(msg) = next_message(&mut s).await {
         // RFC 5424: <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG
         let fields: Vec<&str> = msg.splitn(8, ' ').collect();
         assert_eq!((fields[2], fields[3], fields[6]), ("vault-test", "pogo-vault", "-"), "{msg}");
