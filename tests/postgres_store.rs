@@ -515,8 +515,9 @@ fn callers_of_the_shared_state_connection_all_fail_in_bounded_time_behind_a_sile
         slowest = slowest.max(took);
     }
     println!("8 callers of the shared-state connection behind a silent server: all failed within {slowest:?}");
-    // One call's deadline (6 s), then one reconnect's (6 s), at most; never one per caller.
-    assert!(slowest < Duration::from_secs(14), "{slowest:?}");
+    // One call's deadline (6 s), then one reconnect's (6 s), at most: 12 s, never one per
+    // caller (48 s behind the mutex this replaced). The margin is for a loaded machine.
+    assert!(slowest < Duration::from_secs(20), "{slowest:?}");
 
     relay.freeze(false);
     book(&shared).unwrap();

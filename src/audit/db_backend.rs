@@ -108,7 +108,7 @@ pub(crate) enum Readers {
 impl Readers {
     /// A pool of reader connections to the audit tables at `options`.
     pub(crate) fn postgres(options: &PostgresOptions) -> Readers {
-        Readers::Pool(PgPool::new(options, "audit", super::db::AUDIT_POSTGRES))
+        Readers::Pool(PgPool::new(options, "audit", super::db::AUDIT_POSTGRES, "audit reader connections"))
     }
 
     /// Runs `f` on a reader (blocking: call it on a blocking thread). On PostgreSQL the

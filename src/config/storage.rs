@@ -38,7 +38,8 @@ pub struct PostgresSection {
     pub connect_timeout_secs: f64,
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout_secs: f64,
-    /// The most connections a replica opens for audit reads at once (see `store::pg_pool`).
+    /// The most connections a replica opens at once for audit reads, and again for the shared
+    /// budget and token cache (see `store::pg_pool`).
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
 }

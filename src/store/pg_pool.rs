@@ -1,11 +1,14 @@
 //! A bounded pool of PostgreSQL connections for the calls a replica makes beside its
-//! long-lived connections: audit queries (`ListAuditEvents`, the head, the newest
-//! checkpoint), the pages of `WatchAuditEvents`, and what audit sinks read.
+//! long-lived connections. Two per replica, each of `storage.postgres.pool_size`: audit
+//! reads (`ListAuditEvents`, the head, the newest checkpoint, the pages of
+//! `WatchAuditEvents`, what audit sinks read), and the shared budget and token cache
+//! (`store::shared`). And a gate of one ([`PgPool::of_one`]) that callers of one long-lived
+//! connection pass in turn, a bounded wait each.
 //!
-//! Without it each such call connected (TLS and a login each time), and a burst of them
+//! Without it each audit read connected (TLS and a login each time), and a burst of them
 //! opened as many connections as there were calls, so one busy security dashboard could take
-//! the database's `max_connections` from every other replica. With it a replica holds at
-//! most `storage.postgres.pool_size` of them, connected on first need and kept.
+//! the database's `max_connections` from every other replica; and the shared state ran on
+//! one connection behind a mutex, where callers queued without end behind a silent server.
 //!
 //! Invariants:
 //! - **Bounded**: never more than `size` connections out or idle together.
@@ -16,7 +19,7 @@
 //!   [`super::pg_conn::PgTx`] rolls back when dropped, or gives the connection up); one
 //!   that was given up or closed goes back too, and its next call connects it again
 //!   ([`PgConn`] does that).
-//! - Readers only: each connection checks its component's schema and migrates nothing.
+//! - Migrates nothing: each connection checks its component's schema (migrated at start).
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,9 +28,6 @@ use super::error::StoreError;
 use super::migrations::PostgresMigration;
 use super::pg_conn::PgConn;
 use super::postgres::{MAX_POOL_SIZE, PostgresOptions};
-
-/// What a pool made by [`PgPool::new`] holds, in messages.
-const READERS: &str = "reader connections";
 
 #[derive(Default)]
 struct State {
@@ -43,6 +43,8 @@ pub(crate) struct PgPool {
     migrations: &'static [PostgresMigration],
     /// What the connections are for, in messages.
     what: &'static str,
+    /// Sized by `pool_size` (a gate of one made by [`PgPool::of_one`] is not).
+    sized: bool,
     size: usize,
     wait: Duration,
     state: Mutex<State>,
@@ -62,12 +64,14 @@ impl PgPool {
         options: &PostgresOptions,
         component: &'static str,
         migrations: &'static [PostgresMigration],
+        what: &'static str,
     ) -> Arc<PgPool> {
         Arc::new(PgPool {
             options: options.clone(),
             component,
             migrations,
-            what: READERS,
+            what,
+            sized: true,
             size: options.pool_size.clamp(1, MAX_POOL_SIZE),
             wait: options.call_timeout(),
             state: Mutex::new(State::default()),
@@ -89,6 +93,7 @@ impl PgPool {
             component: "",
             migrations: &[],
             what,
+            sized: false,
             size: 1,
             wait: options.call_timeout(),
             state: Mutex::new(State { idle: vec![conn], out: 0 }),
@@ -122,12 +127,13 @@ impl PgPool {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let secs = self.wait.as_secs();
-                return Err(StoreError::Unavailable(match self.what {
-                    READERS => format!(
-                        "all {} PostgreSQL {READERS} stayed busy for {secs} s: try again, or raise storage.postgres.pool_size",
+                let what = self.what;
+                return Err(StoreError::Unavailable(match self.sized {
+                    true => format!(
+                        "all {} PostgreSQL {what} stayed busy for {secs} s: try again, or raise storage.postgres.pool_size",
                         self.size
                     ),
-                    what => format!(
+                    false => format!(
                         "the PostgreSQL {what} stayed busy for {secs} s (a slow or silent server, or many calls at once): try again"
                     ),
                 }));
@@ -173,7 +179,7 @@ mod tests {
         let mut o = PostgresOptions::new("postgresql://pogo@127.0.0.1:1/pogo");
         o.connect_timeout = Duration::from_secs(1);
         o.pool_size = 1;
-        let pool = PgPool::new(&o, "audit", &[]);
+        let pool = PgPool::new(&o, "audit", &[], "audit reader connections");
         for _ in 0..3 {
             assert!(pool.get().is_err(), "nothing to connect to");
         }
@@ -197,7 +203,7 @@ mod tests {
         // A wait of 6 s (call_timeout), shorter than the connect holding the place.
         o.statement_timeout = Duration::from_secs(1);
         o.pool_size = 1;
-        let pool = PgPool::new(&o, "audit", &[]);
+        let pool = PgPool::new(&o, "audit", &[], "audit reader connections");
         let other = pool.clone();
         let first = std::thread::spawn(move || other.get().map(|_| ()));
         std::thread::sleep(Duration::from_millis(300));

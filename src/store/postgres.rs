@@ -31,7 +31,7 @@ pub const AUDIT_LOCK: i64 = 0x0070_6f67_6f2d_7661;
 /// The advisory lock migrations run under (ASCII `pogo-vm`).
 pub const MIGRATE_LOCK: i64 = 0x0070_6f67_6f2d_766d;
 
-/// Reader connections per process unless `pool_size` says otherwise.
+/// Connections per pool unless `pool_size` says otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 4;
 /// The largest `pool_size` accepted: beyond it a replica would hold more connections than a
 /// default server (`max_connections` 100) has for three.
@@ -53,8 +53,9 @@ pub struct PostgresOptions {
     /// How long one statement may run: the server's `statement_timeout`, and (plus 5 s)
     /// how long the vault waits for any answer before it gives the connection up.
     pub statement_timeout: Duration,
-    /// The most connections this process opens for audit reads at once (queries, watches,
-    /// sinks: `store::pg_pool`), beside its four long-lived ones.
+    /// The most connections this process opens at once for audit reads (queries, watches,
+    /// sinks), and again for the shared budget and token cache (`store::pg_pool`), beside
+    /// its four long-lived ones.
     pub pool_size: usize,
 }
 

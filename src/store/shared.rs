@@ -18,12 +18,14 @@
 //!   replica that dies (or loses its connection) lets go of it at once, with no expiry to
 //!   wait out.
 //!
-//! Every call runs on this module's own connection (not the vault's), one at a time; a
-//! caller waits at most the call timeout for its turn, then fails `UNAVAILABLE`, so behind
-//! a silent server every caller fails within about two call timeouts (the test: 8 callers
-//! all failed within 6.0 s with a 1-s statement timeout, where a mutex made the last wait
-//! 48 s: `tests/postgres_store.rs`). A lease whose unlock cannot run then is unlocked
-//! before the connection's next statement (`unlock_later`).
+//! Calls run on this module's own connections (not the vault's): the budget and the token
+//! cache on a pool of at most `pool_size`, the leases on one connection whose session holds
+//! them. A caller waits at most the call timeout for a connection, then fails
+//! `UNAVAILABLE`, so behind a silent server every caller fails within about two call
+//! timeouts (the test: 8 callers, 1-s statement timeout, all failed within 6.0 to 12.0 s,
+//! where a mutex made the last wait 48 s: `tests/postgres_store.rs`). A lease whose unlock
+//! cannot run then is unlocked before the lease connection's next statement
+//! (`unlock_later`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -77,8 +79,11 @@ const MAX_AHEAD: Duration = Duration::from_secs(3600);
 const MAX_PAUSE: Duration = Duration::from_secs(86_400);
 
 pub struct Shared {
-    /// The one connection (its session holds the leases), passed in turn: a caller waits at
+    /// The leases' connection (its session holds them), passed in turn: a caller waits at
     /// most the call timeout for it, then fails `UNAVAILABLE` (fail closed in bounded time).
+    lease: Arc<PgPool>,
+    /// Connections for the budget and the token cache (at most `pool_size`), so bookings
+    /// and token reads of many flights run side by side and never wait behind a lease call.
     conn: Arc<PgPool>,
     /// Buckets whose row is known to exist.
     buckets: Mutex<HashSet<String>>,
@@ -112,17 +117,23 @@ impl Shared {
     pub fn connect(options: &PostgresOptions) -> Result<Shared, StoreError> {
         let conn = PgConn::connect(options, "shared", SHARED_POSTGRES)?;
         Ok(Shared {
-            conn: PgPool::of_one(conn, options, "shared-state connection"),
+            lease: PgPool::of_one(conn, options, "lease connection"),
+            conn: PgPool::new(options, "shared", SHARED_POSTGRES, "shared-state connections"),
             buckets: Mutex::new(HashSet::new()),
             held: Mutex::new(HashSet::new()),
             unlock_later: Mutex::new(HashSet::new()),
         })
     }
 
-    /// The connection, waited for at most the call timeout; first the unlocks left over
-    /// (see `unlock_later`).
+    /// A connection for the budget or the token cache, waited for at most the call timeout.
     fn conn(&self) -> Result<Pooled, StoreError> {
-        let mut pooled = self.conn.get()?;
+        self.conn.get()
+    }
+
+    /// The leases' connection, waited for at most the call timeout; first the unlocks left
+    /// over (see `unlock_later`).
+    fn lease_conn(&self) -> Result<Pooled, StoreError> {
+        let mut pooled = self.lease.get()?;
         let left: Vec<String> = self.unlock_later.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
         for tenant in left {
             Self::unlock(pooled.conn()?, &tenant)?;
@@ -342,7 +353,7 @@ impl Shared {
             // another replica would, and flights for other tenants do not queue behind it.
             held.insert(tenant.to_owned());
         }
-        let taken = self.conn().and_then(|mut pooled| {
+        let taken = self.lease_conn().and_then(|mut pooled| {
             let row = pooled.conn()?.query_opt(
                 "SELECT pg_try_advisory_lock($1::int4, hashtext($2))::int",
                 &[Value::Int(i64::from(LEASE_CLASS)), tenant.into()],
@@ -361,7 +372,7 @@ impl Shared {
         if !self.held.lock().unwrap_or_else(|p| p.into_inner()).contains(tenant) {
             return Ok(());
         }
-        let done = self.conn().and_then(|mut pooled| Self::unlock(pooled.conn()?, tenant));
+        let done = self.lease_conn().and_then(|mut pooled| Self::unlock(pooled.conn()?, tenant));
         if done.is_err() {
             self.unlock_later.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.to_owned());
         }
