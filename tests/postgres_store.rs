@@ -482,8 +482,9 @@ fn a_server_that_stops_answering_fails_calls_in_bounded_time_and_is_left_behind(
 
 /// Regression: callers of the shared-state connection (the budget's bookings, leases,
 /// shared tokens) queued on a mutex, so behind a silent server each waited for every one
-/// before it to time out in turn (8 callers: about 48 s). Each now waits at most the call
-/// timeout for the connection, then fails UNAVAILABLE.
+/// before it to time out in turn (8 callers: about 48 s). Now bookings run on a pool and
+/// leases on a gate of one, and each caller waits at most the call timeout for a
+/// connection, then fails UNAVAILABLE.
 #[test]
 fn callers_of_the_shared_state_connection_all_fail_in_bounded_time_behind_a_silent_server() {
     let cluster = PgCluster::start(&[]);
@@ -498,13 +499,22 @@ fn callers_of_the_shared_state_connection_all_fail_in_bounded_time_behind_a_sile
         s.reserve("demo", Duration::from_millis(100), 10, Duration::from_secs(1))
     };
     book(&shared).unwrap();
+    assert!(shared.try_lease("warm").unwrap());
+    shared.release("warm").unwrap();
 
+    // Four bookings (the budget's pool) and four leases (the one lease connection).
     relay.freeze(true);
     let start = Instant::now();
     let callers: Vec<_> = (0..8)
-        .map(|_| {
+        .map(|i| {
             let shared = shared.clone();
-            std::thread::spawn(move || (book(&shared).map(|_| ()), start.elapsed()))
+            std::thread::spawn(move || {
+                let r = match i % 2 {
+                    0 => book(&shared).map(|_| ()),
+                    _ => shared.try_lease(&format!("t{i}")).map(|_| ()),
+                };
+                (r, start.elapsed())
+            })
         })
         .collect();
     let mut slowest = Duration::ZERO;
@@ -514,7 +524,9 @@ fn callers_of_the_shared_state_connection_all_fail_in_bounded_time_behind_a_sile
         assert!(matches!(e, pogo_vault::store::StoreError::Unavailable(_)), "{e}");
         slowest = slowest.max(took);
     }
-    println!("8 callers of the shared-state connection behind a silent server: all failed within {slowest:?}");
+    println!(
+        "8 callers of the shared state (4 bookings, 4 leases) behind a silent server: all failed within {slowest:?}"
+    );
     // One call's deadline (6 s), then one reconnect's (6 s), at most: 12 s, never one per
     // caller (48 s behind the mutex this replaced). The margin is for a loaded machine.
     assert!(slowest < Duration::from_secs(20), "{slowest:?}");

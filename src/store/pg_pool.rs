@@ -14,7 +14,9 @@
 //! - **Bounded**: never more than `size` connections out or idle together.
 //! - **Fail closed in bounded time**: a call that finds every connection busy waits at most
 //!   [`PostgresOptions::call_timeout`] (each holder's own call ends within that, answered or
-//!   given up), then fails `UNAVAILABLE` naming `pool_size`; it never queues without end.
+//!   given up), then fails `UNAVAILABLE` (naming `pool_size` where that sizes the pool); it
+//!   never queues without end. A new connection the server refuses, while others are open,
+//!   makes the call wait for one of those instead, within the same bound.
 //! - **Nothing carried over**: a connection goes back with no transaction open (a
 //!   [`super::pg_conn::PgTx`] rolls back when dropped, or gives the connection up); one
 //!   that was given up or closed goes back too, and its next call connects it again
@@ -106,25 +108,36 @@ impl PgPool {
     pub(crate) fn get(self: &Arc<Self>) -> Result<Pooled, StoreError> {
         let deadline = Instant::now() + self.wait;
         let mut st = self.lock();
+        // A connect that failed in this call: not tried again here.
+        let mut refused: Option<StoreError> = None;
         loop {
             if let Some(conn) = st.idle.pop() {
                 st.out += 1;
                 return Ok(Pooled { pool: self.clone(), conn: Some(conn) });
             }
-            if st.out < self.size {
+            if st.out < self.size && refused.is_none() {
                 st.out += 1;
                 drop(st);
                 // Connected outside the lock: a slow server must not hold the idle ones.
-                return match PgConn::connect_existing(&self.options, self.component, self.migrations) {
-                    Ok(conn) => Ok(Pooled { pool: self.clone(), conn: Some(conn) }),
-                    Err(e) => {
-                        self.lock().out -= 1;
-                        self.freed.notify_one();
-                        Err(e)
-                    }
+                let e = match PgConn::connect_existing(&self.options, self.component, self.migrations) {
+                    Ok(conn) => return Ok(Pooled { pool: self.clone(), conn: Some(conn) }),
+                    Err(e) => e,
                 };
+                st = self.lock();
+                st.out -= 1;
+                self.freed.notify_one();
+                // With connections open, wait for one of them instead: the server may refuse
+                // more (`max_connections`, a newer schema during a rolling upgrade).
+                if st.out == 0 {
+                    return Err(e);
+                }
+                refused = Some(e);
+                continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
+            if let (true, Some(e)) = (left.is_zero(), refused.take()) {
+                return Err(e);
+            }
             if left.is_zero() {
                 let secs = self.wait.as_secs();
                 let what = self.what;

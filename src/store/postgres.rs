@@ -33,8 +33,9 @@ pub const MIGRATE_LOCK: i64 = 0x0070_6f67_6f2d_766d;
 
 /// Connections per pool unless `pool_size` says otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 4;
-/// The largest `pool_size` accepted: beyond it a replica would hold more connections than a
-/// default server (`max_connections` 100) has for three.
+/// The largest `pool_size` accepted. A replica holds up to 4 + 2 × `pool_size` connections
+/// (and one per audit sink): at 32, three replicas need 204, so the database's
+/// `max_connections` must be sized for what is configured (`deploy/HA.md`).
 pub const MAX_POOL_SIZE: usize = 32;
 
 /// How the vault reaches its PostgreSQL database (`[storage.postgres]`).

@@ -83,13 +83,16 @@ impl Broker {
             if taken {
                 let lease = Lease { shared: shared.clone(), tenant: tenant.clone() };
                 if waited {
-                    // Another replica asked meanwhile: it may have minted (and let go between
-                    // our looks), failed, or found the tenant changed.
+                    // Another replica asked meanwhile: it may have failed, or found the
+                    // tenant changed.
                     rec = self.reread(&tenant).await?;
                     BrokerError::unless_active(&rec)?;
-                    if let Some(t) = self.adopt(shared, &rec, integ).await? {
-                        return Ok(Found::Token(t));
-                    }
+                }
+                // Looked again under the lease: another replica may have minted, published
+                // and let go between the first look and the lease (a storm's second request
+                // to Go, seen when the shared statements left the lease's connection).
+                if let Some(t) = self.adopt(shared, &rec, integ).await? {
+                    return Ok(Found::Token(t));
                 }
                 return Ok(Found::Lease { lease, record: Box::new(rec) });
             }
