@@ -128,7 +128,7 @@ impl PgPool {
                 self.freed.notify_one();
                 // With connections open, wait for one of them instead: the server may refuse
                 // more (`max_connections`, a newer schema during a rolling upgrade).
-                if st.out == 0 {
+                if st.out == 0 && st.idle.is_empty() {
                     return Err(e);
                 }
                 refused = Some(e);
